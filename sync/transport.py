@@ -1,0 +1,373 @@
+"""The only module that opens network connections (CONVENTIONS.md §3): pinned mutual TLS.
+
+Invariants (SECURITY.md NW-1, NW-2, NW-3):
+- TLS 1.3 only; the device's client certificate is presented on every connection.
+- The server's SubjectPublicKeyInfo SHA-256 must equal one of the configured pins (a primary
+  and at least one backup are supported). The check runs right after the handshake, inside
+  ``connect()``, so on a mismatch the socket is closed before a single request byte is written.
+- Requests go to exactly one origin: the gateway URL's scheme, host and port. That host must be
+  in the policy's allowed hosts; any other URL (including a ``next`` link a server hands us) is
+  refused before a connection is made. Plain ``http`` is refused.
+- The environment changes nothing: ``trust_env`` is off (no ``HTTPS_PROXY``, ``REQUESTS_CA_BUNDLE``,
+  ``CURL_CA_BUNDLE`` or ``.netrc``), explicit proxies are ignored, the adapter owns its SSL
+  context and never loads the OS trust store. Redirects are never followed.
+- Every response body is read through a hard size limit (counted after gzip decoding, so a
+  compression bomb is cut off); connect and read timeouts always apply.
+- Only idempotent requests are retried (with exponential backoff); a POST is retried only when
+  the caller declares it idempotent (a transaction made idempotent by ``ifNoneExist``).
+- One connection is reused for a whole sync (a pool of one).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ssl
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
+
+# Timeouts in seconds: connecting to a gateway on a LAN or VPN takes well under 10 s; a page of
+# resources is produced and streamed in well under 60 s even on a slow link.
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+# Largest response body accepted, after content decoding. A page of 1,000 FHIR resources is
+# typically 1-3 MiB; 32 MiB leaves room for large notes while bounding memory.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# Idempotent requests are tried at most this many times, sleeping 0.5 s, 1 s, 2 s … between.
+MAX_ATTEMPTS = 3
+BACKOFF_BASE_S = 0.5
+# Status codes worth retrying for an idempotent request: the gateway or a balancer is busy.
+RETRY_STATUSES = frozenset({502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_READ_CHUNK = 64 * 1024
+
+
+class TransportError(Exception):
+    """Every transport failure, with a stable ``reason`` code for the sync result and audit.
+
+    Reasons: ``pin_mismatch``, ``tls``, ``host_not_allowed``, ``redirect_refused``,
+    ``too_large``, ``timeout``, ``connection``, ``config``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def spki_sha256(der_certificate: bytes) -> bytes:
+    """SHA-256 over the DER SubjectPublicKeyInfo of a certificate (the pinned value)."""
+    cert = x509.load_der_x509_certificate(der_certificate)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).digest()
+
+
+def decode_pin(pin: str) -> bytes:
+    """A policy pin is base64 of a 32-byte SHA-256; anything else is a configuration error."""
+    try:
+        raw = base64.b64decode(pin, validate=True)
+    except ValueError as exc:
+        raise TransportError("config", "an SPKI pin is not valid base64") from exc
+    if len(raw) != hashlib.sha256().digest_size:
+        raise TransportError("config", "an SPKI pin is not a SHA-256 digest")
+    return raw
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Where and how to connect. Built from the installed policy and the device's enrolment.
+
+    ``server_ca_file`` is optional defence in depth: when given, the chain and host name are
+    also verified against the gateway's own CA. The pins are checked either way.
+    """
+
+    gateway_url: str
+    allowed_hosts: Collection[str]
+    spki_pins: tuple[bytes, ...]
+    client_cert_file: Path
+    client_key_file: Path
+    server_ca_file: Path | None = None
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    read_timeout_s: float = READ_TIMEOUT_S
+    max_response_bytes: int = MAX_RESPONSE_BYTES
+
+
+@dataclass(frozen=True)
+class Response:
+    """A complete, size-checked response."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+
+@dataclass
+class TransferCounters:
+    """Bytes on the wire for the sync result (request bodies, response bodies as received)."""
+
+    requests: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    connections: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _make_ssl_context(config: TransportConfig) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    if config.server_ca_file is not None:
+        context.load_verify_locations(cafile=str(config.server_ca_file))
+        context.check_hostname = True
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        # Pin-only: the pin check after the handshake is the server's authentication.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        context.load_cert_chain(str(config.client_cert_file), str(config.client_key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError("config", "the device certificate or key cannot be loaded") from exc
+    return context
+
+
+def _pinned_pool_class(
+    pins: tuple[bytes, ...], counters: TransferCounters
+) -> type[HTTPSConnectionPool]:
+    """A connection-pool class whose connections check the SPKI pin inside ``connect()``."""
+
+    class PinnedHTTPSConnection(HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            sock = self.sock
+            der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+            if der is None or spki_sha256(der) not in pins:
+                self.close()
+                raise TransportError(
+                    "pin_mismatch",
+                    "the server's key does not match the gateway pins in the policy",
+                )
+            self.is_verified = True  # the pin authenticated the server
+            counters.connections += 1
+
+    class PinnedHTTPSConnectionPool(HTTPSConnectionPool):
+        ConnectionCls = PinnedHTTPSConnection
+
+    return PinnedHTTPSConnectionPool
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """Owns the one connection pool to the gateway; ignores requests' verify/cert/proxy knobs."""
+
+    def __init__(self, config: TransportConfig, counters: TransferCounters) -> None:
+        self._config = config
+        origin = urlsplit(config.gateway_url)
+        pool_cls = _pinned_pool_class(config.spki_pins, counters)
+        context = _make_ssl_context(config)
+        self._pool = pool_cls(
+            host=origin.hostname or "",
+            port=origin.port or 443,
+            maxsize=1,
+            block=True,
+            ssl_context=context,
+            cert_reqs=context.verify_mode,
+            retries=False,
+        )
+        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: Any = None,
+        cert: Any = None,
+    ) -> HTTPSConnectionPool:
+        return self._pool
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """Do nothing: the pool's own SSL context decides; requests must not override it."""
+
+    def close(self) -> None:
+        self._pool.close()
+        super().close()
+
+
+class Transport:
+    """A pinned, mutually authenticated HTTPS client for one gateway origin.
+
+    Use as a context manager for a whole sync so that one connection is reused.
+    """
+
+    def __init__(
+        self,
+        config: TransportConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not config.spki_pins:
+            raise TransportError("config", "no gateway pins are configured")
+        origin = urlsplit(config.gateway_url)
+        if origin.scheme != "https" or not origin.hostname:
+            raise TransportError("config", "the gateway URL must be https://host[:port]/…")
+        allowed = {h.lower() for h in config.allowed_hosts}
+        if origin.hostname.lower() not in allowed:
+            raise TransportError("host_not_allowed", "the gateway host is not allowed by policy")
+        self._config = config
+        self._origin = (origin.scheme, origin.hostname.lower(), origin.port or 443)
+        self._base = (
+            config.gateway_url if config.gateway_url.endswith("/") else config.gateway_url + "/"
+        )
+        self._sleep = sleep
+        self.counters = TransferCounters()
+        self._session = requests.Session()
+        self._session.trust_env = False  # no proxies, CA bundles or .netrc from the environment
+        self._session.proxies = {}
+        self._session.headers.update({"Accept-Encoding": "gzip", "User-Agent": "gatehouse"})
+        self._session.mount("https://", _PinnedAdapter(config, self.counters))
+        self._session.mount("http://", _RefuseAdapter())
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def url(self, path_or_url: str) -> str:
+        """Resolve ``path_or_url`` against the gateway URL and refuse any other origin."""
+        url = urljoin(self._base, path_or_url)
+        parts = urlsplit(url)
+        origin = (parts.scheme, (parts.hostname or "").lower(), parts.port or 443)
+        if origin != self._origin:
+            raise TransportError("host_not_allowed", "a URL points outside the pinned gateway")
+        return url
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+    ) -> Response:
+        """Send one request; retry with backoff only when it is idempotent."""
+        method = method.upper()
+        url = self.url(path_or_url)
+        retryable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        attempts = MAX_ATTEMPTS if retryable else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._send_once(method, url, body, headers)
+            except TransportError as exc:
+                if attempt < attempts and exc.reason in {"timeout", "connection"}:
+                    self._sleep(BACKOFF_BASE_S * 2 ** (attempt - 1))
+                    continue
+                raise
+            if attempt < attempts and response.status in RETRY_STATUSES:
+                self._sleep(BACKOFF_BASE_S * 2 ** (attempt - 1))
+                continue
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get(self, path_or_url: str, headers: Mapping[str, str] | None = None) -> Response:
+        return self.request("GET", path_or_url, headers=headers)
+
+    def _send_once(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None
+    ) -> Response:
+        timeout = (self._config.connect_timeout_s, self._config.read_timeout_s)
+        self.counters.requests += 1
+        self.counters.bytes_sent += len(body or b"")
+        try:
+            raw = self._session.request(
+                method,
+                url,
+                data=body,
+                headers=dict(headers or {}),
+                timeout=timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+        except TransportError:
+            raise
+        except requests.exceptions.SSLError as exc:
+            inner = _find_transport_error(exc)
+            if inner is not None:
+                raise inner from exc
+            raise TransportError("tls", "the secure connection to the gateway failed") from exc
+        except requests.exceptions.Timeout as exc:
+            raise TransportError("timeout", "the gateway did not answer in time") from exc
+        except requests.exceptions.ConnectionError as exc:
+            inner = _find_transport_error(exc)
+            if inner is not None:
+                raise inner from exc
+            raise TransportError("connection", "the gateway cannot be reached") from exc
+        with raw:
+            if 300 <= raw.status_code < 400:
+                raise TransportError("redirect_refused", "the gateway answered with a redirect")
+            payload = self._read_bounded(raw)
+        return Response(raw.status_code, dict(raw.headers), payload, url)
+
+    def _read_bounded(self, raw: requests.Response) -> bytes:
+        limit = self._config.max_response_bytes
+        declared = raw.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise TransportError("too_large", "the gateway's answer is larger than allowed")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in raw.iter_content(_READ_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise TransportError("too_large", "the gateway's answer is larger than allowed")
+                chunks.append(chunk)
+        except requests.exceptions.RequestException as exc:
+            raise TransportError("connection", "the connection broke during the answer") from exc
+        raw_bytes = raw.raw.tell() if hasattr(raw.raw, "tell") else size
+        self.counters.bytes_received += int(raw_bytes or size)
+        return b"".join(chunks)
+
+
+class _RefuseAdapter(HTTPAdapter):
+    """Mounted on http:// so that plain HTTP can never be used, even by mistake."""
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        raise TransportError("host_not_allowed", "plain HTTP is never used")
+
+
+def _find_transport_error(exc: BaseException) -> TransportError | None:
+    """Our pin check raises inside urllib3, which wraps it; dig it out of the chain."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, TransportError):
+            return current
+        stack.extend([current.__cause__, current.__context__])
+        stack.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            stack.append(reason)
+    return None

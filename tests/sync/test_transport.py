@@ -1,0 +1,317 @@
+"""NW-1, NW-2, NW-3: the pinned mutual-TLS transport against a real TLS 1.3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import ipaddress
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from sync.transport import Transport, TransportConfig, TransportError, spki_sha256
+from tests.sync.tls_server import RawTlsServer, server_context
+
+
+@dataclass
+class Issued:
+    cert: Path
+    key: Path
+    der: bytes
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write(tmp: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
+    cert_path, key_path = tmp / f"{stem}.crt", tmp / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return Issued(cert_path, key_path, cert.public_bytes(serialization.Encoding.DER))
+
+
+def _issue(
+    tmp: Path,
+    stem: str,
+    cn: str,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> tuple[Issued, x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    issuer_name = issuer[0].subject if issuer else _name(cn)
+    signing_key = issuer[1] if issuer else key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    cert = builder.sign(signing_key, hashes.SHA256())
+    return _write(tmp, stem, cert, key), cert, key
+
+
+@dataclass
+class Pki:
+    ca: Issued
+    server: Issued
+    device: Issued
+    rogue_ca: Issued
+    rogue_server: Issued
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    ca, ca_cert, ca_key = _issue(tmp_path, "ca", "Gateway CA", None, ca=True)
+    server, _, _ = _issue(tmp_path, "server", "gateway", (ca_cert, ca_key), server=True)
+    device, _, _ = _issue(tmp_path, "device", "device-1", (ca_cert, ca_key))
+    rogue_ca, rogue_cert, rogue_key = _issue(tmp_path, "rogue-ca", "Trusted CA", None, ca=True)
+    rogue_server, _, _ = _issue(tmp_path, "rogue", "gateway", (rogue_cert, rogue_key), server=True)
+    return Pki(ca, server, device, rogue_ca, rogue_server)
+
+
+def _ok(
+    method: str, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    return 200, {"Content-Type": "application/json"}, b'{"ok": true}'
+
+
+@pytest.fixture
+def gateway(pki: Pki) -> Iterator[RawTlsServer]:
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
+    yield from RawTlsServer(context, _ok).serve()
+
+
+def _config(pki: Pki, port: int, pins: tuple[bytes, ...], **kw: object) -> TransportConfig:
+    return TransportConfig(
+        gateway_url=f"https://127.0.0.1:{port}/",
+        allowed_hosts=["127.0.0.1"],
+        spki_pins=pins,
+        client_cert_file=pki.device.cert,
+        client_key_file=pki.device.key,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_NW1_request_with_matching_pin_presents_the_client_certificate(
+    pki: Pki, gateway: RawTlsServer
+) -> None:
+    with Transport(_config(pki, gateway.port, (spki_sha256(pki.server.der),))) as transport:
+        response = transport.get("fhir/metadata")
+    assert response.status == 200
+    assert response.body == b'{"ok": true}'
+    assert gateway.peer_subjects == ["device-1"]
+
+
+def test_NW1_backup_pin_is_accepted(pki: Pki, gateway: RawTlsServer) -> None:
+    pins = (b"\x00" * 32, spki_sha256(pki.server.der))
+    with Transport(_config(pki, gateway.port, pins)) as transport:
+        assert transport.get("x").status == 200
+
+
+def test_NW1_chain_verification_against_the_gateway_ca_also_works(
+    pki: Pki, gateway: RawTlsServer
+) -> None:
+    config = _config(pki, gateway.port, (spki_sha256(pki.server.der),), server_ca_file=pki.ca.cert)
+    with Transport(config) as transport:
+        assert transport.get("x").status == 200
+
+
+def test_NW1_pin_mismatch_aborts_before_any_request_byte(pki: Pki, gateway: RawTlsServer) -> None:
+    with Transport(_config(pki, gateway.port, (b"\x01" * 32,))) as transport:
+        with pytest.raises(TransportError) as caught:
+            transport.request("POST", "fhir", body=b"secret clinical note")
+    assert caught.value.reason == "pin_mismatch"
+    time.sleep(0.1)
+    assert gateway.handshakes == 1
+    assert bytes(gateway.received) == b""
+
+
+def test_NW1_a_tls12_server_is_refused(pki: Pki) -> None:
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert, tls12_only=True)
+    for server in RawTlsServer(context, _ok).serve():
+        with Transport(_config(pki, server.port, (spki_sha256(pki.server.der),))) as transport:
+            with pytest.raises(TransportError) as caught:
+                transport.get("x")
+        assert caught.value.reason == "tls"
+        assert bytes(server.received) == b""
+
+
+def test_NW2_mitm_with_an_os_trusted_ca_is_refused_before_any_request_byte(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MITM whose CA the machine trusts (via every trust-store variable) still fails the pin."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.setenv(name, str(pki.rogue_ca.cert))
+    context = server_context(pki.rogue_server.cert, pki.rogue_server.key, None)
+    for mitm in RawTlsServer(context, _ok).serve():
+        with Transport(_config(pki, mitm.port, (spki_sha256(pki.server.der),))) as transport:
+            with pytest.raises(TransportError) as caught:
+                transport.get("fhir/Patient")
+        assert caught.value.reason == "pin_mismatch"
+        time.sleep(0.1)
+        assert mitm.handshakes == 1
+        assert bytes(mitm.received) == b""
+
+
+def test_NW2_hostile_proxy_ca_bundle_and_netrc_change_nothing(
+    pki: Pki, gateway: RawTlsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login stolen password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".netrc").write_text(netrc.read_text())
+    (tmp_path / ".netrc").chmod(0o600)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("NO_PROXY", "")
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.setenv(name, str(tmp_path / "does-not-exist.pem"))
+    with Transport(_config(pki, gateway.port, (spki_sha256(pki.server.der),))) as transport:
+        assert transport.get("x").status == 200
+    assert all("authorization" not in headers for _, _, headers in gateway.requests)
+
+
+def test_NW2_redirects_are_not_followed(pki: Pki) -> None:
+    def redirect(*_: object) -> tuple[int, dict[str, str], bytes]:
+        return 302, {"Location": "https://evil.example/steal"}, b""
+
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
+    for server in RawTlsServer(context, redirect).serve():
+        with Transport(_config(pki, server.port, (spki_sha256(pki.server.der),))) as transport:
+            with pytest.raises(TransportError) as caught:
+                transport.get("x")
+        assert caught.value.reason == "redirect_refused"
+        assert len(server.requests) == 1
+
+
+def test_NW2_only_the_gateway_origin_and_allowed_hosts(pki: Pki, gateway: RawTlsServer) -> None:
+    config = _config(pki, gateway.port, (spki_sha256(pki.server.der),))
+    with Transport(config) as transport:
+        for url in (
+            "https://evil.example/fhir",
+            f"https://localhost:{gateway.port}/fhir",  # same machine, different origin
+            f"http://127.0.0.1:{gateway.port}/fhir",
+            "//evil.example/x",
+        ):
+            with pytest.raises(TransportError) as caught:
+                transport.get(url)
+            assert caught.value.reason == "host_not_allowed"
+    assert gateway.connections == 0
+    not_allowed = TransportConfig(
+        gateway_url=config.gateway_url,
+        allowed_hosts=["gateway.example"],
+        spki_pins=config.spki_pins,
+        client_cert_file=config.client_cert_file,
+        client_key_file=config.client_key_file,
+    )
+    with pytest.raises(TransportError) as caught:
+        Transport(not_allowed)
+    assert caught.value.reason == "host_not_allowed"
+
+
+def test_NW3_oversized_and_gzip_bomb_answers_are_cut_off(pki: Pki) -> None:
+    bomb = gzip.compress(b"\0" * (4 * 1024 * 1024))
+
+    def huge(method: str, path: str, *_: object) -> tuple[int, dict[str, str], bytes]:
+        if path == "/bomb":
+            return 200, {"Content-Encoding": "gzip"}, bomb
+        return 200, {}, b"x" * (2 * 1024 * 1024)
+
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
+    for server in RawTlsServer(context, huge).serve():
+        config = _config(
+            pki, server.port, (spki_sha256(pki.server.der),), max_response_bytes=1024 * 1024
+        )
+        with Transport(config) as transport:
+            for path in ("big", "bomb"):
+                with pytest.raises(TransportError) as caught:
+                    transport.get(path)
+                assert caught.value.reason == "too_large"
+    assert len(bomb) < 1024 * 1024  # the compressed bomb itself was under the limit
+
+
+def test_gzip_answers_are_decoded(pki: Pki) -> None:
+    payload = b'{"resourceType": "Bundle"}' * 100
+
+    def zipped(*_: object) -> tuple[int, dict[str, str], bytes]:
+        return 200, {"Content-Encoding": "gzip"}, gzip.compress(payload)
+
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
+    for server in RawTlsServer(context, zipped).serve():
+        with Transport(_config(pki, server.port, (spki_sha256(pki.server.der),))) as transport:
+            assert transport.get("x").body == payload
+            assert transport.counters.bytes_received < len(payload)
+        assert server.requests[0][2]["accept-encoding"] == "gzip"
+
+
+def test_only_idempotent_requests_are_retried(pki: Pki) -> None:
+    calls: list[str] = []
+
+    def busy(method: str, *_: object) -> tuple[int, dict[str, str], bytes]:
+        calls.append(method)
+        if calls.count(method) < 3:
+            return 503, {}, b"busy"
+        return 200, {}, b"ok"
+
+    sleeps: list[float] = []
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
+    for server in RawTlsServer(context, busy).serve():
+        config = _config(pki, server.port, (spki_sha256(pki.server.der),))
+        with Transport(config, sleep=sleeps.append) as transport:
+            assert transport.get("x").status == 200
+            assert transport.request("POST", "x", body=b"{}").status == 503
+            assert transport.request("POST", "x", body=b"{}", idempotent=True).status == 200
+    assert calls == ["GET", "GET", "GET", "POST", "POST", "POST"]
+    assert sleeps == [0.5, 1.0, 0.5]
+
+
+def test_one_connection_is_reused_for_a_whole_sync(pki: Pki, gateway: RawTlsServer) -> None:
+    with Transport(_config(pki, gateway.port, (spki_sha256(pki.server.der),))) as transport:
+        for _ in range(5):
+            assert transport.get("x").status == 200
+        assert transport.counters.connections == 1
+    assert gateway.handshakes == 1
+
+
+def test_a_silent_server_times_out(pki: Pki) -> None:
+    def silent(*_: object) -> tuple[int, dict[str, str], bytes]:
+        time.sleep(2)
+        return 200, {}, b""
+
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
+    for server in RawTlsServer(context, silent).serve():
+        config = _config(pki, server.port, (spki_sha256(pki.server.der),), read_timeout_s=0.3)
+        with Transport(config, sleep=lambda _: None) as transport:
+            with pytest.raises(TransportError) as caught:
+                transport.get("x")
+        assert caught.value.reason == "timeout"
