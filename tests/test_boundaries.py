@@ -43,6 +43,15 @@ def test_no_qt_outside_client_ui() -> None:
     assert offenders == []
 
 
+def test_inside_client_ui_only_the_shim_imports_qt() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT).as_posix()} imports {name}"
+        for path, name in _imports("client/ui")
+        if name.split(".")[0] == "PySide6" and path.name != "qt.py"
+    ]
+    assert offenders == []
+
+
 def test_policy_imports_neither_sync_nor_client() -> None:
     assert _offenders("policy", ("sync", "client")) == []
 
