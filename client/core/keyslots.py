@@ -226,8 +226,8 @@ class HeaderCounters:
     locked_until: dict[str, datetime] = field(default_factory=dict)
     device_locked_until: datetime | None = None
     policy_high_water: int | None = None
-    last_trusted_time: datetime | None = None
-    offline_elapsed_seconds: float = 0.0
+    # client.core.trusted_time.TimeState.to_json(): wall high-water, offline elapsed, boot clock
+    time_state: dict[str, JsonScalar] = field(default_factory=dict)
     wipe_pending: bool = False
     pending_audit_events: list[dict[str, JsonScalar]] = field(default_factory=list)
     pending_audit_dropped: int = 0
@@ -254,8 +254,7 @@ class HeaderCounters:
             "locked_until": {k: _iso(v) for k, v in self.locked_until.items()},
             "device_locked_until": opt_time(self.device_locked_until),
             "policy_high_water": self.policy_high_water,
-            "last_trusted_time": opt_time(self.last_trusted_time),
-            "offline_elapsed_seconds": float(self.offline_elapsed_seconds),
+            "time_state": dict(self.time_state),
             "wipe_pending": self.wipe_pending,
             "pending_audit_events": [dict(e) for e in self.pending_audit_events],
             "pending_audit_dropped": self.pending_audit_dropped,
@@ -284,9 +283,12 @@ class HeaderCounters:
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             raise ValueError("bad events")
         high_water = data["policy_high_water"]
-        elapsed = data["offline_elapsed_seconds"]
-        if not isinstance(elapsed, float) or not 0 <= elapsed < 1e12:
-            raise ValueError("bad elapsed")
+        time_state = data["time_state"]
+        if not isinstance(time_state, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, str | int | float | bool))
+            for k, v in time_state.items()
+        ):
+            raise ValueError("bad time state")
         if not isinstance(data["wipe_pending"], bool):
             raise ValueError("bad flag")
         counters = cls(
@@ -295,8 +297,7 @@ class HeaderCounters:
             locked_until={str(k): _parse_time(v) for k, v in locked.items()},
             device_locked_until=opt_time(data["device_locked_until"]),
             policy_high_water=None if high_water is None else count(high_water),
-            last_trusted_time=opt_time(data["last_trusted_time"]),
-            offline_elapsed_seconds=elapsed,
+            time_state=dict(time_state),
             wipe_pending=data["wipe_pending"],
             pending_audit_dropped=count(data["pending_audit_dropped"]),
         )

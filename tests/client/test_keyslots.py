@@ -361,8 +361,7 @@ def test_AU2_PO4_edited_counters_are_detected(device: Device) -> None:
         c.failed_attempts["alice"] = 4
         c.device_failed_attempts = 4
         c.device_locked_until = until
-        c.last_trusted_time = NOW
-        c.offline_elapsed_seconds = 3600.0
+        c.time_state = {"offline_elapsed_seconds": 3600.0, "wall_high_water": NOW.isoformat()}
         c.add_pending_audit_event({"event": "lockout", "user_id": "alice"})
 
     device.header.update_counters(state)
@@ -373,8 +372,7 @@ def test_AU2_PO4_edited_counters_are_detected(device: Device) -> None:
         ("device_failed_attempts", 0),
         ("policy_high_water", 1),
         ("device_locked_until", None),
-        ("last_trusted_time", (NOW - timedelta(days=9)).isoformat()),
-        ("offline_elapsed_seconds", 0.0),
+        ("time_state", {"offline_elapsed_seconds": 0.0}),
         ("pending_audit_events", []),
     ]
     for field_name, value in edits:
@@ -388,7 +386,7 @@ def test_AU2_PO4_edited_counters_are_detected(device: Device) -> None:
     path.write_bytes(saved)
     counters = device.reload().counters
     assert (counters.policy_high_water, counters.device_locked_until) == (7, until)
-    assert counters.offline_elapsed_seconds == 3600.0 and counters.last_trusted_time == NOW
+    assert counters.time_state["offline_elapsed_seconds"] == 3600.0
 
 
 def test_AU2_a_header_from_the_future_or_another_device_is_refused(
