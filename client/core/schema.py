@@ -1,0 +1,110 @@
+"""The vault's schema as an ordered list of migrations.
+
+Invariants:
+- ``MIGRATIONS[i]`` moves a database from ``user_version == i`` to ``i + 1``. Entries are only
+  ever appended; a shipped migration is never edited (devices in the field already ran it).
+- Each entry is one SQL script of plain DDL/DML with no ``BEGIN``/``COMMIT`` of its own, so the
+  vault decides how to run it (the vault sets ``user_version`` in the same step).
+- Migration 1 holds the records store (docs/records.md): ``resources`` (every FHIR resource, one
+  row per (type, id), JSON as orjson bytes), ``patient_index`` + ``patient_fts`` (patient search;
+  FTS5 with ``secure-delete`` on, so a deleted patient's terms leave the index at once),
+  ``outbox`` (offline writes waiting for the gateway) and ``conflicts`` (both versions kept).
+"""
+
+from __future__ import annotations
+
+from client.core.audit_log import AUDIT_SCHEMA_SQL
+
+RECORDS_V1 = """
+CREATE TABLE resources (
+    type          TEXT    NOT NULL,
+    id            TEXT    NOT NULL,
+    version_id    TEXT    NOT NULL,           -- meta.versionId; 'local' until the server has it
+    version_num   INTEGER,                    -- versionId as an integer when it is one
+    last_updated  TEXT    NOT NULL,           -- meta.lastUpdated, UTC ISO 8601 (sortable)
+    patient_id    TEXT,                       -- Patient id this resource belongs to
+    site          TEXT,                       -- Organization id (Patient, Encounter)
+    client_id     TEXT,                       -- client identifier (UUID) when made on a device
+    active        INTEGER NOT NULL DEFAULT 0, -- clinically active (Flag, Condition, ...)
+    json          BLOB    NOT NULL,           -- the resource, orjson bytes
+    PRIMARY KEY (type, id)
+);
+CREATE INDEX resources_by_patient ON resources (patient_id, type, active);
+CREATE INDEX resources_by_client_id ON resources (client_id) WHERE client_id IS NOT NULL;
+
+CREATE TABLE patient_index (
+    doc            INTEGER PRIMARY KEY,       -- rowid shared with patient_fts
+    patient_id     TEXT NOT NULL UNIQUE,
+    display_name   TEXT NOT NULL,
+    sort_key       TEXT NOT NULL,
+    birth_date     TEXT,                      -- YYYY-MM-DD
+    nhs_number     TEXT,                      -- 10 digits
+    prison_number  TEXT,                      -- upper case
+    site           TEXT,
+    refreshed_at   TEXT NOT NULL              -- last time sync or a local write touched it
+);
+CREATE INDEX patient_index_nhs ON patient_index (nhs_number);
+CREATE INDEX patient_index_prison ON patient_index (prison_number);
+CREATE INDEX patient_index_birth ON patient_index (birth_date);
+CREATE INDEX patient_index_refreshed ON patient_index (refreshed_at);
+
+CREATE VIRTUAL TABLE patient_fts USING fts5(
+    terms,
+    tokenize = 'unicode61 remove_diacritics 2',
+    prefix = '1 2 3'
+);
+INSERT INTO patient_fts (patient_fts, rank) VALUES ('secure-delete', 1);
+
+CREATE TABLE outbox (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id       TEXT    NOT NULL,          -- entries pushed together (one consultation)
+    resource_type  TEXT    NOT NULL,
+    local_id       TEXT    NOT NULL,
+    client_id      TEXT    NOT NULL,
+    patient_id     TEXT,
+    operation      TEXT    NOT NULL CHECK (operation IN ('create', 'update')),
+    body           BLOB    NOT NULL,          -- orjson bytes, as it goes on the wire
+    base_version   TEXT,                      -- for ifMatch on updates
+    state          TEXT    NOT NULL DEFAULT 'pending'
+                           CHECK (state IN ('pending', 'sent', 'conflict')),
+    created_at     TEXT    NOT NULL,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    last_error     TEXT,
+    server_id      TEXT,
+    server_version TEXT,
+    sent_at        TEXT
+);
+CREATE INDEX outbox_by_state ON outbox (state, seq);
+CREATE INDEX outbox_by_patient ON outbox (patient_id, state);
+CREATE INDEX outbox_by_client_id ON outbox (client_id);
+
+CREATE TABLE conflicts (
+    id             INTEGER PRIMARY KEY,
+    outbox_seq     INTEGER NOT NULL REFERENCES outbox (seq),
+    resource_type  TEXT    NOT NULL,
+    local_id       TEXT    NOT NULL,
+    patient_id     TEXT,
+    local_body     BLOB    NOT NULL,
+    server_body    BLOB,                      -- NULL when the server sent no body
+    created_at     TEXT    NOT NULL,
+    resolved_at    TEXT
+);
+CREATE INDEX conflicts_by_patient ON conflicts (patient_id);
+"""
+
+# Migration 2: the audit chain (client.core.audit_log) and the session's bookkeeping:
+# ``imported_pending`` remembers which events queued in the header while the vault was locked
+# (failed logins, lockouts, clock tamper) are already in the chain, so a crash between the
+# commit and the header acknowledgement never duplicates one.
+SESSION_V2 = (
+    AUDIT_SCHEMA_SQL
+    + """
+CREATE TABLE imported_pending (
+    eid TEXT PRIMARY KEY
+) WITHOUT ROWID;
+"""
+)
+
+MIGRATIONS: tuple[str, ...] = (RECORDS_V1, SESSION_V2)
+
+SCHEMA_VERSION = len(MIGRATIONS)
