@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class TimeState:
     last_server_anchor: dt.datetime | None = None
     requires_online: bool = False
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, str | int | float | bool | None]:
         def iso(value: dt.datetime | None) -> str | None:
             return value.isoformat() if value else None
 
@@ -63,7 +64,7 @@ class TimeState:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> TimeState:
+    def from_json(cls, data: Mapping[str, object]) -> TimeState:
         def when(key: str) -> dt.datetime | None:
             value = data.get(key)
             return dt.datetime.fromisoformat(value) if isinstance(value, str) else None

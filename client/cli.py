@@ -1,0 +1,195 @@
+"""``gatehouse``: the laptop app and its device commands for IT scripting and tests.
+
+    gatehouse                         open the desktop client
+    gatehouse --self-test             check this installation (exit 0 / one line per failure)
+    gatehouse device init --data DIR --device-id ID --site S --policy P.jws --trust K.pem
+                          --user U --role R [--escrow-key B64] [--threshold K]
+    gatehouse device status --data DIR [--json]
+    gatehouse device export-audit --data DIR OUT --user U
+
+Passwords are read from the terminal (or one line of standard input when it is not a
+terminal), never from arguments. Errors are one line on stderr with a non-zero exit; never a
+traceback for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from client.core.device import Device, FirstUser
+from client.core.errors import GatehouseError
+from client.core.kdf import calibrate
+from client.core.session import Session
+from policy import decisions
+from policy.atomic import atomic_write
+from policy.errors import PolicyRefused
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def read_password(prompt: str) -> str:
+    """From the terminal without echo, or one line of stdin when piped (scripts, tests)."""
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    line = sys.stdin.readline()
+    return line[:-1] if line.endswith("\n") else line
+
+
+def _device(data: Path) -> Device:
+    return Device.open(data)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    trust = [Path(p).read_text(encoding="ascii") for p in args.trust]
+    password = read_password(f"Password for {args.user}: ")
+    escrow = base64.b64decode(args.escrow_key, validate=True) if args.escrow_key else None
+    device = Device.provision(
+        Path(args.data),
+        device_id=args.device_id,
+        site=args.site,
+        trust_keys=trust,
+        trust_threshold=args.threshold,
+        policy_envelope=Path(args.policy).read_bytes(),
+        first_user=FirstUser(args.user, args.role, password),
+        escrow_public_key=escrow,
+        kdf_params=calibrate(),
+    )
+    print(
+        f"provisioned device {device.profile.device_id} for site {device.profile.site}; "
+        f"keyring: {device.keyring.backend_name}"
+    )
+    return EXIT_OK
+
+
+def device_status(device: Device) -> dict[str, Any]:
+    """What IT can see without signing in: no patient data, no secrets."""
+    counters = device.header.counters
+    status: dict[str, Any] = {
+        "device_id": device.profile.device_id,
+        "site": device.profile.site,
+        "keyring": device.keyring.backend_name,
+        "keyring_weak": device.keyring.is_weak,
+        "users": [{"user_id": u, "role": r} for u, r in device.header.users()],
+        "failed_attempts": counters.device_failed_attempts,
+        "locked_until": (
+            counters.device_locked_until.isoformat() if counters.device_locked_until else None
+        ),
+        "pending_audit_events": len(counters.pending_audit_events),
+        "enrolled": bool(device.profile.enrolment),
+    }
+    try:
+        policy = device.policy()
+    except (GatehouseError, PolicyRefused) as error:
+        status["policy"] = {"error": getattr(error, "reason", "refused")}
+    else:
+        status["policy"] = {
+            "version": policy.version,
+            "expires_at": policy.expires_at.isoformat(),
+            "mode": str(decisions.policy_mode(policy, device.clock())),
+        }
+        state = device.time_state()
+        offline = decisions.offline_state(
+            policy, dt.timedelta(seconds=state.offline_elapsed_seconds)
+        )
+        status["offline"] = {
+            "state": str(offline.kind),
+            "elapsed_hours": round(state.offline_elapsed_seconds / 3600, 2),
+            "requires_online": state.requires_online,
+        }
+    return status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = device_status(_device(Path(args.data)))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        policy = status.get("policy", {})
+        print(
+            f"device {status['device_id']} site {status['site']} · policy v{policy.get('version')}"
+            f" ({policy.get('mode', policy.get('error'))}) · keyring {status['keyring']}"
+        )
+    return EXIT_OK
+
+
+def cmd_export_audit(args: argparse.Namespace) -> int:
+    device = _device(Path(args.data))
+    session = Session.login(device, args.user, read_password(f"Password for {args.user}: "))
+    try:
+        bundle = session.export_audit()
+    finally:
+        session.lock()
+    atomic_write(Path(args.out), json.dumps(bundle, separators=(",", ":")).encode())
+    print(f"exported {len(bundle.get('entry', []))} audit entries to {args.out}")
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.split("\n")[0])
+    parser.add_argument("--self-test", action="store_true", help="check this installation")
+    sub = parser.add_subparsers(dest="command")
+    device = sub.add_parser("device", help="device commands for IT")
+    dsub = device.add_subparsers(dest="device_command", required=True)
+
+    init = dsub.add_parser("init", help="provision this laptop offline")
+    init.add_argument("--data", required=True)
+    init.add_argument("--device-id", required=True)
+    init.add_argument("--site", required=True)
+    init.add_argument("--policy", required=True, help="signed policy (JWS JSON)")
+    init.add_argument("--trust", action="append", required=True, help="policy signing key PEM")
+    init.add_argument("--threshold", type=int, default=1)
+    init.add_argument("--user", required=True)
+    init.add_argument("--role", choices=("clinician", "auditor", "admin"), required=True)
+    init.add_argument("--escrow-key", help="gateway escrow X25519 public key (base64)")
+    init.set_defaults(func=cmd_init)
+
+    status = dsub.add_parser("status", help="device state (no sign-in, no patient data)")
+    status.add_argument("--data", required=True)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    export = dsub.add_parser("export-audit", help="export the audit chain (auditor/admin)")
+    export.add_argument("--data", required=True)
+    export.add_argument("out")
+    export.add_argument("--user", required=True)
+    export.set_defaults(func=cmd_export_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) and EXIT_USAGE
+    if args.self_test:
+        from client.selftest import main as self_test
+
+        return self_test()
+    if args.command is None:
+        from client.ui.app import main as run_app
+
+        return run_app()
+    try:
+        return int(args.func(args))
+    except GatehouseError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+    except PolicyRefused as refused:
+        print(f"refused: {refused.reason}: {refused.detail}", file=sys.stderr)
+    except OSError as error:
+        print(f"error: {error.strerror or type(error).__name__}", file=sys.stderr)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Offline login with throttling, lockout and wipe thresholds from the policy (AU-1, AU-2, TM-1).
+
+Guarantees:
+- Every attempt is counted in the MACed header *before* the password work (keyslots), so killing
+  the app mid-attempt never erases a guess; restoring an old header is detected (keyring
+  generation) and locks the device until an online sign-in.
+- After a failure the policy decides: retry after N seconds (exponential), locked until a time,
+  or wipe. The decision is stored as ``locked_until`` in the header, so a restart changes nothing.
+- Before any password is tried, trusted time is advanced (boot clock + wall high-water): a clock
+  set back is recorded as tampering and offline login is refused until the device has synced;
+  past the offline block threshold login is refused; past the wipe threshold the device wipes.
+- Events that happen while the vault is locked (failed logins, lockouts, clock tamper) wait in
+  the header and enter the audit chain, with their own time, at the next successful unlock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+
+from client.core.device import Device
+from client.core.errors import UserFacingError
+from client.core.keyslots import HeaderCounters, JsonScalar, LockedOut, UnlockFailed
+from client.core.trusted_time import observe
+from policy import decisions
+from policy.decisions import OfflineKind, ThrottleKind
+from policy.model import Policy
+
+
+class LoginRefused(UserFacingError):
+    """Login is not possible now; ``message`` says why and what to do."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        attempts_left: int | None = None,
+        locked_until: dt.datetime | None = None,
+    ) -> None:
+        super().__init__(reason, message)
+        self.attempts_left = attempts_left
+        self.locked_until = locked_until
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """The result of a successful offline login: the DEK and who it is."""
+
+    user_id: str
+    role: str
+    dek: bytes
+    policy: Policy
+    offline: decisions.OfflineState
+
+
+def _pending_event(event: str, at: dt.datetime, **fields: JsonScalar) -> dict[str, JsonScalar]:
+    return {"event": event, "at": at.isoformat(), "eid": secrets.token_hex(8), **fields}
+
+
+def check_time(device: Device, policy: Policy) -> decisions.OfflineState:
+    """Advance trusted time; refuse when tampered, blocked, or wipe when past the limit."""
+    seen = observe(
+        device.time_state(),
+        device.clocks(),
+        max_skew=dt.timedelta(seconds=policy.get_int("time.max_clock_skew_seconds")),
+    )
+    now = device.clock()
+
+    def save(counters: HeaderCounters) -> None:
+        counters.time_state = seen.state.to_json()
+        if seen.tampered:
+            counters.add_pending_audit_event(
+                _pending_event(
+                    "clock_tamper", now, set_back_seconds=int(seen.set_back_by.total_seconds())
+                )
+            )
+
+    device.header.update_counters(save)
+    if seen.state.requires_online:
+        raise LoginRefused(
+            "clock_tamper",
+            "This laptop's clock was set back, so Gatehouse cannot trust how long it has been "
+            "offline. Connect to the network and sync before signing in.",
+        )
+    offline = decisions.offline_state(policy, seen.offline_elapsed)
+    if offline.kind is OfflineKind.WIPE:
+        device.wipe("offline_too_long")
+        raise LoginRefused(
+            "wiped_offline_too_long",
+            "This laptop was offline longer than the policy allows and has been wiped. "
+            "Contact IT to set it up again.",
+        )
+    if offline.kind is OfflineKind.BLOCKED_UNTIL_SYNC:
+        raise LoginRefused(
+            "offline_too_long",
+            "This laptop has been offline too long. Connect to the network and sync, then sign "
+            "in. Your unsent notes are safe.",
+        )
+    return offline
+
+
+def login(device: Device, user_id: str, password: str) -> Unlocked:
+    """Offline login. Raises ``LoginRefused`` (with attempts left / locked-until) on failure."""
+    policy = device.policy()
+    offline = check_time(device, policy)
+    now = device.clock()
+    try:
+        dek = device.header.unlock(user_id, password, now=now)
+    except LockedOut as locked:
+        raise LoginRefused(
+            "locked_out",
+            f"Too many wrong passwords. Try again after {locked.until:%H:%M} UTC.",
+            locked_until=locked.until,
+        ) from None
+    except UnlockFailed:
+        raise _after_failure(device, policy, user_id, now) from None
+    role = device.header.role_of(user_id)
+    if role is None:  # cannot happen after a successful unlock; fail closed
+        raise LoginRefused("unlock_failed", "The user name or password is not right.")
+    return Unlocked(user_id, role, dek, policy, offline)
+
+
+def reauthenticate(device: Device, user_id: str, password: str) -> None:
+    """Check the signed-in user's password again (break-glass, print, export: AU-4).
+
+    Counted and throttled exactly like a login, so re-authentication cannot be brute-forced.
+    """
+    policy = device.policy()
+    now = device.clock()
+    try:
+        device.header.unlock(user_id, password, now=now)
+    except LockedOut as locked:
+        raise LoginRefused(
+            "locked_out",
+            f"Too many wrong passwords. Try again after {locked.until:%H:%M} UTC.",
+            locked_until=locked.until,
+        ) from None
+    except UnlockFailed:
+        raise _after_failure(device, policy, user_id, now) from None
+
+
+def _after_failure(device: Device, policy: Policy, user_id: str, now: dt.datetime) -> LoginRefused:
+    counters = device.header.counters
+    attempts = max(counters.failed_attempts.get(user_id, 0), counters.device_failed_attempts)
+    outcome = decisions.failed_login_outcome(policy, attempts, now)
+    if outcome.kind is ThrottleKind.WIPE:
+        device.wipe("too_many_failed_logins")
+        return LoginRefused(
+            "wiped_failed_logins",
+            "Too many wrong passwords: this laptop has been wiped to protect patients' records. "
+            "Contact IT.",
+        )
+    until = outcome.locked_until
+    if outcome.kind is ThrottleKind.RETRY_AFTER:
+        until = now + dt.timedelta(seconds=outcome.retry_after_seconds)
+    if until is not None:
+        locked = until
+
+        def lock(c: HeaderCounters) -> None:
+            if user_id in c.failed_attempts:
+                c.locked_until[user_id] = locked
+            else:
+                c.device_locked_until = locked
+            if outcome.kind is ThrottleKind.LOCKED_UNTIL:
+                c.add_pending_audit_event(
+                    _pending_event("lockout", now, user_id=user_id, until=locked.isoformat())
+                )
+
+        device.header.update_counters(lock)
+    if outcome.kind is ThrottleKind.LOCKED_UNTIL and until is not None:
+        return LoginRefused(
+            "locked_out",
+            f"Too many wrong passwords. Signing in is locked until {until:%H:%M} UTC.",
+            locked_until=until,
+        )
+    left = outcome.attempts_left_before_lockout
+    wait = f" Wait {outcome.retry_after_seconds} s before trying again." if until else ""
+    return LoginRefused(
+        "unlock_failed",
+        f"The user name or password is not right. {left} attempt(s) left before lockout.{wait}",
+        attempts_left=left,
+        locked_until=until,
+    )

@@ -1,0 +1,444 @@
+"""The session facade: the single API the UI and the device CLI call once a user has signed in.
+
+Guarantees:
+- Every act that reads or writes records appends its audit entry in the SAME transaction,
+  before any data is returned (AD-1): if the audit append fails, the caller gets nothing.
+- Roles are enforced here (AU-5): only a clinician reads or writes clinical content; an auditor
+  sees audit metadata only; an admin manages users and the device. A refused act is audited
+  with outcome ``denied``.
+- A patient outside the device's site scope opens only through break-glass: a reason code and
+  text plus the password again, time-limited by the policy, audited with purpose BTG (AU-4).
+- ``lock()`` audits, scrubs the audit chain's old keys from the WAL, closes the database and
+  drops the key; afterwards every call raises ``VaultLocked`` (AU-3).
+- Patients that left the site scope or passed retention are purged at sign-in once they have no
+  unsent work, each purge audited with the reason (DESIGN.md §Policy data.retention_days).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+from client.core import accounts, consultation, records, search
+from client.core.accounts import LoginRefused, Unlocked
+from client.core.audit_log import AuditLog
+from client.core.chart import Chart, open_chart
+from client.core.device import Device
+from client.core.errors import UserFacingError, VaultLocked
+from client.core.kdf import KdfParams, calibrate
+from client.core.schema import MIGRATIONS
+from client.core.search import PatientSummary
+from client.core.vault import Vault, database_path
+from policy import decisions
+from sync.audit_entry import AuditEntry
+
+log = logging.getLogger(__name__)
+
+CLINICIAN: Final = "clinician"
+AUDITOR: Final = "auditor"
+ADMIN: Final = "admin"
+BREAK_GLASS_REASONS: Final = {
+    "emergency": "Medical emergency",
+    "transfer": "Patient arriving from another prison",
+    "court": "Court or hospital escort",
+    "continuity": "Continuity of care (covering another site)",
+    "other": "Other (explain)",
+}
+MIN_BREAK_GLASS_TEXT: Final = 10  # characters of free-text reason, so "x" is not a reason
+
+
+class NotAllowed(UserFacingError):
+    """This role may not do this (AU-5)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__("not_allowed", f"Your role does not allow you to {what}.")
+
+
+class BreakGlassRequired(UserFacingError):
+    """The patient is outside this device's site scope: break-glass is needed to open it."""
+
+    def __init__(self, patient_id: str) -> None:
+        super().__init__(
+            "break_glass_required",
+            "This patient is not on your site's caseload. To open the record you must give a "
+            "reason and your password again; the access is recorded and reviewed.",
+        )
+        self.patient_id = patient_id
+
+
+class BreakGlassRefused(UserFacingError):
+    """The break-glass request itself was not acceptable (reason missing or too short)."""
+
+
+@dataclass(frozen=True)
+class BreakGlassGrant:
+    patient_id: str
+    reason_code: str
+    granted_at: dt.datetime
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    user_id: str
+    role: str
+    site: str
+    policy_version: int
+    policy_expires_at: dt.datetime
+    policy_mode: str
+    offline: decisions.OfflineState
+    unsent_items: int
+    conflicts: int
+    audit_unsent: int
+    break_glass: tuple[BreakGlassGrant, ...]
+
+
+def _pending_eid(event: dict[str, Any]) -> str:
+    explicit = event.get("eid")
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    canonical = json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+class Session:
+    """An unlocked vault for one signed-in user. Obtain it with ``Session.login``."""
+
+    def __init__(self, device: Device, unlocked: Unlocked) -> None:
+        self.device = device
+        self.user_id = unlocked.user_id
+        self.role = unlocked.role
+        self.policy = unlocked.policy
+        self.offline = unlocked.offline
+        self._audit = AuditLog()
+        self._grants: dict[str, BreakGlassGrant] = {}
+        self._vault: Vault | None = Vault.open(
+            database_path(device.data_dir), unlocked.dek, MIGRATIONS
+        )
+        self._record_login()
+        if self.role == CLINICIAN:
+            self.apply_retention()
+
+    @classmethod
+    def login(cls, device: Device, user_id: str, password: str) -> Session:
+        return cls(device, accounts.login(device, user_id, password))
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def _conn(self) -> Any:
+        if self._vault is None:
+            raise VaultLocked()
+        return self._vault.connection
+
+    @property
+    def is_locked(self) -> bool:
+        return self._vault is None or not self._vault.is_open
+
+    @contextmanager
+    def _act(self) -> Iterator[Any]:
+        if self._vault is None:
+            raise VaultLocked()
+        with self._vault.transaction() as conn:
+            yield conn
+
+    def _now(self) -> dt.datetime:
+        return self.device.clock()
+
+    def _append(self, conn: Any, action: str, outcome: str = "success", **fields: Any) -> None:
+        self._audit.append(
+            conn,
+            ts=fields.pop("ts", None) or self._now(),
+            action=action,
+            outcome=outcome,
+            user_id=fields.pop("user_id", self.user_id),
+            role=fields.pop("role", self.role),
+            **fields,
+        )
+
+    def _require_role(self, allowed: Sequence[str], what: str, action: str) -> None:
+        if self.role in allowed:
+            return
+        with self._act() as conn:
+            self._append(conn, action, "denied", detail={"what": what})
+        raise NotAllowed(what)
+
+    def _site_scope(self) -> tuple[str, ...]:
+        return self.policy.site_scope or (self.device.profile.site,)
+
+    def _record_login(self) -> None:
+        header = self.device.header
+        pending = list(header.counters.pending_audit_events)
+        with self._act() as conn:
+            for event in pending:
+                eid = _pending_eid(event)
+                seen = conn.execute("SELECT 1 FROM imported_pending WHERE eid = ?", (eid,))
+                if seen.fetchone():
+                    continue
+                conn.execute("INSERT INTO imported_pending (eid) VALUES (?)", (eid,))
+                at = event.get("at")
+                ts = dt.datetime.fromisoformat(at) if isinstance(at, str) else self._now()
+                detail = {
+                    k: v
+                    for k, v in event.items()
+                    if k not in {"event", "at", "eid", "user_id"} and isinstance(v, str | int)
+                }
+                name = str(event.get("event", "unknown"))
+                user = event.get("user_id")
+                self._audit.append(
+                    conn,
+                    ts=ts,
+                    action=name,
+                    outcome="failure" if name in {"login_failed", "lockout"} else "success",
+                    user_id=user if isinstance(user, str) and user != "<invalid>" else None,
+                    detail=detail,
+                )
+            self._append(conn, "login_ok", detail={"offline": str(self.offline.kind)})
+        if pending:
+            header.acknowledge_pending_audit_events(len(pending))
+
+    # -- lock ----------------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Audit, scrub, close the database and drop the key. Idempotent."""
+        vault, self._vault = self._vault, None
+        self._grants.clear()
+        if vault is None or not vault.is_open:
+            return
+        try:
+            with vault.transaction() as conn:
+                self._audit.append(
+                    conn,
+                    ts=self._now(),
+                    action="lock",
+                    outcome="success",
+                    user_id=self.user_id,
+                    role=self.role,
+                )
+            self._audit.scrub_wal(vault.connection)
+        finally:
+            vault.close()
+
+    # -- clinical acts -------------------------------------------------------------------------
+
+    def search(self, query: str, *, limit: int = 50) -> list[PatientSummary]:
+        """Patients matching ``query`` (name, NHS number, prison number, date of birth)."""
+        self._require_role((CLINICIAN,), "search patient records", "search")
+        with self._act() as conn:
+            hits = search.search_patients(conn, query, limit=limit, site_scope=self._site_scope())
+            self._append(conn, "search", detail={"results": len(hits), "chars": len(query)})
+        return hits
+
+    def in_scope(self, patient_id: str) -> bool:
+        with self._act() as conn:
+            patient = records.get(conn, "Patient", patient_id)
+        return patient is not None and search.site_of(patient.get("managingOrganization")) in (
+            self._site_scope()
+        )
+
+    def active_grant(self, patient_id: str) -> BreakGlassGrant | None:
+        grant = self._grants.get(patient_id)
+        if grant is not None and grant.expires_at <= self._now():
+            del self._grants[patient_id]
+            return None
+        return grant
+
+    def _purpose(self, patient_id: str) -> str:
+        """TREAT inside the scope, BTG under a live grant; else break-glass is required."""
+        if self.in_scope(patient_id):
+            return "TREAT"
+        if self.active_grant(patient_id) is not None:
+            return "BTG"
+        raise BreakGlassRequired(patient_id)
+
+    def open_chart(self, patient_id: str) -> Chart:
+        """The patient's chart; the view is audited before it is returned (AD-1)."""
+        self._require_role((CLINICIAN,), "open patient records", "record_view")
+        purpose = self._purpose(patient_id)
+        with self._act() as conn:
+            chart = open_chart(conn, patient_id, today=self._now().date())
+            self._append(conn, "record_view", patient_id=patient_id, purpose=purpose)
+        return chart
+
+    def break_glass(
+        self, patient_id: str, reason_code: str, reason_text: str, password: str
+    ) -> BreakGlassGrant:
+        """Re-authenticate and grant time-limited access to a patient outside the scope."""
+        self._require_role((CLINICIAN,), "use break-glass access", "break_glass")
+        if reason_code not in BREAK_GLASS_REASONS:
+            raise BreakGlassRefused("break_glass_reason", "Choose a reason for the access.")
+        if len(reason_text.strip()) < MIN_BREAK_GLASS_TEXT:
+            raise BreakGlassRefused(
+                "break_glass_reason",
+                f"Describe the reason in at least {MIN_BREAK_GLASS_TEXT} characters.",
+            )
+        try:
+            accounts.reauthenticate(self.device, self.user_id, password)
+        except LoginRefused:
+            with self._act() as conn:
+                self._append(
+                    conn,
+                    "break_glass",
+                    "failure",
+                    patient_id=patient_id,
+                    purpose="BTG",
+                    detail={"reason_code": reason_code, "why": "reauthentication_failed"},
+                )
+            raise
+        now = self._now()
+        grant = BreakGlassGrant(
+            patient_id, reason_code, now, decisions.break_glass_expires_at(self.policy, now)
+        )
+        with self._act() as conn:
+            self._append(
+                conn,
+                "break_glass",
+                patient_id=patient_id,
+                purpose="BTG",
+                reason_text=reason_text.strip()[:500],
+                detail={"reason_code": reason_code, "expires_at": grant.expires_at.isoformat()},
+            )
+        self._grants[patient_id] = grant
+        return grant
+
+    def write_consultation(
+        self,
+        patient_id: str,
+        *,
+        vitals: Sequence[consultation.Vital],
+        note_text: str,
+        plan_text: str,
+    ) -> consultation.ConsultationResult:
+        """Save a consultation offline with its outbox entries and audit entry, atomically."""
+        self._require_role((CLINICIAN,), "write consultations", "note_written")
+        purpose = self._purpose(patient_id)
+        with self._act() as conn:
+            result = consultation.write_consultation(
+                conn,
+                patient_id=patient_id,
+                author_user_id=self.user_id,
+                site=self.device.profile.site,
+                vitals=vitals,
+                note_text=note_text,
+                plan_text=plan_text,
+                now=self._now(),
+            )
+            self._append(conn, "note_written", patient_id=patient_id, purpose=purpose)
+        return result
+
+    def record_disclosure(self, kind: str, patient_id: str | None, *, allowed: bool) -> None:
+        """Audit a copy / print / export attempt (UI-2), allowed or blocked."""
+        action = f"{kind}_{'allowed' if allowed else 'blocked'}"
+        with self._act() as conn:
+            self._append(
+                conn,
+                action,
+                "success" if allowed else "denied",
+                patient_id=patient_id,
+                purpose="TREAT" if allowed else None,
+            )
+
+    def outbox_status(self) -> tuple[int, int]:
+        """(unsent items, open conflicts)."""
+        with self._act() as conn:
+            return consultation.unsent_count(conn), len(consultation.list_conflicts(conn))
+
+    # -- accounts ------------------------------------------------------------------------------
+
+    def change_password(self, old_password: str, new_password: str) -> None:
+        """Re-wrap this user's key slot (ST-6); the data is not re-encrypted."""
+        minimum = decisions.min_password_length(self.policy)
+        if len(new_password) < minimum:
+            raise UserFacingError(
+                "password_too_short", f"The new password must be at least {minimum} characters."
+            )
+        self.device.header.change_password(
+            self.user_id, old_password, new_password, now=self._now()
+        )
+        with self._act() as conn:
+            self._append(conn, "password_changed")
+
+    def add_user(self, user_id: str, role: str, password: str) -> None:
+        """Give another person a key slot on this device (admin only, from this unlocked vault)."""
+        self._require_role((ADMIN,), "add users to this device", "user_added")
+        minimum = decisions.min_password_length(self.policy)
+        if len(password) < minimum:
+            raise UserFacingError(
+                "password_too_short", f"The password must be at least {minimum} characters."
+            )
+        assert self._vault is not None
+        self.device.header.add_slot(
+            user_id, role, password, self._vault.export_dek(), self._kdf_params()
+        )
+        with self._act() as conn:
+            self._append(conn, "user_added", detail={"added_user": user_id, "added_role": role})
+
+    def _kdf_params(self) -> KdfParams:
+        return self.device.kdf_params or calibrate()
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def audit_entries(self, since_seq: int = 0) -> list[AuditEntry]:
+        """Audit metadata (no clinical content) for auditors and admins."""
+        self._require_role((AUDITOR, ADMIN), "read the audit log", "audit_read")
+        with self._act() as conn:
+            entries = self._audit.entries(conn, since_seq)
+            self._append(conn, "audit_read", detail={"entries": len(entries)})
+        return entries
+
+    def export_audit(self) -> dict[str, Any]:
+        """The whole local chain as a FHIR AuditEvent Bundle (for gatehouse-audit verify)."""
+        self._require_role((AUDITOR, ADMIN), "export the audit log", "export")
+        with self._act() as conn:
+            self._append(conn, "export", detail={"what": "audit_log"})
+            return self._audit.export(conn)
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def apply_retention(self) -> int:
+        """Purge patients out of scope or past retention whose work is all sent; audit each."""
+        now = self._now()
+        retention = self.policy.get_int("data.retention_days")
+        purged = 0
+        with self._act() as conn:
+            candidates = records.patients_past_retention(conn, now, retention, self._site_scope())
+            for candidate in candidates:
+                if candidate.has_unsent_work:
+                    continue  # its notes must reach the gateway first; purged after a sync
+                records.purge_patient(conn, candidate.patient_id)
+                self._append(
+                    conn,
+                    "purge",
+                    patient_id=candidate.patient_id,
+                    detail={"why": candidate.reason},
+                )
+                purged += 1
+        return purged
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status(self) -> SessionStatus:
+        with self._act() as conn:
+            unsent = consultation.unsent_count(conn)
+            conflicts = len(consultation.list_conflicts(conn))
+            audit_unsent = self._audit.unsent_count(conn)
+        now = self._now()
+        return SessionStatus(
+            user_id=self.user_id,
+            role=self.role,
+            site=self.device.profile.site,
+            policy_version=self.policy.version,
+            policy_expires_at=self.policy.expires_at,
+            policy_mode=str(decisions.policy_mode(self.policy, now)),
+            offline=self.offline,
+            unsent_items=unsent,
+            conflicts=conflicts,
+            audit_unsent=audit_unsent,
+            break_glass=tuple(g for g in self._grants.values() if g.expires_at > now),
+        )
