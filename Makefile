@@ -11,9 +11,10 @@ export QT_QPA_PLATFORM ?= offscreen
 # System packages the test suite uses: a real Secret Service (gnome-keyring inside
 # dbus-run-session) for the keyring tests, Xvfb for the UI journey, PostgreSQL 15 for the
 # gateway's scale path. Installed only when missing and only when we are root on Debian.
-SYSTEM_PACKAGES := dbus gnome-keyring libsecret-tools xvfb postgresql
+SYSTEM_PACKAGES := dbus gnome-keyring libsecret-tools xvfb postgresql \
+                   libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0
 
-.PHONY: test lint typecheck pytest venv sysdeps bench clean
+.PHONY: test lint typecheck pytest venv sysdeps bench clean package
 
 venv: $(STAMP)
 
@@ -37,6 +38,11 @@ pytest: venv sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# A PyInstaller one-folder bundle of the laptop client with its manifest, SBOM and self-test.
+package: venv sysdeps
+	bash packaging/build.sh
+	$(PY) packaging/verify.py
 
 bench: venv
 	$(PY) -m bench
