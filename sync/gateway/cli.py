@@ -1,0 +1,89 @@
+"""``gatehouse-gateway``: set up and serve the gateway.
+
+Commands in this slice: ``init --data DIR [--hostname H]…`` and ``serve --data DIR [--host]
+[--port] [--trusted-proxy ADDR]…``. Never prints key material; pins are public.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sync.gateway import datadir, pki
+
+
+def _init(args: argparse.Namespace) -> int:
+    try:
+        result = datadir.init_data_dir(
+            Path(args.data), now=dt.datetime.now(dt.UTC), hostnames=tuple(args.hostname)
+        )
+    except datadir.DataDirError as err:
+        print(f"gatehouse-gateway: refused: {err.reason} ({args.data})", file=sys.stderr)
+        return 2
+    print(f"initialised {args.data}")
+    print("SPKI SHA-256 pins for the policy (network.pins):")
+    print(f"  current: {result.server_pin}")
+    print(f"  backup:  {result.backup_pin}")
+    print(f"device CA SPKI SHA-256: {result.ca_pin}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sync.gateway.server import (
+        build_app,
+        build_ssl_context,
+        parse_trusted_proxies,
+        uvicorn_config,
+    )
+    from sync.gateway.sqlite_store import SqliteStore
+
+    data = Path(args.data)
+    if not (data / datadir.CA_CERT).exists():
+        print("gatehouse-gateway: run `init --data DIR` first", file=sys.stderr)
+        return 2
+    store = SqliteStore(data / datadir.DATABASE)
+    context = build_ssl_context(
+        data / datadir.SERVER_CERT, data / datadir.SERVER_KEY, data / datadir.CA_CERT
+    )
+    ca_cert = pki.load_cert((data / datadir.CA_CERT).read_bytes())
+    app = build_app(
+        store, ca_cert=ca_cert, trusted_proxies=parse_trusted_proxies(args.trusted_proxy)
+    )
+    try:
+        uvicorn.Server(
+            uvicorn_config(app, context, host=args.host, port=args.port, log_level="info")
+        ).run()
+    finally:
+        store.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatehouse-gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init", help="create CA, server keys, escrow/audit keys, database")
+    init.add_argument("--data", required=True)
+    init.add_argument("--hostname", action="append", default=[], help="extra server name")
+    init.set_defaults(run=_init)
+    serve = commands.add_parser("serve", help="serve mutual TLS 1.3 on HOST:PORT")
+    serve.add_argument("--data", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument("--trusted-proxy", action="append", default=[])
+    serve.set_defaults(run=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

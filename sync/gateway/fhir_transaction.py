@@ -1,0 +1,330 @@
+"""``transaction`` and ``batch`` Bundles POSTed to /fhir.
+
+Invariants:
+- A transaction is all or nothing: it runs in ONE store write transaction; the first failing
+  entry rolls everything back and the answer is that entry's OperationOutcome.
+- A batch runs each entry in its own write transaction and reports each entry's outcome.
+- Exactly-once creates: ``ifNoneExist: identifier=system|value`` finds a live resource of the
+  same type in the device's site with that identifier → 200 with the existing resource, no
+  new one (a retry after a lost reply is harmless). Two matches → 412.
+- Updates require ``ifMatch: W/"n"`` (versioned update): a mismatch → 412 carrying the current
+  version; an update never silently overwrites.
+- Site scope: a Patient written must be managed by the device's site; a clinical resource must
+  reference a live patient of the device's site (else 404, indistinguishable from "no such
+  patient"); an update or delete touches only resources of the device's site (else 404).
+- Request bodies are bounded (``MAX_BODY_BYTES``, ``MAX_BUNDLE_ENTRIES``, JSON depth and item
+  count, no duplicate keys — ``sync.fhir.bounded_json``) and every written resource passes
+  ``sync.fhir.validate.validate_resource(as_create=True)`` (the rules the client applies to what
+  it stores); anything else is refused with 4xx before anything is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sync.fhir.bounded_json import BoundedJsonError, loads_bounded
+from sync.fhir.validate import InvalidResource, validate_resource
+from sync.gateway import resources as res
+from sync.gateway.outcome import (
+    FhirError,
+    etag,
+    fhir_response,
+    operation_outcome,
+    status_text,
+)
+from sync.gateway.store import Store, StoredResource, StoreError, WriteTx, fhir_instant
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a consultation with notes is kilobytes; 8 MiB is generous
+MAX_BUNDLE_ENTRIES = 1000
+MAX_BUNDLE_DEPTH = res.MAX_JSON_DEPTH + 4  # Bundle.entry[].resource adds three levels
+MAX_BODY_ITEMS = 200_000  # JSON members + array items in one request body
+IF_MATCH_RE = re.compile(r'^W/"(\d{1,12})"$')
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    rtype: str
+    rid: str | None
+    resource: dict[str, Any] | None
+    full_url: str | None
+    if_none_exist: tuple[str, str] | None
+    if_match: int | None
+
+
+@dataclass
+class Outcome:
+    status: int
+    stored: StoredResource | None
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 beyond ``MAX_BODY_BYTES``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise FhirError(413, "too-costly", "body_too_large")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise FhirError(413, "too-costly", "body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes, max_depth: int) -> Any:
+    """Strict, bounded JSON (sync.fhir.bounded_json: size, depth, items, duplicate keys)."""
+    try:
+        return loads_bounded(
+            body, max_bytes=MAX_BODY_BYTES, max_depth=max_depth, max_items=MAX_BODY_ITEMS
+        )
+    except BoundedJsonError as err:
+        if err.reason == "too_large":
+            raise FhirError(413, "too-costly", "body_too_large") from None
+        reason = "malformed_json" if err.reason == "malformed" else err.reason
+        raise FhirError(400, "structure", reason) from None
+
+
+def _bad(reason: str) -> FhirError:
+    return FhirError(400, "invalid", reason)
+
+
+def parse_entry(index: int, raw: Any) -> Entry:
+    if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
+        raise _bad("bad_entry")
+    request = raw["request"]
+    method, url = request.get("method"), request.get("url")
+    if not isinstance(method, str) or method not in ORDER or not isinstance(url, str):
+        raise FhirError(400, "not-supported", "unsupported_entry_method")
+    path = url.split("?", 1)[0].strip("/").split("/")
+    rtype = path[0]
+    if rtype not in res.RESOURCE_TYPES:
+        raise _bad("unsupported_resource_type")
+    if rtype == res.ORGANIZATION:
+        raise FhirError(403, "forbidden", "read_only_type")
+    rid: str | None = None
+    if method == "POST":
+        if len(path) != 1:
+            raise _bad("bad_entry_url")
+    else:
+        if len(path) != 2 or not res.ID_RE.match(path[1]):
+            raise _bad("bad_entry_url")
+        rid = path[1]
+    resource: dict[str, Any] | None = None
+    if method != "DELETE":
+        try:
+            resource = res.check_resource(raw.get("resource"), rtype, allow_urn=True)
+            validate_resource(resource, as_create=True)  # the client's own strict rules
+        except res.ResourceError as err:
+            raise _bad(err.reason) from None
+        except InvalidResource as err:
+            raise _bad(f"invalid_resource:{err.reason}") from None
+        if method == "PUT" and resource.get("id") not in (None, rid):
+            raise _bad("id_mismatch")
+    full_url = raw.get("fullUrl")
+    if full_url is not None and not isinstance(full_url, str):
+        raise _bad("bad_full_url")
+    if_none_exist: tuple[str, str] | None = None
+    if "ifNoneExist" in request:
+        cond = request["ifNoneExist"]
+        if method != "POST" or not isinstance(cond, str):
+            raise _bad("bad_if_none_exist")
+        key, _, token = cond.partition("=")
+        system, bar, value = token.partition("|")
+        if key != "identifier" or not bar or not system or not value:
+            raise FhirError(400, "not-supported", "unsupported_if_none_exist")
+        if_none_exist = (system, value)
+    if_match: int | None = None
+    if "ifMatch" in request:
+        match = IF_MATCH_RE.match(str(request["ifMatch"]))
+        if method == "POST" or match is None:
+            raise _bad("bad_if_match")
+        if_match = int(match.group(1))
+    return Entry(index, method, rtype, rid, resource, full_url, if_none_exist, if_match)
+
+
+def parse_bundle(body: bytes) -> tuple[str, list[Entry]]:
+    bundle = parse_json(body, MAX_BUNDLE_DEPTH)
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise _bad("not_a_bundle")
+    kind = bundle.get("type")
+    if kind not in ("transaction", "batch"):
+        raise FhirError(400, "not-supported", "unsupported_bundle_type")
+    raw_entries = bundle.get("entry", [])
+    if not isinstance(raw_entries, list):
+        raise _bad("bad_entry")
+    if len(raw_entries) > MAX_BUNDLE_ENTRIES:
+        raise FhirError(413, "too-costly", "too_many_entries")
+    return kind, [parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
+
+
+# -- execution -------------------------------------------------------------------------------
+
+
+def _rewrite_references(value: Any, urn_map: dict[str, str]) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("reference")
+            if isinstance(ref, str) and ref in urn_map:
+                item["reference"] = urn_map[ref]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _check_scope(tx: WriteTx, entry: Entry, site: str) -> None:
+    assert entry.resource is not None
+    try:
+        if entry.rtype == res.PATIENT:
+            if res.site_of_patient(entry.resource) != site:
+                raise FhirError(403, "forbidden", "other_site")
+        elif tx.patient_site(res.patient_id_of(entry.resource)) != site:
+            raise FhirError(404, "not-found", "unknown_patient")
+    except res.ResourceError as err:
+        raise _bad(err.reason) from None
+
+
+def _existing_in_site(tx: WriteTx, entry: Entry, site: str) -> StoredResource:
+    assert entry.rid is not None
+    current = tx.current(entry.rtype, entry.rid)
+    if current is None or current.site != site:
+        raise FhirError(404, "not-found", "not_found")
+    if entry.if_match is not None and entry.if_match != current.version_id:
+        raise FhirError(412, "conflict", "version_mismatch", current=current)
+    return current
+
+
+def resolve_creates(
+    tx: WriteTx, entries: list[Entry], site: str
+) -> tuple[dict[int, StoredResource], dict[str, str]]:
+    """For each POST: the existing match of ``ifNoneExist`` or a fresh id (→ ``rid``)."""
+    existing: dict[int, StoredResource] = {}
+    urn_map: dict[str, str] = {}
+    for entry in entries:
+        if entry.method != "POST":
+            continue
+        if entry.if_none_exist is not None:
+            matches = tx.find_by_identifier(entry.rtype, site, *entry.if_none_exist)
+            if len(matches) > 1:
+                raise FhirError(412, "multiple-matches", "if_none_exist_ambiguous")
+            if matches:
+                existing[entry.index] = matches[0]
+                entry.rid = matches[0].rid
+        if entry.rid is None:
+            entry.rid = str(uuid.uuid4())
+        if entry.full_url is not None and res.URN_UUID_RE.match(entry.full_url):
+            urn_map[entry.full_url] = f"{entry.rtype}/{entry.rid}"
+    return existing, urn_map
+
+
+def execute(tx: WriteTx, entry: Entry, site: str, existing: StoredResource | None) -> Outcome:
+    """Run one entry inside ``tx``; raise ``FhirError`` to refuse it."""
+    assert entry.rid is not None
+    if entry.method == "POST" and existing is not None:
+        return Outcome(200, existing)  # ifNoneExist matched: exactly-once create
+    if entry.method == "DELETE":
+        current = _existing_in_site(tx, entry, site)
+        if current.deleted:
+            return Outcome(204, None)
+        tx.delete(entry.rtype, entry.rid)
+        return Outcome(204, None)
+    assert entry.resource is not None
+    if entry.method == "PUT":
+        current = _existing_in_site(tx, entry, site)
+        if current.deleted:
+            raise FhirError(410, "deleted", "deleted")
+        if entry.if_match is None:
+            raise FhirError(428, "required", "if_match_required", current=current)
+    _check_scope(tx, entry, site)
+    try:
+        stored = tx.put(entry.rtype, entry.rid, entry.resource)
+    except (StoreError, res.ResourceError) as err:
+        raise _bad(err.reason) from None
+    return Outcome(201 if entry.method == "POST" else 200, stored)
+
+
+def _response_entry(base: str, entry: Entry, outcome: Outcome) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": status_text(outcome.status)}
+    result: dict[str, Any] = {}
+    stored = outcome.stored
+    if stored is not None:
+        result["fullUrl"] = f"{base}/{stored.rtype}/{stored.rid}"
+        response["location"] = f"{stored.rtype}/{stored.rid}/_history/{stored.version_id}"
+        response["etag"] = etag(stored.version_id)
+        response["lastModified"] = fhir_instant(stored.last_updated)
+        result["resource"] = orjson.Fragment(stored.body)
+    result["response"] = response
+    return result
+
+
+def _error_entry(error: FhirError) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "status": status_text(error.status),
+        "outcome": operation_outcome(error),
+    }
+    if error.current is not None:
+        response["etag"] = etag(error.current.version_id)
+    return {"response": response}
+
+
+def run_transaction(store: Store, entries: list[Entry], site: str) -> list[Outcome]:
+    with store.write() as tx:
+        existing, urn_map = resolve_creates(tx, entries, site)
+        for entry in entries:
+            if entry.resource is not None:
+                _rewrite_references(entry.resource, urn_map)
+        outcomes: dict[int, Outcome] = {}
+        ordered = sorted(
+            entries,
+            key=lambda e: (ORDER[e.method], e.method == "POST" and e.rtype != res.PATIENT),
+        )
+        for entry in ordered:
+            outcomes[entry.index] = execute(tx, entry, site, existing.get(entry.index))
+    return [outcomes[e.index] for e in entries]
+
+
+def run_batch_entry(store: Store, entry: Entry, site: str) -> Outcome | FhirError:
+    try:
+        with store.write() as tx:
+            existing, _ = resolve_creates(tx, [entry], site)
+            return execute(tx, entry, site, existing.get(entry.index))
+    except FhirError as err:
+        return err
+
+
+async def handle_bundle(request: Request, store: Store, site: str) -> Response:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type not in ("application/fhir+json", "application/json"):
+        raise FhirError(415, "not-supported", "unsupported_media_type")
+    kind, entries = parse_bundle(await read_body(request))
+    base = str(request.base_url).rstrip("/") + "/fhir"
+    if kind == "transaction":
+        outcomes = await run_in_threadpool(run_transaction, store, entries, site)
+        result = [_response_entry(base, e, o) for e, o in zip(entries, outcomes, strict=True)]
+        return fhir_response(
+            {"resourceType": "Bundle", "type": "transaction-response", "entry": result}
+        )
+    answers: list[dict[str, Any]] = []
+    for entry in entries:
+        outcome = await run_in_threadpool(run_batch_entry, store, entry, site)
+        if isinstance(outcome, FhirError):
+            answers.append(_error_entry(outcome))
+        else:
+            answers.append(_response_entry(base, entry, outcome))
+    return fhir_response({"resourceType": "Bundle", "type": "batch-response", "entry": answers})

@@ -1,0 +1,119 @@
+"""The SQLite store: change sequence = commit order, monotonic lastUpdated, atomicity."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sync.gateway.loader import load_resources
+from sync.gateway.sqlite_store import SqliteStore
+from sync.gateway.store import HistoryQuery, SearchQuery, StoreError
+from tests.gateway.conftest import SITE_A, SITE_B, observation, patient
+
+
+def test_a_later_commit_never_gets_a_smaller_seq(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    load_resources(store, [patient("p1", SITE_A)])
+    holding, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow_writer() -> None:
+        with store.write() as tx:
+            tx.put("Observation", "slow", observation("slow", "p1"))
+            holding.set()
+            release.wait(5)
+            order.append("slow-commit")
+
+    def fast_writer() -> None:
+        with store.write() as tx:
+            tx.put("Observation", "fast", observation("fast", "p1"))
+        order.append("fast-commit")
+
+    slow = threading.Thread(target=slow_writer)
+    slow.start()
+    assert holding.wait(5)
+    fast = threading.Thread(target=fast_writer)
+    fast.start()
+    time.sleep(0.3)
+    # While the slow transaction is open, a reader sees neither change.
+    seen = store.history(HistoryQuery(site=SITE_A, count=100, after_seq=1))
+    assert seen == []
+    assert order == []  # the fast writer waits for the writer lock
+    release.set()
+    slow.join(5)
+    fast.join(5)
+    assert order == ["slow-commit", "fast-commit"]
+    changes = store.history(HistoryQuery(site=SITE_A, count=100, after_seq=1))
+    assert [c.rid for c in changes] == ["slow", "fast"]
+    assert changes[0].seq < changes[1].seq
+    store.close()
+
+
+def test_last_updated_is_monotonic_even_when_the_clock_goes_back(tmp_path: Path) -> None:
+    times = iter(dt.datetime(2026, 1, 1, tzinfo=dt.UTC) - dt.timedelta(hours=h) for h in range(100))
+    store = SqliteStore(tmp_path / "db.sqlite3", clock=lambda: next(times))
+    load_resources(store, [patient("p1", SITE_A)])
+    for i in range(5):
+        load_resources(store, [observation(f"o{i}", "p1")])
+    stamps = [c.last_updated for c in store.history(HistoryQuery(site=SITE_A, count=100))]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    store.close()
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    load_resources(store, [patient("p1", SITE_A)])
+    head = store.head_seq()
+    with pytest.raises(StoreError) as err, store.write() as tx:
+        tx.put("Observation", "o1", observation("o1", "p1"))
+        tx.put("Observation", "o2", observation("o2", "nobody"))
+    assert err.value.reason == "unknown_patient"
+    assert store.head_seq() == head
+    assert store.read("Observation", "o1") is None
+    query = SearchQuery(rtype="Observation", site=SITE_A, count=10)
+    assert store.search(query) == []
+    store.close()
+
+
+def test_delete_is_a_version_and_vread_keeps_the_past(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    load_resources(store, [patient("p1", SITE_A), observation("o1", "p1")])
+    with store.write() as tx:
+        gone = tx.delete("Observation", "o1")
+    assert gone.version_id == 2 and gone.deleted
+    current = store.read("Observation", "o1")
+    assert current is not None and current.deleted
+    first = store.vread("Observation", "o1", 1)
+    assert first is not None and not first.deleted and b'"versionId":"1"' in first.body
+    ops = [(c.rid, c.op) for c in store.history(HistoryQuery(site=SITE_A, count=10))]
+    assert ops == [("p1", "put"), ("o1", "put"), ("o1", "delete")]
+    with pytest.raises(StoreError), store.write() as tx:
+        tx.delete("Observation", "o1")
+    store.close()
+
+
+def test_transfer_writes_leave_and_put_rows_for_every_resource(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    load_resources(store, [patient("p1", SITE_A), observation("o1", "p1")])
+    head = store.head_seq()
+    load_resources(store, [patient("p1", SITE_B)])
+    old = store.history(HistoryQuery(site=SITE_A, count=10, after_seq=head))
+    new = store.history(HistoryQuery(site=SITE_B, count=10, after_seq=head))
+    assert sorted((c.rid, c.op) for c in old) == [("o1", "leave"), ("p1", "leave")]
+    assert sorted((c.rid, c.op, c.version_id) for c in new) == [("o1", "put", 1), ("p1", "put", 2)]
+    moved = store.read("Observation", "o1")
+    assert moved is not None and moved.site == SITE_B
+    store.close()
+
+
+def test_loader_writes_in_batches(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    items = [patient(f"p{i}", SITE_A) for i in range(7)]
+    assert load_resources(store, items, batch=3) == 7
+    assert store.head_seq() == 7
+    assert len(store.search(SearchQuery(rtype="Patient", site=SITE_A, count=100))) == 7
+    store.close()
