@@ -31,11 +31,11 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
+
+from sync.pins import spki_der
 
 # Timeouts in seconds: connecting to a gateway on a LAN or VPN takes well under 10 s; a page of
 # resources is produced and streamed in well under 60 s even on a slow link.
@@ -67,12 +67,8 @@ class TransportError(Exception):
 
 
 def spki_sha256(der_certificate: bytes) -> bytes:
-    """SHA-256 over the DER SubjectPublicKeyInfo of a certificate (the pinned value)."""
-    cert = x509.load_der_x509_certificate(der_certificate)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).digest()
+    """SHA-256 over the DER SubjectPublicKeyInfo of a certificate (the pinned value, raw)."""
+    return hashlib.sha256(spki_der(der_certificate)).digest()
 
 
 def decode_pin(pin: str) -> bytes:

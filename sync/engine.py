@@ -1,0 +1,409 @@
+"""The sync engine: push the outbox, then pull every resource type's changes (DESIGN.md §Sync).
+
+The protocol decides; the transport moves bytes (CONVENTIONS.md §3). The engine talks to the
+local store only through ``sync.replica.Replica`` and never imports the client.
+
+Guarantees:
+- Push before pull, so a clinician's notes go up before anything comes down.
+- Exactly-once creates: every create carries its client identifier as ``ifNoneExist``; a push
+  whose reply was lost is simply sent again and the server answers with the existing resource
+  (CR-2). Updates carry ``ifMatch``; a 412 becomes a conflict record holding both versions.
+- One bad item never blocks the others: a transaction refused as a whole is split into its
+  consultation groups, each sent alone; a refused group is recorded as a push error (visible,
+  retried next sync) and the rest goes on.
+- Pull is history-based per resource type with paging; every page is validated, then applied
+  with its cursor in ONE replica transaction (``apply_page``), so a sync killed at any instant
+  resumes from the last committed page without loss or duplicates (CR-1).
+- The cursor after the last page is the server's ``x-resume`` link (a server change sequence,
+  which never skips a change committed out of order). A server without it is resumed with
+  ``_since`` = the newest ``lastUpdated`` seen minus ``SINCE_OVERLAP`` (overlap, then dedupe by
+  version in the replica); see docs/sync.md.
+- Every inbound resource is validated (``sync.fhir.validate``) before it reaches the replica;
+  a bad one is quarantined with its reason and the rest of the page goes on (NW-3).
+- Progress (phase, items, bytes) is reported through a callback; cancellation is checked
+  between pages and batches (never in the middle of a replica transaction).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from sync.fhir.bounded_json import BoundedJsonError, loads_bounded
+from sync.fhir.bundle import (
+    bundle_entries,
+    next_link,
+    parse_history_entry,
+    parse_response_entry,
+    transaction,
+)
+from sync.fhir.validate import InvalidResource, parse_instant, validate_resource
+from sync.replica import Deletion, OutboxItem, Page, Quarantined, Replica
+from sync.transport import Response, Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 500  # resources per history page: ~1-2 MiB of JSON, one replica transaction
+PUSH_BATCH = 50  # outbox items per transaction Bundle
+SINCE_OVERLAP = dt.timedelta(minutes=5)  # re-read window for servers without a change sequence
+RESUME_RELATION = "x-resume"
+FHIR_JSON = "application/fhir+json"
+
+
+class SyncError(Exception):
+    """A sync that could not complete; ``reason`` is stable, ``message`` is for people."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class Cancelled(SyncError):
+    def __init__(self) -> None:
+        super().__init__("cancelled", "The sync was cancelled; what was received is kept.")
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str  # "push" | "pull" | "control" | "done"
+    detail: str  # e.g. the resource type being pulled
+    items: int
+    bytes: int
+
+
+@dataclass
+class SyncResult:
+    pulled: int = 0
+    deleted: int = 0
+    pushed: int = 0
+    conflicts: int = 0
+    push_errors: int = 0
+    quarantined: int = 0
+    skipped_older: int = 0
+    requests: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    duration_s: float = 0.0
+    error: str | None = None
+    control: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+ControlStep = Callable[[Transport, SyncResult], None]
+
+
+class SyncEngine:
+    """One whole sync over one transport connection."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        replica: Replica,
+        *,
+        resource_types: Sequence[str],
+        page_size: int = PAGE_SIZE,
+        push_batch: int = PUSH_BATCH,
+        progress: Callable[[Progress], None] | None = None,
+        cancel: threading.Event | None = None,
+        control_steps: Sequence[tuple[str, ControlStep]] = (),
+    ) -> None:
+        self._transport = transport
+        self._replica = replica
+        self._types = tuple(resource_types)
+        self._page_size = page_size
+        self._push_batch = push_batch
+        self._progress = progress or (lambda _: None)
+        self._cancel = cancel or threading.Event()
+        self._control = tuple(control_steps)
+        self.result = SyncResult()
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self) -> SyncResult:
+        """Push, pull, then the control steps. Never raises for sync failures: see ``error``."""
+        started = time.monotonic()
+        try:
+            self.push()
+            self.pull()
+            for name, step in self._control:
+                self._check_cancel()
+                self._report("control", name, 0)
+                step(self._transport, self.result)
+        except SyncError as error:
+            self.result.error = error.reason
+            log.warning("sync stopped: %s", error.reason)
+        except TransportError as error:
+            self.result.error = error.reason
+            log.warning("sync stopped by the transport: %s", error.reason)
+        finally:
+            counters = self._transport.counters
+            self.result.requests = counters.requests
+            self.result.bytes_received = counters.bytes_received
+            self.result.bytes_sent = counters.bytes_sent
+            self.result.duration_s = time.monotonic() - started
+            self._report("done", "", self.result.pulled + self.result.pushed)
+        return self.result
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled()
+
+    def _report(self, phase: str, detail: str, items: int) -> None:
+        self._progress(Progress(phase, detail, items, self._transport.counters.bytes_received))
+
+    def _json(self, response: Response, what: str) -> Any:
+        try:
+            return loads_bounded(response.body)
+        except BoundedJsonError as error:
+            raise SyncError("bad_response", f"the gateway's {what} is not acceptable") from error
+
+    # -- push ----------------------------------------------------------------------------------
+
+    def push(self) -> None:
+        """Send the outbox in transaction Bundles until it is empty (or only errors remain)."""
+        attempted: set[int] = set()
+        while True:
+            self._check_cancel()
+            items = [
+                i for i in self._replica.list_outbox(self._push_batch) if i.seq not in attempted
+            ]
+            if not items:
+                return
+            attempted.update(i.seq for i in items)
+            self._push_items(items)
+            self._report("push", "", self.result.pushed)
+
+    def _push_items(self, items: Sequence[OutboxItem]) -> None:
+        response = self._post_transaction(items)
+        if response.status == 200:
+            self._apply_push_response(items, response)
+            return
+        if response.status == 412 and len(items) == 1:
+            self._conflict(items[0])
+            return
+        groups = _groups(items)
+        if response.status >= 500:
+            raise SyncError("server_error", "the gateway could not take the notes right now")
+        if len(groups) > 1:
+            for group in groups:  # one bad item must not block the others
+                self._push_items(group)
+            return
+        if len(items) > 1 and response.status == 412:
+            for item in items:
+                self._push_items([item])
+            return
+        for item in items:
+            self._replica.record_push_error(item.seq, f"http_{response.status}")
+            self.result.push_errors += 1
+
+    def _post_transaction(self, items: Sequence[OutboxItem]) -> Response:
+        bundle = transaction([_entry(item) for item in items])
+        # Idempotent by construction: creates carry ifNoneExist, updates carry ifMatch.
+        return self._transport.request(
+            "POST",
+            "fhir",
+            body=orjson.dumps(bundle),
+            headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
+            idempotent=True,
+        )
+
+    def _apply_push_response(self, items: Sequence[OutboxItem], response: Response) -> None:
+        bundle = self._json(response, "transaction response")
+        try:
+            entries = bundle_entries(bundle, "transaction-response")
+            replies = [parse_response_entry(e, i) for i, e in enumerate(entries)]
+        except InvalidResource as error:
+            raise SyncError("bad_response", "the gateway's answer is malformed") from error
+        if len(replies) != len(items):
+            raise SyncError("bad_response", "the gateway answered a different number of items")
+        for item, reply in zip(items, replies, strict=True):
+            if reply.status in (200, 201) and reply.location:
+                server_id = _id_from_location(reply.location, item.resource_type)
+                version = reply.version_id or _version_from_location(reply.location) or "1"
+                self._replica.mark_sent(item.seq, server_id, version)
+                self.result.pushed += 1
+            else:
+                self._replica.record_push_error(item.seq, f"http_{reply.status}")
+                self.result.push_errors += 1
+
+    def _conflict(self, item: OutboxItem) -> None:
+        current: Mapping[str, Any] | None = None
+        if item.operation == "update":
+            response = self._transport.get(f"fhir/{item.resource_type}/{item.local_id}")
+            if response.status == 200:
+                try:
+                    current = validate_resource(self._json(response, "current version"))
+                except InvalidResource:
+                    current = None
+        self._replica.record_conflict(item.seq, current)
+        self.result.conflicts += 1
+
+    # -- pull ----------------------------------------------------------------------------------
+
+    def pull(self) -> None:
+        for resource_type in self._types:
+            self._pull_type(resource_type)
+
+    def _pull_type(self, resource_type: str) -> None:
+        stream = f"history:{resource_type}"
+        url = self._replica.read_cursor(stream) or (
+            f"fhir/{resource_type}/_history?" + urlencode({"_count": self._page_size})
+        )
+        while True:
+            self._check_cancel()
+            response = self._transport.get(url, headers={"Accept": FHIR_JSON})
+            if response.status != 200:
+                raise SyncError("pull_refused", f"the gateway refused the {resource_type} changes")
+            bundle = self._json(response, f"{resource_type} page")
+            page, more = self._page(stream, resource_type, bundle)
+            stats = self._replica.apply_page(page)
+            self.result.pulled += stats.applied
+            self.result.deleted += stats.deleted
+            self.result.quarantined += stats.quarantined
+            self.result.skipped_older += stats.skipped_older
+            self._report("pull", resource_type, self.result.pulled)
+            if not more:
+                return
+            url = page.next_cursor
+
+    def _page(self, stream: str, resource_type: str, bundle: Any) -> tuple[Page, bool]:
+        try:
+            entries = bundle_entries(bundle, "history")
+            following = next_link(bundle)
+        except InvalidResource as error:
+            raise SyncError("bad_response", "a page of changes is malformed") from error
+        resources: list[Mapping[str, Any]] = []
+        deletions: list[Deletion] = []
+        quarantined: list[Quarantined] = []
+        newest: dt.datetime | None = None
+        for index, entry in enumerate(entries):
+            try:
+                item = parse_history_entry(entry, index)
+                if item.resource_type != resource_type:
+                    raise InvalidResource("wrong_type", f"Bundle.entry[{index}]")
+                if item.deleted:
+                    deletions.append(
+                        Deletion(item.resource_type, item.resource_id, item.version_id)
+                    )
+                    continue
+                resource = validate_resource(item.resource)
+            except InvalidResource as error:
+                quarantined.append(_quarantine(entry, error))
+                continue
+            resources.append(resource)
+            updated = _last_updated(resource)
+            if updated is not None and (newest is None or updated > newest):
+                newest = updated
+        resume = _link(bundle, RESUME_RELATION)
+        if following:
+            cursor = following
+        elif resume:
+            cursor = resume
+        else:
+            cursor = self._since_cursor(stream, resource_type, newest)
+        page = Page(stream, resources, deletions, quarantined, cursor)
+        return page, following is not None
+
+    def _since_cursor(self, stream: str, resource_type: str, newest: dt.datetime | None) -> str:
+        """Fallback for servers without a change sequence: overlap and dedupe by version."""
+        if newest is None:
+            return self._replica.read_cursor(stream) or (
+                f"fhir/{resource_type}/_history?" + urlencode({"_count": self._page_size})
+            )
+        since = (newest - SINCE_OVERLAP).isoformat()
+        return f"fhir/{resource_type}/_history?" + urlencode(
+            {"_since": since, "_count": self._page_size}
+        )
+
+
+def _entry(item: OutboxItem) -> dict[str, Any]:
+    body = dict(item.body)
+    request: dict[str, Any]
+    if item.operation == "update":
+        request = {
+            "method": "PUT",
+            "url": f"{item.resource_type}/{item.local_id}",
+            "ifMatch": f'W/"{item.base_version}"',
+        }
+    else:
+        request = {"method": "POST", "url": item.resource_type}
+        if_none_exist = item.extra.get("if_none_exist")
+        if isinstance(if_none_exist, str):
+            request["ifNoneExist"] = if_none_exist
+    entry: dict[str, Any] = {"resource": body, "request": request}
+    full_url = item.extra.get("full_url")
+    if isinstance(full_url, str):
+        entry["fullUrl"] = full_url
+    return entry
+
+
+def _groups(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:
+    """Split into consultation groups (items sharing ``extra['group']``), order kept."""
+    groups: dict[str, list[OutboxItem]] = {}
+    for item in items:
+        key = str(item.extra.get("group") or f"seq-{item.seq}")
+        groups.setdefault(key, []).append(item)
+    return list(groups.values())
+
+
+def _id_from_location(location: str, resource_type: str) -> str:
+    parts = location.split("/_history/")[0].rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == resource_type:
+        return parts[-1]
+    raise SyncError("bad_response", "the gateway's location header is malformed")
+
+
+def _version_from_location(location: str) -> str | None:
+    _, sep, version = location.partition("/_history/")
+    return version.strip("/") or None if sep else None
+
+
+def _link(bundle: Any, relation: str) -> str | None:
+    links = bundle.get("link") if isinstance(bundle, dict) else None
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == relation:
+            url = link.get("url")
+            if isinstance(url, str):
+                return url
+    return None
+
+
+def _last_updated(resource: Mapping[str, Any]) -> dt.datetime | None:
+    meta = resource.get("meta")
+    if isinstance(meta, dict) and isinstance(meta.get("lastUpdated"), str):
+        try:
+            return parse_instant(meta["lastUpdated"])
+        except ValueError:
+            return None
+    return None
+
+
+def _quarantine(entry: Any, error: InvalidResource) -> Quarantined:
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    kind = resource.get("resourceType") if isinstance(resource, dict) else None
+    ident = resource.get("id") if isinstance(resource, dict) else None
+    try:
+        raw = orjson.dumps(entry)
+    except TypeError:
+        raw = b""
+    return Quarantined(
+        kind if isinstance(kind, str) else None,
+        ident if isinstance(ident, str) else None,
+        error.reason,
+        error.path,
+        raw,
+    )

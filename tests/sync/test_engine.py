@@ -1,0 +1,231 @@
+"""The sync engine against the real gateway over real mutual TLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync.engine import Progress, SyncEngine
+from sync.fhir.validate import CLIENT_ID_SYSTEM
+from sync.gateway.seed import generate
+from sync.replica import OutboxItem
+from sync.transport import Transport, TransportConfig
+from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
+from tests.sync.memory_replica import MemoryReplica
+from tests.tls_fixtures import DeviceCredentials
+
+SITE = "hmp-brixton"
+TYPES = (
+    "Patient",
+    "Flag",
+    "AllergyIntolerance",
+    "Condition",
+    "MedicationStatement",
+    "Observation",
+    "Encounter",
+    "DocumentReference",
+)
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    gateway = start_gateway(tmp_path)
+    seeded = [
+        r for r in generate(sites=2, patients=30, seed=11) if r["resourceType"] != "Organization"
+    ]
+    gateway.load(*seeded)
+    gateway.store.set_device("dev-s", SITE, "active")
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)
+
+
+def _device(gw: Gateway) -> DeviceCredentials:
+    return gw.pki.device("dev-s", SITE)
+
+
+def _transport(
+    gw: Gateway, creds: DeviceCredentials, pins: tuple[bytes, ...] | None = None
+) -> Transport:
+    return Transport(
+        TransportConfig(
+            gateway_url=gw.server.url + "/",
+            allowed_hosts=["127.0.0.1"],
+            spki_pins=pins or (base64.b64decode(gw.pki.server_pin),),
+            client_cert_file=creds.cert_path,
+            client_key_file=creds.key_path,
+        )
+    )
+
+
+def _sync(gw: Gateway, replica: MemoryReplica, **kw: Any) -> Any:
+    creds = kw.pop("creds", None) or _device(gw)
+    with _transport(gw, creds, kw.pop("pins", None)) as transport:
+        return SyncEngine(transport, replica, resource_types=TYPES, page_size=40, **kw).run()
+
+
+def _site_counts() -> dict[str, int]:
+    resources = [
+        r for r in generate(sites=2, patients=30, seed=11) if r["resourceType"] != "Organization"
+    ]
+    patients = {
+        r["id"]: r["managingOrganization"]["reference"].split("/")[1]
+        for r in resources
+        if r["resourceType"] == "Patient"
+    }
+
+    def site(r: dict[str, Any]) -> str:
+        if r["resourceType"] == "Patient":
+            return patients[r["id"]]
+        ref = (r.get("subject") or r.get("patient"))["reference"]
+        return patients[ref.split("/")[1]]
+
+    counts: dict[str, int] = {}
+    for r in resources:
+        counts[site(r)] = counts.get(site(r), 0) + 1
+    return counts
+
+
+def test_full_then_incremental_sync_brings_exactly_the_site(gw: Gateway) -> None:
+    replica = MemoryReplica()
+    progress: list[Progress] = []
+    result = _sync(gw, replica, progress=progress.append)
+    assert result.ok, result.error
+    assert result.pulled == _site_counts()[SITE] == len(replica.resources)
+    for patient in replica.of_type("Patient"):
+        assert patient["managingOrganization"]["reference"] == f"Organization/{SITE}"
+    assert {p.phase for p in progress} >= {"pull", "done"}
+    assert progress[-1].bytes > 0
+    again = _sync(gw, replica)
+    assert again.ok and again.pulled == 0
+    assert again.requests == len(TYPES)  # one page per type, nothing new
+
+
+def test_changes_and_transfers_arrive_incrementally(gw: Gateway) -> None:
+    replica = MemoryReplica()
+    assert _sync(gw, replica).ok
+    patient = dict(replica.of_type("Patient")[0])
+    pid = patient["id"]
+    own = [
+        r
+        for r in replica.resources.values()
+        if (r.get("subject") or r.get("patient") or {}).get("reference") == f"Patient/{pid}"
+    ]
+    moved = {**patient, "managingOrganization": {"reference": "Organization/hmp-pentonville"}}
+    moved.pop("meta", None)
+    gw.load(moved)
+    result = _sync(gw, replica)
+    assert result.ok
+    assert result.deleted == 1 + len(own)
+    assert ("Patient", pid) not in replica.resources
+
+
+def test_push_is_exactly_once_even_when_the_reply_is_lost(gw: Gateway) -> None:
+    replica = MemoryReplica()
+    assert _sync(gw, replica).ok
+    pid = replica.of_type("Patient")[0]["id"]
+    client_id = str(uuid.uuid4())
+    body = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": "2026-11-20T10:00:00+00:00",
+        "valueQuantity": {
+            "value": 77,
+            "unit": "/min",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
+        "identifier": [{"system": CLIENT_ID_SYSTEM, "value": client_id}],
+    }
+    replica.outbox[1] = OutboxItem(
+        1,
+        "create",
+        "Observation",
+        client_id,
+        client_id,
+        body,
+        None,
+        {
+            "if_none_exist": f"identifier={CLIENT_ID_SYSTEM}|{client_id}",
+            "full_url": f"urn:uuid:{client_id}",
+        },
+    )
+    # First push: the server commits, but the device "loses the reply" (mark_sent never runs).
+    lost = MemoryReplica(outbox=dict(replica.outbox))
+    lost.mark_sent = lambda *a: None  # type: ignore[method-assign]
+    assert _sync(gw, lost).pushed == 1  # committed on the server; the device never heard
+    result = _sync(gw, replica)  # the same outbox item is sent again
+    assert result.ok and result.pushed == 1
+    server_id, version = replica.sent[1]
+    matches = [
+        r
+        for r in replica.of_type("Observation")
+        if any(i.get("value") == client_id for i in r.get("identifier", []))
+    ]
+    assert len(matches) == 1 and matches[0]["id"] == server_id and version == "1"
+
+
+def test_malformed_resources_are_quarantined_and_the_rest_goes_on(gw: Gateway) -> None:
+    pid = next(
+        r["id"]
+        for r in generate(sites=2, patients=30, seed=11)
+        if r["resourceType"] == "Patient" and r["managingOrganization"]["reference"].endswith(SITE)
+    )
+    bad = {
+        "resourceType": "Observation",
+        "id": "bad-obs-1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "valueQuantity": {"value": "seventy", "unit": "/min"},
+    }
+    gw.load(bad)
+    replica = MemoryReplica()
+    result = _sync(gw, replica)
+    assert result.ok
+    assert result.quarantined == 1
+    assert replica.quarantine[0].resource_id == "bad-obs-1"
+    assert b"seventy" in replica.quarantine[0].raw
+    assert result.pulled == _site_counts()[SITE]
+
+
+def test_a_crash_mid_pull_resumes_without_loss_or_duplicates(gw: Gateway) -> None:
+    replica = MemoryReplica(fail_after_pages=3)
+    with pytest.raises(KeyboardInterrupt):
+        _sync(gw, replica)
+    assert replica.pages == 3
+    replica.fail_after_pages = None
+    result = _sync(gw, replica)
+    assert result.ok
+    assert len(replica.resources) == _site_counts()[SITE]
+
+
+def test_cancel_stops_between_pages_and_keeps_what_arrived(gw: Gateway) -> None:
+    replica = MemoryReplica()
+    cancel = threading.Event()
+
+    def on_progress(p: Progress) -> None:
+        if p.phase == "pull" and p.items > 50:
+            cancel.set()
+
+    result = _sync(gw, replica, progress=on_progress, cancel=cancel)
+    assert result.error == "cancelled"
+    assert 50 < len(replica.resources) < _site_counts()[SITE]
+    assert _sync(gw, replica).ok
+    assert len(replica.resources) == _site_counts()[SITE]
+
+
+def test_NW1_a_wrong_pin_stops_the_sync_before_anything_is_sent(gw: Gateway) -> None:
+    replica = MemoryReplica()
+    result = _sync(gw, replica, pins=(b"\x07" * 32,))
+    assert result.error == "pin_mismatch"
+    assert replica.pages == 0 and replica.resources == {}
