@@ -93,9 +93,10 @@ class TransportConfig:
     gateway_url: str
     allowed_hosts: Collection[str]
     spki_pins: tuple[bytes, ...]
-    client_cert_file: Path
-    client_key_file: Path
+    client_cert_file: Path | None  # None only for enrolment, which has no certificate yet
+    client_key_file: Path | None
     server_ca_file: Path | None = None
+    client_key_password: bytes | None = None  # the device key file is encrypted at rest
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     read_timeout_s: float = READ_TIMEOUT_S
     max_response_bytes: int = MAX_RESPONSE_BYTES
@@ -134,8 +135,14 @@ def _make_ssl_context(config: TransportConfig) -> ssl.SSLContext:
         # Pin-only: the pin check after the handshake is the server's authentication.
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    if config.client_cert_file is None or config.client_key_file is None:
+        return context  # enrolment: the server allows exactly one route without a certificate
     try:
-        context.load_cert_chain(str(config.client_cert_file), str(config.client_key_file))
+        context.load_cert_chain(
+            str(config.client_cert_file),
+            str(config.client_key_file),
+            password=config.client_key_password,
+        )
     except (OSError, ssl.SSLError) as exc:
         raise TransportError("config", "the device certificate or key cannot be loaded") from exc
     return context

@@ -192,7 +192,7 @@ class Device:
         trust_keys: Sequence[str],
         trust_threshold: int,
         policy_envelope: bytes,
-        first_user: FirstUser,
+        first_user: FirstUser | None,
         escrow_public_key: bytes | None = None,
         keyring_backend: KeyringBackend | None = None,
         clock: Clock = utc_now,
@@ -238,7 +238,11 @@ class Device:
                 f"policy_{refused.reason}",
                 f"The device policy was refused ({refused.reason}): {refused.detail}",
             ) from refused
-        if len(first_user.password) < decisions.min_password_length(policy):
+        if first_user is None and not escrow_public_key:
+            raise ProvisioningError(
+                "no_way_in", "A device needs a first user or the gateway's escrow key."
+            )
+        if first_user and len(first_user.password) < decisions.min_password_length(policy):
             raise ProvisioningError(
                 "password_too_short",
                 f"The password must be at least {decisions.min_password_length(policy)} "
@@ -258,7 +262,8 @@ class Device:
         dek = secrets.token_bytes(32)
         header = VaultHeader.create(data_dir, keyring, dek)
         params = kdf_params or calibrate()
-        header.add_slot(first_user.user_id, first_user.role, first_user.password, dek, params)
+        if first_user is not None:
+            header.add_slot(first_user.user_id, first_user.role, first_user.password, dek, params)
         if escrow_public_key:
             header.set_escrow(dek, escrow_public_key)
         reading = clocks()
@@ -280,8 +285,8 @@ class Device:
                     ts=now,
                     action="provision",
                     outcome="success",
-                    user_id=first_user.user_id,
-                    role=first_user.role,
+                    user_id=first_user.user_id if first_user else None,
+                    role=first_user.role if first_user else None,
                     detail={"site": site, "keyring": keyring.backend_name},
                 )
                 audit.append(

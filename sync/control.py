@@ -1,0 +1,200 @@
+"""Control traffic in the same sync: audit upload, policy, commands, trusted time
+(issue 5 item 6; docs/control-plane.md). The protocol decides; the client acts.
+
+Guarantees:
+- Audit entries leave the device as an AuditEvent Bundle continuing from the last receipt; the
+  device marks them uploaded only after verifying the gateway's signed receipt (Ed25519,
+  the receipt key from enrolment) against what it sent.
+- A policy from the gateway is handed to the device's own verifier (``policy/``): the gateway
+  is not trusted for policy; a refusal is the device's to audit, the last good policy stays.
+- Commands are acted on only when their Ed25519 signature (receipt key) covers this device id;
+  each is acknowledged with a receipt so it runs once.
+- A time anchor is accepted only when the signed answer echoes our fresh nonce (TM-2).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from sync.audit_receipt import Receipt, ReceiptError, receipt_from_json, verify_receipt
+from sync.engine import SyncError, SyncResult
+from sync.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
+from sync.transport import Transport
+
+AUDIT_BATCH = 2000  # entries per upload; ~5 MB of AuditEvents
+
+
+@dataclass(frozen=True)
+class Command:
+    id: str
+    kind: str  # "wipe" | "lock" | "revoke_user"
+    user_id: str | None
+    issued_at: str
+
+
+class DeviceControl(Protocol):
+    """What the control steps need from the device (the client implements it)."""
+
+    device_id: str
+
+    def audit_batch(self, limit: int) -> tuple[dict[str, Any], int, str] | None:
+        """(AuditEvent Bundle, last seq, head hash) of the next unsent entries, or None."""
+        ...
+
+    def audit_uploaded(self, receipt: Receipt) -> None: ...
+
+    def offer_policy(self, envelope: bytes) -> str:
+        """Verify and install; return "installed", "current" or "refused:<reason>"."""
+        ...
+
+    def run_command(self, command: Command) -> dict[str, Any]:
+        """Carry out a verified command; return its report (plain JSON, no secrets)."""
+        ...
+
+    def anchor_time(self, server_time: dt.datetime) -> None: ...
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return loads_bounded(data, max_bytes=MAX_CONTROL_BYTES, max_depth=12)
+    except BoundedJsonError as error:
+        raise SyncError("bad_response", "the gateway's control answer is not valid") from error
+
+
+def _canonical(value: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _post(transport: Transport, path: str, body: Any, *, idempotent: bool = False) -> Any:
+    response = transport.request(
+        "POST",
+        path,
+        body=orjson.dumps(body),
+        headers={"Content-Type": "application/json"},
+        idempotent=idempotent,
+    )
+    data = _json(response.body)
+    if response.status != 200:
+        reason = data.get("error") if isinstance(data, dict) else None
+        raise SyncError(
+            str(reason) if isinstance(reason, str) else f"http_{response.status}",
+            "the gateway refused a control request",
+        )
+    return data
+
+
+class ControlSteps:
+    """The control steps of one sync, as (name, step) pairs for ``SyncEngine``."""
+
+    def __init__(self, device: DeviceControl, receipt_key: Ed25519PublicKey) -> None:
+        self._device = device
+        self._key = receipt_key
+
+    def steps(self) -> Sequence[tuple[str, Any]]:
+        return (
+            ("time", self.time),
+            ("audit", self.audit),
+            ("policy", self.policy),
+            ("commands", self.commands),
+        )
+
+    def time(self, transport: Transport, result: SyncResult) -> None:
+        nonce = base64.b64encode(secrets.token_bytes(16)).decode()
+        data = _post(transport, "device/time", {"nonce": nonce})
+        if not isinstance(data, dict) or data.get("nonce") != nonce:
+            raise SyncError("bad_time", "the gateway's time answer does not match our request")
+        when, signature = data.get("time"), data.get("signature")
+        if not isinstance(when, str) or not isinstance(signature, str):
+            raise SyncError("bad_time", "the gateway's time answer is incomplete")
+        signed = {"nonce": nonce, "time": when, "device_id": self._device.device_id}
+        try:
+            self._key.verify(base64.b64decode(signature, validate=True), _canonical(signed))
+            server_time = dt.datetime.fromisoformat(when)
+        except (InvalidSignature, ValueError) as error:
+            raise SyncError("bad_time", "the gateway's time is not signed correctly") from error
+        self._device.anchor_time(server_time)
+        result.control["time"] = when
+
+    def audit(self, transport: Transport, result: SyncResult) -> None:
+        uploaded = 0
+        while True:
+            batch = self._device.audit_batch(AUDIT_BATCH)
+            if batch is None:
+                break
+            bundle, last_seq, head_hash = batch
+            data = _post(transport, "device/audit", bundle, idempotent=True)
+            try:
+                receipt = receipt_from_json(orjson.dumps(data))
+                verify_receipt(receipt, self._key)
+            except ReceiptError as error:
+                raise SyncError("bad_receipt", "the audit receipt does not verify") from error
+            if receipt.last_seq != last_seq or receipt.head_hash != head_hash:
+                raise SyncError("bad_receipt", "the audit receipt is for other entries")
+            if receipt.device_id != self._device.device_id:
+                raise SyncError("bad_receipt", "the audit receipt is for another device")
+            self._device.audit_uploaded(receipt)
+            uploaded += len(bundle.get("entry", []))
+        result.control["audit_uploaded"] = uploaded
+
+    def policy(self, transport: Transport, result: SyncResult) -> None:
+        response = transport.get("device/policy")
+        data = _json(response.body)
+        envelope = data.get("policy") if isinstance(data, dict) else None
+        if response.status != 200 or envelope is None:
+            result.control["policy"] = "none"
+            return
+        if not isinstance(envelope, str):
+            raise SyncError("bad_response", "the gateway's policy answer is not valid")
+        result.control["policy"] = self._device.offer_policy(envelope.encode())
+
+    def commands(self, transport: Transport, result: SyncResult) -> None:
+        response = transport.get("device/commands")
+        data = _json(response.body)
+        listed = data.get("commands") if isinstance(data, dict) else None
+        if response.status != 200 or not isinstance(listed, list):
+            raise SyncError("bad_response", "the gateway's commands answer is not valid")
+        done: list[str] = []
+        for raw in listed:
+            command = self._verified(raw)
+            report = self._device.run_command(command)
+            _post(
+                transport,
+                f"device/commands/{command.id}/receipt",
+                {"status": "done", "report": report},
+                idempotent=True,
+            )
+            done.append(command.kind)
+        result.control["commands"] = done
+
+    def _verified(self, raw: Any) -> Command:
+        if not isinstance(raw, dict):
+            raise SyncError("bad_command", "a command from the gateway is malformed")
+        fields = {k: raw.get(k) for k in ("id", "kind", "user_id", "issued_at")}
+        signature = raw.get("signature")
+        if not isinstance(fields["id"], str) or fields["kind"] not in {
+            "wipe",
+            "lock",
+            "revoke_user",
+        }:
+            raise SyncError("bad_command", "a command from the gateway is malformed")
+        signed = {**fields, "device_id": self._device.device_id}
+        try:
+            self._key.verify(base64.b64decode(str(signature), validate=True), _canonical(signed))
+        except (InvalidSignature, ValueError) as error:
+            raise SyncError("bad_command", "a command is not signed for this device") from error
+        user = fields["user_id"]
+        return Command(
+            str(fields["id"]),
+            str(fields["kind"]),
+            user if isinstance(user, str) else None,
+            str(fields["issued_at"]),
+        )
