@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,11 +59,13 @@ class TransactionRequired(RuntimeError):
 
 @dataclass(frozen=True)
 class Rejected:
-    """A resource that failed the structural check; ``reason`` is a stable code."""
+    """A resource that failed the structural check; ``reason`` is a stable code; ``index`` is
+    its position in the input of ``apply_resources`` (so a caller can quarantine its bytes)."""
 
     resource_type: str
     resource_id: str
     reason: str
+    index: int = -1
 
 
 @dataclass(frozen=True)
@@ -287,14 +289,14 @@ def apply_resources(
             applied, ignored = applied + done, ignored + len(batch) - done
             batch.clear()
 
-    for resource in resources:
+    for index, resource in enumerate(resources):
         chk = _check(resource)
         if isinstance(chk, Rejected):
-            rejected.append(chk)
+            rejected.append(replace(chk, index=index))
             continue
         body = orjson.dumps(resource)
         if len(body) > MAX_RESOURCE_BYTES:
-            rejected.append(Rejected(chk.rtype, chk.rid, "too_large"))
+            rejected.append(Rejected(chk.rtype, chk.rid, "too_large", index))
             continue
         touched.add(chk.patient_id)
         row = _row(chk, resource, body)

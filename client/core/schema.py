@@ -9,6 +9,7 @@ Invariants:
   row per (type, id), JSON as orjson bytes), ``patient_index`` + ``patient_fts`` (patient search;
   FTS5 with ``secure-delete`` on, so a deleted patient's terms leave the index at once),
   ``outbox`` (offline writes waiting for the gateway) and ``conflicts`` (both versions kept).
+- Migration 2 holds the audit chain; migration 3 the sync replica's cursors and quarantine.
 """
 
 from __future__ import annotations
@@ -105,6 +106,34 @@ CREATE TABLE imported_pending (
 """
 )
 
-MIGRATIONS: tuple[str, ...] = (RECORDS_V1, SESSION_V2)
+# Migration 3: the sync replica (client.core.replica). ``sync_cursors`` holds, per stream, the
+# cursor committed with the last applied page (same transaction as the page). ``quarantine``
+# keeps inbound items that failed validation, with the reason, the JSON path and the raw bytes
+# (inside the encrypted vault, never in a file); ``raw_sha256`` + UNIQUE makes re-applying a page
+# add no duplicate; ``raw_bytes`` is the original size (``raw`` is capped, see the replica).
+SYNC_V3 = """
+CREATE TABLE sync_cursors (
+    stream      TEXT PRIMARY KEY,
+    cursor      TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE quarantine (
+    id             INTEGER PRIMARY KEY,
+    stream         TEXT    NOT NULL,
+    resource_type  TEXT,
+    resource_id    TEXT,
+    reason         TEXT    NOT NULL,          -- a stable code from the validator or the store
+    path           TEXT    NOT NULL,          -- where in the item it failed ('' when unknown)
+    raw            BLOB    NOT NULL,          -- the inbound bytes (capped)
+    raw_sha256     TEXT    NOT NULL,          -- of the full inbound bytes
+    raw_bytes      INTEGER NOT NULL,          -- size of the full inbound bytes
+    received_at    TEXT    NOT NULL,
+    UNIQUE (stream, raw_sha256, reason, path)
+);
+CREATE INDEX quarantine_by_resource ON quarantine (resource_type, resource_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (RECORDS_V1, SESSION_V2, SYNC_V3)
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,464 @@
+"""The client core's side of the sync replica protocol (``sync.replica.Replica``).
+
+Invariants (on top of the protocol's own, docs/records.md §Sync replica):
+- Every public method runs in ONE transaction of its own (``BEGIN IMMEDIATE`` … ``COMMIT``,
+  ``ROLLBACK`` on any exception) and writes its audit entries in that same transaction (AD-1).
+  It refuses to start inside someone else's transaction (``ReplicaError`` ``in_transaction``).
+- ``apply_page`` applies, in this order and all-or-nothing: the page's resources (through
+  ``records.apply_resources``: validated, deduplicated by version), patients leaving scope,
+  the deletions, the quarantine rows (the page's quarantined items and the resources the store
+  refused, each with its raw bytes) and finally the stream's cursor.
+- A patient leaves scope when their Patient is deleted or a newer version points outside
+  ``site_scope``. Without unsent work or open conflicts they are purged (``purge``, ``why`` =
+  ``left_scope``); with it they are kept but out of scope: a newer out-of-scope version is
+  stored as is, a deleted one has its site cleared (search and retention then treat the
+  patient as out of scope), audited once as ``purge_held``; ``sync_finished`` purges them once
+  their work is sent. An out-of-scope Patient the device does not hold is never stored.
+- A deletion never removes a device-made, unsent resource (``versionId == "local"``), nor a
+  stored version newer than the deletion's.
+- Quarantined bytes stay inside the encrypted vault; each row keeps at most
+  ``MAX_QUARANTINE_RAW_BYTES`` of them, and the table at most ``MAX_QUARANTINE_TOTAL_BYTES``
+  (past it, new rows keep reason, path, size and hash only). Re-applying a page adds no row.
+- Nothing here logs, and audit details hold codes and counts only, never record content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+
+from client.core import consultation, records
+from client.core.audit_log import AuditLog
+from client.core.consultation import OutboxStateError
+from client.core.errors import VaultLocked
+from client.core.search import site_of
+from sync.replica import (
+    EXTRA_ATTEMPTS,
+    EXTRA_FULL_URL,
+    EXTRA_GROUP,
+    EXTRA_IF_NONE_EXIST,
+    ApplyStats,
+    Deletion,
+    OutboxItem,
+    Page,
+    Quarantined,
+    Replica,
+    ReplicaError,
+    SentItem,
+    SyncSummary,
+)
+
+MAX_QUARANTINE_RAW_BYTES: Final = 1024 * 1024  # enough to diagnose any item a page can carry
+MAX_QUARANTINE_TOTAL_BYTES: Final = 64 * 1024 * 1024  # a hostile server cannot fill the disk
+MAX_LABEL_CHARS: Final = 200  # stream, reason, path, type and id as stored in quarantine
+LEFT_SCOPE: Final = "left_scope"
+_CODE = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+
+
+def _code(reason: str, fallback: str) -> str:
+    """A stable code as given, or ``fallback``: server text never reaches the vault or audit."""
+    return reason if isinstance(reason, str) and _CODE.match(reason) else fallback
+
+
+def _label(value: str | None) -> str | None:
+    return None if value is None else str(value)[:MAX_LABEL_CHARS]
+
+
+class VaultReplica:
+    """``sync.replica.Replica`` over the open vault, acting for one signed-in user.
+
+    ``conn_provider`` returns the vault's connection (raising ``VaultLocked`` once locked);
+    ``site_scope`` is the device's scope (never empty: an empty scope would purge everyone);
+    ``clock`` gives aware UTC now for timestamps and audit entries. Call it only on the thread
+    that owns the connection (SQLite connections are bound to the thread that opened them).
+    """
+
+    def __init__(
+        self,
+        conn_provider: Callable[[], Any],
+        audit: AuditLog,
+        *,
+        user_id: str | None,
+        role: str | None,
+        site_scope: Collection[str],
+        clock: Callable[[], datetime],
+    ) -> None:
+        scope = frozenset(site_scope)
+        if not scope:
+            raise ValueError("a replica needs the device's site scope")
+        self._conn_provider = conn_provider
+        self._audit = audit
+        self._user_id = user_id
+        self._role = role
+        self._scope = scope
+        self._clock = clock
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        try:
+            conn = self._conn_provider()
+        except VaultLocked:
+            raise ReplicaError("vault_locked") from None
+        if conn.in_transaction:
+            raise ReplicaError("in_transaction")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _append(
+        self,
+        conn: Any,
+        now: datetime,
+        action: str,
+        *,
+        outcome: str = "success",
+        patient_id: str | None = None,
+        detail: dict[str, str | int] | None = None,
+    ) -> None:
+        self._audit.append(
+            conn,
+            ts=now,
+            action=action,
+            outcome=outcome,
+            user_id=self._user_id,
+            role=self._role,
+            patient_id=patient_id,
+            detail=detail,
+        )
+
+    def _in_scope(self, site: str | None) -> bool:
+        return site is not None and site in self._scope
+
+    # -- pull ----------------------------------------------------------------------------------
+
+    def read_cursor(self, stream: str) -> str | None:
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT cursor FROM sync_cursors WHERE stream = ?", (stream,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def apply_page(self, page: Page) -> ApplyStats:
+        now = self._clock()
+        with self._transaction() as conn:
+            stats = self._apply(conn, page, now)
+            conn.execute(
+                "INSERT INTO sync_cursors (stream, cursor, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (stream) DO UPDATE SET cursor = excluded.cursor,"
+                " updated_at = excluded.updated_at",
+                (page.stream, page.next_cursor, records.utc_iso(now)),
+            )
+        return stats
+
+    def _apply(self, conn: Any, page: Page, now: datetime) -> ApplyStats:
+        in_scope: list[Mapping[str, Any]] = []
+        leaving: list[Mapping[str, Any]] = []
+        for resource in page.resources:
+            if (
+                isinstance(resource, Mapping)
+                and resource.get("resourceType") == "Patient"
+                and not self._in_scope(site_of(resource.get("managingOrganization")))
+            ):
+                leaving.append(resource)
+            else:
+                in_scope.append(resource)
+        result = records.apply_resources(conn, in_scope, received_at=now)
+        applied, ignored = result.applied, result.ignored
+        quarantine: list[Quarantined] = list(page.quarantined)
+        quarantine += [self._rejected(in_scope[r.index], r) for r in result.rejected]
+        purged = held = out_of_scope = deleted = 0
+
+        for patient in leaving:
+            raw_id = patient.get("id")
+            pid = raw_id if isinstance(raw_id, str) and records.is_fhir_id(raw_id) else ""
+            stored = self._stored_site(conn, "Patient", pid) if pid else None
+            if stored is None:
+                out_of_scope += 1  # never store a patient the device does not hold
+                continue
+            outcome = records.apply_resources(conn, [patient], received_at=now)
+            if outcome.rejected:
+                quarantine += [self._rejected(patient, r) for r in outcome.rejected]
+                continue
+            if not outcome.applied:
+                ignored += 1
+                continue
+            applied += 1
+            fate = self._leave(conn, pid, stored[0], "transferred", now)
+            purged, held = purged + (fate == "purged"), held + (fate == "held")
+
+        for deletion in page.deletions:
+            fate = self._delete(conn, deletion, now)
+            if fate == "older":
+                ignored += 1
+            deleted += fate in ("deleted", "purged")
+            purged, held = purged + (fate == "purged"), held + (fate == "held")
+
+        if quarantine:
+            (kept,) = conn.execute(
+                "SELECT coalesce(sum(length(raw)), 0) FROM quarantine"
+            ).fetchone()
+            for item in quarantine:
+                kept = self._quarantine(conn, page.stream, item, now, int(kept))
+        return ApplyStats(
+            applied=applied,
+            skipped_older=ignored,
+            deleted=deleted,
+            quarantined=len(quarantine),
+            purged=purged,
+            held=held,
+            out_of_scope=out_of_scope,
+            replaced_local=result.replaced_local,
+        )
+
+    @staticmethod
+    def _stored_site(conn: Any, rtype: str, rid: str) -> tuple[str | None] | None:
+        """``(site,)`` of a stored resource, or None when the device does not hold it."""
+        row = conn.execute(
+            "SELECT site FROM resources WHERE type = ? AND id = ?", (rtype, rid)
+        ).fetchone()
+        return None if row is None else (row[0],)
+
+    def _leave(
+        self, conn: Any, patient_id: str, previous_site: str | None, how: str, now: datetime
+    ) -> str:
+        """A patient on the device left scope: purge them, or keep them for their unsent work."""
+        if consultation.has_unsent_work(conn, patient_id):
+            if how == "deleted":
+                conn.execute(
+                    "UPDATE resources SET site = NULL WHERE type = 'Patient' AND id = ?",
+                    (patient_id,),
+                )
+                conn.execute(
+                    "UPDATE patient_index SET site = NULL WHERE patient_id = ?", (patient_id,)
+                )
+            if self._in_scope(previous_site):  # audit the exit once, not on every replay
+                self._append(
+                    conn,
+                    now,
+                    "purge_held",
+                    patient_id=patient_id,
+                    detail={"why": LEFT_SCOPE, "how": how, "kept_for": "unsent_work"},
+                )
+            return "held"
+        self._purge(conn, patient_id, now, how)
+        return "purged"
+
+    def _purge(self, conn: Any, patient_id: str, now: datetime, how: str) -> None:
+        removed = records.purge_patient(conn, patient_id)
+        conn.execute(
+            "DELETE FROM quarantine WHERE resource_type = 'Patient' AND resource_id = ?",
+            (patient_id,),
+        )
+        self._append(
+            conn,
+            now,
+            "purge",
+            patient_id=patient_id,
+            detail={"why": LEFT_SCOPE, "how": how, "resources": removed},
+        )
+
+    def _delete(self, conn: Any, deletion: Deletion, now: datetime) -> str:
+        row = conn.execute(
+            "SELECT version_id, version_num, site FROM resources WHERE type = ? AND id = ?",
+            (deletion.resource_type, deletion.resource_id),
+        ).fetchone()
+        if row is None:
+            return "absent"
+        version_id, version_num, site = row
+        if version_id == records.LOCAL_VERSION:
+            return "absent"  # unsent device work is never removed by the server's feed
+        deleted_num = deletion.version_id
+        if (
+            isinstance(deleted_num, str)
+            and deleted_num.isascii()
+            and deleted_num.isdigit()
+            and version_num is not None
+            and int(version_num) > int(deleted_num)
+        ):
+            return "older"
+        if deletion.resource_type == "Patient":
+            return self._leave(conn, deletion.resource_id, site, "deleted", now)
+        records.delete_resource(conn, deletion.resource_type, deletion.resource_id)
+        return "deleted"
+
+    @staticmethod
+    def _rejected(resource: Any, rejected: records.Rejected) -> Quarantined:
+        try:
+            raw = orjson.dumps(resource)
+        except TypeError:
+            raw = b""
+        return Quarantined(
+            resource_type=None if rejected.resource_type == "?" else rejected.resource_type,
+            resource_id=None if rejected.resource_id == "?" else rejected.resource_id,
+            reason=rejected.reason,
+            path="",
+            raw=raw,
+        )
+
+    @staticmethod
+    def _quarantine(conn: Any, stream: str, item: Quarantined, now: datetime, stored: int) -> int:
+        """Insert one row (unless already there); returns the raw bytes now kept in all."""
+        raw = bytes(item.raw)
+        kept = raw[:MAX_QUARANTINE_RAW_BYTES]
+        if stored + len(kept) > MAX_QUARANTINE_TOTAL_BYTES:
+            kept = b""
+        inserted = conn.execute(
+            "INSERT OR IGNORE INTO quarantine (stream, resource_type, resource_id, reason, path,"
+            " raw, raw_sha256, raw_bytes, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                _label(stream),
+                _label(item.resource_type),
+                _label(item.resource_id),
+                _label(item.reason) or "unknown",
+                _label(item.path) or "",
+                kept,
+                hashlib.sha256(raw).hexdigest(),
+                len(raw),
+                records.utc_iso(now),
+            ),
+        ).rowcount
+        return stored + (len(kept) if inserted else 0)
+
+    # -- push ----------------------------------------------------------------------------------
+
+    def list_outbox(self, limit: int) -> Sequence[OutboxItem]:
+        with self._transaction() as conn:
+            entries = consultation.list_outbox(conn, max(1, limit))
+        return [
+            OutboxItem(
+                seq=e.seq,
+                operation=e.operation,
+                resource_type=e.resource_type,
+                local_id=e.local_id,
+                client_identifier=e.client_id,
+                body=e.body,
+                base_version=e.base_version,
+                extra={
+                    EXTRA_FULL_URL: e.full_url,
+                    EXTRA_IF_NONE_EXIST: e.if_none_exist,
+                    EXTRA_GROUP: e.group_id,
+                    EXTRA_ATTEMPTS: e.attempts,
+                },
+            )
+            for e in entries
+        ]
+
+    @staticmethod
+    def _entry(conn: Any, seq: int) -> tuple[str, str | None, str]:
+        row = conn.execute(
+            "SELECT state, patient_id, resource_type FROM outbox WHERE seq = ?", (seq,)
+        ).fetchone()
+        if row is None:
+            raise ReplicaError("unknown_entry")
+        return str(row[0]), row[1], str(row[2])
+
+    def mark_sent(self, seq: int, server_id: str, server_version: str) -> None:
+        now = self._clock()
+        with self._transaction() as conn:
+            self._mark_sent(conn, SentItem(seq, server_id, server_version), now)
+
+    def mark_sent_batch(self, sent: Sequence[SentItem]) -> Mapping[int, str]:
+        now = self._clock()
+        refused: dict[int, str] = {}
+        with self._transaction() as conn:
+            for item in sent:
+                try:
+                    self._mark_sent(conn, item, now)
+                except ReplicaError as exc:  # raised before the item wrote anything
+                    refused[item.seq] = exc.reason
+        return refused
+
+    def _mark_sent(self, conn: Any, item: SentItem, now: datetime) -> None:
+        """Every refusal (``ReplicaError``) happens before the first write: ``_entry`` only
+        reads, and ``consultation.mark_sent`` checks the reply and the state first."""
+        state, patient_id, rtype = self._entry(conn, item.seq)
+        try:
+            consultation.mark_sent(conn, item.seq, item.server_id, item.server_version, now=now)
+        except OutboxStateError as exc:
+            raise ReplicaError(exc.reason) from None
+        if state == "pending":  # a repeated call for the same server id is a no-op
+            self._append(
+                conn,
+                now,
+                "sync_sent",
+                patient_id=patient_id,
+                detail={"resource_type": rtype, "outbox_seq": item.seq},
+            )
+
+    def record_conflict(self, seq: int, server_resource: Mapping[str, Any] | None) -> None:
+        now = self._clock()
+        with self._transaction() as conn:
+            _state, patient_id, rtype = self._entry(conn, seq)
+            try:
+                conflict_id = consultation.record_conflict(conn, seq, server_resource, now=now)
+            except OutboxStateError as exc:
+                raise ReplicaError(exc.reason) from None
+            self._append(
+                conn,
+                now,
+                "sync_conflict",
+                patient_id=patient_id,
+                detail={
+                    "resource_type": rtype,
+                    "outbox_seq": seq,
+                    "conflict_id": conflict_id,
+                    "server_version": "present" if server_resource is not None else "absent",
+                },
+            )
+
+    def record_push_error(self, seq: int, reason: str) -> None:
+        with self._transaction() as conn:
+            state, _patient_id, _rtype = self._entry(conn, seq)
+            if state != "pending":
+                raise ReplicaError("not_pending")
+            consultation.record_push_error(conn, seq, _code(reason, "push_refused"))
+
+    # -- end of sync ---------------------------------------------------------------------------
+
+    def sync_finished(self, summary: SyncSummary) -> None:
+        now = self._clock()
+        with self._transaction() as conn:
+            purged = 0
+            for pid, site in conn.execute(
+                "SELECT patient_id, site FROM patient_index ORDER BY patient_id"
+            ).fetchall():
+                if self._in_scope(site) or consultation.has_unsent_work(conn, pid):
+                    continue
+                self._purge(conn, pid, now, "after_send")
+                purged += 1
+            detail: dict[str, str | int] = {
+                "pulled": summary.pulled,
+                "pushed": summary.pushed,
+                "conflicts": summary.conflicts,
+                "quarantined": summary.quarantined,
+                "push_errors": summary.push_errors,
+                "purged": purged,
+                "result": _code(summary.outcome, "failure"),
+            }
+            if summary.reason is not None:
+                detail["reason"] = _code(summary.reason, "unclassified")
+            self._append(
+                conn,
+                now,
+                "sync",
+                outcome="success" if summary.outcome == "success" else "failure",
+                detail=detail,
+            )
+
+
+def _structural_check(replica: VaultReplica) -> Replica:
+    """mypy proves here that ``VaultReplica`` satisfies the protocol structurally."""
+    return replica
