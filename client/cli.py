@@ -4,6 +4,9 @@
     gatehouse --self-test             check this installation (exit 0 / one line per failure)
     gatehouse device init --data DIR --device-id ID --site S --policy P.jws --trust K.pem
                           --user U --role R [--escrow-key B64] [--threshold K]
+    gatehouse device provision BUNDLE --data DIR
+    gatehouse device add-user --data DIR --user U
+    gatehouse device sync --data DIR --user U
     gatehouse device status --data DIR [--json]
     gatehouse device export-audit --data DIR OUT --user U
 
@@ -27,10 +30,15 @@ from typing import Any
 from client.core.device import Device, FirstUser
 from client.core.errors import GatehouseError
 from client.core.kdf import calibrate
+from client.core.provisioning import add_user_online, provision_from_bundle
 from client.core.session import Session
+from client.core.sync_runner import run_sync
 from policy import decisions
 from policy.atomic import atomic_write
 from policy.errors import PolicyRefused
+from sync.engine import SyncError
+from sync.enrolment import EnrolmentError
+from sync.transport import TransportError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -132,6 +140,39 @@ def cmd_export_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    device = provision_from_bundle(Path(args.data), Path(args.bundle).read_bytes())
+    print(
+        f"provisioned device {device.profile.device_id} for site {device.profile.site}; "
+        f"keyring: {device.keyring.backend_name}"
+    )
+    return EXIT_OK
+
+
+def cmd_add_user(args: argparse.Namespace) -> int:
+    device = _device(Path(args.data))
+    role = add_user_online(device, args.user, read_password(f"Password for {args.user}: "))
+    print(f"{args.user} ({role}) can now sign in on this laptop, also offline")
+    return EXIT_OK
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    device = _device(Path(args.data))
+    session = Session.login(device, args.user, read_password(f"Password for {args.user}: "))
+    try:
+        result = run_sync(session)
+    finally:
+        session.lock()
+    print(
+        f"sync {'ok' if result.ok else 'failed: ' + str(result.error)}: pulled {result.pulled}, "
+        f"deleted {result.deleted}, pushed {result.pushed}, conflicts {result.conflicts}, "
+        f"quarantined {result.quarantined}, push errors {result.push_errors}, "
+        f"{result.requests} requests, {result.bytes_received} bytes in "
+        f"{result.duration_s:.2f} s"
+    )
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.split("\n")[0])
     parser.add_argument("--self-test", action="store_true", help="check this installation")
@@ -155,6 +196,21 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--data", required=True)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    provision = dsub.add_parser("provision", help="enrol this laptop with IT's bundle")
+    provision.add_argument("bundle")
+    provision.add_argument("--data", required=True)
+    provision.set_defaults(func=cmd_provision)
+
+    add_user = dsub.add_parser("add-user", help="a clinician's first, online sign-in")
+    add_user.add_argument("--data", required=True)
+    add_user.add_argument("--user", required=True)
+    add_user.set_defaults(func=cmd_add_user)
+
+    sync = dsub.add_parser("sync", help="sync with the gateway now")
+    sync.add_argument("--data", required=True)
+    sync.add_argument("--user", required=True)
+    sync.set_defaults(func=cmd_sync)
 
     export = dsub.add_parser("export-audit", help="export the audit chain (auditor/admin)")
     export.add_argument("--data", required=True)
@@ -182,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except GatehouseError as error:
         print(f"error: {error.message}", file=sys.stderr)
+    except (EnrolmentError, SyncError) as error:
+        print(f"error: {error.message}", file=sys.stderr)
+    except TransportError as error:
+        print(f"error: cannot reach the gateway safely ({error.reason})", file=sys.stderr)
     except PolicyRefused as refused:
         print(f"refused: {refused.reason}: {refused.detail}", file=sys.stderr)
     except OSError as error:

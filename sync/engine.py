@@ -46,7 +46,16 @@ from sync.fhir.bundle import (
     transaction,
 )
 from sync.fhir.validate import InvalidResource, parse_instant, validate_resource
-from sync.replica import Deletion, OutboxItem, Page, Quarantined, Replica
+from sync.replica import (
+    EXTRA_FULL_URL,
+    EXTRA_GROUP,
+    EXTRA_IF_NONE_EXIST,
+    Deletion,
+    OutboxItem,
+    Page,
+    Quarantined,
+    Replica,
+)
 from sync.transport import Response, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -339,11 +348,11 @@ def _entry(item: OutboxItem) -> dict[str, Any]:
         }
     else:
         request = {"method": "POST", "url": item.resource_type}
-        if_none_exist = item.extra.get("if_none_exist")
+        if_none_exist = item.extra.get(EXTRA_IF_NONE_EXIST)
         if isinstance(if_none_exist, str):
             request["ifNoneExist"] = if_none_exist
     entry: dict[str, Any] = {"resource": body, "request": request}
-    full_url = item.extra.get("full_url")
+    full_url = item.extra.get(EXTRA_FULL_URL)
     if isinstance(full_url, str):
         entry["fullUrl"] = full_url
     return entry
@@ -353,7 +362,7 @@ def _groups(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:
     """Split into consultation groups (items sharing ``extra['group']``), order kept."""
     groups: dict[str, list[OutboxItem]] = {}
     for item in items:
-        key = str(item.extra.get("group") or f"seq-{item.seq}")
+        key = str(item.extra.get(EXTRA_GROUP) or f"seq-{item.seq}")
         groups.setdefault(key, []).append(item)
     return list(groups.values())
 

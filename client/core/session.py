@@ -151,6 +151,28 @@ class Session:
     def _now(self) -> dt.datetime:
         return self.device.clock()
 
+    # -- for the sync runner (same process, same rules) -------------------------------------------
+
+    def connection(self) -> Any:
+        """The open vault connection (``VaultLocked`` once locked): the replica's provider."""
+        return self._conn
+
+    @property
+    def audit_log(self) -> AuditLog:
+        return self._audit
+
+    def transaction(self) -> Any:
+        """A vault transaction for the sync runner's local effects (audit in the same one)."""
+        return self._act()
+
+    def site_scope(self) -> tuple[str, ...]:
+        return self._site_scope()
+
+    def record_event(self, action: str, outcome: str = "success", **fields: Any) -> None:
+        """Audit a device event (policy installed/refused, remote command) in its own act."""
+        with self._act() as conn:
+            self._append(conn, action, outcome, **fields)
+
     def _append(self, conn: Any, action: str, outcome: str = "success", **fields: Any) -> None:
         self._audit.append(
             conn,

@@ -14,7 +14,7 @@ import pytest
 from sync.engine import Progress, SyncEngine
 from sync.fhir.validate import CLIENT_ID_SYSTEM
 from sync.gateway.seed import generate
-from sync.replica import OutboxItem
+from sync.replica import EXTRA_FULL_URL, EXTRA_IF_NONE_EXIST, OutboxItem
 from sync.transport import Transport, TransportConfig
 from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
 from tests.sync.memory_replica import MemoryReplica
@@ -155,8 +155,8 @@ def test_push_is_exactly_once_even_when_the_reply_is_lost(gw: Gateway) -> None:
         body,
         None,
         {
-            "if_none_exist": f"identifier={CLIENT_ID_SYSTEM}|{client_id}",
-            "full_url": f"urn:uuid:{client_id}",
+            EXTRA_IF_NONE_EXIST: f"identifier={CLIENT_ID_SYSTEM}|{client_id}",
+            EXTRA_FULL_URL: f"urn:uuid:{client_id}",
         },
     )
     # First push: the server commits, but the device "loses the reply" (mark_sent never runs).
