@@ -258,11 +258,13 @@ class Session:
         return hits
 
     def in_scope(self, patient_id: str) -> bool:
+        """From the search index, which the replica keeps current (a deleted patient held for
+        unsent work has no site there, so they need break-glass like any other)."""
         with self._act() as conn:
-            patient = records.get(conn, "Patient", patient_id)
-        return patient is not None and search.site_of(patient.get("managingOrganization")) in (
-            self._site_scope()
-        )
+            row = conn.execute(
+                "SELECT site FROM patient_index WHERE patient_id = ?", (patient_id,)
+            ).fetchone()
+        return row is not None and row[0] in self._site_scope()
 
     def active_grant(self, patient_id: str) -> BreakGlassGrant | None:
         grant = self._grants.get(patient_id)
