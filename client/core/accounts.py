@@ -105,17 +105,7 @@ def login(device: Device, user_id: str, password: str) -> Unlocked:
     """Offline login. Raises ``LoginRefused`` (with attempts left / locked-until) on failure."""
     policy = device.policy()
     offline = check_time(device, policy)
-    now = device.clock()
-    try:
-        dek = device.header.unlock(user_id, password, now=now)
-    except LockedOut as locked:
-        raise LoginRefused(
-            "locked_out",
-            f"Too many wrong passwords. Try again after {locked.until:%H:%M} UTC.",
-            locked_until=locked.until,
-        ) from None
-    except UnlockFailed:
-        raise _after_failure(device, policy, user_id, now) from None
+    dek = _unlock(device, policy, user_id, password)
     role = device.header.role_of(user_id)
     if role is None:  # cannot happen after a successful unlock; fail closed
         raise LoginRefused("unlock_failed", "The user name or password is not right.")
@@ -127,10 +117,14 @@ def reauthenticate(device: Device, user_id: str, password: str) -> None:
 
     Counted and throttled exactly like a login, so re-authentication cannot be brute-forced.
     """
-    policy = device.policy()
+    _unlock(device, device.policy(), user_id, password)
+
+
+def _unlock(device: Device, policy: Policy, user_id: str, password: str) -> bytes:
+    """The key slot's DEK, or ``LoginRefused`` after the policy's failure bookkeeping."""
     now = device.clock()
     try:
-        device.header.unlock(user_id, password, now=now)
+        return device.header.unlock(user_id, password, now=now)
     except LockedOut as locked:
         raise LoginRefused(
             "locked_out",
