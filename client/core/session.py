@@ -157,6 +157,12 @@ class Session:
         """The open vault connection (``VaultLocked`` once locked): the replica's provider."""
         return self._conn
 
+    def export_dek(self) -> bytes:
+        """The vault key, for the sync worker's own connection (same process, same user)."""
+        if self._vault is None:
+            raise VaultLocked()
+        return self._vault.export_dek()
+
     @property
     def audit_log(self) -> AuditLog:
         return self._audit

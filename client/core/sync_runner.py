@@ -6,8 +6,9 @@ Guarantees:
   the device's enrolment; nothing here opens a connection itself.
 - Every local effect of the control plane is audited in the transaction that makes it:
   policy installed / refused (the last good policy stays), audit upload receipts, commands.
-- A remote wipe locks the session, then erases the device (keyring secrets and slots first);
-  its report is acknowledged to the gateway right after.
+- A remote wipe closes the sync's connection and erases the device (keyring secrets and slots
+  first); its report is acknowledged to the gateway right after, and the caller locks the
+  session (``result.control["lock_requested"]``).
 - The sync's outcome is audited once at the end (``sync`` with counts), successful or not.
 """
 
@@ -21,10 +22,13 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from client.core.audit_log import AuditLog
 from client.core.provisioning import RECEIPT_KEY, transport_config
 from client.core.replica import VaultReplica
+from client.core.schema import MIGRATIONS
 from client.core.session import Session
 from client.core.trusted_time import anchor
+from client.core.vault import Vault, database_path
 from policy.errors import PolicyReason, PolicyRefused
 from sync.audit_fhir import export_bundle
 from sync.audit_receipt import Receipt
@@ -36,65 +40,94 @@ from sync.transport import Transport
 AUDIT_BATCH_LIMIT = 2000
 
 
-class SessionControl:
-    """The device's side of the control steps, acting through a signed-in session."""
+class SyncContext:
+    """The sync worker's own view of the device: its OWN vault connection (opened with the
+    session's key on the worker thread, closed when the sync ends), so the session's
+    connection is never touched from another thread; every local effect is audited on it."""
 
     def __init__(self, session: Session) -> None:
-        self._session = session
+        self.device = session.device
         self.device_id = session.device.profile.device_id
+        self.user_id = session.user_id
+        self.role = session.role
+        self.policy = session.policy
+        self.audit = AuditLog()
+        self.vault = Vault.open(
+            database_path(self.device.data_dir), session.export_dek(), MIGRATIONS
+        )
         self.wiped = False
+        self.lock_requested = False
+
+    def connection(self) -> Any:
+        return self.vault.connection
+
+    def record_event(self, action: str, outcome: str = "success", **fields: Any) -> None:
+        with self.vault.transaction() as conn:
+            self.audit.append(
+                conn,
+                ts=self.device.clock(),
+                action=action,
+                outcome=outcome,
+                user_id=self.user_id,
+                role=self.role,
+                **fields,
+            )
+
+    def close(self) -> None:
+        if self.vault.is_open:
+            self.audit.scrub_wal(self.vault.connection)
+            self.vault.close()
+
+    # -- sync.control.DeviceControl -------------------------------------------------------------
 
     def audit_batch(self, limit: int) -> tuple[dict[str, Any], int, str] | None:
-        with self._session.transaction() as conn:
-            entries = self._session.audit_log.unsent(conn, min(limit, AUDIT_BATCH_LIMIT))
+        with self.vault.transaction() as conn:
+            entries = self.audit.unsent(conn, min(limit, AUDIT_BATCH_LIMIT))
         if not entries:
             return None
         last = entries[-1]
         return export_bundle(entries), last.seq, last.entry_hash()
 
     def audit_uploaded(self, receipt: Receipt) -> None:
-        with self._session.transaction() as conn:
-            self._session.audit_log.mark_uploaded(conn, receipt.last_seq, receipt)
+        with self.vault.transaction() as conn:
+            self.audit.mark_uploaded(conn, receipt.last_seq, receipt)
 
     def offer_policy(self, envelope: bytes) -> str:
-        device = self._session.device
         try:
-            policy = device.install_policy(envelope)
+            policy = self.device.install_policy(envelope)
         except PolicyRefused as refused:
-            if refused.reason is PolicyReason.ROLLBACK and envelope == device.policy().envelope:
+            if refused.reason is PolicyReason.ROLLBACK and envelope == self.policy.envelope:
                 return "current"
-            self._session.record_event(
-                "policy_refused", "failure", detail={"reason": str(refused.reason)}
-            )
+            self.record_event("policy_refused", "failure", detail={"reason": str(refused.reason)})
             return f"refused:{refused.reason}"
-        self._session.policy = policy
-        self._session.record_event("policy_installed", detail={"version": policy.version})
+        self.policy = policy
+        self.record_event("policy_installed", detail={"version": policy.version})
         return "installed"
 
     def run_command(self, command: Command) -> dict[str, Any]:
-        session = self._session
         if command.kind == "lock":
-            session.record_event("remote_lock", detail={"command": command.id})
-            session.lock()
+            self.record_event("remote_lock", detail={"command": command.id})
+            self.lock_requested = True
             return {"locked": True}
         if command.kind == "revoke_user" and command.user_id:
-            removed = command.user_id in {u for u, _ in session.device.header.users()}
+            removed = command.user_id in {u for u, _ in self.device.header.users()}
             if removed:
-                session.device.header.remove_slot(command.user_id)
-            session.record_event(
+                self.device.header.remove_slot(command.user_id)
+            self.record_event(
                 "user_revoked", detail={"command": command.id, "revoked_user": command.user_id}
             )
             return {"revoked": removed}
         if command.kind == "wipe":
-            session.record_event("wipe", detail={"command": command.id, "why": "remote"})
-            session.lock()
-            report = session.device.wipe("remote_wipe")
+            self.record_event("wipe", detail={"command": command.id, "why": "remote"})
+            self.close()
+            self.lock_requested = True
+            report = self.device.wipe("remote_wipe")
             self.wiped = True
             return report.to_json()
         return {"ignored": command.kind}
 
     def anchor_time(self, server_time: Any) -> None:
-        device = self._session.device
+        device = self.device
         device.save_time_state(anchor(device.time_state(), server_time, device.clocks()))
 
 
@@ -111,38 +144,47 @@ def run_sync(
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> SyncResult:
-    """A whole sync: push, pull, then time, audit upload, policy and commands."""
-    device = session.device
-    replica = VaultReplica(
-        session.connection,
-        session.audit_log,
-        user_id=session.user_id,
-        role=session.role,
-        site_scope=session.site_scope(),
-        clock=device.clock,
-    )
-    control = SessionControl(session)
-    steps = ControlSteps(control, _receipt_key(device.data_dir)).steps()
-    with Transport(transport_config(device)) as transport:
-        engine = SyncEngine(
-            transport,
-            replica,
-            resource_types=session.policy.get_list("data.resource_types"),
-            progress=progress,
-            cancel=cancel,
-            control_steps=steps,
+    """A whole sync: push, pull, then time, audit upload, policy and commands.
+
+    Safe to call from a worker thread: it opens its own vault connection. When it returns, the
+    caller refreshes ``session.policy`` (done here) and must lock the session if
+    ``result.control["lock_requested"]`` is true (a remote lock or wipe).
+    """
+    context = SyncContext(session)
+    try:
+        replica = VaultReplica(
+            context.connection,
+            context.audit,
+            user_id=context.user_id,
+            role=context.role,
+            site_scope=session.site_scope(),
+            clock=context.device.clock,
         )
-        result = engine.run()
-    if not control.wiped and not session.is_locked:
-        replica.sync_finished(
-            SyncSummary(
-                pulled=result.pulled,
-                pushed=result.pushed,
-                conflicts=result.conflicts,
-                quarantined=result.quarantined,
-                push_errors=result.push_errors,
-                outcome="success" if result.ok else "failure",
-                reason=result.error,
+        steps = ControlSteps(context, _receipt_key(context.device.data_dir)).steps()
+        with Transport(transport_config(context.device)) as transport:
+            engine = SyncEngine(
+                transport,
+                replica,
+                resource_types=context.policy.get_list("data.resource_types"),
+                progress=progress,
+                cancel=cancel,
+                control_steps=steps,
             )
-        )
+            result = engine.run()
+        if not context.wiped:
+            replica.sync_finished(
+                SyncSummary(
+                    pulled=result.pulled,
+                    pushed=result.pushed,
+                    conflicts=result.conflicts,
+                    quarantined=result.quarantined,
+                    push_errors=result.push_errors,
+                    outcome="success" if result.ok else "failure",
+                    reason=result.error,
+                )
+            )
+    finally:
+        context.close()
+    session.policy = context.policy
+    result.control["lock_requested"] = context.lock_requested
     return result
