@@ -1,7 +1,9 @@
 """``gatehouse-gateway``: set up and serve the gateway.
 
-Commands in this slice: ``init --data DIR [--hostname H]…`` and ``serve --data DIR [--host]
-[--port] [--trusted-proxy ADDR]…``. Never prints key material; pins are public.
+Commands: ``init --data DIR [--hostname H]…``, ``serve --data DIR [--host] [--port]
+[--database URL] [--trusted-proxy ADDR]…`` and the administration commands of
+``sync.gateway.admin_cli`` (site, user, enroll-token, policy, device, audit, seed). Never
+prints key material; pins are public.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sync.gateway import datadir, pki
+from sync.gateway import admin_cli, datadir
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -34,25 +36,34 @@ def _init(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from sync.gateway.authority import load_authority
     from sync.gateway.server import (
         build_app,
         build_ssl_context,
         parse_trusted_proxies,
         uvicorn_config,
     )
-    from sync.gateway.sqlite_store import SqliteStore
+    from sync.gateway.storage import open_store
+    from sync.gateway.store import StoreError
 
     data = Path(args.data)
     if not (data / datadir.CA_CERT).exists():
         print("gatehouse-gateway: run `init --data DIR` first", file=sys.stderr)
         return 2
-    store = SqliteStore(data / datadir.DATABASE)
+    try:
+        store = open_store(data, args.database)
+    except StoreError as err:
+        print(f"gatehouse-gateway: refused: {err.reason}", file=sys.stderr)
+        return 2
     context = build_ssl_context(
         data / datadir.SERVER_CERT, data / datadir.SERVER_KEY, data / datadir.CA_CERT
     )
-    ca_cert = pki.load_cert((data / datadir.CA_CERT).read_bytes())
+    authority = load_authority(data)
     app = build_app(
-        store, ca_cert=ca_cert, trusted_proxies=parse_trusted_proxies(args.trusted_proxy)
+        store,
+        ca_cert=authority.ca_cert,
+        authority=authority,
+        trusted_proxies=parse_trusted_proxies(args.trusted_proxy),
     )
     try:
         uvicorn.Server(
@@ -74,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data", required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8443)
+    serve.add_argument(
+        "--database", default=None, help="postgresql://… URL (default: SQLite in --data)"
+    )
     serve.add_argument("--trusted-proxy", action="append", default=[])
     serve.set_defaults(run=_serve)
+    admin_cli.register(commands)
     return parser
 
 

@@ -1,7 +1,11 @@
 """The gateway's PKI: device CA, server certificate, device certificates, device identity.
 
 Invariants:
-- Every key is ECDSA P-256 (what OpenSSL handles everywhere for TLS 1.3 client auth).
+- Every gateway key is ECDSA P-256 (what OpenSSL handles everywhere for TLS 1.3 client auth);
+  a device key may be P-256 or Ed25519 (``check_device_csr``).
+- ``check_device_csr`` refuses a CSR whose signature does not verify, whose key is neither
+  P-256 nor Ed25519, or that asks for CA powers (basicConstraints CA, keyCertSign, cRLSign):
+  reason ``csr_invalid`` with the detail in ``PkiError.detail``.
 - A device certificate names exactly one device and one site, both in URI SANs
   (``urn:gatehouse:device:<id>``, ``urn:gatehouse:site:<site>``; also CN = device id and
   OU = site for humans), carries EKU clientAuth only, and lives ``DEVICE_CERT_DAYS`` days.
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEVICE_CERT_DAYS = 90
@@ -38,9 +42,10 @@ DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class PkiError(Exception):
     """A certificate or CSR was refused; ``reason`` is a stable code for logs and audit."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,13 @@ def create_ca(
     return key, cert
 
 
+DevicePublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+MAX_CSR_PEM_CHARS = 8192  # a P-256 CSR is about 500 characters of PEM
+
+
 def _leaf_builder(
     ca_cert: x509.Certificate,
-    public_key: ec.EllipticCurvePublicKey,
+    public_key: DevicePublicKey,
     subject: x509.Name,
     *,
     now: dt.datetime,
@@ -150,7 +159,7 @@ def _leaf_builder(
                 content_commitment=False,
                 key_encipherment=False,
                 data_encipherment=False,
-                key_agreement=True,
+                key_agreement=isinstance(public_key, ec.EllipticCurvePublicKey),
                 key_cert_sign=False,
                 crl_sign=False,
                 encipher_only=False,
@@ -225,10 +234,14 @@ def sign_device_csr(
     if not csr.is_signature_valid:
         raise PkiError("csr_signature_invalid")
     public_key = csr.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
-        public_key.curve, ec.SECP256R1
+    if not (
+        isinstance(public_key, ed25519.Ed25519PublicKey)
+        or (
+            isinstance(public_key, ec.EllipticCurvePublicKey)
+            and isinstance(public_key.curve, ec.SECP256R1)
+        )
     ):
-        raise PkiError("csr_key_not_p256")
+        raise PkiError("csr_key_not_allowed")
     sans: list[x509.GeneralName] = [
         x509.UniformResourceIdentifier(DEVICE_URN + device_id),
         x509.UniformResourceIdentifier(SITE_URN + site),
@@ -243,6 +256,35 @@ def sign_device_csr(
         eku=ExtendedKeyUsageOID.CLIENT_AUTH,
     )
     return builder.sign(ca_key, hashes.SHA256())
+
+
+def check_device_csr(pem: str) -> x509.CertificateSigningRequest:
+    """Parse and check a device's CSR (see the module invariants); ``PkiError`` otherwise."""
+    if not isinstance(pem, str) or not 0 < len(pem) <= MAX_CSR_PEM_CHARS:
+        raise PkiError("csr_invalid", "missing or too large")
+    try:
+        csr = x509.load_pem_x509_csr(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise PkiError("csr_invalid", "not a PEM certificate request") from None
+    try:
+        if not csr.is_signature_valid:
+            raise PkiError("csr_invalid", "signature does not verify")
+        public_key = csr.public_key()
+        extensions = list(csr.extensions)
+    except (ValueError, TypeError, x509.UnsupportedGeneralNameType):
+        raise PkiError("csr_invalid", "unreadable request") from None
+    p256 = isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
+        public_key.curve, ec.SECP256R1
+    )
+    if not (p256 or isinstance(public_key, ed25519.Ed25519PublicKey)):
+        raise PkiError("csr_invalid", "key must be P-256 or Ed25519")
+    for extension in extensions:
+        value = extension.value
+        if isinstance(value, x509.BasicConstraints) and value.ca:
+            raise PkiError("csr_invalid", "asks to be a CA")
+        if isinstance(value, x509.KeyUsage) and (value.key_cert_sign or value.crl_sign):
+            raise PkiError("csr_invalid", "asks for certificate signing")
+    return csr
 
 
 def device_identity(cert: x509.Certificate) -> DeviceIdentity:

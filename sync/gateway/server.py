@@ -1,19 +1,25 @@
 """Serving the gateway: TLS 1.3 with client certificates, device identity, revocation.
 
 Invariants:
-- The TLS context accepts TLS 1.3 only and requires a client certificate that chains to the
-  device CA (``CERT_REQUIRED``); OpenSSL refuses expired or foreign certificates in the
-  handshake, before any HTTP byte is read.
+- The TLS context accepts TLS 1.3 only and asks for a client certificate (``CERT_OPTIONAL``):
+  a certificate that is presented must chain to the device CA and be within its validity, or
+  OpenSSL refuses the handshake before any HTTP byte is read. A connection without one gets
+  through TLS but reaches only ``POST /device/enrol`` (which needs a one-time token).
 - ``PeerCertH11Protocol`` (uvicorn's h11 protocol, extended) puts the verified peer
   certificate into ``scope["extensions"]["tls"]`` (ASGI TLS extension shape) and the TCP peer
   address into ``scope["gatehouse.tcp_peer"]`` for every request on the connection.
 - ``DeviceAuthMiddleware`` turns that into ``scope["gatehouse.device"]`` (a ``DeviceIdentity``)
-  on every request, or answers 403 before the app runs: the certificate must verify against the
-  device CA at ``now`` and the device must be ``active`` in the devices table with the same
-  site (a revoked or wiped device is refused at once, even on an open connection).
+  on every request but enrolment, or answers before the app runs: 401 ``certificate_required``
+  without a certificate; 403 when the certificate does not verify against the device CA at
+  ``now`` or the device is not ``active`` in the devices table with the same site (a revoked or
+  wiped device is refused at once, even on an open connection). ``/fhir`` errors are
+  OperationOutcomes, ``/device`` and ``/audit`` errors are ``{"error", "message"}`` JSON.
+- On ``/fhir`` a bearer token, when sent, must be valid for this certificate and belong to a
+  clinician: auditors and admins never receive clinical resources.
 - A forwarded certificate header (``X-Client-Cert``, URL-encoded PEM) is honoured ONLY when the
   TCP peer is a configured trusted proxy, and then verified exactly like a TLS certificate; from
   anyone else it is ignored. uvicorn's own proxy-header rewriting is switched off.
+- ``last_seen`` of a device is written at most once per ``LAST_SEEN_EVERY`` per process.
 """
 
 from __future__ import annotations
@@ -37,10 +43,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from sync.gateway.audit_api import create_control_app
+from sync.gateway.authority import GatewayAuthority
+from sync.gateway.control_error import ControlError, control_error_response
 from sync.gateway.fhir_api import DEVICE_SCOPE_KEY, create_fhir_app
 from sync.gateway.outcome import FhirError, error_response
-from sync.gateway.pki import PkiError, verify_device_certificate
+from sync.gateway.pki import DeviceIdentity, PkiError, verify_device_certificate
 from sync.gateway.store import Store
+from sync.gateway.users import LoginPolicy, authenticate_bearer
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +58,20 @@ TCP_PEER_KEY = "gatehouse.tcp_peer"
 FORWARDED_CERT_HEADER = b"x-client-cert"
 MAX_FORWARDED_CERT_CHARS = 16_384  # a P-256 device certificate is under 1 KiB of PEM
 STARTUP_TIMEOUT_S = 10.0
+LAST_SEEN_EVERY = dt.timedelta(minutes=1)
+ENROL_PATH = "/device/enrol"
+CLINICAL_ROLES = frozenset({"clinician"})
 GRACEFUL_SHUTDOWN_S = 5  # idle keep-alive peers that never answer close_notify cannot stall exit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def build_ssl_context(cert_file: Path, key_file: Path, ca_file: Path) -> ssl.SSLContext:
-    """Server context: TLS 1.3 only, client certificate from the device CA required."""
+    """Server context: TLS 1.3 only; a client certificate is asked for and, when presented,
+    must verify against the device CA."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_mode = ssl.CERT_OPTIONAL
     context.load_verify_locations(cafile=str(ca_file))
     context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
     context.set_alpn_protocols(["http/1.1"])
@@ -105,8 +119,14 @@ def parse_trusted_proxies(values: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
+def _refusal(scope: Scope, status: int, reason: str) -> ASGIApp:
+    if str(scope.get("path", "")).startswith("/fhir"):
+        return error_response(FhirError(status, "security", reason))
+    return control_error_response(ControlError(status, reason))
+
+
 class DeviceAuthMiddleware:
-    """Every request carries a verified, active device identity, or gets 403."""
+    """Every request but enrolment carries a verified, active device identity, or is refused."""
 
     def __init__(
         self,
@@ -122,6 +142,7 @@ class DeviceAuthMiddleware:
         self.ca_cert = ca_cert
         self.trusted_proxies = trusted_proxies
         self.clock = clock
+        self._seen: dict[str, dt.datetime] = {}
 
     def _from_trusted_proxy(self, scope: Scope) -> bool:
         peer = scope.get(TCP_PEER_KEY)
@@ -133,7 +154,7 @@ class DeviceAuthMiddleware:
             return False
         return any(address in net for net in self.trusted_proxies)
 
-    def _certificate(self, scope: Scope) -> x509.Certificate:
+    def _certificate(self, scope: Scope) -> x509.Certificate | None:
         forwarded = [v for k, v in scope.get("headers", []) if k == FORWARDED_CERT_HEADER]
         if forwarded and self._from_trusted_proxy(scope):
             if len(forwarded) != 1 or len(forwarded[0]) > MAX_FORWARDED_CERT_CHARS:
@@ -146,21 +167,43 @@ class DeviceAuthMiddleware:
             log.warning("forwarded certificate header ignored from an untrusted peer")
         chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
         if not chain:
-            raise PkiError("no_client_certificate")
+            return None
         return x509.load_pem_x509_certificate(chain[0].encode("ascii"))
+
+    def _touch(self, device_id: str, now: dt.datetime) -> None:
+        last = self._seen.get(device_id)
+        if last is not None and now - last < LAST_SEEN_EVERY:
+            return
+        self._seen[device_id] = now
+        self.store.touch_device(device_id, now)
+
+    def _clinical_bearer(self, scope: Scope, identity: DeviceIdentity, now: dt.datetime) -> None:
+        """On /fhir, a bearer token (if any) must be this device's and a clinician's."""
+        headers = [v for k, v in scope.get("headers", []) if k == b"authorization"]
+        if not headers:
+            return
+        session = authenticate_bearer(self.store, headers[0].decode("latin-1"), identity, now=now)
+        if session.role not in CLINICAL_ROLES:
+            raise ControlError(403, "role_forbidden")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         scope.pop(DEVICE_SCOPE_KEY, None)  # only this layer may set it
+        if scope.get("path") == ENROL_PATH and scope.get("method") == "POST":
+            await self.app(scope, receive, send)  # the one way in without a certificate
+            return
+        now = self.clock()
         try:
-            identity = verify_device_certificate(
-                self._certificate(scope), self.ca_cert, now=self.clock()
-            )
+            cert = self._certificate(scope)
+            if cert is None:
+                await _refusal(scope, 401, "certificate_required")(scope, receive, send)
+                return
+            identity = verify_device_certificate(cert, self.ca_cert, now=now)
         except PkiError as err:
             log.info("device refused: %s", err.reason)
-            await error_response(FhirError(403, "security", err.reason))(scope, receive, send)
+            await _refusal(scope, 403, err.reason)(scope, receive, send)
             return
         record = await run_in_threadpool(self.store.device, identity.device_id)
         reason = None
@@ -172,22 +215,51 @@ class DeviceAuthMiddleware:
             reason = "device_site_mismatch"
         if reason is not None:
             log.info("device refused: %s", reason)
-            await error_response(FhirError(403, "security", reason))(scope, receive, send)
+            await _refusal(scope, 403, reason)(scope, receive, send)
             return
+        if str(scope.get("path", "")).startswith("/fhir"):
+            try:
+                await run_in_threadpool(self._clinical_bearer, scope, identity, now)
+            except ControlError as err:
+                await _refusal(scope, err.status, err.reason)(scope, receive, send)
+                return
+        await run_in_threadpool(self._touch, identity.device_id, now)
         scope[DEVICE_SCOPE_KEY] = identity
         await self.app(scope, receive, send)
+
+
+class PathDispatch:
+    """``/device`` and ``/audit`` to the control plane, everything else to the FHIR app."""
+
+    def __init__(self, fhir: ASGIApp, control: ASGIApp) -> None:
+        self.fhir = fhir
+        self.control = control
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if path.startswith(("/device/", "/audit/")):
+            await self.control(scope, receive, send)
+        else:
+            await self.fhir(scope, receive, send)
 
 
 def build_app(
     store: Store,
     *,
     ca_cert: x509.Certificate,
+    authority: GatewayAuthority | None = None,
+    login_policy: LoginPolicy | None = None,
     trusted_proxies: tuple[Network, ...] = (),
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> ASGIApp:
-    """The whole gateway application: device authentication around the FHIR data plane."""
+    """The whole gateway: device authentication around the FHIR data plane and, given the
+    gateway's keys (``authority``), the control plane."""
+    inner: ASGIApp = create_fhir_app(store, clock=clock)
+    if authority is not None:
+        control = create_control_app(store, authority, clock=clock, login_policy=login_policy)
+        inner = PathDispatch(inner, control)
     return DeviceAuthMiddleware(
-        create_fhir_app(store, clock=clock),
+        inner,
         store=store,
         ca_cert=ca_cert,
         trusted_proxies=trusted_proxies,

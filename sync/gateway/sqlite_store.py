@@ -5,6 +5,8 @@ Invariants (beyond those of ``store.Store``):
 - Writers take ``BEGIN IMMEDIATE``, so exactly one write transaction runs at a time; the change
   counter is bumped inside it, hence seq order = commit order. Readers never block writers.
 - One connection per thread (``threading.local``); ``close`` closes them all.
+- The control-plane tables (``sql_control``) live in the same file and use the same
+  ``BEGIN IMMEDIATE`` write transactions.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import orjson
 
 from sync.gateway import resources as res
+from sync.gateway.sql_control import CONTROL_SCHEMA, Execute, SqlControlTables
 from sync.gateway.store import (
     Change,
     ChangeOp,
@@ -287,7 +290,7 @@ class _SqliteWriteTx:
         )
 
 
-class SqliteStore:
+class SqliteStore(SqlControlTables):
     """``store.Store`` on one SQLite file."""
 
     def __init__(
@@ -304,6 +307,8 @@ class SqliteStore:
         self._closed = False
         conn = self._conn()
         conn.executescript(SCHEMA)
+        for statement in CONTROL_SCHEMA:
+            conn.execute(statement)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -332,6 +337,21 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def _control_write(self) -> Iterator[Execute]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn.execute
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _control_read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._conn().execute(sql, args).fetchall()
+        return rows
 
     def read(self, rtype: str, rid: str) -> StoredResource | None:
         row = (

@@ -21,11 +21,16 @@ Invariants every backend guarantees:
   the new site's feed shows a ``put`` of the current version).
 - SQL is kept portable (``?`` parameters, no upsert syntax, no RETURNING, integers for time) so
   a PostgreSQL backend is a connection factory plus a placeholder rewrite.
+- Control plane (``ControlStore``, SQL in ``sql_control``): an enrolment token is consumed by
+  one conditional UPDATE (``used_us IS NULL AND expires_us > now``), so of two concurrent uses
+  exactly one wins; an audit chain advances by compare-and-set on (seq, head), so two
+  concurrent uploads for one device can never both extend it from the same state.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -33,6 +38,12 @@ from typing import Any, Literal, Protocol
 ChangeOp = Literal["put", "delete", "leave"]
 DeviceStatus = Literal["active", "revoked", "wiped"]
 DEVICE_STATUSES: tuple[DeviceStatus, ...] = ("active", "revoked", "wiped")
+Role = Literal["clinician", "auditor", "admin"]
+ROLES: tuple[Role, ...] = ("clinician", "auditor", "admin")
+UserStatus = Literal["active", "revoked"]
+CommandKind = Literal["wipe", "lock", "revoke_user"]
+COMMAND_KINDS: tuple[CommandKind, ...] = ("wipe", "lock", "revoke_user")
+CommandStatus = Literal["pending", "done", "failed"]
 MAX_PAGE = 500  # the largest page any query returns
 
 
@@ -117,6 +128,150 @@ class DeviceRecord:
     status: DeviceStatus
 
 
+@dataclass(frozen=True)
+class SiteRecord:
+    site: str
+    name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class EnrolTokenRecord:
+    """A one-time enrolment token; only its SHA-256 (hex) is stored."""
+
+    token_hash: str
+    site: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+    device_id: str | None
+
+
+@dataclass(frozen=True)
+class EnrolledDevice:
+    """Everything ``device list`` shows about one device."""
+
+    device_id: str
+    site: str
+    status: DeviceStatus
+    enrolled_at: dt.datetime | None
+    cert_serial: str | None  # hex
+    cert_not_after: dt.datetime | None
+    last_seen: dt.datetime | None
+    audit_seq: int
+    audit_head: str | None
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    user_id: str
+    site: str
+    role: Role
+    password_hash: str  # an argon2-cffi PHC string ($argon2id$...)
+    status: UserStatus
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A bearer token (stored as its SHA-256) bound to the device certificate that got it."""
+
+    token_hash: str
+    user_id: str
+    role: Role
+    site: str
+    device_id: str
+    cert_serial: str
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class PolicyRecord:
+    site: str
+    version: int
+    devices: tuple[str, ...] | None
+    envelope: str  # the JWS JSON exactly as published (ASCII)
+    published_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    command_id: str
+    device_id: str
+    kind: CommandKind
+    user_id: str | None
+    issued_at: dt.datetime
+    status: CommandStatus
+    receipt: str | None = None  # signed receipt JSON once the device answered
+    completed_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditChainRecord:
+    """Where the gateway's copy of a device's chain stands (``key`` is k for entry seq+1)."""
+
+    device_id: str
+    site: str
+    k0: bytes
+    seq: int
+    head_hash: str
+    key: bytes
+    receipt: str | None  # the receipt JSON issued for (seq, head_hash), if any
+    alerts: int
+
+    def __repr__(self) -> str:  # never print key material
+        return f"AuditChainRecord({self.device_id!r}, seq={self.seq}, keys=<hidden>)"
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One stored audit entry with its queryable columns; canonical + mac rebuild it."""
+
+    device_id: str
+    site: str
+    seq: int
+    ts: dt.datetime
+    user_id: str | None
+    role: str | None
+    action: str
+    fhir_action: str
+    outcome: str
+    patient_id: str | None
+    purpose: str | None
+    entry_hash: str
+    canonical: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class AuditAlert:
+    alert_id: str
+    device_id: str
+    site: str
+    raised_at: dt.datetime
+    first_bad_seq: int | None
+    reason: str
+    sentence: str
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of an audit search (None = any); results ordered by (ts, device, seq)."""
+
+    count: int
+    offset: int = 0
+    site: str | None = None
+    patient_id: str | None = None
+    user_id: str | None = None
+    device_id: str | None = None
+    since: dt.datetime | None = None  # inclusive
+    until: dt.datetime | None = None  # inclusive
+    action: str | None = None  # the Gatehouse action code (AuditEvent.subtype)
+    fhir_action: str | None = None  # C R U D E
+    purpose: str | None = None
+    break_glass: bool = False  # purpose BTG or action break_glass
+
+
 class WriteTx(Protocol):
     """Operations inside one atomic write transaction (all or nothing)."""
 
@@ -135,7 +290,93 @@ class WriteTx(Protocol):
     def delete(self, rtype: str, rid: str) -> StoredResource: ...
 
 
-class Store(Protocol):
+class ControlStore(Protocol):
+    """Control-plane tables (sites, enrolment, users, sessions, policies, commands, audit)."""
+
+    # sites
+    def add_site(self, site: str, name: str, now: dt.datetime) -> bool: ...
+    def sites(self) -> list[SiteRecord]: ...
+
+    # enrolment and devices
+    def add_enrol_token(
+        self, token_hash: str, site: str, *, now: dt.datetime, expires_at: dt.datetime
+    ) -> None: ...
+    def enrol_token(self, token_hash: str) -> EnrolTokenRecord | None: ...
+    def enrol_device(
+        self,
+        token_hash: str,
+        *,
+        now: dt.datetime,
+        device_id: str,
+        cert_serial: str,
+        cert_not_after: dt.datetime,
+        audit_k0: bytes,
+    ) -> str:
+        """Consume the token and register the device atomically; return its site.
+
+        Raises ``StoreError`` ``token_unknown`` / ``token_expired`` / ``token_used``.
+        """
+        ...
+
+    def renew_device_cert(
+        self, device_id: str, cert_serial: str, cert_not_after: dt.datetime
+    ) -> None: ...
+    def touch_device(self, device_id: str, now: dt.datetime) -> None: ...
+    def enrolled_devices(self, site: str | None = None) -> list[EnrolledDevice]: ...
+
+    # users and sessions
+    def add_user(self, user: UserRecord) -> None: ...
+    def user(self, user_id: str) -> UserRecord | None: ...
+    def set_user_status(self, user_id: str, status: UserStatus) -> bool: ...
+    def record_login_failure(self, user_id: str, now: dt.datetime) -> None: ...
+    def login_failures_since(self, user_id: str, since: dt.datetime) -> list[dt.datetime]: ...
+    def clear_login_failures(self, user_id: str) -> None: ...
+    def add_session(self, session: SessionRecord) -> None: ...
+    def session(self, token_hash: str) -> SessionRecord | None: ...
+
+    # policies
+    def add_policy(self, policy: PolicyRecord) -> None: ...
+    def policies(self, site: str) -> list[PolicyRecord]:
+        """The site's policies, highest version first."""
+        ...
+
+    # commands
+    def add_command(self, command: CommandRecord) -> None: ...
+    def command(self, command_id: str) -> CommandRecord | None: ...
+    def pending_commands(self, device_id: str) -> list[CommandRecord]: ...
+    def complete_command(
+        self, command_id: str, status: CommandStatus, receipt: str, now: dt.datetime
+    ) -> bool:
+        """Record the device's receipt once (False if not pending); a done wipe marks the
+        device ``wiped`` in the same transaction."""
+        ...
+
+    # audit
+    def audit_chain(self, device_id: str) -> AuditChainRecord | None: ...
+    def audit_chains(self, site: str | None = None) -> list[AuditChainRecord]: ...
+    def audit_entry_hash(self, device_id: str, seq: int) -> str | None: ...
+    def audit_append(
+        self,
+        device_id: str,
+        *,
+        expect_seq: int,
+        expect_head: str,
+        new_seq: int,
+        new_head: str,
+        new_key: bytes,
+        receipt: str,
+        rows: Sequence[AuditRow],
+    ) -> bool:
+        """Store ``rows`` and move the chain state, only if it still is (expect_seq,
+        expect_head); False (nothing written) when another writer moved it first."""
+        ...
+
+    def add_audit_alert(self, alert: AuditAlert) -> None: ...
+    def audit_alerts(self, device_id: str | None = None) -> list[AuditAlert]: ...
+    def search_audit(self, query: AuditQuery) -> list[AuditRow]: ...
+
+
+class Store(ControlStore, Protocol):
     """A gateway storage backend. Every method is safe to call from any thread."""
 
     def write(self) -> AbstractContextManager[WriteTx]: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -11,10 +12,14 @@ from typing import Any
 
 import pytest
 import requests
+from argon2 import PasswordHasher, Type
 
+from sync.gateway.authority import GatewayAuthority
 from sync.gateway.loader import load_resources
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
 from sync.gateway.sqlite_store import SqliteStore
+from sync.gateway.store import Store
+from sync.gateway.users import LoginPolicy
 from tests.tls_fixtures import DeviceCredentials, PkiFiles, make_test_pki
 
 SITE_A = "hmp-alpha"
@@ -64,14 +69,23 @@ def session_for(creds: DeviceCredentials | None, pki: PkiFiles) -> requests.Sess
     return session
 
 
+# Argon2id far below the production floor, for test speed only (users.meets_floor is tested).
+TEST_HASHER = PasswordHasher(time_cost=1, memory_cost=256, parallelism=1, type=Type.ID)
+
+
 @dataclass
 class Gateway:
     pki: PkiFiles
-    store: SqliteStore
+    store: Store
     server: BackgroundGateway
     device_a: DeviceCredentials
     device_b: DeviceCredentials
+    authority: GatewayAuthority
     sessions: list[requests.Session] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     @property
     def fhir(self) -> str:
@@ -118,22 +132,42 @@ def create_entry(resource: dict[str, Any], client_id: str | None = None) -> dict
     }
 
 
+def make_store(tmp_path: Path) -> SqliteStore:
+    """The store under test: SQLite in ``tmp_path``, or — with ``GATEHOUSE_TEST_STORE=postgres``
+    — a ``PgStore`` (a SqliteStore subclass) on a fresh database of the session's real
+    PostgreSQL server (the test skips, saying why, where PostgreSQL is not installed)."""
+    backend = os.environ.get("GATEHOUSE_TEST_STORE", "sqlite") or "sqlite"
+    if backend == "postgres":
+        from sync.gateway.pg_store import PgStore
+        from tests.gateway.pg_fixtures import require_server
+
+        return PgStore(require_server().new_database())
+    if backend != "sqlite":
+        raise ValueError("GATEHOUSE_TEST_STORE must be 'sqlite' or 'postgres'")
+    return SqliteStore(tmp_path / "gateway.sqlite3")
+
+
 def start_gateway(tmp_path: Path, trusted_proxies: tuple[str, ...] = ()) -> Gateway:
     from sync.gateway.server import parse_trusted_proxies
 
     pki = make_test_pki(tmp_path / "pki")
-    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    store = make_store(tmp_path)
     device_a = pki.device("dev-a", SITE_A)
     device_b = pki.device("dev-b", SITE_B)
     store.set_device("dev-a", SITE_A, "active")
     store.set_device("dev-b", SITE_B, "active")
+    authority = GatewayAuthority.generate(pki.ca_key, pki.ca_cert)
     app = build_app(
-        store, ca_cert=pki.ca_cert, trusted_proxies=parse_trusted_proxies(trusted_proxies)
+        store,
+        ca_cert=pki.ca_cert,
+        authority=authority,
+        login_policy=LoginPolicy(hasher=TEST_HASHER, max_failures=3),
+        trusted_proxies=parse_trusted_proxies(trusted_proxies),
     )
     context = build_ssl_context(pki.server_cert_path, pki.server_key_path, pki.ca_path)
     server = BackgroundGateway(app, context)
     server.start()
-    return Gateway(pki, store, server, device_a, device_b)
+    return Gateway(pki, store, server, device_a, device_b, authority)
 
 
 def stop_gateway(gateway: Gateway) -> None:

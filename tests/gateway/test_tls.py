@@ -23,11 +23,12 @@ from sync.gateway.server import (
     build_ssl_context,
     parse_trusted_proxies,
 )
-from sync.gateway.sqlite_store import SqliteStore
+from sync.gateway.store import Store
 from tests.gateway.conftest import (
     SITE_A,
     SITE_B,
     Gateway,
+    make_store,
     patient,
     session_for,
     start_gateway,
@@ -41,8 +42,38 @@ def _refused(session: requests.Session, url: str) -> None:
         session.get(url, timeout=10)
 
 
-def test_NW1_no_client_certificate_is_refused_in_the_handshake(gateway: Gateway) -> None:
-    _refused(gateway.session(None), f"{gateway.fhir}/metadata")
+CERTIFIED_ROUTES = [
+    ("GET", "/fhir/metadata"),
+    ("GET", "/fhir/Patient"),
+    ("POST", "/fhir"),
+    ("POST", "/device/renew"),
+    ("POST", "/device/login"),
+    ("GET", "/device/policy"),
+    ("GET", "/device/commands"),
+    ("POST", "/device/commands/x/receipt"),
+    ("POST", "/device/time"),
+    ("POST", "/device/audit"),
+    ("GET", "/audit/AuditEvent"),
+    ("GET", "/audit/chains"),
+    ("GET", "/device/enrol"),  # only POST is the way in
+]
+
+
+def test_NW1_without_a_client_certificate_only_enrolment_is_reachable(gateway: Gateway) -> None:
+    gateway.load(patient("p1", SITE_A))
+    anonymous = gateway.session(None)
+    for method, path in CERTIFIED_ROUTES:
+        answer = anonymous.request(method, f"{gateway.url}{path}", json={}, timeout=10)
+        assert answer.status_code == 401, (method, path)
+        if path.startswith("/fhir"):
+            assert answer.json()["issue"][0]["details"]["text"] == "certificate_required"
+        else:
+            assert answer.json()["error"] == "certificate_required"
+        assert "Smith" not in answer.text
+    # Enrolment is reached (and refuses a made-up token), and a certified device gets in.
+    answer = anonymous.post(f"{gateway.url}/device/enrol", json={"token": "x"}, timeout=10)
+    assert answer.status_code in (400, 403)
+    assert answer.json()["error"] in ("token_unknown", "bad_request")
     assert gateway.a.get(f"{gateway.fhir}/metadata", timeout=10).status_code == 200
 
 
@@ -73,6 +104,15 @@ def test_NW1_tls12_only_client_is_refused(gateway: Gateway) -> None:
         context13.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
         assert tls.version() == "TLSv1.3"
+
+
+def test_revoked_device_is_refused_on_the_control_plane_too(gateway: Gateway) -> None:
+    session = gateway.a
+    assert session.get(f"{gateway.url}/device/policy", timeout=10).status_code == 200
+    gateway.store.set_device("dev-a", SITE_A, "revoked")
+    answer = session.get(f"{gateway.url}/device/policy", timeout=10)
+    assert answer.status_code == 403
+    assert answer.json()["error"] == "device_revoked"
 
 
 @pytest.mark.parametrize("status", ["revoked", "wiped"])
@@ -118,9 +158,9 @@ async def _echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @pytest.fixture
-def echo(tmp_path: Path) -> Iterator[tuple[PkiFiles, BackgroundGateway, SqliteStore]]:
+def echo(tmp_path: Path) -> Iterator[tuple[PkiFiles, BackgroundGateway, Store]]:
     files = make_test_pki(tmp_path / "pki")
-    store = SqliteStore(tmp_path / "db.sqlite3")
+    store = make_store(tmp_path)
     store.set_device("dev-a", SITE_A, "active")
     context = build_ssl_context(files.server_cert_path, files.server_key_path, files.ca_path)
     app = DeviceAuthMiddleware(_echo, store=store, ca_cert=files.ca_cert)
@@ -134,7 +174,7 @@ def echo(tmp_path: Path) -> Iterator[tuple[PkiFiles, BackgroundGateway, SqliteSt
 
 
 def test_verified_peer_certificate_and_device_identity_reach_the_app(
-    echo: tuple[PkiFiles, BackgroundGateway, SqliteStore],
+    echo: tuple[PkiFiles, BackgroundGateway, Store],
 ) -> None:
     files, server, _ = echo
     device = files.device("dev-a", SITE_A)
@@ -145,7 +185,7 @@ def test_verified_peer_certificate_and_device_identity_reach_the_app(
 
 
 def test_x_forwarded_for_cannot_fake_the_peer_address(
-    echo: tuple[PkiFiles, BackgroundGateway, SqliteStore],
+    echo: tuple[PkiFiles, BackgroundGateway, Store],
 ) -> None:
     files, server, _ = echo
     with session_for(files.device("dev-a", SITE_A), files) as session:

@@ -1,0 +1,708 @@
+"""PostgreSQL scale path (issue 4 item 8): several gateway PROCESSES on one real PostgreSQL.
+
+What these prove, beyond the whole gateway suite run on PostgreSQL
+(``GATEHOUSE_TEST_STORE=postgres pytest tests/gateway``):
+- two ``gatehouse-gateway serve --database URL`` processes plus an in-process gateway write
+  concurrently while a reader pages ``_history`` through all three in turn: every committed
+  version is delivered exactly once (seq order = commit order across processes);
+- the same exactly-once create (``ifNoneExist``) sent to every process at once creates one
+  resource; one enrolment token sent to every process at once enrols one device (NW-4); one
+  audit upload sent to every process at once is stored once and the chain stays exact (AD-2);
+- the writer lock (``SELECT … FOR UPDATE`` on the counter row) orders commits between separate
+  connection pools, and ``lastUpdated`` never goes back even when one process's clock is behind;
+- gateways starting together create the schema once; a dropped connection is replaced;
+- ``open_store`` refuses passwords on the command line and unknown URLs.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+
+from policy.atomic import atomic_write
+from sync.audit_chain import ChainState
+from sync.audit_chain import append as audit_append
+from sync.audit_entry import AuditEntry
+from sync.audit_fhir import export_bundle
+from sync.gateway import datadir, enrolment, pg_store, pki
+from sync.gateway.authority import load_authority
+from sync.gateway.loader import load_resources
+from sync.gateway.pg_store import PgStore, pg_schema, to_pg_sql
+from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
+from sync.gateway.sqlite_store import SCHEMA
+from sync.gateway.storage import open_store
+from sync.gateway.store import AuditQuery, HistoryQuery, SearchQuery, StoreError
+from tests.gateway.conftest import (
+    CLIENT_ID,
+    SITE_A,
+    create_entry,
+    observation,
+    patient,
+    session_for,
+)
+from tests.gateway.pg_fixtures import (  # noqa: F401 (pg_dsn, pg_server: fixtures)
+    PgServer,
+    free_port,
+    pg_dsn,
+    pg_server,
+)
+from tests.tls_fixtures import DeviceCredentials, PkiFiles
+
+REPO = Path(__file__).resolve().parents[2]
+PROCESSES = 2  # gateway subprocesses, plus one gateway in this process
+WRITERS = 6
+TRANSACTIONS_PER_WRITER = 8
+PAGE = 4
+START_TIMEOUT_S = 30
+
+
+# -- a cluster of gateways on one database ----------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    store: PgStore
+    pki: PkiFiles
+    device: DeviceCredentials
+    urls: list[str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sessions: list[requests.Session] = field(default_factory=list)
+
+    def session(self) -> requests.Session:
+        session = session_for(self.device, self.pki)
+        self.sessions.append(session)
+        return session
+
+    def post_bundle(
+        self, session: requests.Session, url: str, entries: list[dict[str, Any]]
+    ) -> requests.Response:
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        return session.post(
+            f"{url}/fhir",
+            json=bundle,
+            headers={"Content-Type": "application/fhir+json"},
+            timeout=60,
+        )
+
+
+def _wait_ready(
+    url: str, session: requests.Session, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise AssertionError(f"gateway process exited with {proc.returncode}:\n{tail}")
+        try:
+            if session.get(f"{url}/fhir/metadata", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("gateway process did not start")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_dsn: str) -> Iterator[Cluster]:  # noqa: F811
+    data = tmp_path / "gw"
+    datadir.init_data_dir(data, now=dt.datetime.now(dt.UTC))
+    ca_cert = pki.load_cert((data / datadir.CA_CERT).read_bytes())
+    files = PkiFiles(
+        directory=tmp_path,
+        ca_key=pki.load_key((data / datadir.CA_KEY).read_bytes()),
+        ca_cert=ca_cert,
+        ca_path=data / datadir.CA_CERT,
+        server_cert_path=data / datadir.SERVER_CERT,
+        server_key_path=data / datadir.SERVER_KEY,
+        server_pin="",
+    )
+    store = PgStore(pg_dsn)
+    device = files.device("dev-a", SITE_A)
+    store.set_device("dev-a", SITE_A, "active")
+    cluster = Cluster(store, files, device, [])
+    in_process_store = PgStore(pg_dsn)
+    context = build_ssl_context(files.server_cert_path, files.server_key_path, files.ca_path)
+    app = build_app(in_process_store, ca_cert=ca_cert, authority=load_authority(data))
+    local = BackgroundGateway(app, context)
+    logs: list[Path] = []
+    try:
+        for n in range(PROCESSES):
+            port = free_port()
+            logs.append(tmp_path / f"gateway-{n}.log")
+            log = logs[-1].open("wb")
+            cluster.procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sync.gateway.cli",
+                        "serve",
+                        "--data",
+                        str(data),
+                        "--database",
+                        pg_dsn,
+                        "--port",
+                        str(port),
+                    ],
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                )
+            )
+            log.close()
+            cluster.urls.append(f"https://127.0.0.1:{port}")
+        local.start()
+        cluster.urls.append(local.url)
+        probe = cluster.session()
+        for url, proc, log_path in zip(cluster.urls, cluster.procs, logs, strict=False):
+            _wait_ready(url, probe, proc, log_path)
+        yield cluster
+    finally:
+        for session in cluster.sessions:
+            session.close()
+        for proc in cluster.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in cluster.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        local.stop()
+        in_process_store.close()
+        store.close()
+
+
+# -- several processes ------------------------------------------------------------------------
+
+
+def _writer(cluster: Cluster, number: int, committed: list[tuple[str, int]]) -> None:
+    """Creates (two per transaction) and ifMatch updates, all through one gateway."""
+    url = cluster.urls[number % len(cluster.urls)]
+    session = cluster.session()
+    mine: dict[str, int] = {}
+    for step in range(TRANSACTIONS_PER_WRITER):
+        entries: list[dict[str, Any]] = []
+        if step % 3 == 0 or not mine:
+            for _ in range(2):
+                entry = create_entry(observation("x", f"p{number}", float(step)))
+                entry["resource"].pop("id")
+                entries.append(entry)
+        else:
+            oid = sorted(mine)[step % len(mine)]
+            entries.append(
+                {
+                    "resource": observation(oid, f"p{number}", float(step)),
+                    "request": {
+                        "method": "PUT",
+                        "url": f"Observation/{oid}",
+                        "ifMatch": f'W/"{mine[oid]}"',
+                    },
+                }
+            )
+        answer = cluster.post_bundle(session, url, entries)
+        assert answer.status_code == 200, answer.text
+        for result in answer.json()["entry"]:
+            _rtype, rid, _, version = result["response"]["location"].split("/")
+            mine[rid] = int(version)
+            committed.append((rid, int(version)))
+
+
+def _page(
+    cluster: Cluster, session: requests.Session, url: str, turn: list[int], seen: list[Any]
+) -> str:
+    """Follow next links to the end, each page from the next gateway in turn; return resume."""
+    next_url: str | None = url
+    resume = url
+    while next_url is not None:
+        base = cluster.urls[turn[0] % len(cluster.urls)]
+        turn[0] += 1
+        path = next_url.split("/fhir", 1)[1]
+        answer = session.get(f"{base}/fhir{path}", timeout=60)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        for entry in page["entry"]:
+            seen.append((entry["resource"]["id"], int(entry["resource"]["meta"]["versionId"])))
+        resume = next(ln["url"] for ln in page["link"] if ln["relation"] == "x-resume")
+        next_url = next((ln["url"] for ln in page["link"] if ln["relation"] == "next"), None)
+    return resume
+
+
+@pytest.mark.postgres
+def test_several_gateway_processes_reader_sees_every_version_exactly_once(
+    cluster: Cluster,
+) -> None:
+    load_resources(cluster.store, [patient(f"p{n}", SITE_A) for n in range(WRITERS)])
+    committed: list[tuple[str, int]] = [(f"p{n}", 1) for n in range(WRITERS)]
+    results: list[list[tuple[str, int]]] = [[] for _ in range(WRITERS)]
+    errors: list[BaseException] = []
+
+    def run(number: int) -> None:
+        try:
+            _writer(cluster, number, results[number])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    reader = cluster.session()
+    seen: list[tuple[str, int]] = []
+    turn = [0]
+    resume = f"{cluster.urls[0]}/fhir/_history?_count={PAGE}"
+    passes = 0
+    while any(t.is_alive() for t in threads):
+        resume = _page(cluster, reader, resume, turn, seen)
+        passes += 1
+    for thread in threads:
+        thread.join()
+    _page(cluster, reader, resume, turn, seen)
+    assert errors == []
+    for result in results:
+        committed += result
+    assert passes > 1 and turn[0] > len(cluster.urls)  # interleaved, through every process
+    assert len(seen) == len(set(seen)), "a version was delivered twice"
+    assert sorted(seen) == sorted(committed), "a committed version was missed"
+    changes = cluster.store.history(HistoryQuery(site=SITE_A, count=500))
+    seqs = [c.seq for c in changes]
+    assert seqs == sorted(set(seqs)) == list(range(1, len(seqs) + 1))  # no gaps, no reuse
+    stamps = [c.last_updated for c in changes if c.op == "put" and c.rtype == "Observation"]
+    assert stamps == sorted(stamps)
+
+
+@pytest.mark.postgres
+def test_one_client_id_sent_to_every_process_at_once_creates_one_resource(
+    cluster: Cluster,
+) -> None:
+    load_resources(cluster.store, [patient("p1", SITE_A)])
+    client_id = "8a7c4a1e-1d5e-4f7e-9d35-4c1b2a0f9e11"
+    racers = 3 * len(cluster.urls)
+    barrier = threading.Barrier(racers)
+    answers: list[requests.Response] = []
+    lock = threading.Lock()
+
+    def race(number: int) -> None:
+        session = cluster.session()
+        entry = create_entry(observation("x", "p1", float(number)), client_id=client_id)
+        entry["resource"].pop("id")
+        barrier.wait(10)
+        answer = cluster.post_bundle(session, cluster.urls[number % len(cluster.urls)], [entry])
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [a.status_code for a in answers] == [200] * racers, [a.text for a in answers]
+    locations = {a.json()["entry"][0]["response"]["location"].split("/")[1] for a in answers}
+    assert len(locations) == 1
+    found = cluster.store.search(
+        SearchQuery(rtype="Observation", site=SITE_A, count=50, identifier=(CLIENT_ID, client_id))
+    )
+    assert [r.rid for r in found] == sorted(locations)
+    assert len(cluster.store.search(SearchQuery(rtype="Observation", site=SITE_A, count=50))) == 1
+
+
+# -- the writer lock between separate connection pools ----------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_later_commit_never_gets_a_smaller_seq_across_stores(pg_dsn: str) -> None:  # noqa: F811
+    first, second = PgStore(pg_dsn), PgStore(pg_dsn)  # two processes' worth of connections
+    load_resources(first, [patient("p1", SITE_A)])
+    holding, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow_writer() -> None:
+        with first.write() as tx:
+            tx.put("Observation", "slow", observation("slow", "p1"))
+            holding.set()
+            release.wait(10)
+            order.append("slow-commit")
+
+    def fast_writer() -> None:
+        with second.write() as tx:
+            tx.put("Observation", "fast", observation("fast", "p1"))
+        order.append("fast-commit")
+
+    slow = threading.Thread(target=slow_writer)
+    slow.start()
+    assert holding.wait(10)
+    fast = threading.Thread(target=fast_writer)
+    fast.start()
+    time.sleep(0.3)
+    assert second.history(HistoryQuery(site=SITE_A, count=100, after_seq=1)) == []
+    assert order == []  # the fast writer waits for the counter row
+    release.set()
+    slow.join(10)
+    fast.join(10)
+    assert order == ["slow-commit", "fast-commit"]
+    changes = second.history(HistoryQuery(site=SITE_A, count=100, after_seq=1))
+    assert [c.rid for c in changes] == ["slow", "fast"]
+    assert changes[0].seq < changes[1].seq
+    assert changes[0].last_updated < changes[1].last_updated
+    first.close()
+    second.close()
+
+
+@pytest.mark.postgres
+def test_a_check_inside_a_write_sees_every_earlier_commit(pg_dsn: str) -> None:  # noqa: F811
+    """ifNoneExist across processes: the second writer's lookup runs only after the first
+    writer's commit (the counter row is locked at BEGIN, before any read)."""
+    first, second = PgStore(pg_dsn), PgStore(pg_dsn)
+    load_resources(first, [patient("p1", SITE_A)])
+    entry = create_entry(observation("o1", "p1"), client_id="c0ffee00-0000-4000-8000-000000000001")
+    resource = entry["resource"]
+    holding, release = threading.Event(), threading.Event()
+    found_by_second: list[int] = []
+
+    def first_writer() -> None:
+        with first.write() as tx:
+            assert tx.find_by_identifier("Observation", SITE_A, CLIENT_ID, resource_cid) == []
+            tx.put("Observation", "o1", resource)
+            holding.set()
+            release.wait(10)
+
+    def second_writer() -> None:
+        with second.write() as tx:
+            found = tx.find_by_identifier("Observation", SITE_A, CLIENT_ID, resource_cid)
+            found_by_second.append(len(found))
+            if not found:
+                tx.put("Observation", "o2", resource)
+
+    resource_cid = resource["identifier"][-1]["value"]
+    one = threading.Thread(target=first_writer)
+    one.start()
+    assert holding.wait(10)
+    two = threading.Thread(target=second_writer)
+    two.start()
+    time.sleep(0.3)
+    release.set()
+    one.join(10)
+    two.join(10)
+    assert found_by_second == [1]
+    query = SearchQuery(rtype="Observation", site=SITE_A, count=10)
+    assert [r.rid for r in second.search(query)] == ["o1"]
+    first.close()
+    second.close()
+
+
+@pytest.mark.postgres
+def test_last_updated_never_goes_back_when_one_process_clock_is_behind(
+    pg_dsn: str,  # noqa: F811
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    ahead = PgStore(pg_dsn, clock=lambda: now + dt.timedelta(hours=1))
+    behind = PgStore(pg_dsn, clock=lambda: now - dt.timedelta(hours=1))
+    load_resources(ahead, [patient("p1", SITE_A)])
+    for i in range(6):
+        load_resources(behind if i % 2 else ahead, [observation(f"o{i}", "p1")])
+    stamps = [c.last_updated for c in behind.history(HistoryQuery(site=SITE_A, count=100))]
+    assert len(stamps) == 7
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert stamps[0] >= now + dt.timedelta(hours=1)
+    ahead.close()
+    behind.close()
+
+
+@pytest.mark.postgres
+def test_a_failed_write_leaves_nothing_and_releases_the_writer_lock(
+    pg_dsn: str,  # noqa: F811
+) -> None:
+    store, other = PgStore(pg_dsn), PgStore(pg_dsn)
+    load_resources(store, [patient("p1", SITE_A)])
+    head = store.head_seq()
+    with pytest.raises(StoreError) as err, store.write() as tx:
+        tx.put("Observation", "o1", observation("o1", "p1"))
+        tx.put("Observation", "o2", observation("o2", "nobody"))
+    assert err.value.reason == "unknown_patient"
+    assert other.head_seq() == head and other.read("Observation", "o1") is None
+    load_resources(other, [observation("o3", "p1")])  # the lock was released
+    assert store.head_seq() == head + 1
+    store.close()
+    other.close()
+
+
+# -- control plane across processes: one-time tokens and audit chains -------------------------
+
+
+def _race(workers: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(n)`` for every n at once (after a barrier); its results, in order."""
+    barrier = threading.Barrier(workers)
+    results: list[Any] = [None] * workers
+
+    def run(n: int) -> None:
+        barrier.wait(10)
+        try:
+            results[n] = work(n)
+        except Exception as exc:  # compared by the caller
+            results[n] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def _enrol_body(token: str, k0: bytes, key: Any = None) -> dict[str, str]:
+    csr = pki.make_csr(key or pki.generate_key())
+    return {
+        "token": token,
+        "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        "audit_k0": base64.b64encode(k0).decode("ascii"),
+    }
+
+
+@pytest.mark.postgres
+def test_NW4_one_enrolment_token_sent_to_every_process_at_once_enrols_one_device(
+    cluster: Cluster,
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    token, _ = enrolment.create_enrol_token(
+        cluster.store, SITE_A, now=now, ttl=dt.timedelta(hours=1)
+    )
+    racers = 3 * len(cluster.urls)
+    bodies = [_enrol_body(token, bytes(32)) for _ in range(racers)]
+    sessions = [session_for(None, cluster.pki) for _ in range(racers)]
+    cluster.sessions += sessions
+
+    def use_token(n: int) -> requests.Response:
+        url = cluster.urls[n % len(cluster.urls)]
+        return sessions[n].post(f"{url}/device/enrol", json=bodies[n], timeout=60)
+
+    answers = _race(racers, use_token)
+    assert all(isinstance(a, requests.Response) for a in answers), answers
+    won = [a for a in answers if a.status_code == 200]
+    lost = [a for a in answers if a.status_code != 200]
+    assert len(won) == 1, [a.text for a in answers]
+    assert {(a.status_code, a.json()["error"]) for a in lost} == {(403, "token_used")}
+    device_id = won[0].json()["device_id"]
+    enrolled = [d for d in cluster.store.enrolled_devices() if d.enrolled_at is not None]
+    assert [(d.device_id, d.site) for d in enrolled] == [(device_id, SITE_A)]
+    record = cluster.store.enrol_token(enrolment.token_hash(token))
+    assert record is not None and record.device_id == device_id
+
+
+def _audit_chain(device_id: str, k0: bytes, count: int) -> list[AuditEntry]:
+    state = ChainState.genesis(device_id, k0)
+    start = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
+    entries = []
+    for i in range(count):
+        fields = {
+            "device_id": device_id,
+            "action": "record_view",
+            "outcome": "success",
+            "user_id": "gp.jones",
+            "role": "clinician",
+            "patient_id": f"pat-{i % 3}",
+            "purpose": "TREAT",
+        }
+        entry, state = audit_append(state, fields, start + dt.timedelta(seconds=i))
+        entries.append(entry)
+    return entries
+
+
+def _enrol_device(cluster: Cluster, tmp_path: Path, k0: bytes) -> DeviceCredentials:
+    now = dt.datetime.now(dt.UTC)
+    token, _ = enrolment.create_enrol_token(
+        cluster.store, SITE_A, now=now, ttl=dt.timedelta(hours=1)
+    )
+    key = pki.generate_key()
+    session = session_for(None, cluster.pki)
+    cluster.sessions.append(session)
+    answer = session.post(
+        f"{cluster.urls[0]}/device/enrol", json=_enrol_body(token, k0, key), timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    cert_path, key_path = tmp_path / "enrolled.pem", tmp_path / "enrolled.key"
+    atomic_write(cert_path, body["certificate"].encode("ascii"))
+    atomic_write(key_path, pki.key_to_pem(key))
+    cert = pki.load_cert(body["certificate"].encode("ascii"))
+    return DeviceCredentials(body["device_id"], body["site"], cert_path, key_path, cert)
+
+
+@pytest.mark.postgres
+def test_AD2_one_audit_upload_sent_to_every_process_at_once_is_stored_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    k0 = bytes(range(32))
+    device = _enrol_device(cluster, tmp_path, k0)
+    entries = _audit_chain(device.device_id, k0, 24)
+    racers = 2 * len(cluster.urls)
+    sessions = [session_for(device, cluster.pki) for _ in range(racers)]
+    cluster.sessions += sessions
+    for upto in (10, 24):  # a lost answer re-sent everywhere, then the next batch likewise
+        bundle = export_bundle(entries[:upto])
+
+        def upload(n: int, bundle: dict[str, Any] = bundle) -> requests.Response:
+            url = cluster.urls[n % len(cluster.urls)]
+            return sessions[n].post(f"{url}/device/audit", json=bundle, timeout=60)
+
+        answers = _race(racers, upload)
+        assert all(isinstance(a, requests.Response) for a in answers), answers
+        assert [a.status_code for a in answers] == [200] * racers, [a.text for a in answers]
+        heads = {(a.json()["last_seq"], a.json()["head_hash"]) for a in answers}
+        assert heads == {(upto, entries[upto - 1].entry_hash())}
+    chain = cluster.store.audit_chain(device.device_id)
+    assert chain is not None
+    assert (chain.seq, chain.head_hash) == (24, entries[-1].entry_hash())
+    assert cluster.store.audit_alerts() == []
+    rows = cluster.store.search_audit(AuditQuery(count=100, device_id=device.device_id))
+    assert [r.seq for r in rows] == list(range(1, 25))  # each entry stored exactly once
+    assert [r.entry_hash for r in rows] == [e.entry_hash() for e in entries]
+
+
+# -- start-up and resilience ------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_gateways_starting_together_create_the_schema_once(pg_dsn: str) -> None:  # noqa: F811
+    barrier = threading.Barrier(6)
+    stores: list[PgStore] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait(10)
+        try:
+            stores.append(PgStore(pg_dsn))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT id, seq FROM change_counter").fetchall()
+    assert rows == [(1, 0)]
+    for store in stores:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_dropped_connection_is_replaced(pg_server: PgServer, pg_dsn: str) -> None:  # noqa: F811
+    store = PgStore(pg_dsn)
+    load_resources(store, [patient("p1", SITE_A)])
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND application_name = 'gatehouse-gateway'",
+            (pg_dsn.rsplit("/", 1)[1],),
+        ).fetchall()
+    assert killed and all(ok for (ok,) in killed)
+    with pytest.raises(psycopg.OperationalError):
+        store.read("Patient", "p1")  # the in-flight call fails loudly ...
+    found = store.read("Patient", "p1")  # ... and the next one reconnects
+    assert found is not None and found.version_id == 1
+    store.close()
+
+
+def _analysed_rows(dsn: str) -> float:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'changes'").fetchone()
+    assert row is not None
+    return float(row[0])  # -1 until the table is first analysed
+
+
+@pytest.mark.postgres
+def test_statistics_follow_a_bulk_load(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Unanalysed, the planner pages the feed by joining every later change (quadratic)."""
+    monkeypatch.setattr(pg_store, "ANALYZE_FIRST_AT", 20)
+    store = PgStore(pg_dsn)
+    load_resources(store, [patient(f"p{i}", SITE_A) for i in range(10)])
+    assert _analysed_rows(pg_dsn) == -1
+    load_resources(store, [patient(f"q{i}", SITE_A) for i in range(15)])  # head 25 ≥ 20
+    assert _analysed_rows(pg_dsn) == 25
+    load_resources(store, [patient(f"r{i}", SITE_A) for i in range(30)])  # 55 < 2·25 + 20
+    assert _analysed_rows(pg_dsn) == 25
+    load_resources(store, [patient(f"s{i}", SITE_A) for i in range(20)])  # 75 ≥ 70
+    assert _analysed_rows(pg_dsn) == 75
+    store.close()
+
+
+@pytest.mark.postgres
+def test_closed_store_refuses_calls(pg_dsn: str) -> None:  # noqa: F811
+    store = PgStore(pg_dsn)
+    store.close()
+    with pytest.raises(StoreError) as err:
+        store.head_seq()
+    assert err.value.reason == "closed"
+
+
+# -- translation and URL handling (no server needed) ------------------------------------------
+
+
+def test_placeholders_are_rewritten_outside_literals_only() -> None:
+    assert to_pg_sql("SELECT a FROM t WHERE b = ? AND c LIKE ? ESCAPE '\\'") == (
+        "SELECT a FROM t WHERE b = %s AND c LIKE %s ESCAPE '\\'"
+    )
+    assert to_pg_sql("SELECT '?', 5 % 2 WHERE x = ?") == "SELECT '?', 5 %% 2 WHERE x = %s"
+    with pytest.raises(StoreError) as err:
+        to_pg_sql("PRAGMA journal_mode = WAL")
+    assert err.value.reason == "sqlite_only_statement"
+
+
+def test_schema_translation_uses_64_bit_integers_and_bytea() -> None:
+    statements = pg_schema(SCHEMA)
+    joined = "\n".join(statements)
+    assert "BLOB" not in joined and " INTEGER" not in joined
+    assert "body BYTEA NOT NULL" in joined and "version_id BIGINT NOT NULL" in joined
+    assert all(";" not in s for s in statements)
+
+
+def test_open_store_refuses_passwords_and_unknown_urls(tmp_path: Path) -> None:
+    for url, reason in [
+        ("postgresql://gw:s3cret@db.example/gatehouse", "password_in_database_url"),
+        ("postgresql://db.example/gatehouse?password=s3cret", "password_in_database_url"),
+        ("mysql://db.example/gatehouse", "unsupported_database_url"),
+        ("/var/lib/gatehouse.db", "unsupported_database_url"),
+    ]:
+        with pytest.raises(StoreError) as err:
+            open_store(tmp_path, url)
+        assert err.value.reason == reason
+    store = open_store(tmp_path, None)
+    assert (tmp_path / datadir.DATABASE).exists()
+    store.close()
+
+
+def test_unreachable_database_is_a_store_error_and_logs_no_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(StoreError) as err:
+        open_store(tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    assert err.value.reason == "database_unavailable"
+    canary = "Sekr1t-canary-7f3a"
+    for dsn, reason in (
+        (f"postgresql://gw:{canary}@127.0.0.1:{free_port()}/nothing", "database_unavailable"),
+        (f"host=127.0.0.1 port={free_port()} password={canary}", "database_unavailable"),
+        (f"postgresql://gw:{canary}@[::1/nothing", "bad_database_url"),  # libpq echoes this
+    ):
+        with caplog.at_level("DEBUG"), pytest.raises(StoreError) as err:
+            PgStore(dsn)
+        assert err.value.reason == reason
+        assert canary not in str(err.value) and err.value.__cause__ is None
+    assert "cannot connect to PostgreSQL" in caplog.text
+    assert canary not in caplog.text
