@@ -17,17 +17,17 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sync.audit_receipt import Receipt, ReceiptError, receipt_from_json, verify_receipt
 from sync.engine import SyncError, SyncResult
 from sync.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
+from sync.statements import SignatureRefused, command_statement, time_statement, verify
 from sync.transport import Transport
 
 AUDIT_BATCH = 2000  # entries per upload; ~5 MB of AuditEvents
@@ -68,10 +68,6 @@ def _json(data: bytes) -> Any:
         return loads_bounded(data, max_bytes=MAX_CONTROL_BYTES, max_depth=12)
     except BoundedJsonError as error:
         raise SyncError("bad_response", "the gateway's control answer is not valid") from error
-
-
-def _canonical(value: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def _post(transport: Transport, path: str, body: Any, *, idempotent: bool = False) -> Any:
@@ -115,11 +111,10 @@ class ControlSteps:
         when, signature = data.get("time"), data.get("signature")
         if not isinstance(when, str) or not isinstance(signature, str):
             raise SyncError("bad_time", "the gateway's time answer is incomplete")
-        signed = {"nonce": nonce, "time": when, "device_id": self._device.device_id}
         try:
-            self._key.verify(base64.b64decode(signature, validate=True), _canonical(signed))
+            verify(self._key, time_statement(nonce, when, self._device.device_id), signature)
             server_time = dt.datetime.fromisoformat(when)
-        except (InvalidSignature, ValueError) as error:
+        except (SignatureRefused, ValueError) as error:
             raise SyncError("bad_time", "the gateway's time is not signed correctly") from error
         self._device.anchor_time(server_time)
         result.control["time"] = when
@@ -186,10 +181,9 @@ class ControlSteps:
             "revoke_user",
         }:
             raise SyncError("bad_command", "a command from the gateway is malformed")
-        signed = {**fields, "device_id": self._device.device_id}
         try:
-            self._key.verify(base64.b64decode(str(signature), validate=True), _canonical(signed))
-        except (InvalidSignature, ValueError) as error:
+            verify(self._key, command_statement(fields, self._device.device_id), signature)
+        except SignatureRefused as error:
             raise SyncError("bad_command", "a command is not signed for this device") from error
         user = fields["user_id"]
         return Command(

@@ -41,7 +41,7 @@ from sync.gateway.sql_control import iter_audit
 from sync.gateway.store import AuditQuery, AuditRow, CommandRecord, Store, StoreError
 from sync.pins import spki_sha256_b64
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = "gatehouse-provisioning-bundle/1"  # sync.enrolment.BUNDLE_FORMAT
 LOCAL_ZONE = "Europe/London"
 WORKDAY_START, WORKDAY_END = 8, 18  # local hours; out of hours is before 08:00 or from 18:00
 _TTL_RE = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
@@ -158,12 +158,13 @@ def provisioning_bundle(
     return {
         "format": BUNDLE_FORMAT,
         "gateway_url": url,
-        "pins": [spki_sha256_b64(server_cert), spki_sha256_b64(backup.public_key())],
+        "spki_pins": [spki_sha256_b64(server_cert), spki_sha256_b64(backup.public_key())],
         "ca_certificate": authority.ca_pem,
         "policy_trust_keys": [_public_pem(k) for k in policies.load_trust_keys(data)],
+        "policy_trust_threshold": 1,
         "token": token,
         "site": site,
-        "expires_at": expires_at.isoformat(),
+        "token_expires_at": expires_at.isoformat(),
         "escrow_public_key": authority.escrow_public_b64,
         "receipt_public_key": authority.receipt_public_pem,
     }

@@ -126,8 +126,8 @@ def test_admin_round_trip(
     bundle = json.loads(bundle_path.read_bytes())
     assert bundle["token"] not in out
     server_cert = pki.load_cert((data / datadir.SERVER_CERT).read_bytes())
-    assert bundle["pins"][0] == spki_sha256_b64(server_cert)
-    assert len(bundle["pins"]) == 2 and bundle["pins"][0] != bundle["pins"][1]
+    assert bundle["spki_pins"][0] == spki_sha256_b64(server_cert)
+    assert len(bundle["spki_pins"]) == 2 and bundle["spki_pins"][0] != bundle["spki_pins"][1]
     assert bundle["site"] == SITE and bundle["gateway_url"] == served.url
     assert bundle["policy_trust_keys"] == [trust_pem.read_text()]
     authority = load_authority(data)
