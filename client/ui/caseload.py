@@ -1,0 +1,263 @@
+"""Caseload and search: search-as-you-type into a table on a Qt model, keyboard first.
+
+Guarantees:
+- Typing is debounced (``DEBOUNCE_MS``); each search runs on the executor; an answer to an
+  older query never replaces the answer to a newer one.
+- Cells are plain strings from ``PatientSummary`` (a model's DisplayRole is never rich text);
+  meaning never rests on colour: alerts read "⚠ Alerts", out-of-scope rows read "Other site".
+- Keyboard: type, Down moves into the results, arrows move, Enter opens (from the box it opens
+  the selected or first row, or the first hit of a search still on its way).
+  ``open_requested(patient_id)`` is the only way out.
+- The core has no "list my caseload" call, so an empty query shows a hint instead of a list
+  (see the slice report for the call needed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from client.core.search import PatientSummary
+from client.core.session import Session
+from client.ui.qt import (
+    QAbstractItemView,
+    QAbstractTableModel,
+    QEvent,
+    QFont,
+    QHeaderView,
+    QKeyEvent,
+    QLabel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+    QTableView,
+    QTimer,
+    QVBoxLayout,
+    QWidget,
+    Signal,
+)
+from client.ui.runner import Runner
+from client.ui.widgets import age_on, data_label, field, format_date, format_nhs
+
+DEBOUNCE_MS = 150
+RESULT_LIMIT = 50
+COLUMNS = ("Name", "Date of birth (age)", "NHS number", "Prison number", "Site", "Alerts", "Scope")
+ALERT_MARK = "⚠ Alerts"
+OTHER_SITE = "Other site"
+EMPTY_HINT = (
+    "Type a name, NHS number, prison number or date of birth (dd/mm/yyyy) to find a patient."
+)
+
+Index = QModelIndex | QPersistentModelIndex
+
+
+class PatientTableModel(QAbstractTableModel):
+    """Search hits as rows; display strings only."""
+
+    def __init__(self, today: Callable[[], dt.date], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._rows: list[PatientSummary] = []
+        self._today = today
+
+    def set_rows(self, rows: Sequence[PatientSummary]) -> None:
+        self.beginResetModel()
+        self._rows = list(rows)
+        self.endResetModel()
+
+    def clear(self) -> None:
+        self.set_rows([])
+
+    def patient(self, row: int) -> PatientSummary | None:
+        return self._rows[row] if 0 <= row < len(self._rows) else None
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        hit = self.patient(index.row())
+        if hit is None:
+            return None
+        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.AccessibleTextRole):
+            return self.cell(hit, index.column())
+        if role == Qt.ItemDataRole.FontRole and index.column() in (0, 5):
+            font = QFont()
+            font.setBold(True)
+            return font
+        return None
+
+    def cell(self, hit: PatientSummary, column: int) -> str:
+        if column == 0:
+            return hit.display_name
+        if column == 1:
+            age = age_on(hit.birth_date, self._today())
+            shown = format_date(hit.birth_date)
+            return f"{shown} ({age})" if shown and age is not None else shown
+        if column == 2:
+            return format_nhs(hit.nhs_number)
+        if column == 3:
+            return hit.prison_number or ""
+        if column == 4:
+            return hit.site or ""
+        if column == 5:
+            return ALERT_MARK if hit.has_alerts else ""
+        return "" if hit.in_scope else OTHER_SITE
+
+
+class CaseloadScreen(QWidget):
+    """The search box and the results table. Emits ``open_requested(patient_id)``."""
+
+    open_requested = Signal(str)
+
+    def __init__(self, session: Session, runner: Runner, today: Callable[[], dt.date]) -> None:
+        super().__init__()
+        self.setObjectName("caseload_screen")
+        self.setAccessibleName("Find a patient")
+        self._session = session
+        self._runner = runner
+        self._asked = 0
+        self._open_when_ready = False
+        self.query = field("Search patients")
+        self.query.setPlaceholderText("Name, NHS number, prison number or date of birth")
+        self.query.setClearButtonEnabled(True)
+        label = QLabel("&Find a patient")
+        label.setBuddy(self.query)
+        label.setProperty("role", "title")
+        self.hint = data_label(EMPTY_HINT, role="hint", wrap=True)
+        self.hint.setAccessibleName("Search status")
+        self.model = PatientTableModel(today, self)
+        self.table = QTableView()
+        self.table.setObjectName("patient_table")
+        self.table.setAccessibleName("Search results")
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setDragEnabled(False)
+        self.table.setAlternatingRowColors(True)
+        self.table.setTabKeyNavigation(False)
+        self.table.verticalHeader().hide()
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(90)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(16, 12, 16, 12)
+        layout.addWidget(label)
+        layout.addWidget(self.query)
+        layout.addWidget(self.hint)
+        layout.addWidget(self.table, 1)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.search_now)
+        self.query.textChanged.connect(self._typed)
+        self.query.returnPressed.connect(self._open_from_box)
+        self.query.installEventFilter(self)
+        self.table.installEventFilter(self)
+        self.table.doubleClicked.connect(lambda index: self._open_row(index.row()))
+        self.setTabOrder(self.query, self.table)
+        self.query.setFocus()
+
+    # -- searching -------------------------------------------------------------------------
+
+    def _typed(self, _text: str) -> None:
+        self._debounce.start()
+
+    def search_now(self) -> None:
+        self._debounce.stop()
+        text = self.query.text()
+        self._asked += 1
+        asked = self._asked
+        if not text.strip():
+            self._open_when_ready = False
+            self.model.clear()
+            self.hint.setText(EMPTY_HINT)
+            return
+        session = self._session
+        self._runner.run(
+            lambda: session.search(text, limit=RESULT_LIMIT),
+            lambda hits: self._show(asked, hits),
+        )
+
+    def _show(self, asked: int, hits: list[PatientSummary]) -> None:
+        if asked != self._asked:
+            return  # a newer query is on its way
+        self.model.set_rows(hits)
+        if not hits:
+            self.hint.setText("No patient matches. Check the spelling or try another detail.")
+        elif len(hits) >= RESULT_LIMIT:
+            self.hint.setText(
+                f"Showing the first {RESULT_LIMIT} matches. Type more to narrow the search."
+            )
+        else:
+            outside = sum(1 for h in hits if not h.in_scope)
+            extra = f" ({outside} at another site: break-glass needed)" if outside else ""
+            self.hint.setText(
+                f"{len(hits)} patient{'s' if len(hits) != 1 else ''} found{extra}. "
+                "Press Down to choose, Enter to open."
+            )
+        if hits and self.table.currentIndex().row() < 0:
+            self.table.selectRow(0)
+        if self._open_when_ready:
+            self._open_when_ready = False
+            self._open_row(0)
+
+    # -- keyboard ---------------------------------------------------------------------------
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.KeyPress and isinstance(event, QKeyEvent):
+            key = event.key()
+            if watched is self.query and key == Qt.Key.Key_Down and self.model.rowCount() > 0:
+                self.table.setFocus()
+                if self.table.currentIndex().row() < 0:
+                    self.table.selectRow(0)
+                return True
+            if watched is self.table and key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+                self._open_row(self.table.currentIndex().row())
+                return True
+            if (
+                watched is self.table
+                and key == Qt.Key.Key_Up
+                and self.table.currentIndex().row() <= 0
+            ):
+                self.query.setFocus()
+                return True
+        return False
+
+    def _open_from_box(self) -> None:
+        if self._debounce.isActive():  # typed and pressed Enter at once: open the first hit
+            self._open_when_ready = True
+            self.search_now()
+            return
+        row = self.table.currentIndex().row()
+        self._open_row(row if row >= 0 else 0)
+
+    def _open_row(self, row: int) -> None:
+        hit = self.model.patient(row)
+        if hit is not None:
+            self.open_requested.emit(hit.id)
+
+    def focus_search(self) -> None:
+        self.query.setFocus()
+        self.query.selectAll()
+
+    def scrub(self) -> None:
+        """Drop every patient detail this screen holds (called by the lock before deletion)."""
+        self._asked += 1
+        self._open_when_ready = False
+        self._debounce.stop()
+        self.model.clear()
+        self.query.clear()

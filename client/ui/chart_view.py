@@ -1,0 +1,254 @@
+"""The patient chart screen and the patient header shared with the consultation form.
+
+Guarantees:
+- Safety first: the banner (name, date of birth and age, NHS number, prison number, site),
+  then alerts and allergies, always above problems, medications, vitals and the timeline, and
+  always visible (they sit outside the scrolling area). Alerts and allergies are high contrast
+  and carry a text label ("⚠ ALERTS", "⚠ ALLERGIES", "HIGH RISK"), never colour alone.
+- Every string from the record is shown with ``data_label`` (Qt.PlainText, UI-1).
+- Timeline: newest first as the core orders it; unsent entries say "Not yet sent".
+- Leaving it, the workspace drops its ``chart``, ``lockdown.scrub_tree`` empties its labels and
+  the widget is deleted (UI-3).
+"""
+
+from __future__ import annotations
+
+from client.core.chart import Chart, TimelineEntry, VitalReading
+from client.core.session import BREAK_GLASS_REASONS, BreakGlassGrant
+from client.ui.qt import (
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    Qt,
+    QVBoxLayout,
+    QWidget,
+    Signal,
+)
+from client.ui.widgets import button, data_label, format_date, format_moment, format_nhs
+
+MAX_NOTE_CHARS_SHOWN = 4000  # a longer note is cut on screen (the record keeps all of it)
+UNSENT_MARK = "● Not yet sent"
+
+
+def banner_text(chart: Chart) -> list[tuple[str, str]]:
+    b = chart.banner
+    born = format_date(b.birth_date)
+    age = f" ({b.age} y)" if b.age is not None else ""
+    return [
+        ("Born", f"{born}{age}" if born else "not recorded"),
+        ("NHS no.", format_nhs(b.nhs_number) or "not recorded"),
+        ("Prison no.", b.prison_number or "not recorded"),
+        ("Site", b.site or "not recorded"),
+        ("Gender", b.gender or "not recorded"),
+    ]
+
+
+# UCUM codes as people write them (a record may carry the code instead of a display unit).
+UNIT_DISPLAY = {"Cel": "°C", "mm[Hg]": "mmHg", "/min": "/min", "kg/m2": "kg/m²", "%": "%"}
+
+
+def unit_text(unit: str) -> str:
+    return UNIT_DISPLAY.get(unit, unit)
+
+
+def vital_text(reading: VitalReading) -> str:
+    if reading.components:
+        values = "/".join(f"{value:g}" for _name, value, _unit in reading.components)
+        unit = unit_text(reading.components[0][2])
+        return f"{values} {unit}".strip()
+    if reading.value is None:
+        return ""
+    return f"{reading.value:g} {unit_text(reading.unit)}".strip()
+
+
+class PatientHeader(QFrame):
+    """Banner, break-glass banner (when a grant is live), alerts and allergies."""
+
+    def __init__(self, chart: Chart, grant: BreakGlassGrant | None) -> None:
+        super().__init__()
+        self.setObjectName("patient_header")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(6)
+
+        banner = QFrame()
+        banner.setProperty("role", "banner")
+        banner.setAccessibleName("Patient banner")
+        row = QHBoxLayout(banner)
+        row.setContentsMargins(12, 6, 12, 6)
+        self.name = data_label(chart.banner.name, role="banner-name")
+        self.name.setAccessibleName("Patient name")
+        row.addWidget(self.name)
+        row.addSpacing(16)
+        for caption, value in banner_text(chart):
+            row.addWidget(data_label(f"{caption}:", role="hint"))
+            row.addWidget(data_label(value))
+            row.addSpacing(10)
+        row.addStretch(1)
+        layout.addWidget(banner)
+
+        self.break_glass: QFrame | None = None
+        if grant is not None:
+            self.break_glass = QFrame()
+            self.break_glass.setProperty("role", "breakglass")
+            self.break_glass.setObjectName("break_glass_banner")
+            self.break_glass.setAccessibleName("Break-glass access banner")
+            bg = QHBoxLayout(self.break_glass)
+            reason = BREAK_GLASS_REASONS.get(grant.reason_code, grant.reason_code)
+            bg.addWidget(
+                data_label(
+                    f"⚠ BREAK-GLASS ACCESS — {reason}. Ends at {format_moment(grant.expires_at)}. "
+                    "This access is recorded and reviewed.",
+                    wrap=True,
+                )
+            )
+            layout.addWidget(self.break_glass)
+
+        safety = QHBoxLayout()
+        safety.setSpacing(8)
+        alerts = QFrame()
+        alerts.setProperty("role", "alert")
+        alerts.setObjectName("alerts_box")
+        alerts.setAccessibleName("Alerts")
+        a = QVBoxLayout(alerts)
+        a.setContentsMargins(10, 6, 10, 6)
+        a.setSpacing(2)
+        a.addWidget(data_label(f"⚠ ALERTS ({len(chart.alerts)})", role="alert-head"))
+        for alert in chart.alerts:
+            since = f" — since {format_date(alert.since)}" if alert.since else ""
+            category = f"[{alert.category}] " if alert.category else ""
+            a.addWidget(data_label(f"{category}{alert.text}{since}", wrap=True))
+        if not chart.alerts:
+            a.addWidget(data_label("No active alerts recorded."))
+        a.addStretch(1)
+        allergies = QFrame()
+        allergies.setProperty("role", "allergy")
+        allergies.setObjectName("allergies_box")
+        allergies.setAccessibleName("Allergies")
+        g = QVBoxLayout(allergies)
+        g.setContentsMargins(10, 6, 10, 6)
+        g.setSpacing(2)
+        g.addWidget(data_label(f"⚠ ALLERGIES ({len(chart.allergies)})", role="alert-head"))
+        for allergy in chart.allergies:
+            risk = "HIGH RISK — " if allergy.criticality == "high" else ""
+            reactions = f": {', '.join(allergy.reactions)}" if allergy.reactions else ""
+            g.addWidget(data_label(f"{risk}{allergy.substance}{reactions}", wrap=True))
+        if not chart.allergies:
+            g.addWidget(data_label("No allergies recorded (not the same as 'no known allergies')."))
+        g.addStretch(1)
+        safety.addWidget(alerts, 1)
+        safety.addWidget(allergies, 1)
+        layout.addLayout(safety)
+
+
+def _section(title: str) -> QLabel:
+    label = data_label(title, role="section")
+    label.setAccessibleName(title)
+    return label
+
+
+def _timeline_item(entry: TimelineEntry) -> QFrame:
+    frame = QFrame()
+    frame.setProperty("role", "unsent" if entry.unsent else "")
+    layout = QVBoxLayout(frame)
+    layout.setContentsMargins(8, 4, 8, 6)
+    layout.setSpacing(2)
+    kind = "Consultation note" if entry.kind == "note" else "Encounter"
+    when = format_moment(entry.when) or "date not recorded"
+    head = QHBoxLayout()
+    head.addWidget(data_label(f"{when} · {kind} · {entry.title}", role="section", wrap=True), 1)
+    if entry.unsent:
+        mark = data_label(UNSENT_MARK, role="unsent")
+        mark.setAccessibleName("Not yet sent")
+        head.addWidget(mark)
+    layout.addLayout(head)
+    text = entry.text
+    if len(text) > MAX_NOTE_CHARS_SHOWN:
+        more = len(text) - MAX_NOTE_CHARS_SHOWN
+        text = f"{text[:MAX_NOTE_CHARS_SHOWN]}… ({more} more characters not shown)"
+    if text:
+        layout.addWidget(data_label(text, wrap=True))
+    return frame
+
+
+class ChartScreen(QWidget):
+    """One patient's chart. Emits requests; the clinical workspace acts on them."""
+
+    new_consultation_requested = Signal()
+    back_requested = Signal()
+    print_requested = Signal()
+
+    def __init__(self, chart: Chart, grant: BreakGlassGrant | None) -> None:
+        super().__init__()
+        self.setObjectName("chart_screen")
+        self.setAccessibleName("Patient chart")
+        self.chart: Chart | None = chart
+        self.patient_id = chart.banner.patient_id
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(12, 8, 12, 8)
+        actions = QHBoxLayout()
+        self.back = button("← &Back to search", "Back to search (Escape)")
+        self.new_consultation = button("&New consultation", "New consultation (Ctrl+N)")
+        self.print_button = button("&Print…", "Print (Ctrl+P)")
+        actions.addWidget(self.back)
+        actions.addStretch(1)
+        actions.addWidget(self.print_button)
+        actions.addWidget(self.new_consultation)
+        outer.addLayout(actions)
+        self.header = PatientHeader(chart, grant)
+        outer.addWidget(self.header)
+
+        body = QWidget()
+        grid = QGridLayout(body)
+        grid.setContentsMargins(0, 0, 8, 0)
+        grid.setHorizontalSpacing(18)
+        left = QVBoxLayout()
+        left.addWidget(_section(f"Active problems ({len(chart.problems)})"))
+        for problem in chart.problems:
+            onset = f" — since {format_date(problem.onset)}" if problem.onset else ""
+            left.addWidget(data_label(f"• {problem.text}{onset}", wrap=True))
+        if not chart.problems:
+            left.addWidget(data_label("None recorded.", role="hint"))
+        left.addWidget(_section(f"Current medications ({len(chart.medications)})"))
+        for med in chart.medications:
+            dose = f" — {med.dosage}" if med.dosage else ""
+            left.addWidget(data_label(f"• {med.text}{dose}", wrap=True))
+        if not chart.medications:
+            left.addWidget(data_label("None recorded.", role="hint"))
+        left.addWidget(_section("Latest vital signs"))
+        vitals = QGridLayout()
+        vitals.setHorizontalSpacing(14)
+        for row, reading in enumerate(chart.vitals):
+            vitals.addWidget(data_label(reading.label, role="hint"), row, 0)
+            vitals.addWidget(data_label(vital_text(reading)), row, 1)
+            vitals.addWidget(data_label(format_moment(reading.effective), role="hint"), row, 2)
+        left.addLayout(vitals)
+        if not chart.vitals:
+            left.addWidget(data_label("None recorded.", role="hint"))
+        left.addStretch(1)
+        right = QVBoxLayout()
+        right.addWidget(_section(f"Timeline — newest first ({len(chart.timeline)})"))
+        for entry in chart.timeline:
+            right.addWidget(_timeline_item(entry))
+        if not chart.timeline:
+            right.addWidget(data_label("No encounters or notes yet.", role="hint"))
+        right.addStretch(1)
+        grid.addLayout(left, 0, 0)
+        grid.addLayout(right, 0, 1)
+        grid.setColumnStretch(0, 2)
+        grid.setColumnStretch(1, 3)
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll_area.setWidget(body)
+        self.scroll_area.setAccessibleName("Chart details")
+        outer.addWidget(self.scroll_area, 1)
+
+        self.back.clicked.connect(self.back_requested)
+        self.new_consultation.clicked.connect(self.new_consultation_requested)
+        self.print_button.clicked.connect(self.print_requested)
+        self.setTabOrder(self.back, self.print_button)
+        self.setTabOrder(self.print_button, self.new_consultation)
+        self.setTabOrder(self.new_consultation, self.scroll_area)

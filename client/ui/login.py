@@ -1,0 +1,259 @@
+"""The login screen (also the lock screen) and the password change dialog.
+
+Guarantees:
+- The password check (Argon2, about half a second) runs on the executor; the screen shows a
+  busy indicator and never freezes. Enter in either field submits.
+- A refused login says why in plain words, with the attempts left before lockout and the
+  locked-until time when the core gives them (``LoginRefused``); the password field is cleared.
+- The offline grace left is shown before sign-in from a read-only look at the trusted clocks
+  (``trusted_time.observe`` is pure: nothing is persisted by the preview).
+- In lock mode the same screen says Gatehouse is locked; it holds no patient data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from client.core.accounts import LoginRefused
+from client.core.device import Device
+from client.core.session import Session
+from client.core.trusted_time import observe
+from client.ui.error_boundary import explain
+from client.ui.qt import (
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QVBoxLayout,
+    QWidget,
+    Signal,
+)
+from client.ui.runner import Runner
+from client.ui.widgets import button, data_label, field, format_moment, format_span, set_role
+from policy import decisions
+from policy.decisions import OfflineKind
+
+
+@dataclass(frozen=True)
+class OfflinePreview:
+    site: str
+    state: decisions.OfflineState
+
+
+def offline_preview(device: Device) -> OfflinePreview:
+    """Where the grace period stands, without persisting anything (runs on the executor)."""
+    policy = device.policy()
+    seen = observe(
+        device.time_state(),
+        device.clocks(),
+        max_skew=dt.timedelta(seconds=policy.get_int("time.max_clock_skew_seconds")),
+    )
+    return OfflinePreview(
+        device.profile.site, decisions.offline_state(policy, seen.offline_elapsed)
+    )
+
+
+def describe_offline(state: decisions.OfflineState) -> str:
+    if state.kind is OfflineKind.OK:
+        return (
+            f"Offline use allowed: {format_span(state.until_block)} left before a sync is needed."
+        )
+    if state.kind is OfflineKind.WARN:
+        return (
+            f"Sync soon: {format_span(state.until_block)} left before records are blocked "
+            "until the next sync."
+        )
+    if state.kind is OfflineKind.BLOCKED_UNTIL_SYNC:
+        return "Offline too long: connect to the network and sync before signing in."
+    return "Offline far too long: this laptop will be wiped. Contact IT."
+
+
+def describe_refusal(error: BaseException) -> str:
+    """The words under the password field after a refused login."""
+    if not isinstance(error, LoginRefused):
+        return explain(error).message
+    lines = [error.message]
+    if error.attempts_left is not None and "attempt" not in error.message:
+        lines.append(f"Attempts left before lockout: {error.attempts_left}.")
+    if error.reason == "locked_out" and error.locked_until is not None:
+        lines.append(f"Locked until {format_moment(error.locked_until)}.")
+    return "\n".join(lines)
+
+
+class LoginScreen(QWidget):
+    """User + password; emits ``signed_in(Session)``. ``locked=True`` makes it the lock screen."""
+
+    signed_in = Signal(object)
+
+    def __init__(self, device: Device, runner: Runner, *, locked_user: str | None = None) -> None:
+        super().__init__()
+        self._device = device
+        self._runner = runner
+        self._busy = False
+        self.setObjectName("lock_screen" if locked_user is not None else "login_screen")
+        self.setAccessibleName("Lock screen" if locked_user is not None else "Sign in")
+
+        card = QFrame()
+        card.setMaximumWidth(480)
+        card.setProperty("role", "banner")
+        form = QFormLayout()
+        self.title = data_label(
+            "Gatehouse is locked" if locked_user is not None else "Sign in to Gatehouse",
+            role="title",
+        )
+        self.subtitle = data_label(
+            "Everything is hidden while locked. Sign in again to continue."
+            if locked_user is not None
+            else f"Site: {device.profile.site}",
+            role="hint",
+            wrap=True,
+        )
+        self.user = field("User name")
+        self.user.setText(locked_user or "")
+        self.password = field("Password", password=True)
+        user_label = QLabel("&User name")
+        user_label.setBuddy(self.user)
+        password_label = QLabel("&Password")
+        password_label.setBuddy(self.password)
+        form.addRow(user_label, self.user)
+        form.addRow(password_label, self.password)
+        self.sign_in = button("&Sign in", "Sign in")
+        self.sign_in.setDefault(True)
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setAccessibleName("Checking password")
+        self.busy.setTextVisible(False)
+        self.busy.setMaximumHeight(8)
+        self.busy.hide()
+        self.feedback = data_label("", role="error", wrap=True)
+        self.feedback.setAccessibleName("Sign-in feedback")
+        self.offline = data_label("", role="hint", wrap=True)
+        self.offline.setAccessibleName("Offline state")
+
+        inner = QVBoxLayout(card)
+        inner.setContentsMargins(24, 20, 24, 20)
+        inner.addWidget(self.title)
+        inner.addWidget(self.subtitle)
+        inner.addLayout(form)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.sign_in)
+        inner.addLayout(row)
+        inner.addWidget(self.busy)
+        inner.addWidget(self.feedback)
+        inner.addWidget(self.offline)
+
+        outer = QVBoxLayout(self)
+        outer.addStretch(1)
+        centre = QHBoxLayout()
+        centre.addStretch(1)
+        centre.addWidget(card)
+        centre.addStretch(1)
+        outer.addLayout(centre)
+        outer.addStretch(2)
+
+        self.user.returnPressed.connect(self.submit)
+        self.password.returnPressed.connect(self.submit)
+        self.sign_in.clicked.connect(self.submit)
+        self.setTabOrder(self.user, self.password)
+        self.setTabOrder(self.password, self.sign_in)
+        (self.password if locked_user else self.user).setFocus()
+        self.refresh_offline()
+
+    def refresh_offline(self) -> None:
+        self._runner.run(
+            lambda: offline_preview(self._device), self._show_offline, self._offline_unknown
+        )
+
+    def _show_offline(self, preview: OfflinePreview) -> None:
+        self.offline.setText(describe_offline(preview.state))
+
+    def _offline_unknown(self, error: BaseException) -> None:
+        self.offline.setText(explain(error).message)
+
+    def submit(self) -> None:
+        if self._busy:
+            return
+        user, password = self.user.text().strip(), self.password.text()
+        if not user or not password:
+            self.feedback.setText("Enter your user name and password.")
+            return
+        self._set_busy(True)
+        self.feedback.setText("")
+        device = self._device
+        self._runner.run(lambda: Session.login(device, user, password), self._ok, self._refused)
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        self.busy.setVisible(busy)
+        for widget in (self.user, self.password, self.sign_in):
+            widget.setEnabled(not busy)
+
+    def _ok(self, session: Session) -> None:
+        self._set_busy(False)
+        self.password.clear()
+        self.signed_in.emit(session)
+
+    def _refused(self, error: BaseException) -> None:
+        self._set_busy(False)
+        self.password.clear()
+        self.feedback.setText(describe_refusal(error))
+        self.password.setFocus()
+        self.refresh_offline()
+
+
+class PasswordChangeDialog(QDialog):
+    """Old password, new password twice; the re-wrap runs on the executor (ST-6)."""
+
+    def __init__(self, session: Session, runner: Runner, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._session = session
+        self._runner = runner
+        self.setWindowTitle("Change password")
+        self.setAccessibleName("Change password")
+        self.old = field("Current password", password=True)
+        self.new = field("New password", password=True)
+        self.again = field("New password again", password=True)
+        minimum = decisions.min_password_length(session.policy)
+        form = QFormLayout()
+        form.addRow("&Current password", self.old)
+        form.addRow("&New password", self.new)
+        form.addRow("New password &again", self.again)
+        hint = data_label(
+            f"At least {minimum} characters. A long phrase is easier to remember than symbols.",
+            role="hint",
+            wrap=True,
+        )
+        self.feedback = data_label("", role="error", wrap=True)
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.accepted.connect(self.submit)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(hint)
+        layout.addWidget(self.feedback)
+        layout.addWidget(self.buttons)
+
+    def submit(self) -> None:
+        if self.new.text() != self.again.text():
+            self.feedback.setText("The two new passwords are not the same.")
+            return
+        old, new = self.old.text(), self.new.text()
+        self.buttons.setEnabled(False)
+        self.feedback.setText("Changing password…")
+        set_role(self.feedback, "hint")
+        self._runner.run(lambda: self._session.change_password(old, new), self._done, self._failed)
+
+    def _done(self, _result: object) -> None:
+        self.accept()
+
+    def _failed(self, error: BaseException) -> None:
+        self.buttons.setEnabled(True)
+        set_role(self.feedback, "error")
+        self.feedback.setText(describe_refusal(error))

@@ -1,0 +1,145 @@
+"""Small building blocks every screen uses, so plain text and accessibility are not optional.
+
+Guarantees:
+- ``data_label`` is the only way screens make a label that shows record, server or user data:
+  its ``textFormat`` is set to ``Qt.PlainText`` explicitly (UI-1), so "<b>x</b>" shows literally.
+- Every control made here carries an accessible name.
+- The stylesheet is one small, calm, high-contrast sheet; meaning is never carried by colour
+  alone (alerts also carry a text label such as "⚠ ALERT").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from client.ui.qt import QFrame, QLabel, QLineEdit, QPushButton, Qt, QWidget
+
+STYLESHEET = """
+QWidget { font-size: 11pt; color: #1b1f24; }
+QMainWindow, QStackedWidget > QWidget { background: #f6f7f9; }
+QLabel[role="title"] { font-size: 16pt; font-weight: 600; }
+QLabel[role="hint"] { color: #3d4650; }
+QLabel[role="error"] { color: #8a1010; font-weight: 600; }
+QLabel[role="ok"] { color: #0b5d1e; font-weight: 600; }
+QLabel[role="section"] { font-size: 12pt; font-weight: 600; padding-top: 6px;
+    border-bottom: 1px solid #c5cbd3; }
+QFrame[role="banner"] { background: #e8edf3; border: 1px solid #b8c2cf; border-radius: 4px; }
+QLabel[role="banner-name"] { font-size: 15pt; font-weight: 700; }
+QFrame[role="alert"] { background: #fff1c2; border: 2px solid #1b1f24; border-radius: 3px; }
+QFrame[role="allergy"] { background: #ffe0e0; border: 2px solid #1b1f24; border-radius: 3px; }
+QLabel[role="alert-head"] { font-weight: 800; }
+QFrame[role="breakglass"] { background: #1b1f24; border: 3px solid #ffcc00; }
+QFrame[role="breakglass"] QLabel { color: #ffcc00; font-weight: 700; font-size: 12pt; }
+QFrame[role="unsent"] { background: #eef3ff; border: 1px dashed #2f4f9e; }
+QLabel[role="unsent"] { color: #1f3b80; font-weight: 700; }
+QPushButton { padding: 5px 14px; border: 1px solid #7a8794; border-radius: 4px;
+    background: #ffffff; }
+QPushButton:default { border: 2px solid #1f4e8c; }
+QPushButton:focus, QLineEdit:focus, QPlainTextEdit:focus, QTableView:focus, QComboBox:focus {
+    outline: none; border: 2px solid #1f4e8c; }
+QLineEdit, QPlainTextEdit, QComboBox { padding: 4px; border: 1px solid #7a8794;
+    border-radius: 3px; background: #ffffff; }
+QTableView { background: #ffffff; alternate-background-color: #f1f3f6;
+    selection-background-color: #1f4e8c; selection-color: #ffffff; gridline-color: #d5dae0; }
+QHeaderView::section { background: #e3e7ec; padding: 4px; border: none;
+    border-right: 1px solid #c5cbd3; font-weight: 600; }
+QToolBar { background: #27313d; spacing: 8px; padding: 3px; }
+QToolBar QLabel { color: #ffffff; }
+QToolBar QToolButton { color: #ffffff; padding: 4px 10px; }
+QStatusBar { background: #e3e7ec; }
+"""
+
+
+def set_role(widget: QWidget, role: str) -> None:
+    """Tag a widget for the stylesheet (and re-polish so the style applies now)."""
+    widget.setProperty("role", role)
+    widget.style().unpolish(widget)
+    widget.style().polish(widget)
+
+
+def data_label(text: str = "", *, role: str | None = None, wrap: bool = False) -> QLabel:
+    """A label for data: always plain text (UI-1), never interactive, optionally wrapped."""
+    label = QLabel()
+    label.setTextFormat(Qt.TextFormat.PlainText)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.NoTextInteraction)
+    label.setText(text)
+    label.setWordWrap(wrap)
+    if role:
+        label.setProperty("role", role)
+    return label
+
+
+def field(name: str, *, password: bool = False) -> QLineEdit:
+    edit = QLineEdit()
+    edit.setAccessibleName(name)
+    if password:
+        edit.setEchoMode(QLineEdit.EchoMode.Password)
+    return edit
+
+
+def button(text: str, name: str) -> QPushButton:
+    """A button with a mnemonic in ``text`` (``&Save``) and an accessible name."""
+    widget = QPushButton(text)
+    widget.setAccessibleName(name)
+    return widget
+
+
+def framed(role: str) -> QFrame:
+    frame = QFrame()
+    frame.setProperty("role", role)
+    return frame
+
+
+def format_nhs(number: str | None) -> str:
+    """NHS number as 3-3-4 (``999 123 4567``); anything else unchanged; empty when absent."""
+    if not number:
+        return ""
+    digits = "".join(ch for ch in number if ch.isdigit())
+    if len(digits) == 10:
+        return f"{digits[:3]} {digits[3:6]} {digits[6:]}"
+    return number
+
+
+def format_date(day: dt.date | str | None) -> str:
+    """Dates as ``07-Mar-1984`` (unambiguous for UK readers); empty when absent."""
+    if day is None or day == "":
+        return ""
+    if isinstance(day, str):
+        try:
+            day = dt.date.fromisoformat(day[:10])
+        except ValueError:
+            return str(day)
+    return day.strftime("%d-%b-%Y")
+
+
+def age_on(born: dt.date | str | None, today: dt.date) -> int | None:
+    if born is None or born == "":
+        return None
+    if isinstance(born, str):
+        try:
+            born = dt.date.fromisoformat(born[:10])
+        except ValueError:
+            return None
+    if born > today:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def format_moment(moment: dt.datetime | None) -> str:
+    """Timestamps as ``07-Mar-2026 14:05 UTC``; empty when absent."""
+    if moment is None:
+        return ""
+    return moment.astimezone(dt.UTC).strftime("%d-%b-%Y %H:%M UTC")
+
+
+def format_span(span: dt.timedelta) -> str:
+    """A duration for people: ``3 days 4 h`` / ``5 h 10 min`` / ``12 min``."""
+    seconds = max(0, int(span.total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days} day{'s' if days != 1 else ''} {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min"

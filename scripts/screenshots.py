@@ -1,0 +1,290 @@
+"""Write a PNG of every client screen, offscreen, at 1366x768: ``screenshots.py OUT_DIR``.
+
+It provisions a throw-away device in a temporary folder (in-memory keyring, Argon2 at the
+OWASP floor, synthetic records from ``sync.gateway.seed``), then drives the real screens the
+way a clinician, an auditor and an admin would: sign in (once wrongly), search, open a chart,
+write a consultation, break-glass into another site's patient, lock. The future headless
+``make demo`` builds on this; here nothing talks to a gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from client.core import accounts, records
+from client.core.device import Device, FirstUser
+from client.core.device_keyring import InMemoryKeyring
+from client.core.kdf import FLOOR
+from client.core.schema import MIGRATIONS
+from client.core.session import Session
+from client.core.vault import Vault, database_path
+from client.ui.app import placeholder_window
+from client.ui.clinical import ClinicalWorkspace
+from client.ui.consultation_form import ConsultationForm
+from client.ui.main_window import WINDOW_SIZE, MainWindow
+from client.ui.qt import QApplication, Qt, QWidget
+from policy.jws import sign
+from policy.model import build_payload
+from policy.schema import defaults
+from sync.gateway.seed import generate
+
+SITE = "hmp-brixton"
+CLINICIAN = ("nurse.amira", "correct horse battery staple")
+AUDITOR = ("ig.officer", "audit trail reviewer 2026")
+ADMIN = ("it.admin", "provisioning desk password")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the screen did not get there in time")
+        QApplication.processEvents()
+        time.sleep(0.01)
+    QApplication.processEvents()
+
+
+def settle(seconds: float = 0.3) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def shoot(widget: QWidget, out: Path, name: str) -> Path:
+    settle(0.15)
+    path = out / f"{name}.png"
+    widget.grab().save(str(path))
+    print(f"wrote {path}")
+    return path
+
+
+def provision_demo(data_dir: Path) -> tuple[Device, str]:
+    key = Ed25519PrivateKey.generate()
+    now = dt.datetime.now(dt.UTC)
+    settings: dict[str, Any] = dict(defaults())
+    settings.update(
+        {
+            "network.gateway_url": "https://127.0.0.1:8443/",
+            "network.allowed_hosts": ["127.0.0.1"],
+            "network.spki_pins": [
+                base64.b64encode(hashlib.sha256(label).digest()).decode()
+                for label in (b"primary", b"backup")
+            ],
+        }
+    )
+    payload = build_payload(
+        version=1,
+        site=SITE,
+        issued_at=now - dt.timedelta(days=1),
+        not_before=now - dt.timedelta(days=1),
+        expires_at=now + dt.timedelta(days=90),
+        settings=settings,
+    )
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    keyring = InMemoryKeyring()
+    device = Device.provision(
+        data_dir,
+        device_id="demo-laptop-01",
+        site=SITE,
+        trust_keys=[pem],
+        trust_threshold=1,
+        policy_envelope=sign(json.dumps(payload).encode(), [key]),
+        first_user=FirstUser(CLINICIAN[0], "clinician", CLINICIAN[1]),
+        keyring_backend=keyring,
+        kdf_params=FLOOR,
+    )
+    resources = [
+        r for r in generate(sites=2, patients=40, seed=7) if r["resourceType"] != "Organization"
+    ]
+    _apply(device, resources)
+    # A patient transferred to another prison while a note about them is still unsent stays on
+    # the laptop, out of scope: opening them needs break-glass.
+    moved = next(
+        r
+        for r in reversed(resources)
+        if r["resourceType"] == "Patient"
+        and r["managingOrganization"]["reference"] == f"Organization/{SITE}"
+    )
+    session = Session.login(device, *CLINICIAN)
+    session.write_consultation(
+        moved["id"], vitals=[], note_text="Seen before transfer.", plan_text="Handover."
+    )
+    session.lock()
+    other = next(
+        r["managingOrganization"]["reference"]
+        for r in resources
+        if r["resourceType"] == "Patient"
+        and r["managingOrganization"]["reference"] != f"Organization/{SITE}"
+    )
+    _apply(
+        device,
+        [
+            {
+                **moved,
+                "meta": {"versionId": "99", "lastUpdated": now.isoformat()},
+                "managingOrganization": {"reference": other},
+            }
+        ],
+    )
+    return device, str(moved["id"])
+
+
+def _apply(device: Device, resources: list[dict[str, Any]]) -> None:
+    """Put resources in the vault as a sync would."""
+    unlocked = accounts.login(device, *CLINICIAN)
+    vault = Vault.open(database_path(device.data_dir), unlocked.dek, MIGRATIONS)
+    try:
+        with vault.transaction() as conn:
+            records.apply_resources(conn, resources)
+    finally:
+        vault.close()
+
+
+def add_users(device: Device) -> None:
+    unlocked = accounts.login(device, *CLINICIAN)
+    vault = Vault.open(database_path(device.data_dir), unlocked.dek, MIGRATIONS)
+    try:
+        dek = vault.export_dek()
+    finally:
+        vault.close()
+    device.header.add_slot(AUDITOR[0], "auditor", AUDITOR[1], dek, FLOOR)
+    device.header.add_slot(ADMIN[0], "admin", ADMIN[1], dek, FLOOR)
+
+
+def sign_in(window: MainWindow, user: str, password: str) -> None:
+    screen = window.login_screen
+    assert screen is not None
+    screen.user.setText(user)
+    screen.password.setText(password)
+    screen.submit()
+    wait_until(lambda: window.session is not None)
+    # kiosk mode went full screen on the offscreen "monitor"; shoot at the laptop size
+    window.showNormal()
+    window.resize(*WINDOW_SIZE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: screenshots.py OUT_DIR", file=sys.stderr)
+        return 2
+    out = Path(args[0])
+    out.mkdir(parents=True, exist_ok=True)
+    app = QApplication.instance() or QApplication([])
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "device"
+        device, transferred = provision_demo(data_dir)
+        add_users(device)
+        shots: list[Path] = []
+
+        placeholder = placeholder_window(Path(tmp) / "empty")
+        placeholder.resize(*WINDOW_SIZE)
+        placeholder.show()
+        shots.append(shoot(placeholder, out, "00-not-provisioned"))
+        placeholder.close()
+
+        window = MainWindow(device)
+        # Headless: no OS focus to lose (offscreen may report none after a dialog closes).
+        window.app_state = lambda: Qt.ApplicationState.ApplicationActive
+        window.resize(*WINDOW_SIZE)
+        window.show()
+        login = window.login_screen
+        assert login is not None
+        wait_until(lambda: bool(login.offline.text()))
+        shots.append(shoot(window, out, "01-login"))
+        login.user.setText(CLINICIAN[0])
+        login.password.setText("not the password at all")
+        login.submit()
+        wait_until(lambda: bool(login.feedback.text()))
+        shots.append(shoot(window, out, "02-login-refused"))
+        # wait out the throttle the wrong password caused
+        settle(1.2)
+        sign_in(window, *CLINICIAN)
+        workspace = window.workspace
+        assert isinstance(workspace, ClinicalWorkspace)
+        shots.append(shoot(window, out, "03-caseload-empty"))
+        workspace.caseload.query.setText("a")
+        wait_until(lambda: workspace.caseload.model.rowCount() > 0)
+        shots.append(shoot(window, out, "04-search-results"))
+        model = workspace.caseload.model
+        rows = [model.patient(r) for r in range(model.rowCount())]
+        inside = next(p for p in rows if p is not None and p.in_scope and p.has_alerts)
+        workspace.open_patient(inside.id)
+        wait_until(lambda: workspace.chart is not None)
+        shots.append(shoot(window, out, "05-chart"))
+        workspace.new_consultation()
+        form = workspace.patient_screen
+        assert isinstance(form, ConsultationForm)
+        form.vital_fields["systolic"].setText("128")
+        form.vital_fields["diastolic"].setText("82")
+        form.vital_fields["heart_rate"].setText("400")
+        form.note.setPlainText("Reviewed asthma. Inhaler technique good.")
+        form.plan.setPlainText("Review in 4 weeks.")
+        form.submit()
+        wait_until(lambda: bool(form.vital_errors["heart_rate"].text()))
+        shots.append(shoot(window, out, "06-consultation-range-check"))
+        form.vital_fields["heart_rate"].setText("72")
+        form.submit()
+        wait_until(
+            lambda: (
+                isinstance(workspace.patient_screen, QWidget)
+                and workspace.patient_screen is not form
+            )
+        )
+        wait_until(
+            lambda: workspace.chart is not None and any(e.unsent for e in workspace.chart.timeline)
+        )
+        shots.append(shoot(window, out, "07-chart-not-yet-sent"))
+        workspace.back_to_search()
+        workspace.open_patient(transferred)
+        wait_until(lambda: workspace.break_glass_dialog is not None)
+        dialog = workspace.break_glass_dialog
+        assert dialog is not None
+        shots.append(shoot(dialog, out, "08-break-glass-dialog"))
+        dialog.reason.setCurrentIndex(1)
+        dialog.text.setPlainText("Collapsed on escort from court; no notes here.")
+        dialog.password.setText(CLINICIAN[1])
+        dialog.submit()
+        wait_until(lambda: workspace.chart is not None and workspace.grant is not None)
+        shots.append(shoot(window, out, "09-chart-break-glass"))
+        window.lock()
+        settle(0.3)
+        shots.append(shoot(window, out, "10-locked"))
+        sign_in(window, *AUDITOR)
+        settle(0.8)
+        shots.append(shoot(window, out, "11-audit"))
+        window.lock()
+        settle(0.2)
+        sign_in(window, *ADMIN)
+        settle(0.8)
+        shots.append(shoot(window, out, "12-admin"))
+        window.close()
+        settle(0.2)
+    print(f"{len(shots)} screenshots in {out}")
+    del app
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

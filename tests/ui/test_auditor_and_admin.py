@@ -1,0 +1,100 @@
+"""The auditor's workspace (no clinical content, filters, exports) and the admin panel."""
+
+from __future__ import annotations
+
+import csv
+import json
+import stat
+from pathlib import Path
+
+from pytestqt.qtbot import QtBot
+
+from client.core.session import Session
+from client.ui.admin import AdminPanel
+from client.ui.audit_view import AuditWorkspace
+from sync.audit_fhir import CSV_HEADER, entries_from_bundle
+from tests.ui.ui_fixtures import (
+    CLINICIAN,
+    HTML_FAMILY,
+    HTML_PATIENT,
+    OUTSIDE_PATIENT,
+    add_slot,
+    device,
+    sign_in,
+    widget_texts,
+    window,
+)
+
+AUDITOR = ("ig.officer", "audit trail reviewer 2026")
+ADMIN = ("it.admin", "provisioning desk password")
+
+
+def test_auditor_sees_filterable_metadata_and_no_clinical_content(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    td = device(tmp_path, transfer=True)
+    clinician = Session.login(td.device, *CLINICIAN)
+    clinician.open_chart(HTML_PATIENT)
+    clinician.break_glass(
+        OUTSIDE_PATIENT, "transfer", "Arrived from another prison today", CLINICIAN[1]
+    )
+    clinician.open_chart(OUTSIDE_PATIENT)
+    clinician.lock()
+    add_slot(td, AUDITOR, "auditor")
+    win = window(qtbot, td)
+    sign_in(qtbot, win, AUDITOR)
+    audit = win.workspace
+    assert isinstance(audit, AuditWorkspace)
+    qtbot.waitUntil(lambda: audit.model.rowCount() > 5, timeout=5000)
+    texts = " ".join(widget_texts())
+    for clinical in (HTML_FAMILY, "Zephyrine", "Penicillin", "Violence risk", "Note says"):
+        assert clinical not in texts
+    audit.break_glass_only.setChecked(True)
+    rows = audit.filtered()
+    assert rows and all(e.purpose == "BTG" or e.action == "break_glass" for e in rows)
+    assert audit.model.rowCount() == len(rows)
+    assert {e.patient_id for e in rows} == {OUTSIDE_PATIENT}
+    audit.break_glass_only.setChecked(False)
+    audit.patient.setText(HTML_PATIENT)
+    assert {e.action for e in audit.filtered()} >= {"record_view"}
+    assert all(e.patient_id == HTML_PATIENT for e in audit.filtered())
+    audit.patient.clear()
+    audit.action.setCurrentText("record_view")
+    assert {e.action for e in audit.filtered()} == {"record_view"}
+
+    out_json, out_csv = tmp_path / "audit.json", tmp_path / "audit.csv"
+    messages: list[str] = []
+    audit.notify.connect(messages.append)
+    audit.export_to(out_json, "json")
+    audit.export_to(out_csv, "csv")
+    qtbot.waitUntil(lambda: len(messages) == 2, timeout=5000)
+    for path in (out_json, out_csv):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    entries = entries_from_bundle(json.loads(out_json.read_text(encoding="utf-8")))
+    assert any(e.action == "break_glass" for e in entries)
+    rows_csv = list(csv.reader(out_csv.read_text(encoding="utf-8").splitlines()))
+    assert tuple(rows_csv[0]) == CSV_HEADER
+    assert len(rows_csv) >= len(entries)
+    exported = out_json.read_text(encoding="utf-8") + out_csv.read_text(encoding="utf-8")
+    assert "Zephyrine" not in exported
+
+
+def test_admin_panel_shows_the_device_and_adds_a_user(qtbot: QtBot, tmp_path: Path) -> None:
+    td = device(tmp_path, role="admin", user=ADMIN, load=False)
+    win = window(qtbot, td)
+    sign_in(qtbot, win, ADMIN)
+    panel = win.workspace
+    assert isinstance(panel, AdminPanel)
+    qtbot.waitUntil(lambda: panel.device_id.text() == "dev-test-0001", timeout=5000)
+    assert panel.site.text() == "hmp-brixton"
+    assert panel.policy.text().startswith("version 1, expires ")
+    assert panel.keyring.text() == td.device.keyring.backend_name
+    assert [panel.users.item(i).text() for i in range(panel.users.count())] == ["it.admin — admin"]
+    panel.new_user.setText("dr.who")
+    panel.new_role.setCurrentText("clinician")
+    panel.new_password.setText("tardis blue box 1963")
+    panel.new_password_again.setText("tardis blue box 1963")
+    panel.add_user()
+    qtbot.waitUntil(lambda: panel.users.count() == 2, timeout=15000)
+    assert "dr.who — clinician" in [panel.users.item(i).text() for i in range(2)]
+    assert panel.new_password.text() == ""
