@@ -372,6 +372,22 @@ def search_patients(
     return results
 
 
+def caseload(
+    conn: sqlite3.Connection, *, limit: int, site_scope: Collection[str]
+) -> list[PatientSummary]:
+    """The in-scope patients on this device, by name (what the caseload shows before a search)."""
+    scope = sorted(set(site_scope))[:MAX_SCOPE_SITES]
+    if not scope or limit <= 0:
+        return []
+    params: dict[str, object] = {f"s{i}": site for i, site in enumerate(scope)}
+    marks = ", ".join(f":s{i}" for i in range(len(scope)))
+    sql = (
+        f"{_COLUMNS} FROM patient_index p WHERE p.site IN ({marks})"
+        f" ORDER BY p.sort_key, p.patient_id LIMIT {int(limit)}"
+    )
+    return [_summary(row, True) for row in conn.execute(sql, params).fetchall()]
+
+
 def _summary(row: Iterable[Any], in_scope: bool) -> PatientSummary:
     pid, name, dob, nhs, prison, site, _sort, alerts = row
     return PatientSummary(pid, name, dob, nhs, prison, site, in_scope, bool(alerts))

@@ -263,6 +263,14 @@ class Session:
             self._append(conn, "search", detail={"results": len(hits), "chars": len(query)})
         return hits
 
+    def caseload(self, limit: int = 200) -> list[PatientSummary]:
+        """The site's patients on this device, by name (before any search); audited."""
+        self._require_role((CLINICIAN,), "list patients", "caseload")
+        with self._act() as conn:
+            listed = search.caseload(conn, limit=limit, site_scope=self._site_scope())
+            self._append(conn, "caseload", detail={"results": len(listed)})
+        return listed
+
     def in_scope(self, patient_id: str) -> bool:
         """From the search index, which the replica keeps current (a deleted patient held for
         unsent work has no site there, so they need break-glass like any other)."""
@@ -373,6 +381,51 @@ class Session:
                 patient_id=patient_id,
                 purpose="TREAT" if allowed else None,
             )
+
+    def authorise_disclosure(
+        self, kind: str, patient_id: str | None, reason_text: str, password: str
+    ) -> None:
+        """Print or export (AU-4): the password again and a reason, audited either way."""
+        if kind not in {"print", "export"}:
+            raise ValueError("disclosure kind must be print or export")
+        allowed = self._disclosure_allowed(kind)
+        if not allowed:
+            self.record_disclosure(kind, patient_id, allowed=False)
+            raise NotAllowed(f"{kind} from Gatehouse on this device")
+        if len(reason_text.strip()) < MIN_BREAK_GLASS_TEXT:
+            raise BreakGlassRefused(
+                "disclosure_reason",
+                f"Give the reason in at least {MIN_BREAK_GLASS_TEXT} characters.",
+            )
+        try:
+            accounts.reauthenticate(self.device, self.user_id, password)
+        except LoginRefused:
+            with self._act() as conn:
+                self._append(
+                    conn,
+                    f"{kind}_allowed",
+                    "failure",
+                    patient_id=patient_id,
+                    detail={"why": "reauthentication_failed"},
+                )
+            raise
+        with self._act() as conn:
+            self._append(
+                conn,
+                f"{kind}_allowed",
+                patient_id=patient_id,
+                purpose="TREAT",
+                reason_text=reason_text.strip()[:500],
+            )
+
+    def _disclosure_allowed(self, kind: str) -> bool:
+        permissions = decisions.ui_permissions(self.policy)
+        return permissions.printing if kind == "print" else permissions.clipboard_copy_out
+
+    def device_users(self) -> list[tuple[str, str]]:
+        """(user id, role) of everyone with a key slot here (admin only)."""
+        self._require_role((ADMIN,), "see this device's users", "users_read")
+        return list(self.device.header.users())
 
     def outbox_status(self) -> tuple[int, int]:
         """(unsent items, open conflicts)."""

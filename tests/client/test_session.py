@@ -354,3 +354,41 @@ def test_a_restart_reopens_the_device_and_the_chain_continues(td: ProvisionedDev
     assert report.ok
     assert [e.action for e in entries].count("login_ok") == 2
     session.lock()
+
+
+def test_caseload_lists_only_the_site_by_name_and_is_audited(td: ProvisionedDevice) -> None:
+    session = Session.login(td.device, *CLINICIAN)
+    listed = session.caseload()
+    assert {p.id for p in listed} == {str(p["id"]) for p in _patients(SITE)}
+    families = [p.display_name.split(",")[0].casefold() for p in listed]
+    assert families == sorted(families)  # by family name first
+    assert all(p.in_scope for p in listed)
+    assert "caseload" in _actions(session)
+    session.lock()
+
+
+def test_AU4_print_needs_the_password_and_a_reason_and_is_audited(tmp_path: Path) -> None:
+    td = provision(tmp_path / "p", policy=policy_envelope(ui__printing=True))
+    load_records(td.device, _seeded())
+    session = Session.login(td.device, *CLINICIAN)
+    pid = str(_patients(SITE)[0]["id"])
+    with pytest.raises(BreakGlassRefused):
+        session.authorise_disclosure("print", pid, "x", CLINICIAN[1])
+    with pytest.raises(LoginRefused):
+        session.authorise_disclosure("print", pid, "Hospital escort handover", "wrong pw!!")
+    td.clocks.advance(dt.timedelta(seconds=5))
+    session.authorise_disclosure("print", pid, "Hospital escort handover", CLINICIAN[1])
+    with session._act() as conn:
+        printed = [e for e in session._audit.entries(conn) if e.action == "print_allowed"]
+    assert [e.outcome for e in printed] == ["failure", "success"]
+    assert printed[-1].reason_text == "Hospital escort handover"
+    session.lock()
+
+
+def test_print_blocked_by_policy_is_refused_and_audited(td: ProvisionedDevice) -> None:
+    session = Session.login(td.device, *CLINICIAN)
+    pid = str(_patients(SITE)[0]["id"])
+    with pytest.raises(NotAllowed):
+        session.authorise_disclosure("print", pid, "Hospital escort handover", CLINICIAN[1])
+    assert "print_blocked" in _actions(session)
+    session.lock()
