@@ -18,6 +18,19 @@ Invariants:
   nothing and takes the entry out of the pending queue.
 - Unsent work = outbox entries pending or in conflict; a patient with unsent work must not be
   purged (the caller checks ``has_unsent_work``).
+- ``queue_update`` stores an edit of a resource the device holds and queues ONE ``update``
+  entry (its own group) whose ``base_version`` is the server version the edit was made on, so
+  the wire carries ``ifMatch`` and a server change since then becomes a conflict, never a silent
+  overwrite. A second edit before the first is sent replaces the pending entry's body (same
+  base); an edit of an unsent create replaces that create's body. An edit of a resource with
+  an open conflict is refused until the conflict is resolved.
+- For an update, ``mark_sent`` stores the body that went on the wire under the server's new
+  version, and ``record_conflict`` keeps that body as "mine" and puts the server's version (or
+  its absence) in the store: the store shows the server's truth, the edit lives in the conflict.
+- ``resolve_conflict`` closes a conflict in the caller's transaction: ``theirs`` keeps the
+  server's version; ``mine`` queues the clinician's edit again on top of the newest server
+  version the device holds. Its outbox entry leaves the unsent work (state ``sent``,
+  ``last_error`` ``conflict_resolved``: the schema has no ``resolved`` state).
 """
 
 from __future__ import annotations
@@ -36,10 +49,14 @@ import orjson
 from client.core.errors import UserFacingError
 from client.core.records import (
     CLIENT_ID_SYSTEM,
+    CLINICAL_TYPES,
     LOCAL_VERSION,
     apply_resources,
+    client_id_of,
+    delete_resource,
     get,
     is_fhir_id,
+    patient_of,
     require_transaction,
     store_local,
     touch_patients,
@@ -303,7 +320,12 @@ def write_consultation(
         )
     stamp = utc_iso(now)
     subject = {"reference": f"Patient/{patient_id}"}
-    author = {"identifier": {"system": USER_SYSTEM, "value": author_user_id}}
+    # A logical reference (no Practitioner resource exists): the strict validator, on both the
+    # gateway and the device, needs ``display`` when ``reference`` is absent.
+    author = {
+        "identifier": {"system": USER_SYSTEM, "value": author_user_id},
+        "display": author_user_id,
+    }
     group = str(uuid.uuid4())
 
     def base(rtype: str, rid: str) -> dict[str, Any]:
@@ -441,11 +463,18 @@ def mark_sent(
         raise OutboxStateError("already_sent")
     if entry.state != "pending":
         raise OutboxStateError("not_pending")
+    stamp = utc_iso(now or datetime.now(UTC))
     conn.execute(
         "UPDATE outbox SET state = 'sent', server_id = ?, server_version = ?, sent_at = ?"
         " WHERE seq = ?",
-        (server_id, server_version, utc_iso(now or datetime.now(UTC)), seq),
+        (server_id, server_version, stamp, seq),
     )
+    if entry.operation == "update":
+        # The body that went on the wire is what the server now holds at ``server_version``
+        # (the local row may meanwhile show an older server version a pull brought in).
+        sent = dict(entry.body) | {"meta": {"versionId": server_version, "lastUpdated": stamp}}
+        apply_resources(conn, [sent], received_at=now)
+        return
     rtype = entry.resource_type
     old_ref, new_ref = f"{rtype}/{entry.local_id}", f"{rtype}/{server_id}"
     local = get(conn, rtype, entry.local_id)
@@ -494,7 +523,11 @@ def record_conflict(
     if entry.state != "pending":
         raise OutboxStateError("not_pending")
     conn.execute("UPDATE outbox SET state = 'conflict' WHERE seq = ?", (seq,))
-    local = get(conn, entry.resource_type, entry.local_id) or entry.body
+    if entry.operation == "update":
+        local: dict[str, Any] = dict(entry.body)  # the edit as sent: "mine"
+        _show_server_version(conn, entry.resource_type, entry.local_id, server_resource, now)
+    else:
+        local = get(conn, entry.resource_type, entry.local_id) or entry.body
     server_body = None if server_resource is None else orjson.dumps(server_resource)
     cid = conn.execute(
         "INSERT INTO conflicts (outbox_seq, resource_type, local_id, patient_id, local_body,"
@@ -503,6 +536,161 @@ def record_conflict(
          server_body, utc_iso(now or datetime.now(UTC))),
     ).lastrowid  # fmt: skip
     return _rowid(cid)
+
+
+def _show_server_version(
+    conn: sqlite3.Connection,
+    rtype: str,
+    rid: str,
+    server_resource: Mapping[str, Any] | None,
+    now: datetime | None,
+) -> None:
+    """The store shows the server's version of a conflicted resource, or drops the local edit
+    when the server no longer has it for this device (deleted, moved out of scope)."""
+    if server_resource is not None:
+        apply_resources(conn, [server_resource], received_at=now)  # a local row always yields
+    row = conn.execute(
+        "SELECT version_id FROM resources WHERE type = ? AND id = ?", (rtype, rid)
+    ).fetchone()
+    if row is not None and row[0] == LOCAL_VERSION:
+        delete_resource(conn, rtype, rid)
+
+
+def _wire_body(resource: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k != "meta"}
+
+
+def _refuse_edit(reason: str, message: str) -> ConsultationError:
+    return ConsultationError(reason, "resource", message)
+
+
+def _has_open_conflict(conn: sqlite3.Connection, rtype: str, rid: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM conflicts WHERE resource_type = ? AND local_id = ? AND resolved_at IS NULL"
+        " LIMIT 1",
+        (rtype, rid),
+    ).fetchone()
+    return row is not None
+
+
+def _insert_update(
+    conn: sqlite3.Connection,
+    edit: Mapping[str, Any],
+    patient_id: str,
+    base_version: str,
+    stamp: str,
+) -> int:
+    rid = str(edit["id"])
+    body = _wire_body(edit)
+    store_local(conn, body | {"meta": {"versionId": LOCAL_VERSION, "lastUpdated": stamp}})
+    seq = conn.execute(
+        "INSERT INTO outbox (group_id, resource_type, local_id, client_id, patient_id, operation,"
+        " body, base_version, created_at) VALUES (?, ?, ?, ?, ?, 'update', ?, ?, ?)",
+        (str(uuid.uuid4()), edit["resourceType"], rid, client_id_of(edit) or rid, patient_id,
+         orjson.dumps(body), base_version, stamp),
+    ).lastrowid  # fmt: skip
+    touch_patients(conn, [patient_id], stamp)
+    return _rowid(seq)
+
+
+def queue_update(conn: sqlite3.Connection, resource: Mapping[str, Any], *, now: datetime) -> int:
+    """Store an edit of a clinical resource on the device and queue it (caller's transaction).
+
+    ``resource`` is the whole edited resource (its ``meta`` is ignored). Returns the outbox
+    seq that will carry it: a new ``update`` entry based on the stored server version, or the
+    pending entry (update or unsent create) whose body it replaces. Refusals raise
+    ``ConsultationError`` (field ``resource``) before anything is written.
+    """
+    require_transaction(conn)
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    if rtype not in CLINICAL_TYPES or not is_fhir_id(rid):
+        raise _refuse_edit("resource_not_editable", "Only clinical records can be edited.")
+    rtype, rid = str(rtype), str(rid)
+    row = conn.execute(
+        "SELECT version_id, patient_id FROM resources WHERE type = ? AND id = ?", (rtype, rid)
+    ).fetchone()
+    if row is None:
+        raise _refuse_edit("resource_unknown", "This record is not on this laptop.")
+    version, patient_id = row
+    if patient_of(resource) != patient_id:
+        raise _refuse_edit("patient_changed", "An edit cannot move a record to another patient.")
+    if _has_open_conflict(conn, rtype, rid):
+        raise _refuse_edit(
+            "conflict_open", "This record has a sync conflict. Resolve it before editing again."
+        )
+    stamp = utc_iso(now)
+    body = _wire_body(resource)
+    pending = conn.execute(
+        "SELECT seq, operation, group_id FROM outbox WHERE state = 'pending'"
+        " AND resource_type = ? AND local_id = ? ORDER BY seq DESC LIMIT 1",
+        (rtype, rid),
+    ).fetchone()
+    if pending is not None:
+        seq, operation, group_id = pending
+        wire: Any = body
+        if operation == "create":  # same shape as write_consultation queued it
+            wire = {k: v for k, v in body.items() if k != "id"}
+            for other_type, other_id in conn.execute(
+                "SELECT resource_type, local_id FROM outbox WHERE state = 'pending'"
+                " AND operation = 'create' AND group_id = ?",
+                (group_id,),
+            ).fetchall():
+                wire = _rewrite_refs(wire, f"{other_type}/{other_id}", f"urn:uuid:{other_id}")
+        store_local(conn, body | {"meta": {"versionId": LOCAL_VERSION, "lastUpdated": stamp}})
+        conn.execute("UPDATE outbox SET body = ? WHERE seq = ?", (orjson.dumps(wire), seq))
+        touch_patients(conn, [patient_id], stamp)
+        return int(seq)
+    if not is_fhir_id(version) or version == LOCAL_VERSION:
+        raise _refuse_edit("resource_not_editable", "This record cannot be edited right now.")
+    return _insert_update(conn, resource, patient_id, str(version), stamp)
+
+
+def resolve_conflict(
+    conn: sqlite3.Connection, conflict_id: int, keep: str, *, now: datetime
+) -> int | None:
+    """Close a conflict (caller's transaction): ``keep="theirs"`` keeps the server's version;
+    ``keep="mine"`` queues the clinician's edit again on top of the newest server version the
+    device holds and returns the new outbox seq. Refusals raise ``ConsultationError`` before
+    anything is written."""
+    require_transaction(conn)
+    if keep not in ("mine", "theirs"):
+        raise ValueError("keep must be 'mine' or 'theirs'")
+    row = conn.execute(
+        "SELECT c.outbox_seq, c.resource_type, c.local_id, c.patient_id, c.local_body,"
+        " c.server_body, c.resolved_at, o.operation FROM conflicts c"
+        " JOIN outbox o ON o.seq = c.outbox_seq WHERE c.id = ?",
+        (conflict_id,),
+    ).fetchone()
+    if row is None:
+        raise ConsultationError("conflict_unknown", "conflict", "This conflict does not exist.")
+    seq, rtype, rid, patient_id, local_body, server_body, resolved_at, operation = row
+    if resolved_at is not None:
+        raise ConsultationError("conflict_resolved", "conflict", "This conflict is resolved.")
+    server = None if server_body is None else orjson.loads(server_body)
+    mine: dict[str, Any] = orjson.loads(local_body)
+    if keep == "mine" and (server is None or operation != "update" or patient_id is None):
+        raise ConsultationError(
+            "conflict_cannot_keep_mine",
+            "conflict",
+            "The server no longer holds this record; your version cannot replace it.",
+        )
+    stamp = utc_iso(now)
+    conn.execute("UPDATE conflicts SET resolved_at = ? WHERE id = ?", (stamp, conflict_id))
+    conn.execute(
+        "UPDATE outbox SET state = 'sent', last_error = 'conflict_resolved' WHERE seq = ?"
+        " AND state = 'conflict'",
+        (seq,),
+    )
+    if operation == "update":
+        _show_server_version(conn, rtype, rid, server, now)
+    if keep == "theirs":
+        return None
+    stored = conn.execute(
+        "SELECT version_id FROM resources WHERE type = ? AND id = ?", (rtype, rid)
+    ).fetchone()
+    fallback = (server or {}).get("meta", {}).get("versionId")
+    base = str(stored[0]) if stored is not None else str(fallback)
+    return _insert_update(conn, mine | {"id": rid}, str(patient_id), base, stamp)
 
 
 def list_conflicts(conn: sqlite3.Connection) -> list[Conflict]:

@@ -3,6 +3,7 @@
 The data folder holds exactly these files (all written atomically and 0600):
 
     device.json     the profile: device id, site, policy trust keys, gateway escrow key (public)
+    device-tls.*    the device's certificate and (encrypted) key; gateway CA and receipt key
     vault.header    key slots and MACed counters (client.core.keyslots)
     vault.db        the SQLCipher database (+ -wal/-shm while open)
     policy.store    the installed signed policy with its MACed high-water version
@@ -51,6 +52,12 @@ from policy.verify import TrustConfig, verify_policy
 PROFILE_NAME: Final = "device.json"
 POLICY_STORE_NAME: Final = "policy.store"
 PROFILE_FORMAT: Final = 1
+# Written at enrolment (client.core.provisioning); the TLS key is encrypted with a key derived
+# from the keyring's device secret.
+TLS_CERT: Final = "device-tls.crt"
+TLS_KEY: Final = "device-tls.key"
+GATEWAY_CA: Final = "gateway-ca.pem"
+RECEIPT_KEY: Final = "gateway-receipt.pub.pem"
 _SITE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 Clock = Callable[[], dt.datetime]
@@ -343,7 +350,14 @@ class Device:
             self.keyring,
             now=self.clock(),
             reason=reason,
-            extra_names=(POLICY_STORE_NAME, PROFILE_NAME),
+            extra_names=(
+                POLICY_STORE_NAME,
+                PROFILE_NAME,
+                TLS_KEY,
+                TLS_CERT,
+                GATEWAY_CA,
+                RECEIPT_KEY,
+            ),
         )
 
 

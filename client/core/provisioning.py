@@ -19,14 +19,22 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from keyring.backend import KeyringBackend
 
 from client.core.audit_log import AuditLog
-from client.core.device import PROFILE_NAME, Device, ProvisioningError, utc_now
+from client.core.device import (
+    GATEWAY_CA,
+    PROFILE_NAME,
+    RECEIPT_KEY,
+    TLS_CERT,
+    TLS_KEY,
+    Device,
+    ProvisioningError,
+    utc_now,
+)
 from client.core.kdf import KdfParams, calibrate
 from client.core.schema import MIGRATIONS
 from client.core.trusted_time import ClockReading, anchor, read_clocks
@@ -43,11 +51,6 @@ from sync.enrolment import (
     online_login,
 )
 from sync.transport import Transport, TransportConfig
-
-TLS_CERT: Final = "device-tls.crt"
-TLS_KEY: Final = "device-tls.key"
-GATEWAY_CA: Final = "gateway-ca.pem"
-RECEIPT_KEY: Final = "gateway-receipt.pub.pem"
 
 
 def tls_key_password(device: Device) -> bytes:

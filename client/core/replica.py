@@ -19,6 +19,9 @@ Invariants (on top of the protocol's own, docs/records.md §Sync replica):
 - Quarantined bytes stay inside the encrypted vault; each row keeps at most
   ``MAX_QUARANTINE_RAW_BYTES`` of them, and the table at most ``MAX_QUARANTINE_TOTAL_BYTES``
   (past it, new rows keep reason, path, size and hash only). Re-applying a page adds no row.
+- A 412 for an update whose current server version equals, field for field, the body the
+  device sent is the device's own write whose reply was lost (CR-2 for updates): it is marked
+  sent (audited ``sync_sent``), not turned into a conflict with itself.
 - Nothing here logs, and audit details hold codes and counts only, never record content.
 """
 
@@ -402,6 +405,10 @@ class VaultReplica:
         now = self._clock()
         with self._transaction() as conn:
             _state, patient_id, rtype = self._entry(conn, seq)
+            own = _own_lost_update(conn, seq, server_resource)
+            if own is not None:  # our update's reply was lost: the server holds exactly it
+                self._mark_sent(conn, own, now)
+                return
             try:
                 conflict_id = consultation.record_conflict(conn, seq, server_resource, now=now)
             except OutboxStateError as exc:
@@ -457,6 +464,27 @@ class VaultReplica:
                 outcome="success" if summary.outcome == "success" else "failure",
                 detail=detail,
             )
+
+
+def _own_lost_update(
+    conn: Any, seq: int, server_resource: Mapping[str, Any] | None
+) -> SentItem | None:
+    """A 412 for an update whose current server version IS the body we sent (the reply to an
+    earlier attempt was lost after the server committed it): that is our own write, sent."""
+    if server_resource is None:
+        return None
+    row = conn.execute(
+        "SELECT operation, state, local_id, body FROM outbox WHERE seq = ?", (seq,)
+    ).fetchone()
+    if row is None or row[0] != "update" or row[1] != "pending":
+        return None
+    meta = server_resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, Mapping) else None
+    server_id = server_resource.get("id")
+    theirs = {k: v for k, v in server_resource.items() if k != "meta"}
+    if server_id != row[2] or not records.is_fhir_id(version) or theirs != orjson.loads(row[3]):
+        return None
+    return SentItem(seq, str(server_id), str(version))
 
 
 def _structural_check(replica: VaultReplica) -> Replica:

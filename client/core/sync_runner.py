@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client.core.audit_log import AuditLog
-from client.core.provisioning import RECEIPT_KEY, transport_config
+from client.core.device import RECEIPT_KEY
+from client.core.provisioning import transport_config
 from client.core.replica import VaultReplica
 from client.core.schema import MIGRATIONS
 from client.core.session import Session
