@@ -26,7 +26,7 @@ def _init(args: argparse.Namespace) -> int:
         print(f"gatehouse-gateway: refused: {err.reason} ({args.data})", file=sys.stderr)
         return 2
     print(f"initialised {args.data}")
-    print("SPKI SHA-256 pins for the policy (network.pins):")
+    print("SPKI SHA-256 pins for the policy (network.spki_pins):")
     print(f"  current: {result.server_pin}")
     print(f"  backup:  {result.backup_pin}")
     print(f"device CA SPKI SHA-256: {result.ca_pin}")

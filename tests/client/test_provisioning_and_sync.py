@@ -230,3 +230,44 @@ def test_WP2_a_remote_wipe_erases_the_laptop_and_is_acknowledged(
         (restored / name).write_bytes(content)
     with pytest.raises(Exception):  # noqa: B017 - any refusal will do; none opens it
         Session.login(Device.open(restored, keyring_backend=keyring, kdf_params=FLOOR), *NURSE)
+
+
+def test_ST1_no_record_text_in_plaintext_after_a_full_session_with_sync(
+    gw: Gateway,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sync, search, view, write, sync again, lock: then scan every file and the logs."""
+    import logging
+    import os
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    for name in ("TMPDIR", "SQLITE_TMPDIR"):
+        monkeypatch.setenv(name, str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    caplog.set_level(logging.DEBUG)
+    canary = "Canary-Pq9-Confidential-Note"
+    data = tmp_path / "laptop"
+    device = _provision(gw, data, InMemoryKeyring())
+    add_user_online(device, *NURSE)
+    session = Session.login(device, *NURSE)
+    assert run_sync(session).ok
+    patient = session.caseload()[0]
+    family = patient.display_name.split(",")[0]
+    session.search(family[:4])
+    session.open_chart(patient.id)
+    session.write_consultation(patient.id, vitals=[], note_text=canary, plan_text=canary)
+    assert run_sync(session).ok
+    session.lock()
+    needles = [n.encode() for n in (canary, family, patient.nhs_number) if n]
+    for folder in (data, temp):
+        for root, _, files in os.walk(folder):
+            for name in files:
+                content = (Path(root) / name).read_bytes()
+                for needle in needles:
+                    assert needle not in content, f"plaintext in {name}"
+    for needle in needles:
+        assert needle.decode() not in caplog.text
