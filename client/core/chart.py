@@ -139,6 +139,22 @@ class Chart:
     medications: tuple[Medication, ...]
     vitals: tuple[VitalReading, ...]
     timeline: tuple[TimelineEntry, ...]
+    # An explicit, active "no known allergy" record (SNOMED 716186003 / 409137002) and no real
+    # allergy: shown as such, never as an allergy and never confused with "nothing recorded".
+    no_known_allergies: bool = False
+
+
+# SNOMED CT: 716186003 No known allergy; 409137002 No known history of drug allergy.
+NO_KNOWN_ALLERGY_CODES = frozenset({"716186003", "409137002"})
+
+
+def _is_no_known_allergy(resource: Any) -> bool:
+    code = resource.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    return any(
+        isinstance(c, dict) and c.get("code") in NO_KNOWN_ALLERGY_CODES
+        for c in (codings if isinstance(codings, list) else [])
+    )
 
 
 def concept_text(concept: Any) -> str:
@@ -319,6 +335,7 @@ def open_chart(
     )
     alerts: list[Alert] = []
     allergies: list[Allergy] = []
+    no_known_allergies = False
     problems: list[Problem] = []
     meds: list[Medication] = []
     latest: dict[str, tuple[datetime, str, VitalReading]] = {}
@@ -335,6 +352,8 @@ def open_chart(
                     since,
                 )
             )
+        elif rtype == "AllergyIntolerance" and is_active(res) and _is_no_known_allergy(res):
+            no_known_allergies = True
         elif rtype == "AllergyIntolerance" and is_active(res):
             reactions = res.get("reaction")
             manifestations = [
@@ -391,6 +410,8 @@ def open_chart(
     meds.sort(key=lambda m: (m.text.casefold(), m.id))
     timeline.sort(key=lambda e: (e.when is not None, e.when or _MIN, e.kind, e.id), reverse=True)
     vitals = tuple(latest[k][2] for k in VITAL_KINDS if k in latest)
+    if allergies:
+        no_known_allergies = False  # a real allergy outranks an older "none known" entry
     return Chart(
         banner,
         tuple(alerts),
@@ -399,4 +420,5 @@ def open_chart(
         tuple(meds),
         vitals,
         tuple(timeline[:timeline_limit]),
+        no_known_allergies,
     )

@@ -130,12 +130,17 @@ class PatientHeader(QFrame):
         g = QVBoxLayout(allergies)
         g.setContentsMargins(10, 6, 10, 6)
         g.setSpacing(2)
-        g.addWidget(data_label(f"⚠ ALLERGIES ({len(chart.allergies)})", role="alert-head"))
+        if chart.allergies:
+            g.addWidget(data_label(f"⚠ ALLERGIES ({len(chart.allergies)})", role="alert-head"))
+        else:
+            g.addWidget(data_label("ALLERGIES", role="alert-head"))
         for allergy in chart.allergies:
             risk = "HIGH RISK — " if allergy.criticality == "high" else ""
             reactions = f": {', '.join(allergy.reactions)}" if allergy.reactions else ""
             g.addWidget(data_label(f"{risk}{allergy.substance}{reactions}", wrap=True))
-        if not chart.allergies:
+        if not chart.allergies and chart.no_known_allergies:
+            g.addWidget(data_label("No known allergies (recorded)."))
+        elif not chart.allergies:
             g.addWidget(data_label("No allergies recorded (not the same as 'no known allergies')."))
         g.addStretch(1)
         safety.addWidget(alerts, 1)
