@@ -14,7 +14,7 @@ export QT_QPA_PLATFORM ?= offscreen
 SYSTEM_PACKAGES := dbus gnome-keyring libsecret-tools xvfb postgresql \
                    libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0
 
-.PHONY: test lint typecheck pytest venv sysdeps bench clean package
+.PHONY: test lint typecheck pytest pytest-postgres soak venv sysdeps bench clean package demo
 
 venv: $(STAMP)
 
@@ -37,7 +37,16 @@ typecheck: venv
 pytest: venv sysdeps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The gateway's scale path: the same gateway suite against a real PostgreSQL 15 that the tests
+# start in a temporary folder (skipped, with the reason, where PostgreSQL is not installed).
+pytest-postgres: venv sysdeps
+	GATEHOUSE_TEST_STORE=postgres $(PY) -m pytest tests/gateway -q
+
+# Kill -9 harnesses at soak depth (CI runs 200 rounds as part of `make test`).
+soak: venv sysdeps
+	GATEHOUSE_KILL_ROUNDS=3000 $(PY) -m pytest tests/sync/test_sync_crash.py tests/client/test_crash_consultation.py -q
+
+test: lint typecheck pytest pytest-postgres
 
 # A PyInstaller one-folder bundle of the laptop client with its manifest, SBOM and self-test.
 package: venv sysdeps

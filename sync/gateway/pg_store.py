@@ -310,7 +310,11 @@ class PgStore(sqlite_store.SqliteStore):
         self._closed = False
         self._pool = _Pool(dsn, pool_size)
         self._analyze_at = ANALYZE_FIRST_AT
-        self._create_schema()
+        try:
+            self._create_schema()
+        except BaseException:
+            self.close()
+            raise
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:

@@ -237,14 +237,3 @@ def require_server() -> PgServer:
         return shared_server()
     except PgUnavailable as err:
         pytest.skip(err.reason)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> PgServer:
-    return require_server()
-
-
-@pytest.fixture
-def pg_dsn(pg_server: PgServer) -> str:
-    """A fresh empty database on the session's server."""
-    return pg_server.new_database()

@@ -55,12 +55,7 @@ from tests.gateway.conftest import (
     patient,
     session_for,
 )
-from tests.gateway.pg_fixtures import (  # noqa: F401 (pg_dsn, pg_server: fixtures)
-    PgServer,
-    free_port,
-    pg_dsn,
-    pg_server,
-)
+from tests.gateway.pg_fixtures import PgServer, free_port, require_server
 from tests.tls_fixtures import DeviceCredentials, PkiFiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +64,18 @@ WRITERS = 6
 TRANSACTIONS_PER_WRITER = 8
 PAGE = 4
 START_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> PgServer:
+    """The session's real PostgreSQL (skips, saying why, where it is not installed)."""
+    return require_server()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> str:
+    """A fresh empty database on it."""
+    return pg_server.new_database()
 
 
 # -- a cluster of gateways on one database ----------------------------------------------------
@@ -118,7 +125,7 @@ def _wait_ready(
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, pg_dsn: str) -> Iterator[Cluster]:  # noqa: F811
+def cluster(tmp_path: Path, pg_dsn: str) -> Iterator[Cluster]:
     data = tmp_path / "gw"
     datadir.init_data_dir(data, now=dt.datetime.now(dt.UTC))
     ca_cert = pki.load_cert((data / datadir.CA_CERT).read_bytes())
@@ -190,6 +197,26 @@ def cluster(tmp_path: Path, pg_dsn: str) -> Iterator[Cluster]:  # noqa: F811
 
 
 # -- several processes ------------------------------------------------------------------------
+
+
+def _race(workers: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(n)`` for every n at once (after a barrier); its results, in order."""
+    barrier = threading.Barrier(workers)
+    results: list[Any] = [None] * workers
+
+    def run(n: int) -> None:
+        barrier.wait(10)
+        try:
+            results[n] = work(n)
+        except Exception as exc:  # compared by the caller
+            results[n] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
 
 
 def _writer(cluster: Cluster, number: int, committed: list[tuple[str, int]]) -> None:
@@ -293,24 +320,18 @@ def test_one_client_id_sent_to_every_process_at_once_creates_one_resource(
     load_resources(cluster.store, [patient("p1", SITE_A)])
     client_id = "8a7c4a1e-1d5e-4f7e-9d35-4c1b2a0f9e11"
     racers = 3 * len(cluster.urls)
-    barrier = threading.Barrier(racers)
-    answers: list[requests.Response] = []
-    lock = threading.Lock()
-
-    def race(number: int) -> None:
-        session = cluster.session()
+    sessions = [cluster.session() for _ in range(racers)]
+    entries = []
+    for number in range(racers):
         entry = create_entry(observation("x", "p1", float(number)), client_id=client_id)
         entry["resource"].pop("id")
-        barrier.wait(10)
-        answer = cluster.post_bundle(session, cluster.urls[number % len(cluster.urls)], [entry])
-        with lock:
-            answers.append(answer)
+        entries.append(entry)
 
-    threads = [threading.Thread(target=race, args=(n,)) for n in range(racers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    def create(n: int) -> requests.Response:
+        return cluster.post_bundle(sessions[n], cluster.urls[n % len(cluster.urls)], [entries[n]])
+
+    answers = _race(racers, create)
+    assert all(isinstance(a, requests.Response) for a in answers), answers
     assert [a.status_code for a in answers] == [200] * racers, [a.text for a in answers]
     locations = {a.json()["entry"][0]["response"]["location"].split("/")[1] for a in answers}
     assert len(locations) == 1
@@ -325,7 +346,7 @@ def test_one_client_id_sent_to_every_process_at_once_creates_one_resource(
 
 
 @pytest.mark.postgres
-def test_a_later_commit_never_gets_a_smaller_seq_across_stores(pg_dsn: str) -> None:  # noqa: F811
+def test_a_later_commit_never_gets_a_smaller_seq_across_stores(pg_dsn: str) -> None:
     first, second = PgStore(pg_dsn), PgStore(pg_dsn)  # two processes' worth of connections
     load_resources(first, [patient("p1", SITE_A)])
     holding, release = threading.Event(), threading.Event()
@@ -364,7 +385,7 @@ def test_a_later_commit_never_gets_a_smaller_seq_across_stores(pg_dsn: str) -> N
 
 
 @pytest.mark.postgres
-def test_a_check_inside_a_write_sees_every_earlier_commit(pg_dsn: str) -> None:  # noqa: F811
+def test_a_check_inside_a_write_sees_every_earlier_commit(pg_dsn: str) -> None:
     """ifNoneExist across processes: the second writer's lookup runs only after the first
     writer's commit (the counter row is locked at BEGIN, before any read)."""
     first, second = PgStore(pg_dsn), PgStore(pg_dsn)
@@ -407,7 +428,7 @@ def test_a_check_inside_a_write_sees_every_earlier_commit(pg_dsn: str) -> None: 
 
 @pytest.mark.postgres
 def test_last_updated_never_goes_back_when_one_process_clock_is_behind(
-    pg_dsn: str,  # noqa: F811
+    pg_dsn: str,
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     ahead = PgStore(pg_dsn, clock=lambda: now + dt.timedelta(hours=1))
@@ -425,7 +446,7 @@ def test_last_updated_never_goes_back_when_one_process_clock_is_behind(
 
 @pytest.mark.postgres
 def test_a_failed_write_leaves_nothing_and_releases_the_writer_lock(
-    pg_dsn: str,  # noqa: F811
+    pg_dsn: str,
 ) -> None:
     store, other = PgStore(pg_dsn), PgStore(pg_dsn)
     load_resources(store, [patient("p1", SITE_A)])
@@ -442,26 +463,6 @@ def test_a_failed_write_leaves_nothing_and_releases_the_writer_lock(
 
 
 # -- control plane across processes: one-time tokens and audit chains -------------------------
-
-
-def _race(workers: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run ``work(n)`` for every n at once (after a barrier); its results, in order."""
-    barrier = threading.Barrier(workers)
-    results: list[Any] = [None] * workers
-
-    def run(n: int) -> None:
-        barrier.wait(10)
-        try:
-            results[n] = work(n)
-        except Exception as exc:  # compared by the caller
-            results[n] = exc
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return results
 
 
 def _enrol_body(token: str, k0: bytes, key: Any = None) -> dict[str, str]:
@@ -577,7 +578,7 @@ def test_AD2_one_audit_upload_sent_to_every_process_at_once_is_stored_once(
 
 
 @pytest.mark.postgres
-def test_gateways_starting_together_create_the_schema_once(pg_dsn: str) -> None:  # noqa: F811
+def test_gateways_starting_together_create_the_schema_once(pg_dsn: str) -> None:
     barrier = threading.Barrier(6)
     stores: list[PgStore] = []
     errors: list[BaseException] = []
@@ -594,29 +595,62 @@ def test_gateways_starting_together_create_the_schema_once(pg_dsn: str) -> None:
         thread.start()
     for thread in threads:
         thread.join(30)
+    for store in stores:
+        store.close()
     assert errors == []
     with psycopg.connect(pg_dsn) as conn:
         rows = conn.execute("SELECT id, seq FROM change_counter").fetchall()
     assert rows == [(1, 0)]
-    for store in stores:
-        store.close()
 
 
-@pytest.mark.postgres
-def test_a_dropped_connection_is_replaced(pg_server: PgServer, pg_dsn: str) -> None:  # noqa: F811
-    store = PgStore(pg_dsn)
-    load_resources(store, [patient("p1", SITE_A)])
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+def _kill_gateway_connections(server: PgServer, dsn: str) -> int:
+    with psycopg.connect(server.dsn(), autocommit=True) as admin:
         killed = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = %s AND application_name = 'gatehouse-gateway'",
-            (pg_dsn.rsplit("/", 1)[1],),
+            (dsn.rsplit("/", 1)[1],),
         ).fetchall()
-    assert killed and all(ok for (ok,) in killed)
-    with pytest.raises(psycopg.OperationalError):
-        store.read("Patient", "p1")  # the in-flight call fails loudly ...
-    found = store.read("Patient", "p1")  # ... and the next one reconnects
+    return sum(1 for (ok,) in killed if ok)
+
+
+@pytest.mark.postgres
+def test_dropped_connections_are_replaced_and_a_cut_transaction_commits_nothing(
+    pg_server: PgServer,
+    pg_dsn: str,
+) -> None:
+    store = PgStore(pg_dsn)
+    load_resources(store, [patient("p1", SITE_A)])
+    assert _kill_gateway_connections(pg_server, pg_dsn) >= 1
+    found = store.read("Patient", "p1")  # a read on a dead connection is retried once
     assert found is not None and found.version_id == 1
+    assert _kill_gateway_connections(pg_server, pg_dsn) >= 1
+    load_resources(store, [observation("o1", "p1")])  # BEGIN on a dead connection: retried
+    head = store.head_seq()
+    with pytest.raises(psycopg.OperationalError), store.write() as tx:
+        tx.put("Observation", "o2", observation("o2", "p1"))
+        assert _kill_gateway_connections(pg_server, pg_dsn) >= 1  # cut mid-transaction
+    assert store.head_seq() == head and store.read("Observation", "o2") is None
+    load_resources(store, [observation("o3", "p1")])  # the writer lock was not left behind
+    assert store.head_seq() == head + 1
+    store.close()
+
+
+@pytest.mark.postgres
+def test_connections_per_process_are_bounded_by_the_pool(
+    pg_server: PgServer,
+    pg_dsn: str,
+) -> None:
+    store = PgStore(pg_dsn, pool_size=3)
+    load_resources(store, [patient("p1", SITE_A)])
+    results = _race(24, lambda n: [store.read("Patient", "p1") for _ in range(20)])
+    assert all(isinstance(r, list) and None not in r for r in results), results
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = %s AND application_name = 'gatehouse-gateway'",
+            (pg_dsn.rsplit("/", 1)[1],),
+        ).fetchone()
+    assert row is not None and 1 <= row[0] <= 3
     store.close()
 
 
@@ -628,7 +662,7 @@ def _analysed_rows(dsn: str) -> float:
 
 
 @pytest.mark.postgres
-def test_statistics_follow_a_bulk_load(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_statistics_follow_a_bulk_load(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Unanalysed, the planner pages the feed by joining every later change (quadratic)."""
     monkeypatch.setattr(pg_store, "ANALYZE_FIRST_AT", 20)
     store = PgStore(pg_dsn)
@@ -644,7 +678,7 @@ def test_statistics_follow_a_bulk_load(pg_dsn: str, monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.postgres
-def test_closed_store_refuses_calls(pg_dsn: str) -> None:  # noqa: F811
+def test_closed_store_refuses_calls(pg_dsn: str) -> None:
     store = PgStore(pg_dsn)
     store.close()
     with pytest.raises(StoreError) as err:
