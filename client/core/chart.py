@@ -135,13 +135,13 @@ class Chart:
     banner: Banner
     alerts: tuple[Alert, ...]
     allergies: tuple[Allergy, ...]
+    # An explicit, active "no known allergy" record (SNOMED 716186003 / 409137002) and no real
+    # allergy: shown as such, never as an allergy and never confused with "nothing recorded".
+    no_known_allergies: bool
     problems: tuple[Problem, ...]
     medications: tuple[Medication, ...]
     vitals: tuple[VitalReading, ...]
     timeline: tuple[TimelineEntry, ...]
-    # An explicit, active "no known allergy" record (SNOMED 716186003 / 409137002) and no real
-    # allergy: shown as such, never as an allergy and never confused with "nothing recorded".
-    no_known_allergies: bool = False
 
 
 # SNOMED CT: 716186003 No known allergy; 409137002 No known history of drug allergy.
@@ -416,9 +416,9 @@ def open_chart(
         banner,
         tuple(alerts),
         tuple(allergies),
+        no_known_allergies,
         tuple(problems),
         tuple(meds),
         vitals,
         tuple(timeline[:timeline_limit]),
-        no_known_allergies,
     )

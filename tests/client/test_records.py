@@ -311,8 +311,8 @@ def _chart_data() -> list[dict[str, Any]]:
 
 def test_chart_orders_safety_information_first() -> None:
     names = [f.name for f in dataclasses.fields(Chart)]
-    assert names[:3] == ["banner", "alerts", "allergies"]
-    assert names[3:] == ["problems", "medications", "vitals", "timeline"]
+    assert names[:4] == ["banner", "alerts", "allergies", "no_known_allergies"]
+    assert names[4:] == ["problems", "medications", "vitals", "timeline"]
 
 
 def test_chart_contents(conn: sqlite3.Connection) -> None:
