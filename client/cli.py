@@ -158,7 +158,8 @@ def cmd_add_user(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     device = _device(Path(args.data))
-    session = Session.login(device, args.user, read_password(f"Password for {args.user}: "))
+    password = read_password(f"Password for {args.user}: ")
+    session = Session.login(device, args.user, password, for_sync=True)
     try:
         result = run_sync(session)
     finally:

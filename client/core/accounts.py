@@ -53,14 +53,29 @@ class Unlocked:
     dek: bytes
     policy: Policy
     offline: decisions.OfflineState
+    blocked: str | None = None  # records closed until a sync: the reason (sync-only session)
 
 
 def _pending_event(event: str, at: dt.datetime, **fields: JsonScalar) -> dict[str, JsonScalar]:
     return {"event": event, "at": at.isoformat(), "eid": secrets.token_hex(8), **fields}
 
 
-def check_time(device: Device, policy: Policy) -> decisions.OfflineState:
-    """Advance trusted time; refuse when tampered, blocked, or wipe when past the limit."""
+BLOCK_MESSAGES = {
+    "clock_tamper": (
+        "This laptop's clock was set back, so Gatehouse cannot trust how long it has been "
+        "offline. Connect to the network and sync; records open again after the sync."
+    ),
+    "offline_too_long": (
+        "This laptop has been offline too long. Connect to the network and sync; records open "
+        "again after the sync. Your unsent notes are safe."
+    ),
+}
+
+
+def check_time(device: Device, policy: Policy) -> tuple[decisions.OfflineState, str | None]:
+    """Advance trusted time. Returns the offline state and, when records must stay closed
+    until a sync, the reason (``clock_tamper`` / ``offline_too_long``). Past the policy's wipe
+    limit the device is wiped and ``LoginRefused`` raised."""
     seen = observe(
         device.time_state(),
         device.clocks(),
@@ -78,12 +93,6 @@ def check_time(device: Device, policy: Policy) -> decisions.OfflineState:
             )
 
     device.header.update_counters(save)
-    if seen.state.requires_online:
-        raise LoginRefused(
-            "clock_tamper",
-            "This laptop's clock was set back, so Gatehouse cannot trust how long it has been "
-            "offline. Connect to the network and sync before signing in.",
-        )
     offline = decisions.offline_state(policy, seen.offline_elapsed)
     if offline.kind is OfflineKind.WIPE:
         device.wipe("offline_too_long")
@@ -92,24 +101,30 @@ def check_time(device: Device, policy: Policy) -> decisions.OfflineState:
             "This laptop was offline longer than the policy allows and has been wiped. "
             "Contact IT to set it up again.",
         )
+    if seen.state.requires_online:
+        return offline, "clock_tamper"
     if offline.kind is OfflineKind.BLOCKED_UNTIL_SYNC:
-        raise LoginRefused(
-            "offline_too_long",
-            "This laptop has been offline too long. Connect to the network and sync, then sign "
-            "in. Your unsent notes are safe.",
-        )
-    return offline
+        return offline, "offline_too_long"
+    return offline, None
 
 
-def login(device: Device, user_id: str, password: str) -> Unlocked:
-    """Offline login. Raises ``LoginRefused`` (with attempts left / locked-until) on failure."""
+def login(device: Device, user_id: str, password: str, *, for_sync: bool = False) -> Unlocked:
+    """Offline login. Raises ``LoginRefused`` (with attempts left / locked-until) on failure.
+
+    When trusted time says records must stay closed until a sync (clock set back, offline too
+    long), a normal login is refused with the reason; ``for_sync=True`` (the "sign in to sync"
+    path) still checks the password and returns a *sync-only* unlock, so the laptop can reach
+    the gateway that lifts the block — it is never left with no way back.
+    """
     policy = device.policy()
-    offline = check_time(device, policy)
+    offline, blocked = check_time(device, policy)
+    if blocked and not for_sync:
+        raise LoginRefused(blocked, BLOCK_MESSAGES[blocked])
     dek = _unlock(device, policy, user_id, password)
     role = device.header.role_of(user_id)
     if role is None:  # cannot happen after a successful unlock; fail closed
         raise LoginRefused("unlock_failed", "The user name or password is not right.")
-    return Unlocked(user_id, role, dek, policy, offline)
+    return Unlocked(user_id, role, dek, policy, offline, blocked)
 
 
 def reauthenticate(device: Device, user_id: str, password: str) -> None:

@@ -36,6 +36,7 @@ from client.core.schema import MIGRATIONS
 from client.core.search import PatientSummary
 from client.core.vault import Vault, database_path
 from policy import decisions
+from policy.decisions import PolicyMode
 from sync.audit_entry import AuditEntry
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,23 @@ class NotAllowed(UserFacingError):
 
     def __init__(self, what: str) -> None:
         super().__init__("not_allowed", f"Your role does not allow you to {what}.")
+
+
+class RecordsClosed(UserFacingError):
+    """Records stay closed until a sync (trusted time) or a new policy (expired policy)."""
+
+    _MESSAGES: Final = {
+        "policy_expired": (
+            "The device policy has expired, so records are closed. Connect to the network "
+            "and sync to receive the current policy."
+        ),
+    }
+
+    def __init__(self, reason: str) -> None:
+        message = self._MESSAGES.get(reason) or accounts.BLOCK_MESSAGES.get(
+            reason, "Records are closed until this laptop has synced."
+        )
+        super().__init__(reason, message)
 
 
 class BreakGlassRequired(UserFacingError):
@@ -116,6 +134,7 @@ class Session:
         self.role = unlocked.role
         self.policy = unlocked.policy
         self.offline = unlocked.offline
+        self.blocked = unlocked.blocked  # records closed until a sync (sync-only session)
         self._audit = AuditLog()
         self._grants: dict[str, BreakGlassGrant] = {}
         self._vault: Vault | None = Vault.open(
@@ -126,8 +145,18 @@ class Session:
             self.apply_retention()
 
     @classmethod
-    def login(cls, device: Device, user_id: str, password: str) -> Session:
-        return cls(device, accounts.login(device, user_id, password))
+    def login(
+        cls, device: Device, user_id: str, password: str, *, for_sync: bool = False
+    ) -> Session:
+        """Sign in offline; ``for_sync`` also admits a sync-only session when records are
+        closed until a sync (clock set back, offline too long)."""
+        return cls(device, accounts.login(device, user_id, password, for_sync=for_sync))
+
+    def refresh_access(self) -> None:
+        """After a sync: re-read trusted time and the policy; reopen records if now allowed."""
+        self.policy = self.device.policy()
+        offline, blocked = accounts.check_time(self.device, self.policy)
+        self.offline, self.blocked = offline, blocked
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -191,11 +220,23 @@ class Session:
         )
 
     def _require_role(self, allowed: Sequence[str], what: str, action: str) -> None:
-        if self.role in allowed:
+        if self.role not in allowed:
+            with self._act() as conn:
+                self._append(conn, action, "denied", detail={"what": what})
+            raise NotAllowed(what)
+        if CLINICIAN in allowed:
+            self._require_records_open(action)
+
+    def _require_records_open(self, action: str) -> None:
+        """Clinical acts need trusted time and a policy in force (sync-only / restricted)."""
+        why = self.blocked
+        if why is None and decisions.policy_mode(self.policy, self._now()) is PolicyMode.RESTRICTED:
+            why = "policy_expired"
+        if why is None:
             return
         with self._act() as conn:
-            self._append(conn, action, "denied", detail={"what": what})
-        raise NotAllowed(what)
+            self._append(conn, action, "denied", detail={"why": why})
+        raise RecordsClosed(why)
 
     def _site_scope(self) -> tuple[str, ...]:
         return self.policy.site_scope or (self.device.profile.site,)
@@ -441,6 +482,12 @@ class Session:
             raise UserFacingError(
                 "password_too_short", f"The new password must be at least {minimum} characters."
             )
+        try:
+            accounts.reauthenticate(self.device, self.user_id, old_password)
+        except LoginRefused:
+            with self._act() as conn:
+                self._append(conn, "password_changed", "failure")
+            raise
         self.device.header.change_password(
             self.user_id, old_password, new_password, now=self._now()
         )
@@ -448,8 +495,14 @@ class Session:
             self._append(conn, "password_changed")
 
     def add_user(self, user_id: str, role: str, password: str) -> None:
-        """Give another person a key slot on this device (admin only, from this unlocked vault)."""
+        """Give an auditor or admin a key slot on this device (admin only, from this unlocked
+        vault). Clinicians are never added offline: their first sign-in is online and the
+        gateway decides their role and site (``provisioning.add_user_online``)."""
         self._require_role((ADMIN,), "add users to this device", "user_added")
+        if role not in (AUDITOR, ADMIN):
+            with self._act() as conn:
+                self._append(conn, "user_added", "denied", detail={"added_role": role})
+            raise NotAllowed("add clinicians offline; their first sign-in is online")
         minimum = decisions.min_password_length(self.policy)
         if len(password) < minimum:
             raise UserFacingError(

@@ -186,6 +186,7 @@ def run_sync(
             )
     finally:
         context.close()
-    session.policy = context.policy
     result.control["lock_requested"] = context.lock_requested
+    if not context.wiped:
+        session.refresh_access()  # a fresh time anchor or policy may reopen records
     return result

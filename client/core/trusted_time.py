@@ -10,7 +10,8 @@ What it guarantees:
   requires going online (``requires_online`` stays set until a trusted server anchor clears it).
 - Setting the clock forward only shortens the grace period (fail closed).
 - A server time anchor is accepted only from the pinned channel (the sync engine passes it in);
-  it resets ``offline_elapsed`` to zero and clears ``requires_online``.
+  it resets ``offline_elapsed`` to zero, clears ``requires_online`` and restarts the wall
+  high-water mark from the device's clock as read at that moment.
 
 The state is a small value object; the vault header persists it (MACed), so a restart or a
 restored header cannot rewind it (the header's own anti-restore check covers that).
@@ -134,10 +135,12 @@ def anchor(state: TimeState, server_time: dt.datetime, reading: ClockReading) ->
     """A trusted server time arrived over the pinned channel: offline time starts again."""
     if server_time.tzinfo is None:
         raise ValueError("server time must be timezone-aware")
-    high = state.wall_high_water
     return replace(
         state,
-        wall_high_water=max(high, server_time) if high is not None else server_time,
+        # The high-water mark restarts from this device's clock as read now, beside a trusted
+        # server time: a clock that once ran fast and was corrected is not taken for
+        # tampering afterwards, and a clock behind the server is a skew, not a tamper.
+        wall_high_water=reading.wall,
         offline_elapsed_seconds=0.0,
         last_boot_id=reading.boot_id,
         last_boot_seconds=reading.boot_seconds,

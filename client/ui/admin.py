@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from client.core.session import ADMIN, AUDITOR, CLINICIAN, Session, SessionStatus
+from client.core.session import ADMIN, AUDITOR, Session, SessionStatus
 from client.ui.error_boundary import explain
 from client.ui.qt import (
     QComboBox,
@@ -76,12 +76,14 @@ class AdminPanel(QWidget):
         self.users = QListWidget()
         self.users.setAccessibleName("Users on this laptop")
         users_layout.addWidget(self.users)
-        add_box = QGroupBox("Add a user")
+        add_box = QGroupBox("Add an auditor or administrator")
         add = QFormLayout(add_box)
         self.new_user = field("New user name")
         self.new_role = QComboBox()
         self.new_role.setAccessibleName("Role of the new user")
-        for role in (CLINICIAN, AUDITOR, ADMIN):
+        # Clinicians are never added here: their first sign-in on this laptop is online and
+        # the gateway decides their role and site (an admin cannot grant clinical access).
+        for role in (AUDITOR, ADMIN):
             self.new_role.addItem(role)
         self.new_password = field("Password for the new user", password=True)
         self.new_password_again = field("Password again", password=True)
@@ -93,6 +95,14 @@ class AdminPanel(QWidget):
         add.addRow("Password a&gain", self.new_password_again)
         add.addRow("", self.add_button)
         add.addRow("", self.add_feedback)
+        add.addRow(
+            "",
+            data_label(
+                "Clinicians add themselves: their first sign-in on this laptop is online.",
+                role="hint",
+                wrap=True,
+            ),
+        )
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 12)
         layout.addWidget(data_label("Device administration", role="title"))

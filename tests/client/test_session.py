@@ -14,7 +14,14 @@ from client.core.accounts import LoginRefused
 from client.core.device import Device, ProvisioningError
 from client.core.errors import VaultLocked
 from client.core.kdf import FLOOR
-from client.core.session import BreakGlassRefused, BreakGlassRequired, NotAllowed, Session
+from client.core.session import (
+    BreakGlassRefused,
+    BreakGlassRequired,
+    NotAllowed,
+    RecordsClosed,
+    Session,
+)
+from client.core.trusted_time import anchor
 from sync.audit_chain import verify
 from sync.gateway.seed import generate
 from tests.client.device_fixtures import (
@@ -201,14 +208,48 @@ def test_TM1_clock_set_back_refuses_offline_login_and_is_audited_later(
         Session.login(td.device, *CLINICIAN)
     assert caught.value.reason == "clock_tamper"
     assert td.device.header.counters.pending_audit_events[-1]["event"] == "clock_tamper"
+    session = Session.login(td.device, *CLINICIAN, for_sync=True)  # sync-only, never bricked
+    with pytest.raises(RecordsClosed):
+        session.search("a")
+    session.lock()
 
 
-def test_offline_too_long_blocks_login_until_sync(td: ProvisionedDevice) -> None:
+def test_offline_too_long_blocks_records_but_still_lets_the_laptop_sync(
+    td: ProvisionedDevice,
+) -> None:
+    """C1: blocked until a sync, never bricked: a sync-only session opens no records."""
     Session.login(td.device, *CLINICIAN).lock()
-    td.clocks.advance(dt.timedelta(hours=24 * 8))
+    td.clocks.advance(dt.timedelta(hours=73))
     with pytest.raises(LoginRefused) as caught:
         Session.login(td.device, *CLINICIAN)
-    assert caught.value.reason in {"offline_too_long", "wiped_offline_too_long"}
+    assert caught.value.reason == "offline_too_long"
+    session = Session.login(td.device, *CLINICIAN, for_sync=True)
+    assert session.blocked == "offline_too_long"
+    with pytest.raises(RecordsClosed):
+        session.search("a")
+    with pytest.raises(RecordsClosed):
+        session.open_chart(str(_patients(SITE)[0]["id"]))
+    # A sync anchors trusted time (what run_sync's time step does), then records reopen.
+    device = td.device
+    device.save_time_state(anchor(device.time_state(), td.clocks.now(), td.clocks.reading()))
+    session.refresh_access()
+    assert session.blocked is None
+    assert session.search("a") is not None
+    session.lock()
+
+
+def test_M1_an_expired_policy_closes_records(tmp_path: Path) -> None:
+    td = provision(tmp_path / "exp")
+    load_records(td.device, _seeded())
+    td.clocks.advance(dt.timedelta(days=89, hours=23))
+    device = td.device  # it synced yesterday (trusted time is fresh); the policy did not change
+    device.save_time_state(anchor(device.time_state(), td.clocks.now(), td.clocks.reading()))
+    session = Session.login(td.device, *CLINICIAN)
+    td.clocks.advance(dt.timedelta(hours=2))  # the policy expires during the session
+    with pytest.raises(RecordsClosed) as caught:
+        session.search("a")
+    assert caught.value.reason == "policy_expired"
+    session.lock()
 
 
 def test_AU5_roles_are_enforced_in_the_core(tmp_path: Path) -> None:
@@ -223,7 +264,7 @@ def test_AU5_roles_are_enforced_in_the_core(tmp_path: Path) -> None:
     with pytest.raises(NotAllowed):
         session.open_chart(patient)
     with pytest.raises(NotAllowed):
-        session.add_user("x.y", "clinician", "long enough password")
+        session.add_user("x.y", "auditor", "long enough password")
     entries = session.audit_entries()
     assert [e.action for e in entries if e.outcome == "denied"] == [
         "search",
@@ -238,14 +279,32 @@ def test_AU5_roles_are_enforced_in_the_core(tmp_path: Path) -> None:
     session.lock()
 
 
-def test_admin_adds_a_clinician_who_can_then_log_in(tmp_path: Path) -> None:
+def test_an_admin_adds_an_auditor_but_never_a_clinician_offline(tmp_path: Path) -> None:
+    """H1: clinical access comes from the gateway (online first sign-in), never from IT."""
     td = provision(tmp_path / "adm", role="admin", user=("it.admin", "admin passphrase!"))
     session = Session.login(td.device, "it.admin", "admin passphrase!")
-    session.add_user("dr.who", "clinician", "tardis blue box 1963")
+    with pytest.raises(NotAllowed):
+        session.add_user("dr.fake", "clinician", "tardis blue box 1963")
+    session.add_user("ig.sam", "auditor", "tardis blue box 1963")
     session.lock()
-    clinician = Session.login(td.device, "dr.who", "tardis blue box 1963")
-    assert clinician.role == "clinician"
-    clinician.lock()
+    assert dict(td.device.header.users()) == {"it.admin": "admin", "ig.sam": "auditor"}
+    auditor = Session.login(td.device, "ig.sam", "tardis blue box 1963")
+    assert auditor.role == "auditor"
+    assert "user_added" in [e.action for e in auditor.audit_entries()]
+    auditor.lock()
+
+
+def test_H4_change_password_is_throttled_like_a_login(td: ProvisionedDevice) -> None:
+    session = Session.login(td.device, *CLINICIAN)
+    outcomes = []
+    for _ in range(6):
+        with pytest.raises(LoginRefused) as caught:
+            session.change_password("not my password!!", "a brand new long password")
+        outcomes.append(caught.value.reason)
+        td.clocks.advance(dt.timedelta(seconds=1))
+    assert "locked_out" in outcomes  # the policy's lockout applies, not endless guessing
+    assert td.device.header.counters.failed_attempts.get(CLINICIAN[0], 0) >= 2  # counted
+    session.lock()
 
 
 def test_AU4_a_transferred_patient_with_unsent_work_needs_break_glass(

@@ -118,3 +118,13 @@ def test_TM1_elapsed_never_shrinks_and_never_lags_real_time(
         if not state.requires_online and not reboot:
             # Without detected tampering, real time within a boot is always counted.
             assert state.offline_elapsed_seconds - before >= passed
+
+
+def test_a_clock_that_ran_fast_and_was_corrected_is_not_tamper_after_an_anchor() -> None:
+    """M6: a year-ahead clock, a sync, the clock put right: no false tamper afterwards."""
+    ahead = T0 + dt.timedelta(days=365)
+    state = anchor(TimeState(), T0, reading(T0, 0.0))
+    state = observe(state, reading(ahead, 60.0), max_skew=SKEW).state  # clock jumped ahead
+    state = anchor(state, T0 + HOUR, reading(T0 + HOUR, 3600.0))  # corrected, then synced
+    seen = observe(state, reading(T0 + 2 * HOUR, 7200.0), max_skew=SKEW)
+    assert not seen.tampered and not seen.state.requires_online

@@ -90,11 +90,12 @@ def test_admin_panel_shows_the_device_and_adds_a_user(qtbot: QtBot, tmp_path: Pa
     assert panel.policy.text().startswith("version 1, expires ")
     assert panel.keyring.text() == td.device.keyring.backend_name
     assert [panel.users.item(i).text() for i in range(panel.users.count())] == ["it.admin — admin"]
+    assert panel.new_role.findText("clinician") == -1  # clinicians come from the gateway
     panel.new_user.setText("dr.who")
-    panel.new_role.setCurrentText("clinician")
+    panel.new_role.setCurrentText("auditor")
     panel.new_password.setText("tardis blue box 1963")
     panel.new_password_again.setText("tardis blue box 1963")
     panel.add_user()
     qtbot.waitUntil(lambda: panel.users.count() == 2, timeout=15000)
-    assert "dr.who — clinician" in [panel.users.item(i).text() for i in range(2)]
+    assert "dr.who — auditor" in [panel.users.item(i).text() for i in range(2)]
     assert panel.new_password.text() == ""
