@@ -95,13 +95,14 @@ class ControlSteps:
         self._device = device
         self._key = receipt_key
 
-    def steps(self) -> Sequence[tuple[str, Any]]:
-        return (
-            ("time", self.time),
-            ("audit", self.audit),
-            ("policy", self.policy),
-            ("commands", self.commands),
-        )
+    def before(self) -> Sequence[tuple[str, Any]]:
+        """Run first, so nothing later can starve them: time, the audit backlog, commands
+        (a remote wipe or lock must never wait behind a broken page or a poison note)."""
+        return (("time", self.time), ("audit", self.audit), ("commands", self.commands))
+
+    def after(self) -> Sequence[tuple[str, Any]]:
+        """Run last: the policy, then the audit entries this sync itself wrote."""
+        return (("policy", self.policy), ("audit_final", self.audit))
 
     def time(self, transport: Transport, result: SyncResult) -> None:
         nonce = base64.b64encode(secrets.token_bytes(16)).decode()
@@ -138,7 +139,7 @@ class ControlSteps:
                 raise SyncError("bad_receipt", "the audit receipt is for another device")
             self._device.audit_uploaded(receipt)
             uploaded += len(bundle.get("entry", []))
-        result.control["audit_uploaded"] = uploaded
+        result.control["audit_uploaded"] = int(result.control.get("audit_uploaded", 0)) + uploaded
 
     def policy(self, transport: Transport, result: SyncResult) -> None:
         response = transport.get("device/policy")
@@ -158,8 +159,13 @@ class ControlSteps:
         if response.status != 200 or not isinstance(listed, list):
             raise SyncError("bad_response", "the gateway's commands answer is not valid")
         done: list[str] = []
+        refused = 0
         for raw in listed:
-            command = self._verified(raw)
+            try:
+                command = self._verified(raw)
+            except SyncError:
+                refused += 1  # an unverifiable command is skipped; the others still run
+                continue
             report = self._device.run_command(command)
             _post(
                 transport,
@@ -168,7 +174,12 @@ class ControlSteps:
                 idempotent=True,
             )
             done.append(command.kind)
+            if command.kind == "wipe":
+                result.control["commands"] = done
+                raise SyncError("wiped", "This laptop was wiped on IT's instruction.")
         result.control["commands"] = done
+        if refused:
+            result.control["commands_refused"] = refused
 
     def _verified(self, raw: Any) -> Command:
         if not isinstance(raw, dict):

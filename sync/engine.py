@@ -55,6 +55,7 @@ from sync.replica import (
     Page,
     Quarantined,
     Replica,
+    ReplicaError,
 )
 from sync.transport import Response, Transport, TransportError
 
@@ -64,6 +65,12 @@ PAGE_SIZE = 500  # resources per history page: ~1-2 MiB of JSON, one replica tra
 PUSH_BATCH = 50  # outbox items per transaction Bundle
 SINCE_OVERLAP = dt.timedelta(minutes=5)  # re-read window for servers without a change sequence
 RESUME_RELATION = "x-resume"
+MAX_PAGES_PER_STREAM = 100_000  # 50M resources at 500 a page: a loop guard, not a real limit
+# Failures after which nothing else can work in this sync: the connection itself is refused
+# or gone, or the device has just been wiped.
+FATAL_REASONS = frozenset(
+    {"pin_mismatch", "tls", "connection", "timeout", "config", "wiped", "vault_locked"}
+)
 FHIR_JSON = "application/fhir+json"
 
 
@@ -102,7 +109,8 @@ class SyncResult:
     bytes_received: int = 0
     bytes_sent: int = 0
     duration_s: float = 0.0
-    error: str | None = None
+    error: str | None = None  # the first failure's reason (None: everything succeeded)
+    failed_phases: dict[str, str] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -126,7 +134,8 @@ class SyncEngine:
         push_batch: int = PUSH_BATCH,
         progress: Callable[[Progress], None] | None = None,
         cancel: threading.Event | None = None,
-        control_steps: Sequence[tuple[str, ControlStep]] = (),
+        control_before: Sequence[tuple[str, ControlStep]] = (),
+        control_after: Sequence[tuple[str, ControlStep]] = (),
     ) -> None:
         self._transport = transport
         self._replica = replica
@@ -135,27 +144,43 @@ class SyncEngine:
         self._push_batch = push_batch
         self._progress = progress or (lambda _: None)
         self._cancel = cancel or threading.Event()
-        self._control = tuple(control_steps)
+        self._before = tuple(control_before)
+        self._after = tuple(control_after)
         self.result = SyncResult()
 
     # -- running -------------------------------------------------------------------------------
 
     def run(self) -> SyncResult:
-        """Push, pull, then the control steps. Never raises for sync failures: see ``error``."""
+        """Control steps before (time, audit, commands), push, pull, control steps after
+        (policy, audit). Never raises for sync failures: see ``result.error``.
+
+        Each phase runs on its own: a failing push, pull or policy step is recorded and the
+        others still run, so a remote wipe or lock can never be starved by a broken page or a
+        poison note. Only a connection-level failure (pin, TLS, network) or a wipe ends the
+        whole sync early; cancellation ends it between phases and pages.
+        """
         started = time.monotonic()
+        phases: list[tuple[str, Callable[[], None]]] = [
+            (name, self._control_phase(name, step)) for name, step in self._before
+        ]
+        phases += [("push", self.push), ("pull", self.pull)]
+        phases += [(name, self._control_phase(name, step)) for name, step in self._after]
         try:
-            self.push()
-            self.pull()
-            for name, step in self._control:
+            for name, phase in phases:
                 self._check_cancel()
-                self._report("control", name, 0)
-                step(self._transport, self.result)
-        except SyncError as error:
-            self.result.error = error.reason
-            log.warning("sync stopped: %s", error.reason)
-        except TransportError as error:
-            self.result.error = error.reason
-            log.warning("sync stopped by the transport: %s", error.reason)
+                try:
+                    phase()
+                except (SyncError, TransportError, ReplicaError) as error:
+                    reason = error.reason
+                    if isinstance(error, Cancelled):
+                        raise
+                    self.result.failed_phases[name] = reason
+                    self.result.error = self.result.error or reason
+                    log.warning("sync phase %s failed: %s", name, reason)
+                    if reason in FATAL_REASONS:
+                        break
+        except Cancelled as cancelled:
+            self.result.error = cancelled.reason
         finally:
             counters = self._transport.counters
             self.result.requests = counters.requests
@@ -164,6 +189,13 @@ class SyncEngine:
             self.result.duration_s = time.monotonic() - started
             self._report("done", "", self.result.pulled + self.result.pushed)
         return self.result
+
+    def _control_phase(self, name: str, step: ControlStep) -> Callable[[], None]:
+        def run_step() -> None:
+            self._report("control", name, 0)
+            step(self._transport, self.result)
+
+        return run_step
 
     def _check_cancel(self) -> None:
         if self._cancel.is_set():
@@ -199,7 +231,7 @@ class SyncEngine:
         if response.status == 200:
             self._apply_push_response(items, response)
             return
-        if response.status == 412 and len(items) == 1:
+        if len(items) == 1 and (response.status == 412 or _gone(response.status, items[0])):
             self._conflict(items[0])
             return
         groups = _groups(items)
@@ -270,8 +302,10 @@ class SyncEngine:
         url = self._replica.read_cursor(stream) or (
             f"fhir/{resource_type}/_history?" + urlencode({"_count": self._page_size})
         )
-        while True:
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES_PER_STREAM):
             self._check_cancel()
+            seen.add(url)
             response = self._transport.get(url, headers={"Accept": FHIR_JSON})
             if response.status != 200:
                 raise SyncError("pull_refused", f"the gateway refused the {resource_type} changes")
@@ -286,6 +320,9 @@ class SyncEngine:
             if not more:
                 return
             url = page.next_cursor
+            if url in seen:
+                raise SyncError("bad_link", f"the gateway's {resource_type} pages loop")
+        raise SyncError("bad_link", f"too many {resource_type} pages in one sync")
 
     def _page(self, stream: str, resource_type: str, bundle: Any) -> tuple[Page, bool]:
         try:
@@ -316,6 +353,12 @@ class SyncEngine:
             if updated is not None and (newest is None or updated > newest):
                 newest = updated
         resume = _link(bundle, RESUME_RELATION)
+        for link in (following, resume):  # checked BEFORE the cursor is ever stored
+            if link is not None:
+                try:
+                    self._transport.url(link)
+                except TransportError as error:
+                    raise SyncError("bad_link", "a page link points outside the gateway") from error
         if following:
             cursor = following
         elif resume:
@@ -356,6 +399,12 @@ def _entry(item: OutboxItem) -> dict[str, Any]:
     if isinstance(full_url, str):
         entry["fullUrl"] = full_url
     return entry
+
+
+def _gone(status: int, item: OutboxItem) -> bool:
+    """An update of a resource the server deleted (410) or no longer shows this device (404):
+    a conflict for the clinician, not a push error retried forever."""
+    return item.operation == "update" and status in (404, 410)
 
 
 def _groups(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:

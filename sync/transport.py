@@ -254,10 +254,13 @@ class Transport:
 
     def url(self, path_or_url: str) -> str:
         """Resolve ``path_or_url`` against the gateway URL and refuse any other origin."""
-        url = urljoin(self._base, path_or_url)
-        parts = urlsplit(url)
-        origin = (parts.scheme, (parts.hostname or "").lower(), parts.port or 443)
-        if origin != self._origin:
+        try:
+            url = urljoin(self._base, path_or_url)
+            parts = urlsplit(url)
+            origin = (parts.scheme, (parts.hostname or "").lower(), parts.port or 443)
+        except ValueError as exc:  # e.g. a port that is not a number
+            raise TransportError("host_not_allowed", "a URL is malformed") from exc
+        if origin != self._origin or parts.username is not None or parts.password is not None:
             raise TransportError("host_not_allowed", "a URL points outside the pinned gateway")
         return url
 

@@ -152,6 +152,7 @@ class Device:
         self.clock = clock
         self.clocks = clocks
         self.kdf_params = kdf_params
+        self.wiped = False  # set by wipe(): every session on this device must stop at once
         self.header = VaultHeader.load(self.data_dir, keyring)
         self.policy_store = PolicyStore(
             self.data_dir / POLICY_STORE_NAME, keyring.policy_mac_key(), keyring.policy_anchor()
@@ -344,7 +345,11 @@ class Device:
     # -- wipe --------------------------------------------------------------------------------
 
     def wipe(self, reason: str) -> WipeReport:
-        """Cryptographic erase of this device (slots and keyring secrets first)."""
+        """Cryptographic erase of this device (slots and keyring secrets first).
+
+        Open sessions see ``wiped`` on their next call, close their connection and refuse it
+        (an open SQLCipher handle could otherwise still read the unlinked file)."""
+        self.wiped = True
         return wipe(
             self.data_dir,
             self.keyring,

@@ -162,9 +162,18 @@ class Session:
 
     @property
     def _conn(self) -> Any:
+        self._stop_if_wiped()
         if self._vault is None:
             raise VaultLocked()
         return self._vault.connection
+
+    def _stop_if_wiped(self) -> None:
+        """After a wipe (failed logins, remote command) nothing more is served from the
+        still-open handle: close it now, on the session's own thread."""
+        if self.device.wiped and self._vault is not None:
+            vault, self._vault = self._vault, None
+            self._grants.clear()
+            vault.close()
 
     @property
     def is_locked(self) -> bool:
@@ -172,6 +181,7 @@ class Session:
 
     @contextmanager
     def _act(self) -> Iterator[Any]:
+        self._stop_if_wiped()
         if self._vault is None:
             raise VaultLocked()
         with self._vault.transaction() as conn:
@@ -218,6 +228,13 @@ class Session:
             role=fields.pop("role", self.role),
             **fields,
         )
+
+    def _audit_refusal(self, action: str, **fields: Any) -> None:
+        """Audit a failed re-authentication — unless it wiped the device (nothing left)."""
+        if self.device.wiped:
+            return
+        with self._act() as conn:
+            self._append(conn, action, "failure", **fields)
 
     def _require_role(self, allowed: Sequence[str], what: str, action: str) -> None:
         if self.role not in allowed:
@@ -279,6 +296,9 @@ class Session:
         vault, self._vault = self._vault, None
         self._grants.clear()
         if vault is None or not vault.is_open:
+            return
+        if self.device.wiped:  # the files are gone: nothing to audit into, just close
+            vault.close()
             return
         try:
             with vault.transaction() as conn:
@@ -360,15 +380,12 @@ class Session:
         try:
             accounts.reauthenticate(self.device, self.user_id, password)
         except LoginRefused:
-            with self._act() as conn:
-                self._append(
-                    conn,
-                    "break_glass",
-                    "failure",
-                    patient_id=patient_id,
-                    purpose="BTG",
-                    detail={"reason_code": reason_code, "why": "reauthentication_failed"},
-                )
+            self._audit_refusal(
+                "break_glass",
+                patient_id=patient_id,
+                purpose="BTG",
+                detail={"reason_code": reason_code, "why": "reauthentication_failed"},
+            )
             raise
         now = self._now()
         grant = BreakGlassGrant(
@@ -441,14 +458,9 @@ class Session:
         try:
             accounts.reauthenticate(self.device, self.user_id, password)
         except LoginRefused:
-            with self._act() as conn:
-                self._append(
-                    conn,
-                    f"{kind}_allowed",
-                    "failure",
-                    patient_id=patient_id,
-                    detail={"why": "reauthentication_failed"},
-                )
+            self._audit_refusal(
+                f"{kind}_allowed", patient_id=patient_id, detail={"why": "reauthentication_failed"}
+            )
             raise
         with self._act() as conn:
             self._append(
@@ -485,8 +497,7 @@ class Session:
         try:
             accounts.reauthenticate(self.device, self.user_id, old_password)
         except LoginRefused:
-            with self._act() as conn:
-                self._append(conn, "password_changed", "failure")
+            self._audit_refusal("password_changed")
             raise
         self.device.header.change_password(
             self.user_id, old_password, new_password, now=self._now()

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client.core.audit_log import AuditLog
 from client.core.device import RECEIPT_KEY
+from client.core.keyslots import KeyslotError
 from client.core.provisioning import transport_config
 from client.core.replica import VaultReplica
 from client.core.schema import MIGRATIONS
@@ -112,12 +113,20 @@ class SyncContext:
             return {"locked": True}
         if command.kind == "revoke_user" and command.user_id:
             removed = command.user_id in {u for u, _ in self.device.header.users()}
+            error = None
             if removed:
-                self.device.header.remove_slot(command.user_id)
+                try:
+                    self.device.header.remove_slot(command.user_id)
+                except KeyslotError as refused:  # e.g. the last way in, with no escrow
+                    removed, error = False, refused.reason
             self.record_event(
-                "user_revoked", detail={"command": command.id, "revoked_user": command.user_id}
+                "user_revoked",
+                "success" if error is None else "failure",
+                detail={"command": command.id, "revoked_user": command.user_id},
             )
-            return {"revoked": removed}
+            if command.user_id == self.user_id:
+                self.lock_requested = True  # the signed-in user no longer has access
+            return {"revoked": removed} if error is None else {"revoked": False, "error": error}
         if command.kind == "wipe":
             self.record_event("wipe", detail={"command": command.id, "why": "remote"})
             self.close()
@@ -161,7 +170,7 @@ def run_sync(
             site_scope=session.site_scope(),
             clock=context.device.clock,
         )
-        steps = ControlSteps(context, _receipt_key(context.device.data_dir)).steps()
+        control = ControlSteps(context, _receipt_key(context.device.data_dir))
         with Transport(transport_config(context.device)) as transport:
             engine = SyncEngine(
                 transport,
@@ -169,7 +178,8 @@ def run_sync(
                 resource_types=context.policy.get_list("data.resource_types"),
                 progress=progress,
                 cancel=cancel,
-                control_steps=steps,
+                control_before=control.before(),
+                control_after=control.after(),
             )
             result = engine.run()
         if not context.wiped:

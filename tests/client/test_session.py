@@ -451,3 +451,28 @@ def test_print_blocked_by_policy_is_refused_and_audited(td: ProvisionedDevice) -
         session.authorise_disclosure("print", pid, "Hospital escort handover", CLINICIAN[1])
     assert "print_blocked" in _actions(session)
     session.lock()
+
+
+def test_H2_a_wipe_during_a_session_stops_it_serving_records(tmp_path: Path) -> None:
+    """Failed re-authentication past the wipe threshold: the open session serves nothing."""
+    td = provision(
+        tmp_path / "w",
+        policy=policy_envelope(
+            auth__lockout_after_failures=3, auth__wipe_after_failures=4, auth__lockout_seconds=60
+        ),
+    )
+    load_records(td.device, _seeded())
+    session = Session.login(td.device, *CLINICIAN)
+    pid = str(_patients(SITE)[0]["id"])
+    reasons = []
+    for _ in range(4):
+        with pytest.raises(LoginRefused) as caught:
+            session.change_password("guessing the password", "a brand new long password")
+        reasons.append(caught.value.reason)
+        td.clocks.advance(dt.timedelta(minutes=2))
+    assert reasons[-1] == "wiped_failed_logins"
+    with pytest.raises(VaultLocked):
+        session.search("a")
+    with pytest.raises(VaultLocked):
+        session.open_chart(pid)
+    session.lock()  # idempotent, nothing to audit into

@@ -14,7 +14,7 @@ import pytest
 from sync.engine import Progress, SyncEngine
 from sync.fhir.validate import CLIENT_ID_SYSTEM
 from sync.gateway.seed import generate
-from sync.replica import EXTRA_FULL_URL, EXTRA_IF_NONE_EXIST, OutboxItem
+from sync.replica import EXTRA_FULL_URL, EXTRA_IF_NONE_EXIST, OutboxItem, ReplicaError
 from sync.transport import Transport, TransportConfig
 from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
 from tests.sync.memory_replica import MemoryReplica
@@ -229,3 +229,38 @@ def test_NW1_a_wrong_pin_stops_the_sync_before_anything_is_sent(gw: Gateway) -> 
     result = _sync(gw, replica, pins=(b"\x07" * 32,))
     assert result.error == "pin_mismatch"
     assert replica.pages == 0 and replica.resources == {}
+
+
+def test_H3_a_failing_pull_never_starves_the_control_steps(gw: Gateway) -> None:
+    """A broken page or a poison note must not keep a remote wipe or lock from running."""
+
+    class Broken(MemoryReplica):
+        def apply_page(self, page: Any) -> Any:
+            raise ReplicaError("bad_server_reply")
+
+    ran: list[str] = []
+    creds = _device(gw)
+    with _transport(gw, creds) as transport:
+        result = SyncEngine(
+            transport,
+            Broken(),
+            resource_types=TYPES,
+            control_before=[("commands", lambda t, r: ran.append("commands"))],
+            control_after=[("policy", lambda t, r: ran.append("policy"))],
+        ).run()
+    assert ran == ["commands", "policy"]
+    assert result.failed_phases == {"pull": "bad_server_reply"}
+    assert result.error == "bad_server_reply"
+
+
+def test_a_pin_failure_ends_the_sync_at_once(gw: Gateway) -> None:
+    ran: list[str] = []
+    with _transport(gw, _device(gw), (b"\x05" * 32,)) as transport:
+        result = SyncEngine(
+            transport,
+            MemoryReplica(),
+            resource_types=TYPES,
+            control_before=[("time", lambda t, r: t.get("device/time") and ran.append("time"))],
+            control_after=[("policy", lambda t, r: ran.append("policy"))],
+        ).run()
+    assert result.error == "pin_mismatch" and ran == []

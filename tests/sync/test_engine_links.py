@@ -1,0 +1,65 @@
+"""M3: links a gateway hands back are checked before a cursor is stored; pages cannot loop."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from sync.engine import SyncEngine
+from sync.transport import Transport, spki_sha256
+from tests.sync.memory_replica import MemoryReplica
+from tests.sync.test_transport import Pki, _config
+from tests.sync.tls_server import RawTlsServer, server_context
+
+
+def _history(next_url: str | None, resume: str | None) -> bytes:
+    links = [{"relation": "self", "url": "x"}]
+    if next_url:
+        links.append({"relation": "next", "url": next_url})
+    if resume:
+        links.append({"relation": "x-resume", "url": resume})
+    return json.dumps(
+        {"resourceType": "Bundle", "type": "history", "link": links, "entry": []}
+    ).encode()
+
+
+def _serve(pki: Pki, body: bytes) -> Iterator[RawTlsServer]:
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
+
+    def answer(*_: object) -> tuple[int, dict[str, str], bytes]:
+        return 200, {"Content-Type": "application/fhir+json"}, body
+
+    yield from RawTlsServer(context, answer).serve()
+
+
+@pytest.mark.parametrize(
+    "next_url,resume",
+    [
+        ("https://evil.example/fhir/Patient/_history?_cursor=1", None),
+        (None, "https://127.0.0.1:99999x/fhir/Patient/_history"),
+        (None, "https://user:pw@127.0.0.1/fhir"),
+    ],
+)
+def test_M3_a_link_outside_the_gateway_is_refused_and_not_stored(
+    pki: Pki, next_url: str | None, resume: str | None
+) -> None:
+    for server in _serve(pki, _history(next_url, resume)):
+        replica = MemoryReplica()
+        config = _config(pki, server.port, (spki_sha256(pki.server.der),))
+        with Transport(config) as transport:
+            result = SyncEngine(transport, replica, resource_types=["Patient"]).run()
+        assert result.failed_phases == {"pull": "bad_link"}
+        assert replica.cursors == {}  # nothing poisoned for the next sync
+
+
+def test_M3_a_next_link_that_loops_is_stopped(pki: Pki) -> None:
+    loop = "/fhir/Patient/_history?_cursor=same"
+    for server in _serve(pki, _history(loop, None)):
+        replica = MemoryReplica()
+        config = _config(pki, server.port, (spki_sha256(pki.server.der),))
+        with Transport(config) as transport:
+            result = SyncEngine(transport, replica, resource_types=["Patient"]).run()
+        assert result.failed_phases == {"pull": "bad_link"}
+        assert len(server.requests) == 2
