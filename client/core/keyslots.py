@@ -28,16 +28,23 @@ No password, key or DEK is ever logged or put in an exception.
 
 from __future__ import annotations
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: single-process access is assumed there
+    fcntl = None  # type: ignore[assignment]
+
 import base64
+import contextlib
 import copy
 import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -120,6 +127,7 @@ class KeyslotError(UserFacingError):
         "header_exists": "This device is already provisioned.",
         "too_many_slots": "This device has too many users.",
         "invalid_event": "That event cannot be stored.",
+        "header_changed": "Another Gatehouse window changed this device's settings. Try again.",
     }
 
     def __init__(self, reason: str) -> None:
@@ -510,7 +518,13 @@ class VaultHeader:
         return cls(path, keyring, body)
 
     def _write(self, body: _Body) -> None:
-        """Persist ``body`` as the next generation: atomic file replace, then keyring anchor."""
+        """Persist ``body`` as the next generation: atomic file replace, then keyring anchor.
+
+        Refuses (``header_changed``) when the file is no longer the generation this object
+        read: another process wrote it, and writing now would silently undo that write."""
+        on_disk = self._disk_generation()
+        if on_disk is not None and on_disk != self._body.generation:
+            raise KeyslotError("header_changed")
         body.generation = self._body.generation + 1
         document = body.to_json()
         data = canonical_json(
@@ -565,11 +579,42 @@ class VaultHeader:
     # -- changing -----------------------------------------------------------------------------
 
     def update_counters(self, mutate: Callable[[HeaderCounters], None]) -> None:
-        """Apply ``mutate`` to a copy of the counters and write the header (one atomic write)."""
-        body = copy.deepcopy(self._body)
-        mutate(body.counters)
-        HeaderCounters.from_json(json.loads(canonical_json(body.counters.to_json())))  # valid?
-        self._write(body)
+        """Apply ``mutate`` to the counters AS THEY ARE ON DISK and write the header.
+
+        Under an exclusive lock: re-read the header (another window or the device CLI may have
+        written since we loaded it), mutate, write. Two processes therefore never undo each
+        other's failed-attempt counts or pending audit events."""
+        with self._exclusive():
+            self._refresh()
+            body = copy.deepcopy(self._body)
+            mutate(body.counters)
+            HeaderCounters.from_json(json.loads(canonical_json(body.counters.to_json())))
+            self._write(body)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """An advisory lock on ``vault.header.lock`` for read-modify-write (POSIX flock)."""
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _refresh(self) -> None:
+        """Reload when the file moved on since we read it (verified exactly like ``load``)."""
+        if self._disk_generation() != self._body.generation:
+            self._body = type(self).load(self._path.parent, self._keyring)._body
+
+    def _disk_generation(self) -> int | None:
+        try:
+            outer = json.loads(self._path.read_bytes()[: MAX_HEADER_BYTES + 1])
+            generation = outer["body"]["generation"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return generation if type(generation) is int else None
 
     def acknowledge_pending_audit_events(self, count: int) -> None:
         """Drop the first ``count`` pending events once the audit chain holds them."""

@@ -177,7 +177,13 @@ def _step_destroy_keyring(state: _Wipe) -> None:
 
 def _step_delete_files(state: _Wipe) -> None:
     names = [DATABASE_NAME + suffix for suffix in DATABASE_SIDE_FILES]
-    names += [DATABASE_NAME, *state.extra_names, HEADER_NAME, FALLBACK_FILE_NAME]
+    names += [
+        DATABASE_NAME,
+        *state.extra_names,
+        HEADER_NAME,
+        HEADER_NAME + ".lock",
+        FALLBACK_FILE_NAME,
+    ]
     for name in names:
         path = state.data_dir / name
         if path.exists():
