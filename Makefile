@@ -53,6 +53,11 @@ package: venv sysdeps
 	bash packaging/build.sh
 	$(PY) packaging/verify.py
 
+# Local gateway with synthetic data, a provisioned device and the client; with no display (or
+# HEADLESS=1) the same journey runs headless and writes demo-out/NN-screen.png + summary.json.
+demo: venv sysdeps
+	bash scripts/demo.sh
+
 bench: venv
 	$(PY) -m bench
 

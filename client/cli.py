@@ -1,6 +1,6 @@
 """``gatehouse``: the laptop app and its device commands for IT scripting and tests.
 
-    gatehouse                         open the desktop client
+    gatehouse [--data DIR] [--bundle FILE]   open the desktop client
     gatehouse --self-test             check this installation (exit 0 / one line per failure)
     gatehouse device init --data DIR --device-id ID --site S --policy P.jws --trust K.pem
                           --user U --role R [--escrow-key B64] [--threshold K]
@@ -177,6 +177,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.split("\n")[0])
     parser.add_argument("--self-test", action="store_true", help="check this installation")
+    parser.add_argument("--data", help="the device's data folder (opens the desktop client)")
+    parser.add_argument("--bundle", help="a provisioning bundle for the first run")
     sub = parser.add_subparsers(dest="command")
     device = sub.add_parser("device", help="device commands for IT")
     dsub = device.add_subparsers(dest="device_command", required=True)
@@ -234,7 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         from client.ui.app import main as run_app
 
-        return run_app()
+        app_argv = [*(["--data", args.data] if args.data else [])]
+        app_argv += ["--bundle", args.bundle] if args.bundle else []
+        return run_app(app_argv)
     try:
         return int(args.func(args))
     except GatehouseError as error:

@@ -3,8 +3,10 @@
 It provisions a throw-away device in a temporary folder (in-memory keyring, Argon2 at the
 OWASP floor, synthetic records from ``sync.gateway.seed``), then drives the real screens the
 way a clinician, an auditor and an admin would: sign in (once wrongly), search, open a chart,
-write a consultation, break-glass into another site's patient, lock. The future headless
-``make demo`` builds on this; here nothing talks to a gateway.
+write a consultation, break-glass into another site's patient, lock, then the conflict view
+(a real 412 conflict made in the vault) and the conditional-launch refusal (a second device
+whose policy requires disk encryption and OS 99.0, checked against this machine). Nothing here
+talks to a gateway; ``make demo`` (scripts/demo.py) shoots the networked screens.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.core import accounts, records
+from client.core import accounts, consultation, records
 from client.core.device import Device, FirstUser
 from client.core.device_keyring import InMemoryKeyring
 from client.core.kdf import FLOOR
@@ -75,7 +77,9 @@ def shoot(widget: QWidget, out: Path, name: str) -> Path:
     return path
 
 
-def provision_demo(data_dir: Path) -> tuple[Device, str]:
+def provision_demo(
+    data_dir: Path, extra_settings: dict[str, Any] | None = None, *, load: bool = True
+) -> tuple[Device, str]:
     key = Ed25519PrivateKey.generate()
     now = dt.datetime.now(dt.UTC)
     settings: dict[str, Any] = dict(defaults())
@@ -83,12 +87,16 @@ def provision_demo(data_dir: Path) -> tuple[Device, str]:
         {
             "network.gateway_url": "https://127.0.0.1:8443/",
             "network.allowed_hosts": ["127.0.0.1"],
+            # the machine that takes screenshots has no dm-crypt disk; the conditional-launch
+            # screen is shot separately below
+            "device.require_disk_encryption": False,
             "network.spki_pins": [
                 base64.b64encode(hashlib.sha256(label).digest()).decode()
                 for label in (b"primary", b"backup")
             ],
         }
     )
+    settings.update(extra_settings or {})
     payload = build_payload(
         version=1,
         site=SITE,
@@ -114,6 +122,8 @@ def provision_demo(data_dir: Path) -> tuple[Device, str]:
         keyring_backend=keyring,
         kdf_params=FLOOR,
     )
+    if not load:
+        return device, ""
     resources = [
         r for r in generate(sites=2, patients=40, seed=7) if r["resourceType"] != "Organization"
     ]
@@ -147,7 +157,41 @@ def provision_demo(data_dir: Path) -> tuple[Device, str]:
             }
         ],
     )
+    make_conflict(device, resources, skip=str(moved["id"]))
     return device, str(moved["id"])
+
+
+def make_conflict(device: Device, resources: list[dict[str, Any]], skip: str) -> None:
+    """A note edited on the laptop while the gateway got a newer version (a 412 on push)."""
+    ours = {
+        f"Patient/{r['id']}"
+        for r in resources
+        if r["resourceType"] == "Patient"
+        and r["managingOrganization"]["reference"] == f"Organization/{SITE}"
+        and r["id"] != skip
+    }
+    doc = next(
+        r
+        for r in resources
+        if r["resourceType"] == "DocumentReference" and r["subject"]["reference"] in ours
+    )
+
+    def with_text(text: str) -> dict[str, Any]:
+        edited = json.loads(json.dumps(doc))
+        edited["content"][0]["attachment"]["data"] = base64.b64encode(text.encode()).decode()
+        return edited
+
+    server = with_text("Gateway: reviewed by the duty doctor; plan changed to daily checks.")
+    server["meta"] = {"versionId": "9", "lastUpdated": dt.datetime.now(dt.UTC).isoformat()}
+    unlocked = accounts.login(device, *CLINICIAN)
+    vault = Vault.open(database_path(device.data_dir), unlocked.dek, MIGRATIONS)
+    try:
+        with vault.transaction() as conn:
+            mine = with_text("Laptop: seen on the wing; plan weekly review.")
+            seq = consultation.queue_update(conn, mine, now=dt.datetime.now(dt.UTC))
+            consultation.record_conflict(conn, seq, server)
+    finally:
+        vault.close()
 
 
 def _apply(device: Device, resources: list[dict[str, Any]]) -> None:
@@ -279,7 +323,31 @@ def main(argv: list[str] | None = None) -> int:
         sign_in(window, *ADMIN)
         settle(0.8)
         shots.append(shoot(window, out, "12-admin"))
+        window.lock()
+        settle(0.2)
+        sign_in(window, *CLINICIAN)
+        window.open_conflicts()
+        dialog = window.conflicts_dialog
+        assert dialog is not None
+        settle(0.6)
+        shots.append(shoot(dialog, out, "13-conflicts"))
         window.close()
+        settle(0.2)
+
+        # A site whose policy requires full-disk encryption and a recent OS, on this machine.
+        strict, _ = provision_demo(
+            Path(tmp) / "strict",
+            {"device.require_disk_encryption": True, "device.min_os_version": "99.0"},
+            load=False,
+        )
+        refused = MainWindow(strict)
+        refused.app_state = lambda: Qt.ApplicationState.ApplicationActive
+        refused.resize(*WINDOW_SIZE)
+        refused.show()
+        sign_in(refused, *CLINICIAN)
+        settle(0.3)
+        shots.append(shoot(refused, out, "14-conditional-launch"))
+        refused.close()
         settle(0.2)
     print(f"{len(shots)} screenshots in {out}")
     del app

@@ -1,10 +1,12 @@
-"""Start the desktop client: ``python -m client.ui.app --data <folder>`` (or env GATEHOUSE_DATA).
+"""Start the desktop client: ``python -m client.ui.app --data <folder> [--bundle FILE]``
+(or env ``GATEHOUSE_DATA`` / ``GATEHOUSE_BUNDLE``, which ``gatehouse`` with no arguments uses).
 
 Guarantees:
-- The device folder is opened with ``Device.open`` (which finishes an interrupted wipe first);
-  a folder that is not provisioned shows a clear placeholder screen, never a traceback.
+- The device folder is opened with ``Device.open`` (which finishes an interrupted wipe first).
+- A data folder that is not provisioned yet opens the first-run provisioning screen (with the
+  bundle file preselected when one is given); no data folder at all shows a placeholder that
+  says how to give one. Never a traceback.
 - Any failure to open the device is explained through the one error boundary.
-- Provisioning from a bundle and sync arrive in a later slice (the placeholder says so).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 from client.core.device import Device, is_provisioned
 from client.ui.error_boundary import explain
 from client.ui.main_window import WINDOW_SIZE, MainWindow
+from client.ui.provisioning import ProvisioningWindow
 from client.ui.qt import QApplication, QHBoxLayout, QMainWindow, Qt, QVBoxLayout, QWidget
 from client.ui.widgets import STYLESHEET, data_label
 
 DATA_ENV = "GATEHOUSE_DATA"
+BUNDLE_ENV = "GATEHOUSE_BUNDLE"
 
 
 class NotProvisionedScreen(QWidget):
@@ -38,9 +42,8 @@ class NotProvisionedScreen(QWidget):
         box = QVBoxLayout()
         box.addWidget(data_label("This laptop is not set up for Gatehouse yet", role="title"))
         text = detail or (
-            "IT sets up each laptop with a provisioning bundle for one site. Setting up from a "
-            "bundle on this screen arrives in a later version; until then IT provisions the "
-            "laptop with the gatehouse command-line tool."
+            "IT sets up each laptop with a provisioning bundle for one site. Start Gatehouse "
+            "with a data folder (--data, or the GATEHOUSE_DATA setting) to set it up here."
         )
         box.addWidget(data_label(text, wrap=True))
         where = str(data_dir) if data_dir else f"not given (use --data or {DATA_ENV})"
@@ -65,10 +68,13 @@ def placeholder_window(data_dir: Path | None, detail: str | None = None) -> QMai
     return window
 
 
-def build_window(data_dir: Path | None) -> QMainWindow:
-    """The main window for ``data_dir``, or the placeholder when it cannot be used."""
-    if data_dir is None or not is_provisioned(data_dir):
+def build_window(data_dir: Path | None, bundle: Path | None = None) -> QMainWindow:
+    """The main window for ``data_dir``, the first-run provisioning window when the folder is
+    not set up yet, or the placeholder when there is no folder or it cannot be used."""
+    if data_dir is None:
         return placeholder_window(data_dir)
+    if not is_provisioned(data_dir):
+        return ProvisioningWindow(data_dir, bundle_path=bundle)
     try:
         device = Device.open(data_dir)
     except Exception as error:  # the boundary: explained, never a traceback
@@ -79,6 +85,11 @@ def build_window(data_dir: Path | None) -> QMainWindow:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gatehouse-ui", description="Gatehouse desktop client")
     parser.add_argument("--data", type=Path, help=f"device data folder (default: ${DATA_ENV})")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help=f"provisioning bundle for the first run (default: ${BUNDLE_ENV})",
+    )
     return parser.parse_args(list(argv))
 
 
@@ -86,8 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     env = os.environ.get(DATA_ENV)
     data_dir = args.data or (Path(env) if env else None)
+    bundle_env = os.environ.get(BUNDLE_ENV)
+    bundle = args.bundle or (Path(bundle_env) if bundle_env else None)
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    window = build_window(data_dir)
+    window = build_window(data_dir, bundle)
     window.show()
     return int(app.exec())
 

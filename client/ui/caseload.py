@@ -8,8 +8,8 @@ Guarantees:
 - Keyboard: type, Down moves into the results, arrows move, Enter opens (from the box it opens
   the selected or first row, or the first hit of a search still on its way).
   ``open_requested(patient_id)`` is the only way out.
-- The core has no "list my caseload" call, so an empty query shows a hint instead of a list
-  (see the slice report for the call needed).
+- An empty query shows the site's caseload (``Session.caseload``: in-scope patients by name,
+  audited by the core) under the same ordering rule, so a newer search always wins.
 """
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ class CaseloadScreen(QWidget):
         self.table.doubleClicked.connect(lambda index: self._open_row(index.row()))
         self.setTabOrder(self.query, self.table)
         self.query.setFocus()
+        self.search_now()  # the caseload, until something is typed
 
     # -- searching -------------------------------------------------------------------------
 
@@ -181,16 +182,27 @@ class CaseloadScreen(QWidget):
         text = self.query.text()
         self._asked += 1
         asked = self._asked
+        session = self._session
         if not text.strip():
             self._open_when_ready = False
-            self.model.clear()
             self.hint.setText(EMPTY_HINT)
+            self._runner.run(
+                lambda: session.caseload(limit=RESULT_LIMIT),
+                lambda rows: self._show_caseload(asked, rows),
+            )
             return
-        session = self._session
         self._runner.run(
             lambda: session.search(text, limit=RESULT_LIMIT),
             lambda hits: self._show(asked, hits),
         )
+
+    def _show_caseload(self, asked: int, rows: list[PatientSummary]) -> None:
+        if asked != self._asked:
+            return  # something was typed meanwhile
+        self.model.set_rows(rows)
+        if rows:
+            more = " (the first ones; type to search)" if len(rows) >= RESULT_LIMIT else ""
+            self.hint.setText(f"Your site's patients on this laptop{more}, by name. {EMPTY_HINT}")
 
     def _show(self, asked: int, hits: list[PatientSummary]) -> None:
         if asked != self._asked:

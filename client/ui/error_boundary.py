@@ -6,6 +6,8 @@ Guarantees:
   did and what to do; anything else is a bug, shown as a calm generic message.
 - Every message says whether anything was lost. Saves are transactional, so the answer is
   "nothing was lost" unless an error says otherwise.
+- Network and gateway refusals (``TransportError``, ``EnrolmentError``, ``SyncError``) are
+  explained by their reason code; a gateway's own refusal text is shown plain and truncated.
 - Bugs are logged by exception type only (never the message, which might hold data).
 """
 
@@ -15,10 +17,34 @@ import logging
 from dataclasses import dataclass
 
 from client.core.errors import EnvironmentFault, GatehouseError, UserFacingError
+from sync.engine import SyncError
+from sync.enrolment import EnrolmentError
+from sync.transport import TransportError
 
 log = logging.getLogger(__name__)
 
 NOTHING_LOST = "Nothing you saved has been lost."
+NETWORK_HELP = {
+    "pin_mismatch": "The gateway did not prove it is the health board's gateway (its key does not "
+    "match this laptop's policy). This can mean an unsafe network. Do not retry here; call IT.",
+    "tls": "A secure connection to the gateway could not be made. Check the network, then try "
+    "again; if it keeps failing, call IT.",
+    "host_not_allowed": "The gateway address is not allowed by this laptop's policy. Call IT.",
+    "redirect_refused": "The network tried to send Gatehouse elsewhere, which it never follows. "
+    "Try another network or call IT.",
+    "timeout": "The gateway did not answer in time. Try again when the network is better.",
+    "connection": "The gateway cannot be reached from here. Connect to the health board's "
+    "network (or wait until you are back in range) and try again.",
+    "too_large": "The gateway sent more than Gatehouse accepts at once. Call IT.",
+    "config": "This laptop's connection settings are not complete. Call IT.",
+}
+MAX_SERVER_TEXT = 300  # a gateway's refusal text is shown (plain), but never at length
+GATEWAY_REFUSALS = {
+    "token_used": "This provisioning bundle has already been used. Ask IT for a new one.",
+    "token_expired": "This provisioning bundle has expired. Ask IT for a new one.",
+    "token_unknown": "The gateway does not know this provisioning bundle. Ask IT for a new one.",
+    "bad_bundle": "This file is not a valid Gatehouse provisioning bundle. Ask IT for a new one.",
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +71,17 @@ def explain(error: BaseException) -> Explanation:
         )
     if isinstance(error, GatehouseError):
         return Explanation("Gatehouse", error.message, error.reason)
+    if isinstance(error, TransportError):
+        help_text = NETWORK_HELP.get(error.reason, NETWORK_HELP["connection"])
+        return Explanation(
+            "The gateway cannot be used", f"{help_text}\n\n{NOTHING_LOST}", error.reason
+        )
+    if isinstance(error, EnrolmentError | SyncError):
+        message = GATEWAY_REFUSALS.get(error.reason) or error.message[:MAX_SERVER_TEXT]
+        message = message[:1].upper() + message[1:]
+        if not message.endswith("."):
+            message += "."
+        return Explanation("The gateway said no", f"{message}\n\n{NOTHING_LOST}", error.reason)
     log.error("unexpected error: %s", type(error).__name__)
     return Explanation(
         "Something went wrong",

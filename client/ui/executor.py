@@ -7,6 +7,9 @@ Guarantees:
   delivered through a queued Qt signal; widgets are never touched from the worker.
 - A failure callback receives the exception object; nothing is swallowed silently — without a
   failure callback the executor's ``failed`` signal carries it to the one error boundary.
+- The worker never holds the last reference to a callback or to the work closure (which may
+  reach a widget): callbacks stay in a registry on the owner's thread, and the work closure
+  travels back with its result, so Qt objects are never destroyed on the worker (a crash).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ Callback = Callable[[Any], None]
 class Executor(QObject):
     """A single-worker executor whose results arrive as Qt signals on the owner's thread."""
 
-    _done = Signal(object, object, object, object)  # success cb, failure cb, result, error
+    _done = Signal(int, object, object, object)  # token, work closure, result, error
     failed = Signal(object)  # an exception nobody handled: goes to the error boundary
     busy_changed = Signal(bool)
 
@@ -31,6 +34,8 @@ class Executor(QObject):
         super().__init__(parent)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._pending = 0
+        self._next_token = 0
+        self._callbacks: dict[int, tuple[Callback | None, Callback | None]] = {}
         self._done.connect(self._deliver, Qt.ConnectionType.QueuedConnection)
 
     def submit(
@@ -43,25 +48,30 @@ class Executor(QObject):
         self._pending += 1
         if self._pending == 1:
             self.busy_changed.emit(True)
+        token = self._next_token
+        self._next_token += 1
+        self._callbacks[token] = (on_success, on_failure)
+        box = [work]
+        done = self._done
+        del work, on_success, on_failure  # from here only the box and the registry hold them
 
         def run() -> Any:
+            fn = box.pop()
             try:
-                result = work()
+                result = fn()
             except BaseException as error:  # delivered, never lost
-                self._done.emit(on_success, on_failure, None, error)
-                raise
-            self._done.emit(on_success, on_failure, result, None)
+                error = error.with_traceback(None)  # its frames could hold widgets
+                done.emit(token, fn, None, error)
+                del fn
+                raise error from None
+            done.emit(token, fn, result, None)
+            del fn
             return result
 
         return self._pool.submit(run)
 
-    def _deliver(
-        self,
-        on_success: Callback | None,
-        on_failure: Callback | None,
-        result: Any,
-        error: BaseException | None,
-    ) -> None:
+    def _deliver(self, token: int, _work: object, result: Any, error: BaseException | None) -> None:
+        on_success, on_failure = self._callbacks.pop(token, (None, None))
         self._pending -= 1
         if self._pending == 0:
             self.busy_changed.emit(False)

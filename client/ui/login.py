@@ -8,15 +8,22 @@ Guarantees:
 - The offline grace left is shown before sign-in from a read-only look at the trusted clocks
   (``trusted_time.observe`` is pure: nothing is persisted by the preview).
 - In lock mode the same screen says Gatehouse is locked; it holds no patient data.
+- A user with no key slot on an enrolled laptop is told that their first sign-in here needs
+  the network, and offered "First sign-in on this laptop": ``add_user_online`` (the gateway
+  checks the password and unseals the escrow over the pinned channel; the device writes the
+  slot) and then the normal offline login, both on the executor. Later sign-ins are offline.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from client.core.accounts import LoginRefused
 from client.core.device import Device
+from client.core.errors import UserFacingError
+from client.core.provisioning import add_user_online
 from client.core.session import Session
 from client.core.trusted_time import observe
 from client.ui.error_boundary import explain
@@ -84,15 +91,65 @@ def describe_refusal(error: BaseException) -> str:
     return "\n".join(lines)
 
 
+class FirstSignInNeeded(UserFacingError):
+    """This person has no key slot on this laptop yet: their first sign-in here is online."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "first_sign_in_needed",
+            "This is your first sign-in on this laptop, so it needs the network once: the "
+            "gateway checks your password and gives this laptop your key. After that you can "
+            "sign in here offline. Connect to the health board's network, then choose "
+            "“First sign-in on this laptop”.",
+        )
+
+
+def sign_in(device: Device, user: str, password: str) -> Session:
+    """The offline login, or ``FirstSignInNeeded`` for a user with no slot on an enrolled
+    laptop (runs on the executor)."""
+    if device.profile.enrolment and device.header.role_of(user) is None:
+        raise FirstSignInNeeded()
+    return Session.login(device, user, password)
+
+
+def first_sign_in(device: Device, user: str, password: str) -> Session:
+    """Online: create this user's key slot via the gateway, then the normal login."""
+    add_user_online(device, user, password)
+    return Session.login(device, user, password)
+
+
+def prepared(
+    session: Session, prepare: Callable[[Session], object] | None
+) -> tuple[Session, object]:
+    """On the executor: the session and what ``prepare`` made of it."""
+    if prepare is None:
+        return session, None
+    try:
+        return session, prepare(session)
+    except BaseException:
+        session.lock()  # never leave a vault open that no screen holds
+        raise
+
+
 class LoginScreen(QWidget):
-    """User + password; emits ``signed_in(Session)``. ``locked=True`` makes it the lock screen."""
+    """User + password; emits ``signed_in(Session, prepared)``. ``locked_user`` makes it the
+    lock screen. ``prepare(session)``, when given, runs on the executor right after a successful
+    login (the window's conditional-launch check) and its result is ``prepared``."""
 
-    signed_in = Signal(object)
+    signed_in = Signal(object, object)
 
-    def __init__(self, device: Device, runner: Runner, *, locked_user: str | None = None) -> None:
+    def __init__(
+        self,
+        device: Device,
+        runner: Runner,
+        *,
+        locked_user: str | None = None,
+        prepare: Callable[[Session], object] | None = None,
+    ) -> None:
         super().__init__()
         self._device = device
         self._runner = runner
+        self._prepare = prepare
         self._busy = False
         self.setObjectName("lock_screen" if locked_user is not None else "login_screen")
         self.setAccessibleName("Lock screen" if locked_user is not None else "Sign in")
@@ -133,6 +190,10 @@ class LoginScreen(QWidget):
         self.feedback.setAccessibleName("Sign-in feedback")
         self.offline = data_label("", role="hint", wrap=True)
         self.offline.setAccessibleName("Offline state")
+        self.first = button(
+            "&First sign-in on this laptop (needs the network)", "First sign-in on this laptop"
+        )
+        self.first.hide()
 
         inner = QVBoxLayout(card)
         inner.setContentsMargins(24, 20, 24, 20)
@@ -145,6 +206,7 @@ class LoginScreen(QWidget):
         inner.addLayout(row)
         inner.addWidget(self.busy)
         inner.addWidget(self.feedback)
+        inner.addWidget(self.first)
         inner.addWidget(self.offline)
 
         outer = QVBoxLayout(self)
@@ -159,15 +221,21 @@ class LoginScreen(QWidget):
         self.user.returnPressed.connect(self.submit)
         self.password.returnPressed.connect(self.submit)
         self.sign_in.clicked.connect(self.submit)
+        self.first.clicked.connect(self.submit_first)
         self.setTabOrder(self.user, self.password)
         self.setTabOrder(self.password, self.sign_in)
         (self.password if locked_user else self.user).setFocus()
         self.refresh_offline()
+        if locked_user is None and device.profile.enrolment and not device.header.users():
+            self.subtitle.setText(
+                f"Site: {device.profile.site}. Nobody has signed in on this laptop yet: the "
+                "first sign-in of each person needs the network once."
+            )
+            self.first.show()
 
     def refresh_offline(self) -> None:
-        self._runner.run(
-            lambda: offline_preview(self._device), self._show_offline, self._offline_unknown
-        )
+        device = self._device
+        self._runner.run(lambda: offline_preview(device), self._show_offline, self._offline_unknown)
 
     def _show_offline(self, preview: OfflinePreview) -> None:
         self.offline.setText(describe_offline(preview.state))
@@ -185,22 +253,47 @@ class LoginScreen(QWidget):
         self._set_busy(True)
         self.feedback.setText("")
         device = self._device
-        self._runner.run(lambda: Session.login(device, user, password), self._ok, self._refused)
+        prepare = self._prepare
+        self._runner.run(
+            lambda: prepared(sign_in(device, user, password), prepare), self._ok, self._refused
+        )
+
+    def submit_first(self) -> None:
+        """The first, online sign-in of this user on this laptop."""
+        if self._busy:
+            return
+        user, password = self.user.text().strip(), self.password.text()
+        if not user or not password:
+            self.feedback.setText("Enter your user name and password, then try again.")
+            return
+        self._set_busy(True)
+        self.feedback.setText("")
+        self.offline.setText("Contacting the gateway for your first sign-in on this laptop…")
+        device = self._device
+        prepare = self._prepare
+        self._runner.run(
+            lambda: prepared(first_sign_in(device, user, password), prepare),
+            self._ok,
+            self._refused,
+        )
 
     def _set_busy(self, busy: bool) -> None:
         self._busy = busy
         self.busy.setVisible(busy)
-        for widget in (self.user, self.password, self.sign_in):
+        for widget in (self.user, self.password, self.sign_in, self.first):
             widget.setEnabled(not busy)
 
-    def _ok(self, session: Session) -> None:
+    def _ok(self, result: tuple[Session, object]) -> None:
         self._set_busy(False)
         self.password.clear()
-        self.signed_in.emit(session)
+        self.signed_in.emit(*result)
 
     def _refused(self, error: BaseException) -> None:
         self._set_busy(False)
-        self.password.clear()
+        if isinstance(error, FirstSignInNeeded):
+            self.first.show()  # the password stays for the online sign-in
+        else:
+            self.password.clear()
         self.feedback.setText(describe_refusal(error))
         self.password.setFocus()
         self.refresh_offline()
@@ -244,11 +337,11 @@ class PasswordChangeDialog(QDialog):
         if self.new.text() != self.again.text():
             self.feedback.setText("The two new passwords are not the same.")
             return
-        old, new = self.old.text(), self.new.text()
+        old, new, session = self.old.text(), self.new.text(), self._session
         self.buttons.setEnabled(False)
         self.feedback.setText("Changing password…")
         set_role(self.feedback, "hint")
-        self._runner.run(lambda: self._session.change_password(old, new), self._done, self._failed)
+        self._runner.run(lambda: session.change_password(old, new), self._done, self._failed)
 
     def _done(self, _result: object) -> None:
         self.accept()

@@ -10,18 +10,35 @@ Guarantees:
 - Screens are chosen by role: clinician → clinical workspace, auditor → audit workspace,
   admin → admin panel. The window does no clinical work itself.
 - Kiosk full screen, screen-capture exclusion and the watermark follow the signed policy.
+- Conditional launch: right after a clinician's login (on the executor, before any record is
+  read) the policy's device rules are checked; a failing device gets the conditional-launch
+  screen instead of the clinical workspace, and the refusal is audited.
+- Sync runs on the window's ``SyncController`` (its own worker), so the window never freezes.
+  Locking during a sync shows the lock screen at once, cancels the sync, and locks the session
+  (closes the vault) only once the sync has stopped. A sync that reports a remote lock or wipe
+  (``lock_requested``) locks the window; after a remote wipe the window says the laptop was
+  wiped instead of offering a sign-in.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 
 from client.core.device import Device
 from client.core.session import ADMIN, AUDITOR, CLINICIAN, Session, SessionStatus
+from client.core.sync_runner import run_sync
 from client.ui.admin import AdminPanel
 from client.ui.audit_view import AuditWorkspace
 from client.ui.clinical import ClinicalWorkspace
+from client.ui.conditional_launch import (
+    ConditionalLaunchScreen,
+    LaunchCheck,
+    LaunchFailure,
+    launch_failures,
+)
+from client.ui.conflicts import ConflictsDialog
 from client.ui.executor import Executor
 from client.ui.idle import IdleWatcher, boot_clock
 from client.ui.lockdown import exclude_from_capture, scrub_tree
@@ -40,11 +57,20 @@ from client.ui.qt import (
     Qt,
     QTimer,
     QToolBar,
+    QVBoxLayout,
     QWidget,
 )
 from client.ui.runner import Runner, show_error
-from client.ui.widgets import STYLESHEET, data_label
+from client.ui.sync_panel import (
+    SyncController,
+    SyncFunction,
+    SyncOutcome,
+    SyncPanel,
+    describe_progress,
+)
+from client.ui.widgets import STYLESHEET, data_label, format_moment
 from policy import decisions
+from sync.engine import Progress
 
 WINDOW_SIZE = (1366, 768)
 MESSAGE_MS = 8000
@@ -59,6 +85,20 @@ def status_text(status: SessionStatus) -> str:
     return f"{describe_offline(status.offline)} · {unsent}{conflicts}"
 
 
+def check_launch(launch_check: LaunchCheck, session: Session) -> list[LaunchFailure]:
+    """On the executor, right after login: may this device open records? (refusal audited)"""
+    if session.role != CLINICIAN:
+        return []
+    failures = launch_check(session.policy, session.device.data_dir)
+    if failures:
+        session.record_event(
+            "conditional_launch_refused",
+            "denied",
+            detail={"failed": ",".join(f.code for f in failures)},
+        )
+    return failures
+
+
 class MainWindow(QMainWindow):
     def __init__(
         self,
@@ -66,6 +106,8 @@ class MainWindow(QMainWindow):
         *,
         idle_clock: Callable[[], float] = boot_clock,
         wall_clock: Callable[[], dt.datetime] | None = None,
+        launch_check: LaunchCheck = launch_failures,
+        sync: SyncFunction = run_sync,
     ) -> None:
         super().__init__()
         self.setObjectName("main_window")
@@ -87,6 +129,15 @@ class MainWindow(QMainWindow):
         self.screens = QStackedWidget()
         self.setCentralWidget(self.screens)
         self.login_screen: LoginScreen | None = None
+        self._launch_check = launch_check
+        self.launch_refused: list[LaunchFailure] = []
+        self.sync = SyncController(self, sync=sync, clock=self._clock)
+        self.sync.started.connect(self._sync_started)
+        self.sync.progressed.connect(self._sync_progress)
+        self.sync.finished.connect(self._sync_finished)
+        self.sync_dialog: QDialog | None = None
+        self.sync_panel: SyncPanel | None = None
+        self.conflicts_dialog: ConflictsDialog | None = None
 
         self.toolbar = QToolBar("Session")
         self.toolbar.setMovable(False)
@@ -105,12 +156,20 @@ class MainWindow(QMainWindow):
         self.lock_action.setShortcut(QKeySequence("Ctrl+L"))
         self.lock_action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
         self.lock_action.triggered.connect(self.lock)
+        self.sync_action = QAction("S&ync… (Ctrl+Y)", self)
+        self.sync_action.setShortcut(QKeySequence("Ctrl+Y"))
+        self.sync_action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
+        self.sync_action.triggered.connect(self.open_sync)
+        self.toolbar.addAction(self.sync_action)
         self.toolbar.addAction(self.password_action)
         self.toolbar.addAction(self.lock_action)
         self.addToolBar(self.toolbar)
         self.toolbar.hide()
         self.status_label = data_label("")
         self.status_label.setAccessibleName("Session status")
+        self.sync_status = data_label("")
+        self.sync_status.setAccessibleName("Sync status")
+        self.statusBar().addPermanentWidget(self.sync_status)
         self.statusBar().addPermanentWidget(self.status_label)
 
         self.app_state: Callable[[], Qt.ApplicationState] = QGuiApplication.applicationState
@@ -137,24 +196,39 @@ class MainWindow(QMainWindow):
         widget.deleteLater()
 
     def show_login(self, locked_user: str | None = None) -> None:
-        screen = LoginScreen(self.device, self._device_runner, locked_user=locked_user)
+        screen = LoginScreen(
+            self.device,
+            self._device_runner,
+            locked_user=locked_user,
+            prepare=functools.partial(check_launch, self._launch_check),
+        )
         screen.signed_in.connect(self._signed_in)
         self.login_screen = screen
         self._set_screen(screen)
         (screen.password if locked_user else screen.user).setFocus()
 
-    def _signed_in(self, session: Session) -> None:
+    def _signed_in(self, session: Session, prepared: object = None) -> None:
+        failures = (
+            [f for f in prepared if isinstance(f, LaunchFailure)]
+            if isinstance(prepared, list)
+            else []
+        )
+        self.launch_refused = failures
         self.session = session
         self.locked_user = None
         self.login_screen = None
         self.runner = Runner(self.executor, self)
         policy = session.policy
         permissions = decisions.ui_permissions(policy)
-        if session.role == CLINICIAN:
+        if session.role == CLINICIAN and failures:
+            workspace: QWidget = ConditionalLaunchScreen(
+                failures, session.device.profile.site, session.device.profile.device_id
+            )
+        elif session.role == CLINICIAN:
             clinical = ClinicalWorkspace(session, self.runner, permissions, self._clock)
             clinical.notify.connect(self.notify)
             clinical.records_changed.connect(self.refresh_status)
-            workspace: QWidget = clinical
+            workspace = clinical
         elif session.role == AUDITOR:
             audit = AuditWorkspace(session, self.runner)
             audit.notify.connect(self.notify)
@@ -185,6 +259,99 @@ class MainWindow(QMainWindow):
         session = self.session
         self.runner.run(session.status, lambda s: self.status_label.setText(status_text(s)))
 
+    # -- sync ------------------------------------------------------------------------------
+
+    def open_sync(self) -> None:
+        """The sync panel (status, Sync now, progress, result, readiness) in its own dialog."""
+        if self.session is None or self.runner is None:
+            return
+        if self.sync_dialog is not None:
+            self.sync_dialog.raise_()
+            return
+        dialog = QDialog(self)
+        dialog.setObjectName("sync_dialog")
+        dialog.setWindowTitle("Sync and readiness")
+        dialog.setAccessibleName("Sync and readiness")
+        dialog.resize(900, 640)
+        panel = SyncPanel(self.session, self.runner, self.sync, self._clock)
+        panel.conflicts_requested.connect(self.open_conflicts)
+        layout = QVBoxLayout(dialog)
+        layout.addWidget(panel)
+        self.sync_dialog, self.sync_panel = dialog, panel
+
+        def closed(_result: int) -> None:
+            if self.sync_dialog is dialog:
+                self.sync_dialog, self.sync_panel = None, None
+            dialog.deleteLater()
+
+        dialog.finished.connect(closed)
+        dialog.show()
+        panel.sync_now.setFocus()
+
+    def start_sync(self) -> bool:
+        return self.session is not None and self.sync.start(self.session)
+
+    def open_conflicts(self) -> None:
+        if self.session is None or self.runner is None or self.conflicts_dialog is not None:
+            return
+        dialog = ConflictsDialog(self.session, self.runner, self)
+        self.conflicts_dialog = dialog
+
+        def closed(_result: int) -> None:
+            if self.conflicts_dialog is dialog:
+                self.conflicts_dialog = None
+            dialog.deleteLater()
+            self.refresh_status()
+            if self.sync_panel is not None:
+                self.sync_panel.refresh()
+
+        dialog.resolved.connect(lambda _keep: self.refresh_status())
+        dialog.finished.connect(closed)
+        dialog.open()
+
+    def _sync_started(self) -> None:
+        self.sync_status.setText("Syncing…")
+
+    def _sync_progress(self, progress: Progress) -> None:
+        if self.session is not None:
+            self.sync_status.setText(f"Syncing · {describe_progress(progress)}")
+
+    def _sync_finished(self, outcome: SyncOutcome) -> None:
+        result = outcome.result
+        if outcome.ok and result is not None:
+            refused = f", {result.push_errors} refused" if result.push_errors else ""
+            self.sync_status.setText(
+                f"Synced {format_moment(outcome.finished_at)}: {result.pulled:,} in, "
+                f"{result.pushed:,} out{refused}"
+            )
+        else:
+            self.sync_status.setText(f"Last sync stopped ({outcome.reason or 'error'})")
+        if self.session is None:
+            return
+        if outcome.wiped:
+            self._lock(wiped=True)
+            return
+        if outcome.lock_requested:
+            self.lock()
+            self.notify("IT locked this laptop remotely. Sign in again to continue.")
+            return
+        self.idle.set_idle_seconds(decisions.idle_lock_seconds(self.session.policy))
+        self.refresh_status()
+
+    def show_wiped(self) -> None:
+        """After a remote wipe: nothing to sign in to; say so (no data exists any more)."""
+        self.login_screen = None
+        screen = data_label(
+            "IT wiped this laptop remotely: the Gatehouse records and keys on it have been "
+            "destroyed. Close Gatehouse and contact IT to set the laptop up again.",
+            role="title",
+            wrap=True,
+        )
+        screen.setObjectName("wiped_screen")
+        screen.setAccessibleName("This laptop has been wiped")
+        screen.setContentsMargins(48, 48, 48, 48)
+        self._set_screen(screen)
+
     def notify(self, text: str) -> None:
         self.statusBar().showMessage(text, MESSAGE_MS)
 
@@ -200,6 +367,9 @@ class MainWindow(QMainWindow):
 
     def lock(self) -> None:
         """Lock now: drop the session, destroy every screen that shows patient data."""
+        self._lock(wiped=False)
+
+    def _lock(self, *, wiped: bool) -> None:
         session, self.session = self.session, None
         if session is None:
             return
@@ -215,13 +385,23 @@ class MainWindow(QMainWindow):
         scrub = getattr(workspace, "scrub", None)
         if callable(scrub):
             scrub()
-        self._device_runner.after(session.lock)
+        if self.sync.running:
+            # The sync holds its own connection: stop it first, then close the vault.
+            self.sync.cancel()
+            self.sync_status.setText("Stopping the sync before locking…")
+            self.sync.when_idle(lambda: self._device_runner.after(session.lock))
+        else:
+            self._device_runner.after(session.lock)
+        self.sync_dialog, self.sync_panel, self.conflicts_dialog = None, None, None
         self.toolbar.hide()
         self.who.clear()
         self.status_label.clear()
         self.statusBar().clearMessage()
         self.locked_user = session.user_id
-        self.show_login(locked_user=session.user_id)
+        if wiped:
+            self.show_wiped()
+        else:
+            self.show_login(locked_user=session.user_id)
 
     def _application_state(self, state: Qt.ApplicationState) -> None:
         if self.session is None or state == Qt.ApplicationState.ApplicationActive:
@@ -247,5 +427,10 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.lock()
+        if self.sync.running:
+            self.sync.cancel()
+            self.sync.executor.shutdown(wait=True)
+            QApplication.sendPostedEvents(self.sync.executor, 0)  # its outcome → the lock
+        self.sync.executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         super().closeEvent(event)

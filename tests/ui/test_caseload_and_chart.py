@@ -52,10 +52,13 @@ def test_search_as_you_type_then_arrows_and_enter_open_the_chart(
 ) -> None:
     _win, ws = _workspace(qtbot, td)
     caseload: CaseloadScreen = ws.caseload
-    assert caseload.hint.text() == EMPTY_HINT
+    # Before anything is typed: the site's caseload, by name (in scope only).
+    qtbot.waitUntil(lambda: caseload.model.rowCount() > 1, timeout=5000)
+    assert EMPTY_HINT in caseload.hint.text() and "site's patients" in caseload.hint.text()
+    listed = [caseload.model.patient(r) for r in range(caseload.model.rowCount())]
+    assert all(p is not None and p.in_scope for p in listed)
     qtbot.waitUntil(lambda: caseload.query.hasFocus())
     qtbot.keyClicks(caseload.query, "Zephyr")
-    assert caseload.model.rowCount() == 0  # debounced: nothing asked yet
     qtbot.waitUntil(lambda: caseload.model.rowCount() == 1, timeout=5000)
     hit = caseload.model.patient(0)
     assert hit is not None and hit.id == HTML_PATIENT

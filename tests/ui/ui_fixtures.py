@@ -139,10 +139,20 @@ class IdleClock:
         return self.seconds
 
 
+def disk_is_fine(_policy: Any, _data_dir: Path) -> list[Any]:
+    """The test machine's own disk is outside the product (its encryption is tested with a
+    fake sysfs tree in test_conditional_launch.py)."""
+    return []
+
+
 def window(
-    qtbot: QtBot, td: ProvisionedDevice, idle: Callable[[], float] | None = None
+    qtbot: QtBot,
+    td: ProvisionedDevice,
+    idle: Callable[[], float] | None = None,
+    **options: Any,
 ) -> MainWindow:
-    win = MainWindow(td.device, idle_clock=idle or IdleClock(), wall_clock=td.clocks.now)
+    options.setdefault("launch_check", disk_is_fine)
+    win = MainWindow(td.device, idle_clock=idle or IdleClock(), wall_clock=td.clocks.now, **options)
     # The OS focus is outside the product: the offscreen platform can leave no focus window for
     # a while after a dialog closes, so tests say "ours" unless they test focus loss.
     win.app_state = lambda: Qt.ApplicationState.ApplicationActive
