@@ -480,6 +480,30 @@ class Session:
         self._require_role((ADMIN,), "see this device's users", "users_read")
         return list(self.device.header.users())
 
+    def conflicts(self) -> list[consultation.Conflict]:
+        """Open conflicts (both versions) for the clinician to resolve; audited as a view."""
+        self._require_role((CLINICIAN,), "see sync conflicts", "conflicts_view")
+        with self._act() as conn:
+            found = consultation.list_conflicts(conn)
+            self._append(conn, "conflicts_view", detail={"count": len(found)})
+        return found
+
+    def resolve_conflict(self, conflict_id: int, keep: str) -> int | None:
+        """Keep "mine" (queued again on the server's newest version) or "theirs"; audited."""
+        self._require_role((CLINICIAN,), "resolve sync conflicts", "conflict_resolved")
+        with self._act() as conn:
+            patient = conn.execute(
+                "SELECT patient_id FROM conflicts WHERE id = ?", (conflict_id,)
+            ).fetchone()
+            queued = consultation.resolve_conflict(conn, conflict_id, keep, now=self._now())
+            self._append(
+                conn,
+                "conflict_resolved",
+                patient_id=patient[0] if patient else None,
+                detail={"keep": keep},
+            )
+        return queued
+
     def outbox_status(self) -> tuple[int, int]:
         """(unsent items, open conflicts)."""
         with self._act() as conn:

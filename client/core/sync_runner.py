@@ -35,9 +35,9 @@ from policy.errors import PolicyReason, PolicyRefused
 from sync.audit_fhir import export_bundle
 from sync.audit_receipt import Receipt
 from sync.control import Command, ControlSteps
-from sync.engine import Progress, SyncEngine, SyncResult
+from sync.engine import FATAL_REASONS, Progress, SyncEngine, SyncError, SyncResult
 from sync.replica import SyncSummary
-from sync.transport import Transport
+from sync.transport import Transport, TransportError
 
 AUDIT_BATCH_LIMIT = 2000
 
@@ -148,6 +148,17 @@ def _receipt_key(data_dir: Path) -> Ed25519PublicKey:
     return key
 
 
+def _upload_last_entries(control: ControlSteps, transport: Transport, result: SyncResult) -> None:
+    """The sync's own audit entry goes up in the same sync, so the backlog reads zero after a
+    good sync (the readiness check relies on it). Best effort: the next sync retries."""
+    if result.failed_phases.get("audit") or result.error in FATAL_REASONS:
+        return
+    try:
+        control.audit(transport, result)
+    except (SyncError, TransportError) as error:
+        result.failed_phases["audit_final"] = error.reason
+
+
 def run_sync(
     session: Session,
     *,
@@ -182,18 +193,19 @@ def run_sync(
                 control_after=control.after(),
             )
             result = engine.run()
-        if not context.wiped:
-            replica.sync_finished(
-                SyncSummary(
-                    pulled=result.pulled,
-                    pushed=result.pushed,
-                    conflicts=result.conflicts,
-                    quarantined=result.quarantined,
-                    push_errors=result.push_errors,
-                    outcome="success" if result.ok else "failure",
-                    reason=result.error,
+            if not context.wiped:
+                replica.sync_finished(
+                    SyncSummary(
+                        pulled=result.pulled,
+                        pushed=result.pushed,
+                        conflicts=result.conflicts,
+                        quarantined=result.quarantined,
+                        push_errors=result.push_errors,
+                        outcome="success" if result.ok else "failure",
+                        reason=result.error,
+                    )
                 )
-            )
+                _upload_last_entries(control, transport, result)
     finally:
         context.close()
     result.control["lock_requested"] = context.lock_requested

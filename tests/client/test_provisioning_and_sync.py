@@ -271,3 +271,13 @@ def test_ST1_no_record_text_in_plaintext_after_a_full_session_with_sync(
                     assert needle not in content, f"plaintext in {name}"
     for needle in needles:
         assert needle.decode() not in caplog.text
+
+
+def test_after_a_good_sync_no_audit_entry_is_left_unsent(gw: Gateway, tmp_path: Path) -> None:
+    """The readiness check before a visit relies on it: the sync's own entry goes up too."""
+    device = _provision(gw, tmp_path / "laptop", InMemoryKeyring())
+    add_user_online(device, *NURSE)
+    session = Session.login(device, *NURSE)
+    assert run_sync(session).ok
+    assert session.status().audit_unsent == 0
+    session.lock()
