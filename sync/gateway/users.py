@@ -155,15 +155,17 @@ def login(
     if not isinstance(password, str) or not 0 < len(password) <= MAX_PASSWORD_CHARS:
         raise ControlError(401, "login_failed")
     blob = _escrow_blob(body.get("escrow"))
+    # Count the attempt BEFORE the slow password check (cleared on success), so parallel
+    # guesses cannot all slip past the throttle while each is still being hashed.
+    store.record_login_failure(user_id, now)
     recent = store.login_failures_since(user_id, now - policy.window)
-    if len(recent) >= policy.max_failures:
-        unlock_at = recent[-policy.max_failures] + policy.window
+    if len(recent) > policy.max_failures:
+        unlock_at = recent[-policy.max_failures - 1] + policy.window
         retry = max(1, int((unlock_at - now).total_seconds()) + 1)
         log.info("login throttled")
         raise ControlError(429, "login_throttled", retry_after=retry)
     user = store.user(user_id)
     if not _password_ok(policy.hasher, user.password_hash if user else None, password):
-        store.record_login_failure(user_id, now)
         log.info("login failed")
         raise ControlError(401, "login_failed")
     assert user is not None

@@ -246,3 +246,52 @@ def test_no_password_token_key_or_user_id_reaches_the_logs(
     for secret in (canary_user, canary_password, "wrong-canary-7731", token, dek, "canary-patient"):
         assert secret not in text
     assert base64.b64encode(device.k0).decode() not in text
+
+
+def test_M4_parallel_guesses_cannot_slip_past_the_throttle(gateway: Gateway) -> None:
+    import datetime as dt
+    from concurrent.futures import ThreadPoolExecutor
+
+    from argon2 import PasswordHasher, Type
+
+    from sync.gateway import users as gateway_users
+    from sync.gateway.control_error import ControlError
+    from sync.gateway.pki import DeviceIdentity
+    from sync.gateway.users import LoginPolicy
+    from tests.gateway.conftest import SITE_A
+    from tests.gateway.control_helpers import escrow_blob
+
+    slow = PasswordHasher(time_cost=3, memory_cost=16384, parallelism=1, type=Type.ID)
+    now = dt.datetime.now(dt.UTC)
+    gateway_users.add_user(
+        gateway.store,
+        user_id="nurse9",
+        role="clinician",
+        site=SITE_A,
+        password="x" * 12,
+        now=now,
+        hasher=slow,
+        allow_weak_hasher=True,
+    )
+    policy = LoginPolicy(hasher=slow, max_failures=3)
+    identity = DeviceIdentity("dev-a", SITE_A, 1, now)
+    body = {"user_id": "nurse9", "escrow": escrow_blob(gateway, "dev-a", b"k" * 32)}
+
+    def guess(i: int) -> str:
+        try:
+            gateway_users.login(
+                gateway.store,
+                gateway.authority,
+                policy,
+                identity,
+                {**body, "password": f"guess number {i}"},
+                now=dt.datetime.now(dt.UTC),
+            )
+        except ControlError as error:
+            return error.reason
+        return "ok"
+
+    with ThreadPoolExecutor(20) as pool:
+        reasons = list(pool.map(guess, range(20)))
+    assert reasons.count("login_failed") <= 3  # only that many passwords were ever checked
+    assert reasons.count("login_throttled") >= 17
