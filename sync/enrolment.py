@@ -202,6 +202,8 @@ def enrol(
         ca = _text(data, "ca_certificate").encode()
         escrow = base64.b64decode(_text(data, "escrow_public_key"), validate=True)
         server_time = dt.datetime.fromisoformat(_text(data, "server_time"))
+        if server_time.tzinfo is None:
+            raise ValueError("server time without a time zone")
     except (ValueError, EnrolmentError) as error:
         raise EnrolmentError("bad_answer", "the gateway's enrolment answer is not valid") from error
     ours = key.public_key().public_bytes(

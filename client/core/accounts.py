@@ -168,10 +168,9 @@ def _after_failure(device: Device, policy: Policy, user_id: str, now: dt.datetim
         locked = until
 
         def lock(c: HeaderCounters) -> None:
-            if user_id in c.failed_attempts:
-                c.locked_until[user_id] = locked
-            else:
-                c.device_locked_until = locked
+            # The whole device waits, whether or not the user id exists: the same answer for
+            # both, so the lock itself never tells a guesser which user ids are real.
+            c.device_locked_until = locked
             if outcome.kind is ThrottleKind.LOCKED_UNTIL:
                 c.add_pending_audit_event(
                     _pending_event("lockout", now, user_id=user_id, until=locked.isoformat())

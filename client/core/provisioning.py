@@ -50,7 +50,7 @@ from sync.enrolment import (
     new_audit_key,
     online_login,
 )
-from sync.transport import Transport, TransportConfig
+from sync.transport import Transport, TransportConfig, TransportError
 
 
 def tls_key_password(device: Device) -> bytes:
@@ -76,7 +76,14 @@ def provision_from_bundle(
     bundle = ProvisioningBundle.parse(bundle_bytes)
     key = generate_device_key()
     audit_k0 = new_audit_key()
-    enrolment = enrol(bundle, key, audit_k0, now=clock())
+    try:
+        enrolment = enrol(bundle, key, audit_k0, now=clock())
+    except TransportError as error:
+        raise ProvisioningError(
+            "gateway_unreachable",
+            f"The gateway cannot be reached safely ({error.reason}). Check the network and "
+            "that the bundle is for this health board, then try again.",
+        ) from error
     if enrolment.policy is None:
         raise ProvisioningError(
             "no_policy",
@@ -158,6 +165,11 @@ def add_user_online(device: Device, user_id: str, password: str) -> str:
             login = online_login(transport, user_id, password, escrow)
     except EnrolmentError as error:
         raise ProvisioningError(error.reason, error.message) from error
+    except TransportError as error:
+        raise ProvisioningError(
+            "gateway_unreachable",
+            f"The first sign-in needs the gateway, which cannot be reached ({error.reason}).",
+        ) from error
     if login.site != device.profile.site:
         raise ProvisioningError("wrong_site", "This user belongs to another site.")
     params = device.kdf_params or calibrate()

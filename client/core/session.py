@@ -333,6 +333,11 @@ class Session:
         return listed
 
     def in_scope(self, patient_id: str) -> bool:
+        """Whether the patient is on this site's caseload (clinicians only)."""
+        self._require_role((CLINICIAN,), "check patients' sites", "scope_check")
+        return self._in_scope(patient_id)
+
+    def _in_scope(self, patient_id: str) -> bool:
         """From the search index, which the replica keeps current (a deleted patient held for
         unsent work has no site there, so they need break-glass like any other)."""
         with self._act() as conn:
@@ -350,7 +355,7 @@ class Session:
 
     def _purpose(self, patient_id: str) -> str:
         """TREAT inside the scope, BTG under a live grant; else break-glass is required."""
-        if self.in_scope(patient_id):
+        if self._in_scope(patient_id):
             return "TREAT"
         if self.active_grant(patient_id) is not None:
             return "BTG"
@@ -446,6 +451,9 @@ class Session:
         """Print or export (AU-4): the password again and a reason, audited either way."""
         if kind not in {"print", "export"}:
             raise ValueError("disclosure kind must be print or export")
+        self._require_role((CLINICIAN,), f"{kind} patient records", f"{kind}_allowed")
+        if patient_id is not None:
+            self._purpose(patient_id)  # in scope, or under a live break-glass grant
         allowed = self._disclosure_allowed(kind)
         if not allowed:
             self.record_disclosure(kind, patient_id, allowed=False)
