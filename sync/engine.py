@@ -65,6 +65,9 @@ PAGE_SIZE = 500  # resources per history page: ~1-2 MiB of JSON, one replica tra
 PUSH_BATCH = 50  # outbox items per transaction Bundle
 SINCE_OVERLAP = dt.timedelta(minutes=5)  # re-read window for servers without a change sequence
 RESUME_RELATION = "x-resume"
+# Answers meaning "this server has no type-level _history" (not found, bad request, not
+# allowed, not implemented): the engine then falls back to a _lastUpdated search.
+NO_HISTORY_STATUSES = frozenset({400, 404, 405, 501})
 MAX_PAGES_PER_STREAM = 100_000  # 50M resources at 500 a page: a loop guard, not a real limit
 # Failures after which nothing else can work in this sync: the connection itself is refused
 # or gone, or the device has just been wiped.
@@ -299,18 +302,26 @@ class SyncEngine:
 
     def _pull_type(self, resource_type: str) -> None:
         stream = f"history:{resource_type}"
-        url = self._replica.read_cursor(stream) or (
-            f"fhir/{resource_type}/_history?" + urlencode({"_count": self._page_size})
-        )
+        url = self._replica.read_cursor(stream) or self._start_url(resource_type, history=True)
         seen: set[str] = set()
         for _ in range(MAX_PAGES_PER_STREAM):
             self._check_cancel()
             seen.add(url)
             response = self._transport.get(url, headers={"Accept": FHIR_JSON})
+            if (
+                response.status in NO_HISTORY_STATUSES
+                and _is_history(url)
+                and not (self._replica.read_cursor(stream))
+            ):
+                # A server without type-level _history: fall back to a _lastUpdated search
+                # (new and changed resources only; deletions are not seen: docs/sync.md).
+                url = self._start_url(resource_type, history=False)
+                seen.add(url)
+                response = self._transport.get(url, headers={"Accept": FHIR_JSON})
             if response.status != 200:
                 raise SyncError("pull_refused", f"the gateway refused the {resource_type} changes")
             bundle = self._json(response, f"{resource_type} page")
-            page, more = self._page(stream, resource_type, bundle)
+            page, more = self._page(stream, resource_type, bundle, history=_is_history(url))
             stats = self._replica.apply_page(page)
             self.result.pulled += stats.applied
             self.result.deleted += stats.deleted
@@ -324,9 +335,24 @@ class SyncEngine:
                 raise SyncError("bad_link", f"the gateway's {resource_type} pages loop")
         raise SyncError("bad_link", f"too many {resource_type} pages in one sync")
 
-    def _page(self, stream: str, resource_type: str, bundle: Any) -> tuple[Page, bool]:
+    def _start_url(
+        self, resource_type: str, *, history: bool, since: dt.datetime | None = None
+    ) -> str:
+        if history:
+            query: dict[str, str | int] = {"_count": self._page_size}
+            if since is not None:
+                query["_since"] = since.isoformat()
+            return f"fhir/{resource_type}/_history?" + urlencode(query)
+        query = {"_sort": "_lastUpdated", "_count": self._page_size}
+        if since is not None:
+            query["_lastUpdated"] = "ge" + since.isoformat()
+        return f"fhir/{resource_type}?" + urlencode(query)
+
+    def _page(
+        self, stream: str, resource_type: str, bundle: Any, *, history: bool
+    ) -> tuple[Page, bool]:
         try:
-            entries = bundle_entries(bundle, "history")
+            entries = bundle_entries(bundle, "history" if history else "searchset")
             following = next_link(bundle)
         except InvalidResource as error:
             raise SyncError("bad_response", "a page of changes is malformed") from error
@@ -363,21 +389,20 @@ class SyncEngine:
             cursor = following
         elif resume:
             cursor = resume
+        elif newest is not None:
+            # No change sequence: resume from the newest lastUpdated seen minus an overlap;
+            # re-read resources are deduplicated by version in the replica.
+            cursor = self._start_url(resource_type, history=history, since=newest - SINCE_OVERLAP)
         else:
-            cursor = self._since_cursor(stream, resource_type, newest)
+            cursor = self._replica.read_cursor(stream) or self._start_url(
+                resource_type, history=history
+            )
         page = Page(stream, resources, deletions, quarantined, cursor)
         return page, following is not None
 
-    def _since_cursor(self, stream: str, resource_type: str, newest: dt.datetime | None) -> str:
-        """Fallback for servers without a change sequence: overlap and dedupe by version."""
-        if newest is None:
-            return self._replica.read_cursor(stream) or (
-                f"fhir/{resource_type}/_history?" + urlencode({"_count": self._page_size})
-            )
-        since = (newest - SINCE_OVERLAP).isoformat()
-        return f"fhir/{resource_type}/_history?" + urlencode(
-            {"_since": since, "_count": self._page_size}
-        )
+
+def _is_history(url: str) -> bool:
+    return "/_history" in url.split("?", 1)[0]
 
 
 def _entry(item: OutboxItem) -> dict[str, Any]:

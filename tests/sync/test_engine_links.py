@@ -63,3 +63,45 @@ def test_M3_a_next_link_that_loops_is_stopped(pki: Pki) -> None:
             result = SyncEngine(transport, replica, resource_types=["Patient"]).run()
         assert result.failed_phases == {"pull": "bad_link"}
         assert len(server.requests) == 2
+
+
+def test_a_server_without_history_is_read_with_a_lastupdated_search(pki: Pki) -> None:
+    """docs/sync.md: no type-level _history → _lastUpdated search; the cursor resumes there."""
+    from sync.gateway.seed import generate
+
+    patient = next(
+        r for r in generate(sites=1, patients=1, seed=2) if r["resourceType"] == "Patient"
+    )
+    searchset = json.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"fullUrl": "Patient/x", "resource": patient, "search": {"mode": "match"}}],
+        }
+    ).encode()
+    paths: list[str] = []
+
+    def answer(method: str, path: str, *_: object) -> tuple[int, dict[str, str], bytes]:
+        paths.append(path)
+        if "/_history" in path:
+            return (
+                404,
+                {"Content-Type": "application/fhir+json"},
+                b'{"resourceType": "OperationOutcome"}',
+            )
+        return 200, {"Content-Type": "application/fhir+json"}, searchset
+
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
+    for server in RawTlsServer(context, answer).serve():
+        replica = MemoryReplica()
+        config = _config(pki, server.port, (spki_sha256(pki.server.der),))
+        for _ in range(2):
+            with Transport(config) as transport:
+                result = SyncEngine(transport, replica, resource_types=["Patient"]).run()
+            assert result.ok, result.failed_phases
+        assert [r["id"] for r in replica.of_type("Patient")] == [patient["id"]]
+        cursor = replica.cursors["history:Patient"]
+        assert cursor.startswith("fhir/Patient?") and "_lastUpdated=ge" in cursor
+        assert paths[0].startswith("/fhir/Patient/_history")
+        assert paths[1].startswith("/fhir/Patient?_sort=_lastUpdated")
+        assert "_lastUpdated=ge" in paths[2]  # the second sync resumed from the cursor
