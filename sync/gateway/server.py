@@ -213,6 +213,12 @@ class DeviceAuthMiddleware:
             reason = f"device_{record.status}"
         elif record.site != identity.site:
             reason = "device_site_mismatch"
+        else:
+            # After a renewal only the newest certificate counts: a stolen older key cannot
+            # keep working (or renew itself) until it expires.
+            current = await run_in_threadpool(self.store.current_cert_serial, identity.device_id)
+            if current is not None and current != format(identity.serial, "x"):
+                reason = "certificate_superseded"
         if reason is not None:
             log.info("device refused: %s", reason)
             await _refusal(scope, 403, reason)(scope, receive, send)

@@ -330,6 +330,13 @@ class SqlControlTables:
                 (cert_serial, to_us(cert_not_after), device_id),
             )
 
+    def current_cert_serial(self, device_id: str) -> str | None:
+        """The serial of the device's current certificate (None: not enrolled here)."""
+        rows = self._control_read(
+            "SELECT cert_serial FROM device_enrolments WHERE device_id = ?", (device_id,)
+        )
+        return str(rows[0][0]) if rows else None
+
     def touch_device(self, device_id: str, now: dt.datetime) -> None:
         with self._control_write() as execute:
             execute(

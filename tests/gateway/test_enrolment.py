@@ -165,3 +165,6 @@ def test_NW4_renewal_needs_the_current_certificate(gateway: Gateway, tmp_path: P
     session.cert = (str(cert_path), str(key_path))
     with session:
         assert session.get(f"{gateway.url}/device/policy", timeout=10).status_code == 200
+    # M5: the superseded certificate (a stolen older key) no longer works, nor renews.
+    old = gateway.session(device.creds).get(f"{gateway.url}/device/policy", timeout=10)
+    assert old.status_code == 403 and old.json()["error"] == "certificate_superseded"
