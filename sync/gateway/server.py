@@ -209,6 +209,10 @@ class DeviceAuthMiddleware:
         reason = None
         if record is None:
             reason = "unknown_device"
+        elif record.status == "revoked" and str(scope.get("path", "")).startswith(
+            "/device/commands"
+        ):
+            pass  # a revoked laptop may still fetch and acknowledge a pending wipe, nothing else
         elif record.status != "active":
             reason = f"device_{record.status}"
         elif record.site != identity.site:

@@ -113,6 +113,8 @@ def test_revoked_device_is_refused_on_the_control_plane_too(gateway: Gateway) ->
     answer = session.get(f"{gateway.url}/device/policy", timeout=10)
     assert answer.status_code == 403
     assert answer.json()["error"] == "device_revoked"
+    # ... except for fetching a pending wipe: revoke-then-wipe a lost laptop still works.
+    assert session.get(f"{gateway.url}/device/commands", timeout=10).status_code == 200
 
 
 @pytest.mark.parametrize("status", ["revoked", "wiped"])
