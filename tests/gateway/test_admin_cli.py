@@ -208,8 +208,10 @@ def test_admin_round_trip(
         commands = laptop.get(f"{served.url}/device/commands", timeout=10).json()["commands"]
         assert [c["kind"] for c in commands] == ["wipe"]
         assert run(capsys, "device", "revoke", "--data", d, device_id)[0] == 0
-        refused = laptop.get(f"{served.url}/device/commands", timeout=10)
+        refused = laptop.get(f"{served.url}/device/policy", timeout=10)
         assert (refused.status_code, refused.json()["error"]) == (403, "device_revoked")
+        # The pending wipe can still be fetched, so revoke-then-wipe never strands a laptop.
+        assert laptop.get(f"{served.url}/device/commands", timeout=10).status_code == 200
         code, out, _ = run(capsys, "device", "list", "--data", d)
         assert "revoked" in next(x for x in out.splitlines() if x.startswith(device_id))
     code, _, err = run(capsys, "device", "wipe", "--data", d, "dev-nope")
