@@ -14,7 +14,7 @@ export QT_QPA_PLATFORM ?= offscreen
 SYSTEM_PACKAGES := dbus gnome-keyring libsecret-tools xvfb postgresql \
                    libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0
 
-.PHONY: test lint typecheck pytest pytest-postgres soak venv sysdeps bench clean package demo
+.PHONY: test lint typecheck pytest pytest-postgres soak venv sysdeps bench clean package demo demo-frozen
 
 venv: $(STAMP)
 
@@ -57,6 +57,10 @@ package: venv sysdeps
 # HEADLESS=1) the same journey runs headless and writes demo-out/NN-screen.png + summary.json.
 demo: venv sysdeps
 	bash scripts/demo.sh
+
+# The same journey with the frozen laptop bundle (dist/gatehouse) against the demo gateway.
+demo-frozen: package
+	bash packaging/demo_frozen.sh
 
 bench: venv
 	$(PY) -m bench

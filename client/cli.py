@@ -9,6 +9,8 @@
     gatehouse device sync --data DIR --user U
     gatehouse device status --data DIR [--json]
     gatehouse device export-audit --data DIR OUT --user U
+    gatehouse --demo-journey --data DIR --bundle FILE --out DIR [--gateway-hook CMD]
+                          (hidden: the headless demo journey, users as JSON on stdin)
 
 Passwords are read from the terminal (or one line of standard input when it is not a
 terminal), never from arguments. Errors are one line on stderr with a non-zero exit; never a
@@ -179,6 +181,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--self-test", action="store_true", help="check this installation")
     parser.add_argument("--data", help="the device's data folder (opens the desktop client)")
     parser.add_argument("--bundle", help="a provisioning bundle for the first run")
+    # hidden: the headless demo journey (client/ui/journey.py), so the frozen client runs it
+    parser.add_argument("--demo-journey", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--gateway-hook", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command")
     device = sub.add_parser("device", help="device commands for IT")
     dsub = device.add_subparsers(dest="device_command", required=True)
@@ -233,6 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from client.selftest import main as self_test
 
         return self_test()
+    if args.demo_journey:
+        if not (args.data and args.bundle and args.out):
+            print("error: --demo-journey needs --data, --bundle and --out", file=sys.stderr)
+            return EXIT_USAGE
+        from client.ui.journey import cli_main as demo_journey
+
+        return demo_journey(args.data, args.bundle, args.out, args.gateway_hook)
     if args.command is None:
         from client.ui.app import main as run_app
 

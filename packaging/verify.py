@@ -1,6 +1,7 @@
 """Verify a built bundle: manifest, outputs, and the frozen app's own self-test.
 
 Usage: ``python packaging/verify.py [--dist dist] [--name gatehouse]``
+       ``python packaging/verify.py --demo-out DIR``   (after ``packaging/demo_frozen.sh``)
 
 Invariants:
 - Exit 0 only when every file of ``dist/<name>/`` is in ``dist/<name>.sha256`` with the same
@@ -9,6 +10,12 @@ Invariants:
   ok`` line, and the bundle is still byte-identical to its manifest after the self-test ran.
 - Each problem is printed as one ``FAIL`` line; the exit code is 1 if there is any.
 - The self-test runs offscreen when there is no display, with a timeout, never over a network.
+- ``--demo-out DIR`` checks a headless demo run made with the frozen client instead: exit 0
+  only when ``summary.json`` says the journey ran frozen and its audit export verified, the
+  device and gateway folders exist, records came down and the consultation went up, every
+  expected screen is a PNG of at least 500x300 that is not one flat colour, and
+  ``gatehouse-audit verify`` (beside this Python) accepts the export again. Standard library
+  only (no Qt in packaging/).
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import argparse
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,11 +91,119 @@ def run_self_test(executable: Path) -> list[str]:
     return []
 
 
+DEMO_SCREENS = (
+    "provisioning",
+    "first-sign-in",
+    "sync",
+    "search",
+    "chart",
+    "consultation",
+    "break-glass",
+    "locked",
+    "audit",
+)
+MIN_SCREENS = 14
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_problem(path: Path) -> str | None:
+    """None for a PNG of at least 500x300 that is not one flat colour, else what is wrong.
+
+    A flat image's decompressed scanlines hold only its few colour bytes, zeros and the
+    filter-type bytes; a real screen holds far more distinct byte values.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return "missing"
+    if not data.startswith(PNG_SIGNATURE):
+        return "not a PNG"
+    offset, width, height, idat = len(PNG_SIGNATURE), 0, 0, bytearray()
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + length]
+        if kind == b"IHDR" and len(body) >= 8:
+            width, height = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"IEND":
+            break
+        offset += 12 + length
+    if width < 500 or height < 300:
+        return f"too small ({width}x{height})"
+    try:
+        pixels = zlib.decompress(bytes(idat))
+    except zlib.error:
+        return "corrupt image data"
+    if len(set(pixels)) <= 16:
+        return "blank (one flat colour)"
+    return None
+
+
+def check_demo(out: Path, audit_tool: Path) -> list[str]:
+    """The frozen client's demo run in ``out`` (see the module docstring)."""
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [f"no readable summary.json in {out}"]
+    problems = []
+    if summary.get("frozen") is not True:
+        problems.append("the journey did not run in the frozen client")
+    if summary.get("audit_verified") is not True:
+        problems.append("the demo's own audit verification failed")
+    if not Path(str(summary.get("device_data")), "device.json").is_file():
+        problems.append("no provisioned device folder")
+    if not Path(str(summary.get("gateway_data")), "gateway.sqlite3").is_file():
+        problems.append("no gateway data folder")
+    sync = summary.get("sync") or {}
+    if not int(sync.get("pulled") or 0) > 0 or not int(sync.get("pushed") or 0) > 0:
+        problems.append(f"sync counts: pulled {sync.get('pulled')}, pushed {sync.get('pushed')}")
+    screens = [str(name) for name in summary.get("screens") or []]
+    if len(screens) < MIN_SCREENS:
+        problems.append(f"only {len(screens)} screens (expected at least {MIN_SCREENS})")
+    problems += [
+        f"no {wanted} screen" for wanted in DEMO_SCREENS if not any(wanted in s for s in screens)
+    ]
+    for name in screens:
+        problem = png_problem(out / Path(name).name)
+        if problem:
+            problems.append(f"screen {name}: {problem}")
+    export = str(summary.get("audit_export") or "")
+    try:
+        verify = subprocess.run(  # noqa: S603 (the installed offline verifier)
+            [str(audit_tool), "verify", export],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [*problems, f"gatehouse-audit verify did not run: {type(exc).__name__}"]
+    if verify.returncode != 0:
+        problems.append(f"gatehouse-audit verify refused the export: {verify.stdout.strip()}")
+    return problems
+
+
+def demo_main(out: Path) -> int:
+    audit_tool = Path(sys.executable).parent / "gatehouse-audit"
+    problems = check_demo(out, audit_tool)
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if problems:
+        return 1
+    print(f"verified: the frozen client's demo journey in {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="verify a built Gatehouse bundle")
     parser.add_argument("--dist", type=Path, default=Path("dist"))
     parser.add_argument("--name", default="gatehouse")
+    parser.add_argument("--demo-out", type=Path, help="check a frozen demo run instead")
     args = parser.parse_args(argv)
+    if args.demo_out is not None:
+        return demo_main(args.demo_out)
     dist: Path = args.dist
     bundle = dist / args.name
     executable = bundle / (args.name + (".exe" if sys.platform == "win32" else ""))

@@ -15,23 +15,30 @@ device secrets go to a real Secret Service, never a file). Everything lands in `
 
 With a display and without ``HEADLESS=1`` it opens the client on the first-run provisioning
 screen with the bundle preselected and waits for it to close. Otherwise it drives the same
-journey headless (Qt offscreen), printing each step. The gateway always runs as a subprocess
-(``gatehouse-gateway serve``) and is stopped at the end, also on failure.
+journey headless (Qt offscreen, ``client/ui/journey.py``), printing each step. The gateway
+always runs as a subprocess (``gatehouse-gateway serve``) and is stopped at the end, also on
+failure.
+
+``--client CMD`` (or ``DEMO_CLIENT``) runs the client half with that client instead of in this
+process — e.g. the frozen ``dist/gatehouse/gatehouse`` (``packaging/demo_frozen.sh``): it gets
+``--demo-journey``, the demo users as JSON on stdin, and ``--gateway-hook`` pointing back at
+``demo.py gateway-op GATEWAY_DIR transfer-patient ID``, so the bundle needs no gateway code.
+The gateway half always stays in this Python.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,229 +209,113 @@ def transfer_patient(gw: Path, patient_id: str, site: str) -> None:
         store.close()
 
 
-# -- the headless journey (Qt offscreen, the real screens, the real gateway) -------------------
+# -- the headless journey (client/ui/journey.py: in-process, or the frozen client) -------------
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    from client.ui.qt import QApplication
+class InProcessGateway:
+    """The gateway operator's steps, done directly on the gateway's store."""
 
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out waiting for {what}")
-        QApplication.processEvents()
-        time.sleep(0.01)
-    QApplication.processEvents()
+    def __init__(self, gw: Path) -> None:
+        self.gw = gw
+
+    def transfer_patient(self, patient_id: str) -> None:
+        transfer_patient(self.gw, patient_id, OTHER_SITE)
 
 
-def settle(seconds: float = 0.2) -> None:
-    from client.ui.qt import QApplication
+def demo_users() -> Any:
+    from client.ui.journey import Credentials, JourneyUsers
 
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.01)
+    return JourneyUsers(clinician=Credentials(*NURSE), auditor=Credentials(*AUDITOR))
 
 
-def headless_journey(out: Path, bundle: Path, transfer: Callable[[str], None]) -> dict[str, Any]:
-    """Provision, first sign-in, sync, search, chart, consultation, sync (push), transfer and
-    break-glass, lock, auditor and audit view; a PNG of every screen."""
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from client.ui.audit_view import AuditWorkspace
-    from client.ui.clinical import ClinicalWorkspace
-    from client.ui.consultation_form import ConsultationForm
-    from client.ui.main_window import WINDOW_SIZE, MainWindow
-    from client.ui.provisioning import ProvisioningWindow
-    from client.ui.qt import QApplication, Qt, QWidget
-    from client.ui.sync_panel import SyncOutcome, describe_outcome, outcome_counts
+def journey_in_process(out: Path, bundle: Path, gw: Path) -> dict[str, Any]:
+    from client.ui.journey import JourneyError, run_journey
 
-    app = QApplication.instance() or QApplication([])
-    screens: list[str] = []
-
-    def shoot(widget: QWidget, name: str) -> None:
-        settle(0.15)
-        path = out / f"{len(screens) + 1:02d}-{name}.png"
-        widget.grab().save(str(path))
-        screens.append(path.name)
-        print(f"    screenshot {path.name}")
-
-    def main_window(device: Any) -> MainWindow:
-        window = MainWindow(device)
-        # offscreen has no OS focus to lose; the focus-loss lock is tested elsewhere
-        window.app_state = lambda: Qt.ApplicationState.ApplicationActive
-        window.resize(*WINDOW_SIZE)
-        return window
-
-    step("first run: the provisioning screen reads the bundle")
-    first = ProvisioningWindow(out / "device", bundle_path=bundle, open_main=main_window)
-    first.resize(*WINDOW_SIZE)
-    first.show()
-    screen = first.screen_widget
-    wait_until(lambda: screen.enrol.isEnabled(), "the bundle preview")
-    print(f"    bundle for site {screen.site.text()}, gateway {screen.gateway.text()}")
-    shoot(first, "provisioning-bundle")
-    step("enrolling this laptop (device key, CSR + one-time token, vault, escrow slot)")
-    screen.enrol.click()
-    wait_until(lambda: screen.proceed.isVisible(), "enrolment")
-    device = screen.device
-    assert device is not None
-    print(f"    device {device.profile.device_id} for site {device.profile.site}")
-    shoot(first, "provisioned")
-    screen.proceed.click()
-    win = first.main_window
-    assert isinstance(win, MainWindow)
-    outcomes: list[SyncOutcome] = []
-    win.sync.finished.connect(outcomes.append)
-
-    def sign_in_first(user: tuple[str, str], name: str) -> None:
-        login = win.login_screen
-        assert login is not None
-        login.user.setText(user[0])
-        login.password.setText(user[1])
-        login.submit()
-        wait_until(lambda: login.first.isVisible(), "the first sign-in offer")
-        shoot(win, name)
-        login.first.click()
-        wait_until(lambda: win.session is not None, f"{user[0]}'s first sign-in")
-        print(f"    {user[0]} signed in ({win.session.role if win.session else '?'})")
-
-    def sync(name: str) -> SyncOutcome:
-        count = len(outcomes)
-        win.open_sync()
-        panel = win.sync_panel
-        assert panel is not None and win.sync_dialog is not None
-        panel.sync_now.click()
-        wait_until(lambda: len(outcomes) > count, "the sync")
-        wait_until(lambda: panel.facts is not None and bool(panel.readiness.labels), "readiness")
-        settle(0.3)
-        outcome = outcomes[-1]
-        print(f"    {describe_outcome(outcome)}")
-        shoot(win.sync_dialog, name)
-        win.sync_dialog.reject()
-        settle(0.1)
-        return outcome
-
-    step("first sign-in of the clinician on this laptop (online: the gateway unseals the escrow)")
-    sign_in_first(NURSE, "first-sign-in")
-    step("first sync: the site's records come down")
-    first_sync = sync("sync-first")
-    workspace = win.workspace
-    assert isinstance(workspace, ClinicalWorkspace)
-    step("search as you type")
-    workspace.caseload.query.setText("a")
-    wait_until(lambda: workspace.caseload.model.rowCount() > 0, "search results")
-    shoot(win, "search")
-    model = workspace.caseload.model
-    rows = [model.patient(r) for r in range(model.rowCount())]
-    in_scope = [p for p in rows if p is not None and p.in_scope]
-    patient = next((p for p in in_scope if p.has_alerts), in_scope[0])
-    step("opening a chart (alerts and allergies first)")
-    workspace.open_patient(patient.id)
-    wait_until(lambda: workspace.chart is not None, "the chart")
-    shoot(win, "chart")
-    step("writing a consultation offline")
-    workspace.new_consultation()
-    form = workspace.patient_screen
-    assert isinstance(form, ConsultationForm)
-    for kind, value in (("systolic", "128"), ("diastolic", "82"), ("heart_rate", "72")):
-        form.vital_fields[kind].setText(value)
-    form.note.setPlainText("Reviewed on the wing. Inhaler technique good.")
-    form.plan.setPlainText("Review in 4 weeks.")
-    shoot(win, "consultation")
-    form.submit()
-    wait_until(
-        lambda: workspace.chart is not None and any(e.unsent for e in workspace.chart.timeline),
-        "the saved consultation",
-    )
-    shoot(win, "chart-not-yet-sent")
-    step("sync: the consultation goes up")
-    pushed_sync = sync("sync-pushed")
-    step(f"IT transfers the patient to {OTHER_SITE} on the gateway; a follow-up note is unsent")
-    transfer(patient.id)
-    workspace.new_consultation()
-    follow_up = workspace.patient_screen
-    assert isinstance(follow_up, ConsultationForm)
-    follow_up.note.setPlainText("Follow-up: handover note for the receiving prison.")
-    follow_up.submit()
-    wait_until(lambda: workspace.patient_screen is not follow_up, "the follow-up note")
-    step("sync: the transfer comes down; the note is refused (patient no longer this site's)")
-    transfer_sync = sync("sync-after-transfer")
-    workspace = win.workspace
-    assert isinstance(workspace, ClinicalWorkspace)
-    workspace.back_to_search()
-    step("break-glass: the transferred patient stays only for the unsent note")
-    workspace.open_patient(patient.id)
-    wait_until(lambda: workspace.break_glass_dialog is not None, "the break-glass dialog")
-    dialog = workspace.break_glass_dialog
-    assert dialog is not None
-    dialog.reason.setCurrentIndex(1)
-    dialog.text.setPlainText("Patient transferred today; handover note still to send.")
-    dialog.password.setText(NURSE[1])
-    shoot(dialog, "break-glass")
-    dialog.submit()
-    wait_until(lambda: workspace.grant is not None and workspace.chart is not None, "the grant")
-    shoot(win, "chart-break-glass")
-    step("lock: every patient screen is destroyed")
-    win.lock()
-    settle(0.3)
-    shoot(win, "locked")
-    step("the auditor's first sign-in and the audit view")
-    sign_in_first(AUDITOR, "auditor-first-sign-in")
-    audit = win.workspace
-    assert isinstance(audit, AuditWorkspace)
-    wait_until(lambda: audit.model.rowCount() > 0, "the audit entries")
-    shoot(win, "audit")
-    export = out / "audit-export.json"
-    audit.export_to(export, "json")
-    wait_until(export.exists, "the audit export")
-    print(f"    audit export: {export}")
-    win.lock()
-    settle(0.2)
-    win.close()
-    settle(0.2)
-    del app
-    runs = [outcome_counts(o) for o in (first_sync, pushed_sync, transfer_sync)]
-    totals = {
-        key: sum(int(r.get(key) or 0) for r in runs)
-        for key in ("pulled", "deleted", "pushed", "conflicts", "quarantined", "push_errors")
-    }
-    return {
-        "device_data": str(out / "device"),
-        "device_id": device.profile.device_id,
-        "site": device.profile.site,
-        "audit_export": str(export),
-        "sync": {**totals, "runs": runs},
-        "break_glass_patient": patient.id,
-        "screens": screens,
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
+    try:
+        return run_journey(
+            out / "device", bundle, out, gateway_ops=InProcessGateway(gw), users=demo_users()
+        )
+    except JourneyError as error:
+        raise SystemExit(f"demo: {error.message}") from error
 
 
-def interactive(out: Path, bundle: Path) -> None:
-    step("opening the client on the first-run screen (close the window to stop the demo)")
-    print(f"    clinician: {NURSE[0]} / password: {NURSE[1]}")
-    print(f"    auditor:   {AUDITOR[0]} / password: {AUDITOR[1]}")
-    subprocess.run(  # noqa: S603 - this interpreter running the client module
+def client_environment() -> dict[str, str]:
+    """The frozen client gets the demo's keyring session and display, not this Python's path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    return env
+
+
+def journey_frozen(client: str, out: Path, bundle: Path, gw: Path) -> dict[str, Any]:
+    """The client half through ``CLIENT --demo-journey``; the gateway half stays here."""
+    hook = shlex.join([sys.executable, str(Path(__file__).resolve()), "gateway-op", str(gw)])
+    step(f"running the journey with the client {client}")
+    journey = out / "journey.json"
+    journey.unlink(missing_ok=True)
+    done = subprocess.run(  # noqa: S603 - the client under test, fixed arguments
         [
-            sys.executable,
-            "-m",
-            "client.ui.app",
+            *shlex.split(client),
+            "--demo-journey",
             "--data",
             str(out / "device"),
             "--bundle",
             str(bundle),
+            "--out",
+            str(out),
+            "--gateway-hook",
+            hook,
         ],
+        input=demo_users().to_json(),
+        text=True,
+        env=client_environment(),
+        check=False,
+    )
+    if done.returncode != 0 or not journey.exists():
+        raise SystemExit(f"demo: the client's journey failed (exit {done.returncode})")
+    summary: dict[str, Any] = json.loads(journey.read_text())
+    summary["client"] = client
+    return summary
+
+
+def gateway_op(argv: Sequence[str]) -> int:
+    """``demo.py gateway-op GATEWAY_DIR transfer-patient PATIENT_ID``: the frozen client's hook."""
+    if len(argv) != 3 or argv[1] != "transfer-patient":
+        print("usage: demo.py gateway-op GATEWAY_DIR transfer-patient PATIENT_ID", file=sys.stderr)
+        return 2
+    transfer_patient(Path(argv[0]), argv[2], OTHER_SITE)
+    print(f"patient transferred to {OTHER_SITE}")
+    return 0
+
+
+def interactive(out: Path, bundle: Path, client: str | None) -> None:
+    step("opening the client on the first-run screen (close the window to stop the demo)")
+    print(f"    clinician: {NURSE[0]} / password: {NURSE[1]}")
+    print(f"    auditor:   {AUDITOR[0]} / password: {AUDITOR[1]}")
+    command = shlex.split(client) if client else [sys.executable, "-m", "client.ui.app"]
+    subprocess.run(  # noqa: S603 - the client: this interpreter's module or the frozen one
+        [*command, "--data", str(out / "device"), "--bundle", str(bundle)],
         cwd=ROOT,
+        env=client_environment() if client else None,
         check=False,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["gateway-op"]:
+        return gateway_op(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "demo-out")
     parser.add_argument("--headless", action="store_true", help="no window (also HEADLESS=1)")
+    parser.add_argument(
+        "--client",
+        default=os.environ.get("DEMO_CLIENT") or None,
+        help="run the client half with this (frozen) client, e.g. dist/gatehouse/gatehouse"
+        " (also DEMO_CLIENT); default: in-process",
+    )
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
+    client: str | None = args.client
     headless = (
         args.headless
         or os.environ.get("HEADLESS") == "1"
@@ -437,11 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = start_gateway(paths["gateway"], port, out / "gateway.log")
     try:
         if headless:
-            summary = headless_journey(
-                out,
-                paths["bundle"],
-                lambda pid: transfer_patient(paths["gateway"], pid, OTHER_SITE),
-            )
+            journey_started = time.monotonic()
+            if client:
+                summary = journey_frozen(client, out, paths["bundle"], paths["gateway"])
+            else:
+                summary = journey_in_process(out, paths["bundle"], paths["gateway"])
+            summary["journey_seconds"] = round(time.monotonic() - journey_started, 1)
             summary["gateway_data"] = str(paths["gateway"])
             verify = subprocess.run(  # noqa: S603 - the venv's own verifier
                 [str(BIN / "gatehouse-audit"), "verify", summary["audit_export"]],
@@ -457,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not summary["audit_verified"]:
                 return 1
         else:
-            interactive(out, paths["bundle"])
+            interactive(out, paths["bundle"], client)
     finally:
         stop_gateway(server)
     return 0

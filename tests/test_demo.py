@@ -30,9 +30,13 @@ def _distinct_colours(image: QImage) -> int:
     )
 
 
+@pytest.mark.parametrize("client", ["in-process", "cli"])
 def test_headless_demo_runs_the_whole_journey_and_leaves_checkable_results(
-    tmp_path: Path,
+    tmp_path: Path, client: str
 ) -> None:
+    """``cli`` runs the client half as ``gatehouse --demo-journey`` in its own process, with the
+    gateway's transfer through the hook: the path CI takes with the frozen bundle
+    (packaging/demo_frozen.sh)."""
     if not shutil.which("dbus-run-session") or not shutil.which("gnome-keyring-daemon"):
         pytest.skip("dbus-run-session and gnome-keyring-daemon are not installed (make sysdeps)")
     out = tmp_path / "demo-out"
@@ -42,6 +46,8 @@ def test_headless_demo_runs_the_whole_journey_and_leaves_checkable_results(
         "DEMO_OUT": str(out),
         "PYTHON": sys.executable,
     }
+    if client == "cli":
+        env["DEMO_CLIENT"] = str(BIN / "gatehouse")
     done = subprocess.run(
         ["bash", str(ROOT / "scripts/demo.sh")],
         env=env,
@@ -53,6 +59,12 @@ def test_headless_demo_runs_the_whole_journey_and_leaves_checkable_results(
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "Traceback" not in done.stdout + done.stderr
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["frozen"] is False
+    if client == "cli":
+        assert summary["client"] == str(BIN / "gatehouse")
+        assert "hook: patient transferred to hmp-pentonville" in done.stdout
+    else:
+        assert "client" not in summary
 
     assert Path(summary["device_data"], "device.json").exists()
     assert Path(summary["gateway_data"], "gateway.sqlite3").exists()

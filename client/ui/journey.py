@@ -1,0 +1,509 @@
+"""The headless demo journey: the real screens, driven offscreen against a real gateway.
+
+``run_journey`` provisions a laptop from IT's bundle, signs the clinician in for the first
+time (online), syncs, searches, opens a chart, writes a consultation, syncs it up, has the
+gateway transfer the patient (through ``gateway_ops``), syncs again, opens the transferred
+patient through break-glass, locks, signs the auditor in and opens the audit view, exporting
+the audit chain. Each step is a small method of ``Journey`` that may take screenshots with
+``shoot``; adding a screen is one line in the step that shows it.
+
+It is the client half of ``make demo`` and ships in the laptop bundle, so the frozen client
+runs it too (``gatehouse --demo-journey``). Invariants:
+- No gateway code here: the steps the gateway must take mid-way come in as ``GatewayOps``
+  callbacks (in-process from ``scripts/demo.py``, or a hook command run by the frozen client).
+- Passwords come in as arguments from the caller (the CLI reads them from standard input) and
+  are never printed; the printed lines name users, sites, devices and counts only — no
+  patient names or clinical text.
+- Every screen is written as ``NN-name.png`` in ``out_dir``, numbered in journey order; the
+  returned summary names them, with the device data folder, the audit export and the sync
+  counts.
+- A step that does not happen in time raises ``JourneyError`` (reason ``timeout``); a failing
+  gateway hook raises it with reason ``gateway_hook``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+JOURNEY_FILE = "journey.json"
+
+
+class JourneyError(Exception):
+    """The journey could not go on; ``reason`` is ``timeout``, ``gateway_hook`` or ``input``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class GatewayOps(Protocol):
+    """What the gateway's operator does while the journey runs."""
+
+    def transfer_patient(self, patient_id: str) -> None:
+        """Move the patient to another site on the gateway (a new Patient version)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # never print the password
+        return f"Credentials(user={self.user!r})"
+
+
+@dataclass(frozen=True)
+class JourneyUsers:
+    clinician: Credentials
+    auditor: Credentials
+
+    @classmethod
+    def from_json(cls, text: str) -> JourneyUsers:
+        """``{"clinician": {"user": .., "password": ..}, "auditor": {...}}``."""
+        try:
+            raw = json.loads(text)
+            return cls(
+                clinician=Credentials(
+                    str(raw["clinician"]["user"]), str(raw["clinician"]["password"])
+                ),
+                auditor=Credentials(str(raw["auditor"]["user"]), str(raw["auditor"]["password"])),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise JourneyError("input", "the journey's users are not readable JSON") from error
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "clinician": {"user": self.clinician.user, "password": self.clinician.password},
+                "auditor": {"user": self.auditor.user, "password": self.auditor.password},
+            }
+        )
+
+
+class HookGatewayOps:
+    """Gateway steps through a command: ``CMD transfer-patient PATIENT_ID`` (exit 0 = done).
+
+    Used by the frozen client, which has no gateway code. A frozen (PyInstaller) process sets
+    ``LD_LIBRARY_PATH`` to its own folder; the hook gets the caller's original value back so
+    a Python on the host does not load the bundle's libraries.
+    """
+
+    def __init__(self, command: str, *, timeout: float = 120.0) -> None:
+        self.command = shlex.split(command)
+        if not self.command:
+            raise JourneyError("input", "the gateway hook command is empty")
+        self.timeout = timeout
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"):
+            original = env.pop(f"{name}_ORIG", None)
+            if getattr(sys, "frozen", False):
+                env.pop(name, None)
+                if original is not None:
+                    env[name] = original
+        return env
+
+    def _run(self, args: Sequence[str]) -> None:
+        try:
+            done = subprocess.run(  # noqa: S603 - the operator's own hook, no shell
+                [*self.command, *args],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                env=self._env(),
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise JourneyError("gateway_hook", f"gateway hook did not run: {error}") from error
+        for line in done.stdout.splitlines():
+            print(f"    hook: {line}", flush=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr)
+            raise JourneyError("gateway_hook", f"gateway hook {args[0]} exited {done.returncode}")
+
+    def transfer_patient(self, patient_id: str) -> None:
+        self._run(["transfer-patient", patient_id])
+
+
+def step(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def _process_events() -> None:
+    from client.ui.qt import QApplication
+
+    QApplication.processEvents()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise JourneyError("timeout", f"timed out waiting for {what}")
+        _process_events()
+        time.sleep(0.01)
+    _process_events()
+
+
+def settle(seconds: float = 0.2) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        _process_events()
+        time.sleep(0.01)
+
+
+class Journey:
+    """The journey's state and its steps, in order (see ``STEPS``)."""
+
+    STEPS = (
+        "provision",
+        "clinician_first_sign_in",
+        "first_sync",
+        "search",
+        "open_chart",
+        "consultation",
+        "push_sync",
+        "transfer_and_follow_up",
+        "transfer_sync",
+        "break_glass",
+        "lock",
+        "auditor_audit_view",
+        "auditor_online_audit",
+    )
+
+    def __init__(
+        self,
+        data_dir: Path,
+        bundle: Path,
+        out_dir: Path,
+        users: JourneyUsers,
+        gateway_ops: GatewayOps | None,
+    ) -> None:
+        self.data_dir, self.bundle, self.out = data_dir, bundle, out_dir
+        self.users, self.gateway_ops = users, gateway_ops
+        self.screens: list[str] = []
+        self.outcomes: list[Any] = []
+        self.sync_runs: list[Any] = []
+        self.first: Any = None
+        self.win: Any = None
+        self.device: Any = None
+        self.patient: Any = None
+        self.transferred = False
+        self.export = out_dir / "audit-export.json"
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def shoot(self, widget: Any, name: str) -> None:
+        settle(0.15)
+        path = self.out / f"{len(self.screens) + 1:02d}-{name}.png"
+        if not widget.grab().save(str(path)):
+            raise JourneyError("timeout", f"could not write {path.name}")
+        self.screens.append(path.name)
+        print(f"    screenshot {path.name}", flush=True)
+
+    def _main_window(self, device: Any) -> Any:
+        from client.ui.main_window import WINDOW_SIZE, MainWindow
+        from client.ui.qt import Qt
+
+        window = MainWindow(device)
+        # offscreen has no OS focus to lose; the focus-loss lock is tested elsewhere
+        window.app_state = lambda: Qt.ApplicationState.ApplicationActive
+        window.resize(*WINDOW_SIZE)
+        return window
+
+    def _workspace(self) -> Any:
+        from client.ui.clinical import ClinicalWorkspace
+
+        workspace = self.win.workspace
+        if not isinstance(workspace, ClinicalWorkspace):
+            raise JourneyError("timeout", "the clinical workspace is not open")
+        return workspace
+
+    def sign_in_first(self, user: Credentials, name: str) -> None:
+        win = self.win
+        login = win.login_screen
+        if login is None:
+            raise JourneyError("timeout", "no sign-in screen")
+        login.user.setText(user.user)
+        login.password.setText(user.password)
+        login.submit()
+        wait_until(lambda: login.first.isVisible(), "the first sign-in offer")
+        self.shoot(win, name)
+        login.first.click()
+        wait_until(lambda: win.session is not None, f"{user.user}'s first sign-in")
+        print(f"    {user.user} signed in ({win.session.role if win.session else '?'})")
+
+    def sync(self, name: str) -> Any:
+        from client.ui.sync_panel import describe_outcome
+
+        win = self.win
+        count = len(self.outcomes)
+        win.open_sync()
+        panel = win.sync_panel
+        if panel is None or win.sync_dialog is None:
+            raise JourneyError("timeout", "the sync panel did not open")
+        panel.sync_now.click()
+        wait_until(lambda: len(self.outcomes) > count, "the sync")
+        wait_until(lambda: panel.facts is not None and bool(panel.readiness.labels), "readiness")
+        settle(0.3)
+        outcome = self.outcomes[-1]
+        print(f"    {describe_outcome(outcome)}")
+        self.shoot(win.sync_dialog, name)
+        win.sync_dialog.reject()
+        settle(0.1)
+        self.sync_runs.append(outcome)
+        return outcome
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def provision(self) -> None:
+        from client.ui.main_window import WINDOW_SIZE, MainWindow
+        from client.ui.provisioning import ProvisioningWindow
+
+        step("first run: the provisioning screen reads the bundle")
+        first = ProvisioningWindow(
+            self.data_dir, bundle_path=self.bundle, open_main=self._main_window
+        )
+        self.first = first
+        first.resize(*WINDOW_SIZE)
+        first.show()
+        screen = first.screen_widget
+        wait_until(lambda: screen.enrol.isEnabled(), "the bundle preview")
+        print(f"    bundle for site {screen.site.text()}, gateway {screen.gateway.text()}")
+        self.shoot(first, "provisioning-bundle")
+        step("enrolling this laptop (device key, CSR + one-time token, vault, escrow slot)")
+        screen.enrol.click()
+        wait_until(lambda: screen.proceed.isVisible(), "enrolment")
+        self.device = screen.device
+        if self.device is None:
+            raise JourneyError("timeout", "enrolment left no device")
+        print(f"    device {self.device.profile.device_id} for site {self.device.profile.site}")
+        self.shoot(first, "provisioned")
+        screen.proceed.click()
+        self.win = first.main_window
+        if not isinstance(self.win, MainWindow):
+            raise JourneyError("timeout", "the main window did not open")
+        self.win.sync.finished.connect(self.outcomes.append)
+
+    def clinician_first_sign_in(self) -> None:
+        step("first sign-in of the clinician on this laptop (online: the gateway unseals escrow)")
+        self.sign_in_first(self.users.clinician, "first-sign-in")
+
+    def first_sync(self) -> None:
+        step("first sync: the site's records come down")
+        self.sync("sync-first")
+
+    def search(self) -> None:
+        step("search as you type")
+        workspace = self._workspace()
+        workspace.caseload.query.setText("a")
+        wait_until(lambda: workspace.caseload.model.rowCount() > 0, "search results")
+        self.shoot(self.win, "search")
+        model = workspace.caseload.model
+        rows = [model.patient(r) for r in range(model.rowCount())]
+        in_scope = [p for p in rows if p is not None and p.in_scope]
+        if not in_scope:
+            raise JourneyError("timeout", "no patient of this site in the results")
+        self.patient = next((p for p in in_scope if p.has_alerts), in_scope[0])
+
+    def open_chart(self) -> None:
+        step("opening a chart (alerts and allergies first)")
+        workspace = self._workspace()
+        workspace.open_patient(self.patient.id)
+        wait_until(lambda: workspace.chart is not None, "the chart")
+        self.shoot(self.win, "chart")
+
+    def consultation(self) -> None:
+        from client.ui.consultation_form import ConsultationForm
+
+        step("writing a consultation offline")
+        workspace = self._workspace()
+        workspace.new_consultation()
+        form = workspace.patient_screen
+        if not isinstance(form, ConsultationForm):
+            raise JourneyError("timeout", "the consultation form did not open")
+        for kind, value in (("systolic", "128"), ("diastolic", "82"), ("heart_rate", "72")):
+            form.vital_fields[kind].setText(value)
+        form.note.setPlainText("Reviewed on the wing. Inhaler technique good.")
+        form.plan.setPlainText("Review in 4 weeks.")
+        self.shoot(self.win, "consultation")
+        form.submit()
+        wait_until(
+            lambda: workspace.chart is not None and any(e.unsent for e in workspace.chart.timeline),
+            "the saved consultation",
+        )
+        self.shoot(self.win, "chart-not-yet-sent")
+
+    def push_sync(self) -> None:
+        step("sync: the consultation goes up")
+        self.sync("sync-pushed")
+
+    def transfer_and_follow_up(self) -> None:
+        from client.ui.consultation_form import ConsultationForm
+
+        if self.gateway_ops is None:
+            step("no gateway operator for this run: the transfer and break-glass are skipped")
+            return
+        step("IT transfers the patient to another prison on the gateway; a follow-up is unsent")
+        self.gateway_ops.transfer_patient(self.patient.id)
+        self.transferred = True
+        workspace = self._workspace()
+        workspace.new_consultation()
+        follow_up = workspace.patient_screen
+        if not isinstance(follow_up, ConsultationForm):
+            raise JourneyError("timeout", "the follow-up form did not open")
+        follow_up.note.setPlainText("Follow-up: handover note for the receiving prison.")
+        follow_up.submit()
+        wait_until(lambda: workspace.patient_screen is not follow_up, "the follow-up note")
+
+    def transfer_sync(self) -> None:
+        if not self.transferred:
+            return
+        step("sync: the transfer comes down; the note is refused (patient no longer this site's)")
+        self.sync("sync-after-transfer")
+        self._workspace().back_to_search()
+
+    def break_glass(self) -> None:
+        if not self.transferred:
+            return
+        step("break-glass: the transferred patient stays only for the unsent note")
+        workspace = self._workspace()
+        workspace.open_patient(self.patient.id)
+        wait_until(lambda: workspace.break_glass_dialog is not None, "the break-glass dialog")
+        dialog = workspace.break_glass_dialog
+        dialog.reason.setCurrentIndex(1)
+        dialog.text.setPlainText("Patient transferred today; handover note still to send.")
+        dialog.password.setText(self.users.clinician.password)
+        self.shoot(dialog, "break-glass")
+        dialog.submit()
+        wait_until(lambda: workspace.grant is not None and workspace.chart is not None, "the grant")
+        self.shoot(self.win, "chart-break-glass")
+
+    def lock(self) -> None:
+        step("lock: every patient screen is destroyed")
+        self.win.lock()
+        settle(0.3)
+        self.shoot(self.win, "locked")
+
+    def auditor_audit_view(self) -> None:
+        from client.ui.audit_view import AuditWorkspace
+
+        step("the auditor's first sign-in and the audit view")
+        self.sign_in_first(self.users.auditor, "auditor-first-sign-in")
+        audit = self.win.workspace
+        if not isinstance(audit, AuditWorkspace):
+            raise JourneyError("timeout", "the audit workspace did not open")
+        wait_until(lambda: audit.model.rowCount() > 0, "the audit entries")
+        self.shoot(self.win, "audit")
+        audit.export_to(self.export, "json")
+        wait_until(self.export.exists, "the audit export")
+        print(f"    audit export: {self.export}")
+
+    def auditor_online_audit(self) -> None:
+        """The "Online (gateway)" tab: a sync uploads the chain, then the site's trail is asked."""
+        from client.ui.audit_view import AuditWorkspace
+
+        step("the auditor's online audit view (chain uploaded, then the gateway asked)")
+        audit = self.win.workspace
+        if not isinstance(audit, AuditWorkspace):
+            raise JourneyError("timeout", "the audit workspace is not open")
+        count = len(self.outcomes)
+        if not self.win.start_sync():
+            raise JourneyError("timeout", "the audit upload did not start")
+        wait_until(lambda: len(self.outcomes) > count, "the audit upload")
+        online = audit.online
+        audit.tabs.setCurrentWidget(online)
+        online.password.setText(self.users.auditor.password)
+        online.search()
+        wait_until(lambda: online.search_button.isEnabled(), "the gateway's audit trail")
+        actions = sorted({row[3] for row in online.model.rows})
+        rows, chains = online.model.rowCount(), online.chains.rowCount()
+        print(f"    gateway: {rows} entries ({', '.join(actions)}), {chains} device chain(s)")
+        self.shoot(self.win, "audit-online")
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.win is not None:
+            self.win.lock()
+            settle(0.2)
+            self.win.close()
+        elif self.first is not None:  # stopped before the provisioning window handed over
+            self.first.close()
+        settle(0.2)
+
+    def summary(self) -> dict[str, Any]:
+        from client.ui.sync_panel import outcome_counts
+
+        runs = [outcome_counts(o) for o in self.sync_runs]
+        totals = {
+            key: sum(int(r.get(key) or 0) for r in runs)
+            for key in ("pulled", "deleted", "pushed", "conflicts", "quarantined", "push_errors")
+        }
+        return {
+            "device_data": str(self.data_dir),
+            "device_id": self.device.profile.device_id if self.device else None,
+            "site": self.device.profile.site if self.device else None,
+            "audit_export": str(self.export),
+            "sync": {**totals, "runs": runs},
+            "break_glass_patient": self.patient.id if self.transferred else None,
+            "screens": list(self.screens),
+            "frozen": bool(getattr(sys, "frozen", False)),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+
+    def run(self) -> dict[str, Any]:
+        try:
+            for name in self.STEPS:
+                getattr(self, name)()
+        finally:
+            self.close()
+        return self.summary()
+
+
+def run_journey(
+    data_dir: Path,
+    bundle: Path,
+    out_dir: Path,
+    *,
+    gateway_ops: GatewayOps | None,
+    users: JourneyUsers,
+) -> dict[str, Any]:
+    """Drive every screen offscreen; PNGs and the audit export go to ``out_dir``."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from client.ui.qt import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return Journey(data_dir, bundle, out_dir, users, gateway_ops).run()
+    finally:
+        del app
+
+
+def cli_main(data: str, bundle: str, out: str, hook: str | None) -> int:
+    """``gatehouse --demo-journey``: users as JSON on stdin; ``OUT/journey.json`` at the end."""
+    from policy.atomic import atomic_write
+
+    try:
+        users = JourneyUsers.from_json(sys.stdin.read())
+        ops = HookGatewayOps(hook) if hook else None
+        summary = run_journey(Path(data), Path(bundle), Path(out), gateway_ops=ops, users=users)
+    except JourneyError as error:
+        print(f"error: journey stopped ({error.reason}): {error.message}", file=sys.stderr)
+        return 1
+    atomic_write(Path(out) / JOURNEY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+    step(f"journey done: {Path(out) / JOURNEY_FILE}")
+    return 0

@@ -1,0 +1,205 @@
+"""The auditor's "Online (gateway)" tab against a real gateway (mutual TLS on 127.0.0.1): a
+clinician's views and break-glass reach the gateway by sync, the auditor re-authenticates and
+sees them (and the chain status), exports, and every query is audited on the laptop; no
+clinical content anywhere; roles enforced in the core."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from client.core import audit_online
+from client.core.device import Device
+from client.core.provisioning import add_user_online
+from client.core.session import NotAllowed, Session
+from client.core.sync_runner import run_sync
+from client.ui.audit_view import AuditWorkspace, OnlineAuditPanel
+from client.ui.main_window import MainWindow
+from client.ui.qt import Qt
+from sync.audit_client import AuditQuery
+from sync.audit_fhir import CSV_HEADER, entries_from_bundle
+from tests.ui.gateway_fixtures import (
+    AUDITOR,
+    NURSE,
+    LiveGateway,
+    provision_for_tests,
+    start_live_gateway,
+)
+from tests.ui.ui_fixtures import disk_is_fine, on_worker, widget_texts
+
+OUTSIDE = "not-on-this-laptop"
+
+
+@dataclasses.dataclass
+class Scene:
+    live: LiveGateway
+    device: Device
+    viewed: str  # a patient the clinician opened
+    clinical: list[str]  # names and text that must never show in the auditor's screens
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
+    folder = tmp_path_factory.mktemp("audit-online")
+    live = start_live_gateway(folder, patients=12)
+    try:
+        raw = live.bundle(folder / "bundle.json").read_bytes()
+        device = provision_for_tests(folder / "device", raw)
+        add_user_online(device, *NURSE)
+        nurse = Session.login(device, *NURSE)
+        assert run_sync(nurse).error is None
+        patients = nurse.caseload()
+        chart = nurse.open_chart(patients[0].id)
+        clinical = [p.display_name for p in patients]
+        clinical += [a.substance for a in chart.allergies] + [p.text for p in chart.problems]
+        assert len(clinical) > len(patients)  # the chart had something clinical to leak
+        nurse.break_glass(OUTSIDE, "transfer", "Arrived from another prison today", NURSE[1])
+        assert run_sync(nurse).error is None  # the audit chain goes up with the sync
+        with pytest.raises(NotAllowed):  # AU-5: a clinician cannot query the audit trail
+            audit_online.query_gateway(nurse, NURSE[1], AuditQuery())
+        nurse.lock()
+        add_user_online(device, *AUDITOR)
+        yield Scene(live, device, patients[0].id, clinical)
+    finally:
+        live.stop()
+
+
+def auditor_window(qtbot: QtBot, scene: Scene) -> tuple[MainWindow, OnlineAuditPanel]:
+    win = MainWindow(scene.device, launch_check=disk_is_fine)
+    win.app_state = lambda: Qt.ApplicationState.ApplicationActive
+    qtbot.addWidget(win)
+    win.show()
+    login = win.login_screen
+    assert login is not None
+    login.user.setText(AUDITOR[0])
+    login.password.setText(AUDITOR[1])
+    login.submit()
+    qtbot.waitUntil(lambda: win.session is not None, timeout=15000)
+    audit = win.workspace
+    assert isinstance(audit, AuditWorkspace)
+    audit.tabs.setCurrentWidget(audit.online)
+    return win, audit.online
+
+
+def search(qtbot: QtBot, panel: OnlineAuditPanel, password: str = AUDITOR[1]) -> None:
+    panel.password.setText(password)
+    panel.search_button.click()
+    assert not panel.search_button.isEnabled()  # on the executor, the window stays live
+    qtbot.waitUntil(panel.search_button.isEnabled, timeout=20000)
+
+
+def test_auditor_sees_the_clinicians_views_and_break_glass_at_the_gateway(
+    qtbot: QtBot, scene: Scene
+) -> None:
+    win, panel = auditor_window(qtbot, scene)
+    search(qtbot, panel)
+    assert panel.password.text() == ""  # used once, not kept
+    rows = panel.model.rows
+    device_id = scene.device.profile.device_id
+    views = [r for r in rows if r[3] == "record_view" and r[1] == NURSE[0]]
+    assert views and views[0][5] == scene.viewed and views[0][2] == device_id
+    (glass,) = [r for r in rows if r[3] == "break_glass"]
+    assert glass[5] == OUTSIDE and glass[6] == "BTG"
+    assert glass[7] == "Arrived from another prison today"
+    (chain,) = panel.chains.rows
+    assert chain[0] == device_id and int(chain[1]) > 0 and chain[4] == "0"
+    assert "break-glass" in panel.summary.text()
+
+    panel.break_glass_only.setChecked(True)
+    search(qtbot, panel)
+    assert {r[6] for r in panel.model.rows} == {"BTG"} and len(panel.model.rows) == 1
+    panel.break_glass_only.setChecked(False)
+    panel.patient.setText(scene.viewed)
+    search(qtbot, panel)
+    assert panel.model.rows and {r[5] for r in panel.model.rows} == {scene.viewed}
+    panel.patient.clear()
+    panel.user.setText(AUDITOR[0])  # the auditor's own sign-ins are on the laptop, not yet up
+    search(qtbot, panel)
+    assert all(r[1] == AUDITOR[0] for r in panel.model.rows)
+
+    texts = " ".join(widget_texts())
+    for clinical in scene.clinical:
+        assert clinical not in texts
+
+    # Every query is in the laptop's own chain, with its filters and no clinical content.
+    session = win.session
+    assert session is not None
+    entries = on_worker(win, session.audit_entries)
+    queries = [e for e in entries if e.action == "audit_query" and e.user_id == AUDITOR[0]]
+    assert len(queries) == 4
+    refused = [e for e in entries if e.action == "audit_query" and e.user_id == NURSE[0]]
+    assert [e.outcome for e in refused] == ["denied"]  # the clinician's attempt (AU-5)
+    assert queries[0].outcome == "success" and queries[0].detail["where"] == "gateway"
+    assert dict(queries[1].detail)["break_glass"] == "yes"
+    assert dict(queries[2].detail)["patient_id"] == scene.viewed
+
+
+def test_wrong_password_shows_no_results_and_is_audited(qtbot: QtBot, scene: Scene) -> None:
+    win, panel = auditor_window(qtbot, scene)
+    search(qtbot, panel, password="not the password at all")
+    assert panel.model.rowCount() == 0 and panel.chains.rowCount() == 0
+    assert panel.feedback.text() and "Traceback" not in panel.feedback.text()
+    panel.since.setText("20-11-2026")
+    panel.password.setText(AUDITOR[1])
+    panel.search_button.click()
+    assert "YYYY-MM-DD" in panel.feedback.text() and panel.password.text() == AUDITOR[1]
+    panel.since.clear()
+    panel.password.clear()
+    panel.search_button.click()  # no password: nothing is asked
+    assert "password" in panel.feedback.text()
+    session = win.session
+    assert session is not None
+    entries = on_worker(win, session.audit_entries)
+    failed = [e for e in entries if e.action == "audit_query" and e.outcome == "failure"]
+    assert failed and "why" in failed[-1].detail
+
+
+def test_lock_scrubs_the_online_results(qtbot: QtBot, scene: Scene) -> None:
+    win, panel = auditor_window(qtbot, scene)
+    search(qtbot, panel)
+    assert panel.model.rowCount() > 0
+    win.lock()
+    assert panel.model.rowCount() == 0 and panel.chains.rowCount() == 0
+    assert panel.entries == []
+
+
+# Last in the module: its wrong password throttles further sign-ins on this laptop.
+def test_exports_need_the_password_and_hold_only_audit_metadata(
+    qtbot: QtBot, scene: Scene, tmp_path: Path
+) -> None:
+    win, panel = auditor_window(qtbot, scene)
+    assert not panel.export_fhir.isEnabled()  # nothing to export yet
+    search(qtbot, panel)
+    messages: list[str] = []
+    panel.notify.connect(messages.append)
+    out_json, out_csv, refused = tmp_path / "a.json", tmp_path / "a.csv", tmp_path / "no.json"
+    for path, kind in ((out_json, "json"), (out_csv, "csv")):
+        panel.password.setText(AUDITOR[1])
+        panel.export_to(path, kind)
+        before = len(messages)
+        qtbot.waitUntil(lambda: panel.export_fhir.isEnabled(), timeout=10000)
+        assert len(messages) > before, panel.feedback.text()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    exported = entries_from_bundle(json.loads(out_json.read_text(encoding="utf-8")))
+    assert [e.action for e in exported] == [r[3] for r in panel.model.rows]
+    rows = list(csv.reader(out_csv.read_text(encoding="utf-8").splitlines()))
+    assert tuple(rows[0]) == CSV_HEADER and len(rows) == len(exported) + 1
+    text = out_json.read_text(encoding="utf-8") + out_csv.read_text(encoding="utf-8")
+    for clinical in scene.clinical:
+        assert clinical not in text
+    # A wrong password writes nothing (last: it throttles the next attempts).
+    panel.password.setText("wrong password for export")
+    panel.export_to(refused, "json")
+    qtbot.waitUntil(lambda: panel.export_fhir.isEnabled(), timeout=10000)
+    assert not refused.exists() and panel.feedback.text()
+    session = win.session
+    assert session is not None
+    exports = [e for e in on_worker(win, session.audit_entries) if e.action == "export"]
+    assert [e.outcome for e in exports] == ["success", "success", "denied"]
