@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 
@@ -386,9 +386,9 @@ class SyncEngine:
                 except TransportError as error:
                     raise SyncError("bad_link", "a page link points outside the gateway") from error
         if following:
-            cursor = following
+            cursor = _origin_free(following)
         elif resume:
-            cursor = resume
+            cursor = _origin_free(resume)
         elif newest is not None:
             # No change sequence: resume from the newest lastUpdated seen minus an overlap;
             # re-read resources are deduplicated by version in the replica.
@@ -399,6 +399,13 @@ class SyncEngine:
             )
         page = Page(stream, resources, deletions, quarantined, cursor)
         return page, following is not None
+
+
+def _origin_free(url: str) -> str:
+    """A link as stored in a cursor: path and query only, never the host, so a gateway that
+    moves (a new URL in a new policy) does not strand every stored cursor."""
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 def _is_history(url: str) -> bool:

@@ -40,6 +40,7 @@ import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -253,6 +254,9 @@ class PathDispatch:
             await self.fhir(scope, receive, send)
 
 
+GZIP_MIN_BYTES = 1024  # smaller answers are not worth compressing
+
+
 def build_app(
     store: Store,
     *,
@@ -268,6 +272,8 @@ def build_app(
     if authority is not None:
         control = create_control_app(store, authority, clock=clock, login_policy=login_policy)
         inner = PathDispatch(inner, control)
+    # Pages of FHIR JSON compress ~10-30x; the device asks for gzip and bounds the decoded size.
+    inner = GZipMiddleware(inner, minimum_size=GZIP_MIN_BYTES)
     return DeviceAuthMiddleware(
         inner,
         store=store,

@@ -103,6 +103,7 @@ _IDENTIFIER_VALUE = (
 )
 _IDENTIFIER_SYSTEM_VALUE = _IDENTIFIER_VALUE[:-1] + " AND i.system = ?)"
 _RES_COLS = "type, id, version_id, last_updated_us, site, patient_id, deleted, seq, body"
+_RES_COLS_R = ", ".join(f"r.{column}" for column in _RES_COLS.split(", "))
 
 
 def _row_to_resource(row: tuple[Any, ...]) -> StoredResource:
@@ -166,11 +167,14 @@ class _SqliteWriteTx:
     def find_by_identifier(
         self, rtype: str, site: str, system: str, value: str
     ) -> list[StoredResource]:
+        # Driven from the identifier index (type, value, system), not a scan of the site: an
+        # exactly-once create looks this up for every pushed resource.
         rows = self._conn.execute(
-            f"SELECT {_RES_COLS} FROM resources r WHERE r.type = ? AND r.site = ?"  # noqa: S608
-            " AND r.deleted = 0 AND EXISTS (SELECT 1 FROM resource_identifiers i"
-            " WHERE i.type = r.type AND i.id = r.id AND i.system = ? AND i.value = ?)",
-            (rtype, site, system, value),
+            f"SELECT {_RES_COLS_R} FROM resource_identifiers i"  # noqa: S608
+            " JOIN resources r ON r.type = i.type AND r.id = i.id"
+            " WHERE i.type = ? AND i.value = ? AND i.system = ?"
+            " AND r.site = ? AND r.deleted = 0",
+            (rtype, value, system, site),
         ).fetchall()
         return [_row_to_resource(r) for r in rows]
 

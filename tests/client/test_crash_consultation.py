@@ -18,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from keyring.backends import fail
 
 from client.core.device import Device, FirstUser
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import sys
+import pytest
 from keyring.backends import fail
 from client.core.consultation import Vital
 from client.core.device import Device
@@ -70,6 +72,7 @@ def _provision(data: Path) -> Device:
     )
 
 
+@pytest.mark.timeout(max(300, 2 * int(os.environ.get("GATEHOUSE_KILL_ROUNDS", "12"))))
 def test_CR1_kill_9_during_consultation_saves_loses_or_duplicates_nothing(tmp_path: Path) -> None:
     data = tmp_path / "device"
     device = _provision(data)
