@@ -483,6 +483,21 @@ class Session:
         permissions = decisions.ui_permissions(self.policy)
         return permissions.printing if kind == "print" else permissions.clipboard_copy_out
 
+    def wipe_device(self, password: str, confirmation: str) -> None:
+        """Admin: cryptographically erase this laptop now (WP-1). Needs the password again and
+        the device id typed as confirmation; audited before the keys are destroyed (the entry
+        reaches the gateway only if it was uploaded — the wipe report says when it happened)."""
+        self._require_role((ADMIN,), "wipe this laptop", "wipe")
+        if confirmation.strip() != self.device.profile.device_id:
+            raise UserFacingError(
+                "wipe_not_confirmed", "Type this laptop's device id exactly to confirm the wipe."
+            )
+        accounts.reauthenticate(self.device, self.user_id, password)
+        with self._act() as conn:
+            self._append(conn, "wipe", detail={"why": "admin"})
+        self.lock()
+        self.device.wipe("admin_wipe")
+
     def device_users(self) -> list[tuple[str, str]]:
         """(user id, role) of everyone with a key slot here (admin only)."""
         self._require_role((ADMIN,), "see this device's users", "users_read")

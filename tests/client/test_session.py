@@ -12,7 +12,7 @@ import pytest
 from client.core import consultation
 from client.core.accounts import LoginRefused
 from client.core.device import Device, ProvisioningError
-from client.core.errors import VaultLocked
+from client.core.errors import UserFacingError, VaultLocked
 from client.core.kdf import FLOOR
 from client.core.session import (
     BreakGlassRefused,
@@ -476,3 +476,20 @@ def test_H2_a_wipe_during_a_session_stops_it_serving_records(tmp_path: Path) -> 
     with pytest.raises(VaultLocked):
         session.open_chart(pid)
     session.lock()  # idempotent, nothing to audit into
+
+
+def test_WP1_an_admin_wipe_needs_the_password_and_the_device_id(tmp_path: Path) -> None:
+    td = provision(tmp_path / "wipe", role="admin", user=("it.admin", "admin passphrase!"))
+    session = Session.login(td.device, "it.admin", "admin passphrase!")
+    with pytest.raises(UserFacingError):
+        session.wipe_device("admin passphrase!", "not-the-id")
+    with pytest.raises(LoginRefused):
+        session.wipe_device("wrong password!!", td.device.profile.device_id)
+    td.clocks.advance(dt.timedelta(seconds=5))
+    copy = {p.name: p.read_bytes() for p in td.data_dir.iterdir() if p.is_file()}
+    session.wipe_device("admin passphrase!", td.device.profile.device_id)
+    assert session.is_locked and not (td.data_dir / "vault.db").exists()
+    for name, content in copy.items():  # the copy taken before no longer opens
+        (td.data_dir / name).write_bytes(content)
+    with pytest.raises(Exception):  # noqa: B017 - keyring secrets are gone: nothing opens
+        Session.login(td.reopen(), "it.admin", "admin passphrase!")
