@@ -1,16 +1,26 @@
-"""The admin panel: device facts, policy, keyring backend, users on the device, add a user.
+"""The admin panel: device facts, policy, certificate, keyring, storage, users, add, wipe.
 
 Guarantees:
-- Shows no clinical content: device id, site, policy version and expiry, keyring backend (with
-  a plain warning when it is the weak file fallback), the users who hold key slots, counts of
-  unsent items and audit backlog.
+- Shows no clinical content: device id, site, device certificate expiry ("not enrolled" when the
+  certificate is missing), policy version and expiry, keyring backend (with a plain warning when
+  it is the weak file fallback), storage used by the data folder, the users who hold key slots,
+  counts of unsent items and audit backlog.
 - Facts are gathered on the executor in one call; adding a user (Argon2) runs there too.
+- Wiping is in a separate danger section and needs three things: the device id typed exactly,
+  the admin's password, and a final yes/no. The wipe itself (re-authentication, audit, lock,
+  erase) is ``Session.wipe_device`` on the executor; the password field is cleared as soon as
+  it is read. On success ``wiped`` is emitted and the window shows the wiped screen.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
+from cryptography import x509
+
+from client.core.device import TLS_CERT
 from client.core.session import ADMIN, AUDITOR, Session, SessionStatus
 from client.ui.error_boundary import explain
 from client.ui.qt import (
@@ -19,12 +29,16 @@ from client.ui.qt import (
     QGroupBox,
     QHBoxLayout,
     QListWidget,
+    QMessageBox,
+    Qt,
     QVBoxLayout,
     QWidget,
     Signal,
 )
 from client.ui.runner import Runner
-from client.ui.widgets import button, data_label, field, format_moment, set_role
+from client.ui.widgets import button, data_label, field, format_moment, format_span, set_role
+
+UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
 
 
 @dataclass(frozen=True)
@@ -35,11 +49,55 @@ class DeviceFacts:
     keyring_weak: bool
     users: tuple[tuple[str, str], ...]
     status: SessionStatus
+    certificate_state: str  # "valid", "expired", "missing" or "unreadable"
+    certificate_expires_at: dt.datetime | None
+    storage_bytes: int
+    now: dt.datetime
+
+
+def certificate_expiry(path: Path) -> tuple[str, dt.datetime | None]:
+    """("missing"|"unreadable"|"ok", not-after) of the device's PEM certificate."""
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError:
+        return "missing", None
+    except OSError:
+        return "unreadable", None
+    try:
+        return "ok", x509.load_pem_x509_certificate(pem).not_valid_after_utc
+    except ValueError:
+        return "unreadable", None
+
+
+def storage_used(folder: Path) -> int:
+    """Total size in bytes of the regular files under ``folder`` (symlinks not followed)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.lstat().st_size
+        except OSError:  # a file removed while we walk
+            continue
+    return total
+
+
+def human_size(size: int) -> str:
+    """``532 bytes`` / ``4.2 MiB``: binary units, one decimal above bytes."""
+    value = float(size)
+    for unit in UNITS:
+        if value < 1024 or unit == UNITS[-1]:
+            return f"{size:,} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def gather(session: Session) -> DeviceFacts:
     """Everything the panel shows (runs on the executor)."""
     device = session.device
+    now = device.clock()
+    state, expires = certificate_expiry(device.data_dir / TLS_CERT)
+    if state == "ok" and expires is not None:
+        state = "valid" if expires > now else "expired"
     return DeviceFacts(
         device.profile.device_id,
         device.profile.site,
@@ -47,11 +105,27 @@ def gather(session: Session) -> DeviceFacts:
         device.keyring.is_weak,
         tuple(device.header.users()),
         session.status(),
+        state,
+        expires,
+        storage_used(device.data_dir),
+        now,
     )
+
+
+def describe_certificate(facts: DeviceFacts) -> str:
+    expires = facts.certificate_expires_at
+    if facts.certificate_state == "missing" or expires is None:
+        if facts.certificate_state == "unreadable":
+            return "⚠ The device certificate cannot be read. Re-provision this laptop."
+        return "Not enrolled (no device certificate on this laptop)"
+    if facts.certificate_state == "expired":
+        return f"⚠ EXPIRED {format_moment(expires)}. Sync will fail: re-enrol this laptop."
+    return f"expires {format_moment(expires)} (in {format_span(expires - facts.now)})"
 
 
 class AdminPanel(QWidget):
     notify = Signal(str)
+    wiped = Signal()
 
     def __init__(self, session: Session, runner: Runner) -> None:
         super().__init__()
@@ -59,17 +133,22 @@ class AdminPanel(QWidget):
         self.setAccessibleName("Device administration")
         self._session = session
         self._runner = runner
+        self.wipe_question: QMessageBox | None = None
         device_box = QGroupBox("This laptop")
         form = QFormLayout(device_box)
         self.device_id = data_label()
         self.site = data_label()
+        self.certificate = data_label(wrap=True)
         self.policy = data_label(wrap=True)
         self.keyring = data_label(wrap=True)
+        self.storage = data_label()
         self.backlog = data_label(wrap=True)
         form.addRow("Device id", self.device_id)
         form.addRow("Site", self.site)
+        form.addRow("Certificate", self.certificate)
         form.addRow("Policy", self.policy)
         form.addRow("Keyring", self.keyring)
+        form.addRow("Storage used", self.storage)
         form.addRow("Not yet sent", self.backlog)
         users_box = QGroupBox("Users on this laptop")
         users_layout = QVBoxLayout(users_box)
@@ -103,6 +182,7 @@ class AdminPanel(QWidget):
                 wrap=True,
             ),
         )
+        danger_box = self._danger_section()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 12)
         layout.addWidget(data_label("Device administration", role="title"))
@@ -114,11 +194,38 @@ class AdminPanel(QWidget):
         left.addWidget(device_box)
         left.addWidget(add_box)
         left.addStretch(1)
+        right = QVBoxLayout()
+        right.addWidget(users_box, 1)
+        right.addWidget(danger_box)
         row.addLayout(left, 3)
-        row.addWidget(users_box, 2)
+        row.addLayout(right, 2)
         layout.addLayout(row, 1)
         self.add_button.clicked.connect(self.add_user)
+        self.wipe_button.clicked.connect(self.ask_wipe)
         self.refresh()
+
+    def _danger_section(self) -> QGroupBox:
+        box = QGroupBox("Danger: wipe this laptop")
+        box.setObjectName("danger_section")
+        box.setAccessibleName("Danger: wipe this laptop")
+        form = QFormLayout(box)
+        form.addRow(
+            data_label(
+                "⚠ Wiping destroys every Gatehouse record and key on this laptop at once. "
+                "Work not yet sent is lost. This cannot be undone.",
+                role="error",
+                wrap=True,
+            )
+        )
+        self.wipe_confirmation = field("Type this laptop's device id to confirm the wipe")
+        self.wipe_password = field("Your password, to confirm the wipe", password=True)
+        self.wipe_button = button("&Wipe this laptop…", "Wipe this laptop")
+        self.wipe_feedback = data_label("", role="error", wrap=True)
+        form.addRow("&Device id", self.wipe_confirmation)
+        form.addRow("Your pa&ssword", self.wipe_password)
+        form.addRow("", self.wipe_button)
+        form.addRow("", self.wipe_feedback)
+        return box
 
     def refresh(self) -> None:
         session = self._session
@@ -128,6 +235,9 @@ class AdminPanel(QWidget):
         status = facts.status
         self.device_id.setText(facts.device_id)
         self.site.setText(facts.site)
+        self.certificate.setText(describe_certificate(facts))
+        bad = facts.certificate_state in ("expired", "unreadable")
+        set_role(self.certificate, "error" if bad else "")
         self.policy.setText(
             f"version {status.policy_version}, expires {format_moment(status.policy_expires_at)}"
             f" ({status.policy_mode})"
@@ -141,6 +251,7 @@ class AdminPanel(QWidget):
         else:
             self.keyring.setText(facts.keyring_backend)
             set_role(self.keyring, "")
+        self.storage.setText(human_size(facts.storage_bytes))
         self.backlog.setText(
             f"{status.unsent_items} record item(s), {status.audit_unsent} audit entries; "
             f"{status.conflicts} conflict(s)"
@@ -178,3 +289,56 @@ class AdminPanel(QWidget):
         self.new_password.clear()
         self.new_password_again.clear()
         self.add_feedback.setText(explain(error).message)
+
+    # -- wipe ------------------------------------------------------------------------------
+
+    def ask_wipe(self) -> None:
+        """Check the form, then ask a final yes/no (window-modal, not blocking the loop)."""
+        confirmation = self.wipe_confirmation.text().strip()
+        if confirmation != self._session.device.profile.device_id:
+            self.wipe_feedback.setText("Type this laptop's device id exactly to confirm the wipe.")
+            return
+        if not self.wipe_password.text():
+            self.wipe_feedback.setText("Enter your password to confirm the wipe.")
+            return
+        self.wipe_feedback.setText("")
+        box = QMessageBox(self)
+        box.setObjectName("wipe_question")
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Wipe this laptop?")
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        box.setText(
+            f"Wipe {confirmation} now? Every Gatehouse record and key on it is destroyed and "
+            "unsent work is lost. This cannot be undone."
+        )
+        box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        box.setAccessibleName("Confirm wiping this laptop")
+        box.finished.connect(lambda _result: self._wipe_answered(box))
+        self.wipe_question = box
+        box.open()
+
+    def _wipe_answered(self, box: QMessageBox) -> None:
+        if self.wipe_question is box:
+            self.wipe_question = None
+        yes = box.clickedButton() is box.button(QMessageBox.StandardButton.Yes)
+        box.deleteLater()
+        if not yes:
+            self.wipe_feedback.setText("Not wiped.")
+            return
+        password = self.wipe_password.text()
+        self.wipe_password.clear()
+        confirmation = self.wipe_confirmation.text()
+        self.wipe_button.setEnabled(False)
+        self.wipe_feedback.setText("Wiping…")
+        session = self._session
+        self._runner.run(
+            lambda: session.wipe_device(password, confirmation),
+            lambda _result: self.wiped.emit(),
+            self._wipe_failed,
+        )
+
+    def _wipe_failed(self, error: BaseException) -> None:
+        self.wipe_button.setEnabled(True)
+        self.wipe_password.clear()
+        self.wipe_feedback.setText(explain(error).message)

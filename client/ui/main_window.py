@@ -16,8 +16,8 @@ Guarantees:
 - Sync runs on the window's ``SyncController`` (its own worker), so the window never freezes.
   Locking during a sync shows the lock screen at once, cancels the sync, and locks the session
   (closes the vault) only once the sync has stopped. A sync that reports a remote lock or wipe
-  (``lock_requested``) locks the window; after a remote wipe the window says the laptop was
-  wiped instead of offering a sign-in.
+  (``lock_requested``) locks the window; after a remote wipe (or an admin's wipe from the admin
+  panel) the window says the laptop was wiped instead of offering a sign-in.
 """
 
 from __future__ import annotations
@@ -236,6 +236,7 @@ class MainWindow(QMainWindow):
         elif session.role == ADMIN:
             admin = AdminPanel(session, self.runner)
             admin.notify.connect(self.notify)
+            admin.wiped.connect(lambda: self._lock(wiped=True, remote=False))
             workspace = admin
         else:  # an unknown role sees nothing
             workspace = data_label("Your role has no screen in this version. Contact IT.")
@@ -338,11 +339,12 @@ class MainWindow(QMainWindow):
         self.idle.set_idle_seconds(decisions.idle_lock_seconds(self.session.policy))
         self.refresh_status()
 
-    def show_wiped(self) -> None:
-        """After a remote wipe: nothing to sign in to; say so (no data exists any more)."""
+    def show_wiped(self, *, remote: bool = True) -> None:
+        """After a wipe (remote, or by an admin here): nothing to sign in to; say so."""
         self.login_screen = None
+        who = "IT wiped this laptop remotely" if remote else "This laptop was wiped"
         screen = data_label(
-            "IT wiped this laptop remotely: the Gatehouse records and keys on it have been "
+            f"{who}: the Gatehouse records and keys on it have been "
             "destroyed. Close Gatehouse and contact IT to set the laptop up again.",
             role="title",
             wrap=True,
@@ -369,7 +371,7 @@ class MainWindow(QMainWindow):
         """Lock now: drop the session, destroy every screen that shows patient data."""
         self._lock(wiped=False)
 
-    def _lock(self, *, wiped: bool) -> None:
+    def _lock(self, *, wiped: bool, remote: bool = True) -> None:
         session, self.session = self.session, None
         if session is None:
             return
@@ -399,7 +401,7 @@ class MainWindow(QMainWindow):
         self.statusBar().clearMessage()
         self.locked_user = session.user_id
         if wiped:
-            self.show_wiped()
+            self.show_wiped(remote=remote)
         else:
             self.show_login(locked_user=session.user_id)
 
