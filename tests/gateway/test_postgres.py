@@ -56,6 +56,7 @@ from tests.gateway.conftest import (
     session_for,
 )
 from tests.gateway.pg_fixtures import PgServer, free_port, require_server
+from tests.gateway.store_checks import assert_commit_order_is_seq_order
 from tests.tls_fixtures import DeviceCredentials, PkiFiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -349,37 +350,7 @@ def test_one_client_id_sent_to_every_process_at_once_creates_one_resource(
 def test_a_later_commit_never_gets_a_smaller_seq_across_stores(pg_dsn: str) -> None:
     first, second = PgStore(pg_dsn), PgStore(pg_dsn)  # two processes' worth of connections
     load_resources(first, [patient("p1", SITE_A)])
-    holding, release = threading.Event(), threading.Event()
-    order: list[str] = []
-
-    def slow_writer() -> None:
-        with first.write() as tx:
-            tx.put("Observation", "slow", observation("slow", "p1"))
-            holding.set()
-            release.wait(10)
-            order.append("slow-commit")
-
-    def fast_writer() -> None:
-        with second.write() as tx:
-            tx.put("Observation", "fast", observation("fast", "p1"))
-        order.append("fast-commit")
-
-    slow = threading.Thread(target=slow_writer)
-    slow.start()
-    assert holding.wait(10)
-    fast = threading.Thread(target=fast_writer)
-    fast.start()
-    time.sleep(0.3)
-    assert second.history(HistoryQuery(site=SITE_A, count=100, after_seq=1)) == []
-    assert order == []  # the fast writer waits for the counter row
-    release.set()
-    slow.join(10)
-    fast.join(10)
-    assert order == ["slow-commit", "fast-commit"]
-    changes = second.history(HistoryQuery(site=SITE_A, count=100, after_seq=1))
-    assert [c.rid for c in changes] == ["slow", "fast"]
-    assert changes[0].seq < changes[1].seq
-    assert changes[0].last_updated < changes[1].last_updated
+    assert_commit_order_is_seq_order(first, second, wait=10)
     first.close()
     second.close()
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -13,43 +11,13 @@ from sync.gateway.loader import load_resources
 from sync.gateway.sqlite_store import SqliteStore
 from sync.gateway.store import HistoryQuery, SearchQuery, StoreError
 from tests.gateway.conftest import SITE_A, SITE_B, observation, patient
+from tests.gateway.store_checks import assert_commit_order_is_seq_order
 
 
 def test_a_later_commit_never_gets_a_smaller_seq(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db.sqlite3")
     load_resources(store, [patient("p1", SITE_A)])
-    holding, release = threading.Event(), threading.Event()
-    order: list[str] = []
-
-    def slow_writer() -> None:
-        with store.write() as tx:
-            tx.put("Observation", "slow", observation("slow", "p1"))
-            holding.set()
-            release.wait(5)
-            order.append("slow-commit")
-
-    def fast_writer() -> None:
-        with store.write() as tx:
-            tx.put("Observation", "fast", observation("fast", "p1"))
-        order.append("fast-commit")
-
-    slow = threading.Thread(target=slow_writer)
-    slow.start()
-    assert holding.wait(5)
-    fast = threading.Thread(target=fast_writer)
-    fast.start()
-    time.sleep(0.3)
-    # While the slow transaction is open, a reader sees neither change.
-    seen = store.history(HistoryQuery(site=SITE_A, count=100, after_seq=1))
-    assert seen == []
-    assert order == []  # the fast writer waits for the writer lock
-    release.set()
-    slow.join(5)
-    fast.join(5)
-    assert order == ["slow-commit", "fast-commit"]
-    changes = store.history(HistoryQuery(site=SITE_A, count=100, after_seq=1))
-    assert [c.rid for c in changes] == ["slow", "fast"]
-    assert changes[0].seq < changes[1].seq
+    assert_commit_order_is_seq_order(store, store, wait=5)
     store.close()
 
 
