@@ -17,7 +17,6 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,7 @@ from client.ui.qt import (
     QLabel,
     QLineEdit,
     QModelIndex,
-    QObject,
     QPersistentModelIndex,
-    Qt,
     QTableView,
     QTabWidget,
     QVBoxLayout,
@@ -45,7 +42,7 @@ from client.ui.qt import (
     Signal,
 )
 from client.ui.runner import Runner
-from client.ui.widgets import button, data_label, field
+from client.ui.widgets import TextRowsModel, button, data_label, field
 from policy.atomic import atomic_write
 from sync.audit_client import AuditQuery
 from sync.audit_entry import AuditEntry
@@ -61,46 +58,10 @@ def is_break_glass(entry: AuditEntry) -> bool:
     return entry.purpose == "BTG" or entry.action == "break_glass"
 
 
-class AuditTableModel(QAbstractTableModel):
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._rows: list[AuditEntry] = []
-
-    def set_rows(self, rows: Sequence[AuditEntry]) -> None:
-        self.beginResetModel()
-        self._rows = list(rows)
-        self.endResetModel()
-
-    def clear(self) -> None:
-        self.set_rows([])
-
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return COLUMNS[section]
-        return None
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role != Qt.ItemDataRole.DisplayRole or not 0 <= index.row() < len(self._rows):
-            return None
-        e = self._rows[index.row()]
-        values = (
-            e.ts[:19].replace("T", " "),
-            e.user_id or "",
-            e.action,
-            e.outcome,
-            e.patient_id or "",
-            e.purpose or "",
-            (e.reason_text or str(e.detail.get("reason_code", ""))) if is_break_glass(e) else "",
-        )
-        return values[index.column()]
+def local_row(e: AuditEntry) -> tuple[str, ...]:
+    """The local log's row: the online row without the device (it is this laptop)."""
+    row = online_row(e)
+    return row[:2] + row[3:]
 
 
 class AuditWorkspace(QWidget):
@@ -144,7 +105,7 @@ class AuditWorkspace(QWidget):
         filters.addWidget(self.refresh_button)
         filters.addWidget(self.export_fhir)
         filters.addWidget(self.export_csv)
-        self.model = AuditTableModel(self)
+        self.model = TextRowsModel(COLUMNS, self)
         self.table = QTableView()
         self.table.setObjectName("audit_table")
         self.table.setAccessibleName("Audit entries")
@@ -225,7 +186,7 @@ class AuditWorkspace(QWidget):
 
     def apply_filters(self) -> None:
         rows = self.filtered()
-        self.model.set_rows(rows)
+        self.model.set_rows([local_row(e) for e in rows])
         bg = sum(1 for e in self.entries if is_break_glass(e))
         self.summary.setText(
             f"{len(rows)} of {len(self.entries)} entries shown; {bg} break-glass entries in all."
@@ -271,38 +232,6 @@ ONLINE_COLUMNS = (
     "Reason",
 )
 CHAIN_COLUMNS = ("Device", "Last entry", "Head hash", "Last receipt", "Alerts", "Latest alert")
-
-
-class RowsModel(QAbstractTableModel):
-    """A read-only table of plain strings (Qt never renders a string cell as rich text)."""
-
-    def __init__(self, columns: Sequence[str], parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._columns = tuple(columns)
-        self.rows: list[tuple[str, ...]] = []
-
-    def set_rows(self, rows: Sequence[tuple[str, ...]]) -> None:
-        self.beginResetModel()
-        self.rows = list(rows)
-        self.endResetModel()
-
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._columns)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self._columns[section]
-        return None
-
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role != Qt.ItemDataRole.DisplayRole or not 0 <= index.row() < len(self.rows):
-            return None
-        return self.rows[index.row()][index.column()]
 
 
 def online_row(e: AuditEntry) -> tuple[str, ...]:
@@ -400,8 +329,8 @@ class OnlineAuditPanel(QWidget):
         actions.addStretch(1)
         actions.addWidget(self.export_fhir)
         actions.addWidget(self.export_csv)
-        self.model = RowsModel(ONLINE_COLUMNS, self)
-        self.chains = RowsModel(CHAIN_COLUMNS, self)
+        self.model = TextRowsModel(ONLINE_COLUMNS, self)
+        self.chains = TextRowsModel(CHAIN_COLUMNS, self)
         self.table = _table("gateway_audit_table", self.model)
         self.chain_table = _table("chain_status_table", self.chains)
         self.chain_table.setMaximumHeight(140)

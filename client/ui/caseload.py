@@ -22,15 +22,12 @@ from client.core.search import PatientSummary
 from client.core.session import Session
 from client.ui.qt import (
     QAbstractItemView,
-    QAbstractTableModel,
     QEvent,
     QFont,
     QHeaderView,
     QKeyEvent,
     QLabel,
-    QModelIndex,
     QObject,
-    QPersistentModelIndex,
     Qt,
     QTableView,
     QTimer,
@@ -39,7 +36,15 @@ from client.ui.qt import (
     Signal,
 )
 from client.ui.runner import Runner
-from client.ui.widgets import age_on, data_label, field, format_date, format_nhs
+from client.ui.widgets import (
+    Index,
+    TextRowsModel,
+    age_on,
+    data_label,
+    field,
+    format_date,
+    format_nhs,
+)
 
 DEBOUNCE_MS = 150
 RESULT_LIMIT = 50
@@ -50,52 +55,33 @@ EMPTY_HINT = (
     "Type a name, NHS number, prison number or date of birth (dd/mm/yyyy) to find a patient."
 )
 
-Index = QModelIndex | QPersistentModelIndex
 
-
-class PatientTableModel(QAbstractTableModel):
-    """Search hits as rows; display strings only."""
+class PatientTableModel(TextRowsModel):
+    """Search hits as rows of display strings; ``patient(row)`` gives the hit behind a row."""
 
     def __init__(self, today: Callable[[], dt.date], parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._rows: list[PatientSummary] = []
+        super().__init__(COLUMNS, parent)
+        self._patients: list[PatientSummary] = []
         self._today = today
 
-    def set_rows(self, rows: Sequence[PatientSummary]) -> None:
-        self.beginResetModel()
-        self._rows = list(rows)
-        self.endResetModel()
+    def set_patients(self, hits: Sequence[PatientSummary]) -> None:
+        self._patients = list(hits)
+        self.set_rows([tuple(self.cell(h, c) for c in range(len(COLUMNS))) for h in hits])
 
     def clear(self) -> None:
-        self.set_rows([])
+        self.set_patients([])
 
     def patient(self, row: int) -> PatientSummary | None:
-        return self._rows[row] if 0 <= row < len(self._rows) else None
-
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return COLUMNS[section]
-        return None
+        return self._patients[row] if 0 <= row < len(self._patients) else None
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        hit = self.patient(index.row())
-        if hit is None:
-            return None
-        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.AccessibleTextRole):
-            return self.cell(hit, index.column())
         if role == Qt.ItemDataRole.FontRole and index.column() in (0, 5):
+            if self.patient(index.row()) is None:
+                return None
             font = QFont()
             font.setBold(True)
             return font
-        return None
+        return super().data(index, role)
 
     def cell(self, hit: PatientSummary, column: int) -> str:
         if column == 0:
@@ -199,7 +185,7 @@ class CaseloadScreen(QWidget):
     def _show_caseload(self, asked: int, rows: list[PatientSummary]) -> None:
         if asked != self._asked:
             return  # something was typed meanwhile
-        self.model.set_rows(rows)
+        self.model.set_patients(rows)
         if rows:
             more = " (the first ones; type to search)" if len(rows) >= RESULT_LIMIT else ""
             self.hint.setText(f"Your site's patients on this laptop{more}, by name. {EMPTY_HINT}")
@@ -207,7 +193,7 @@ class CaseloadScreen(QWidget):
     def _show(self, asked: int, hits: list[PatientSummary]) -> None:
         if asked != self._asked:
             return  # a newer query is on its way
-        self.model.set_rows(hits)
+        self.model.set_patients(hits)
         if not hits:
             self.hint.setText("No patient matches. Check the spelling or try another detail.")
         elif len(hits) >= RESULT_LIMIT:

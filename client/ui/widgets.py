@@ -11,8 +11,23 @@ Guarantees:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any
 
-from client.ui.qt import QFrame, QLabel, QLineEdit, QPushButton, Qt, QWidget
+from client.ui.qt import (
+    QAbstractTableModel,
+    QFrame,
+    QLabel,
+    QLineEdit,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QPushButton,
+    Qt,
+    QWidget,
+)
+
+Index = QModelIndex | QPersistentModelIndex
 
 STYLESHEET = """
 QWidget { font-size: 11pt; color: #1b1f24; }
@@ -143,3 +158,42 @@ def format_span(span: dt.timedelta) -> str:
     if hours:
         return f"{hours} h {minutes} min"
     return f"{minutes} min"
+
+
+class TextRowsModel(QAbstractTableModel):
+    """A read-only table whose every cell is a plain string (Qt never renders a string cell
+    as rich text). ``rows`` are tuples of strings, one per column; the same strings are the
+    cells' accessible text. Every data table in the client is one of these."""
+
+    def __init__(self, columns: Sequence[str], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._columns = tuple(columns)
+        self.rows: list[tuple[str, ...]] = []
+
+    def set_rows(self, rows: Sequence[tuple[str, ...]]) -> None:
+        self.beginResetModel()
+        self.rows = list(rows)
+        self.endResetModel()
+
+    def clear(self) -> None:
+        self.set_rows([])
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._columns)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self._columns[section]
+        return None
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role not in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.AccessibleTextRole):
+            return None
+        if not 0 <= index.row() < len(self.rows):
+            return None
+        return self.rows[index.row()][index.column()]
