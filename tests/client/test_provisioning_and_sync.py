@@ -27,7 +27,7 @@ from sync.enrolment import BUNDLE_FORMAT, EnrolmentError
 from sync.gateway import enrolment, policies, users
 from sync.gateway.seed import generate
 from sync.gateway.store import CommandRecord
-from tests.client.device_fixtures import POLICY_KEY, trust_pem
+from tests.client.device_fixtures import policy_envelope, trust_pem
 from tests.gateway.conftest import TEST_HASHER, Gateway, start_gateway, stop_gateway
 
 SITE = "hmp-brixton"
@@ -36,28 +36,15 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 def _policy(gw: Gateway, version: int = 1, **settings: Any) -> bytes:
-    from policy.jws import sign
-    from policy.model import build_payload
-    from policy.schema import defaults
-
-    values = defaults()
-    values.update(
-        {
-            "network.gateway_url": gw.server.url + "/",
-            "network.allowed_hosts": ["127.0.0.1"],
-            "network.spki_pins": [gw.pki.server_pin, base64.b64encode(b"b" * 32).decode()],
-        }
+    """The test policy (device_fixtures) pointed at this gateway and its pins."""
+    return policy_envelope(
+        version,
+        around=NOW,
+        network__gateway_url=gw.server.url + "/",
+        network__allowed_hosts=["127.0.0.1"],
+        network__spki_pins=[gw.pki.server_pin, base64.b64encode(b"b" * 32).decode()],
+        **settings,
     )
-    values.update({k.replace("__", "."): v for k, v in settings.items()})
-    payload = build_payload(
-        version=version,
-        site=SITE,
-        issued_at=NOW - dt.timedelta(hours=1),
-        not_before=NOW - dt.timedelta(hours=1),
-        expires_at=NOW + dt.timedelta(days=60),
-        settings=values,
-    )
-    return sign(json.dumps(payload).encode(), [POLICY_KEY])
 
 
 def _bundle(gw: Gateway) -> bytes:
