@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -112,6 +113,7 @@ class SyncResult:
     bytes_received: int = 0
     bytes_sent: int = 0
     duration_s: float = 0.0
+    pull_complete: bool = False  # every stream was pulled to its end in this sync
     error: str | None = None  # the first failure's reason (None: everything succeeded)
     failed_phases: dict[str, str] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
@@ -299,41 +301,101 @@ class SyncEngine:
     def pull(self) -> None:
         for resource_type in self._types:
             self._pull_type(resource_type)
+        self.result.pull_complete = True
 
     def _pull_type(self, resource_type: str) -> None:
+        """Pull one stream, reading one page ahead: while the replica applies page N on this
+        thread, a worker downloads page N+1, so the network and the server's work overlap the
+        local writes. The worker only moves bytes (it waits on the socket, holding the GIL
+        briefly): parsing and validating stay on this thread, because a busy second Python
+        thread makes SQLite's per-row GIL hand-back crawl. The worker touches only the
+        transport, which this thread leaves alone until the worker is done; the replica is
+        only ever called on the caller's thread. At most two pages are held in memory."""
         stream = f"history:{resource_type}"
         url = self._replica.read_cursor(stream) or self._start_url(resource_type, history=True)
-        seen: set[str] = set()
-        for _ in range(MAX_PAGES_PER_STREAM):
-            self._check_cancel()
+        seen = {url}
+        response = self._transport.get(url, headers={"Accept": FHIR_JSON})
+        if (
+            response.status in NO_HISTORY_STATUSES
+            and _is_history(url)
+            and not self._replica.read_cursor(stream)
+        ):
+            # A server without type-level _history: fall back to a _lastUpdated search
+            # (new and changed resources only; deletions are not seen: docs/sync.md).
+            url = self._start_url(resource_type, history=False)
             seen.add(url)
             response = self._transport.get(url, headers={"Accept": FHIR_JSON})
-            if (
-                response.status in NO_HISTORY_STATUSES
-                and _is_history(url)
-                and not (self._replica.read_cursor(stream))
-            ):
-                # A server without type-level _history: fall back to a _lastUpdated search
-                # (new and changed resources only; deletions are not seen: docs/sync.md).
-                url = self._start_url(resource_type, history=False)
-                seen.add(url)
-                response = self._transport.get(url, headers={"Accept": FHIR_JSON})
-            if response.status != 200:
-                raise SyncError("pull_refused", f"the gateway refused the {resource_type} changes")
-            bundle = self._json(response, f"{resource_type} page")
-            page, more = self._page(stream, resource_type, bundle, history=_is_history(url))
-            stats = self._replica.apply_page(page)
-            self.result.pulled += stats.applied
-            self.result.deleted += stats.deleted
-            self.result.quarantined += stats.quarantined
-            self.result.skipped_older += stats.skipped_older
-            self._report("pull", resource_type, self.result.pulled)
-            if not more:
-                return
-            url = page.next_cursor
-            if url in seen:
-                raise SyncError("bad_link", f"the gateway's {resource_type} pages loop")
+        fetched = self._parsed(response, url, resource_type)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatehouse-pull") as worker:
+            for _ in range(MAX_PAGES_PER_STREAM):
+                following = _origin_free(fetched.following) if fetched.following else None
+                upcoming: Future[Response] | None = None
+                if following is not None and following not in seen and not self._cancelled():
+                    seen.add(following)
+                    upcoming = worker.submit(self._download, following)
+                try:
+                    stats = self._replica.apply_page(self._page(stream, resource_type, fetched))
+                except BaseException:
+                    if upcoming is not None:
+                        upcoming.cancel()  # or, if already running, waited for on exit
+                    raise
+                self.result.pulled += stats.applied
+                self.result.deleted += stats.deleted
+                self.result.quarantined += stats.quarantined
+                self.result.skipped_older += stats.skipped_older
+                self._report("pull", resource_type, self.result.pulled)
+                if following is None:
+                    return
+                self._check_cancel()
+                if upcoming is None:
+                    raise SyncError("bad_link", f"the gateway's {resource_type} pages loop")
+                fetched = self._parsed(upcoming.result(), following, resource_type)
         raise SyncError("bad_link", f"too many {resource_type} pages in one sync")
+
+    def _cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def _download(self, url: str) -> Response:
+        """GET one page (runs on the read-ahead worker: the transport only)."""
+        return self._transport.get(url, headers={"Accept": FHIR_JSON})
+
+    def _parsed(self, response: Response, url: str, resource_type: str) -> _Fetched:
+        """A page answer validated entry by entry, its links checked (no replica needed)."""
+        if response.status != 200:
+            raise SyncError("pull_refused", f"the gateway refused the {resource_type} changes")
+        bundle = self._json(response, f"{resource_type} page")
+        history = _is_history(url)
+        try:
+            entries = bundle_entries(bundle, "history" if history else "searchset")
+            following = next_link(bundle)
+        except InvalidResource as error:
+            raise SyncError("bad_response", "a page of changes is malformed") from error
+        fetched = _Fetched(history, following, _link(bundle, RESUME_RELATION))
+        for index, entry in enumerate(entries):
+            try:
+                item = parse_history_entry(entry, index)
+                if item.resource_type != resource_type:
+                    raise InvalidResource("wrong_type", f"Bundle.entry[{index}]")
+                if item.deleted:
+                    fetched.deletions.append(
+                        Deletion(item.resource_type, item.resource_id, item.version_id)
+                    )
+                    continue
+                resource = validate_resource(item.resource)
+            except InvalidResource as error:
+                fetched.quarantined.append(_quarantine(entry, error))
+                continue
+            fetched.resources.append(resource)
+            updated = _last_updated(resource)
+            if updated is not None and (fetched.newest is None or updated > fetched.newest):
+                fetched.newest = updated
+        for link in (fetched.following, fetched.resume):  # checked BEFORE any cursor is stored
+            if link is not None:
+                try:
+                    self._transport.url(link)
+                except TransportError as error:
+                    raise SyncError("bad_link", "a page link points outside the gateway") from error
+        return fetched
 
     def _start_url(
         self, resource_type: str, *, history: bool, since: dt.datetime | None = None
@@ -348,57 +410,36 @@ class SyncEngine:
             query["_lastUpdated"] = "ge" + since.isoformat()
         return f"fhir/{resource_type}?" + urlencode(query)
 
-    def _page(
-        self, stream: str, resource_type: str, bundle: Any, *, history: bool
-    ) -> tuple[Page, bool]:
-        try:
-            entries = bundle_entries(bundle, "history" if history else "searchset")
-            following = next_link(bundle)
-        except InvalidResource as error:
-            raise SyncError("bad_response", "a page of changes is malformed") from error
-        resources: list[Mapping[str, Any]] = []
-        deletions: list[Deletion] = []
-        quarantined: list[Quarantined] = []
-        newest: dt.datetime | None = None
-        for index, entry in enumerate(entries):
-            try:
-                item = parse_history_entry(entry, index)
-                if item.resource_type != resource_type:
-                    raise InvalidResource("wrong_type", f"Bundle.entry[{index}]")
-                if item.deleted:
-                    deletions.append(
-                        Deletion(item.resource_type, item.resource_id, item.version_id)
-                    )
-                    continue
-                resource = validate_resource(item.resource)
-            except InvalidResource as error:
-                quarantined.append(_quarantine(entry, error))
-                continue
-            resources.append(resource)
-            updated = _last_updated(resource)
-            if updated is not None and (newest is None or updated > newest):
-                newest = updated
-        resume = _link(bundle, RESUME_RELATION)
-        for link in (following, resume):  # checked BEFORE the cursor is ever stored
-            if link is not None:
-                try:
-                    self._transport.url(link)
-                except TransportError as error:
-                    raise SyncError("bad_link", "a page link points outside the gateway") from error
-        if following:
-            cursor = _origin_free(following)
-        elif resume:
-            cursor = _origin_free(resume)
-        elif newest is not None:
+    def _page(self, stream: str, resource_type: str, fetched: _Fetched) -> Page:
+        """The page to apply, with the cursor to store alongside it (caller's thread)."""
+        if fetched.following:
+            cursor = _origin_free(fetched.following)
+        elif fetched.resume:
+            cursor = _origin_free(fetched.resume)
+        elif fetched.newest is not None:
             # No change sequence: resume from the newest lastUpdated seen minus an overlap;
             # re-read resources are deduplicated by version in the replica.
-            cursor = self._start_url(resource_type, history=history, since=newest - SINCE_OVERLAP)
+            cursor = self._start_url(
+                resource_type, history=fetched.history, since=fetched.newest - SINCE_OVERLAP
+            )
         else:
             cursor = self._replica.read_cursor(stream) or self._start_url(
-                resource_type, history=history
+                resource_type, history=fetched.history
             )
-        page = Page(stream, resources, deletions, quarantined, cursor)
-        return page, following is not None
+        return Page(stream, fetched.resources, fetched.deletions, fetched.quarantined, cursor)
+
+
+@dataclass
+class _Fetched:
+    """One page as received: valid resources, deletions, quarantined entries and its links."""
+
+    history: bool
+    following: str | None
+    resume: str | None
+    resources: list[Mapping[str, Any]] = field(default_factory=list)
+    deletions: list[Deletion] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    newest: dt.datetime | None = None
 
 
 def _origin_free(url: str) -> str:

@@ -134,6 +134,7 @@ class SyncSummary:
     push_errors: int = 0
     outcome: str = "success"  # "success" | "failure" | "cancelled"
     reason: str | None = None  # a stable code when the outcome is not success
+    pull_complete: bool = False  # every stream reached its end: the caseload is current
 
 
 class Replica(Protocol):
@@ -171,5 +172,6 @@ class Replica(Protocol):
 
     def sync_finished(self, summary: SyncSummary) -> None:
         """Once at the end of a sync: purge patients whose scope exit waited for their work to
-        be sent, and append the ``sync`` audit entry with the summary's counts."""
+        be sent; when ``pull_complete``, mark the whole caseload as refreshed (retention); and
+        append the ``sync`` audit entry with the summary's counts."""
         ...

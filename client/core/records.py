@@ -269,7 +269,9 @@ def apply_resources(
 ) -> ApplyStats:
     """Upsert server resources, deduped by version (caller's transaction; never commits).
 
-    ``received_at`` (default: now) marks each touched patient as refreshed, for retention.
+    ``received_at`` (default: now) is the ``refreshed_at`` of each Patient indexed here; the
+    rest of the caseload is marked fresh once per complete sync (``refresh_caseload``), not
+    once per page, so an unchanged patient is no less current than a changed one.
     Clinical resources go in batches (one executemany); Patients and resources carrying a
     client identifier go one by one, in order, because each needs follow-up work.
     """
@@ -277,7 +279,6 @@ def apply_resources(
     refreshed = utc_iso(received_at or datetime.now(UTC))
     applied = ignored = replaced = 0
     rejected: list[Rejected] = []
-    touched: set[str] = set()
     batch: list[_Row] = []
 
     def flush() -> None:
@@ -298,7 +299,6 @@ def apply_resources(
         if len(body) > MAX_RESOURCE_BYTES:
             rejected.append(Rejected(chk.rtype, chk.rid, "too_large", index))
             continue
-        touched.add(chk.patient_id)
         row = _row(chk, resource, body)
         cid = row[7]
         if chk.rtype != "Patient" and cid is None:
@@ -322,7 +322,6 @@ def apply_resources(
         if chk.rtype == "Patient":
             index_patient(conn, chk.rid, resource, refreshed)
     flush()
-    touch_patients(conn, touched, refreshed)
     return ApplyStats(applied, ignored, replaced, tuple(rejected))
 
 
@@ -331,6 +330,24 @@ def touch_patients(conn: sqlite3.Connection, patient_ids: Collection[str], refre
     conn.executemany(
         "UPDATE patient_index SET refreshed_at = ? WHERE patient_id = ? AND refreshed_at < ?",
         [(refreshed, pid, refreshed) for pid in patient_ids],
+    )
+
+
+def refresh_caseload(conn: sqlite3.Connection, site_scope: Collection[str], now: datetime) -> int:
+    """Mark every patient of ``site_scope`` as refreshed at ``now``; returns how many changed.
+
+    Call it after a sync that pulled every stream to its end: the device then holds the
+    server's current view of its whole caseload, changed or not (a patient who left would have
+    arrived as a transfer or a deletion). Never moves a mark back. One statement.
+    """
+    require_transaction(conn)
+    stamp = utc_iso(now)
+    return int(
+        conn.execute(
+            "UPDATE patient_index SET refreshed_at = ? WHERE refreshed_at < ?"
+            " AND site IN (SELECT value FROM json_each(?))",
+            (stamp, stamp, orjson.dumps(sorted(site_scope)).decode()),
+        ).rowcount
     )
 
 

@@ -14,6 +14,9 @@ Invariants (on top of the protocol's own, docs/records.md §Sync replica):
   stored as is, a deleted one has its site cleared (search and retention then treat the
   patient as out of scope), audited once as ``purge_held``; ``sync_finished`` purges them once
   their work is sent. An out-of-scope Patient the device does not hold is never stored.
+- Retention's ``refreshed_at``: a Patient is stamped when (re)indexed, and the whole in-scope
+  caseload once per sync whose pull reached the end of every stream (``sync_finished``), not
+  once per page: an unchanged patient is as current as a changed one.
 - A deletion never removes a device-made, unsent resource (``versionId == "local"``), nor a
   stored version newer than the deletion's.
 - Quarantined bytes stay inside the encrypted vault; each row keeps at most
@@ -446,6 +449,9 @@ class VaultReplica:
                     continue
                 self._purge(conn, pid, now, "after_send")
                 purged += 1
+            refreshed = (
+                records.refresh_caseload(conn, self._scope, now) if summary.pull_complete else 0
+            )
             detail: dict[str, str | int] = {
                 "pulled": summary.pulled,
                 "pushed": summary.pushed,
@@ -453,6 +459,7 @@ class VaultReplica:
                 "quarantined": summary.quarantined,
                 "push_errors": summary.push_errors,
                 "purged": purged,
+                "refreshed": refreshed,
                 "result": _code(summary.outcome, "failure"),
             }
             if summary.reason is not None:

@@ -22,6 +22,7 @@ from client.core.records import (
     parse_fhir_datetime,
     patients_past_retention,
     purge_patient,
+    refresh_caseload,
     store_local,
 )
 from client.core.search import search_patients
@@ -262,8 +263,14 @@ def test_retention_candidates(conn: sqlite3.Connection) -> None:
         ("p-moved", "out_of_scope", True),
         ("p-old", "retention_expired", False),
     ]
-    # A later refresh (sync saw the patient again) takes it off the list.
+    # Re-receiving the same version is not a refresh; a complete sync's refresh is.
     apply(conn, [patient("p-old", "Old", ["A"])], received_at=NOW)
+    assert "p-old" in [
+        c.patient_id for c in patients_past_retention(conn, NOW, 30, ["hmp-brixton"])
+    ]
+    conn.execute("BEGIN IMMEDIATE")
+    assert refresh_caseload(conn, ["hmp-brixton"], NOW) == 2  # p-old and p-fresh
+    conn.execute("COMMIT")
     assert "p-old" not in [
         c.patient_id for c in patients_past_retention(conn, NOW, 30, ["hmp-brixton"])
     ]

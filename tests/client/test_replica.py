@@ -609,6 +609,34 @@ def test_sync_finished_appends_one_sync_entry_with_counts(replica: Replica, vaul
     assert chain_ok(vault)
 
 
+def test_a_complete_pull_keeps_an_unchanged_patient_past_retention(vault: Vault) -> None:
+    """A patient whose record has not changed in 40 days is still on the caseload: a sync that
+    pulled every stream to its end refreshes them; one that stopped part-way does not."""
+    clock = Clock(NOW - timedelta(days=40))
+    replica = VaultReplica(
+        lambda: vault.connection,
+        AuditLog(),
+        user_id=USER,
+        role="clinician",
+        site_scope=(SITE,),
+        clock=clock,
+    )
+    replica.apply_page(page([amira()]))
+
+    def due() -> list[str]:
+        found = records.patients_past_retention(vault.connection, NOW, 30, [SITE])
+        return [c.patient_id for c in found]
+
+    clock.now = NOW - timedelta(minutes=5)
+    replica.sync_finished(SyncSummary(outcome="failure", reason="connection"))
+    assert due() == ["p-amira"]
+    replica.sync_finished(SyncSummary(pull_complete=True))
+    assert due() == []
+    sync_entries = [e for e in entries(vault) if e.action == "sync"]
+    assert [e.detail["refreshed"] for e in sync_entries] == [0, 1]
+    assert chain_ok(vault)
+
+
 def test_locked_vault_and_nested_transactions_are_refused(vault: Vault) -> None:
     replica = make(vault)
     with vault.transaction():
