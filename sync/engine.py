@@ -19,7 +19,11 @@ Guarantees:
   ``_since`` = the newest ``lastUpdated`` seen minus ``SINCE_OVERLAP`` (overlap, then dedupe by
   version in the replica); see docs/sync.md.
 - Every inbound resource is validated (``sync.fhir.validate``) before it reaches the replica;
-  a bad one is quarantined with its reason and the rest of the page goes on (NW-3).
+  a bad one is quarantined with its reason and the rest of the page goes on (NW-3). That
+  includes a resource nested deeper than ``MAX_DEPTH``: a page may be ``MAX_PAGE_DEPTH`` deep,
+  and only a page past that (or otherwise not bounded JSON) is refused as a whole.
+- Pages are read one ahead: a worker downloads page N+1 while page N is applied; only the
+  caller's thread parses, validates and calls the replica.
 - Progress (phase, items, bytes) is reported through a callback; cancellation is checked
   between pages and batches (never in the middle of a replica transaction).
 """
@@ -38,7 +42,14 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 
-from sync.fhir.bounded_json import BoundedJsonError, loads_bounded
+from sync.fhir.bounded_json import (
+    MAX_DEPTH,
+    MAX_PAGE_DEPTH,
+    BoundedJsonError,
+    json_depth,
+    loads_bounded,
+    loads_bounded_with_depth,
+)
 from sync.fhir.bundle import (
     bundle_entries,
     next_link,
@@ -57,6 +68,7 @@ from sync.replica import (
     Quarantined,
     Replica,
     ReplicaError,
+    SentItem,
 )
 from sync.transport import Response, Transport, TransportError
 
@@ -76,6 +88,7 @@ FATAL_REASONS = frozenset(
     {"pin_mismatch", "tls", "connection", "timeout", "config", "wiped", "vault_locked"}
 )
 FHIR_JSON = "application/fhir+json"
+ENTRY_RESOURCE_LEVELS = 3  # Bundle {} > entry [] > entry {} > the resource
 
 
 class SyncError(Exception):
@@ -113,7 +126,9 @@ class SyncResult:
     bytes_received: int = 0
     bytes_sent: int = 0
     duration_s: float = 0.0
-    pull_complete: bool = False  # every stream was pulled to its end in this sync
+    # Every stream was pulled to its end through _history, so every deletion and transfer was
+    # seen: the device holds the server's current caseload (the search fallback cannot say so).
+    caseload_confirmed: bool = False
     error: str | None = None  # the first failure's reason (None: everything succeeded)
     failed_phases: dict[str, str] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
@@ -274,15 +289,23 @@ class SyncEngine:
             raise SyncError("bad_response", "the gateway's answer is malformed") from error
         if len(replies) != len(items):
             raise SyncError("bad_response", "the gateway answered a different number of items")
+        sent: list[SentItem] = []
         for item, reply in zip(items, replies, strict=True):
             if reply.status in (200, 201) and reply.location:
                 server_id = _id_from_location(reply.location, item.resource_type)
                 version = reply.version_id or _version_from_location(reply.location) or "1"
-                self._replica.mark_sent(item.seq, server_id, version)
-                self.result.pushed += 1
+                sent.append(SentItem(item.seq, server_id, version))
             else:
                 self._replica.record_push_error(item.seq, f"http_{reply.status}")
                 self.result.push_errors += 1
+        # One local transaction for the whole Bundle's replies (a commit costs more than the
+        # work). An item the replica refuses stays pending and is sent again next sync, where
+        # ifNoneExist / ifMatch make the repeat harmless.
+        refused = self._replica.mark_sent_batch(sent) if sent else {}
+        for seq, reason in refused.items():
+            log.warning("sync: outbox item %s not marked sent: %s", seq, reason)
+        self.result.pushed += len(sent) - len(refused)
+        self.result.push_errors += len(refused)
 
     def _conflict(self, item: OutboxItem) -> None:
         current: Mapping[str, Any] | None = None
@@ -299,11 +322,10 @@ class SyncEngine:
     # -- pull ----------------------------------------------------------------------------------
 
     def pull(self) -> None:
-        for resource_type in self._types:
-            self._pull_type(resource_type)
-        self.result.pull_complete = True
+        histories = [self._pull_type(resource_type) for resource_type in self._types]
+        self.result.caseload_confirmed = all(histories)
 
-    def _pull_type(self, resource_type: str) -> None:
+    def _pull_type(self, resource_type: str) -> bool:
         """Pull one stream, reading one page ahead: while the replica applies page N on this
         thread, a worker downloads page N+1, so the network and the server's work overlap the
         local writes. The worker only moves bytes (it waits on the socket, holding the GIL
@@ -326,6 +348,7 @@ class SyncEngine:
             seen.add(url)
             response = self._transport.get(url, headers={"Accept": FHIR_JSON})
         fetched = self._parsed(response, url, resource_type)
+        history = fetched.history  # True: deletions and transfers are seen on this stream
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatehouse-pull") as worker:
             for _ in range(MAX_PAGES_PER_STREAM):
                 following = _origin_free(fetched.following) if fetched.following else None
@@ -345,7 +368,7 @@ class SyncEngine:
                 self.result.skipped_older += stats.skipped_older
                 self._report("pull", resource_type, self.result.pulled)
                 if following is None:
-                    return
+                    return history
                 self._check_cancel()
                 if upcoming is None:
                     raise SyncError("bad_link", f"the gateway's {resource_type} pages loop")
@@ -363,7 +386,14 @@ class SyncEngine:
         """A page answer validated entry by entry, its links checked (no replica needed)."""
         if response.status != 200:
             raise SyncError("pull_refused", f"the gateway refused the {resource_type} changes")
-        bundle = self._json(response, f"{resource_type} page")
+        try:
+            bundle, depth = loads_bounded_with_depth(response.body, max_depth=MAX_PAGE_DEPTH)
+        except BoundedJsonError as error:
+            raise SyncError(
+                "bad_response", f"the gateway's {resource_type} page is not acceptable"
+            ) from error
+        # Bundle > entry[] > {} > resource: only past this can a resource be too deep.
+        may_be_too_deep = depth > ENTRY_RESOURCE_LEVELS + MAX_DEPTH
         history = _is_history(url)
         try:
             entries = bundle_entries(bundle, "history" if history else "searchset")
@@ -381,14 +411,13 @@ class SyncEngine:
                         Deletion(item.resource_type, item.resource_id, item.version_id)
                     )
                     continue
+                if may_be_too_deep and json_depth(item.resource) > MAX_DEPTH:
+                    raise InvalidResource("too_deep", f"Bundle.entry[{index}].resource")
                 resource = validate_resource(item.resource)
             except InvalidResource as error:
                 fetched.quarantined.append(_quarantine(entry, error))
                 continue
             fetched.resources.append(resource)
-            updated = _last_updated(resource)
-            if updated is not None and (fetched.newest is None or updated > fetched.newest):
-                fetched.newest = updated
         for link in (fetched.following, fetched.resume):  # checked BEFORE any cursor is stored
             if link is not None:
                 try:
@@ -416,11 +445,11 @@ class SyncEngine:
             cursor = _origin_free(fetched.following)
         elif fetched.resume:
             cursor = _origin_free(fetched.resume)
-        elif fetched.newest is not None:
+        elif (newest := _newest(fetched.resources)) is not None:
             # No change sequence: resume from the newest lastUpdated seen minus an overlap;
             # re-read resources are deduplicated by version in the replica.
             cursor = self._start_url(
-                resource_type, history=fetched.history, since=fetched.newest - SINCE_OVERLAP
+                resource_type, history=fetched.history, since=newest - SINCE_OVERLAP
             )
         else:
             cursor = self._replica.read_cursor(stream) or self._start_url(
@@ -439,7 +468,6 @@ class _Fetched:
     resources: list[Mapping[str, Any]] = field(default_factory=list)
     deletions: list[Deletion] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
-    newest: dt.datetime | None = None
 
 
 def _origin_free(url: str) -> str:
@@ -511,6 +539,12 @@ def _link(bundle: Any, relation: str) -> str | None:
             if isinstance(url, str):
                 return url
     return None
+
+
+def _newest(resources: Sequence[Mapping[str, Any]]) -> dt.datetime | None:
+    """The newest ``meta.lastUpdated`` of a page (only needed where no link gives a cursor)."""
+    stamps = [stamp for r in resources if (stamp := _last_updated(r)) is not None]
+    return max(stamps, default=None)
 
 
 def _last_updated(resource: Mapping[str, Any]) -> dt.datetime | None:

@@ -134,7 +134,8 @@ class SyncSummary:
     push_errors: int = 0
     outcome: str = "success"  # "success" | "failure" | "cancelled"
     reason: str | None = None  # a stable code when the outcome is not success
-    pull_complete: bool = False  # every stream reached its end: the caseload is current
+    # Every stream reached its end through _history (deletions seen): the caseload is current.
+    caseload_confirmed: bool = False
 
 
 class Replica(Protocol):
@@ -172,6 +173,6 @@ class Replica(Protocol):
 
     def sync_finished(self, summary: SyncSummary) -> None:
         """Once at the end of a sync: purge patients whose scope exit waited for their work to
-        be sent; when ``pull_complete``, mark the whole caseload as refreshed (retention); and
+        be sent; when ``caseload_confirmed``, mark the whole caseload as refreshed (retention); and
         append the ``sync`` audit entry with the summary's counts."""
         ...

@@ -449,9 +449,8 @@ class VaultReplica:
                     continue
                 self._purge(conn, pid, now, "after_send")
                 purged += 1
-            refreshed = (
-                records.refresh_caseload(conn, self._scope, now) if summary.pull_complete else 0
-            )
+            confirmed = summary.caseload_confirmed
+            refreshed = records.refresh_caseload(conn, self._scope, now) if confirmed else 0
             detail: dict[str, str | int] = {
                 "pulled": summary.pulled,
                 "pushed": summary.pushed,

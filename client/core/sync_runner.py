@@ -203,7 +203,7 @@ def run_sync(
                         push_errors=result.push_errors,
                         outcome="success" if result.ok else "failure",
                         reason=result.error,
-                        pull_complete=result.pull_complete,
+                        caseload_confirmed=result.caseload_confirmed,
                     )
                 )
                 _upload_last_entries(control, transport, result)

@@ -49,6 +49,11 @@ MAX_CONTROL_BYTES = 1 * 1024 * 1024
 # cheap to walk.
 MAX_DEPTH = 32
 
+# A page of a search or history answer (Bundle > entry[] > {} > resource: 3 levels above a
+# resource) may carry a resource nested past MAX_DEPTH: that resource is quarantined on its
+# own and the rest of the page goes on. A page nested past this is refused as a whole.
+MAX_PAGE_DEPTH = 128
+
 # Array elements plus object members in one document. A 32 MiB page of real resources holds
 # well under a million values; this bounds the Python objects a hostile page can create.
 MAX_ITEMS = 2_000_000
@@ -75,13 +80,14 @@ def _fail(reason: str, detail: str = "") -> NoReturn:
 _CONTAINERS = frozenset({dict, list})
 
 
-def _check_shape(value: Any, max_depth: int, max_items: int) -> int:
-    """Walk the containers level by level (no recursion); return the object members seen."""
+def _check_shape(value: Any, max_depth: int, max_items: int) -> tuple[int, int]:
+    """Walk the containers level by level (no recursion); return (object members, depth)."""
     level = [value] if type(value) in _CONTAINERS else []
-    depth = 1
+    depth = 0
     items = 0
     members = 0
     while level:
+        depth += 1
         if depth > max_depth:
             _fail("too_deep", f"more than {max_depth} levels")
         children: list[Any] = []
@@ -96,8 +102,12 @@ def _check_shape(value: Any, max_depth: int, max_items: int) -> int:
         if items > max_items:
             _fail("too_many_items", f"more than {max_items} items")
         level = [child for child in children if type(child) in _CONTAINERS]
-        depth += 1
-    return members
+    return members, depth
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (``{}``/``[]`` count 1 each, a scalar 0), no recursion."""
+    return _check_shape(value, max_depth=2**31, max_items=2**62)[1]
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -132,6 +142,21 @@ def loads_bounded(
     max_items: int = MAX_ITEMS,
 ) -> Any:
     """Parse ``data`` as strict JSON within the given bounds, or raise BoundedJsonError."""
+    return loads_bounded_with_depth(
+        data, max_bytes=max_bytes, max_depth=max_depth, max_items=max_items
+    )[0]
+
+
+def loads_bounded_with_depth(
+    data: bytes,
+    *,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+    max_depth: int = MAX_DEPTH,
+    max_items: int = MAX_ITEMS,
+) -> tuple[Any, int]:
+    """``loads_bounded``, also returning the document's nesting depth (same walk, no extra
+    cost): a page parsed with ``MAX_PAGE_DEPTH`` tells whether any resource in it may be too
+    deep, so that resource alone can be quarantined."""
     if not isinstance(data, bytes | bytearray | memoryview):
         _fail("malformed", "input is not bytes")
     if len(data) > max_bytes:
@@ -143,14 +168,14 @@ def loads_bounded(
         if "depth" in str(exc) or "recursion" in str(exc):
             raise BoundedJsonError("too_deep", "past the parser's own limit") from None
         raise BoundedJsonError("malformed", "not strict JSON") from None
-    members = _check_shape(value, max_depth, max_items)
+    members, depth = _check_shape(value, max_depth, max_items)
     if members:
         raw_colons = raw.count(b":")
         if any(escape in raw for escape in _ESCAPED_COLONS):
             _exact_duplicate_check(raw)
         elif raw_colons != orjson.dumps(value).count(b":"):
             _fail("duplicate_key", "an object repeats a key")
-    return value
+    return value, depth
 
 
 def dumps(value: Any) -> bytes:

@@ -96,6 +96,7 @@ class InvalidResource(ValueError):
             "wrong_type", "missing", "empty", "empty_list", "too_long", "too_many",
             "control_char", "bad_code", "bad_date", "bad_instant", "bad_id", "bad_reference",
             "unknown_type", "bad_nhs_number", "bad_prison_number", "bad_base64", "bad_text",
+            "too_deep",
             # bundle.py
             "unexpected_type", "bad_url", "duplicate_next", "bad_status",
         }
@@ -138,14 +139,16 @@ def _str(value: Any, path: str, limit: int = MAX_TEXT_CHARS) -> str:
         _fail("empty", path)
     if len(value) > limit:
         _fail("too_long", path)
-    if _BAD_TEXT_RE.search(value):
+    # isprintable() is False for every character the pattern names (Cc and Cf), so the
+    # common, printable case skips the regex.
+    if not value.isprintable() and _BAD_TEXT_RE.search(value):
         _fail("control_char", path)
     return value
 
 
 def _name_str(value: Any, path: str) -> str:
     text = _str(value, path, MAX_NAME_CHARS)
-    if _BAD_CHARS_RE.search(text):
+    if not text.isprintable() and _BAD_CHARS_RE.search(text):
         _fail("control_char", path)
     return text
 

@@ -630,7 +630,7 @@ def test_a_complete_pull_keeps_an_unchanged_patient_past_retention(vault: Vault)
     clock.now = NOW - timedelta(minutes=5)
     replica.sync_finished(SyncSummary(outcome="failure", reason="connection"))
     assert due() == ["p-amira"]
-    replica.sync_finished(SyncSummary(pull_complete=True))
+    replica.sync_finished(SyncSummary(caseload_confirmed=True))
     assert due() == []
     sync_entries = [e for e in entries(vault) if e.action == "sync"]
     assert [e.detail["refreshed"] for e in sync_entries] == [0, 1]

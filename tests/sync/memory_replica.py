@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync.replica import ApplyStats, OutboxItem, Page, Quarantined
+from sync.replica import ApplyStats, OutboxItem, Page, Quarantined, SentItem
 
 
 @dataclass
@@ -63,6 +63,11 @@ class MemoryReplica:
 
     def mark_sent(self, seq: int, server_id: str, server_version: str) -> None:
         self.sent[seq] = (server_id, server_version)
+
+    def mark_sent_batch(self, sent: Sequence[SentItem]) -> Mapping[int, str]:
+        for item in sent:
+            self.mark_sent(item.seq, item.server_id, item.server_version)
+        return {}
 
     def record_conflict(self, seq: int, server_resource: Mapping[str, Any] | None) -> None:
         self.conflicts[seq] = server_resource

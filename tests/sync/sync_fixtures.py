@@ -144,7 +144,7 @@ def sync_once(
             push_errors=result.push_errors,
             outcome="success" if result.ok else "failure",
             reason=result.error,
-            pull_complete=result.pull_complete,
+            caseload_confirmed=result.caseload_confirmed,
         )
     )
     return result

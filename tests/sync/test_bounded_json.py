@@ -226,3 +226,15 @@ def test_NW3_a_repeated_member_is_always_found(obj: dict[str, Any]) -> None:
     # structural colon makes the document malformed instead.
     escaped = doc.replace(b":", b"\\u003a", 1)
     assert _reason(escaped) in {"duplicate_key", "malformed"}
+
+
+def test_the_depth_comes_back_with_the_value_and_json_depth_agrees() -> None:
+    for data, depth in [(b"1", 0), (b"[]", 1), (b'{"a":[{"b":1}]}', 3), (_nested(40), 40)]:
+        value, seen = bounded_json.loads_bounded_with_depth(data, max_depth=64)
+        assert seen == depth == bounded_json.json_depth(value)
+    # The page bound is wider than the resource bound, and still a bound.
+    assert bounded_json.MAX_PAGE_DEPTH > MAX_DEPTH + 3
+    assert (
+        _reason(_nested(bounded_json.MAX_PAGE_DEPTH + 1), max_depth=bounded_json.MAX_PAGE_DEPTH)
+        == "too_deep"
+    )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -106,6 +109,7 @@ def test_full_then_incremental_sync_brings_exactly_the_site(gw: Gateway) -> None
     again = _sync(gw, replica)
     assert again.ok and again.pulled == 0
     assert again.requests == len(TYPES)  # one page per type, nothing new
+    assert result.caseload_confirmed and again.caseload_confirmed  # every _history to its end
 
 
 def test_changes_and_transfers_arrive_incrementally(gw: Gateway) -> None:
@@ -172,6 +176,13 @@ def test_push_is_exactly_once_even_when_the_reply_is_lost(gw: Gateway) -> None:
         if any(i.get("value") == client_id for i in r.get("identifier", []))
     ]
     assert len(matches) == 1 and matches[0]["id"] == server_id and version == "1"
+    # A reply the device refuses to record is a push error, not a failed sync: the item stays
+    # pending, and sending it again next time is harmless (ifNoneExist).
+    refusing = MemoryReplica(outbox=dict(replica.outbox))
+    refusing.mark_sent_batch = lambda sent: {i.seq: "not_pending" for i in sent}  # type: ignore[method-assign]
+    result = _sync(gw, refusing)
+    assert result.ok and (result.pushed, result.push_errors) == (0, 1) and refusing.sent == {}
+    assert _sync(gw, refusing.__class__(outbox=dict(replica.outbox))).pushed == 1
 
 
 def test_malformed_resources_are_quarantined_and_the_rest_goes_on(gw: Gateway) -> None:
@@ -196,6 +207,84 @@ def test_malformed_resources_are_quarantined_and_the_rest_goes_on(gw: Gateway) -
     assert replica.quarantine[0].resource_id == "bad-obs-1"
     assert b"seventy" in replica.quarantine[0].raw
     assert result.pulled == _site_counts()[SITE]
+
+
+def put_raw(gw: Gateway, resource: dict[str, Any]) -> None:
+    """Serve ``resource`` as a misbehaving server would: stored through the gateway in a
+    shape it accepts, then its stored bytes replaced behind the store's checks."""
+    shallow = {k: v for k, v in resource.items() if k != "extension"}
+    gw.load(shallow)
+    key = (resource["resourceType"], resource["id"])
+    with contextlib.closing(sqlite3.connect(gw.store._path)) as conn, conn:
+        (stored,) = conn.execute(
+            "SELECT body FROM resources WHERE type = ? AND id = ?", key
+        ).fetchone()
+        body = {**json.loads(stored), "extension": resource["extension"]}
+        for table in ("resources", "resource_history"):
+            conn.execute(
+                f"UPDATE {table} SET body = ? WHERE type = ? AND id = ?",
+                (json.dumps(body).encode(), *key),
+            )
+
+
+def _nested_extension(levels: int) -> list[dict[str, Any]]:
+    inner: dict[str, Any] = {"url": "https://example.org/x", "valueString": "deep"}
+    for _ in range(levels // 2):
+        inner = {"url": "https://example.org/x", "extension": [inner]}
+    return [inner]
+
+
+def test_NW3_a_deeply_nested_resource_is_quarantined_alone(gw: Gateway) -> None:
+    """One resource nested past MAX_DEPTH (but within the page bound) is quarantined with
+    reason too_deep; the rest of its page, and every other page, is applied."""
+    pid = next(
+        r["id"]
+        for r in generate(sites=2, patients=30, seed=11)
+        if r["resourceType"] == "Patient" and r["managingOrganization"]["reference"].endswith(SITE)
+    )
+    deep = {
+        "resourceType": "Observation",
+        "id": "deep-obs-1",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "valueQuantity": {"value": 72, "unit": "/min"},
+        "extension": _nested_extension(80),
+    }
+    put_raw(gw, deep)
+    replica = MemoryReplica()
+    result = _sync(gw, replica)
+    assert result.ok, result
+    assert result.quarantined == 1
+    (held,) = replica.quarantine
+    assert (held.resource_id, held.reason) == ("deep-obs-1", "too_deep")
+    assert result.pulled == _site_counts()[SITE]
+    assert ("Observation", "deep-obs-1") not in replica.resources
+
+
+def test_NW3_a_page_nested_past_the_page_bound_is_refused_and_the_rest_goes_on(
+    gw: Gateway,
+) -> None:
+    pid = next(
+        r["id"]
+        for r in generate(sites=2, patients=30, seed=11)
+        if r["resourceType"] == "Patient" and r["managingOrganization"]["reference"].endswith(SITE)
+    )
+    hostile = {
+        "resourceType": "Flag",
+        "id": "hostile-flag",
+        "status": "active",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "extension": _nested_extension(300),
+    }
+    put_raw(gw, hostile)
+    replica = MemoryReplica()
+    result = _sync(gw, replica)
+    assert result.failed_phases == {"pull": "bad_response"} and not result.caseload_confirmed
+    assert not any(kind == "Flag" for kind, _ in replica.resources)
+    # The other streams were pulled before the Flag stream failed; nothing half-applied.
+    assert any(kind == "Patient" for kind, _ in replica.resources)
 
 
 def test_a_crash_mid_pull_resumes_without_loss_or_duplicates(gw: Gateway) -> None:

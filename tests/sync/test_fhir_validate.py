@@ -592,3 +592,17 @@ def test_transaction_response_entries_are_read_safely() -> None:
                 {"response": {"status": "201", "location": 5}}, "x"):  # fmt: skip
         with pytest.raises(InvalidResource):
             fb.parse_response_entry(bad)
+
+
+def test_the_printable_fast_path_never_skips_a_refused_character() -> None:
+    """``_str`` skips the control-character pattern for printable text: that is exact only
+    while every character the patterns refuse is non-printable. Checked over all of Unicode."""
+    from sync.fhir.validate import _BAD_CHARS_RE, _BAD_TEXT_RE
+
+    for pattern in (_BAD_TEXT_RE, _BAD_CHARS_RE):
+        refused = [chr(c) for c in range(0x110000) if pattern.match(chr(c))]
+        assert refused and not any(ch.isprintable() for ch in refused)
+    bidi = _mutated("Patient", lambda r: r["name"][0].update(family="Smith\u202eevil"))
+    with pytest.raises(InvalidResource) as caught:
+        validate_resource(bidi)
+    assert caught.value.reason == "control_char"

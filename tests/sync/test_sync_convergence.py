@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,7 +37,7 @@ from client.core.audit_log import AuditLog
 from client.core.consultation import ConsultationError
 from client.core.replica import VaultReplica
 from client.core.vault import Vault
-from sync.replica import ApplyStats, Page
+from sync.replica import ApplyStats, Page, SentItem
 from tests.gateway.conftest import Gateway, observation, patient, start_gateway, stop_gateway
 from tests.sync.sync_fixtures import (
     USER,
@@ -98,6 +98,10 @@ class CrashingReplica(VaultReplica):
     def mark_sent(self, seq: int, server_id: str, server_version: str) -> None:
         self._maybe_crash()
         super().mark_sent(seq, server_id, server_version)
+
+    def mark_sent_batch(self, sent: Sequence[SentItem]) -> Mapping[int, str]:
+        self._maybe_crash()
+        return super().mark_sent_batch(sent)
 
 
 class SyncMachine(RuleBasedStateMachine):
