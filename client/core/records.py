@@ -336,9 +336,10 @@ def touch_patients(conn: sqlite3.Connection, patient_ids: Collection[str], refre
 def refresh_caseload(conn: sqlite3.Connection, site_scope: Collection[str], now: datetime) -> int:
     """Mark every patient of ``site_scope`` as refreshed at ``now``; returns how many changed.
 
-    Call it after a sync that pulled every stream to its end: the device then holds the
-    server's current view of its whole caseload, changed or not (a patient who left would have
-    arrived as a transfer or a deletion). Never moves a mark back. One statement.
+    Call it after a sync that pulled every stream to its end through ``_history``: the device
+    then holds the server's current view of its whole caseload, changed or not (a patient who
+    left would have arrived as a transfer or a deletion; a search cannot show that, so a sync
+    that fell back to one must not call this). Never moves a mark back. One statement.
     """
     require_transaction(conn)
     stamp = utc_iso(now)
