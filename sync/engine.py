@@ -353,7 +353,7 @@ class SyncEngine:
             for _ in range(MAX_PAGES_PER_STREAM):
                 following = _origin_free(fetched.following) if fetched.following else None
                 upcoming: Future[Response] | None = None
-                if following is not None and following not in seen and not self._cancelled():
+                if following is not None and following not in seen and not self._cancel.is_set():
                     seen.add(following)
                     upcoming = worker.submit(self._download, following)
                 try:
@@ -374,9 +374,6 @@ class SyncEngine:
                     raise SyncError("bad_link", f"the gateway's {resource_type} pages loop")
                 fetched = self._parsed(upcoming.result(), following, resource_type)
         raise SyncError("bad_link", f"too many {resource_type} pages in one sync")
-
-    def _cancelled(self) -> bool:
-        return self._cancel.is_set()
 
     def _download(self, url: str) -> Response:
         """GET one page (runs on the read-ahead worker: the transport only)."""

@@ -185,12 +185,20 @@ def test_push_is_exactly_once_even_when_the_reply_is_lost(gw: Gateway) -> None:
     assert _sync(gw, refusing.__class__(outbox=dict(replica.outbox))).pushed == 1
 
 
-def test_malformed_resources_are_quarantined_and_the_rest_goes_on(gw: Gateway) -> None:
-    pid = next(
-        r["id"]
-        for r in generate(sites=2, patients=30, seed=11)
-        if r["resourceType"] == "Patient" and r["managingOrganization"]["reference"].endswith(SITE)
+def _site_patient_id() -> str:
+    """The id of a seeded patient of the device's site."""
+    return str(
+        next(
+            r["id"]
+            for r in generate(sites=2, patients=30, seed=11)
+            if r["resourceType"] == "Patient"
+            and r["managingOrganization"]["reference"].endswith(SITE)
+        )
     )
+
+
+def test_malformed_resources_are_quarantined_and_the_rest_goes_on(gw: Gateway) -> None:
+    pid = _site_patient_id()
     bad = {
         "resourceType": "Observation",
         "id": "bad-obs-1",
@@ -237,11 +245,7 @@ def _nested_extension(levels: int) -> list[dict[str, Any]]:
 def test_NW3_a_deeply_nested_resource_is_quarantined_alone(gw: Gateway) -> None:
     """One resource nested past MAX_DEPTH (but within the page bound) is quarantined with
     reason too_deep; the rest of its page, and every other page, is applied."""
-    pid = next(
-        r["id"]
-        for r in generate(sites=2, patients=30, seed=11)
-        if r["resourceType"] == "Patient" and r["managingOrganization"]["reference"].endswith(SITE)
-    )
+    pid = _site_patient_id()
     deep = {
         "resourceType": "Observation",
         "id": "deep-obs-1",
@@ -265,11 +269,7 @@ def test_NW3_a_deeply_nested_resource_is_quarantined_alone(gw: Gateway) -> None:
 def test_NW3_a_page_nested_past_the_page_bound_is_refused_and_the_rest_goes_on(
     gw: Gateway,
 ) -> None:
-    pid = next(
-        r["id"]
-        for r in generate(sites=2, patients=30, seed=11)
-        if r["resourceType"] == "Patient" and r["managingOrganization"]["reference"].endswith(SITE)
-    )
+    pid = _site_patient_id()
     hostile = {
         "resourceType": "Flag",
         "id": "hostile-flag",
