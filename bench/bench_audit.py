@@ -1,6 +1,7 @@
 """Audit chain benchmarks: verify rate and durable append rate, each against a same-run baseline.
 
-- verify: ``sync.audit_chain.verify`` with the MAC key (entries/s; target >= 50k/s on one core)
+- verify: ``sync.protocol.audit.chain.verify`` with the MAC key (entries/s; target >= 50k/s on one
+  core)
   against plain SHA-256 of the same canonical bytes (the floor any hash chain pays); also
   hash-only verification and the full export path (parse a FHIR Bundle, rebuild, verify).
 - append: ``AuditLog.append`` on a SQLCipher file (raw key, WAL, synchronous=FULL, one
@@ -22,9 +23,9 @@ from typing import Any
 import sqlcipher3
 
 from client.core.audit_log import AuditLog
-from sync.audit_chain import ChainState, append, verify
-from sync.audit_entry import AuditEntry
-from sync.audit_fhir import bundle_bytes, entries_from_bundle, export_bundle
+from sync.protocol.audit.audit_event import bundle_bytes, entries_from_bundle, export_bundle
+from sync.protocol.audit.chain import ChainState, append, verify
+from sync.protocol.audit.entry import AuditEntry
 
 DEVICE = "laptop-bench"
 K0 = os.urandom(32)

@@ -27,10 +27,10 @@ from starlette.routing import Route
 
 from policy.atomic import atomic_write
 from sync.gateway import datadir, pki
-from sync.gateway.loader import load_resources
-from sync.gateway.seed import generate
+from sync.gateway.seed.generator import generate
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
-from sync.gateway.sqlite_store import SqliteStore
+from sync.gateway.store.loader import load_resources
+from sync.gateway.store.sqlite import SqliteStore
 
 PAGE = 500
 DEVICES = 50

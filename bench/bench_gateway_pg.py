@@ -27,11 +27,11 @@ import requests
 
 from policy.atomic import atomic_write
 from sync.gateway import datadir, pki
-from sync.gateway.loader import load_resources
-from sync.gateway.pg_store import PgStore
-from sync.gateway.seed import generate
+from sync.gateway.seed.generator import generate
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
-from sync.gateway.sqlite_store import SqliteStore
+from sync.gateway.store.loader import load_resources
+from sync.gateway.store.postgres import PgStore
+from sync.gateway.store.sqlite import SqliteStore
 from tests.gateway.pg_fixtures import PgUnavailable, shared_server
 
 PAGE = 500

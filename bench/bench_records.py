@@ -1,6 +1,6 @@
 """Records store: bulk insert, patient search and chart open on SQLCipher vs an unkeyed baseline.
 
-Figures, all measured in the same run on the same data (``sync.gateway.seed.generate``):
+Figures, all measured in the same run on the same data (``sync.gateway.seed.generator.generate``):
 - bulk insert of 100k resources through ``apply_resources`` in batches of 5,000 per
   transaction (WAL, synchronous=FULL, temp_store=MEMORY, secure_delete on everywhere) into:
   stdlib ``sqlite3`` unkeyed (its SQLite 3.40 lacks FTS5 ``secure-delete``, so that one line of
@@ -38,7 +38,7 @@ from client.core.chart import open_chart
 from client.core.records import apply_resources
 from client.core.schema import MIGRATIONS
 from client.core.search import search_patients
-from sync.gateway.seed import generate
+from sync.gateway.seed.generator import generate
 
 BATCH = 5_000
 RESOURCES_PER_PATIENT = 20  # the seed's average

@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from sync.fhir.bounded_json import loads_bounded
-from sync.fhir.validate import validate_resource
-from sync.gateway.seed import generate, summary
+from sync.gateway.seed.generator import generate, summary
+from sync.protocol.fhir.bounded_json import loads_bounded
+from sync.protocol.fhir.validate import validate_resource
 
 PATIENTS = 5_000
 SITES = 10

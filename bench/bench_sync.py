@@ -35,7 +35,7 @@ import orjson
 
 from bench.served_gateway import served_gateway
 from client.core.records import patient_of
-from sync.transport import Transport, TransportConfig
+from sync.device.transport import Transport, TransportConfig
 from tests.gateway.conftest import start_gateway, stop_gateway
 from tests.sync.sync_fixtures import (
     DEVICE_ID,

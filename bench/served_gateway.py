@@ -24,8 +24,8 @@ from typing import Any
 
 from policy.atomic import atomic_write
 from sync.gateway import datadir, pki
-from sync.gateway.loader import load_resources
-from sync.gateway.sqlite_store import SqliteStore
+from sync.gateway.store.loader import load_resources
+from sync.gateway.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 30.0

@@ -38,9 +38,9 @@ from client.core.sync_runner import run_sync
 from policy import decisions
 from policy.atomic import atomic_write
 from policy.errors import PolicyRefused
-from sync.engine import SyncError
-from sync.enrolment import EnrolmentError
-from sync.transport import TransportError
+from sync.device.engine import SyncError
+from sync.device.enrolment import EnrolmentError
+from sync.device.transport import TransportError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

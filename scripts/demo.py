@@ -193,8 +193,8 @@ def stop_gateway(server: subprocess.Popen[bytes]) -> None:
 def transfer_patient(gw: Path, patient_id: str, site: str) -> None:
     """IT moves a patient to another prison on the gateway (a new version of the Patient)."""
     from sync.gateway import datadir
-    from sync.gateway.loader import load_resources
-    from sync.gateway.sqlite_store import SqliteStore
+    from sync.gateway.store.loader import load_resources
+    from sync.gateway.store.sqlite import SqliteStore
 
     store = SqliteStore(gw / datadir.DATABASE)
     try:

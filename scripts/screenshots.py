@@ -1,7 +1,8 @@
 """Write a PNG of every client screen, offscreen, at 1366x768: ``screenshots.py OUT_DIR``.
 
 It provisions a throw-away device in a temporary folder (in-memory keyring, Argon2 at the
-OWASP floor, synthetic records from ``sync.gateway.seed``), then drives the real screens the
+OWASP floor, synthetic records from ``sync.gateway.seed.generator``), then drives the real screens
+the
 way a clinician, an auditor and an admin would: sign in (once wrongly), search, open a chart,
 write a consultation, break-glass into another site's patient, lock, then the conflict view
 (a real 412 conflict made in the vault) and the conditional-launch refusal (a second device
@@ -44,7 +45,7 @@ from client.ui.qt import QApplication, Qt, QWidget
 from policy.jws import sign
 from policy.model import build_payload
 from policy.schema import defaults
-from sync.gateway.seed import generate
+from sync.gateway.seed.generator import generate
 
 SITE = "hmp-brixton"
 CLINICIAN = ("nurse.amira", "correct horse battery staple")

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from policy.atomic import atomic_write
 from sync.gateway import pki
-from sync.pins import spki_sha256_b64
+from sync.protocol.pins import spki_sha256_b64
 
 
 @dataclass(frozen=True)

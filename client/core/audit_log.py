@@ -12,10 +12,11 @@ Invariants:
   zeroed, and must call ``scrub_wal`` on lock: until a TRUNCATE checkpoint, old page images
   (holding superseded keys) live on in the encrypted WAL (proved by the tests).
 - Entries are stored as their canonical bytes plus MAC; every read rebuilds and revalidates the
-  entry (``sync.audit_entry.entry_from_canonical``). Indexed copies of action, time, user and
+  entry (``sync.protocol.audit.entry.entry_from_canonical``). Indexed copies of action, time, user
+  and
   patient exist for auditor queries only; the canonical bytes are the truth.
 - ``mark_uploaded`` accepts only a receipt that matches this device and the stored chain (its
-  signature must already be checked with ``sync.audit_receipt.verify_receipt``).
+  signature must already be checked with ``sync.protocol.audit.receipt.verify_receipt``).
 - Nothing here logs; key material never leaves this module except into the database.
 """
 
@@ -26,10 +27,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sync.audit_chain import KEY_BYTES, ChainState, VerifyReport, append, genesis_hash, verify
-from sync.audit_entry import AuditEntry, AuditFormatError, entry_from_canonical
-from sync.audit_fhir import export_bundle
-from sync.audit_receipt import Receipt, receipt_from_json, receipt_to_json
+from sync.protocol.audit.audit_event import export_bundle
+from sync.protocol.audit.chain import (
+    KEY_BYTES,
+    ChainState,
+    VerifyReport,
+    append,
+    genesis_hash,
+    verify,
+)
+from sync.protocol.audit.entry import AuditEntry, AuditFormatError, entry_from_canonical
+from sync.protocol.audit.receipt import Receipt, receipt_from_json, receipt_to_json
 
 AUDIT_SCHEMA_STATEMENTS: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS audit_entries (

@@ -27,11 +27,11 @@ from client.core.accounts import LoginRefused
 from client.core.errors import UserFacingError
 from client.core.provisioning import transport_config
 from client.core.session import NotAllowed, Session
-from sync.audit_client import AuditClientError, AuditQuery, SearchResult, chain_status
-from sync.audit_client import download_csv as _download_csv
-from sync.audit_client import search_audit as _search_audit
-from sync.enrolment import EnrolmentError, online_login
-from sync.transport import Transport, TransportError
+from sync.device.audit_upload import AuditClientError, AuditQuery, SearchResult, chain_status
+from sync.device.audit_upload import download_csv as _download_csv
+from sync.device.audit_upload import search_audit as _search_audit
+from sync.device.enrolment import EnrolmentError, online_login
+from sync.device.transport import Transport, TransportError
 
 AUDIT_ROLES = ("auditor", "admin")
 T = TypeVar("T")

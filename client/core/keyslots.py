@@ -59,7 +59,7 @@ from client.core.device_keyring import DeviceKeyring
 from client.core.errors import UserFacingError
 from client.core.kdf import FLOOR, MIN_SALT_BYTES, KdfParams, derive
 from policy.atomic import atomic_write
-from sync.escrow import escrow_aad, seal
+from sync.protocol.escrow import escrow_aad, seal
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from client.core.trusted_time import ClockReading, anchor, read_clocks
 from client.core.vault import Vault, database_path
 from policy import decisions
 from policy.atomic import atomic_write
-from sync.enrolment import (
+from sync.device.enrolment import (
     EnrolmentError,
     ProvisioningBundle,
     encrypted_key_pem,
@@ -50,7 +50,7 @@ from sync.enrolment import (
     new_audit_key,
     online_login,
 )
-from sync.transport import Transport, TransportConfig, TransportError
+from sync.device.transport import Transport, TransportConfig, TransportError
 
 
 def tls_key_password(device: Device) -> bytes:

@@ -1,4 +1,4 @@
-"""The client core's side of the sync replica protocol (``sync.replica.Replica``).
+"""The client core's side of the sync replica protocol (``sync.device.replica.Replica``).
 
 Invariants (on top of the protocol's own, docs/records.md §Sync replica):
 - Every public method runs in ONE transaction of its own (``BEGIN IMMEDIATE`` … ``COMMIT``,
@@ -44,7 +44,7 @@ from client.core.audit_log import AuditLog
 from client.core.consultation import OutboxStateError
 from client.core.errors import VaultLocked
 from client.core.search import site_of
-from sync.replica import (
+from sync.device.replica import (
     EXTRA_ATTEMPTS,
     EXTRA_FULL_URL,
     EXTRA_GROUP,
@@ -77,7 +77,7 @@ def _label(value: str | None) -> str | None:
 
 
 class VaultReplica:
-    """``sync.replica.Replica`` over the open vault, acting for one signed-in user.
+    """``sync.device.replica.Replica`` over the open vault, acting for one signed-in user.
 
     ``conn_provider`` returns the vault's connection (raising ``VaultLocked`` once locked);
     ``site_scope`` is the device's scope (never empty: an empty scope would purge everyone);

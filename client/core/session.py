@@ -37,7 +37,7 @@ from client.core.search import PatientSummary
 from client.core.vault import Vault, database_path
 from policy import decisions
 from policy.decisions import PolicyMode
-from sync.audit_entry import AuditEntry
+from sync.protocol.audit.entry import AuditEntry
 
 log = logging.getLogger(__name__)
 

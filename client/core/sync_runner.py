@@ -32,12 +32,12 @@ from client.core.session import Session
 from client.core.trusted_time import anchor
 from client.core.vault import Vault, database_path
 from policy.errors import PolicyReason, PolicyRefused
-from sync.audit_fhir import export_bundle
-from sync.audit_receipt import Receipt
-from sync.control import Command, ControlSteps
-from sync.engine import FATAL_REASONS, Progress, SyncEngine, SyncError, SyncResult
-from sync.replica import SyncSummary
-from sync.transport import Transport, TransportError
+from sync.device.control import Command, ControlSteps
+from sync.device.engine import FATAL_REASONS, Progress, SyncEngine, SyncError, SyncResult
+from sync.device.replica import SyncSummary
+from sync.device.transport import Transport, TransportError
+from sync.protocol.audit.audit_event import export_bundle
+from sync.protocol.audit.receipt import Receipt
 
 AUDIT_BATCH_LIMIT = 2000
 
@@ -80,7 +80,7 @@ class SyncContext:
             self.audit.scrub_wal(self.vault.connection)
             self.vault.close()
 
-    # -- sync.control.DeviceControl -------------------------------------------------------------
+    # -- sync.device.control.DeviceControl ---------------------------------------------------
 
     def audit_batch(self, limit: int) -> tuple[dict[str, Any], int, str] | None:
         with self.vault.transaction() as conn:

@@ -8,7 +8,8 @@ Guarantees:
 - The "Online (gateway)" tab (``OnlineAuditPanel``) asks the gateway for the whole site's
   audit trail; see its own guarantees.
 - Exports are audited by the core (``export_audit``); files are written with ``atomic_write``
-  (0600, atomic). CSV rows come from ``sync.audit_fhir.to_csv_rows`` (formula-safe cells).
+  (0600, atomic). CSV rows come from ``sync.protocol.audit.audit_event.to_csv_rows`` (formula-safe
+  cells).
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ from client.ui.qt import (
 from client.ui.runner import Runner
 from client.ui.widgets import TextRowsModel, button, data_label, field
 from policy.atomic import atomic_write
-from sync.audit_client import AuditQuery
-from sync.audit_entry import AuditEntry
-from sync.audit_fhir import bundle_bytes, entries_from_bundle, export_bundle, to_csv_rows
+from sync.device.audit_upload import AuditQuery
+from sync.protocol.audit.audit_event import (
+    bundle_bytes,
+    entries_from_bundle,
+    export_bundle,
+    to_csv_rows,
+)
+from sync.protocol.audit.entry import AuditEntry
 
 COLUMNS = ("Time (UTC)", "User", "Action", "Outcome", "Patient id", "Purpose", "Reason")
 ALL = "All actions"

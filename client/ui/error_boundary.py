@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass
 
 from client.core.errors import EnvironmentFault, GatehouseError, UserFacingError
-from sync.engine import SyncError
-from sync.enrolment import EnrolmentError
-from sync.transport import TransportError
+from sync.device.engine import SyncError
+from sync.device.enrolment import EnrolmentError
+from sync.device.transport import TransportError
 
 log = logging.getLogger(__name__)
 

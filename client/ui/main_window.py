@@ -70,7 +70,7 @@ from client.ui.sync_panel import (
 )
 from client.ui.widgets import STYLESHEET, data_label, format_moment
 from policy import decisions
-from sync.engine import Progress
+from sync.device.engine import Progress
 
 WINDOW_SIZE = (1366, 768)
 MESSAGE_MS = 8000

@@ -40,7 +40,7 @@ from client.ui.qt import (
 )
 from client.ui.runner import Runner
 from client.ui.widgets import STYLESHEET, button, data_label, format_moment, set_role
-from sync.enrolment import ProvisioningBundle
+from sync.device.enrolment import ProvisioningBundle
 
 MAX_BUNDLE_FILE = 1_000_000  # bytes; a real bundle is a few KiB
 Provision = Callable[[Path, bytes], Device]

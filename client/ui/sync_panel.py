@@ -43,7 +43,7 @@ from client.ui.readiness import ReadinessPanel, assess
 from client.ui.runner import Runner
 from client.ui.widgets import button, data_label, format_moment, set_role
 from policy import decisions
-from sync.engine import Progress, SyncResult
+from sync.device.engine import Progress, SyncResult
 
 SyncFunction = Callable[..., SyncResult]
 PHASES = {

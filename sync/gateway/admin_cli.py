@@ -32,16 +32,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from policy.atomic import atomic_write
 from policy.jws import kid_for
-from sync.audit_fhir import to_audit_event, to_csv_rows
 from sync.gateway import datadir, enrolment, pki, policies, users
-from sync.gateway.audit_api import entry_of
+from sync.gateway.api.audit import entry_of
 from sync.gateway.authority import load_authority
-from sync.gateway.control_error import ControlError
-from sync.gateway.sql_control import iter_audit
-from sync.gateway.store import AuditQuery, AuditRow, CommandRecord, Store, StoreError
-from sync.pins import spki_sha256_b64
+from sync.gateway.errors import ControlError
+from sync.gateway.store.base import AuditQuery, AuditRow, CommandRecord, Store, StoreError
+from sync.gateway.store.control_tables import iter_audit
+from sync.protocol.audit.audit_event import to_audit_event, to_csv_rows
+from sync.protocol.pins import spki_sha256_b64
 
-BUNDLE_FORMAT = "gatehouse-provisioning-bundle/1"  # sync.enrolment.BUNDLE_FORMAT
+BUNDLE_FORMAT = "gatehouse-provisioning-bundle/1"  # sync.device.enrolment.BUNDLE_FORMAT
 LOCAL_ZONE = "Europe/London"
 WORKDAY_START, WORKDAY_END = 8, 18  # local hours; out of hours is before 08:00 or from 18:00
 _TTL_RE = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
@@ -59,7 +59,7 @@ def _now() -> dt.datetime:
 
 
 def _store(args: argparse.Namespace) -> Store:
-    from sync.gateway.storage import open_store
+    from sync.gateway.store.opening import open_store
 
     data = Path(args.data)
     if not (data / datadir.CA_CERT).exists():
@@ -314,8 +314,8 @@ def _audit_report(args: argparse.Namespace, store: Store) -> int:
 
 
 def _seed(args: argparse.Namespace, store: Store) -> int:
-    from sync.gateway.loader import load_resources
-    from sync.gateway.seed import generate
+    from sync.gateway.seed.generator import generate
+    from sync.gateway.store.loader import load_resources
 
     now = _now()
 

@@ -1,7 +1,8 @@
 """Audit ingestion on the gateway (AD-2): verify each device's uploaded chain, store, receipt.
 
 Invariants:
-- An upload is an export Bundle (``sync.audit_fhir``). Every entry is rebuilt from its chained
+- An upload is an export Bundle (``sync.protocol.audit.audit_event``). Every entry is rebuilt from
+  its chained
   canonical form and its AuditEvent must match exactly (an edited readable part is ``edited``).
 - The upload is verified as the continuation of the gateway's stored state for the device,
   MACs included (keys evolve from the enrolment k0), with the last receipt as checkpoint: a
@@ -14,7 +15,7 @@ Invariants:
   gateway's head; anything shorter is truncation.
 - The chain state moves by compare-and-set (``Store.audit_append``): concurrent uploads for one
   device are verified again from the new state, never applied twice.
-- Receipts are ``sync.audit_receipt`` receipts signed with the gateway's receipt key.
+- Receipts are ``sync.protocol.audit.receipt`` receipts signed with the gateway's receipt key.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sync.audit_chain import ChainState, VerifyReport, genesis_hash, next_key, verify
-from sync.audit_entry import AuditEntry, AuditFormatError
-from sync.audit_fhir import entries_from_bundle, to_audit_event
-from sync.audit_receipt import receipt_from_json, receipt_to_json, sign_receipt
-from sync.gateway.control_error import ControlError
-from sync.gateway.store import AuditAlert, AuditChainRecord, AuditRow, Store
+from sync.gateway.errors import ControlError
+from sync.gateway.store.base import AuditAlert, AuditChainRecord, AuditRow, Store
+from sync.protocol.audit.audit_event import entries_from_bundle, to_audit_event
+from sync.protocol.audit.chain import ChainState, VerifyReport, genesis_hash, next_key, verify
+from sync.protocol.audit.entry import AuditEntry, AuditFormatError
+from sync.protocol.audit.receipt import receipt_from_json, receipt_to_json, sign_receipt
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ def _serve(args: argparse.Namespace) -> int:
         parse_trusted_proxies,
         uvicorn_config,
     )
-    from sync.gateway.storage import open_store
-    from sync.gateway.store import StoreError
+    from sync.gateway.store.base import StoreError
+    from sync.gateway.store.opening import open_store
 
     data = Path(args.data)
     if not (data / datadir.CA_CERT).exists():

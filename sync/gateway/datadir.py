@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from policy.atomic import atomic_write
 from sync.gateway import pki
-from sync.gateway.sqlite_store import SqliteStore
-from sync.pins import spki_sha256_b64
+from sync.gateway.store.sqlite import SqliteStore
+from sync.protocol.pins import spki_sha256_b64
 
 CA_CERT = "device-ca.pem"
 CA_KEY = "device-ca.key"

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from sync.gateway import pki
 from sync.gateway.authority import GatewayAuthority
-from sync.gateway.control_error import ControlError
+from sync.gateway.errors import ControlError
 from sync.gateway.pki import PkiError
-from sync.gateway.store import Store, StoreError
+from sync.gateway.store.base import Store, StoreError
 
 log = logging.getLogger(__name__)
 

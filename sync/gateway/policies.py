@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from policy.errors import PolicyRefused
 from policy.jws import kid_for, parse_envelope, verify_signatures
 from policy.model import Policy, parse_payload
-from sync.gateway.store import PolicyRecord, Store, StoreError
+from sync.gateway.store.base import PolicyRecord, Store, StoreError
 
 TRUST_DIR = "policy-trust"
 

@@ -44,13 +44,13 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sync.gateway.audit_api import create_control_app
+from sync.gateway.api.audit import create_control_app
+from sync.gateway.api.fhir import DEVICE_SCOPE_KEY, create_fhir_app
+from sync.gateway.api.outcome import FhirError, error_response
 from sync.gateway.authority import GatewayAuthority
-from sync.gateway.control_error import ControlError, control_error_response
-from sync.gateway.fhir_api import DEVICE_SCOPE_KEY, create_fhir_app
-from sync.gateway.outcome import FhirError, error_response
+from sync.gateway.errors import ControlError, control_error_response
 from sync.gateway.pki import DeviceIdentity, PkiError, verify_device_certificate
-from sync.gateway.store import Store
+from sync.gateway.store.base import Store
 from sync.gateway.users import LoginPolicy, authenticate_bearer
 
 log = logging.getLogger(__name__)

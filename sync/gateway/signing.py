@@ -1,6 +1,7 @@
-"""The gateway signs commands, command receipts and time (what is signed: sync/statements.py).
+"""The gateway signs commands, command receipts and time (what is signed:
+``sync/protocol/statements.py``).
 
-Invariant: every statement is built by sync/statements.py, the module the device verifies
+Invariant: every statement is built by sync/protocol/statements.py, the module the device verifies
 with, so both sides always sign and check the same bytes; ``verify_*`` raise
 ``SignatureRefused`` for every failure.
 """
@@ -13,8 +14,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from sync.gateway.store import CommandRecord, fhir_instant
-from sync.statements import (
+from sync.gateway.store.base import CommandRecord, fhir_instant
+from sync.protocol.statements import (
     COMMAND_RECEIPT_TYPE,
     COMMAND_TYPE,
     TIME_TYPE,

@@ -30,11 +30,11 @@ from typing import Any
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from sync.escrow import EscrowError, escrow_aad, unseal
 from sync.gateway.authority import GatewayAuthority
-from sync.gateway.control_error import ControlError
+from sync.gateway.errors import ControlError
 from sync.gateway.pki import DeviceIdentity
-from sync.gateway.store import ROLES, Role, SessionRecord, Store, UserRecord
+from sync.gateway.store.base import ROLES, Role, SessionRecord, Store, UserRecord
+from sync.protocol.escrow import EscrowError, escrow_aad, unseal
 
 log = logging.getLogger(__name__)
 

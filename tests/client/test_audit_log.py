@@ -18,10 +18,10 @@ import sqlcipher3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.core.audit_log import AUDIT_SCHEMA_SQL, AUDIT_SCHEMA_STATEMENTS, AuditLog, AuditLogError
-from sync.audit_chain import next_key, verify
-from sync.audit_entry import AuditFormatError
-from sync.audit_fhir import bundle_bytes, entries_from_bundle
-from sync.audit_receipt import sign_receipt, verify_receipt
+from sync.protocol.audit.audit_event import bundle_bytes, entries_from_bundle
+from sync.protocol.audit.chain import next_key, verify
+from sync.protocol.audit.entry import AuditFormatError
+from sync.protocol.audit.receipt import sign_receipt, verify_receipt
 
 DEVICE = "laptop-0042"
 K0 = bytes(range(100, 132))

@@ -24,8 +24,8 @@ from keyring.backends import fail
 from client.core.device import Device, FirstUser
 from client.core.kdf import FLOOR
 from client.core.session import Session
-from sync.audit_chain import verify
-from sync.gateway.seed import generate
+from sync.gateway.seed.generator import generate
+from sync.protocol.audit.chain import verify
 from tests.client.device_fixtures import DEVICE_ID, SITE, load_records, policy_envelope, trust_pem
 
 USER = ("nurse.kill", "kill nine safe password")

@@ -41,7 +41,7 @@ from client.core.keyslots import (
     unwrap_slot,
 )
 from client.core.vault import Vault, database_path
-from sync.escrow import EscrowError, escrow_aad, unseal
+from sync.protocol.escrow import EscrowError, escrow_aad, unseal
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 DEVICE = "dev-0001"

@@ -23,10 +23,10 @@ from client.core.kdf import FLOOR
 from client.core.provisioning import add_user_online, provision_from_bundle
 from client.core.session import Session
 from client.core.sync_runner import run_sync
-from sync.enrolment import BUNDLE_FORMAT, EnrolmentError
+from sync.device.enrolment import BUNDLE_FORMAT, EnrolmentError
 from sync.gateway import enrolment, policies, users
-from sync.gateway.seed import generate
-from sync.gateway.store import CommandRecord
+from sync.gateway.seed.generator import generate
+from sync.gateway.store.base import CommandRecord
 from tests.client.device_fixtures import policy_envelope, trust_pem
 from tests.gateway.conftest import TEST_HASHER, Gateway, start_gateway, stop_gateway
 

@@ -23,9 +23,7 @@ from client.core.replica import MAX_QUARANTINE_RAW_BYTES, VaultReplica
 from client.core.schema import MIGRATIONS
 from client.core.search import search_patients
 from client.core.vault import Vault
-from sync.audit_chain import verify
-from sync.audit_entry import AuditEntry
-from sync.replica import (
+from sync.device.replica import (
     EXTRA_ATTEMPTS,
     EXTRA_FULL_URL,
     EXTRA_GROUP,
@@ -38,6 +36,8 @@ from sync.replica import (
     SentItem,
     SyncSummary,
 )
+from sync.protocol.audit.chain import verify
+from sync.protocol.audit.entry import AuditEntry
 from tests.client.fhir_fixtures import encounter, flag, nhs_number, observation, patient
 
 DEVICE = "laptop-0042"
@@ -79,7 +79,7 @@ def make(vault: Vault, provider: Any = None) -> VaultReplica:
 
 @pytest.fixture
 def replica(vault: Vault) -> Replica:
-    built: Replica = make(vault)  # structural: VaultReplica is a sync.replica.Replica
+    built: Replica = make(vault)  # structural: VaultReplica is a sync.device.replica.Replica
     return built
 
 

@@ -22,8 +22,8 @@ from client.core.session import (
     Session,
 )
 from client.core.trusted_time import anchor
-from sync.audit_chain import verify
-from sync.gateway.seed import generate
+from sync.gateway.seed.generator import generate
+from sync.protocol.audit.chain import verify
 from tests.client.device_fixtures import (
     CLINICIAN,
     OTHER_SITE,

@@ -15,10 +15,10 @@ import requests
 from argon2 import PasswordHasher, Type
 
 from sync.gateway.authority import GatewayAuthority
-from sync.gateway.loader import load_resources
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
-from sync.gateway.sqlite_store import SqliteStore
-from sync.gateway.store import Store
+from sync.gateway.store.base import Store
+from sync.gateway.store.loader import load_resources
+from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.users import LoginPolicy
 from tests.tls_fixtures import DeviceCredentials, PkiFiles, make_test_pki
 
@@ -138,7 +138,7 @@ def make_store(tmp_path: Path) -> SqliteStore:
     PostgreSQL server (the test skips, saying why, where PostgreSQL is not installed)."""
     backend = os.environ.get("GATEHOUSE_TEST_STORE", "sqlite") or "sqlite"
     if backend == "postgres":
-        from sync.gateway.pg_store import PgStore
+        from sync.gateway.store.postgres import PgStore
         from tests.gateway.pg_fixtures import require_server
 
         return PgStore(require_server().new_database())

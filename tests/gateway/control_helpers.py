@@ -21,11 +21,11 @@ from policy.atomic import atomic_write
 from policy.jws import sign
 from policy.model import build_payload
 from policy.schema import defaults
-from sync.audit_chain import ChainState, append
-from sync.audit_entry import AuditEntry
-from sync.audit_fhir import export_bundle
-from sync.escrow import escrow_aad, seal
 from sync.gateway import enrolment, pki, users
+from sync.protocol.audit.audit_event import export_bundle
+from sync.protocol.audit.chain import ChainState, append
+from sync.protocol.audit.entry import AuditEntry
+from sync.protocol.escrow import escrow_aad, seal
 from tests.gateway.conftest import TEST_HASHER, Gateway
 from tests.tls_fixtures import DeviceCredentials
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from sync.gateway.store import HistoryQuery, Store
+from sync.gateway.store.base import HistoryQuery, Store
 from tests.gateway.conftest import SITE_A, observation
 
 

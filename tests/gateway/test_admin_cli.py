@@ -25,9 +25,9 @@ from sync.gateway.admin_cli import out_of_hours, parse_ttl
 from sync.gateway.authority import load_authority
 from sync.gateway.cli import main
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
-from sync.gateway.sqlite_store import SqliteStore
+from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.users import FLOOR_MEMORY_KIB
-from sync.pins import spki_sha256_b64
+from sync.protocol.pins import spki_sha256_b64
 from tests.gateway.control_helpers import chain, csr_pem, key_pem, policy_envelope, views
 
 SITE = "hmp-alpha"
@@ -167,7 +167,7 @@ def test_admin_round_trip(
     ]  # fmt: skip
     saturday_night = dt.datetime(2026, 11, 21, 23, 0, tzinfo=dt.UTC)
     entries, _ = chain(device_id, k0, actions, start=saturday_night)
-    from sync.audit_fhir import export_bundle
+    from sync.protocol.audit.audit_event import export_bundle
 
     with laptop:
         assert laptop.post(f"{served.url}/device/audit", json=export_bundle(entries), timeout=30).ok

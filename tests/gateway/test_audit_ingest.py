@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import requests
 
-from sync.audit_chain import ChainState
-from sync.audit_fhir import export_bundle
-from sync.audit_receipt import receipt_from_json, verify_receipt
+from sync.protocol.audit.audit_event import export_bundle
+from sync.protocol.audit.chain import ChainState
+from sync.protocol.audit.receipt import receipt_from_json, verify_receipt
 from tests.gateway.conftest import SITE_A, SITE_B, Gateway
 from tests.gateway.control_helpers import (
     Enrolled,
@@ -83,7 +83,7 @@ def test_AD2_resending_stored_entries_is_idempotent(gateway: Gateway, laptop: En
 
 
 def _all() -> Any:
-    from sync.gateway.store import AuditQuery
+    from sync.gateway.store.base import AuditQuery
 
     return AuditQuery(count=100)
 

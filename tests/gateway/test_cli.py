@@ -19,8 +19,8 @@ import requests
 from policy.atomic import atomic_write
 from sync.gateway import datadir, pki
 from sync.gateway.cli import main
-from sync.gateway.sqlite_store import SqliteStore
-from sync.pins import spki_sha256_b64
+from sync.gateway.store.sqlite import SqliteStore
+from sync.protocol.pins import spki_sha256_b64
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ from sync.gateway.signing import (
     verify_command_receipt,
     verify_time,
 )
-from sync.gateway.store import CommandRecord
+from sync.gateway.store.base import CommandRecord
 from tests.gateway.conftest import SITE_A, SITE_B, Gateway
 from tests.gateway.control_helpers import enrol, policy_envelope
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from sync.audit_chain import genesis_hash
 from sync.gateway import pki
 from sync.gateway.enrolment import token_hash
-from sync.gateway.store import EnrolledDevice
+from sync.gateway.store.base import EnrolledDevice
+from sync.protocol.audit.chain import genesis_hash
 from tests.gateway.conftest import SITE_A, SITE_B, Gateway, patient
 from tests.gateway.control_helpers import (
     csr_pem,

@@ -10,8 +10,8 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from sync.gateway.fhir_transaction import MAX_BODY_BYTES, MAX_BUNDLE_ENTRIES
-from sync.gateway.resources import RESOURCE_TYPES
+from sync.gateway.api.transaction import MAX_BODY_BYTES, MAX_BUNDLE_ENTRIES
+from sync.gateway.store.resources import RESOURCE_TYPES
 from tests.gateway.conftest import (
     CLIENT_ID,
     NHS,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sync.gateway import users
-from sync.gateway.control_error import ControlError
+from sync.gateway.errors import ControlError
 from sync.gateway.pki import DeviceIdentity
 from sync.gateway.users import LoginPolicy, authenticate_bearer, bearer_hash, default_hasher
 from tests.gateway.conftest import SITE_A, SITE_B, TEST_HASHER, Gateway, patient
@@ -255,7 +255,7 @@ def test_M4_parallel_guesses_cannot_slip_past_the_throttle(gateway: Gateway) -> 
     from argon2 import PasswordHasher, Type
 
     from sync.gateway import users as gateway_users
-    from sync.gateway.control_error import ControlError
+    from sync.gateway.errors import ControlError
     from sync.gateway.pki import DeviceIdentity
     from sync.gateway.users import LoginPolicy
     from tests.gateway.conftest import SITE_A

@@ -35,18 +35,19 @@ import requests
 from cryptography.hazmat.primitives import serialization
 
 from policy.atomic import atomic_write
-from sync.audit_chain import ChainState
-from sync.audit_chain import append as audit_append
-from sync.audit_entry import AuditEntry
-from sync.audit_fhir import export_bundle
-from sync.gateway import datadir, enrolment, pg_store, pki
+from sync.gateway import datadir, enrolment, pki
 from sync.gateway.authority import load_authority
-from sync.gateway.loader import load_resources
-from sync.gateway.pg_store import PgStore, pg_schema, to_pg_sql
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
-from sync.gateway.sqlite_store import SCHEMA
-from sync.gateway.storage import open_store
-from sync.gateway.store import AuditQuery, HistoryQuery, SearchQuery, StoreError
+from sync.gateway.store import postgres as pg_store
+from sync.gateway.store.base import AuditQuery, HistoryQuery, SearchQuery, StoreError
+from sync.gateway.store.loader import load_resources
+from sync.gateway.store.opening import open_store
+from sync.gateway.store.postgres import PgStore, pg_schema, to_pg_sql
+from sync.gateway.store.sqlite import SCHEMA
+from sync.protocol.audit.audit_event import export_bundle
+from sync.protocol.audit.chain import ChainState
+from sync.protocol.audit.chain import append as audit_append
+from sync.protocol.audit.entry import AuditEntry
 from tests.gateway.conftest import (
     CLIENT_ID,
     SITE_A,

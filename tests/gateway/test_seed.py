@@ -11,8 +11,15 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.fhir.bounded_json import loads_bounded
-from sync.fhir.validate import (
+from sync.gateway.seed.generator import (
+    REFERENCE_INSTANT,
+    RESOURCE_ORDER,
+    generate,
+    site_codes,
+    summary,
+)
+from sync.protocol.fhir.bounded_json import loads_bounded
+from sync.protocol.fhir.validate import (
     LOINC_SYSTEM,
     NHS_NUMBER_SYSTEM,
     NOTE_CONTENT_TYPE,
@@ -27,13 +34,6 @@ from sync.fhir.validate import (
     prison_number,
     site_of_patient,
     validate_resource,
-)
-from sync.gateway.seed import (
-    REFERENCE_INSTANT,
-    RESOURCE_ORDER,
-    generate,
-    site_codes,
-    summary,
 )
 
 
@@ -53,7 +53,7 @@ def test_same_seed_gives_byte_identical_output() -> None:
 
 
 def test_output_does_not_depend_on_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sync.gateway.seed as seed_module
+    import sync.gateway.seed.generator as seed_module
 
     before = _serialised(sites=2, patients=30, seed=3)
 

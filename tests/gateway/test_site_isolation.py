@@ -194,7 +194,7 @@ def test_transfer_is_a_deletion_for_the_old_site_and_new_for_the_new(gateway: Ga
 
 
 def test_seed_data_loads_and_each_site_pulls_exactly_its_own(gateway: Gateway) -> None:
-    from sync.gateway.seed import generate
+    from sync.gateway.seed.generator import generate
 
     items = list(generate(sites=2, patients=30, seed=7))
     gateway.load(*items)

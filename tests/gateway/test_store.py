@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sync.gateway.loader import load_resources
-from sync.gateway.sqlite_store import SqliteStore
-from sync.gateway.store import HistoryQuery, SearchQuery, StoreError
+from sync.gateway.store.base import HistoryQuery, SearchQuery, StoreError
+from sync.gateway.store.loader import load_resources
+from sync.gateway.store.sqlite import SqliteStore
 from tests.gateway.conftest import SITE_A, SITE_B, observation, patient
 from tests.gateway.store_checks import assert_commit_order_is_seq_order
 

@@ -16,14 +16,14 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from sync.gateway import pki
-from sync.gateway.fhir_api import DEVICE_SCOPE_KEY
+from sync.gateway.api.fhir import DEVICE_SCOPE_KEY
 from sync.gateway.server import (
     BackgroundGateway,
     DeviceAuthMiddleware,
     build_ssl_context,
     parse_trusted_proxies,
 )
-from sync.gateway.store import Store
+from sync.gateway.store.base import Store
 from tests.gateway.conftest import (
     SITE_A,
     SITE_B,

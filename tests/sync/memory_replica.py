@@ -1,4 +1,4 @@
-"""A plain in-memory implementation of ``sync.replica.Replica`` for engine tests.
+"""A plain in-memory implementation of ``sync.device.replica.Replica`` for engine tests.
 
 It keeps the protocol's invariants (a page and its cursor applied together, dedupe by version)
 so the engine is tested against the contract; the encrypted vault's own implementation
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync.replica import ApplyStats, OutboxItem, Page, Quarantined, SentItem
+from sync.device.replica import ApplyStats, OutboxItem, Page, Quarantined, SentItem
 
 
 @dataclass

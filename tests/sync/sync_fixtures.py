@@ -33,12 +33,12 @@ from client.core.records import CLIENT_ID_SYSTEM, client_id_of
 from client.core.replica import VaultReplica
 from client.core.schema import MIGRATIONS
 from client.core.vault import Vault
-from sync.audit_chain import verify
-from sync.engine import SyncEngine, SyncResult
-from sync.gateway.seed import generate
-from sync.gateway.store import SearchQuery, Store
-from sync.replica import SyncSummary
-from sync.transport import Transport, TransportConfig
+from sync.device.engine import SyncEngine, SyncResult
+from sync.device.replica import SyncSummary
+from sync.device.transport import Transport, TransportConfig
+from sync.gateway.seed.generator import generate
+from sync.gateway.store.base import SearchQuery, Store
+from sync.protocol.audit.chain import verify
 from tests.tls_fixtures import DeviceCredentials
 
 SITE = "hmp-brixton"

@@ -21,8 +21,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync import audit_fhir
-from sync.audit_chain import (
+from sync.protocol.audit import audit_event as audit_fhir
+from sync.protocol.audit.audit_event import (
+    bundle_bytes,
+    entries_from_bundle,
+    export_bundle,
+    to_audit_event,
+    to_csv_rows,
+)
+from sync.protocol.audit.chain import (
     ChainState,
     append,
     entry_mac,
@@ -30,22 +37,15 @@ from sync.audit_chain import (
     next_key,
     verify,
 )
-from sync.audit_cli import main
-from sync.audit_entry import (
+from sync.protocol.audit.cli import main
+from sync.protocol.audit.entry import (
     AuditEntry,
     AuditFormatError,
     canonical_bytes,
     entry_from_canonical,
     reference_canonical_bytes,
 )
-from sync.audit_fhir import (
-    bundle_bytes,
-    entries_from_bundle,
-    export_bundle,
-    to_audit_event,
-    to_csv_rows,
-)
-from sync.audit_receipt import (
+from sync.protocol.audit.receipt import (
     Receipt,
     ReceiptError,
     receipt_from_json,
@@ -593,7 +593,7 @@ _EXPORT = bundle_bytes(export_bundle(_EXPORT_ENTRIES))
 
 
 def _verdict(data: bytes) -> str:
-    from sync.audit_entry import strict_json_loads
+    from sync.protocol.audit.entry import strict_json_loads
 
     try:
         loaded = entries_from_bundle(strict_json_loads(data))
@@ -767,7 +767,7 @@ def test_cli_runs_as_a_program_without_traceback(files: dict[str, Path]) -> None
     root = Path(__file__).resolve().parents[2]
     for target, expected in ((files["export"], 0), (files["key"], 2)):
         done = subprocess.run(
-            [sys.executable, "-m", "sync.audit_cli", "verify", str(target)],
+            [sys.executable, "-m", "sync.protocol.audit.cli", "verify", str(target)],
             cwd=root,
             capture_output=True,
             text=True,

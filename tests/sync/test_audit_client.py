@@ -1,5 +1,6 @@
-"""``sync.audit_client`` against the real gateway in-process (mutual TLS on 127.0.0.1, pinned):
-searches with every filter, paging, site isolation, chain status, CSV, refusals, strictness."""
+"""``sync.device.audit_upload`` against the real gateway in-process (mutual TLS on
+127.0.0.1, pinned): searches with every filter, paging, site isolation, chain status, CSV,
+refusals, strictness."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 
 import pytest
 
-import sync.audit_client as audit_client
-from sync.audit_client import (
+import sync.device.audit_upload as audit_client
+from sync.device.audit_upload import (
     AuditClientError,
     AuditQuery,
     audit_event_entry,
@@ -24,8 +25,8 @@ from sync.audit_client import (
     parse_chains,
     search_audit,
 )
-from sync.audit_fhir import to_audit_event
-from sync.transport import Transport
+from sync.device.transport import Transport
+from sync.protocol.audit.audit_event import to_audit_event
 from tests.gateway.conftest import SITE_A, SITE_B, Gateway, start_gateway, stop_gateway
 from tests.gateway.control_helpers import (
     Enrolled,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync.fhir import bounded_json
-from sync.fhir.bounded_json import (
+from sync.protocol.fhir import bounded_json
+from sync.protocol.fhir.bounded_json import (
     MAX_DEPTH,
     MAX_ITEMS,
     MAX_RESPONSE_BYTES,

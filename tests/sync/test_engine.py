@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from sync.engine import Progress, SyncEngine
-from sync.fhir.validate import CLIENT_ID_SYSTEM
-from sync.gateway.seed import generate
-from sync.replica import EXTRA_FULL_URL, EXTRA_IF_NONE_EXIST, OutboxItem, ReplicaError
-from sync.transport import Transport, TransportConfig
+from sync.device.engine import Progress, SyncEngine
+from sync.device.replica import EXTRA_FULL_URL, EXTRA_IF_NONE_EXIST, OutboxItem, ReplicaError
+from sync.device.transport import Transport, TransportConfig
+from sync.gateway.seed.generator import generate
+from sync.protocol.fhir.validate import CLIENT_ID_SYSTEM
 from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
 from tests.sync.memory_replica import MemoryReplica
 from tests.tls_fixtures import DeviceCredentials

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sync.engine import SyncEngine
-from sync.transport import Transport, spki_sha256
+from sync.device.engine import SyncEngine
+from sync.device.transport import Transport, spki_sha256
 from tests.sync.memory_replica import MemoryReplica
 from tests.sync.test_transport import Pki, _config
 from tests.sync.tls_server import RawTlsServer, server_context
@@ -67,7 +67,7 @@ def test_M3_a_next_link_that_loops_is_stopped(pki: Pki) -> None:
 
 def test_a_server_without_history_is_read_with_a_lastupdated_search(pki: Pki) -> None:
     """docs/sync.md: no type-level _history → _lastUpdated search; the cursor resumes there."""
-    from sync.gateway.seed import generate
+    from sync.gateway.seed.generator import generate
 
     patient = next(
         r for r in generate(sites=1, patients=1, seed=2) if r["resourceType"] == "Patient"

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync.escrow import EscrowError, escrow_aad, seal, unseal
+from sync.protocol.escrow import EscrowError, escrow_aad, seal, unseal
 
 GATEWAY = X25519PrivateKey.generate()
 GATEWAY_PUBLIC = GATEWAY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync.fhir import bundle as fb
-from sync.fhir.bounded_json import BoundedJsonError, loads_bounded
-from sync.fhir.validate import (
+from sync.protocol.fhir import bundle as fb
+from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
+from sync.protocol.fhir.validate import (
     CLIENT_ID_SYSTEM,
     MAX_NOTE_BYTES,
     NHS_NUMBER_SYSTEM,
@@ -597,7 +597,7 @@ def test_transaction_response_entries_are_read_safely() -> None:
 def test_the_printable_fast_path_never_skips_a_refused_character() -> None:
     """``_str`` skips the control-character pattern for printable text: that is exact only
     while every character the patterns refuse is non-printable. Checked over all of Unicode."""
-    from sync.fhir.validate import _BAD_CHARS_RE, _BAD_TEXT_RE
+    from sync.protocol.fhir.validate import _BAD_CHARS_RE, _BAD_TEXT_RE
 
     for pattern in (_BAD_TEXT_RE, _BAD_CHARS_RE):
         refused = [chr(c) for c in range(0x110000) if pattern.match(chr(c))]

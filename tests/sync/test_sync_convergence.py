@@ -37,7 +37,7 @@ from client.core.audit_log import AuditLog
 from client.core.consultation import ConsultationError
 from client.core.replica import VaultReplica
 from client.core.vault import Vault
-from sync.replica import ApplyStats, Page, SentItem
+from sync.device.replica import ApplyStats, Page, SentItem
 from tests.gateway.conftest import Gateway, observation, patient, start_gateway, stop_gateway
 from tests.sync.sync_fixtures import (
     USER,

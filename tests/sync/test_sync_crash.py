@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from sync.gateway.store import Store
+from sync.gateway.store.base import Store
 from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
 from tests.sync.sync_fixtures import (
     DEVICE_ID,

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sync.transport import Transport, TransportConfig, TransportError, spki_sha256
+from sync.device.transport import Transport, TransportConfig, TransportError, spki_sha256
 from tests.sync.tls_server import RawTlsServer, server_context
 
 

@@ -28,10 +28,10 @@ from policy.model import build_payload
 from policy.schema import defaults
 from sync.gateway import admin_cli, datadir, enrolment, policies, users
 from sync.gateway.authority import load_authority
-from sync.gateway.loader import load_resources
-from sync.gateway.seed import generate
+from sync.gateway.seed.generator import generate
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
-from sync.gateway.sqlite_store import SqliteStore
+from sync.gateway.store.loader import load_resources
+from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.users import LoginPolicy
 from tests.gateway.conftest import TEST_HASHER
 

@@ -23,8 +23,8 @@ from client.core.sync_runner import run_sync
 from client.ui.audit_view import AuditWorkspace, OnlineAuditPanel
 from client.ui.main_window import MainWindow
 from client.ui.qt import Qt
-from sync.audit_client import AuditQuery
-from sync.audit_fhir import CSV_HEADER, entries_from_bundle
+from sync.device.audit_upload import AuditQuery
+from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
 from tests.ui.gateway_fixtures import (
     AUDITOR,
     NURSE,

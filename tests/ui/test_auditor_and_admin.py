@@ -12,7 +12,7 @@ from pytestqt.qtbot import QtBot
 from client.core.session import Session
 from client.ui.admin import AdminPanel
 from client.ui.audit_view import AuditWorkspace
-from sync.audit_fhir import CSV_HEADER, entries_from_bundle
+from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
 from tests.ui.ui_fixtures import (
     CLINICIAN,
     HTML_FAMILY,

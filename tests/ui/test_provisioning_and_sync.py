@@ -21,7 +21,7 @@ from client.ui.main_window import MainWindow
 from client.ui.provisioning import ProvisioningWindow
 from client.ui.qt import QLabel, Qt, QTimer
 from client.ui.sync_panel import SyncOutcome
-from sync.engine import Progress
+from sync.device.engine import Progress
 from sync.gateway.cli import main as gateway_main
 from tests.ui.gateway_fixtures import (
     NURSE,

@@ -15,9 +15,9 @@ from client.ui.sync_panel import (
     outcome_counts,
 )
 from policy.decisions import OfflineKind, OfflineState
-from sync.engine import Progress, SyncResult
-from sync.enrolment import EnrolmentError
-from sync.transport import TransportError
+from sync.device.engine import Progress, SyncResult
+from sync.device.enrolment import EnrolmentError
+from sync.device.transport import TransportError
 
 NOW = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)

@@ -28,7 +28,7 @@ from client.ui.qt import (
     Qt,
     QWidget,
 )
-from sync.gateway.seed import generate
+from sync.gateway.seed.generator import generate
 from tests.client.device_fixtures import (
     CLINICIAN,
     OTHER_SITE,

@@ -7,7 +7,7 @@ Invariants:
   only the authentication middleware sets from a verified, active certificate — never from
   the body. Mounted without that layer, these routes fail closed (401).
 - Bodies are bounded (``MAX_BODY_BYTES``; ``MAX_AUDIT_BODY_BYTES`` for audit uploads) and parsed
-  strictly (``sync.fhir.bounded_json``); every refusal is ``ControlError`` → JSON error.
+  strictly (``sync.protocol.fhir.bounded_json``); every refusal is ``ControlError`` → JSON error.
 - Blocking work (Argon2id, database, chain verification) runs in the thread pool.
 """
 
@@ -26,15 +26,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sync.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.gateway import enrolment, policies, users
+from sync.gateway.api.fhir import DEVICE_SCOPE_KEY
 from sync.gateway.audit_ingest import ingest
 from sync.gateway.authority import GatewayAuthority
-from sync.gateway.control_error import ControlError, error_body, json_response
-from sync.gateway.fhir_api import DEVICE_SCOPE_KEY
+from sync.gateway.errors import ControlError, error_body, json_response
 from sync.gateway.pki import DeviceIdentity
 from sync.gateway.signing import command_receipt, signed_command, signed_time
-from sync.gateway.store import Store, fhir_instant
+from sync.gateway.store.base import Store, fhir_instant
+from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 
 log = logging.getLogger(__name__)
 

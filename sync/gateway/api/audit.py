@@ -28,18 +28,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sync.audit_entry import AuditEntry, entry_from_canonical
-from sync.audit_fhir import to_audit_event, to_csv_rows
+from sync.gateway.api.control import device_routes, identity_of, now_of, store_of
 from sync.gateway.authority import GatewayAuthority
-from sync.gateway.control_api import device_routes, identity_of, now_of, store_of
-from sync.gateway.control_error import (
+from sync.gateway.errors import (
     ControlError,
     control_error_response,
     error_body,
     json_response,
 )
-from sync.gateway.store import AuditQuery, AuditRow, SessionRecord, Store, fhir_instant
+from sync.gateway.store.base import AuditQuery, AuditRow, SessionRecord, Store, fhir_instant
 from sync.gateway.users import LoginPolicy, authenticate_bearer, default_hasher
+from sync.protocol.audit.audit_event import to_audit_event, to_csv_rows
+from sync.protocol.audit.entry import AuditEntry, entry_from_canonical
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ Invariants guaranteed by :func:`validate_resource` for a resource it returns:
 Every failure raises :class:`InvalidResource` with a stable ``reason`` and a JSON-path-like
 ``path`` (``Patient.name[0].family``). Messages never quote values: they may be patient data.
 Deep nesting, huge documents and duplicate keys are refused earlier, by
-:mod:`sync.fhir.bounded_json`.
+:mod:`sync.protocol.fhir.bounded_json`.
 """
 
 from __future__ import annotations

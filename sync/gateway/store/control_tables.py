@@ -24,8 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from sync.audit_chain import genesis_hash
-from sync.gateway.store import (
+from sync.gateway.store.base import (
     AuditAlert,
     AuditChainRecord,
     AuditQuery,
@@ -44,6 +43,7 @@ from sync.gateway.store import (
     from_us,
     to_us,
 )
+from sync.protocol.audit.chain import genesis_hash
 
 CONTROL_SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS sites (

@@ -10,7 +10,8 @@ Invariants:
   AuditEvent from the entry; a resource that differs in any field from that regeneration is
   refused with ``AuditFormatError`` reason ``edited`` (and the seq), so the readable part of an
   export cannot be changed behind the chain's back. Structure errors are reason ``malformed``.
-- The export holds no record content: detail values are codes and counts (``sync.audit_entry``).
+- The export holds no record content: detail values are codes and counts
+  (``sync.protocol.audit.entry``).
 - CSV cells that a spreadsheet would run as a formula (``= + - @`` or a tab/CR first) are
   prefixed with ``'``.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from sync.audit_entry import AuditEntry, AuditFormatError, entry_from_canonical
+from sync.protocol.audit.entry import AuditEntry, AuditFormatError, entry_from_canonical
 
 CHAIN_EXTENSION = "https://gatehouse.example/fhir/StructureDefinition/audit-chain"
 DEVICE_SYSTEM = "https://gatehouse.example/fhir/device"

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sync.gateway import datadir
-from sync.gateway.store import Store, StoreError
+from sync.gateway.store.base import Store, StoreError
 
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 
@@ -25,7 +25,7 @@ POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 def open_store(data_dir: Path, database_url: str | None) -> Store:
     """The store ``serve`` uses: SQLite in ``data_dir``, or PostgreSQL at ``database_url``."""
     if not database_url:
-        from sync.gateway.sqlite_store import SqliteStore
+        from sync.gateway.store.sqlite import SqliteStore
 
         return SqliteStore(data_dir / datadir.DATABASE)
     try:
@@ -37,6 +37,6 @@ def open_store(data_dir: Path, database_url: str | None) -> Store:
         raise StoreError("unsupported_database_url")
     if has_password or "password=" in parts.query:
         raise StoreError("password_in_database_url")
-    from sync.gateway.pg_store import PgStore
+    from sync.gateway.store.postgres import PgStore
 
     return PgStore(database_url)

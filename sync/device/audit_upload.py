@@ -1,11 +1,12 @@
 """The auditor's online queries against the gateway (docs/control-plane.md §Auditor queries).
 
 Guarantees:
-- Only ``/audit`` is asked, only through a ``sync.transport.Transport`` (pinned mutual TLS),
+- Only ``/audit`` is asked, only through a ``sync.device.transport.Transport`` (pinned mutual TLS),
   always with the caller's bearer token; the token is never logged.
-- Every answer is parsed with ``sync.fhir.bounded_json`` and validated strictly before use:
+- Every answer is parsed with ``sync.protocol.fhir.bounded_json`` and validated strictly before use:
   a searchset Bundle whose entries are AuditEvents, each of which must be exactly the event
-  the chained entry it carries maps to (``sync.audit_fhir.to_audit_event``): a server cannot
+  the chained entry it carries maps to (``sync.protocol.audit.audit_event.to_audit_event``): a
+  server cannot
   slip extra fields (clinical content, rich text) into what an auditor sees. Chain status
   rows have exactly the documented fields and types.
 - Paging follows ``next`` links (same origin only, the transport refuses others) up to
@@ -29,10 +30,10 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from sync.audit_entry import AuditEntry, AuditFormatError, entry_from_canonical
-from sync.audit_fhir import CHAIN_EXTENSION, to_audit_event
-from sync.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
-from sync.transport import Transport
+from sync.device.transport import Transport
+from sync.protocol.audit.audit_event import CHAIN_EXTENSION, to_audit_event
+from sync.protocol.audit.entry import AuditEntry, AuditFormatError, entry_from_canonical
+from sync.protocol.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
 
 log = logging.getLogger(__name__)
 

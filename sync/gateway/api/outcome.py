@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from sync.gateway.store import StoredResource
+from sync.gateway.store.base import StoredResource
 
 FHIR_JSON = "application/fhir+json"
 

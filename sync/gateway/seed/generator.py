@@ -8,7 +8,7 @@ Invariants guaranteed by :func:`generate`:
 - **Ordered**: one Organization per site first, then per patient: Patient, Flags,
   AllergyIntolerances, Conditions, MedicationStatements, Encounters, Observations,
   DocumentReferences — a resource never precedes one it references.
-- **Valid**: every resource passes :func:`sync.fhir.validate.validate_resource`, carries
+- **Valid**: every resource passes :func:`sync.protocol.fhir.validate.validate_resource`, carries
   ``meta.versionId`` "1" and a ``meta.lastUpdated`` no later than the reference instant.
 - **Unique identifiers**: ids are stable (``pt000042``, ``pt000042-obs3``; sites use their
   code, e.g. ``hmp-brixton``); NHS numbers are unique, in the test range
@@ -29,7 +29,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sync.fhir.validate import (
+from sync.gateway.seed import names
+from sync.protocol.fhir.validate import (
     ALERT_SYSTEM,
     LOINC_SYSTEM,
     NHS_NUMBER_SYSTEM,
@@ -41,7 +42,6 @@ from sync.fhir.validate import (
     UCUM_SYSTEM,
     nhs_check_digit,
 )
-from sync.gateway import seed_names as names
 
 # Every generated date counts back from here, never from now(): determinism.
 REFERENCE_INSTANT = datetime(2026, 1, 1, tzinfo=UTC)

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sync.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
-from sync.transport import Transport, TransportConfig, TransportError, decode_pin
+from sync.device.transport import Transport, TransportConfig, TransportError, decode_pin
+from sync.protocol.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
 
 BUNDLE_FORMAT = "gatehouse-provisioning-bundle/1"
 MAX_BUNDLE_BYTES = 64 * 1024  # a bundle is a few KiB of PEM and base64

@@ -22,7 +22,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from sync.audit_entry import MAX_SEQ, AuditFormatError, strict_json_loads
+from sync.protocol.audit.entry import MAX_SEQ, AuditFormatError, strict_json_loads
 
 RECEIPT_TYPE = "gatehouse-audit-receipt-v1"
 MAX_RECEIPT_BYTES = 4096

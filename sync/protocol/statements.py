@@ -1,7 +1,7 @@
 """Signed statements of the gateway other than audit receipts: what exactly is signed.
 
 Shared by the gateway (which signs, sync/gateway/signing.py) and the device (which verifies,
-sync/control.py), so both sides build the same bytes.
+sync/device/control.py), so both sides build the same bytes.
 
 Invariants:
 - Each signature is Ed25519 (the gateway's receipt key) over the canonical JSON (sorted keys,

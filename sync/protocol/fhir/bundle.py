@@ -7,7 +7,8 @@ Invariants:
   pass patient data; the gateway's errors name fields and reasons, never values).
 - Readers (:func:`bundle_entries`, :func:`next_link`, :func:`parse_history_entry`,
   :func:`parse_response_entry`) accept any JSON value and either return well-typed results or
-  raise :class:`~sync.fhir.validate.InvalidResource` with a JSON path: a malformed server answer
+  raise :class:`~sync.protocol.fhir.validate.InvalidResource` with a JSON path: a malformed server
+  answer
   never surfaces as a ``KeyError`` or ``TypeError`` deep in the engine.
 - Conditional requests use FHIR's exact forms: ``ifNoneExist`` =
   ``identifier=<system>|<value>`` and ``ifMatch`` = ``W/"<versionId>"``.
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
-from sync.fhir.validate import (
+from sync.protocol.fhir.validate import (
     CLIENT_ID_SYSTEM,
     InvalidResource,
     client_identifier,

@@ -13,8 +13,9 @@ Invariants:
   reference a live patient of the device's site (else 404, indistinguishable from "no such
   patient"); an update or delete touches only resources of the device's site (else 404).
 - Request bodies are bounded (``MAX_BODY_BYTES``, ``MAX_BUNDLE_ENTRIES``, JSON depth and item
-  count, no duplicate keys — ``sync.fhir.bounded_json``) and every written resource passes
-  ``sync.fhir.validate.validate_resource(as_create=True)`` (the rules the client applies to what
+  count, no duplicate keys — ``sync.protocol.fhir.bounded_json``) and every written resource passes
+  ``sync.protocol.fhir.validate.validate_resource(as_create=True)`` (the rules the client applies
+  to what
   it stores); anything else is refused with 4xx before anything is stored.
 """
 
@@ -31,17 +32,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sync.fhir.bounded_json import BoundedJsonError, loads_bounded
-from sync.fhir.validate import InvalidResource, validate_resource
-from sync.gateway import resources as res
-from sync.gateway.outcome import (
+from sync.gateway.api.outcome import (
     FhirError,
     etag,
     fhir_response,
     operation_outcome,
     status_text,
 )
-from sync.gateway.store import Store, StoredResource, StoreError, WriteTx, fhir_instant
+from sync.gateway.store import resources as res
+from sync.gateway.store.base import Store, StoredResource, StoreError, WriteTx, fhir_instant
+from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
+from sync.protocol.fhir.validate import InvalidResource, validate_resource
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ async def read_body(request: Request) -> bytes:
 
 
 def parse_json(body: bytes, max_depth: int) -> Any:
-    """Strict, bounded JSON (sync.fhir.bounded_json: size, depth, items, duplicate keys)."""
+    """Strict, bounded JSON (sync.protocol.fhir.bounded_json: size, depth, items, duplicate
+    keys)."""
     try:
         return loads_bounded(
             body, max_bytes=MAX_BODY_BYTES, max_depth=max_depth, max_items=MAX_BODY_ITEMS

@@ -1,19 +1,19 @@
 """FHIR R4 helpers shared by the sync engine and the gateway.
 
-- :mod:`sync.fhir.bounded_json`: parsing that bounds size, depth and item count and refuses
+- :mod:`sync.protocol.fhir.bounded_json`: parsing that bounds size, depth and item count and refuses
   duplicate keys and non-finite numbers (NW-3); one error type, ``BoundedJsonError``.
-- :mod:`sync.fhir.validate`: strict validation of the resources the client stores, the
+- :mod:`sync.protocol.fhir.validate`: strict validation of the resources the client stores, the
   identifier systems of docs/conventions-local.md and helpers to read them; one error type,
   ``InvalidResource(reason, path)``.
-- :mod:`sync.fhir.bundle`: Bundle and OperationOutcome builders and safe readers.
+- :mod:`sync.protocol.fhir.bundle`: Bundle and OperationOutcome builders and safe readers.
 
 Nothing here touches the network, the disk or Qt.
 """
 
 from __future__ import annotations
 
-from sync.fhir.bounded_json import BoundedJsonError, loads_bounded
-from sync.fhir.validate import (
+from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
+from sync.protocol.fhir.validate import (
     CLIENT_ID_SYSTEM,
     NHS_NUMBER_SYSTEM,
     PRISON_NUMBER_SYSTEM,

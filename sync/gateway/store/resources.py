@@ -7,7 +7,7 @@ Invariants:
   its ``id`` is the site code. A resource breaking these
   rules is refused with one ``ResourceError`` and a stable ``reason``, before anything is stored.
 - Checks here are structural and deliberately minimal (shape, ids, references); full FHIR
-  validation is sync/fhir's job once it lands. Pure functions: no I/O, no clock.
+  validation is sync/protocol/fhir's job once it lands. Pure functions: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from sync.fhir.bounded_json import json_depth
+from sync.protocol.fhir.bounded_json import json_depth
 
 PATIENT = "Patient"
 ORGANIZATION = "Organization"  # a site; read-only on the data plane

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sync.gateway.store import Store
+from sync.gateway.store.base import Store
 
 LOAD_BATCH = 500  # resources per write transaction
 

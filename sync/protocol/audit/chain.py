@@ -4,7 +4,8 @@ Pure functions, no I/O. The format (Schneier–Kelsey style, see DESIGN.md §Aud
 
 - Entry ``n`` (n = 1, 2, 3, …) carries ``prev_hash`` = entry_hash of entry ``n-1``; entry 1
   carries the genesis hash ``SHA-256(b"gatehouse-audit-genesis" || device_id)``.
-- ``entry_hash = SHA-256(canonical bytes)`` (``sync.audit_entry``: every field but the MAC).
+- ``entry_hash = SHA-256(canonical bytes)`` (``sync.protocol.audit.entry``: every field but the
+  MAC).
 - ``mac = HMAC-SHA256(k_{n-1}, entry_hash)``: entry 1 is MACed with ``k_0``, the key made at
   enrolment and shared with the gateway. After each entry the key evolves one way,
   ``k_n = SHA-256(b"gatehouse-audit-key-v1" || k_{n-1})``, and the writer keeps only the new key.
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sync.audit_entry import (
+from sync.protocol.audit.entry import (
     AuditEntry,
     AuditFormatError,
     canonical_bytes,
@@ -39,7 +40,7 @@ from sync.audit_entry import (
     validate_detail,
     validate_entry,
 )
-from sync.audit_receipt import Receipt
+from sync.protocol.audit.receipt import Receipt
 
 GENESIS_TAG = b"gatehouse-audit-genesis"
 KEY_TAG = b"gatehouse-audit-key-v1"

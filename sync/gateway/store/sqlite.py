@@ -21,9 +21,8 @@ from typing import Any
 
 import orjson
 
-from sync.gateway import resources as res
-from sync.gateway.sql_control import CONTROL_SCHEMA, Execute, SqlControlTables
-from sync.gateway.store import (
+from sync.gateway.store import resources as res
+from sync.gateway.store.base import (
     Change,
     ChangeOp,
     DeviceRecord,
@@ -36,6 +35,7 @@ from sync.gateway.store import (
     from_us,
     to_us,
 )
+from sync.gateway.store.control_tables import CONTROL_SCHEMA, Execute, SqlControlTables
 
 BUSY_TIMEOUT_MS = 30_000
 

@@ -1,7 +1,7 @@
 """The sync engine: push the outbox, then pull every resource type's changes (DESIGN.md §Sync).
 
 The protocol decides; the transport moves bytes (CONVENTIONS.md §3). The engine talks to the
-local store only through ``sync.replica.Replica`` and never imports the client.
+local store only through ``sync.device.replica.Replica`` and never imports the client.
 
 Guarantees:
 - Push before pull, so a clinician's notes go up before anything comes down.
@@ -18,7 +18,8 @@ Guarantees:
   which never skips a change committed out of order). A server without it is resumed with
   ``_since`` = the newest ``lastUpdated`` seen minus ``SINCE_OVERLAP`` (overlap, then dedupe by
   version in the replica); see docs/sync.md.
-- Every inbound resource is validated (``sync.fhir.validate``) before it reaches the replica;
+- Every inbound resource is validated (``sync.protocol.fhir.validate``) before it reaches the
+  replica;
   a bad one is quarantined with its reason and the rest of the page goes on (NW-3). That
   includes a resource nested deeper than ``MAX_DEPTH``: a page may be ``MAX_PAGE_DEPTH`` deep,
   and only a page past that (or otherwise not bounded JSON) is refused as a whole.
@@ -42,23 +43,7 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 
-from sync.fhir.bounded_json import (
-    MAX_DEPTH,
-    MAX_PAGE_DEPTH,
-    BoundedJsonError,
-    json_depth,
-    loads_bounded,
-    loads_bounded_with_depth,
-)
-from sync.fhir.bundle import (
-    bundle_entries,
-    next_link,
-    parse_history_entry,
-    parse_response_entry,
-    transaction,
-)
-from sync.fhir.validate import InvalidResource, parse_instant, validate_resource
-from sync.replica import (
+from sync.device.replica import (
     EXTRA_FULL_URL,
     EXTRA_GROUP,
     EXTRA_IF_NONE_EXIST,
@@ -70,7 +55,23 @@ from sync.replica import (
     ReplicaError,
     SentItem,
 )
-from sync.transport import Response, Transport, TransportError
+from sync.device.transport import Response, Transport, TransportError
+from sync.protocol.fhir.bounded_json import (
+    MAX_DEPTH,
+    MAX_PAGE_DEPTH,
+    BoundedJsonError,
+    json_depth,
+    loads_bounded,
+    loads_bounded_with_depth,
+)
+from sync.protocol.fhir.bundle import (
+    bundle_entries,
+    next_link,
+    parse_history_entry,
+    parse_response_entry,
+    transaction,
+)
+from sync.protocol.fhir.validate import InvalidResource, parse_instant, validate_resource
 
 log = logging.getLogger(__name__)
 

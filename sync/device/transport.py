@@ -35,7 +35,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 
-from sync.pins import spki_der
+from sync.protocol.pins import spki_der
 
 # Timeouts in seconds: connecting to a gateway on a LAN or VPN takes well under 10 s; a page of
 # resources is produced and streamed in well under 60 s even on a slow link.

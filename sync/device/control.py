@@ -24,11 +24,11 @@ from typing import Any, Protocol
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sync.audit_receipt import Receipt, ReceiptError, receipt_from_json, verify_receipt
-from sync.engine import SyncError, SyncResult
-from sync.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
-from sync.statements import SignatureRefused, command_statement, time_statement, verify
-from sync.transport import Transport
+from sync.device.engine import SyncError, SyncResult
+from sync.device.transport import Transport
+from sync.protocol.audit.receipt import Receipt, ReceiptError, receipt_from_json, verify_receipt
+from sync.protocol.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
+from sync.protocol.statements import SignatureRefused, command_statement, time_statement, verify
 
 AUDIT_BATCH = 2000  # entries per upload; ~5 MB of AuditEvents
 

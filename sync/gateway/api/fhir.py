@@ -35,16 +35,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sync.gateway import resources as res
-from sync.gateway.fhir_transaction import handle_bundle
-from sync.gateway.outcome import (
+from sync.gateway.api.outcome import (
     FhirError,
     error_response,
     fhir_response,
     version_headers,
 )
+from sync.gateway.api.transaction import handle_bundle
 from sync.gateway.pki import DeviceIdentity
-from sync.gateway.store import (
+from sync.gateway.store import resources as res
+from sync.gateway.store.base import (
     MAX_PAGE,
     Change,
     HistoryQuery,

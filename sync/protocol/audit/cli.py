@@ -23,10 +23,10 @@ from typing import NoReturn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from sync.audit_chain import KEY_BYTES, verify
-from sync.audit_entry import AuditEntry, AuditFormatError, strict_json_loads
-from sync.audit_fhir import entries_from_bundle, to_csv_rows
-from sync.audit_receipt import Receipt, ReceiptError, receipt_from_json, verify_receipt
+from sync.protocol.audit.audit_event import entries_from_bundle, to_csv_rows
+from sync.protocol.audit.chain import KEY_BYTES, verify
+from sync.protocol.audit.entry import AuditEntry, AuditFormatError, strict_json_loads
+from sync.protocol.audit.receipt import Receipt, ReceiptError, receipt_from_json, verify_receipt
 
 MAX_EXPORT_BYTES = 2 * 1024**3
 MAX_SMALL_FILE = 16 * 1024

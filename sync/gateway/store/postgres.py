@@ -45,9 +45,9 @@ from typing import Any, cast
 
 import psycopg
 
-from sync.gateway import sqlite_store
-from sync.gateway.sql_control import CONTROL_SCHEMA
-from sync.gateway.store import StoreError, WriteTx
+from sync.gateway.store import sqlite as sqlite_store
+from sync.gateway.store.base import StoreError, WriteTx
+from sync.gateway.store.control_tables import CONTROL_SCHEMA
 
 log = logging.getLogger(__name__)
 
