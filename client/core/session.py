@@ -12,94 +12,49 @@ Guarantees:
   drops the key; afterwards every call raises ``VaultLocked`` (AU-3).
 - Patients that left the site scope or passed retention are purged at sign-in once they have no
   unsent work, each purge audited with the reason (DESIGN.md §Policy data.retention_days).
+- It stays the one facade: the admin's acts (``device_admin``), print/export (``disclosure``)
+  and locked-time events (``pending_audit``) are delegated with the same role check, vault
+  transaction and audit append; roles and refusals live in ``access`` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-from client.core import accounts, consultation, records, search
+from client.core import (
+    accounts,
+    consultation,
+    device_admin,
+    disclosure,
+    pending_audit,
+    records,
+    search,
+)
+from client.core.access import ADMIN as ADMIN
+from client.core.access import AUDITOR as AUDITOR
+from client.core.access import BREAK_GLASS_REASONS as BREAK_GLASS_REASONS
+from client.core.access import CLINICIAN as CLINICIAN
+from client.core.access import MIN_BREAK_GLASS_TEXT as MIN_BREAK_GLASS_TEXT
+from client.core.access import BreakGlassGrant as BreakGlassGrant
+from client.core.access import BreakGlassRefused as BreakGlassRefused
+from client.core.access import BreakGlassRequired as BreakGlassRequired
+from client.core.access import NotAllowed as NotAllowed
+from client.core.access import RecordsClosed as RecordsClosed
 from client.core.accounts import LoginRefused, Unlocked
 from client.core.audit_log import AuditLog
 from client.core.chart import Chart, open_chart
 from client.core.device import Device
 from client.core.errors import UserFacingError, VaultLocked
-from client.core.kdf import KdfParams, calibrate
 from client.core.schema import MIGRATIONS
 from client.core.search import PatientSummary
 from client.core.vault import Vault, database_path
 from policy import decisions
 from policy.decisions import PolicyMode
 from sync.protocol.audit.entry import AuditEntry
-
-log = logging.getLogger(__name__)
-
-CLINICIAN: Final = "clinician"
-AUDITOR: Final = "auditor"
-ADMIN: Final = "admin"
-BREAK_GLASS_REASONS: Final = {
-    "emergency": "Medical emergency",
-    "transfer": "Patient arriving from another prison",
-    "court": "Court or hospital escort",
-    "continuity": "Continuity of care (covering another site)",
-    "other": "Other (explain)",
-}
-MIN_BREAK_GLASS_TEXT: Final = 10  # characters of free-text reason, so "x" is not a reason
-
-
-class NotAllowed(UserFacingError):
-    """This role may not do this (AU-5)."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__("not_allowed", f"Your role does not allow you to {what}.")
-
-
-class RecordsClosed(UserFacingError):
-    """Records stay closed until a sync (trusted time) or a new policy (expired policy)."""
-
-    _MESSAGES: Final = {
-        "policy_expired": (
-            "The device policy has expired, so records are closed. Connect to the network "
-            "and sync to receive the current policy."
-        ),
-    }
-
-    def __init__(self, reason: str) -> None:
-        message = self._MESSAGES.get(reason) or accounts.BLOCK_MESSAGES.get(
-            reason, "Records are closed until this laptop has synced."
-        )
-        super().__init__(reason, message)
-
-
-class BreakGlassRequired(UserFacingError):
-    """The patient is outside this device's site scope: break-glass is needed to open it."""
-
-    def __init__(self, patient_id: str) -> None:
-        super().__init__(
-            "break_glass_required",
-            "This patient is not on your site's caseload. To open the record you must give a "
-            "reason and your password again; the access is recorded and reviewed.",
-        )
-        self.patient_id = patient_id
-
-
-class BreakGlassRefused(UserFacingError):
-    """The break-glass request itself was not acceptable (reason missing or too short)."""
-
-
-@dataclass(frozen=True)
-class BreakGlassGrant:
-    patient_id: str
-    reason_code: str
-    granted_at: dt.datetime
-    expires_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -115,14 +70,6 @@ class SessionStatus:
     conflicts: int
     audit_unsent: int
     break_glass: tuple[BreakGlassGrant, ...]
-
-
-def _pending_eid(event: dict[str, Any]) -> str:
-    explicit = event.get("eid")
-    if isinstance(explicit, str) and explicit:
-        return explicit
-    canonical = json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).hexdigest()[:32]
 
 
 class Session:
@@ -229,12 +176,16 @@ class Session:
             **fields,
         )
 
-    def _audit_refusal(self, action: str, **fields: Any) -> None:
-        """Audit a failed re-authentication — unless it wiped the device (nothing left)."""
-        if self.device.wiped:
-            return
-        with self._act() as conn:
-            self._append(conn, action, "failure", **fields)
+    def _reauthenticate(self, password: str, action: str, **fields: Any) -> None:
+        """The password again; a wrong one is audited as ``action`` / ``failure`` (unless it
+        wiped the device: nothing left to audit into) and ``LoginRefused`` goes on."""
+        try:
+            accounts.reauthenticate(self.device, self.user_id, password)
+        except LoginRefused:
+            if not self.device.wiped:
+                with self._act() as conn:
+                    self._append(conn, action, "failure", **fields)
+            raise
 
     def _require_role(self, allowed: Sequence[str], what: str, action: str) -> None:
         if self.role not in allowed:
@@ -259,32 +210,11 @@ class Session:
         return self.policy.site_scope or (self.device.profile.site,)
 
     def _record_login(self) -> None:
+        """Events kept in the header while locked enter the chain, then ``login_ok``."""
         header = self.device.header
         pending = list(header.counters.pending_audit_events)
         with self._act() as conn:
-            for event in pending:
-                eid = _pending_eid(event)
-                seen = conn.execute("SELECT 1 FROM imported_pending WHERE eid = ?", (eid,))
-                if seen.fetchone():
-                    continue
-                conn.execute("INSERT INTO imported_pending (eid) VALUES (?)", (eid,))
-                at = event.get("at")
-                ts = dt.datetime.fromisoformat(at) if isinstance(at, str) else self._now()
-                detail = {
-                    k: v
-                    for k, v in event.items()
-                    if k not in {"event", "at", "eid", "user_id"} and isinstance(v, str | int)
-                }
-                name = str(event.get("event", "unknown"))
-                user = event.get("user_id")
-                self._audit.append(
-                    conn,
-                    ts=ts,
-                    action=name,
-                    outcome="failure" if name in {"login_failed", "lockout"} else "success",
-                    user_id=user if isinstance(user, str) and user != "<invalid>" else None,
-                    detail=detail,
-                )
+            pending_audit.import_events(conn, self._audit, pending, self._now)
             self._append(conn, "login_ok", detail={"offline": str(self.offline.kind)})
         if pending:
             header.acknowledge_pending_audit_events(len(pending))
@@ -382,16 +312,13 @@ class Session:
                 "break_glass_reason",
                 f"Describe the reason in at least {MIN_BREAK_GLASS_TEXT} characters.",
             )
-        try:
-            accounts.reauthenticate(self.device, self.user_id, password)
-        except LoginRefused:
-            self._audit_refusal(
-                "break_glass",
-                patient_id=patient_id,
-                purpose="BTG",
-                detail={"reason_code": reason_code, "why": "reauthentication_failed"},
-            )
-            raise
+        self._reauthenticate(
+            password,
+            "break_glass",
+            patient_id=patient_id,
+            purpose="BTG",
+            detail={"reason_code": reason_code, "why": "reauthentication_failed"},
+        )
         now = self._now()
         grant = BreakGlassGrant(
             patient_id, reason_code, now, decisions.break_glass_expires_at(self.policy, now)
@@ -433,75 +360,37 @@ class Session:
             self._append(conn, "note_written", patient_id=patient_id, purpose=purpose)
         return result
 
+    # -- print, export, copy (client.core.disclosure) --------------------------------------------
+
     def record_disclosure(self, kind: str, patient_id: str | None, *, allowed: bool) -> None:
         """Audit a copy / print / export attempt (UI-2), allowed or blocked."""
-        action = f"{kind}_{'allowed' if allowed else 'blocked'}"
-        with self._act() as conn:
-            self._append(
-                conn,
-                action,
-                "success" if allowed else "denied",
-                patient_id=patient_id,
-                purpose="TREAT" if allowed else None,
-            )
+        disclosure.record(self, kind, patient_id, allowed=allowed)
 
     def authorise_disclosure(
         self, kind: str, patient_id: str | None, reason_text: str, password: str
     ) -> None:
         """Print or export (AU-4): the password again and a reason, audited either way."""
-        if kind not in {"print", "export"}:
-            raise ValueError("disclosure kind must be print or export")
-        self._require_role((CLINICIAN,), f"{kind} patient records", f"{kind}_allowed")
-        if patient_id is not None:
-            self._purpose(patient_id)  # in scope, or under a live break-glass grant
-        allowed = self._disclosure_allowed(kind)
-        if not allowed:
-            self.record_disclosure(kind, patient_id, allowed=False)
-            raise NotAllowed(f"{kind} from Gatehouse on this device")
-        if len(reason_text.strip()) < MIN_BREAK_GLASS_TEXT:
-            raise BreakGlassRefused(
-                "disclosure_reason",
-                f"Give the reason in at least {MIN_BREAK_GLASS_TEXT} characters.",
-            )
-        try:
-            accounts.reauthenticate(self.device, self.user_id, password)
-        except LoginRefused:
-            self._audit_refusal(
-                f"{kind}_allowed", patient_id=patient_id, detail={"why": "reauthentication_failed"}
-            )
-            raise
-        with self._act() as conn:
-            self._append(
-                conn,
-                f"{kind}_allowed",
-                patient_id=patient_id,
-                purpose="TREAT",
-                reason_text=reason_text.strip()[:500],
-            )
+        disclosure.authorise(self, kind, patient_id, reason_text, password)
 
-    def _disclosure_allowed(self, kind: str) -> bool:
-        permissions = decisions.ui_permissions(self.policy)
-        return permissions.printing if kind == "print" else permissions.clipboard_copy_out
+    # -- the device (client.core.device_admin) ---------------------------------------------------
 
     def wipe_device(self, password: str, confirmation: str) -> None:
         """Admin: cryptographically erase this laptop now (WP-1). Needs the password again and
         the device id typed as confirmation; audited before the keys are destroyed (the entry
         reaches the gateway only if it was uploaded — the wipe report says when it happened)."""
-        self._require_role((ADMIN,), "wipe this laptop", "wipe")
-        if confirmation.strip() != self.device.profile.device_id:
-            raise UserFacingError(
-                "wipe_not_confirmed", "Type this laptop's device id exactly to confirm the wipe."
-            )
-        accounts.reauthenticate(self.device, self.user_id, password)
-        with self._act() as conn:
-            self._append(conn, "wipe", detail={"why": "admin"})
-        self.lock()
-        self.device.wipe("admin_wipe")
+        device_admin.wipe_device(self, password, confirmation)
 
     def device_users(self) -> list[tuple[str, str]]:
-        """(user id, role) of everyone with a key slot here (admin only)."""
-        self._require_role((ADMIN,), "see this device's users", "users_read")
-        return list(self.device.header.users())
+        """(user id, role) of everyone with a key slot here (admin only; the read is audited)."""
+        return device_admin.device_users(self)
+
+    def add_user(self, user_id: str, role: str, password: str) -> None:
+        """Give an auditor or admin a key slot on this device (admin only, from this unlocked
+        vault). Clinicians are never added offline: their first sign-in is online and the
+        gateway decides their role and site (``provisioning.add_user_online``)."""
+        device_admin.add_user(self, user_id, role, password)
+
+    # -- conflicts -------------------------------------------------------------------------------
 
     def conflicts(self) -> list[consultation.Conflict]:
         """Open conflicts (both versions) for the clinician to resolve; audited as a view."""
@@ -541,40 +430,12 @@ class Session:
             raise UserFacingError(
                 "password_too_short", f"The new password must be at least {minimum} characters."
             )
-        try:
-            accounts.reauthenticate(self.device, self.user_id, old_password)
-        except LoginRefused:
-            self._audit_refusal("password_changed")
-            raise
+        self._reauthenticate(old_password, "password_changed")
         self.device.header.change_password(
             self.user_id, old_password, new_password, now=self._now()
         )
         with self._act() as conn:
             self._append(conn, "password_changed")
-
-    def add_user(self, user_id: str, role: str, password: str) -> None:
-        """Give an auditor or admin a key slot on this device (admin only, from this unlocked
-        vault). Clinicians are never added offline: their first sign-in is online and the
-        gateway decides their role and site (``provisioning.add_user_online``)."""
-        self._require_role((ADMIN,), "add users to this device", "user_added")
-        if role not in (AUDITOR, ADMIN):
-            with self._act() as conn:
-                self._append(conn, "user_added", "denied", detail={"added_role": role})
-            raise NotAllowed("add clinicians offline; their first sign-in is online")
-        minimum = decisions.min_password_length(self.policy)
-        if len(password) < minimum:
-            raise UserFacingError(
-                "password_too_short", f"The password must be at least {minimum} characters."
-            )
-        assert self._vault is not None
-        self.device.header.add_slot(
-            user_id, role, password, self._vault.export_dek(), self._kdf_params()
-        )
-        with self._act() as conn:
-            self._append(conn, "user_added", detail={"added_user": user_id, "added_role": role})
-
-    def _kdf_params(self) -> KdfParams:
-        return self.device.kdf_params or calibrate()
 
     # -- audit ---------------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ Guarantees:
   certificate is missing), policy version and expiry, keyring backend (with a plain warning when
   it is the weak file fallback), storage used by the data folder, the users who hold key slots,
   counts of unsent items and audit backlog.
-- Facts are gathered on the executor in one call; adding a user (Argon2) runs there too.
+- Facts are gathered on the executor in one call (``client.core.device_admin.device_facts``;
+  the users come through ``Session.device_users``, role-checked and audited); adding a user
+  (Argon2) runs there too.
 - Wiping is in a separate danger section and needs three things: the device id typed exactly,
   the admin's password, and a final yes/no. The wipe itself (re-authentication, audit, lock,
   erase) is ``Session.wipe_device`` on the executor; the password field is cleared as soon as
@@ -14,14 +16,9 @@ Guarantees:
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
-from pathlib import Path
-
-from cryptography import x509
-
-from client.core.device import TLS_CERT
-from client.core.session import ADMIN, AUDITOR, Session, SessionStatus
+from client.core.device_admin import DeviceFacts, device_facts
+from client.core.humanize import format_moment, format_span, human_size
+from client.core.session import ADMIN, AUDITOR, Session
 from client.ui.error_boundary import explain
 from client.ui.qt import (
     QComboBox,
@@ -36,80 +33,7 @@ from client.ui.qt import (
     Signal,
 )
 from client.ui.runner import Runner
-from client.ui.widgets import button, data_label, field, format_moment, format_span, set_role
-
-UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
-
-
-@dataclass(frozen=True)
-class DeviceFacts:
-    device_id: str
-    site: str
-    keyring_backend: str
-    keyring_weak: bool
-    users: tuple[tuple[str, str], ...]
-    status: SessionStatus
-    certificate_state: str  # "valid", "expired", "missing" or "unreadable"
-    certificate_expires_at: dt.datetime | None
-    storage_bytes: int
-    now: dt.datetime
-
-
-def certificate_expiry(path: Path) -> tuple[str, dt.datetime | None]:
-    """("missing"|"unreadable"|"ok", not-after) of the device's PEM certificate."""
-    try:
-        pem = path.read_bytes()
-    except FileNotFoundError:
-        return "missing", None
-    except OSError:
-        return "unreadable", None
-    try:
-        return "ok", x509.load_pem_x509_certificate(pem).not_valid_after_utc
-    except ValueError:
-        return "unreadable", None
-
-
-def storage_used(folder: Path) -> int:
-    """Total size in bytes of the regular files under ``folder`` (symlinks not followed)."""
-    total = 0
-    for path in folder.rglob("*"):
-        try:
-            if path.is_file() and not path.is_symlink():
-                total += path.lstat().st_size
-        except OSError:  # a file removed while we walk
-            continue
-    return total
-
-
-def human_size(size: int) -> str:
-    """``532 bytes`` / ``4.2 MiB``: binary units, one decimal above bytes."""
-    value = float(size)
-    for unit in UNITS:
-        if value < 1024 or unit == UNITS[-1]:
-            return f"{size:,} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def gather(session: Session) -> DeviceFacts:
-    """Everything the panel shows (runs on the executor)."""
-    device = session.device
-    now = device.clock()
-    state, expires = certificate_expiry(device.data_dir / TLS_CERT)
-    if state == "ok" and expires is not None:
-        state = "valid" if expires > now else "expired"
-    return DeviceFacts(
-        device.profile.device_id,
-        device.profile.site,
-        device.keyring.backend_name,
-        device.keyring.is_weak,
-        tuple(device.header.users()),
-        session.status(),
-        state,
-        expires,
-        storage_used(device.data_dir),
-        now,
-    )
+from client.ui.widgets import button, data_label, field, set_role
 
 
 def describe_certificate(facts: DeviceFacts) -> str:
@@ -229,7 +153,7 @@ class AdminPanel(QWidget):
 
     def refresh(self) -> None:
         session = self._session
-        self._runner.run(lambda: gather(session), self._show)
+        self._runner.run(lambda: device_facts(session), self._show)
 
     def _show(self, facts: DeviceFacts) -> None:
         status = facts.status

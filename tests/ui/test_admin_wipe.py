@@ -17,8 +17,10 @@ from cryptography.x509.oid import NameOID
 from pytestqt.qtbot import QtBot
 
 from client.core.device import TLS_CERT
+from client.core.device_admin import certificate_expiry, storage_used
+from client.core.humanize import human_size
 from client.core.vault import database_path
-from client.ui.admin import AdminPanel, certificate_expiry, human_size, storage_used
+from client.ui.admin import AdminPanel
 from client.ui.main_window import MainWindow
 from client.ui.qt import QLabel, QMessageBox
 from tests.client.device_fixtures import T0, ProvisionedDevice
