@@ -21,8 +21,8 @@ from client.core.device import Device, is_provisioned
 from client.ui.error_boundary import explain
 from client.ui.main_window import WINDOW_SIZE, MainWindow
 from client.ui.provisioning import ProvisioningWindow
-from client.ui.qt import QApplication, QHBoxLayout, QMainWindow, Qt, QVBoxLayout, QWidget
-from client.ui.widgets import STYLESHEET, data_label
+from client.ui.qt import QApplication, QMainWindow, Qt, QWidget
+from client.ui.widgets import STYLESHEET, centred_card, data_label
 
 DATA_ENV = "GATEHOUSE_DATA"
 BUNDLE_ENV = "GATEHOUSE_BUNDLE"
@@ -35,11 +35,7 @@ class NotProvisionedScreen(QWidget):
         super().__init__()
         self.setObjectName("not_provisioned_screen")
         self.setAccessibleName("This laptop is not set up")
-        layout = QVBoxLayout(self)
-        layout.addStretch(1)
-        row = QHBoxLayout()
-        row.addStretch(1)
-        box = QVBoxLayout()
+        box = centred_card(self, 640, role=None)
         box.addWidget(data_label("This laptop is not set up for Gatehouse yet", role="title"))
         text = detail or (
             "IT sets up each laptop with a provisioning bundle for one site. Start Gatehouse "
@@ -49,13 +45,6 @@ class NotProvisionedScreen(QWidget):
         where = str(data_dir) if data_dir else f"not given (use --data or {DATA_ENV})"
         box.addWidget(data_label(f"Data folder: {where}", role="hint", wrap=True))
         box.addWidget(data_label("Nothing is stored until the laptop is set up.", role="hint"))
-        holder = QWidget()
-        holder.setLayout(box)
-        holder.setMaximumWidth(640)
-        row.addWidget(holder)
-        row.addStretch(1)
-        layout.addLayout(row)
-        layout.addStretch(2)
 
 
 def placeholder_window(data_dir: Path | None, detail: str | None = None) -> QMainWindow:

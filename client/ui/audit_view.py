@@ -7,21 +7,17 @@ Guarantees:
 - Filters (action, user, patient id, break-glass only) work on the loaded entries, in memory.
 - The "Online (gateway)" tab (``OnlineAuditPanel``) asks the gateway for the whole site's
   audit trail; see its own guarantees.
-- Exports are audited by the core (``export_audit``); files are written with ``atomic_write``
-  (0600, atomic). CSV rows come from ``sync.protocol.audit.audit_event.to_csv_rows`` (formula-safe
-  cells).
+- Exports (the local chain, or the gateway results shown) are checked, audited and written by
+  the core's one writer, ``client.core.audit_export`` (0600, atomic; formula-safe CSV cells).
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
-import json
 from pathlib import Path
 from typing import Any
 
-from client.core import audit_online
+from client.core import audit_export, audit_online
 from client.core.session import Session
 from client.ui.error_boundary import explain
 from client.ui.qt import (
@@ -44,14 +40,7 @@ from client.ui.qt import (
 )
 from client.ui.runner import Runner
 from client.ui.widgets import TextRowsModel, button, data_label, field
-from policy.atomic import atomic_write
 from sync.device.audit_upload import AuditQuery
-from sync.protocol.audit.audit_event import (
-    bundle_bytes,
-    entries_from_bundle,
-    export_bundle,
-    to_csv_rows,
-)
 from sync.protocol.audit.entry import AuditEntry
 
 COLUMNS = ("Time (UTC)", "User", "Action", "Outcome", "Patient id", "Purpose", "Reason")
@@ -209,20 +198,10 @@ class AuditWorkspace(QWidget):
     def export_to(self, path: Path, kind: str) -> None:
         """Export the whole chain (audited by the core) to ``path`` as ``json`` or ``csv``."""
         session = self._session
-
-        def work() -> int:
-            bundle = session.export_audit()
-            if kind == "json":
-                data = json.dumps(bundle, indent=1, ensure_ascii=False).encode("utf-8")
-            else:
-                out = io.StringIO()
-                csv.writer(out).writerows(to_csv_rows(entries_from_bundle(bundle)))
-                data = out.getvalue().encode("utf-8")
-            atomic_write(path, data)
-            entries = bundle.get("entry")
-            return len(entries) if isinstance(entries, list) else 0
-
-        self._runner.run(work, lambda n: self.notify.emit(f"Exported {n} audit entries."))
+        self._runner.run(
+            lambda: audit_export.export_local(session, path, kind),
+            lambda n: self.notify.emit(f"Exported {n} audit entries."),
+        )
 
 
 # -- the online tab: the site's audit trail at the gateway ------------------------------------
@@ -456,15 +435,7 @@ class OnlineAuditPanel(QWidget):
         session, entries = self._session, list(self.entries)
 
         def work() -> int:
-            audit_online.authorise_export(session, password, kind, len(entries))
-            if kind == "json":
-                data = bundle_bytes(export_bundle(entries))
-            else:
-                out = io.StringIO()
-                csv.writer(out).writerows(to_csv_rows(entries))
-                data = out.getvalue().encode("utf-8")
-            atomic_write(path, data)
-            return len(entries)
+            return audit_export.export_gateway_results(session, password, entries, path, kind)
 
         self._set_busy(True)
 

@@ -14,6 +14,7 @@ Guarantees:
 from __future__ import annotations
 
 from client.core.chart import Chart, TimelineEntry, VitalReading
+from client.core.humanize import format_moment
 from client.core.session import BREAK_GLASS_REASONS, BreakGlassGrant
 from client.ui.qt import (
     QFrame,
@@ -26,7 +27,7 @@ from client.ui.qt import (
     QWidget,
     Signal,
 )
-from client.ui.widgets import button, data_label, format_date, format_moment, format_nhs
+from client.ui.widgets import button, data_label, format_date, format_nhs
 
 MAX_NOTE_CHARS_SHOWN = 4000  # a longer note is cut on screen (the record keeps all of it)
 UNSENT_MARK = "● Not yet sent"

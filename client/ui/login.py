@@ -5,33 +5,37 @@ Guarantees:
   busy indicator and never freezes. Enter in either field submits.
 - A refused login says why in plain words, with the attempts left before lockout and the
   locked-until time when the core gives them (``LoginRefused``); the password field is cleared.
-- The offline grace left is shown before sign-in from a read-only look at the trusted clocks
-  (``trusted_time.observe`` is pure: nothing is persisted by the preview).
+- The offline grace left is shown before sign-in from ``client.core.sign_in.offline_preview``
+  (a read-only look at the trusted clocks: nothing is persisted by the preview).
 - In lock mode the same screen says Gatehouse is locked; it holds no patient data.
 - A user with no key slot on an enrolled laptop is told that their first sign-in here needs
   the network, and offered "First sign-in on this laptop": ``add_user_online`` (the gateway
   checks the password and unseals the escrow over the pinned channel; the device writes the
-  slot) and then the normal offline login, both on the executor. Later sign-ins are offline.
+  slot) and then the normal offline login, both on the executor (``client.core.sign_in``).
+  Later sign-ins are offline.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from client.core.accounts import LoginRefused
 from client.core.device import Device
-from client.core.errors import UserFacingError
-from client.core.provisioning import add_user_online
+from client.core.humanize import format_moment, format_span
 from client.core.session import Session
-from client.core.trusted_time import observe
+from client.core.sign_in import (
+    FirstSignInNeeded,
+    OfflinePreview,
+    first_sign_in,
+    offline_preview,
+    prepared,
+    sign_in,
+)
 from client.ui.error_boundary import explain
 from client.ui.qt import (
     QDialog,
     QDialogButtonBox,
     QFormLayout,
-    QFrame,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -40,28 +44,9 @@ from client.ui.qt import (
     Signal,
 )
 from client.ui.runner import Runner
-from client.ui.widgets import button, data_label, field, format_moment, format_span, set_role
+from client.ui.widgets import button, centred_card, data_label, field, set_role
 from policy import decisions
 from policy.decisions import OfflineKind
-
-
-@dataclass(frozen=True)
-class OfflinePreview:
-    site: str
-    state: decisions.OfflineState
-
-
-def offline_preview(device: Device) -> OfflinePreview:
-    """Where the grace period stands, without persisting anything (runs on the executor)."""
-    policy = device.policy()
-    seen = observe(
-        device.time_state(),
-        device.clocks(),
-        max_skew=dt.timedelta(seconds=policy.get_int("time.max_clock_skew_seconds")),
-    )
-    return OfflinePreview(
-        device.profile.site, decisions.offline_state(policy, seen.offline_elapsed)
-    )
 
 
 def describe_offline(state: decisions.OfflineState) -> str:
@@ -91,46 +76,6 @@ def describe_refusal(error: BaseException) -> str:
     return "\n".join(lines)
 
 
-class FirstSignInNeeded(UserFacingError):
-    """This person has no key slot on this laptop yet: their first sign-in here is online."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "first_sign_in_needed",
-            "This is your first sign-in on this laptop, so it needs the network once: the "
-            "gateway checks your password and gives this laptop your key. After that you can "
-            "sign in here offline. Connect to the health board's network, then choose "
-            "“First sign-in on this laptop”.",
-        )
-
-
-def sign_in(device: Device, user: str, password: str) -> Session:
-    """The offline login, or ``FirstSignInNeeded`` for a user with no slot on an enrolled
-    laptop (runs on the executor)."""
-    if device.profile.enrolment and device.header.role_of(user) is None:
-        raise FirstSignInNeeded()
-    return Session.login(device, user, password)
-
-
-def first_sign_in(device: Device, user: str, password: str) -> Session:
-    """Online: create this user's key slot via the gateway, then the normal login."""
-    add_user_online(device, user, password)
-    return Session.login(device, user, password)
-
-
-def prepared(
-    session: Session, prepare: Callable[[Session], object] | None
-) -> tuple[Session, object]:
-    """On the executor: the session and what ``prepare`` made of it."""
-    if prepare is None:
-        return session, None
-    try:
-        return session, prepare(session)
-    except BaseException:
-        session.lock()  # never leave a vault open that no screen holds
-        raise
-
-
 class LoginScreen(QWidget):
     """User + password; emits ``signed_in(Session, prepared)``. ``locked_user`` makes it the
     lock screen. ``prepare(session)``, when given, runs on the executor right after a successful
@@ -154,9 +99,6 @@ class LoginScreen(QWidget):
         self.setObjectName("lock_screen" if locked_user is not None else "login_screen")
         self.setAccessibleName("Lock screen" if locked_user is not None else "Sign in")
 
-        card = QFrame()
-        card.setMaximumWidth(480)
-        card.setProperty("role", "banner")
         form = QFormLayout()
         self.title = data_label(
             "Gatehouse is locked" if locked_user is not None else "Sign in to Gatehouse",
@@ -195,8 +137,7 @@ class LoginScreen(QWidget):
         )
         self.first.hide()
 
-        inner = QVBoxLayout(card)
-        inner.setContentsMargins(24, 20, 24, 20)
+        inner = centred_card(self, 480)
         inner.addWidget(self.title)
         inner.addWidget(self.subtitle)
         inner.addLayout(form)
@@ -208,15 +149,6 @@ class LoginScreen(QWidget):
         inner.addWidget(self.feedback)
         inner.addWidget(self.first)
         inner.addWidget(self.offline)
-
-        outer = QVBoxLayout(self)
-        outer.addStretch(1)
-        centre = QHBoxLayout()
-        centre.addStretch(1)
-        centre.addWidget(card)
-        centre.addStretch(1)
-        outer.addLayout(centre)
-        outer.addStretch(2)
 
         self.user.returnPressed.connect(self.submit)
         self.password.returnPressed.connect(self.submit)

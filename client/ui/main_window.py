@@ -11,8 +11,9 @@ Guarantees:
   admin → admin panel. The window does no clinical work itself.
 - Kiosk full screen, screen-capture exclusion and the watermark follow the signed policy.
 - Conditional launch: right after a clinician's login (on the executor, before any record is
-  read) the policy's device rules are checked; a failing device gets the conditional-launch
-  screen instead of the clinical workspace, and the refusal is audited.
+  read) the policy's device rules are checked (``client.core.conditional_launch``); a failing
+  device gets the conditional-launch screen instead of the clinical workspace, and the refusal
+  is audited.
 - Sync runs on the window's ``SyncController`` (its own worker), so the window never freezes.
   Locking during a sync shows the lock screen at once, cancels the sync, and locks the session
   (closes the vault) only once the sync has stopped. A sync that reports a remote lock or wipe
@@ -26,18 +27,20 @@ import datetime as dt
 import functools
 from collections.abc import Callable
 
+from client.core.conditional_launch import (
+    LaunchCheck,
+    LaunchFailure,
+    check_launch,
+    launch_failures,
+)
 from client.core.device import Device
+from client.core.humanize import format_moment
 from client.core.session import ADMIN, AUDITOR, CLINICIAN, Session, SessionStatus
 from client.core.sync_runner import run_sync
 from client.ui.admin import AdminPanel
 from client.ui.audit_view import AuditWorkspace
 from client.ui.clinical import ClinicalWorkspace
-from client.ui.conditional_launch import (
-    ConditionalLaunchScreen,
-    LaunchCheck,
-    LaunchFailure,
-    launch_failures,
-)
+from client.ui.conditional_launch import ConditionalLaunchScreen
 from client.ui.conflicts import ConflictsDialog
 from client.ui.executor import Executor
 from client.ui.idle import IdleWatcher, boot_clock
@@ -68,7 +71,7 @@ from client.ui.sync_panel import (
     SyncPanel,
     describe_progress,
 )
-from client.ui.widgets import STYLESHEET, data_label, format_moment
+from client.ui.widgets import STYLESHEET, data_label
 from policy import decisions
 from sync.device.engine import Progress
 
@@ -83,20 +86,6 @@ def status_text(status: SessionStatus) -> str:
     )
     conflicts = f" · {status.conflicts} conflict(s) to resolve" if status.conflicts else ""
     return f"{describe_offline(status.offline)} · {unsent}{conflicts}"
-
-
-def check_launch(launch_check: LaunchCheck, session: Session) -> list[LaunchFailure]:
-    """On the executor, right after login: may this device open records? (refusal audited)"""
-    if session.role != CLINICIAN:
-        return []
-    failures = launch_check(session.policy, session.device.data_dir)
-    if failures:
-        session.record_event(
-            "conditional_launch_refused",
-            "denied",
-            detail={"failed": ",".join(f.code for f in failures)},
-        )
-    return failures
 
 
 class MainWindow(QMainWindow):
@@ -130,7 +119,6 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.screens)
         self.login_screen: LoginScreen | None = None
         self._launch_check = launch_check
-        self.launch_refused: list[LaunchFailure] = []
         self.sync = SyncController(self, sync=sync, clock=self._clock)
         self.sync.started.connect(self._sync_started)
         self.sync.progressed.connect(self._sync_progress)
@@ -213,7 +201,6 @@ class MainWindow(QMainWindow):
             if isinstance(prepared, list)
             else []
         )
-        self.launch_refused = failures
         self.session = session
         self.locked_user = None
         self.login_screen = None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.core.device import Device
+from client.core.humanize import format_moment
 from client.core.provisioning import provision_from_bundle
 from client.ui.error_boundary import explain
 from client.ui.executor import Executor
@@ -29,17 +30,15 @@ from client.ui.qt import (
     QCloseEvent,
     QFileDialog,
     QFormLayout,
-    QFrame,
     QHBoxLayout,
     QMainWindow,
     QProgressBar,
     Qt,
-    QVBoxLayout,
     QWidget,
     Signal,
 )
 from client.ui.runner import Runner
-from client.ui.widgets import STYLESHEET, button, data_label, format_moment, set_role
+from client.ui.widgets import STYLESHEET, button, centred_card, data_label, set_role
 from sync.device.enrolment import ProvisioningBundle
 
 MAX_BUNDLE_FILE = 1_000_000  # bytes; a real bundle is a few KiB
@@ -90,9 +89,6 @@ class ProvisioningScreen(QWidget):
         self.preview: BundlePreview | None = None
         self.device: Device | None = None
 
-        card = QFrame()
-        card.setProperty("role", "banner")
-        card.setMaximumWidth(640)
         self.title = data_label("Set up this laptop for Gatehouse", role="title")
         intro = data_label(
             "IT gives you a provisioning bundle for one prison site. Choose the file; check the "
@@ -128,8 +124,7 @@ class ProvisioningScreen(QWidget):
         self.proceed = button("C&ontinue to sign-in", "Continue to sign-in")
         self.proceed.hide()
 
-        inner = QVBoxLayout(card)
-        inner.setContentsMargins(24, 20, 24, 20)
+        inner = centred_card(self, 640)
         inner.addWidget(self.title)
         inner.addWidget(intro)
         row = QHBoxLayout()
@@ -146,15 +141,6 @@ class ProvisioningScreen(QWidget):
         inner.addWidget(self.feedback)
         inner.addWidget(self.done)
         inner.addWidget(data_label(f"Data folder: {data_dir}", role="hint", wrap=True))
-
-        outer = QVBoxLayout(self)
-        outer.addStretch(1)
-        centre = QHBoxLayout()
-        centre.addStretch(1)
-        centre.addWidget(card)
-        centre.addStretch(1)
-        outer.addLayout(centre)
-        outer.addStretch(2)
 
         self.choose.clicked.connect(self.ask_for_bundle)
         self.enrol.clicked.connect(self.start)

@@ -13,7 +13,7 @@ Guarantees:
   ``SyncOutcome``; exceptions become outcomes too (explained, never a traceback).
 - The panel shows the status (connection as last known, last successful sync, unsent items,
   conflicts, offline grace left), "Sync now" with a progress bar and a result summary, and the
-  readiness check; every text is plain.
+  readiness check (facts and verdicts from ``client.core.readiness``); every text is plain.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from client.core.session import Session, SessionStatus
+from client.core.humanize import format_moment
+from client.core.readiness import SyncFacts, assess, gather
+from client.core.session import Session
 from client.core.sync_runner import run_sync
 from client.ui.error_boundary import NETWORK_HELP, explain
 from client.ui.executor import Executor
-from client.ui.login import describe_offline, offline_preview
+from client.ui.login import describe_offline
 from client.ui.qt import (
     QFormLayout,
     QHBoxLayout,
@@ -39,10 +41,9 @@ from client.ui.qt import (
     QWidget,
     Signal,
 )
-from client.ui.readiness import ReadinessPanel, assess
+from client.ui.readiness import ReadinessPanel
 from client.ui.runner import Runner
-from client.ui.widgets import button, data_label, format_moment, set_role
-from policy import decisions
+from client.ui.widgets import button, data_label, set_role
 from sync.device.engine import Progress, SyncResult
 
 SyncFunction = Callable[..., SyncResult]
@@ -145,7 +146,6 @@ class SyncController(QObject):
         self._cancel: threading.Event | None = None
         self._when_idle: list[Callable[[], None]] = []
         self.last: SyncOutcome | None = None
-        self.last_progress: Progress | None = None
 
     @property
     def running(self) -> bool:
@@ -157,7 +157,6 @@ class SyncController(QObject):
             return False
         cancel = threading.Event()
         self._cancel = cancel
-        self.last_progress = None
         sync, report = self._sync, self.progressed.emit
 
         def work() -> SyncResult:
@@ -195,20 +194,6 @@ class SyncController(QObject):
     def shutdown(self) -> None:
         self.cancel()
         self.executor.shutdown(wait=True)
-
-
-@dataclass(frozen=True)
-class SyncFacts:
-    status: SessionStatus
-    offline: decisions.OfflineState
-    last_sync: dt.datetime | None
-
-
-def gather(session: Session) -> SyncFacts:
-    """Status, offline grace as it stands now, last successful sync (runs on the executor)."""
-    status = session.status()
-    preview = offline_preview(session.device)
-    return SyncFacts(status, preview.state, session.device.time_state().last_server_anchor)
 
 
 class SyncPanel(QWidget):
@@ -334,7 +319,6 @@ class SyncPanel(QWidget):
         self.result.setText("")
 
     def _progressed(self, progress: Progress) -> None:
-        self._controller.last_progress = progress
         self.phase.setText(describe_progress(progress))
 
     def _finished(self, outcome: SyncOutcome) -> None:

@@ -4,6 +4,7 @@ Guarantees:
 - ``data_label`` is the only way screens make a label that shows record, server or user data:
   its ``textFormat`` is set to ``Qt.PlainText`` explicitly (UI-1), so "<b>x</b>" shows literally.
 - Every control made here carries an accessible name.
+- Full-screen notices (sign-in, set-up, refusals) share one layout: ``centred_card``.
 - The stylesheet is one small, calm, high-contrast sheet; meaning is never carried by colour
   alone (alerts also carry a text label such as "⚠ ALERT").
 """
@@ -17,6 +18,7 @@ from typing import Any
 from client.ui.qt import (
     QAbstractTableModel,
     QFrame,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QModelIndex,
@@ -24,6 +26,7 @@ from client.ui.qt import (
     QPersistentModelIndex,
     QPushButton,
     Qt,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -99,10 +102,24 @@ def button(text: str, name: str) -> QPushButton:
     return widget
 
 
-def framed(role: str) -> QFrame:
-    frame = QFrame()
-    frame.setProperty("role", role)
-    return frame
+def centred_card(screen: QWidget, max_width: int, *, role: str | None = "banner") -> QVBoxLayout:
+    """Lay ``screen`` out as one card, at most ``max_width`` wide, centred across and a little
+    above the middle (the sign-in, set-up and refusal screens); returns the card's layout."""
+    card = QFrame()
+    if role:
+        card.setProperty("role", role)
+    card.setMaximumWidth(max_width)
+    inner = QVBoxLayout(card)
+    inner.setContentsMargins(24, 20, 24, 20)
+    row = QHBoxLayout()
+    row.addStretch(1)
+    row.addWidget(card)
+    row.addStretch(1)
+    outer = QVBoxLayout(screen)
+    outer.addStretch(1)
+    outer.addLayout(row)
+    outer.addStretch(2)
+    return inner
 
 
 def format_nhs(number: str | None) -> str:
@@ -138,26 +155,6 @@ def age_on(born: dt.date | str | None, today: dt.date) -> int | None:
     if born > today:
         return None
     return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
-
-
-def format_moment(moment: dt.datetime | None) -> str:
-    """Timestamps as ``07-Mar-2026 14:05 UTC``; empty when absent."""
-    if moment is None:
-        return ""
-    return moment.astimezone(dt.UTC).strftime("%d-%b-%Y %H:%M UTC")
-
-
-def format_span(span: dt.timedelta) -> str:
-    """A duration for people: ``3 days 4 h`` / ``5 h 10 min`` / ``12 min``."""
-    seconds = max(0, int(span.total_seconds()))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        return f"{days} day{'s' if days != 1 else ''} {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min"
 
 
 class TextRowsModel(QAbstractTableModel):

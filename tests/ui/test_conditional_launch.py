@@ -9,9 +9,10 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
+from client.core.conditional_launch import launch_failures
 from client.core.device_checks import LinuxRoots
 from client.ui.clinical import ClinicalWorkspace
-from client.ui.conditional_launch import ConditionalLaunchScreen, launch_failures
+from client.ui.conditional_launch import ConditionalLaunchScreen
 from client.ui.qt import QLabel, Qt
 from tests.client.test_device_checks import _fake_sys
 from tests.ui.ui_fixtures import audit_actions, device, flush_deletes, sign_in, window
@@ -83,12 +84,3 @@ def test_encrypted_disk_and_recent_os_open_the_clinical_workspace(
     assert "conditional_launch_refused" not in audit_actions(win, session)
     win.lock()
     flush_deletes()
-
-
-def test_unknown_encryption_fails_closed_when_required(tmp_path: Path) -> None:
-    td = device(tmp_path, load=False, device__require_disk_encryption=True)
-    empty = LinuxRoots(tmp_path / "no-mountinfo", tmp_path / "x", tmp_path / "y")
-    failures = launch_failures(td.device.policy(), td.data_dir, roots=empty, os_version="6.1")
-    assert [f.code for f in failures] == ["disk_encryption_unknown"]
-    td2 = device(tmp_path / "b", load=False, device__require_disk_encryption=False)
-    assert launch_failures(td2.device.policy(), td2.data_dir, roots=empty, os_version="1") == []
