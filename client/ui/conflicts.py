@@ -8,9 +8,8 @@ Guarantees:
   the gateway's version, sent at the next sync) or "Keep theirs" (the laptop takes the
   gateway's version). The choice runs through the session on the database executor, which
   audits it; the list is reloaded afterwards.
-- Works with whatever the session offers: ``Session.conflicts()`` and
-  ``Session.resolve_conflict(conflict_id, keep)``; where the core lacks them the dialog says
-  so instead of failing.
+- Listing and resolving go through ``Session.conflicts()`` and
+  ``Session.resolve_conflict(conflict_id, keep)`` (role-checked and audited by the core).
 """
 
 from __future__ import annotations
@@ -18,8 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from typing import Any
 
+from client.core.consultation import Conflict
 from client.core.session import Session
 from client.ui.error_boundary import explain
 from client.ui.qt import (
@@ -39,30 +39,6 @@ from client.ui.widgets import button, data_label
 
 MAX_RENDERED = 20_000  # characters of one version shown; a conflict is a note, not a book
 SKIPPED_KEYS = {"meta", "text"}  # server bookkeeping and generated narrative (HTML) are left out
-
-
-class ConflictLike(Protocol):
-    id: int
-    resource_type: str
-    patient_id: str | None
-    local_body: dict[str, Any]
-    server_body: dict[str, Any] | None
-    created_at: str
-
-
-class ConflictSource(Protocol):
-    def conflicts(self) -> list[Any]: ...
-
-    def resolve_conflict(self, conflict_id: int, keep: str) -> Any: ...
-
-
-def conflict_source(session: Session) -> ConflictSource | None:
-    """The session as a conflict source, or None where the core does not offer it yet."""
-    if callable(getattr(session, "conflicts", None)) and callable(
-        getattr(session, "resolve_conflict", None)
-    ):
-        return cast(ConflictSource, session)
-    return None
 
 
 def _decoded(attachment: Mapping[str, Any]) -> str | None:
@@ -125,9 +101,9 @@ class ConflictsDialog(QDialog):
         self.setWindowTitle("Sync conflicts")
         self.setAccessibleName("Sync conflicts")
         self.resize(1100, 620)
-        self._source = conflict_source(session)
+        self._session = session
         self._runner = runner
-        self.items: list[Any] = []
+        self.items: list[Conflict] = []
         self.listing = QListWidget()
         self.listing.setAccessibleName("Conflicts")
         self.listing.setMaximumHeight(120)
@@ -170,16 +146,9 @@ class ConflictsDialog(QDialog):
         self.keep_theirs.setEnabled(enabled)
 
     def reload(self) -> None:
-        source = self._source
-        if source is None:
-            self.feedback.setText(
-                "This version cannot list conflicts yet; they stay safely on this laptop. "
-                "Call IT if one blocks your work."
-            )
-            return
-        self._runner.run(source.conflicts, self._loaded)
+        self._runner.run(self._session.conflicts, self._loaded)
 
-    def _loaded(self, conflicts: list[Any]) -> None:
+    def _loaded(self, conflicts: list[Conflict]) -> None:
         self.items = list(conflicts)
         self.listing.clear()
         for conflict in self.items:
@@ -198,7 +167,7 @@ class ConflictsDialog(QDialog):
             self._enable(False)
             self.feedback.setText("No conflicts left. Everything else syncs as usual.")
 
-    def current(self) -> Any | None:
+    def current(self) -> Conflict | None:
         row = self.listing.currentRow()
         return self.items[row] if 0 <= row < len(self.items) else None
 
@@ -213,13 +182,13 @@ class ConflictsDialog(QDialog):
         self.keep_mine.setEnabled(conflict.server_body is not None)
 
     def resolve(self, keep: str) -> None:
-        conflict, source = self.current(), self._source
-        if conflict is None or source is None:
+        conflict, session = self.current(), self._session
+        if conflict is None:
             return
         self._enable(False)
         conflict_id = int(conflict.id)
         self._runner.run(
-            lambda: source.resolve_conflict(conflict_id, keep),
+            lambda: session.resolve_conflict(conflict_id, keep),
             lambda _r: self._resolved(keep),
             self._failed,
         )

@@ -36,28 +36,6 @@ def _text(resource: dict[str, Any], text: str) -> dict[str, Any]:
     return edited
 
 
-def _with_core_conflicts(session: Session) -> None:
-    """Session.conflicts / resolve_conflict over the core's own functions, where the facade
-    does not offer them yet (engineer D's core resolve path is what runs either way)."""
-    if callable(getattr(session, "conflicts", None)):
-        return
-
-    def conflicts() -> list[consultation.Conflict]:
-        with session._act() as conn:
-            return consultation.list_conflicts(conn)
-
-    def resolve_conflict(conflict_id: int, keep: str) -> Any:
-        with session._act() as conn:
-            done = consultation.resolve_conflict(
-                conn, conflict_id, keep, now=session.device.clock()
-            )
-            session._append(conn, "conflict_resolved", detail={"keep": keep})
-            return done
-
-    session.conflicts = conflicts  # type: ignore[attr-defined]
-    session.resolve_conflict = resolve_conflict  # type: ignore[attr-defined]
-
-
 def _make_conflict(win: Any, session: Session) -> None:
     server = note(NOTE_ID, HTML_PATIENT, f"Gateway version says {HTML}")
     server["meta"] = {"versionId": "7", "lastUpdated": "2026-06-01T08:00:00+00:00"}
@@ -77,7 +55,6 @@ def test_conflict_shows_both_versions_as_plain_text_and_keep_theirs_resolves_it(
     td = device(tmp_path)
     win = window(qtbot, td)
     session = sign_in(qtbot, win)
-    _with_core_conflicts(session)
     _make_conflict(win, session)
     win.open_conflicts()
     dialog = win.conflicts_dialog
@@ -103,7 +80,6 @@ def test_keep_mine_queues_the_edit_again_on_top_of_the_gateway_version(
     td = device(tmp_path)
     win = window(qtbot, td)
     session = sign_in(qtbot, win)
-    _with_core_conflicts(session)
     _make_conflict(win, session)
     win.open_conflicts()
     dialog = win.conflicts_dialog
@@ -126,7 +102,6 @@ def test_UI3_lock_destroys_the_conflict_view_and_its_texts(qtbot: QtBot, tmp_pat
     td = device(tmp_path)
     win = window(qtbot, td)
     session = sign_in(qtbot, win)
-    _with_core_conflicts(session)
     _make_conflict(win, session)
     win.open_conflicts()
     dialog = win.conflicts_dialog
