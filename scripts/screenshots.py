@@ -19,8 +19,6 @@ import json
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +35,13 @@ from client.core.kdf import FLOOR
 from client.core.schema import MIGRATIONS
 from client.core.session import Session
 from client.core.vault import Vault, database_path
+from client.ui import offscreen
 from client.ui.app import placeholder_window
 from client.ui.clinical import ClinicalWorkspace
 from client.ui.consultation_form import ConsultationForm
-from client.ui.main_window import WINDOW_SIZE, MainWindow
-from client.ui.qt import QApplication, Qt, QWidget
+from client.ui.main_window import WINDOW_SIZE
+from client.ui.offscreen import headless_window, settle, sign_in, wait_until
+from client.ui.qt import QApplication, QWidget
 from policy.jws import sign
 from policy.model import build_payload
 from policy.schema import defaults
@@ -53,27 +53,8 @@ AUDITOR = ("ig.officer", "audit trail reviewer 2026")
 ADMIN = ("it.admin", "provisioning desk password")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the screen did not get there in time")
-        QApplication.processEvents()
-        time.sleep(0.01)
-    QApplication.processEvents()
-
-
-def settle(seconds: float = 0.3) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.01)
-
-
 def shoot(widget: QWidget, out: Path, name: str) -> Path:
-    settle(0.15)
-    path = out / f"{name}.png"
-    widget.grab().save(str(path))
+    path = offscreen.shoot(widget, out / f"{name}.png")
     print(f"wrote {path}")
     return path
 
@@ -217,18 +198,6 @@ def add_users(device: Device) -> None:
     device.header.add_slot(ADMIN[0], "admin", ADMIN[1], dek, FLOOR)
 
 
-def sign_in(window: MainWindow, user: str, password: str) -> None:
-    screen = window.login_screen
-    assert screen is not None
-    screen.user.setText(user)
-    screen.password.setText(password)
-    screen.submit()
-    wait_until(lambda: window.session is not None)
-    # kiosk mode went full screen on the offscreen "monitor"; shoot at the laptop size
-    window.showNormal()
-    window.resize(*WINDOW_SIZE)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -249,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         shots.append(shoot(placeholder, out, "00-not-provisioned"))
         placeholder.close()
 
-        window = MainWindow(device)
-        # Headless: no OS focus to lose (offscreen may report none after a dialog closes).
-        window.app_state = lambda: Qt.ApplicationState.ApplicationActive
-        window.resize(*WINDOW_SIZE)
+        window = headless_window(device)
         window.show()
         login = window.login_screen
         assert login is not None
@@ -341,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             {"device.require_disk_encryption": True, "device.min_os_version": "99.0"},
             load=False,
         )
-        refused = MainWindow(strict)
-        refused.app_state = lambda: Qt.ApplicationState.ApplicationActive
-        refused.resize(*WINDOW_SIZE)
+        refused = headless_window(strict)
         refused.show()
         sign_in(refused, *CLINICIAN)
         settle(0.3)

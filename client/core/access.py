@@ -73,6 +73,14 @@ class BreakGlassRefused(UserFacingError):
     """The break-glass request itself was not acceptable (reason missing or too short)."""
 
 
+def require_reason(text: str, reason: str, verb: str) -> None:
+    """``BreakGlassRefused(reason)`` when ``text`` is too short to be a reason ("x" is not)."""
+    if len(text.strip()) < MIN_BREAK_GLASS_TEXT:
+        raise BreakGlassRefused(
+            reason, f"{verb} the reason in at least {MIN_BREAK_GLASS_TEXT} characters."
+        )
+
+
 @dataclass(frozen=True)
 class BreakGlassGrant:
     patient_id: str

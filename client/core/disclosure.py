@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from client.core.access import CLINICIAN, MIN_BREAK_GLASS_TEXT, BreakGlassRefused, NotAllowed
+from client.core.access import CLINICIAN, NotAllowed, require_reason
 from policy import decisions
 
 if TYPE_CHECKING:
@@ -54,11 +54,7 @@ def authorise(
     if not allowed_by_policy(session, kind):
         record(session, kind, patient_id, allowed=False)
         raise NotAllowed(f"{kind} from Gatehouse on this device")
-    if len(reason_text.strip()) < MIN_BREAK_GLASS_TEXT:
-        raise BreakGlassRefused(
-            "disclosure_reason",
-            f"Give the reason in at least {MIN_BREAK_GLASS_TEXT} characters.",
-        )
+    require_reason(reason_text, "disclosure_reason", "Give")
     session._reauthenticate(
         password,
         f"{kind}_allowed",

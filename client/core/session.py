@@ -44,6 +44,7 @@ from client.core.access import BreakGlassRefused as BreakGlassRefused
 from client.core.access import BreakGlassRequired as BreakGlassRequired
 from client.core.access import NotAllowed as NotAllowed
 from client.core.access import RecordsClosed as RecordsClosed
+from client.core.access import require_reason
 from client.core.accounts import LoginRefused, Unlocked
 from client.core.audit_log import AuditLog
 from client.core.chart import Chart, open_chart
@@ -307,11 +308,7 @@ class Session:
         self._require_role((CLINICIAN,), "use break-glass access", "break_glass")
         if reason_code not in BREAK_GLASS_REASONS:
             raise BreakGlassRefused("break_glass_reason", "Choose a reason for the access.")
-        if len(reason_text.strip()) < MIN_BREAK_GLASS_TEXT:
-            raise BreakGlassRefused(
-                "break_glass_reason",
-                f"Describe the reason in at least {MIN_BREAK_GLASS_TEXT} characters.",
-            )
+        require_reason(reason_text, "break_glass_reason", "Describe")
         self._reauthenticate(
             password,
             "break_glass",

@@ -5,7 +5,9 @@ time (online), syncs, searches, opens a chart, writes a consultation, syncs it u
 gateway transfer the patient (through ``gateway_ops``), syncs again, opens the transferred
 patient through break-glass, locks, signs the auditor in and opens the audit view, exporting
 the audit chain. Each step is a small method of ``Journey`` that may take screenshots with
-``shoot``; adding a screen is one line in the step that shows it.
+``shoot``; adding a screen is one line in the step that shows it. Waiting, settling, the
+headless window and the PNGs come from ``client.ui.offscreen`` (shared with
+``scripts/screenshots.py``).
 
 It is the client half of ``make demo`` and ships in the laptop bundle, so the frozen client
 runs it too (``gatehouse --demo-journey``). Invariants:
@@ -29,11 +31,13 @@ import os
 import shlex
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from client.ui.offscreen import headless_window, settle, submit_sign_in, wait_until
+from client.ui.offscreen import shoot as shoot_png
 
 JOURNEY_FILE = "journey.json"
 
@@ -141,29 +145,6 @@ def step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def _process_events() -> None:
-    from client.ui.qt import QApplication
-
-    QApplication.processEvents()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise JourneyError("timeout", f"timed out waiting for {what}")
-        _process_events()
-        time.sleep(0.01)
-    _process_events()
-
-
-def settle(seconds: float = 0.2) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        _process_events()
-        time.sleep(0.01)
-
-
 class Journey:
     """The journey's state and its steps, in order (see ``STEPS``)."""
 
@@ -206,22 +187,13 @@ class Journey:
     # -- helpers ---------------------------------------------------------------------------
 
     def shoot(self, widget: Any, name: str) -> None:
-        settle(0.15)
         path = self.out / f"{len(self.screens) + 1:02d}-{name}.png"
-        if not widget.grab().save(str(path)):
-            raise JourneyError("timeout", f"could not write {path.name}")
+        try:
+            shoot_png(widget, path)
+        except OSError as error:
+            raise JourneyError("timeout", str(error)) from error
         self.screens.append(path.name)
         print(f"    screenshot {path.name}", flush=True)
-
-    def _main_window(self, device: Any) -> Any:
-        from client.ui.main_window import WINDOW_SIZE, MainWindow
-        from client.ui.qt import Qt
-
-        window = MainWindow(device)
-        # offscreen has no OS focus to lose; the focus-loss lock is tested elsewhere
-        window.app_state = lambda: Qt.ApplicationState.ApplicationActive
-        window.resize(*WINDOW_SIZE)
-        return window
 
     def _workspace(self) -> Any:
         from client.ui.clinical import ClinicalWorkspace
@@ -233,12 +205,8 @@ class Journey:
 
     def sign_in_first(self, user: Credentials, name: str) -> None:
         win = self.win
+        submit_sign_in(win, user.user, user.password)
         login = win.login_screen
-        if login is None:
-            raise JourneyError("timeout", "no sign-in screen")
-        login.user.setText(user.user)
-        login.password.setText(user.password)
-        login.submit()
         wait_until(lambda: login.first.isVisible(), "the first sign-in offer")
         self.shoot(win, name)
         login.first.click()
@@ -274,7 +242,7 @@ class Journey:
 
         step("first run: the provisioning screen reads the bundle")
         first = ProvisioningWindow(
-            self.data_dir, bundle_path=self.bundle, open_main=self._main_window
+            self.data_dir, bundle_path=self.bundle, open_main=headless_window
         )
         self.first = first
         first.resize(*WINDOW_SIZE)
@@ -468,6 +436,8 @@ class Journey:
         try:
             for name in self.STEPS:
                 getattr(self, name)()
+        except TimeoutError as error:  # a screen that did not get there (client.ui.offscreen)
+            raise JourneyError("timeout", str(error)) from error
         finally:
             self.close()
         return self.summary()

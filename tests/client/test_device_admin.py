@@ -27,7 +27,7 @@ def _entries(session: Session) -> list[AuditEntry]:
         return session._audit.entries(conn)
 
 
-def _certificate(not_after: dt.datetime) -> bytes:
+def certificate_pem(not_after: dt.datetime) -> bytes:
     key = Ed25519PrivateKey.generate()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-test-0001")])
     cert = (
@@ -78,7 +78,7 @@ def test_device_facts_name_the_certificate_state_storage_and_users(tmp_path: Pat
     assert missing.users == (("it.admin", "admin"),) and missing.device_id == "dev-test-0001"
     assert missing.storage_bytes >= database_path(td.data_dir).stat().st_size > 0
     not_after = (T0 + dt.timedelta(days=90)).replace(microsecond=0)
-    (td.data_dir / TLS_CERT).write_bytes(_certificate(not_after))
+    (td.data_dir / TLS_CERT).write_bytes(certificate_pem(not_after))
     valid = device_facts(session)
     assert (valid.certificate_state, valid.certificate_expires_at) == ("valid", not_after)
     td.clocks.advance(dt.timedelta(days=91))

@@ -10,10 +10,6 @@ import datetime as dt
 import re
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 from pytestqt.qtbot import QtBot
 
 from client.core.device import TLS_CERT
@@ -24,26 +20,11 @@ from client.ui.admin import AdminPanel
 from client.ui.main_window import MainWindow
 from client.ui.qt import QLabel, QMessageBox
 from tests.client.device_fixtures import T0, ProvisionedDevice
+from tests.client.test_device_admin import certificate_pem
 from tests.ui.ui_fixtures import device, sign_in, window
 
 ADMIN = ("it.admin", "provisioning desk password")
 DEVICE_ID = "dev-test-0001"
-
-
-def certificate_pem(not_after: dt.datetime) -> bytes:
-    key = Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEVICE_ID)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_after - dt.timedelta(days=400))
-        .not_valid_after(not_after)
-        .sign(key, None)
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def admin_panel(
