@@ -11,7 +11,7 @@ from typing import Any
 
 from pytestqt.qtbot import QtBot
 
-from client.core import consultation
+from client.core import conflicts, consultation
 from client.core.session import Session
 from client.ui.conflicts import ConflictsDialog, readable
 from client.ui.qt import QApplication, QLabel, QPlainTextEdit, Qt
@@ -42,15 +42,13 @@ def _with_core_conflicts(session: Session) -> None:
     if callable(getattr(session, "conflicts", None)):
         return
 
-    def conflicts() -> list[consultation.Conflict]:
+    def conflicts() -> list[conflicts.Conflict]:
         with session._act() as conn:
-            return consultation.list_conflicts(conn)
+            return conflicts.list_conflicts(conn)
 
     def resolve_conflict(conflict_id: int, keep: str) -> Any:
         with session._act() as conn:
-            done = consultation.resolve_conflict(
-                conn, conflict_id, keep, now=session.device.clock()
-            )
+            done = conflicts.resolve_conflict(conn, conflict_id, keep, now=session.device.clock())
             session._append(conn, "conflict_resolved", detail={"keep": keep})
             return done
 
@@ -66,7 +64,7 @@ def _make_conflict(win: Any, session: Session) -> None:
         with session._act() as conn:
             mine = _text(note(NOTE_ID, HTML_PATIENT, "x"), "My edit on the wing.")
             seq = consultation.queue_update(conn, mine, now=dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
-            consultation.record_conflict(conn, seq, server)
+            conflicts.record_conflict(conn, seq, server)
 
     on_worker(win, work)
 
