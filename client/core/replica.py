@@ -44,6 +44,7 @@ from client.core.audit_log import AuditLog
 from client.core.errors import VaultLocked
 from client.core.outbox import OutboxStateError
 from client.core.search import site_of
+from client.core.vault import transaction
 from sync.device.replica import (
     EXTRA_ATTEMPTS,
     EXTRA_FULL_URL,
@@ -115,14 +116,8 @@ class VaultReplica:
             raise ReplicaError("vault_locked") from None
         if conn.in_transaction:
             raise ReplicaError("in_transaction")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             yield conn
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def _append(
         self,
