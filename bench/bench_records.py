@@ -38,6 +38,7 @@ from client.core.chart import open_chart
 from client.core.records import apply_resources
 from client.core.schema import MIGRATIONS
 from client.core.search import search_patients
+from client.core.vault import transaction
 from sync.gateway.seed.generator import generate
 
 BATCH = 5_000
@@ -116,9 +117,8 @@ ROUNDS = 2
 def bulk_insert(conn: Any, resources: Sequence[dict[str, Any]]) -> float:
     started = time.perf_counter()
     for i in range(0, len(resources), BATCH):
-        conn.execute("BEGIN IMMEDIATE")
-        apply_resources(conn, resources[i : i + BATCH])
-        conn.execute("COMMIT")
+        with transaction(conn):
+            apply_resources(conn, resources[i : i + BATCH])
     return time.perf_counter() - started
 
 

@@ -35,6 +35,7 @@ import orjson
 
 from bench.served_gateway import served_gateway
 from client.core.records import patient_of
+from client.core.vault import transaction
 from sync.device.transport import Transport, TransportConfig
 from tests.gateway.conftest import start_gateway, stop_gateway
 from tests.sync.sync_fixtures import (
@@ -95,13 +96,12 @@ def _bulk_insert(device: DeviceVault, pages: list[list[dict[str, Any]]]) -> None
                 )
                 for r in page
             ]
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT INTO resources (type, id, version_id, last_updated, patient_id, json)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            conn.execute("COMMIT")
+            with transaction(conn):
+                conn.executemany(
+                    "INSERT INTO resources (type, id, version_id, last_updated, patient_id, json)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from client.core.device_keyring import DeviceKeyring, InMemoryKeyring
 from client.core.kdf import FLOOR, calibrate, measure
-from client.core.keyslots import VaultHeader
 from client.core.vault import Vault, database_path
+from client.core.vault_header import VaultHeader
 
 ROUNDS = 3
 PASSWORD = "correct horse battery staple"

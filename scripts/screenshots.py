@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.core import accounts, consultation, records
+from client.core import accounts, conflicts, consultation, records
 from client.core.device import Device, FirstUser
 from client.core.device_keyring import InMemoryKeyring
 from client.core.kdf import FLOOR
@@ -171,7 +171,7 @@ def make_conflict(device: Device, resources: list[dict[str, Any]], skip: str) ->
         with vault.transaction() as conn:
             mine = with_text("Laptop: seen on the wing; plan weekly review.")
             seq = consultation.queue_update(conn, mine, now=dt.datetime.now(dt.UTC))
-            consultation.record_conflict(conn, seq, server)
+            conflicts.record_conflict(conn, seq, server)
     finally:
         vault.close()
 

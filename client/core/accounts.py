@@ -1,8 +1,8 @@
 """Offline login with throttling, lockout and wipe thresholds from the policy (AU-1, AU-2, TM-1).
 
 Guarantees:
-- Every attempt is counted in the MACed header *before* the password work (keyslots), so killing
-  the app mid-attempt never erases a guess; restoring an old header is detected (keyring
+- Every attempt is counted in the MACed header *before* the password work (vault_header), so
+  killing the app mid-attempt never erases a guess; restoring an old header is detected (keyring
   generation) and locks the device until an online sign-in.
 - After a failure the policy decides: retry after N seconds (exponential), locked until a time,
   or wipe. The decision is stored as ``locked_until`` in the header, so a restart changes nothing.
@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 from client.core.device import Device
 from client.core.errors import UserFacingError
-from client.core.keyslots import HeaderCounters, JsonScalar, LockedOut, UnlockFailed
+from client.core.header_counters import HeaderCounters, JsonScalar
+from client.core.keyslots import UnlockFailed
 from client.core.trusted_time import observe
+from client.core.vault_header import LockedOut
 from policy import decisions
 from policy.decisions import OfflineKind, ThrottleKind
 from policy.model import Policy

@@ -4,7 +4,7 @@ The data folder holds exactly these files (all written atomically and 0600):
 
     device.json     the profile: device id, site, policy trust keys, gateway escrow key (public)
     device-tls.*    the device's certificate and (encrypted) key; gateway CA and receipt key
-    vault.header    key slots and MACed counters (client.core.keyslots)
+    vault.header    key slots and MACed counters (client.core.vault_header)
     vault.db        the SQLCipher database (+ -wal/-shm while open)
     policy.store    the installed signed policy with its MACed high-water version
 
@@ -37,10 +37,10 @@ from client.core.audit_log import AuditLog
 from client.core.device_keyring import DeviceKeyring
 from client.core.errors import UserFacingError
 from client.core.kdf import KdfParams, calibrate
-from client.core.keyslots import VaultHeader
 from client.core.schema import MIGRATIONS
 from client.core.trusted_time import ClockReading, TimeState, read_clocks
 from client.core.vault import DATABASE_NAME, Vault, database_path
+from client.core.vault_header import VaultHeader
 from client.core.wipe import WipeReport, resume_wipe_if_pending, wipe
 from policy import decisions
 from policy.atomic import atomic_write

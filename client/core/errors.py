@@ -35,3 +35,11 @@ class VaultLocked(UserFacingError):
 
     def __init__(self) -> None:
         super().__init__("vault_locked", "Gatehouse is locked. Unlock it with your password.")
+
+
+class ConsultationError(UserFacingError):
+    """A consultation, edit or conflict choice that cannot be saved; ``field`` names what to fix."""
+
+    def __init__(self, reason: str, field: str, message: str) -> None:
+        super().__init__(reason, message)
+        self.field = field

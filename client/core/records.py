@@ -409,7 +409,7 @@ def purge_patient(conn: sqlite3.Connection, patient_id: str) -> int:
     """Remove a patient and everything of theirs; returns the number of resources removed.
 
     Runs in the caller's transaction. The caller audits the purge and decides what to do about
-    unsent work first (``consultation.has_unsent_work``): this removes outbox rows too.
+    unsent work first (``outbox.has_unsent_work``): this removes outbox rows too.
     """
     require_transaction(conn)
     removed = conn.execute("DELETE FROM resources WHERE patient_id = ?", (patient_id,)).rowcount

@@ -39,11 +39,12 @@ from typing import Any, Final
 
 import orjson
 
-from client.core import consultation, records
+from client.core import conflicts, outbox, records
 from client.core.audit_log import AuditLog
-from client.core.consultation import OutboxStateError
 from client.core.errors import VaultLocked
+from client.core.outbox import OutboxStateError
 from client.core.search import site_of
+from client.core.vault import transaction
 from sync.device.replica import (
     EXTRA_ATTEMPTS,
     EXTRA_FULL_URL,
@@ -115,14 +116,8 @@ class VaultReplica:
             raise ReplicaError("vault_locked") from None
         if conn.in_transaction:
             raise ReplicaError("in_transaction")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             yield conn
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def _append(
         self,
@@ -241,7 +236,7 @@ class VaultReplica:
         self, conn: Any, patient_id: str, previous_site: str | None, how: str, now: datetime
     ) -> str:
         """A patient on the device left scope: purge them, or keep them for their unsent work."""
-        if consultation.has_unsent_work(conn, patient_id):
+        if outbox.has_unsent_work(conn, patient_id):
             if how == "deleted":
                 conn.execute(
                     "UPDATE resources SET site = NULL WHERE type = 'Patient' AND id = ?",
@@ -342,7 +337,7 @@ class VaultReplica:
 
     def list_outbox(self, limit: int) -> Sequence[OutboxItem]:
         with self._transaction() as conn:
-            entries = consultation.list_outbox(conn, max(1, limit))
+            entries = outbox.list_outbox(conn, max(1, limit))
         return [
             OutboxItem(
                 seq=e.seq,
@@ -389,10 +384,10 @@ class VaultReplica:
 
     def _mark_sent(self, conn: Any, item: SentItem, now: datetime) -> None:
         """Every refusal (``ReplicaError``) happens before the first write: ``_entry`` only
-        reads, and ``consultation.mark_sent`` checks the reply and the state first."""
+        reads, and ``outbox.mark_sent`` checks the reply and the state first."""
         state, patient_id, rtype = self._entry(conn, item.seq)
         try:
-            consultation.mark_sent(conn, item.seq, item.server_id, item.server_version, now=now)
+            outbox.mark_sent(conn, item.seq, item.server_id, item.server_version, now=now)
         except OutboxStateError as exc:
             raise ReplicaError(exc.reason) from None
         if state == "pending":  # a repeated call for the same server id is a no-op
@@ -413,7 +408,7 @@ class VaultReplica:
                 self._mark_sent(conn, own, now)
                 return
             try:
-                conflict_id = consultation.record_conflict(conn, seq, server_resource, now=now)
+                conflict_id = conflicts.record_conflict(conn, seq, server_resource, now=now)
             except OutboxStateError as exc:
                 raise ReplicaError(exc.reason) from None
             self._append(
@@ -434,7 +429,7 @@ class VaultReplica:
             state, _patient_id, _rtype = self._entry(conn, seq)
             if state != "pending":
                 raise ReplicaError("not_pending")
-            consultation.record_push_error(conn, seq, _code(reason, "push_refused"))
+            outbox.record_push_error(conn, seq, _code(reason, "push_refused"))
 
     # -- end of sync ---------------------------------------------------------------------------
 
@@ -445,7 +440,7 @@ class VaultReplica:
             for pid, site in conn.execute(
                 "SELECT patient_id, site FROM patient_index ORDER BY patient_id"
             ).fetchall():
-                if self._in_scope(site) or consultation.has_unsent_work(conn, pid):
+                if self._in_scope(site) or outbox.has_unsent_work(conn, pid):
                     continue
                 self._purge(conn, pid, now, "after_send")
                 purged += 1

@@ -30,10 +30,12 @@ from client.core import (
     consultation,
     device_admin,
     disclosure,
+    outbox,
     pending_audit,
     records,
     search,
 )
+from client.core import conflicts as conflict_store
 from client.core.access import ADMIN as ADMIN
 from client.core.access import AUDITOR as AUDITOR
 from client.core.access import BREAK_GLASS_REASONS as BREAK_GLASS_REASONS
@@ -389,11 +391,11 @@ class Session:
 
     # -- conflicts -------------------------------------------------------------------------------
 
-    def conflicts(self) -> list[consultation.Conflict]:
+    def conflicts(self) -> list[conflict_store.Conflict]:
         """Open conflicts (both versions) for the clinician to resolve; audited as a view."""
         self._require_role((CLINICIAN,), "see sync conflicts", "conflicts_view")
         with self._act() as conn:
-            found = consultation.list_conflicts(conn)
+            found = conflict_store.list_conflicts(conn)
             self._append(conn, "conflicts_view", detail={"count": len(found)})
         return found
 
@@ -404,7 +406,7 @@ class Session:
             patient = conn.execute(
                 "SELECT patient_id FROM conflicts WHERE id = ?", (conflict_id,)
             ).fetchone()
-            queued = consultation.resolve_conflict(conn, conflict_id, keep, now=self._now())
+            queued = conflict_store.resolve_conflict(conn, conflict_id, keep, now=self._now())
             self._append(
                 conn,
                 "conflict_resolved",
@@ -416,7 +418,7 @@ class Session:
     def outbox_status(self) -> tuple[int, int]:
         """(unsent items, open conflicts)."""
         with self._act() as conn:
-            return consultation.unsent_count(conn), len(consultation.list_conflicts(conn))
+            return outbox.unsent_count(conn), len(conflict_store.list_conflicts(conn))
 
     # -- accounts ------------------------------------------------------------------------------
 
@@ -477,8 +479,8 @@ class Session:
 
     def status(self) -> SessionStatus:
         with self._act() as conn:
-            unsent = consultation.unsent_count(conn)
-            conflicts = len(consultation.list_conflicts(conn))
+            unsent = outbox.unsent_count(conn)
+            conflicts = len(conflict_store.list_conflicts(conn))
             audit_unsent = self._audit.unsent_count(conn)
         now = self._now()
         return SessionStatus(

@@ -59,6 +59,36 @@ def database_path(data_dir: Path) -> Path:
     return Path(data_dir) / DATABASE_NAME
 
 
+@contextlib.contextmanager
+def transaction(conn: Any) -> Iterator[Any]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` around the block, or ``ROLLBACK`` if it raises.
+
+    The one way the client opens a transaction on a connection (``isolation_level=None``):
+    - IMMEDIATE takes the write lock up front, so a write never fails half-way on a lock.
+    - Any exception, ``BaseException`` included (a ``KeyboardInterrupt``, a cancelled worker),
+      rolls back and is re-raised: the block's writes land all together or not at all.
+    - A COMMIT that fails (disk full, I/O error) rolls back what is left and re-raises, so the
+      connection is never left inside a half-finished transaction.
+    - Nothing else commits or rolls back inside the block (the records, outbox and audit
+      functions require the caller's transaction and never end it).
+    Schema migrations are the one exception: ``executescript`` commits any open transaction
+    before it runs, so each migration script carries its own ``BEGIN IMMEDIATE`` … ``COMMIT``.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _key_pragma(key: bytearray) -> str:
     if len(key) != KEY_BYTES:
         raise ValueError("the vault key must be exactly 32 bytes")
@@ -164,18 +194,9 @@ class Vault:
     def user_version(self) -> int:
         return int(self.connection.execute("PRAGMA user_version").fetchone()[0])
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` if the block raises."""
-        conn = self.connection
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """One write transaction on the vault's connection (see ``transaction``)."""
+        return transaction(self.connection)
 
     def export_dek(self) -> bytes:
         """The DEK, only to wrap a new key slot for another user; ``VaultLocked`` when locked."""

@@ -28,8 +28,8 @@ from typing import Any, Final
 
 from client.core.device_keyring import FALLBACK_FILE_NAME, DeviceKeyring
 from client.core.errors import EnvironmentFault, GatehouseError
-from client.core.keyslots import HEADER_NAME, VaultHeader
 from client.core.vault import DATABASE_NAME, DATABASE_SIDE_FILES
+from client.core.vault_header import HEADER_NAME, VaultHeader
 from policy.atomic import atomic_write, fsync_directory
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from client.core.consultation import Conflict
+from client.core.conflicts import Conflict
 from client.core.session import Session
 from client.ui.error_boundary import explain
 from client.ui.qt import (

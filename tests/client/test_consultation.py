@@ -13,20 +13,21 @@ import pytest
 import sqlcipher3
 
 from client.core.chart import open_chart
+from client.core.conflicts import list_conflicts, record_conflict
 from client.core.consultation import (
     VITAL_SPECS,
     ConsultationError,
     ConsultationResult,
-    OutboxStateError,
     Vital,
+    write_consultation,
+)
+from client.core.outbox import (
+    OutboxStateError,
     has_unsent_work,
-    list_conflicts,
     list_outbox,
     mark_sent,
-    record_conflict,
     record_push_error,
     unsent_count,
-    write_consultation,
 )
 from client.core.records import CLIENT_ID_SYSTEM, TransactionRequired, apply_resources, get
 from tests.client.fhir_fixtures import SEARCH_PATIENTS, open_db

@@ -210,7 +210,7 @@ from pathlib import Path
 
 from client.core.device_keyring import ALLOWED_BACKENDS, DeviceKeyring, backend_class_path
 from client.core.kdf import FLOOR
-from client.core.keyslots import VaultHeader
+from client.core.vault_header import VaultHeader
 
 keyring = DeviceKeyring("dev-ss-1")  # no backend given: the allowlist picks the real one
 assert backend_class_path(keyring._store._backend) == "keyring.backends.SecretService.Keyring"

@@ -28,19 +28,17 @@ from hypothesis import strategies as st
 
 from client.core import keyslots
 from client.core.device_keyring import DeviceKeyring, InMemoryKeyring, KeyringSecretMissing
+from client.core.header_counters import MAX_PENDING_EVENTS, HeaderCounters
 from client.core.kdf import FLOOR, KdfParams, KdfParamsRejected, calibrate
 from client.core.keyslots import (
-    HeaderTampered,
     KeyslotError,
-    LockedOut,
     UnlockFailed,
-    VaultHeader,
-    WipePending,
     canonical_json,
     normalise_password,
     unwrap_slot,
 )
 from client.core.vault import Vault, database_path
+from client.core.vault_header import HeaderTampered, LockedOut, VaultHeader, WipePending
 from sync.protocol.escrow import EscrowError, escrow_aad, unseal
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -356,7 +354,7 @@ def test_AU2_restoring_an_old_header_is_detected(device: Device) -> None:
 def test_AU2_PO4_edited_counters_are_detected(device: Device) -> None:
     until = NOW + timedelta(hours=1)
 
-    def state(c: keyslots.HeaderCounters) -> None:
+    def state(c: HeaderCounters) -> None:
         c.policy_high_water = 7
         c.failed_attempts["alice"] = 4
         c.device_failed_attempts = 4
@@ -439,20 +437,18 @@ def test_lockout_set_by_the_accounts_layer_is_enforced_against_now(device: Devic
 
 
 def test_pending_audit_events_are_bounded_and_acknowledged(device: Device) -> None:
-    def flood(c: keyslots.HeaderCounters) -> None:
-        for i in range(keyslots.MAX_PENDING_EVENTS + 5):
+    def flood(c: HeaderCounters) -> None:
+        for i in range(MAX_PENDING_EVENTS + 5):
             c.add_pending_audit_event({"event": "lockout", "n": i})
 
     device.header.update_counters(flood)
     counters = device.reload().counters
-    assert len(counters.pending_audit_events) == keyslots.MAX_PENDING_EVENTS
+    assert len(counters.pending_audit_events) == MAX_PENDING_EVENTS
     assert counters.pending_audit_dropped == 5
     header = device.reload()
-    header.acknowledge_pending_audit_events(keyslots.MAX_PENDING_EVENTS - 1)
+    header.acknowledge_pending_audit_events(MAX_PENDING_EVENTS - 1)
     counters = device.reload().counters
-    assert counters.pending_audit_events == [
-        {"event": "lockout", "n": keyslots.MAX_PENDING_EVENTS - 1}
-    ]
+    assert counters.pending_audit_events == [{"event": "lockout", "n": MAX_PENDING_EVENTS - 1}]
     assert counters.pending_audit_dropped == 0
     with pytest.raises(KeyslotError):
         header.update_counters(lambda c: c.add_pending_audit_event({"event": ["nested"]}))  # type: ignore[dict-item]

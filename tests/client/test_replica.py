@@ -16,7 +16,7 @@ import sqlcipher3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.core import consultation, records
+from client.core import conflicts, consultation, outbox, records
 from client.core.audit_log import AuditLog
 from client.core.consultation import Vital
 from client.core.replica import MAX_QUARANTINE_RAW_BYTES, VaultReplica
@@ -406,7 +406,7 @@ def test_open_conflict_also_holds_a_leaving_patient(replica: Replica, vault: Vau
     replica.sync_finished(SyncSummary(conflicts=1))
     assert stats.held == 1
     assert stored(vault, "Patient", "p-amira") is not None
-    assert len(consultation.list_conflicts(vault.connection)) == 1
+    assert len(conflicts.list_conflicts(vault.connection)) == 1
 
 
 def test_returning_patient_comes_back_into_scope(replica: Replica, vault: Vault) -> None:
@@ -554,7 +554,7 @@ def test_record_conflict_keeps_both_versions_and_audits_the_patient(
     item = replica.list_outbox(10)[-1]
     server = {"resourceType": "DocumentReference", "id": "d-9", "meta": {"versionId": "5"}}
     replica.record_conflict(item.seq, server)
-    (conflict,) = consultation.list_conflicts(vault.connection)
+    (conflict,) = conflicts.list_conflicts(vault.connection)
     assert conflict.server_body == server
     assert conflict.local_body["resourceType"] == "DocumentReference"
     last = entries(vault)[-1]
@@ -564,7 +564,7 @@ def test_record_conflict_keeps_both_versions_and_audits_the_patient(
         item.seq,
     )
     assert item.seq not in [i.seq for i in replica.list_outbox(10)]
-    assert consultation.unsent_count(vault.connection) == 4  # still unsent until resolved
+    assert outbox.unsent_count(vault.connection) == 4  # still unsent until resolved
     with pytest.raises(ReplicaError) as caught:
         replica.record_conflict(item.seq, server)
     assert caught.value.reason == "not_pending"

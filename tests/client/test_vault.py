@@ -140,6 +140,29 @@ def test_transaction_rolls_back_on_error(tmp_path: Path, dek: bytes) -> None:
         assert not vault.connection.in_transaction
 
 
+def test_transaction_rolls_back_on_an_interrupt_too(tmp_path: Path, dek: bytes) -> None:
+    with Vault.open(database_path(tmp_path), dek, MIGRATIONS) as vault:
+        with pytest.raises(KeyboardInterrupt), vault.transaction() as conn:
+            conn.execute("INSERT INTO note (body) VALUES ('x')")
+            raise KeyboardInterrupt
+        assert vault.connection.execute("SELECT count(*) FROM note").fetchone()[0] == 0
+        assert not vault.connection.in_transaction
+
+
+def test_a_refused_commit_rolls_back_and_leaves_no_open_transaction(
+    tmp_path: Path, dek: bytes
+) -> None:
+    with Vault.open(database_path(tmp_path), dek, MIGRATIONS) as vault:
+        with pytest.raises(sqlcipher3.IntegrityError), vault.transaction() as conn:
+            conn.execute("PRAGMA defer_foreign_keys = ON")  # the violation surfaces at COMMIT
+            conn.execute("INSERT INTO note (body) VALUES ('kept only with its tag')")
+            conn.execute("INSERT INTO tag (note_id) VALUES (999)")
+        assert not vault.connection.in_transaction
+        assert vault.connection.execute("SELECT count(*) FROM note").fetchone()[0] == 0
+        _write_canary(vault, rows=1)  # the next transaction starts normally
+        assert vault.connection.execute("SELECT count(*) FROM note").fetchone()[0] == 1
+
+
 def test_AU3_lock_drops_the_key_and_data_calls_fail(tmp_path: Path, dek: bytes) -> None:
     vault = Vault.open(database_path(tmp_path), dek, MIGRATIONS)
     conn = vault.connection

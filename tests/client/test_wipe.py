@@ -17,15 +17,9 @@ from client.core import wipe as wipe_module
 from client.core.device_keyring import DeviceKeyring, InMemoryKeyring, KeyringSecretMissing
 from client.core.errors import GatehouseError
 from client.core.kdf import FLOOR
-from client.core.keyslots import (
-    Slot,
-    UnlockFailed,
-    VaultHeader,
-    WipePending,
-    normalise_password,
-    unwrap_slot,
-)
+from client.core.keyslots import Slot, UnlockFailed, normalise_password, unwrap_slot
 from client.core.vault import Vault, database_path
+from client.core.vault_header import VaultHeader, WipePending
 from client.core.wipe import STEPS, resume_wipe_if_pending, wipe, wipe_pending
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

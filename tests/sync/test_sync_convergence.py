@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
-from client.core import consultation, records
+from client.core import conflicts, consultation, outbox, records
 from client.core.audit_log import AuditLog
 from client.core.consultation import ConsultationError
 from client.core.replica import VaultReplica
@@ -284,18 +284,18 @@ class SyncMachine(RuleBasedStateMachine):
             rtype, rid = data.draw(st.sampled_from(keys))
             self._server_change(rtype, rid, data.draw(st.integers(0, 10**6)))
 
-    @precondition(lambda self: bool(consultation.list_conflicts(self.conn)))
+    @precondition(lambda self: bool(conflicts.list_conflicts(self.conn)))
     @rule(data=st.data(), mine=st.booleans())
     def resolve(self, data: st.DataObject, mine: bool) -> None:
-        conflict = data.draw(st.sampled_from(consultation.list_conflicts(self.conn)))
+        conflict = data.draw(st.sampled_from(conflicts.list_conflicts(self.conn)))
         with self.vault.transaction() as conn:
             try:
-                seq = consultation.resolve_conflict(
+                seq = conflicts.resolve_conflict(
                     conn, conflict.id, "mine" if mine else "theirs", now=now_utc()
                 )
             except ConsultationError as refused:
                 assert refused.reason == "conflict_cannot_keep_mine"
-                seq = consultation.resolve_conflict(conn, conflict.id, "theirs", now=now_utc())
+                seq = conflicts.resolve_conflict(conn, conflict.id, "theirs", now=now_utc())
         if seq is not None:
             self.resolved_mine.add(seq)
         self.seen[f"resolved_{'mine' if seq is not None else 'theirs'}"] += 1
@@ -490,7 +490,7 @@ def test_a_concurrent_edit_is_a_conflict_and_keep_mine_goes_on_top(dev: Device) 
     assert result.ok and result.conflicts == 1 and result.pushed == 0
     assert dev.server()["note"] == [{"text": "theirs"}]  # never silently overwritten
     assert dev.state(seq) == "conflict"
-    (conflict,) = consultation.list_conflicts(dev.vault.connection)
+    (conflict,) = conflicts.list_conflicts(dev.vault.connection)
     assert conflict.local_body["note"] == [{"text": "mine"}]
     assert conflict.server_body is not None and conflict.server_body["note"] == [{"text": "theirs"}]
     assert dev.stored()["note"] == [{"text": "theirs"}]  # type: ignore[index]
@@ -498,25 +498,25 @@ def test_a_concurrent_edit_is_a_conflict_and_keep_mine_goes_on_top(dev: Device) 
         dev.edit("again")
     assert refused.value.reason == "conflict_open"
     with dev.vault.transaction() as conn:
-        new_seq = consultation.resolve_conflict(conn, conflict.id, "mine", now=now_utc())
-    assert new_seq is not None and consultation.list_conflicts(dev.vault.connection) == []
-    assert consultation.unsent_count(dev.vault.connection) == 1
+        new_seq = conflicts.resolve_conflict(conn, conflict.id, "mine", now=now_utc())
+    assert new_seq is not None and conflicts.list_conflicts(dev.vault.connection) == []
+    assert outbox.unsent_count(dev.vault.connection) == 1
     assert dev.sync().pushed == 1
     assert dev.server()["note"] == [{"text": "mine"}] and dev.server()["meta"]["versionId"] == "3"
     assert device_view(dev.vault.connection) == server_view(dev.gw.store, dev.site)
-    assert consultation.unsent_count(dev.vault.connection) == 0
+    assert outbox.unsent_count(dev.vault.connection) == 0
 
 
 def test_keep_theirs_closes_the_conflict_and_sends_nothing(dev: Device) -> None:
     dev.edit("mine")
     dev.server_edit("theirs")
     assert dev.sync().conflicts == 1
-    (conflict,) = consultation.list_conflicts(dev.vault.connection)
+    (conflict,) = conflicts.list_conflicts(dev.vault.connection)
     with dev.vault.transaction() as conn:
-        assert consultation.resolve_conflict(conn, conflict.id, "theirs", now=now_utc()) is None
+        assert conflicts.resolve_conflict(conn, conflict.id, "theirs", now=now_utc()) is None
         with pytest.raises(ConsultationError):
-            consultation.resolve_conflict(conn, conflict.id, "theirs", now=now_utc())
-    assert consultation.unsent_count(dev.vault.connection) == 0
+            conflicts.resolve_conflict(conn, conflict.id, "theirs", now=now_utc())
+    assert outbox.unsent_count(dev.vault.connection) == 0
     assert dev.sync().pushed == 0
     assert dev.server()["note"] == [{"text": "theirs"}]
     assert dev.stored()["note"] == [{"text": "theirs"}]  # type: ignore[index]
@@ -528,15 +528,15 @@ def test_an_edit_of_a_record_the_server_deleted_is_a_conflict(dev: Device) -> No
         tx.delete("Observation", dev.oid)
     result = dev.sync()
     assert result.ok and result.conflicts == 1 and result.push_errors == 0
-    (conflict,) = consultation.list_conflicts(dev.vault.connection)
+    (conflict,) = conflicts.list_conflicts(dev.vault.connection)
     assert conflict.server_body is None and conflict.local_body["note"] == [{"text": "mine"}]
     assert dev.stored() is None  # the store shows the server's truth
     with dev.vault.transaction() as conn:
         with pytest.raises(ConsultationError) as refused:
-            consultation.resolve_conflict(conn, conflict.id, "mine", now=now_utc())
+            conflicts.resolve_conflict(conn, conflict.id, "mine", now=now_utc())
         assert refused.value.reason == "conflict_cannot_keep_mine"
-        consultation.resolve_conflict(conn, conflict.id, "theirs", now=now_utc())
-    assert consultation.unsent_count(dev.vault.connection) == 0
+        conflicts.resolve_conflict(conn, conflict.id, "theirs", now=now_utc())
+    assert outbox.unsent_count(dev.vault.connection) == 0
 
 
 def test_CR2_an_update_whose_reply_was_lost_is_not_a_conflict_with_itself(dev: Device) -> None:
@@ -546,6 +546,6 @@ def test_CR2_an_update_whose_reply_was_lost_is_not_a_conflict_with_itself(dev: D
     dev.vault = dev.device.open()
     assert dev.state(seq) == "pending" and dev.server()["meta"]["versionId"] == "2"
     result = dev.sync()
-    assert result.ok and consultation.list_conflicts(dev.vault.connection) == []
+    assert result.ok and conflicts.list_conflicts(dev.vault.connection) == []
     assert dev.state(seq) == "sent" and dev.server()["meta"]["versionId"] == "2"
     assert device_view(dev.vault.connection) == server_view(dev.gw.store, dev.site)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pytestqt.qtbot import QtBot
 
-from client.core import consultation
+from client.core import conflicts, consultation
 from client.core.session import Session
 from client.ui.conflicts import ConflictsDialog, readable
 from client.ui.qt import QApplication, QLabel, QPlainTextEdit, Qt
@@ -44,7 +44,7 @@ def _make_conflict(win: Any, session: Session) -> None:
         with session._act() as conn:
             mine = _text(note(NOTE_ID, HTML_PATIENT, "x"), "My edit on the wing.")
             seq = consultation.queue_update(conn, mine, now=dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
-            consultation.record_conflict(conn, seq, server)
+            conflicts.record_conflict(conn, seq, server)
 
     on_worker(win, work)
 

@@ -1,0 +1,5 @@
+"""``python -m client.selftest``: the same as ``gatehouse --self-test``."""
+
+from client.selftest import main
+
+raise SystemExit(main())
