@@ -2,7 +2,7 @@
 
 This package runs the checks; each group lives in its own module: ``database`` (SQLCipher,
 FTS5), ``crypto`` (Argon2id, signed policy), ``tls`` (TLS 1.3), ``os_keyring`` (keyring
-backend), ``bundle`` (frozen bundle contents, ``FORBIDDEN_IN_BUNDLE``) and ``gui`` (Qt); ``base``
+backend), ``bundle`` (frozen bundle contents, ``client.never_ship``) and ``gui`` (Qt); ``base``
 holds the report and failure types.
 
 Invariants:

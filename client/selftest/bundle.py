@@ -1,27 +1,16 @@
 """Self-test of the frozen bundle's contents: gateway, admin and test code are not in it.
 
-``FORBIDDEN_IN_BUNDLE`` is a plain module-level constant: the list of module names that must
-never be importable on a laptop.
+The names checked are ``client.never_ship.NEVER_SHIP_MODULES``, the one list the build and
+``packaging/verify.py`` use too.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-from typing import Final
 
+from client.never_ship import NEVER_SHIP_MODULES
 from client.selftest.base import CheckFailed, Context
-
-# Modules that must never be importable from the frozen laptop bundle.
-FORBIDDEN_IN_BUNDLE: Final = (
-    "sync.gateway",
-    "starlette",
-    "uvicorn",
-    "psycopg",
-    "tests",
-    "tkinter",
-    "policy.cli",
-)
 
 
 def check_bundle_contents(ctx: Context, *, frozen: bool | None = None) -> None:
@@ -32,7 +21,7 @@ def check_bundle_contents(ctx: Context, *, frozen: bool | None = None) -> None:
         ctx.note("not a frozen bundle: bundle contents not checked")
         return
     present = []
-    for name in FORBIDDEN_IN_BUNDLE:
+    for name in NEVER_SHIP_MODULES:
         try:
             found = importlib.util.find_spec(name) is not None
         except (ImportError, ValueError):

@@ -28,11 +28,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
 
 from sync.device.transport import Transport
 from sync.protocol.audit.audit_event import CHAIN_EXTENSION, to_audit_event
 from sync.protocol.audit.entry import AuditEntry, AuditFormatError, entry_from_canonical
+from sync.protocol.audit.report import out_of_hours
 from sync.protocol.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,6 @@ MAX_PAGE_BYTES = 16 * 1024 * 1024  # 1,000 AuditEvents of about 2-4 KiB each, wi
 MAX_CSV_BYTES = 16 * 1024 * 1024
 MAX_CHAINS = 10_000
 MAX_FIELD_CHARS = 256  # the gateway refuses longer search values too
-LOCAL_ZONE = "Europe/London"  # as sync.gateway.admin_cli (not importable on the laptop)
-WORKDAY_START, WORKDAY_END = 8, 18
 _CHAIN_KEYS = frozenset(
     {"device_id", "last_seq", "head_hash", "last_receipt_at", "alerts", "latest_alert"}
 )
@@ -121,11 +119,6 @@ class SearchResult:
     events: list[dict[str, Any]]  # validated AuditEvents, gateway order (time, device, seq)
     entries: list[AuditEntry]  # the chained entries they carry, same order
     truncated: bool  # more matched than MAX_RESULTS
-
-
-def out_of_hours(moment: dt.datetime, zone: str = LOCAL_ZONE) -> bool:
-    local = moment.astimezone(ZoneInfo(zone))
-    return local.weekday() >= 5 or not WORKDAY_START <= local.hour < WORKDAY_END
 
 
 def _headers(token: str, accept: str) -> dict[str, str]:
