@@ -35,6 +35,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from sync.gateway.errors import GatewayError
+
 ChangeOp = Literal["put", "delete", "leave"]
 DeviceStatus = Literal["active", "revoked", "wiped"]
 DEVICE_STATUSES: tuple[DeviceStatus, ...] = ("active", "revoked", "wiped")
@@ -47,12 +49,14 @@ CommandStatus = Literal["pending", "done", "failed"]
 MAX_PAGE = 500  # the largest page any query returns
 
 
-class StoreError(Exception):
-    """A write the store refuses; ``reason`` is a stable code."""
+class StoreError(GatewayError):
+    """The store refused or could not do something; ``reason`` is a stable code.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    Refusals of the caller's data (``unknown_patient``, ``token_used``, …) and failures of the
+    database itself (``database_busy``, ``database_unavailable``, ``database_error``: see
+    ``store.sql.Dialect``) are both StoreErrors; a database failure is one only once it leaves
+    the store (a ``write()`` block or a store method), never inside a ``WriteTx``.
+    """
 
 
 def to_us(moment: dt.datetime) -> int:

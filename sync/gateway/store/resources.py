@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from sync.gateway.errors import GatewayError
 from sync.protocol.fhir.bounded_json import json_depth
 
 PATIENT = "Patient"
@@ -38,12 +39,11 @@ MAX_JSON_DEPTH = 32  # FHIR R4 resources we store nest < 12 deep; Bundle adds 3
 MAX_IDENTIFIER_CHARS = 256
 
 
-class ResourceError(Exception):
+class ResourceError(GatewayError):
     """A resource is not acceptable; ``reason`` is a stable code."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        super().__init__(reason, f"{reason}: {detail}" if detail else reason)
         self.detail = detail
 
 
