@@ -37,8 +37,8 @@ from sync.gateway import datadir, enrolment, pki, policies, users
 from sync.gateway.api.audit import entry_of
 from sync.gateway.authority import load_authority
 from sync.gateway.errors import GatewayError
+from sync.gateway.store.audit_tables import iter_audit
 from sync.gateway.store.base import AuditQuery, AuditRow, CommandRecord, Store
-from sync.gateway.store.control_tables import iter_audit
 from sync.protocol.audit.audit_event import to_audit_event, to_csv_rows
 from sync.protocol.pins import spki_sha256_b64
 
