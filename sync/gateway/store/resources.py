@@ -4,10 +4,12 @@ Invariants:
 - Only the resource types in ``RESOURCE_TYPES`` are accepted; each clinical type names its
   patient in one known field (``subject`` or ``patient``) as ``Patient/<id>``; a Patient names
   its site in ``managingOrganization`` as ``Organization/<site>``; an Organization is a site and
-  its ``id`` is the site code. A resource breaking these
-  rules is refused with one ``ResourceError`` and a stable ``reason``, before anything is stored.
-- Checks here are structural and deliberately minimal (shape, ids, references); full FHIR
-  validation is sync/protocol/fhir's job once it lands. Pure functions: no I/O, no clock.
+  its ``id`` is the site code. A resource breaking these rules is refused with one
+  ``ResourceError`` and a stable ``reason``, before anything is stored.
+- Checks here are structural and deliberately minimal (shape, ids, references): the store
+  applies them to every write, whoever writes. A resource pushed by a device is also validated
+  in full by ``sync.protocol.fhir.validate`` before it reaches the store (``api.transaction``).
+  Pure functions: no I/O, no clock.
 """
 
 from __future__ import annotations
