@@ -53,11 +53,17 @@ MAX_PAGE = 500  # the largest page any query returns
 class StoreError(GatewayError):
     """The store refused or could not do something; ``reason`` is a stable code.
 
-    Refusals of the caller's data (``unknown_patient``, ``token_used``, …) and failures of the
-    database itself (``database_busy``, ``database_unavailable``, ``database_error``: see
-    ``store.sql.Dialect``) are both StoreErrors; a database failure is one only once it leaves
-    the store (a ``write()`` block or a store method), never inside a ``WriteTx``.
+    A refusal of the caller's data (``unknown_patient``, ``token_used``, …) is a StoreError; a
+    failure of the database itself is a ``DatabaseFailure``.
     """
+
+
+class DatabaseFailure(StoreError):
+    """The database could not do what was asked — not a refusal of the request: reason
+    ``database_busy`` (a lock or connection wait timed out), ``database_unavailable`` (it cannot
+    be reached, opened or written), ``bad_database_url`` or ``database_error``. A driver error
+    becomes one when it leaves the store (a store method or a ``write()`` block; see
+    ``store.tables.Dialect``), never inside a ``WriteTx``, where it stays the driver's own."""
 
 
 def to_us(moment: dt.datetime) -> int:

@@ -25,7 +25,7 @@ gateway processes sharing one database:
   or a BEGIN that met one is retried once. ``close`` closes them all.
 - A write transaction may hold the cluster-wide writer lock for at most
   ``IDLE_IN_TRANSACTION_MS``; waiting for it gives up after ``LOCK_TIMEOUT_MS`` (like SQLite's
-  busy timeout) with ``StoreError("database_busy")``, as does waiting ``POOL_WAIT_S`` for a
+  busy timeout) with ``DatabaseFailure("database_busy")``, as does waiting ``POOL_WAIT_S`` for a
   free connection. The schema is created under an advisory lock, so gateways may start
   together.
 - Planner statistics follow bulk loads (``ANALYZE`` each time the change feed doubles), so
@@ -45,7 +45,7 @@ from typing import Any
 
 import psycopg
 
-from sync.gateway.store.base import StoreError
+from sync.gateway.store.base import DatabaseFailure, StoreError
 from sync.gateway.store.resource_tables import FEED_TABLES
 from sync.gateway.store.sql import SqlStore, utc_now
 from sync.gateway.store.tables import Dialect, set_up
@@ -179,10 +179,10 @@ class _Pool:
             )
         except psycopg.OperationalError as err:
             log.error("cannot connect to PostgreSQL: %s", _redacted(str(err), self._dsn))
-            raise StoreError("database_unavailable") from None
+            raise DatabaseFailure("database_unavailable") from None
         except psycopg.ProgrammingError as err:  # libpq may echo the whole DSN: never re-raise
             log.error("cannot connect to PostgreSQL: %s", _redacted(str(err), self._dsn))
-            raise StoreError("bad_database_url") from None
+            raise DatabaseFailure("bad_database_url") from None
         set_up(conn, self._setup)
         return conn
 
@@ -190,7 +190,7 @@ class _Pool:
         if self._closed:
             raise StoreError("closed")
         if not self._slots.acquire(timeout=POOL_WAIT_S):
-            raise StoreError("database_busy")
+            raise DatabaseFailure("database_busy")
         try:
             while True:
                 try:

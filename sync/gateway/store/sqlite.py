@@ -7,7 +7,7 @@ Invariants (beyond those of ``store.Store`` and ``store.sql``):
 - WAL journal, ``synchronous=FULL``: a write acknowledged to a device survives a power loss.
 - Writers take ``BEGIN IMMEDIATE``, so exactly one write transaction runs at a time; the change
   counter is bumped inside it, hence seq order = commit order. Readers never block writers.
-  Waiting for a writer gives up after ``BUSY_TIMEOUT_MS``: ``StoreError("database_busy")``.
+  Waiting for a writer gives up after ``BUSY_TIMEOUT_MS``: ``DatabaseFailure("database_busy")``.
 - One connection per thread (``threading.local``); ``close`` closes them all.
 - The control-plane tables live in the same file and use the same ``BEGIN IMMEDIATE`` write
   transactions.
@@ -129,7 +129,8 @@ class SqliteStore(SqlStore):
     """``store.Store`` on one SQLite file."""
 
     def __init__(self, path: str | Path, *, clock: Callable[[], dt.datetime] = utc_now) -> None:
+        self._path = str(path)  # the file (tests/sync/test_engine.py edits rows behind the store)
         dialect = DIALECT
         super().__init__(
-            SqliteConnections(str(path), dialect.connection_setup), dialect, clock=clock
+            SqliteConnections(self._path, dialect.connection_setup), dialect, clock=clock
         )

@@ -9,7 +9,7 @@ Invariants:
 - A write transaction starts with ``Dialect.begin_write``: it takes the store-wide writer lock
   before its first read, and keeps it until COMMIT or ROLLBACK. So every change is counted
   (``change_counter``) in commit order, and what a transaction reads is current.
-- A database failure (``Dialect.driver_error``) leaves the store as a ``StoreError`` whose
+- A database failure (``Dialect.driver_error``) leaves the store as a ``DatabaseFailure`` whose
   reason ``Dialect.failure_reason`` names (``database_busy``, ``database_unavailable``,
   ``database_error``) at the store's boundary: the end of a store method or of a ``write()``
   block. Inside a ``WriteTx`` it stays the driver's own, so the API never mistakes an outage for
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sync.gateway.store.base import StoreError, from_us
+from sync.gateway.store.base import DatabaseFailure, from_us
 
 
 class Rows(Protocol):
@@ -92,11 +92,11 @@ class Dialect:
 
     @contextmanager
     def store_errors(self) -> Iterator[None]:
-        """Driver errors raised in the block leave it as ``StoreError(failure_reason)``."""
+        """Driver errors raised in the block leave it as ``DatabaseFailure(failure_reason)``."""
         try:
             yield
         except self.driver_error as err:
-            raise StoreError(self.failure_reason(err)) from err
+            raise DatabaseFailure(self.failure_reason(err)) from err
 
 
 class DriverConnection(Protocol):
