@@ -591,13 +591,18 @@ def test_gateways_starting_together_create_the_schema_once(pg_dsn: str) -> None:
     assert rows == [(1, 0)]
 
 
-def _kill_gateway_connections(server: PgServer, dsn: str) -> int:
+def _over_gateway_backends(server: PgServer, dsn: str, what: str) -> list[tuple[Any, ...]]:
+    """``SELECT <what>`` over the gateway's server processes on ``dsn``'s database."""
     with psycopg.connect(server.dsn(), autocommit=True) as admin:
-        killed = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        return admin.execute(
+            f"SELECT {what} FROM pg_stat_activity"
             " WHERE datname = %s AND application_name = 'gatehouse-gateway'",
             (dsn.rsplit("/", 1)[1],),
         ).fetchall()
+
+
+def _kill_gateway_connections(server: PgServer, dsn: str) -> int:
+    killed = _over_gateway_backends(server, dsn, "pg_terminate_backend(pid)")
     return sum(1 for (ok,) in killed if ok)
 
 
@@ -634,13 +639,8 @@ def test_connections_per_process_are_bounded_by_the_pool(
     load_resources(store, [patient("p1", SITE_A)])
     results = _race(24, lambda n: [store.read("Patient", "p1") for _ in range(20)])
     assert all(isinstance(r, list) and None not in r for r in results), results
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        row = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = %s AND application_name = 'gatehouse-gateway'",
-            (pg_dsn.rsplit("/", 1)[1],),
-        ).fetchone()
-    assert row is not None and 1 <= row[0] <= 3
+    ((connections,),) = _over_gateway_backends(pg_server, pg_dsn, "count(*)")
+    assert 1 <= connections <= 3
     store.close()
 
 
