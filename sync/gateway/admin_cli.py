@@ -9,7 +9,8 @@ Invariants:
   from the command line.
 - ``device wipe`` / ``device lock`` / ``user revoke`` queue signed commands the device fetches;
   ``device revoke`` takes effect at once (the next request of that device is refused).
-- Errors print ``gatehouse-gateway: refused: <reason>`` and exit 2.
+- Refusals are ``Refused`` (a ``GatewayError``), like every store or policy error: the CLI's
+  ``main`` prints ``gatehouse-gateway: refused: <sentence> (<reason>)`` and exits 2.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from policy.jws import kid_for
 from sync.gateway import datadir, enrolment, pki, policies, users
 from sync.gateway.api.audit import entry_of
 from sync.gateway.authority import load_authority
-from sync.gateway.errors import ControlError
-from sync.gateway.store.base import AuditQuery, AuditRow, CommandRecord, Store, StoreError
-from sync.gateway.store.control_tables import iter_audit
+from sync.gateway.errors import GatewayError
+from sync.gateway.store.audit_tables import iter_audit
+from sync.gateway.store.base import AuditQuery, AuditRow, CommandRecord, Store
 from sync.protocol.audit.audit_event import to_audit_event, to_csv_rows
 from sync.protocol.pins import spki_sha256_b64
 
@@ -48,10 +49,8 @@ _TTL_RE = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
 _TTL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-class Refused(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class Refused(GatewayError):
+    """An administration command refused before or instead of touching the store."""
 
 
 def _now() -> dt.datetime:
@@ -105,12 +104,9 @@ def _user_add(args: argparse.Namespace, store: Store) -> int:
     password = _read_password()
     if len(password) < args.min_length:
         raise Refused("password_too_short")
-    try:
-        users.add_user(
-            store, user_id=args.user, role=args.role, site=args.site, password=password, now=_now()
-        )
-    except (ControlError, StoreError) as err:
-        raise Refused(err.reason) from None
+    users.add_user(
+        store, user_id=args.user, role=args.role, site=args.site, password=password, now=_now()
+    )
     print(f"user {args.user} ({args.role}) added to {args.site}")
     return 0
 
@@ -173,10 +169,7 @@ def provisioning_bundle(
 def _enroll_token(args: argparse.Namespace, store: Store) -> int:
     _known_site(store, args.site)
     ttl = parse_ttl(args.ttl)
-    try:
-        token, expires_at = enrolment.create_enrol_token(store, args.site, now=_now(), ttl=ttl)
-    except ControlError as err:
-        raise Refused(err.reason) from None
+    token, expires_at = enrolment.create_enrol_token(store, args.site, now=_now(), ttl=ttl)
     bundle = provisioning_bundle(
         Path(args.data), url=args.url, token=token, site=args.site, expires_at=expires_at
     )
@@ -191,12 +184,9 @@ def _enroll_token(args: argparse.Namespace, store: Store) -> int:
 
 def _policy_publish(args: argparse.Namespace, store: Store) -> int:
     envelope = Path(args.envelope).read_bytes()
-    try:
-        policy = policies.publish(
-            store, envelope, now=_now(), trust_keys=policies.load_trust_keys(Path(args.data))
-        )
-    except policies.PolicyPublishError as err:
-        raise Refused(err.reason) from None
+    policy = policies.publish(
+        store, envelope, now=_now(), trust_keys=policies.load_trust_keys(Path(args.data))
+    )
     scope = "all devices" if policy.devices is None else f"{len(policy.devices)} device(s)"
     print(f"policy version {policy.version} published for {policy.site} ({scope})")
     return 0
@@ -337,18 +327,13 @@ def _seed(args: argparse.Namespace, store: Store) -> int:
 
 
 def _runner(handler: Any) -> Any:
+    """The command on an open store, closed afterwards (``cli.main`` reports a refusal)."""
+
     def run(args: argparse.Namespace) -> int:
-        try:
-            store = _store(args)
-        except (Refused, StoreError) as err:
-            print(f"gatehouse-gateway: refused: {err.reason}", file=sys.stderr)
-            return 2
+        store = _store(args)
         try:
             code: int = handler(args, store)
             return code
-        except (Refused, StoreError) as err:
-            print(f"gatehouse-gateway: refused: {err.reason}", file=sys.stderr)
-            return 2
         finally:
             store.close()
 

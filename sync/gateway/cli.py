@@ -4,6 +4,11 @@ Commands: ``init --data DIR [--hostname H]…``, ``serve --data DIR [--host] [--
 [--database URL] [--trusted-proxy ADDR]…`` and the administration commands of
 ``sync.gateway.admin_cli`` (site, user, enroll-token, policy, device, audit, seed). Never
 prints key material; pins are public.
+
+Invariant: a command that fails on purpose (any ``errors.GatewayError``: a refusal, a store or
+database failure, a bad data folder) or on a file it cannot read or write prints ONE line to
+standard error, ``gatehouse-gateway: refused: <sentence> (<reason>)`` (or ``gatehouse-gateway:
+<file>: <why>``), and exits 2; never a traceback.
 """
 
 from __future__ import annotations
@@ -15,16 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sync.gateway import admin_cli, datadir
+from sync.gateway.errors import GatewayError, refusal
 
 
 def _init(args: argparse.Namespace) -> int:
-    try:
-        result = datadir.init_data_dir(
-            Path(args.data), now=dt.datetime.now(dt.UTC), hostnames=tuple(args.hostname)
-        )
-    except datadir.DataDirError as err:
-        print(f"gatehouse-gateway: refused: {err.reason} ({args.data})", file=sys.stderr)
-        return 2
+    result = datadir.init_data_dir(
+        Path(args.data), now=dt.datetime.now(dt.UTC), hostnames=tuple(args.hostname)
+    )
     print(f"initialised {args.data}")
     print("SPKI SHA-256 pins for the policy (network.spki_pins):")
     print(f"  current: {result.server_pin}")
@@ -43,18 +45,12 @@ def _serve(args: argparse.Namespace) -> int:
         parse_trusted_proxies,
         uvicorn_config,
     )
-    from sync.gateway.store.base import StoreError
     from sync.gateway.store.opening import open_store
 
     data = Path(args.data)
     if not (data / datadir.CA_CERT).exists():
-        print("gatehouse-gateway: run `init --data DIR` first", file=sys.stderr)
-        return 2
-    try:
-        store = open_store(data, args.database)
-    except StoreError as err:
-        print(f"gatehouse-gateway: refused: {err.reason}", file=sys.stderr)
-        return 2
+        raise datadir.DataDirError("not_initialised")
+    store = open_store(data, args.database)
     context = build_ssl_context(
         data / datadir.SERVER_CERT, data / datadir.SERVER_KEY, data / datadir.CA_CERT
     )
@@ -96,7 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    except GatewayError as err:
+        print(f"gatehouse-gateway: {refusal(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file named on the command line: missing, unreadable, …
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"gatehouse-gateway: {where}{err.strerror or type(err).__name__}", file=sys.stderr)
+        return 2
     return code
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from policy.atomic import atomic_write
 from sync.gateway import pki
+from sync.gateway.errors import GatewayError
 from sync.gateway.store.sqlite import SqliteStore
 from sync.protocol.pins import spki_sha256_b64
 
@@ -34,10 +35,8 @@ AUDIT_RECEIPT_PUB = "audit-receipt-ed25519.pub"
 DATABASE = "gateway.sqlite3"
 
 
-class DataDirError(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class DataDirError(GatewayError):
+    """The data folder cannot be created or read as asked; ``reason`` is a stable code."""
 
 
 @dataclass(frozen=True)

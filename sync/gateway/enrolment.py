@@ -25,7 +25,7 @@ from sync.gateway import pki
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError
 from sync.gateway.pki import PkiError
-from sync.gateway.store.base import Store, StoreError
+from sync.gateway.store.base import DatabaseFailure, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ def enrol(
             cert_not_after=cert.not_valid_after_utc,
             audit_k0=k0,
         )
+    except DatabaseFailure:
+        raise  # not a refusal of this request: answered 500 internal_error
     except StoreError as err:
         raise ControlError(403 if err.reason.startswith("token_") else 409, err.reason) from None
     log.info("device enrolled")

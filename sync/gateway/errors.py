@@ -1,19 +1,21 @@
-"""Control-plane errors: one exception, one JSON shape, a stable reason code.
+"""The gateway's errors: one base exception, one stable reason code, one sentence per code.
 
-Invariants: every refusal of ``/device`` and ``/audit`` leaves as
-``{"error": "<reason>", "message": "<sentence>"}`` with a 4xx status (plus documented extra
-members such as ``first_bad_seq``); the sentence never echoes request content, passwords,
-tokens or record data.
+Invariants:
+- Every error the gateway raises on purpose is a ``GatewayError`` (``StoreError``,
+  ``ControlError``, ``ResourceError``, ``PkiError``, ``PolicyPublishError``, ``DataDirError``,
+  ``FhirError`` and the admin CLI's refusals) and carries ``reason``, a stable code that logs,
+  tests and scripts may key off. A command-line entry point catches this one type and prints
+  ``refusal(err)``: one plain sentence with the code, never a traceback.
+- Every refusal of ``/device`` and ``/audit`` is a ``ControlError`` and leaves as
+  ``{"error": "<reason>", "message": "<sentence>"}`` with a 4xx status (plus documented extra
+  members such as ``first_bad_seq``; see ``api.responses``); the sentence never echoes request
+  content, passwords, tokens or record data.
+- This module is plain Python (no web framework), so the store and the CLI may import it.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import orjson
-from starlette.responses import Response
-
-JSON = "application/json"
 
 MESSAGES: dict[str, str] = {
     "certificate_required": "This route needs a device certificate.",
@@ -43,30 +45,68 @@ MESSAGES: dict[str, str] = {
     "internal_error": "The gateway could not complete the request.",
 }
 
+# Sentences for the reasons an operator meets at the command line (``refusal``); a reason
+# without one is still printed, after a general sentence.
+OPERATOR_MESSAGES: dict[str, str] = {
+    "database_busy": "The database is busy (another writer held it too long): try again.",
+    "database_unavailable": "The database cannot be reached or opened.",
+    "database_error": "The database refused the operation.",
+    "bad_database_url": "The database URL is malformed.",
+    "unsupported_database_url": "Only postgresql:// database URLs are supported.",
+    "password_in_database_url": (
+        "The database URL carries a password: put it in ~/.pgpass or PGPASSFILE instead."
+    ),
+    "closed": "The store was already closed.",
+    "not_initialised": "The data folder is not initialised: run `init --data DIR` first.",
+    "already_initialised": "The data folder is already initialised; it is left untouched.",
+    "bad_key_file": "A key file in the data folder is unreadable.",
+    "unknown_site": "No such site.",
+    "site_exists": "That site already exists.",
+    "bad_site": "A site name is lower-case letters, digits and dashes.",
+    "unknown_user": "No such user.",
+    "user_exists": "That user already exists.",
+    "bad_user_id": "That user name is not allowed.",
+    "bad_role": "That role does not exist.",
+    "bad_password": "That password is not acceptable.",
+    "passwords_differ": "The two passwords differ.",
+    "password_too_short": "The password is too short.",
+    "bad_ttl": "A lifetime is a number and a unit, such as 30m, 1h or 2d.",
+    "bad_date": "A date is an ISO 8601 date or time.",
+    "bad_seed_arguments": "The seed sizes are out of range.",
+    "not_a_public_key": "The file is not a PEM public key.",
+    "not_ed25519": "A policy trust key must be Ed25519.",
+    "policy_version_exists": "That policy version is already published for this site.",
+    "device_exists": "That device is already enrolled.",
+    "malformed": "The policy envelope is malformed.",
+}
 
-class ControlError(Exception):
+
+class GatewayError(Exception):
+    """The base of every error the gateway raises on purpose; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(reason if message is None else message)
+        self.reason = reason
+
+
+def sentence(reason: str) -> str:
+    """The plain sentence for ``reason`` (a general one where there is none)."""
+    return OPERATOR_MESSAGES.get(reason) or MESSAGES.get(reason) or "The gateway refused this."
+
+
+def refusal(error: GatewayError) -> str:
+    """One line for an operator: the sentence, then the reason code in brackets."""
+    return f"refused: {sentence(error.reason)} ({error.reason})"
+
+
+class ControlError(GatewayError):
     """A refused control-plane request; ``reason`` is the stable code."""
 
     def __init__(self, status: int, reason: str, **extra: Any) -> None:
         super().__init__(reason)
         self.status = status
-        self.reason = reason
         self.extra = extra
-
-
-def json_response(
-    content: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type=JSON, headers=headers)
 
 
 def error_body(code: str, /, **extra: Any) -> dict[str, Any]:
     return {"error": code, "message": MESSAGES.get(code, "The request was refused."), **extra}
-
-
-def control_error_response(error: ControlError) -> Response:
-    headers = None
-    retry = error.extra.get("retry_after")
-    if isinstance(retry, int):
-        headers = {"Retry-After": str(retry)}
-    return json_response(error_body(error.reason, **error.extra), error.status, headers)

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sync.gateway.errors import GatewayError
+
 DEVICE_CERT_DAYS = 90
 SERVER_CERT_DAYS = 397  # the CA/B Forum ceiling for a TLS server certificate
 CA_CERT_DAYS = 3650
@@ -39,12 +41,11 @@ SITE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class PkiError(Exception):
+class PkiError(GatewayError):
     """A certificate or CSR was refused; ``reason`` is a stable code for logs and audit."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
-        self.reason = reason
         self.detail = detail
 
 

@@ -23,15 +23,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from policy.errors import PolicyRefused
 from policy.jws import kid_for, parse_envelope, verify_signatures
 from policy.model import Policy, parse_payload
+from sync.gateway.errors import GatewayError
 from sync.gateway.store.base import PolicyRecord, Store, StoreError
 
 TRUST_DIR = "policy-trust"
 
 
-class PolicyPublishError(Exception):
+class PolicyPublishError(GatewayError):
+    """A policy envelope was not published; ``reason`` is the policy refusal's code."""
+
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
-        self.reason = reason
         self.detail = detail
 
 

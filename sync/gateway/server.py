@@ -47,8 +47,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from sync.gateway.api.audit import create_control_app
 from sync.gateway.api.fhir import DEVICE_SCOPE_KEY, create_fhir_app
 from sync.gateway.api.outcome import FhirError, error_response
+from sync.gateway.api.responses import control_error_response
 from sync.gateway.authority import GatewayAuthority
-from sync.gateway.errors import ControlError, control_error_response
+from sync.gateway.errors import ControlError
 from sync.gateway.pki import DeviceIdentity, PkiError, verify_device_certificate
 from sync.gateway.store.base import Store
 from sync.gateway.users import LoginPolicy, authenticate_bearer

@@ -1,4 +1,5 @@
-"""A real gateway on 127.0.0.1 with real TLS, a real SQLite store and two sites."""
+"""A real gateway on 127.0.0.1 with real TLS, a real store (SQLite, or PostgreSQL with
+``GATEHOUSE_TEST_STORE=postgres``) and two sites."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sync.gateway.authority import GatewayAuthority
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
 from sync.gateway.store.base import Store
 from sync.gateway.store.loader import load_resources
+from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.users import LoginPolicy
 from tests.tls_fixtures import DeviceCredentials, PkiFiles, make_test_pki
@@ -132,9 +134,9 @@ def create_entry(resource: dict[str, Any], client_id: str | None = None) -> dict
     }
 
 
-def make_store(tmp_path: Path) -> SqliteStore:
+def make_store(tmp_path: Path) -> SqlStore:
     """The store under test: SQLite in ``tmp_path``, or — with ``GATEHOUSE_TEST_STORE=postgres``
-    — a ``PgStore`` (a SqliteStore subclass) on a fresh database of the session's real
+    — a ``PgStore`` (the same ``SqlStore``) on a fresh database of the session's real
     PostgreSQL server (the test skips, saying why, where PostgreSQL is not installed)."""
     backend = os.environ.get("GATEHOUSE_TEST_STORE", "sqlite") or "sqlite"
     if backend == "postgres":

@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-from sync.gateway.store.base import HistoryQuery, Store
+import pytest
+
+from sync.gateway.store.base import DatabaseFailure, HistoryQuery, SearchQuery, Store, StoreError
+from sync.gateway.store.loader import load_resources
 from tests.gateway.conftest import SITE_A, observation
 
 
@@ -48,3 +51,30 @@ def assert_commit_order_is_seq_order(first: Store, second: Store, *, wait: float
     assert [c.rid for c in changes] == ["slow", "fast"]
     assert changes[0].seq < changes[1].seq
     assert changes[0].last_updated <= changes[1].last_updated
+
+
+def assert_a_failed_write_leaves_nothing(store: Store, other: Store) -> None:
+    """A write transaction that fails half-way commits none of its writes and releases the
+    writer lock: ``other`` (the same store, or a second one on the database) sees nothing of
+    it and can write at once. Needs patient ``p1`` in ``SITE_A``."""
+    head = store.head_seq()
+    with pytest.raises(StoreError) as err, store.write() as tx:
+        tx.put("Observation", "o1", observation("o1", "p1"))
+        tx.put("Observation", "o2", observation("o2", "nobody"))
+    assert err.value.reason == "unknown_patient"
+    assert other.head_seq() == head and other.read("Observation", "o1") is None
+    assert other.search(SearchQuery(rtype="Observation", site=SITE_A, count=10)) == []
+    load_resources(other, [observation("o3", "p1")])  # the lock was released
+    assert store.head_seq() == head + 1
+
+
+def assert_a_writer_waiting_too_long_gives_up_busy(first: Store, second: Store) -> None:
+    """While ``first`` holds a write transaction, ``second`` (configured with a short lock
+    wait) gives up with ``StoreError("database_busy")``, writing nothing; ``first`` commits."""
+    with first.write() as tx:
+        tx.put("Observation", "held", observation("held", "p1"))
+        with pytest.raises(StoreError) as err, second.write() as other:
+            other.put("Observation", "late", observation("late", "p1"))
+    assert isinstance(err.value, DatabaseFailure) and err.value.reason == "database_busy"
+    assert second.read("Observation", "held") is not None
+    assert second.read("Observation", "late") is None

@@ -4,12 +4,14 @@ audit report → device wipe/revoke → seed."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import csv
 import datetime as dt
 import io
 import json
 import secrets
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from policy.atomic import atomic_write
-from sync.gateway import datadir, pki
+from sync.gateway import admin_cli, datadir, pki
 from sync.gateway.admin_cli import out_of_hours, parse_ttl
 from sync.gateway.authority import load_authority
 from sync.gateway.cli import main
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
+from sync.gateway.store import sqlite as sqlite_store
+from sync.gateway.store.base import Store
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.users import FLOOR_MEMORY_KIB
 from sync.protocol.pins import spki_sha256_b64
@@ -261,6 +265,48 @@ def test_commands_refuse_an_uninitialised_folder(
 ) -> None:
     code, _, err = run(capsys, "device", "list", "--data", str(tmp_path / "none"))
     assert (code, "not_initialised" in err) == (2, True)
+
+
+def test_a_store_error_during_a_command_is_one_sentence_and_exit_2(
+    data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store opens, then another writer holds the database past the busy timeout: the
+    command's write fails as StoreError(database_busy), printed as one line, not a traceback."""
+    assert run(capsys, "site", "add", "--data", str(data), "--site", SITE)[0] == 0
+    monkeypatch.setattr(sqlite_store, "DIALECT", sqlite_store.sqlite_dialect(busy_timeout_ms=100))
+    holder = sqlite3.connect(data / datadir.DATABASE, isolation_level=None)
+    opened = admin_cli._store
+
+    def store_then_another_writer(args: argparse.Namespace) -> Store:
+        store = opened(args)
+        holder.execute("BEGIN IMMEDIATE")
+        return store
+
+    monkeypatch.setattr(admin_cli, "_store", store_then_another_writer)
+    try:
+        code, out, err = run(capsys, "site", "add", "--data", str(data), "--site", "hmp-bravo")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (code, out) == (2, "")
+    assert err == (
+        "gatehouse-gateway: refused: The database is busy (another writer held it too long):"
+        " try again. (database_busy)\n"
+    )
+    store = SqliteStore(data / datadir.DATABASE)
+    try:
+        assert [s.site for s in store.sites()] == [SITE]
+    finally:
+        store.close()
+
+
+def test_an_unreadable_file_is_one_line_and_exit_2(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.jws")
+    code, out, err = run(capsys, "policy", "publish", "--data", str(data), missing)
+    assert (code, out) == (2, "")
+    assert err == f"gatehouse-gateway: {missing}: No such file or directory\n"
 
 
 def test_enroll_token_needs_a_known_site_and_a_sane_ttl(

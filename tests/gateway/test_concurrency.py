@@ -1,5 +1,5 @@
 """No lost updates: a reader paging ``_history`` while several devices write sees every
-committed version exactly once (issue 4 item 5)."""
+committed version exactly once."""
 
 from __future__ import annotations
 

@@ -7,12 +7,13 @@ import datetime as dt
 import threading
 from pathlib import Path
 
+import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from sync.gateway import pki
 from sync.gateway.enrolment import token_hash
-from sync.gateway.store.base import EnrolledDevice
+from sync.gateway.store.base import DatabaseFailure, EnrolledDevice
 from sync.protocol.audit.chain import genesis_hash
 from tests.gateway.conftest import SITE_A, SITE_B, Gateway, patient
 from tests.gateway.control_helpers import (
@@ -53,6 +54,23 @@ def test_NW4_enrolment_issues_a_working_certificate_for_the_token_site(
     session = gateway.session(device.creds)
     assert session.get(f"{gateway.fhir}/Patient/pa", timeout=10).status_code == 200
     assert session.get(f"{gateway.fhir}/Patient/pb", timeout=10).status_code == 404
+
+
+def test_a_database_failure_while_enrolling_is_a_500_not_a_refusal(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy or unreachable database says nothing about the token: the device is told the
+    gateway failed (500 internal_error), never that its token was refused (4xx)."""
+    token = token_for(gateway, SITE_A)
+
+    def busy(*args: object, **kwargs: object) -> str:
+        raise DatabaseFailure("database_busy")
+
+    monkeypatch.setattr(gateway.store, "enrol_device", busy)
+    answer = enrol_request(gateway, token)
+    assert (answer.status_code, answer.json()["error"]) == (500, "internal_error")
+    monkeypatch.undo()
+    assert enrol_request(gateway, token).status_code == 200  # the token was not spent
 
 
 def test_NW4_token_replay_is_refused_even_when_the_first_answer_was_lost(

@@ -1,4 +1,4 @@
-"""PostgreSQL scale path (issue 4 item 8): several gateway PROCESSES on one real PostgreSQL.
+"""PostgreSQL scale path: several gateway PROCESSES on one real PostgreSQL.
 
 What these prove, beyond the whole gateway suite run on PostgreSQL
 (``GATEHOUSE_TEST_STORE=postgres pytest tests/gateway``):
@@ -10,7 +10,8 @@ What these prove, beyond the whole gateway suite run on PostgreSQL
   audit upload sent to every process at once is stored once and the chain stays exact (AD-2);
 - the writer lock (``SELECT … FOR UPDATE`` on the counter row) orders commits between separate
   connection pools, and ``lastUpdated`` never goes back even when one process's clock is behind;
-- gateways starting together create the schema once; a dropped connection is replaced;
+- gateways starting together create the schema once; a dropped connection is replaced, and a
+  transaction cut mid-way commits nothing and leaves as ``StoreError("database_unavailable")``;
 - ``open_store`` refuses passwords on the command line and unknown URLs.
 """
 
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ from sync.gateway.store import postgres as pg_store
 from sync.gateway.store.base import AuditQuery, HistoryQuery, SearchQuery, StoreError
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.opening import open_store
-from sync.gateway.store.postgres import PgStore, pg_schema, to_pg_sql
-from sync.gateway.store.sqlite import SCHEMA
+from sync.gateway.store.postgres import DIALECT, PgStore, to_pg_sql
+from sync.gateway.store.sql import SCHEMA
 from sync.protocol.audit.audit_event import export_bundle
 from sync.protocol.audit.chain import ChainState
 from sync.protocol.audit.chain import append as audit_append
@@ -57,7 +58,11 @@ from tests.gateway.conftest import (
     session_for,
 )
 from tests.gateway.pg_fixtures import PgServer, free_port, require_server
-from tests.gateway.store_checks import assert_commit_order_is_seq_order
+from tests.gateway.store_checks import (
+    assert_a_failed_write_leaves_nothing,
+    assert_a_writer_waiting_too_long_gives_up_busy,
+    assert_commit_order_is_seq_order,
+)
 from tests.tls_fixtures import DeviceCredentials, PkiFiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -422,16 +427,27 @@ def test_a_failed_write_leaves_nothing_and_releases_the_writer_lock(
 ) -> None:
     store, other = PgStore(pg_dsn), PgStore(pg_dsn)
     load_resources(store, [patient("p1", SITE_A)])
-    head = store.head_seq()
-    with pytest.raises(StoreError) as err, store.write() as tx:
-        tx.put("Observation", "o1", observation("o1", "p1"))
-        tx.put("Observation", "o2", observation("o2", "nobody"))
-    assert err.value.reason == "unknown_patient"
-    assert other.head_seq() == head and other.read("Observation", "o1") is None
-    load_resources(other, [observation("o3", "p1")])  # the lock was released
-    assert store.head_seq() == head + 1
+    assert_a_failed_write_leaves_nothing(store, other)
     store.close()
     other.close()
+
+
+@pytest.mark.postgres
+def test_a_writer_waiting_past_the_lock_timeout_gets_database_busy(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = PgStore(pg_dsn)
+    setup = tuple(
+        "SET lock_timeout = 200" if s.startswith("SET lock_timeout") else s
+        for s in pg_store.DIALECT.connection_setup
+    )
+    assert setup != pg_store.DIALECT.connection_setup
+    monkeypatch.setattr(pg_store, "DIALECT", replace(pg_store.DIALECT, connection_setup=setup))
+    second = PgStore(pg_dsn)
+    load_resources(first, [patient("p1", SITE_A)])
+    assert_a_writer_waiting_too_long_gives_up_busy(first, second)
+    first.close()
+    second.close()
 
 
 # -- control plane across processes: one-time tokens and audit chains -------------------------
@@ -575,13 +591,18 @@ def test_gateways_starting_together_create_the_schema_once(pg_dsn: str) -> None:
     assert rows == [(1, 0)]
 
 
-def _kill_gateway_connections(server: PgServer, dsn: str) -> int:
+def _over_gateway_backends(server: PgServer, dsn: str, what: str) -> list[tuple[Any, ...]]:
+    """``SELECT <what>`` over the gateway's server processes on ``dsn``'s database."""
     with psycopg.connect(server.dsn(), autocommit=True) as admin:
-        killed = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        return admin.execute(
+            f"SELECT {what} FROM pg_stat_activity"
             " WHERE datname = %s AND application_name = 'gatehouse-gateway'",
             (dsn.rsplit("/", 1)[1],),
         ).fetchall()
+
+
+def _kill_gateway_connections(server: PgServer, dsn: str) -> int:
+    killed = _over_gateway_backends(server, dsn, "pg_terminate_backend(pid)")
     return sum(1 for (ok,) in killed if ok)
 
 
@@ -598,9 +619,11 @@ def test_dropped_connections_are_replaced_and_a_cut_transaction_commits_nothing(
     assert _kill_gateway_connections(pg_server, pg_dsn) >= 1
     load_resources(store, [observation("o1", "p1")])  # BEGIN on a dead connection: retried
     head = store.head_seq()
-    with pytest.raises(psycopg.OperationalError), store.write() as tx:
+    with pytest.raises(StoreError) as err, store.write() as tx:
         tx.put("Observation", "o2", observation("o2", "p1"))
         assert _kill_gateway_connections(pg_server, pg_dsn) >= 1  # cut mid-transaction
+    assert err.value.reason == "database_unavailable"
+    assert isinstance(err.value.__cause__, psycopg.OperationalError)
     assert store.head_seq() == head and store.read("Observation", "o2") is None
     load_resources(store, [observation("o3", "p1")])  # the writer lock was not left behind
     assert store.head_seq() == head + 1
@@ -616,13 +639,8 @@ def test_connections_per_process_are_bounded_by_the_pool(
     load_resources(store, [patient("p1", SITE_A)])
     results = _race(24, lambda n: [store.read("Patient", "p1") for _ in range(20)])
     assert all(isinstance(r, list) and None not in r for r in results), results
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
-        row = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = %s AND application_name = 'gatehouse-gateway'",
-            (pg_dsn.rsplit("/", 1)[1],),
-        ).fetchone()
-    assert row is not None and 1 <= row[0] <= 3
+    ((connections,),) = _over_gateway_backends(pg_server, pg_dsn, "count(*)")
+    assert 1 <= connections <= 3
     store.close()
 
 
@@ -636,7 +654,7 @@ def _analysed_rows(dsn: str) -> float:
 @pytest.mark.postgres
 def test_statistics_follow_a_bulk_load(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Unanalysed, the planner pages the feed by joining every later change (quadratic)."""
-    monkeypatch.setattr(pg_store, "ANALYZE_FIRST_AT", 20)
+    monkeypatch.setattr(pg_store, "DIALECT", replace(pg_store.DIALECT, analyze_first_at=20))
     store = PgStore(pg_dsn)
     load_resources(store, [patient(f"p{i}", SITE_A) for i in range(10)])
     assert _analysed_rows(pg_dsn) == -1
@@ -672,10 +690,11 @@ def test_placeholders_are_rewritten_outside_literals_only() -> None:
 
 
 def test_schema_translation_uses_64_bit_integers_and_bytea() -> None:
-    statements = pg_schema(SCHEMA)
+    statements = [DIALECT.ddl(statement) for statement in SCHEMA]
     joined = "\n".join(statements)
     assert "BLOB" not in joined and " INTEGER" not in joined
     assert "body BYTEA NOT NULL" in joined and "version_id BIGINT NOT NULL" in joined
+    assert "id BIGINT PRIMARY KEY CHECK (id = 1)" in joined
     assert all(";" not in s for s in statements)
 
 

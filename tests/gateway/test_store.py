@@ -1,4 +1,5 @@
-"""The SQLite store: change sequence = commit order, monotonic lastUpdated, atomicity."""
+"""The SQLite store: change sequence = commit order, monotonic lastUpdated, atomicity, and
+database failures as ``StoreError`` (busy, unreadable, closed)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from sync.gateway.store import sqlite as sqlite_store
 from sync.gateway.store.base import HistoryQuery, SearchQuery, StoreError
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.sqlite import SqliteStore
 from tests.gateway.conftest import SITE_A, SITE_B, observation, patient
-from tests.gateway.store_checks import assert_commit_order_is_seq_order
+from tests.gateway.store_checks import (
+    assert_a_failed_write_leaves_nothing,
+    assert_a_writer_waiting_too_long_gives_up_busy,
+    assert_commit_order_is_seq_order,
+)
 
 
 def test_a_later_commit_never_gets_a_smaller_seq(tmp_path: Path) -> None:
@@ -35,16 +41,36 @@ def test_last_updated_is_monotonic_even_when_the_clock_goes_back(tmp_path: Path)
 def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db.sqlite3")
     load_resources(store, [patient("p1", SITE_A)])
-    head = store.head_seq()
-    with pytest.raises(StoreError) as err, store.write() as tx:
-        tx.put("Observation", "o1", observation("o1", "p1"))
-        tx.put("Observation", "o2", observation("o2", "nobody"))
-    assert err.value.reason == "unknown_patient"
-    assert store.head_seq() == head
-    assert store.read("Observation", "o1") is None
-    query = SearchQuery(rtype="Observation", site=SITE_A, count=10)
-    assert store.search(query) == []
+    assert_a_failed_write_leaves_nothing(store, store)
     store.close()
+
+
+def test_a_writer_waiting_past_the_busy_timeout_gets_database_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = SqliteStore(tmp_path / "db.sqlite3")
+    monkeypatch.setattr(sqlite_store, "DIALECT", sqlite_store.sqlite_dialect(busy_timeout_ms=100))
+    second = SqliteStore(tmp_path / "db.sqlite3")
+    load_resources(first, [patient("p1", SITE_A)])
+    assert_a_writer_waiting_too_long_gives_up_busy(first, second)
+    first.close()
+    second.close()
+
+
+def test_an_unreadable_database_file_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    path.write_bytes(b"this is not a database" * 512)
+    with pytest.raises(StoreError) as err:
+        SqliteStore(path)
+    assert err.value.reason == "database_unavailable"
+
+
+def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    store.close()
+    with pytest.raises(StoreError) as err:
+        store.head_seq()
+    assert err.value.reason == "closed"
 
 
 def test_delete_is_a_version_and_vread_keeps_the_past(tmp_path: Path) -> None:

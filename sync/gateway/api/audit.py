@@ -29,13 +29,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sync.gateway.api.control import device_routes, identity_of, now_of, store_of
+from sync.gateway.api.responses import control_error_response, json_response
 from sync.gateway.authority import GatewayAuthority
-from sync.gateway.errors import (
-    ControlError,
-    control_error_response,
-    error_body,
-    json_response,
-)
+from sync.gateway.errors import ControlError, error_body
 from sync.gateway.store.base import AuditQuery, AuditRow, SessionRecord, Store, fhir_instant
 from sync.gateway.users import LoginPolicy, authenticate_bearer, default_hasher
 from sync.protocol.audit.audit_event import to_audit_event, to_csv_rows

@@ -28,9 +28,10 @@ from starlette.routing import Route
 
 from sync.gateway import enrolment, policies, users
 from sync.gateway.api.fhir import DEVICE_SCOPE_KEY
+from sync.gateway.api.responses import json_response
 from sync.gateway.audit_ingest import ingest
 from sync.gateway.authority import GatewayAuthority
-from sync.gateway.errors import ControlError, error_body, json_response
+from sync.gateway.errors import ControlError, error_body
 from sync.gateway.pki import DeviceIdentity
 from sync.gateway.signing import command_receipt, signed_command, signed_time
 from sync.gateway.store.base import Store, fhir_instant

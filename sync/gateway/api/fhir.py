@@ -13,7 +13,8 @@ Invariants:
 - ``_lastUpdated`` filters on the version's own ``meta.lastUpdated``; a resource that entered
   the site by a transfer keeps its lastUpdated, so incremental sync must follow ``_history``
   (seq-ordered, shows the transfer as new), not ``_lastUpdated`` searches.
-- Every error is an OperationOutcome with a 4xx status and a stable reason code; unknown
+- Every refusal is an OperationOutcome with a 4xx status and a stable reason code (an
+  unexpected failure is a 500 OperationOutcome, ``internal_error``, naming nothing); unknown
   search parameters are refused (400), never silently ignored.
 """
 

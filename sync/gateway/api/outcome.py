@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from sync.gateway.errors import GatewayError
 from sync.gateway.store.base import StoredResource
 
 FHIR_JSON = "application/fhir+json"
@@ -41,7 +42,7 @@ def status_text(status: int) -> str:
     return _STATUS_TEXT.get(status, str(status))
 
 
-class FhirError(Exception):
+class FhirError(GatewayError):
     """A request refused with ``status``; ``code`` is the FHIR issue type, ``reason`` ours."""
 
     def __init__(
@@ -55,7 +56,6 @@ class FhirError(Exception):
         super().__init__(reason)
         self.status = status
         self.code = code
-        self.reason = reason
         self.current = current  # for 412: the version the client must merge with
 
 

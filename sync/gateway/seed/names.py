@@ -1,4 +1,5 @@
-"""Word lists and the clinical catalogue for the synthetic data generator (seed.py).
+"""Word lists and the clinical catalogue for the synthetic data generator
+(``seed.generator``).
 
 Invariants: every list is a constant tuple in a fixed order (the generator's determinism
 depends on it; append, never reorder); the names are deliberately varied — non-ASCII letters,

@@ -11,17 +11,18 @@ Invariants every backend guarantees:
   order: a reader who has seen everything up to seq N and asks for ``seq > N`` can never miss a
   change committed concurrently. ``lastUpdated`` is taken under the same lock and never goes
   backwards (``max(clock, previous + 1 µs)``), so it agrees with seq order.
-  SQLite: ``BEGIN IMMEDIATE`` serialises writers. PostgreSQL (later): the counter is one row
-  (``change_counter``) updated with ``UPDATE … SET seq = seq + 1`` inside the transaction; the row
-  lock is held until COMMIT, so a second writer waits and always receives a larger seq *and*
-  commits later. (A plain SEQUENCE would not do: its values are handed out at nextval, not at
-  commit, so a reader could see seq 11 committed before seq 10.)
+  SQLite (``store.sqlite``): ``BEGIN IMMEDIATE`` serialises writers. PostgreSQL
+  (``store.postgres``): every write transaction first locks the one ``change_counter`` row
+  (``SELECT … FOR UPDATE``) and holds it until COMMIT, so a second writer waits and always
+  receives a larger seq *and* commits later. (A plain SEQUENCE would not do: its values are
+  handed out at nextval, not at commit, so a reader could see seq 11 committed before seq 10.)
 - Each change is recorded per site: ``put`` (a version enters or changes in the site's feed),
   ``delete`` (deleted), ``leave`` (moved to another site: the old site's feed shows a deletion,
   the new site's feed shows a ``put`` of the current version).
-- SQL is kept portable (``?`` parameters, no upsert syntax, no RETURNING, integers for time) so
-  a PostgreSQL backend is a connection factory plus a placeholder rewrite.
-- Control plane (``ControlStore``, SQL in ``sql_control``): an enrolment token is consumed by
+- Both backends are ``store.sql.SqlStore``: one portable definition of every query, over a
+  backend's connections, with the differences named in its ``store.tables.Dialect``.
+- Control plane (``ControlStore``, SQL in ``store.device_tables``, ``user_tables``,
+  ``command_tables``, ``audit_tables``): an enrolment token is consumed by
   one conditional UPDATE (``used_us IS NULL AND expires_us > now``), so of two concurrent uses
   exactly one wins; an audit chain advances by compare-and-set on (seq, head), so two
   concurrent uploads for one device can never both extend it from the same state.
@@ -35,6 +36,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from sync.gateway.errors import GatewayError
+
 ChangeOp = Literal["put", "delete", "leave"]
 DeviceStatus = Literal["active", "revoked", "wiped"]
 DEVICE_STATUSES: tuple[DeviceStatus, ...] = ("active", "revoked", "wiped")
@@ -47,12 +50,20 @@ CommandStatus = Literal["pending", "done", "failed"]
 MAX_PAGE = 500  # the largest page any query returns
 
 
-class StoreError(Exception):
-    """A write the store refuses; ``reason`` is a stable code."""
+class StoreError(GatewayError):
+    """The store refused or could not do something; ``reason`` is a stable code.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    A refusal of the caller's data (``unknown_patient``, ``token_used``, …) is a StoreError; a
+    failure of the database itself is a ``DatabaseFailure``.
+    """
+
+
+class DatabaseFailure(StoreError):
+    """The database could not do what was asked — not a refusal of the request: reason
+    ``database_busy`` (a lock or connection wait timed out), ``database_unavailable`` (it cannot
+    be reached, opened or written), ``bad_database_url`` or ``database_error``. A driver error
+    becomes one when it leaves the store (a store method or a ``write()`` block; see
+    ``store.tables.Dialect``), never inside a ``WriteTx``, where it stays the driver's own."""
 
 
 def to_us(moment: dt.datetime) -> int:

@@ -1,30 +1,33 @@
 """PostgreSQL backend of the gateway store (the scale path): ``PgStore(dsn)``.
 
-Invariants (beyond those of ``store.Store``), holding across any number of gateway processes
-sharing one database:
+This module is only what PostgreSQL does differently (``DIALECT``) and how a thread gets a
+connection (``PgConnections`` over a bounded ``_Pool``); every query is ``store.sql.SqlStore``'s,
+the same SQL the SQLite backend runs, so both backends keep one definition of every query.
+The whole gateway test suite runs against PostgreSQL (``GATEHOUSE_TEST_STORE=postgres``).
+
+Invariants (beyond those of ``store.Store`` and ``store.sql``), holding across any number of
+gateway processes sharing one database:
 - **Seq order = commit order.** Every write transaction starts by locking the one
-  ``change_counter`` row (``SELECT … FOR UPDATE``) and holds that lock until COMMIT. So exactly
-  one write transaction runs at a time in the whole cluster — the PostgreSQL equivalent of
-  SQLite's ``BEGIN IMMEDIATE`` — and a writer that receives a larger seq always commits later.
-  Transactions run at READ COMMITTED: every statement after the lock sees every write committed
-  before it, so ``ifNoneExist``/``ifMatch`` checks, one-time tokens and chain heads read inside
-  the transaction are current (no lost updates, no double use). A PostgreSQL SEQUENCE is never
-  used for seq: its values are handed out at ``nextval``, not at commit.
+  ``change_counter`` row (``SELECT … FOR UPDATE``, in ``DIALECT.begin_write``) and holds that
+  lock until COMMIT. So exactly one write transaction runs at a time in the whole cluster — the
+  PostgreSQL equivalent of SQLite's ``BEGIN IMMEDIATE`` — and a writer that receives a larger
+  seq always commits later. Transactions run at READ COMMITTED: every statement after the lock
+  sees every write committed before it, so ``ifNoneExist``/``ifMatch`` checks, one-time tokens
+  and chain heads read inside the transaction are current (no lost updates, no double use). A
+  PostgreSQL SEQUENCE is never used for seq: its values are handed out at ``nextval``, not at
+  commit.
 - ``lastUpdated`` comes from the same locked row and never goes backwards, whichever process's
   clock is behind.
-- The SQL is the SQLite backend's own (``sqlite_store``, ``sql_control``): this module supplies
-  a connection that speaks PostgreSQL under the small ``sqlite3.Connection`` surface that SQL
-  uses (``execute``, ``executemany``, ``BEGIN IMMEDIATE``/``COMMIT``/``ROLLBACK``) and the
-  schema translated to PostgreSQL types, so both backends keep one definition of every query.
-  The whole gateway test suite runs against PostgreSQL (``GATEHOUSE_TEST_STORE=postgres``).
 - At most ``pool_size`` connections per process, whatever the threadpool's size (the ASGI app
   calls the store from ~40 threads): a statement outside a transaction borrows a connection for
   that statement only, a transaction keeps one until it ends. A connection always returns to
   the pool idle (outside any transaction) or is closed. A dropped connection is replaced; a read
-  that met one is retried once. ``close`` closes them all.
+  or a BEGIN that met one is retried once. ``close`` closes them all.
 - A write transaction may hold the cluster-wide writer lock for at most
   ``IDLE_IN_TRANSACTION_MS``; waiting for it gives up after ``LOCK_TIMEOUT_MS`` (like SQLite's
-  busy timeout). The schema is created under an advisory lock, so gateways may start together.
+  busy timeout) with ``DatabaseFailure("database_busy")``, as does waiting ``POOL_WAIT_S`` for a
+  free connection. The schema is created under an advisory lock, so gateways may start
+  together.
 - Planner statistics follow bulk loads (``ANALYZE`` each time the change feed doubles), so
   paging stays an index scan, never a join of everything after the cursor.
 - The DSN is never logged (it may carry a password), nor echoed in an exception.
@@ -36,18 +39,16 @@ import datetime as dt
 import functools
 import logging
 import queue
-import re
-import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 
-from sync.gateway.store import sqlite as sqlite_store
-from sync.gateway.store.base import StoreError, WriteTx
-from sync.gateway.store.control_tables import CONTROL_SCHEMA
+from sync.gateway.store.base import DatabaseFailure, StoreError
+from sync.gateway.store.resource_tables import FEED_TABLES
+from sync.gateway.store.sql import SqlStore, utc_now
+from sync.gateway.store.tables import Dialect, set_up
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,12 @@ SCHEMA_LOCK_KEY = 0x6761_7465  # pg_advisory_xact_lock key taken while creating 
 # minute or so; after a bulk load that is too late, so the store analyses itself when the change
 # feed has doubled since (head seq ≥ ANALYZE_FIRST_AT, then 2·head + ANALYZE_FIRST_AT, …).
 ANALYZE_FIRST_AT = 1_000
-_ANALYZED_TABLES = ("changes", "resource_history", "resources", "resource_identifiers")
 _LOCK_WRITER = "SELECT seq FROM change_counter WHERE id = 1 FOR UPDATE"
 
 
 @functools.lru_cache(maxsize=1024)
 def to_pg_sql(sql: str) -> str:
-    """SQLite-style ``?`` parameters to psycopg's ``%s`` (``%`` itself doubled).
+    """Portable ``?`` parameters to psycopg's ``%s`` (``%`` itself doubled).
 
     ``?`` inside a single-quoted literal is left alone. Raises ``StoreError`` on SQLite-only
     statements (``PRAGMA``), so a backend mismatch is loud rather than silently wrong.
@@ -90,15 +90,33 @@ def to_pg_sql(sql: str) -> str:
     return "".join(out)
 
 
-def pg_schema(sqlite_schema: str) -> list[str]:
-    """The SQLite DDL as PostgreSQL statements: BLOB → BYTEA, INTEGER → BIGINT.
+def failure_reason(err: Exception) -> str:
+    """``database_busy`` (a lock wait timed out, or the server rolled back a conflicting
+    transaction), ``database_unavailable`` (the connection failed), else ``database_error``."""
+    if isinstance(err, psycopg.errors.LockNotAvailable | psycopg.errors.TransactionRollback):
+        return "database_busy"
+    if isinstance(err, psycopg.OperationalError):
+        return "database_unavailable"
+    return "database_error"
 
-    Every integer is 64-bit (times are microseconds); the rest of the DDL is the portable subset
-    both engines accept (``CREATE … IF NOT EXISTS``, ``INSERT … SELECT … WHERE NOT EXISTS``).
-    """
-    ddl = re.sub(r"\bBLOB\b", "BYTEA", sqlite_schema)
-    ddl = re.sub(r"\bINTEGER\b", "BIGINT", ddl)
-    return [stmt.strip() for stmt in ddl.split(";") if stmt.strip()]
+
+DIALECT = Dialect(
+    name="postgresql",
+    paramstyle=to_pg_sql,
+    # Every integer is 64-bit (times are microseconds); binary is BYTEA.
+    column_types=(("BLOB", "BYTEA"), ("INTEGER", "BIGINT")),
+    connection_setup=(
+        f"SET lock_timeout = {LOCK_TIMEOUT_MS}",
+        f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}",
+        "SET default_transaction_isolation = 'read committed'",
+    ),
+    begin_schema=("BEGIN", f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"),
+    begin_write=("BEGIN", _LOCK_WRITER),
+    driver_error=psycopg.Error,
+    failure_reason=failure_reason,
+    analyze="ANALYZE " + ", ".join(FEED_TABLES),
+    analyze_first_at=ANALYZE_FIRST_AT,
+)
 
 
 def _redacted(message: str, dsn: str) -> str:
@@ -144,37 +162,35 @@ class _Pool:
     dropped; after one breaks, the idle ones are dropped too (a server restart kills them all).
     """
 
-    def __init__(self, dsn: str, size: int) -> None:
+    def __init__(self, dsn: str, size: int, setup: Sequence[str]) -> None:
         self._dsn = dsn
+        self._setup = tuple(setup)
         self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
         self._closed = False
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(
+            conn = psycopg.connect(
                 self._dsn,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 application_name="gatehouse-gateway",
-                options=(
-                    f"-c lock_timeout={LOCK_TIMEOUT_MS}"
-                    f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
-                    " -c default_transaction_isolation=read\\ committed"
-                ),
             )
         except psycopg.OperationalError as err:
             log.error("cannot connect to PostgreSQL: %s", _redacted(str(err), self._dsn))
-            raise StoreError("database_unavailable") from None
+            raise DatabaseFailure("database_unavailable") from None
         except psycopg.ProgrammingError as err:  # libpq may echo the whole DSN: never re-raise
             log.error("cannot connect to PostgreSQL: %s", _redacted(str(err), self._dsn))
-            raise StoreError("bad_database_url") from None
+            raise DatabaseFailure("bad_database_url") from None
+        set_up(conn, self._setup)
+        return conn
 
     def get(self) -> psycopg.Connection[Any]:
         if self._closed:
             raise StoreError("closed")
         if not self._slots.acquire(timeout=POOL_WAIT_S):
-            raise StoreError("database_busy")
+            raise DatabaseFailure("database_busy")
         try:
             while True:
                 try:
@@ -215,30 +231,22 @@ class _Pool:
 
 
 class _Session:
-    """One thread's view of the pool, with the ``sqlite3.Connection`` surface that
-    ``sqlite_store`` uses. A statement outside a transaction borrows a connection for itself
-    (a read that meets a dropped connection is retried once on a fresh one); ``BEGIN`` keeps one
-    until ``COMMIT``/``ROLLBACK``. ``BEGIN IMMEDIATE`` is ``BEGIN`` plus the lock on the counter
-    row — the cluster-wide writer lock."""
+    """One thread's view of the pool. A statement outside a transaction borrows a connection
+    for itself (a read that meets a dropped connection is retried once on a fresh one);
+    ``begin`` keeps one until ``end``."""
 
     def __init__(self, pool: _Pool) -> None:
         self._pool = pool
         self._held: psycopg.Connection[Any] | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
-        verb = sql.strip().upper()
-        if verb in ("BEGIN", "BEGIN IMMEDIATE"):
-            return self._begin(verb == "BEGIN IMMEDIATE")
-        if verb in ("COMMIT", "ROLLBACK"):
-            return self._end(verb)
-        query = to_pg_sql(sql)
         if self._held is not None:
-            return _finish(self._held.execute(query, tuple(params)))
-        retry = verb.startswith("SELECT")
+            return _finish(self._held.execute(sql, tuple(params)))
+        retry = sql.lstrip().upper().startswith("SELECT")
         while True:
             conn = self._pool.get()
             try:
-                return _finish(conn.execute(query, tuple(params)))
+                return _finish(conn.execute(sql, tuple(params)))
             except psycopg.OperationalError:
                 if not (retry and conn.broken):
                     raise
@@ -246,51 +254,76 @@ class _Session:
             finally:
                 self._pool.put(conn)
 
-    def _begin(self, immediate: bool) -> _Rows:
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self._held is None:
+            raise StoreError("no_transaction")
+        if rows:
+            with self._held.cursor() as cursor:
+                cursor.executemany(sql, [tuple(row) for row in rows])
+
+    def begin(self, statement: str, retry: bool = True) -> None:
         if self._held is not None:
             raise StoreError("nested_transaction")
-        conn = self._held = self._borrow_in_transaction()
-        if not immediate:
-            return _Rows([], -1)
-        try:
-            return _finish(conn.execute(_LOCK_WRITER))
-        except BaseException:
-            self._end("ROLLBACK")
-            raise
-
-    def _borrow_in_transaction(self, retry: bool = True) -> psycopg.Connection[Any]:
         conn = self._pool.get()
         try:
-            conn.execute("BEGIN")
+            conn.execute(statement)
         except BaseException as exc:
             self._pool.put(conn)
             if retry and isinstance(exc, psycopg.OperationalError) and conn.broken:
-                return self._borrow_in_transaction(retry=False)  # it died idle: nothing ran
+                return self.begin(statement, retry=False)  # it died idle: nothing ran
             raise
-        return conn
+        self._held = conn
+        return None
 
-    def _end(self, verb: str) -> _Rows:
+    def end(self, commit: bool) -> None:
         conn, self._held = self._held, None
         if conn is None:
             raise StoreError("no_transaction")
         try:
-            if verb == "ROLLBACK" and conn.broken:
-                return _Rows([], -1)  # the server already ended the transaction
-            return _finish(conn.execute(verb))
+            if not commit and conn.broken:
+                return  # the server already ended the transaction
+            conn.execute("COMMIT" if commit else "ROLLBACK")
         finally:
             self._pool.put(conn)
 
-    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> _Rows:
-        if self._held is None:
-            raise StoreError("no_transaction")
-        rows = [tuple(row) for row in seq]
-        if rows:
-            with self._held.cursor() as cursor:
-                cursor.executemany(to_pg_sql(sql), rows)
-        return _Rows([], len(rows))
+
+class PgConnections:
+    """This process's connections to one database: a pool of at most ``size``, and for each
+    thread the one its open transaction holds. ``setup`` runs on each new connection."""
+
+    def __init__(self, dsn: str, size: int, setup: Sequence[str]) -> None:
+        self._pool = _Pool(dsn, size, setup)
+        self._local = threading.local()
+        self._closed = False
+
+    def _session(self) -> _Session:
+        session: _Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = _Session(self._pool)
+        return session
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
+        if self._closed:
+            raise StoreError("closed")
+        return self._session().execute(sql, params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._session().executemany(sql, rows)
+
+    def begin(self, statement: str) -> None:
+        if self._closed:
+            raise StoreError("closed")
+        self._session().begin(statement)
+
+    def end(self, commit: bool) -> None:
+        self._session().end(commit)  # also after close: the connection must go back
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.close()
 
 
-class PgStore(sqlite_store.SqliteStore):
+class PgStore(SqlStore):
     """``store.Store`` on a PostgreSQL database (libpq DSN or ``postgresql://`` URL), with at
     most ``pool_size`` connections open from this process."""
 
@@ -298,64 +331,10 @@ class PgStore(sqlite_store.SqliteStore):
         self,
         dsn: str,
         *,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        clock: Callable[[], dt.datetime] = utc_now,
         pool_size: int = POOL_SIZE,
     ) -> None:
-        # Not SqliteStore.__init__: that opens a file. These are the attributes its methods use.
-        self._path = "postgresql"  # never the DSN: it may hold a password
-        self._clock = clock
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        self._pool = _Pool(dsn, pool_size)
-        self._analyze_at = ANALYZE_FIRST_AT
-        try:
-            self._create_schema()
-        except BaseException:
-            self.close()
-            raise
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError("closed")
-        session: _Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = _Session(self._pool)
-        # _Session implements the part of sqlite3.Connection that SqliteStore calls.
-        return cast(sqlite3.Connection, session)
-
-    def _create_schema(self) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
-            for statement in pg_schema(";\n".join((sqlite_store.SCHEMA, *CONTROL_SCHEMA))):
-                conn.execute(statement)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    @contextmanager
-    def write(self) -> Iterator[WriteTx]:
-        with super().write() as tx:
-            yield tx
-        self._refresh_statistics()
-
-    def _refresh_statistics(self) -> None:
-        """ANALYZE once the change feed has grown past the next threshold (see ANALYZE_*)."""
-        head = self.head_seq()
-        with self._lock:
-            if head < self._analyze_at:
-                return
-            self._analyze_at = head * 2 + ANALYZE_FIRST_AT
-        try:
-            self._conn().execute("ANALYZE " + ", ".join(_ANALYZED_TABLES))
-        except psycopg.Error as err:  # statistics are an optimisation: never fail a write
-            log.warning("ANALYZE failed: %s", type(err).__name__)
-
-    def close(self) -> None:
-        self._closed = True
-        self._pool.close()
-        self._local = threading.local()
+        dialect = DIALECT
+        super().__init__(
+            PgConnections(dsn, pool_size, dialect.connection_setup), dialect, clock=clock
+        )

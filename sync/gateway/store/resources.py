@@ -4,10 +4,12 @@ Invariants:
 - Only the resource types in ``RESOURCE_TYPES`` are accepted; each clinical type names its
   patient in one known field (``subject`` or ``patient``) as ``Patient/<id>``; a Patient names
   its site in ``managingOrganization`` as ``Organization/<site>``; an Organization is a site and
-  its ``id`` is the site code. A resource breaking these
-  rules is refused with one ``ResourceError`` and a stable ``reason``, before anything is stored.
-- Checks here are structural and deliberately minimal (shape, ids, references); full FHIR
-  validation is sync/protocol/fhir's job once it lands. Pure functions: no I/O, no clock.
+  its ``id`` is the site code. A resource breaking these rules is refused with one
+  ``ResourceError`` and a stable ``reason``, before anything is stored.
+- Checks here are structural and deliberately minimal (shape, ids, references): the store
+  applies them to every write, whoever writes. A resource pushed by a device is also validated
+  in full by ``sync.protocol.fhir.validate`` before it reaches the store (``api.transaction``).
+  Pure functions: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from sync.gateway.errors import GatewayError
 from sync.protocol.fhir.bounded_json import json_depth
 
 PATIENT = "Patient"
@@ -38,12 +41,11 @@ MAX_JSON_DEPTH = 32  # FHIR R4 resources we store nest < 12 deep; Bundle adds 3
 MAX_IDENTIFIER_CHARS = 256
 
 
-class ResourceError(Exception):
+class ResourceError(GatewayError):
     """A resource is not acceptable; ``reason`` is a stable code."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        super().__init__(reason, f"{reason}: {detail}" if detail else reason)
         self.detail = detail
 
 

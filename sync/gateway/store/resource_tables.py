@@ -1,0 +1,359 @@
+"""The FHIR resource tables of ``SqlStore``: current versions, history, identifiers, the change
+feed and its counter; the ``WriteTx`` that writes them; the reads.
+
+Invariants (``store.Store``): every write adds a history row and a change row whose seq comes
+from ``change_counter``, bumped inside the writer-locked transaction (seq order = commit
+order); ``lastUpdated`` comes from the same row and never goes backwards; a transfer writes a
+``leave`` for the old site and a ``put`` for the new one for the patient and every resource of
+theirs, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from sync.gateway.store import resources as res
+from sync.gateway.store.base import (
+    Change,
+    ChangeOp,
+    HistoryQuery,
+    SearchQuery,
+    StoredResource,
+    StoreError,
+    from_us,
+    to_us,
+)
+from sync.gateway.store.tables import Execute, SqlTables
+
+RESOURCE_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS change_counter (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq BIGINT NOT NULL,
+    last_us BIGINT NOT NULL
+)""",
+    """INSERT INTO change_counter (id, seq, last_us)
+    SELECT 1, 0, 0 WHERE NOT EXISTS (SELECT 1 FROM change_counter)""",
+    """CREATE TABLE IF NOT EXISTS resources (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    last_updated_us BIGINT NOT NULL,
+    site TEXT NOT NULL,
+    patient_id TEXT,
+    deleted INTEGER NOT NULL,
+    seq BIGINT NOT NULL,
+    name_text TEXT,
+    body BLOB NOT NULL,
+    PRIMARY KEY (type, id)
+)""",
+    "CREATE INDEX IF NOT EXISTS resources_scan ON resources (type, site, seq)",
+    "CREATE INDEX IF NOT EXISTS resources_patient ON resources (patient_id)",
+    """CREATE TABLE IF NOT EXISTS resource_history (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    last_updated_us BIGINT NOT NULL,
+    site TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (type, id, version_id)
+)""",
+    """CREATE TABLE IF NOT EXISTS resource_identifiers (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    system TEXT NOT NULL,
+    value TEXT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS identifiers_lookup ON resource_identifiers (type, value, system)",
+    "CREATE INDEX IF NOT EXISTS identifiers_owner ON resource_identifiers (type, id)",
+    """CREATE TABLE IF NOT EXISTS changes (
+    seq BIGINT PRIMARY KEY,
+    site TEXT NOT NULL,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    last_updated_us BIGINT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS changes_feed ON changes (site, seq)",
+)
+# The tables the planner must have statistics for to page the feed by index.
+FEED_TABLES = ("changes", "resource_history", "resources", "resource_identifiers")
+
+_IDENTIFIER_VALUE = (
+    "AND EXISTS (SELECT 1 FROM resource_identifiers i"
+    " WHERE i.type = r.type AND i.id = r.id AND i.value = ?)"
+)
+_IDENTIFIER_SYSTEM_VALUE = _IDENTIFIER_VALUE[:-1] + " AND i.system = ?)"
+_RES_COLS = "type, id, version_id, last_updated_us, site, patient_id, deleted, seq, body"
+_RES_COLS_R = ", ".join(f"r.{column}" for column in _RES_COLS.split(", "))
+_CURRENT = f"SELECT {_RES_COLS} FROM resources WHERE type = ? AND id = ?"  # noqa: S608
+_HEAD = "SELECT seq FROM change_counter WHERE id = 1"
+
+
+def _row_to_resource(row: Sequence[Any]) -> StoredResource:
+    return StoredResource(
+        rtype=row[0],
+        rid=row[1],
+        version_id=row[2],
+        last_updated=from_us(row[3]),
+        site=row[4],
+        patient_id=row[5],
+        deleted=bool(row[6]),
+        seq=row[7],
+        body=bytes(row[8]),
+    )
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class SqlWriteTx:
+    """A ``WriteTx`` inside a transaction opened with ``Dialect.begin_write``."""
+
+    def __init__(
+        self,
+        execute: Execute,
+        executemany: Callable[[str, Sequence[Sequence[Any]]], None],
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._execute = execute
+        self._executemany = executemany
+        self._clock = clock
+        self._now_us: int | None = None
+
+    # -- sequence and time, under the writer lock
+    def _tx_time_us(self) -> int:
+        if self._now_us is None:
+            (last_us,) = self._execute("SELECT last_us FROM change_counter WHERE id = 1").fetchone()
+            self._now_us = max(to_us(self._clock()), last_us + 1)
+            self._execute("UPDATE change_counter SET last_us = ? WHERE id = 1", (self._now_us,))
+        return self._now_us
+
+    def _record_change(
+        self, site: str, rtype: str, rid: str, version_id: int, op: ChangeOp, lu_us: int
+    ) -> int:
+        self._execute("UPDATE change_counter SET seq = seq + 1 WHERE id = 1")
+        (seq,) = self._execute(_HEAD).fetchone()
+        self._execute(
+            "INSERT INTO changes (seq, site, type, id, version_id, op, last_updated_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, site, rtype, rid, version_id, op, lu_us),
+        )
+        return int(seq)
+
+    # -- reads inside the transaction
+    def current(self, rtype: str, rid: str) -> StoredResource | None:
+        row = self._execute(_CURRENT, (rtype, rid)).fetchone()
+        return _row_to_resource(row) if row else None
+
+    def find_by_identifier(
+        self, rtype: str, site: str, system: str, value: str
+    ) -> list[StoredResource]:
+        # Driven from the identifier index (type, value, system), not a scan of the site: an
+        # exactly-once create looks this up for every pushed resource.
+        rows = self._execute(
+            f"SELECT {_RES_COLS_R} FROM resource_identifiers i"  # noqa: S608
+            " JOIN resources r ON r.type = i.type AND r.id = i.id"
+            " WHERE i.type = ? AND i.value = ? AND i.system = ?"
+            " AND r.site = ? AND r.deleted = 0",
+            (rtype, value, system, site),
+        ).fetchall()
+        return [_row_to_resource(r) for r in rows]
+
+    def patient_site(self, patient_id: str) -> str | None:
+        row = self._execute(
+            "SELECT site FROM resources WHERE type = 'Patient' AND id = ? AND deleted = 0",
+            (patient_id,),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    # -- writes
+    def put(self, rtype: str, rid: str, resource: dict[str, Any]) -> StoredResource:
+        resource = res.check_resource(resource, rtype)
+        if not res.ID_RE.match(rid):
+            raise StoreError("bad_id")
+        if rtype == res.ORGANIZATION:
+            if not res.SITE_RE.match(rid):
+                raise StoreError("bad_site")
+            site, patient_id = rid, None
+        elif rtype == res.PATIENT:
+            site, patient_id = res.site_of_patient(resource), None
+        else:
+            patient_id = res.patient_id_of(resource)
+            found = self.patient_site(patient_id)
+            if found is None:
+                raise StoreError("unknown_patient")
+            site = found
+        existing = self.current(rtype, rid)
+        lu_us = self._tx_time_us()
+        version_id = existing.version_id + 1 if existing else 1
+        body_dict = dict(resource)
+        body_dict["id"] = rid
+        meta = dict(body_dict.get("meta") or {})
+        meta["versionId"] = str(version_id)
+        meta["lastUpdated"] = from_us(lu_us).isoformat(timespec="microseconds")
+        body_dict["meta"] = meta
+        body = orjson.dumps(body_dict)
+        moved = existing is not None and not existing.deleted and existing.site != site
+        if moved and existing is not None:
+            self._record_change(existing.site, rtype, rid, existing.version_id, "leave", lu_us)
+            if rtype == res.PATIENT:
+                self._move_dependents(rid, existing.site, site)
+        seq = self._record_change(site, rtype, rid, version_id, "put", lu_us)
+        self._execute(
+            "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted,"
+            " body) VALUES (?, ?, ?, ?, ?, 0, ?)",
+            (rtype, rid, version_id, lu_us, site, body),
+        )
+        name = res.name_text(resource)
+        values = (version_id, lu_us, site, patient_id, seq, name, body, rtype, rid)
+        updated = self._execute(
+            "UPDATE resources SET version_id = ?, last_updated_us = ?, site = ?, patient_id = ?,"
+            " deleted = 0, seq = ?, name_text = ?, body = ? WHERE type = ? AND id = ?",
+            values,
+        ).rowcount
+        if not updated:
+            self._execute(
+                "INSERT INTO resources (version_id, last_updated_us, site, patient_id, deleted,"
+                " seq, name_text, body, type, id) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                values,
+            )
+        self._execute("DELETE FROM resource_identifiers WHERE type = ? AND id = ?", (rtype, rid))
+        self._executemany(
+            "INSERT INTO resource_identifiers (type, id, system, value) VALUES (?, ?, ?, ?)",
+            [(rtype, rid, system, value) for system, value in res.identifiers(resource)],
+        )
+        return StoredResource(
+            rtype, rid, version_id, from_us(lu_us), site, patient_id, False, seq, body
+        )
+
+    def _move_dependents(self, patient_id: str, old_site: str, new_site: str) -> None:
+        rows = self._execute(
+            "SELECT type, id, version_id, last_updated_us FROM resources"
+            " WHERE patient_id = ? AND deleted = 0 AND site = ? ORDER BY type, id",
+            (patient_id, old_site),
+        ).fetchall()
+        for rtype, rid, version_id, lu_us in rows:
+            self._record_change(old_site, rtype, rid, version_id, "leave", lu_us)
+            seq = self._record_change(new_site, rtype, rid, version_id, "put", lu_us)
+            self._execute(
+                "UPDATE resources SET site = ?, seq = ? WHERE type = ? AND id = ?",
+                (new_site, seq, rtype, rid),
+            )
+
+    def delete(self, rtype: str, rid: str) -> StoredResource:
+        existing = self.current(rtype, rid)
+        if existing is None or existing.deleted:
+            raise StoreError("not_found")
+        lu_us = self._tx_time_us()
+        version_id = existing.version_id + 1
+        seq = self._record_change(existing.site, rtype, rid, version_id, "delete", lu_us)
+        self._execute(
+            "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted,"
+            " body) VALUES (?, ?, ?, ?, ?, 1, ?)",
+            (rtype, rid, version_id, lu_us, existing.site, b""),
+        )
+        self._execute(
+            "UPDATE resources SET version_id = ?, last_updated_us = ?, deleted = 1, seq = ?,"
+            " body = ? WHERE type = ? AND id = ?",
+            (version_id, lu_us, seq, b"", rtype, rid),
+        )
+        self._execute("DELETE FROM resource_identifiers WHERE type = ? AND id = ?", (rtype, rid))
+        return StoredResource(
+            rtype,
+            rid,
+            version_id,
+            from_us(lu_us),
+            existing.site,
+            existing.patient_id,
+            True,
+            seq,
+            b"",
+        )
+
+
+class ResourceTables(SqlTables):
+    """The reads of ``store.Store`` (writes go through ``SqlWriteTx``)."""
+
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        row = self._one(_CURRENT, (rtype, rid))
+        return _row_to_resource(row) if row else None
+
+    def vread(self, rtype: str, rid: str, version_id: int) -> StoredResource | None:
+        row = self._one(
+            "SELECT h.type, h.id, h.version_id, h.last_updated_us, r.site, r.patient_id,"
+            " h.deleted, r.seq, h.body FROM resource_history h JOIN resources r"
+            " ON r.type = h.type AND r.id = h.id"
+            " WHERE h.type = ? AND h.id = ? AND h.version_id = ?",
+            (rtype, rid, version_id),
+        )
+        return _row_to_resource(row) if row else None
+
+    def search(self, query: SearchQuery) -> list[StoredResource]:
+        sql = [
+            f"SELECT {_RES_COLS} FROM resources r WHERE r.type = ? AND r.site = ?"  # noqa: S608
+            " AND r.deleted = 0 AND r.seq > ?"
+        ]
+        args: list[Any] = [query.rtype, query.site, query.after_seq]
+        ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        for prefix, us in query.last_updated:
+            sql.append(f"AND r.last_updated_us {ops[prefix]} ?")
+            args.append(us)
+        if query.patient_id is not None:
+            sql.append("AND r.patient_id = ?")
+            args.append(query.patient_id)
+        if query.identifier is not None:
+            system, value = query.identifier
+            if system is None:
+                sql.append(_IDENTIFIER_VALUE)
+                args.append(value)
+            else:
+                sql.append(_IDENTIFIER_SYSTEM_VALUE)
+                args.extend((value, system))
+        if query.name is not None:
+            for word in query.name.split():
+                sql.append("AND r.name_text LIKE ? ESCAPE '\\'")
+                args.append("% " + _like_escape(word) + "%")
+        sql.append("ORDER BY r.seq LIMIT ?")
+        args.append(query.count)
+        return [_row_to_resource(r) for r in self._rows(" ".join(sql), args)]
+
+    def history(self, query: HistoryQuery) -> list[Change]:
+        sql = [
+            "SELECT c.seq, c.type, c.id, c.version_id, c.op, c.last_updated_us, h.body"
+            " FROM changes c LEFT JOIN resource_history h ON c.op = 'put'"
+            " AND h.type = c.type AND h.id = c.id AND h.version_id = c.version_id"
+            " WHERE c.site = ? AND c.seq > ?"
+        ]
+        args: list[Any] = [query.site, query.after_seq]
+        if query.rtype is not None:
+            sql.append("AND c.type = ?")
+            args.append(query.rtype)
+        if query.since_us is not None:
+            sql.append("AND c.last_updated_us >= ?")
+            args.append(query.since_us)
+        sql.append("ORDER BY c.seq LIMIT ?")
+        args.append(query.count)
+        return [
+            Change(
+                seq=row[0],
+                rtype=row[1],
+                rid=row[2],
+                version_id=row[3],
+                op=row[4],
+                last_updated=from_us(row[5]),
+                body=bytes(row[6]) if row[6] is not None else None,
+            )
+            for row in self._rows(" ".join(sql), args)
+        ]
+
+    def head_seq(self) -> int:
+        row = self._one(_HEAD)
+        assert row is not None  # the schema inserts the one counter row
+        return int(row[0])

@@ -1,0 +1,95 @@
+"""``SqlStore``: the one SQL implementation of ``store.Store``, over a backend's connections.
+
+``sqlite.SqliteStore`` (a file) and ``postgres.PgStore`` (a connection pool) are this class
+with their ``Dialect`` and ``Connections``; every query lives in the table groups below,
+written once (``store.tables``).
+
+Invariants (beyond those of ``store.Store`` and ``store.tables``):
+- The schema is created in one transaction opened with ``Dialect.begin_schema``, so stores
+  opening one database together create it once.
+- ``write()`` opens ``Dialect.begin_write``: the writer lock is held from before the first read
+  until COMMIT, so the seq and ``lastUpdated`` each write takes follow commit order.
+- Where the dialect asks for it, planner statistics are refreshed (``Dialect.analyze``) after a
+  write once the change feed has doubled since the last refresh (first at
+  ``Dialect.analyze_first_at``); a failed refresh is logged and never fails the write, which
+  has already committed.
+- A store whose construction fails closes its connections before raising.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sync.gateway.store.audit_tables import AUDIT_SCHEMA, AuditTables
+from sync.gateway.store.base import StoreError, WriteTx
+from sync.gateway.store.command_tables import COMMAND_SCHEMA, CommandTables
+from sync.gateway.store.device_tables import DEVICE_SCHEMA, DeviceTables
+from sync.gateway.store.resource_tables import RESOURCE_SCHEMA, ResourceTables, SqlWriteTx
+from sync.gateway.store.tables import Connections, Dialect
+from sync.gateway.store.user_tables import USER_SCHEMA, UserTables
+
+log = logging.getLogger(__name__)
+
+SCHEMA: tuple[str, ...] = (
+    *RESOURCE_SCHEMA,
+    *DEVICE_SCHEMA,
+    *USER_SCHEMA,
+    *COMMAND_SCHEMA,
+    *AUDIT_SCHEMA,
+)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class SqlStore(ResourceTables, DeviceTables, UserTables, CommandTables, AuditTables):
+    """``store.Store`` on ``connections`` (they must speak ``dialect``). Thread-safe."""
+
+    def __init__(
+        self,
+        connections: Connections,
+        dialect: Dialect,
+        *,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._db = connections
+        self._dialect = dialect
+        self._clock = clock
+        self._analyze_at = dialect.analyze_first_at
+        self._analyze_lock = threading.Lock()
+        try:
+            with self._transaction(dialect.begin_schema):
+                for statement in SCHEMA:
+                    self._execute(dialect.ddl(statement))
+        except BaseException:
+            self.close()
+            raise
+
+    @contextmanager
+    def write(self) -> Iterator[WriteTx]:
+        with self._transaction(self._dialect.begin_write):
+            yield SqlWriteTx(self._execute, self._executemany, self._clock)
+        self._refresh_statistics()
+
+    def _refresh_statistics(self) -> None:
+        """ANALYZE once the change feed has grown past the next threshold (see ``Dialect``)."""
+        analyze = self._dialect.analyze
+        if analyze is None:
+            return
+        try:
+            head = self.head_seq()
+            with self._analyze_lock:
+                if head < self._analyze_at:
+                    return
+                self._analyze_at = head * 2 + self._dialect.analyze_first_at
+            self._rows(analyze)
+        except StoreError as err:  # statistics are an optimisation: never fail a write
+            log.warning("ANALYZE failed: %s", err.reason)
+
+    def close(self) -> None:
+        self._db.close()

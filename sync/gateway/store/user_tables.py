@@ -1,0 +1,123 @@
+"""Users (gateway accounts for online login), their failed sign-ins, and their sessions.
+
+Invariants (``store.ControlStore``): passwords are stored only as Argon2id PHC strings and
+session tokens only as their SHA-256; a session names the device certificate it is bound to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sync.gateway.store.base import (
+    SessionRecord,
+    StoreError,
+    UserRecord,
+    UserStatus,
+    from_us,
+    to_us,
+)
+from sync.gateway.store.tables import SqlTables
+
+USER_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_us BIGINT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS login_failures (
+    user_id TEXT NOT NULL,
+    at_us BIGINT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS login_failures_user ON login_failures (user_id, at_us)",
+    """CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    site TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    cert_serial TEXT NOT NULL,
+    expires_us BIGINT NOT NULL
+)""",
+)
+
+
+class UserTables(SqlTables):
+    def add_user(self, user: UserRecord) -> None:
+        with self._write() as execute:
+            if execute("SELECT 1 FROM users WHERE user_id = ?", (user.user_id,)).fetchone():
+                raise StoreError("user_exists")
+            execute(
+                "INSERT INTO users (user_id, site, role, password_hash, status, created_us)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    user.user_id,
+                    user.site,
+                    user.role,
+                    user.password_hash,
+                    user.status,
+                    to_us(user.created_at),
+                ),
+            )
+
+    def user(self, user_id: str) -> UserRecord | None:
+        row = self._one(
+            "SELECT user_id, site, role, password_hash, status, created_us FROM users"
+            " WHERE user_id = ?",
+            (user_id,),
+        )
+        if row is None:
+            return None
+        return UserRecord(row[0], row[1], row[2], row[3], row[4], from_us(int(row[5])))
+
+    def set_user_status(self, user_id: str, status: UserStatus) -> bool:
+        with self._write() as execute:
+            changed = execute(
+                "UPDATE users SET status = ? WHERE user_id = ?", (status, user_id)
+            ).rowcount
+        return bool(changed)
+
+    def record_login_failure(self, user_id: str, now: dt.datetime) -> None:
+        with self._write() as execute:
+            execute(
+                "INSERT INTO login_failures (user_id, at_us) VALUES (?, ?)", (user_id, to_us(now))
+            )
+
+    def login_failures_since(self, user_id: str, since: dt.datetime) -> list[dt.datetime]:
+        rows = self._rows(
+            "SELECT at_us FROM login_failures WHERE user_id = ? AND at_us >= ? ORDER BY at_us",
+            (user_id, to_us(since)),
+        )
+        return [from_us(int(r[0])) for r in rows]
+
+    def clear_login_failures(self, user_id: str) -> None:
+        with self._write() as execute:
+            execute("DELETE FROM login_failures WHERE user_id = ?", (user_id,))
+
+    def add_session(self, session: SessionRecord) -> None:
+        with self._write() as execute:
+            execute(
+                "INSERT INTO sessions (token_hash, user_id, role, site, device_id, cert_serial,"
+                " expires_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session.token_hash,
+                    session.user_id,
+                    session.role,
+                    session.site,
+                    session.device_id,
+                    session.cert_serial,
+                    to_us(session.expires_at),
+                ),
+            )
+
+    def session(self, token_hash: str) -> SessionRecord | None:
+        row = self._one(
+            "SELECT token_hash, user_id, role, site, device_id, cert_serial, expires_us"
+            " FROM sessions WHERE token_hash = ?",
+            (token_hash,),
+        )
+        if row is None:
+            return None
+        return SessionRecord(row[0], row[1], row[2], row[3], row[4], row[5], from_us(int(row[6])))
