@@ -1,6 +1,9 @@
 """Architecture boundaries that fail the build when broken.
 
-policy ← sync ← client; Qt (PySide6) only inside client/ui; keyrings.alt never a dependency.
+policy ← sync ← client; inside sync/, device and gateway build on protocol and never on each
+other; the laptop (client/) never imports the gateway or anything else on the never-ship list
+(client/never_ship.py), which the build, the self-test and verify.py all use; Qt (PySide6)
+only inside client/ui; keyrings.alt never a dependency.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import ast
 import tomllib
 from pathlib import Path
+
+from client.never_ship import never_ships
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +63,67 @@ def test_policy_imports_neither_sync_nor_client() -> None:
 
 def test_sync_never_imports_client() -> None:
     assert _offenders("sync", ("client",)) == []
+
+
+def test_sync_device_and_gateway_never_import_each_other() -> None:
+    assert _offenders("sync/device", ("sync.gateway", "client")) == []
+    assert _offenders("sync/gateway", ("sync.device", "client")) == []
+
+
+def test_sync_protocol_imports_neither_device_nor_gateway() -> None:
+    assert _offenders("sync/protocol", ("sync.device", "sync.gateway", "client")) == []
+
+
+def test_every_sync_module_lives_in_one_of_the_three_rooms() -> None:
+    """sync/ holds protocol/, device/ and gateway/ only: no fourth place for code to drift to."""
+    loose = sorted(
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "sync").rglob("*.py")
+        if path.relative_to(ROOT / "sync").parts[0] not in {"protocol", "device", "gateway"}
+        and path.name != "__init__.py"
+    )
+    assert loose == []
+
+
+def test_client_never_imports_the_gateway() -> None:
+    assert _offenders("client", ("sync.gateway",)) == []
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def test_laptop_code_never_imports_what_must_not_ship() -> None:
+    """Every module that ships (all of policy/, sync/, client/ but the never-ship list) imports
+    nothing on that list, so the frozen bundle can leave it out without breaking an import."""
+    offenders = []
+    for package in ("policy", "sync", "client"):
+        for path, name in _imports(package):
+            if never_ships(_module_name(path)):
+                continue  # an admin tool or the gateway itself
+            if never_ships(name):
+                offenders.append(f"{path.relative_to(ROOT).as_posix()} imports {name}")
+    assert offenders == []
+
+
+def test_the_never_ship_list_is_the_only_one() -> None:
+    """The spec, the self-test and verify.py read client/never_ship.py and keep no list of their
+    own (four hand-written lists had drifted apart before)."""
+    users = {
+        "packaging/gatehouse.spec": "from client.never_ship import",
+        "client/selftest/bundle.py": "from client.never_ship import",
+        "packaging/verify.py": "from client.never_ship import",
+    }
+    for relative, needle in users.items():
+        text = (ROOT / relative).read_text(encoding="utf-8")
+        assert needle in text, relative
+        assert '"uvicorn"' not in text and '"sync.gateway"' not in text, relative
+    assert never_ships("sync.gateway.store.sqlite")
+    assert never_ships("policy.cli") and never_ships("keyrings.alt")
+    assert not never_ships("sync.gateways") and not never_ships("sync.device.engine")
 
 
 def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:

@@ -42,8 +42,6 @@ from client.core.outbox import (
     wire_body,
 )
 from client.core.records import (
-    CLIENT_ID_SYSTEM,
-    CLINICAL_TYPES,
     LOCAL_VERSION,
     get,
     is_fhir_id,
@@ -52,6 +50,14 @@ from client.core.records import (
     store_local,
     touch_patients,
     utc_iso,
+)
+from sync.protocol.fhir.vocabulary import (
+    CLIENT_ID_SYSTEM,
+    CLINICAL_TYPES,
+    LOINC_SYSTEM,
+    PROGRESS_NOTE_LOINC,
+    UCUM_SYSTEM,
+    USER_SYSTEM,
 )
 
 __all__ = [
@@ -64,11 +70,8 @@ __all__ = [
     "write_consultation",
 ]
 
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-USER_SYSTEM = "https://gatehouse.example/fhir/user"
 NOTE_CONTENT_TYPE = "text/plain; charset=utf-8"
 MAX_TEXT_CHARS = 50_000  # per note or plan: a long letter fits, a runaway paste does not
 _SINGLE_VITALS = (
@@ -180,17 +183,19 @@ def _coding(system: str, code: str, display: str) -> dict[str, str]:
 
 
 def _quantity(spec: VitalSpec, value: float) -> dict[str, Any]:
-    return {"value": value, "unit": spec.unit, "system": UCUM, "code": spec.ucum}
+    return {"value": value, "unit": spec.unit, "system": UCUM_SYSTEM, "code": spec.ucum}
 
 
 def _observation(kind: str, values: Mapping[str, float]) -> dict[str, Any]:
     if kind == "blood_pressure":
         return {
-            "code": {"coding": [_coding(LOINC, *BP_PANEL)], "text": "Blood pressure"},
+            "code": {"coding": [_coding(LOINC_SYSTEM, *BP_PANEL)], "text": "Blood pressure"},
             "component": [
                 {
                     "code": {
-                        "coding": [_coding(LOINC, VITAL_SPECS[k].loinc, VITAL_SPECS[k].display)]
+                        "coding": [
+                            _coding(LOINC_SYSTEM, VITAL_SPECS[k].loinc, VITAL_SPECS[k].display)
+                        ]
                     },
                     "valueQuantity": _quantity(VITAL_SPECS[k], values[k]),
                 }
@@ -198,9 +203,9 @@ def _observation(kind: str, values: Mapping[str, float]) -> dict[str, Any]:
             ],
         }
     spec = VITAL_SPECS[kind]
-    codings = [_coding(LOINC, spec.loinc, spec.display)]
+    codings = [_coding(LOINC_SYSTEM, spec.loinc, spec.display)]
     if kind == "spo2":
-        codings.append(_coding(LOINC, "2708-6", "Oxygen saturation in Arterial blood"))
+        codings.append(_coding(LOINC_SYSTEM, "2708-6", "Oxygen saturation in Arterial blood"))
     return {
         "code": {"coding": codings, "text": spec.label},
         "valueQuantity": _quantity(spec, values[kind]),
@@ -284,7 +289,7 @@ def write_consultation(
             "status": "current",
             "docStatus": "final",
             "type": {
-                "coding": [_coding(LOINC, "11506-3", "Progress note")],
+                "coding": [_coding(LOINC_SYSTEM, PROGRESS_NOTE_LOINC, "Progress note")],
                 "text": "Progress note",
             },
             "subject": subject,

@@ -22,7 +22,6 @@ import base64
 import dataclasses
 import datetime as dt
 import json
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from policy.errors import PolicyRefused
 from policy.model import Policy
 from policy.store import PolicyStore
 from policy.verify import TrustConfig, verify_policy
+from sync.protocol.fhir.vocabulary import SITE_CODE_RE
 
 PROFILE_NAME: Final = "device.json"
 POLICY_STORE_NAME: Final = "policy.store"
@@ -58,7 +58,6 @@ TLS_CERT: Final = "device-tls.crt"
 TLS_KEY: Final = "device-tls.key"
 GATEWAY_CA: Final = "gateway-ca.pem"
 RECEIPT_KEY: Final = "gateway-receipt.pub.pem"
-_SITE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 Clock = Callable[[], dt.datetime]
 
@@ -219,7 +218,7 @@ class Device:
             raise ProvisioningError(
                 "already_provisioned", "This laptop is already set up. Wipe it first."
             )
-        if not _SITE.fullmatch(site):
+        if not SITE_CODE_RE.fullmatch(site):
             raise ProvisioningError("bad_site", "The site code is not valid.")
         now = clock()
         profile = DeviceProfile(

@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 
 from client.core.records import (
-    CLIENT_ID_SYSTEM,
     LOCAL_VERSION,
     apply_resources,
     client_id_of,
@@ -40,6 +39,7 @@ from client.core.records import (
     touch_patients,
     utc_iso,
 )
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 
 
 class OutboxStateError(Exception):

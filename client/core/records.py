@@ -21,7 +21,6 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -31,24 +30,16 @@ from typing import Any
 import orjson
 
 from client.core.search import index_patient, site_of, unindex_patient
-
-CLIENT_ID_SYSTEM = "https://gatehouse.example/fhir/client-id"
-LOCAL_VERSION = "local"
-PATIENT_REFERENCE_PREFIX = "Patient/"
-CLINICAL_TYPES = frozenset(
-    {
-        "Flag",
-        "AllergyIntolerance",
-        "Condition",
-        "MedicationStatement",
-        "Observation",
-        "Encounter",
-        "DocumentReference",
-    }
+from sync.protocol.fhir.vocabulary import (
+    CLIENT_ID_SYSTEM,
+    CLINICAL_TYPES,
+    ID_RE,
+    PATIENT_REFERENCE_PREFIX,
+    STORED_TYPES,
 )
-RESOURCE_TYPES = CLINICAL_TYPES | {"Patient"}
+
+LOCAL_VERSION = "local"
 MAX_RESOURCE_BYTES = 2 * 1024 * 1024  # a note with a long letter fits; a hostile blob does not
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 class TransactionRequired(RuntimeError):
@@ -96,7 +87,7 @@ def require_transaction(conn: sqlite3.Connection) -> None:
 
 def is_fhir_id(value: object) -> bool:
     """A FHIR id (also used for version ids): 1-64 of ``A-Z a-z 0-9 - .``."""
-    return isinstance(value, str) and _FHIR_ID.match(value) is not None
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
 def utc_iso(moment: datetime) -> str:
@@ -132,7 +123,7 @@ def reference_id(holder: Any, prefix: str) -> str | None:
         ref = holder.get("reference")
         if isinstance(ref, str) and ref.startswith(prefix):
             rid = ref[len(prefix) :]
-            return rid if _FHIR_ID.match(rid) else None
+            return rid if ID_RE.fullmatch(rid) else None
     return None
 
 
@@ -207,8 +198,8 @@ def _check(resource: Any) -> _Checked | Rejected:
     if not isinstance(resource, dict):
         return Rejected("?", "?", "not_an_object")
     rtype, rid = resource.get("resourceType"), resource.get("id")
-    shown_type = rtype if isinstance(rtype, str) and rtype in RESOURCE_TYPES else "?"
-    shown_id = rid if isinstance(rid, str) and _FHIR_ID.match(rid) else "?"
+    shown_type = rtype if isinstance(rtype, str) and rtype in STORED_TYPES else "?"
+    shown_id = rid if isinstance(rid, str) and ID_RE.fullmatch(rid) else "?"
     if shown_type == "?":
         return Rejected(shown_type, shown_id, "unknown_type")
     if shown_id == "?":
@@ -216,7 +207,7 @@ def _check(resource: Any) -> _Checked | Rejected:
     meta = resource.get("meta")
     version = meta.get("versionId") if isinstance(meta, dict) else None
     updated = parse_fhir_datetime(meta.get("lastUpdated")) if isinstance(meta, dict) else None
-    if not isinstance(version, str) or not _FHIR_ID.match(version) or version == LOCAL_VERSION:
+    if not isinstance(version, str) or not ID_RE.fullmatch(version) or version == LOCAL_VERSION:
         return Rejected(shown_type, shown_id, "bad_version")
     if updated is None:
         return Rejected(shown_type, shown_id, "bad_last_updated")
@@ -366,7 +357,7 @@ def store_local(conn: sqlite3.Connection, resource: Mapping[str, Any]) -> None:
         or patient_id is None
         or rtype not in CLINICAL_TYPES
         or not isinstance(rid, str)
-        or not _FHIR_ID.match(rid)
+        or not ID_RE.fullmatch(rid)
     ):
         raise ValueError("a local resource needs a clinical type, an id, a patient, local meta")
     chk = _Checked(str(rtype), rid, LOCAL_VERSION, utc_iso(updated), patient_id)

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-PRISON_NUMBER_SYSTEM = "https://gatehouse.example/fhir/prison-number"
-SITE_REFERENCE_PREFIX = "Organization/"
+from sync.protocol.fhir.vocabulary import (
+    NHS_NUMBER_SYSTEM,
+    PRISON_NUMBER_SYSTEM,
+    SITE_REFERENCE_PREFIX,
+)
 
 MAX_QUERY_CHARS = 200  # longer input is cut: nobody types more to find a patient
 MAX_QUERY_TERMS = 8  # more words than this add nothing but cost
@@ -181,7 +183,7 @@ def patient_fields(patient: Mapping[str, Any]) -> PatientFields:
             for key in ("family", "text"):
                 if _text(name.get(key)):
                     parts.append(name[key])
-    nhs = _identifier(patient, NHS_SYSTEM)
+    nhs = _identifier(patient, NHS_NUMBER_SYSTEM)
     nhs_digits = "".join(ch for ch in nhs if ch.isdigit()) if nhs else None
     prison = _identifier(patient, PRISON_NUMBER_SYSTEM)
     gender = patient.get("gender")

@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import orjson
 from cryptography.hazmat.primitives import serialization
@@ -40,11 +39,10 @@ from sync.gateway.errors import GatewayError
 from sync.gateway.store.audit_tables import iter_audit
 from sync.gateway.store.base import AuditQuery, AuditRow, CommandRecord, Store
 from sync.protocol.audit.audit_event import to_audit_event, to_csv_rows
+from sync.protocol.audit.report import out_of_hours
 from sync.protocol.pins import spki_sha256_b64
 
 BUNDLE_FORMAT = "gatehouse-provisioning-bundle/1"  # sync.device.enrolment.BUNDLE_FORMAT
-LOCAL_ZONE = "Europe/London"
-WORKDAY_START, WORKDAY_END = 8, 18  # local hours; out of hours is before 08:00 or from 18:00
 _TTL_RE = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
 _TTL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -82,7 +80,7 @@ def _known_site(store: Store, site: str) -> None:
 
 
 def _site_add(args: argparse.Namespace, store: Store) -> int:
-    if not pki.SITE_RE.match(args.site):
+    if not pki.SITE_RE.fullmatch(args.site):
         raise Refused("bad_site")
     if not store.add_site(args.site, args.name or args.site, _now()):
         raise Refused("site_exists")
@@ -247,11 +245,6 @@ def _device_command(args: argparse.Namespace, store: Store) -> int:
 
 
 # -- audit report ------------------------------------------------------------------------------
-
-
-def out_of_hours(moment: dt.datetime, zone: str = LOCAL_ZONE) -> bool:
-    local = moment.astimezone(ZoneInfo(zone))
-    return local.weekday() >= 5 or not WORKDAY_START <= local.hour < WORKDAY_END
 
 
 def _instant(text: str | None) -> dt.datetime | None:

@@ -51,7 +51,7 @@ def create_enrol_token(
     store: Store, site: str, *, now: dt.datetime, ttl: dt.timedelta
 ) -> tuple[str, dt.datetime]:
     """Store a new token for ``site``; return it (shown once) and its expiry."""
-    if not pki.SITE_RE.match(site):
+    if not pki.SITE_RE.fullmatch(site):
         raise ControlError(400, "bad_request")
     if not dt.timedelta(0) < ttl <= MAX_TTL:
         raise ControlError(400, "bad_request")

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sync.gateway.errors import GatewayError
+from sync.protocol.fhir.vocabulary import SITE_CODE_RE
 
 DEVICE_CERT_DAYS = 90
 SERVER_CERT_DAYS = 397  # the CA/B Forum ceiling for a TLS server certificate
@@ -37,7 +38,7 @@ BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock skew on a fresh certi
 
 DEVICE_URN = "urn:gatehouse:device:"
 SITE_URN = "urn:gatehouse:site:"
-SITE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+SITE_RE = SITE_CODE_RE
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -230,7 +231,7 @@ def sign_device_csr(
     """Issue a device certificate for ``device_id`` in ``site`` over the CSR's key."""
     if not DEVICE_ID_RE.match(device_id):
         raise PkiError("bad_device_id")
-    if not SITE_RE.match(site):
+    if not SITE_RE.fullmatch(site):
         raise PkiError("bad_site")
     if not csr.is_signature_valid:
         raise PkiError("csr_signature_invalid")
@@ -299,7 +300,7 @@ def device_identity(cert: x509.Certificate) -> DeviceIdentity:
     sites = [u[len(SITE_URN) :] for u in uris if u.startswith(SITE_URN)]
     if len(devices) != 1 or len(sites) != 1:
         raise PkiError("no_device_identity")
-    if not DEVICE_ID_RE.match(devices[0]) or not SITE_RE.match(sites[0]):
+    if not DEVICE_ID_RE.match(devices[0]) or not SITE_RE.fullmatch(sites[0]):
         raise PkiError("no_device_identity")
     return DeviceIdentity(
         device_id=devices[0],

@@ -38,6 +38,7 @@ from sync.device.replica import (
 )
 from sync.protocol.audit.chain import verify
 from sync.protocol.audit.entry import AuditEntry
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 from tests.client.fhir_fixtures import encounter, flag, nhs_number, observation, patient
 
 DEVICE = "laptop-0042"
@@ -493,7 +494,7 @@ def test_list_outbox_gives_whole_groups_with_wire_details(replica: Replica, vaul
     )
     assert enc.client_identifier == first.encounter_id
     assert enc.extra[EXTRA_FULL_URL] == f"urn:uuid:{first.encounter_id}"
-    assert enc.extra[EXTRA_IF_NONE_EXIST] == f"identifier={records.CLIENT_ID_SYSTEM}|{enc.local_id}"
+    assert enc.extra[EXTRA_IF_NONE_EXIST] == f"identifier={CLIENT_ID_SYSTEM}|{enc.local_id}"
     assert enc.extra[EXTRA_ATTEMPTS] == 0
     assert "id" not in enc.body and enc.base_version is None
     assert len(replica.list_outbox(1)) == 4  # at least one whole group

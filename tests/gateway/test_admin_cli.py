@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from policy.atomic import atomic_write
 from sync.gateway import admin_cli, datadir, pki
-from sync.gateway.admin_cli import out_of_hours, parse_ttl
+from sync.gateway.admin_cli import parse_ttl
 from sync.gateway.authority import load_authority
 from sync.gateway.cli import main
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
@@ -31,6 +31,7 @@ from sync.gateway.store import sqlite as sqlite_store
 from sync.gateway.store.base import Store
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.users import FLOOR_MEMORY_KIB
+from sync.protocol.audit.report import out_of_hours
 from sync.protocol.pins import spki_sha256_b64
 from tests.gateway.control_helpers import chain, csr_pem, key_pem, policy_envelope, views
 

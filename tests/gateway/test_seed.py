@@ -20,13 +20,6 @@ from sync.gateway.seed.generator import (
 )
 from sync.protocol.fhir.bounded_json import loads_bounded
 from sync.protocol.fhir.validate import (
-    LOINC_SYSTEM,
-    NHS_NUMBER_SYSTEM,
-    NOTE_CONTENT_TYPE,
-    PATIENT_FIELD,
-    PRISON_NUMBER_SYSTEM,
-    SITE_SYSTEM,
-    UCUM_SYSTEM,
     nhs_check_digit_ok,
     nhs_number,
     parse_instant,
@@ -34,6 +27,15 @@ from sync.protocol.fhir.validate import (
     prison_number,
     site_of_patient,
     validate_resource,
+)
+from sync.protocol.fhir.vocabulary import (
+    LOINC_SYSTEM,
+    NHS_NUMBER_SYSTEM,
+    NOTE_CONTENT_TYPE,
+    PATIENT_FIELD,
+    PRISON_NUMBER_SYSTEM,
+    SITE_SYSTEM,
+    UCUM_SYSTEM,
 )
 
 

@@ -21,12 +21,12 @@ from sync.device.audit_upload import (
     audit_event_entry,
     chain_status,
     download_csv,
-    out_of_hours,
     parse_chains,
     search_audit,
 )
 from sync.device.transport import Transport
 from sync.protocol.audit.audit_event import to_audit_event
+from sync.protocol.audit.report import out_of_hours
 from tests.gateway.conftest import SITE_A, SITE_B, Gateway, start_gateway, stop_gateway
 from tests.gateway.control_helpers import (
     Enrolled,

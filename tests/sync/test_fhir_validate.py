@@ -15,10 +15,7 @@ from hypothesis import strategies as st
 from sync.protocol.fhir import bundle as fb
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.validate import (
-    CLIENT_ID_SYSTEM,
     MAX_NOTE_BYTES,
-    NHS_NUMBER_SYSTEM,
-    PRISON_NUMBER_SYSTEM,
     InvalidResource,
     client_identifier,
     is_valid_id,
@@ -32,6 +29,7 @@ from sync.protocol.fhir.validate import (
     site_of_patient,
     validate_resource,
 )
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM, NHS_NUMBER_SYSTEM, PRISON_NUMBER_SYSTEM
 
 META = {"versionId": "3", "lastUpdated": "2025-06-01T10:15:00.123+00:00"}
 SUBJECT = {"reference": "Patient/pt1"}

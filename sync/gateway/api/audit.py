@@ -34,7 +34,7 @@ from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError, error_body
 from sync.gateway.store.base import AuditQuery, AuditRow, SessionRecord, Store, fhir_instant
 from sync.gateway.users import LoginPolicy, authenticate_bearer, default_hasher
-from sync.protocol.audit.audit_event import to_audit_event, to_csv_rows
+from sync.protocol.audit.audit_event import ACTION_SYSTEM, to_audit_event, to_csv_rows
 from sync.protocol.audit.entry import AuditEntry, entry_from_canonical
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ SEARCH_PARAMS = frozenset(
     }
 )
 FHIR_ACTIONS = frozenset({"C", "R", "U", "D", "E"})
-ACTION_SYSTEM_PREFIX = "https://gatehouse.example/fhir/audit-action|"
+ACTION_SYSTEM_PREFIX = ACTION_SYSTEM + "|"
 
 
 async def auditor_session(request: Request) -> SessionRecord:

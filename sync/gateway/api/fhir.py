@@ -55,6 +55,7 @@ from sync.gateway.store.base import (
     fhir_instant,
     to_us,
 )
+from sync.protocol.fhir import vocabulary as vocab
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ DEVICE_SCOPE_KEY = "gatehouse.device"
 RESUME_RELATION = "x-resume"
 COMMON_SEARCH = frozenset({"_count", "_sort", "_lastUpdated", "_cursor", "_format"})
 TYPE_SEARCH: dict[str, frozenset[str]] = {
-    res.ORGANIZATION: frozenset({"identifier"}),
-    res.PATIENT: frozenset({"identifier", "name"}),
-    **{t: frozenset({"patient", "identifier"}) for t in res.CLINICAL_TYPES},
+    vocab.ORGANIZATION: frozenset({"identifier"}),
+    vocab.PATIENT: frozenset({"identifier", "name"}),
+    **{t: frozenset({"patient", "identifier"}) for t in vocab.CLINICAL_TYPES},
 }
 HISTORY_PARAMS = frozenset({"_since", "_count", "_cursor", "_format"})
 JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
@@ -178,7 +179,7 @@ async def read(request: Request) -> Response:
     device = device_of(request)
     rtype, rid = request.path_params["rtype"], request.path_params["rid"]
     _check_type(rtype)
-    if not res.ID_RE.match(rid):
+    if not vocab.ID_RE.fullmatch(rid):
         raise FhirError(404, "not-found", "not_found")
     _params(request, frozenset({"_format"}))
     found = _visible(await run_in_threadpool(store_of(request).read, rtype, rid), device.site)
@@ -189,7 +190,7 @@ async def vread(request: Request) -> Response:
     device = device_of(request)
     rtype, rid, vid = (request.path_params[k] for k in ("rtype", "rid", "vid"))
     _check_type(rtype)
-    if not res.ID_RE.match(rid) or not vid.isdigit() or len(vid) > 12:
+    if not vocab.ID_RE.fullmatch(rid) or not vid.isdigit() or len(vid) > 12:
         raise FhirError(404, "not-found", "not_found")
     _params(request, frozenset({"_format"}))
     store = store_of(request)
@@ -214,7 +215,7 @@ def build_search(rtype: str, site: str, params: dict[str, list[str]]) -> SearchQ
     if "patient" in params:
         raw = params["patient"][0]
         patient_id = raw.removeprefix("Patient/")
-        if not res.ID_RE.match(patient_id):
+        if not vocab.ID_RE.fullmatch(patient_id):
             raise FhirError(400, "invalid", "bad_patient_parameter")
     identifier: tuple[str | None, str] | None = None
     if "identifier" in params:
@@ -341,9 +342,9 @@ def capability_statement(now: dt.datetime) -> dict[str, Any]:
             {"name": "_lastUpdated", "type": "date"},
             {"name": "identifier", "type": "token"},
         ]
-        if rtype == res.PATIENT:
+        if rtype == vocab.PATIENT:
             params.append({"name": "name", "type": "string"})
-        elif rtype != res.ORGANIZATION:
+        elif rtype != vocab.ORGANIZATION:
             params.append({"name": "patient", "type": "reference"})
         return {
             "type": rtype,

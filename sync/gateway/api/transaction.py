@@ -41,6 +41,7 @@ from sync.gateway.api.outcome import (
 )
 from sync.gateway.store import resources as res
 from sync.gateway.store.base import Store, StoredResource, StoreError, WriteTx, fhir_instant
+from sync.protocol.fhir import vocabulary as vocab
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
 
@@ -116,14 +117,14 @@ def parse_entry(index: int, raw: Any) -> Entry:
     rtype = path[0]
     if rtype not in res.RESOURCE_TYPES:
         raise _bad("unsupported_resource_type")
-    if rtype == res.ORGANIZATION:
+    if rtype == vocab.ORGANIZATION:
         raise FhirError(403, "forbidden", "read_only_type")
     rid: str | None = None
     if method == "POST":
         if len(path) != 1:
             raise _bad("bad_entry_url")
     else:
-        if len(path) != 2 or not res.ID_RE.match(path[1]):
+        if len(path) != 2 or not vocab.ID_RE.fullmatch(path[1]):
             raise _bad("bad_entry_url")
         rid = path[1]
     resource: dict[str, Any] | None = None
@@ -193,7 +194,7 @@ def _rewrite_references(value: Any, urn_map: dict[str, str]) -> None:
 def _check_scope(tx: WriteTx, entry: Entry, site: str) -> None:
     assert entry.resource is not None
     try:
-        if entry.rtype == res.PATIENT:
+        if entry.rtype == vocab.PATIENT:
             if res.site_of_patient(entry.resource) != site:
                 raise FhirError(403, "forbidden", "other_site")
         elif tx.patient_site(res.patient_id_of(entry.resource)) != site:
@@ -230,7 +231,7 @@ def resolve_creates(
                 entry.rid = matches[0].rid
         if entry.rid is None:
             entry.rid = str(uuid.uuid4())
-        if entry.full_url is not None and res.URN_UUID_RE.match(entry.full_url):
+        if entry.full_url is not None and vocab.URN_UUID_RE.fullmatch(entry.full_url):
             urn_map[entry.full_url] = f"{entry.rtype}/{entry.rid}"
     return existing, urn_map
 
@@ -294,7 +295,7 @@ def run_transaction(store: Store, entries: list[Entry], site: str) -> list[Outco
         outcomes: dict[int, Outcome] = {}
         ordered = sorted(
             entries,
-            key=lambda e: (ORDER[e.method], e.method == "POST" and e.rtype != res.PATIENT),
+            key=lambda e: (ORDER[e.method], e.method == "POST" and e.rtype != vocab.PATIENT),
         )
         for entry in ordered:
             outcomes[entry.index] = execute(tx, entry, site, existing.get(entry.index))

@@ -30,7 +30,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sync.gateway.seed import names
-from sync.protocol.fhir.validate import (
+from sync.protocol.fhir.validate import nhs_check_digit
+from sync.protocol.fhir.vocabulary import (
     ALERT_SYSTEM,
     LOINC_SYSTEM,
     NHS_NUMBER_SYSTEM,
@@ -40,7 +41,6 @@ from sync.protocol.fhir.validate import (
     SITE_SYSTEM,
     SNOMED_SYSTEM,
     UCUM_SYSTEM,
-    nhs_check_digit,
 )
 
 # Every generated date counts back from here, never from now(): determinism.

@@ -28,6 +28,7 @@ from sync.gateway.store.base import (
     to_us,
 )
 from sync.gateway.store.tables import Execute, SqlTables
+from sync.protocol.fhir import vocabulary as vocab
 
 RESOURCE_SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS change_counter (
@@ -176,13 +177,13 @@ class SqlWriteTx:
     # -- writes
     def put(self, rtype: str, rid: str, resource: dict[str, Any]) -> StoredResource:
         resource = res.check_resource(resource, rtype)
-        if not res.ID_RE.match(rid):
+        if not vocab.ID_RE.fullmatch(rid):
             raise StoreError("bad_id")
-        if rtype == res.ORGANIZATION:
-            if not res.SITE_RE.match(rid):
+        if rtype == vocab.ORGANIZATION:
+            if not vocab.SITE_CODE_RE.fullmatch(rid):
                 raise StoreError("bad_site")
             site, patient_id = rid, None
-        elif rtype == res.PATIENT:
+        elif rtype == vocab.PATIENT:
             site, patient_id = res.site_of_patient(resource), None
         else:
             patient_id = res.patient_id_of(resource)
@@ -203,7 +204,7 @@ class SqlWriteTx:
         moved = existing is not None and not existing.deleted and existing.site != site
         if moved and existing is not None:
             self._record_change(existing.site, rtype, rid, existing.version_id, "leave", lu_us)
-            if rtype == res.PATIENT:
+            if rtype == vocab.PATIENT:
                 self._move_dependents(rid, existing.site, site)
         seq = self._record_change(site, rtype, rid, version_id, "put", lu_us)
         self._execute(

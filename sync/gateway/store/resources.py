@@ -14,29 +14,22 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
 from sync.gateway.errors import GatewayError
 from sync.protocol.fhir.bounded_json import json_depth
+from sync.protocol.fhir.vocabulary import (
+    CLINICAL_TYPES,
+    ID_RE,
+    ORGANIZATION,
+    PATIENT,
+    PATIENT_FIELD,
+    SITE_CODE_RE,
+    URN_UUID_RE,
+)
 
-PATIENT = "Patient"
-ORGANIZATION = "Organization"  # a site; read-only on the data plane
-PATIENT_FIELD: dict[str, str] = {
-    "Flag": "subject",
-    "AllergyIntolerance": "patient",
-    "Condition": "subject",
-    "MedicationStatement": "subject",
-    "Observation": "subject",
-    "Encounter": "subject",
-    "DocumentReference": "subject",
-}
-CLINICAL_TYPES = tuple(PATIENT_FIELD)
-RESOURCE_TYPES = (ORGANIZATION, PATIENT, *CLINICAL_TYPES)
-
-ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR id datatype
-SITE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+RESOURCE_TYPES = (ORGANIZATION, PATIENT, *CLINICAL_TYPES)  # the order the gateway lists them
 MAX_JSON_DEPTH = 32  # FHIR R4 resources we store nest < 12 deep; Bundle adds 3
 MAX_IDENTIFIER_CHARS = 256
 
@@ -49,17 +42,14 @@ class ResourceError(GatewayError):
         self.detail = detail
 
 
-URN_UUID_RE = re.compile(r"^urn:uuid:[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-
-
 def split_reference(reference: Any, expected_type: str, *, allow_urn: bool = False) -> str:
     """The id in a relative reference ``<expected_type>/<id>`` (or a bundle-local urn:uuid)."""
     if not isinstance(reference, str):
         raise ResourceError("bad_reference", expected_type)
-    if allow_urn and URN_UUID_RE.match(reference):
+    if allow_urn and URN_UUID_RE.fullmatch(reference):
         return reference
     rtype, _, rid = reference.partition("/")
-    if rtype != expected_type or not ID_RE.match(rid):
+    if rtype != expected_type or not ID_RE.fullmatch(rid):
         raise ResourceError("bad_reference", expected_type)
     return rid
 
@@ -89,7 +79,7 @@ def site_of_patient(resource: dict[str, Any]) -> str:
     if not isinstance(org, dict):
         raise ResourceError("missing_managing_organization")
     site = split_reference(org.get("reference"), "Organization")
-    if not SITE_RE.match(site):
+    if not SITE_CODE_RE.fullmatch(site):
         raise ResourceError("bad_site")
     return site
 
@@ -158,7 +148,7 @@ def check_resource(
     if expected_type is not None and rtype != expected_type:
         raise ResourceError("wrong_resource_type")
     rid = resource.get("id")
-    if rid is not None and (not isinstance(rid, str) or not ID_RE.match(rid)):
+    if rid is not None and (not isinstance(rid, str) or not ID_RE.fullmatch(rid)):
         raise ResourceError("bad_id")
     meta = resource.get("meta", {})
     if not isinstance(meta, dict):
@@ -167,7 +157,7 @@ def check_resource(
         raise ResourceError("too_deep")
     identifiers(resource)
     if rtype == ORGANIZATION:
-        if rid is not None and not SITE_RE.match(rid):
+        if rid is not None and not SITE_CODE_RE.fullmatch(rid):
             raise ResourceError("bad_site")
     elif rtype == PATIENT:
         site_of_patient(resource)

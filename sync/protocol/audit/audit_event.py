@@ -26,10 +26,10 @@ from typing import Any
 import orjson
 
 from sync.protocol.audit.entry import AuditEntry, AuditFormatError, entry_from_canonical
+from sync.protocol.fhir.vocabulary import USER_SYSTEM
 
 CHAIN_EXTENSION = "https://gatehouse.example/fhir/StructureDefinition/audit-chain"
 DEVICE_SYSTEM = "https://gatehouse.example/fhir/device"
-USER_SYSTEM = "https://gatehouse.example/fhir/user"
 ROLE_SYSTEM = "https://gatehouse.example/fhir/role"
 ACTION_SYSTEM = "https://gatehouse.example/fhir/audit-action"
 MAX_BUNDLE_ENTRIES = 1_000_000

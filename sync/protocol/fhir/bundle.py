@@ -19,12 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
-from sync.protocol.fhir.validate import (
-    CLIENT_ID_SYSTEM,
-    InvalidResource,
-    client_identifier,
-    is_valid_id,
-)
+from sync.protocol.fhir.validate import InvalidResource, client_identifier, is_valid_id
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 
 Severity = Literal["fatal", "error", "warning", "information"]
 _SEVERITIES = frozenset({"fatal", "error", "warning", "information"})

@@ -37,31 +37,15 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any, NoReturn
 
-# Identifier and terminology systems (docs/conventions-local.md).
-SITE_SYSTEM = "https://gatehouse.example/fhir/site"
-NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
-PRISON_NUMBER_SYSTEM = "https://gatehouse.example/fhir/prison-number"
-CLIENT_ID_SYSTEM = "https://gatehouse.example/fhir/client-id"
-ALERT_SYSTEM = "https://gatehouse.example/fhir/alert"
-LOINC_SYSTEM = "http://loinc.org"
-SNOMED_SYSTEM = "http://snomed.info/sct"
-UCUM_SYSTEM = "http://unitsofmeasure.org"
-DMD_SYSTEM = "https://dmd.nhs.uk"
-PROGRESS_NOTE_LOINC = "11506-3"
-NOTE_CONTENT_TYPE = "text/plain; charset=utf-8"
-
-# Clinical types the client stores, and the field naming their patient.
-PATIENT_FIELD: dict[str, str] = {
-    "Flag": "subject",
-    "AllergyIntolerance": "patient",
-    "Condition": "subject",
-    "MedicationStatement": "subject",
-    "Observation": "subject",
-    "Encounter": "subject",
-    "DocumentReference": "subject",
-}
-STORED_TYPES = frozenset({"Patient", *PATIENT_FIELD})
-KNOWN_TYPES = frozenset({*STORED_TYPES, "Organization"})
+from sync.protocol.fhir.vocabulary import (
+    CLIENT_ID_SYSTEM,
+    ID_RE,
+    KNOWN_TYPES,
+    NHS_NUMBER_SYSTEM,
+    PATIENT_FIELD,
+    PRISON_NUMBER_SYSTEM,
+    URN_UUID_RE,
+)
 
 # Length bounds, in characters (notes: decoded bytes).
 MAX_NAME_CHARS = 200  # a name part, an identifier value, a code
@@ -70,9 +54,7 @@ MAX_URI_CHARS = 1_024  # a system URL
 MAX_LIST_ITEMS = 1_000  # names, identifiers, codings, components... of one resource
 MAX_NOTE_BYTES = 1024 * 1024  # a progress note's decoded text
 
-ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_URN_UUID_RE = re.compile(r"urn:uuid:[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 _CODE_RE = re.compile(r"[^\s]+(?: [^\s]+)*")
 _DATE_RE = re.compile(r"\d{4}(?:-\d{2}(?:-\d{2})?)?")
 _DATETIME_RE = re.compile(
@@ -256,7 +238,7 @@ def _reference(
             _fail("missing", f"{path}.reference")
         return
     text = _str(ref["reference"], f"{path}.reference", 200)
-    if as_create and _URN_UUID_RE.fullmatch(text):
+    if as_create and URN_UUID_RE.fullmatch(text):
         return
     kind, slash, ident = text.partition("/")
     if not slash or not _TYPE_RE.fullmatch(kind) or not is_valid_id(ident):
