@@ -4,7 +4,7 @@ For each backend, on the same synthetic site (``seed``): 1. load (resources/s th
 ``load_resources``), 2. a full pull of the site through ``_history`` next links over loopback
 mutual TLS 1.3 (resources/s), 3. ``DEVICES`` devices resuming from their cursor at once after one
 change (p50/p95 latency, errors). SQLite is the baseline: every PostgreSQL figure is printed with
-its ratio to SQLite's. PostgreSQL is a throwaway local server (``tests.gateway.pg_fixtures``,
+its ratio to SQLite's. PostgreSQL is a throwaway local server (``tests.support.postgres``,
 durability off, as in the tests) on the same machine, reached over TCP on 127.0.0.1.
 
 Size: GATEHOUSE_BENCH_PG_PATIENTS (default 1,000 patients ≈ 20k resources).
@@ -32,7 +32,7 @@ from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.postgres import PgStore
 from sync.gateway.store.sqlite import SqliteStore
-from tests.gateway.pg_fixtures import PgUnavailable, shared_server
+from tests.support.postgres import PgUnavailable, shared_server
 
 PAGE = 500
 DEVICES = 50

@@ -37,8 +37,8 @@ from bench.served_gateway import served_gateway
 from client.core.records import patient_of
 from client.core.vault import transaction
 from sync.device.transport import Transport, TransportConfig
-from tests.gateway.conftest import start_gateway, stop_gateway
-from tests.sync.sync_fixtures import (
+from tests.support.gateway import start_gateway, stop_gateway
+from tests.support.sync import (
     DEVICE_ID,
     SITE,
     TYPES,

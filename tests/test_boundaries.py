@@ -126,6 +126,18 @@ def test_the_never_ship_list_is_the_only_one() -> None:
     assert not never_ships("sync.gateways") and not never_ships("sync.device.engine")
 
 
+def test_tests_share_helpers_only_through_tests_support() -> None:
+    """A test module imports helpers from tests.support, never from another test module or a
+    conftest file (a module may name itself, for a subprocess to import)."""
+    offenders = []
+    for path, name in _imports("tests"):
+        if not name.startswith("tests.") or name.startswith("tests.support"):
+            continue
+        if name != _module_name(path):
+            offenders.append(f"{path.relative_to(ROOT).as_posix()} imports {name}")
+    assert offenders == []
+
+
 def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     """Guard against a checker that silently finds nothing."""
     pkg = tmp_path / "policy"

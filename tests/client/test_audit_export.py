@@ -17,7 +17,7 @@ from client.core.audit_export import export_gateway_results, export_local
 from client.core.session import NotAllowed, Session
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
 from sync.protocol.audit.chain import verify
-from tests.client.device_fixtures import CLINICIAN, DEVICE_ID, ProvisionedDevice, provision
+from tests.support.device import CLINICIAN, DEVICE_ID, ProvisionedDevice, provision
 
 AUDITOR = ("ig.sam", "auditor passphrase")
 

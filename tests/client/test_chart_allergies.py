@@ -7,7 +7,7 @@ from pathlib import Path
 
 from client.core import records
 from client.core.chart import Chart, open_chart
-from tests.client.fhir_fixtures import allergy, open_db, patient
+from tests.support.fhir import allergy, open_db, patient
 
 
 def _nka(rid: str, pid: str) -> dict[str, object]:

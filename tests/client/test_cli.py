@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.device_fixtures import DEVICE_ID, SITE, policy_envelope, trust_pem
+from tests.support.device import DEVICE_ID, SITE, policy_envelope, trust_pem
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.secret_service

@@ -10,17 +10,15 @@ from client.core.conditional_launch import check_launch, launch_failures
 from client.core.device_checks import LinuxRoots
 from client.core.session import Session
 from sync.protocol.audit.entry import AuditEntry
-from tests.client.device_fixtures import CLINICIAN, policy_envelope, provision
-from tests.client.test_device_checks import _fake_sys
+from tests.support.device import CLINICIAN, policy_envelope, provision
+from tests.support.fake_sys import fake_sys
 
 ADMIN = ("it.admin", "admin passphrase!")
 
 
 def _plain_disk(tmp: Path, data_dir: Path) -> LinuxRoots:
     (tmp / "sys-plain").mkdir()
-    return _fake_sys(
-        tmp / "sys-plain", {"/": "8:1", str(data_dir): "8:1"}, {"sda1": {"dev": "8:1"}}
-    )
+    return fake_sys(tmp / "sys-plain", {"/": "8:1", str(data_dir): "8:1"}, {"sda1": {"dev": "8:1"}})
 
 
 def _entries(session: Session) -> list[AuditEntry]:

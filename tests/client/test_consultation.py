@@ -30,7 +30,7 @@ from client.core.outbox import (
     unsent_count,
 )
 from client.core.records import CLIENT_ID_SYSTEM, TransactionRequired, apply_resources, get
-from tests.client.fhir_fixtures import SEARCH_PATIENTS, open_db
+from tests.support.fhir import SEARCH_PATIENTS, open_db
 
 NOW = datetime(2026, 11, 22, 14, 5, tzinfo=UTC)
 FULL_VITALS = [

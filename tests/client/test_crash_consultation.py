@@ -26,7 +26,7 @@ from client.core.kdf import FLOOR
 from client.core.session import Session
 from sync.gateway.seed.generator import generate
 from sync.protocol.audit.chain import verify
-from tests.client.device_fixtures import DEVICE_ID, SITE, load_records, policy_envelope, trust_pem
+from tests.support.device import DEVICE_ID, SITE, load_records, policy_envelope, trust_pem
 
 USER = ("nurse.kill", "kill nine safe password")
 ROOT = Path(__file__).resolve().parents[2]

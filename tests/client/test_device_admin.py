@@ -7,17 +7,14 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 
 from client.core.device import TLS_CERT
 from client.core.device_admin import certificate_expiry, device_facts, storage_used
 from client.core.session import NotAllowed, Session
 from client.core.vault import database_path
 from sync.protocol.audit.entry import AuditEntry
-from tests.client.device_fixtures import CLINICIAN, T0, provision
+from tests.support.certificates import certificate_pem
+from tests.support.device import CLINICIAN, T0, provision
 
 ADMIN = ("it.admin", "admin passphrase!")
 
@@ -25,22 +22,6 @@ ADMIN = ("it.admin", "admin passphrase!")
 def _entries(session: Session) -> list[AuditEntry]:
     with session._act() as conn:  # raw read: the clinician may not list the audit log
         return session._audit.entries(conn)
-
-
-def certificate_pem(not_after: dt.datetime) -> bytes:
-    key = Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-test-0001")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_after - dt.timedelta(days=400))
-        .not_valid_after(not_after)
-        .sign(key, None)
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def test_a_clinician_may_not_list_the_device_users_and_the_refusal_is_audited(

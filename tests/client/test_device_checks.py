@@ -13,42 +13,11 @@ from client.core.device_checks import (
     os_version_ok,
     parse_version,
 )
-
-
-def _fake_sys(
-    tmp: Path, mounts: dict[str, str], devices: dict[str, dict[str, object]]
-) -> LinuxRoots:
-    """Build /proc/self/mountinfo, /sys/dev/block and /sys/class/block for ``devices``.
-
-    ``devices`` maps a block name to {"dev": "maj:min", "uuid": str | None, "slaves": [...]}.
-    """
-    mountinfo = tmp / "mountinfo"
-    mountinfo.write_text(
-        "".join(
-            f"{i} 1 {dev} / {point} rw,relatime - ext4 /dev/x rw\n"
-            for i, (point, dev) in enumerate(mounts.items(), start=20)
-        )
-    )
-    dev_block, class_block = tmp / "sys/dev/block", tmp / "sys/class/block"
-    dev_block.mkdir(parents=True)
-    class_block.mkdir(parents=True)
-    for name, spec in devices.items():
-        node = tmp / "sys/devices/virtual/block" / name
-        node.mkdir(parents=True)
-        (class_block / name).symlink_to(node)
-        (dev_block / str(spec["dev"])).symlink_to(node)
-        if spec.get("uuid"):
-            (node / "dm").mkdir()
-            (node / "dm" / "uuid").write_text(str(spec["uuid"]) + "\n")
-        slaves = node / "slaves"
-        slaves.mkdir()
-        for slave in spec.get("slaves", []):  # type: ignore[union-attr]
-            (slaves / str(slave)).symlink_to(tmp / "sys/devices/virtual/block" / str(slave))
-    return LinuxRoots(mountinfo, dev_block, class_block)
+from tests.support.fake_sys import fake_sys
 
 
 def test_luks_under_lvm_is_encrypted(tmp_path: Path) -> None:
-    roots = _fake_sys(
+    roots = fake_sys(
         tmp_path,
         {"/": "254:1", "/boot": "8:1"},
         {
@@ -63,7 +32,7 @@ def test_luks_under_lvm_is_encrypted(tmp_path: Path) -> None:
 
 
 def test_plain_partition_and_plain_lvm_are_not_encrypted(tmp_path: Path) -> None:
-    roots = _fake_sys(
+    roots = fake_sys(
         tmp_path,
         {"/": "8:2", "/data": "254:0"},
         {
@@ -77,7 +46,7 @@ def test_plain_partition_and_plain_lvm_are_not_encrypted(tmp_path: Path) -> None
 
 
 def test_a_filesystem_without_a_block_device_is_unknown(tmp_path: Path) -> None:
-    roots = _fake_sys(tmp_path, {"/": "0:31"}, {})
+    roots = fake_sys(tmp_path, {"/": "0:31"}, {})
     assert disk_encryption(Path("/anything"), roots) is DiskEncryption.UNKNOWN
     missing = LinuxRoots(tmp_path / "nope", roots.sys_dev_block, roots.sys_class_block)
     assert disk_encryption(Path("/anything"), missing) is DiskEncryption.UNKNOWN

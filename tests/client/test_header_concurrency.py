@@ -10,7 +10,7 @@ import pytest
 from client.core.kdf import FLOOR
 from client.core.keyslots import KeyslotError, UnlockFailed
 from client.core.vault_header import VaultHeader
-from tests.client.test_keyslots import make_device
+from tests.support.keyslots import make_device
 
 NOW = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
 

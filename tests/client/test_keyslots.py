@@ -15,8 +15,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,36 +39,9 @@ from client.core.keyslots import (
 from client.core.vault import Vault, database_path
 from client.core.vault_header import HeaderTampered, LockedOut, VaultHeader, WipePending
 from sync.protocol.escrow import EscrowError, escrow_aad, unseal
+from tests.support.keyslots import DEVICE, NOW, PASSWORD, Device, make_device
 
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-DEVICE = "dev-0001"
-PASSWORD = "correct horse battery staple"
 MIGRATIONS = ("CREATE TABLE note (body TEXT)",)
-
-
-@dataclass
-class Device:
-    data_dir: Path
-    backend: InMemoryKeyring
-    keyring: DeviceKeyring
-    header: VaultHeader
-    dek: bytes
-
-    def reload(self) -> VaultHeader:
-        return VaultHeader.load(self.data_dir, self.keyring)
-
-
-def make_device(
-    data_dir: Path, users: tuple[tuple[str, str], ...] = (("alice", "clinician"),)
-) -> Device:
-    backend = InMemoryKeyring()
-    keyring = DeviceKeyring(DEVICE, backend=backend)
-    keyring.provision()
-    dek = secrets.token_bytes(32)
-    header = VaultHeader.create(data_dir, keyring, dek)
-    for user_id, role in users:
-        header.add_slot(user_id, role, PASSWORD, dek, FLOOR)
-    return Device(data_dir, backend, keyring, header, dek)
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ from sync.device.enrolment import BUNDLE_FORMAT, EnrolmentError
 from sync.gateway import enrolment, policies, users
 from sync.gateway.seed.generator import generate
 from sync.gateway.store.base import CommandRecord
-from tests.client.device_fixtures import policy_envelope, trust_pem
-from tests.gateway.conftest import TEST_HASHER, Gateway, start_gateway, stop_gateway
+from tests.support.device import policy_envelope, trust_pem
+from tests.support.gateway import TEST_HASHER, Gateway, start_gateway, stop_gateway
 
 SITE = "hmp-brixton"
 NURSE = ("nurse.ada", "a long and memorable phrase")

@@ -10,7 +10,7 @@ from client.core.readiness import CACHE_FRESH, Check, assess, gather
 from client.core.session import Session, SessionStatus
 from client.core.trusted_time import anchor
 from policy.decisions import OfflineKind, OfflineState
-from tests.client.device_fixtures import CLINICIAN, provision
+from tests.support.device import CLINICIAN, provision
 
 NOW = dt.datetime(2026, 11, 22, 9, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)

@@ -26,7 +26,7 @@ from client.core.records import (
     store_local,
 )
 from client.core.search import search_patients
-from tests.client.fhir_fixtures import (
+from tests.support.fhir import (
     SEARCH_PATIENTS,
     allergy,
     blood_pressure,

@@ -39,7 +39,7 @@ from sync.device.replica import (
 from sync.protocol.audit.chain import verify
 from sync.protocol.audit.entry import AuditEntry
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
-from tests.client.fhir_fixtures import encounter, flag, nhs_number, observation, patient
+from tests.support.fhir import encounter, flag, nhs_number, observation, patient
 
 DEVICE = "laptop-0042"
 K0 = bytes(range(1, 33))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from client.core.records import apply_resources, delete_resource
 from client.core.search import fold, name_terms, parse_birth_date, search_patients
-from tests.client.fhir_fixtures import SEARCH_PATIENTS, flag, nhs_number, open_db, patient
+from tests.support.fhir import SEARCH_PATIENTS, flag, nhs_number, open_db, patient
 
 SCOPE = ["hmp-brixton"]
 

@@ -24,7 +24,7 @@ from client.core.session import (
 from client.core.trusted_time import anchor
 from sync.gateway.seed.generator import generate
 from sync.protocol.audit.chain import verify
-from tests.client.device_fixtures import (
+from tests.support.device import (
     CLINICIAN,
     OTHER_SITE,
     SITE,

@@ -13,7 +13,7 @@ import pytest
 from client.core.accounts import LoginRefused
 from client.core.sign_in import FirstSignInNeeded, offline_preview, prepared, sign_in
 from policy.decisions import OfflineKind
-from tests.client.device_fixtures import CLINICIAN, SITE, provision
+from tests.support.device import CLINICIAN, SITE, provision
 
 
 def _header_bytes(data_dir: Path) -> dict[str, bytes]:

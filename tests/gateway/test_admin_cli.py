@@ -33,7 +33,7 @@ from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.users import FLOOR_MEMORY_KIB
 from sync.protocol.audit.report import out_of_hours
 from sync.protocol.pins import spki_sha256_b64
-from tests.gateway.control_helpers import chain, csr_pem, key_pem, policy_envelope, views
+from tests.support.control import chain, csr_pem, key_pem, policy_envelope, views
 
 SITE = "hmp-alpha"
 POLICY_KEY = Ed25519PrivateKey.generate()

@@ -17,8 +17,7 @@ import requests
 from sync.protocol.audit.audit_event import export_bundle
 from sync.protocol.audit.chain import ChainState
 from sync.protocol.audit.receipt import receipt_from_json, verify_receipt
-from tests.gateway.conftest import SITE_A, SITE_B, Gateway
-from tests.gateway.control_helpers import (
+from tests.support.control import (
     Enrolled,
     add_user,
     bearer,
@@ -27,6 +26,7 @@ from tests.gateway.control_helpers import (
     upload,
     views,
 )
+from tests.support.gateway import SITE_A, SITE_B, Gateway
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from tests.gateway.conftest import SITE_A, Gateway, create_entry, observation, patient
+from tests.support.gateway import SITE_A, Gateway, create_entry, observation, patient
 
 WRITERS = 4
 TRANSACTIONS_PER_WRITER = 15

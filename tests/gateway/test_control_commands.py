@@ -19,8 +19,8 @@ from sync.gateway.signing import (
     verify_time,
 )
 from sync.gateway.store.base import CommandRecord
-from tests.gateway.conftest import SITE_A, SITE_B, Gateway
-from tests.gateway.control_helpers import enrol, policy_envelope
+from tests.support.control import enrol, policy_envelope
+from tests.support.gateway import SITE_A, SITE_B, Gateway
 
 POLICY_KEY = Ed25519PrivateKey.generate()
 

@@ -15,14 +15,14 @@ from sync.gateway import pki
 from sync.gateway.enrolment import token_hash
 from sync.gateway.store.base import DatabaseFailure, EnrolledDevice
 from sync.protocol.audit.chain import genesis_hash
-from tests.gateway.conftest import SITE_A, SITE_B, Gateway, patient
-from tests.gateway.control_helpers import (
+from tests.support.control import (
     csr_pem,
     enrol,
     enrol_request,
     key_pem,
     token_for,
 )
+from tests.support.gateway import SITE_A, SITE_B, Gateway, patient
 
 
 def _enrolled(gw: Gateway) -> list[EnrolledDevice]:

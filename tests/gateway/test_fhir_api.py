@@ -12,7 +12,7 @@ import requests
 
 from sync.gateway.api.transaction import MAX_BODY_BYTES, MAX_BUNDLE_ENTRIES
 from sync.gateway.store.resources import RESOURCE_TYPES
-from tests.gateway.conftest import (
+from tests.support.gateway import (
     CLIENT_ID,
     NHS,
     SITE_A,

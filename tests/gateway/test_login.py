@@ -13,8 +13,8 @@ from sync.gateway import users
 from sync.gateway.errors import ControlError
 from sync.gateway.pki import DeviceIdentity
 from sync.gateway.users import LoginPolicy, authenticate_bearer, bearer_hash, default_hasher
-from tests.gateway.conftest import SITE_A, SITE_B, TEST_HASHER, Gateway, patient
-from tests.gateway.control_helpers import PASSWORD, add_user, bearer, enrol, escrow_blob, login
+from tests.support.control import PASSWORD, add_user, bearer, enrol, escrow_blob, login
+from tests.support.gateway import SITE_A, SITE_B, TEST_HASHER, Gateway, patient
 
 
 def test_login_returns_the_escrowed_key_role_and_a_short_token(
@@ -258,8 +258,8 @@ def test_M4_parallel_guesses_cannot_slip_past_the_throttle(gateway: Gateway) -> 
     from sync.gateway.errors import ControlError
     from sync.gateway.pki import DeviceIdentity
     from sync.gateway.users import LoginPolicy
-    from tests.gateway.conftest import SITE_A
-    from tests.gateway.control_helpers import escrow_blob
+    from tests.support.control import escrow_blob
+    from tests.support.gateway import SITE_A
 
     slow = PasswordHasher(time_cost=3, memory_cost=16384, parallelism=1, type=Type.ID)
     now = dt.datetime.now(dt.UTC)

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sync.gateway import datadir, pki
 from sync.gateway.cli import main
 from sync.protocol.pins import spki_sha256_b64
-from tests.tls_fixtures import foreign_device, make_test_pki
+from tests.support.tls import foreign_device, make_test_pki
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 

@@ -49,7 +49,7 @@ from sync.protocol.audit.audit_event import export_bundle
 from sync.protocol.audit.chain import ChainState
 from sync.protocol.audit.chain import append as audit_append
 from sync.protocol.audit.entry import AuditEntry
-from tests.gateway.conftest import (
+from tests.support.gateway import (
     CLIENT_ID,
     SITE_A,
     create_entry,
@@ -57,13 +57,13 @@ from tests.gateway.conftest import (
     patient,
     session_for,
 )
-from tests.gateway.pg_fixtures import PgServer, free_port, require_server
-from tests.gateway.store_checks import (
+from tests.support.postgres import PgServer, free_port, require_server
+from tests.support.store_checks import (
     assert_a_failed_write_leaves_nothing,
     assert_a_writer_waiting_too_long_gives_up_busy,
     assert_commit_order_is_seq_order,
 )
-from tests.tls_fixtures import DeviceCredentials, PkiFiles
+from tests.support.tls import DeviceCredentials, PkiFiles
 
 REPO = Path(__file__).resolve().parents[2]
 PROCESSES = 2  # gateway subprocesses, plus one gateway in this process

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import requests
 
-from tests.gateway.conftest import (
+from tests.support.gateway import (
     CLIENT_ID,
     NHS,
     SITE_A,

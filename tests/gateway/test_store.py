@@ -12,8 +12,8 @@ from sync.gateway.store import sqlite as sqlite_store
 from sync.gateway.store.base import HistoryQuery, SearchQuery, StoreError
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.sqlite import SqliteStore
-from tests.gateway.conftest import SITE_A, SITE_B, observation, patient
-from tests.gateway.store_checks import (
+from tests.support.gateway import SITE_A, SITE_B, observation, patient
+from tests.support.store_checks import (
     assert_a_failed_write_leaves_nothing,
     assert_a_writer_waiting_too_long_gives_up_busy,
     assert_commit_order_is_seq_order,

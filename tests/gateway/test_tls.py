@@ -24,7 +24,7 @@ from sync.gateway.server import (
     parse_trusted_proxies,
 )
 from sync.gateway.store.base import Store
-from tests.gateway.conftest import (
+from tests.support.gateway import (
     SITE_A,
     SITE_B,
     Gateway,
@@ -34,7 +34,7 @@ from tests.gateway.conftest import (
     start_gateway,
     stop_gateway,
 )
-from tests.tls_fixtures import PkiFiles, foreign_device, make_test_pki
+from tests.support.tls import PkiFiles, foreign_device, make_test_pki
 
 
 def _refused(session: requests.Session, url: str) -> None:

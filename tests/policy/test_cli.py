@@ -16,7 +16,7 @@ import pytest
 from policy.cli import main
 from policy.jws import MAX_ENVELOPE_BYTES, sign
 from policy.model import format_timestamp
-from tests.policy.helpers import NOW, encode, network_settings, payload_doc
+from tests.support.policy import NOW, encode, network_settings, payload_doc
 
 NOW_ISO = format_timestamp(NOW)
 SCRIPT = Path(sys.executable).parent / "gatehouse-policy"

@@ -27,7 +27,7 @@ from policy.decisions import (
 )
 from policy.model import Policy
 from policy.verify import verify_policy
-from tests.policy.helpers import KEY_A, NOW, PINS, SITE, payload_doc, signed, trust
+from tests.support.policy import KEY_A, NOW, PINS, SITE, payload_doc, signed, trust
 
 
 def make(**settings: Any) -> Policy:

@@ -12,7 +12,7 @@ from policy.jws import b64url_encode, sign
 from policy.model import Policy
 from policy.schema import SETTINGS, validate_settings
 from policy.verify import PolicyReason, PolicyRefused, verify_policy
-from tests.policy.helpers import DEVICE, KEY_A, NOW, SITE, encode, payload_doc, signed, trust
+from tests.support.policy import DEVICE, KEY_A, NOW, SITE, encode, payload_doc, signed, trust
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TRUST = trust(KEY_A)

@@ -11,7 +11,7 @@ import pytest
 from policy import docs
 from policy.errors import PolicyReason, PolicyRefused
 from policy.schema import SETTINGS, SettingKind, defaults, validate_settings
-from tests.policy.helpers import network_settings
+from tests.support.policy import network_settings
 
 REQUIRED_NAMES = {
     "session.idle_lock_seconds", "session.lock_on_focus_loss", "session.break_glass_reauth",

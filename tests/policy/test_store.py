@@ -16,7 +16,7 @@ from policy.decisions import PolicyMode, policy_mode
 from policy.jws import b64url_decode, b64url_encode
 from policy.store import MemoryVersionAnchor, PolicyStore
 from policy.verify import PolicyReason, PolicyRefused
-from tests.policy.helpers import (
+from tests.support.policy import (
     DEVICE,
     KEY_A,
     KEY_B,

@@ -17,7 +17,7 @@ from policy.jws import (
     sign,
 )
 from policy.verify import PolicyReason, PolicyRefused, TrustConfig, verify_policy
-from tests.policy.helpers import (
+from tests.support.policy import (
     DEVICE,
     KEY_A,
     KEY_B,

@@ -1,3 +1,3 @@
 """Fixtures shared by the sync tests: the transport tests' small PKI."""
 
-from tests.sync.test_transport import pki  # noqa: F401  (a fixture, used by name)
+from tests.support.transport_pki import pki  # noqa: F401  (a fixture, used by name)

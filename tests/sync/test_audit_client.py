@@ -27,8 +27,7 @@ from sync.device.audit_upload import (
 from sync.device.transport import Transport
 from sync.protocol.audit.audit_event import to_audit_event
 from sync.protocol.audit.report import out_of_hours
-from tests.gateway.conftest import SITE_A, SITE_B, Gateway, start_gateway, stop_gateway
-from tests.gateway.control_helpers import (
+from tests.support.control import (
     Enrolled,
     add_user,
     bearer,
@@ -37,7 +36,8 @@ from tests.gateway.control_helpers import (
     upload,
     views,
 )
-from tests.sync.sync_fixtures import transport_config
+from tests.support.gateway import SITE_A, SITE_B, Gateway, start_gateway, stop_gateway
+from tests.support.sync import transport_config
 
 # T0 of control_helpers is Friday 2026-11-20 09:00 UTC; entry n is at T0 + n minutes.
 AFTER_HOURS = dt.datetime(2026, 11, 20, 19, 0, tzinfo=dt.UTC)

@@ -19,9 +19,9 @@ from sync.device.replica import EXTRA_FULL_URL, EXTRA_IF_NONE_EXIST, OutboxItem,
 from sync.device.transport import Transport, TransportConfig
 from sync.gateway.seed.generator import generate
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
-from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
-from tests.sync.memory_replica import MemoryReplica
-from tests.tls_fixtures import DeviceCredentials
+from tests.support.gateway import Gateway, start_gateway, stop_gateway
+from tests.support.memory_replica import MemoryReplica
+from tests.support.tls import DeviceCredentials
 
 SITE = "hmp-brixton"
 TYPES = (

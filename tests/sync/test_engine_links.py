@@ -9,9 +9,9 @@ import pytest
 
 from sync.device.engine import SyncEngine
 from sync.device.transport import Transport, spki_sha256
-from tests.sync.memory_replica import MemoryReplica
-from tests.sync.test_transport import Pki, _config
-from tests.sync.tls_server import RawTlsServer, server_context
+from tests.support.memory_replica import MemoryReplica
+from tests.support.tls_server import RawTlsServer, server_context
+from tests.support.transport_pki import Pki, transport_config
 
 
 def _history(next_url: str | None, resume: str | None) -> bytes:
@@ -47,7 +47,7 @@ def test_M3_a_link_outside_the_gateway_is_refused_and_not_stored(
 ) -> None:
     for server in _serve(pki, _history(next_url, resume)):
         replica = MemoryReplica()
-        config = _config(pki, server.port, (spki_sha256(pki.server.der),))
+        config = transport_config(pki, server.port, (spki_sha256(pki.server.der),))
         with Transport(config) as transport:
             result = SyncEngine(transport, replica, resource_types=["Patient"]).run()
         assert result.failed_phases == {"pull": "bad_link"}
@@ -58,7 +58,7 @@ def test_M3_a_next_link_that_loops_is_stopped(pki: Pki) -> None:
     loop = "/fhir/Patient/_history?_cursor=same"
     for server in _serve(pki, _history(loop, None)):
         replica = MemoryReplica()
-        config = _config(pki, server.port, (spki_sha256(pki.server.der),))
+        config = transport_config(pki, server.port, (spki_sha256(pki.server.der),))
         with Transport(config) as transport:
             result = SyncEngine(transport, replica, resource_types=["Patient"]).run()
         assert result.failed_phases == {"pull": "bad_link"}
@@ -94,7 +94,7 @@ def test_a_server_without_history_is_read_with_a_lastupdated_search(pki: Pki) ->
     context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
     for server in RawTlsServer(context, answer).serve():
         replica = MemoryReplica()
-        config = _config(pki, server.port, (spki_sha256(pki.server.der),))
+        config = transport_config(pki, server.port, (spki_sha256(pki.server.der),))
         for _ in range(2):
             with Transport(config) as transport:
                 result = SyncEngine(transport, replica, resource_types=["Patient"]).run()

@@ -38,8 +38,8 @@ from typing import Any
 import pytest
 
 from sync.gateway.store.base import Store
-from tests.gateway.conftest import Gateway, start_gateway, stop_gateway
-from tests.sync.sync_fixtures import (
+from tests.support.gateway import Gateway, start_gateway, stop_gateway
+from tests.support.sync import (
     DEVICE_ID,
     SITE,
     DeviceVault,
@@ -67,7 +67,7 @@ SEED_PATIENTS = 8  # two sites: about 4 patients and 150 resources in ours
 
 
 def _child_sync(job: dict[str, Any]) -> int:
-    from tests.sync.sync_fixtures import DeviceVault, sync_once, transport_config
+    from tests.support.sync import DeviceVault, sync_once, transport_config
 
     device = DeviceVault(Path(job["db"]), bytes.fromhex(job["dek"]), b"")
     config = transport_config(job["url"], job["pin"], (Path(job["cert"]), Path(job["key"])))

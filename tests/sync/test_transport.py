@@ -2,99 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
-import ipaddress
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sync.device.transport import Transport, TransportConfig, TransportError, spki_sha256
-from tests.sync.tls_server import RawTlsServer, server_context
-
-
-@dataclass
-class Issued:
-    cert: Path
-    key: Path
-    der: bytes
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write(tmp: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
-    cert_path, key_path = tmp / f"{stem}.crt", tmp / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Issued(cert_path, key_path, cert.public_bytes(serialization.Encoding.DER))
-
-
-def _issue(
-    tmp: Path,
-    stem: str,
-    cn: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-) -> tuple[Issued, x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    issuer_name = issuer[0].subject if issuer else _name(cn)
-    signing_key = issuer[1] if issuer else key
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(signing_key, hashes.SHA256())
-    return _write(tmp, stem, cert, key), cert, key
-
-
-@dataclass
-class Pki:
-    ca: Issued
-    server: Issued
-    device: Issued
-    rogue_ca: Issued
-    rogue_server: Issued
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    ca, ca_cert, ca_key = _issue(tmp_path, "ca", "Gateway CA", None, ca=True)
-    server, _, _ = _issue(tmp_path, "server", "gateway", (ca_cert, ca_key), server=True)
-    device, _, _ = _issue(tmp_path, "device", "device-1", (ca_cert, ca_key))
-    rogue_ca, rogue_cert, rogue_key = _issue(tmp_path, "rogue-ca", "Trusted CA", None, ca=True)
-    rogue_server, _, _ = _issue(tmp_path, "rogue", "gateway", (rogue_cert, rogue_key), server=True)
-    return Pki(ca, server, device, rogue_ca, rogue_server)
+from tests.support.tls_server import RawTlsServer, server_context
+from tests.support.transport_pki import (
+    Pki,
+    transport_config,
+)
 
 
 def _ok(
@@ -109,21 +29,12 @@ def gateway(pki: Pki) -> Iterator[RawTlsServer]:
     yield from RawTlsServer(context, _ok).serve()
 
 
-def _config(pki: Pki, port: int, pins: tuple[bytes, ...], **kw: object) -> TransportConfig:
-    return TransportConfig(
-        gateway_url=f"https://127.0.0.1:{port}/",
-        allowed_hosts=["127.0.0.1"],
-        spki_pins=pins,
-        client_cert_file=pki.device.cert,
-        client_key_file=pki.device.key,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
 def test_NW1_request_with_matching_pin_presents_the_client_certificate(
     pki: Pki, gateway: RawTlsServer
 ) -> None:
-    with Transport(_config(pki, gateway.port, (spki_sha256(pki.server.der),))) as transport:
+    with Transport(
+        transport_config(pki, gateway.port, (spki_sha256(pki.server.der),))
+    ) as transport:
         response = transport.get("fhir/metadata")
     assert response.status == 200
     assert response.body == b'{"ok": true}'
@@ -132,20 +43,22 @@ def test_NW1_request_with_matching_pin_presents_the_client_certificate(
 
 def test_NW1_backup_pin_is_accepted(pki: Pki, gateway: RawTlsServer) -> None:
     pins = (b"\x00" * 32, spki_sha256(pki.server.der))
-    with Transport(_config(pki, gateway.port, pins)) as transport:
+    with Transport(transport_config(pki, gateway.port, pins)) as transport:
         assert transport.get("x").status == 200
 
 
 def test_NW1_chain_verification_against_the_gateway_ca_also_works(
     pki: Pki, gateway: RawTlsServer
 ) -> None:
-    config = _config(pki, gateway.port, (spki_sha256(pki.server.der),), server_ca_file=pki.ca.cert)
+    config = transport_config(
+        pki, gateway.port, (spki_sha256(pki.server.der),), server_ca_file=pki.ca.cert
+    )
     with Transport(config) as transport:
         assert transport.get("x").status == 200
 
 
 def test_NW1_pin_mismatch_aborts_before_any_request_byte(pki: Pki, gateway: RawTlsServer) -> None:
-    with Transport(_config(pki, gateway.port, (b"\x01" * 32,))) as transport:
+    with Transport(transport_config(pki, gateway.port, (b"\x01" * 32,))) as transport:
         with pytest.raises(TransportError) as caught:
             transport.request("POST", "fhir", body=b"secret clinical note")
     assert caught.value.reason == "pin_mismatch"
@@ -157,7 +70,9 @@ def test_NW1_pin_mismatch_aborts_before_any_request_byte(pki: Pki, gateway: RawT
 def test_NW1_a_tls12_server_is_refused(pki: Pki) -> None:
     context = server_context(pki.server.cert, pki.server.key, pki.ca.cert, tls12_only=True)
     for server in RawTlsServer(context, _ok).serve():
-        with Transport(_config(pki, server.port, (spki_sha256(pki.server.der),))) as transport:
+        with Transport(
+            transport_config(pki, server.port, (spki_sha256(pki.server.der),))
+        ) as transport:
             with pytest.raises(TransportError) as caught:
                 transport.get("x")
         assert caught.value.reason == "tls"
@@ -172,7 +87,9 @@ def test_NW2_mitm_with_an_os_trusted_ca_is_refused_before_any_request_byte(
         monkeypatch.setenv(name, str(pki.rogue_ca.cert))
     context = server_context(pki.rogue_server.cert, pki.rogue_server.key, None)
     for mitm in RawTlsServer(context, _ok).serve():
-        with Transport(_config(pki, mitm.port, (spki_sha256(pki.server.der),))) as transport:
+        with Transport(
+            transport_config(pki, mitm.port, (spki_sha256(pki.server.der),))
+        ) as transport:
             with pytest.raises(TransportError) as caught:
                 transport.get("fhir/Patient")
         assert caught.value.reason == "pin_mismatch"
@@ -196,7 +113,9 @@ def test_NW2_hostile_proxy_ca_bundle_and_netrc_change_nothing(
     monkeypatch.setenv("NO_PROXY", "")
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.setenv(name, str(tmp_path / "does-not-exist.pem"))
-    with Transport(_config(pki, gateway.port, (spki_sha256(pki.server.der),))) as transport:
+    with Transport(
+        transport_config(pki, gateway.port, (spki_sha256(pki.server.der),))
+    ) as transport:
         assert transport.get("x").status == 200
     assert all("authorization" not in headers for _, _, headers in gateway.requests)
 
@@ -207,7 +126,9 @@ def test_NW2_redirects_are_not_followed(pki: Pki) -> None:
 
     context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
     for server in RawTlsServer(context, redirect).serve():
-        with Transport(_config(pki, server.port, (spki_sha256(pki.server.der),))) as transport:
+        with Transport(
+            transport_config(pki, server.port, (spki_sha256(pki.server.der),))
+        ) as transport:
             with pytest.raises(TransportError) as caught:
                 transport.get("x")
         assert caught.value.reason == "redirect_refused"
@@ -215,7 +136,7 @@ def test_NW2_redirects_are_not_followed(pki: Pki) -> None:
 
 
 def test_NW2_only_the_gateway_origin_and_allowed_hosts(pki: Pki, gateway: RawTlsServer) -> None:
-    config = _config(pki, gateway.port, (spki_sha256(pki.server.der),))
+    config = transport_config(pki, gateway.port, (spki_sha256(pki.server.der),))
     with Transport(config) as transport:
         for url in (
             "https://evil.example/fhir",
@@ -249,7 +170,7 @@ def test_NW3_oversized_and_gzip_bomb_answers_are_cut_off(pki: Pki) -> None:
 
     context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
     for server in RawTlsServer(context, huge).serve():
-        config = _config(
+        config = transport_config(
             pki, server.port, (spki_sha256(pki.server.der),), max_response_bytes=1024 * 1024
         )
         with Transport(config) as transport:
@@ -268,7 +189,9 @@ def test_gzip_answers_are_decoded(pki: Pki) -> None:
 
     context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
     for server in RawTlsServer(context, zipped).serve():
-        with Transport(_config(pki, server.port, (spki_sha256(pki.server.der),))) as transport:
+        with Transport(
+            transport_config(pki, server.port, (spki_sha256(pki.server.der),))
+        ) as transport:
             assert transport.get("x").body == payload
             assert transport.counters.bytes_received < len(payload)
         assert server.requests[0][2]["accept-encoding"] == "gzip"
@@ -286,7 +209,7 @@ def test_only_idempotent_requests_are_retried(pki: Pki) -> None:
     sleeps: list[float] = []
     context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
     for server in RawTlsServer(context, busy).serve():
-        config = _config(pki, server.port, (spki_sha256(pki.server.der),))
+        config = transport_config(pki, server.port, (spki_sha256(pki.server.der),))
         with Transport(config, sleep=sleeps.append) as transport:
             assert transport.get("x").status == 200
             assert transport.request("POST", "x", body=b"{}").status == 503
@@ -296,7 +219,9 @@ def test_only_idempotent_requests_are_retried(pki: Pki) -> None:
 
 
 def test_one_connection_is_reused_for_a_whole_sync(pki: Pki, gateway: RawTlsServer) -> None:
-    with Transport(_config(pki, gateway.port, (spki_sha256(pki.server.der),))) as transport:
+    with Transport(
+        transport_config(pki, gateway.port, (spki_sha256(pki.server.der),))
+    ) as transport:
         for _ in range(5):
             assert transport.get("x").status == 200
         assert transport.counters.connections == 1
@@ -310,7 +235,9 @@ def test_a_silent_server_times_out(pki: Pki) -> None:
 
     context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
     for server in RawTlsServer(context, silent).serve():
-        config = _config(pki, server.port, (spki_sha256(pki.server.der),), read_timeout_s=0.3)
+        config = transport_config(
+            pki, server.port, (spki_sha256(pki.server.der),), read_timeout_s=0.3
+        )
         with Transport(config, sleep=lambda _: None) as transport:
             with pytest.raises(TransportError) as caught:
                 transport.get("x")

@@ -19,9 +19,9 @@ from client.core.vault import database_path
 from client.ui.admin import AdminPanel
 from client.ui.main_window import MainWindow
 from client.ui.qt import QLabel, QMessageBox
-from tests.client.device_fixtures import T0, ProvisionedDevice
-from tests.client.test_device_admin import certificate_pem
-from tests.ui.ui_fixtures import device, sign_in, window
+from tests.support.certificates import certificate_pem
+from tests.support.device import T0, ProvisionedDevice
+from tests.support.ui import device, sign_in, window
 
 ADMIN = ("it.admin", "provisioning desk password")
 DEVICE_ID = "dev-test-0001"

@@ -25,14 +25,14 @@ from client.ui.main_window import MainWindow
 from client.ui.qt import Qt
 from sync.device.audit_upload import AuditQuery
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
-from tests.ui.gateway_fixtures import (
+from tests.support.ui import disk_is_fine, on_worker, widget_texts
+from tests.support.ui_gateway import (
     AUDITOR,
     NURSE,
     LiveGateway,
     provision_for_tests,
     start_live_gateway,
 )
-from tests.ui.ui_fixtures import disk_is_fine, on_worker, widget_texts
 
 OUTSIDE = "not-on-this-laptop"
 

@@ -13,7 +13,7 @@ from client.core.session import Session
 from client.ui.admin import AdminPanel
 from client.ui.audit_view import AuditWorkspace
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
-from tests.ui.ui_fixtures import (
+from tests.support.ui import (
     CLINICIAN,
     HTML_FAMILY,
     HTML_PATIENT,

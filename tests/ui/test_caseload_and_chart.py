@@ -23,7 +23,7 @@ from client.ui.qt import (
     QTableView,
     QWidget,
 )
-from tests.ui.ui_fixtures import (
+from tests.support.ui import (
     HTML,
     HTML_FAMILY,
     HTML_PATIENT,

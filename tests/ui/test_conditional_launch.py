@@ -14,13 +14,13 @@ from client.core.device_checks import LinuxRoots
 from client.ui.clinical import ClinicalWorkspace
 from client.ui.conditional_launch import ConditionalLaunchScreen
 from client.ui.qt import QLabel, Qt
-from tests.client.test_device_checks import _fake_sys
-from tests.ui.ui_fixtures import audit_actions, device, flush_deletes, sign_in, window
+from tests.support.fake_sys import fake_sys
+from tests.support.ui import audit_actions, device, flush_deletes, sign_in, window
 
 
 def _plain_disk(tmp: Path, data_dir: Path) -> LinuxRoots:
     (tmp / "sys-plain").mkdir()
-    return _fake_sys(
+    return fake_sys(
         tmp / "sys-plain",
         {"/": "8:1", str(data_dir): "8:1"},
         {"sda1": {"dev": "8:1"}},
@@ -29,7 +29,7 @@ def _plain_disk(tmp: Path, data_dir: Path) -> LinuxRoots:
 
 def _luks_disk(tmp: Path, data_dir: Path) -> LinuxRoots:
     (tmp / "sys-luks").mkdir()
-    return _fake_sys(
+    return fake_sys(
         tmp / "sys-luks",
         {"/": "254:0", str(data_dir): "254:0"},
         {

@@ -15,7 +15,7 @@ from client.core import conflicts, consultation
 from client.core.session import Session
 from client.ui.conflicts import ConflictsDialog, readable
 from client.ui.qt import QApplication, QLabel, QPlainTextEdit, Qt
-from tests.ui.ui_fixtures import (
+from tests.support.ui import (
     HTML,
     HTML_PATIENT,
     device,

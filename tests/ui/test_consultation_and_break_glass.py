@@ -14,7 +14,7 @@ from client.ui.clinical import ClinicalWorkspace
 from client.ui.consultation_form import SAVED_MESSAGE, ConsultationForm
 from client.ui.main_window import MainWindow
 from client.ui.qt import QLabel, Qt
-from tests.ui.ui_fixtures import (
+from tests.support.ui import (
     CLINICIAN,
     HTML_PATIENT,
     OUTSIDE_PATIENT,

@@ -29,7 +29,7 @@ from client.ui.qt import (
     Qt,
     QWidget,
 )
-from tests.ui.ui_fixtures import (
+from tests.support.ui import (
     CLINICIAN,
     HTML_FAMILY,
     HTML_PATIENT,

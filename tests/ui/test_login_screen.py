@@ -12,7 +12,7 @@ from client.core.session import Session
 from client.ui.clinical import ClinicalWorkspace
 from client.ui.login import PasswordChangeDialog
 from client.ui.qt import QTimer
-from tests.ui.ui_fixtures import CLINICIAN, device, on_worker, sign_in, window
+from tests.support.ui import CLINICIAN, device, on_worker, sign_in, window
 
 
 def test_sign_in_runs_on_the_executor_and_opens_the_clinical_workspace(

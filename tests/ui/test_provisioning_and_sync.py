@@ -23,14 +23,14 @@ from client.ui.qt import QLabel, Qt, QTimer
 from client.ui.sync_panel import SyncOutcome
 from sync.device.engine import Progress
 from sync.gateway.cli import main as gateway_main
-from tests.ui.gateway_fixtures import (
+from tests.support.ui import disk_is_fine
+from tests.support.ui_gateway import (
     NURSE,
     SITE,
     LiveGateway,
     provision_for_tests,
     start_live_gateway,
 )
-from tests.ui.ui_fixtures import disk_is_fine
 
 
 @pytest.fixture(scope="module")

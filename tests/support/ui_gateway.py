@@ -33,7 +33,7 @@ from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.users import LoginPolicy
-from tests.gateway.conftest import TEST_HASHER
+from tests.support.gateway import TEST_HASHER
 
 SITE = "hmp-brixton"
 OTHER_SITE = "hmp-pentonville"

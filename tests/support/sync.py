@@ -39,7 +39,7 @@ from sync.device.transport import Transport, TransportConfig
 from sync.gateway.seed.generator import generate
 from sync.gateway.store.base import SearchQuery, Store
 from sync.protocol.audit.chain import verify
-from tests.tls_fixtures import DeviceCredentials
+from tests.support.tls import DeviceCredentials
 
 SITE = "hmp-brixton"
 OTHER_SITE = "hmp-pentonville"

@@ -26,8 +26,8 @@ from sync.protocol.audit.audit_event import export_bundle
 from sync.protocol.audit.chain import ChainState, append
 from sync.protocol.audit.entry import AuditEntry
 from sync.protocol.escrow import escrow_aad, seal
-from tests.gateway.conftest import TEST_HASHER, Gateway
-from tests.tls_fixtures import DeviceCredentials
+from tests.support.gateway import TEST_HASHER, Gateway
+from tests.support.tls import DeviceCredentials
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 PASSWORD = "correct horse battery staple"

@@ -29,7 +29,7 @@ from client.ui.qt import (
     QWidget,
 )
 from sync.gateway.seed.generator import generate
-from tests.client.device_fixtures import (
+from tests.support.device import (
     CLINICIAN,
     OTHER_SITE,
     SITE,
@@ -38,7 +38,7 @@ from tests.client.device_fixtures import (
     policy_envelope,
     provision,
 )
-from tests.client.fhir_fixtures import allergy, flag, meta, nhs_number, patient
+from tests.support.fhir import allergy, flag, meta, nhs_number, patient
 
 HTML = "<b>Bold</b><script>alert(1)</script>"
 HTML_PATIENT = "pt-html-1"

@@ -9,7 +9,7 @@ import pytest
 
 from sync.gateway.store.base import DatabaseFailure, HistoryQuery, SearchQuery, Store, StoreError
 from sync.gateway.store.loader import load_resources
-from tests.gateway.conftest import SITE_A, observation
+from tests.support.gateway import SITE_A, observation
 
 
 def assert_commit_order_is_seq_order(first: Store, second: Store, *, wait: float) -> None:
