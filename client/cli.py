@@ -38,9 +38,9 @@ from client.core.sync_runner import run_sync
 from policy import decisions
 from policy.atomic import atomic_write
 from policy.errors import PolicyRefused
-from sync.device.engine import SyncError
-from sync.device.enrolment import EnrolmentError
+from sync.device.errors import DeviceError
 from sync.device.transport import TransportError
+from sync.protocol.errors import ProtocolError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -256,10 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except GatehouseError as error:
         print(f"error: {error.message}", file=sys.stderr)
-    except (EnrolmentError, SyncError) as error:
-        print(f"error: {error.message}", file=sys.stderr)
     except TransportError as error:
         print(f"error: cannot reach the gateway safely ({error.reason})", file=sys.stderr)
+    except DeviceError as error:
+        print(f"error: {error.message or error.reason}", file=sys.stderr)
+    except ProtocolError as error:
+        print(f"error: the gateway's answer cannot be accepted ({error.reason})", file=sys.stderr)
     except PolicyRefused as refused:
         print(f"refused: {refused.reason}: {refused.detail}", file=sys.stderr)
     except OSError as error:

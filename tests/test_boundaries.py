@@ -138,6 +138,63 @@ def test_tests_share_helpers_only_through_tests_support() -> None:
     assert offenders == []
 
 
+# Exceptions that are deliberately not their package's base error: bugs by design (the UI's
+# boundary shows them as "something went wrong"), control flow that never leaves a module,
+# and the policy admin CLI's own usage errors.
+_NOT_CLASSIFIED = {
+    "client.core.audit_log.AuditLogError",
+    "client.core.outbox.OutboxStateError",
+    "client.core.records.TransactionRequired",
+    "policy.strictjson.StrictJSONError",  # always turned into PolicyRefused("malformed")
+    "policy.cli.UsageError",
+    "policy.cli.OperationError",
+}
+
+
+def _exception_classes(package: str) -> list[type[BaseException]]:
+    import importlib
+    import inspect
+
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        name = _module_name(path)
+        if never_ships(name) and not name.startswith(("sync.gateway", "policy.cli")):
+            continue
+        module = importlib.import_module(name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if (
+                issubclass(cls, BaseException)
+                and cls.__module__ == name
+                and not cls.__name__.startswith("_")
+            ):
+                found.append(cls)
+    return found
+
+
+def test_each_package_has_one_base_error() -> None:
+    """So the UI's error boundary and each CLI catch one type per package."""
+    from client.core.errors import GatehouseError
+    from policy.errors import PolicyRefused
+    from sync.device.errors import DeviceError
+    from sync.gateway.errors import GatewayError
+    from sync.protocol.errors import ProtocolError
+
+    bases: dict[str, type[BaseException]] = {
+        "sync/protocol": ProtocolError,
+        "sync/device": DeviceError,
+        "sync/gateway": GatewayError,
+        "client/core": GatehouseError,
+        "policy": PolicyRefused,
+    }
+    strays = []
+    for package, base in bases.items():
+        for cls in _exception_classes(package):
+            qualified = f"{cls.__module__}.{cls.__name__}"
+            if not issubclass(cls, base) and qualified not in _NOT_CLASSIFIED:
+                strays.append(f"{qualified} is not a {base.__name__}")
+    assert strays == []
+
+
 def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     """Guard against a checker that silently finds nothing."""
     pkg = tmp_path / "policy"

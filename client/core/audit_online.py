@@ -1,4 +1,4 @@
-"""The auditor's online queries, from a signed-in session (issue 6 item 9; AU-4, AU-5).
+"""The auditor's online queries, from a signed-in session (AU-4, AU-5).
 
 Guarantees:
 - Only an auditor or admin session may ask (``NotAllowed``, audited as refused), checked here

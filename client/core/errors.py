@@ -6,6 +6,12 @@ The UI handles them at one boundary (CONVENTIONS.md §4):
 - ``EnvironmentFault``: the machine let us down (disk full, keyring missing, I/O error). The
   message says what happened and what to do; nothing was lost.
 - Anything else is a bug: the UI shows a generic apology and logs the exception type only.
+  Three exceptions of the core are bugs on purpose and so are not ``GatehouseError``s:
+  ``audit_log.AuditLogError`` (the chain's own invariants broken by a caller or by corruption),
+  ``outbox.OutboxStateError`` (an impossible outbox transition) and
+  ``records.TransactionRequired`` (a write outside the caller's transaction).
+
+``GatehouseError`` is the core's one base error: the error boundary and the CLI catch it once.
 
 Every error carries a stable ``reason`` code, used in the audit log and in tests.
 """

@@ -1,5 +1,5 @@
 """Running a whole sync for a signed-in session: the engine, the vault replica and the
-device's side of the control steps (issue 5 items 6-7).
+device's side of the control steps (docs/sync.md, docs/control-plane.md).
 
 Guarantees:
 - One pinned transport (one connection) for the whole sync, built from the signed policy and

@@ -6,8 +6,10 @@ Guarantees:
   did and what to do; anything else is a bug, shown as a calm generic message.
 - Every message says whether anything was lost. Saves are transactional, so the answer is
   "nothing was lost" unless an error says otherwise.
-- Network and gateway refusals (``TransportError``, ``EnrolmentError``, ``SyncError``) are
-  explained by their reason code; a gateway's own refusal text is shown plain and truncated.
+- Network and gateway refusals (``TransportError``, and every other ``sync.device.errors.
+  DeviceError``) are explained by their reason code; a gateway's own refusal text is shown
+  plain and truncated. A ``sync.protocol.errors.ProtocolError`` (an answer or statement that
+  cannot be accepted) says so and never quotes it.
 - Bugs are logged by exception type only (never the message, which might hold data).
 """
 
@@ -17,9 +19,9 @@ import logging
 from dataclasses import dataclass
 
 from client.core.errors import EnvironmentFault, GatehouseError, UserFacingError
-from sync.device.engine import SyncError
-from sync.device.enrolment import EnrolmentError
+from sync.device.errors import DeviceError
 from sync.device.transport import TransportError
+from sync.protocol.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,14 @@ def explain(error: BaseException) -> Explanation:
         return Explanation(
             "The gateway cannot be used", f"{help_text}\n\n{NOTHING_LOST}", error.reason
         )
-    if isinstance(error, EnrolmentError | SyncError):
+    if isinstance(error, ProtocolError):
+        return Explanation(
+            "The gateway's answer cannot be used",
+            "The gateway sent something Gatehouse cannot accept, so it was not used. "
+            f"Try again later; if it keeps happening, call IT.\n\n{NOTHING_LOST}",
+            error.reason,
+        )
+    if isinstance(error, DeviceError):
         message = GATEWAY_REFUSALS.get(error.reason) or error.message[:MAX_SERVER_TEXT]
         message = message[:1].upper() + message[1:]
         if not message.endswith("."):

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+from sync.device.errors import DeviceError
 from sync.device.transport import Transport
 from sync.protocol.audit.audit_event import CHAIN_EXTENSION, to_audit_event
 from sync.protocol.audit.entry import AuditEntry, AuditFormatError, entry_from_canonical
@@ -54,13 +55,8 @@ _CHAIN_KEYS = frozenset(
 _ALERT_KEYS = frozenset({"raised_at", "first_bad_seq", "reason"})
 
 
-class AuditClientError(Exception):
+class AuditClientError(DeviceError):
     """An online audit query failed; ``reason`` is stable, ``message`` is for people."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Control traffic in the same sync: audit upload, policy, commands, trusted time
-(issue 5 item 6; docs/control-plane.md). The protocol decides; the client acts.
+(docs/control-plane.md). The protocol decides; the client acts.
 
 Guarantees:
 - Audit entries leave the device as an AuditEvent Bundle continuing from the last receipt; the
@@ -71,13 +71,7 @@ def _json(data: bytes) -> Any:
 
 
 def _post(transport: Transport, path: str, body: Any, *, idempotent: bool = False) -> Any:
-    response = transport.request(
-        "POST",
-        path,
-        body=orjson.dumps(body),
-        headers={"Content-Type": "application/json"},
-        idempotent=idempotent,
-    )
+    response = transport.post_json(path, body, idempotent=idempotent)
     data = _json(response.body)
     if response.status != 200:
         reason = data.get("error") if isinstance(data, dict) else None

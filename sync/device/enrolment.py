@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sync.device.errors import DeviceError
 from sync.device.transport import Transport, TransportConfig, TransportError, decode_pin
 from sync.protocol.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
 
@@ -34,13 +34,8 @@ BUNDLE_FORMAT = "gatehouse-provisioning-bundle/1"
 MAX_BUNDLE_BYTES = 64 * 1024  # a bundle is a few KiB of PEM and base64
 
 
-class EnrolmentError(Exception):
+class EnrolmentError(DeviceError):
     """Enrolment or online login failed; ``reason`` is stable, ``message`` is for people."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 def _text(data: dict[str, Any], key: str) -> str:
@@ -157,13 +152,7 @@ def make_csr(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _answer(transport: Transport, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
-    response = transport.request(
-        "POST",
-        path,
-        body=orjson.dumps(body),
-        headers={"Content-Type": "application/json"},
-        idempotent=False,
-    )
+    response = transport.post_json(path, body)
     try:
         data = loads_bounded(response.body, max_bytes=MAX_CONTROL_BYTES, max_depth=8)
     except BoundedJsonError as error:

@@ -14,16 +14,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from sync.device.errors import DeviceError
+
 FHIR_JSON = "application/fhir+json"  # the media type of every data-plane request and answer
 
 
-class SyncError(Exception):
+class SyncError(DeviceError):
     """A sync that could not complete; ``reason`` is stable, ``message`` is for people."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 class Cancelled(SyncError):

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from sync.device.errors import DeviceError
+
 # Keys of ``OutboxItem.extra`` (all strings unless noted).
 EXTRA_FULL_URL: Final = "full_url"  # "urn:uuid:<client id>": the entry's Bundle fullUrl
 EXTRA_IF_NONE_EXIST: Final = "if_none_exist"  # "identifier=<system>|<client id>" for creates
@@ -33,7 +35,7 @@ EXTRA_GROUP: Final = "group_id"  # items of one group (a consultation) go in one
 EXTRA_ATTEMPTS: Final = "attempts"  # int: refused pushes so far (record_push_error)
 
 
-class ReplicaError(Exception):
+class ReplicaError(DeviceError):
     """The replica refused a call. ``reason`` is a stable code.
 
     Reasons: ``unknown_entry`` / ``not_pending`` / ``already_sent`` (an impossible outbox
@@ -43,7 +45,6 @@ class ReplicaError(Exception):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 
+from sync.device.errors import DeviceError
 from sync.protocol.pins import spki_der
 
 # Timeouts in seconds: connecting to a gateway on a LAN or VPN takes well under 10 s; a page of
@@ -53,7 +55,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _READ_CHUNK = 64 * 1024
 
 
-class TransportError(Exception):
+class TransportError(DeviceError):
     """Every transport failure, with a stable ``reason`` code for the sync result and audit.
 
     Reasons: ``pin_mismatch``, ``tls``, ``host_not_allowed``, ``redirect_refused``,
@@ -61,8 +63,7 @@ class TransportError(Exception):
     """
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        super().__init__(reason, detail)
         self.detail = detail
 
 
@@ -294,6 +295,16 @@ class Transport:
 
     def get(self, path_or_url: str, headers: Mapping[str, str] | None = None) -> Response:
         return self.request("GET", path_or_url, headers=headers)
+
+    def post_json(self, path_or_url: str, body: Any, *, idempotent: bool = False) -> Response:
+        """POST ``body`` as JSON (the control plane's shape); retried only when idempotent."""
+        return self.request(
+            "POST",
+            path_or_url,
+            body=orjson.dumps(body),
+            headers={"Content-Type": "application/json"},
+            idempotent=idempotent,
+        )
 
     def _send_once(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None

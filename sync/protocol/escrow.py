@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sync.protocol.errors import ProtocolError
+
 FORMAT_VERSION = b"\x01"
 _PUBLIC_BYTES = 32
 _NONCE_BYTES = 12
@@ -36,12 +38,11 @@ _INFO = b"gatehouse-escrow-v1"
 MAX_SECRET_BYTES = 4096  # a DEK is 32 bytes; anything large is not ours to seal
 
 
-class EscrowError(Exception):
+class EscrowError(ProtocolError):
     """The escrow blob could not be sealed or unsealed. ``reason`` is a stable code."""
 
     def __init__(self, reason: str = "escrow_unseal_failed") -> None:
         super().__init__(reason)
-        self.reason = reason
 
 
 def escrow_aad(device_id: str) -> bytes:

@@ -22,15 +22,16 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from sync.protocol.errors import ProtocolError
+
 COMMAND_TYPE = "gatehouse-command-v1"
 COMMAND_RECEIPT_TYPE = "gatehouse-command-receipt-v1"
 TIME_TYPE = "gatehouse-time-v1"
 
 
-class SignatureRefused(Exception):
+class SignatureRefused(ProtocolError):
     def __init__(self, reason: str = "signature") -> None:
         super().__init__(reason)
-        self.reason = reason
 
 
 def canonical(fields: Mapping[str, Any]) -> bytes:

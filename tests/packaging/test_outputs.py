@@ -1,4 +1,4 @@
-"""Build outputs (packaging/outputs.py, packaging/verify.py, packaging/gatehouse_main.py): the
+"""Build outputs (packaging/outputs.py, packaging/verify.py): the
 manifest catches any changed, missing or added file, the SBOM names what was really bundled,
 the tarball is deterministic. Real files in tmp_path; no PyInstaller run (too slow for a test:
 ``packaging/build.sh`` + ``packaging/verify.py`` do that end to end).
@@ -175,17 +175,3 @@ def test_size_report_groups_by_top_level_component(bundle: Path) -> None:
     assert total == len(b"\x7fELF executable") + 1300 + 3
     assert components[0] == ("lib", 1300)
     assert files[0] == ("lib/libthing.so.1", 1300)
-
-
-def test_entry_script_without_client_cli_offers_only_the_self_test(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    entry = _load("gatehouse_main")
-    real_find_spec = importlib.util.find_spec
-
-    def find_spec(name: str, package: str | None = None) -> object:
-        return None if name == "client.cli" else real_find_spec(name, package)
-
-    monkeypatch.setattr(entry.importlib.util, "find_spec", find_spec)
-    assert entry.run(["--provision"]) == 2
-    assert "only supports --self-test" in capsys.readouterr().err

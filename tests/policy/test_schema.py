@@ -165,3 +165,12 @@ def test_docs_check_mode_detects_drift(
     target.write_text(target.read_text().replace("Lock the session", "Lock eventually"))
     assert docs.main(["--check"]) == 1
     assert "out of date" in capsys.readouterr().err
+
+
+def test_the_policy_offers_exactly_the_resource_types_a_laptop_stores() -> None:
+    """policy/ may not import sync/, so it keeps its own list; this keeps the two equal."""
+    from policy.schema import RESOURCE_TYPES
+    from sync.protocol.fhir.vocabulary import STORED_TYPES
+
+    assert len(set(RESOURCE_TYPES)) == len(RESOURCE_TYPES)
+    assert set(RESOURCE_TYPES) == STORED_TYPES

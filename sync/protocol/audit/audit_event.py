@@ -25,7 +25,12 @@ from typing import Any
 
 import orjson
 
-from sync.protocol.audit.entry import AuditEntry, AuditFormatError, entry_from_canonical
+from sync.protocol.audit.entry import (
+    CANONICAL_FIELDS,
+    AuditEntry,
+    AuditFormatError,
+    entry_from_canonical,
+)
 from sync.protocol.fhir.vocabulary import USER_SYSTEM
 
 CHAIN_EXTENSION = "https://gatehouse.example/fhir/StructureDefinition/audit-chain"
@@ -260,22 +265,7 @@ def entries_from_bundle(bundle: object) -> list[AuditEntry]:
     return entries
 
 
-CSV_HEADER = (
-    "seq",
-    "ts",
-    "device_id",
-    "user_id",
-    "role",
-    "action",
-    "outcome",
-    "patient_id",
-    "purpose",
-    "reason_text",
-    "detail",
-    "prev_hash",
-    "entry_hash",
-    "mac",
-)
+CSV_HEADER = (*CANONICAL_FIELDS[1:], "entry_hash", "mac")
 
 
 def _cell(value: object) -> str:

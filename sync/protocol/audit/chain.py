@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -135,21 +135,7 @@ def append(
     )
     validate_entry(draft)
     head = hashlib.sha256(canonical_bytes(draft)).hexdigest()
-    entry = AuditEntry(
-        seq=draft.seq,
-        ts=draft.ts,
-        device_id=draft.device_id,
-        action=draft.action,
-        outcome=draft.outcome,
-        prev_hash=draft.prev_hash,
-        mac=entry_mac(state.key, head),
-        user_id=draft.user_id,
-        role=draft.role,
-        patient_id=draft.patient_id,
-        purpose=draft.purpose,
-        reason_text=draft.reason_text,
-        detail=draft.detail,
-    )
+    entry = replace(draft, mac=entry_mac(state.key, head))
     return entry, ChainState(entry.seq, head, next_key(state.key))
 
 

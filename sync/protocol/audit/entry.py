@@ -25,9 +25,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
+
+from sync.protocol.errors import ProtocolError
 
 FORMAT_VERSION = 1
 OUTCOMES = frozenset({"success", "failure", "denied"})
@@ -49,26 +51,26 @@ _HASH_HEX = re.compile(r"[0-9a-f]{64}")
 _TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
-_KEYS = frozenset(
-    {
-        "v",
-        "seq",
-        "ts",
-        "device_id",
-        "user_id",
-        "role",
-        "action",
-        "outcome",
-        "patient_id",
-        "purpose",
-        "reason_text",
-        "detail",
-        "prev_hash",
-    }
+# The canonical object's members, in the order exports and CSV list them.
+CANONICAL_FIELDS: Final = (
+    "v",
+    "seq",
+    "ts",
+    "device_id",
+    "user_id",
+    "role",
+    "action",
+    "outcome",
+    "patient_id",
+    "purpose",
+    "reason_text",
+    "detail",
+    "prev_hash",
 )
+_KEYS = frozenset(CANONICAL_FIELDS)
 
 
-class AuditFormatError(Exception):
+class AuditFormatError(ProtocolError):
     """An entry, export or receipt that is not well formed. ``reason`` is a stable code.
 
     ``reason`` is ``malformed`` for structure errors and ``edited`` when an exported
@@ -76,9 +78,7 @@ class AuditFormatError(Exception):
     """
 
     def __init__(self, reason: str, message: str, seq: int | None = None) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
+        super().__init__(reason, message)
         self.seq = seq
 
 

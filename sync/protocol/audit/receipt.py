@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sync.protocol.audit.entry import MAX_SEQ, AuditFormatError, strict_json_loads
+from sync.protocol.errors import ProtocolError
 
 RECEIPT_TYPE = "gatehouse-audit-receipt-v1"
 MAX_RECEIPT_BYTES = 4096
@@ -34,13 +35,8 @@ _SIG_HEX = re.compile(r"[0-9a-f]{128}")
 _FIELDS = frozenset({"device_id", "last_seq", "head_hash", "issued_at", "signature"})
 
 
-class ReceiptError(Exception):
+class ReceiptError(ProtocolError):
     """A receipt that cannot be trusted. ``reason``: signature, malformed or future."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,8 @@ from typing import Any, NoReturn
 
 import orjson
 
+from sync.protocol.errors import ProtocolError
+
 # One page of a FHIR search or history answer. A page of 1,000 resources of the size our
 # gateway serves is about 2-4 MiB; 32 MiB leaves room for large notes and other servers' pages
 # while keeping a hostile answer from exhausting a laptop's memory.
@@ -61,15 +63,14 @@ MAX_ITEMS = 2_000_000
 _ESCAPED_COLONS = (b"\\u003a", b"\\u003A")
 
 
-class BoundedJsonError(ValueError):
+class BoundedJsonError(ProtocolError, ValueError):
     """The input is not bounded, strict JSON. ``reason`` is a stable code for logs and audit."""
 
     REASONS = frozenset({"too_large", "too_deep", "too_many_items", "malformed", "duplicate_key"})
 
     def __init__(self, reason: str, detail: str = "") -> None:
         assert reason in self.REASONS, reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        super().__init__(reason, detail)
         self.detail = detail
 
 

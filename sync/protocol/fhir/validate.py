@@ -37,6 +37,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any, NoReturn
 
+from sync.protocol.errors import ProtocolError
 from sync.protocol.fhir.vocabulary import (
     CLIENT_ID_SYSTEM,
     ID_RE,
@@ -69,7 +70,7 @@ _PRISON_NUMBER_RE = re.compile(r"[A-Z]\d{4}[A-Z]{2}")
 _B64_RE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
 
-class InvalidResource(ValueError):
+class InvalidResource(ProtocolError, ValueError):
     """A resource fails strict validation. ``reason`` is stable; ``path`` locates the field."""
 
     REASONS = frozenset(
@@ -86,8 +87,7 @@ class InvalidResource(ValueError):
 
     def __init__(self, reason: str, path: str) -> None:
         assert reason in self.REASONS, reason
-        super().__init__(f"{reason} at {path}")
-        self.reason = reason
+        super().__init__(reason, f"at {path}")
         self.path = path
 
 
