@@ -27,9 +27,9 @@ from client.core.accounts import LoginRefused
 from client.core.errors import UserFacingError
 from client.core.provisioning import transport_config
 from client.core.session import NotAllowed, Session
-from sync.device.audit_upload import AuditClientError, AuditQuery, SearchResult, chain_status
-from sync.device.audit_upload import download_csv as _download_csv
-from sync.device.audit_upload import search_audit as _search_audit
+from sync.device.audit_queries import AuditClientError, AuditQuery, SearchResult, chain_status
+from sync.device.audit_queries import download_csv as _download_csv
+from sync.device.audit_queries import search_audit as _search_audit
 from sync.device.enrolment import EnrolmentError, online_login
 from sync.device.transport import Transport, TransportError
 

@@ -40,7 +40,7 @@ from client.ui.qt import (
 )
 from client.ui.runner import Runner
 from client.ui.widgets import TextRowsModel, button, data_label, field
-from sync.device.audit_upload import AuditQuery
+from sync.device.audit_queries import AuditQuery
 from sync.protocol.audit.entry import AuditEntry
 
 COLUMNS = ("Time (UTC)", "User", "Action", "Outcome", "Patient id", "Purpose", "Reason")

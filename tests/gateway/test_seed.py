@@ -19,15 +19,14 @@ from sync.gateway.seed.generator import (
     summary,
 )
 from sync.protocol.fhir.bounded_json import loads_bounded
-from sync.protocol.fhir.validate import (
+from sync.protocol.fhir.read import (
     nhs_check_digit_ok,
     nhs_number,
-    parse_instant,
     patient_ref_of,
     prison_number,
     site_of_patient,
-    validate_resource,
 )
+from sync.protocol.fhir.validate import parse_instant, validate_resource
 from sync.protocol.fhir.vocabulary import (
     LOINC_SYSTEM,
     NHS_NUMBER_SYSTEM,

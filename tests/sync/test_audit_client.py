@@ -1,4 +1,4 @@
-"""``sync.device.audit_upload`` against the real gateway in-process (mutual TLS on
+"""``sync.device.audit_queries`` against the real gateway in-process (mutual TLS on
 127.0.0.1, pinned): searches with every filter, paging, site isolation, chain status, CSV,
 refusals, strictness."""
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-import sync.device.audit_upload as audit_client
-from sync.device.audit_upload import (
+import sync.device.audit_queries as audit_client
+from sync.device.audit_queries import (
     AuditClientError,
     AuditQuery,
     audit_event_entry,

@@ -14,19 +14,21 @@ from hypothesis import strategies as st
 
 from sync.protocol.fhir import bundle as fb
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
-from sync.protocol.fhir.validate import (
-    MAX_NOTE_BYTES,
-    InvalidResource,
+from sync.protocol.fhir.read import (
     client_identifier,
     is_valid_id,
     nhs_check_digit,
     nhs_check_digit_ok,
     nhs_number,
     normalise_nhs_number,
-    parse_instant,
     patient_ref_of,
     prison_number,
     site_of_patient,
+)
+from sync.protocol.fhir.validate import (
+    MAX_NOTE_BYTES,
+    InvalidResource,
+    parse_instant,
     validate_resource,
 )
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM, NHS_NUMBER_SYSTEM, PRISON_NUMBER_SYSTEM

@@ -23,7 +23,7 @@ from client.core.sync_runner import run_sync
 from client.ui.audit_view import AuditWorkspace, OnlineAuditPanel
 from client.ui.main_window import MainWindow
 from client.ui.qt import Qt
-from sync.device.audit_upload import AuditQuery
+from sync.device.audit_queries import AuditQuery
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
 from tests.support.ui import disk_is_fine, on_worker, widget_texts
 from tests.support.ui_gateway import (

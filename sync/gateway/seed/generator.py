@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sync.gateway.seed import names
-from sync.protocol.fhir.validate import nhs_check_digit
+from sync.protocol.fhir.read import nhs_check_digit
 from sync.protocol.fhir.vocabulary import (
     ALERT_SYSTEM,
     LOINC_SYSTEM,

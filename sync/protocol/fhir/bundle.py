@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
-from sync.protocol.fhir.validate import InvalidResource, client_identifier, is_valid_id
+from sync.protocol.fhir.read import client_identifier, is_valid_id
+from sync.protocol.fhir.validate import InvalidResource
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 
 Severity = Literal["fatal", "error", "warning", "information"]

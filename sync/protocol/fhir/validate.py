@@ -1,4 +1,4 @@
-"""Strict validation of inbound FHIR R4 resources, and the identifier helpers built on it.
+"""Strict validation of inbound FHIR R4 resources (the readers built on it: ``read.py``).
 
 Invariants guaranteed by :func:`validate_resource` for a resource it returns:
 
@@ -26,6 +26,10 @@ Every failure raises :class:`InvalidResource` with a stable ``reason`` and a JSO
 ``path`` (``Patient.name[0].family``). Messages never quote values: they may be patient data.
 Deep nesting, huge documents and duplicate keys are refused earlier, by
 :mod:`sync.protocol.fhir.bounded_json`.
+
+Why this module stays one file (about 520 lines): its primitives (``_str``, ``_code``,
+``_reference``…) are private on purpose, so no other module can assemble a laxer check from
+them; the type tables and the primitives change together whenever a field rule changes.
 """
 
 from __future__ import annotations
@@ -38,9 +42,8 @@ from datetime import date, datetime
 from typing import Any, NoReturn
 
 from sync.protocol.errors import ProtocolError
+from sync.protocol.fhir.read import is_valid_id, nhs_check_digit_ok
 from sync.protocol.fhir.vocabulary import (
-    CLIENT_ID_SYSTEM,
-    ID_RE,
     KNOWN_TYPES,
     NHS_NUMBER_SYSTEM,
     PATIENT_FIELD,
@@ -204,16 +207,6 @@ def parse_instant(text: str) -> datetime:
     """Parse a FHIR instant to an aware datetime, or raise InvalidResource(bad_instant)."""
     _instant(text, "instant")
     return _parse_instant(text, "instant")
-
-
-def is_valid_id(value: Any) -> bool:
-    """True for a FHIR logical id we accept: the FHIR pattern, and never ``.``/``..`` tricks."""
-    return (
-        type(value) is str
-        and ID_RE.fullmatch(value) is not None
-        and ".." not in value
-        and value.strip(".") != ""
-    )
 
 
 def _id(value: Any, path: str) -> str:
@@ -534,90 +527,3 @@ def validate_resource(obj: Any, *, as_create: bool = False) -> dict[str, Any]:
     ):
         _fail("missing", "MedicationStatement.medicationCodeableConcept")
     return resource
-
-
-# --- helpers used everywhere ------------------------------------------------------------------
-
-
-def _reference_id(value: Any, target: str) -> str | None:
-    if type(value) is not dict:
-        return None
-    ref = value.get("reference")
-    if type(ref) is not str:
-        return None
-    kind, slash, ident = ref.partition("/")
-    if kind != target or not slash or not is_valid_id(ident):
-        return None
-    return ident
-
-
-def patient_ref_of(resource: Any) -> str | None:
-    """The id of the patient a resource belongs to (a Patient's own id), or None."""
-    if type(resource) is not dict:
-        return None
-    kind = resource.get("resourceType")
-    if kind == "Patient":
-        ident = resource.get("id")
-        return ident if is_valid_id(ident) else None
-    field = PATIENT_FIELD.get(kind) if type(kind) is str else None
-    return None if field is None else _reference_id(resource.get(field), "Patient")
-
-
-def site_of_patient(patient: Any) -> str | None:
-    """The site code of a Patient (``managingOrganization`` = ``Organization/<code>``)."""
-    if type(patient) is not dict or patient.get("resourceType") != "Patient":
-        return None
-    return _reference_id(patient.get("managingOrganization"), "Organization")
-
-
-def identifier_value(resource: Any, system: str) -> str | None:
-    """The value of the first identifier of ``resource`` in ``system``, or None."""
-    if type(resource) is not dict:
-        return None
-    identifiers = resource.get("identifier")
-    if type(identifiers) is not list:
-        return None
-    for identifier in identifiers:
-        if type(identifier) is dict and identifier.get("system") == system:
-            value = identifier.get("value")
-            return value if type(value) is str else None
-    return None
-
-
-def client_identifier(resource: Any) -> str | None:
-    """The device-made identifier (exactly-once creates) of a resource, or None."""
-    return identifier_value(resource, CLIENT_ID_SYSTEM)
-
-
-def nhs_number(patient: Any) -> str | None:
-    """The patient's NHS number (10 digits), or None."""
-    return identifier_value(patient, NHS_NUMBER_SYSTEM)
-
-
-def prison_number(patient: Any) -> str | None:
-    """The patient's prison number (``A1234BC``), or None."""
-    return identifier_value(patient, PRISON_NUMBER_SYSTEM)
-
-
-def nhs_check_digit(first_nine: str) -> int | None:
-    """The Modulus 11 check digit for nine digits, or None when it would be 10 (unusable)."""
-    if len(first_nine) != 9 or not first_nine.isascii() or not first_nine.isdigit():
-        raise ValueError("nine ASCII digits expected")
-    total = sum(int(d) * w for d, w in zip(first_nine, range(10, 1, -1), strict=True))
-    check = 11 - total % 11
-    if check == 11:
-        return 0
-    return None if check == 10 else check
-
-
-def nhs_check_digit_ok(value: str) -> bool:
-    """True when ``value`` is exactly 10 ASCII digits with a valid Modulus 11 check digit."""
-    if type(value) is not str or len(value) != 10 or not value.isascii() or not value.isdigit():
-        return False
-    return nhs_check_digit(value[:9]) == int(value[9])
-
-
-def normalise_nhs_number(text: str) -> str | None:
-    """``"943 476 5919"`` or ``"943-476-5919"`` → ``"9434765919"`` if valid, else None."""
-    digits = text.replace(" ", "").replace("-", "")
-    return digits if nhs_check_digit_ok(digits) else None
