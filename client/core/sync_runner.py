@@ -34,7 +34,6 @@ from client.core.vault import Vault, database_path
 from policy.errors import PolicyReason, PolicyRefused
 from sync.device.control import Command, ControlSteps
 from sync.device.engine import FATAL_REASONS, Progress, SyncEngine, SyncError, SyncResult
-from sync.device.replica import SyncSummary
 from sync.device.transport import Transport, TransportError
 from sync.protocol.audit.audit_event import export_bundle
 from sync.protocol.audit.receipt import Receipt
@@ -194,18 +193,7 @@ def run_sync(
             )
             result = engine.run()
             if not context.wiped:
-                replica.sync_finished(
-                    SyncSummary(
-                        pulled=result.pulled,
-                        pushed=result.pushed,
-                        conflicts=result.conflicts,
-                        quarantined=result.quarantined,
-                        push_errors=result.push_errors,
-                        outcome="success" if result.ok else "failure",
-                        reason=result.error,
-                        caseload_confirmed=result.caseload_confirmed,
-                    )
-                )
+                replica.sync_finished(result.summary())
                 _upload_last_entries(control, transport, result)
     finally:
         context.close()

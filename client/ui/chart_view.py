@@ -109,13 +109,7 @@ class PatientHeader(QFrame):
 
         safety = QHBoxLayout()
         safety.setSpacing(8)
-        alerts = QFrame()
-        alerts.setProperty("role", "alert")
-        alerts.setObjectName("alerts_box")
-        alerts.setAccessibleName("Alerts")
-        a = QVBoxLayout(alerts)
-        a.setContentsMargins(10, 6, 10, 6)
-        a.setSpacing(2)
+        alerts, a = _safety_box("alert", "alerts_box", "Alerts")
         a.addWidget(data_label(f"⚠ ALERTS ({len(chart.alerts)})", role="alert-head"))
         for alert in chart.alerts:
             since = f" — since {format_date(alert.since)}" if alert.since else ""
@@ -124,13 +118,7 @@ class PatientHeader(QFrame):
         if not chart.alerts:
             a.addWidget(data_label("No active alerts recorded."))
         a.addStretch(1)
-        allergies = QFrame()
-        allergies.setProperty("role", "allergy")
-        allergies.setObjectName("allergies_box")
-        allergies.setAccessibleName("Allergies")
-        g = QVBoxLayout(allergies)
-        g.setContentsMargins(10, 6, 10, 6)
-        g.setSpacing(2)
+        allergies, g = _safety_box("allergy", "allergies_box", "Allergies")
         if chart.allergies:
             g.addWidget(data_label(f"⚠ ALLERGIES ({len(chart.allergies)})", role="alert-head"))
         else:
@@ -258,3 +246,15 @@ class ChartScreen(QWidget):
         self.setTabOrder(self.back, self.print_button)
         self.setTabOrder(self.print_button, self.new_consultation)
         self.setTabOrder(self.new_consultation, self.scroll_area)
+
+
+def _safety_box(role: str, object_name: str, accessible_name: str) -> tuple[QFrame, QVBoxLayout]:
+    """One of the two boxes shown first on every chart (alerts, allergies)."""
+    box = QFrame()
+    box.setProperty("role", role)
+    box.setObjectName(object_name)
+    box.setAccessibleName(accessible_name)
+    layout = QVBoxLayout(box)
+    layout.setContentsMargins(10, 6, 10, 6)
+    layout.setSpacing(2)
+    return box, layout

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sync.device.errors import DeviceError
+from sync.device.replica import SyncSummary
 
 FHIR_JSON = "application/fhir+json"  # the media type of every data-plane request and answer
 
@@ -61,6 +62,19 @@ class SyncResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def summary(self) -> SyncSummary:
+        """The totals the replica records in this sync's one ``sync`` audit entry."""
+        return SyncSummary(
+            pulled=self.pulled,
+            pushed=self.pushed,
+            conflicts=self.conflicts,
+            quarantined=self.quarantined,
+            push_errors=self.push_errors,
+            outcome="success" if self.ok else "failure",
+            reason=self.error,
+            caseload_confirmed=self.caseload_confirmed,
+        )
 
 
 def raise_if_cancelled(cancel: threading.Event) -> None:
