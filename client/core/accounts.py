@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from client.core.device import Device
 from client.core.errors import UserFacingError
 from client.core.header_counters import HeaderCounters, JsonScalar
+from client.core.humanize import format_clock
 from client.core.keyslots import UnlockFailed
 from client.core.trusted_time import observe
 from client.core.vault_header import LockedOut
@@ -145,7 +146,7 @@ def _unlock(device: Device, policy: Policy, user_id: str, password: str) -> byte
     except LockedOut as locked:
         raise LoginRefused(
             "locked_out",
-            f"Too many wrong passwords. Try again after {locked.until:%H:%M} UTC.",
+            f"Too many wrong passwords. Try again after {format_clock(locked.until)}.",
             locked_until=locked.until,
         ) from None
     except UnlockFailed:
@@ -182,7 +183,7 @@ def _after_failure(device: Device, policy: Policy, user_id: str, now: dt.datetim
     if outcome.kind is ThrottleKind.LOCKED_UNTIL and until is not None:
         return LoginRefused(
             "locked_out",
-            f"Too many wrong passwords. Signing in is locked until {until:%H:%M} UTC.",
+            f"Too many wrong passwords. Signing in is locked until {format_clock(until)}.",
             locked_until=until,
         )
     left = outcome.attempts_left_before_lockout

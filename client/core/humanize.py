@@ -3,8 +3,12 @@
 Guarantees:
 - Pure functions of their arguments: no clock, no locale, no I/O; the same value always reads
   the same way on every laptop.
-- Moments are shown in UTC with the zone named (``07-Mar-2026 14:05 UTC``), so a clinician and
-  an auditor in different places read the same time; an absent moment reads as "".
+- Moments are stored in UTC and shown in UK local time (``DISPLAY_ZONE``, Europe/London, so
+  summer time counts) in one format, ``05-Dec-2026 14:05``. The zone is named only where the
+  local time alone is ambiguous: the hour the clocks go back happens twice, so
+  ``25-Oct-2026 01:30 BST`` and ``25-Oct-2026 01:30 GMT`` are told apart. An absent moment
+  reads as "".
+- A moment without a zone is refused (``ValueError``), never guessed.
 - A negative duration reads as ``0 min`` (never "-3 h"); sizes use binary units.
 """
 
@@ -12,15 +16,45 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Final
+from zoneinfo import ZoneInfo
 
 SIZE_UNITS: Final = ("bytes", "KiB", "MiB", "GiB", "TiB")
+DISPLAY_ZONE: Final = ZoneInfo("Europe/London")
+
+
+def _local(moment: dt.datetime) -> dt.datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("a moment to show must carry its zone")
+    return moment.astimezone(DISPLAY_ZONE)
+
+
+def _zone_if_ambiguous(local: dt.datetime) -> str:
+    """`` BST``/`` GMT`` when this wall-clock time happens twice (clocks going back)."""
+    other = local.replace(fold=1 - local.fold)
+    return f" {local.tzname()}" if other.utcoffset() != local.utcoffset() else ""
 
 
 def format_moment(moment: dt.datetime | None) -> str:
-    """Timestamps as ``07-Mar-2026 14:05 UTC``; empty when absent."""
+    """``05-Dec-2026 14:05`` in UK local time; empty when absent."""
     if moment is None:
         return ""
-    return moment.astimezone(dt.UTC).strftime("%d-%b-%Y %H:%M UTC")
+    local = _local(moment)
+    return local.strftime("%d-%b-%Y %H:%M") + _zone_if_ambiguous(local)
+
+
+def format_clock(moment: dt.datetime) -> str:
+    """``14:05`` in UK local time (the same day is implied), zone named when ambiguous."""
+    local = _local(moment)
+    return local.strftime("%H:%M") + _zone_if_ambiguous(local)
+
+
+def format_timestamp(text: str) -> str:
+    """A stored ISO 8601 timestamp (audit entries, records) as :func:`format_moment` shows it;
+    text that is not one is shown as it is (it is data, never hidden)."""
+    try:
+        return format_moment(dt.datetime.fromisoformat(text))
+    except ValueError:
+        return text
 
 
 def format_span(span: dt.timedelta) -> str:

@@ -47,6 +47,7 @@ from typing import Any, Final
 from client.core.device_keyring import DeviceKeyring
 from client.core.errors import UserFacingError
 from client.core.header_counters import HeaderCounters, JsonScalar
+from client.core.humanize import format_clock
 from client.core.kdf import FLOOR, KdfParams
 from client.core.keyslots import (
     DEK_BYTES,
@@ -92,7 +93,7 @@ class LockedOut(UserFacingError):
     def __init__(self, until: datetime) -> None:
         super().__init__(
             "locked_out",
-            f"Too many wrong passwords. Try again after {until:%H:%M} UTC, or sign in online.",
+            f"Too many wrong passwords. Try again after {format_clock(until)}, or sign in online.",
         )
         self.until = until
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from client.core import audit_export, audit_online
+from client.core.humanize import format_timestamp
 from client.core.session import Session
 from client.ui.error_boundary import explain
 from client.ui.qt import (
@@ -43,7 +44,7 @@ from client.ui.widgets import TextRowsModel, button, data_label, field
 from sync.device.audit_queries import AuditQuery
 from sync.protocol.audit.entry import AuditEntry
 
-COLUMNS = ("Time (UTC)", "User", "Action", "Outcome", "Patient id", "Purpose", "Reason")
+COLUMNS = ("Time (UK)", "User", "Action", "Outcome", "Patient id", "Purpose", "Reason")
 ALL = "All actions"
 
 Index = QModelIndex | QPersistentModelIndex
@@ -207,7 +208,7 @@ class AuditWorkspace(QWidget):
 # -- the online tab: the site's audit trail at the gateway ------------------------------------
 
 ONLINE_COLUMNS = (
-    "Time (UTC)",
+    "Time (UK)",
     "User",
     "Device",
     "Action",
@@ -222,7 +223,7 @@ CHAIN_COLUMNS = ("Device", "Last entry", "Head hash", "Last receipt", "Alerts", 
 def online_row(e: AuditEntry) -> tuple[str, ...]:
     reason = (e.reason_text or str(e.detail.get("reason_code", ""))) if is_break_glass(e) else ""
     return (
-        e.ts[:19].replace("T", " "),
+        format_timestamp(e.ts),
         e.user_id or "",
         e.device_id,
         e.action,
@@ -238,13 +239,14 @@ def chain_row(c: dict[str, Any]) -> tuple[str, ...]:
     latest = (
         ""
         if alert is None
-        else f"{alert['reason']} at entry {alert['first_bad_seq']} ({alert['raised_at']})"
+        else f"{alert['reason']} at entry {alert['first_bad_seq']} "
+        f"({format_timestamp(str(alert['raised_at']))})"
     )
     return (
         str(c["device_id"]),
         str(c["last_seq"]),
         str(c["head_hash"] or "")[:16],
-        str(c["last_receipt_at"] or "never"),
+        format_timestamp(str(c["last_receipt_at"])) if c["last_receipt_at"] else "never",
         str(c["alerts"]),
         latest,
     )

@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable
 
 from client.core import accounts
+from client.core.humanize import format_moment
 from client.core.session import Session
 from client.ui.login import describe_refusal
 from client.ui.qt import (
@@ -266,7 +267,7 @@ class Watermark(QWidget):
         self.raise_()
 
     def text(self) -> str:
-        return f"{self._user_id} · {self._clock().astimezone(dt.UTC):%d-%b-%Y %H:%M} UTC"
+        return f"{self._user_id} · {format_moment(self._clock())}"
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if watched is self.parent() and event.type() in (

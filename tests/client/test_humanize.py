@@ -4,13 +4,40 @@ from __future__ import annotations
 
 import datetime as dt
 
-from client.core.humanize import format_moment, format_span, human_size
+import pytest
+
+from client.core.humanize import (
+    format_clock,
+    format_moment,
+    format_span,
+    format_timestamp,
+    human_size,
+)
 
 
-def test_moments_read_in_utc_with_the_zone_named() -> None:
-    summer = dt.datetime(2026, 7, 1, 15, 5, tzinfo=dt.timezone(dt.timedelta(hours=1)))
-    assert format_moment(summer) == "01-Jul-2026 14:05 UTC"
+def test_moments_read_in_uk_local_time_in_one_format() -> None:
+    summer = dt.datetime(2026, 7, 1, 13, 5, tzinfo=dt.UTC)  # 14:05 BST
+    winter = dt.datetime(2026, 12, 5, 14, 5, tzinfo=dt.UTC)  # 14:05 GMT
+    assert format_moment(summer) == "01-Jul-2026 14:05"
+    assert format_moment(winter) == "05-Dec-2026 14:05"
+    assert format_clock(summer) == "14:05"
+    assert format_timestamp("2026-07-01T13:05:00.000000+00:00") == "01-Jul-2026 14:05"
     assert format_moment(None) == ""
+
+
+def test_the_hour_the_clocks_go_back_names_its_zone() -> None:
+    # 25 Oct 2026: 01:30 local happens at 00:30 UTC (BST) and again at 01:30 UTC (GMT).
+    first = dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC)
+    second = dt.datetime(2026, 10, 25, 1, 30, tzinfo=dt.UTC)
+    assert format_moment(first) == "25-Oct-2026 01:30 BST"
+    assert format_moment(second) == "25-Oct-2026 01:30 GMT"
+    assert format_moment(dt.datetime(2026, 10, 25, 3, 0, tzinfo=dt.UTC)) == "25-Oct-2026 03:00"
+
+
+def test_a_moment_without_a_zone_is_refused_and_bad_text_is_shown_as_it_is() -> None:
+    with pytest.raises(ValueError):
+        format_moment(dt.datetime(2026, 7, 1, 13, 5))
+    assert format_timestamp("not a time") == "not a time"
 
 
 def test_spans_read_in_days_hours_and_minutes_and_never_negative() -> None:

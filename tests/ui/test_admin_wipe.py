@@ -14,7 +14,7 @@ from pytestqt.qtbot import QtBot
 
 from client.core.device import TLS_CERT
 from client.core.device_admin import certificate_expiry, storage_used
-from client.core.humanize import human_size
+from client.core.humanize import format_moment, human_size
 from client.core.vault import database_path
 from client.ui.admin import AdminPanel
 from client.ui.main_window import MainWindow
@@ -55,7 +55,7 @@ def test_admin_panel_shows_certificate_expiry_storage_and_audit_backlog(
     not_after = (T0 + dt.timedelta(days=90)).replace(microsecond=0)
     _win, panel, td = admin_panel(qtbot, tmp_path, certificate_pem(not_after))
     data_dir = td.data_dir
-    assert panel.certificate.text().startswith(f"expires {not_after.strftime('%d-%b-%Y %H:%M')}")
+    assert panel.certificate.text().startswith(f"expires {format_moment(not_after)}")
     assert "(in " in panel.certificate.text()
     used = storage_used(data_dir)
     assert used >= database_path(data_dir).stat().st_size > 0

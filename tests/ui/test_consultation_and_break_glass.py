@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
+from client.core.humanize import format_moment
 from client.ui.break_glass import BreakGlassDialog
 from client.ui.chart_view import UNSENT_MARK, ChartScreen
 from client.ui.clinical import ClinicalWorkspace
@@ -135,7 +136,7 @@ def test_AU4_break_glass_asks_reason_and_password_then_shows_a_banner_until_expi
     text = " ".join(w.text() for w in banner.findChildren(QLabel))
     assert "BREAK-GLASS ACCESS" in text
     assert ws.grant is not None
-    assert f"{ws.grant.expires_at:%H:%M} UTC" in text
+    assert format_moment(ws.grant.expires_at) in text  # UK local time
     assert "break_glass" in audit_actions(win, session)
     td.clocks.advance(dt.timedelta(hours=1))  # the grant runs out
     ws.check_grant()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from pathlib import Path
 
@@ -64,7 +65,9 @@ def test_lockout_shows_the_locked_until_time(qtbot: QtBot, tmp_path: Path) -> No
         qtbot.waitUntil(lambda: bool(screen.feedback.text()), timeout=15000)
         td.clocks.advance(dt.timedelta(seconds=30))  # past the throttle delay
     assert "locked until" in screen.feedback.text().lower()
-    assert "UTC" in screen.feedback.text()
+    # UK local time in the one display format, never UTC
+    assert re.search(r"\d{2}-[A-Z][a-z]{2}-\d{4} \d{2}:\d{2}", screen.feedback.text())
+    assert "UTC" not in screen.feedback.text()
 
 
 def test_password_change_dialog_rewraps_the_key(qtbot: QtBot, tmp_path: Path) -> None:
