@@ -58,7 +58,16 @@ _APOSTROPHES = "'\u2019\u2018\u02bc\u0060\u00b4\u2032"
 _APOSTROPHE_RE = re.compile(f"[{_APOSTROPHES}]")
 _SEPARATOR_RE = re.compile(r"[\W_]+")
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$")
-_UK_DATE = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4})$")
+_UK_DATE = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})$")
+# The form every screen shows dates in (``19-Nov-1978``), month names in English, any case.
+_SHOWN_DATE = re.compile(r"^(\d{1,2})[\-/ .]([A-Za-z]{3})[\-/ .](\d{4})$")
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+        start=1,
+    )
+}
 _PRISON_PREFIX = re.compile(r"^[a-z]\d[a-z0-9]{0,5}$", re.IGNORECASE)
 
 
@@ -244,18 +253,35 @@ def unindex_patient(conn: sqlite3.Connection, patient_id: str) -> None:
         conn.execute("DELETE FROM patient_index WHERE doc = ?", (row[0],))
 
 
-def parse_birth_date(word: str) -> str | None:
-    """``1984-03-07``, ``07/03/1984``, ``7/3/1984`` (UK day first, also ``.`` or ``-``) → ISO."""
+def parse_birth_date(word: str, today: date | None = None) -> str | None:
+    """A date of birth as people type it → ISO: ``1984-03-07``; UK day first ``07/03/1984``,
+    ``7/3/1984`` (also ``.`` or ``-``); the app's own form ``07-Mar-1984``; and a two-digit year
+    ``07/03/84``, which is the most recent such year not after ``today`` (a birth is never in
+    the future)."""
     if m := _ISO_DATE.match(word):
         y, mo, d = (int(g) for g in m.groups())
     elif m := _UK_DATE.match(word):
         d, mo, y = (int(g) for g in m.groups())
+        if len(m.group(3)) == 2:
+            return _two_digit_year(d, mo, y, today or date.today())
+    elif (m := _SHOWN_DATE.match(word)) and m.group(2).lower() in _MONTHS:
+        d, mo, y = int(m.group(1)), _MONTHS[m.group(2).lower()], int(m.group(3))
     else:
         return None
     try:
         return date(y, mo, d).isoformat()
     except ValueError:
         return None
+
+
+def _two_digit_year(day: int, month: int, yy: int, today: date) -> str | None:
+    try:
+        born = date(2000 + yy, month, day)
+        if born > today:
+            born = date(1900 + yy, month, day)
+    except ValueError:
+        return None
+    return born.isoformat()
 
 
 @dataclass(frozen=True)

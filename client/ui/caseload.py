@@ -5,8 +5,10 @@ Guarantees:
   older query never replaces the answer to a newer one.
 - Cells are plain strings from ``PatientSummary`` (a model's DisplayRole is never rich text);
   meaning never rests on colour: alerts read "⚠ Alerts", out-of-scope rows read "Other site".
-- Keyboard: type, Down moves into the results, arrows move, Enter opens (from the box it opens
-  the selected or first row, or the first hit of a search still on its way).
+- Keyboard: type, Down moves into the results, arrows move, Enter on a row opens it. Enter in
+  the search box opens a record only when exactly one patient matches (also for a search still
+  on its way); with several it moves into the results and asks the user to choose, so a
+  half-typed name never opens the wrong patient.
   ``open_requested(patient_id)`` is the only way out.
 - An empty query shows the site's caseload (``Session.caseload``: in-scope patients by name,
   audited by the core) under the same ordering rule, so a newer search always wins.
@@ -211,7 +213,7 @@ class CaseloadScreen(QWidget):
             self.table.selectRow(0)
         if self._open_when_ready:
             self._open_when_ready = False
-            self._open_row(0)
+            self._open_only_match()
 
     # -- keyboard ---------------------------------------------------------------------------
 
@@ -236,12 +238,25 @@ class CaseloadScreen(QWidget):
         return False
 
     def _open_from_box(self) -> None:
-        if self._debounce.isActive():  # typed and pressed Enter at once: open the first hit
+        if self._debounce.isActive():  # typed and pressed Enter at once: decide on the answer
             self._open_when_ready = True
             self.search_now()
             return
-        row = self.table.currentIndex().row()
-        self._open_row(row if row >= 0 else 0)
+        self._open_only_match()
+
+    def _open_only_match(self) -> None:
+        """Open the one patient that matches; with several, move into the results to choose."""
+        count = self.model.rowCount()
+        if count == 1:
+            self._open_row(0)
+        elif count > 1:
+            self.table.setFocus()
+            if self.table.currentIndex().row() < 0:
+                self.table.selectRow(0)
+            self.hint.setText(
+                f"{count} patients match. Check the date of birth and NHS number, choose with "
+                "the arrow keys, then press Enter."
+            )
 
     def _open_row(self, row: int) -> None:
         hit = self.model.patient(row)

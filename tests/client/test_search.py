@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -140,8 +141,11 @@ def test_name_and_another_patients_prison_number_find_nobody(conn: sqlite3.Conne
 
 
 @pytest.mark.parametrize(
-    "query", ["1984-03-07", "07/03/1984", "7/3/1984", "07.03.1984", "7-3-1984"]
-)
+    "query",
+    # ISO; UK day first; the form the app itself shows; a two-digit year
+    ["1984-03-07", "07/03/1984", "7/3/1984", "07.03.1984", "7-3-1984", "07-Mar-1984",
+     "7-mar-1984", "07/03/84"],
+)  # fmt: skip
 def test_date_of_birth_formats(conn: sqlite3.Connection, query: str) -> None:
     assert ids(conn, query) == ["p-jose", "p-away"]  # in scope first
 
@@ -154,6 +158,15 @@ def test_impossible_dates_find_nothing(conn: sqlite3.Connection, query: str) -> 
 def test_parse_birth_date_is_day_first() -> None:
     assert parse_birth_date("03/07/1984") == "1984-07-03"
     assert parse_birth_date("1984-3-7") == "1984-03-07"
+
+
+def test_a_two_digit_year_is_never_a_birth_in_the_future() -> None:
+    today = date(2026, 12, 5)
+    assert parse_birth_date("19/11/78", today) == "1978-11-19"
+    assert parse_birth_date("05/12/26", today) == "2026-12-05"  # born today
+    assert parse_birth_date("06/12/26", today) == "1926-12-06"  # tomorrow in 2026: 1926
+    assert parse_birth_date("29/02/01", today) is None
+    assert parse_birth_date("19-Foo-1978", today) is None
 
 
 INJECTIONS = [
