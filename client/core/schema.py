@@ -134,6 +134,17 @@ CREATE TABLE quarantine (
 CREATE INDEX quarantine_by_resource ON quarantine (resource_type, resource_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (RECORDS_V1, SESSION_V2, SYNC_V3)
+# Migration 4: the patient's administrative gender in the search index, so search results can
+# show it beside the date of birth (telling two patients of the same name apart). Existing rows
+# take it from the stored Patient; NULL means the record does not say.
+GENDER_V4 = """
+ALTER TABLE patient_index ADD COLUMN gender TEXT;
+UPDATE patient_index SET gender = (
+    SELECT json_extract(CAST(r.json AS TEXT), '$.gender') FROM resources r
+    WHERE r.type = 'Patient' AND r.id = patient_index.patient_id
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (RECORDS_V1, SESSION_V2, SYNC_V3, GENDER_V4)
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -50,7 +50,18 @@ from client.ui.widgets import (
 
 DEBOUNCE_MS = 150
 RESULT_LIMIT = 50
-COLUMNS = ("Name", "Date of birth (age)", "NHS number", "Prison number", "Site", "Alerts", "Scope")
+COLUMNS = (
+    "Name",
+    "Date of birth (age)",
+    "Gender",
+    "NHS number",
+    "Prison number",
+    "Site",
+    "Alerts",
+    "Scope",
+)
+GENDER_WORDS = {"male": "Male", "female": "Female", "other": "Other", "unknown": "Unknown"}
+NOT_RECORDED = "Not recorded"  # the record does not say: never shown as blank
 ALERT_MARK = "⚠ Alerts"
 OTHER_SITE = "Other site"
 EMPTY_HINT = (
@@ -91,14 +102,18 @@ class PatientTableModel(TextRowsModel):
         if column == 1:
             age = age_on(hit.birth_date, self._today())
             shown = format_date(hit.birth_date)
-            return f"{shown} ({age})" if shown and age is not None else shown
+            if not shown:
+                return NOT_RECORDED if hit.birth_date is None else hit.birth_date
+            return f"{shown} ({age})" if age is not None else shown
         if column == 2:
-            return format_nhs(hit.nhs_number)
+            return GENDER_WORDS.get(hit.gender or "", hit.gender or NOT_RECORDED)
         if column == 3:
-            return hit.prison_number or ""
+            return format_nhs(hit.nhs_number)
         if column == 4:
-            return hit.site or ""
+            return hit.prison_number or ""
         if column == 5:
+            return hit.site or ""
+        if column == 6:
             return ALERT_MARK if hit.has_alerts else ""
         return "" if hit.in_scope else OTHER_SITE
 
