@@ -25,6 +25,7 @@ from sync.gateway import datadir
 from sync.gateway.seed.generator import generate
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.postgres import PgStore
+from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from tests.support.postgres import PgUnavailable, shared_server
 
@@ -42,7 +43,7 @@ class Figures:
 
 
 def _measure(
-    label: str, make_store: Callable[[Path], SqliteStore], items: list[dict[str, Any]]
+    label: str, make_store: Callable[[Path], SqlStore], items: list[dict[str, Any]]
 ) -> Figures:
     with (
         tempfile.TemporaryDirectory() as tmp,

@@ -23,7 +23,7 @@ from policy.atomic import atomic_write
 from sync.gateway import datadir, pki
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
 from sync.gateway.store.loader import load_resources
-from sync.gateway.store.sqlite import SqliteStore
+from sync.gateway.store.sql import SqlStore
 
 PAGE = 500
 
@@ -34,7 +34,7 @@ class LoadedGateway:
     ca: Path
     creds: list[tuple[Path, Path]]  # (certificate, key) of each enrolled device
     context: ssl.SSLContext
-    store: SqliteStore
+    store: SqlStore
     load_s: float  # how long ``load_resources`` took for the items
 
 
@@ -61,7 +61,7 @@ def link(page: dict[str, Any], relation: str) -> str | None:
 @contextlib.contextmanager
 def loaded_gateway(
     tmp: Path,
-    make_store: Callable[[Path], SqliteStore],
+    make_store: Callable[[Path], SqlStore],
     items: list[dict[str, Any]],
     *,
     devices: int,
