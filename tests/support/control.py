@@ -166,6 +166,29 @@ def views(n: int, user: str = "nurse1", patient: str = "pt000001") -> list[dict[
     ]
 
 
+def break_glass(user: str, patient: str, reason: str) -> dict[str, Any]:
+    """A clinician's break-glass entry (purpose BTG) with its free-text reason."""
+    return {
+        "action": "break_glass",
+        "outcome": "success",
+        "user_id": user,
+        "role": "clinician",
+        "patient_id": patient,
+        "purpose": "BTG",
+        "reason_text": reason,
+    }
+
+
+def enrol_with_entries(
+    gw: Gateway, site: str, folder: Path, actions: Sequence[dict[str, Any]]
+) -> Enrolled:
+    """A device enrolled in ``site`` that has uploaded the chain of ``actions`` (accepted)."""
+    device = enrol(gw, site, folder)
+    entries, _ = chain(device.device_id, device.k0, actions)
+    assert upload(gw, gw.session(device.creds), entries).status_code == 200
+    return device
+
+
 def upload(
     gw: Gateway, session: requests.Session, entries: Sequence[AuditEntry]
 ) -> requests.Response:

@@ -31,8 +31,10 @@ from tests.support.control import (
     Enrolled,
     add_user,
     bearer,
+    break_glass,
     chain,
     enrol,
+    enrol_with_entries,
     upload,
     views,
 )
@@ -61,15 +63,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         laptop = enrol(gw, SITE_A, folder / "a")
         actions = [
             *views(2, user="nurse1", patient="pt000001"),
-            {
-                "action": "break_glass",
-                "outcome": "success",
-                "user_id": "nurse2",
-                "role": "clinician",
-                "patient_id": "pt000002",
-                "purpose": "BTG",
-                "reason_text": "<b>collapsed</b> on the wing",
-            },
+            break_glass("nurse2", "pt000002", "<b>collapsed</b> on the wing"),
             {
                 "action": "record_view",
                 "outcome": "success",
@@ -89,9 +83,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             start=AFTER_HOURS - dt.timedelta(minutes=state.seq),
         )
         assert upload(gw, gw.session(laptop.creds), [*entries, *late]).status_code == 200
-        other = enrol(gw, SITE_B, folder / "b")
-        b_entries, _ = chain(other.device_id, other.k0, views(3, user="nurse-b"))
-        assert upload(gw, gw.session(other.creds), b_entries).status_code == 200
+        other = enrol_with_entries(gw, SITE_B, folder / "b", views(3, user="nurse-b"))
         add_user(gw, "aud-a", "auditor", SITE_A)
         add_user(gw, "adm-b", "admin", SITE_B)
         add_user(gw, "doc-a", "clinician", SITE_A)
