@@ -38,7 +38,7 @@ from tests.support.control import (
     upload,
     views,
 )
-from tests.support.gateway import SITE_A, SITE_B, Gateway, start_gateway, stop_gateway
+from tests.support.gateway import SITE_A, SITE_B, Gateway, running_gateway
 from tests.support.sync import transport_config
 
 # T0 of control_helpers is Friday 2026-11-20 09:00 UTC; entry n is at T0 + n minutes.
@@ -58,8 +58,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("audit-client")
-    gw = start_gateway(folder)
-    try:
+    with running_gateway(folder) as gw:
         laptop = enrol(gw, SITE_A, folder / "a")
         actions = [
             *views(2, user="nurse1", patient="pt000001"),
@@ -95,8 +94,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             bearer(gw, gw.session(other.creds), other.device_id, "adm-b"),
             bearer(gw, gw.session(laptop.creds), laptop.device_id, "doc-a"),
         )
-    finally:
-        stop_gateway(gw)
 
 
 def transport(site: Site, who: Enrolled | None = None) -> Transport:

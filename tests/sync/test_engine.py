@@ -19,7 +19,7 @@ from sync.device.replica import EXTRA_FULL_URL, EXTRA_IF_NONE_EXIST, OutboxItem,
 from sync.device.transport import Transport
 from sync.gateway.seed.generator import generate
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
-from tests.support.gateway import Gateway, start_gateway, stop_gateway
+from tests.support.gateway import Gateway, running_gateway
 from tests.support.memory_replica import MemoryReplica
 from tests.support.sync import TYPES, seed_resources, transport_config
 from tests.support.tls import DeviceCredentials
@@ -29,13 +29,10 @@ SITE = "hmp-brixton"
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    gateway = start_gateway(tmp_path)
-    gateway.load(*seed_resources(patients=30, seed=11))
-    gateway.store.set_device("dev-s", SITE, "active")
-    try:
+    with running_gateway(tmp_path) as gateway:
+        gateway.load(*seed_resources(patients=30, seed=11))
+        gateway.store.set_device("dev-s", SITE, "active")
         yield gateway
-    finally:
-        stop_gateway(gateway)
 
 
 def _device(gw: Gateway) -> DeviceCredentials:

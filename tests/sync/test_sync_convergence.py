@@ -38,7 +38,7 @@ from client.core.consultation import ConsultationError
 from client.core.replica import VaultReplica
 from client.core.vault import Vault
 from sync.device.replica import ApplyStats, Page, SentItem
-from tests.support.gateway import Gateway, observation, patient, start_gateway, stop_gateway
+from tests.support.gateway import Gateway, observation, patient, running_gateway
 from tests.support.sync import (
     USER,
     DeviceVault,
@@ -379,11 +379,8 @@ class SyncMachine(RuleBasedStateMachine):
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = start_gateway(tmp_path_factory.mktemp("gw"))
-    try:
+    with running_gateway(tmp_path_factory.mktemp("gw")) as gateway:
         yield gateway
-    finally:
-        stop_gateway(gateway)
 
 
 def _opening_moves(machine: SyncMachine) -> None:
