@@ -83,15 +83,14 @@ class DeviceVault:
         return Vault.open(self.path, self.dek, MIGRATIONS)
 
 
+def replica_settings(site: str = SITE) -> dict[str, Any]:
+    """The keyword arguments of the sync tests' ``VaultReplica``: USER, a clinician of one site,
+    on the wall clock."""
+    return {"user_id": USER, "role": "clinician", "site_scope": (site,), "clock": now_utc}
+
+
 def replica_for(vault: Vault, site: str = SITE) -> VaultReplica:
-    return VaultReplica(
-        lambda: vault.connection,
-        AuditLog(),
-        user_id=USER,
-        role="clinician",
-        site_scope=(site,),
-        clock=now_utc,
-    )
+    return VaultReplica(lambda: vault.connection, AuditLog(), **replica_settings(site))
 
 
 def transport_config(
