@@ -25,10 +25,10 @@ from client.core.session import Session
 from client.core.sync_runner import run_sync
 from sync.device.enrolment import BUNDLE_FORMAT, EnrolmentError
 from sync.gateway import enrolment, policies, users
-from sync.gateway.seed.generator import generate
 from sync.gateway.store.base import CommandRecord
 from tests.support.device import policy_envelope, trust_pem
-from tests.support.gateway import TEST_HASHER, Gateway, start_gateway, stop_gateway
+from tests.support.gateway import TEST_HASHER, Gateway, running_gateway
+from tests.support.sync import seed_resources
 
 SITE = "hmp-brixton"
 NURSE = ("nurse.ada", "a long and memorable phrase")
@@ -71,25 +71,20 @@ def _bundle(gw: Gateway) -> bytes:
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    gateway = start_gateway(tmp_path / "gw")
-    gateway.load(
-        *[r for r in generate(sites=2, patients=20, seed=5) if r["resourceType"] != "Organization"]
-    )
-    policies.publish(gateway.store, _policy(gateway), now=NOW, trust_keys=())
-    users.add_user(
-        gateway.store,
-        user_id=NURSE[0],
-        role="clinician",
-        site=SITE,
-        password=NURSE[1],
-        now=NOW,
-        hasher=TEST_HASHER,
-        allow_weak_hasher=True,
-    )
-    try:
+    with running_gateway(tmp_path / "gw") as gateway:
+        gateway.load(*seed_resources(patients=20, seed=5))
+        policies.publish(gateway.store, _policy(gateway), now=NOW, trust_keys=())
+        users.add_user(
+            gateway.store,
+            user_id=NURSE[0],
+            role="clinician",
+            site=SITE,
+            password=NURSE[1],
+            now=NOW,
+            hasher=TEST_HASHER,
+            allow_weak_hasher=True,
+        )
         yield gateway
-    finally:
-        stop_gateway(gateway)
 
 
 def _provision(gw: Gateway, data: Path, keyring: InMemoryKeyring) -> Device:

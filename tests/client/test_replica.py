@@ -67,14 +67,14 @@ def vault(tmp_path: Path) -> Iterator[Vault]:
     opened.close()
 
 
-def make(vault: Vault, provider: Any = None) -> VaultReplica:
+def make(vault: Vault, provider: Any = None, clock: Any = None) -> VaultReplica:
     return VaultReplica(
         provider or (lambda: vault.connection),
         AuditLog(),
         user_id=USER,
         role="clinician",
         site_scope=(SITE,),
-        clock=Clock(),
+        clock=Clock() if clock is None else clock,
     )
 
 
@@ -614,14 +614,7 @@ def test_a_complete_pull_keeps_an_unchanged_patient_past_retention(vault: Vault)
     """A patient whose record has not changed in 40 days is still on the caseload: a sync that
     pulled every stream to its end refreshes them; one that stopped part-way does not."""
     clock = Clock(NOW - timedelta(days=40))
-    replica = VaultReplica(
-        lambda: vault.connection,
-        AuditLog(),
-        user_id=USER,
-        role="clinician",
-        site_scope=(SITE,),
-        clock=clock,
-    )
+    replica = make(vault, clock=clock)
     replica.apply_page(page([amira()]))
 
     def due() -> list[str]:

@@ -7,13 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import Gateway, start_gateway, stop_gateway
+from tests.support.gateway import Gateway, running_gateway
 
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    gw = start_gateway(tmp_path)
-    try:
+    with running_gateway(tmp_path) as gw:
         yield gw
-    finally:
-        stop_gateway(gw)

@@ -21,8 +21,10 @@ from tests.support.control import (
     Enrolled,
     add_user,
     bearer,
+    break_glass,
     chain,
     enrol,
+    enrol_with_entries,
     upload,
     views,
 )
@@ -181,23 +183,15 @@ def audited(gateway: Gateway, laptop: Enrolled, tmp_path: Path) -> dict[str, str
     """Entries on a site-A laptop and a site-B laptop; an auditor token for each site."""
     actions = [
         *views(2, user="nurse1", patient="pt000001"),
-        {
-            "action": "break_glass",
-            "outcome": "success",
-            "user_id": "nurse2",
-            "role": "clinician",
-            "patient_id": "pt000002",
-            "purpose": "BTG",
-            "reason_text": "collapsed on the wing",
-        },
+        break_glass("nurse2", "pt000002", "collapsed on the wing"),
         *views(1, user="nurse2", patient="pt000002"),
         {"action": "login_failed", "outcome": "failure", "user_id": "nurse1"},
     ]
     entries, _ = chain(laptop.device_id, laptop.k0, actions)
     assert upload(gateway, gateway.session(laptop.creds), entries).status_code == 200
-    other = enrol(gateway, SITE_B, tmp_path / "b")
-    b_entries, _ = chain(other.device_id, other.k0, views(3, user="nurse-b", patient="pt000001"))
-    assert upload(gateway, gateway.session(other.creds), b_entries).status_code == 200
+    other = enrol_with_entries(
+        gateway, SITE_B, tmp_path / "b", views(3, user="nurse-b", patient="pt000001")
+    )
     add_user(gateway, "aud-a", "auditor", SITE_A)
     add_user(gateway, "aud-b", "admin", SITE_B)
     return {

@@ -30,9 +30,8 @@ from tests.support.gateway import (
     Gateway,
     make_store,
     patient,
+    running_gateway,
     session_for,
-    start_gateway,
-    stop_gateway,
 )
 from tests.support.tls import PkiFiles, foreign_device, make_test_pki
 
@@ -202,11 +201,8 @@ def test_x_forwarded_for_cannot_fake_the_peer_address(
 
 @pytest.fixture
 def proxied(tmp_path: Path) -> Iterator[Gateway]:
-    gw = start_gateway(tmp_path, trusted_proxies=("127.0.0.1",))
-    try:
+    with running_gateway(tmp_path, trusted_proxies=("127.0.0.1",)) as gw:
         yield gw
-    finally:
-        stop_gateway(gw)
 
 
 def _forwarded(creds_pem: bytes) -> dict[str, str]:

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
+from sync.gateway import pki
 
 
 def certificate_pem(not_after: dt.datetime) -> bytes:
-    key = Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-test-0001")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_after - dt.timedelta(days=400))
-        .not_valid_after(not_after)
-        .sign(key, None)
+    """A device certificate (from a throwaway device CA) that expires at ``not_after``."""
+    issued = not_after - dt.timedelta(days=pki.DEVICE_CERT_DAYS)
+    ca_key, ca_cert = pki.create_ca(now=issued)
+    key = pki.generate_key()
+    csr = pki.make_csr(key)
+    cert = pki.sign_device_csr(
+        ca_key, ca_cert, csr, device_id="dev-test-0001", site="hmp-brixton", now=issued
     )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return pki.cert_to_pem(cert)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from policy.atomic import atomic_write
-from policy.jws import sign
-from policy.model import build_payload
 from policy.schema import defaults
 from sync.gateway import enrolment, pki, users
 from sync.protocol.audit.audit_event import export_bundle
@@ -27,6 +24,7 @@ from sync.protocol.audit.chain import ChainState, append
 from sync.protocol.audit.entry import AuditEntry
 from sync.protocol.escrow import escrow_aad, seal
 from tests.support.gateway import TEST_HASHER, Gateway
+from tests.support.policy import envelope_around
 from tests.support.tls import DeviceCredentials
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
@@ -166,6 +164,29 @@ def views(n: int, user: str = "nurse1", patient: str = "pt000001") -> list[dict[
     ]
 
 
+def break_glass(user: str, patient: str, reason: str) -> dict[str, Any]:
+    """A clinician's break-glass entry (purpose BTG) with its free-text reason."""
+    return {
+        "action": "break_glass",
+        "outcome": "success",
+        "user_id": user,
+        "role": "clinician",
+        "patient_id": patient,
+        "purpose": "BTG",
+        "reason_text": reason,
+    }
+
+
+def enrol_with_entries(
+    gw: Gateway, site: str, folder: Path, actions: Sequence[dict[str, Any]]
+) -> Enrolled:
+    """A device enrolled in ``site`` that has uploaded the chain of ``actions`` (accepted)."""
+    device = enrol(gw, site, folder)
+    entries, _ = chain(device.device_id, device.k0, actions)
+    assert upload(gw, gw.session(device.creds), entries).status_code == 200
+    return device
+
+
 def upload(
     gw: Gateway, session: requests.Session, entries: Sequence[AuditEntry]
 ) -> requests.Response:
@@ -178,14 +199,11 @@ def policy_envelope(
     key: Ed25519PrivateKey,
     devices: tuple[str, ...] | None = None,
 ) -> bytes:
-    now = dt.datetime.now(dt.UTC)
-    payload = build_payload(
-        version=version,
+    return envelope_around(
+        dt.datetime.now(dt.UTC),
         site=site,
-        issued_at=now - dt.timedelta(days=1),
-        not_before=now - dt.timedelta(days=1),
-        expires_at=now + dt.timedelta(days=90),
         settings=defaults(),
+        key=key,
+        version=version,
         devices=devices,
     )
-    return sign(json.dumps(payload).encode(), [key])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,8 @@ from client.core.kdf import FLOOR
 from client.core.schema import MIGRATIONS
 from client.core.trusted_time import ClockReading
 from client.core.vault import Vault, database_path
-from policy.jws import sign
-from policy.model import build_payload
 from policy.schema import defaults
+from tests.support.policy import envelope_around
 
 SITE = "hmp-brixton"
 OTHER_SITE = "hmp-pentonville"
@@ -70,15 +68,7 @@ def policy_envelope(version: int = 1, *, around: dt.datetime = T0, **overrides: 
         }
     )
     settings.update({k.replace("__", "."): v for k, v in overrides.items()})
-    payload = build_payload(
-        version=version,
-        site=SITE,
-        issued_at=around - dt.timedelta(days=1),
-        not_before=around - dt.timedelta(days=1),
-        expires_at=around + dt.timedelta(days=90),
-        settings=settings,
-    )
-    return sign(json.dumps(payload).encode(), [POLICY_KEY])
+    return envelope_around(around, site=SITE, settings=settings, key=POLICY_KEY, version=version)
 
 
 def trust_pem() -> str:

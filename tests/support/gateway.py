@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,16 @@ def start_gateway(tmp_path: Path, trusted_proxies: tuple[str, ...] = ()) -> Gate
     server = BackgroundGateway(app, context)
     server.start()
     return Gateway(pki, store, server, device_a, device_b, authority)
+
+
+@contextlib.contextmanager
+def running_gateway(tmp_path: Path, trusted_proxies: tuple[str, ...] = ()) -> Iterator[Gateway]:
+    """``start_gateway`` for the block, ``stop_gateway`` after it (also when it fails)."""
+    gateway = start_gateway(tmp_path, trusted_proxies)
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)
 
 
 def stop_gateway(gateway: Gateway) -> None:

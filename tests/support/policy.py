@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from policy.jws import sign
-from policy.model import format_timestamp
+from policy.model import build_payload, format_timestamp
 from policy.verify import TrustConfig
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -72,3 +73,26 @@ def encode(doc: object) -> bytes:
 
 def signed(doc: object, *keys: Ed25519PrivateKey) -> bytes:
     return sign(encode(doc), list(keys or (KEY_A,)))
+
+
+def envelope_around(
+    around: datetime,
+    *,
+    site: str,
+    settings: Mapping[str, Any],
+    key: Ed25519PrivateKey,
+    version: int = 1,
+    devices: tuple[str, ...] | None = None,
+) -> bytes:
+    """A policy envelope signed by ``key``, issued a day before ``around`` and valid from then
+    until 90 days after it."""
+    payload = build_payload(
+        version=version,
+        site=site,
+        issued_at=around - timedelta(days=1),
+        not_before=around - timedelta(days=1),
+        expires_at=around + timedelta(days=90),
+        settings=settings,
+        devices=devices,
+    )
+    return sign(json.dumps(payload).encode(), [key])

@@ -33,6 +33,7 @@ from client.core.records import CLIENT_ID_SYSTEM, client_id_of
 from client.core.replica import VaultReplica
 from client.core.schema import MIGRATIONS
 from client.core.vault import Vault
+from policy.schema import RESOURCE_TYPES
 from sync.device.engine import SyncEngine, SyncResult
 from sync.device.replica import SyncSummary
 from sync.device.transport import Transport, TransportConfig
@@ -45,16 +46,7 @@ SITE = "hmp-brixton"
 OTHER_SITE = "hmp-pentonville"
 DEVICE_ID = "dev-sync"
 USER = "nurse.sync"
-TYPES = (
-    "Patient",
-    "Flag",
-    "AllergyIntolerance",
-    "Condition",
-    "MedicationStatement",
-    "Observation",
-    "Encounter",
-    "DocumentReference",
-)
+TYPES = RESOURCE_TYPES  # what a device syncs under the default policy
 
 
 def seed_resources(patients: int, seed: int, sites: int = 2) -> list[dict[str, Any]]:
@@ -91,15 +83,14 @@ class DeviceVault:
         return Vault.open(self.path, self.dek, MIGRATIONS)
 
 
+def replica_settings(site: str = SITE) -> dict[str, Any]:
+    """The keyword arguments of the sync tests' ``VaultReplica``: USER, a clinician of one site,
+    on the wall clock."""
+    return {"user_id": USER, "role": "clinician", "site_scope": (site,), "clock": now_utc}
+
+
 def replica_for(vault: Vault, site: str = SITE) -> VaultReplica:
-    return VaultReplica(
-        lambda: vault.connection,
-        AuditLog(),
-        user_id=USER,
-        role="clinician",
-        site_scope=(site,),
-        clock=now_utc,
-    )
+    return VaultReplica(lambda: vault.connection, AuditLog(), **replica_settings(site))
 
 
 def transport_config(

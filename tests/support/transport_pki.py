@@ -1,10 +1,12 @@
 """A small PKI for transport tests: a CA, a server certificate for 127.0.0.1 and a device
-certificate, written to files."""
+certificate, written to files; a raw TLS server presenting that server certificate, and a
+transport configuration pinned to it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sync.device.transport import TransportConfig
+from sync.device.transport import TransportConfig, spki_sha256
+from tests.support.tls_server import Handler, RawTlsServer, server_context
 
 
 @dataclass
@@ -107,3 +110,15 @@ def transport_config(pki: Pki, port: int, pins: tuple[bytes, ...], **kw: object)
         client_key_file=pki.device.key,
         **kw,  # type: ignore[arg-type]
     )
+
+
+def pinned_config(pki: Pki, port: int, **kw: object) -> TransportConfig:
+    """``transport_config`` pinned to the real server certificate's key."""
+    return transport_config(pki, port, (spki_sha256(pki.server.der),), **kw)
+
+
+def serve(pki: Pki, handler: Handler, *, tls12_only: bool = False) -> Iterator[RawTlsServer]:
+    """A ``RawTlsServer`` with the real server certificate, requiring a device certificate of
+    the CA: one iteration, while the server runs."""
+    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert, tls12_only=tls12_only)
+    yield from RawTlsServer(context, handler).serve()

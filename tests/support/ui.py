@@ -17,6 +17,8 @@ from pytestqt.qtbot import QtBot
 from client.core import accounts
 from client.core.kdf import FLOOR
 from client.core.session import Session
+from client.ui.chart_view import ChartScreen
+from client.ui.clinical import ClinicalWorkspace
 from client.ui.main_window import MainWindow
 from client.ui.qt import (
     QAbstractItemView,
@@ -171,6 +173,29 @@ def sign_in(qtbot: QtBot, win: MainWindow, user: tuple[str, str] = CLINICIAN) ->
     qtbot.waitUntil(lambda: win.session is not None, timeout=15000)
     assert win.session is not None
     return win.session
+
+
+def workspace(
+    qtbot: QtBot,
+    td: ProvisionedDevice,
+    idle: Callable[[], float] | None = None,
+    user: tuple[str, str] = CLINICIAN,
+) -> tuple[MainWindow, ClinicalWorkspace, Session]:
+    """A shown window, signed in, on the clinical workspace."""
+    win = window(qtbot, td, idle)
+    session = sign_in(qtbot, win, user)
+    ws = win.workspace
+    assert isinstance(ws, ClinicalWorkspace)
+    return win, ws, session
+
+
+def open_chart(qtbot: QtBot, ws: ClinicalWorkspace, pid: str) -> ChartScreen:
+    """Open ``pid`` from the workspace and wait for its chart."""
+    ws.open_patient(pid)
+    qtbot.waitUntil(lambda: isinstance(ws.patient_screen, ChartScreen), timeout=5000)
+    screen = ws.patient_screen
+    assert isinstance(screen, ChartScreen)
+    return screen
 
 
 def on_worker(win: MainWindow, work: Callable[[], Any]) -> Any:

@@ -23,8 +23,7 @@ from client.core.device_keyring import InMemoryKeyring
 from client.core.kdf import FLOOR
 from client.core.provisioning import provision_from_bundle
 from policy.atomic import atomic_write
-from policy.jws import kid_for, sign
-from policy.model import build_payload
+from policy.jws import kid_for
 from policy.schema import defaults
 from sync.gateway import admin_cli, datadir, enrolment, policies, users
 from sync.gateway.authority import load_authority
@@ -34,6 +33,7 @@ from sync.gateway.store.loader import load_resources
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.users import LoginPolicy
 from tests.support.gateway import TEST_HASHER
+from tests.support.policy import envelope_around
 
 SITE = "hmp-brixton"
 OTHER_SITE = "hmp-pentonville"
@@ -115,17 +115,9 @@ def start_live_gateway(folder: Path, *, patients: int = 20, **settings: Any) -> 
     )
     values.update({k.replace("__", "."): v for k, v in settings.items()})
     moment = now()
-    payload = build_payload(
-        version=1,
-        site=SITE,
-        issued_at=moment - dt.timedelta(days=1),
-        not_before=moment - dt.timedelta(days=1),
-        expires_at=moment + dt.timedelta(days=90),
-        settings=values,
-    )
     policies.publish(
         store,
-        sign(json.dumps(payload).encode(), [key]),
+        envelope_around(moment, site=SITE, settings=values, key=key),
         now=moment,
         trust_keys=policies.load_trust_keys(data),
     )

@@ -122,6 +122,14 @@ def edit(entry: AuditEntry, **changes: Any) -> AuditEntry:
     return dataclasses.replace(entry, **changes)
 
 
+# What ``append`` takes: every field of an entry but the ones the chain itself sets.
+_CONTENT_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(AuditEntry)
+    if f.name not in {"seq", "ts", "prev_hash", "mac"}
+)
+
+
 def forge_chain(
     template: list[AuditEntry], device: str, key: bytes, change: Callable[[int, AuditEntry], dict]
 ) -> list[AuditEntry]:
@@ -129,20 +137,7 @@ def forge_chain(
     state = ChainState.genesis(device, key)
     out = []
     for index, entry in enumerate(template):
-        fields = {
-            f: getattr(entry, f)
-            for f in (
-                "device_id",
-                "action",
-                "outcome",
-                "user_id",
-                "role",
-                "patient_id",
-                "purpose",
-                "reason_text",
-                "detail",
-            )
-        }
+        fields = {f: getattr(entry, f) for f in _CONTENT_FIELDS}
         fields.update(change(index, entry))
         new, state = append(state, fields, datetime.fromisoformat(entry.ts))
         out.append(new)
@@ -654,20 +649,20 @@ def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, st
     return status, out, err
 
 
+def _receipt_args(files: dict[str, Path]) -> list[object]:
+    return ["--receipt", files["receipt"], "--gateway-key", files["pub"]]
+
+
+def _verify_with_key_and_receipt(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path]
+) -> tuple[int, str, str]:
+    return run(capsys, "verify", files["export"], "--key-file", files["key"], *_receipt_args(files))
+
+
 def test_cli_ok_with_key_and_receipt(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, err = run(
-        capsys,
-        "verify",
-        files["export"],
-        "--key-file",
-        files["key"],
-        "--receipt",
-        files["receipt"],
-        "--gateway-key",
-        files["pub"],
-    )
+    status, out, err = _verify_with_key_and_receipt(capsys, files)
     head = make_chain(12)[1].head_hash
     assert status == 0 and err == ""
     assert out.splitlines()[0] == f"OK: 12 entries, head {head}"
@@ -678,27 +673,11 @@ def test_cli_ok_with_key_and_receipt(
 def test_cli_reports_truncation_and_replacement(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, _ = run(
-        capsys,
-        "verify",
-        files["short"],
-        "--receipt",
-        files["receipt"],
-        "--gateway-key",
-        files["pub"],
-    )
+    status, out, _ = run(capsys, "verify", files["short"], *_receipt_args(files))
     assert status == 1 and out.startswith("BROKEN at seq 10: truncated — ")
     status, out, _ = run(capsys, "verify", files["forged"], "--key-file", files["key"])
     assert status == 1 and out.startswith("BROKEN at seq 1: mac — ")
-    status, out, _ = run(
-        capsys,
-        "verify",
-        files["forged"],
-        "--receipt",
-        files["receipt"],
-        "--gateway-key",
-        files["pub"],
-    )
+    status, out, _ = run(capsys, "verify", files["forged"], *_receipt_args(files))
     assert status == 1 and out.startswith("BROKEN at seq 11: replaced — ")
 
 
@@ -737,17 +716,7 @@ def test_cli_unusable_input_is_one_line_exit_2(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str], setup: Callable[[dict], object]
 ) -> None:
     setup(files)
-    status, out, err = run(
-        capsys,
-        "verify",
-        files["export"],
-        "--key-file",
-        files["key"],
-        "--receipt",
-        files["receipt"],
-        "--gateway-key",
-        files["pub"],
-    )
+    status, out, err = _verify_with_key_and_receipt(capsys, files)
     assert status == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 

@@ -31,12 +31,14 @@ from tests.support.control import (
     Enrolled,
     add_user,
     bearer,
+    break_glass,
     chain,
     enrol,
+    enrol_with_entries,
     upload,
     views,
 )
-from tests.support.gateway import SITE_A, SITE_B, Gateway, start_gateway, stop_gateway
+from tests.support.gateway import SITE_A, SITE_B, Gateway, running_gateway
 from tests.support.sync import transport_config
 
 # T0 of control_helpers is Friday 2026-11-20 09:00 UTC; entry n is at T0 + n minutes.
@@ -56,20 +58,11 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("audit-client")
-    gw = start_gateway(folder)
-    try:
+    with running_gateway(folder) as gw:
         laptop = enrol(gw, SITE_A, folder / "a")
         actions = [
             *views(2, user="nurse1", patient="pt000001"),
-            {
-                "action": "break_glass",
-                "outcome": "success",
-                "user_id": "nurse2",
-                "role": "clinician",
-                "patient_id": "pt000002",
-                "purpose": "BTG",
-                "reason_text": "<b>collapsed</b> on the wing",
-            },
+            break_glass("nurse2", "pt000002", "<b>collapsed</b> on the wing"),
             {
                 "action": "record_view",
                 "outcome": "success",
@@ -89,9 +82,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             start=AFTER_HOURS - dt.timedelta(minutes=state.seq),
         )
         assert upload(gw, gw.session(laptop.creds), [*entries, *late]).status_code == 200
-        other = enrol(gw, SITE_B, folder / "b")
-        b_entries, _ = chain(other.device_id, other.k0, views(3, user="nurse-b"))
-        assert upload(gw, gw.session(other.creds), b_entries).status_code == 200
+        other = enrol_with_entries(gw, SITE_B, folder / "b", views(3, user="nurse-b"))
         add_user(gw, "aud-a", "auditor", SITE_A)
         add_user(gw, "adm-b", "admin", SITE_B)
         add_user(gw, "doc-a", "clinician", SITE_A)
@@ -103,8 +94,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             bearer(gw, gw.session(other.creds), other.device_id, "adm-b"),
             bearer(gw, gw.session(laptop.creds), laptop.device_id, "doc-a"),
         )
-    finally:
-        stop_gateway(gw)
 
 
 def transport(site: Site, who: Enrolled | None = None) -> Transport:

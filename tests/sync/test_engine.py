@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -16,38 +16,23 @@ import pytest
 
 from sync.device.engine import Progress, SyncEngine
 from sync.device.replica import EXTRA_FULL_URL, EXTRA_IF_NONE_EXIST, OutboxItem, ReplicaError
-from sync.device.transport import Transport, TransportConfig
+from sync.device.transport import Transport
 from sync.gateway.seed.generator import generate
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
-from tests.support.gateway import Gateway, start_gateway, stop_gateway
+from tests.support.gateway import Gateway, running_gateway
 from tests.support.memory_replica import MemoryReplica
+from tests.support.sync import TYPES, seed_resources, transport_config
 from tests.support.tls import DeviceCredentials
 
 SITE = "hmp-brixton"
-TYPES = (
-    "Patient",
-    "Flag",
-    "AllergyIntolerance",
-    "Condition",
-    "MedicationStatement",
-    "Observation",
-    "Encounter",
-    "DocumentReference",
-)
 
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    gateway = start_gateway(tmp_path)
-    seeded = [
-        r for r in generate(sites=2, patients=30, seed=11) if r["resourceType"] != "Organization"
-    ]
-    gateway.load(*seeded)
-    gateway.store.set_device("dev-s", SITE, "active")
-    try:
+    with running_gateway(tmp_path) as gateway:
+        gateway.load(*seed_resources(patients=30, seed=11))
+        gateway.store.set_device("dev-s", SITE, "active")
         yield gateway
-    finally:
-        stop_gateway(gateway)
 
 
 def _device(gw: Gateway) -> DeviceCredentials:
@@ -57,15 +42,8 @@ def _device(gw: Gateway) -> DeviceCredentials:
 def _transport(
     gw: Gateway, creds: DeviceCredentials, pins: tuple[bytes, ...] | None = None
 ) -> Transport:
-    return Transport(
-        TransportConfig(
-            gateway_url=gw.server.url + "/",
-            allowed_hosts=["127.0.0.1"],
-            spki_pins=pins or (base64.b64decode(gw.pki.server_pin),),
-            client_cert_file=creds.cert_path,
-            client_key_file=creds.key_path,
-        )
-    )
+    config = transport_config(gw.server.url, gw.pki.server_pin, creds)
+    return Transport(dataclasses.replace(config, spki_pins=pins) if pins else config)
 
 
 def _sync(gw: Gateway, replica: MemoryReplica, **kw: Any) -> Any:
@@ -75,9 +53,7 @@ def _sync(gw: Gateway, replica: MemoryReplica, **kw: Any) -> Any:
 
 
 def _site_counts() -> dict[str, int]:
-    resources = [
-        r for r in generate(sites=2, patients=30, seed=11) if r["resourceType"] != "Organization"
-    ]
+    resources = seed_resources(patients=30, seed=11)
     patients = {
         r["id"]: r["managingOrganization"]["reference"].split("/")[1]
         for r in resources

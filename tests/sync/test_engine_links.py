@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from sync.device.engine import SyncEngine
-from sync.device.transport import Transport, spki_sha256
+from sync.device.engine import SyncEngine, SyncResult
+from sync.device.transport import Transport
 from tests.support.memory_replica import MemoryReplica
-from tests.support.tls_server import RawTlsServer, server_context
-from tests.support.transport_pki import Pki, transport_config
+from tests.support.tls_server import RawTlsServer
+from tests.support.transport_pki import Pki, pinned_config, serve
 
 
 def _history(next_url: str | None, resume: str | None) -> bytes:
@@ -26,12 +26,15 @@ def _history(next_url: str | None, resume: str | None) -> bytes:
 
 
 def _serve(pki: Pki, body: bytes) -> Iterator[RawTlsServer]:
-    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
-
     def answer(*_: object) -> tuple[int, dict[str, str], bytes]:
         return 200, {"Content-Type": "application/fhir+json"}, body
 
-    yield from RawTlsServer(context, answer).serve()
+    yield from serve(pki, answer)
+
+
+def _pull_patients(pki: Pki, server: RawTlsServer, replica: MemoryReplica) -> SyncResult:
+    with Transport(pinned_config(pki, server.port)) as transport:
+        return SyncEngine(transport, replica, resource_types=["Patient"]).run()
 
 
 @pytest.mark.parametrize(
@@ -47,9 +50,7 @@ def test_M3_a_link_outside_the_gateway_is_refused_and_not_stored(
 ) -> None:
     for server in _serve(pki, _history(next_url, resume)):
         replica = MemoryReplica()
-        config = transport_config(pki, server.port, (spki_sha256(pki.server.der),))
-        with Transport(config) as transport:
-            result = SyncEngine(transport, replica, resource_types=["Patient"]).run()
+        result = _pull_patients(pki, server, replica)
         assert result.failed_phases == {"pull": "bad_link"}
         assert replica.cursors == {}  # nothing poisoned for the next sync
 
@@ -58,9 +59,7 @@ def test_M3_a_next_link_that_loops_is_stopped(pki: Pki) -> None:
     loop = "/fhir/Patient/_history?_cursor=same"
     for server in _serve(pki, _history(loop, None)):
         replica = MemoryReplica()
-        config = transport_config(pki, server.port, (spki_sha256(pki.server.der),))
-        with Transport(config) as transport:
-            result = SyncEngine(transport, replica, resource_types=["Patient"]).run()
+        result = _pull_patients(pki, server, replica)
         assert result.failed_phases == {"pull": "bad_link"}
         assert len(server.requests) == 2
 
@@ -91,13 +90,10 @@ def test_a_server_without_history_is_read_with_a_lastupdated_search(pki: Pki) ->
             )
         return 200, {"Content-Type": "application/fhir+json"}, searchset
 
-    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
-    for server in RawTlsServer(context, answer).serve():
+    for server in serve(pki, answer):
         replica = MemoryReplica()
-        config = transport_config(pki, server.port, (spki_sha256(pki.server.der),))
         for _ in range(2):
-            with Transport(config) as transport:
-                result = SyncEngine(transport, replica, resource_types=["Patient"]).run()
+            result = _pull_patients(pki, server, replica)
             assert result.ok, result.failed_phases
             # Deletions are invisible here: the caseload is never confirmed (retention runs).
             assert not result.caseload_confirmed

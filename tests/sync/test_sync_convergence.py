@@ -38,14 +38,14 @@ from client.core.consultation import ConsultationError
 from client.core.replica import VaultReplica
 from client.core.vault import Vault
 from sync.device.replica import ApplyStats, Page, SentItem
-from tests.support.gateway import Gateway, observation, patient, start_gateway, stop_gateway
+from tests.support.gateway import Gateway, observation, patient, running_gateway
 from tests.support.sync import (
-    USER,
     DeviceVault,
     device_client_ids,
     device_view,
     new_observation,
     now_utc,
+    replica_settings,
     server_client_ids,
     server_resources,
     server_view,
@@ -68,14 +68,7 @@ class CrashingReplica(VaultReplica):
     opened, damage is written, and the connection is closed before COMMIT."""
 
     def __init__(self, vault: Vault, site: str, crash_at: int) -> None:
-        super().__init__(
-            lambda: vault.connection,
-            AuditLog(),
-            user_id=USER,
-            role="clinician",
-            site_scope=(site,),
-            clock=now_utc,
-        )
+        super().__init__(lambda: vault.connection, AuditLog(), **replica_settings(site))
         self._vault = vault
         self._crash_at = crash_at
         self._calls = 0
@@ -379,11 +372,8 @@ class SyncMachine(RuleBasedStateMachine):
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = start_gateway(tmp_path_factory.mktemp("gw"))
-    try:
+    with running_gateway(tmp_path_factory.mktemp("gw")) as gateway:
         yield gateway
-    finally:
-        stop_gateway(gateway)
 
 
 def _opening_moves(machine: SyncMachine) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from sync.gateway.store.base import Store
-from tests.support.gateway import Gateway, start_gateway, stop_gateway
+from tests.support.gateway import Gateway, running_gateway, start_gateway, stop_gateway
 from tests.support.sync import (
     DEVICE_ID,
     SITE,
@@ -152,20 +152,20 @@ class Zygote:
 # -- the gateway -----------------------------------------------------------------------------
 
 
-def _fresh_gateway(tmp: Path) -> Gateway:
-    gateway = start_gateway(tmp)
+def _seed(gateway: Gateway) -> Gateway:
     gateway.load(*seed_resources(SEED_PATIENTS, seed=5))
     gateway.store.set_device(DEVICE_ID, SITE, "active")
     return gateway
 
 
+def _fresh_gateway(tmp: Path) -> Gateway:
+    return _seed(start_gateway(tmp))
+
+
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    gateway = _fresh_gateway(tmp_path)
-    try:
-        yield gateway
-    finally:
-        stop_gateway(gateway)
+    with running_gateway(tmp_path) as gateway:
+        yield _seed(gateway)
 
 
 def _site_patients(store: Store) -> list[str]:

@@ -11,10 +11,7 @@ import pytest
 
 from sync.device.transport import Transport, TransportConfig, TransportError, spki_sha256
 from tests.support.tls_server import RawTlsServer, server_context
-from tests.support.transport_pki import (
-    Pki,
-    transport_config,
-)
+from tests.support.transport_pki import Pki, pinned_config, serve, transport_config
 
 
 def _ok(
@@ -25,16 +22,13 @@ def _ok(
 
 @pytest.fixture
 def gateway(pki: Pki) -> Iterator[RawTlsServer]:
-    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
-    yield from RawTlsServer(context, _ok).serve()
+    yield from serve(pki, _ok)
 
 
 def test_NW1_request_with_matching_pin_presents_the_client_certificate(
     pki: Pki, gateway: RawTlsServer
 ) -> None:
-    with Transport(
-        transport_config(pki, gateway.port, (spki_sha256(pki.server.der),))
-    ) as transport:
+    with Transport(pinned_config(pki, gateway.port)) as transport:
         response = transport.get("fhir/metadata")
     assert response.status == 200
     assert response.body == b'{"ok": true}'
@@ -50,9 +44,7 @@ def test_NW1_backup_pin_is_accepted(pki: Pki, gateway: RawTlsServer) -> None:
 def test_NW1_chain_verification_against_the_gateway_ca_also_works(
     pki: Pki, gateway: RawTlsServer
 ) -> None:
-    config = transport_config(
-        pki, gateway.port, (spki_sha256(pki.server.der),), server_ca_file=pki.ca.cert
-    )
+    config = pinned_config(pki, gateway.port, server_ca_file=pki.ca.cert)
     with Transport(config) as transport:
         assert transport.get("x").status == 200
 
@@ -68,11 +60,8 @@ def test_NW1_pin_mismatch_aborts_before_any_request_byte(pki: Pki, gateway: RawT
 
 
 def test_NW1_a_tls12_server_is_refused(pki: Pki) -> None:
-    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert, tls12_only=True)
-    for server in RawTlsServer(context, _ok).serve():
-        with Transport(
-            transport_config(pki, server.port, (spki_sha256(pki.server.der),))
-        ) as transport:
+    for server in serve(pki, _ok, tls12_only=True):
+        with Transport(pinned_config(pki, server.port)) as transport:
             with pytest.raises(TransportError) as caught:
                 transport.get("x")
         assert caught.value.reason == "tls"
@@ -87,9 +76,7 @@ def test_NW2_mitm_with_an_os_trusted_ca_is_refused_before_any_request_byte(
         monkeypatch.setenv(name, str(pki.rogue_ca.cert))
     context = server_context(pki.rogue_server.cert, pki.rogue_server.key, None)
     for mitm in RawTlsServer(context, _ok).serve():
-        with Transport(
-            transport_config(pki, mitm.port, (spki_sha256(pki.server.der),))
-        ) as transport:
+        with Transport(pinned_config(pki, mitm.port)) as transport:
             with pytest.raises(TransportError) as caught:
                 transport.get("fhir/Patient")
         assert caught.value.reason == "pin_mismatch"
@@ -113,9 +100,7 @@ def test_NW2_hostile_proxy_ca_bundle_and_netrc_change_nothing(
     monkeypatch.setenv("NO_PROXY", "")
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.setenv(name, str(tmp_path / "does-not-exist.pem"))
-    with Transport(
-        transport_config(pki, gateway.port, (spki_sha256(pki.server.der),))
-    ) as transport:
+    with Transport(pinned_config(pki, gateway.port)) as transport:
         assert transport.get("x").status == 200
     assert all("authorization" not in headers for _, _, headers in gateway.requests)
 
@@ -124,11 +109,8 @@ def test_NW2_redirects_are_not_followed(pki: Pki) -> None:
     def redirect(*_: object) -> tuple[int, dict[str, str], bytes]:
         return 302, {"Location": "https://evil.example/steal"}, b""
 
-    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
-    for server in RawTlsServer(context, redirect).serve():
-        with Transport(
-            transport_config(pki, server.port, (spki_sha256(pki.server.der),))
-        ) as transport:
+    for server in serve(pki, redirect):
+        with Transport(pinned_config(pki, server.port)) as transport:
             with pytest.raises(TransportError) as caught:
                 transport.get("x")
         assert caught.value.reason == "redirect_refused"
@@ -136,7 +118,7 @@ def test_NW2_redirects_are_not_followed(pki: Pki) -> None:
 
 
 def test_NW2_only_the_gateway_origin_and_allowed_hosts(pki: Pki, gateway: RawTlsServer) -> None:
-    config = transport_config(pki, gateway.port, (spki_sha256(pki.server.der),))
+    config = pinned_config(pki, gateway.port)
     with Transport(config) as transport:
         for url in (
             "https://evil.example/fhir",
@@ -168,11 +150,8 @@ def test_NW3_oversized_and_gzip_bomb_answers_are_cut_off(pki: Pki) -> None:
             return 200, {"Content-Encoding": "gzip"}, bomb
         return 200, {}, b"x" * (2 * 1024 * 1024)
 
-    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
-    for server in RawTlsServer(context, huge).serve():
-        config = transport_config(
-            pki, server.port, (spki_sha256(pki.server.der),), max_response_bytes=1024 * 1024
-        )
+    for server in serve(pki, huge):
+        config = pinned_config(pki, server.port, max_response_bytes=1024 * 1024)
         with Transport(config) as transport:
             for path in ("big", "bomb"):
                 with pytest.raises(TransportError) as caught:
@@ -187,11 +166,8 @@ def test_gzip_answers_are_decoded(pki: Pki) -> None:
     def zipped(*_: object) -> tuple[int, dict[str, str], bytes]:
         return 200, {"Content-Encoding": "gzip"}, gzip.compress(payload)
 
-    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
-    for server in RawTlsServer(context, zipped).serve():
-        with Transport(
-            transport_config(pki, server.port, (spki_sha256(pki.server.der),))
-        ) as transport:
+    for server in serve(pki, zipped):
+        with Transport(pinned_config(pki, server.port)) as transport:
             assert transport.get("x").body == payload
             assert transport.counters.bytes_received < len(payload)
         assert server.requests[0][2]["accept-encoding"] == "gzip"
@@ -207,9 +183,8 @@ def test_only_idempotent_requests_are_retried(pki: Pki) -> None:
         return 200, {}, b"ok"
 
     sleeps: list[float] = []
-    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
-    for server in RawTlsServer(context, busy).serve():
-        config = transport_config(pki, server.port, (spki_sha256(pki.server.der),))
+    for server in serve(pki, busy):
+        config = pinned_config(pki, server.port)
         with Transport(config, sleep=sleeps.append) as transport:
             assert transport.get("x").status == 200
             assert transport.request("POST", "x", body=b"{}").status == 503
@@ -219,9 +194,7 @@ def test_only_idempotent_requests_are_retried(pki: Pki) -> None:
 
 
 def test_one_connection_is_reused_for_a_whole_sync(pki: Pki, gateway: RawTlsServer) -> None:
-    with Transport(
-        transport_config(pki, gateway.port, (spki_sha256(pki.server.der),))
-    ) as transport:
+    with Transport(pinned_config(pki, gateway.port)) as transport:
         for _ in range(5):
             assert transport.get("x").status == 200
         assert transport.counters.connections == 1
@@ -233,11 +206,8 @@ def test_a_silent_server_times_out(pki: Pki) -> None:
         time.sleep(2)
         return 200, {}, b""
 
-    context = server_context(pki.server.cert, pki.server.key, pki.ca.cert)
-    for server in RawTlsServer(context, silent).serve():
-        config = transport_config(
-            pki, server.port, (spki_sha256(pki.server.der),), read_timeout_s=0.3
-        )
+    for server in serve(pki, silent):
+        config = pinned_config(pki, server.port, read_timeout_s=0.3)
         with Transport(config, sleep=lambda _: None) as transport:
             with pytest.raises(TransportError) as caught:
                 transport.get("x")

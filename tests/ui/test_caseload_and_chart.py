@@ -9,8 +9,6 @@ from pytestqt.qtbot import QtBot
 
 from client.ui.caseload import ALERT_MARK, EMPTY_HINT, OTHER_SITE, CaseloadScreen
 from client.ui.chart_view import ChartScreen
-from client.ui.clinical import ClinicalWorkspace
-from client.ui.main_window import MainWindow
 from client.ui.qt import (
     QApplication,
     QComboBox,
@@ -30,8 +28,8 @@ from tests.support.ui import (
     OUTSIDE_PATIENT,
     ProvisionedDevice,
     device,
-    sign_in,
-    window,
+    open_chart,
+    workspace,
 )
 
 
@@ -40,17 +38,10 @@ def td(tmp_path: Path) -> ProvisionedDevice:
     return device(tmp_path, transfer=True)
 
 
-def _workspace(qtbot: QtBot, td: ProvisionedDevice) -> tuple[MainWindow, ClinicalWorkspace]:
-    win = window(qtbot, td)
-    sign_in(qtbot, win)
-    assert isinstance(win.workspace, ClinicalWorkspace)
-    return win, win.workspace
-
-
 def test_search_as_you_type_then_arrows_and_enter_open_the_chart(
     qtbot: QtBot, td: ProvisionedDevice
 ) -> None:
-    _win, ws = _workspace(qtbot, td)
+    _win, ws, _session = workspace(qtbot, td)
     caseload: CaseloadScreen = ws.caseload
     # Before anything is typed: the site's caseload, by name (in scope only).
     qtbot.waitUntil(lambda: caseload.model.rowCount() > 1, timeout=5000)
@@ -73,7 +64,7 @@ def test_search_as_you_type_then_arrows_and_enter_open_the_chart(
 def test_result_cells_format_identifiers_and_mark_alerts_and_other_sites_in_text(
     qtbot: QtBot, td: ProvisionedDevice
 ) -> None:
-    _win, ws = _workspace(qtbot, td)
+    _win, ws, _session = workspace(qtbot, td)
     caseload = ws.caseload
     caseload.query.setText("A1234BC")
     qtbot.waitUntil(lambda: caseload.model.rowCount() == 1, timeout=5000)
@@ -100,11 +91,8 @@ def test_result_cells_format_identifiers_and_mark_alerts_and_other_sites_in_text
 def test_chart_shows_banner_then_alerts_and_allergies_before_everything_else(
     qtbot: QtBot, td: ProvisionedDevice
 ) -> None:
-    _win, ws = _workspace(qtbot, td)
-    ws.open_patient(HTML_PATIENT)
-    qtbot.waitUntil(lambda: isinstance(ws.patient_screen, ChartScreen), timeout=5000)
-    screen = ws.patient_screen
-    assert isinstance(screen, ChartScreen)
+    _win, ws, _session = workspace(qtbot, td)
+    screen = open_chart(qtbot, ws, HTML_PATIENT)
     layout = screen.layout()
     header_at = layout.indexOf(screen.header)
     details_at = layout.indexOf(screen.scroll_area)
@@ -129,15 +117,12 @@ def test_chart_shows_banner_then_alerts_and_allergies_before_everything_else(
 def test_UI1_html_in_a_name_and_a_note_shows_literally_as_plain_text(
     qtbot: QtBot, td: ProvisionedDevice
 ) -> None:
-    _win, ws = _workspace(qtbot, td)
+    _win, ws, _session = workspace(qtbot, td)
     ws.caseload.query.setText("Zephyrine")
     qtbot.waitUntil(lambda: ws.caseload.model.rowCount() == 1, timeout=5000)
     cell = ws.caseload.model.data(ws.caseload.model.index(0, 0))
     assert cell == f"{HTML_FAMILY}, Ada"
-    ws.open_patient(HTML_PATIENT)
-    qtbot.waitUntil(lambda: isinstance(ws.patient_screen, ChartScreen), timeout=5000)
-    screen = ws.patient_screen
-    assert isinstance(screen, ChartScreen)
+    screen = open_chart(qtbot, ws, HTML_PATIENT)
     assert screen.header.name.text() == f"{HTML_FAMILY}, Ada"
     assert screen.header.name.textFormat() == Qt.TextFormat.PlainText
     note_labels = [w for w in screen.findChildren(QLabel) if w.text() == f"Note says {HTML}"]
@@ -153,11 +138,8 @@ def test_UI1_html_in_a_name_and_a_note_shows_literally_as_plain_text(
 def test_escape_goes_back_to_search_and_destroys_the_chart(
     qtbot: QtBot, td: ProvisionedDevice
 ) -> None:
-    _win, ws = _workspace(qtbot, td)
-    ws.open_patient(HTML_PATIENT)
-    qtbot.waitUntil(lambda: isinstance(ws.patient_screen, ChartScreen), timeout=5000)
-    chart_screen = ws.patient_screen
-    assert chart_screen is not None
+    _win, ws, _session = workspace(qtbot, td)
+    chart_screen = open_chart(qtbot, ws, HTML_PATIENT)
     with qtbot.waitSignal(chart_screen.destroyed, timeout=3000):
         qtbot.keyClick(chart_screen, Qt.Key.Key_Escape)
     assert ws.patient_screen is None
@@ -165,7 +147,7 @@ def test_escape_goes_back_to_search_and_destroys_the_chart(
 
 
 def test_typing_then_enter_at_once_opens_the_first_hit(qtbot: QtBot, td: ProvisionedDevice) -> None:
-    _win, ws = _workspace(qtbot, td)
+    _win, ws, _session = workspace(qtbot, td)
     qtbot.keyClicks(ws.caseload.query, "A1234BC")
     qtbot.keyClick(ws.caseload.query, Qt.Key.Key_Return)  # before the debounce fired
     qtbot.waitUntil(lambda: isinstance(ws.patient_screen, ChartScreen), timeout=5000)
@@ -173,9 +155,8 @@ def test_typing_then_enter_at_once_opens_the_first_hit(qtbot: QtBot, td: Provisi
 
 
 def test_controls_have_accessible_names(qtbot: QtBot, td: ProvisionedDevice) -> None:
-    win, ws = _workspace(qtbot, td)
-    ws.open_patient(HTML_PATIENT)
-    qtbot.waitUntil(lambda: isinstance(ws.patient_screen, ChartScreen), timeout=5000)
+    win, ws, _session = workspace(qtbot, td)
+    open_chart(qtbot, ws, HTML_PATIENT)
     ws.new_consultation()
     controls = [
         w

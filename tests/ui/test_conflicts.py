@@ -14,6 +14,7 @@ from pytestqt.qtbot import QtBot
 from client.core import conflicts, consultation
 from client.core.session import Session
 from client.ui.conflicts import ConflictsDialog, readable
+from client.ui.main_window import MainWindow
 from client.ui.qt import QApplication, QLabel, QPlainTextEdit, Qt
 from tests.support.ui import (
     HTML,
@@ -49,9 +50,8 @@ def _make_conflict(win: Any, session: Session) -> None:
     on_worker(win, work)
 
 
-def test_conflict_shows_both_versions_as_plain_text_and_keep_theirs_resolves_it(
-    qtbot: QtBot, tmp_path: Path
-) -> None:
+def _conflict_view(qtbot: QtBot, tmp_path: Path) -> tuple[MainWindow, Session, ConflictsDialog]:
+    """Signed in, with one conflict recorded and the conflict view open on it."""
     td = device(tmp_path)
     win = window(qtbot, td)
     session = sign_in(qtbot, win)
@@ -60,6 +60,13 @@ def test_conflict_shows_both_versions_as_plain_text_and_keep_theirs_resolves_it(
     dialog = win.conflicts_dialog
     assert isinstance(dialog, ConflictsDialog)
     qtbot.waitUntil(lambda: len(dialog.items) == 1, timeout=10000)
+    return win, session, dialog
+
+
+def test_conflict_shows_both_versions_as_plain_text_and_keep_theirs_resolves_it(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    win, session, dialog = _conflict_view(qtbot, tmp_path)
     assert "My edit on the wing." in dialog.mine.toPlainText()
     assert f"Gateway version says {HTML}" in dialog.theirs.toPlainText()  # literally
     assert all(isinstance(v, QPlainTextEdit) for v in (dialog.mine, dialog.theirs))
@@ -77,14 +84,7 @@ def test_conflict_shows_both_versions_as_plain_text_and_keep_theirs_resolves_it(
 def test_keep_mine_queues_the_edit_again_on_top_of_the_gateway_version(
     qtbot: QtBot, tmp_path: Path
 ) -> None:
-    td = device(tmp_path)
-    win = window(qtbot, td)
-    session = sign_in(qtbot, win)
-    _make_conflict(win, session)
-    win.open_conflicts()
-    dialog = win.conflicts_dialog
-    assert dialog is not None
-    qtbot.waitUntil(lambda: len(dialog.items) == 1, timeout=10000)
+    win, session, dialog = _conflict_view(qtbot, tmp_path)
     with qtbot.waitSignal(dialog.resolved, timeout=10000) as resolved:
         dialog.keep_mine.click()
     assert resolved.args == ["mine"]
@@ -99,14 +99,7 @@ def test_readable_decodes_notes_and_says_when_the_gateway_lost_the_record() -> N
 
 
 def test_UI3_lock_destroys_the_conflict_view_and_its_texts(qtbot: QtBot, tmp_path: Path) -> None:
-    td = device(tmp_path)
-    win = window(qtbot, td)
-    session = sign_in(qtbot, win)
-    _make_conflict(win, session)
-    win.open_conflicts()
-    dialog = win.conflicts_dialog
-    assert dialog is not None
-    qtbot.waitUntil(lambda: len(dialog.items) == 1, timeout=10000)
+    win, _session, _dialog = _conflict_view(qtbot, tmp_path)
     win.lock()
     flush_deletes()
     assert win.conflicts_dialog is None

@@ -13,7 +13,6 @@ from client.ui.break_glass import BreakGlassDialog
 from client.ui.chart_view import UNSENT_MARK, ChartScreen
 from client.ui.clinical import ClinicalWorkspace
 from client.ui.consultation_form import SAVED_MESSAGE, ConsultationForm
-from client.ui.main_window import MainWindow
 from client.ui.qt import QLabel, Qt
 from tests.support.ui import (
     CLINICIAN,
@@ -23,8 +22,8 @@ from tests.support.ui import (
     audit_actions,
     device,
     on_worker,
-    sign_in,
-    window,
+    open_chart,
+    workspace,
 )
 
 
@@ -33,28 +32,27 @@ def td(tmp_path: Path) -> ProvisionedDevice:
     return device(tmp_path, transfer=True)
 
 
-def _workspace(qtbot: QtBot, td: ProvisionedDevice) -> tuple[MainWindow, ClinicalWorkspace]:
-    win = window(qtbot, td)
-    sign_in(qtbot, win)
-    assert isinstance(win.workspace, ClinicalWorkspace)
-    return win, win.workspace
-
-
 def _open_form(qtbot: QtBot, ws: ClinicalWorkspace, pid: str) -> ConsultationForm:
-    ws.open_patient(pid)
-    qtbot.waitUntil(lambda: isinstance(ws.patient_screen, ChartScreen), timeout=5000)
+    open_chart(qtbot, ws, pid)
     ws.new_consultation()
     form = ws.patient_screen
     assert isinstance(form, ConsultationForm)
     return form
 
 
+def _break_glass_dialog(qtbot: QtBot, ws: ClinicalWorkspace) -> BreakGlassDialog:
+    """Open the out-of-scope patient: break-glass asks first."""
+    ws.open_patient(OUTSIDE_PATIENT)
+    qtbot.waitUntil(lambda: ws.break_glass_dialog is not None, timeout=5000)
+    dialog = ws.break_glass_dialog
+    assert isinstance(dialog, BreakGlassDialog)
+    return dialog
+
+
 def test_save_writes_offline_and_the_chart_marks_it_not_yet_sent(
     qtbot: QtBot, td: ProvisionedDevice
 ) -> None:
-    win, ws = _workspace(qtbot, td)
-    session = win.session
-    assert session is not None
+    win, ws, session = workspace(qtbot, td)
     before = on_worker(win, session.outbox_status)[0]
     form = _open_form(qtbot, ws, HTML_PATIENT)
     form.vital_fields["systolic"].setText("128")
@@ -87,9 +85,7 @@ def test_save_writes_offline_and_the_chart_marks_it_not_yet_sent(
 def test_out_of_range_vital_shows_the_core_message_next_to_the_field_and_saves_nothing(
     qtbot: QtBot, td: ProvisionedDevice
 ) -> None:
-    win, ws = _workspace(qtbot, td)
-    session = win.session
-    assert session is not None
+    win, ws, session = workspace(qtbot, td)
     before = on_worker(win, session.outbox_status)[0]
     form = _open_form(qtbot, ws, HTML_PATIENT)
     form.vital_fields["heart_rate"].setText("400")
@@ -111,13 +107,8 @@ def test_out_of_range_vital_shows_the_core_message_next_to_the_field_and_saves_n
 def test_AU4_break_glass_asks_reason_and_password_then_shows_a_banner_until_expiry(
     qtbot: QtBot, td: ProvisionedDevice
 ) -> None:
-    win, ws = _workspace(qtbot, td)
-    session = win.session
-    assert session is not None
-    ws.open_patient(OUTSIDE_PATIENT)
-    qtbot.waitUntil(lambda: ws.break_glass_dialog is not None, timeout=5000)
-    dialog = ws.break_glass_dialog
-    assert isinstance(dialog, BreakGlassDialog)
+    win, ws, session = workspace(qtbot, td)
+    dialog = _break_glass_dialog(qtbot, ws)
     assert ws.patient_screen is None  # nothing opened before the grant
     dialog.reason.setCurrentIndex(1)
     dialog.text.setPlainText("short")
@@ -147,11 +138,8 @@ def test_AU4_break_glass_asks_reason_and_password_then_shows_a_banner_until_expi
 def test_wrong_password_in_break_glass_is_refused_in_the_dialog(
     qtbot: QtBot, td: ProvisionedDevice
 ) -> None:
-    _win, ws = _workspace(qtbot, td)
-    ws.open_patient(OUTSIDE_PATIENT)
-    qtbot.waitUntil(lambda: ws.break_glass_dialog is not None, timeout=5000)
-    dialog = ws.break_glass_dialog
-    assert dialog is not None
+    _win, ws, _session = workspace(qtbot, td)
+    dialog = _break_glass_dialog(qtbot, ws)
     dialog.reason.setCurrentIndex(1)
     dialog.text.setPlainText("Arrived from another prison, collapsed on the wing")
     dialog.password.setText("not the password")

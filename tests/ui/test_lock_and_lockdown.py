@@ -42,16 +42,14 @@ from tests.support.ui import (
     sign_in,
     widget_texts,
     window,
+    workspace,
 )
 
 
 def _chart_open(
     qtbot: QtBot, td: ProvisionedDevice, idle: IdleClock | None = None
 ) -> tuple[MainWindow, ClinicalWorkspace, Session]:
-    win = window(qtbot, td, idle)
-    session = sign_in(qtbot, win)
-    ws = win.workspace
-    assert isinstance(ws, ClinicalWorkspace)
+    win, ws, session = workspace(qtbot, td, idle)
     ws.caseload.query.setText("Zephyrine")
     qtbot.waitUntil(lambda: ws.caseload.model.rowCount() == 1, timeout=5000)
     ws.open_patient(HTML_PATIENT)
@@ -105,10 +103,7 @@ def test_ctrl_l_locks_and_a_result_arriving_after_the_lock_is_dropped(
     qtbot: QtBot, tmp_path: Path
 ) -> None:
     td = device(tmp_path)
-    win = window(qtbot, td)
-    session = sign_in(qtbot, win)
-    ws = win.workspace
-    assert isinstance(ws, ClinicalWorkspace)
+    win, ws, session = workspace(qtbot, td)
     ws.open_patient(HTML_PATIENT)  # queued on the worker ...
     qtbot.keyClick(ws.caseload.query, Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier)
     assert win.session is None  # ... and the lock came first on the GUI thread
@@ -171,20 +166,14 @@ def test_UI2_print_blocked_by_policy_is_audited(qtbot: QtBot, tmp_path: Path) ->
 
 def test_watermark_follows_the_policy(qtbot: QtBot, tmp_path: Path) -> None:
     td = device(tmp_path, load=False)
-    win = window(qtbot, td)
-    sign_in(qtbot, win)
-    ws = win.workspace
-    assert isinstance(ws, ClinicalWorkspace)
+    _win, ws, _session = workspace(qtbot, td)
     assert isinstance(ws.watermark, Watermark)
     assert ws.watermark.text().startswith("nurse.amira · ")
     assert ws.watermark.testAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
     assert ws.watermark.geometry() == ws.rect()
 
     td2 = device(tmp_path / "b", load=False, ui__watermark=False)
-    win2 = window(qtbot, td2)
-    sign_in(qtbot, win2)
-    ws2 = win2.workspace
-    assert isinstance(ws2, ClinicalWorkspace)
+    _win2, ws2, _session2 = workspace(qtbot, td2)
     assert ws2.watermark is None
 
 
