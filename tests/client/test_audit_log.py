@@ -52,6 +52,20 @@ def db(tmp_path: Path) -> Iterator[tuple[Any, Path]]:
     conn.close()
 
 
+def note_written(log: AuditLog, conn: Any, **extra: Any) -> Any:
+    """A clinician's note entry, appended inside the caller's open transaction."""
+    return log.append(
+        conn,
+        ts=T0,
+        action="note_written",
+        outcome="success",
+        user_id="gp.jones",
+        role="clinician",
+        patient_id="pat-1",
+        **extra,
+    )
+
+
 def view(log: AuditLog, conn: Any, n: int, **extra: Any) -> None:
     conn.execute("BEGIN")
     log.append(
@@ -104,16 +118,7 @@ def test_AD1_entry_commits_with_the_act(db: tuple[Any, Path]) -> None:
     log = AuditLog()
     conn.execute("BEGIN")
     conn.execute("INSERT INTO notes (body) VALUES ('consultation')")
-    entry = log.append(
-        conn,
-        ts=T0,
-        action="note_written",
-        outcome="success",
-        user_id="gp.jones",
-        role="clinician",
-        patient_id="pat-1",
-        purpose="TREAT",
-    )
+    entry = note_written(log, conn, purpose="TREAT")
     assert conn.in_transaction  # append never commits on its own
     conn.commit()
     assert conn.execute("SELECT count(*) FROM notes").fetchone()[0] == 1
@@ -127,15 +132,7 @@ def test_AD1_rollback_removes_the_entry_and_restores_the_key_state(db: tuple[Any
     before = state_row(conn)
     conn.execute("BEGIN")
     conn.execute("INSERT INTO notes (body) VALUES ('half-saved consultation')")
-    log.append(
-        conn,
-        ts=T0,
-        action="note_written",
-        outcome="success",
-        user_id="gp.jones",
-        role="clinician",
-        patient_id="pat-1",
-    )
+    note_written(log, conn)
     assert state_row(conn)[0] == 2
     conn.rollback()  # the act failed: the audit entry must go with it
     assert state_row(conn) == before

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,35 +79,18 @@ def test_throttle_lifts_after_the_window(gateway: Gateway) -> None:
         "escrow": escrow_blob(gateway, "dev-a", b"k" * 32),
     }
     bad = {**good, "password": "nope"}
+
+    def attempt(body: dict[str, Any], after: dt.timedelta) -> Any:
+        return users.login(gateway.store, gateway.authority, policy, identity, body, now=t0 + after)
+
     for minute in (0, 1):
         with pytest.raises(ControlError) as err:
-            users.login(
-                gateway.store,
-                gateway.authority,
-                policy,
-                identity,
-                bad,
-                now=t0 + dt.timedelta(minutes=minute),
-            )
+            attempt(bad, dt.timedelta(minutes=minute))
         assert err.value.reason == "login_failed"
     with pytest.raises(ControlError) as err:
-        users.login(
-            gateway.store,
-            gateway.authority,
-            policy,
-            identity,
-            good,
-            now=t0 + dt.timedelta(minutes=9),
-        )
+        attempt(good, dt.timedelta(minutes=9))
     assert err.value.reason == "login_throttled"
-    result = users.login(
-        gateway.store,
-        gateway.authority,
-        policy,
-        identity,
-        good,
-        now=t0 + dt.timedelta(minutes=11, seconds=1),
-    )
+    result = attempt(good, dt.timedelta(minutes=11, seconds=1))
     assert result.user_id == "nurse1"
 
 

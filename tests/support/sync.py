@@ -35,7 +35,6 @@ from client.core.schema import MIGRATIONS
 from client.core.vault import Vault
 from policy.schema import RESOURCE_TYPES
 from sync.device.engine import SyncEngine, SyncResult
-from sync.device.replica import SyncSummary
 from sync.device.transport import Transport, TransportConfig
 from sync.gateway.seed.generator import generate
 from sync.gateway.store.base import SearchQuery, Store
@@ -126,18 +125,7 @@ def sync_once(
         result = SyncEngine(
             transport, replica, resource_types=types, page_size=page_size, push_batch=push_batch
         ).run()
-    replica.sync_finished(
-        SyncSummary(
-            pulled=result.pulled,
-            pushed=result.pushed,
-            conflicts=result.conflicts,
-            quarantined=result.quarantined,
-            push_errors=result.push_errors,
-            outcome="success" if result.ok else "failure",
-            reason=result.error,
-            caseload_confirmed=result.caseload_confirmed,
-        )
-    )
+    replica.sync_finished(result.summary())
     return result
 
 

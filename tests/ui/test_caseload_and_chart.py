@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from client.ui.caseload import ALERT_MARK, EMPTY_HINT, OTHER_SITE, CaseloadScreen
+from client.ui.caseload import ALERT_MARK, COLUMNS, EMPTY_HINT, OTHER_SITE, CaseloadScreen
 from client.ui.chart_view import ChartScreen
 from client.ui.qt import (
     QApplication,
@@ -68,18 +68,19 @@ def test_result_cells_format_identifiers_and_mark_alerts_and_other_sites_in_text
     caseload = ws.caseload
     caseload.query.setText("A1234BC")
     qtbot.waitUntil(lambda: caseload.model.rowCount() == 1, timeout=5000)
-    row = [caseload.model.data(caseload.model.index(0, c)) for c in range(7)]
+    row = [caseload.model.data(caseload.model.index(0, c)) for c in range(len(COLUMNS))]
     assert row[0] == f"{HTML_FAMILY}, Ada"
     assert row[1] == "07-Mar-1984 (42)"  # FakeClocks: June 2026
-    assert len(row[2].split(" ")) == 3 and [len(p) for p in row[2].split(" ")] == [3, 3, 4]
-    assert row[3] == "A1234BC"
-    assert row[5] == ALERT_MARK
-    assert row[6] == ""
+    assert row[2] == "Male"  # beside the date of birth: two namesakes are told apart
+    assert len(row[3].split(" ")) == 3 and [len(p) for p in row[3].split(" ")] == [3, 3, 4]
+    assert row[4] == "A1234BC"
+    assert row[6] == ALERT_MARK
+    assert row[7] == ""
     caseload.query.setText("Quennell")
     qtbot.waitUntil(
         lambda: (
             caseload.model.rowCount() == 1
-            and caseload.model.data(caseload.model.index(0, 6)) == OTHER_SITE
+            and caseload.model.data(caseload.model.index(0, 7)) == OTHER_SITE
         ),
         timeout=5000,
     )

@@ -11,18 +11,33 @@ from pytestqt.qtbot import QtBot
 
 from client.core.session import Session
 from client.ui.clinical import ClinicalWorkspace
-from client.ui.login import PasswordChangeDialog
+from client.ui.login import LoginScreen, PasswordChangeDialog
+from client.ui.main_window import MainWindow
 from client.ui.qt import QTimer
-from tests.support.ui import CLINICIAN, device, on_worker, sign_in, window
+from tests.support.ui import (
+    CLINICIAN,
+    ProvisionedDevice,
+    device,
+    on_worker,
+    sign_in,
+    window,
+)
+
+
+def login_window(
+    qtbot: QtBot, tmp_path: Path, td: ProvisionedDevice | None = None
+) -> tuple[MainWindow, LoginScreen]:
+    """The main window of a provisioned laptop with no records, on its sign-in screen."""
+    win = window(qtbot, td or device(tmp_path, load=False))
+    screen = win.login_screen
+    assert screen is not None
+    return win, screen
 
 
 def test_sign_in_runs_on_the_executor_and_opens_the_clinical_workspace(
     qtbot: QtBot, tmp_path: Path
 ) -> None:
-    td = device(tmp_path, load=False)
-    win = window(qtbot, td)
-    screen = win.login_screen
-    assert screen is not None
+    win, screen = login_window(qtbot, tmp_path)
     qtbot.waitUntil(lambda: "left before a sync" in screen.offline.text())
     screen.user.setText(CLINICIAN[0])
     screen.password.setText(CLINICIAN[1])
@@ -38,10 +53,7 @@ def test_sign_in_runs_on_the_executor_and_opens_the_clinical_workspace(
 def test_wrong_password_shows_attempts_left_and_clears_the_field(
     qtbot: QtBot, tmp_path: Path
 ) -> None:
-    td = device(tmp_path, load=False)
-    win = window(qtbot, td)
-    screen = win.login_screen
-    assert screen is not None
+    win, screen = login_window(qtbot, tmp_path)
     screen.user.setText(CLINICIAN[0])
     screen.password.setText("not my password at all")
     screen.submit()
@@ -54,9 +66,7 @@ def test_wrong_password_shows_attempts_left_and_clears_the_field(
 
 def test_lockout_shows_the_locked_until_time(qtbot: QtBot, tmp_path: Path) -> None:
     td = device(tmp_path, load=False, auth__lockout_after_failures=3, auth__wipe_after_failures=9)
-    win = window(qtbot, td)
-    screen = win.login_screen
-    assert screen is not None
+    _win, screen = login_window(qtbot, tmp_path, td)
     for attempt in range(3):
         screen.user.setText(CLINICIAN[0])
         screen.password.setText(f"wrong password {attempt}")

@@ -27,7 +27,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sync.gateway.seed import names
 from sync.protocol.fhir.read import nhs_check_digit
@@ -100,6 +100,16 @@ def _organization(code: str, name: str, women: bool) -> dict[str, Any]:
         "type": [{"text": "Prison (women's estate)" if women else "Prison (men's estate)"}],
         "name": name,
     }
+
+
+class Visit(NamedTuple):
+    """One encounter of one patient, with what its vital signs and note hang off."""
+
+    pid: str
+    subject: dict[str, str]
+    n: int  # the encounter's number for this patient (ids are derived from it)
+    encounter: dict[str, Any]
+    kind: int  # index into names.ENCOUNTERS
 
 
 class _Generator:
@@ -189,10 +199,14 @@ class _Generator:
         encounters = self.encounters(pid, subject, arrival, code, site_name)
         yield from (encounter for encounter, _ in encounters)
         weight = round(rng.uniform(48.0, 115.0), 1)
-        for n, (encounter, kind) in enumerate(encounters):
-            yield from self.vital_signs(pid, subject, n, encounter, kind, weight)
-        for n, (encounter, kind) in enumerate(encounters):
-            yield self.note(pid, subject, n, encounter, kind, problem, medication)
+        visits = [
+            Visit(pid, subject, n, encounter, kind)
+            for n, (encounter, kind) in enumerate(encounters)
+        ]
+        for visit in visits:
+            yield from self.vital_signs(visit, weight)
+        for visit in visits:
+            yield self.note(visit, problem, medication)
 
     def flags(self, pid: str, subject: dict[str, str], arrival: datetime) -> Iterator[Any]:
         rng = self.rng
@@ -361,15 +375,8 @@ class _Generator:
             result.append((encounter, kind))
         return result
 
-    def vital_signs(
-        self,
-        pid: str,
-        subject: dict[str, str],
-        n: int,
-        encounter: dict[str, Any],
-        kind: int,
-        weight: float,
-    ) -> Iterator[Any]:
+    def vital_signs(self, visit: Visit, weight: float) -> Iterator[Any]:
+        pid, subject, n, encounter, kind = visit
         rng = self.rng
         extent = names.ENCOUNTERS[kind][3]
         if extent == "none" or (extent == "some" and rng.random() >= 0.6):
@@ -417,16 +424,8 @@ class _Generator:
         number: float | int = value if decimals else int(value)
         return {"value": number, "unit": unit, "system": UCUM_SYSTEM, "code": unit}
 
-    def note(
-        self,
-        pid: str,
-        subject: dict[str, str],
-        n: int,
-        encounter: dict[str, Any],
-        kind: int,
-        problem: str,
-        medication: str,
-    ) -> dict[str, Any]:
+    def note(self, visit: Visit, problem: str, medication: str) -> dict[str, Any]:
+        pid, subject, n, encounter, kind = visit
         rng = self.rng
         text_, _, _, _, templates = names.ENCOUNTERS[kind]
         body = rng.choice(templates).format(
