@@ -80,7 +80,7 @@ def test_result_cells_format_identifiers_and_mark_alerts_and_other_sites_in_text
     qtbot.waitUntil(
         lambda: (
             caseload.model.rowCount() == 1
-            and caseload.model.data(caseload.model.index(0, 7)) == OTHER_SITE
+            and caseload.model.data(caseload.model.index(0, COLUMNS.index("Scope"))) == OTHER_SITE
         ),
         timeout=5000,
     )

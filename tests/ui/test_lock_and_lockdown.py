@@ -10,6 +10,7 @@ from pytestqt.qtbot import QtBot
 
 from client.core.errors import VaultLocked
 from client.core.session import Session
+from client.ui.caseload import COLUMNS
 from client.ui.chart_view import ChartScreen
 from client.ui.clinical import ClinicalWorkspace
 from client.ui.lockdown import (
@@ -147,7 +148,7 @@ def test_UI2_copy_allowed_by_policy_copies_and_is_audited(qtbot: QtBot, tmp_path
     ws.caseload.query.setText("Zephyrine")
     qtbot.waitUntil(lambda: ws.caseload.model.rowCount() == 1, timeout=5000)
     ws.caseload.table.setFocus()
-    ws.caseload.table.setCurrentIndex(ws.caseload.model.index(0, 3))
+    ws.caseload.table.setCurrentIndex(ws.caseload.model.index(0, COLUMNS.index("Prison number")))
     QApplication.clipboard().setText("sentinel")
     qtbot.keySequence(ws.caseload.table, QKeySequence.StandardKey.Copy)
     assert QApplication.clipboard().text() == "A1234BC"
