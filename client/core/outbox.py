@@ -288,9 +288,12 @@ def unsent_count(conn: sqlite3.Connection) -> int:
 
 
 def has_unsent_work(conn: sqlite3.Connection, patient_id: str) -> bool:
-    """True while any of the patient's outbox entries is pending or in conflict."""
+    """True while any of the patient's outbox entries is pending or in conflict, or someone's
+    consultation draft for them is kept (``client.core.drafts``): typed words hold a patient on
+    the laptop until they are saved and sent, or discarded."""
     row = conn.execute(
-        "SELECT 1 FROM outbox WHERE patient_id = ? AND state IN ('pending', 'conflict') LIMIT 1",
-        (patient_id,),
+        "SELECT 1 FROM outbox WHERE patient_id = ? AND state IN ('pending', 'conflict')"
+        " UNION ALL SELECT 1 FROM drafts WHERE patient_id = ? LIMIT 1",
+        (patient_id, patient_id),
     ).fetchone()
     return row is not None

@@ -407,6 +407,7 @@ def purge_patient(conn: sqlite3.Connection, patient_id: str) -> int:
     unindex_patient(conn, patient_id)
     conn.execute("DELETE FROM conflicts WHERE patient_id = ?", (patient_id,))
     conn.execute("DELETE FROM outbox WHERE patient_id = ?", (patient_id,))
+    conn.execute("DELETE FROM drafts WHERE patient_id = ?", (patient_id,))
     return int(removed)
 
 
@@ -419,7 +420,8 @@ def patients_past_retention(
     """Patients to purge: out of scope, not refreshed within ``retention_days``, or orphaned.
 
     ``site_scope=None`` means no scope is known: every patient is out of scope (fail closed).
-    Read-only; the caller purges, after sending their unsent work.
+    Read-only; the caller purges, after sending their unsent work. A consultation draft
+    (``client.core.drafts``) counts as unsent work: the clinician saves or discards it first.
     """
     cutoff = utc_iso(now - timedelta(days=retention_days))
     scope = orjson.dumps(sorted(site_scope or ())).decode()
@@ -428,11 +430,13 @@ def patients_past_retention(
         " (SELECT value FROM json_each(:scope)) THEN 'out_of_scope' ELSE 'retention_expired' END,"
         " EXISTS (SELECT 1 FROM outbox o WHERE o.patient_id = p.patient_id"
         " AND o.state IN ('pending', 'conflict'))"
+        " OR EXISTS (SELECT 1 FROM drafts d WHERE d.patient_id = p.patient_id)"
         " FROM patient_index p WHERE p.site IS NULL"
         " OR p.site NOT IN (SELECT value FROM json_each(:scope)) OR p.refreshed_at < :cutoff"
         " UNION ALL"
         " SELECT DISTINCT r.patient_id, 'orphaned', EXISTS (SELECT 1 FROM outbox o"
         " WHERE o.patient_id = r.patient_id AND o.state IN ('pending', 'conflict'))"
+        " OR EXISTS (SELECT 1 FROM drafts d WHERE d.patient_id = r.patient_id)"
         " FROM resources r WHERE r.patient_id IS NOT NULL AND NOT EXISTS"
         " (SELECT 1 FROM patient_index p2 WHERE p2.patient_id = r.patient_id)"
         " ORDER BY 1",

@@ -9,12 +9,14 @@ Invariants:
   row per (type, id), JSON as orjson bytes), ``patient_index`` + ``patient_fts`` (patient search;
   FTS5 with ``secure-delete`` on, so a deleted patient's terms leave the index at once),
   ``outbox`` (offline writes waiting for the gateway) and ``conflicts`` (both versions kept).
-- Migration 2 holds the audit chain; migration 3 the sync replica's cursors and quarantine.
+- Migration 2 holds the audit chain; migration 3 the sync replica's cursors and quarantine;
+  4 the gender column of the search index; 5 the consultation drafts.
 """
 
 from __future__ import annotations
 
 from client.core.audit_log import AUDIT_SCHEMA_SQL
+from client.core.drafts import DRAFTS_SCHEMA_SQL
 
 RECORDS_V1 = """
 CREATE TABLE resources (
@@ -145,6 +147,10 @@ UPDATE patient_index SET gender = (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (RECORDS_V1, SESSION_V2, SYNC_V3, GENDER_V4)
+# Migration 5: consultation drafts (client.core.drafts), what a clinician typed but did not yet
+# save, kept encrypted in the vault across a lock, a sign-out or a crash (CR-4).
+DRAFTS_V5 = DRAFTS_SCHEMA_SQL
+
+MIGRATIONS: tuple[str, ...] = (RECORDS_V1, SESSION_V2, SYNC_V3, GENDER_V4, DRAFTS_V5)
 
 SCHEMA_VERSION = len(MIGRATIONS)

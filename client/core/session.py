@@ -30,6 +30,7 @@ from client.core import (
     consultation,
     device_admin,
     disclosure,
+    drafts,
     outbox,
     pending_audit,
     records,
@@ -356,8 +357,41 @@ class Session:
                 plan_text=plan_text,
                 now=self._now(),
             )
+            drafts.discard_draft(conn, self.user_id, patient_id)  # saved: the draft is done
             self._append(conn, "note_written", patient_id=patient_id, purpose=purpose)
         return result
+
+    # -- drafts (client.core.drafts, CR-4) -------------------------------------------------------
+
+    def save_draft(self, patient_id: str, fields: drafts.DraftFields) -> bool:
+        """Keep what the clinician has typed for ``patient_id`` (autosave, lock, sign-out).
+
+        Not audited: a draft is the clinician's own unsaved typing, never shown to anyone else
+        and never sent. Saved even while records are closed (the typing must not be lost)."""
+        if self.role != CLINICIAN:
+            raise NotAllowed("keep consultation drafts")
+        with self._act() as conn:
+            return drafts.save_draft(conn, self.user_id, patient_id, fields, self._now())
+
+    def draft(self, patient_id: str) -> drafts.Draft | None:
+        """This clinician's kept draft for ``patient_id``, if any."""
+        if self.role != CLINICIAN:
+            return None
+        return drafts.load_draft(self._conn, self.user_id, patient_id)
+
+    def discard_draft(self, patient_id: str) -> bool:
+        """The clinician chose to throw their draft away (after being asked); audited."""
+        with self._act() as conn:
+            removed = drafts.discard_draft(conn, self.user_id, patient_id)
+            if removed:
+                self._append(conn, "draft_discarded", patient_id=patient_id)
+        return removed
+
+    def patients_with_drafts(self) -> list[str]:
+        """Patients this clinician has a kept draft for, newest first."""
+        if self.role != CLINICIAN:
+            return []
+        return drafts.patients_with_drafts(self._conn, self.user_id)
 
     # -- print, export, copy (client.core.disclosure) --------------------------------------------
 

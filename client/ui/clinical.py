@@ -8,6 +8,11 @@ Guarantees:
   grant expires the chart closes.
 - The copy guard covers the whole workspace; the watermark covers it when the policy asks.
 - Every Session call goes through the ``Runner`` (the executor).
+- Nothing typed is discarded without asking (CR-4): leaving a consultation form that holds
+  typing (Esc, Cancel, Ctrl+F) asks "Keep as draft / Discard / Continue writing" (Esc on the
+  question continues writing); leaving without asking (a break-glass grant ending, the lock)
+  keeps the draft. Opening a patient for whom this clinician has a draft opens the form with
+  the draft restored.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import datetime as dt
 from collections.abc import Callable
 
 from client.core.chart import Chart
+from client.core.drafts import Draft, DraftFields
 from client.core.session import BreakGlassGrant, BreakGlassRequired, Session
 from client.ui.break_glass import BreakGlassDialog
 from client.ui.caseload import CaseloadScreen
@@ -24,6 +30,7 @@ from client.ui.consultation_form import ConsultationForm
 from client.ui.lockdown import CopyGuard, Watermark, print_chart, scrub_tree
 from client.ui.qt import (
     QKeySequence,
+    QMessageBox,
     QShortcut,
     QStackedWidget,
     Qt,
@@ -61,6 +68,7 @@ class ClinicalWorkspace(QWidget):
         self.grant: BreakGlassGrant | None = None
         self.patient_screen: QWidget | None = None
         self.break_glass_dialog: BreakGlassDialog | None = None
+        self.leave_question: QMessageBox | None = None
 
         self.stack = QStackedWidget()
         self.caseload = CaseloadScreen(session, runner, lambda: clock().date())
@@ -92,21 +100,40 @@ class ClinicalWorkspace(QWidget):
         shortcut("Ctrl+N", self.new_consultation)
         shortcut("Ctrl+P", self.print_current)
         shortcut("Ctrl+S", self._save_current)
+        self._announce_drafts()
 
     # -- opening a patient -----------------------------------------------------------------
 
     def open_patient(self, patient_id: str) -> None:
         session = self._session
         self._runner.run(
-            lambda: (session.open_chart(patient_id), session.active_grant(patient_id)),
+            lambda: (
+                session.open_chart(patient_id),
+                session.active_grant(patient_id),
+                session.draft(patient_id),
+            ),
             self._opened,
             lambda error: self._open_failed(patient_id, error),
         )
 
-    def _opened(self, result: tuple[Chart, BreakGlassGrant | None]) -> None:
-        chart, grant = result
+    def _opened(self, result: tuple[Chart, BreakGlassGrant | None, Draft | None]) -> None:
+        chart, grant, draft = result
         self.chart, self.grant = chart, grant
-        self.show_chart()
+        if draft is None:
+            self.show_chart()
+            return
+        self.new_consultation(draft)
+        self.notify.emit("Your unsaved consultation for this patient was restored.")
+
+    def _announce_drafts(self) -> None:
+        def say(patients: list[str]) -> None:
+            if patients:
+                self.notify.emit(
+                    f"You have unsaved consultation drafts for {len(patients)} patient(s): "
+                    "open the patient to continue."
+                )
+
+        self._runner.run(self._session.patients_with_drafts, say)
 
     def _open_failed(self, patient_id: str, error: BaseException) -> None:
         if not isinstance(error, BreakGlassRequired):
@@ -153,14 +180,90 @@ class ClinicalWorkspace(QWidget):
         self._replace_patient_screen(screen, self.chart.banner.patient_id)
         screen.scroll_area.setFocus()
 
-    def new_consultation(self) -> None:
+    def new_consultation(self, draft: Draft | None = None) -> None:
         if self.chart is None or isinstance(self.patient_screen, ConsultationForm):
             return
-        form = ConsultationForm(self._session, self._runner, self.chart, self.grant)
+        if draft is None:  # Ctrl+N from the chart: continue this clinician's draft if kept
+            session, pid = self._session, self.chart.banner.patient_id
+            self._runner.run(lambda: session.draft(pid), self._open_form)
+            return
+        self._open_form(draft)
+
+    def _open_form(self, draft: Draft | None) -> None:
+        if self.chart is None or isinstance(self.patient_screen, ConsultationForm):
+            return
+        form = ConsultationForm(self._session, self._runner, self.chart, self.grant, draft)
         form.saved.connect(self._consultation_saved)
-        form.cancelled.connect(self.show_chart)
+        form.cancelled.connect(lambda: self._leave_form(self.show_chart))
         self._replace_patient_screen(form, self.chart.banner.patient_id)
         next(iter(form.vital_fields.values())).setFocus()
+
+    # -- leaving a consultation form (CR-4) --------------------------------------------------
+
+    def _leave_form(self, then: Callable[[], None]) -> None:
+        """Leave the form: ask first when it holds typing; ``then`` moves on."""
+        form = self.patient_screen
+        if not isinstance(form, ConsultationForm) or not form.has_typing:
+            self._keep_draft_of_current()
+            then()
+            return
+        if self.leave_question is not None:
+            return
+        box = QMessageBox(self)
+        box.setObjectName("leave_consultation_question")
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Consultation not saved")
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        box.setText("This consultation is not saved in the record.")
+        box.setInformativeText(
+            "Keep it as a draft on this laptop (it comes back when you next open this patient), "
+            "or discard what you typed?"
+        )
+        keep = box.addButton("&Keep as draft", QMessageBox.ButtonRole.AcceptRole)
+        discard = box.addButton("&Discard what I typed", QMessageBox.ButtonRole.DestructiveRole)
+        stay = box.addButton("&Continue writing", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.setEscapeButton(stay)
+        self.leave_question = box
+
+        def answered(_result: int) -> None:
+            self.leave_question = None
+            clicked = box.clickedButton()
+            box.deleteLater()
+            if self.patient_screen is not form:
+                return  # locked or moved on meanwhile (the lock kept the draft)
+            if clicked is keep:
+                self._keep_draft_of_current()
+                then()
+            elif clicked is discard:
+                form.close_drafts()
+                session, pid = self._session, form.patient_id
+                self._runner.run(lambda: session.discard_draft(pid))
+                self.notify.emit("The unsaved consultation was discarded.")
+                then()
+            else:
+                form.note.setFocus()
+
+        box.finished.connect(answered)
+        box.open()
+
+    def _keep_draft_of_current(self) -> None:
+        """Keep what the open form holds, without asking (queued before anything that follows)."""
+        self._keep(self.pending_draft())
+
+    def _keep(self, pending: tuple[str, DraftFields] | None) -> None:
+        if pending is not None:
+            session = self._session
+            pid, fields = pending
+            self._runner.run(lambda: session.save_draft(pid, fields))
+
+    def pending_draft(self) -> tuple[str, DraftFields] | None:
+        """Close the open form's drafts and return (patient, typing) to keep, if any."""
+        form = self.patient_screen
+        if not isinstance(form, ConsultationForm):
+            return None
+        fields = form.take_draft()
+        return None if fields is None else (form.patient_id, fields)
 
     def _consultation_saved(self, _result: object) -> None:
         self.records_changed.emit()
@@ -169,13 +272,19 @@ class ClinicalWorkspace(QWidget):
             self.open_patient(self.chart.banner.patient_id)
 
     def back_to_search(self) -> None:
+        if isinstance(self.patient_screen, ConsultationForm):
+            self._leave_form(self._close_patient)
+            return
+        self._close_patient()
+
+    def _close_patient(self) -> None:
         self.chart, self.grant = None, None
         self._replace_patient_screen(None, None)
         self.caseload.focus_search()
 
     def _escape(self) -> None:
         if isinstance(self.patient_screen, ConsultationForm):
-            self.show_chart()
+            self._leave_form(self.show_chart)
         elif self.patient_screen is not None:
             self.back_to_search()
 
@@ -198,8 +307,13 @@ class ClinicalWorkspace(QWidget):
     def check_grant(self) -> None:
         """Close a break-glass chart once its grant has expired."""
         if self.grant is not None and self._clock() >= self.grant.expires_at:
-            self.back_to_search()
-            self.notify.emit("Break-glass access has ended. The record was closed.")
+            kept = self.pending_draft()
+            self._keep(kept)
+            self._close_patient()
+            self.notify.emit(
+                "Break-glass access has ended. The record was closed"
+                + (" and your unsaved consultation kept as a draft." if kept else ".")
+            )
 
     # -- lock ------------------------------------------------------------------------------
 
@@ -207,6 +321,10 @@ class ClinicalWorkspace(QWidget):
         """Empty every text this workspace shows and stop guarding (the lock deletes it next)."""
         self._grant_timer.stop()
         self.copy_guard.detach()
+        if isinstance(self.patient_screen, ConsultationForm):
+            self.patient_screen.close_drafts()  # the lock took the draft first (pending_draft)
+        if self.leave_question is not None:
+            self.leave_question.reject()
         if self.break_glass_dialog is not None:
             self.break_glass_dialog.reject()
         self.chart, self.grant = None, None

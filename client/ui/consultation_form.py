@@ -7,6 +7,12 @@ Guarantees:
 - Save runs on the executor; on success the form says "Saved on this laptop — not yet sent"
   and emits ``saved``; nothing is lost on failure (the save is one transaction).
 - The patient's alerts and allergies stay on screen above the form (``PatientHeader``).
+- Nothing typed is lost (CR-4): every change is kept as an encrypted draft in the vault within
+  ``AUTOSAVE_MS`` (``Session.save_draft``), and ``take_draft()`` hands the form's contents to
+  whoever closes it without asking (the lock, an ended break-glass grant) so they can keep it.
+  A form opened with a draft shows it and says so. After a successful save, or once the form is
+  closed (``close_drafts``), it never autosaves again (a scrubbed, empty form must not replace
+  the kept draft).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import math
 
 from client.core.chart import Chart
 from client.core.consultation import VITAL_SPECS, ConsultationError, ConsultationResult, Vital
+from client.core.drafts import Draft, DraftFields
+from client.core.humanize import format_moment
 from client.core.session import BreakGlassGrant, Session
 from client.ui.chart_view import PatientHeader
 from client.ui.qt import (
@@ -23,6 +31,7 @@ from client.ui.qt import (
     QLabel,
     QLineEdit,
     QPlainTextEdit,
+    QTimer,
     QVBoxLayout,
     QWidget,
     Signal,
@@ -31,6 +40,7 @@ from client.ui.runner import Runner, show_error
 from client.ui.widgets import button, data_label, set_role
 
 SAVED_MESSAGE = "Saved on this laptop — not yet sent"
+AUTOSAVE_MS = 3_000  # at most this much typing is lost to a crash (CR-4)
 
 
 def parse_number(text: str) -> float | None:
@@ -51,7 +61,12 @@ class ConsultationForm(QWidget):
     cancelled = Signal()
 
     def __init__(
-        self, session: Session, runner: Runner, chart: Chart, grant: BreakGlassGrant | None
+        self,
+        session: Session,
+        runner: Runner,
+        chart: Chart,
+        grant: BreakGlassGrant | None,
+        draft: Draft | None = None,
     ) -> None:
         super().__init__()
         self.setObjectName("consultation_form")
@@ -128,6 +143,90 @@ class ConsultationForm(QWidget):
         first = next(iter(self.vital_fields.values()))
         first.setFocus()
 
+        self._changes = 0  # typing generation; the draft kept is of generation _kept
+        self._kept = 0
+        self._drafts_open = True
+        self.restored_from: Draft | None = None
+        if draft is not None:
+            self._restore(draft)
+        self._autosave = QTimer(self)
+        self._autosave.setInterval(AUTOSAVE_MS)
+        self._autosave.timeout.connect(self.keep_draft)
+        self._autosave.start()
+        for edit in self.vital_fields.values():
+            edit.textChanged.connect(self._changed)
+        self.note.textChanged.connect(self._changed)
+        self.plan.textChanged.connect(self._changed)
+
+    # -- drafts (CR-4) ---------------------------------------------------------------------
+
+    def _restore(self, draft: Draft) -> None:
+        self.restored_from = draft
+        for kind, text in draft.fields.vitals.items():
+            edit = self.vital_fields.get(kind)
+            if edit is not None:
+                edit.setText(text)
+        self.note.setPlainText(draft.fields.note)
+        self.plan.setPlainText(draft.fields.plan)
+        set_role(self.status, "warning")
+        self.status.setText(
+            f"Unsaved draft restored (last kept {format_moment(draft.saved_at)}). "
+            "Check it, then save — it is not in the record yet."
+        )
+
+    def _changed(self) -> None:
+        if self._drafts_open:
+            self._changes += 1
+
+    def fields(self) -> DraftFields:
+        """The form exactly as typed."""
+        return DraftFields(
+            vitals={kind: edit.text() for kind, edit in self.vital_fields.items() if edit.text()},
+            note=self.note.toPlainText(),
+            plan=self.plan.toPlainText(),
+        )
+
+    @property
+    def has_typing(self) -> bool:
+        return not self.fields().is_empty
+
+    @property
+    def has_unkept_typing(self) -> bool:
+        """Typed since the last kept draft (what a question before leaving is about)."""
+        return self._changes != self._kept
+
+    def keep_draft(self) -> None:
+        """Autosave: keep the form as the patient's draft if it changed since the last one."""
+        if not self._drafts_open or self._saving or self._changes == self._kept:
+            return
+        generation, fields = self._changes, self.fields()
+        session, pid = self._session, self.patient_id
+
+        def kept(_result: object) -> None:
+            self._kept = max(self._kept, generation)
+
+        self._runner.run(lambda: session.save_draft(pid, fields), kept, self._draft_failed)
+
+    def _draft_failed(self, error: BaseException) -> None:
+        set_role(self.status, "error")
+        self.status.setText("Could not keep a draft on this laptop: save the consultation now.")
+        show_error(self, error)
+
+    def take_draft(self) -> DraftFields | None:
+        """Close drafts and return what should be kept now (None when the form is empty and
+        nothing was kept before: there is nothing to keep or to replace)."""
+        fields = self.fields()
+        typed_before = self._kept > 0 or self.restored_from is not None
+        self.close_drafts()
+        if fields.is_empty and not typed_before:
+            return None
+        return fields
+
+    def close_drafts(self) -> None:
+        """No more autosaves from this form (it is being closed or was saved)."""
+        self._drafts_open = False
+        self._autosave.stop()
+
     def vitals(self) -> list[Vital]:
         values = []
         for kind, edit in self.vital_fields.items():
@@ -150,6 +249,7 @@ class ConsultationForm(QWidget):
             self.status.setText("Nothing to save yet: enter vital signs, a note or a plan.")
             return
         self._saving = True
+        self._autosave.stop()
         self.save.setEnabled(False)
         set_role(self.status, "hint")
         self.status.setText("Saving…")
@@ -162,6 +262,9 @@ class ConsultationForm(QWidget):
 
     def _saved(self, result: ConsultationResult) -> None:
         self._saving = False
+        self.close_drafts()  # the save removed the draft in its own transaction
+        self.restored_from = None
+        self._kept = self._changes
         self.save.setEnabled(True)
         set_role(self.status, "ok")
         self.status.setText(SAVED_MESSAGE)
@@ -169,6 +272,8 @@ class ConsultationForm(QWidget):
 
     def _failed(self, error: BaseException) -> None:
         self._saving = False
+        if self._drafts_open:
+            self._autosave.start()
         self.save.setEnabled(True)
         if isinstance(error, ConsultationError):
             set_role(self.status, "error")

@@ -6,7 +6,8 @@ Guarantees:
   the policy's seconds, on the boot clock), on the Lock button / Ctrl+L, on minimise and on the
   application losing focus when the policy says so — revokes the session's runner (late
   results are dropped), scrubs and deletes the workspace and every dialog, queues
-  ``Session.lock()`` on the executor and shows the lock screen (UI-3, AU-3).
+  ``Session.lock()`` on the executor and shows the lock screen (UI-3, AU-3). A consultation
+  being written is kept as an encrypted draft first, queued before the lock (CR-4).
 - Screens are chosen by role: clinician → clinical workspace, auditor → audit workspace,
   admin → admin panel. The window does no clinical work itself.
 - Kiosk full screen, screen-capture exclusion and the watermark follow the signed policy.
@@ -371,6 +372,10 @@ class MainWindow(QMainWindow):
             scrub_tree(dialog)
             dialog.deleteLater()
         workspace, self.workspace = self.workspace, None
+        # Typing in an open consultation is kept as a draft before the vault closes (CR-4).
+        draft = workspace.pending_draft() if isinstance(workspace, ClinicalWorkspace) else None
+        if draft is not None:
+            self._device_runner.after(functools.partial(session.save_draft, *draft))
         scrub = getattr(workspace, "scrub", None)
         if callable(scrub):
             scrub()

@@ -5,7 +5,8 @@ Guarantees:
   thread); callbacks run on the GUI thread.
 - A ``Runner`` belongs to one signed-in session. ``revoke()`` (called by the lock) makes every
   callback still in flight a no-op, so a chart that finishes loading after the lock never
-  creates a widget holding patient data (UI-3).
+  creates a widget holding patient data (UI-3), and work submitted after the revoke is never
+  run (a scrubbed screen cannot, say, overwrite a kept draft with empty text).
 - Failures without their own handler go to the one error boundary (``error_boundary.explain``),
   shown as a message box; never a traceback.
 """
@@ -56,6 +57,9 @@ class Runner:
         on_success: Callback | None = None,
         on_failure: Callback | None = None,
     ) -> None:
+        if not self._live:
+            return  # a revoked runner submits nothing: no work runs on a session after its lock
+
         def success(result: Any) -> None:
             if self._live and on_success is not None:
                 on_success(result)

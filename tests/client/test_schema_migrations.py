@@ -24,12 +24,13 @@ def test_migration_4_gives_patients_indexed_before_it_their_gender(tmp_path: Pat
         apply_resources(conn, [patient("p-ann", "Ashdown", ["Ann"], gender="female"), silent])
     # Turn the file back into what schema 3 wrote: no gender column, user_version 3.
     vault.connection.execute("ALTER TABLE patient_index DROP COLUMN gender")
+    vault.connection.execute("DROP TABLE drafts")  # and what later schemas added
     vault.connection.execute("PRAGMA user_version = 3")
     vault.close()
 
     upgraded = Vault.open(path, key, MIGRATIONS)
     try:
-        assert upgraded.user_version == len(MIGRATIONS) == 4
+        assert upgraded.user_version == len(MIGRATIONS)
         hits = search_patients(upgraded.connection, "ashdown", site_scope=["hmp-brixton"])
         assert {h.id: h.gender for h in hits} == {"p-ann": "female", "p-kit": None}
     finally:
