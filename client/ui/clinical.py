@@ -69,6 +69,9 @@ class ClinicalWorkspace(QWidget):
         self.patient_screen: QWidget | None = None
         self.break_glass_dialog: BreakGlassDialog | None = None
         self.leave_question: QMessageBox | None = None
+        # The open patient's kept draft as last read or written here (the vault has the truth;
+        # this lets Ctrl+N restore it without a round trip to the executor).
+        self.kept_draft: Draft | None = None
 
         self.stack = QStackedWidget()
         self.caseload = CaseloadScreen(session, runner, lambda: clock().date())
@@ -118,11 +121,11 @@ class ClinicalWorkspace(QWidget):
 
     def _opened(self, result: tuple[Chart, BreakGlassGrant | None, Draft | None]) -> None:
         chart, grant, draft = result
-        self.chart, self.grant = chart, grant
+        self.chart, self.grant, self.kept_draft = chart, grant, draft
         if draft is None:
             self.show_chart()
             return
-        self.new_consultation(draft)
+        self.new_consultation()
         self.notify.emit("Your unsaved consultation for this patient was restored.")
 
     def _announce_drafts(self) -> None:
@@ -180,18 +183,13 @@ class ClinicalWorkspace(QWidget):
         self._replace_patient_screen(screen, self.chart.banner.patient_id)
         screen.scroll_area.setFocus()
 
-    def new_consultation(self, draft: Draft | None = None) -> None:
+    def new_consultation(self) -> None:
+        """The consultation form, with this clinician's kept draft for the patient if any."""
         if self.chart is None or isinstance(self.patient_screen, ConsultationForm):
             return
-        if draft is None:  # Ctrl+N from the chart: continue this clinician's draft if kept
-            session, pid = self._session, self.chart.banner.patient_id
-            self._runner.run(lambda: session.draft(pid), self._open_form)
-            return
-        self._open_form(draft)
-
-    def _open_form(self, draft: Draft | None) -> None:
-        if self.chart is None or isinstance(self.patient_screen, ConsultationForm):
-            return
+        draft = self.kept_draft
+        if draft is not None and draft.patient_id != self.chart.banner.patient_id:
+            draft = None
         form = ConsultationForm(self._session, self._runner, self.chart, self.grant, draft)
         form.saved.connect(self._consultation_saved)
         form.cancelled.connect(lambda: self._leave_form(self.show_chart))
@@ -239,6 +237,7 @@ class ClinicalWorkspace(QWidget):
                 form.close_drafts()
                 session, pid = self._session, form.patient_id
                 self._runner.run(lambda: session.discard_draft(pid))
+                self.kept_draft = None
                 self.notify.emit("The unsaved consultation was discarded.")
                 then()
             else:
@@ -252,10 +251,14 @@ class ClinicalWorkspace(QWidget):
         self._keep(self.pending_draft())
 
     def _keep(self, pending: tuple[str, DraftFields] | None) -> None:
-        if pending is not None:
-            session = self._session
-            pid, fields = pending
-            self._runner.run(lambda: session.save_draft(pid, fields))
+        if pending is None:
+            return
+        session = self._session
+        pid, fields = pending
+        self._runner.run(lambda: session.save_draft(pid, fields))
+        now = self._clock()
+        started = self.kept_draft.started_at if self.kept_draft is not None else now
+        self.kept_draft = None if fields.is_empty else Draft(pid, fields, started, now)
 
     def pending_draft(self) -> tuple[str, DraftFields] | None:
         """Close the open form's drafts and return (patient, typing) to keep, if any."""
@@ -266,6 +269,7 @@ class ClinicalWorkspace(QWidget):
         return None if fields is None else (form.patient_id, fields)
 
     def _consultation_saved(self, _result: object) -> None:
+        self.kept_draft = None  # the save removed it in the same transaction
         self.records_changed.emit()
         self.notify.emit("Consultation saved on this laptop — not yet sent.")
         if self.chart is not None:
@@ -278,7 +282,7 @@ class ClinicalWorkspace(QWidget):
         self._close_patient()
 
     def _close_patient(self) -> None:
-        self.chart, self.grant = None, None
+        self.chart, self.grant, self.kept_draft = None, None, None
         self._replace_patient_screen(None, None)
         self.caseload.focus_search()
 
@@ -327,6 +331,6 @@ class ClinicalWorkspace(QWidget):
             self.leave_question.reject()
         if self.break_glass_dialog is not None:
             self.break_glass_dialog.reject()
-        self.chart, self.grant = None, None
+        self.chart, self.grant, self.kept_draft = None, None, None
         self.caseload.scrub()
         scrub_tree(self)
