@@ -19,11 +19,12 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from client.core.completeness import Completeness, patient_completeness
 from client.core.errors import UserFacingError
 from client.core.records import (
     LOCAL_VERSION,
@@ -138,6 +139,9 @@ class Chart:
     # An explicit, active "no known allergy" record (SNOMED 716186003 / 409137002) and no real
     # allergy: shown as such, never as an allergy and never confused with "nothing recorded".
     no_known_allergies: bool
+    # Whether the laptop holds the whole record (UI-5): when not, the alert and allergy boxes
+    # say "not available on this laptop", never "none recorded".
+    completeness: Completeness
     problems: tuple[Problem, ...]
     medications: tuple[Medication, ...]
     vitals: tuple[VitalReading, ...]
@@ -315,9 +319,15 @@ def _alert_current(flag: Mapping[str, Any], today: date) -> bool:
 
 
 def open_chart(
-    conn: sqlite3.Connection, patient_id: str, *, today: date, timeline_limit: int = 200
+    conn: sqlite3.Connection,
+    patient_id: str,
+    *,
+    today: date,
+    site_scope: Collection[str],
+    timeline_limit: int = 200,
 ) -> Chart:
-    """Build the chart of one patient from the local store. Read-only."""
+    """Build the chart of one patient from the local store. Read-only. ``site_scope`` is the
+    device's, for the completeness of what it holds."""
     patient = get(conn, "Patient", patient_id)
     if patient is None:
         raise ChartNotFound()
@@ -417,6 +427,7 @@ def open_chart(
         tuple(alerts),
         tuple(allergies),
         no_known_allergies,
+        patient_completeness(conn, patient_id, site_scope),
         tuple(problems),
         tuple(meds),
         vitals,

@@ -343,6 +343,24 @@ def refresh_caseload(conn: sqlite3.Connection, site_scope: Collection[str], now:
     )
 
 
+def mark_caseload_complete(
+    conn: sqlite3.Connection, site_scope: Collection[str], now: datetime
+) -> int:
+    """A sync completed (every stream pulled to its end): the laptop holds the whole record of
+    every patient now in ``site_scope`` as of ``now`` (``client.core.completeness``). Patients
+    outside the scope keep the mark from when they were inside. Never moves a mark back."""
+    require_transaction(conn)
+    stamp = utc_iso(now)
+    return int(
+        conn.execute(
+            "UPDATE patient_index SET complete_at = ?"
+            " WHERE (complete_at IS NULL OR complete_at < ?)"
+            " AND site IN (SELECT value FROM json_each(?))",
+            (stamp, stamp, orjson.dumps(sorted(site_scope)).decode()),
+        ).rowcount
+    )
+
+
 def store_local(conn: sqlite3.Connection, resource: Mapping[str, Any]) -> None:
     """Store a resource made on this device (``meta.versionId == "local"``; caller's txn)."""
     require_transaction(conn)

@@ -317,12 +317,14 @@ class VaultReplica:
         if stored + len(kept) > MAX_QUARANTINE_TOTAL_BYTES:
             kept = b""
         inserted = conn.execute(
-            "INSERT OR IGNORE INTO quarantine (stream, resource_type, resource_id, reason, path,"
-            " raw, raw_sha256, raw_bytes, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO quarantine (stream, resource_type, resource_id, patient_id,"
+            " reason, path, raw, raw_sha256, raw_bytes, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 _label(stream),
                 _label(item.resource_type),
                 _label(item.resource_id),
+                _patient_of_raw(raw),
                 _label(item.reason) or "unknown",
                 _label(item.path) or "",
                 kept,
@@ -446,6 +448,8 @@ class VaultReplica:
                 purged += 1
             confirmed = summary.caseload_confirmed
             refreshed = records.refresh_caseload(conn, self._scope, now) if confirmed else 0
+            if summary.outcome == "success":  # every stream pulled to its end (UI-5)
+                records.mark_caseload_complete(conn, self._scope, now)
             detail: dict[str, str | int] = {
                 "pulled": summary.pulled,
                 "pushed": summary.pushed,
@@ -465,6 +469,23 @@ class VaultReplica:
                 outcome="success" if summary.outcome == "success" else "failure",
                 detail=detail,
             )
+
+
+def _patient_of_raw(raw: bytes) -> str | None:
+    """Whose record a quarantined item belongs to, when its bytes say (UI-5); else None."""
+    try:
+        item = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(item, dict) and isinstance(item.get("resource"), dict):
+        item = item["resource"]  # a Bundle entry
+    if not isinstance(item, dict):
+        return None
+    try:
+        pid = records.patient_of(item)
+    except (TypeError, ValueError):
+        return None
+    return pid if pid is not None and records.is_fhir_id(pid) else None
 
 
 def _own_lost_update(

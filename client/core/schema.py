@@ -10,7 +10,8 @@ Invariants:
   FTS5 with ``secure-delete`` on, so a deleted patient's terms leave the index at once),
   ``outbox`` (offline writes waiting for the gateway) and ``conflicts`` (both versions kept).
 - Migration 2 holds the audit chain; migration 3 the sync replica's cursors and quarantine;
-  4 the gender column of the search index; 5 the consultation drafts.
+  4 the gender column of the search index; 5 the consultation drafts; 6 what the laptop
+  knows about the completeness of each patient's record.
 """
 
 from __future__ import annotations
@@ -151,6 +152,41 @@ UPDATE patient_index SET gender = (
 # save, kept encrypted in the vault across a lock, a sign-out or a crash (CR-4).
 DRAFTS_V5 = DRAFTS_SCHEMA_SQL
 
-MIGRATIONS: tuple[str, ...] = (RECORDS_V1, SESSION_V2, SYNC_V3, GENDER_V4, DRAFTS_V5)
+# Migration 6: what the laptop knows about the completeness of each patient's record (UI-5,
+# client.core.completeness). ``complete_at`` is the end of the last successful sync while the
+# patient was in scope (NULL: never, e.g. a laptop upgraded before its next sync, or a pull that
+# stopped part-way); ``quarantine.patient_id`` names whose record a held-back item belongs to
+# (filled from the kept bytes for rows quarantined before this migration, where they parse).
+COMPLETENESS_V6 = """
+ALTER TABLE patient_index ADD COLUMN complete_at TEXT;
+ALTER TABLE quarantine ADD COLUMN patient_id TEXT;
+UPDATE quarantine SET patient_id = (
+    SELECT CASE
+        WHEN j.type = 'Patient' THEN j.id
+        WHEN j.ref LIKE 'Patient/%' THEN substr(j.ref, 9)
+    END
+    FROM (
+        SELECT
+            coalesce(json_extract(CAST(raw AS TEXT), '$.resource.resourceType'),
+                     json_extract(CAST(raw AS TEXT), '$.resourceType')) AS type,
+            coalesce(json_extract(CAST(raw AS TEXT), '$.resource.id'),
+                     json_extract(CAST(raw AS TEXT), '$.id')) AS id,
+            coalesce(json_extract(CAST(raw AS TEXT), '$.resource.subject.reference'),
+                     json_extract(CAST(raw AS TEXT), '$.resource.patient.reference'),
+                     json_extract(CAST(raw AS TEXT), '$.subject.reference'),
+                     json_extract(CAST(raw AS TEXT), '$.patient.reference')) AS ref
+    ) AS j
+) WHERE json_valid(CAST(raw AS TEXT));
+CREATE INDEX quarantine_by_patient ON quarantine (patient_id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    RECORDS_V1,
+    SESSION_V2,
+    SYNC_V3,
+    GENDER_V4,
+    DRAFTS_V5,
+    COMPLETENESS_V6,
+)
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -220,11 +220,12 @@ def index_patient(
         terms.append(fields.nhs_number)
     if fields.prison_number:
         terms.append(fields.prison_number.lower())
-    unindex_patient(conn, patient_id)
+    complete_at = unindex_patient(conn, patient_id)  # a new version keeps the mark (UI-5)
     # lastrowid, not RETURNING: RETURNING costs ~0.3 ms under cipher_memory_security.
     doc = conn.execute(
         "INSERT INTO patient_index (patient_id, display_name, sort_key, birth_date, nhs_number,"
-        " prison_number, site, refreshed_at, gender) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " prison_number, site, refreshed_at, gender, complete_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             patient_id,
             fields.display_name,
@@ -235,6 +236,7 @@ def index_patient(
             fields.site,
             refreshed_at,
             fields.gender,
+            complete_at,
         ),
     ).lastrowid
     if doc is None:
@@ -245,14 +247,17 @@ def index_patient(
     )
 
 
-def unindex_patient(conn: sqlite3.Connection, patient_id: str) -> None:
-    """Remove the patient's search row and its FTS terms (caller's transaction)."""
+def unindex_patient(conn: sqlite3.Connection, patient_id: str) -> str | None:
+    """Remove the patient's search row and its FTS terms (caller's transaction); returns the
+    row's ``complete_at`` (when the laptop last held the whole record), for a re-index."""
     row = conn.execute(
-        "SELECT doc FROM patient_index WHERE patient_id = ?", (patient_id,)
+        "SELECT doc, complete_at FROM patient_index WHERE patient_id = ?", (patient_id,)
     ).fetchone()
-    if row is not None:
-        conn.execute("DELETE FROM patient_fts WHERE rowid = ?", (row[0],))
-        conn.execute("DELETE FROM patient_index WHERE doc = ?", (row[0],))
+    if row is None:
+        return None
+    conn.execute("DELETE FROM patient_fts WHERE rowid = ?", (row[0],))
+    conn.execute("DELETE FROM patient_index WHERE doc = ?", (row[0],))
+    return str(row[1]) if row[1] is not None else None
 
 
 def parse_birth_date(word: str, today: date | None = None) -> str | None:

@@ -300,7 +300,9 @@ class Session:
         self._require_role((CLINICIAN,), "open patient records", "record_view")
         purpose = self._purpose(patient_id)
         with self._act() as conn:
-            chart = open_chart(conn, patient_id, today=self._now().date())
+            chart = open_chart(
+                conn, patient_id, today=self._now().date(), site_scope=self._site_scope()
+            )
             self._append(conn, "record_view", patient_id=patient_id, purpose=purpose)
         return chart
 

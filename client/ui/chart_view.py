@@ -5,6 +5,10 @@ Guarantees:
   then alerts and allergies, always above problems, medications, vitals and the timeline, and
   always visible (they sit outside the scrolling area). Alerts and allergies are high contrast
   and carry a text label ("⚠ ALERTS", "⚠ ALLERGIES", "HIGH RISK"), never colour alone.
+- Missing is never shown as none (UI-5): when the laptop does not hold the patient's whole
+  record (``Chart.completeness``), the boxes say "Not available on this laptop — last complete
+  on …" with why and what to do, never "No active alerts recorded" or a count of zero, and the
+  banner says when the patient's site is not this laptop's.
 - Every string from the record is shown with ``data_label`` (Qt.PlainText, UI-1).
 - Timeline: newest first as the core orders it; unsent entries say "Not yet sent".
 - Leaving it, the workspace drops its ``chart``, ``lockdown.scrub_tree`` empties its labels and
@@ -14,6 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 from client.core.chart import Chart, TimelineEntry, VitalReading
+from client.core.completeness import not_available_lines
 from client.core.humanize import format_moment
 from client.core.session import BREAK_GLASS_REASONS, BreakGlassGrant
 from client.ui.qt import (
@@ -37,11 +42,14 @@ def banner_text(chart: Chart) -> list[tuple[str, str]]:
     b = chart.banner
     born = format_date(b.birth_date)
     age = f" ({b.age} y)" if b.age is not None else ""
+    site = b.site or "not recorded"
+    if b.site and not chart.completeness.in_scope:
+        site = f"{b.site} (moved — not this laptop's site)"
     return [
         ("Born", f"{born}{age}" if born else "not recorded"),
         ("NHS no.", format_nhs(b.nhs_number) or "not recorded"),
         ("Prison no.", b.prison_number or "not recorded"),
-        ("Site", b.site or "not recorded"),
+        ("Site", site),
         ("Gender", b.gender or "not recorded"),
     ]
 
@@ -109,27 +117,36 @@ class PatientHeader(QFrame):
 
         safety = QHBoxLayout()
         safety.setSpacing(8)
+        completeness = chart.completeness
         alerts, a = _safety_box("alert", "alerts_box", "Alerts")
-        a.addWidget(data_label(f"⚠ ALERTS ({len(chart.alerts)})", role="alert-head"))
+        missing = not_available_lines(completeness, completeness.alerts, "alerts", format_moment)
+        a.addWidget(
+            data_label(_head("ALERTS", len(chart.alerts), bool(missing)), role="alert-head")
+        )
+        _add_missing(a, missing)
         for alert in chart.alerts:
             since = f" — since {format_date(alert.since)}" if alert.since else ""
             category = f"[{alert.category}] " if alert.category else ""
             a.addWidget(data_label(f"{category}{alert.text}{since}", wrap=True))
-        if not chart.alerts:
+        if not chart.alerts and not missing:
             a.addWidget(data_label("No active alerts recorded."))
         a.addStretch(1)
         allergies, g = _safety_box("allergy", "allergies_box", "Allergies")
-        if chart.allergies:
-            g.addWidget(data_label(f"⚠ ALLERGIES ({len(chart.allergies)})", role="alert-head"))
-        else:
-            g.addWidget(data_label("ALLERGIES", role="alert-head"))
+        missing = not_available_lines(
+            completeness, completeness.allergies, "allergy records", format_moment
+        )
+        g.addWidget(
+            data_label(_head("ALLERGIES", len(chart.allergies), bool(missing)), role="alert-head")
+        )
+        _add_missing(g, missing)
         for allergy in chart.allergies:
             risk = "HIGH RISK — " if allergy.criticality == "high" else ""
             reactions = f": {', '.join(allergy.reactions)}" if allergy.reactions else ""
             g.addWidget(data_label(f"{risk}{allergy.substance}{reactions}", wrap=True))
-        if not chart.allergies and chart.no_known_allergies:
+        # Never "none recorded" when the laptop does not hold the whole record (UI-5).
+        if not missing and not chart.allergies and chart.no_known_allergies:
             g.addWidget(data_label("No known allergies (recorded)."))
-        elif not chart.allergies:
+        elif not missing and not chart.allergies:
             g.addWidget(data_label("No allergies recorded (not the same as 'no known allergies')."))
         g.addStretch(1)
         safety.addWidget(alerts, 1)
@@ -246,6 +263,26 @@ class ChartScreen(QWidget):
         self.setTabOrder(self.back, self.print_button)
         self.setTabOrder(self.print_button, self.new_consultation)
         self.setTabOrder(self.new_consultation, self.scroll_area)
+
+
+def _head(noun: str, held: int, incomplete: bool) -> str:
+    """ "⚠ ALERTS (2)"; when the laptop lacks part of the record it never claims a count."""
+    if incomplete:
+        return f"⚠ {noun}: NOT AVAILABLE ON THIS LAPTOP" + (
+            f" ({held} held here, may be out of date)" if held else ""
+        )
+    if held or noun == "ALERTS":
+        return f"⚠ {noun} ({held})"
+    return noun
+
+
+def _add_missing(layout: QVBoxLayout, lines: list[str]) -> None:
+    for number, line in enumerate(lines):
+        label = data_label(line, wrap=True, role="missing" if number == 0 else None)
+        if number == 0:
+            label.setObjectName("not_available")
+            label.setAccessibleName("Not available on this laptop")
+        layout.addWidget(label)
 
 
 def _safety_box(role: str, object_name: str, accessible_name: str) -> tuple[QFrame, QVBoxLayout]:

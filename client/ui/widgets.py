@@ -47,6 +47,7 @@ QLabel[role="banner-name"] { font-size: 15pt; font-weight: 700; }
 QFrame[role="alert"] { background: #fff1c2; border: 2px solid #1b1f24; border-radius: 3px; }
 QFrame[role="allergy"] { background: #ffe0e0; border: 2px solid #1b1f24; border-radius: 3px; }
 QLabel[role="alert-head"] { font-weight: 800; }
+QLabel[role="missing"] { font-weight: 800; color: #8a1010; }
 QFrame[role="breakglass"] { background: #1b1f24; border: 3px solid #ffcc00; }
 QFrame[role="breakglass"] QLabel { color: #ffcc00; font-weight: 700; font-size: 12pt; }
 QFrame[role="unsent"] { background: #eef3ff; border: 1px dashed #2f4f9e; }

@@ -9,6 +9,8 @@ from client.core import records
 from client.core.chart import Chart, open_chart
 from tests.support.fhir import allergy, open_db, patient
 
+SCOPE = ("hmp-brixton",)  # the device's sites, for chart completeness (UI-5)
+
 
 def _nka(rid: str, pid: str) -> dict[str, object]:
     resource = allergy(rid, pid, "No known allergy", criticality="low")
@@ -25,7 +27,7 @@ def _chart(tmp_path: Path, *resources: dict[str, object]) -> Chart:
     conn.execute("BEGIN")
     records.apply_resources(conn, [patient("p1", "Okafor", ["Grace"]), *resources])
     conn.execute("COMMIT")
-    return open_chart(conn, "p1", today=dt.date(2026, 11, 22))
+    return open_chart(conn, "p1", today=dt.date(2026, 11, 22), site_scope=SCOPE)
 
 
 def test_no_known_allergy_is_not_listed_as_an_allergy(tmp_path: Path) -> None:

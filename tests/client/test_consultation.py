@@ -32,6 +32,8 @@ from client.core.outbox import (
 from client.core.records import CLIENT_ID_SYSTEM, TransactionRequired, apply_resources, get
 from tests.support.fhir import SEARCH_PATIENTS, open_db
 
+SCOPE = ("hmp-brixton",)  # the device's sites, for chart completeness (UI-5)
+
 NOW = datetime(2026, 11, 22, 14, 5, tzinfo=UTC)
 FULL_VITALS = [
     Vital("systolic", 132),
@@ -246,7 +248,7 @@ def test_vitals_only_consultation_has_no_note(conn: sqlite3.Connection) -> None:
 
 def test_chart_shows_the_unsent_consultation(conn: sqlite3.Connection) -> None:
     result = write(conn)
-    chart = open_chart(conn, "p-jose", today=date(2026, 11, 22))
+    chart = open_chart(conn, "p-jose", today=date(2026, 11, 22), site_scope=SCOPE)
     assert [(e.kind, e.unsent) for e in chart.timeline] == [("note", True), ("encounter", True)]
     assert chart.timeline[0].text.startswith("Note:\nWheeze on exertion. <i>Literal</i>")
     vitals = {v.kind: v for v in chart.vitals}
@@ -293,7 +295,7 @@ def test_mark_sent_rekeys_local_copies_and_fixes_references(conn: sqlite3.Connec
     conn.execute("COMMIT")
     assert unsent_count(conn) == 0 and not has_unsent_work(conn, "p-jose")
     assert local_rows(conn) == 0
-    chart = open_chart(conn, "p-jose", today=date(2026, 11, 22))
+    chart = open_chart(conn, "p-jose", today=date(2026, 11, 22), site_scope=SCOPE)
     assert {e.id for e in chart.timeline} == {"enc-srv-9", "doc-srv"}
     assert not any(e.unsent for e in chart.timeline)
 

@@ -42,6 +42,8 @@ from tests.support.fhir import (
     patient,
 )
 
+SCOPE = ("hmp-brixton",)  # the device's sites, for chart completeness (UI-5)
+
 TODAY = date(2026, 11, 22)
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -318,13 +320,13 @@ def _chart_data() -> list[dict[str, Any]]:
 
 def test_chart_orders_safety_information_first() -> None:
     names = [f.name for f in dataclasses.fields(Chart)]
-    assert names[:4] == ["banner", "alerts", "allergies", "no_known_allergies"]
-    assert names[4:] == ["problems", "medications", "vitals", "timeline"]
+    assert names[:5] == ["banner", "alerts", "allergies", "no_known_allergies", "completeness"]
+    assert names[5:] == ["problems", "medications", "vitals", "timeline"]
 
 
 def test_chart_contents(conn: sqlite3.Connection) -> None:
     apply(conn, _chart_data())
-    chart = open_chart(conn, "p-jose", today=TODAY)
+    chart = open_chart(conn, "p-jose", today=TODAY, site_scope=SCOPE)
     b = chart.banner
     assert (b.name, b.birth_date, b.age, b.prison_number, b.site) == (
         "García, José",
@@ -333,8 +335,8 @@ def test_chart_contents(conn: sqlite3.Connection) -> None:
         "A1234BC",
         "hmp-brixton",
     )
-    assert open_chart(conn, "p-jose", today=date(2027, 3, 6)).banner.age == 42
-    assert open_chart(conn, "p-jose", today=date(2027, 3, 7)).banner.age == 43
+    assert open_chart(conn, "p-jose", today=date(2027, 3, 6), site_scope=SCOPE).banner.age == 42
+    assert open_chart(conn, "p-jose", today=date(2027, 3, 7), site_scope=SCOPE).banner.age == 43
     assert [a.id for a in chart.alerts] == ["f-active"]
     assert [a.substance for a in chart.allergies] == [
         "Penicillin",
@@ -349,7 +351,7 @@ def test_chart_contents(conn: sqlite3.Connection) -> None:
 
 def test_chart_picks_latest_vitals_per_code(conn: sqlite3.Connection) -> None:
     apply(conn, _chart_data())
-    vitals = {v.kind: v for v in open_chart(conn, "p-jose", today=TODAY).vitals}
+    vitals = {v.kind: v for v in open_chart(conn, "p-jose", today=TODAY, site_scope=SCOPE).vitals}
     assert list(vitals) == ["blood_pressure", "heart_rate", "temperature", "spo2"]
     assert vitals["heart_rate"].observation_id == "o-hr-new"  # by effective time, not lastUpdated
     assert vitals["heart_rate"].value == 88.0
@@ -363,7 +365,7 @@ def test_chart_picks_latest_vitals_per_code(conn: sqlite3.Connection) -> None:
 
 def test_chart_timeline_newest_first_with_notes_decoded(conn: sqlite3.Connection) -> None:
     apply(conn, _chart_data())
-    timeline = open_chart(conn, "p-jose", today=TODAY).timeline
+    timeline = open_chart(conn, "p-jose", today=TODAY, site_scope=SCOPE).timeline
     assert [(e.kind, e.id) for e in timeline] == [
         ("note", "n-1"),
         ("encounter", "e-1"),
@@ -373,7 +375,10 @@ def test_chart_timeline_newest_first_with_notes_decoded(conn: sqlite3.Connection
     assert timeline[0].text == "Chest clear.\n<b>not bold</b>"  # literal, never interpreted
     assert timeline[0].title == "Progress note" and not timeline[0].unsent
     assert timeline[2].title == "Dental"
-    assert len(open_chart(conn, "p-jose", today=TODAY, timeline_limit=2).timeline) == 2
+    assert (
+        len(open_chart(conn, "p-jose", today=TODAY, timeline_limit=2, site_scope=SCOPE).timeline)
+        == 2
+    )
 
 
 def test_chart_degrades_on_odd_shapes(conn: sqlite3.Connection) -> None:
@@ -383,7 +388,7 @@ def test_chart_degrades_on_odd_shapes(conn: sqlite3.Connection) -> None:
     odd_obs["valueQuantity"] = {"value": "seventy"}
     odd_flag = flag("f-x", "p-jose", "x") | {"code": ["not", "a", "concept"], "period": "soon"}
     apply(conn, [SEARCH_PATIENTS[0], odd_note, odd_obs, odd_flag])
-    chart = open_chart(conn, "p-jose", today=TODAY)
+    chart = open_chart(conn, "p-jose", today=TODAY, site_scope=SCOPE)
     assert chart.timeline[0].text == "[attachment of type application/pdf not shown]"
     assert chart.vitals == ()
     assert [(a.id, a.text) for a in chart.alerts] == [("f-x", "")]
@@ -391,14 +396,14 @@ def test_chart_degrades_on_odd_shapes(conn: sqlite3.Connection) -> None:
 
 def test_UI1_chart_keeps_html_literal(conn: sqlite3.Connection) -> None:
     apply(conn, [SEARCH_PATIENTS[6], flag("f-h", "p-html", "<img src=x onerror=alert(1)>")])
-    chart = open_chart(conn, "p-html", today=TODAY)
+    chart = open_chart(conn, "p-html", today=TODAY, site_scope=SCOPE)
     assert chart.banner.name == "<b>Bold</b>, <script>alert(1)</script>"
     assert chart.alerts[0].text == "<img src=x onerror=alert(1)>"
 
 
 def test_chart_of_unknown_patient(conn: sqlite3.Connection) -> None:
     with pytest.raises(ChartNotFound) as err:
-        open_chart(conn, "nobody", today=TODAY)
+        open_chart(conn, "nobody", today=TODAY, site_scope=SCOPE)
     assert err.value.reason == "patient_not_found"
 
 
@@ -414,7 +419,9 @@ def test_client_id_copy_from_server_replaces_local_copy(conn: sqlite3.Connection
     stats = apply(conn, [server])
     assert stats.replaced_local == 1
     assert get(conn, "Encounter", "local-uuid") is None
-    assert [e.id for e in open_chart(conn, "p-jose", today=TODAY).timeline] == ["srv-1"]
+    assert [e.id for e in open_chart(conn, "p-jose", today=TODAY, site_scope=SCOPE).timeline] == [
+        "srv-1"
+    ]
 
 
 def test_migrations_run_inside_the_vaults_stepwise_transactions(tmp_path: Path) -> None:

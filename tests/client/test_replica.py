@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from client.core import conflicts, consultation, outbox, records
 from client.core.audit_log import AuditLog
+from client.core.completeness import patient_completeness
 from client.core.consultation import Vital
 from client.core.replica import MAX_QUARANTINE_RAW_BYTES, VaultReplica
 from client.core.schema import MIGRATIONS
@@ -662,6 +663,7 @@ CRASH_CHILD = """
 import sys
 from datetime import UTC, datetime
 from client.core.audit_log import AuditLog
+from client.core.completeness import patient_completeness
 from client.core.replica import VaultReplica
 from client.core.schema import MIGRATIONS
 from client.core.vault import Vault
@@ -769,3 +771,41 @@ def test_CR1_kill_9_while_applying_pages_loses_and_duplicates_nothing(tmp_path: 
     assert finish.returncode == 0
     with Vault.open(path, dek, MIGRATIONS) as vault:
         assert crash_check(vault) == PAGES
+
+
+def test_ui5_only_a_finished_sync_marks_the_caseload_complete(vault: Vault) -> None:
+    """A pull that stopped part-way may have brought a patient without their alerts: their
+    chart must not claim completeness until a sync finishes (client.core.completeness)."""
+    replica = make(vault)
+    replica.apply_page(page([patient("p-amira", "Okafor", ["Amira"])]))
+    replica.sync_finished(SyncSummary(pulled=1, outcome="failure", reason="network"))
+    conn = vault.connection
+    stopped = patient_completeness(conn, "p-amira", [SITE])
+    assert stopped.last_complete is None and not stopped.complete
+    assert stopped.alerts.reasons == ("never_complete",)
+    replica.sync_finished(SyncSummary())
+    done = patient_completeness(conn, "p-amira", [SITE])
+    assert done.complete and done.last_complete is not None
+    # A later failed sync keeps the last complete time; it never moves back or forward.
+    replica.sync_finished(SyncSummary(outcome="failure", reason="network"))
+    assert patient_completeness(conn, "p-amira", [SITE]).last_complete == done.last_complete
+
+
+def test_ui5_a_quarantined_alert_marks_its_patients_alerts_incomplete(vault: Vault) -> None:
+    replica = make(vault)
+    bad_flag = orjson.dumps(
+        {"resource": {**flag("f-bad", "p-amira", "Cell-sharing risk"), "status": 7}}
+    )
+    replica.apply_page(
+        page(
+            [patient("p-amira", "Okafor", ["Amira"])],
+            quarantined=[Quarantined("Flag", "f-bad", "wrong_type", "Flag.status", bad_flag)],
+        )
+    )
+    replica.sync_finished(SyncSummary(quarantined=1))
+    found = patient_completeness(vault.connection, "p-amira", [SITE])
+    assert not found.alerts.complete and found.alerts.reasons == ("held_back",)
+    assert found.allergies.complete  # a bad Flag says nothing about allergies
+    # A valid copy arriving later replaces what was held back.
+    replica.apply_page(page([flag("f-bad", "p-amira", "Cell-sharing risk")]))
+    assert patient_completeness(vault.connection, "p-amira", [SITE]).alerts.complete

@@ -128,11 +128,14 @@ def load_records(
     resources: Iterable[Mapping[str, Any]],
     user: tuple[str, str] = CLINICIAN,
 ) -> None:
-    """Put resources into the vault as a sync would (the replica does this in production)."""
+    """Put resources into the vault as a complete sync would (the replica does this in
+    production): applied, then the in-scope caseload marked complete (UI-5)."""
     unlocked = accounts.login(device, *user)
     vault = Vault.open(database_path(device.data_dir), unlocked.dek, MIGRATIONS)
+    scope = unlocked.policy.site_scope or (device.profile.site,)
     try:
         with vault.transaction() as conn:
             records.apply_resources(conn, [dict(r) for r in resources])
+            records.mark_caseload_complete(conn, scope, device.clock())
     finally:
         vault.close()
