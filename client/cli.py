@@ -2,6 +2,8 @@
 
     gatehouse [--data DIR] [--bundle FILE]   open the desktop client
     gatehouse --self-test             check this installation (exit 0 / one line per failure)
+    gatehouse --headless ...          no window system (Qt offscreen); a flag, because the frozen
+                                      app ignores QT_QPA_PLATFORM and every Qt variable (NW-5)
     gatehouse device init --data DIR --device-id ID --site S --policy P.jws --trust K.pem
                           --user U --role R [--escrow-key B64] [--threshold K]
     gatehouse device provision BUNDLE --data DIR
@@ -24,6 +26,7 @@ import base64
 import datetime as dt
 import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,6 +182,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.split("\n")[0])
     parser.add_argument("--self-test", action="store_true", help="check this installation")
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window system: Qt's offscreen platform (the environment is not consulted)",
+    )
     parser.add_argument("--data", help="the device's data folder (opens the desktop client)")
     parser.add_argument("--bundle", help="a provisioning bundle for the first run")
     # hidden: the headless demo journey (client/ui/journey.py), so the frozen client runs it
@@ -235,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) and EXIT_USAGE
+    if args.headless:  # the frozen app drops QT_QPA_PLATFORM from the environment (NW-5)
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
     if args.self_test:
         from client.selftest import main as self_test
 
