@@ -103,7 +103,7 @@ def test_nw5_entry_script_leaves_a_clean_c_environment_in_a_real_process(tmp_pat
         "from client.selftest.environment import process_environment\n"
         "print(json.dumps(hostile_names(process_environment())))\n"
     )
-    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+    done = subprocess.run(
         [sys.executable, *FROZEN_LIKE, "-c", probe],
         env=_child_env(tmp_path),
         cwd=ROOT,
@@ -117,7 +117,7 @@ def test_nw5_entry_script_leaves_a_clean_c_environment_in_a_real_process(tmp_pat
 
 
 def test_nw5_entry_script_runs_headless_by_flag_with_hostile_qt_variables(tmp_path: Path) -> None:
-    done = subprocess.run(  # noqa: S603 - this interpreter, the entry script
+    done = subprocess.run(
         [sys.executable, *FROZEN_LIKE, str(ENTRY), "--headless", "--self-test"],
         env=_child_env(tmp_path),
         cwd=ROOT,
