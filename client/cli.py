@@ -2,11 +2,13 @@
 
     gatehouse [--data DIR] [--bundle FILE]   open the desktop client
     gatehouse --self-test             check this installation (exit 0 / one line per failure)
+    gatehouse --headless ...          no window system (Qt offscreen); a flag, because the frozen
+                                      app ignores QT_QPA_PLATFORM and every Qt variable (NW-5)
     gatehouse device init --data DIR --device-id ID --site S --policy P.jws --trust K.pem
                           --user U --role R [--escrow-key B64] [--threshold K]
     gatehouse device provision BUNDLE --data DIR
     gatehouse device add-user --data DIR --user U
-    gatehouse device sync --data DIR --user U
+    gatehouse device sync --data DIR --user U [--json]
     gatehouse device status --data DIR [--json]
     gatehouse device export-audit --data DIR OUT --user U
     gatehouse --demo-journey --data DIR --bundle FILE --out DIR [--gateway-hook CMD]
@@ -24,6 +26,7 @@ import base64
 import datetime as dt
 import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,11 +37,13 @@ from client.core.errors import GatehouseError
 from client.core.kdf import calibrate
 from client.core.provisioning import add_user_online, provision_from_bundle
 from client.core.session import Session
+from client.core.sync_failures import NOTHING_LOST, sync_failure_sentence
 from client.core.sync_runner import run_sync
 from policy import decisions
 from policy.atomic import atomic_write
 from policy.errors import PolicyRefused
 from sync.device.errors import DeviceError
+from sync.device.outcome import SyncError, SyncResult
 from sync.device.transport import TransportError
 from sync.protocol.errors import ProtocolError
 
@@ -158,27 +163,67 @@ def cmd_add_user(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def sync_report(result: SyncResult) -> dict[str, Any]:
+    """``device sync --json``: the counts, the reason code and the sentence shown to people."""
+    return {
+        "ok": result.ok,
+        "reason": result.error,
+        "message": None if result.ok else sync_failure_sentence(result.error),
+        "failed_phases": dict(result.failed_phases),
+        "pulled": result.pulled,
+        "deleted": result.deleted,
+        "pushed": result.pushed,
+        "conflicts": result.conflicts,
+        "quarantined": result.quarantined,
+        "push_errors": result.push_errors,
+        "requests": result.requests,
+        "bytes_received": result.bytes_received,
+        "duration_s": round(result.duration_s, 3),
+    }
+
+
+def describe_sync(result: SyncResult) -> str:
+    """One line for people (UI-4): counts when it worked, else what happened and what to do."""
+    counts = (
+        f"pulled {result.pulled}, deleted {result.deleted}, pushed {result.pushed}, conflicts "
+        f"{result.conflicts}, quarantined {result.quarantined}, push errors {result.push_errors}"
+    )
+    if result.ok:
+        return (
+            f"sync ok: {counts}, {result.requests} requests, {result.bytes_received} bytes in "
+            f"{result.duration_s:.2f} s"
+        )
+    return (
+        f"Sync stopped. {sync_failure_sentence(result.error)} Before it stopped: {counts}. "
+        f"{NOTHING_LOST}"
+    )
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     device = _device(Path(args.data))
     password = read_password(f"Password for {args.user}: ")
     session = Session.login(device, args.user, password, for_sync=True)
     try:
         result = run_sync(session)
+    except (TransportError, SyncError) as error:  # before the engine ran (e.g. no pins)
+        result = SyncResult(error=error.reason)
     finally:
         session.lock()
-    print(
-        f"sync {'ok' if result.ok else 'failed: ' + str(result.error)}: pulled {result.pulled}, "
-        f"deleted {result.deleted}, pushed {result.pushed}, conflicts {result.conflicts}, "
-        f"quarantined {result.quarantined}, push errors {result.push_errors}, "
-        f"{result.requests} requests, {result.bytes_received} bytes in "
-        f"{result.duration_s:.2f} s"
-    )
+    if args.json:
+        print(json.dumps(sync_report(result), indent=2, sort_keys=True))
+    else:
+        print(describe_sync(result), file=sys.stdout if result.ok else sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.split("\n")[0])
     parser.add_argument("--self-test", action="store_true", help="check this installation")
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window system: Qt's offscreen platform (the environment is not consulted)",
+    )
     parser.add_argument("--data", help="the device's data folder (opens the desktop client)")
     parser.add_argument("--bundle", help="a provisioning bundle for the first run")
     # hidden: the headless demo journey (client/ui/journey.py), so the frozen client runs it
@@ -219,6 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     sync = dsub.add_parser("sync", help="sync with the gateway now")
     sync.add_argument("--data", required=True)
     sync.add_argument("--user", required=True)
+    sync.add_argument("--json", action="store_true", help="the result with its reason code")
     sync.set_defaults(func=cmd_sync)
 
     export = dsub.add_parser("export-audit", help="export the audit chain (auditor/admin)")
@@ -235,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) and EXIT_USAGE
+    if args.headless:  # the frozen app drops QT_QPA_PLATFORM from the environment (NW-5)
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
     if args.self_test:
         from client.selftest import main as self_test
 
@@ -256,12 +304,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except GatehouseError as error:
         print(f"error: {error.message}", file=sys.stderr)
-    except TransportError as error:
-        print(f"error: cannot reach the gateway safely ({error.reason})", file=sys.stderr)
+    except (TransportError, SyncError) as error:  # one sentence, never the code (UI-4)
+        print(f"error: {sync_failure_sentence(error.reason)}", file=sys.stderr)
     except DeviceError as error:
         print(f"error: {error.message or error.reason}", file=sys.stderr)
-    except ProtocolError as error:
-        print(f"error: the gateway's answer cannot be accepted ({error.reason})", file=sys.stderr)
+    except ProtocolError:
+        print(
+            "error: The gateway sent something Gatehouse cannot accept, so it was not used. "
+            "Try again later; if it keeps happening, call IT.",
+            file=sys.stderr,
+        )
     except PolicyRefused as refused:
         print(f"refused: {refused.reason}: {refused.detail}", file=sys.stderr)
     except OSError as error:

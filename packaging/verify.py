@@ -9,7 +9,9 @@ Invariants:
   present and well formed, ``dist/<name>/<name> --self-test`` exits 0 with its one ``self-test
   ok`` line, and the bundle is still byte-identical to its manifest after the self-test ran.
 - Each problem is printed as one ``FAIL`` line; the exit code is 1 if there is any.
-- The self-test runs offscreen when there is no display, with a timeout, never over a network.
+- The self-test runs offscreen when there is no display (``--headless``: the frozen app ignores
+  ``QT_QPA_PLATFORM``), with a timeout, never over a network, and with every variable of
+  ``hostile_environment`` set (NW-5): it passes only if the frozen app dropped them all.
 - ``--demo-out DIR`` checks a headless demo run made with the frozen client instead: exit 0
   only when ``summary.json`` says the journey ran frozen and its audit export verified, the
   device and gateway folders exist, records came down and the consultation went up, every
@@ -27,6 +29,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,21 +70,59 @@ def check_sbom(sbom: Path) -> list[str]:
     return problems
 
 
-def self_test_environment() -> dict[str, str]:
+def hostile_environment(folder: Path) -> dict[str, str]:
+    """Variables that would load code or move trust, all pointing into ``folder`` (NW-5).
+
+    The frozen app must drop every one before Qt or Python load anything: a bogus platform
+    name and plugin folder would make Qt abort, and its self-test fails on any survivor.
+    """
+    probe = {
+        "QT_QPA_PLATFORM": "gatehouse-hostile",
+        "QT_QPA_PLATFORM_PLUGIN_PATH": folder / "qt-platforms",
+        "QT_PLUGIN_PATH": folder / "qt-plugins",
+        "QT_QPA_PLATFORMTHEME": "gatehouse-hostile",
+        "QT_STYLE_OVERRIDE": "gatehouse-hostile",
+        "QT_LOGGING_CONF": folder / "qtlogging.ini",
+        "QML2_IMPORT_PATH": folder / "qml",
+        "QML_IMPORT_PATH": folder / "qml",
+        "PYTHONPATH": folder / "python",
+        "PYTHONSTARTUP": folder / "startup.py",
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+        "SSL_CERT_FILE": folder / "ca.pem",
+        "SSL_CERT_DIR": folder / "certs",
+        "OPENSSL_CONF": folder / "openssl.cnf",
+        "OPENSSL_MODULES": folder / "ossl-modules",
+        "REQUESTS_CA_BUNDLE": folder / "ca.pem",
+        "CURL_CA_BUNDLE": folder / "ca.pem",
+        "SSLKEYLOGFILE": folder / "tls-keys.log",
+        "LD_LIBRARY_PATH": folder / "lib",
+        "KEYRING_PROPERTY_COLLECTION": "gatehouse-hostile",
+    }
+    return {name: str(value) for name, value in probe.items()}
+
+
+def needs_headless() -> bool:
+    return (
+        sys.platform == "linux"
+        and not os.environ.get("DISPLAY")
+        and not (os.environ.get("WAYLAND_DISPLAY"))
+    )
+
+
+def run_self_test(executable: Path, hostile_folder: Path | None = None) -> list[str]:
+    """The bundle's ``--self-test``, run with :func:`hostile_environment` set (NW-5)."""
     env = dict(os.environ)
-    if not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY") and sys.platform == "linux":
-        env.setdefault("QT_QPA_PLATFORM", "offscreen")
-    return env
-
-
-def run_self_test(executable: Path) -> list[str]:
+    if hostile_folder is not None:
+        hostile_folder.mkdir(parents=True, exist_ok=True)
+        env.update(hostile_environment(hostile_folder))
+    command = [str(executable), *(["--headless"] if needs_headless() else []), "--self-test"]
     try:
         result = subprocess.run(  # noqa: S603 (our own freshly built executable)
-            [str(executable), "--self-test"],
+            command,
             capture_output=True,
             text=True,
             timeout=SELF_TEST_TIMEOUT_SECONDS,
-            env=self_test_environment(),
+            env=env,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -91,6 +132,8 @@ def run_self_test(executable: Path) -> list[str]:
     lines = result.stdout.splitlines()
     if result.returncode != 0 or not lines or OK_LINE.fullmatch(lines[-1]) is None:
         return [f"self-test failed (exit {result.returncode})"]
+    if hostile_folder is not None and any(hostile_folder.rglob("*")):
+        return ["self-test wrote into the folder a hostile variable named"]
     return []
 
 
@@ -218,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not version.is_file() or not version.read_text(encoding="utf-8").strip():
         problems.append(f"no version in {version}")
     if not problems:
-        problems += run_self_test(executable)
+        with tempfile.TemporaryDirectory(prefix="gatehouse-hostile-") as hostile:
+            problems += run_self_test(executable, Path(hostile) / "probe")
         problems += [f"after self-test: {p}" for p in check_manifest(bundle, manifest)]
     for problem in problems:
         print(f"FAIL {problem}")

@@ -240,10 +240,11 @@ def journey_in_process(out: Path, bundle: Path, gw: Path) -> dict[str, Any]:
 
 
 def client_environment() -> dict[str, str]:
-    """The frozen client gets the demo's keyring session and display, not this Python's path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.setdefault("QT_QPA_PLATFORM", "offscreen")
-    return env
+    """The frozen client gets the demo's keyring session and display, not this Python's path.
+
+    The frozen client drops every Qt variable (NW-5): headless is its ``--headless`` flag.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
 
 
 def journey_frozen(client: str, out: Path, bundle: Path, gw: Path) -> dict[str, Any]:
@@ -255,6 +256,7 @@ def journey_frozen(client: str, out: Path, bundle: Path, gw: Path) -> dict[str, 
     done = subprocess.run(  # noqa: S603 - the client under test, fixed arguments
         [
             *shlex.split(client),
+            "--headless",
             "--demo-journey",
             "--data",
             str(out / "device"),

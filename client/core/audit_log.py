@@ -194,6 +194,13 @@ class AuditLog:
             raise AuditLogError("state_conflict", "the audit chain moved during this append")
         return entry
 
+    def entries_of_action(self, conn: Connection, action: str) -> list[AuditEntry]:
+        """Every entry of one ``action``, in chain order (indexed by action)."""
+        rows = conn.execute(
+            "SELECT canonical, mac FROM audit_entries WHERE action = ? ORDER BY seq", (action,)
+        )
+        return [_entry(row) for row in rows.fetchall()]
+
     def entries(self, conn: Connection, since_seq: int = 0) -> list[AuditEntry]:
         """Every entry after ``since_seq``, in chain order."""
         rows = conn.execute(

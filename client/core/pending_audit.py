@@ -1,7 +1,9 @@
 """Events that happened while the vault was locked enter the audit chain at the next unlock.
 
 Failed logins, lockouts and clock tampering happen when no vault is open, so ``accounts`` keeps
-them in the MACed header; the next successful sign-in moves them into the chain.
+them in the MACed header; the next successful sign-in moves them into the chain. An act whose
+effect is in the header itself (a password change re-wraps a key slot) queues its event in the
+same atomic header write, so a kill between the act and the chain cannot lose it (AD-1).
 
 Guarantees:
 - Each event enters the chain exactly once, with its own time: its id (``eid``, or a hash of
@@ -22,7 +24,7 @@ from typing import Any, Final
 from client.core.audit_log import AuditLog
 
 FAILURES: Final = frozenset({"login_failed", "lockout"})
-NOT_DETAIL: Final = frozenset({"event", "at", "eid", "user_id"})
+NOT_DETAIL: Final = frozenset({"event", "at", "eid", "user_id", "role"})
 
 
 def pending_eid(event: Mapping[str, Any]) -> str:
@@ -54,11 +56,13 @@ def import_events(
         }
         name = str(event.get("event", "unknown"))
         user = event.get("user_id")
+        role = event.get("role")
         audit.append(
             conn,
             ts=ts,
             action=name,
             outcome="failure" if name in FAILURES else "success",
             user_id=user if isinstance(user, str) and user != "<invalid>" else None,
+            role=role if isinstance(role, str) else None,
             detail=detail,
         )

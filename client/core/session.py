@@ -20,7 +20,8 @@ Guarantees:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from client.core import (
     drafts,
     outbox,
     pending_audit,
+    policy_audit,
     records,
     search,
 )
@@ -214,12 +216,31 @@ class Session:
         return self.policy.site_scope or (self.device.profile.site,)
 
     def _record_login(self) -> None:
-        """Events kept in the header while locked enter the chain, then ``login_ok``."""
+        """Events kept in the header while locked enter the chain, the installed policy's
+        ``policy_installed`` entry if a kill lost it (AD-1), then ``login_ok``."""
+
+        def login(conn: Any) -> None:
+            policy_audit.record_installed_policy(
+                conn,
+                self._audit,
+                version=self.policy.version,
+                ts=self._now(),
+                user_id=self.user_id,
+                role=self.role,
+            )
+            self._append(conn, "login_ok", detail={"offline": str(self.offline.kind)})
+
+        self._import_pending(login)
+
+    def _import_pending(self, then: Callable[[Any], None] | None = None) -> None:
+        """Move the header's pending audit events into the chain (each exactly once, by its
+        id), run ``then`` in the same transaction, then drop them from the header."""
         header = self.device.header
         pending = list(header.counters.pending_audit_events)
         with self._act() as conn:
             pending_audit.import_events(conn, self._audit, pending, self._now)
-            self._append(conn, "login_ok", detail={"offline": str(self.offline.kind)})
+            if then is not None:
+                then(conn)
         if pending:
             header.acknowledge_pending_audit_events(len(pending))
 
@@ -466,11 +487,20 @@ class Session:
                 "password_too_short", f"The new password must be at least {minimum} characters."
             )
         self._reauthenticate(old_password, "password_changed")
+        now = self._now()
+        # AD-1: the new slot and its audit event are one atomic header write; the event enters
+        # the chain now, or at the next sign-in if the app is killed before that.
+        event: dict[str, str | int | float | bool | None] = {
+            "event": "password_changed",
+            "eid": uuid.uuid4().hex,
+            "at": now.isoformat(),
+            "user_id": self.user_id,
+            "role": self.role,
+        }
         self.device.header.change_password(
-            self.user_id, old_password, new_password, now=self._now()
+            self.user_id, old_password, new_password, now=now, audit_event=event
         )
-        with self._act() as conn:
-            self._append(conn, "password_changed")
+        self._import_pending()
 
     # -- audit ---------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from client.core import policy_audit
 from client.core.audit_log import AuditLog
 from client.core.device import RECEIPT_KEY
 from client.core.keyslots import KeyslotError
@@ -98,6 +99,15 @@ class SyncContext:
             policy = self.device.install_policy(envelope)
         except PolicyRefused as refused:
             if refused.reason is PolicyReason.ROLLBACK and envelope == self.policy.envelope:
+                with self.vault.transaction() as conn:  # AD-1: an entry a kill lost comes back
+                    policy_audit.record_installed_policy(
+                        conn,
+                        self.audit,
+                        version=self.policy.version,
+                        ts=self.device.clock(),
+                        user_id=self.user_id,
+                        role=self.role,
+                    )
                 return "current"
             self.record_event("policy_refused", "failure", detail={"reason": str(refused.reason)})
             return f"refused:{refused.reason}"

@@ -358,10 +358,13 @@ class VaultHeader:
         params: KdfParams,
         *,
         replace: bool = False,
+        audit_event: dict[str, JsonScalar] | None = None,
     ) -> None:
         """Give ``user_id`` a slot. ``dek`` comes from an unlocked vault or an escrow unwrap.
 
         ``replace=True`` re-wraps an existing user's slot (a password reset done online).
+        ``audit_event`` is queued as a pending audit event in the SAME atomic header write as
+        the slot (AD-1): the act and its record take effect together or not at all.
         """
         if not valid_user_id(user_id) or role not in ROLES:
             raise KeyslotError("invalid_user")
@@ -393,6 +396,8 @@ class VaultHeader:
             body.slots.append(slot)
         body.counters.failed_attempts.pop(user_id, None)
         body.counters.locked_until.pop(user_id, None)
+        if audit_event is not None:
+            body.counters.add_pending_audit_event(audit_event)
         self._write(body)
 
     def remove_slot(self, user_id: str) -> None:
@@ -422,15 +427,25 @@ class VaultHeader:
         *,
         now: datetime,
         params: KdfParams | None = None,
+        audit_event: dict[str, JsonScalar] | None = None,
     ) -> None:
         """Re-wrap the DEK under a new password (no data is re-encrypted; ST-6).
 
         The old password is checked through ``unlock`` (throttled and counted like a login).
+        ``audit_event`` goes into the header with the new slot, in one atomic write (AD-1).
         """
         dek = self.unlock(user_id, old_password, now=now)
         slot = self._slot(user_id)
         assert slot is not None  # unlock succeeded
-        self.add_slot(user_id, slot.role, new_password, dek, params or slot.kdf, replace=True)
+        self.add_slot(
+            user_id,
+            slot.role,
+            new_password,
+            dek,
+            params or slot.kdf,
+            replace=True,
+            audit_event=audit_event,
+        )
 
     def destroy_slots(self) -> None:
         """Wipe step: rewrite the header with no slot and no escrow, wipe pending (WP-1)."""

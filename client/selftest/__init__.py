@@ -2,7 +2,8 @@
 
 This package runs the checks; each group lives in its own module: ``database`` (SQLCipher,
 FTS5), ``crypto`` (Argon2id, signed policy), ``tls`` (TLS 1.3), ``os_keyring`` (keyring
-backend), ``bundle`` (frozen bundle contents, ``client.never_ship``) and ``gui`` (Qt); ``base``
+backend), ``bundle`` (frozen bundle contents, ``client.never_ship``), ``environment`` (NW-5: no
+variable left that loads code or changes trust) and ``gui`` (Qt); ``base``
 holds the report and failure types.
 
 Invariants:
@@ -41,6 +42,7 @@ from client.selftest.base import CheckFailed, Context, Failure, SelfTestReport
 from client.selftest.bundle import check_bundle_contents
 from client.selftest.crypto import check_argon2id, check_signed_policy
 from client.selftest.database import check_fts5, check_sqlcipher
+from client.selftest.environment import check_environment
 from client.selftest.gui import check_qt
 from client.selftest.os_keyring import check_keyring
 from client.selftest.tls import check_tls13
@@ -58,6 +60,7 @@ __all__ = [
 
 
 CHECKS: Final[dict[str, Callable[[Context], None]]] = {
+    "environment": check_environment,
     "sqlcipher": check_sqlcipher,
     "fts5": check_fts5,
     "argon2id": check_argon2id,

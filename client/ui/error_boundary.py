@@ -19,27 +19,17 @@ import logging
 from dataclasses import dataclass
 
 from client.core.errors import EnvironmentFault, GatehouseError, UserFacingError
+from client.core.sync_failures import CONNECTION_REASONS, SYNC_FAILURES, sync_failure_sentence
 from sync.device.errors import DeviceError
+from sync.device.outcome import SyncError
 from sync.device.transport import TransportError
 from sync.protocol.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
 NOTHING_LOST = "Nothing you saved has been lost."
-NETWORK_HELP = {
-    "pin_mismatch": "The gateway did not prove it is the health board's gateway (its key does not "
-    "match this laptop's policy). This can mean an unsafe network. Do not retry here; call IT.",
-    "tls": "A secure connection to the gateway could not be made. Check the network, then try "
-    "again; if it keeps failing, call IT.",
-    "host_not_allowed": "The gateway address is not allowed by this laptop's policy. Call IT.",
-    "redirect_refused": "The network tried to send Gatehouse elsewhere, which it never follows. "
-    "Try another network or call IT.",
-    "timeout": "The gateway did not answer in time. Try again when the network is better.",
-    "connection": "The gateway cannot be reached from here. Connect to the health board's "
-    "network (or wait until you are back in range) and try again.",
-    "too_large": "The gateway sent more than Gatehouse accepts at once. Call IT.",
-    "config": "This laptop's connection settings are not complete. Call IT.",
-}
+# What to say when the gateway was not safely reached (one mapping: client/core/sync_failures).
+NETWORK_HELP = {reason: SYNC_FAILURES[reason] for reason in sorted(CONNECTION_REASONS)}
 MAX_SERVER_TEXT = 300  # a gateway's refusal text is shown (plain), but never at length
 GATEWAY_REFUSALS = {
     "token_used": "This provisioning bundle has already been used. Ask IT for a new one.",
@@ -83,6 +73,12 @@ def explain(error: BaseException) -> Explanation:
             "The gateway's answer cannot be used",
             "The gateway sent something Gatehouse cannot accept, so it was not used. "
             f"Try again later; if it keeps happening, call IT.\n\n{NOTHING_LOST}",
+            error.reason,
+        )
+    if isinstance(error, SyncError):
+        return Explanation(
+            "The sync did not finish",
+            f"{sync_failure_sentence(error.reason)}\n\n{NOTHING_LOST}",
             error.reason,
         )
     if isinstance(error, DeviceError):

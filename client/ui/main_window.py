@@ -71,6 +71,7 @@ from client.ui.sync_panel import (
     SyncOutcome,
     SyncPanel,
     describe_progress,
+    failure_sentence,
 )
 from client.ui.widgets import STYLESHEET, data_label
 from policy import decisions
@@ -314,7 +315,7 @@ class MainWindow(QMainWindow):
                 f"{result.pushed:,} out{refused}"
             )
         else:
-            self.sync_status.setText(f"Last sync stopped ({outcome.reason or 'error'})")
+            self.sync_status.setText(f"Last sync stopped: {failure_sentence(outcome)}")
         if self.session is None:
             return
         if outcome.wiped:

@@ -27,8 +27,9 @@ from typing import Any
 from client.core.humanize import format_moment
 from client.core.readiness import SyncFacts, assess, gather
 from client.core.session import Session
+from client.core.sync_failures import is_connection_failure, sync_failure_sentence
 from client.core.sync_runner import run_sync
-from client.ui.error_boundary import NETWORK_HELP, explain
+from client.ui.error_boundary import explain
 from client.ui.executor import Executor
 from client.ui.login import describe_offline
 from client.ui.qt import (
@@ -87,6 +88,13 @@ def describe_progress(progress: Progress) -> str:
     return f"{phase}{what}: {progress.items:,} items, {progress.bytes / 1_000_000:.1f} MB received"
 
 
+def failure_sentence(outcome: SyncOutcome) -> str:
+    """What went wrong and what to do, as one plain sentence (UI-4): never a reason code."""
+    if outcome.error is not None:
+        return explain(outcome.error).message.split("\n\n")[0]
+    return sync_failure_sentence(outcome.reason)
+
+
 def describe_outcome(outcome: SyncOutcome) -> str:
     """The result summary: counts on success; on failure what happened and that nothing is lost."""
     when = format_moment(outcome.finished_at)
@@ -100,11 +108,7 @@ def describe_outcome(outcome: SyncOutcome) -> str:
         )
     if outcome.error is not None:
         return f"Sync did not run {when}: {explain(outcome.error).message}"
-    reason = outcome.reason or "unknown"
-    if reason == "cancelled":
-        why = "The sync was cancelled. What was received is kept."
-    else:
-        why = NETWORK_HELP.get(reason, f"The gateway could not complete the sync ({reason}).")
+    why = failure_sentence(outcome)  # the code stays in the audit entry (UI-4)
     counts = ""
     if result is not None:
         counts = f" Before it stopped: {result.pulled:,} received, {result.pushed:,} sent."
@@ -120,7 +124,7 @@ def describe_connection(outcome: SyncOutcome | None) -> str:
     when = format_moment(outcome.finished_at)
     if outcome.ok:
         return f"Online: the gateway answered at {when}."
-    if outcome.reason in NETWORK_HELP:
+    if is_connection_failure(outcome.reason):
         return f"Offline: the gateway could not be reached at {when}."
     return f"The gateway was reached at {when}, but the sync did not finish."
 

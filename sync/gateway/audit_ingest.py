@@ -9,10 +9,16 @@ Invariants:
   gap, reorder, duplicate, edited entry, bad MAC, replacement of acknowledged entries or an
   upload ending before the acknowledged head (truncation) is ``chain_broken`` with the first
   bad seq and reason. Entries that verified before the break are kept; an alert row is stored.
-- Already stored entries may be sent again (a lost answer): if they are identical, nothing is
-  written twice and the answer is the stored receipt (idempotent). A device uploads its next
-  batch only once it holds the receipt for the previous one, so a re-send always reaches the
-  gateway's head; anything shorter is truncation.
+- Already stored entries may be sent again (a lost answer, or a first copy that arrives late,
+  after the next batch was stored): an upload that ends at or below the stored head and matches
+  what is stored, entry for entry (each entry links to the stored one before it, every MAC
+  verifies with its evolved key, and the last hash equals the stored hash at that seq, so by the
+  hash chain every entry between equals the stored one) is a duplicate: nothing is written, no
+  alert, and the answer is the stored receipt (idempotent). Such an upload that differs from
+  what is stored is ``replaced`` at the first differing seq; one that does not verify is broken
+  as any other. A prefix of the stored chain alone is never called truncation: it cannot be
+  told from a late duplicate; removal of entries shows when the device next uploads a
+  different entry at a stored seq (``replaced``), and on the device against its receipts.
 - The chain state moves by compare-and-set (``Store.audit_append``): concurrent uploads for one
   device are verified again from the new state, never applied twice.
 - Receipts are ``sync.protocol.audit.receipt`` receipts signed with the gateway's receipt key.
@@ -129,6 +135,41 @@ def _broken(report: VerifyReport, parse_problem: Broken | None) -> Broken | None
     return Broken(report.first_bad_seq, report.reason or "malformed", report.sentence)
 
 
+def _stored_range_problem(
+    store: Store, chain: AuditChainRecord, entries: Sequence[AuditEntry], start: ChainState
+) -> Broken | None:
+    """None when ``entries`` (all at or below the stored head) are exactly the stored ones."""
+    report = verify(entries, device_id=chain.device_id, initial_key=None, start=start)
+    if not report.ok:
+        return Broken(report.first_bad_seq, report.reason or "malformed", report.sentence)
+    if store.audit_entry_hash(chain.device_id, entries[-1].seq) == report.state.head_hash:
+        return None
+    first = next(
+        e.seq for e in entries if store.audit_entry_hash(chain.device_id, e.seq) != e.entry_hash()
+    )
+    return Broken(
+        first,
+        "replaced",
+        f"entry {first} differs from the entry {first} the gateway stored and acknowledged: "
+        "the chain up to it was replaced.",
+    )
+
+
+def _alert(store: Store, chain: AuditChainRecord, broken: Broken, now: dt.datetime) -> None:
+    store.add_audit_alert(
+        AuditAlert(
+            alert_id=str(uuid.uuid4()),
+            device_id=chain.device_id,
+            site=chain.site,
+            raised_at=now,
+            first_bad_seq=broken.first_bad_seq,
+            reason=broken.reason,
+            sentence=broken.sentence[:500],
+        )
+    )
+    log.warning("audit chain broken: reason=%s", broken.reason)
+
+
 def ingest(
     store: Store,
     receipt_key: Ed25519PrivateKey,
@@ -143,6 +184,15 @@ def ingest(
         if chain is None:
             raise ControlError(409, "audit_chain_unknown")
         start = _start_state(store, chain, entries[0].seq if entries else None)
+        if entries and parse_problem is None and entries[-1].seq <= chain.seq:
+            # a re-send or a late first copy of stored entries: the stored receipt, no alert
+            problem = _stored_range_problem(store, chain, entries, start)
+            if problem is not None:
+                _alert(store, chain, problem, now)
+            receipt_text = chain.receipt or _receipt(
+                receipt_key, device_id, chain.seq, chain.head_hash, now
+            )
+            return IngestResult(orjson.loads(receipt_text), 0, problem)
         checkpoint = receipt_from_json(chain.receipt) if chain.receipt else None
         if checkpoint is not None and checkpoint.last_seq <= start.seq:
             checkpoint = None
@@ -175,17 +225,6 @@ def ingest(
             )
             stored = 0
         if broken is not None:
-            store.add_audit_alert(
-                AuditAlert(
-                    alert_id=str(uuid.uuid4()),
-                    device_id=device_id,
-                    site=chain.site,
-                    raised_at=now,
-                    first_bad_seq=broken.first_bad_seq,
-                    reason=broken.reason,
-                    sentence=broken.sentence[:500],
-                )
-            )
-            log.warning("audit chain broken: reason=%s", broken.reason)
+            _alert(store, chain, broken, now)
         return IngestResult(orjson.loads(receipt_text), stored, broken)
     raise ControlError(503, "audit_busy")

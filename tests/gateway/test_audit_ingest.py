@@ -132,18 +132,65 @@ def test_AD2_truncation_and_replacement_of_acknowledged_entries(
     gateway: Gateway, laptop: Enrolled
 ) -> None:
     session = gateway.session(laptop.creds)
-    entries, _ = chain(laptop.device_id, laptop.k0, views(5))
-    assert upload(gateway, session, entries).status_code == 200
-    _broken(upload(gateway, session, entries[:3]), "truncated", 4)
+    entries, after_three = chain(laptop.device_id, laptop.k0, views(3))
+    tail, _ = chain(laptop.device_id, laptop.k0, views(2), state=after_three)
+    assert upload(gateway, session, [*entries, *tail]).status_code == 200
+    # Cut after entry 3 and written on: the new entry 4 diverges from the acknowledged chain.
+    cut_and_continued, _ = chain(
+        laptop.device_id, laptop.k0, views(3, patient="pt000009"), state=after_three
+    )
+    _broken(upload(gateway, session, [*entries, *cut_and_continued]), "replaced", 5)
     # A rewritten history (even with valid MACs) cannot replace what was acknowledged.
     rewritten, _ = chain(laptop.device_id, laptop.k0, views(6, user="someone-else"))
     _broken(upload(gateway, session, rewritten), "replaced", 5)
     stored = gateway.store.audit_chain(laptop.device_id)
     assert stored is not None and stored.seq == 5
     assert [a.reason for a in gateway.store.audit_alerts(laptop.device_id)] == [
-        "truncated",
+        "replaced",
         "replaced",
     ]
+
+
+def test_AD2_a_late_copy_of_an_earlier_batch_is_a_duplicate_not_truncation(
+    gateway: Gateway, laptop: Enrolled
+) -> None:
+    """Issue 16 item 6: the first copy of batch 1 arrives after batch 2 was stored."""
+    session = gateway.session(laptop.creds)
+    first, state = chain(laptop.device_id, laptop.k0, views(3))
+    second, _ = chain(laptop.device_id, laptop.k0, views(2, patient="pt000002"), state=state)
+    assert upload(gateway, session, first).status_code == 200  # the re-send after a timeout
+    latest = upload(gateway, session, second)
+    assert latest.status_code == 200
+
+    for late in (first, first[1:], first[:1], [*first, second[0]]):
+        answer = upload(gateway, session, late)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == latest.json()  # the stored receipt, for entries 1..5
+    assert gateway.store.audit_alerts(laptop.device_id) == []
+    assert [r.seq for r in gateway.store.search_audit(_all())] == [1, 2, 3, 4, 5]
+
+
+def test_AD2_an_earlier_batch_that_differs_from_what_is_stored_alerts(
+    gateway: Gateway, laptop: Enrolled
+) -> None:
+    session = gateway.session(laptop.creds)
+    entries, _ = chain(laptop.device_id, laptop.k0, views(5))
+    assert upload(gateway, session, entries).status_code == 200
+    # the same seqs, another history (valid MACs: made with k0): replaced at the first change
+    other, _ = chain(laptop.device_id, laptop.k0, [*views(1), *views(2, patient="pt000007")])
+    _broken(upload(gateway, session, other[:3]), "replaced", 2)
+    # an edited copy of stored entries: the chain itself breaks
+    edited = [entries[0], dataclasses.replace(entries[1], patient_id="pt999999"), entries[2]]
+    _broken(upload(gateway, session, edited), "edited", 2)
+    # a stored entry with a forged MAC
+    forged = [entries[0], dataclasses.replace(entries[1], mac="0" * 64)]
+    _broken(upload(gateway, session, forged), "mac", 2)
+    assert [a.reason for a in gateway.store.audit_alerts(laptop.device_id)] == [
+        "replaced",
+        "edited",
+        "mac",
+    ]
+    assert [r.seq for r in gateway.store.search_audit(_all())] == [1, 2, 3, 4, 5]
 
 
 def test_AD2_entries_written_without_the_right_key_fail_the_mac(
@@ -299,10 +346,12 @@ def test_AD2_concurrent_uploads_of_one_chain_store_each_entry_once(
         thread.start()
     for thread in threads:
         thread.join()
-    # Every answer is a receipt or an honest truncation verdict (a 20-entry re-send arriving
-    # after the 40 were stored); nothing is stored twice and the chain ends at the head.
-    assert {a.status_code for a in answers} <= {200, 409}
-    assert any(a.status_code == 200 and a.json()["last_seq"] == 40 for a in answers)
+    # Every answer is a receipt (a 20-entry re-send arriving after the 40 were stored is a
+    # duplicate, not truncation: issue 16 item 6); nothing is stored twice, no alert, and the
+    # chain ends at the head.
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert any(a.json()["last_seq"] == 40 for a in answers)
+    assert gateway.store.audit_alerts(laptop.device_id) == []
     stored = gateway.store.audit_chain(laptop.device_id)
     assert stored is not None and (stored.seq, stored.head_hash) == (40, state.head_hash)
     assert [r.seq for r in gateway.store.search_audit(_all())] == list(range(1, 41))

@@ -29,7 +29,7 @@ class RawTlsServer:
     port: int = 0
 
     def serve(self) -> Iterator[RawTlsServer]:
-        listener = socket.create_server(("127.0.0.1", 0))
+        listener = socket.create_server(("127.0.0.1", self.port))  # 0: any free port
         self.port = listener.getsockname()[1]
         listener.settimeout(0.2)
         stop = threading.Event()
