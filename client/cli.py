@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from client.core.accounts import offline_state_of
-from client.core.device import Device, FirstUser
+from client.core.device import Device, FirstUser, report_wipe_if_any
 from client.core.errors import GatehouseError
 from client.core.kdf import calibrate
 from client.core.provisioning import add_user_online, provision_from_bundle
@@ -261,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         app_argv += ["--bundle", args.bundle] if args.bundle else []
         return run_app(app_argv)
     try:
+        data = getattr(args, "data", None)  # a wiped laptop tells its gateway first (WP-3)
+        if data and report_wipe_if_any(Path(data)) == "sent":
+            print("This laptop's wipe was reported to the gateway.", file=sys.stderr)
         return int(args.func(args))
     except GatehouseError as error:
         print(f"error: {error.message}", file=sys.stderr)
