@@ -46,10 +46,11 @@ from client.core.schema import MIGRATIONS
 from client.core.trusted_time import ClockReading, TimeState, read_clocks
 from client.core.vault import DATABASE_NAME, Vault, database_path
 from client.core.vault_header import VaultHeader
-from client.core.wipe import WipeReport, resume_wipe_if_pending, wipe
+from client.core.wipe import WipeReport, resume_wipe_if_pending, wipe, wipe_pending
 from client.core.wipe_report import (
     GatewayAddress,
     address,
+    forget_reporter,
     has_pending_report,
     send_pending_report,
     signed_report,
@@ -418,8 +419,12 @@ def report_wipe_if_any(
 ) -> str:
     """At start: finish an interrupted wipe, then send its report to the gateway (WP-2, WP-3).
     Best effort: ``none``, ``sent`` or ``failed:<reason>`` (the report waits for next time)."""
+    data_dir = Path(data_dir)
     finish_interrupted_wipe(data_dir, keyring_backend=keyring_backend, clock=clock)
-    return send_pending_report(Path(data_dir))
+    sent = send_pending_report(data_dir)
+    if sent == "none" and not is_provisioned(data_dir) and not wipe_pending(data_dir):
+        forget_reporter(data_dir)  # left by a kill after its report was acknowledged
+    return sent
 
 
 def report_wipe_in_background(data_dir: Path) -> threading.Thread | None:

@@ -5,12 +5,12 @@ Invariants:
   header's ``wipe_pending`` flag, (2) every key slot and the escrow slot destroyed (the header
   scrubbed in place, then rewritten without them), (3) the keyring's device secret, MAC keys
   and anchors deleted, (4) the database, its -wal/-shm, the header and stray temp files
-  deleted, (5) the report from the marker written to ``wipe-report.json`` for
-  ``client.core.wipe_report`` to send (WP-2, WP-3), (6) the marker removed. A pending report
-  therefore exists only once the vault is destroyed, and always does after a wipe that was
-  given one, whatever instant the process died at. After step 3 no copy of the
-  data folder taken at any time can be opened, even with the right password: the device secret
-  that every slot key needs is gone (WP-1).
+  deleted (any temp file a killed atomic write left too), (5) the report from the marker
+  written to ``wipe-report.json`` for ``client.core.wipe_report`` to send (WP-2, WP-3),
+  (6) the marker removed. A pending report therefore exists only once the vault is destroyed,
+  and always does after a wipe that was given one, whatever instant the process died at.
+  After step 3 no copy of the data folder taken at any time can be opened, even with the right
+  password: the device secret that every slot key needs is gone (WP-1).
 - Every step is idempotent. Killed at any point, ``resume_wipe_if_pending`` (called at start-up,
   before anything else reads the vault) runs the whole sequence again and completes it (WP-2).
   While the marker or the header flag exists, unlocking is refused (``WipePending``).
@@ -203,6 +203,10 @@ def _step_delete_files(state: _Wipe) -> None:
         if path.exists():
             path.unlink()
             state.destroyed.append(f"file:{name}")
+    # Temp files of atomic writes a kill left behind (the keyring fallback's may hold secrets).
+    for stray in state.data_dir.glob(".*.tmp"):
+        if _scrub_and_unlink(stray):
+            state.destroyed.append("file:stray_temp")
     fsync_directory(state.data_dir)
 
 

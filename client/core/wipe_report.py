@@ -203,13 +203,21 @@ def _config(data_dir: Path, gateway: GatewayAddress) -> TransportConfig:
     )
 
 
-def _forget(data_dir: Path, reporter: Reporter, report: WipeReport) -> None:
-    """The gateway has it: remove the report, and the reporter if it was this device's."""
-    (data_dir / PENDING_REPORT_NAME).unlink(missing_ok=True)
-    if reporter.device_id == report.device_id:
-        (data_dir / REPORTER_NAME).unlink(missing_ok=True)
-        (data_dir / REPORTER_CA_NAME).unlink(missing_ok=True)
+def forget_reporter(data_dir: Path) -> None:
+    """Remove the reporter files (its report was acknowledged)."""
+    (data_dir / REPORTER_NAME).unlink(missing_ok=True)
+    (data_dir / REPORTER_CA_NAME).unlink(missing_ok=True)
     fsync_directory(data_dir)
+
+
+def _forget(data_dir: Path, reporter: Reporter, report: WipeReport) -> None:
+    """The gateway has it: remove the report, and the reporter if it was this device's (a
+    kill in between leaves a reporter with no vault and no report, which the next start
+    removes: ``client.core.device.report_wipe_if_any``)."""
+    (data_dir / PENDING_REPORT_NAME).unlink(missing_ok=True)
+    fsync_directory(data_dir)
+    if reporter.device_id == report.device_id:
+        forget_reporter(data_dir)
 
 
 def send_pending_report(data_dir: Path) -> str:
