@@ -32,13 +32,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client.core.device import Device, FirstUser
+from client.core.accounts import offline_state_of
+from client.core.device import Device, FirstUser, report_wipe_if_any
 from client.core.errors import GatehouseError
 from client.core.kdf import calibrate
 from client.core.provisioning import add_user_online, provision_from_bundle
 from client.core.session import Session
 from client.core.sync_failures import NOTHING_LOST, sync_failure_sentence
 from client.core.sync_runner import run_sync
+from client.core.trusted_time import observe
 from policy import decisions
 from policy.atomic import atomic_write
 from policy.errors import PolicyRefused
@@ -110,13 +112,19 @@ def device_status(device: Device) -> dict[str, Any]:
             "expires_at": policy.expires_at.isoformat(),
             "mode": str(decisions.policy_mode(policy, device.clock())),
         }
-        state = device.time_state()
-        offline = decisions.offline_state(
-            policy, dt.timedelta(seconds=state.offline_elapsed_seconds)
-        )
+        # As it stands now (the clocks read, nothing persisted), not as of the last sign-in.
+        state = observe(
+            device.time_state(),
+            device.clocks(),
+            max_skew=dt.timedelta(seconds=policy.get_int("time.max_clock_skew_seconds")),
+        ).state
+        offline = offline_state_of(policy, state)
         status["offline"] = {
             "state": str(offline.kind),
             "elapsed_hours": round(state.offline_elapsed_seconds / 3600, 2),
+            "hours_left": round(offline.until_block.total_seconds() / 3600, 2),
+            "restarts_since_sync": state.offline_boots,
+            "restarts_left": offline.restarts_left,
             "requires_online": state.requires_online,
         }
     return status
@@ -301,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         app_argv += ["--bundle", args.bundle] if args.bundle else []
         return run_app(app_argv)
     try:
+        data = getattr(args, "data", None)  # a wiped laptop tells its gateway first (WP-3)
+        if data and report_wipe_if_any(Path(data)) == "sent":
+            print("This laptop's wipe was reported to the gateway.", file=sys.stderr)
         return int(args.func(args))
     except GatehouseError as error:
         print(f"error: {error.message}", file=sys.stderr)

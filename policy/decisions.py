@@ -116,21 +116,32 @@ class OfflineKind(StrEnum):
 
 @dataclass(frozen=True)
 class OfflineState:
-    """Where the device stands in its offline grace period (from trusted elapsed time)."""
+    """Where the device stands in its offline grace period (from trusted elapsed time and the
+    restarts since the last sync)."""
 
     kind: OfflineKind
     until_warn: timedelta
     until_block: timedelta
     until_wipe: timedelta
+    restarts_left: int | None = None  # before records are blocked; None: not counted
+    too_many_restarts: bool = False  # blocked by ``offline.max_boots``, not by time
 
 
-def offline_state(policy: Policy, trusted_offline_elapsed: timedelta) -> OfflineState:
-    """Stage of the offline grace period after ``trusted_offline_elapsed`` since the last sync.
+def offline_state(
+    policy: Policy, trusted_offline_elapsed: timedelta, offline_boots: int = 0
+) -> OfflineState:
+    """Stage of the offline grace period after ``trusted_offline_elapsed`` since the last sync
+    and ``offline_boots`` restarts since then.
 
-    The ``until_*`` fields are the time left before each stage (zero once reached).
+    The ``until_*`` fields are the time left before each stage (zero once reached). More
+    restarts than ``offline.max_boots`` block records until the next sync (TM-3): each restart
+    hides a powered-off gap the laptop cannot measure. Restarts never wipe; time does.
     """
     if trusted_offline_elapsed < timedelta(0):
         raise ValueError("trusted elapsed time must not be negative")
+    if offline_boots < 0:
+        raise ValueError("restarts must not be negative")
+    max_boots = policy.get_int("offline.max_boots")
     warn = timedelta(hours=policy.get_int("offline.warn_after_hours"))
     block = timedelta(hours=policy.get_int("offline.block_after_hours"))
     wipe = timedelta(days=policy.get_int("offline.wipe_after_days"))
@@ -143,9 +154,17 @@ def offline_state(policy: Policy, trusted_offline_elapsed: timedelta) -> Offline
         kind = OfflineKind.WARN
     else:
         kind = OfflineKind.OK
+    too_many = offline_boots > max_boots and kind is not OfflineKind.WIPE
+    if too_many:
+        kind = OfflineKind.BLOCKED_UNTIL_SYNC
     zero = timedelta(0)
     return OfflineState(
-        kind, max(zero, warn - elapsed), max(zero, block - elapsed), max(zero, wipe - elapsed)
+        kind,
+        max(zero, warn - elapsed),
+        max(zero, block - elapsed),
+        max(zero, wipe - elapsed),
+        restarts_left=max(0, max_boots - offline_boots),
+        too_many_restarts=too_many,
     )
 
 

@@ -237,6 +237,10 @@ SETTINGS: tuple[Setting, ...] = (
          "Trusted time offline after which records are blocked until the next sync.", "hours"),
     _int("offline.wipe_after_days", 30, 1, 365,
          "Trusted time offline after which the device wipes itself.", "days"),
+    _int("offline.max_boots", 2, 0, 100,
+         "Restarts allowed since the last sync; one more blocks records until the next sync "
+         "(time powered off cannot be measured when the clock is set back: SECURITY TM-3).",
+         "restarts"),
     Setting("data.site_scope", SettingKind.STR_LIST, (),
             "Sites whose patients this device caches; empty means only the policy's own site.",
             check=_check_site_code, check_doc="site codes; must include the policy's site",

@@ -8,7 +8,8 @@ Guarantees:
   or wipe. The decision is stored as ``locked_until`` in the header, so a restart changes nothing.
 - Before any password is tried, trusted time is advanced (boot clock + wall high-water): a clock
   set back is recorded as tampering and offline login is refused until the device has synced;
-  past the offline block threshold login is refused; past the wipe threshold the device wipes.
+  past the offline block threshold, or after more restarts than the policy allows since the
+  last sync (TM-3), login is refused; past the wipe threshold the device wipes.
 - Events that happen while the vault is locked (failed logins, lockouts, clock tamper) wait in
   the header and enter the audit chain, with their own time, at the next successful unlock.
 """
@@ -24,7 +25,7 @@ from client.core.errors import UserFacingError
 from client.core.header_counters import HeaderCounters, JsonScalar
 from client.core.humanize import format_clock
 from client.core.keyslots import UnlockFailed
-from client.core.trusted_time import observe
+from client.core.trusted_time import Observation, TimeState, observe
 from client.core.vault_header import LockedOut
 from policy import decisions
 from policy.decisions import OfflineKind, ThrottleKind
@@ -72,13 +73,25 @@ BLOCK_MESSAGES = {
         "This laptop has been offline too long. Connect to the network and sync; records open "
         "again after the sync. Your unsent notes are safe."
     ),
+    "offline_restarts": (
+        "This laptop has been restarted too many times since it last synced, so Gatehouse "
+        "cannot tell how long it has been offline. Connect to the network and sync; records "
+        "open again after the sync. Your unsent notes are safe."
+    ),
 }
 
 
-def check_time(device: Device, policy: Policy) -> tuple[decisions.OfflineState, str | None]:
-    """Advance trusted time. Returns the offline state and, when records must stay closed
-    until a sync, the reason (``clock_tamper`` / ``offline_too_long``). Past the policy's wipe
-    limit the device is wiped and ``LoginRefused`` raised."""
+def offline_state_of(policy: Policy, state: TimeState) -> decisions.OfflineState:
+    """The policy's verdict on a trusted-time state (elapsed time and restarts, TM-3)."""
+    return decisions.offline_state(
+        policy, dt.timedelta(seconds=state.offline_elapsed_seconds), state.offline_boots
+    )
+
+
+def note_time(device: Device, policy: Policy) -> Observation:
+    """Observe the clocks and persist trusted time (a clock set back waits in the header as a
+    ``clock_tamper`` event). Called at sign-in and at lock, so the time a session ran is
+    counted even if the laptop is then switched off and its clock set back (TM-3)."""
     seen = observe(
         device.time_state(),
         device.clocks(),
@@ -96,7 +109,15 @@ def check_time(device: Device, policy: Policy) -> tuple[decisions.OfflineState, 
             )
 
     device.header.update_counters(save)
-    offline = decisions.offline_state(policy, seen.offline_elapsed)
+    return seen
+
+
+def check_time(device: Device, policy: Policy) -> tuple[decisions.OfflineState, str | None]:
+    """Advance trusted time. Returns the offline state and, when records must stay closed
+    until a sync, the reason (``clock_tamper`` / ``offline_restarts`` / ``offline_too_long``).
+    Past the policy's wipe limit the device is wiped and ``LoginRefused`` raised."""
+    seen = note_time(device, policy)
+    offline = offline_state_of(policy, seen.state)
     if offline.kind is OfflineKind.WIPE:
         device.wipe("offline_too_long")
         raise LoginRefused(
@@ -106,6 +127,8 @@ def check_time(device: Device, policy: Policy) -> tuple[decisions.OfflineState, 
         )
     if seen.state.requires_online:
         return offline, "clock_tamper"
+    if offline.too_many_restarts:
+        return offline, "offline_restarts"
     if offline.kind is OfflineKind.BLOCKED_UNTIL_SYNC:
         return offline, "offline_too_long"
     return offline, None

@@ -7,6 +7,11 @@ The data folder holds exactly these files (all written atomically and 0600):
     vault.header    key slots and MACed counters (client.core.vault_header)
     vault.db        the SQLCipher database (+ -wal/-shm while open)
     policy.store    the installed signed policy with its MACed high-water version
+    wipe-reporter.json, wipe-reporter-ca.pem
+                    from enrolment: the key that signs this laptop's wipe report, and where to
+                    send it (client.core.wipe_report); a wipe keeps them
+    wipe-report.json
+                    after a wipe, until the gateway acknowledges it
 
 Guarantees:
 - A device is *provisioned* exactly when ``device.json`` exists; it is written last by
@@ -23,6 +28,7 @@ import dataclasses
 import datetime as dt
 import json
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +46,15 @@ from client.core.schema import MIGRATIONS
 from client.core.trusted_time import ClockReading, TimeState, read_clocks
 from client.core.vault import DATABASE_NAME, Vault, database_path
 from client.core.vault_header import VaultHeader
-from client.core.wipe import WipeReport, resume_wipe_if_pending, wipe
+from client.core.wipe import WipeReport, resume_wipe_if_pending, wipe, wipe_pending
+from client.core.wipe_report import (
+    GatewayAddress,
+    address,
+    forget_reporter,
+    has_pending_report,
+    send_pending_report,
+    signed_report,
+)
 from policy import decisions
 from policy.atomic import atomic_write
 from policy.errors import PolicyRefused
@@ -343,17 +357,40 @@ class Device:
 
     # -- wipe --------------------------------------------------------------------------------
 
-    def wipe(self, reason: str) -> WipeReport:
+    def _gateway_address(self) -> GatewayAddress | None:
+        """Where the wipe report goes: the policy in force (its pins may have rotated since
+        enrolment); None to keep enrolment's, e.g. when the policy cannot be read."""
+        if not self.profile.enrolment:
+            return None
+        try:
+            policy = self.policy()
+        except (UserFacingError, PolicyRefused):
+            return None
+        return address(policy.gateway_url, policy.allowed_hosts, decisions.spki_pins(policy))
+
+    def wipe(self, reason: str, *, command_id: str | None = None) -> WipeReport:
         """Cryptographic erase of this device (slots and keyring secrets first).
 
         Open sessions see ``wiped`` on their next call, close their connection and refuse it
-        (an open SQLCipher handle could otherwise still read the unlinked file)."""
+        (an open SQLCipher handle could otherwise still read the unlinked file). The signed
+        wipe report (WP-3; for a remote wipe, ``command_id`` makes it the command's receipt)
+        is made first and carried through the wipe, so it is sent at the next start whatever
+        instant the process dies at (``report_wipe_if_any``)."""
         self.wiped = True
+        now = self.clock()
         return wipe(
             self.data_dir,
             self.keyring,
-            now=self.clock(),
+            now=now,
             reason=reason,
+            report=signed_report(
+                self.data_dir,
+                device_id=self.profile.device_id,
+                cause=reason,
+                now=now,
+                command_id=command_id,
+                gateway=self._gateway_address(),
+            ),
             extra_names=(
                 POLICY_STORE_NAME,
                 PROFILE_NAME,
@@ -363,6 +400,44 @@ class Device:
                 RECEIPT_KEY,
             ),
         )
+
+
+def finish_interrupted_wipe(
+    data_dir: Path, *, keyring_backend: KeyringBackend | None = None, clock: Clock = utc_now
+) -> None:
+    """Complete a wipe a kill interrupted (WP-2); no network. ``Device.open`` does it too."""
+    data_dir = Path(data_dir)
+    resume_wipe_if_pending(
+        data_dir,
+        lambda device_id: _keyring(device_id, keyring_backend, data_dir, allow_fallback=True),
+        now=clock(),
+    )
+
+
+def report_wipe_if_any(
+    data_dir: Path, *, keyring_backend: KeyringBackend | None = None, clock: Clock = utc_now
+) -> str:
+    """At start: finish an interrupted wipe, then send its report to the gateway (WP-2, WP-3).
+    Best effort: ``none``, ``sent`` or ``failed:<reason>`` (the report waits for next time)."""
+    data_dir = Path(data_dir)
+    finish_interrupted_wipe(data_dir, keyring_backend=keyring_backend, clock=clock)
+    sent = send_pending_report(data_dir)
+    if sent == "none" and not is_provisioned(data_dir) and not wipe_pending(data_dir):
+        forget_reporter(data_dir)  # left by a kill after its report was acknowledged
+    return sent
+
+
+def report_wipe_in_background(data_dir: Path) -> threading.Thread | None:
+    """For the desktop app's start: finish an interrupted wipe here (local files only), then
+    send a pending wipe report on a daemon thread so no window waits for the network."""
+    finish_interrupted_wipe(data_dir)
+    if not has_pending_report(data_dir):
+        return None
+    thread = threading.Thread(
+        target=send_pending_report, args=(Path(data_dir),), name="wipe-report", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def _initial_time_state(reading: ClockReading) -> TimeState:

@@ -10,6 +10,9 @@ Guarantees:
   pinned mutual-TLS channel, and the device writes their slot. Later sign-ins work offline.
 - The network settings (gateway URL, allowed hosts, pins) come from the signed policy, never
   from the bundle once enrolment is done.
+- Enrolment also registers this laptop's wipe-report key (WP-3) and keeps the reporter
+  (``client.core.wipe_report``) beside the vault, so a wipe that destroys the TLS identity can
+  still be reported; a report left by a previous laptop in this folder is sent first.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ from client.core.kdf import KdfParams, calibrate
 from client.core.schema import MIGRATIONS
 from client.core.trusted_time import ClockReading, anchor, read_clocks
 from client.core.vault import Vault, database_path
+from client.core.wipe_report import (
+    address,
+    has_pending_report,
+    new_reporter_key,
+    save_reporter,
+    send_pending_report,
+)
 from policy import decisions
 from policy.atomic import atomic_write
 from sync.device.enrolment import (
@@ -51,6 +61,7 @@ from sync.device.enrolment import (
     online_login,
 )
 from sync.device.transport import Transport, TransportConfig, TransportError
+from sync.protocol.wipe_report import public_key_text
 
 
 def tls_key_password(device: Device) -> bytes:
@@ -74,10 +85,20 @@ def provision_from_bundle(
 ) -> Device:
     """Enrol with the gateway and set this laptop up for the bundle's site."""
     bundle = ProvisioningBundle.parse(bundle_bytes)
+    data_dir = Path(data_dir)
+    if has_pending_report(data_dir):  # this folder's last laptop was wiped: tell the gateway
+        send_pending_report(data_dir)
     key = generate_device_key()
     audit_k0 = new_audit_key()
+    reporter_key = new_reporter_key()
     try:
-        enrolment = enrol(bundle, key, audit_k0, now=clock())
+        enrolment = enrol(
+            bundle,
+            key,
+            audit_k0,
+            now=clock(),
+            wipe_report_key=public_key_text(reporter_key.public_key()),
+        )
     except TransportError as error:
         raise ProvisioningError(
             "gateway_unreachable",
@@ -105,7 +126,14 @@ def provision_from_bundle(
         kdf_params=kdf_params,
         audit_initial_key=audit_k0,
     )
-    data_dir = Path(data_dir)
+    save_reporter(
+        data_dir,
+        device_id=enrolment.device_id,
+        key=reporter_key,
+        gateway=address(bundle.gateway_url, [bundle.host], bundle.spki_pins),
+        ca_pem=enrolment.ca_certificate_pem,
+        receipt_key_pem=enrolment.receipt_public_key_pem,
+    )
     atomic_write(data_dir / TLS_KEY, encrypted_key_pem(key, tls_key_password(device)))
     atomic_write(data_dir / TLS_CERT, enrolment.certificate_pem)
     atomic_write(data_dir / GATEWAY_CA, enrolment.ca_certificate_pem)

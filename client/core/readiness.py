@@ -51,6 +51,17 @@ def gather(session: Session) -> SyncFacts:
     return SyncFacts(status, preview.state, session.device.time_state().last_server_anchor)
 
 
+def _restarts(offline: decisions.OfflineState) -> str:
+    """Restarts count too (TM-3): time switched off cannot always be measured."""
+    if offline.too_many_restarts:
+        return "; but it was restarted too often since the last sync"
+    if offline.restarts_left is None:
+        return ""
+    if offline.restarts_left == 0:
+        return ", or at the next restart"
+    return f", or after {offline.restarts_left + 1} more restarts"
+
+
 def assess(
     status: SessionStatus,
     offline: decisions.OfflineState,
@@ -82,7 +93,7 @@ def assess(
             "Offline time left",
             grace_ok,
             f"{format_span(offline.until_block)} of offline use left before records are "
-            "blocked until the next sync.",
+            f"blocked until the next sync{_restarts(offline)}.",
             ""
             if grace_ok
             else "Sync now, while the network is here: that resets the offline time.",

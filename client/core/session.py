@@ -19,6 +19,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -54,7 +55,7 @@ from client.core.accounts import LoginRefused, Unlocked
 from client.core.audit_log import AuditLog
 from client.core.chart import Chart, open_chart
 from client.core.device import Device
-from client.core.errors import UserFacingError, VaultLocked
+from client.core.errors import GatehouseError, UserFacingError, VaultLocked
 from client.core.schema import MIGRATIONS
 from client.core.search import PatientSummary
 from client.core.vault import Vault, database_path
@@ -255,6 +256,10 @@ class Session:
         if self.device.wiped:  # the files are gone: nothing to audit into, just close
             vault.close()
             return
+        # The session's running time counts (TM-3); the lock itself must happen regardless,
+        # and the next sign-in observes the clocks anyway.
+        with contextlib.suppress(GatehouseError):
+            accounts.note_time(self.device, self.policy)
         try:
             with vault.transaction() as conn:
                 self._audit.append(

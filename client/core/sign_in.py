@@ -20,6 +20,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from client.core.accounts import offline_state_of
 from client.core.device import Device
 from client.core.errors import UserFacingError
 from client.core.provisioning import add_user_online
@@ -42,9 +43,7 @@ def offline_preview(device: Device) -> OfflinePreview:
         device.clocks(),
         max_skew=dt.timedelta(seconds=policy.get_int("time.max_clock_skew_seconds")),
     )
-    return OfflinePreview(
-        device.profile.site, decisions.offline_state(policy, seen.offline_elapsed)
-    )
+    return OfflinePreview(device.profile.site, offline_state_of(policy, seen.state))
 
 
 class FirstSignInNeeded(UserFacingError):

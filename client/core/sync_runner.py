@@ -8,7 +8,10 @@ Guarantees:
   policy installed / refused (the last good policy stays), audit upload receipts, commands.
 - A remote wipe closes the sync's connection and erases the device (keyring secrets and slots
   first); its report is acknowledged to the gateway right after, and the caller locks the
-  session (``result.control["lock_requested"]``).
+  session (``result.control["lock_requested"]``). The signed wipe report naming the command is
+  made before anything is destroyed and survives the wipe (``client.core.wipe_report``): it is
+  sent at the end of this sync, and if the process dies first, at the next start, so the
+  gateway's command never stays "pending" for good (WP-2).
 - The sync's outcome is audited once at the end (``sync`` with counts), successful or not.
 """
 
@@ -32,6 +35,7 @@ from client.core.schema import MIGRATIONS
 from client.core.session import Session
 from client.core.trusted_time import anchor
 from client.core.vault import Vault, database_path
+from client.core.wipe_report import send_pending_report
 from policy.errors import PolicyReason, PolicyRefused
 from sync.device.control import Command, ControlSteps
 from sync.device.engine import FATAL_REASONS, Progress, SyncEngine, SyncError, SyncResult
@@ -140,7 +144,7 @@ class SyncContext:
             self.record_event("wipe", detail={"command": command.id, "why": "remote"})
             self.close()
             self.lock_requested = True
-            report = self.device.wipe("remote_wipe")
+            report = self.device.wipe("remote_wipe", command_id=command.id)
             self.wiped = True
             return report.to_json()
         return {"ignored": command.kind}
@@ -207,6 +211,8 @@ def run_sync(
                 _upload_last_entries(control, transport, result)
     finally:
         context.close()
+    if context.wiped:  # the receipt went over mutual TLS; the report covers a lost receipt
+        result.control["wipe_report"] = send_pending_report(context.device.data_dir)
     result.control["lock_requested"] = context.lock_requested
     if not context.wiped:
         session.refresh_access()  # a fresh time anchor or policy may reopen records

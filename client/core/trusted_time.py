@@ -1,17 +1,28 @@
-"""Trusted time on a device that is offline for days (SECURITY.md TM-1, TM-2).
+"""Trusted time on a device that is offline for days (SECURITY.md TM-1, TM-2, TM-3).
 
 What it guarantees:
 - ``offline_elapsed`` never decreases and grows by at least the real time that passed while
   the app observed it: within one boot it follows the boot clock (``CLOCK_BOOTTIME``, which
-  keeps counting across suspend and cannot be set by the user); across a reboot it follows
-  the wall clock, never backwards.
+  keeps counting across suspend and cannot be set by the user).
+- Across a reboot (TM-3) it counts at least the new boot's uptime (the boot clock again), plus
+  the wall clock's forward jump between the last time seen and the moment this boot started
+  (``wall - uptime``): powered-off time counts whenever the wall clock shows it.
 - A wall clock earlier than the highest wall time ever observed (beyond the policy's allowed
-  skew) is *tampering*: the observation says so, the session audits it, and the next unlock
-  requires going online (``requires_online`` stays set until a trusted server anchor clears it).
+  skew) is *tampering*; after a reboot so is a wall clock that puts the start of this boot
+  before that high-water mark (``wall - uptime < high-water``): the laptop cannot have booted
+  before it was last seen running. The observation says so, the session audits it, and the
+  next unlock requires going online (``requires_online`` stays set until a trusted server
+  anchor clears it).
+- ``offline_boots`` counts the reboots observed since the last server anchor, so the policy can
+  cap them (``offline.max_boots``): a laptop that was powered off cannot know for how long
+  when its clock was set to just after what it last saw, so each restart is a gap the device
+  cannot measure, and the number of such gaps is what it can bound (docs/security.md).
+- A reboot is a new boot id (``/proc/sys/kernel/random/boot_id``) or a boot clock that went
+  backwards; where the platform has no boot id only the latter is seen (weaker: see the docs).
 - Setting the clock forward only shortens the grace period (fail closed).
 - A server time anchor is accepted only from the pinned channel (the sync engine passes it in);
-  it resets ``offline_elapsed`` to zero, clears ``requires_online`` and restarts the wall
-  high-water mark from the device's clock as read at that moment.
+  it resets ``offline_elapsed`` and ``offline_boots`` to zero, clears ``requires_online`` and
+  restarts the wall high-water mark from the device's clock as read at that moment.
 
 The state is a small value object; the vault header persists it (MACed), so a restart or a
 restored header cannot rewind it (the header's own anti-restore check covers that).
@@ -49,6 +60,7 @@ class TimeState:
     last_wall: dt.datetime | None = None
     last_server_anchor: dt.datetime | None = None
     requires_online: bool = False
+    offline_boots: int = 0  # reboots observed since the last server anchor (TM-3)
 
     def to_json(self) -> dict[str, str | int | float | bool | None]:
         def iso(value: dt.datetime | None) -> str | None:
@@ -62,6 +74,7 @@ class TimeState:
             "last_wall": iso(self.last_wall),
             "last_server_anchor": iso(self.last_server_anchor),
             "requires_online": self.requires_online,
+            "offline_boots": self.offline_boots,
         }
 
     @classmethod
@@ -72,6 +85,7 @@ class TimeState:
 
         elapsed = data.get("offline_elapsed_seconds", 0.0)
         boot_seconds = data.get("last_boot_seconds", 0.0)
+        boots = data.get("offline_boots", 0)
         return cls(
             wall_high_water=when("wall_high_water"),
             offline_elapsed_seconds=float(elapsed) if isinstance(elapsed, int | float) else 0.0,
@@ -80,6 +94,7 @@ class TimeState:
             last_wall=when("last_wall"),
             last_server_anchor=when("last_server_anchor"),
             requires_online=bool(data.get("requires_online", False)),
+            offline_boots=boots if isinstance(boots, int) and not isinstance(boots, bool) else 0,
         )
 
 
@@ -96,6 +111,12 @@ class Observation:
         return dt.timedelta(seconds=self.state.offline_elapsed_seconds)
 
 
+def is_reboot(state: TimeState, reading: ClockReading) -> bool:
+    """A new boot since the last observation: another boot id, or a boot clock that went back
+    (the boot clock only runs forward within one boot)."""
+    return reading.boot_id != state.last_boot_id or reading.boot_seconds < state.last_boot_seconds
+
+
 def observe(state: TimeState, reading: ClockReading, *, max_skew: dt.timedelta) -> Observation:
     """Advance the trusted offline time by what really passed since the last observation."""
     wall = reading.wall
@@ -103,21 +124,28 @@ def observe(state: TimeState, reading: ClockReading, *, max_skew: dt.timedelta) 
         raise ValueError("wall time must be timezone-aware")
     high = state.wall_high_water
     set_back = high - wall if high is not None and wall < high else dt.timedelta(0)
-    tampered = set_back > max_skew
+    boots = state.offline_boots
 
     if state.last_wall is None:
         passed = 0.0
-    elif reading.boot_id and reading.boot_id == state.last_boot_id:
+    elif not is_reboot(state, reading):
         # Same boot: the boot clock is monotonic and counts suspend; the wall clock may have
         # been moved. Take the larger of the two (moving the clock forward only costs grace).
         boot_delta = max(0.0, reading.boot_seconds - state.last_boot_seconds)
         wall_delta = max(0.0, (wall - state.last_wall).total_seconds())
         passed = max(boot_delta, wall_delta)
     else:
-        # A reboot (or no boot clock): only the wall clock is left; never count backwards,
-        # and measure from the high-water mark so that setting the clock back gains nothing.
+        # A reboot (TM-3): this boot's uptime surely passed; so did the wall clock's forward
+        # jump from the last time seen to the moment this boot started. A boot that, by the
+        # wall clock, started before the high-water mark is a clock set back.
+        uptime = max(0.0, reading.boot_seconds)
+        booted_at = wall - dt.timedelta(seconds=uptime)
         reference = max(state.last_wall, high) if high is not None else state.last_wall
-        passed = max(0.0, (wall - reference).total_seconds())
+        passed = uptime + max(0.0, (booted_at - reference).total_seconds())
+        if booted_at < reference:
+            set_back = max(set_back, reference - booted_at)
+        boots += 1
+    tampered = set_back > max_skew
 
     new_state = replace(
         state,
@@ -127,6 +155,7 @@ def observe(state: TimeState, reading: ClockReading, *, max_skew: dt.timedelta) 
         last_boot_seconds=reading.boot_seconds,
         last_wall=wall,
         requires_online=state.requires_online or tampered,
+        offline_boots=boots,
     )
     return Observation(new_state, tampered, set_back)
 
@@ -147,6 +176,7 @@ def anchor(state: TimeState, server_time: dt.datetime, reading: ClockReading) ->
         last_wall=reading.wall,
         last_server_anchor=server_time,
         requires_online=False,
+        offline_boots=0,
     )
 
 

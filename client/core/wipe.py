@@ -1,12 +1,16 @@
 """Cryptographic erase of a device's vault (WP-1, WP-2).
 
 Invariants:
-- Order: (1) a wipe-pending marker file and the header's ``wipe_pending`` flag, (2) every key
-  slot and the escrow slot destroyed (the header scrubbed in place, then rewritten without them),
-  (3) the keyring's device secret, MAC keys and anchors deleted, (4) the database, its -wal/-shm,
-  the header and stray temp files deleted, (5) the marker removed. After step 3 no copy of the
-  data folder taken at any time can be opened, even with the right password: the device secret
-  that every slot key needs is gone (WP-1).
+- Order: (1) a wipe-pending marker file (carrying the signed wipe report, if any) and the
+  header's ``wipe_pending`` flag, (2) every key slot and the escrow slot destroyed (the header
+  scrubbed in place, then rewritten without them), (3) the keyring's device secret, MAC keys
+  and anchors deleted, (4) the database, its -wal/-shm, the header and stray temp files
+  deleted (any temp file a killed atomic write left too), (5) the report from the marker
+  written to ``wipe-report.json`` for ``client.core.wipe_report`` to send (WP-2, WP-3),
+  (6) the marker removed. A pending report therefore exists only once the vault is destroyed,
+  and always does after a wipe that was given one, whatever instant the process died at.
+  After step 3 no copy of the data folder taken at any time can be opened, even with the right
+  password: the device secret that every slot key needs is gone (WP-1).
 - Every step is idempotent. Killed at any point, ``resume_wipe_if_pending`` (called at start-up,
   before anything else reads the vault) runs the whole sequence again and completes it (WP-2).
   While the marker or the header flag exists, unlocking is refused (``WipePending``).
@@ -35,7 +39,15 @@ from policy.atomic import atomic_write, fsync_directory
 log = logging.getLogger(__name__)
 
 WIPE_MARKER_NAME: Final = "wipe.pending"
-STEPS: Final = ("mark", "destroy_slots", "destroy_keyring", "delete_files", "clear_marker")
+PENDING_REPORT_NAME: Final = "wipe-report.json"
+STEPS: Final = (
+    "mark",
+    "destroy_slots",
+    "destroy_keyring",
+    "delete_files",
+    "keep_report",
+    "clear_marker",
+)
 _MAX_MARKER_BYTES: Final = 64 * 1024
 
 
@@ -71,6 +83,7 @@ class _Wipe:
     reason: str
     started_at: datetime
     extra_names: tuple[str, ...] = ()
+    report: dict[str, Any] | None = None  # signed beforehand; no secret in it
     destroyed: list[str] = field(default_factory=list)
     keyring_destroyed: bool = False
 
@@ -139,6 +152,7 @@ def _step_mark(state: _Wipe) -> None:
             "reason": state.reason,
             "started_at": state.started_at.isoformat(),
             "extra_names": list(state.extra_names),
+            "report": state.report,
         }
         atomic_write(marker, json.dumps(document, sort_keys=True).encode("utf-8"))
     header = _load_header(state)
@@ -189,7 +203,19 @@ def _step_delete_files(state: _Wipe) -> None:
         if path.exists():
             path.unlink()
             state.destroyed.append(f"file:{name}")
+    # Temp files of atomic writes a kill left behind (the keyring fallback's may hold secrets).
+    for stray in state.data_dir.glob(".*.tmp"):
+        if _scrub_and_unlink(stray):
+            state.destroyed.append("file:stray_temp")
     fsync_directory(state.data_dir)
+
+
+def _step_keep_report(state: _Wipe) -> None:
+    if state.report is not None:
+        atomic_write(
+            state.data_dir / PENDING_REPORT_NAME,
+            json.dumps(state.report, sort_keys=True).encode("utf-8"),
+        )
 
 
 def _step_clear_marker(state: _Wipe) -> None:
@@ -228,23 +254,29 @@ def wipe(
     now: datetime,
     reason: str = "requested",
     extra_names: Sequence[str] = (),
+    report: dict[str, Any] | None = None,
 ) -> WipeReport:
     """Cryptographically erase this device's vault. Idempotent.
 
     ``extra_names``: other files of the data folder to delete in step 4 (plain names, e.g. the
     device profile or the installed policy); they are recorded in the marker so a resumed wipe
-    deletes them too.
+    deletes them too. ``report``: the signed wipe report (``client.core.wipe_report``), kept
+    in the marker and left as ``wipe-report.json`` when the wipe is done; a wipe already under
+    way keeps the report it started with.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     names = _safe_names(list(extra_names))
     if len(names) != len(extra_names):
         raise ValueError("extra_names must be plain file names")
-    state = _Wipe(Path(data_dir), keyring, keyring.device_id, reason, now, names)
+    state = _Wipe(Path(data_dir), keyring, keyring.device_id, reason, now, names, report)
     existing = _read_json(_marker(data_dir))
     if existing is not None and isinstance(existing.get("started_at"), str):
         with contextlib.suppress(ValueError):
             state.started_at = datetime.fromisoformat(existing["started_at"])
+    if existing is not None:
+        kept = existing.get("report")
+        state.report = kept if isinstance(kept, dict) else None
     return _run(state, now, resumed=existing is not None)
 
 
@@ -274,5 +306,7 @@ def resume_wipe_if_pending(
         except (EnvironmentFault, ValueError):
             log.warning("wipe: keyring unreachable while resuming; deleting the files anyway")
     extra = _safe_names(marker.get("extra_names"))
-    state = _Wipe(data_dir, keyring, device_id, str(reason), started_at, extra)
+    kept = marker.get("report")
+    report = kept if isinstance(kept, dict) else None
+    state = _Wipe(data_dir, keyring, device_id, str(reason), started_at, extra, report)
     return _run(state, now, resumed=True)

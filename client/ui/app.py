@@ -2,7 +2,9 @@
 (or env ``GATEHOUSE_DATA`` / ``GATEHOUSE_BUNDLE``, which ``gatehouse`` with no arguments uses).
 
 Guarantees:
-- The device folder is opened with ``Device.open`` (which finishes an interrupted wipe first).
+- The device folder is opened with ``Device.open`` (which finishes an interrupted wipe first);
+  before that, a finished wipe's pending report is sent to the gateway on a background thread
+  (WP-2, WP-3), so a wiped laptop reports itself at its next start.
 - A data folder that is not provisioned yet opens the first-run provisioning screen (with the
   bundle file preselected when one is given); no data folder at all shows a placeholder that
   says how to give one. Never a traceback.
@@ -17,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.core.device import Device, is_provisioned
+from client.core.device import Device, is_provisioned, report_wipe_in_background
 from client.ui.error_boundary import explain
 from client.ui.main_window import WINDOW_SIZE, MainWindow
 from client.ui.provisioning import ProvisioningWindow
@@ -62,6 +64,10 @@ def build_window(data_dir: Path | None, bundle: Path | None = None) -> QMainWind
     not set up yet, or the placeholder when there is no folder or it cannot be used."""
     if data_dir is None:
         return placeholder_window(data_dir)
+    try:  # a wipe a kill interrupted completes first; its report goes to the gateway (WP-3)
+        report_wipe_in_background(data_dir)
+    except Exception as error:  # the boundary: explained, never a traceback
+        return placeholder_window(data_dir, explain(error).message)
     if not is_provisioned(data_dir):
         return ProvisioningWindow(data_dir, bundle_path=bundle)
     try:

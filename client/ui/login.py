@@ -50,18 +50,37 @@ from policy.decisions import OfflineKind
 
 
 def describe_offline(state: decisions.OfflineState) -> str:
+    """The grace left, honestly: counted time is time the laptop was seen running (or the
+    clock showed), and restarts are limited because time switched off may not be counted."""
+    restarts = describe_restarts(state)
     if state.kind is OfflineKind.OK:
         return (
-            f"Offline use allowed: {format_span(state.until_block)} left before a sync is needed."
+            f"Offline use allowed: {format_span(state.until_block)} left before a sync is "
+            f"needed{restarts}."
         )
     if state.kind is OfflineKind.WARN:
         return (
             f"Sync soon: {format_span(state.until_block)} left before records are blocked "
-            "until the next sync."
+            f"until the next sync{restarts}."
         )
     if state.kind is OfflineKind.BLOCKED_UNTIL_SYNC:
+        if state.too_many_restarts:
+            return (
+                "Restarted too often since the last sync: connect to the network and sync "
+                "before signing in."
+            )
         return "Offline too long: connect to the network and sync before signing in."
     return "Offline far too long: this laptop will be wiped. Contact IT."
+
+
+def describe_restarts(state: decisions.OfflineState) -> str:
+    """`` (N more restarts allowed)``, or the warning that the next restart blocks records."""
+    left = state.restarts_left
+    if left is None:
+        return ""
+    if left == 0:
+        return "; restarting the laptop before then will block records until a sync"
+    return f" (and {left} more restart{'s' if left != 1 else ''})"
 
 
 def describe_refusal(error: BaseException) -> str:

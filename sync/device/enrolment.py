@@ -175,8 +175,12 @@ def enrol(
     audit_k0: bytes,
     *,
     now: dt.datetime,
+    wipe_report_key: str | None = None,
 ) -> Enrolment:
-    """Exchange the one-time token and a CSR for this device's certificate."""
+    """Exchange the one-time token and a CSR for this device's certificate.
+
+    ``wipe_report_key`` (base64 raw Ed25519) registers the key of this laptop's wipe reports.
+    """
     if now >= bundle.token_expires_at:
         raise EnrolmentError("token_expired", "This provisioning bundle has expired. Ask IT.")
     body = {
@@ -184,6 +188,8 @@ def enrol(
         "csr": make_csr(key).decode("ascii"),
         "audit_k0": base64.b64encode(audit_k0).decode("ascii"),
     }
+    if wipe_report_key is not None:
+        body["wipe_report_key"] = wipe_report_key
     with Transport(bundle.transport_config()) as transport:
         data = _answer(transport, "device/enrol", body, "enrolment")
     try:

@@ -214,10 +214,20 @@ def _when(moment: dt.datetime | None) -> str:
 
 def _device_list(args: argparse.Namespace, store: Store) -> int:
     rows = store.enrolled_devices(args.site)
-    header = ("DEVICE", "SITE", "STATUS", "LAST SEEN", "CERT EXPIRES", "AUDIT SEQ", "AUDIT HEAD")
+    header = (
+        "DEVICE",
+        "SITE",
+        "STATUS",
+        "LAST SEEN",
+        "CERT EXPIRES",
+        "AUDIT SEQ",
+        "AUDIT HEAD",
+        "WIPE REPORTED",
+    )
     print("  ".join(header))
     for d in rows:
         head = (d.audit_head or "-")[:16]
+        wipe = "-" if d.wipe_cause is None else f"{d.wipe_cause} at {_when(d.wiped_at)}"
         line = (
             d.device_id,
             d.site,
@@ -226,6 +236,7 @@ def _device_list(args: argparse.Namespace, store: Store) -> int:
             _when(d.cert_not_after),
             str(d.audit_seq),
             head,
+            wipe,
         )
         print("  ".join(line))
     return 0

@@ -8,6 +8,8 @@ Invariants:
 - The device id (``dev-`` + 12 hex) and the site come from the gateway (the token), never from
   the CSR; the CSR only proves possession of a P-256 or Ed25519 key with no CA powers.
 - ``audit_k0`` (32 bytes) is stored with the device: the first key of its audit chain.
+- ``wipe_report_key`` (optional, a raw Ed25519 public key in base64) is stored with the device
+  in the same transaction: the one key whose wipe reports are accepted for it (WP-3).
 - Renewal needs the current, verified certificate: same device id and site, new key allowed.
 """
 
@@ -26,6 +28,7 @@ from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError
 from sync.gateway.pki import PkiError
 from sync.gateway.store.base import DatabaseFailure, Store, StoreError
+from sync.protocol.wipe_report import WipeReportRefused, public_key_from_text, public_key_text
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,15 @@ def _audit_k0(text: object) -> bytes:
     return k0
 
 
+def _wipe_report_key(text: object) -> str | None:
+    if text is None:
+        return None  # an older laptop: it will not be able to report its own wipes
+    try:
+        return public_key_text(public_key_from_text(text))
+    except WipeReportRefused:
+        raise ControlError(400, "bad_request") from None
+
+
 def enrol(
     store: Store,
     authority: GatewayAuthority,
@@ -88,11 +100,13 @@ def enrol(
     csr_pem: object,
     audit_k0: object,
     now: dt.datetime,
+    wipe_report_key: object = None,
 ) -> Enrolled:
     """Check the token, then the CSR; issue the certificate; consume the token atomically."""
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
         raise ControlError(403, "token_unknown")
     k0 = _audit_k0(audit_k0)
+    report_key = _wipe_report_key(wipe_report_key)
     hashed = token_hash(token)
     record = store.enrol_token(hashed)
     if record is None:
@@ -118,6 +132,7 @@ def enrol(
             cert_serial=format(cert.serial_number, "x"),
             cert_not_after=cert.not_valid_after_utc,
             audit_k0=k0,
+            wipe_report_key=report_key,
         )
     except DatabaseFailure:
         raise  # not a refusal of this request: answered 500 internal_error

@@ -38,6 +38,7 @@ MESSAGES: dict[str, str] = {
     "chain_broken": "The uploaded audit chain does not continue the stored one.",
     "audit_bundle_invalid": "The upload is not an audit export Bundle.",
     "command_unknown": "No such pending command for this device.",
+    "report_refused": "The wipe report is not valid for any enrolled device.",
     "bad_request": "The request is not valid.",
     "body_too_large": "The request body is too large.",
     "not_found": "No such route.",

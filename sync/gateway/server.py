@@ -4,12 +4,13 @@ Invariants:
 - The TLS context accepts TLS 1.3 only and asks for a client certificate (``CERT_OPTIONAL``):
   a certificate that is presented must chain to the device CA and be within its validity, or
   OpenSSL refuses the handshake before any HTTP byte is read. A connection without one gets
-  through TLS but reaches only ``POST /device/enrol`` (which needs a one-time token).
+  through TLS but reaches only ``POST /device/enrol`` (which needs a one-time token) and
+  ``POST /device/wipe-report`` (which needs a signature by the device's wipe-report key).
 - ``PeerCertH11Protocol`` (uvicorn's h11 protocol, extended) puts the verified peer
   certificate into ``scope["extensions"]["tls"]`` (ASGI TLS extension shape) and the TCP peer
   address into ``scope["gatehouse.tcp_peer"]`` for every request on the connection.
 - ``DeviceAuthMiddleware`` turns that into ``scope["gatehouse.device"]`` (a ``DeviceIdentity``)
-  on every request but enrolment, or answers before the app runs: 401 ``certificate_required``
+  on every request but those two, or answers before the app runs: 401 ``certificate_required``
   without a certificate; 403 when the certificate does not verify against the device CA at
   ``now`` or the device is not ``active`` in the devices table with the same site (a revoked or
   wiped device is refused at once, even on an open connection). ``/fhir`` errors are
@@ -62,6 +63,8 @@ MAX_FORWARDED_CERT_CHARS = 16_384  # a P-256 device certificate is under 1 KiB o
 STARTUP_TIMEOUT_S = 10.0
 LAST_SEEN_EVERY = dt.timedelta(minutes=1)
 ENROL_PATH = "/device/enrol"
+WIPE_REPORT_PATH = "/device/wipe-report"  # WP-3: signed by the report key, not the TLS key
+UNAUTHENTICATED_POSTS = frozenset({ENROL_PATH, WIPE_REPORT_PATH})
 CLINICAL_ROLES = frozenset({"clinician"})
 GRACEFUL_SHUTDOWN_S = 5  # idle keep-alive peers that never answer close_notify cannot stall exit
 
@@ -193,8 +196,10 @@ class DeviceAuthMiddleware:
             await self.app(scope, receive, send)
             return
         scope.pop(DEVICE_SCOPE_KEY, None)  # only this layer may set it
-        if scope.get("path") == ENROL_PATH and scope.get("method") == "POST":
-            await self.app(scope, receive, send)  # the one way in without a certificate
+        if scope.get("path") in UNAUTHENTICATED_POSTS and scope.get("method") == "POST":
+            # Enrolment (a one-time token) and a wiped laptop's report (its report key): the
+            # two ways in without a certificate; both check their own proof.
+            await self.app(scope, receive, send)
             return
         now = self.clock()
         try:

@@ -26,6 +26,7 @@ from sync.protocol.statements import (
     time_statement,
     verify,
 )
+from sync.protocol.wipe_report import ack_statement
 
 __all__ = [
     "COMMAND_RECEIPT_TYPE",
@@ -38,6 +39,7 @@ __all__ = [
     "verify_command",
     "verify_command_receipt",
     "verify_time",
+    "wipe_report_ack",
 ]
 
 
@@ -81,6 +83,19 @@ def command_receipt(
 def verify_command_receipt(public: Ed25519PublicKey, receipt: dict[str, Any]) -> None:
     fields = {k: v for k, v in receipt.items() if k != "signature"}
     verify(public, command_receipt_statement(fields), receipt.get("signature"))
+
+
+def wipe_report_ack(
+    key: Ed25519PrivateKey, device_id: str, report_id: str, status: str, now: dt.datetime
+) -> dict[str, Any]:
+    """The gateway's acknowledgement of a laptop's wipe report (WP-3)."""
+    fields = {
+        "report_id": report_id,
+        "device_id": device_id,
+        "status": status,
+        "received_at": fhir_instant(now),
+    }
+    return {**fields, "signature": _sign(key, ack_statement(fields))}
 
 
 def signed_time(

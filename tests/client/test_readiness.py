@@ -96,3 +96,23 @@ def test_facts_come_from_the_device_and_a_sync_makes_the_cache_fresh(tmp_path: P
     stale = assess(after.status, after.offline, after.last_sync, later, HOUR)
     assert {c.key: c.ready for c in stale}["cache"] is False
     session.lock()
+
+
+def test_TM3_the_grace_left_names_the_restarts_left_honestly() -> None:
+    """Time switched off may go uncounted, so the restarts left are part of the answer."""
+    one_left = OfflineState(OfflineKind.OK, 40 * HOUR, 70 * HOUR, 700 * HOUR, restarts_left=1)
+    grace_check = next(c for c in assess(status(), one_left, NOW, NOW, HOUR) if c.key == "grace")
+    assert "or after 2 more restarts" in grace_check.verdict
+    none_left = OfflineState(OfflineKind.OK, 40 * HOUR, 70 * HOUR, 700 * HOUR, restarts_left=0)
+    grace_check = next(c for c in assess(status(), none_left, NOW, NOW, HOUR) if c.key == "grace")
+    assert "or at the next restart" in grace_check.verdict
+    too_many = OfflineState(
+        OfflineKind.BLOCKED_UNTIL_SYNC,
+        40 * HOUR,
+        70 * HOUR,
+        700 * HOUR,
+        restarts_left=0,
+        too_many_restarts=True,
+    )
+    grace_check = next(c for c in assess(status(), too_many, NOW, NOW, HOUR) if c.key == "grace")
+    assert not grace_check.ready and "restarted too often" in grace_check.verdict

@@ -44,12 +44,13 @@ def test_TM1_clock_set_back_across_a_reboot_gains_nothing() -> None:
     after_reboot = reading(T0 + 5 * HOUR, 30.0, boot_id="boot-b")
     seen = observe(state, after_reboot, max_skew=SKEW)
     assert seen.tampered
-    assert seen.offline_elapsed == 10 * HOUR
+    # Nothing from the clock set back; the new boot's 30 s of uptime count (TM-3).
+    assert seen.offline_elapsed == 10 * HOUR + dt.timedelta(seconds=30)
     assert seen.state.requires_online
     # Still tampered-with after it "catches up": the flag persists until an anchor.
     later = observe(seen.state, reading(T0 + 6 * HOUR, 3630.0, "boot-b"), max_skew=SKEW)
     assert later.state.requires_online
-    assert later.offline_elapsed == 11 * HOUR
+    assert later.offline_elapsed == 11 * HOUR + dt.timedelta(seconds=30)
 
 
 def test_suspend_counts_even_when_the_wall_clock_is_frozen() -> None:
@@ -128,3 +129,69 @@ def test_a_clock_that_ran_fast_and_was_corrected_is_not_tamper_after_an_anchor()
     state = anchor(state, T0 + HOUR, reading(T0 + HOUR, 3600.0))  # corrected, then synced
     seen = observe(state, reading(T0 + 2 * HOUR, 7200.0), max_skew=SKEW)
     assert not seen.tampered and not seen.state.requires_online
+
+
+# -- TM-3: reboots ------------------------------------------------------------------------------
+
+
+def _after_boots(state: TimeState, boots: list[tuple[dt.datetime, float, str]]) -> TimeState:
+    for wall, uptime, boot_id in boots:
+        state = observe(state, reading(wall, uptime, boot_id), max_skew=SKEW).state
+    return state
+
+
+def test_TM3_a_boot_whose_clock_is_just_past_the_high_water_mark_is_tamper() -> None:
+    """At boot the clock is set just past the highest time seen; the laptop has been up ten
+    minutes when the app looks, so the clock says it booted before it was last seen running.
+    (Within the policy's skew it is not tamper, but the uptime and the restart still count.)"""
+    state = anchor(TimeState(), T0, reading(T0, 600.0))
+    state = observe(state, reading(T0 + HOUR, 4200.0), max_skew=SKEW).state
+    high = state.wall_high_water
+    assert high is not None
+    seen = observe(state, reading(high + dt.timedelta(seconds=2), 600.0, "boot-b"), max_skew=SKEW)
+    assert seen.tampered and seen.state.requires_online
+    assert seen.set_back_by == dt.timedelta(seconds=598)
+    assert seen.state.offline_boots == 1
+    assert seen.offline_elapsed == HOUR + dt.timedelta(seconds=600)
+    within_skew = observe(
+        state, reading(high + dt.timedelta(seconds=2), 60.0, "boot-b"), max_skew=SKEW
+    )
+    assert not within_skew.tampered and within_skew.state.offline_boots == 1
+    assert within_skew.offline_elapsed == HOUR + dt.timedelta(seconds=60)
+
+
+def test_TM3_each_boot_counts_its_uptime_and_the_forward_jump() -> None:
+    state = anchor(TimeState(), T0, reading(T0, 600.0))
+    # Honest clock: switched off for 48 h, then up 10 minutes when the app looks.
+    off = 48 * HOUR
+    state = _after_boots(state, [(T0 + off + dt.timedelta(minutes=10), 600.0, "boot-b")])
+    assert state.offline_elapsed_seconds == (off + dt.timedelta(minutes=10)).total_seconds()
+    assert state.offline_boots == 1 and not state.requires_online
+
+
+def test_TM3_a_careful_attacker_gains_only_the_uptime_and_the_boot_count_caps_it() -> None:
+    """Clock set at each boot to the high-water mark plus the uptime (not tamper): only the
+    uptime counts, and every reboot is counted for the policy's cap."""
+    state = anchor(TimeState(), T0, reading(T0, 600.0))
+    for n in range(3):
+        high = state.wall_high_water
+        assert high is not None
+        uptime = 1800.0  # half an hour on each boot, 48 h really switched off before it
+        wall = high + dt.timedelta(seconds=uptime + 1)
+        seen = observe(state, reading(wall, uptime, f"boot-{n}"), max_skew=SKEW)
+        assert not seen.tampered
+        state = seen.state
+    assert state.offline_boots == 3
+    assert state.offline_elapsed_seconds >= 3 * 1800
+    assert anchor(state, T0, reading(T0, 1.0)).offline_boots == 0
+
+
+def test_TM3_without_a_boot_id_a_boot_clock_that_went_back_is_a_reboot() -> None:
+    state = anchor(TimeState(), T0, reading(T0, 5000.0, ""))
+    seen = observe(state, reading(T0 + HOUR, 8600.0, ""), max_skew=SKEW)
+    assert seen.state.offline_boots == 0 and seen.offline_elapsed == HOUR
+    seen = observe(
+        seen.state, reading(T0 + HOUR + dt.timedelta(seconds=130), 120.0, ""), max_skew=SKEW
+    )
+    assert seen.state.offline_boots == 1 and not seen.tampered
+    assert seen.offline_elapsed == HOUR + dt.timedelta(seconds=130)

@@ -39,6 +39,7 @@ def test_sign_in_runs_on_the_executor_and_opens_the_clinical_workspace(
 ) -> None:
     win, screen = login_window(qtbot, tmp_path)
     qtbot.waitUntil(lambda: "left before a sync" in screen.offline.text())
+    assert "(and 2 more restarts)" in screen.offline.text()  # TM-3: restarts count too
     screen.user.setText(CLINICIAN[0])
     screen.password.setText(CLINICIAN[1])
     qtbot.keyClick(screen.password, "\r")  # Enter submits

@@ -2,10 +2,14 @@
 commands, time, audit upload.
 
 Invariants:
-- Only ``POST /device/enrol`` runs without a device identity (it needs a one-time token);
+- Only ``POST /device/enrol`` (it needs a one-time token) and ``POST /device/wipe-report`` (it
+  needs a signature by the device's wipe-report key, WP-3) run without a device identity;
   every other route reads the device id and site from ``scope["gatehouse.device"]``, which
   only the authentication middleware sets from a verified, active certificate — never from
   the body. Mounted without that layer, these routes fail closed (401).
+- A wipe report can only mark its device ``wiped`` and complete that device's pending wipe
+  command; every refusal (malformed, unknown device, device without a report key, bad
+  signature) is the same ``403 report_refused``, so the route tells a prober nothing.
 - Bodies are bounded (``MAX_BODY_BYTES``; ``MAX_AUDIT_BODY_BYTES`` for audit uploads) and parsed
   strictly (``sync.protocol.fhir.bounded_json``); every refusal is ``ControlError`` → JSON error.
 - Blocking work (Argon2id, database, chain verification) runs in the thread pool.
@@ -33,9 +37,16 @@ from sync.gateway.audit_ingest import ingest
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError, error_body
 from sync.gateway.pki import DeviceIdentity
-from sync.gateway.signing import command_receipt, signed_command, signed_time
-from sync.gateway.store.base import Store, fhir_instant
+from sync.gateway.signing import command_receipt, signed_command, signed_time, wipe_report_ack
+from sync.gateway.store.base import Store, WipeReportRecord, fhir_instant
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
+from sync.protocol.wipe_report import (
+    WipeReport,
+    WipeReportRefused,
+    parse_report,
+    public_key_from_text,
+    verify_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,16 @@ MAX_AUDIT_JSON_DEPTH = 12
 MAX_JSON_ITEMS = 2_000_000
 NONCE_BYTES = 16
 MAX_REPORT_BYTES = 16 * 1024
+MAX_WIPE_REPORT_BYTES = 2 * 1024  # a wipe report is a few hundred bytes
+# Verified against when a device has no key, so a refusal costs the same either way.
+_NO_KEY = "UvlD7h0s3HZYMBN9zcejcFUgWC7gwZGpWL+wLh5f+kk="  # its private key was discarded
+WIPE_CAUSE_WORDS = {
+    "too_many_failed_logins": "too many failed sign-ins",
+    "offline_too_long": "offline longer than the policy allows",
+    "remote_wipe": "IT's remote wipe command",
+    "admin_wipe": "an administrator on the laptop",
+    "requested": "a request on the laptop",
+}
 
 
 def identity_of(request: Request) -> DeviceIdentity:
@@ -114,6 +135,7 @@ async def enrol(request: Request) -> Response:
             csr_pem=body.get("csr"),
             audit_k0=body.get("audit_k0"),
             now=now,
+            wipe_report_key=body.get("wipe_report_key"),
         )
     )
     policy = await run_in_threadpool(policies.latest_for_device, store, done.site, done.device_id)
@@ -224,6 +246,64 @@ async def trusted_time(request: Request) -> Response:
     return json_response(signed_time(key, nonce, identity.device_id, now_of(request)))
 
 
+# -- wipe reports (WP-3) -----------------------------------------------------------------------
+
+
+def _record_wipe_report(
+    store: Store, authority: GatewayAuthority, report: WipeReport, signature: str, now: dt.datetime
+) -> str:
+    """Verify against the device's registered key, then record (one transaction)."""
+    registered = store.wipe_report_key(report.device_id)
+    try:
+        verify_report(public_key_from_text(registered or _NO_KEY), report, signature)
+    except WipeReportRefused:
+        raise ControlError(403, "report_refused") from None
+    if registered is None:
+        raise ControlError(403, "report_refused")
+    receipt = None
+    if report.command_id is not None:
+        command = store.command(report.command_id)
+        if (
+            command is not None
+            and command.device_id == report.device_id
+            and command.kind == "wipe"
+            and command.status == "pending"
+        ):
+            signed = command_receipt(authority.receipt_key, command, "done", now)
+            via = {"via": "wipe_report", "report_id": report.report_id, "cause": report.cause}
+            receipt = orjson.dumps({"receipt": signed, "report": via}).decode("utf-8")
+    wiped_at = dt.datetime.fromisoformat(report.wiped_at)
+    record = WipeReportRecord(
+        device_id=report.device_id,
+        report_id=report.report_id,
+        cause=report.cause,
+        wiped_at=wiped_at,
+        command_id=report.command_id,
+        statement=orjson.dumps({"report": report.fields(), "signature": signature}).decode(),
+    )
+    sentence = (
+        f"The laptop reported that it was wiped because of {WIPE_CAUSE_WORDS[report.cause]}, "
+        f"at {fhir_instant(wiped_at)} by its own clock."
+    )
+    outcome = store.record_wipe_report(
+        record, now=now, command_receipt=receipt, alert_sentence=sentence
+    )
+    log.info("wipe report: cause=%s outcome=%s", report.cause, outcome)
+    return outcome
+
+
+async def wipe_report(request: Request) -> Response:
+    body = await read_json(request, MAX_WIPE_REPORT_BYTES, 4)
+    try:
+        report, signature = parse_report(body)
+    except WipeReportRefused:
+        raise ControlError(403, "report_refused") from None
+    store, authority, now = store_of(request), authority_of(request), now_of(request)
+    outcome = await run_in_threadpool(_record_wipe_report, store, authority, report, signature, now)
+    ack = wipe_report_ack(authority.receipt_key, report.device_id, report.report_id, outcome, now)
+    return json_response({"ack": ack})
+
+
 # -- audit upload ------------------------------------------------------------------------------
 
 
@@ -258,4 +338,5 @@ def device_routes() -> Sequence[Route]:
         Route("/device/commands/{command_id}/receipt", command_receipt_route, methods=["POST"]),
         Route("/device/time", trusted_time, methods=["POST"]),
         Route("/device/audit", audit_upload, methods=["POST"]),
+        Route("/device/wipe-report", wipe_report, methods=["POST"]),
     ]

@@ -171,6 +171,8 @@ class EnrolledDevice:
     last_seen: dt.datetime | None
     audit_seq: int
     audit_head: str | None
+    wipe_cause: str | None = None  # from the laptop's own wipe report (WP-3)
+    wiped_at: dt.datetime | None = None  # as the laptop's clock said
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,21 @@ class CommandRecord:
     status: CommandStatus
     receipt: str | None = None  # signed receipt JSON once the device answered
     completed_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class WipeReportRecord:
+    """A laptop's signed report that it was wiped (WP-3), as verified by the gateway."""
+
+    device_id: str
+    report_id: str
+    cause: str
+    wiped_at: dt.datetime
+    command_id: str | None
+    statement: str  # the report and its signature, JSON, as received
+
+
+WipeReportOutcome = Literal["recorded", "duplicate", "already_reported"]
 
 
 @dataclass(frozen=True)
@@ -322,9 +339,12 @@ class ControlStore(Protocol):
         cert_serial: str,
         cert_not_after: dt.datetime,
         audit_k0: bytes,
+        wipe_report_key: str | None = None,
     ) -> str:
         """Consume the token and register the device atomically; return its site.
 
+        ``wipe_report_key`` (base64 raw Ed25519) is stored with the device in the same
+        transaction: the only key whose wipe reports the gateway will accept for it.
         Raises ``StoreError`` ``token_unknown`` / ``token_expired`` / ``token_used``.
         """
         ...
@@ -335,6 +355,27 @@ class ControlStore(Protocol):
     def current_cert_serial(self, device_id: str) -> str | None: ...
     def touch_device(self, device_id: str, now: dt.datetime) -> None: ...
     def enrolled_devices(self, site: str | None = None) -> list[EnrolledDevice]: ...
+
+    # wipe reports (WP-3)
+    def wipe_report_key(self, device_id: str) -> str | None:
+        """The device's registered wipe-report public key (base64), or None."""
+        ...
+
+    def record_wipe_report(
+        self,
+        report: WipeReportRecord,
+        *,
+        now: dt.datetime,
+        command_receipt: str | None,
+        alert_sentence: str,
+    ) -> WipeReportOutcome:
+        """In one transaction: keep the report (the first one only), mark the device
+        ``wiped`` (never the other way), raise a ``device_wiped`` alert for the security team
+        with ``alert_sentence`` and, when ``report.command_id`` names a pending wipe command of
+        this device and ``command_receipt`` is given, complete it as done.
+        ``duplicate``: this very report was already kept; ``already_reported``: another one
+        was (nothing changes either way)."""
+        ...
 
     # users and sessions
     def add_user(self, user: UserRecord) -> None: ...

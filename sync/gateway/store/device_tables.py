@@ -6,6 +6,9 @@ Invariants (``store.ControlStore``):
   interleaving, one use wins; the token, the device row and the device's audit-chain genesis
   commit together or not at all.
 - ``set_device`` and every other write run in a writer-locked transaction (``SqlTables._write``).
+- A device's wipe-report key is stored in the enrolling transaction; a wipe report moves the
+  device to ``wiped`` and keeps the first report only (WP-3); nothing here moves a device out
+  of ``wiped``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from sync.gateway.store.base import (
     EnrolTokenRecord,
     SiteRecord,
     StoreError,
+    WipeReportOutcome,
+    WipeReportRecord,
     from_us,
     to_us,
 )
@@ -51,6 +56,16 @@ DEVICE_SCHEMA: tuple[str, ...] = (
     cert_serial TEXT NOT NULL,
     cert_not_after_us BIGINT NOT NULL,
     last_seen_us BIGINT
+)""",
+    """CREATE TABLE IF NOT EXISTS wipe_reports (
+    device_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    report_id TEXT,
+    cause TEXT,
+    wiped_us BIGINT,
+    received_us BIGINT,
+    command_id TEXT,
+    statement TEXT
 )""",
 )
 
@@ -121,6 +136,7 @@ class DeviceTables(SqlTables):
         cert_serial: str,
         cert_not_after: dt.datetime,
         audit_k0: bytes,
+        wipe_report_key: str | None = None,
     ) -> str:
         now_us = to_us(now)
         with self._write() as execute:
@@ -158,6 +174,11 @@ class DeviceTables(SqlTables):
                 " receipt) VALUES (?, ?, ?, 0, ?, ?, NULL)",
                 (device_id, site, audit_k0.hex(), genesis_hash(device_id), audit_k0.hex()),
             )
+            if wipe_report_key is not None:
+                execute(
+                    "INSERT INTO wipe_reports (device_id, public_key) VALUES (?, ?)",
+                    (device_id, wipe_report_key),
+                )
         return site
 
     def renew_device_cert(
@@ -187,9 +208,11 @@ class DeviceTables(SqlTables):
     def enrolled_devices(self, site: str | None = None) -> list[EnrolledDevice]:
         sql = (
             "SELECT d.device_id, d.site, d.status, e.enrolled_us, e.cert_serial,"
-            " e.cert_not_after_us, e.last_seen_us, c.seq, c.head_hash FROM devices d"
+            " e.cert_not_after_us, e.last_seen_us, c.seq, c.head_hash, w.cause, w.wiped_us"
+            " FROM devices d"
             " LEFT JOIN device_enrolments e ON e.device_id = d.device_id"
             " LEFT JOIN audit_chains c ON c.device_id = d.device_id"
+            " LEFT JOIN wipe_reports w ON w.device_id = d.device_id"
         )
         args: tuple[Any, ...] = ()
         if site is not None:
@@ -207,6 +230,68 @@ class DeviceTables(SqlTables):
                 last_seen=opt_time(r[6]),
                 audit_seq=int(r[7] or 0),
                 audit_head=r[8],
+                wipe_cause=r[9],
+                wiped_at=opt_time(r[10]),
             )
             for r in rows
         ]
+
+    # -- wipe reports (WP-3) -------------------------------------------------------------------
+    def wipe_report_key(self, device_id: str) -> str | None:
+        row = self._one("SELECT public_key FROM wipe_reports WHERE device_id = ?", (device_id,))
+        return str(row[0]) if row else None
+
+    def record_wipe_report(
+        self,
+        report: WipeReportRecord,
+        *,
+        now: dt.datetime,
+        command_receipt: str | None,
+        alert_sentence: str,
+    ) -> WipeReportOutcome:
+        now_us = to_us(now)
+        with self._write() as execute:
+            row = execute(
+                "SELECT report_id FROM wipe_reports WHERE device_id = ?", (report.device_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError("unknown_device")
+            if row[0] is not None:
+                return "duplicate" if row[0] == report.report_id else "already_reported"
+            execute(
+                "UPDATE wipe_reports SET report_id = ?, cause = ?, wiped_us = ?, received_us = ?,"
+                " command_id = ?, statement = ? WHERE device_id = ? AND report_id IS NULL",
+                (
+                    report.report_id,
+                    report.cause,
+                    to_us(report.wiped_at),
+                    now_us,
+                    report.command_id,
+                    report.statement,
+                    report.device_id,
+                ),
+            )
+            execute("UPDATE devices SET status = 'wiped' WHERE device_id = ?", (report.device_id,))
+            site = execute(
+                "SELECT site FROM devices WHERE device_id = ?", (report.device_id,)
+            ).fetchone()
+            execute(
+                "INSERT INTO audit_alerts (alert_id, device_id, site, raised_us, first_bad_seq,"
+                " reason, sentence) VALUES (?, ?, ?, ?, NULL, ?, ?)",
+                (
+                    f"wipe-{report.report_id}",
+                    report.device_id,
+                    str(site[0]) if site else "",
+                    now_us,
+                    "device_wiped",
+                    alert_sentence,
+                ),
+            )
+            if report.command_id is not None and command_receipt is not None:
+                execute(
+                    "UPDATE commands SET status = 'done', receipt = ?, completed_us = ?"
+                    " WHERE command_id = ? AND device_id = ? AND kind = 'wipe'"
+                    " AND status = 'pending'",
+                    (command_receipt, now_us, report.command_id, report.device_id),
+                )
+        return "recorded"
