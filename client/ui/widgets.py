@@ -39,6 +39,7 @@ QLabel[role="title"] { font-size: 16pt; font-weight: 600; }
 QLabel[role="hint"] { color: #3d4650; }
 QLabel[role="error"] { color: #8a1010; font-weight: 600; }
 QLabel[role="ok"] { color: #0b5d1e; font-weight: 600; }
+QLabel[role="warning"] { color: #7a4100; font-weight: 600; }
 QLabel[role="section"] { font-size: 12pt; font-weight: 600; padding-top: 6px;
     border-bottom: 1px solid #c5cbd3; }
 QFrame[role="banner"] { background: #e8edf3; border: 1px solid #b8c2cf; border-radius: 4px; }
