@@ -107,6 +107,17 @@ def test_follow_up_written_before_the_transfer_is_filed_and_one_after_is_refused
     again = run_sync(session)
     assert again.ok and (again.pushed, again.push_errors) == (0, 2)
     assert session.status().refused == status.refused
+
+    # Under break-glass (audited, uploaded before the push), a new note reaches the record.
+    session.break_glass(left.id, "transfer", "Handover note for the new prison.", NURSE[1])
+    note(session, left.id, "Handover under break-glass.")
+    granted = run_sync(session)
+    assert granted.ok and (granted.pushed, granted.push_errors) == (2, 2)
+    handover = live.store.search(
+        SearchQuery("DocumentReference", OTHER_SITE, 50, patient_id=left.id)
+    )
+    assert [b"Handover under break-glass" in _text(r.body) for r in handover].count(True) == 1
+    assert session.status().refused == status.refused  # the note written after leaving
     session.lock()
 
 
