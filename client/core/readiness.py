@@ -124,18 +124,29 @@ def assess(
             "" if audit_ok else "Sync now; the audit log uploads with it.",
         )
     )
+    checks.append(_work_check(status))
+    return checks
+
+
+def _work_check(status: SessionStatus) -> Check:
+    """Your work sent: a note the gateway refused is named with why and what to do — never
+    "sync now" for a refusal another sync cannot fix."""
     sent_ok = status.unsent_items == 0 and status.conflicts == 0
-    checks.append(
-        Check(
+    if sent_ok:
+        return Check("work", "Your work sent", True, "All work is on the gateway.", "")
+    counts = f"{status.unsent_items} item(s) not yet sent, {status.conflicts} conflict(s)."
+    if not status.refused:
+        return Check(
             "work",
             "Your work sent",
-            sent_ok,
-            "All work is on the gateway."
-            if sent_ok
-            else f"{status.unsent_items} item(s) not yet sent, {status.conflicts} conflict(s).",
-            ""
-            if sent_ok
-            else "Sync now, and resolve any conflict, so colleagues see your latest notes.",
+            False,
+            counts,
+            "Sync now, and resolve any conflict, so colleagues see your latest notes.",
         )
-    )
-    return checks
+    verdict = " ".join(refusal.sentence for refusal in status.refused)
+    todos = list(dict.fromkeys(refusal.todo for refusal in status.refused))
+    others = status.unsent_items - sum(refusal.items for refusal in status.refused)
+    if others > 0 or status.conflicts:
+        verdict += f" In all: {counts}"
+        todos.append("Sync now for the rest of your work, and resolve any conflict.")
+    return Check("work", "Your work sent", False, verdict, " ".join(todos))

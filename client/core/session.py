@@ -56,6 +56,7 @@ from client.core.audit_log import AuditLog
 from client.core.chart import Chart, open_chart
 from client.core.device import Device
 from client.core.errors import GatehouseError, UserFacingError, VaultLocked
+from client.core.push_refusals import Refusal, refused_notes
 from client.core.schema import MIGRATIONS
 from client.core.search import PatientSummary
 from client.core.vault import Vault, database_path
@@ -77,6 +78,8 @@ class SessionStatus:
     conflicts: int
     audit_unsent: int
     break_glass: tuple[BreakGlassGrant, ...]
+    # Notes the gateway refused, by patient and reason (client.core.push_refusals).
+    refused: tuple[Refusal, ...] = ()
 
 
 class Session:
@@ -553,6 +556,7 @@ class Session:
             unsent = outbox.unsent_count(conn)
             conflicts = len(conflict_store.list_conflicts(conn))
             audit_unsent = self._audit.unsent_count(conn)
+            refused = refused_notes(conn, self.device.profile.site)
         now = self._now()
         return SessionStatus(
             user_id=self.user_id,
@@ -566,4 +570,5 @@ class Session:
             conflicts=conflicts,
             audit_unsent=audit_unsent,
             break_glass=tuple(g for g in self._grants.values() if g.expires_at > now),
+            refused=refused,
         )

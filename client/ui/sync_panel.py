@@ -14,6 +14,9 @@ Guarantees:
 - The panel shows the status (connection as last known, last successful sync, unsent items,
   conflicts, offline grace left), "Sync now" with a progress bar and a result summary, and the
   readiness check (facts and verdicts from ``client.core.readiness``); every text is plain.
+- The result is green only when everything was sent: a sync in which the gateway refused a
+  note is amber and names each refused note, why and what to do (``client.core
+  .push_refusals``); a failed sync is red.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from client.core.humanize import format_moment
+from client.core.push_refusals import Refusal
 from client.core.readiness import SyncFacts, assess, gather
 from client.core.session import Session
 from client.core.sync_failures import is_connection_failure, sync_failure_sentence
@@ -95,17 +99,24 @@ def failure_sentence(outcome: SyncOutcome) -> str:
     return sync_failure_sentence(outcome.reason)
 
 
-def describe_outcome(outcome: SyncOutcome) -> str:
-    """The result summary: counts on success; on failure what happened and that nothing is lost."""
+def describe_outcome(outcome: SyncOutcome, refused: tuple[Refusal, ...] = ()) -> str:
+    """The result summary: counts on success, with each refused note (``refused``: from the
+    status read after the sync) named; on failure what happened and that nothing is lost."""
     when = format_moment(outcome.finished_at)
     result = outcome.result
     if outcome.ok and result is not None:
-        return (
+        text = (
             f"Sync finished {when} in {result.duration_s:.1f} s: {result.pulled:,} received "
             f"({result.deleted:,} removed), {result.pushed:,} sent, {result.conflicts} "
-            f"conflict(s), {result.quarantined} set aside as invalid, {result.push_errors} not "
-            "accepted by the gateway (kept and retried next time)."
+            f"conflict(s), {result.quarantined} set aside as invalid."
         )
+        if result.push_errors:
+            text += (
+                f" {result.push_errors} item(s) not accepted by the gateway, kept on this laptop."
+            )
+        for refusal in refused:
+            text += f"\n{refusal.sentence} What to do: {refusal.todo}"
+        return text
     if outcome.error is not None:
         return f"Sync did not run {when}: {explain(outcome.error).message}"
     why = failure_sentence(outcome)  # the code stays in the audit entry (UI-4)
@@ -116,6 +127,16 @@ def describe_outcome(outcome: SyncOutcome) -> str:
         f"Sync stopped {when}. {why}{counts} Nothing you saved has been lost: unsent work stays "
         "on this laptop and goes with the next sync."
     )
+
+
+def outcome_role(outcome: SyncOutcome, refused: tuple[Refusal, ...] = ()) -> str:
+    """The result's colour: "ok" (green) only when nothing was refused, "warning" (amber) when
+    the sync finished but the gateway refused work, "error" (red) when it did not finish."""
+    if not outcome.ok:
+        return "error"
+    if refused or (outcome.result is not None and outcome.result.push_errors):
+        return "warning"
+    return "ok"
 
 
 def describe_connection(outcome: SyncOutcome | None) -> str:
@@ -289,7 +310,7 @@ class SyncPanel(QWidget):
         if controller.running:
             self._started()
         elif controller.last is not None:
-            self.result.setText(describe_outcome(controller.last))
+            self._show_outcome(controller.last, ())
         self.connection.setText(describe_connection(controller.last))
         self.refresh()
 
@@ -310,10 +331,17 @@ class SyncPanel(QWidget):
         )
         self.resolve.setEnabled(status.conflicts > 0)
         self.grace.setText(describe_offline(facts.offline))
+        if self._controller.last is not None and not self._controller.running:
+            self._show_outcome(self._controller.last, status.refused)
         visit = dt.timedelta(days=self.visit_days.value())
         self.readiness.show_checks(
             assess(status, facts.offline, facts.last_sync, self._clock(), visit)
         )
+
+    def _show_outcome(self, outcome: SyncOutcome, refused: tuple[Refusal, ...]) -> None:
+        """The result, naming ``refused`` (the notes the gateway refused, read after it)."""
+        self.result.setText(describe_outcome(outcome, refused))
+        set_role(self.result, outcome_role(outcome, refused))
 
     def _started(self) -> None:
         self.sync_now.setEnabled(False)
@@ -331,8 +359,7 @@ class SyncPanel(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if outcome.ok else 0)
         self.phase.setText("")
-        self.result.setText(describe_outcome(outcome))
-        set_role(self.result, "ok" if outcome.ok else "error")
+        self._show_outcome(outcome, ())  # the refused notes are named once the status is read
         self.connection.setText(describe_connection(outcome))
         if not outcome.lock_requested:
             self.refresh()

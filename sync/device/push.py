@@ -8,6 +8,9 @@ Invariants:
 - One bad item never blocks the others: a transaction refused as a whole is split into its
   consultation groups, each sent alone; a refused group is recorded as a push error (visible,
   retried next sync) and the rest goes on. A 5xx stops the push (the server is unwell).
+- A push error's code is ``http_<status>``, followed by ``:<reason>`` when the server's
+  OperationOutcome names a stable reason code (``http_403:patient_left_site``), so the laptop
+  can say why and what to do; server free text is never kept.
 - The replies of one Bundle are marked sent in ONE replica transaction; an item the replica
   refuses stays pending and is sent again next sync, where ifNoneExist / ifMatch make the
   repeat harmless.
@@ -35,7 +38,12 @@ from sync.device.replica import (
 )
 from sync.device.transport import Response, Transport
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
-from sync.protocol.fhir.bundle import bundle_entries, parse_response_entry, transaction
+from sync.protocol.fhir.bundle import (
+    bundle_entries,
+    parse_response_entry,
+    refusal_code,
+    transaction,
+)
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
 
 log = logging.getLogger(__name__)
@@ -100,8 +108,9 @@ class OutboxPush:
             for item in items:
                 self._push_items([item])
             return
+        code = _error_code(response.status, _outcome_of(response))
         for item in items:
-            self._replica.record_push_error(item.seq, f"http_{response.status}")
+            self._replica.record_push_error(item.seq, code)
             self.result.push_errors += 1
 
     def _post_transaction(self, items: Sequence[OutboxItem]) -> Response:
@@ -131,7 +140,7 @@ class OutboxPush:
                 version = reply.version_id or _version_from_location(reply.location) or "1"
                 sent.append(SentItem(item.seq, server_id, version))
             else:
-                self._replica.record_push_error(item.seq, f"http_{reply.status}")
+                self._replica.record_push_error(item.seq, _error_code(reply.status, reply.outcome))
                 self.result.push_errors += 1
         # One local transaction for the whole Bundle's replies (a commit costs more than the
         # work). An item the replica refuses stays pending and is sent again next sync, where
@@ -174,6 +183,20 @@ def _entry(item: OutboxItem) -> dict[str, Any]:
     if isinstance(full_url, str):
         entry["fullUrl"] = full_url
     return entry
+
+
+def _outcome_of(response: Response) -> Any:
+    """A refusal's body (an OperationOutcome), or None when it is not readable JSON."""
+    try:
+        return loads_bounded(response.body)
+    except BoundedJsonError:
+        return None
+
+
+def _error_code(status: int, outcome: Any) -> str:
+    """``http_<status>`` plus the server's stable reason code when it gives one."""
+    reason = refusal_code(outcome)
+    return f"http_{status}:{reason}" if reason else f"http_{status}"
 
 
 def _gone(status: int, item: OutboxItem) -> bool:

@@ -52,6 +52,7 @@ from sync.protocol.audit.entry import AuditEntry
 from tests.support.gateway import (
     CLIENT_ID,
     SITE_A,
+    SITE_B,
     create_entry,
     observation,
     patient,
@@ -731,3 +732,25 @@ def test_unreachable_database_is_a_store_error_and_logs_no_password(
         assert canary not in str(err.value) and err.value.__cause__ is None
     assert "cannot connect to PostgreSQL" in caplog.text
     assert canary not in caplog.text
+
+
+def test_site_stays_of_a_database_made_before_patient_sites_are_filled_from_history(
+    pg_dsn: str,
+) -> None:
+    store = PgStore(pg_dsn)
+    try:
+        load_resources(store, [patient("p1", SITE_A)])
+        load_resources(store, [patient("p1", SITE_B)])
+        with store.write() as tx:
+            stays = tx.site_stays("p1")
+        assert [s.site for s in stays] == [SITE_A, SITE_B] and stays[1].end is None
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE patient_sites")  # as a gateway before issue 12 left it
+    reopened = PgStore(pg_dsn)
+    try:
+        with reopened.write() as tx:
+            assert tx.site_stays("p1") == stays
+    finally:
+        reopened.close()

@@ -188,8 +188,11 @@ def test_transfer_is_a_deletion_for_the_old_site_and_new_for_the_new(gateway: Ga
         e["resource"]["id"] for e in b.get(f"{fhir}/Observation?patient=pt").json()["entry"]
     )
     assert ids == ["o1", "o2"]
-    # Writes follow the patient: A can no longer write for them, B can.
-    assert gateway.post_bundle(a, [create_entry(observation("x", "pt"))]).status_code == 404
+    # Writes follow the patient: A can no longer write for them (a note of no time in their
+    # stay at A is refused, saying why: issue 12), B can.
+    refused = gateway.post_bundle(a, [create_entry(observation("x", "pt"))])
+    assert refused.status_code == 403
+    assert refused.json()["issue"][0]["details"]["text"] == "patient_left_site"
     assert gateway.post_bundle(b, [create_entry(observation("x", "pt"))]).status_code == 200
 
 

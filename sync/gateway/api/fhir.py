@@ -42,7 +42,7 @@ from sync.gateway.api.outcome import (
     fhir_response,
     version_headers,
 )
-from sync.gateway.api.transaction import handle_bundle
+from sync.gateway.api.transaction import Scope, handle_bundle
 from sync.gateway.pki import DeviceIdentity
 from sync.gateway.store import resources as res
 from sync.gateway.store.base import (
@@ -398,7 +398,8 @@ async def metadata(request: Request) -> Response:
 
 
 async def bundle(request: Request) -> Response:
-    return await handle_bundle(request, store_of(request), device_of(request).site)
+    device = device_of(request)
+    return await handle_bundle(request, store_of(request), Scope(device.site, device.device_id))
 
 
 async def _fhir_error(request: Request, exc: Exception) -> Response:

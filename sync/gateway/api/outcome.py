@@ -52,11 +52,13 @@ class FhirError(GatewayError):
         reason: str,
         *,
         current: StoredResource | None = None,
+        diagnostics: str | None = None,
     ) -> None:
         super().__init__(reason)
         self.status = status
         self.code = code
         self.current = current  # for 412: the version the client must merge with
+        self.diagnostics = diagnostics  # codes and instants only, never request content
 
 
 def etag(version_id: int) -> str:
@@ -74,6 +76,8 @@ def operation_outcome(error: FhirError) -> dict[str, Any]:
             }
         ],
     }
+    if error.diagnostics is not None:
+        outcome["issue"][0]["diagnostics"] = error.diagnostics
     if error.current is not None and not error.current.deleted:
         # The current version travels with a 412 so the client can show the conflict.
         outcome["contained"] = [orjson.Fragment(error.current.body)]

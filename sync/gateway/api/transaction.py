@@ -12,6 +12,12 @@ Invariants:
 - Site scope: a Patient written must be managed by the device's site; a clinical resource must
   reference a live patient of the device's site (else 404, indistinguishable from "no such
   patient"); an update or delete touches only resources of the device's site (else 404).
+  One exception (``sync.gateway.late_notes``): a clinical resource for a live patient now
+  managed elsewhere is created — filed in the patient's record at their current site — when
+  its clinical time falls in the patient's stay at the device's site or in this device's
+  break-glass grant to the patient; a patient who was at the device's site but left before it
+  is refused with 403 ``patient_left_site`` (``diagnostics``: ``left_at=<instant>``). An
+  exactly-once retry of such a create finds the filed resource in its new site.
 - Request bodies are bounded (``MAX_BODY_BYTES``, ``MAX_BUNDLE_ENTRIES``, JSON depth and item
   count, no duplicate keys — ``sync.protocol.fhir.bounded_json``) and every written resource passes
   ``sync.protocol.fhir.validate.validate_resource(as_create=True)`` (the rules the client applies
@@ -32,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sync.gateway import late_notes
 from sync.gateway.api.outcome import (
     FhirError,
     etag,
@@ -65,6 +72,14 @@ class Entry:
     full_url: str | None
     if_none_exist: tuple[str, str] | None
     if_match: int | None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who writes: the device (from its certificate) and its site."""
+
+    site: str
+    device_id: str
 
 
 @dataclass
@@ -191,16 +206,64 @@ def _rewrite_references(value: Any, urn_map: dict[str, str]) -> None:
             stack.extend(item)
 
 
-def _check_scope(tx: WriteTx, entry: Entry, site: str) -> None:
+def _late_admission(tx: WriteTx, resource: dict[str, Any], scope: Scope) -> late_notes.Admission:
+    """``late_notes.admit`` for a clinical resource whose patient is now managed elsewhere."""
+    patient_id = res.patient_id_of(resource)
+    return late_notes.admit(
+        resource,
+        site=scope.site,
+        stays=tx.site_stays(patient_id),
+        grants=tx.break_glass_uses(scope.device_id, patient_id),
+    )
+
+
+def _check_scope(tx: WriteTx, entry: Entry, scope: Scope) -> None:
     assert entry.resource is not None
     try:
         if entry.rtype == vocab.PATIENT:
-            if res.site_of_patient(entry.resource) != site:
+            if res.site_of_patient(entry.resource) != scope.site:
                 raise FhirError(403, "forbidden", "other_site")
-        elif tx.patient_site(res.patient_id_of(entry.resource)) != site:
+            return
+        current = tx.patient_site(res.patient_id_of(entry.resource))
+        if current == scope.site:
+            return
+        if current is None or entry.method != "POST":
             raise FhirError(404, "not-found", "unknown_patient")
+        admission = _late_admission(tx, entry.resource, scope)
     except res.ResourceError as err:
         raise _bad(err.reason) from None
+    if admission.admitted:
+        log.info("late note filed for a transferred patient: %s", entry.rtype)
+        return
+    if admission.reason == late_notes.LEFT_SITE:
+        left = admission.left_at
+        raise FhirError(
+            403,
+            "forbidden",
+            late_notes.LEFT_SITE,
+            diagnostics=None if left is None else f"left_at={fhir_instant(left)}",
+        )
+    raise FhirError(404, "not-found", "unknown_patient")
+
+
+def _filed_elsewhere(
+    tx: WriteTx, entry: Entry, scope: Scope, system: str, value: str
+) -> list[StoredResource]:
+    """An earlier create of this late note, filed at the patient's new site (exactly once)."""
+    if entry.resource is None or entry.rtype not in vocab.CLINICAL_TYPES:
+        return []
+    try:
+        patient_id = res.patient_id_of(entry.resource)
+    except res.ResourceError:
+        return []  # a urn: reference: the patient is created in this Bundle
+    found = [
+        match
+        for match in tx.find_by_identifier(entry.rtype, None, system, value)
+        if match.site != scope.site and match.patient_id == patient_id
+    ]
+    if found and _late_admission(tx, entry.resource, scope).admitted:
+        return found
+    return []
 
 
 def _existing_in_site(tx: WriteTx, entry: Entry, site: str) -> StoredResource:
@@ -214,7 +277,7 @@ def _existing_in_site(tx: WriteTx, entry: Entry, site: str) -> StoredResource:
 
 
 def resolve_creates(
-    tx: WriteTx, entries: list[Entry], site: str
+    tx: WriteTx, entries: list[Entry], scope: Scope
 ) -> tuple[dict[int, StoredResource], dict[str, str]]:
     """For each POST: the existing match of ``ifNoneExist`` or a fresh id (→ ``rid``)."""
     existing: dict[int, StoredResource] = {}
@@ -223,7 +286,9 @@ def resolve_creates(
         if entry.method != "POST":
             continue
         if entry.if_none_exist is not None:
-            matches = tx.find_by_identifier(entry.rtype, site, *entry.if_none_exist)
+            matches = tx.find_by_identifier(entry.rtype, scope.site, *entry.if_none_exist)
+            if not matches:
+                matches = _filed_elsewhere(tx, entry, scope, *entry.if_none_exist)
             if len(matches) > 1:
                 raise FhirError(412, "multiple-matches", "if_none_exist_ambiguous")
             if matches:
@@ -236,9 +301,10 @@ def resolve_creates(
     return existing, urn_map
 
 
-def execute(tx: WriteTx, entry: Entry, site: str, existing: StoredResource | None) -> Outcome:
+def execute(tx: WriteTx, entry: Entry, scope: Scope, existing: StoredResource | None) -> Outcome:
     """Run one entry inside ``tx``; raise ``FhirError`` to refuse it."""
     assert entry.rid is not None
+    site = scope.site
     if entry.method == "POST" and existing is not None:
         return Outcome(200, existing)  # ifNoneExist matched: exactly-once create
     if entry.method == "DELETE":
@@ -254,7 +320,7 @@ def execute(tx: WriteTx, entry: Entry, site: str, existing: StoredResource | Non
             raise FhirError(410, "deleted", "deleted")
         if entry.if_match is None:
             raise FhirError(428, "required", "if_match_required", current=current)
-    _check_scope(tx, entry, site)
+    _check_scope(tx, entry, scope)
     try:
         stored = tx.put(entry.rtype, entry.rid, entry.resource)
     except (StoreError, res.ResourceError) as err:
@@ -286,9 +352,9 @@ def _error_entry(error: FhirError) -> dict[str, Any]:
     return {"response": response}
 
 
-def run_transaction(store: Store, entries: list[Entry], site: str) -> list[Outcome]:
+def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Outcome]:
     with store.write() as tx:
-        existing, urn_map = resolve_creates(tx, entries, site)
+        existing, urn_map = resolve_creates(tx, entries, scope)
         for entry in entries:
             if entry.resource is not None:
                 _rewrite_references(entry.resource, urn_map)
@@ -298,34 +364,34 @@ def run_transaction(store: Store, entries: list[Entry], site: str) -> list[Outco
             key=lambda e: (ORDER[e.method], e.method == "POST" and e.rtype != vocab.PATIENT),
         )
         for entry in ordered:
-            outcomes[entry.index] = execute(tx, entry, site, existing.get(entry.index))
+            outcomes[entry.index] = execute(tx, entry, scope, existing.get(entry.index))
     return [outcomes[e.index] for e in entries]
 
 
-def run_batch_entry(store: Store, entry: Entry, site: str) -> Outcome | FhirError:
+def run_batch_entry(store: Store, entry: Entry, scope: Scope) -> Outcome | FhirError:
     try:
         with store.write() as tx:
-            existing, _ = resolve_creates(tx, [entry], site)
-            return execute(tx, entry, site, existing.get(entry.index))
+            existing, _ = resolve_creates(tx, [entry], scope)
+            return execute(tx, entry, scope, existing.get(entry.index))
     except FhirError as err:
         return err
 
 
-async def handle_bundle(request: Request, store: Store, site: str) -> Response:
+async def handle_bundle(request: Request, store: Store, scope: Scope) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type not in ("application/fhir+json", "application/json"):
         raise FhirError(415, "not-supported", "unsupported_media_type")
     kind, entries = parse_bundle(await read_body(request))
     base = str(request.base_url).rstrip("/") + "/fhir"
     if kind == "transaction":
-        outcomes = await run_in_threadpool(run_transaction, store, entries, site)
+        outcomes = await run_in_threadpool(run_transaction, store, entries, scope)
         result = [_response_entry(base, e, o) for e, o in zip(entries, outcomes, strict=True)]
         return fhir_response(
             {"resourceType": "Bundle", "type": "transaction-response", "entry": result}
         )
     answers: list[dict[str, Any]] = []
     for entry in entries:
-        outcome = await run_in_threadpool(run_batch_entry, store, entry, site)
+        outcome = await run_in_threadpool(run_batch_entry, store, entry, scope)
         if isinstance(outcome, FhirError):
             answers.append(_error_entry(outcome))
         else:

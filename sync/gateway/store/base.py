@@ -16,6 +16,12 @@ Invariants every backend guarantees:
   (``SELECT … FOR UPDATE``) and holds it until COMMIT, so a second writer waits and always
   receives a larger seq *and* commits later. (A plain SEQUENCE would not do: its values are
   handed out at nextval, not at commit, so a reader could see seq 11 committed before seq 10.)
+- **Site stays.** Every Patient write that gives the patient a site it did not have (a create,
+  a transfer, a re-creation after a delete) opens a stay ``(site, from)`` at the write's
+  ``lastUpdated``, and closes the patient's open stay at the same instant; a delete closes it.
+  So at any moment a patient has at most one open stay, and ``site_stays`` answers "was this
+  patient at site S at time T?" for a note written offline before a transfer reached the
+  device.
 - Each change is recorded per site: ``put`` (a version enters or changes in the site's feed),
   ``delete`` (deleted), ``leave`` (moved to another site: the old site's feed shows a deletion,
   the new site's feed shows a ``put`` of the current version).
@@ -96,6 +102,29 @@ class StoredResource:
     deleted: bool
     seq: int
     body: bytes
+
+
+@dataclass(frozen=True)
+class SiteStay:
+    """A patient was managed by ``site`` from ``start`` until ``end`` (None: still there)."""
+
+    site: str
+    start: dt.datetime
+    end: dt.datetime | None
+
+    def covers(self, moment: dt.datetime) -> bool:
+        return self.start <= moment and (self.end is None or moment < self.end)
+
+
+@dataclass(frozen=True)
+class BreakGlassUse:
+    """A verified ``break_glass`` entry of a device's audit chain: ``user_id`` opened the
+    patient's record at ``at``; ``expires_at`` is what the device's grant said (None: not
+    stated)."""
+
+    user_id: str | None
+    at: dt.datetime
+    expires_at: dt.datetime | None
 
 
 @dataclass(frozen=True)
@@ -306,11 +335,22 @@ class WriteTx(Protocol):
     def current(self, rtype: str, rid: str) -> StoredResource | None: ...
 
     def find_by_identifier(
-        self, rtype: str, site: str, system: str, value: str
-    ) -> list[StoredResource]: ...
+        self, rtype: str, site: str | None, system: str, value: str
+    ) -> list[StoredResource]:
+        """Live resources of ``rtype`` with the identifier, in ``site`` (None: in any site)."""
+        ...
 
     def patient_site(self, patient_id: str) -> str | None:
         """The site of a live (not deleted) patient, else None."""
+        ...
+
+    def site_stays(self, patient_id: str) -> list[SiteStay]:
+        """Every stay of the patient at a site, oldest first (empty: never known)."""
+        ...
+
+    def break_glass_uses(self, device_id: str, patient_id: str) -> list[BreakGlassUse]:
+        """The successful break-glass accesses to the patient in the device's uploaded (and
+        verified) audit chain, oldest first."""
         ...
 
     def put(self, rtype: str, rid: str, resource: dict[str, Any]) -> StoredResource: ...

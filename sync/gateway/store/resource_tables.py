@@ -5,7 +5,12 @@ Invariants (``store.Store``): every write adds a history row and a change row wh
 from ``change_counter``, bumped inside the writer-locked transaction (seq order = commit
 order); ``lastUpdated`` comes from the same row and never goes backwards; a transfer writes a
 ``leave`` for the old site and a ``put`` for the new one for the patient and every resource of
-theirs, in the same transaction.
+theirs, in the same transaction; a Patient write that gives the patient a new site closes
+their open stay in ``patient_sites`` and opens one at the new site, at the same instant, in the
+same transaction (a delete closes it), so ``site_stays`` is the patient's site history.
+``patient_sites`` is filled from ``resource_history`` once, when a store made before it existed
+is opened (the first version at each site opens a stay; the next version elsewhere, or a
+delete, closes it).
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import orjson
 
 from sync.gateway.store import resources as res
 from sync.gateway.store.base import (
+    BreakGlassUse,
     Change,
     ChangeOp,
     HistoryQuery,
     SearchQuery,
+    SiteStay,
     StoredResource,
     StoreError,
     from_us,
@@ -81,6 +88,25 @@ RESOURCE_SCHEMA: tuple[str, ...] = (
     last_updated_us BIGINT NOT NULL
 )""",
     "CREATE INDEX IF NOT EXISTS changes_feed ON changes (site, seq)",
+    """CREATE TABLE IF NOT EXISTS patient_sites (
+    patient_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    from_us BIGINT NOT NULL,
+    until_us BIGINT
+)""",
+    "CREATE INDEX IF NOT EXISTS patient_sites_patient ON patient_sites (patient_id, from_us)",
+    # A store made before patient_sites existed: its Patients' stays from their history, once.
+    """INSERT INTO patient_sites (patient_id, site, from_us, until_us)
+    SELECT h.id, h.site, h.last_updated_us,
+        (SELECT MIN(n.last_updated_us) FROM resource_history n
+            WHERE n.type = 'Patient' AND n.id = h.id AND n.version_id > h.version_id
+            AND (n.site <> h.site OR n.deleted = 1))
+    FROM resource_history h
+    WHERE h.type = 'Patient' AND h.deleted = 0
+    AND NOT EXISTS (SELECT 1 FROM resource_history p WHERE p.type = 'Patient'
+        AND p.id = h.id AND p.version_id = h.version_id - 1 AND p.site = h.site
+        AND p.deleted = 0)
+    AND NOT EXISTS (SELECT 1 FROM patient_sites)""",
 )
 # The tables the planner must have statistics for to page the feed by index.
 FEED_TABLES = ("changes", "resource_history", "resources", "resource_identifiers")
@@ -108,6 +134,16 @@ def _row_to_resource(row: Sequence[Any]) -> StoredResource:
         seq=row[7],
         body=bytes(row[8]),
     )
+
+
+def _grant_expiry(canonical: str) -> dt.datetime | None:
+    """``detail.expires_at`` of a break-glass audit entry (None when absent or unreadable)."""
+    try:
+        detail = orjson.loads(canonical).get("detail") or {}
+        moment = dt.datetime.fromisoformat(str(detail["expires_at"]))
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def _like_escape(text: str) -> str:
@@ -154,17 +190,20 @@ class SqlWriteTx:
         return _row_to_resource(row) if row else None
 
     def find_by_identifier(
-        self, rtype: str, site: str, system: str, value: str
+        self, rtype: str, site: str | None, system: str, value: str
     ) -> list[StoredResource]:
         # Driven from the identifier index (type, value, system), not a scan of the site: an
         # exactly-once create looks this up for every pushed resource.
-        rows = self._execute(
+        sql = (
             f"SELECT {_RES_COLS_R} FROM resource_identifiers i"  # noqa: S608
             " JOIN resources r ON r.type = i.type AND r.id = i.id"
-            " WHERE i.type = ? AND i.value = ? AND i.system = ?"
-            " AND r.site = ? AND r.deleted = 0",
-            (rtype, value, system, site),
-        ).fetchall()
+            " WHERE i.type = ? AND i.value = ? AND i.system = ? AND r.deleted = 0"
+        )
+        args: tuple[str, ...] = (rtype, value, system)
+        if site is not None:
+            sql += " AND r.site = ?"
+            args += (site,)
+        rows = self._execute(sql, args).fetchall()
         return [_row_to_resource(r) for r in rows]
 
     def patient_site(self, patient_id: str) -> str | None:
@@ -174,7 +213,54 @@ class SqlWriteTx:
         ).fetchone()
         return str(row[0]) if row else None
 
+    def site_stays(self, patient_id: str) -> list[SiteStay]:
+        rows = self._execute(
+            "SELECT site, from_us, until_us FROM patient_sites WHERE patient_id = ?"
+            " ORDER BY from_us",
+            (patient_id,),
+        ).fetchall()
+        return [
+            SiteStay(str(site), from_us(start), None if end is None else from_us(end))
+            for site, start, end in rows
+        ]
+
+    def break_glass_uses(self, device_id: str, patient_id: str) -> list[BreakGlassUse]:
+        rows = self._execute(
+            "SELECT user_id, ts_us, canonical FROM audit_entries WHERE patient_id = ?"
+            " AND device_id = ? AND action = 'break_glass' AND outcome = 'success'"
+            " ORDER BY ts_us",
+            (patient_id, device_id),
+        ).fetchall()
+        return [BreakGlassUse(user, from_us(ts), _grant_expiry(text)) for user, ts, text in rows]
+
     # -- writes
+    def _record_stay(self, patient_id: str, site: str | None, lu_us: int) -> None:
+        """Close the patient's open stay at ``lu_us`` and open one at ``site`` (None: deleted)."""
+        row = self._execute(
+            "SELECT site, from_us FROM patient_sites WHERE patient_id = ? AND until_us IS NULL",
+            (patient_id,),
+        ).fetchone()
+        if row is not None and row[0] == site:
+            return
+        if row is not None and site is not None and row[1] == lu_us:
+            # Moved twice in one transaction: the stay that began at this instant never was.
+            self._execute(
+                "UPDATE patient_sites SET site = ? WHERE patient_id = ? AND until_us IS NULL",
+                (site, patient_id),
+            )
+            return
+        if row is not None:
+            self._execute(
+                "UPDATE patient_sites SET until_us = ? WHERE patient_id = ? AND until_us IS NULL",
+                (lu_us, patient_id),
+            )
+        if site is not None:
+            self._execute(
+                "INSERT INTO patient_sites (patient_id, site, from_us, until_us)"
+                " VALUES (?, ?, ?, NULL)",
+                (patient_id, site, lu_us),
+            )
+
     def put(self, rtype: str, rid: str, resource: dict[str, Any]) -> StoredResource:
         resource = res.check_resource(resource, rtype)
         if not vocab.ID_RE.fullmatch(rid):
@@ -202,6 +288,8 @@ class SqlWriteTx:
         body_dict["meta"] = meta
         body = orjson.dumps(body_dict)
         moved = existing is not None and not existing.deleted and existing.site != site
+        if rtype == vocab.PATIENT:
+            self._record_stay(rid, site, lu_us)
         if moved and existing is not None:
             self._record_change(existing.site, rtype, rid, existing.version_id, "leave", lu_us)
             if rtype == vocab.PATIENT:
@@ -266,6 +354,8 @@ class SqlWriteTx:
             (version_id, lu_us, seq, b"", rtype, rid),
         )
         self._execute("DELETE FROM resource_identifiers WHERE type = ? AND id = ?", (rtype, rid))
+        if rtype == vocab.PATIENT:
+            self._record_stay(rid, None, lu_us)
         return StoredResource(
             rtype,
             rid,

@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
@@ -310,6 +311,25 @@ def parse_history_entry(entry: Any, index: int = 0) -> HistoryItem:
     if not slash or not kind.isalpha() or not is_valid_id(ident):
         _fail("bad_reference", f"{path}.request.url")
     return HistoryItem(kind, ident, version, True, None)
+
+
+REFUSAL_CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,47}")  # a server's stable reason code
+
+
+def refusal_code(outcome: Any) -> str | None:
+    """The stable reason code of a refusal's OperationOutcome (``issue[0].details.text``, e.g.
+    ``patient_left_site``), or None when it holds none: free text from a server never passes
+    (it could carry record content)."""
+    if type(outcome) is not dict or outcome.get("resourceType") != "OperationOutcome":
+        return None
+    issues = outcome.get("issue")
+    if type(issues) is not list or not issues or type(issues[0]) is not dict:
+        return None
+    details = issues[0].get("details")
+    text = details.get("text") if type(details) is dict else None
+    if type(text) is str and REFUSAL_CODE_RE.fullmatch(text):
+        return text
+    return None
 
 
 @dataclass(frozen=True, slots=True)
