@@ -64,9 +64,6 @@ def laptop(tmp_path: Path) -> Iterator[Laptop]:
             session = Session.login(device, *NURSE)
             assert run_sync(session).ok
             session.lock()
-            assert disk_space.reserve_path(device.data_dir).stat().st_size == (
-                disk_space.RESERVE_BYTES
-            )
             yield Laptop(gw, disk, device)
     finally:
         gw.stop()
@@ -161,6 +158,8 @@ def test_cr3_sign_in_on_a_full_disk_reads_records_and_still_counts_every_attempt
     """Not one byte free: the reserve is released at sign-in, so the failed-attempt counter is
     written before each try and every record view is audited; writing stays refused."""
     device = laptop.device
+    reserve = disk_space.reserve_path(device.data_dir)
+    assert reserve.stat().st_size == disk_space.RESERVE_BYTES  # made at provisioning
     laptop.disk.fill(leave=0)
     assert laptop.disk.free() == 0
 
@@ -168,7 +167,7 @@ def test_cr3_sign_in_on_a_full_disk_reads_records_and_still_counts_every_attempt
         Session.login(device, NURSE[0], "not the password at all")
     assert wrong.value.reason == "unlock_failed"
     assert device.header.counters.failed_attempts.get(NURSE[0]) == 1  # counted, on a full disk
-    assert not disk_space.reserve_path(device.data_dir).exists()
+    assert not reserve.exists()
     assert wrong.value.locked_until is not None  # the policy's short wait after a failure
     time.sleep(max(0.0, (wrong.value.locked_until - dt.datetime.now(dt.UTC)).total_seconds()))
 
