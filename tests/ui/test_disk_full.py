@@ -18,19 +18,24 @@ from pytestqt.qtbot import QtBot
 
 from client.core import disk_space
 from client.core.disk_space import DiskFull
+from client.core.provisioning import add_user_online
 from client.ui.consultation_form import ConsultationForm
 from client.ui.error_boundary import NOTHING_LOST, explain
-from client.ui.qt import QMessageBox
+from client.ui.main_window import MainWindow
+from client.ui.qt import QMessageBox, Qt
 from client.ui.sync_panel import SyncOutcome, describe_outcome
 from tests.support.small_disk import SmallDisk, small_disk
 from tests.support.ui import (
     HTML_PATIENT,
     ProvisionedDevice,
     device,
+    disk_is_fine,
     on_worker,
     open_chart,
+    sign_in,
     workspace,
 )
+from tests.support.ui_gateway import NURSE, provision_for_tests, start_live_gateway
 
 SENTENCE = re.compile(r"The laptop's disk is full: \d+ MB free, 16 MB needed — call IT\.")
 
@@ -100,3 +105,32 @@ def test_cr3_a_disk_full_error_that_escaped_classification_still_reads_as_a_sent
     shown = explain(raw)
     assert shown.reason == "disk_full" and shown.message.startswith("The laptop's disk is full")
     assert str(raw) not in shown.message
+
+
+def test_cr3_the_sync_panel_refuses_a_sync_on_a_full_disk_in_one_sentence(
+    qtbot: QtBot, tmp_path: Path, disk: SmallDisk
+) -> None:
+    """A real sync from the panel, against a real gateway, with the laptop's disk nearly full."""
+    live = start_live_gateway(tmp_path / "gw", patients=6)
+    try:
+        raw = live.bundle(tmp_path / "bundle.json").read_bytes()
+        laptop = provision_for_tests(disk.root / "laptop", raw)
+        add_user_online(laptop, *NURSE)
+        win = MainWindow(laptop, launch_check=disk_is_fine)
+        win.app_state = lambda: Qt.ApplicationState.ApplicationActive
+        qtbot.addWidget(win)
+        win.show()
+        sign_in(qtbot, win, NURSE)
+        win.open_sync()
+        panel = win.sync_panel
+        assert panel is not None
+        disk.fill(leave=10 * disk_space.MB)
+        with qtbot.waitSignal(win.sync.finished, timeout=60000) as finished:
+            panel.sync_now.click()
+        outcome = finished.args[0]
+        assert isinstance(outcome, SyncOutcome) and outcome.reason == "disk_full"
+        text = panel.result.text()
+        assert re.search(r"The laptop's disk is full: \d+ MB free, 64 MB needed — call IT\.", text)
+        assert "Errno" not in text and "Traceback" not in text
+    finally:
+        live.stop()
