@@ -98,7 +98,12 @@ class Session:
         self._vault: Vault | None = Vault.open(
             database_path(device.data_dir), unlocked.dek, MIGRATIONS
         )
-        self._record_login()
+        try:
+            self._record_login()
+        except BaseException:  # e.g. a full disk: never leave an open vault nobody holds
+            vault, self._vault = self._vault, None
+            vault.close()
+            raise
         if self.role == CLINICIAN:
             try:
                 self.apply_retention()
