@@ -32,6 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlcipher3
+
+from client.core import disk_space
 from client.core.accounts import offline_state_of
 from client.core.device import Device, FirstUser, report_wipe_if_any
 from client.core.errors import GatehouseError
@@ -58,6 +61,18 @@ def read_password(prompt: str) -> str:
         return getpass.getpass(prompt)
     line = sys.stdin.readline()
     return line[:-1] if line.endswith("\n") else line
+
+
+def _environment_text(error: OSError | sqlcipher3.Error, args: argparse.Namespace) -> str:
+    """An OS or database failure as one line: a full disk with its figures (CR-3), else the
+    OS's own words (never a traceback, never SQL)."""
+    folder = Path(getattr(args, "data", None) or ".")
+    full = disk_space.as_disk_full(error, folder if folder.is_dir() else Path("."), 0)
+    if full is not None:
+        return full.message
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    return "the records database could not be used. Nothing was changed. Call IT."
 
 
 def _device(data: Path) -> Device:
@@ -327,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except PolicyRefused as refused:
         print(f"refused: {refused.reason}: {refused.detail}", file=sys.stderr)
-    except OSError as error:
-        print(f"error: {error.strerror or type(error).__name__}", file=sys.stderr)
+    except (OSError, sqlcipher3.Error) as error:
+        print(f"error: {_environment_text(error, args)}", file=sys.stderr)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
     return EXIT_FAILED

@@ -12,6 +12,10 @@ Guarantees:
   last sync (TM-3), login is refused; past the wipe threshold the device wipes.
 - Events that happen while the vault is locked (failed logins, lockouts, clock tamper) wait in
   the header and enter the audit chain, with their own time, at the next successful unlock.
+- A full disk never turns into unlimited guessing: before anything is written, a nearly full
+  disk releases the disk reserve (``disk_space.prepare_sign_in``) so the attempt can be counted
+  and the clinician can sign in and read; if it still cannot be counted, login raises
+  ``DiskFull`` before the password is tried (CR-3).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import datetime as dt
 import secrets
 from dataclasses import dataclass
 
+from client.core import disk_space
 from client.core.device import Device
 from client.core.errors import UserFacingError
 from client.core.header_counters import HeaderCounters, JsonScalar
@@ -142,6 +147,7 @@ def login(device: Device, user_id: str, password: str, *, for_sync: bool = False
     path) still checks the password and returns a *sync-only* unlock, so the laptop can reach
     the gateway that lifts the block — it is never left with no way back.
     """
+    disk_space.prepare_sign_in(device.data_dir, device.free_space)
     policy = device.policy()
     offline, blocked = check_time(device, policy)
     if blocked and not for_sync:

@@ -12,6 +12,7 @@ The data folder holds exactly these files (all written atomically and 0600):
                     send it (client.core.wipe_report); a wipe keeps them
     wipe-report.json
                     after a wipe, until the gateway acknowledges it
+    disk.reserve    space held back so sign-in and reading work on a full disk (disk_space)
 
 Guarantees:
 - A device is *provisioned* exactly when ``device.json`` exists; it is written last by
@@ -19,6 +20,8 @@ Guarantees:
 - Opening a device first completes any interrupted wipe (WP-2).
 - The policy in force is always the last one that verified; a refusal changes nothing (PO-3).
 - Nothing here holds the DEK; only ``Session`` (after a successful login) does.
+- A full disk while installing a policy leaves as ``DiskFull`` and the old policy in force; a
+  wipe first releases the disk reserve, so its own writes have room (CR-3).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from keyring.backend import KeyringBackend
 
+from client.core import disk_space
 from client.core.audit_log import AuditLog
 from client.core.device_keyring import DeviceKeyring
 from client.core.errors import UserFacingError
@@ -166,6 +170,8 @@ class Device:
         self.clocks = clocks
         self.kdf_params = kdf_params
         self.wiped = False  # set by wipe(): every session on this device must stop at once
+        # How much this laptop may still write in the data folder (a test may replace it).
+        self.free_space: disk_space.FreeSpace = disk_space.free_bytes
         self.header = VaultHeader.load(self.data_dir, keyring)
         self.policy_store = PolicyStore(
             self.data_dir / POLICY_STORE_NAME, keyring.policy_mac_key(), keyring.policy_anchor()
@@ -321,6 +327,7 @@ class Device:
         finally:
             vault.close()
         atomic_write(data_dir / PROFILE_NAME, json.dumps(profile.to_json(), indent=2).encode())
+        disk_space.make_reserve(data_dir)  # best effort; remade later when there is room
         return cls(data_dir, profile, keyring, clock=clock, clocks=clocks, kdf_params=params)
 
     # -- policy ------------------------------------------------------------------------------
@@ -339,13 +346,14 @@ class Device:
 
     def install_policy(self, envelope: bytes) -> Policy:
         """Verify and install a newer policy; raises ``PolicyRefused`` and keeps the old one."""
-        return self.policy_store.install(
-            envelope,
-            self.profile.trust(),
-            now=self.clock(),
-            site=self.profile.site,
-            device_id=self.profile.device_id,
-        )
+        with disk_space.mapped(self.data_dir, disk_space.SYNC_BYTES):
+            return self.policy_store.install(
+                envelope,
+                self.profile.trust(),
+                now=self.clock(),
+                site=self.profile.site,
+                device_id=self.profile.device_id,
+            )
 
     # -- time --------------------------------------------------------------------------------
 
@@ -377,6 +385,7 @@ class Device:
         is made first and carried through the wipe, so it is sent at the next start whatever
         instant the process dies at (``report_wipe_if_any``)."""
         self.wiped = True
+        disk_space.release_reserve(self.data_dir)  # room for the wipe's marker and header
         now = self.clock()
         return wipe(
             self.data_dir,
@@ -398,6 +407,7 @@ class Device:
                 TLS_CERT,
                 GATEWAY_CA,
                 RECEIPT_KEY,
+                disk_space.RESERVE_NAME,
             ),
         )
 

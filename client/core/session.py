@@ -12,6 +12,10 @@ Guarantees:
   drops the key; afterwards every call raises ``VaultLocked`` (AU-3).
 - Patients that left the site scope or passed retention are purged at sign-in once they have no
   unsent work, each purge audited with the reason (DESIGN.md §Policy data.retention_days).
+- A full disk (CR-3): saving a note and changing a password are refused before any work when
+  less than ``disk_space.SAVE_BYTES`` is free, and any full disk later in an act leaves as
+  ``DiskFull`` with the act rolled back. Reading goes on (its audit entries use the disk
+  reserve released at sign-in); retention waits for the next sign-in; ``lock`` always locks.
 - It stays the one facade: the admin's acts (``device_admin``), print/export (``disclosure``)
   and locked-time events (``pending_audit``) are delegated with the same role check, vault
   transaction and audit append; roles and refusals live in ``access`` and are re-exported here.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +37,7 @@ from client.core import (
     consultation,
     device_admin,
     disclosure,
+    disk_space,
     drafts,
     outbox,
     pending_audit,
@@ -63,6 +69,8 @@ from client.core.vault import Vault, database_path
 from policy import decisions
 from policy.decisions import PolicyMode
 from sync.protocol.audit.entry import AuditEntry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,9 +105,17 @@ class Session:
         self._vault: Vault | None = Vault.open(
             database_path(device.data_dir), unlocked.dek, MIGRATIONS
         )
-        self._record_login()
+        try:
+            self._record_login()
+        except BaseException:  # e.g. a full disk: never leave an open vault nobody holds
+            vault, self._vault = self._vault, None
+            vault.close()
+            raise
         if self.role == CLINICIAN:
-            self.apply_retention()
+            try:
+                self.apply_retention()
+            except disk_space.DiskFull:  # purges wait for the next sign-in with room
+                log.warning("retention postponed: the disk is full")
 
     @classmethod
     def login(
@@ -146,6 +162,10 @@ class Session:
 
     def _now(self) -> dt.datetime:
         return self.device.clock()
+
+    def _require_disk(self, needed: int) -> None:
+        """``DiskFull`` before any work unless the data folder has ``needed`` bytes free."""
+        disk_space.require(self.device.data_dir, needed, self.device.free_space)
 
     # -- for the sync runner (same process, same rules) -------------------------------------------
 
@@ -273,7 +293,12 @@ class Session:
                     user_id=self.user_id,
                     role=self.role,
                 )
-            self._audit.scrub_wal(vault.connection)
+            with disk_space.mapped(self.device.data_dir):
+                self._audit.scrub_wal(vault.connection)
+        except disk_space.DiskFull:
+            # Locking must never fail: the lock entry (rolled back whole) is lost, the chain
+            # stays valid, and the WAL is scrubbed at the next lock with room.
+            log.warning("lock not audited: the disk is full")
         finally:
             vault.close()
 
@@ -376,6 +401,7 @@ class Session:
     ) -> consultation.ConsultationResult:
         """Save a consultation offline with its outbox entries and audit entry, atomically."""
         self._require_role((CLINICIAN,), "write consultations", "note_written")
+        self._require_disk(disk_space.SAVE_BYTES)
         purpose = self._purpose(patient_id)
         with self._act() as conn:
             result = consultation.write_consultation(
@@ -494,6 +520,7 @@ class Session:
             raise UserFacingError(
                 "password_too_short", f"The new password must be at least {minimum} characters."
             )
+        self._require_disk(disk_space.SAVE_BYTES)
         self._reauthenticate(old_password, "password_changed")
         now = self._now()
         # AD-1: the new slot and its audit event are one atomic header write; the event enters

@@ -13,10 +13,16 @@ Guarantees:
   sent at the end of this sync, and if the process dies first, at the next start, so the
   gateway's command never stays "pending" for good (WP-2).
 - The sync's outcome is audited once at the end (``sync`` with counts), successful or not.
+- A full disk (CR-3): a sync does not start with less than ``disk_space.SYNC_BYTES`` free, and a
+  disk that fills during it stops it with ``DiskFull``. What was committed stays (every page
+  with its cursor, every outbox change with its audit entry); what was not is rolled back and
+  redone by the next sync: a note the gateway filed before the disk filled is matched by its
+  client identifier (exactly once), an audit batch it stored is re-sent and recognised.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from client.core import policy_audit
+from client.core import disk_space, policy_audit
 from client.core.audit_log import AuditLog
 from client.core.device import RECEIPT_KEY
 from client.core.keyslots import KeyslotError
@@ -44,6 +50,8 @@ from sync.protocol.audit.audit_event import export_bundle
 from sync.protocol.audit.receipt import Receipt
 
 AUDIT_BATCH_LIMIT = 2000
+
+log = logging.getLogger(__name__)
 
 
 class SyncContext:
@@ -80,8 +88,16 @@ class SyncContext:
             )
 
     def close(self) -> None:
-        if self.vault.is_open:
-            self.audit.scrub_wal(self.vault.connection)
+        """Scrub the WAL and close; always closes (on a full disk the scrub waits for the
+        next lock or sync with room)."""
+        if not self.vault.is_open:
+            return
+        try:
+            with disk_space.mapped(self.device.data_dir, disk_space.SYNC_BYTES):
+                self.audit.scrub_wal(self.vault.connection)
+        except disk_space.DiskFull:
+            log.warning("sync: WAL not scrubbed, the disk is full")
+        finally:
             self.vault.close()
 
     # -- sync.device.control.DeviceControl ---------------------------------------------------
@@ -184,6 +200,17 @@ def run_sync(
     caller refreshes ``session.policy`` (done here) and must lock the session if
     ``result.control["lock_requested"]`` is true (a remote lock or wipe).
     """
+    data_dir = session.device.data_dir
+    disk_space.require(data_dir, disk_space.SYNC_BYTES, session.device.free_space)
+    with disk_space.mapped(data_dir, disk_space.SYNC_BYTES):
+        return _run_sync(session, progress, cancel)
+
+
+def _run_sync(
+    session: Session,
+    progress: Callable[[Progress], None] | None,
+    cancel: threading.Event | None,
+) -> SyncResult:
     context = SyncContext(session)
     try:
         replica = VaultReplica(

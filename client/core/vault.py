@@ -14,6 +14,8 @@ Invariants:
 - After ``close()`` (lock) the connection is closed, our copy of the key is zeroised and every
   data call raises ``VaultLocked`` (AU-3). Python cannot scrub the immutable strings SQLite's
   driver saw; the window is the ``open`` call only.
+- A full disk, while opening or in any transaction, leaves as ``disk_space.DiskFull`` (never as
+  a SQLite error, never mistaken for a wrong key), after the transaction was rolled back (CR-3).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Final
 
 import sqlcipher3
 
+from client.core import disk_space
 from client.core.errors import EnvironmentFault, VaultLocked
 
 log = logging.getLogger(__name__)
@@ -71,22 +74,50 @@ def transaction(conn: Any) -> Iterator[Any]:
       connection is never left inside a half-finished transaction.
     - Nothing else commits or rolls back inside the block (the records, outbox and audit
       functions require the caller's transaction and never end it).
+    - A full disk (at BEGIN, a statement or COMMIT) rolls back and leaves as ``DiskFull``.
     Schema migrations are the one exception: ``executescript`` commits any open transaction
     before it runs, so each migration script carries its own ``BEGIN IMMEDIATE`` … ``COMMIT``.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlcipher3.Error as error:
+        _raise_if_disk_full(conn, error)
+        raise
     try:
         yield conn
-    except BaseException:
+    except BaseException as error:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        _raise_if_disk_full(conn, error)
         raise
     try:
         conn.execute("COMMIT")
-    except BaseException:
+    except BaseException as error:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        _raise_if_disk_full(conn, error)
         raise
+
+
+def _raise_if_disk_full(conn: Any, error: BaseException) -> None:
+    """Raise ``DiskFull`` in place of ``error`` when it is a full disk (figures for the
+    database's folder); return otherwise."""
+    if not isinstance(error, OSError | sqlcipher3.Error):
+        return
+    full = disk_space.as_disk_full(error, _folder_of(conn), disk_space.SAVE_BYTES)
+    if full is not None:
+        raise full from None
+
+
+def _folder_of(conn: Any) -> Path:
+    """The folder of the connection's main database file (the current one if unknown)."""
+    try:
+        for _seq, name, file in conn.execute("PRAGMA database_list").fetchall():
+            if name == "main" and file:
+                return Path(file).parent
+    except sqlcipher3.Error:
+        pass
+    return Path(".")
 
 
 def _key_pragma(key: bytearray) -> str:
@@ -123,13 +154,17 @@ class Vault:
         try:
             _create_private(path)
             connection = sqlcipher3.connect(str(path), isolation_level=None)
-        except (OSError, sqlcipher3.Error):
+        except (OSError, sqlcipher3.Error) as error:
             key[:] = b"\x00" * len(key)
+            full = disk_space.as_disk_full(error, path.parent, disk_space.SIGN_IN_BYTES)
+            if full is not None:
+                raise full from None
             raise VaultOpenFailed("vault_io") from None
         vault = cls(path, connection, key)
         try:
-            vault._configure()
-            vault._migrate(migrations)
+            with disk_space.mapped(path.parent, disk_space.SIGN_IN_BYTES):
+                vault._configure()
+                vault._migrate(migrations)
         except BaseException:
             vault.close()
             raise
@@ -145,7 +180,12 @@ class Vault:
             raise VaultOpenFailed("vault_memory_security")
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlcipher3.DatabaseError:
+        except sqlcipher3.DatabaseError as error:
+            # The first read maps the -shm file: on a full disk that fails as an I/O error,
+            # which is not a wrong key.
+            full = disk_space.as_disk_full(error, self._path.parent, disk_space.SIGN_IN_BYTES)
+            if full is not None:
+                raise full from None
             raise VaultOpenFailed("vault_key_rejected") from None
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if mode is None or str(mode[0]).lower() != "wal":
@@ -167,10 +207,13 @@ class Vault:
             script = f"BEGIN IMMEDIATE;\n{migrations[step]};\nPRAGMA user_version = {step + 1};\n"
             try:
                 conn.executescript(script + "COMMIT;")
-            except sqlcipher3.Error:
+            except sqlcipher3.Error as error:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 log.error("vault: migration to schema %d failed", step + 1)
+                full = disk_space.as_disk_full(error, self._path.parent, disk_space.SAVE_BYTES)
+                if full is not None:
+                    raise full from None
                 raise VaultOpenFailed("vault_migration_failed") from None
 
     # -- use ----------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ Invariants:
   (no oracle). The attempt is counted in the header *before* the Argon2id work and uncounted on
   success, so killing the app mid-unlock never erases a guess (AU-2). Lockout times set by the
   accounts layer are enforced here against the ``now`` it passes.
+- A full disk leaves every write as ``disk_space.DiskFull`` with the old header intact (the
+  atomic replace never happened). ``unlock`` counts the attempt first, so on a full disk it
+  raises ``DiskFull`` before any password work: an attempt that cannot be counted is never
+  made (CR-3, AU-2).
 No password, key or DEK is ever logged or put in an exception.
 """
 
@@ -44,6 +48,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+from client.core import disk_space
 from client.core.device_keyring import DeviceKeyring
 from client.core.errors import UserFacingError
 from client.core.header_counters import HeaderCounters, JsonScalar
@@ -254,7 +259,8 @@ class VaultHeader:
         data = canonical_json(
             {"body": document, "mac": _mac(self._keyring.header_mac_key(), document)}
         )
-        atomic_write(self._path, data)
+        with disk_space.mapped(self._path.parent, disk_space.SIGN_IN_BYTES):
+            atomic_write(self._path, data)
         self._body = body
         self._keyring.set_header_generation(body.generation)
 
@@ -319,7 +325,8 @@ class VaultHeader:
     def _exclusive(self) -> Iterator[None]:
         """An advisory lock on ``vault.header.lock`` for read-modify-write (POSIX flock)."""
         lock_path = self._path.with_name(self._path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        with disk_space.mapped(self._path.parent, disk_space.SIGN_IN_BYTES):
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)

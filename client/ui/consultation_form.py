@@ -5,7 +5,8 @@ Guarantees:
   the form shows that message next to the field it names and moves focus there. Text that is
   not a number is passed on as NaN so the core's own "must be a number" message is shown.
 - Save runs on the executor; on success the form says "Saved on this laptop — not yet sent"
-  and emits ``saved``; nothing is lost on failure (the save is one transaction).
+  and emits ``saved``; nothing is lost on failure (the save is one transaction). On a full
+  disk the form says "Not saved" with the disk's figures and keeps every field (CR-3).
 - The patient's alerts and allergies stay on screen above the form (``PatientHeader``).
 - Nothing typed is lost (CR-4): every change is kept as an encrypted draft in the vault within
   ``AUTOSAVE_MS`` (``Session.save_draft``), and ``take_draft()`` hands the form's contents to
@@ -21,6 +22,7 @@ import math
 
 from client.core.chart import Chart
 from client.core.consultation import VITAL_SPECS, ConsultationError, ConsultationResult, Vital
+from client.core.disk_space import DiskFull
 from client.core.drafts import Draft, DraftFields
 from client.core.humanize import format_moment
 from client.core.session import BreakGlassGrant, Session
@@ -291,5 +293,9 @@ class ConsultationForm(QWidget):
                 self.note_error.setText(error.message)
                 self.note.setFocus()
             return
-        self.status.setText("")
+        if isinstance(error, DiskFull):  # the text stays in the form; say so where they look
+            set_role(self.status, "error")
+            self.status.setText(f"Not saved. {error.message} Your note is still in this form.")
+        else:
+            self.status.setText("")
         show_error(self, error)

@@ -10,6 +10,9 @@ Guarantees:
   DeviceError``) are explained by their reason code; a gateway's own refusal text is shown
   plain and truncated. A ``sync.protocol.errors.ProtocolError`` (an answer or statement that
   cannot be accepted) says so and never quotes it.
+- A full disk is one sentence with the figures and what to do (``DiskFull``, CR-3); a disk-full
+  error that reaches here unclassified (``OSError`` ENOSPC/EDQUOT, SQLite "database or disk is
+  full") still says the disk is full, never the raw text.
 - Bugs are logged by exception type only (never the message, which might hold data).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from client.core.disk_space import DiskFull, is_disk_full
 from client.core.errors import EnvironmentFault, GatehouseError, UserFacingError
 from client.core.sync_failures import CONNECTION_REASONS, SYNC_FAILURES, sync_failure_sentence
 from sync.device.errors import DeviceError
@@ -28,6 +32,7 @@ from sync.protocol.errors import ProtocolError
 log = logging.getLogger(__name__)
 
 NOTHING_LOST = "Nothing you saved has been lost."
+DISK_FULL_TITLE = "The laptop's disk is full"
 # What to say when the gateway was not safely reached (one mapping: client/core/sync_failures).
 NETWORK_HELP = {reason: SYNC_FAILURES[reason] for reason in sorted(CONNECTION_REASONS)}
 MAX_SERVER_TEXT = 300  # a gateway's refusal text is shown (plain), but never at length
@@ -50,15 +55,17 @@ def explain(error: BaseException) -> Explanation:
     """What to tell the user about ``error``."""
     if isinstance(error, UserFacingError):
         return Explanation("Gatehouse", error.message, error.reason)
+    if isinstance(error, DiskFull):
+        return Explanation(DISK_FULL_TITLE, f"{error.message}\n\n{NOTHING_LOST}", error.reason)
     if isinstance(error, EnvironmentFault):
         return Explanation(
             "This computer needs attention", f"{error.message}\n\n{NOTHING_LOST}", error.reason
         )
-    if isinstance(error, OSError) and error.errno == 28:
+    if is_disk_full(error):
         return Explanation(
-            "The disk is full",
-            "Gatehouse could not save because the disk is full. Free some space or call IT, "
-            f"then try again.\n\n{NOTHING_LOST}",
+            DISK_FULL_TITLE,
+            "The laptop's disk is full, so Gatehouse could not finish — call IT."
+            f"\n\n{NOTHING_LOST}",
             "disk_full",
         )
     if isinstance(error, GatehouseError):

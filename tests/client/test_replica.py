@@ -20,6 +20,7 @@ from client.core import conflicts, consultation, outbox, records
 from client.core.audit_log import AuditLog
 from client.core.completeness import patient_completeness
 from client.core.consultation import Vital
+from client.core.disk_space import DiskFull
 from client.core.replica import MAX_QUARANTINE_RAW_BYTES, VaultReplica
 from client.core.schema import MIGRATIONS
 from client.core.search import search_patients
@@ -186,7 +187,7 @@ def test_CR1_page_and_cursor_commit_together(vault: Vault) -> None:
         cursor="after",
     )
     audit_before = len(entries(vault))
-    with pytest.raises(sqlcipher3.OperationalError):
+    with pytest.raises(DiskFull):  # rolled back whole, and classified (CR-3)
         failing.apply_page(doomed)
     assert not vault.connection.in_transaction
     assert stored(vault, "Patient", "p-amira") is None

@@ -12,6 +12,7 @@ import pytest
 from client.core import consultation
 from client.core.accounts import LoginRefused
 from client.core.device import Device, ProvisioningError
+from client.core.disk_space import DiskFull
 from client.core.errors import UserFacingError, VaultLocked
 from client.core.kdf import FLOOR
 from client.core.session import (
@@ -107,9 +108,10 @@ def test_AD1_the_audit_entry_is_in_the_same_transaction_as_the_view(td: Provisio
         raise OSError(28, "No space left on device")
 
     session._audit.append = broken_append  # type: ignore[method-assign]
-    with pytest.raises(OSError):
+    # The transaction rolls back and the full disk leaves classified (CR-3).
+    with pytest.raises(DiskFull):
         session.open_chart(str(_patients(SITE)[0]["id"]))
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFull):
         session.write_consultation(
             str(_patients(SITE)[0]["id"]), vitals=[], note_text="A note.", plan_text=""
         )
