@@ -14,6 +14,8 @@ Guarantees:
   the middle of a replica transaction).
 - ``run`` never raises for sync failures: the first failure's reason is ``result.error``.
 - Progress (phase, items, bytes) is reported through a callback on the caller's thread.
+- The data plane is addressed through ``fhir_base``: ``fhir`` under the gateway URL by
+  default, or any absolute URL with a path on the transport's origin (``…/fhir/R4``).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import time
 from collections.abc import Callable, Sequence
 
 from sync.device.outcome import (
+    CONNECTION_REASONS,
     Cancelled,
     Progress,
     SyncError,
     SyncResult,
     raise_if_cancelled,
 )
-from sync.device.pull import PAGE_SIZE, HistoryPull
+from sync.device.pull import DEFAULT_FHIR_BASE, PAGE_SIZE, HistoryPull
 from sync.device.push import PUSH_BATCH, OutboxPush
 from sync.device.replica import Replica, ReplicaError
 from sync.device.transport import Transport, TransportError
@@ -50,9 +53,7 @@ log = logging.getLogger(__name__)
 
 # Failures after which nothing else can work in this sync: the connection itself is refused
 # or gone, or the device has just been wiped.
-FATAL_REASONS = frozenset(
-    {"pin_mismatch", "tls", "connection", "timeout", "config", "wiped", "vault_locked"}
-)
+FATAL_REASONS = CONNECTION_REASONS | {"wiped", "vault_locked"}
 
 ControlStep = Callable[[Transport, SyncResult], None]
 
@@ -72,6 +73,7 @@ class SyncEngine:
         cancel: threading.Event | None = None,
         control_before: Sequence[tuple[str, ControlStep]] = (),
         control_after: Sequence[tuple[str, ControlStep]] = (),
+        fhir_base: str = DEFAULT_FHIR_BASE,
     ) -> None:
         self._transport = transport
         self._replica = replica
@@ -82,6 +84,7 @@ class SyncEngine:
         self._cancel = cancel or threading.Event()
         self._before = tuple(control_before)
         self._after = tuple(control_after)
+        self._fhir_base = fhir_base
         self.result = SyncResult()
 
     # -- running -------------------------------------------------------------------------------
@@ -147,6 +150,7 @@ class SyncEngine:
             batch=self._push_batch,
             report=lambda items: self._report("push", "", items),
             cancel=self._cancel,
+            fhir_base=self._fhir_base,
         ).run()
 
     def pull(self) -> None:
@@ -159,4 +163,5 @@ class SyncEngine:
             page_size=self._page_size,
             report=lambda resource_type, items: self._report("pull", resource_type, items),
             cancel=self._cancel,
+            fhir_base=self._fhir_base,
         ).run()

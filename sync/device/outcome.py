@@ -18,6 +18,8 @@ from sync.device.errors import DeviceError
 from sync.device.replica import SyncSummary
 
 FHIR_JSON = "application/fhir+json"  # the media type of every data-plane request and answer
+# Transport failures of the connection itself: nothing else can work in this sync after one.
+CONNECTION_REASONS = frozenset({"pin_mismatch", "tls", "connection", "timeout", "config"})
 
 
 class SyncError(DeviceError):
@@ -57,6 +59,8 @@ class SyncResult:
     caseload_confirmed: bool = False
     error: str | None = None  # the first failure's reason (None: everything succeeded)
     failed_phases: dict[str, str] = field(default_factory=dict)
+    # Resource types whose pull failed (type → reason); the other types were still pulled.
+    failed_types: dict[str, str] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
 
     @property

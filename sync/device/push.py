@@ -55,8 +55,10 @@ class OutboxPush:
         batch: int = PUSH_BATCH,
         report: Callable[[int], None],
         cancel: threading.Event,
+        fhir_base: str = "fhir",
     ) -> None:
         self._transport = transport
+        self._base = fhir_base.rstrip("/")
         self._replica = replica
         self.result = result
         self._batch = batch
@@ -109,7 +111,7 @@ class OutboxPush:
         # Idempotent by construction: creates carry ifNoneExist, updates carry ifMatch.
         return self._transport.request(
             "POST",
-            "fhir",
+            self._base,
             body=orjson.dumps(bundle),
             headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
             idempotent=True,
@@ -145,7 +147,7 @@ class OutboxPush:
     def _conflict(self, item: OutboxItem) -> None:
         current: Mapping[str, Any] | None = None
         if item.operation == "update":
-            response = self._transport.get(f"fhir/{item.resource_type}/{item.local_id}")
+            response = self._transport.get(f"{self._base}/{item.resource_type}/{item.local_id}")
             if response.status == 200:
                 try:
                     current = validate_resource(self._json(response, "current version"))

@@ -143,11 +143,12 @@ def running_medplum(directory: Path) -> Iterator[MedplumServer]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
+    sessions: list[requests.Session] = []
     try:
-        server = MedplumServer(pki, _wait_ready(process), seeder, process)
+        server = MedplumServer(pki, _wait_ready(process), seeder, process, sessions)
         yield server
     finally:
-        for session in locals().get("server", None).sessions if "server" in locals() else []:
+        for session in sessions:
             session.close()
         process.terminate()
         try:
@@ -155,3 +156,6 @@ def running_medplum(directory: Path) -> Iterator[MedplumServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()

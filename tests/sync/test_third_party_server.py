@@ -1,0 +1,211 @@
+"""Issue 13: the sync engine against a real third-party FHIR R4 server (Medplum's FHIR router,
+in-memory repository, ``tests/support/medplum_server.py``) at ``/fhir/R4`` over real mutual TLS.
+
+That server has no type-level ``_history``, answers searches with ``Bundle.total`` and no
+``next`` link, and stamps ``meta.versionId`` with UUIDs: the engine must read it by keyset
+search, never stop at the first page, and never report a short pull as a success.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync.device.engine import SyncEngine, SyncResult
+from sync.device.replica import ApplyStats, Page
+from sync.device.transport import Transport
+from tests.support.medplum_server import BASE_PATH, MedplumServer, running_medplum
+from tests.support.memory_replica import MemoryReplica
+from tests.support.sync import TYPES, seed_resources, transport_config
+from tests.support.tls_server import RawTlsServer
+from tests.support.transport_pki import Pki, pinned_config, serve
+
+SEED_PATIENTS = 30
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumServer]:
+    with running_medplum(tmp_path_factory.mktemp("medplum")) as server:
+        server.seed(seed_resources(patients=SEED_PATIENTS, seed=11))
+        yield server
+
+
+@pytest.fixture
+def medplum(tmp_path: Path) -> Iterator[MedplumServer]:
+    with running_medplum(tmp_path) as server:
+        yield server
+
+
+def _pull(server: MedplumServer, replica: MemoryReplica, page_size: int = 50) -> SyncResult:
+    device = server.pki.device("dev-medplum", "hmp-brixton")
+    config = transport_config(server.origin, server.pki.server_pin, device)
+    with Transport(config) as transport:
+        return SyncEngine(
+            transport, replica, resource_types=TYPES, page_size=page_size, fhir_base=server.base
+        ).run()
+
+
+def _server_counts(server: MedplumServer) -> Counter[str]:
+    return Counter({kind: len(server.search_all(kind)) for kind in TYPES})
+
+
+def _device_counts(replica: MemoryReplica) -> Counter[str]:
+    return Counter(kind for kind, _ in replica.resources)
+
+
+def test_issue13_a_full_pull_from_a_server_at_fhir_r4_holds_every_resource(
+    seeded: MedplumServer,
+) -> None:
+    """A base with a path (/fhir/R4), no type _history, no next links: every page is read."""
+    replica = MemoryReplica()
+    result = _pull(seeded, replica)
+    assert result.ok, (result.failed_phases, result.failed_types)
+    expected = _server_counts(seeded)
+    assert sum(expected.values()) == len(seed_resources(patients=SEED_PATIENTS, seed=11))
+    assert _device_counts(replica) == expected
+    assert result.pulled == sum(expected.values())
+    assert not result.caseload_confirmed  # a search cannot see deletions
+    cursor = replica.cursors["history:Observation"]
+    assert cursor.startswith(f"{BASE_PATH}/Observation?") and "_lastUpdated=ge" in cursor
+    # The next sync resumes from the cursor: only the overlap is read again, nothing applied.
+    again = _pull(seeded, replica)
+    assert again.ok and again.pulled == 0
+
+
+class EditingReplica(MemoryReplica):
+    """After the first Observation page is applied, another client edits a record of that
+    page on the server (it moves to the end of a _lastUpdated order) — the edit that made
+    offset paging skip a record."""
+
+    def __init__(self, server: MedplumServer) -> None:
+        super().__init__()
+        self.server = server
+        self.edited: str | None = None
+
+    def apply_page(self, page: Page) -> ApplyStats:
+        stats = super().apply_page(page)
+        if page.stream == "history:Observation" and self.edited is None and page.resources:
+            first = dict(page.resources[0])
+            first["status"] = "amended"
+            self.edited = str(first["id"])
+            self.server.put(first)
+        return stats
+
+
+def test_issue13_an_edit_while_paging_never_makes_the_search_skip_a_record(
+    medplum: MedplumServer,
+) -> None:
+    medplum.seed(seed_resources(patients=SEED_PATIENTS, seed=12))
+    replica = EditingReplica(medplum)
+    result = _pull(medplum, replica, page_size=20)
+    assert result.ok, (result.failed_phases, result.failed_types)
+    assert replica.edited is not None
+    assert _device_counts(replica) == _server_counts(medplum)
+    held = replica.resources[("Observation", replica.edited)]
+    assert held["status"] == "amended"  # the edit itself arrived in the same pull
+
+
+def _searchset(entries: list[dict[str, Any]], total: int | None) -> bytes:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    if total is not None:
+        bundle["total"] = total
+    return json.dumps(bundle).encode()
+
+
+def _history(entries: list[dict[str, Any]], total: int) -> bytes:
+    return json.dumps(
+        {"resourceType": "Bundle", "type": "history", "total": total, "entry": entries}
+    ).encode()
+
+
+def _flag(fid: str, stamp: str) -> dict[str, Any]:
+    return {
+        "resource": {
+            "resourceType": "Flag",
+            "id": fid,
+            "meta": {"versionId": "1", "lastUpdated": stamp},
+            "status": "active",
+            "code": {"text": "risk"},
+            "subject": {"reference": "Patient/pt1"},
+        }
+    }
+
+
+def _raw_pull(pki: Pki, server: RawTlsServer, replica: MemoryReplica, types: list[str]) -> Any:
+    with Transport(pinned_config(pki, server.port)) as transport:
+        return SyncEngine(transport, replica, resource_types=types).run()
+
+
+def test_issue13_a_history_that_ends_while_its_total_says_more_is_an_incomplete_pull(
+    pki: Pki,
+) -> None:
+    """No next link, Bundle.total 2,806, one page received: an error, the cursor not moved."""
+    page = _history([_flag("f1", "2026-11-01T10:00:00Z")], total=2806)
+
+    def answer(*_: object) -> tuple[int, dict[str, str], bytes]:
+        return 200, {"Content-Type": "application/fhir+json"}, page
+
+    for server in serve(pki, answer):
+        replica = MemoryReplica()
+        result = _raw_pull(pki, server, replica, ["Flag"])
+        assert not result.ok
+        assert result.failed_types == {"Flag": "incomplete_pull"}
+        assert result.failed_phases == {"pull": "incomplete_pull"}
+        assert ("Flag", "f1") in replica.resources  # what came is kept …
+        assert "_since" not in replica.cursors["history:Flag"]  # … the cursor stays put
+        assert replica.cursors["history:Flag"] == "fhir/Flag/_history?_count=500"
+
+
+def test_issue13_a_search_whose_total_cannot_be_reached_is_an_incomplete_pull(pki: Pki) -> None:
+    """A server that caps every page at one record of the same instant and says total=3:
+    the engine cannot page past it and says so instead of reporting success."""
+    page = _searchset([_flag("f1", "2026-11-01T10:00:00Z")], total=3)
+
+    def answer(method: str, path: str, *_: object) -> tuple[int, dict[str, str], bytes]:
+        if "/_history" in path:
+            return 404, {"Content-Type": "application/fhir+json"}, b"{}"
+        return 200, {"Content-Type": "application/fhir+json"}, page
+
+    for server in serve(pki, answer):
+        replica = MemoryReplica()
+        result = _raw_pull(pki, server, replica, ["Flag"])
+        assert result.failed_types == {"Flag": "incomplete_pull"}
+        assert not result.ok
+
+
+def test_issue13_a_refused_page_of_one_type_never_stops_the_other_types(pki: Pki) -> None:
+    flags = _history([_flag("f1", "2026-11-01T10:00:00Z")], total=1)
+
+    def answer(method: str, path: str, *_: object) -> tuple[int, dict[str, str], bytes]:
+        if path.startswith("/fhir/Patient"):
+            return 403, {"Content-Type": "application/fhir+json"}, b"{}"
+        if path.startswith("/fhir/Flag"):
+            return 200, {"Content-Type": "application/fhir+json"}, flags
+        return 200, {"Content-Type": "application/fhir+json"}, _history([], total=0)
+
+    for server in serve(pki, answer):
+        replica = MemoryReplica()
+        result = _raw_pull(pki, server, replica, ["Patient", "AllergyIntolerance", "Flag"])
+        assert result.failed_types == {"Patient": "pull_refused"}
+        assert result.failed_phases == {"pull": "pull_refused"}
+        assert ("Flag", "f1") in replica.resources
+        assert "history:AllergyIntolerance" in replica.cursors
+        assert "history:Patient" not in replica.cursors
+        assert not result.caseload_confirmed
+
+
+def test_the_medplum_server_requires_a_client_certificate(medplum: MedplumServer) -> None:
+    """The third-party server is really behind mutual TLS (a request without a certificate is
+    refused in the handshake)."""
+    import requests
+
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{medplum.base}/metadata", verify=str(medplum.pki.ca_path), timeout=10)
+    pin = base64.b64decode(medplum.pki.server_pin)
+    assert len(pin) == 32
