@@ -50,6 +50,7 @@ class SyncResult:
     push_errors: int = 0
     quarantined: int = 0
     skipped_older: int = 0
+    out_of_scope: int = 0  # resources outside the device's scope, not stored (NW-6)
     requests: int = 0
     bytes_received: int = 0
     bytes_sent: int = 0
@@ -78,6 +79,7 @@ class SyncResult:
             outcome="success" if self.ok else "failure",
             reason=self.error,
             caseload_confirmed=self.caseload_confirmed,
+            out_of_scope=self.out_of_scope,
         )
 
 

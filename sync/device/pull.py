@@ -254,6 +254,7 @@ class HistoryPull:
         self.result.deleted += stats.deleted
         self.result.quarantined += stats.quarantined
         self.result.skipped_older += stats.skipped_older
+        self.result.out_of_scope += stats.out_of_scope
 
     def _download(self, url: str) -> Response:
         """GET one page (runs on the read-ahead worker: the transport only)."""

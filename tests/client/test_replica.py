@@ -769,3 +769,29 @@ def test_CR1_kill_9_while_applying_pages_loses_and_duplicates_nothing(tmp_path: 
     assert finish.returncode == 0
     with Vault.open(path, dek, MIGRATIONS) as vault:
         assert crash_check(vault) == PAGES
+
+
+def test_NW6_a_record_of_a_patient_outside_scope_is_not_stored_whatever_the_server_sends(
+    vault: Vault, replica: Replica
+) -> None:
+    """Issue 13 item 5: scope is checked for every type, not only Patient. A record of a
+    patient of another site (never held), or of no patient the device holds, is counted as
+    out of scope and never written; a record of an in-scope patient is stored."""
+    replica.apply_page(page([amira(), ben(site=OTHER)]))
+    stats = replica.apply_page(
+        page(
+            [
+                flag("f-mine", "p-amira", "Self-harm risk"),
+                flag("f-other-site", "p-ben", "Violence risk"),
+                flag("f-unknown", "p-nobody", "Allergy"),
+            ],
+            stream="Flag",
+        )
+    )
+    assert (stats.applied, stats.out_of_scope) == (1, 2)
+    assert stored(vault, "Flag", "f-mine") is not None
+    assert stored(vault, "Flag", "f-other-site") is None
+    assert stored(vault, "Flag", "f-unknown") is None
+    assert count(vault, "SELECT count(*) FROM quarantine") == 0  # not kept anywhere
+    replica.sync_finished(SyncSummary(pulled=1, out_of_scope=2))
+    assert entries(vault)[-1].detail["out_of_scope"] == 2

@@ -17,12 +17,21 @@ from typing import Any
 
 import pytest
 
+from client.core.audit_log import AuditLog
 from sync.device.engine import SyncEngine, SyncResult
 from sync.device.replica import ApplyStats, Page
 from sync.device.transport import Transport
 from tests.support.medplum_server import BASE_PATH, MedplumServer, running_medplum
 from tests.support.memory_replica import MemoryReplica
-from tests.support.sync import TYPES, seed_resources, transport_config
+from tests.support.sync import (
+    SITE,
+    TYPES,
+    DeviceVault,
+    device_view,
+    seed_resources,
+    sync_once,
+    transport_config,
+)
 from tests.support.tls_server import RawTlsServer
 from tests.support.transport_pki import Pki, pinned_config, serve
 
@@ -209,3 +218,43 @@ def test_the_medplum_server_requires_a_client_certificate(medplum: MedplumServer
         requests.get(f"{medplum.base}/metadata", verify=str(medplum.pki.ca_path), timeout=10)
     pin = base64.b64decode(medplum.pki.server_pin)
     assert len(pin) == 32
+
+
+def _site_of_patient(server: MedplumServer) -> dict[str, str]:
+    return {
+        p["id"]: p["managingOrganization"]["reference"].split("/", 1)[1]
+        for p in server.search_all("Patient")
+    }
+
+
+def _patient_of(resource: dict[str, Any]) -> str:
+    if resource["resourceType"] == "Patient":
+        return str(resource["id"])
+    key = "patient" if resource["resourceType"] == "AllergyIntolerance" else "subject"
+    return str(resource[key]["reference"].split("/", 1)[1])
+
+
+def test_NW6_a_laptop_scoped_to_one_site_stores_nothing_of_another_sites_patients(
+    seeded: MedplumServer, tmp_path: Path
+) -> None:
+    """The third-party server filters nothing by site: the laptop keeps only its own site's
+    patients and their records, for every type; the rest is counted and audited, not stored."""
+    sites = _site_of_patient(seeded)
+    everything = [r for kind in TYPES for r in seeded.search_all(kind)]
+    mine = {(r["resourceType"], r["id"]) for r in everything if sites[_patient_of(r)] == SITE}
+    theirs = len(everything) - len(mine)
+    assert mine and theirs  # both sites have patients and records
+    device = DeviceVault.create(tmp_path / "vault.db")
+    creds = seeded.pki.device("dev-nw6", SITE)
+    config = transport_config(seeded.origin, seeded.pki.server_pin, creds)
+    with device.open() as vault:
+        result = sync_once(vault, config, page_size=40, fhir_base=seeded.base)
+        assert result.ok, (result.failed_phases, result.failed_types)
+        assert set(device_view(vault.connection)) == mine
+        assert result.out_of_scope == theirs
+        (entry,) = [e for e in AuditLog().entries(vault.connection) if e.action == "sync"]
+        assert entry.detail["out_of_scope"] == theirs
+        # Every patient's records came with the patient: count equals the server's, per type.
+        again = sync_once(vault, config, page_size=40, fhir_base=seeded.base)
+        assert again.ok and again.pulled == 0
+        assert set(device_view(vault.connection)) == mine
