@@ -6,7 +6,8 @@ is ``sync.device.push``, the pull (with its read-ahead and cursors) ``sync.devic
 module orders the phases and reports.
 
 Guarantees:
-- Control steps before (time, audit, commands), then push before pull, so a clinician's notes
+- Control steps before (time, audit, commands), then the data plane's ``metadata`` (what the
+  server offers, in ``result.server``), then push before pull, so a clinician's notes
   go up before anything comes down, then control steps after (policy, audit).
 - Each phase runs on its own: a failing push, pull or policy step is recorded and the others
   still run. Only a connection-level failure (``FATAL_REASONS``: pin, TLS, network) or a wipe
@@ -15,7 +16,9 @@ Guarantees:
 - ``run`` never raises for sync failures: the first failure's reason is ``result.error``.
 - Progress (phase, items, bytes) is reported through a callback on the caller's thread.
 - The data plane is addressed through ``fhir_base``: ``fhir`` under the gateway URL by
-  default, or any absolute URL with a path on the transport's origin (``…/fhir/R4``).
+  default, or any absolute URL with a path (``…/fhir/R4``) on the origin of
+  ``data_transport`` (the control transport unless the data plane is another origin; each
+  transport is pinned and bound to its one origin).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from sync.device.capabilities import read_server_profile
 from sync.device.outcome import (
     CONNECTION_REASONS,
     Cancelled,
@@ -37,6 +41,7 @@ from sync.device.pull import DEFAULT_FHIR_BASE, PAGE_SIZE, HistoryPull
 from sync.device.push import PUSH_BATCH, OutboxPush
 from sync.device.replica import Replica, ReplicaError
 from sync.device.transport import Transport, TransportError
+from sync.protocol.fhir.capability import ServerProfile
 
 # The engine's public API: its callers (the client, the control steps) import these from here.
 __all__ = [
@@ -74,8 +79,10 @@ class SyncEngine:
         control_before: Sequence[tuple[str, ControlStep]] = (),
         control_after: Sequence[tuple[str, ControlStep]] = (),
         fhir_base: str = DEFAULT_FHIR_BASE,
+        data_transport: Transport | None = None,
     ) -> None:
         self._transport = transport
+        self._data = data_transport or transport
         self._replica = replica
         self._types = tuple(resource_types)
         self._page_size = page_size
@@ -85,6 +92,7 @@ class SyncEngine:
         self._before = tuple(control_before)
         self._after = tuple(control_after)
         self._fhir_base = fhir_base
+        self._profile: ServerProfile | None = None
         self.result = SyncResult()
 
     # -- running -------------------------------------------------------------------------------
@@ -102,7 +110,7 @@ class SyncEngine:
         phases: list[tuple[str, Callable[[], None]]] = [
             (name, self._control_phase(name, step)) for name, step in self._before
         ]
-        phases += [("push", self.push), ("pull", self.pull)]
+        phases += [("metadata", self.read_metadata), ("push", self.push), ("pull", self.pull)]
         phases += [(name, self._control_phase(name, step)) for name, step in self._after]
         try:
             for name, phase in phases:
@@ -121,10 +129,10 @@ class SyncEngine:
         except Cancelled as cancelled:
             self.result.error = cancelled.reason
         finally:
-            counters = self._transport.counters
-            self.result.requests = counters.requests
-            self.result.bytes_received = counters.bytes_received
-            self.result.bytes_sent = counters.bytes_sent
+            transports = {id(t): t for t in (self._transport, self._data)}.values()
+            self.result.requests = sum(t.counters.requests for t in transports)
+            self.result.bytes_received = sum(t.counters.bytes_received for t in transports)
+            self.result.bytes_sent = sum(t.counters.bytes_sent for t in transports)
             self.result.duration_s = time.monotonic() - started
             self._report("done", "", self.result.pulled + self.result.pushed)
         return self.result
@@ -137,14 +145,24 @@ class SyncEngine:
         return run_step
 
     def _report(self, phase: str, detail: str, items: int) -> None:
-        self._progress(Progress(phase, detail, items, self._transport.counters.bytes_received))
+        received = self._transport.counters.bytes_received
+        if self._data is not self._transport:
+            received += self._data.counters.bytes_received
+        self._progress(Progress(phase, detail, items, received))
 
     # -- the two directions --------------------------------------------------------------------
+
+    def read_metadata(self) -> None:
+        """The data plane's CapabilityStatement, read before the push (``result.server``);
+        a server that does not describe itself leaves it None and the engine probes."""
+        self._profile = read_server_profile(self._data, self._fhir_base)
+        if self._profile is not None:
+            self.result.server = self._profile.to_json(self._types)
 
     def push(self) -> None:
         """Send the outbox (``sync.device.push``)."""
         OutboxPush(
-            self._transport,
+            self._data,
             self._replica,
             self.result,
             batch=self._push_batch,
@@ -156,7 +174,7 @@ class SyncEngine:
     def pull(self) -> None:
         """Pull every resource type's changes (``sync.device.pull``)."""
         HistoryPull(
-            self._transport,
+            self._data,
             self._replica,
             self.result,
             resource_types=self._types,
@@ -164,4 +182,5 @@ class SyncEngine:
             report=lambda resource_type, items: self._report("pull", resource_type, items),
             cancel=self._cancel,
             fhir_base=self._fhir_base,
+            profile=self._profile,
         ).run()

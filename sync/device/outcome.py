@@ -63,6 +63,9 @@ class SyncResult:
     # Resource types whose pull failed (type → reason); the other types were still pulled.
     failed_types: dict[str, str] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
+    # What the data plane's CapabilityStatement offers (ServerProfile.to_json); None when the
+    # server did not describe itself.
+    server: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

@@ -24,6 +24,8 @@ Invariants:
 - Types are isolated: a refused or malformed page of one type ends that type's pull only; the
   others still run, and ``result.failed_types`` names each failed type with its reason. Only a
   connection-level failure (``CONNECTION_REASONS``) ends the whole pull.
+- A type the server's CapabilityStatement lists without ``history-type`` is searched at once
+  (no probe); a server that does not describe itself is probed: ``_history`` first.
 - Patient is pulled first, so a clinical record's patient is already known when it arrives.
 - Every inbound resource is validated (``sync.protocol.fhir.validate``) before it reaches the
   replica; a bad one is quarantined with its reason and the rest of the page goes on (NW-3).
@@ -71,6 +73,7 @@ from sync.protocol.fhir.bounded_json import (
     loads_bounded_with_depth,
 )
 from sync.protocol.fhir.bundle import bundle_entries, next_link, parse_history_entry
+from sync.protocol.fhir.capability import ServerProfile
 from sync.protocol.fhir.validate import InvalidResource, parse_instant, validate_resource
 
 PAGE_SIZE = 500  # resources per history page: ~1-2 MiB of JSON, one replica transaction
@@ -101,8 +104,10 @@ class HistoryPull:
         report: Callable[[str, int], None],
         cancel: threading.Event,
         fhir_base: str = DEFAULT_FHIR_BASE,
+        profile: ServerProfile | None = None,
     ) -> None:
         self._transport = transport
+        self._profile = profile
         self._base = fhir_base.rstrip("/")
         self._replica = replica
         self.result = result
@@ -137,6 +142,8 @@ class HistoryPull:
         stored = self._replica.read_cursor(stream)
         if stored is not None and not _is_history(stored):
             return self._search_type(resource_type, stream, stored)
+        if stored is None and self._profile and not self._profile.of(resource_type).history_type:
+            return self._search_type(resource_type, stream, None)  # the server says: no history
         url = stored or self._start_url(resource_type, history=True)
         response = self._transport.get(url, headers={"Accept": FHIR_JSON})
         if response.status in NO_HISTORY_STATUSES and stored is None:

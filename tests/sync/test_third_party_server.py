@@ -80,6 +80,13 @@ def test_issue13_a_full_pull_from_a_server_at_fhir_r4_holds_every_resource(
     assert _device_counts(replica) == expected
     assert result.pulled == sum(expected.values())
     assert not result.caseload_confirmed  # a search cannot see deletions
+    # What the server offers, read from its metadata before the push (issue 13 item 1).
+    assert result.server is not None
+    assert result.server["software"].startswith("Medplum")
+    assert result.server["transaction"] is True
+    assert not any(t["history_type"] for t in result.server["types"].values())
+    assert "Patient:history-type" in result.server["missing"]
+    assert result.server["types"]["Observation"]["if_match"] is True
     cursor = replica.cursors["history:Observation"]
     assert cursor.startswith(f"{BASE_PATH}/Observation?") and "_lastUpdated=ge" in cursor
     # The next sync resumes from the cursor: only the overlap is read again, nothing applied.

@@ -72,7 +72,7 @@ function capabilityStatement(router) {
       interaction: system.map((code) => ({ code })),
       resource: types.map((type) => ({
         type,
-        versioning: 'versioned',
+        versioning: 'versioned-update', // the router's update honours If-Match
         conditionalCreate: true,
         interaction: typeLevel.map((code) => ({ code })),
         searchParam: [
