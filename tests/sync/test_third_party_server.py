@@ -17,10 +17,13 @@ from typing import Any
 
 import pytest
 
+from client.core import consultation
 from client.core.audit_log import AuditLog
+from client.core.consultation import Vital
 from sync.device.engine import SyncEngine, SyncResult
 from sync.device.replica import ApplyStats, Page
 from sync.device.transport import Transport
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 from tests.support.medplum_server import BASE_PATH, MedplumServer, running_medplum
 from tests.support.memory_replica import MemoryReplica
 from tests.support.sync import (
@@ -28,9 +31,11 @@ from tests.support.sync import (
     TYPES,
     DeviceVault,
     device_view,
+    now_utc,
     seed_resources,
     sync_once,
     transport_config,
+    write_consultations,
 )
 from tests.support.tls_server import RawTlsServer
 from tests.support.transport_pki import Pki, pinned_config, serve
@@ -265,3 +270,95 @@ def test_NW6_a_laptop_scoped_to_one_site_stores_nothing_of_another_sites_patient
         again = sync_once(vault, config, page_size=40, fhir_base=seeded.base)
         assert again.ok and again.pulled == 0
         assert set(device_view(vault.connection)) == mine
+
+
+def test_issue13_consultations_reach_the_third_party_server_exactly_once(
+    medplum: MedplumServer, tmp_path: Path
+) -> None:
+    """A consultation (Encounter, Observation, DocumentReference) goes up in a transaction
+    with conditional creates; a second sync sends nothing again and duplicates nothing."""
+    medplum.seed(seed_resources(patients=6, seed=13))
+    device = DeviceVault.create(tmp_path / "vault.db")
+    creds = medplum.pki.device("dev-push", SITE)
+    config = transport_config(medplum.origin, medplum.pki.server_pin, creds)
+    with device.open() as vault:
+        assert sync_once(vault, config, fhir_base=medplum.base).ok
+        mine = [
+            p["id"]
+            for p in medplum.search_all("Patient")
+            if p["managingOrganization"]["reference"] == f"Organization/{SITE}"
+        ]
+        made = write_consultations(vault, mine, 4, "mp")
+        result = sync_once(vault, config, fhir_base=medplum.base)
+        assert result.ok, (result.failed_phases, result.push_errors)
+        assert result.pushed == len(made)
+        again = sync_once(vault, config, fhir_base=medplum.base)
+        assert again.ok and again.pushed == 0
+    on_server = Counter(
+        ident["value"]
+        for kind in ("Encounter", "Observation", "DocumentReference")
+        for resource in medplum.search_all(kind)
+        for ident in resource.get("identifier", [])
+        if ident.get("system") == CLIENT_ID_SYSTEM
+    )
+    assert on_server == Counter(made)  # every resource once, none twice
+
+
+FULL_VITALS = [
+    Vital("systolic", 128),
+    Vital("diastolic", 82),
+    Vital("heart_rate", 71),
+    Vital("respiratory_rate", 14),
+    Vital("temperature", 36.8),
+    Vital("spo2", 98),
+    Vital("weight", 80),
+    Vital("height", 180),
+    Vital("bmi", 24.7),
+]
+
+
+def test_NW6_a_consultation_larger_than_the_servers_transaction_limit_is_sent_split_once(
+    medplum: MedplumServer, tmp_path: Path
+) -> None:
+    """Issue 13 item 2: this server refuses a transaction holding conditional creates and more
+    than 8 entries. A consultation with full vital signs (10 entries) is split into ordered
+    transactions (references resolved to the server's ids), sent exactly once, never left
+    unsent."""
+    medplum.seed(seed_resources(patients=4, seed=14))
+    device = DeviceVault.create(tmp_path / "vault.db")
+    creds = medplum.pki.device("dev-big", SITE)
+    config = transport_config(medplum.origin, medplum.pki.server_pin, creds)
+    with device.open() as vault:
+        assert sync_once(vault, config, fhir_base=medplum.base).ok
+        pid = next(
+            p["id"]
+            for p in medplum.search_all("Patient")
+            if p["managingOrganization"]["reference"] == f"Organization/{SITE}"
+        )
+        with vault.transaction() as conn:
+            written = consultation.write_consultation(
+                conn,
+                patient_id=pid,
+                author_user_id="nurse.sync",
+                site=SITE,
+                vitals=FULL_VITALS,
+                note_text="Full set of observations.",
+                plan_text="Review tomorrow.",
+                now=now_utc(),
+            )
+        assert len(written.outbox_seqs) == 10
+        result = sync_once(vault, config, fhir_base=medplum.base)
+        assert result.ok, (result.failed_phases, result.push_errors)
+        assert result.pushed == 10 and result.push_errors == 0
+        assert sync_once(vault, config, fhir_base=medplum.base).pushed == 0
+    (encounter,) = [
+        e
+        for e in medplum.search_all("Encounter")
+        if any(i.get("value") == written.encounter_id for i in e.get("identifier", []))
+    ]
+    observations = [
+        o
+        for o in medplum.search_all("Observation")
+        if o.get("encounter", {}).get("reference") == f"Encounter/{encounter['id']}"
+    ]
+    assert len(observations) == 8  # every vital, each pointing at the server's Encounter
