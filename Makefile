@@ -73,7 +73,7 @@ demo: venv sysdeps
 demo-frozen: package
 	bash packaging/demo_frozen.sh
 
-bench: venv
+bench: venv medplum
 	$(PY) -m bench
 
 clean:
