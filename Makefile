@@ -11,10 +11,15 @@ export QT_QPA_PLATFORM ?= offscreen
 # System packages the test suite uses: a real Secret Service (gnome-keyring inside
 # dbus-run-session) for the keyring tests, Xvfb for the UI journey, PostgreSQL 15 for the
 # gateway's scale path. Installed only when missing and only when we are root on Debian.
+# A third-party FHIR R4 server for the sync tests (Medplum's FHIR router on Node 20+), installed
+# from the npm registry at the versions its package-lock.json pins (tests/support/medplum_server.py).
+MEDPLUM_DIR   := tests/support/medplum
+MEDPLUM_STAMP := $(MEDPLUM_DIR)/node_modules/.installed
+
 SYSTEM_PACKAGES := dbus gnome-keyring libsecret-tools xvfb postgresql \
                    libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0
 
-.PHONY: test lint typecheck pytest pytest-postgres soak venv sysdeps bench clean package demo demo-frozen
+.PHONY: medplum test lint typecheck pytest pytest-postgres soak venv sysdeps bench clean package demo demo-frozen
 
 venv: $(STAMP)
 
@@ -23,6 +28,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[gateway,dev]'
 	touch $(STAMP)
+
+medplum: $(MEDPLUM_STAMP)
+
+$(MEDPLUM_STAMP): $(MEDPLUM_DIR)/package.json $(MEDPLUM_DIR)/package-lock.json
+	cd $(MEDPLUM_DIR) && npm ci --no-audit --no-fund --ignore-scripts
+	touch $(MEDPLUM_STAMP)
 
 sysdeps:
 	@bash scripts/install-system-packages.sh $(SYSTEM_PACKAGES)
@@ -34,7 +45,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-pytest: venv sysdeps
+pytest: venv sysdeps medplum
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The gateway's scale path: the same gateway suite against a real PostgreSQL 15 that the tests
@@ -62,7 +73,7 @@ demo: venv sysdeps
 demo-frozen: package
 	bash packaging/demo_frozen.sh
 
-bench: venv
+bench: venv medplum
 	$(PY) -m bench
 
 clean:

@@ -40,6 +40,7 @@ from client.core.device import Device, FirstUser, report_wipe_if_any
 from client.core.errors import GatehouseError
 from client.core.kdf import calibrate
 from client.core.provisioning import add_user_online, provision_from_bundle
+from client.core.server_profile import load_server_profile
 from client.core.session import Session
 from client.core.sync_failures import NOTHING_LOST, sync_failure_sentence
 from client.core.sync_runner import run_sync
@@ -116,6 +117,8 @@ def device_status(device: Device) -> dict[str, Any]:
         ),
         "pending_audit_events": len(counters.pending_audit_events),
         "enrolled": bool(device.profile.enrolment),
+        # What the FHIR server offers, as read at the last sync (issue 13); None: not yet read.
+        "server": load_server_profile(device.data_dir),
     }
     try:
         policy = device.policy()

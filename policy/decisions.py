@@ -192,6 +192,13 @@ def spki_pins(policy: Policy) -> tuple[bytes, ...]:
     return tuple(base64.b64decode(pin) for pin in policy.get_list("network.spki_pins"))
 
 
+def fhir_base_url(policy: Policy) -> str:
+    """The data plane's FHIR base URL: ``network.fhir_base_url``, or ``<gateway_url>/fhir``
+    when that is empty (the gateway serves both planes). Never ends with a slash."""
+    named = policy.get_str("network.fhir_base_url")
+    return (named or policy.gateway_url.rstrip("/") + "/fhir").rstrip("/")
+
+
 @dataclass(frozen=True)
 class UiPermissions:
     clipboard_copy_out: bool

@@ -187,6 +187,10 @@ def _check_gateway_url(value: str) -> str | None:
     return None
 
 
+def _check_optional_url(value: str) -> str | None:
+    return None if value == "" else _check_gateway_url(value)
+
+
 def _check_os_version(value: str) -> str | None:
     return None if _OS_VERSION_RE.fullmatch(value) else "not a dotted numeric version"
 
@@ -261,6 +265,12 @@ SETTINGS: tuple[Setting, ...] = (
             "The gateway's base URL; its host must be in network.allowed_hosts.",
             check=_check_gateway_url, check_doc="https URL, no user info, query or fragment",
             max_length=2048, required=True),
+    Setting("network.fhir_base_url", SettingKind.STR, "",
+            "The FHIR R4 base of the data plane, with any path (e.g. `https://fhir.example/fhir/R4`);"
+            " empty means the gateway's own, `<network.gateway_url>/fhir`. Its host must be in"
+            " network.allowed_hosts and its key pinned in network.spki_pins.",
+            check=_check_optional_url, check_doc="empty, or an https URL without user info,"
+            " query or fragment", max_length=2048),
     Setting("network.allowed_hosts", SettingKind.STR_LIST, (PLACEHOLDER_GATEWAY_HOST,),
             "The only hosts the device may connect to (exact match, no wildcards).",
             check=_check_host, check_doc="lowercase host names or IP addresses",
@@ -371,6 +381,10 @@ def _check_cross_field(settings: Mapping[str, SettingValue]) -> None:
     assert isinstance(url, str)
     if url_host(url) not in items("network.allowed_hosts"):
         raise _refuse("the host of network.gateway_url is not in network.allowed_hosts")
+    fhir = settings["network.fhir_base_url"]
+    assert isinstance(fhir, str)
+    if fhir and url_host(fhir) not in items("network.allowed_hosts"):
+        raise _refuse("the host of network.fhir_base_url is not in network.allowed_hosts")
 
 
 def validate_settings(mapping: object) -> dict[str, SettingValue]:

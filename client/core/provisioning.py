@@ -22,6 +22,7 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -173,6 +174,23 @@ def transport_config(device: Device) -> TransportConfig:
         connect_timeout_s=float(policy.get_int("network.connect_timeout_seconds")),
         read_timeout_s=float(policy.get_int("network.read_timeout_seconds")),
     )
+
+
+def data_transport_config(device: Device) -> TransportConfig | None:
+    """How this device reaches its FHIR data plane when that is another origin than the
+    gateway's (``network.fhir_base_url``); None when the gateway serves it. The same pins and
+    allowed hosts apply (both planes pinned); the gateway's CA is not required of a
+    third-party server, whose key the pin authenticates."""
+    gateway = transport_config(device)
+    base = decisions.fhir_base_url(device.policy())
+    if _origin(base) == _origin(gateway.gateway_url):
+        return None
+    return dataclasses.replace(gateway, gateway_url=_origin(base) + "/", server_ca_file=None)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def add_user_online(device: Device, user_id: str, password: str) -> str:

@@ -14,6 +14,11 @@ Invariants (on top of the protocol's own, docs/records.md §Sync replica):
   stored as is, a deleted one has its site cleared (search and retention then treat the
   patient as out of scope), audited once as ``purge_held``; ``sync_finished`` purges them once
   their work is sent. An out-of-scope Patient the device does not hold is never stored.
+- Scope holds for every type (NW-6, issue 13): a clinical resource is stored only when its
+  patient is an in-scope patient the device holds (``patient_index``, in ``site_scope``),
+  whatever the server sends; any other is not stored, only counted (``out_of_scope``) and
+  audited in the sync's entry. Patient is pulled first, so a patient's records never arrive
+  before the patient. The gateway's own filtering stays; this is defence in depth.
 - Retention's ``refreshed_at``: a Patient is stamped when (re)indexed, and the whole in-scope
   caseload once per sync whose pull reached the end of every stream (``sync_finished``), not
   once per page: an unchanged patient is as current as a changed one.
@@ -167,12 +172,20 @@ class VaultReplica:
     def _apply(self, conn: Any, page: Page, now: datetime) -> ApplyStats:
         in_scope: list[Mapping[str, Any]] = []
         leaving: list[Mapping[str, Any]] = []
+        out_of_scope = 0
+        patients: dict[str, bool] = {  # patient id → held by the device and in scope
+            str(r.get("id")): self._in_scope(site_of(r.get("managingOrganization")))
+            for r in page.resources
+            if isinstance(r, Mapping) and r.get("resourceType") == "Patient"
+        }
         for resource in page.resources:
-            if (
-                isinstance(resource, Mapping)
-                and resource.get("resourceType") == "Patient"
-                and not self._in_scope(site_of(resource.get("managingOrganization")))
-            ):
+            if not isinstance(resource, Mapping) or resource.get("resourceType") != "Patient":
+                pid = records.patient_of(resource) if isinstance(resource, Mapping) else None
+                if pid is not None and not self._patient_held(conn, pid, patients):
+                    out_of_scope += 1  # NW-6: never store another site's clinical record
+                    continue
+                in_scope.append(resource)
+            elif not self._in_scope(site_of(resource.get("managingOrganization"))):
                 leaving.append(resource)
             else:
                 in_scope.append(resource)
@@ -180,7 +193,7 @@ class VaultReplica:
         applied, ignored = result.applied, result.ignored
         quarantine: list[Quarantined] = list(page.quarantined)
         quarantine += [self._rejected(in_scope[r.index], r) for r in result.rejected]
-        purged = held = out_of_scope = deleted = 0
+        purged = held = deleted = 0
 
         for patient in leaving:
             raw_id = patient.get("id")
@@ -223,6 +236,15 @@ class VaultReplica:
             out_of_scope=out_of_scope,
             replaced_local=result.replaced_local,
         )
+
+    def _patient_held(self, conn: Any, patient_id: str, known: dict[str, bool]) -> bool:
+        """Whether the device holds ``patient_id`` as an in-scope patient (cached per page)."""
+        if patient_id not in known:
+            row = conn.execute(
+                "SELECT site FROM patient_index WHERE patient_id = ?", (patient_id,)
+            ).fetchone()
+            known[patient_id] = row is not None and self._in_scope(row[0])
+        return known[patient_id]
 
     @staticmethod
     def _stored_site(conn: Any, rtype: str, rid: str) -> tuple[str | None] | None:
@@ -455,6 +477,7 @@ class VaultReplica:
                 "pushed": summary.pushed,
                 "conflicts": summary.conflicts,
                 "quarantined": summary.quarantined,
+                "out_of_scope": summary.out_of_scope,
                 "push_errors": summary.push_errors,
                 "purged": purged,
                 "refreshed": refreshed,

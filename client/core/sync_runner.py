@@ -3,7 +3,9 @@ device's side of the control steps (docs/sync.md, docs/control-plane.md).
 
 Guarantees:
 - One pinned transport (one connection) for the whole sync, built from the signed policy and
-  the device's enrolment; nothing here opens a connection itself.
+  the device's enrolment; a second one, equally pinned, only when the policy names a FHIR
+  data plane on another origin (``network.fhir_base_url``); nothing here opens a connection
+  itself.
 - Every local effect of the control plane is audited in the transaction that makes it:
   policy installed / refused (the last good policy stays), audit upload receipts, commands.
 - A remote wipe closes the sync's connection and erases the device (keyring secrets and slots
@@ -22,6 +24,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -35,13 +38,15 @@ from client.core import disk_space, policy_audit
 from client.core.audit_log import AuditLog
 from client.core.device import RECEIPT_KEY
 from client.core.keyslots import KeyslotError
-from client.core.provisioning import transport_config
+from client.core.provisioning import data_transport_config, transport_config
 from client.core.replica import VaultReplica
 from client.core.schema import MIGRATIONS
+from client.core.server_profile import save_server_profile
 from client.core.session import Session
 from client.core.trusted_time import anchor
 from client.core.vault import Vault, database_path
 from client.core.wipe_report import send_pending_report
+from policy import decisions
 from policy.errors import PolicyReason, PolicyRefused
 from sync.device.control import Command, ControlSteps
 from sync.device.engine import FATAL_REASONS, Progress, SyncEngine, SyncError, SyncResult
@@ -222,7 +227,11 @@ def _run_sync(
             clock=context.device.clock,
         )
         control = ControlSteps(context, _receipt_key(context.device.data_dir))
-        with Transport(transport_config(context.device)) as transport:
+        data_config = data_transport_config(context.device)
+        with (
+            Transport(transport_config(context.device)) as transport,
+            Transport(data_config) if data_config else contextlib.nullcontext(transport) as data,
+        ):
             engine = SyncEngine(
                 transport,
                 replica,
@@ -231,9 +240,15 @@ def _run_sync(
                 cancel=cancel,
                 control_before=control.before(),
                 control_after=control.after(),
+                fhir_base=decisions.fhir_base_url(context.policy),
+                data_transport=data,
             )
             result = engine.run()
             if not context.wiped:
+                if result.server is not None:
+                    save_server_profile(
+                        context.device.data_dir, result.server, context.device.clock()
+                    )
                 replica.sync_finished(result.summary())
                 _upload_last_entries(control, transport, result)
     finally:

@@ -6,7 +6,8 @@ is ``sync.device.push``, the pull (with its read-ahead and cursors) ``sync.devic
 module orders the phases and reports.
 
 Guarantees:
-- Control steps before (time, audit, commands), then push before pull, so a clinician's notes
+- Control steps before (time, audit, commands), then the data plane's ``metadata`` (what the
+  server offers, in ``result.server``), then push before pull, so a clinician's notes
   go up before anything comes down, then control steps after (policy, audit).
 - Each phase runs on its own: a failing push, pull or policy step is recorded and the others
   still run. Only a connection-level failure (``FATAL_REASONS``: pin, TLS, network) or a wipe
@@ -14,6 +15,10 @@ Guarantees:
   the middle of a replica transaction).
 - ``run`` never raises for sync failures: the first failure's reason is ``result.error``.
 - Progress (phase, items, bytes) is reported through a callback on the caller's thread.
+- The data plane is addressed through ``fhir_base``: ``fhir`` under the gateway URL by
+  default, or any absolute URL with a path (``…/fhir/R4``) on the origin of
+  ``data_transport`` (the control transport unless the data plane is another origin; each
+  transport is pinned and bound to its one origin).
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from sync.device.capabilities import read_server_profile
 from sync.device.outcome import (
+    CONNECTION_REASONS,
     Cancelled,
     Progress,
     SyncError,
     SyncResult,
     raise_if_cancelled,
 )
-from sync.device.pull import PAGE_SIZE, HistoryPull
+from sync.device.pull import DEFAULT_FHIR_BASE, PAGE_SIZE, HistoryPull
 from sync.device.push import PUSH_BATCH, OutboxPush
 from sync.device.replica import Replica, ReplicaError
 from sync.device.transport import Transport, TransportError
+from sync.protocol.fhir.capability import ServerProfile
 
 # The engine's public API: its callers (the client, the control steps) import these from here.
 __all__ = [
@@ -50,9 +58,7 @@ log = logging.getLogger(__name__)
 
 # Failures after which nothing else can work in this sync: the connection itself is refused
 # or gone, or the device has just been wiped.
-FATAL_REASONS = frozenset(
-    {"pin_mismatch", "tls", "connection", "timeout", "config", "wiped", "vault_locked"}
-)
+FATAL_REASONS = CONNECTION_REASONS | {"wiped", "vault_locked"}
 
 ControlStep = Callable[[Transport, SyncResult], None]
 
@@ -72,8 +78,11 @@ class SyncEngine:
         cancel: threading.Event | None = None,
         control_before: Sequence[tuple[str, ControlStep]] = (),
         control_after: Sequence[tuple[str, ControlStep]] = (),
+        fhir_base: str = DEFAULT_FHIR_BASE,
+        data_transport: Transport | None = None,
     ) -> None:
         self._transport = transport
+        self._data = data_transport or transport
         self._replica = replica
         self._types = tuple(resource_types)
         self._page_size = page_size
@@ -82,6 +91,8 @@ class SyncEngine:
         self._cancel = cancel or threading.Event()
         self._before = tuple(control_before)
         self._after = tuple(control_after)
+        self._fhir_base = fhir_base
+        self._profile: ServerProfile | None = None
         self.result = SyncResult()
 
     # -- running -------------------------------------------------------------------------------
@@ -99,7 +110,7 @@ class SyncEngine:
         phases: list[tuple[str, Callable[[], None]]] = [
             (name, self._control_phase(name, step)) for name, step in self._before
         ]
-        phases += [("push", self.push), ("pull", self.pull)]
+        phases += [("metadata", self.read_metadata), ("push", self.push), ("pull", self.pull)]
         phases += [(name, self._control_phase(name, step)) for name, step in self._after]
         try:
             for name, phase in phases:
@@ -118,10 +129,10 @@ class SyncEngine:
         except Cancelled as cancelled:
             self.result.error = cancelled.reason
         finally:
-            counters = self._transport.counters
-            self.result.requests = counters.requests
-            self.result.bytes_received = counters.bytes_received
-            self.result.bytes_sent = counters.bytes_sent
+            transports = {id(t): t for t in (self._transport, self._data)}.values()
+            self.result.requests = sum(t.counters.requests for t in transports)
+            self.result.bytes_received = sum(t.counters.bytes_received for t in transports)
+            self.result.bytes_sent = sum(t.counters.bytes_sent for t in transports)
             self.result.duration_s = time.monotonic() - started
             self._report("done", "", self.result.pulled + self.result.pushed)
         return self.result
@@ -134,29 +145,42 @@ class SyncEngine:
         return run_step
 
     def _report(self, phase: str, detail: str, items: int) -> None:
-        self._progress(Progress(phase, detail, items, self._transport.counters.bytes_received))
+        received = self._transport.counters.bytes_received
+        if self._data is not self._transport:
+            received += self._data.counters.bytes_received
+        self._progress(Progress(phase, detail, items, received))
 
     # -- the two directions --------------------------------------------------------------------
+
+    def read_metadata(self) -> None:
+        """The data plane's CapabilityStatement, read before the push (``result.server``);
+        a server that does not describe itself leaves it None and the engine probes."""
+        self._profile = read_server_profile(self._data, self._fhir_base)
+        if self._profile is not None:
+            self.result.server = self._profile.to_json(self._types)
 
     def push(self) -> None:
         """Send the outbox (``sync.device.push``)."""
         OutboxPush(
-            self._transport,
+            self._data,
             self._replica,
             self.result,
             batch=self._push_batch,
             report=lambda items: self._report("push", "", items),
             cancel=self._cancel,
+            fhir_base=self._fhir_base,
         ).run()
 
     def pull(self) -> None:
         """Pull every resource type's changes (``sync.device.pull``)."""
         HistoryPull(
-            self._transport,
+            self._data,
             self._replica,
             self.result,
             resource_types=self._types,
             page_size=self._page_size,
             report=lambda resource_type, items: self._report("pull", resource_type, items),
             cancel=self._cancel,
+            fhir_base=self._fhir_base,
+            profile=self._profile,
         ).run()

@@ -18,6 +18,8 @@ from sync.device.errors import DeviceError
 from sync.device.replica import SyncSummary
 
 FHIR_JSON = "application/fhir+json"  # the media type of every data-plane request and answer
+# Transport failures of the connection itself: nothing else can work in this sync after one.
+CONNECTION_REASONS = frozenset({"pin_mismatch", "tls", "connection", "timeout", "config"})
 
 
 class SyncError(DeviceError):
@@ -48,6 +50,7 @@ class SyncResult:
     push_errors: int = 0
     quarantined: int = 0
     skipped_older: int = 0
+    out_of_scope: int = 0  # resources outside the device's scope, not stored (NW-6)
     requests: int = 0
     bytes_received: int = 0
     bytes_sent: int = 0
@@ -57,7 +60,12 @@ class SyncResult:
     caseload_confirmed: bool = False
     error: str | None = None  # the first failure's reason (None: everything succeeded)
     failed_phases: dict[str, str] = field(default_factory=dict)
+    # Resource types whose pull failed (type → reason); the other types were still pulled.
+    failed_types: dict[str, str] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
+    # What the data plane's CapabilityStatement offers (ServerProfile.to_json); None when the
+    # server did not describe itself.
+    server: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,6 +82,7 @@ class SyncResult:
             outcome="success" if self.ok else "failure",
             reason=self.error,
             caseload_confirmed=self.caseload_confirmed,
+            out_of_scope=self.out_of_scope,
         )
 
 

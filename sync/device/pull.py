@@ -10,6 +10,23 @@ Invariants:
   ``_since`` = the newest ``lastUpdated`` seen minus ``SINCE_OVERLAP`` (overlap, then dedupe by
   version in the replica); see docs/sync.md. Links are checked against the gateway before any
   cursor is stored, and stored without their origin.
+- A pull is complete only when the server says so (issue 13): a history stream that ends (no
+  ``next``) while its ``Bundle.total`` says more entries exist than were received is an
+  ``incomplete_pull`` error, and the stream's cursor stays where that page started.
+- Without type-level ``_history`` a type is read by a ``_lastUpdated`` keyset search, never by
+  offsets or the server's own ``next`` links: each page asks for ``_lastUpdated=ge<key>``
+  sorted by ``_lastUpdated``, where the key is the newest instant already read and the ids
+  read at exactly that instant are skipped (the id tiebreak), so an edit made while paging
+  moves a record forward, never past the reader. The search ends when ``Bundle.total`` says
+  the page held everything left, or a page brings nothing new; a server that does not sort,
+  or a group of same-instant records that cannot be paged past, is an ``incomplete_pull``
+  (or ``unsorted_search``) error, never a silent end.
+- Types are isolated: a refused or malformed page of one type ends that type's pull only; the
+  others still run, and ``result.failed_types`` names each failed type with its reason. Only a
+  connection-level failure (``CONNECTION_REASONS``) ends the whole pull.
+- A type the server's CapabilityStatement lists without ``history-type`` is searched at once
+  (no probe); a server that does not describe itself is probed: ``_history`` first.
+- Patient is pulled first, so a clinical record's patient is already known when it arrives.
 - Every inbound resource is validated (``sync.protocol.fhir.validate``) before it reaches the
   replica; a bad one is quarantined with its reason and the rest of the page goes on (NW-3).
   That includes a resource nested deeper than ``MAX_DEPTH``: a page may be ``MAX_PAGE_DEPTH``
@@ -20,7 +37,9 @@ Invariants:
 - A stream's pages cannot loop (a link seen before ends the pull with ``bad_link``), and
   cancellation is checked between pages, never inside a replica transaction.
 - ``caseload_confirmed`` is set only when every stream was pulled to its end through
-  ``_history`` (the search fallback cannot see deletions or transfers).
+  ``_history`` (the search fallback cannot see deletions or transfers) and no type failed.
+- URLs are built on ``fhir_base``: a path relative to the transport's URL (``fhir``, the
+  gateway) or an absolute URL on the transport's origin with any path (``…/fhir/R4``).
 """
 
 from __future__ import annotations
@@ -29,14 +48,22 @@ import datetime as dt
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
-from sync.device.outcome import FHIR_JSON, SyncError, SyncResult, raise_if_cancelled
-from sync.device.replica import Deletion, Page, Quarantined, Replica
+from sync.device.outcome import (
+    CONNECTION_REASONS,
+    FHIR_JSON,
+    Cancelled,
+    SyncError,
+    SyncResult,
+    raise_if_cancelled,
+)
+from sync.device.replica import ApplyStats, Deletion, Page, Quarantined, Replica
 from sync.device.transport import Response, Transport, TransportError
 from sync.protocol.fhir.bounded_json import (
     MAX_DEPTH,
@@ -46,6 +73,7 @@ from sync.protocol.fhir.bounded_json import (
     loads_bounded_with_depth,
 )
 from sync.protocol.fhir.bundle import bundle_entries, next_link, parse_history_entry
+from sync.protocol.fhir.capability import ServerProfile
 from sync.protocol.fhir.validate import InvalidResource, parse_instant, validate_resource
 
 PAGE_SIZE = 500  # resources per history page: ~1-2 MiB of JSON, one replica transaction
@@ -56,6 +84,10 @@ RESUME_RELATION = "x-resume"
 NO_HISTORY_STATUSES = frozenset({400, 404, 405, 501})
 MAX_PAGES_PER_STREAM = 100_000  # 50M resources at 500 a page: a loop guard, not a real limit
 ENTRY_RESOURCE_LEVELS = 3  # Bundle {} > entry [] > entry {} > the resource
+DEFAULT_FHIR_BASE = "fhir"  # the gateway's FHIR base, relative to its URL
+# A keyset page full of records sharing one instant is asked again with a larger _count, up to
+# this; past it the type's pull is incomplete (an error), never silently cut short.
+MAX_SEARCH_COUNT = 10_000
 
 
 class HistoryPull:
@@ -71,8 +103,12 @@ class HistoryPull:
         page_size: int = PAGE_SIZE,
         report: Callable[[str, int], None],
         cancel: threading.Event,
+        fhir_base: str = DEFAULT_FHIR_BASE,
+        profile: ServerProfile | None = None,
     ) -> None:
         self._transport = transport
+        self._profile = profile
+        self._base = fhir_base.rstrip("/")
         self._replica = replica
         self.result = result
         self._types = tuple(resource_types)
@@ -81,33 +117,56 @@ class HistoryPull:
         self._cancel = cancel
 
     def run(self) -> None:
-        histories = [self._pull_type(resource_type) for resource_type in self._types]
-        self.result.caseload_confirmed = all(histories)
+        """Pull every type, Patient first; a type that fails is recorded and the rest go on.
+        Raises the first type's ``SyncError`` at the end (its message names every failed type)."""
+        confirmed = True
+        failed = self.result.failed_types
+        for resource_type in sorted(self._types, key=lambda kind: kind != "Patient"):
+            try:
+                confirmed = self._pull_type(resource_type) and confirmed
+            except Cancelled:
+                raise
+            except (SyncError, TransportError) as error:
+                if isinstance(error, TransportError) and error.reason in CONNECTION_REASONS:
+                    raise
+                failed[resource_type] = error.reason
+        self.result.caseload_confirmed = confirmed and not failed
+        if failed:
+            first = next(iter(failed.values()))
+            names = ", ".join(failed)
+            raise SyncError(first, f"some records could not be pulled ({names}); kept for retry")
 
     def _pull_type(self, resource_type: str) -> bool:
+        """Pull one type; True when it was read through ``_history`` (deletions seen)."""
+        stream = f"history:{resource_type}"
+        stored = self._replica.read_cursor(stream)
+        if stored is not None and not _is_history(stored):
+            return self._search_type(resource_type, stream, stored)
+        if stored is None and self._profile and not self._profile.of(resource_type).history_type:
+            return self._search_type(resource_type, stream, None)  # the server says: no history
+        url = stored or self._start_url(resource_type, history=True)
+        response = self._transport.get(url, headers={"Accept": FHIR_JSON})
+        if response.status in NO_HISTORY_STATUSES and stored is None:
+            # A server without type-level _history: a _lastUpdated keyset search instead
+            # (new and changed resources only; deletions are not seen: docs/sync.md).
+            return self._search_type(resource_type, stream, None)
+        return self._history_type(resource_type, stream, url, response)
+
+    def _history_type(self, resource_type: str, stream: str, url: str, response: Response) -> bool:
         """Pull one stream, reading one page ahead: while the replica applies page N on this
         thread, a worker downloads page N+1, so the network and the server's work overlap the
         local writes. The worker only moves bytes (it waits on the socket, holding the GIL
         briefly): parsing and validating stay on this thread, because a busy second Python
         thread makes SQLite's per-row GIL hand-back crawl. The worker touches only the
         transport, which this thread leaves alone until the worker is done; the replica is
-        only ever called on the caller's thread. At most two pages are held in memory."""
-        stream = f"history:{resource_type}"
-        url = self._replica.read_cursor(stream) or self._start_url(resource_type, history=True)
+        only ever called on the caller's thread. At most two pages are held in memory.
+
+        The stream is complete only when the server says so: a last page (no ``next``) whose
+        ``Bundle.total`` exceeds the entries received is applied with the cursor left at that
+        page, and the type fails with ``incomplete_pull``."""
         seen = {url}
-        response = self._transport.get(url, headers={"Accept": FHIR_JSON})
-        if (
-            response.status in NO_HISTORY_STATUSES
-            and _is_history(url)
-            and not self._replica.read_cursor(stream)
-        ):
-            # A server without type-level _history: fall back to a _lastUpdated search
-            # (new and changed resources only; deletions are not seen: docs/sync.md).
-            url = self._start_url(resource_type, history=False)
-            seen.add(url)
-            response = self._transport.get(url, headers={"Accept": FHIR_JSON})
         fetched = self._parsed(response, url, resource_type)
-        history = fetched.history  # True: deletions and transfers are seen on this stream
+        received = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatehouse-pull") as worker:
             for _ in range(MAX_PAGES_PER_STREAM):
                 following = _origin_free(fetched.following) if fetched.following else None
@@ -115,24 +174,94 @@ class HistoryPull:
                 if following is not None and following not in seen and not self._cancel.is_set():
                     seen.add(following)
                     upcoming = worker.submit(self._download, following)
+                received += fetched.received
+                short = following is None and fetched.total is not None and fetched.total > received
                 try:
-                    stats = self._replica.apply_page(self._page(stream, resource_type, fetched))
+                    page = self._page(stream, resource_type, fetched)
+                    if short:  # the server stopped early: keep the cursor at this page
+                        page = replace(page, next_cursor=_origin_free(url))
+                    stats = self._replica.apply_page(page)
                 except BaseException:
                     if upcoming is not None:
                         upcoming.cancel()  # or, if already running, waited for on exit
                     raise
-                self.result.pulled += stats.applied
-                self.result.deleted += stats.deleted
-                self.result.quarantined += stats.quarantined
-                self.result.skipped_older += stats.skipped_older
+                self._count(stats)
                 self._report(resource_type, self.result.pulled)
+                if short:
+                    raise SyncError(
+                        "incomplete_pull",
+                        f"the server sent {received} of {fetched.total} {resource_type} changes",
+                    )
                 if following is None:
-                    return history
+                    return fetched.history
                 raise_if_cancelled(self._cancel)
                 if upcoming is None:
                     raise SyncError("bad_link", f"the gateway's {resource_type} pages loop")
+                url = following
                 fetched = self._parsed(upcoming.result(), following, resource_type)
         raise SyncError("bad_link", f"too many {resource_type} pages in one sync")
+
+    def _search_type(self, resource_type: str, stream: str, cursor: str | None) -> bool:
+        """Read one type by ``_lastUpdated`` keyset search (module docstring); always False:
+        a search cannot see deletions or transfers."""
+        key = _since_of(cursor) if cursor is not None else None
+        at_key: set[str] = set()  # ids already read at exactly ``key`` (the id tiebreak)
+        count = self._page_size
+        for _ in range(MAX_PAGES_PER_STREAM):
+            raise_if_cancelled(self._cancel)
+            url = self._search_url(resource_type, key, count)
+            response = self._transport.get(url, headers={"Accept": FHIR_JSON})
+            fetched = self._parsed(response, url, resource_type)
+            stamps = _stamps(fetched.resources)
+            if any(b < a for a, b in pairwise(stamps)) or (
+                key is not None and stamps and stamps[0] < key
+            ):
+                raise SyncError(
+                    "unsorted_search", f"the server did not sort the {resource_type} search"
+                )
+            fresh = [
+                resource
+                for resource, stamp in zip(fetched.resources, stamps, strict=True)
+                if not (stamp == key and resource["id"] in at_key)
+            ]
+            complete = fetched.total is not None and fetched.total <= fetched.received
+            if not fresh and not complete:
+                if fetched.total is None:
+                    complete = True  # a page with nothing past the key: the end
+                elif fetched.received >= count and count < MAX_SEARCH_COUNT:
+                    count = min(count * 4, MAX_SEARCH_COUNT)  # same-instant group > a page
+                    continue
+                else:
+                    raise SyncError(
+                        "incomplete_pull",
+                        f"the server's {resource_type} search cannot be paged to its end",
+                    )
+            if stamps:
+                newest = stamps[-1]
+                pairs = zip(fetched.resources, stamps, strict=True)
+                same = {resource["id"] for resource, stamp in pairs if stamp == newest}
+                at_key = (at_key | same) if newest == key else same
+                key = newest
+            if complete:
+                since = key - SINCE_OVERLAP if key is not None else None
+                next_cursor = self._start_url(resource_type, history=False, since=since)
+            else:
+                next_cursor = self._search_url(resource_type, key, self._page_size)
+            stats = self._replica.apply_page(
+                Page(stream, fresh, [], fetched.quarantined, _origin_free(next_cursor))
+            )
+            self._count(stats)
+            self._report(resource_type, self.result.pulled)
+            if complete:
+                return False
+        raise SyncError("bad_link", f"too many {resource_type} pages in one sync")
+
+    def _count(self, stats: ApplyStats) -> None:
+        self.result.pulled += stats.applied
+        self.result.deleted += stats.deleted
+        self.result.quarantined += stats.quarantined
+        self.result.skipped_older += stats.skipped_older
+        self.result.out_of_scope += stats.out_of_scope
 
     def _download(self, url: str) -> Response:
         """GET one page (runs on the read-ahead worker: the transport only)."""
@@ -141,7 +270,10 @@ class HistoryPull:
     def _parsed(self, response: Response, url: str, resource_type: str) -> _Fetched:
         """A page answer validated entry by entry, its links checked (no replica needed)."""
         if response.status != 200:
-            raise SyncError("pull_refused", f"the gateway refused the {resource_type} changes")
+            raise SyncError(
+                "pull_refused",
+                f"the server refused the {resource_type} changes (HTTP {response.status})",
+            )
         try:
             bundle, depth = loads_bounded_with_depth(response.body, max_depth=MAX_PAGE_DEPTH)
         except BoundedJsonError as error:
@@ -156,7 +288,13 @@ class HistoryPull:
             following = next_link(bundle)
         except InvalidResource as error:
             raise SyncError("bad_response", "a page of changes is malformed") from error
-        fetched = _Fetched(history, following, _link(bundle, RESUME_RELATION))
+        fetched = _Fetched(
+            history,
+            following if history else None,  # a search is paged by keyset, never by its links
+            _link(bundle, RESUME_RELATION) if history else None,
+            total=_total(bundle),
+            received=len(entries),
+        )
         for index, entry in enumerate(entries):
             try:
                 item = parse_history_entry(entry, index)
@@ -189,11 +327,15 @@ class HistoryPull:
             query: dict[str, str | int] = {"_count": self._page_size}
             if since is not None:
                 query["_since"] = since.isoformat()
-            return f"fhir/{resource_type}/_history?" + urlencode(query)
-        query = {"_sort": "_lastUpdated", "_count": self._page_size}
-        if since is not None:
-            query["_lastUpdated"] = "ge" + since.isoformat()
-        return f"fhir/{resource_type}?" + urlencode(query)
+            return f"{self._base}/{resource_type}/_history?" + urlencode(query)
+        return self._search_url(resource_type, since, self._page_size)
+
+    def _search_url(self, resource_type: str, key: dt.datetime | None, count: int) -> str:
+        """One keyset page: sorted by ``_lastUpdated``, from ``key`` (inclusive) on."""
+        query: dict[str, str | int] = {"_sort": "_lastUpdated", "_count": count}
+        if key is not None:
+            query["_lastUpdated"] = "ge" + _instant(key)
+        return f"{self._base}/{resource_type}?" + urlencode(query)
 
     def _page(self, stream: str, resource_type: str, fetched: _Fetched) -> Page:
         """The page to apply, with the cursor to store alongside it (caller's thread)."""
@@ -221,6 +363,8 @@ class _Fetched:
     history: bool
     following: str | None
     resume: str | None
+    total: int | None = None  # Bundle.total, when the server sends one
+    received: int = 0  # entries in this page (valid, deleted or quarantined)
     resources: list[Mapping[str, Any]] = field(default_factory=list)
     deletions: list[Deletion] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
@@ -247,6 +391,38 @@ def _link(bundle: Any, relation: str) -> str | None:
             if isinstance(url, str):
                 return url
     return None
+
+
+def _total(bundle: Any) -> int | None:
+    total = bundle.get("total") if isinstance(bundle, dict) else None
+    return total if type(total) is int and total >= 0 else None
+
+
+def _instant(moment: dt.datetime) -> str:
+    """A FHIR instant in UTC with millisecond precision (what servers store)."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _since_of(cursor: str) -> dt.datetime | None:
+    """The ``_lastUpdated=ge…`` instant of a stored search cursor (None: from the start)."""
+    for name, value in parse_qsl(urlsplit(cursor).query):
+        if name == "_lastUpdated" and value.startswith("ge"):
+            try:
+                return parse_instant(value[2:])
+            except ValueError:
+                return None
+    return None
+
+
+def _stamps(resources: Sequence[Mapping[str, Any]]) -> list[dt.datetime]:
+    """Each resource's ``meta.lastUpdated`` (validated resources always carry one)."""
+    stamps = []
+    for resource in resources:
+        stamp = _last_updated(resource)
+        if stamp is None:
+            raise SyncError("bad_response", "a searched resource has no lastUpdated")
+        stamps.append(stamp)
+    return stamps
 
 
 def _newest(resources: Sequence[Mapping[str, Any]]) -> dt.datetime | None:

@@ -16,6 +16,14 @@ Invariants:
   repeat harmless.
 - Each outbox item is sent at most once per push (no loop on an item that keeps failing);
   cancellation is checked between Bundles.
+- A server's transaction size limit never leaves a note unsent (issue 13, NW-6): a single
+  consultation refused with 400, 413 or 422 (``SPLIT_STATUSES``) is split in two, in order, and
+  each half sent on its own (split again if still refused). The first half's replies are
+  marked sent before the second half is read back from the replica, so the second half's
+  references to it already carry the server's ids (``Type/<id>``, rewritten by
+  ``mark_sent``). Every create still carries ``ifNoneExist``: a half whose reply was lost is
+  re-sent without a duplicate. A consultation split this way is no longer atomic on the
+  server: a half that keeps failing stays pending as a visible push error.
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ from sync.protocol.fhir.validate import InvalidResource, validate_resource
 log = logging.getLogger(__name__)
 
 PUSH_BATCH = 50  # outbox items per transaction Bundle
+# A whole consultation refused with one of these is split, not given up on: servers refuse
+# transactions past their size or isolation limits with 400, 413 or 422.
+SPLIT_STATUSES = frozenset({400, 413, 422})
+SPLIT_REREAD_LIMIT = 10_000  # outbox items read back to find a split group's second half
 
 
 class OutboxPush:
@@ -63,8 +75,10 @@ class OutboxPush:
         batch: int = PUSH_BATCH,
         report: Callable[[int], None],
         cancel: threading.Event,
+        fhir_base: str = "fhir",
     ) -> None:
         self._transport = transport
+        self._base = fhir_base.rstrip("/")
         self._replica = replica
         self.result = result
         self._batch = batch
@@ -108,17 +122,31 @@ class OutboxPush:
             for item in items:
                 self._push_items([item])
             return
+        if len(items) > 1 and response.status in SPLIT_STATUSES:
+            self._split(items)
+            return
         code = _error_code(response.status, _outcome_of(response))
         for item in items:
             self._replica.record_push_error(item.seq, code)
             self.result.push_errors += 1
+
+    def _split(self, items: Sequence[OutboxItem]) -> None:
+        """Send one refused group as two ordered halves (module docstring)."""
+        half = len(items) // 2
+        first, rest = items[:half], {item.seq for item in items[half:]}
+        self._push_items(first)
+        # Read the rest back: mark_sent rewrote its references to the first half's server ids.
+        pending = self._replica.list_outbox(SPLIT_REREAD_LIMIT)
+        later = [item for item in pending if item.seq in rest]
+        if later:
+            self._push_items(later)
 
     def _post_transaction(self, items: Sequence[OutboxItem]) -> Response:
         bundle = transaction([_entry(item) for item in items])
         # Idempotent by construction: creates carry ifNoneExist, updates carry ifMatch.
         return self._transport.request(
             "POST",
-            "fhir",
+            self._base,
             body=orjson.dumps(bundle),
             headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
             idempotent=True,
@@ -154,7 +182,7 @@ class OutboxPush:
     def _conflict(self, item: OutboxItem) -> None:
         current: Mapping[str, Any] | None = None
         if item.operation == "update":
-            response = self._transport.get(f"fhir/{item.resource_type}/{item.local_id}")
+            response = self._transport.get(f"{self._base}/{item.resource_type}/{item.local_id}")
             if response.status == 200:
                 try:
                     current = validate_resource(self._json(response, "current version"))

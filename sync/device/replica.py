@@ -86,7 +86,9 @@ class Page:
 class ApplyStats:
     """What one page did. ``quarantined`` counts the page's quarantined items plus resources
     the store refused; ``purged``/``held``: patients leaving scope purged, or kept for unsent
-    work; ``out_of_scope``: out-of-scope Patients not stored because the device never held them;
+    work; ``out_of_scope``: resources not stored because they lie outside the device's scope
+    (a Patient of another site the device never held, or a record of a patient it does not
+    hold in scope: NW-6);
     ``replaced_local``: device-made copies superseded by the server's (no duplicates, CR-2).
     """
 
@@ -137,6 +139,7 @@ class SyncSummary:
     reason: str | None = None  # a stable code when the outcome is not success
     # Every stream reached its end through _history (deletions seen): the caseload is current.
     caseload_confirmed: bool = False
+    out_of_scope: int = 0  # resources outside the device's scope, not stored (NW-6)
 
 
 class Replica(Protocol):

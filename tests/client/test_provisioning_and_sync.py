@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from client.cli import device_status
 from client.core import consultation
 from client.core.device import Device, ProvisioningError
 from client.core.device_keyring import InMemoryKeyring
@@ -110,6 +111,10 @@ def test_NW4_provision_first_online_sign_in_then_offline_and_a_full_sync(
     assert result.ok, result.error
     assert result.pulled > 0 and result.control["audit_uploaded"] >= 3
     assert result.control["policy"] == "current" and result.control["commands"] == []
+    # What the server offers is kept for IT (device status --json), read without signing in.
+    server = device_status(device)["server"]
+    assert server["software"] == "Gatehouse gateway" and server["missing"] == []
+    assert server["types"]["Patient"]["history_type"] is True
     patient = session.caseload()[0]
     session.write_consultation(
         patient.id,

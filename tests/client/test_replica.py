@@ -810,3 +810,29 @@ def test_ui5_a_quarantined_alert_marks_its_patients_alerts_incomplete(vault: Vau
     # A valid copy arriving later replaces what was held back.
     replica.apply_page(page([flag("f-bad", "p-amira", "Cell-sharing risk")]))
     assert patient_completeness(vault.connection, "p-amira", [SITE]).alerts.complete
+
+
+def test_NW6_a_record_of_a_patient_outside_scope_is_not_stored_whatever_the_server_sends(
+    vault: Vault, replica: Replica
+) -> None:
+    """Issue 13 item 5: scope is checked for every type, not only Patient. A record of a
+    patient of another site (never held), or of no patient the device holds, is counted as
+    out of scope and never written; a record of an in-scope patient is stored."""
+    replica.apply_page(page([amira(), ben(site=OTHER)]))
+    stats = replica.apply_page(
+        page(
+            [
+                flag("f-mine", "p-amira", "Self-harm risk"),
+                flag("f-other-site", "p-ben", "Violence risk"),
+                flag("f-unknown", "p-nobody", "Allergy"),
+            ],
+            stream="Flag",
+        )
+    )
+    assert (stats.applied, stats.out_of_scope) == (1, 2)
+    assert stored(vault, "Flag", "f-mine") is not None
+    assert stored(vault, "Flag", "f-other-site") is None
+    assert stored(vault, "Flag", "f-unknown") is None
+    assert count(vault, "SELECT count(*) FROM quarantine") == 0  # not kept anywhere
+    replica.sync_finished(SyncSummary(pulled=1, out_of_scope=2))
+    assert entries(vault)[-1].detail["out_of_scope"] == 2

@@ -16,6 +16,7 @@ from policy.decisions import (
     break_glass_expires_at,
     clock_skew_ok,
     failed_login_outcome,
+    fhir_base_url,
     host_allowed,
     idle_lock_seconds,
     min_password_length,
@@ -191,3 +192,15 @@ def test_clock_skew_backlog_and_break_glass() -> None:
     assert not audit_backlog_blocks_access(policy, 99)
     assert audit_backlog_blocks_access(policy, 100)
     assert break_glass_expires_at(policy, NOW) == NOW + timedelta(minutes=10)
+
+
+def test_issue13_the_fhir_base_is_the_gateways_unless_the_policy_names_one() -> None:
+    """network.fhir_base_url: a data plane with any path, or <gateway_url>/fhir by default."""
+    gateway = make(network__gateway_url="https://gateway.example.org/")
+    assert fhir_base_url(gateway) == "https://gateway.example.org/fhir"
+    named = make(
+        network__gateway_url="https://gateway.example.org",
+        network__allowed_hosts=["gateway.example.org", "fhir.example.org"],
+        network__fhir_base_url="https://fhir.example.org/fhir/R4/",
+    )
+    assert fhir_base_url(named) == "https://fhir.example.org/fhir/R4"

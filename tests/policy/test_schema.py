@@ -104,6 +104,7 @@ def test_unknown_setting_and_non_object_refused() -> None:
         {"offline.block_after_hours": 720, "offline.wipe_after_days": 30},
         {"data.resource_types": ["Flag", "Condition"]},
         {"network.gateway_url": "https://other.example.org"},
+        {"network.fhir_base_url": "https://fhir.other.example.org/fhir/R4"},
     ],
 )
 def test_cross_field_rules(changes: dict[str, Any]) -> None:
@@ -129,6 +130,8 @@ def test_cross_field_rules(changes: dict[str, Any]) -> None:
         {"network.gateway_url": "https://user@gateway.example.org"},
         {"network.gateway_url": "https://gateway.example.org/?x=1"},
         {"network.gateway_url": "https://gateway.example.org:99999"},
+        {"network.fhir_base_url": "http://gateway.example.org/fhir/R4"},
+        {"network.fhir_base_url": "https://gateway.example.org/fhir/R4?x=1"},
         {"data.resource_types": ["Patient", "Bundle"]},
         {"data.site_scope": ["HMP Brixton"]},
         {"device.min_os_version": "ten"},

@@ -15,6 +15,16 @@ from typing import Any
 from sync.device.replica import ApplyStats, OutboxItem, Page, Quarantined, SentItem
 
 
+def _newer(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """The vault's version rule: numeric versions compare as numbers; other version ids (a
+    third-party server's UUIDs) by ``lastUpdated`` when the id differs."""
+    new_version, old_version = str(new["meta"]["versionId"]), str(old["meta"]["versionId"])
+    if new_version.isdigit() and old_version.isdigit():
+        return int(new_version) > int(old_version)
+    later = str(new["meta"].get("lastUpdated", "")) > str(old["meta"].get("lastUpdated", ""))
+    return new_version != old_version and later
+
+
 @dataclass
 class MemoryReplica:
     resources: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -37,9 +47,8 @@ class MemoryReplica:
         applied = skipped = deleted = 0
         for resource in page.resources:
             key = (str(resource["resourceType"]), str(resource["id"]))
-            version = int(resource["meta"]["versionId"])
             old = staged.get(key)
-            if old is not None and int(old["meta"]["versionId"]) >= version:
+            if old is not None and not _newer(resource, old):
                 skipped += 1
                 continue
             staged[key] = dict(resource)

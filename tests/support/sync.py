@@ -117,13 +117,19 @@ def sync_once(
     sleep: Any = None,
     replica: VaultReplica | None = None,
     site: str = SITE,
+    fhir_base: str = "fhir",
 ) -> SyncResult:
     """One whole sync (push, pull) and its ``sync_finished``, as the product runs it."""
     replica = replica or replica_for(vault, site)
     kwargs = {} if sleep is None else {"sleep": sleep}
     with Transport(config, **kwargs) as transport:
         result = SyncEngine(
-            transport, replica, resource_types=types, page_size=page_size, push_batch=push_batch
+            transport,
+            replica,
+            resource_types=types,
+            page_size=page_size,
+            push_batch=push_batch,
+            fhir_base=fhir_base,
         ).run()
     replica.sync_finished(result.summary())
     return result

@@ -84,7 +84,8 @@ def test_full_then_incremental_sync_brings_exactly_the_site(gw: Gateway) -> None
     assert progress[-1].bytes > 0
     again = _sync(gw, replica)
     assert again.ok and again.pulled == 0
-    assert again.requests == len(TYPES)  # one page per type, nothing new
+    assert result.server is not None and result.server["missing"] == []  # the gateway: all
+    assert again.requests == 1 + len(TYPES)  # metadata, then one page per type, nothing new
     assert result.caseload_confirmed and again.caseload_confirmed  # every _history to its end
 
 

@@ -1,0 +1,161 @@
+"""A real third-party FHIR R4 server for the tests: Medplum's open-source FHIR router over its
+in-memory repository (``tests/support/medplum/server.cjs``, pinned by its package-lock.json),
+run by Node as a subprocess at ``https://127.0.0.1:PORT/fhir/R4`` with TLS 1.3 and verified
+client certificates from the tests' own PKI.
+
+``make medplum`` (a dependency of ``make test``) installs its packages with ``npm ci`` into
+``tests/support/medplum/node_modules``. Without them the fixture fails and says so: a missing
+server must never look like a passing suite.
+
+What this promises the tests built on it:
+- ``running_medplum`` yields only once the server listens, and stops it (its own process, by
+  pid) on exit; the server also exits when the test process dies (its stdin closes).
+- ``MedplumServer.session(creds)`` is a plain ``requests`` session verifying the server's
+  certificate against the test CA and presenting ``creds``; ``seed`` writes resources through
+  the FHIR API (PUT with the caller's id), as any other client of that server would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.support.tls import DeviceCredentials, PkiFiles, make_test_pki
+
+SERVER_DIR = Path(__file__).parent / "medplum"
+SCRIPT = SERVER_DIR / "server.cjs"
+BASE_PATH = "/fhir/R4"
+START_TIMEOUT_S = 60.0
+FHIR_JSON = "application/fhir+json"
+
+
+class MedplumMissing(RuntimeError):
+    """Node or the pinned Medplum packages are not installed (run ``make medplum``)."""
+
+
+@dataclass
+class MedplumServer:
+    pki: PkiFiles
+    port: int
+    seeder: DeviceCredentials
+    process: subprocess.Popen[bytes]
+    sessions: list[requests.Session] = field(default_factory=list)
+
+    @property
+    def origin(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def base(self) -> str:
+        """The FHIR base URL, with its path (``…/fhir/R4``)."""
+        return self.origin + BASE_PATH
+
+    def session(self, creds: DeviceCredentials | None = None) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = str(self.pki.ca_path)
+        session.cert = (creds or self.seeder).requests_cert
+        self.sessions.append(session)
+        return session
+
+    def put(self, resource: dict[str, Any], session: requests.Session | None = None) -> Any:
+        """Create or update ``resource`` at its own id; returns the stored resource."""
+        http = session or self.session()
+        response = http.put(
+            f"{self.base}/{resource['resourceType']}/{resource['id']}",
+            json=resource,
+            headers={"Content-Type": FHIR_JSON},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def seed(self, resources: Sequence[dict[str, Any]]) -> None:
+        http = self.session()
+        for resource in resources:
+            self.put(resource, http)
+
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        response = self.session().delete(f"{self.base}/{resource_type}/{resource_id}", timeout=30)
+        response.raise_for_status()
+
+    def search_all(self, resource_type: str, **params: str) -> list[dict[str, Any]]:
+        """Every resource of a type as the server holds it (one unpaged search: the in-memory
+        repository returns everything that matches when ``_count`` is large enough)."""
+        response = self.session().get(
+            f"{self.base}/{resource_type}", params={"_count": "100000", **params}, timeout=60
+        )
+        response.raise_for_status()
+        bundle = response.json()
+        return [entry["resource"] for entry in bundle.get("entry", [])]
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        raise MedplumMissing("Node.js is not installed; the Medplum test server needs Node 20+")
+    if not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
+        raise MedplumMissing("the Medplum test server is not installed: run `make medplum`")
+    return node
+
+
+def _wait_ready(process: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline().decode().strip()
+        if line.startswith("READY "):
+            return int(line.split()[1])
+        if not line and process.poll() is not None:
+            break
+    raise RuntimeError(f"the Medplum test server did not start (exit {process.poll()})")
+
+
+@contextlib.contextmanager
+def running_medplum(directory: Path) -> Iterator[MedplumServer]:
+    """Start the Medplum server with a fresh PKI under ``directory``; stop it on exit."""
+    node = _node()
+    pki = make_test_pki(directory / "pki")
+    seeder = pki.device("medplum-seeder", "seeding")
+    process = subprocess.Popen(
+        [
+            node,
+            str(SCRIPT),
+            "--cert",
+            str(pki.server_cert_path),
+            "--key",
+            str(pki.server_key_path),
+            "--ca",
+            str(pki.ca_path),
+            "--port",
+            "0",
+        ],
+        cwd=SERVER_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    sessions: list[requests.Session] = []
+    try:
+        server = MedplumServer(pki, _wait_ready(process), seeder, process, sessions)
+        yield server
+    finally:
+        for session in sessions:
+            session.close()
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
