@@ -3,8 +3,12 @@
 Guarantees:
 - One writer for every audit export (``write_audit_export``): ``json`` is a FHIR AuditEvent
   Bundle in ``bundle_bytes`` form (compact, sorted keys, re-verifiable with
-  ``gatehouse-audit verify``); ``csv`` is ``to_csv_rows`` (formula-safe cells). Any other kind
+  ``gatehouse-audit verify``); ``csv`` is ``to_csv_rows`` (formula-safe cells) with the same
+  entry in words appended to each row (``WORD_COLUMNS``: UK local time, action, outcome,
+  purpose, from ``client.core.audit_words``), so a reader needs no code book. Any other kind
   is refused before anything is written.
+- ``export_entries`` writes exactly the entries it is given (the rows an auditor filtered),
+  after the session audited the export with their count.
 - The file is written with ``atomic_write`` (permissions 0600 before the first byte, then an
   atomic replace): a reader never sees half an export, and no other account can read it.
 - Nothing is written unless the act was allowed and audited first: the local chain through
@@ -22,6 +26,9 @@ from pathlib import Path
 from typing import Final
 
 from client.core import audit_online
+from client.core.access import ADMIN, AUDITOR
+from client.core.audit_words import action_words, outcome_words, purpose_words
+from client.core.humanize import format_timestamp
 from client.core.session import Session
 from policy.atomic import atomic_write
 from sync.protocol.audit.audit_event import (
@@ -33,6 +40,21 @@ from sync.protocol.audit.audit_event import (
 from sync.protocol.audit.entry import AuditEntry
 
 KINDS: Final = ("json", "csv")
+WORD_COLUMNS: Final = ("time_uk", "action_in_words", "outcome_in_words", "purpose_in_words")
+
+
+def _csv_rows(entries: Sequence[AuditEntry]) -> list[list[str]]:
+    rows = to_csv_rows(entries)
+    out = [[*next(rows), *WORD_COLUMNS]]
+    for entry, row in zip(entries, rows, strict=True):
+        words = (
+            format_timestamp(entry.ts),
+            action_words(entry.action),
+            outcome_words(entry.outcome),
+            purpose_words(entry.purpose),
+        )
+        out.append([*row, *words])
+    return out
 
 
 def export_bytes(entries: Sequence[AuditEntry], kind: str) -> bytes:
@@ -41,7 +63,7 @@ def export_bytes(entries: Sequence[AuditEntry], kind: str) -> bytes:
         return bundle_bytes(export_bundle(entries))
     if kind == "csv":
         out = io.StringIO()
-        csv.writer(out).writerows(to_csv_rows(entries))
+        csv.writer(out).writerows(_csv_rows(entries))
         return out.getvalue().encode("utf-8")
     raise ValueError(f"audit exports are one of {', '.join(KINDS)}")
 
@@ -60,8 +82,20 @@ def export_local(session: Session, path: Path, kind: str) -> int:
     return write_audit_export(path, entries, kind)
 
 
+def export_entries(session: Session, entries: Sequence[AuditEntry], path: Path, kind: str) -> int:
+    """Exactly ``entries`` (the laptop's rows an auditor filtered) to ``path``; the export is
+    audited (auditors and admins only) with its format and count before the file is written."""
+    if kind not in KINDS:
+        raise ValueError(f"audit exports are one of {', '.join(KINDS)}")
+    session._require_role((AUDITOR, ADMIN), "export the audit log", "export")
+    with session._act() as conn:
+        detail = {"what": "audit_log", "format": kind, "events": len(entries)}
+        session._append(conn, "export", detail=detail)
+    return write_audit_export(path, entries, kind)
+
+
 def export_gateway_results(
-    session: Session, password: str, entries: Sequence[AuditEntry], path: Path, kind: str
+    session: Session, password: str | None, entries: Sequence[AuditEntry], path: Path, kind: str
 ) -> int:
     """Results already shown from the gateway, after the password again (audited)."""
     if kind not in KINDS:

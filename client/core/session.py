@@ -34,6 +34,7 @@ from typing import Any
 
 from client.core import (
     accounts,
+    audit_search,
     consultation,
     device_admin,
     disclosure,
@@ -59,6 +60,7 @@ from client.core.access import RecordsClosed as RecordsClosed
 from client.core.access import require_reason
 from client.core.accounts import LoginRefused, Unlocked
 from client.core.audit_log import AuditLog
+from client.core.audit_reauth import ReauthMemory
 from client.core.chart import Chart, open_chart
 from client.core.device import Device
 from client.core.errors import GatehouseError, UserFacingError, VaultLocked
@@ -102,6 +104,8 @@ class Session:
         self.blocked = unlocked.blocked  # records closed until a sync (sync-only session)
         self._audit = AuditLog()
         self._grants: dict[str, BreakGlassGrant] = {}
+        # The auditor's password, proved within the last few minutes (memory only; lock forgets)
+        self.reauth = ReauthMemory()
         self._vault: Vault | None = Vault.open(
             database_path(device.data_dir), unlocked.dek, MIGRATIONS
         )
@@ -146,6 +150,7 @@ class Session:
         if self.device.wiped and self._vault is not None:
             vault, self._vault = self._vault, None
             self._grants.clear()
+            self.reauth.forget()
             vault.close()
 
     @property
@@ -274,6 +279,7 @@ class Session:
         """Audit, scrub, close the database and drop the key. Idempotent."""
         vault, self._vault = self._vault, None
         self._grants.clear()
+        self.reauth.forget()
         if vault is None or not vault.is_open:
             return
         if self.device.wiped:  # the files are gone: nothing to audit into, just close
@@ -546,6 +552,13 @@ class Session:
             entries = self._audit.entries(conn, since_seq)
             self._append(conn, "audit_read", detail={"entries": len(entries)})
         return entries
+
+    def audit_search(
+        self, patient_text: str, since: dt.date | None, until: dt.date | None
+    ) -> audit_search.AuditSearchResult:
+        """Entries about a patient (name, NHS number, date of birth, id; blank = anyone) between
+        two UK local days; audited as one ``audit_query`` (``client.core.audit_search``)."""
+        return audit_search.search_local(self, patient_text, since, until)
 
     def export_audit(self) -> dict[str, Any]:
         """The whole local chain as a FHIR AuditEvent Bundle (for gatehouse-audit verify)."""

@@ -2,38 +2,40 @@
 
 Guarantees:
 - Only audit metadata is shown (time, user, action, outcome, patient id, purpose, break-glass
-  reason): no clinical content anywhere, because the core's ``audit_entries`` returns none and
-  this screen calls nothing else.
-- Filters (action, user, patient id, break-glass only) work on the loaded entries, in memory.
-- The "Online (gateway)" tab (``OnlineAuditPanel``) asks the gateway for the whole site's
-  audit trail; see its own guarantees.
-- Exports (the local chain, or the gateway results shown) are checked, audited and written by
-  the core's one writer, ``client.core.audit_export`` (0600, atomic; formula-safe CSV cells).
+  reason): no clinical content anywhere, because the core's ``audit_entries`` and
+  ``audit_search`` return none and this screen calls nothing else.
+- Actions, outcomes and purposes read as plain words (``client.core.audit_words``: "Opened
+  record", "Break-glass"), never as codes, in the table and in the action list.
+- "Who opened patient X": a patient (name, NHS number, date of birth, id) and From/To days
+  (UK local) run ``Session.audit_search`` on the runner, which resolves the patient through
+  the vault's patient index and audits the search; ``search(patient_text, since, until)`` is
+  the same for a script. The action, user and break-glass filters then work in memory.
+- Exports write exactly the rows shown (``audit_export.export_entries``, audited with their
+  count; 0600, atomic; formula-safe CSV cells) and the status sentence names the full path.
+- The "Online (gateway)" tab is ``OnlineAuditPanel`` (``client.ui.audit_online_view``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
 
-from client.core import audit_export, audit_online
-from client.core.humanize import format_timestamp
+from client.core import audit_export
+from client.core.audit_search import AuditSearchResult
+from client.core.audit_words import action_choices
 from client.core.session import Session
+from client.ui.audit_filters import PatientDaysFilter
+from client.ui.audit_online_view import CHAIN_COLUMNS as CHAIN_COLUMNS
+from client.ui.audit_online_view import ONLINE_COLUMNS as ONLINE_COLUMNS
+from client.ui.audit_online_view import OnlineAuditPanel as OnlineAuditPanel
+from client.ui.audit_online_view import audit_table, is_break_glass, online_row
 from client.ui.error_boundary import explain
 from client.ui.qt import (
-    QAbstractItemView,
-    QAbstractTableModel,
     QCheckBox,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
-    QLineEdit,
-    QModelIndex,
-    QPersistentModelIndex,
-    QTableView,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -41,17 +43,20 @@ from client.ui.qt import (
 )
 from client.ui.runner import Runner
 from client.ui.widgets import TextRowsModel, button, data_label, field
-from sync.device.audit_queries import AuditQuery
 from sync.protocol.audit.entry import AuditEntry
 
 COLUMNS = ("Time (UK)", "User", "Action", "Outcome", "Patient id", "Purpose", "Reason")
 ALL = "All actions"
 
-Index = QModelIndex | QPersistentModelIndex
-
-
-def is_break_glass(entry: AuditEntry) -> bool:
-    return entry.purpose == "BTG" or entry.action == "break_glass"
+__all__ = [
+    "ALL",
+    "CHAIN_COLUMNS",
+    "COLUMNS",
+    "ONLINE_COLUMNS",
+    "AuditWorkspace",
+    "OnlineAuditPanel",
+    "local_row",
+]
 
 
 def local_row(e: AuditEntry) -> tuple[str, ...]:
@@ -60,8 +65,12 @@ def local_row(e: AuditEntry) -> tuple[str, ...]:
     return row[:2] + row[3:]
 
 
+def exported_sentence(count: int, path: Path) -> str:
+    return f"Exported {count} audit entries to {path.resolve()}."
+
+
 class AuditWorkspace(QWidget):
-    """Entries, filters, exports. Emits ``notify(text)``."""
+    """Entries, a patient and days to search, filters, exports. Emits ``notify(text)``."""
 
     notify = Signal(str)
 
@@ -72,47 +81,49 @@ class AuditWorkspace(QWidget):
         self._session = session
         self._runner = runner
         self.entries: list[AuditEntry] = []
+        self.searched: AuditSearchResult | None = None  # None: no patient/day search applied
         title = data_label("Audit log", role="title")
         self.summary = data_label("", role="hint", wrap=True)
+        self.feedback = data_label("", role="hint", wrap=True)
+        self.feedback.setObjectName("audit_feedback")
+        self.finder = PatientDaysFilter("audit", ("&Patient", "Fro&m", "&To"))
+        self.patient = self.finder.patient
+        self.find_button = button("F&ind", "Find this patient's entries between these days")
+        self.find_button.setObjectName("audit_find")
+        self.show_all = button("Show a&ll", "Clear the patient and days")
         self.action = QComboBox()
+        self.action.setObjectName("audit_action")
         self.action.setAccessibleName("Filter by action")
         self.action.setMinimumContentsLength(16)
         self.action.setSizeAdjustPolicy(
             QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
         self.user = field("Filter by user")
-        self.user.setPlaceholderText("user")
-        self.patient = field("Filter by patient id")
-        self.patient.setPlaceholderText("patient id")
+        self.user.setObjectName("audit_user")
         self.break_glass_only = QCheckBox("&Break-glass only")
         self.break_glass_only.setAccessibleName("Show break-glass entries only")
         self.refresh_button = button("&Refresh", "Reload the audit log")
-        self.export_fhir = button("Export &FHIR…", "Export as FHIR AuditEvent bundle")
-        self.export_csv = button("Export &CSV…", "Export as CSV")
+        self.export_fhir = button("Export &FHIR…", "Export the rows shown as FHIR AuditEvents")
+        self.export_csv = button("Export &CSV…", "Export the rows shown as CSV")
+        finding = QHBoxLayout()
+        finding.addWidget(self.finder)
+        finding.addWidget(self.find_button)
+        finding.addWidget(self.show_all)
+        finding.addStretch(1)
         filters = QHBoxLayout()
         action_label = QLabel("&Action")
         action_label.setBuddy(self.action)
-        filters.addWidget(action_label)
-        filters.addWidget(self.action)
-        filters.addWidget(self.user)
-        filters.addWidget(self.patient)
-        filters.addWidget(self.break_glass_only)
+        user_label = QLabel("&User")
+        user_label.setBuddy(self.user)
+        for widget in (action_label, self.action, user_label, self.user, self.break_glass_only):
+            filters.addWidget(widget)
         filters.addStretch(1)
         filters.addWidget(self.refresh_button)
         filters.addWidget(self.export_fhir)
         filters.addWidget(self.export_csv)
         self.model = TextRowsModel(COLUMNS, self)
-        self.table = QTableView()
-        self.table.setObjectName("audit_table")
+        self.table = audit_table("audit_table", self.model)
         self.table.setAccessibleName("Audit entries")
-        self.table.setModel(self.model)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setAlternatingRowColors(True)
-        self.table.verticalHeader().hide()
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
         local = QWidget()
         local.setObjectName("audit_local")
         layout = QVBoxLayout(local)
@@ -123,7 +134,9 @@ class AuditWorkspace(QWidget):
                 role="hint",
             )
         )
+        layout.addLayout(finding)
         layout.addLayout(filters)
+        layout.addWidget(self.feedback)
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
         self.online = OnlineAuditPanel(session, runner)
@@ -138,8 +151,10 @@ class AuditWorkspace(QWidget):
         outer.addWidget(self.tabs, 1)
         self.action.currentIndexChanged.connect(self.apply_filters)
         self.user.textChanged.connect(self.apply_filters)
-        self.patient.textChanged.connect(self.apply_filters)
         self.break_glass_only.toggled.connect(self.apply_filters)
+        self.finder.submitted.connect(self.run_search)
+        self.find_button.clicked.connect(self.run_search)
+        self.show_all.clicked.connect(self._show_all)
         self.refresh_button.clicked.connect(self.refresh)
         self.export_fhir.clicked.connect(lambda: self._ask_export("json"))
         self.export_csv.clicked.connect(lambda: self._ask_export("csv"))
@@ -148,7 +163,9 @@ class AuditWorkspace(QWidget):
     def scrub(self) -> None:
         """On lock: drop every row and the typed password (the workspace is then deleted)."""
         self.entries = []
+        self.searched = None
         self.model.clear()
+        self.finder.clear()
         self.online.scrub()
 
     def refresh(self) -> None:
@@ -157,26 +174,78 @@ class AuditWorkspace(QWidget):
 
     def _loaded(self, entries: list[AuditEntry]) -> None:
         self.entries = sorted(entries, key=lambda e: e.seq, reverse=True)
-        current = self.action.currentText()
+        current = self.action.currentData()
         self.action.blockSignals(True)
         self.action.clear()
-        self.action.addItem(ALL)
-        self.action.addItems(sorted({e.action for e in self.entries}))
-        self.action.setCurrentText(current if current else ALL)
+        self.action.addItem(ALL, None)
+        for words, code in action_choices({e.action for e in self.entries}):
+            self.action.addItem(words, code)
+        found = self.action.findData(current) if current else 0
+        self.action.setCurrentIndex(max(found, 0))
         self.action.blockSignals(False)
+        if self.searched is not None:
+            self.run_search()  # a search in force is run again on the fresh chain
+        else:
+            self.apply_filters()
+
+    # -- "who opened patient X last week" ---------------------------------------------------
+
+    def search(self, patient_text: str, since: dt.date | None, until: dt.date | None) -> None:
+        """Fill the patient and days and run the search (for people, the Find button)."""
+        self.finder.set_values(patient_text, since, until)
+        self.run_search()
+
+    def run_search(self) -> None:
+        patient_text = self.finder.patient_text()
+        since, until = self.finder.days()
+        if not patient_text and since is None and until is None:
+            self._show_all()
+            return
+        session = self._session
+        self.find_button.setEnabled(False)
+        self.feedback.setText("Searching…")
+        self._runner.run(
+            lambda: session.audit_search(patient_text, since, until), self._found, self._failed
+        )
+
+    def _found(self, result: AuditSearchResult) -> None:
+        self.find_button.setEnabled(True)
+        self.searched = result
+        if result.patient_ids is not None and not result.patient_ids:
+            self.feedback.setText(
+                "No patient on this laptop matches. Check the spelling, the NHS number or the "
+                "date of birth."
+            )
+        else:
+            self.feedback.clear()
         self.apply_filters()
 
+    def _failed(self, error: BaseException) -> None:
+        self.find_button.setEnabled(True)
+        self.feedback.setText(explain(error).message)
+
+    def _show_all(self) -> None:
+        self.finder.clear()
+        self.searched = None
+        self.feedback.clear()
+        self.apply_filters()
+
+    # -- the table ---------------------------------------------------------------------------
+
     def filtered(self) -> list[AuditEntry]:
-        action = self.action.currentText()
+        """The rows shown, newest first: the search (if any), then action, user, break-glass."""
+        action = self.action.currentData()
         user = self.user.text().strip().casefold()
-        patient = self.patient.text().strip()
         bg = self.break_glass_only.isChecked()
+        if self.searched is None:
+            source = self.entries
+        else:
+            source = sorted(self.searched.entries, key=lambda e: e.seq, reverse=True)
         return [
             e
-            for e in self.entries
-            if (action in ("", ALL) or e.action == action)
+            for e in source
+            if (not action or e.action == action)
             and (not user or user in (e.user_id or "").casefold())
-            and (not patient or patient == (e.patient_id or ""))
             and (not bg or is_break_glass(e))
         ]
 
@@ -187,6 +256,8 @@ class AuditWorkspace(QWidget):
         self.summary.setText(
             f"{len(rows)} of {len(self.entries)} entries shown; {bg} break-glass entries in all."
         )
+        self.export_fhir.setEnabled(bool(rows))
+        self.export_csv.setEnabled(bool(rows))
 
     def _ask_export(self, kind: str) -> None:
         suffix = "FHIR JSON (*.json)" if kind == "json" else "CSV (*.csv)"
@@ -197,253 +268,15 @@ class AuditWorkspace(QWidget):
             self.export_to(Path(path), kind)
 
     def export_to(self, path: Path, kind: str) -> None:
-        """Export the whole chain (audited by the core) to ``path`` as ``json`` or ``csv``."""
-        session = self._session
+        """Export exactly the rows shown (audited by the core) to ``path`` as ``json``/``csv``."""
+        session, entries = self._session, self.filtered()
         self._runner.run(
-            lambda: audit_export.export_local(session, path, kind),
-            lambda n: self.notify.emit(f"Exported {n} audit entries."),
-        )
-
-
-# -- the online tab: the site's audit trail at the gateway ------------------------------------
-
-ONLINE_COLUMNS = (
-    "Time (UK)",
-    "User",
-    "Device",
-    "Action",
-    "Outcome",
-    "Patient id",
-    "Purpose",
-    "Reason",
-)
-CHAIN_COLUMNS = ("Device", "Last entry", "Head hash", "Last receipt", "Alerts", "Latest alert")
-
-
-def online_row(e: AuditEntry) -> tuple[str, ...]:
-    reason = (e.reason_text or str(e.detail.get("reason_code", ""))) if is_break_glass(e) else ""
-    return (
-        format_timestamp(e.ts),
-        e.user_id or "",
-        e.device_id,
-        e.action,
-        e.outcome,
-        e.patient_id or "",
-        e.purpose or "",
-        reason,
-    )
-
-
-def chain_row(c: dict[str, Any]) -> tuple[str, ...]:
-    alert = c["latest_alert"]
-    latest = (
-        ""
-        if alert is None
-        else f"{alert['reason']} at entry {alert['first_bad_seq']} "
-        f"({format_timestamp(str(alert['raised_at']))})"
-    )
-    return (
-        str(c["device_id"]),
-        str(c["last_seq"]),
-        str(c["head_hash"] or "")[:16],
-        format_timestamp(str(c["last_receipt_at"])) if c["last_receipt_at"] else "never",
-        str(c["alerts"]),
-        latest,
-    )
-
-
-def _table(name: str, model: QAbstractTableModel) -> QTableView:
-    table = QTableView()
-    table.setObjectName(name)
-    table.setAccessibleName(name.replace("_", " ").capitalize())
-    table.setModel(model)
-    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    table.setAlternatingRowColors(True)
-    table.verticalHeader().hide()
-    header = table.horizontalHeader()
-    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    header.setStretchLastSection(True)
-    return table
-
-
-class OnlineAuditPanel(QWidget):
-    """Queries of the site's audit trail at the gateway, chain status per device, exports.
-
-    Guarantees: every query and export runs on the runner (never on the GUI thread) through
-    ``client.core.audit_online``, which re-authenticates (the password typed here, cleared as
-    soon as it is used), checks the role and audits the act. Only audit metadata is shown, as
-    plain text; the results are dropped by ``scrub`` on lock. Emits ``notify(text)``.
-    """
-
-    notify = Signal(str)
-
-    def __init__(self, session: Session, runner: Runner) -> None:
-        super().__init__()
-        self.setObjectName("audit_online")
-        self._session = session
-        self._runner = runner
-        self.entries: list[AuditEntry] = []
-        self.patient = field("Gateway filter: patient id")
-        self.patient.setPlaceholderText("patient id")
-        self.user = field("Gateway filter: user")
-        self.user.setPlaceholderText("user")
-        self.device = field("Gateway filter: device")
-        self.device.setPlaceholderText("device")
-        self.since = field("Gateway filter: from date")
-        self.since.setPlaceholderText("from YYYY-MM-DD")
-        self.until = field("Gateway filter: to date")
-        self.until.setPlaceholderText("to YYYY-MM-DD")
-        self.break_glass_only = QCheckBox("Break-&glass only")
-        self.break_glass_only.setAccessibleName("Gateway: break-glass entries only")
-        self.out_of_hours = QCheckBox("Out of &hours")
-        self.out_of_hours.setAccessibleName("Gateway: out-of-hours entries only")
-        self.password = field("Your password, to search or export", password=True)
-        self.password.setPlaceholderText("your password")
-        self.search_button = button("&Search gateway", "Search the gateway's audit trail")
-        self.export_fhir = button("Export FHIR…", "Export these results as FHIR AuditEvents")
-        self.export_csv = button("Export CSV…", "Export these results as CSV")
-        self.feedback = data_label("", role="hint", wrap=True)
-        self.summary = data_label("", role="hint", wrap=True)
-        filters = QHBoxLayout()
-        for widget in (self.patient, self.user, self.device, self.since, self.until):
-            filters.addWidget(widget)
-        filters.addWidget(self.break_glass_only)
-        filters.addWidget(self.out_of_hours)
-        actions = QHBoxLayout()
-        actions.addWidget(self.password)
-        actions.addWidget(self.search_button)
-        actions.addStretch(1)
-        actions.addWidget(self.export_fhir)
-        actions.addWidget(self.export_csv)
-        self.model = TextRowsModel(ONLINE_COLUMNS, self)
-        self.chains = TextRowsModel(CHAIN_COLUMNS, self)
-        self.table = _table("gateway_audit_table", self.model)
-        self.chain_table = _table("chain_status_table", self.chains)
-        self.chain_table.setMaximumHeight(140)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 8, 0, 0)
-        layout.addWidget(
-            data_label(
-                "The whole site's audit trail as uploaded to the gateway. Each search asks for "
-                "your password again and is itself audited. No clinical content is shown here.",
-                role="hint",
-                wrap=True,
-            )
-        )
-        layout.addLayout(filters)
-        layout.addLayout(actions)
-        layout.addWidget(self.feedback)
-        layout.addWidget(self.summary)
-        layout.addWidget(self.table, 1)
-        layout.addWidget(data_label("Audit chain of each device", role="section"))
-        layout.addWidget(self.chain_table)
-        self.search_button.clicked.connect(self.search)
-        self.password.returnPressed.connect(self.search)
-        self.export_fhir.clicked.connect(lambda: self._ask_export("json"))
-        self.export_csv.clicked.connect(lambda: self._ask_export("csv"))
-        self._set_busy(False)
-
-    def _set_busy(self, busy: bool) -> None:
-        self.search_button.setEnabled(not busy)
-        self.export_fhir.setEnabled(not busy and bool(self.entries))
-        self.export_csv.setEnabled(not busy and bool(self.entries))
-
-    def scrub(self) -> None:
-        self.password.clear()
-        self.entries = []
-        self.model.set_rows([])
-        self.chains.set_rows([])
-        self.summary.clear()
-
-    def query(self) -> AuditQuery:
-        """The filters as typed (``ValueError`` for a date not in YYYY-MM-DD form)."""
-
-        def text(edit: QLineEdit) -> str | None:
-            return edit.text().strip() or None
-
-        def day(edit: QLineEdit) -> dt.date | None:
-            value = text(edit)
-            return None if value is None else dt.date.fromisoformat(value)
-
-        return AuditQuery(
-            patient_id=text(self.patient),
-            user_id=text(self.user),
-            device_id=text(self.device),
-            since=day(self.since),
-            until=day(self.until),
-            break_glass=self.break_glass_only.isChecked(),
-            out_of_hours=self.out_of_hours.isChecked(),
-        )
-
-    def _take_password(self) -> str | None:
-        password = self.password.text()
-        self.password.clear()
-        if not password:
-            self.feedback.setText("Type your password first: every search and export asks again.")
-            self.password.setFocus()
-            return None
-        return password
-
-    def search(self) -> None:
-        try:
-            query = self.query()
-        except ValueError:
-            self.feedback.setText("Dates are written YYYY-MM-DD, for example 2026-11-20.")
-            return
-        password = self._take_password()
-        if password is None:
-            return
-        session = self._session
-        self.feedback.setText("Asking the gateway…")
-        self._set_busy(True)
-        self._runner.run(
-            lambda: audit_online.query_gateway(session, password, query),
-            self._found,
+            lambda: audit_export.export_entries(session, entries, path, kind),
+            lambda n: self._exported(n, path),
             self._failed,
         )
 
-    def _found(self, result: audit_online.OnlineAudit) -> None:
-        self.entries = list(reversed(result.search.entries))  # newest first, as the laptop's
-        self.model.set_rows([online_row(e) for e in self.entries])
-        self.chains.set_rows([chain_row(c) for c in result.chains])
-        bg = sum(1 for e in self.entries if is_break_glass(e))
-        more = " Not all are shown: narrow the filters." if result.search.truncated else ""
-        self.summary.setText(
-            f"{len(self.entries)} entries at the gateway, newest first; {bg} break-glass; "
-            f"{len(result.chains)} device chain(s).{more}"
-        )
-        self.feedback.clear()
-        self._set_busy(False)
-
-    def _failed(self, error: BaseException) -> None:
-        self.feedback.setText(explain(error).message)
-        self._set_busy(False)
-
-    def _ask_export(self, kind: str) -> None:
-        suffix = "FHIR JSON (*.json)" if kind == "json" else "CSV (*.csv)"
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export the gateway's audit results", f"gateway-audit.{kind}", suffix
-        )
-        if path:
-            self.export_to(Path(path), kind)
-
-    def export_to(self, path: Path, kind: str) -> None:
-        """Write the results shown to ``path`` (``json``: FHIR Bundle, ``csv``), after the core
-        has checked the password again and audited the export."""
-        password = self._take_password()
-        if password is None:
-            return
-        session, entries = self._session, list(self.entries)
-
-        def work() -> int:
-            return audit_export.export_gateway_results(session, password, entries, path, kind)
-
-        self._set_busy(True)
-
-        def done(n: int) -> None:
-            self._set_busy(False)
-            self.feedback.clear()
-            self.notify.emit(f"Exported {n} gateway audit entries.")
-
-        self._runner.run(work, done, self._failed)
+    def _exported(self, count: int, path: Path) -> None:
+        sentence = exported_sentence(count, path)
+        self.feedback.setText(sentence)
+        self.notify.emit(sentence)

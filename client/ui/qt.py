@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import (
     QAbstractTableModel,
+    QDate,
     QEvent,
     QModelIndex,
     QObject,
@@ -37,6 +38,7 @@ from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
     QComboBox,
+    QDateEdit,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -77,6 +79,8 @@ __all__ = [
     "QColor",
     "QComboBox",
     "QContextMenuEvent",
+    "QDate",
+    "QDateEdit",
     "QDialog",
     "QDialogButtonBox",
     "QEvent",
