@@ -47,6 +47,7 @@ class Conflict:
     local_body: dict[str, Any]
     server_body: dict[str, Any] | None
     created_at: str
+    edited_at: str | None = None  # when the laptop's version was written (its outbox entry)
 
 
 def record_conflict(
@@ -156,8 +157,9 @@ def resolve_conflict(
 def list_conflicts(conn: sqlite3.Connection) -> list[Conflict]:
     """Unresolved conflicts, oldest first. Read-only."""
     rows = conn.execute(
-        "SELECT id, outbox_seq, resource_type, local_id, patient_id, local_body, server_body,"
-        " created_at FROM conflicts WHERE resolved_at IS NULL ORDER BY id"
+        "SELECT c.id, c.outbox_seq, c.resource_type, c.local_id, c.patient_id, c.local_body,"
+        " c.server_body, c.created_at, o.created_at FROM conflicts c"
+        " LEFT JOIN outbox o ON o.seq = c.outbox_seq WHERE c.resolved_at IS NULL ORDER BY c.id"
     ).fetchall()
     return [
         Conflict(
@@ -169,6 +171,7 @@ def list_conflicts(conn: sqlite3.Connection) -> list[Conflict]:
             orjson.loads(r[5]),
             None if r[6] is None else orjson.loads(r[6]),
             r[7],
+            r[8],
         )
         for r in rows
     ]

@@ -35,6 +35,7 @@ from typing import Any
 from client.core import (
     accounts,
     audit_search,
+    conflict_words,
     consultation,
     device_admin,
     disclosure,
@@ -496,8 +497,19 @@ class Session:
             self._append(conn, "conflicts_view", detail={"count": len(found)})
         return found
 
+    def conflict_views(self) -> list[conflict_words.ConflictView]:
+        """Open conflicts in clinical words, each with its patient's banner; audited as a view
+        (``conflicts_view``, in the same transaction, before anything is returned)."""
+        self._require_role((CLINICIAN,), "see sync conflicts", "conflicts_view")
+        with self._act() as conn:
+            found = conflict_store.list_conflicts(conn)
+            views = conflict_words.describe_conflicts(conn, found, self._now().date())
+            self._append(conn, "conflicts_view", detail={"count": len(found)})
+        return views
+
     def resolve_conflict(self, conflict_id: int, keep: str) -> int | None:
-        """Keep "mine" (queued again on the server's newest version) or "theirs"; audited."""
+        """Keep "mine" (queued again on the server's newest version) or "theirs"; audited with
+        whose words were discarded (``discarded``: ``laptop`` or ``gateway``)."""
         self._require_role((CLINICIAN,), "resolve sync conflicts", "conflict_resolved")
         with self._act() as conn:
             patient = conn.execute(
@@ -508,7 +520,7 @@ class Session:
                 conn,
                 "conflict_resolved",
                 patient_id=patient[0] if patient else None,
-                detail={"keep": keep},
+                detail={"keep": keep, "discarded": "laptop" if keep == "theirs" else "gateway"},
             )
         return queued
 

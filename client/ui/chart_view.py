@@ -17,7 +17,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from client.core.chart import Chart, TimelineEntry, VitalReading
+from client.core.chart import Banner, Chart, TimelineEntry, VitalReading
 from client.core.completeness import not_available_lines
 from client.core.humanize import format_moment
 from client.core.session import BREAK_GLASS_REASONS, BreakGlassGrant
@@ -39,11 +39,15 @@ UNSENT_MARK = "● Not yet sent"
 
 
 def banner_text(chart: Chart) -> list[tuple[str, str]]:
-    b = chart.banner
+    return banner_rows(chart.banner, moved=not chart.completeness.in_scope)
+
+
+def banner_rows(b: Banner, *, moved: bool = False) -> list[tuple[str, str]]:
+    """The banner's (caption, value) pairs; ``moved``: the site is not this laptop's."""
     born = format_date(b.birth_date)
     age = f" ({b.age} y)" if b.age is not None else ""
     site = b.site or "not recorded"
-    if b.site and not chart.completeness.in_scope:
+    if b.site and moved:
         site = f"{b.site} (moved — not this laptop's site)"
     return [
         ("Born", f"{born}{age}" if born else "not recorded"),
@@ -72,6 +76,28 @@ def vital_text(reading: VitalReading) -> str:
     return f"{reading.value:g} {unit_text(reading.unit)}".strip()
 
 
+class PatientBanner(QFrame):
+    """The patient banner alone: name, then born, NHS no., prison no., site, gender (also shown
+    above a sync conflict so the clinician knows whose record it is)."""
+
+    def __init__(self, banner: Banner, rows: list[tuple[str, str]] | None = None) -> None:
+        super().__init__()
+        self.setProperty("role", "banner")
+        self.setObjectName("patient_banner")
+        self.setAccessibleName("Patient banner")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(12, 6, 12, 6)
+        self.name = data_label(banner.name, role="banner-name")
+        self.name.setAccessibleName("Patient name")
+        row.addWidget(self.name)
+        row.addSpacing(16)
+        for caption, value in banner_rows(banner) if rows is None else rows:
+            row.addWidget(data_label(f"{caption}:", role="hint"))
+            row.addWidget(data_label(value))
+            row.addSpacing(10)
+        row.addStretch(1)
+
+
 class PatientHeader(QFrame):
     """Banner, break-glass banner (when a grant is live), alerts and allergies."""
 
@@ -82,20 +108,8 @@ class PatientHeader(QFrame):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(6)
 
-        banner = QFrame()
-        banner.setProperty("role", "banner")
-        banner.setAccessibleName("Patient banner")
-        row = QHBoxLayout(banner)
-        row.setContentsMargins(12, 6, 12, 6)
-        self.name = data_label(chart.banner.name, role="banner-name")
-        self.name.setAccessibleName("Patient name")
-        row.addWidget(self.name)
-        row.addSpacing(16)
-        for caption, value in banner_text(chart):
-            row.addWidget(data_label(f"{caption}:", role="hint"))
-            row.addWidget(data_label(value))
-            row.addSpacing(10)
-        row.addStretch(1)
+        banner = PatientBanner(chart.banner, banner_text(chart))
+        self.name = banner.name
         layout.addWidget(banner)
 
         self.break_glass: QFrame | None = None

@@ -1,34 +1,38 @@
 """The conflict view: a change made on this laptop met a newer change on the gateway (a 412).
 
 Guarantees:
-- Both versions are shown side by side, as plain text only (read-only plain-text editors),
-  never rich text: the laptop's version ("mine") and the gateway's ("theirs"); a note's
-  attachment is decoded to its text so people compare words, not base64.
-- Nothing is overwritten silently: the clinician chooses "Keep mine" (queued again on top of
-  the gateway's version, sent at the next sync) or "Keep theirs" (the laptop takes the
-  gateway's version). The choice runs through the session on the database executor, which
-  audits it; the list is reloaded afterwards.
-- Listing and resolving go through ``Session.conflicts()`` and
-  ``Session.resolve_conflict(conflict_id, keep)`` (role-checked and audited by the core).
+- The patient's banner is at the top, so the clinician knows whose record it is.
+- Both versions are shown side by side in clinical words (``client.core.conflict_words``):
+  "Consultation note", "Blood pressure 120/80 mmHg", the note's text; never a field path, a
+  resource id or a code. Each side names its author ("unknown author" when the record does
+  not say) and its time in UK local time. Everything is plain text (read-only plain-text
+  views and ``data_label``), never rich text.
+- Nothing is discarded without asking: "Keep mine" (the gateway's words are replaced at the
+  next sync) and "Keep theirs" (the laptop's words are deleted) each open a confirmation that
+  says whose words go; its default button, and Esc, is the safe "Go back", which changes
+  nothing. Only the discarding button resolves, through ``Session.resolve_conflict`` on the
+  database executor, which audits it; the list is reloaded afterwards.
+- Keyboard: every action is reachable by Tab and Enter (the read-only views pass Tab on), and
+  by its mnemonic (Alt+M keep mine, Alt+T keep theirs; Alt+G go back, Alt+D / Alt+R confirm).
+- Listing goes through ``Session.conflict_views()`` (role-checked and audited by the core).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Mapping
-from typing import Any
-
-from client.core.conflicts import Conflict
+from client.core.conflict_words import ConflictView, Version, confirmation
 from client.core.session import Session
+from client.ui.chart_view import PatientBanner
 from client.ui.error_boundary import explain
 from client.ui.qt import (
+    QAbstractButton,
     QDialog,
     QDialogButtonBox,
     QGridLayout,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QPlainTextEdit,
+    QPushButton,
     Qt,
     QVBoxLayout,
     QWidget,
@@ -37,61 +41,24 @@ from client.ui.qt import (
 from client.ui.runner import Runner
 from client.ui.widgets import button, data_label
 
-MAX_RENDERED = 20_000  # characters of one version shown; a conflict is a note, not a book
-SKIPPED_KEYS = {"meta", "text"}  # server bookkeeping and generated narrative (HTML) are left out
-
-
-def _decoded(attachment: Mapping[str, Any]) -> str | None:
-    data = attachment.get("data")
-    if not isinstance(data, str):
-        return None
-    try:
-        return base64.b64decode(data, validate=True).decode("utf-8", errors="replace")
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _lines(value: Any, path: str, out: list[str]) -> None:
-    if isinstance(value, Mapping):
-        if path.endswith("attachment") or "contentType" in value:
-            text = _decoded(value)
-            if text is not None:
-                out.append(f"{path}: (text)\n{text}")
-                return
-        for key, item in value.items():
-            if key in SKIPPED_KEYS:
-                continue
-            _lines(item, f"{path}.{key}" if path else str(key), out)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _lines(item, f"{path}[{index}]", out)
-    else:
-        out.append(f"{path}: {value}")
-
-
-def readable(resource: Mapping[str, Any] | None) -> str:
-    """A resource as plain 'field: value' lines for people (no markup is ever interpreted)."""
-    if resource is None:
-        return (
-            "The gateway no longer holds this record for this site (it was deleted, or the "
-            "patient moved to another site)."
-        )
-    out: list[str] = []
-    _lines(resource, "", out)
-    text = "\n".join(out)
-    return text if len(text) <= MAX_RENDERED else text[:MAX_RENDERED] + "\n… (shortened)"
-
 
 def _plain_view(name: str) -> QPlainTextEdit:
     view = QPlainTextEdit()
     view.setReadOnly(True)
+    view.setTabChangesFocus(True)
     view.setAccessibleName(name)
     view.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
     return view
 
 
+def side_heading(where: str, version: Version) -> str:
+    if not version.present:
+        return f"{where} — no longer there"
+    return f"{where} — {version.author}, {version.when}"
+
+
 class ConflictsDialog(QDialog):
-    """The open conflicts; both versions side by side; keep mine / keep theirs."""
+    """The open conflicts; both versions side by side; keep mine / keep theirs, confirmed."""
 
     resolved = Signal(str)  # "mine" | "theirs"
 
@@ -100,23 +67,34 @@ class ConflictsDialog(QDialog):
         self.setObjectName("conflicts_dialog")
         self.setWindowTitle("Sync conflicts")
         self.setAccessibleName("Sync conflicts")
-        self.resize(1100, 620)
+        self.resize(1100, 660)
         self._session = session
         self._runner = runner
-        self.items: list[Conflict] = []
+        self.items: list[ConflictView] = []
+        self.confirmation: QMessageBox | None = None
         self.listing = QListWidget()
+        self.listing.setObjectName("conflicts_list")
         self.listing.setAccessibleName("Conflicts")
-        self.listing.setMaximumHeight(120)
+        self.listing.setMaximumHeight(110)
+        self.banner_holder = QVBoxLayout()
+        self.banner: PatientBanner | None = None
+        self.mine_heading = data_label("", role="section", wrap=True)
+        self.theirs_heading = data_label("", role="section", wrap=True)
         self.mine = _plain_view("Your version, on this laptop")
+        self.mine.setObjectName("conflict_mine")
         self.theirs = _plain_view("The gateway's version")
+        self.theirs.setObjectName("conflict_theirs")
+        self.differences = data_label("", role="hint", wrap=True)
         self.feedback = data_label("", role="hint", wrap=True)
-        self.keep_mine = button("Keep &mine", "Keep my version")
-        self.keep_theirs = button("Keep &theirs", "Keep the gateway's version")
+        self.keep_mine = button("Keep &mine", "Keep my version (asks first)")
+        self.keep_mine.setObjectName("keep_mine")
+        self.keep_theirs = button("Keep &theirs", "Keep the gateway's version (asks first)")
+        self.keep_theirs.setObjectName("keep_theirs")
         closer = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         closer.rejected.connect(self.reject)
         grid = QGridLayout()
-        grid.addWidget(data_label("Mine — on this laptop, not yet accepted", role="section"), 0, 0)
-        grid.addWidget(data_label("Theirs — on the gateway now", role="section"), 0, 1)
+        grid.addWidget(self.mine_heading, 0, 0)
+        grid.addWidget(self.theirs_heading, 0, 1)
         grid.addWidget(self.mine, 1, 0)
         grid.addWidget(self.theirs, 1, 1)
         grid.addWidget(self.keep_mine, 2, 0)
@@ -126,18 +104,20 @@ class ConflictsDialog(QDialog):
         layout.addWidget(
             data_label(
                 "Your change was not applied because the gateway already had a newer version. "
-                "Compare both and choose which one to keep; nothing is overwritten until you "
-                "choose.",
+                "Compare both and choose which one to keep; nothing is discarded until you "
+                "confirm.",
                 wrap=True,
             )
         )
         layout.addWidget(self.listing)
+        layout.addLayout(self.banner_holder)
         layout.addLayout(grid)
+        layout.addWidget(self.differences)
         layout.addWidget(self.feedback)
         layout.addWidget(closer)
         self.listing.currentRowChanged.connect(self._selected)
-        self.keep_mine.clicked.connect(lambda: self.resolve("mine"))
-        self.keep_theirs.clicked.connect(lambda: self.resolve("theirs"))
+        self.keep_mine.clicked.connect(lambda: self.ask("mine"))
+        self.keep_theirs.clicked.connect(lambda: self.ask("theirs"))
         self._enable(False)
         self.reload()
 
@@ -146,47 +126,109 @@ class ConflictsDialog(QDialog):
         self.keep_theirs.setEnabled(enabled)
 
     def reload(self) -> None:
-        self._runner.run(self._session.conflicts, self._loaded)
+        self._runner.run(self._session.conflict_views, self._loaded)
 
-    def _loaded(self, conflicts: list[Conflict]) -> None:
-        self.items = list(conflicts)
+    def _loaded(self, views: list[ConflictView]) -> None:
+        self.items = list(views)
         self.listing.clear()
-        for conflict in self.items:
-            item = QListWidgetItem(
-                f"{conflict.resource_type} · patient {conflict.patient_id or 'unknown'} · "
-                f"since {str(conflict.created_at)[:16]}"
-            )
+        for view in self.items:
+            item = QListWidgetItem(view.summary())
             item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
             self.listing.addItem(item)
         if self.items:
             self.listing.setCurrentRow(0)
             self.feedback.setText(f"{len(self.items)} conflict(s) to resolve.")
         else:
-            self.mine.clear()
-            self.theirs.clear()
+            self._show_banner(None)
+            for widget in (self.mine, self.theirs):
+                widget.clear()
+            for label in (self.mine_heading, self.theirs_heading, self.differences):
+                label.clear()
             self._enable(False)
             self.feedback.setText("No conflicts left. Everything else syncs as usual.")
 
-    def current(self) -> Conflict | None:
+    def current(self) -> ConflictView | None:
         row = self.listing.currentRow()
         return self.items[row] if 0 <= row < len(self.items) else None
 
+    def _show_banner(self, view: ConflictView | None) -> None:
+        if self.banner is not None:
+            self.banner_holder.removeWidget(self.banner)
+            self.banner.deleteLater()
+            self.banner = None
+        if view is not None and view.banner is not None:
+            self.banner = PatientBanner(view.banner)
+            self.banner_holder.addWidget(self.banner)
+
     def _selected(self, _row: int) -> None:
-        conflict = self.current()
-        if conflict is None:
+        view = self.current()
+        if view is None:
             return
-        self.mine.setPlainText(readable(conflict.local_body))
-        self.theirs.setPlainText(readable(conflict.server_body))
+        self._show_banner(view)
+        self.mine_heading.setText(side_heading("Yours, on this laptop", view.mine))
+        self.theirs_heading.setText(side_heading("Theirs, on the gateway", view.theirs))
+        self.mine.setPlainText(view.mine.text())
+        self.theirs.setPlainText(view.theirs.text())
+        differing = [r.label for r in view.rows if r.differs and r.label not in ("When",)]
+        self.differences.setText(
+            f"Different: {', '.join(differing)}." if differing else "Both versions read the same."
+        )
         self._enable(True)
         # Keeping mine needs the gateway's record to exist, to go on top of it.
-        self.keep_mine.setEnabled(conflict.server_body is not None)
+        self.keep_mine.setEnabled(view.theirs.present)
+
+    # -- asking before anyone's words are discarded --------------------------------------------
+
+    def ask(self, keep: str) -> None:
+        """Open the confirmation for ``keep``; only its discarding button resolves."""
+        view = self.current()
+        if view is None or self.confirmation is not None:
+            return
+        title, sentence, discard_words = confirmation(view, keep)
+        box = QMessageBox(self)
+        box.setObjectName("conflict_confirmation")
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle(title)
+        box.setText(title)
+        box.setInformativeText(sentence)
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        go_back = box.addButton("&Go back", QMessageBox.ButtonRole.RejectRole)
+        discard = box.addButton(discard_words, QMessageBox.ButtonRole.DestructiveRole)
+        go_back.setObjectName("go_back")
+        discard.setObjectName("discard")
+        box.setDefaultButton(go_back)
+        box.setEscapeButton(go_back)
+        self.confirmation = box
+
+        def answered(clicked: QAbstractButton) -> None:
+            self.confirmation = None
+            box.deleteLater()
+            if clicked is discard:
+                self.resolve(keep)
+            else:
+                self.feedback.setText("Nothing was changed. Both versions are kept for now.")
+
+        box.buttonClicked.connect(answered)
+        box.open()
+        go_back.setFocus()
+
+    def confirm_button(self, which: str) -> QPushButton:
+        """The open confirmation's ``go_back`` or ``discard`` button (for keyboard walks)."""
+        box = self.confirmation
+        if box is None:
+            raise LookupError("no confirmation is open")
+        found = box.findChild(QPushButton, which)
+        if found is None:
+            raise LookupError(which)
+        return found
 
     def resolve(self, keep: str) -> None:
-        conflict, session = self.current(), self._session
-        if conflict is None:
+        """Resolve the selected conflict now (after the clinician confirmed)."""
+        view, session = self.current(), self._session
+        if view is None:
             return
         self._enable(False)
-        conflict_id = int(conflict.id)
+        conflict_id = int(view.conflict_id)
         self._runner.run(
             lambda: session.resolve_conflict(conflict_id, keep),
             lambda _r: self._resolved(keep),
@@ -198,7 +240,7 @@ class ConflictsDialog(QDialog):
         self.feedback.setText(
             "Kept your version: it goes to the gateway with the next sync."
             if keep == "mine"
-            else "Kept the gateway's version on this laptop."
+            else "Kept the gateway's version; yours was removed from this laptop."
         )
         self.reload()
 
