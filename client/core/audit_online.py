@@ -8,7 +8,8 @@ Guarantees:
   certificate. The sign-in's unsealed DEK is dropped at once, never used or kept. The token is
   remembered in memory only, in ``Session.reauth`` (``client.core.audit_reauth``), for
   ``REAUTH_WINDOW_SECONDS``: one password per auditor session of a few minutes, not per
-  search. Lock and sign-out forget it; a token the gateway refuses is forgotten and the
+  search. A password typed anyway is checked again (a wrong one is refused as before).
+  Lock and sign-out forget it; a token the gateway refuses is forgotten and the
   password is asked again (``password_needed``). It is never stored on disk or logged.
 - The gateway must answer for the same user and site as the session, else nothing is shown.
 - A patient is asked by name, NHS number or date of birth: resolved to ids through this
@@ -78,7 +79,7 @@ def _with_token(
             what, "denied", patient_id=patient_id, detail={**detail, "why": "role"}
         )
         raise NotAllowed("query the gateway's audit trail")
-    token = session.reauth.token()
+    token = None if password else session.reauth.token()  # a typed password is always checked
     if token is None and not password:
         raise OnlineAuditError("password_needed", PASSWORD_NEEDED)
     escrow = session.device.header.escrow_blob()
@@ -187,7 +188,7 @@ def authorise_export(session: Session, password: str | None, kind: str, count: i
     if session.role not in AUDIT_ROLES:
         session.record_event("export", "denied", detail={**detail, "why": "role"})
         raise NotAllowed("export the audit trail")
-    if not session.reauth.confirmed:
+    if password or not session.reauth.confirmed:  # a typed password is always checked
         if not password:
             raise OnlineAuditError("password_needed", PASSWORD_NEEDED)
         try:

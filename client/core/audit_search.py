@@ -23,6 +23,7 @@ Guarantees:
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 MAX_PATIENT_MATCHES: Final = 50  # a name shared by more people than this needs narrowing
 NHS_DIGITS: Final = 10
+_HYPHENED_NHS: Final = re.compile(r"\d{3}-\d{3}-\d{4}", re.ASCII)
 
 
 class AuditSearchError(UserFacingError):
@@ -101,8 +103,11 @@ def gateway_days(
 
 
 def _nhs_digits(text: str) -> str | None:
-    """The digits of a text made only of digits, spaces and hyphens; else None."""
-    compact = text.replace(" ", "").replace("-", "")
+    """The digits of a text made only of digits and spaces, or ``943-476-5919``; else None
+    (``1978-11-19`` is a date, not a number)."""
+    if _HYPHENED_NHS.fullmatch(text):
+        return text.replace("-", "")
+    compact = text.replace(" ", "")
     return compact if compact.isdigit() and compact.isascii() else None
 
 

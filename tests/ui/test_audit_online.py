@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as dt
 import json
 import stat
 from collections.abc import Iterator
@@ -16,7 +17,11 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from client.core import audit_online
+from client.core.audit_export import WORD_COLUMNS
+from client.core.audit_reauth import REAUTH_WINDOW_SECONDS
+from client.core.audit_words import action_words
 from client.core.device import Device
+from client.core.humanize import DISPLAY_ZONE
 from client.core.provisioning import add_user_online
 from client.core.session import NotAllowed, Session
 from client.core.sync_runner import run_sync
@@ -42,6 +47,7 @@ class Scene:
     live: LiveGateway
     device: Device
     viewed: str  # a patient the clinician opened
+    viewed_nhs: str  # their NHS number (10 digits)
     clinical: list[str]  # names and text that must never show in the auditor's screens
 
 
@@ -66,7 +72,9 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
             audit_online.query_gateway(nurse, NURSE[1], AuditQuery())
         nurse.lock()
         add_user_online(device, *AUDITOR)
-        yield Scene(live, device, patients[0].id, clinical)
+        nhs = patients[0].nhs_number
+        assert nhs is not None and len(nhs) == 10
+        yield Scene(live, device, patients[0].id, nhs, clinical)
     finally:
         live.stop()
 
@@ -103,10 +111,10 @@ def test_auditor_sees_the_clinicians_views_and_break_glass_at_the_gateway(
     assert panel.password.text() == ""  # used once, not kept
     rows = panel.model.rows
     device_id = scene.device.profile.device_id
-    views = [r for r in rows if r[3] == "record_view" and r[1] == NURSE[0]]
+    views = [r for r in rows if r[3] == "Opened record" and r[1] == NURSE[0]]
     assert views and views[0][5] == scene.viewed and views[0][2] == device_id
-    (glass,) = [r for r in rows if r[3] == "break_glass"]
-    assert glass[5] == OUTSIDE and glass[6] == "BTG"
+    (glass,) = [r for r in rows if r[3] == "Break-glass access"]
+    assert glass[5] == OUTSIDE and glass[6] == "Break-glass"
     assert glass[7] == "Arrived from another prison today"
     (chain,) = panel.chains.rows
     assert chain[0] == device_id and int(chain[1]) > 0 and chain[4] == "0"
@@ -114,7 +122,7 @@ def test_auditor_sees_the_clinicians_views_and_break_glass_at_the_gateway(
 
     panel.break_glass_only.setChecked(True)
     search(qtbot, panel)
-    assert {r[6] for r in panel.model.rows} == {"BTG"} and len(panel.model.rows) == 1
+    assert {r[6] for r in panel.model.rows} == {"Break-glass"} and len(panel.model.rows) == 1
     panel.break_glass_only.setChecked(False)
     panel.patient.setText(scene.viewed)
     search(qtbot, panel)
@@ -138,7 +146,7 @@ def test_auditor_sees_the_clinicians_views_and_break_glass_at_the_gateway(
     assert [e.outcome for e in refused] == ["denied"]  # the clinician's attempt (AU-5)
     assert queries[0].outcome == "success" and queries[0].detail["where"] == "gateway"
     assert dict(queries[1].detail)["break_glass"] == "yes"
-    assert dict(queries[2].detail)["patient_id"] == scene.viewed
+    assert queries[2].patient_id == scene.viewed and queries[2].detail["patients"] == 1
 
 
 def test_wrong_password_shows_no_results_and_is_audited(qtbot: QtBot, scene: Scene) -> None:
@@ -146,11 +154,6 @@ def test_wrong_password_shows_no_results_and_is_audited(qtbot: QtBot, scene: Sce
     search(qtbot, panel, password="not the password at all")
     assert panel.model.rowCount() == 0 and panel.chains.rowCount() == 0
     assert panel.feedback.text() and "Traceback" not in panel.feedback.text()
-    panel.since.setText("20-11-2026")
-    panel.password.setText(AUDITOR[1])
-    panel.search_button.click()
-    assert "YYYY-MM-DD" in panel.feedback.text() and panel.password.text() == AUDITOR[1]
-    panel.since.clear()
     panel.password.clear()
     panel.search_button.click()  # no password: nothing is asked
     assert "password" in panel.feedback.text()
@@ -168,6 +171,64 @@ def test_lock_scrubs_the_online_results(qtbot: QtBot, scene: Scene) -> None:
     win.lock()
     assert panel.model.rowCount() == 0 and panel.chains.rowCount() == 0
     assert panel.entries == []
+
+
+def test_gateway_search_by_nhs_number_and_uk_days(qtbot: QtBot, scene: Scene) -> None:
+    win, panel = auditor_window(qtbot, scene)
+    nhs = scene.viewed_nhs
+    spaced = f"{nhs[:3]} {nhs[3:6]} {nhs[6:]}"
+    today = dt.datetime.now(DISPLAY_ZONE).date()
+    panel.password.setText(AUDITOR[1])
+    panel.search(spaced, today, today)
+    qtbot.waitUntil(
+        lambda: panel.search_button.isEnabled() and bool(panel.summary.text()), timeout=20000
+    )
+    assert panel.model.rows, panel.feedback.text()
+    assert {r[5] for r in panel.model.rows} == {scene.viewed}
+    assert "Opened record" in {r[3] for r in panel.model.rows}
+    assert panel.finder.since.text() == today.strftime("%d-%b-%Y")
+    panel.summary.clear()
+    panel.search(spaced, today + dt.timedelta(days=1), None)  # nothing yet tomorrow
+    qtbot.waitUntil(
+        lambda: panel.search_button.isEnabled() and bool(panel.summary.text()), timeout=20000
+    )
+    assert panel.model.rowCount() == 0
+    session = win.session
+    assert session is not None
+    queries = [e for e in on_worker(win, session.audit_entries) if e.action == "audit_query"]
+    assert queries[-1].patient_id == scene.viewed and queries[-1].detail["where"] == "gateway"
+
+
+def test_one_password_per_auditor_session_forgotten_after_the_window_and_on_lock(
+    qtbot: QtBot, scene: Scene
+) -> None:
+    win, panel = auditor_window(qtbot, scene)
+    session = win.session
+    assert session is not None
+    assert panel.needs_password()
+    search(qtbot, panel)  # the password, once
+    first = panel.model.rowCount()
+    assert first > 0 and not panel.needs_password()
+    panel.model.set_rows([])
+    panel.search_button.click()  # no password typed: within the window, none is asked
+    qtbot.waitUntil(panel.search_button.isEnabled, timeout=20000)
+    assert panel.model.rowCount() == first and "password" not in panel.feedback.text()
+    real = session.reauth.clock
+    session.reauth.clock = lambda: real() + REAUTH_WINDOW_SECONDS + 1  # the window has passed
+    panel.search_button.click()
+    assert "Type your password" in panel.feedback.text() and panel.needs_password()
+    search(qtbot, panel)  # asked again, and remembered again
+    assert not panel.needs_password()
+    queries = [
+        e
+        for e in on_worker(win, session.audit_entries)
+        if e.action == "audit_query" and e.user_id == AUDITOR[0]
+    ]
+    assert [e.outcome for e in queries[-3:]] == ["success"] * 3  # each search audited
+    win.lock()
+    assert session.reauth.token() is None and not session.reauth.confirmed
+    _win2, again = auditor_window(qtbot, scene)
+    assert again.needs_password()
 
 
 # Last in the module: its wrong password throttles further sign-ins on this laptop.
@@ -188,9 +249,9 @@ def test_exports_need_the_password_and_hold_only_audit_metadata(
         assert len(messages) > before, panel.feedback.text()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     exported = entries_from_bundle(json.loads(out_json.read_text(encoding="utf-8")))
-    assert [e.action for e in exported] == [r[3] for r in panel.model.rows]
+    assert [action_words(e.action) for e in exported] == [r[3] for r in panel.model.rows]
     rows = list(csv.reader(out_csv.read_text(encoding="utf-8").splitlines()))
-    assert tuple(rows[0]) == CSV_HEADER and len(rows) == len(exported) + 1
+    assert tuple(rows[0]) == (*CSV_HEADER, *WORD_COLUMNS) and len(rows) == len(exported) + 1
     text = out_json.read_text(encoding="utf-8") + out_csv.read_text(encoding="utf-8")
     for clinical in scene.clinical:
         assert clinical not in text

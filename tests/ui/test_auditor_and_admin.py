@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
+from client.core.audit_export import WORD_COLUMNS
 from client.core.session import Session
 from client.ui.admin import AdminPanel
 from client.ui.audit_view import AuditWorkspace
@@ -55,12 +56,14 @@ def test_auditor_sees_filterable_metadata_and_no_clinical_content(
     assert audit.model.rowCount() == len(rows)
     assert {e.patient_id for e in rows} == {OUTSIDE_PATIENT}
     audit.break_glass_only.setChecked(False)
-    audit.patient.setText(HTML_PATIENT)
+    audit.search(HTML_PATIENT, None, None)  # a patient id is found too
+    qtbot.waitUntil(lambda: audit.searched is not None, timeout=5000)
     assert {e.action for e in audit.filtered()} >= {"record_view"}
     assert all(e.patient_id == HTML_PATIENT for e in audit.filtered())
-    audit.patient.clear()
-    audit.action.setCurrentText("record_view")
+    audit.show_all.click()
+    audit.action.setCurrentIndex(audit.action.findText("Opened record"))
     assert {e.action for e in audit.filtered()} == {"record_view"}
+    audit.action.setCurrentIndex(0)  # all actions: the export below is the whole chain
 
     out_json, out_csv = tmp_path / "audit.json", tmp_path / "audit.csv"
     messages: list[str] = []
@@ -73,7 +76,7 @@ def test_auditor_sees_filterable_metadata_and_no_clinical_content(
     entries = entries_from_bundle(json.loads(out_json.read_text(encoding="utf-8")))
     assert any(e.action == "break_glass" for e in entries)
     rows_csv = list(csv.reader(out_csv.read_text(encoding="utf-8").splitlines()))
-    assert tuple(rows_csv[0]) == CSV_HEADER
+    assert tuple(rows_csv[0]) == (*CSV_HEADER, *WORD_COLUMNS)
     assert len(rows_csv) >= len(entries)
     exported = out_json.read_text(encoding="utf-8") + out_csv.read_text(encoding="utf-8")
     assert "Zephyrine" not in exported
