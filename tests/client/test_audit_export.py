@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from client.core.accounts import LoginRefused
-from client.core.audit_export import export_gateway_results, export_local
+from client.core.audit_export import WORD_COLUMNS, export_gateway_results, export_local
 from client.core.session import NotAllowed, Session
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
 from sync.protocol.audit.chain import verify
@@ -47,7 +47,8 @@ def test_the_laptops_chain_exports_as_a_verifiable_private_bundle_and_csv(
     export_local(auditor, out_csv, "csv")
     assert stat.S_IMODE(out_csv.stat().st_mode) == 0o600
     rows = list(csv.reader(out_csv.read_text(encoding="utf-8").splitlines()))
-    assert tuple(rows[0]) == CSV_HEADER and len(rows) == written + 2  # header, one more export
+    assert tuple(rows[0]) == (*CSV_HEADER, *WORD_COLUMNS)  # the codes, then the same in words
+    assert len(rows) == written + 2  # header, one more export
 
 
 def test_a_clinician_or_an_unknown_format_writes_nothing(auditor: Session, tmp_path: Path) -> None:
