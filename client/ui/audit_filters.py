@@ -64,6 +64,8 @@ class PatientDaysFilter(QWidget):
         for text, widget in zip(mnemonics, (self.patient, self.since, self.until), strict=True):
             label = QLabel(text)
             label.setBuddy(widget)
+            # Qt measures "&To" kerned but draws the underlined letter apart: room for both.
+            label.setMinimumWidth(label.sizeHint().width() + label.fontMetrics().averageCharWidth())
             row.addWidget(label)
             row.addWidget(widget)
         self.patient.returnPressed.connect(self.submitted)

@@ -140,8 +140,10 @@ class OnlineAuditPanel(QWidget):
         self.export_csv = button("Export CSV…", "Export these results as CSV")
         self.feedback = data_label("", role="hint", wrap=True)
         self.summary = data_label("", role="hint", wrap=True)
+        finding = QHBoxLayout()
+        finding.addWidget(self.finder)
+        finding.addStretch(1)
         filters = QHBoxLayout()
-        filters.addWidget(self.finder)
         for text, widget in (("&User", self.user), ("&Device", self.device)):
             label = QLabel(text)
             label.setBuddy(widget)
@@ -149,6 +151,7 @@ class OnlineAuditPanel(QWidget):
             filters.addWidget(widget)
         filters.addWidget(self.break_glass_only)
         filters.addWidget(self.out_of_hours)
+        filters.addStretch(1)
         actions = QHBoxLayout()
         self.password_label = QLabel("Pass&word")
         self.password_label.setBuddy(self.password)
@@ -174,6 +177,7 @@ class OnlineAuditPanel(QWidget):
                 wrap=True,
             )
         )
+        layout.addLayout(finding)
         layout.addLayout(filters)
         layout.addLayout(actions)
         layout.addWidget(self.feedback)
