@@ -18,7 +18,7 @@ Guarantees:
 from __future__ import annotations
 
 from client.core.chart import Chart, TimelineEntry, VitalReading
-from client.core.completeness import not_available_lines
+from client.core.completeness import SECTION_NOT_HELD, not_available_lines
 from client.core.humanize import format_moment
 from client.core.session import BREAK_GLASS_REASONS, BreakGlassGrant
 from client.ui.qt import (
@@ -42,9 +42,7 @@ def banner_text(chart: Chart) -> list[tuple[str, str]]:
     b = chart.banner
     born = format_date(b.birth_date)
     age = f" ({b.age} y)" if b.age is not None else ""
-    site = b.site or "not recorded"
-    if b.site and not chart.completeness.in_scope:
-        site = f"{b.site} (moved — not this laptop's site)"
+    site = chart.completeness.banner_site(b.site)
     return [
         ("Born", f"{born}{age}" if born else "not recorded"),
         ("NHS no.", format_nhs(b.nhs_number) or "not recorded"),
@@ -154,6 +152,13 @@ class PatientHeader(QFrame):
         layout.addLayout(safety)
 
 
+def _empty_section(chart: Chart, none: str = "None recorded.") -> QLabel:
+    """What an empty section says: ``none`` only when the laptop holds the whole record (UI-5)."""
+    if chart.completeness.whole_record_held:
+        return data_label(none, role="hint")
+    return data_label(SECTION_NOT_HELD, role="missing", wrap=True)
+
+
 def _section(title: str) -> QLabel:
     label = data_label(title, role="section")
     label.setAccessibleName(title)
@@ -216,18 +221,19 @@ class ChartScreen(QWidget):
         grid.setContentsMargins(0, 0, 8, 0)
         grid.setHorizontalSpacing(18)
         left = QVBoxLayout()
-        left.addWidget(_section(f"Active problems ({len(chart.problems)})"))
+        held = "" if chart.completeness.whole_record_held else " held on this laptop"
+        left.addWidget(_section(f"Active problems ({len(chart.problems)}{held})"))
         for problem in chart.problems:
             onset = f" — since {format_date(problem.onset)}" if problem.onset else ""
             left.addWidget(data_label(f"• {problem.text}{onset}", wrap=True))
         if not chart.problems:
-            left.addWidget(data_label("None recorded.", role="hint"))
-        left.addWidget(_section(f"Current medications ({len(chart.medications)})"))
+            left.addWidget(_empty_section(chart))
+        left.addWidget(_section(f"Current medications ({len(chart.medications)}{held})"))
         for med in chart.medications:
             dose = f" — {med.dosage}" if med.dosage else ""
             left.addWidget(data_label(f"• {med.text}{dose}", wrap=True))
         if not chart.medications:
-            left.addWidget(data_label("None recorded.", role="hint"))
+            left.addWidget(_empty_section(chart))
         left.addWidget(_section("Latest vital signs"))
         vitals = QGridLayout()
         vitals.setHorizontalSpacing(14)
@@ -237,14 +243,14 @@ class ChartScreen(QWidget):
             vitals.addWidget(data_label(format_moment(reading.effective), role="hint"), row, 2)
         left.addLayout(vitals)
         if not chart.vitals:
-            left.addWidget(data_label("None recorded.", role="hint"))
+            left.addWidget(_empty_section(chart))
         left.addStretch(1)
         right = QVBoxLayout()
-        right.addWidget(_section(f"Timeline — newest first ({len(chart.timeline)})"))
+        right.addWidget(_section(f"Timeline — newest first ({len(chart.timeline)}{held})"))
         for entry in chart.timeline:
             right.addWidget(_timeline_item(entry))
         if not chart.timeline:
-            right.addWidget(data_label("No encounters or notes yet.", role="hint"))
+            right.addWidget(_empty_section(chart, "No encounters or notes yet."))
         right.addStretch(1)
         grid.addLayout(left, 0, 0)
         grid.addLayout(right, 0, 1)

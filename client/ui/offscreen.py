@@ -22,7 +22,7 @@ from pathlib import Path
 
 from client.core.device import Device
 from client.ui.main_window import WINDOW_SIZE, MainWindow
-from client.ui.qt import QApplication, Qt, QWidget
+from client.ui.qt import QApplication, QImage, Qt, QWidget
 
 POLL_SECONDS = 0.01  # how often a wait pumps the event loop
 
@@ -52,6 +52,22 @@ def shoot(widget: QWidget, path: Path) -> Path:
     """The widget as shown, as a PNG at ``path``."""
     settle(0.15)
     if not widget.grab().save(str(path)):
+        raise OSError(f"could not write {path.name}")
+    return path
+
+
+def shoot_scaled(widget: QWidget, path: Path, scale: float) -> Path:
+    """The widget as a ``scale``× display shows it (``QT_SCALE_FACTOR``): laid out in logical
+    points at its current size, painted into a image of ``scale`` device pixels per point."""
+    settle(0.15)
+    size = widget.size()
+    image = QImage(
+        round(size.width() * scale), round(size.height() * scale), QImage.Format.Format_RGB32
+    )
+    image.setDevicePixelRatio(scale)
+    image.fill(Qt.GlobalColor.white)
+    widget.render(image)
+    if not image.save(str(path)):
         raise OSError(f"could not write {path.name}")
     return path
 
