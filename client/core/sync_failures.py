@@ -57,6 +57,11 @@ SYNC_FAILURES: Final[Mapping[str, str]] = MappingProxyType(
         "Try again later; " + _CALL_IT,
         "bad_link": "The gateway's list of changes did not add up, so the rest was not fetched. "
         "Try again later; " + _CALL_IT,
+        "incomplete_pull": "The server said it holds more records than it sent, so this laptop "
+        "may be missing some. What arrived is kept and the rest is asked for again at the next "
+        "sync; " + _CALL_IT,
+        "unsorted_search": "The server did not list records in date order, so they could not be "
+        "fetched safely. Call IT: the server's settings need checking.",
         "pull_refused": "The gateway would not send the latest records. Try again later; "
         + _CALL_IT,
         "server_error": "The gateway could not take your notes right now. They are kept and "
