@@ -42,9 +42,7 @@ def type_text(qtbot: QtBot, text: str) -> None:
     qtbot.keyClicks(focused(), text)
 
 
-def test_the_clinician_journey_works_from_the_keyboard_alone(
-    qtbot: QtBot, tmp_path: Path
-) -> None:
+def test_the_clinician_journey_works_from_the_keyboard_alone(qtbot: QtBot, tmp_path: Path) -> None:
     td = device(tmp_path, load=False)
     load_records(td.device, [PATIENT], user=CLINICIAN)
     win: MainWindow = window(qtbot, td)
