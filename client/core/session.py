@@ -88,6 +88,8 @@ class SessionStatus:
     break_glass: tuple[BreakGlassGrant, ...]
     # Notes the gateway refused, by patient and reason (client.core.push_refusals).
     refused: tuple[Refusal, ...] = ()
+    # Consultations this clinician started and kept as drafts: typed, not in the record (CR-4).
+    drafts: int = 0
 
 
 class Session:
@@ -584,6 +586,7 @@ class Session:
             conflicts = len(conflict_store.list_conflicts(conn))
             audit_unsent = self._audit.unsent_count(conn)
             refused = refused_notes(conn, self.device.profile.site)
+            kept = len(drafts.patients_with_drafts(conn, self.user_id))
         now = self._now()
         return SessionStatus(
             user_id=self.user_id,
@@ -598,4 +601,5 @@ class Session:
             audit_unsent=audit_unsent,
             break_glass=tuple(g for g in self._grants.values() if g.expires_at > now),
             refused=refused,
+            drafts=kept if self.role == CLINICIAN else 0,
         )

@@ -327,7 +327,8 @@ class SyncPanel(QWidget):
         self.last_sync.setText(format_moment(facts.last_sync) or "Never on this laptop.")
         self.unsent.setText(
             f"{status.unsent_items} item(s) not yet sent, {status.conflicts} conflict(s), "
-            f"{status.audit_unsent} audit entries not yet uploaded."
+            f"{status.audit_unsent} audit entries not yet uploaded"
+            + (f", {status.drafts} unsaved consultation draft(s)." if status.drafts else ".")
         )
         self.resolve.setEnabled(status.conflicts > 0)
         self.grace.setText(describe_offline(facts.offline))
