@@ -1,7 +1,9 @@
 """The patient chart screen and the patient header shared with the consultation form.
 
 Guarantees:
-- Safety first: the banner (name, date of birth and age, NHS number, prison number, site),
+- Safety first: the banner in NHS CUI form ("FAMILY, Given (Title)"; "Born 19-Nov-1978
+  (48y)"; "Gender Female"; "NHS No. 943 476 5919"; prison number; site), which wraps rather
+  than clips,
   then alerts and allergies, always above problems, medications, vitals and the timeline, and
   always visible (they sit outside the scrolling area). Alerts and allergies are high contrast
   and carry a text label ("⚠ ALERTS", "⚠ ALLERGIES", "HIGH RISK"), never colour alone.
@@ -38,20 +40,40 @@ MAX_NOTE_CHARS_SHOWN = 4000  # a longer note is cut on screen (the record keeps 
 UNSENT_MARK = "● Not yet sent"
 
 
+NBSP = "\u00a0"  # keeps one banner item ("NHS No. 943 476 5919") on one line when it wraps
+ITEM_GAP = "    "  # between banner items: where the banner may wrap
+
+
+def banner_name(chart: Chart) -> str:
+    """The patient's name as the NHS CUI banner shows it: "FAMILY, Given (Title)"."""
+    return chart.banner.banner_name or chart.banner.name
+
+
 def banner_text(chart: Chart) -> list[tuple[str, str]]:
+    """The banner's items after the name, in NHS CUI order and words: "Born 19-Nov-1978 (48y)",
+    "Gender Female", "NHS No. 943 476 5919" (3-3-4); then the prison number and the site, which
+    says when the patient is not at this laptop's site (UI-5)."""
     b = chart.banner
     born = format_date(b.birth_date)
-    age = f" ({b.age} y)" if b.age is not None else ""
+    age = f" ({b.age}y)" if b.age is not None else ""
     site = b.site or "not recorded"
     if b.site and not chart.completeness.in_scope:
         site = f"{b.site} (moved — not this laptop's site)"
+    gender = (b.gender or "").strip()
     return [
         ("Born", f"{born}{age}" if born else "not recorded"),
-        ("NHS no.", format_nhs(b.nhs_number) or "not recorded"),
-        ("Prison no.", b.prison_number or "not recorded"),
+        ("Gender", gender[:1].upper() + gender[1:] if gender else "not recorded"),
+        ("NHS No.", format_nhs(b.nhs_number) or "not recorded"),
+        ("Prison No.", b.prison_number or "not recorded"),
         ("Site", site),
-        ("Gender", b.gender or "not recorded"),
     ]
+
+
+def banner_details(chart: Chart) -> str:
+    """The banner items as one wrapping line: each item unbreakable, breaks only between."""
+    return ITEM_GAP.join(
+        f"{caption} {value}".replace(" ", NBSP) for caption, value in banner_text(chart)
+    )
 
 
 # UCUM codes as people write them (a record may carry the code instead of a display unit).
@@ -85,17 +107,17 @@ class PatientHeader(QFrame):
         banner = QFrame()
         banner.setProperty("role", "banner")
         banner.setAccessibleName("Patient banner")
-        row = QHBoxLayout(banner)
-        row.setContentsMargins(12, 6, 12, 6)
-        self.name = data_label(chart.banner.name, role="banner-name")
+        column = QVBoxLayout(banner)
+        column.setContentsMargins(12, 6, 12, 6)
+        column.setSpacing(2)
+        # Both lines wrap (never clip) in a narrow window or at 150% scaling.
+        self.name = data_label(banner_name(chart), role="banner-name", wrap=True)
         self.name.setAccessibleName("Patient name")
-        row.addWidget(self.name)
-        row.addSpacing(16)
-        for caption, value in banner_text(chart):
-            row.addWidget(data_label(f"{caption}:", role="hint"))
-            row.addWidget(data_label(value))
-            row.addSpacing(10)
-        row.addStretch(1)
+        self.details = data_label(banner_details(chart), wrap=True)
+        self.details.setObjectName("banner_details")
+        self.details.setAccessibleName("Patient details")
+        column.addWidget(self.name)
+        column.addWidget(self.details)
         layout.addWidget(banner)
 
         self.break_glass: QFrame | None = None
@@ -191,7 +213,9 @@ class ChartScreen(QWidget):
     back_requested = Signal()
     print_requested = Signal()
 
-    def __init__(self, chart: Chart, grant: BreakGlassGrant | None) -> None:
+    def __init__(
+        self, chart: Chart, grant: BreakGlassGrant | None, *, can_print: bool = False
+    ) -> None:
         super().__init__()
         self.setObjectName("chart_screen")
         self.setAccessibleName("Patient chart")
@@ -203,6 +227,8 @@ class ChartScreen(QWidget):
         self.back = button("← &Back to search", "Back to search (Escape)")
         self.new_consultation = button("&New consultation", "New consultation (Ctrl+N)")
         self.print_button = button("&Print…", "Print (Ctrl+P)")
+        # Shown only when the policy allows printing and a printer exists (lockdown.py).
+        self.print_button.setVisible(can_print)
         actions.addWidget(self.back)
         actions.addStretch(1)
         actions.addWidget(self.print_button)

@@ -118,7 +118,7 @@ class ConsultationForm(QWidget):
         self.note.setTabChangesFocus(True)
         note_label.setBuddy(self.note)
         self.note_error = data_label("", role="error", wrap=True)
-        plan_label = QLabel("P&lan")
+        plan_label = QLabel("&Plan")
         self.plan = QPlainTextEdit()
         self.plan.setAccessibleName("Plan")
         self.plan.setTabChangesFocus(True)

@@ -124,7 +124,7 @@ def test_UI1_html_in_a_name_and_a_note_shows_literally_as_plain_text(
     cell = ws.caseload.model.data(ws.caseload.model.index(0, 0))
     assert cell == f"{HTML_FAMILY}, Ada"
     screen = open_chart(qtbot, ws, HTML_PATIENT)
-    assert screen.header.name.text() == f"{HTML_FAMILY}, Ada"
+    assert screen.header.name.text() == f"{HTML_FAMILY.upper()}, Ada"
     assert screen.header.name.textFormat() == Qt.TextFormat.PlainText
     note_labels = [w for w in screen.findChildren(QLabel) if w.text() == f"Note says {HTML}"]
     assert len(note_labels) == 1
