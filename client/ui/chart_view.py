@@ -143,7 +143,9 @@ class PatientHeader(QFrame):
         alerts, a = _safety_box("alert", "alerts_box", "Alerts")
         missing = not_available_lines(completeness, completeness.alerts, "alerts", format_moment)
         a.addWidget(
-            data_label(_head("ALERTS", len(chart.alerts), bool(missing)), role="alert-head")
+            data_label(
+                _head("ALERTS", len(chart.alerts), bool(missing)), role="alert-head", wrap=True
+            )
         )
         _add_missing(a, missing)
         for alert in chart.alerts:
@@ -151,14 +153,18 @@ class PatientHeader(QFrame):
             category = f"[{alert.category}] " if alert.category else ""
             a.addWidget(data_label(f"{category}{alert.text}{since}", wrap=True))
         if not chart.alerts and not missing:
-            a.addWidget(data_label("No active alerts recorded."))
+            a.addWidget(data_label("No active alerts recorded.", wrap=True))
         a.addStretch(1)
         allergies, g = _safety_box("allergy", "allergies_box", "Allergies")
         missing = not_available_lines(
             completeness, completeness.allergies, "allergy records", format_moment
         )
         g.addWidget(
-            data_label(_head("ALLERGIES", len(chart.allergies), bool(missing)), role="alert-head")
+            data_label(
+                _head("ALLERGIES", len(chart.allergies), bool(missing)),
+                role="alert-head",
+                wrap=True,
+            )
         )
         _add_missing(g, missing)
         for allergy in chart.allergies:
@@ -167,9 +173,13 @@ class PatientHeader(QFrame):
             g.addWidget(data_label(f"{risk}{allergy.substance}{reactions}", wrap=True))
         # Never "none recorded" when the laptop does not hold the whole record (UI-5).
         if not missing and not chart.allergies and chart.no_known_allergies:
-            g.addWidget(data_label("No known allergies (recorded)."))
+            g.addWidget(data_label("No known allergies (recorded).", wrap=True))
         elif not missing and not chart.allergies:
-            g.addWidget(data_label("No allergies recorded (not the same as 'no known allergies')."))
+            g.addWidget(
+                data_label(
+                    "No allergies recorded (not the same as 'no known allergies').", wrap=True
+                )
+            )
         g.addStretch(1)
         safety.addWidget(alerts, 1)
         safety.addWidget(allergies, 1)

@@ -286,7 +286,12 @@ class MainWindow(QMainWindow):
         else:  # an unknown role sees nothing
             workspace = data_label("Your role has no screen in this version. Contact IT.")
         self.workspace = workspace
-        self._set_screen(workspace)
+        if isinstance(workspace, AuditWorkspace | AdminPanel):
+            # Forms and tables taller (or wider) than a small window scroll, never clip; the
+            # clinical workspace scrolls inside its own screens (banner and buttons fixed).
+            self._set_screen(scrolling(workspace, workspace.accessibleName(), across=True))
+        else:
+            self._set_screen(workspace)
         who = f"{session.user_id} ({session.role}) · site {session.device.profile.site}"
         self.who.setText(who)
         self.who.setToolTip(who)

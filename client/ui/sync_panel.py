@@ -45,6 +45,7 @@ from client.ui.login import describe_offline
 from client.ui.qt import (
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QObject,
     QProgressBar,
     QSpinBox,
@@ -307,7 +308,9 @@ class SyncPanel(QWidget):
         buttons.addWidget(self.resolve)
         buttons.addStretch(1)
         visit = QHBoxLayout()
-        visit.addWidget(data_label("Planned visit length:"))
+        visit_label = QLabel("Planned &visit length:")
+        visit_label.setBuddy(self.visit_days)
+        visit.addWidget(visit_label)
         visit.addWidget(self.visit_days)
         visit.addStretch(1)
         layout = QVBoxLayout(self)

@@ -93,13 +93,17 @@ def one_tab_stop(root: QWidget) -> None:
         root.setTabKeyNavigation(False)
 
 
-def scrolling(content: QWidget, name: str) -> QScrollArea:
-    """``content`` in a vertical scroll area that keeps its width: a screen taller than a
-    small window (1366x768 at 150% is 911x512 points) scrolls instead of being cut off."""
+def scrolling(content: QWidget, name: str, *, across: bool = False) -> QScrollArea:
+    """``content`` in a vertical scroll area that keeps its width (``across``: it may also
+    scroll sideways): a screen larger than a small window (1366x768 at 150% is 911x512
+    points) scrolls instead of being cut off."""
     area = QScrollArea()
     area.setWidgetResizable(True)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setHorizontalScrollBarPolicy(
+        Qt.ScrollBarPolicy.ScrollBarAsNeeded if across else Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    )
     area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # the fields inside take focus, not the area
     area.setAccessibleName(name)
     area.setWidget(content)
     return area
