@@ -164,8 +164,11 @@ class CaseloadScreen(QWidget):
         self.table.setTabKeyNavigation(False)
         self.table.verticalHeader().hide()
         header = self.table.horizontalHeader()
+        # Every column shows its whole text, the name above all (a cut name is a wrong-patient
+        # risk): in a narrow window (150%) the table scrolls sideways instead of eliding.
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setStretchLastSection(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideNone)
         header.setMinimumSectionSize(90)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 12)

@@ -34,8 +34,10 @@ from client.ui.qt import (
     QWidget,
     Signal,
 )
-from client.ui.widgets import button, data_label, format_date, format_nhs
+from client.ui.widgets import button, data_label, format_date, format_nhs, scrolling
 
+SAFETY_SHARE = 0.28  # of the screen's height: beyond this the alert and allergy boxes scroll
+SAFETY_MIN_HEIGHT = 90  # points: at least the heads and first lines always show
 MAX_NOTE_CHARS_SHOWN = 4000  # a longer note is cut on screen (the record keeps all of it)
 UNSENT_MARK = "● Not yet sent"
 
@@ -70,10 +72,17 @@ def banner_text(chart: Chart) -> list[tuple[str, str]]:
 
 
 def banner_details(chart: Chart) -> str:
-    """The banner items as one wrapping line: each item unbreakable, breaks only between."""
+    """The banner items before the site as one wrapping line: each item unbreakable, breaks
+    only between items. (The site, which may carry a sentence, has its own label.)"""
     return ITEM_GAP.join(
-        f"{caption} {value}".replace(" ", NBSP) for caption, value in banner_text(chart)
+        f"{caption} {value}".replace(" ", NBSP)
+        for caption, value in banner_text(chart)
+        if caption != "Site"
     )
+
+
+def banner_site(chart: Chart) -> str:
+    return dict(banner_text(chart))["Site"]
 
 
 # UCUM codes as people write them (a record may carry the code instead of a display unit).
@@ -116,8 +125,16 @@ class PatientHeader(QFrame):
         self.details = data_label(banner_details(chart), wrap=True)
         self.details.setObjectName("banner_details")
         self.details.setAccessibleName("Patient details")
+        self.site = data_label(banner_site(chart), wrap=True)
+        self.site.setObjectName("banner_site")
+        self.site.setAccessibleName("Patient's site")
         column.addWidget(self.name)
-        column.addWidget(self.details)
+        row = QHBoxLayout()
+        row.setSpacing(8)
+        row.addWidget(self.details, 3)
+        row.addWidget(data_label("Site"))
+        row.addWidget(self.site, 2)
+        column.addLayout(row)
         layout.addWidget(banner)
 
         self.break_glass: QFrame | None = None
@@ -183,7 +200,19 @@ class PatientHeader(QFrame):
         g.addStretch(1)
         safety.addWidget(alerts, 1)
         safety.addWidget(allergies, 1)
-        layout.addLayout(safety)
+        # Always on screen, never pushing the rest off it: the two boxes take at most
+        # SAFETY_SHARE of the screen's height (143 of 512 points at 1366x768 and 150%) and
+        # scroll inside; their heads ("⚠ ALERTS (2)", "NOT AVAILABLE ON THIS LAPTOP") come
+        # first, so they always show.
+        boxes = QWidget()
+        boxes.setLayout(safety)
+        safety.setContentsMargins(0, 0, 0, 0)
+        self.safety_area = scrolling(boxes, "Alerts and allergies")
+        screen = self.screen()
+        tall = screen.availableGeometry().height() if screen is not None else 768
+        self.safety_area.setMaximumHeight(max(SAFETY_MIN_HEIGHT, int(tall * SAFETY_SHARE)))
+        self.safety_area.setMinimumHeight(min(SAFETY_MIN_HEIGHT, boxes.sizeHint().height()))
+        layout.addWidget(self.safety_area)
 
 
 def _section(title: str) -> QLabel:

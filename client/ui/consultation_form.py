@@ -103,7 +103,7 @@ class ConsultationForm(QWidget):
             caption.setBuddy(edit)
             error = data_label("", role="error", wrap=True)
             error.setAccessibleName(f"{spec.label} problem")
-            error.setMinimumWidth(300)
+            error.setMinimumWidth(200)
             vitals.addWidget(caption, row, 0)
             vitals.addWidget(edit, row, 1)
             vitals.addWidget(data_label(spec.unit, role="hint"), row, 2)

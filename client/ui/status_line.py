@@ -7,14 +7,15 @@ Guarantees:
 - Three sources, one text: a transient ``notice`` (newest wins; it shows alone for
   ``NOTICE_MS`` and then the line falls back), the sync state (``set_sync``) and the session
   state (``set_session``), shown together when no notice is up, separated by " · ".
-- The label wraps rather than running off the edge, and every text is plain (UI-1). Texts are
+- The label wraps to at most two lines (whole text in its tooltip) rather than running off
+  the edge or growing the window, and every text is plain (UI-1). Texts are
   sentences written for people (UI-4); a failed sync's text is ``client.core.sync_failures``'s.
 - ``clear()`` (the lock) drops all three at once.
 """
 
 from __future__ import annotations
 
-from client.ui.qt import QTimer, QVBoxLayout, QWidget
+from client.ui.qt import QSizePolicy, Qt, QTimer, QVBoxLayout, QWidget
 from client.ui.widgets import data_label
 
 NOTICE_MS = 8000
@@ -30,6 +31,11 @@ class StatusLine(QWidget):
         self.label = data_label("", wrap=True)
         self.label.setObjectName("status_text")
         self.label.setAccessibleName("Status")
+        # At most two lines high and never wider than the window: a longer text is cut at
+        # the second line and is whole in the tooltip (and the sync panel has it all).
+        self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.label.setFixedHeight(2 * self.label.fontMetrics().lineSpacing() + 4)
+        self.label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 0, 6, 0)
         layout.addWidget(self.label)
@@ -68,7 +74,7 @@ class StatusLine(QWidget):
         self._render()
 
     def _render(self) -> None:
-        if self.notice_text:
-            self.label.setText(self.notice_text)
-            return
-        self.label.setText(" · ".join(t for t in (self.sync_text, self.session_text) if t))
+        state = " · ".join(t for t in (self.sync_text, self.session_text) if t)
+        text = self.notice_text or state
+        self.label.setText(text)
+        self.label.setToolTip(text)

@@ -8,9 +8,9 @@ Guarantees:
 - The stylesheet is one small, calm, high-contrast sheet; meaning is never carried by colour
   alone (alerts also carry a text label such as "⚠ ALERT"). Every text colour contrasts at
   least 4.5:1 with the backgrounds it is drawn on (WCAG 2.2 AA); the keyboard focus ring
-  (``FOCUS_RING``, 3 px; ``TOOLBAR_FOCUS_RING`` on the dark toolbar) contrasts at least 3:1 with
-  the background and with the default button's border (``DEFAULT_BORDER``, which is also bold),
-  so "where am I" and "what Enter does" never look alike.
+  (``FOCUS_RING``, 3 px; ``TOOLBAR_FOCUS_RING`` on the dark toolbar) contrasts at least 3:1
+  with the background and with the default button's border (``DEFAULT_BORDER``, 2 px where
+  other buttons have 1 px), so "where am I" and "what Enter does" never look alike.
 - ``one_tab_stop`` makes every item view in a screen one Tab stop (arrow keys move inside);
   the main window applies it to every screen and dialog it shows.
 """
@@ -66,7 +66,7 @@ QFrame[role="unsent"] { background: #eef3ff; border: 1px dashed #2f4f9e; }
 QLabel[role="unsent"] { color: #1f3b80; font-weight: 700; }
 QPushButton { padding: 5px 14px; border: 1px solid #7a8794; border-radius: 4px;
     background: #ffffff; }
-QPushButton:default { border: 2px solid #1b1f24; font-weight: 600; }
+QPushButton:default { border: 2px solid #1b1f24; }
 QLineEdit, QPlainTextEdit, QComboBox, QSpinBox { padding: 4px; border: 1px solid #7a8794;
     border-radius: 3px; background: #ffffff; }
 QPushButton:focus, QLineEdit:focus, QPlainTextEdit:focus, QTableView:focus, QComboBox:focus,

@@ -87,6 +87,10 @@ def test_every_clinical_screen_fits_911_by_512_points_with_lock_visible(
     td = device(tmp_path)
     win, ws, _session = workspace(qtbot, td)
     _fits(win, ws.caseload)
+    table = ws.caseload.table
+    qtbot.waitUntil(lambda: ws.caseload.model.rowCount() > 0, timeout=5000)
+    QApplication.processEvents()
+    assert table.columnWidth(0) >= table.sizeHintForColumn(0)  # names whole, never "Boaten…"
     chart = open_chart(qtbot, ws, HTML_PATIENT)
     _fits(win, chart)
     ws.new_consultation()
@@ -140,9 +144,9 @@ def test_the_patient_banner_follows_nhs_cui_and_wraps(qtbot: QtBot, tmp_path: Pa
         "Gender Female",
         "NHS No. 943 476 5919",
         "Prison No. A7654ZZ",
-        "Site hmp-brixton",
     ):
         assert item in details
+    assert chart.header.site.text() == "hmp-brixton"
     assert chart.header.details.wordWrap() and chart.header.name.wordWrap()
     # One item never breaks inside ("NHS No. 943 476 5919" stays on one line) ...
     assert "NHS\u00a0No.\u00a0943\u00a0476\u00a05919" in banner_details(chart.chart)  # type: ignore[arg-type]
