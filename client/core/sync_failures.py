@@ -59,6 +59,10 @@ SYNC_FAILURES: Final[Mapping[str, str]] = MappingProxyType(
         "Try again later; " + _CALL_IT,
         "pull_refused": "The gateway would not send the latest records. Try again later; "
         + _CALL_IT,
+        "incomplete_pull": "The records server sent only part of the latest records, so the "
+        "records it missed are fetched at the next sync. Try again later; " + _CALL_IT,
+        "unsorted_search": "The records server sent the latest records out of order, so they "
+        "were not used. Try again later; " + _CALL_IT,
         "server_error": "The gateway could not take your notes right now. They are kept and "
         "sent with the next sync; try again later.",
         "bad_time": "The gateway's time could not be trusted, so it was not used. Try again "
