@@ -197,7 +197,7 @@ def test_print_is_shown_only_when_the_policy_allows_it_and_a_printer_exists(
 # -- a refused policy update (PO-3) -------------------------------------------------------------
 
 
-def test_a_refused_policy_update_is_amber_in_the_sync_result_with_its_reason(
+def test_po3_a_refused_policy_update_is_amber_in_the_sync_result_with_its_reason(
     qtbot: QtBot, live: LiveGateway, tmp_path: Path
 ) -> None:
     laptop = provision_for_tests(tmp_path / "laptop", live.bundle(tmp_path / "b.json").read_bytes())
