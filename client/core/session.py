@@ -322,6 +322,14 @@ class Session:
             self._append(conn, "caseload", detail={"results": len(listed)})
         return listed
 
+    def never_synced(self) -> bool:
+        """True while this laptop holds no patient and has never received a page from the
+        gateway: the caseload then says "No records yet — sync first", not an empty list."""
+        with self._act() as conn:
+            patients = conn.execute("SELECT 1 FROM patient_index LIMIT 1").fetchone()
+            pulled = conn.execute("SELECT 1 FROM sync_cursors LIMIT 1").fetchone()
+        return patients is None and pulled is None
+
     def in_scope(self, patient_id: str) -> bool:
         """Whether the patient is on this site's caseload (clinicians only)."""
         self._require_role((CLINICIAN,), "check patients' sites", "scope_check")

@@ -1,7 +1,9 @@
 """The patient chart screen and the patient header shared with the consultation form.
 
 Guarantees:
-- Safety first: the banner (name, date of birth and age, NHS number, prison number, site),
+- Safety first: the banner in NHS CUI form ("FAMILY, Given (Title)"; "Born 19-Nov-1978
+  (48y)"; "Gender Female"; "NHS No. 943 476 5919"; prison number; site), which wraps rather
+  than clips,
   then alerts and allergies, always above problems, medications, vitals and the timeline, and
   always visible (they sit outside the scrolling area). Alerts and allergies are high contrast
   and carry a text label ("⚠ ALERTS", "⚠ ALLERGIES", "HIGH RISK"), never colour alone.
@@ -32,24 +34,53 @@ from client.ui.qt import (
     QWidget,
     Signal,
 )
-from client.ui.widgets import button, data_label, format_date, format_nhs
+from client.ui.widgets import button, data_label, format_date, format_nhs, scrolling
 
+SAFETY_SHARE = 0.28  # of the screen's height: beyond this the alert and allergy boxes scroll
+SAFETY_MIN_HEIGHT = 90  # points: at least the heads and first lines always show
 MAX_NOTE_CHARS_SHOWN = 4000  # a longer note is cut on screen (the record keeps all of it)
 UNSENT_MARK = "● Not yet sent"
 
 
+NBSP = "\u00a0"  # keeps one banner item ("NHS No. 943 476 5919") on one line when it wraps
+ITEM_GAP = "    "  # between banner items: where the banner may wrap
+
+
+def banner_name(chart: Chart) -> str:
+    """The patient's name as the NHS CUI banner shows it: "FAMILY, Given (Title)"."""
+    return chart.banner.banner_name or chart.banner.name
+
+
 def banner_text(chart: Chart) -> list[tuple[str, str]]:
+    """The banner's items after the name, in NHS CUI order and words: "Born 19-Nov-1978 (48y)",
+    "Gender Female", "NHS No. 943 476 5919" (3-3-4); then the prison number and the site, which
+    says when the patient is not at this laptop's site (UI-5)."""
     b = chart.banner
     born = format_date(b.birth_date)
-    age = f" ({b.age} y)" if b.age is not None else ""
+    age = f" ({b.age}y)" if b.age is not None else ""
     site = chart.completeness.banner_site(b.site)
+    gender = (b.gender or "").strip()
     return [
         ("Born", f"{born}{age}" if born else "not recorded"),
-        ("NHS no.", format_nhs(b.nhs_number) or "not recorded"),
-        ("Prison no.", b.prison_number or "not recorded"),
+        ("Gender", gender[:1].upper() + gender[1:] if gender else "not recorded"),
+        ("NHS No.", format_nhs(b.nhs_number) or "not recorded"),
+        ("Prison No.", b.prison_number or "not recorded"),
         ("Site", site),
-        ("Gender", b.gender or "not recorded"),
     ]
+
+
+def banner_details(chart: Chart) -> str:
+    """The banner items before the site as one wrapping line: each item unbreakable, breaks
+    only between items. (The site, which may carry a sentence, has its own label.)"""
+    return ITEM_GAP.join(
+        f"{caption} {value}".replace(" ", NBSP)
+        for caption, value in banner_text(chart)
+        if caption != "Site"
+    )
+
+
+def banner_site(chart: Chart) -> str:
+    return dict(banner_text(chart))["Site"]
 
 
 # UCUM codes as people write them (a record may carry the code instead of a display unit).
@@ -83,17 +114,25 @@ class PatientHeader(QFrame):
         banner = QFrame()
         banner.setProperty("role", "banner")
         banner.setAccessibleName("Patient banner")
-        row = QHBoxLayout(banner)
-        row.setContentsMargins(12, 6, 12, 6)
-        self.name = data_label(chart.banner.name, role="banner-name")
+        column = QVBoxLayout(banner)
+        column.setContentsMargins(12, 6, 12, 6)
+        column.setSpacing(2)
+        # Both lines wrap (never clip) in a narrow window or at 150% scaling.
+        self.name = data_label(banner_name(chart), role="banner-name", wrap=True)
         self.name.setAccessibleName("Patient name")
-        row.addWidget(self.name)
-        row.addSpacing(16)
-        for caption, value in banner_text(chart):
-            row.addWidget(data_label(f"{caption}:", role="hint"))
-            row.addWidget(data_label(value))
-            row.addSpacing(10)
-        row.addStretch(1)
+        self.details = data_label(banner_details(chart), wrap=True)
+        self.details.setObjectName("banner_details")
+        self.details.setAccessibleName("Patient details")
+        self.site = data_label(banner_site(chart), wrap=True)
+        self.site.setObjectName("banner_site")
+        self.site.setAccessibleName("Patient's site")
+        column.addWidget(self.name)
+        row = QHBoxLayout()
+        row.setSpacing(8)
+        row.addWidget(self.details, 3)
+        row.addWidget(data_label("Site"))
+        row.addWidget(self.site, 2)
+        column.addLayout(row)
         layout.addWidget(banner)
 
         self.break_glass: QFrame | None = None
@@ -119,7 +158,9 @@ class PatientHeader(QFrame):
         alerts, a = _safety_box("alert", "alerts_box", "Alerts")
         missing = not_available_lines(completeness, completeness.alerts, "alerts", format_moment)
         a.addWidget(
-            data_label(_head("ALERTS", len(chart.alerts), bool(missing)), role="alert-head")
+            data_label(
+                _head("ALERTS", len(chart.alerts), bool(missing)), role="alert-head", wrap=True
+            )
         )
         _add_missing(a, missing)
         for alert in chart.alerts:
@@ -127,14 +168,18 @@ class PatientHeader(QFrame):
             category = f"[{alert.category}] " if alert.category else ""
             a.addWidget(data_label(f"{category}{alert.text}{since}", wrap=True))
         if not chart.alerts and not missing:
-            a.addWidget(data_label("No active alerts recorded."))
+            a.addWidget(data_label("No active alerts recorded.", wrap=True))
         a.addStretch(1)
         allergies, g = _safety_box("allergy", "allergies_box", "Allergies")
         missing = not_available_lines(
             completeness, completeness.allergies, "allergy records", format_moment
         )
         g.addWidget(
-            data_label(_head("ALLERGIES", len(chart.allergies), bool(missing)), role="alert-head")
+            data_label(
+                _head("ALLERGIES", len(chart.allergies), bool(missing)),
+                role="alert-head",
+                wrap=True,
+            )
         )
         _add_missing(g, missing)
         for allergy in chart.allergies:
@@ -143,13 +188,29 @@ class PatientHeader(QFrame):
             g.addWidget(data_label(f"{risk}{allergy.substance}{reactions}", wrap=True))
         # Never "none recorded" when the laptop does not hold the whole record (UI-5).
         if not missing and not chart.allergies and chart.no_known_allergies:
-            g.addWidget(data_label("No known allergies (recorded)."))
+            g.addWidget(data_label("No known allergies (recorded).", wrap=True))
         elif not missing and not chart.allergies:
-            g.addWidget(data_label("No allergies recorded (not the same as 'no known allergies')."))
+            g.addWidget(
+                data_label(
+                    "No allergies recorded (not the same as 'no known allergies').", wrap=True
+                )
+            )
         g.addStretch(1)
         safety.addWidget(alerts, 1)
         safety.addWidget(allergies, 1)
-        layout.addLayout(safety)
+        # Always on screen, never pushing the rest off it: the two boxes take at most
+        # SAFETY_SHARE of the screen's height (143 of 512 points at 1366x768 and 150%) and
+        # scroll inside; their heads ("⚠ ALERTS (2)", "NOT AVAILABLE ON THIS LAPTOP") come
+        # first, so they always show.
+        boxes = QWidget()
+        boxes.setLayout(safety)
+        safety.setContentsMargins(0, 0, 0, 0)
+        self.safety_area = scrolling(boxes, "Alerts and allergies")
+        screen = self.screen()
+        tall = screen.availableGeometry().height() if screen is not None else 768
+        self.safety_area.setMaximumHeight(max(SAFETY_MIN_HEIGHT, int(tall * SAFETY_SHARE)))
+        self.safety_area.setMinimumHeight(min(SAFETY_MIN_HEIGHT, boxes.sizeHint().height()))
+        layout.addWidget(self.safety_area)
 
 
 def _empty_section(chart: Chart, none: str = "None recorded.") -> QLabel:
@@ -196,7 +257,9 @@ class ChartScreen(QWidget):
     back_requested = Signal()
     print_requested = Signal()
 
-    def __init__(self, chart: Chart, grant: BreakGlassGrant | None) -> None:
+    def __init__(
+        self, chart: Chart, grant: BreakGlassGrant | None, *, can_print: bool = False
+    ) -> None:
         super().__init__()
         self.setObjectName("chart_screen")
         self.setAccessibleName("Patient chart")
@@ -208,6 +271,8 @@ class ChartScreen(QWidget):
         self.back = button("← &Back to search", "Back to search (Escape)")
         self.new_consultation = button("&New consultation", "New consultation (Ctrl+N)")
         self.print_button = button("&Print…", "Print (Ctrl+P)")
+        # Shown only when the policy allows printing and a printer exists (lockdown.py).
+        self.print_button.setVisible(can_print)
         actions.addWidget(self.back)
         actions.addStretch(1)
         actions.addWidget(self.print_button)

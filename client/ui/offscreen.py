@@ -16,6 +16,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,11 +73,22 @@ def shoot_scaled(widget: QWidget, path: Path, scale: float) -> Path:
     return path
 
 
+def laptop_size() -> tuple[int, int]:
+    """The laptop's 1366x768 screen in logical points: with ``QT_SCALE_FACTOR=1.5`` (150%
+    scaling) that is 911x512, the size every screen must work at."""
+    try:
+        factor = float(os.environ.get("QT_SCALE_FACTOR", "1") or 1)
+    except ValueError:
+        factor = 1.0
+    factor = factor if factor > 0 else 1.0
+    return round(WINDOW_SIZE[0] / factor), round(WINDOW_SIZE[1] / factor)
+
+
 def headless_window(device: Device) -> MainWindow:
     """The real main window at the laptop size, with the OS focus pinned to active."""
     window = MainWindow(device)
     window.app_state = lambda: Qt.ApplicationState.ApplicationActive
-    window.resize(*WINDOW_SIZE)
+    window.resize(*laptop_size())
     return window
 
 
@@ -96,4 +108,4 @@ def sign_in(window: MainWindow, user: str, password: str) -> None:
     submit_sign_in(window, user, password)
     wait_until(lambda: window.session is not None, f"{user}'s sign-in")
     window.showNormal()
-    window.resize(*WINDOW_SIZE)
+    window.resize(*laptop_size())

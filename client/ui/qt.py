@@ -32,6 +32,7 @@ from PySide6.QtGui import (
     QPaintEvent,
     QShortcut,
 )
+from PySide6.QtPrintSupport import QPrinterInfo
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -57,6 +58,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QStackedWidget,
     QStatusBar,
@@ -106,10 +108,12 @@ __all__ = [
     "QPersistentModelIndex",
     "QPlainTextEdit",
     "QPoint",
+    "QPrinterInfo",
     "QProgressBar",
     "QPushButton",
     "QScrollArea",
     "QShortcut",
+    "QSizePolicy",
     "QSpinBox",
     "QStackedWidget",
     "QStatusBar",
