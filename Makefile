@@ -46,12 +46,12 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 pytest: venv sysdeps medplum
-	$(PY) -m pytest $(PYTEST_ARGS)
+	GATEHOUSE_REQUIRE_POSTGRES=1 $(PY) -m pytest -m "not frozen_bundle" $(PYTEST_ARGS)
 
 # The gateway's scale path: the same gateway suite against a real PostgreSQL 15 that the tests
-# start in a temporary folder (skipped, with the reason, where PostgreSQL is not installed).
+# start in a temporary folder (under make test a missing PostgreSQL fails the run, with the reason).
 pytest-postgres: venv sysdeps
-	GATEHOUSE_TEST_STORE=postgres $(PY) -m pytest tests/gateway -q
+	GATEHOUSE_REQUIRE_POSTGRES=1 GATEHOUSE_TEST_STORE=postgres $(PY) -m pytest tests/gateway -q
 
 # Kill -9 harnesses at soak depth (CI runs 200 rounds as part of `make test`).
 soak: venv sysdeps
@@ -63,6 +63,7 @@ test: lint typecheck pytest pytest-postgres
 package: venv sysdeps
 	bash packaging/build.sh
 	$(PY) packaging/verify.py
+	$(PY) -m pytest -q -m frozen_bundle tests/packaging
 
 # Local gateway with synthetic data, a provisioned device and the client; with no display (or
 # HEADLESS=1) the same journey runs headless and writes demo-out/NN-screen.png + summary.json.

@@ -40,6 +40,7 @@ from client.core.device import Device, FirstUser, report_wipe_if_any
 from client.core.errors import GatehouseError
 from client.core.kdf import calibrate
 from client.core.provisioning import add_user_online, provision_from_bundle
+from client.core.push_refusals import Refusal, reason_of
 from client.core.server_profile import load_server_profile
 from client.core.session import Session
 from client.core.sync_failures import NOTHING_LOST, sync_failure_sentence
@@ -189,9 +190,22 @@ def cmd_add_user(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def sync_report(result: SyncResult) -> dict[str, Any]:
+def refusal_lines(refused: Sequence[Refusal]) -> list[str]:
+    """Refused notes for the terminal: how many, the gateway's reason and what to do. No
+    patient is named here (a terminal's scrollback is not the clinician's screen); the
+    clinician sees the names in the app."""
+    return [
+        f"{r.notes} note(s) refused by the gateway ({reason_of(r.code)}). {r.todo}" for r in refused
+    ]
+
+
+def sync_report(result: SyncResult, refused: Sequence[Refusal] = ()) -> dict[str, Any]:
     """``device sync --json``: the counts, the reason code and the sentence shown to people."""
     return {
+        "refused": [
+            {"code": r.code, "notes": r.notes, "retry_helps": r.retry_helps, "todo": r.todo}
+            for r in refused
+        ],
         "ok": result.ok,
         "reason": result.error,
         "message": None if result.ok else sync_failure_sentence(result.error),
@@ -208,8 +222,13 @@ def sync_report(result: SyncResult) -> dict[str, Any]:
     }
 
 
-def describe_sync(result: SyncResult) -> str:
-    """One line for people (UI-4): counts when it worked, else what happened and what to do."""
+def describe_sync(result: SyncResult, refused: Sequence[Refusal] = ()) -> str:
+    """One line for people (UI-4): counts when it worked, else what happened and what to do;
+    then one line per refused note group (``refusal_lines``)."""
+    return "\n".join([_describe_counts(result), *refusal_lines(refused)])
+
+
+def _describe_counts(result: SyncResult) -> str:
     counts = (
         f"pulled {result.pulled}, deleted {result.deleted}, pushed {result.pushed}, conflicts "
         f"{result.conflicts}, quarantined {result.quarantined}, push errors {result.push_errors}"
@@ -229,16 +248,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
     device = _device(Path(args.data))
     password = read_password(f"Password for {args.user}: ")
     session = Session.login(device, args.user, password, for_sync=True)
+    refused: tuple[Refusal, ...] = ()
     try:
         result = run_sync(session)
+        if not device.wiped:
+            refused = session.status().refused
     except (TransportError, SyncError) as error:  # before the engine ran (e.g. no pins)
         result = SyncResult(error=error.reason)
     finally:
         session.lock()
     if args.json:
-        print(json.dumps(sync_report(result), indent=2, sort_keys=True))
+        print(json.dumps(sync_report(result, refused), indent=2, sort_keys=True))
     else:
-        print(describe_sync(result), file=sys.stdout if result.ok else sys.stderr)
+        print(describe_sync(result, refused), file=sys.stdout if result.ok else sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

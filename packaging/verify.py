@@ -145,6 +145,9 @@ DEMO_SCREENS = (
     "chart",
     "consultation",
     "break-glass",
+    "draft-restored",
+    "chart-incomplete",
+    "chart-150",
     "locked",
     "audit",
 )

@@ -39,8 +39,7 @@ from client.ui import offscreen
 from client.ui.app import placeholder_window
 from client.ui.clinical import ClinicalWorkspace
 from client.ui.consultation_form import ConsultationForm
-from client.ui.main_window import WINDOW_SIZE
-from client.ui.offscreen import headless_window, settle, sign_in, wait_until
+from client.ui.offscreen import headless_window, laptop_size, settle, sign_in, wait_until
 from client.ui.qt import QApplication, QWidget
 from policy.jws import sign
 from policy.model import build_payload
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         shots: list[Path] = []
 
         placeholder = placeholder_window(Path(tmp) / "empty")
-        placeholder.resize(*WINDOW_SIZE)
+        placeholder.resize(*laptop_size())
         placeholder.show()
         shots.append(shoot(placeholder, out, "00-not-provisioned"))
         placeholder.close()

@@ -70,7 +70,13 @@ def test_headless_demo_runs_the_whole_journey_and_leaves_checkable_results(
     assert Path(summary["gateway_data"], "gateway.sqlite3").exists()
     sync = summary["sync"]
     assert sync["pulled"] > 1000 and sync["pushed"] >= 4  # the site's records; the consultation
-    assert sync["push_errors"] >= 1  # the follow-up for the transferred patient, kept unsent
+    # The follow-up written while the patient was still at this site is filed after the
+    # transfer: no sync of the journey leaves a note refused (issue 12 item 3).
+    assert sync["push_errors"] == 0, sync["runs"]
+    assert [run["push_errors"] for run in sync["runs"]][-1] == 0
+    assert summary["draft_restored"] is True  # typed before the idle lock, back after sign-in
+    assert summary["time_zone"] == "Europe/London"
+    assert summary["chart_150_points"] == [911, 512]  # the chart fits 1366x768 at 150%
     assert summary["audit_verified"] is True
     verify = subprocess.run(
         [str(BIN / "gatehouse-audit"), "verify", summary["audit_export"]],
@@ -86,9 +92,10 @@ def test_headless_demo_runs_the_whole_journey_and_leaves_checkable_results(
 
     screens = summary["screens"]
     assert len(screens) >= 14
-    for wanted in ("provisioning", "first-sign-in", "sync", "search", "chart", "consultation"):
+    wanted_screens = ("provisioning", "first-sign-in", "sync", "search", "chart", "chart-150")
+    for wanted in (*wanted_screens, "consultation"):
         assert any(wanted in name for name in screens), wanted
-    for wanted in ("break-glass", "locked", "audit"):
+    for wanted in ("break-glass", "locked", "audit", "draft-restored", "chart-incomplete"):
         assert any(wanted in name for name in screens), wanted
     for name in screens:
         image = QImage(str(out / name))

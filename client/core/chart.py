@@ -75,6 +75,7 @@ class Banner:
     nhs_number: str | None
     prison_number: str | None
     site: str | None
+    banner_name: str = ""  # NHS CUI: "FAMILY, Given (Title)"; ``name`` is "Family, Given"
 
 
 @dataclass(frozen=True)
@@ -342,6 +343,7 @@ def open_chart(
         fields.nhs_number,
         fields.prison_number,
         fields.site,
+        fields.banner_name,
     )
     alerts: list[Alert] = []
     allergies: list[Allergy] = []

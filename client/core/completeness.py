@@ -55,6 +55,28 @@ class Completeness:
     def complete(self) -> bool:
         return self.alerts.complete and self.allergies.complete
 
+    @property
+    def whole_record_held(self) -> bool:
+        """True when the laptop holds everything of this patient as of their last complete
+        pull: in scope and completely pulled at least once. When False, an empty problem,
+        medication, vital-sign or timeline section means "not known here", never "none"."""
+        return self.in_scope and self.last_complete is not None
+
+    def banner_site(self, recorded_site: str | None) -> str:
+        """The site the banner shows: the patient's current site, and when it is not this
+        laptop's, that it is not; a patient who left to a site the laptop was not told names
+        the site they left, never as their current one."""
+        if self.in_scope:
+            return self.site or recorded_site or "not recorded"
+        if self.site:
+            return f"{self.site} (transferred — not this laptop's site)"
+        if recorded_site:
+            return f"not known on this laptop (left {recorded_site})"
+        return "not known on this laptop"
+
+
+SECTION_NOT_HELD = "Not available on this laptop — see the warning above. Check the main record."
+
 
 COMPLETE = BoxCompleteness(True, (), 0)
 

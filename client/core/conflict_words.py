@@ -319,6 +319,7 @@ def banner_of(conn: sqlite3.Connection, patient_id: str | None, today: dt.date) 
         fields.nhs_number,
         fields.prison_number,
         fields.site,
+        fields.banner_name,
     )
 
 

@@ -130,7 +130,22 @@ def assess(
 
 def _work_check(status: SessionStatus) -> Check:
     """Your work sent: a note the gateway refused is named with why and what to do — never
-    "sync now" for a refusal another sync cannot fix."""
+    "sync now" for a refusal another sync cannot fix; a consultation kept as a draft is typed
+    work that is not in the record, so it is never "all work is on the gateway"."""
+    check = _sent_check(status)
+    if not status.drafts:
+        return check
+    kept = (
+        f"{status.drafts} consultation(s) you started are kept as drafts on this laptop and "
+        "are not in the record."
+    )
+    todo = "Open the patient to finish and save each draft, or discard it."
+    if check.ready:
+        return Check("work", "Your work sent", False, kept, todo)
+    return Check("work", "Your work sent", False, f"{check.verdict} {kept}", f"{check.todo} {todo}")
+
+
+def _sent_check(status: SessionStatus) -> Check:
     sent_ok = status.unsent_items == 0 and status.conflicts == 0
     if sent_ok:
         return Check("work", "Your work sent", True, "All work is on the gateway.", "")

@@ -97,6 +97,7 @@ class PatientFields:
     nhs_number: str | None
     prison_number: str | None
     site: str | None
+    banner_name: str = NO_NAME  # NHS CUI order: "FAMILY, Given (Title)"
 
 
 def fold(text: str) -> str:
@@ -153,6 +154,20 @@ def _display_name(name: Mapping[str, Any] | None) -> str:
     return family or given or _text(name.get("text")) or NO_NAME
 
 
+def _banner_name(name: Mapping[str, Any] | None) -> str:
+    """The name as the NHS Common User Interface banner shows it: the family name in capitals,
+    then the given names, then the title in brackets ("BOATENG, Wayne (Mr)")."""
+    if name is None:
+        return NO_NAME
+    family = _text(name.get("family"))
+    given = " ".join(_given(name))
+    prefixes = name.get("prefix")
+    title = " ".join(p for p in prefixes if _text(p)) if isinstance(prefixes, list) else ""
+    shown = ", ".join(part for part in (family.upper() if family else "", given) if part)
+    shown = shown or _text(name.get("text")) or NO_NAME
+    return f"{shown} ({title})" if title else shown
+
+
 def _identifier(resource: Mapping[str, Any], system: str) -> str | None:
     identifiers = resource.get("identifier")
     if not isinstance(identifiers, list):
@@ -205,6 +220,7 @@ def patient_fields(patient: Mapping[str, Any]) -> PatientFields:
         nhs_number=nhs_digits or None,
         prison_number=prison.strip().upper() if prison else None,
         site=site_of(patient.get("managingOrganization")),
+        banner_name=_banner_name(_pick_name(names)),
     )
 
 

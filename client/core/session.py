@@ -91,6 +91,8 @@ class SessionStatus:
     break_glass: tuple[BreakGlassGrant, ...]
     # Notes the gateway refused, by patient and reason (client.core.push_refusals).
     refused: tuple[Refusal, ...] = ()
+    # Consultations this clinician started and kept as drafts: typed, not in the record (CR-4).
+    drafts: int = 0
 
 
 class Session:
@@ -326,6 +328,14 @@ class Session:
             listed = search.caseload(conn, limit=limit, site_scope=self._site_scope())
             self._append(conn, "caseload", detail={"results": len(listed)})
         return listed
+
+    def never_synced(self) -> bool:
+        """True while this laptop holds no patient and has never received a page from the
+        gateway: the caseload then says "No records yet — sync first", not an empty list."""
+        with self._act() as conn:
+            patients = conn.execute("SELECT 1 FROM patient_index LIMIT 1").fetchone()
+            pulled = conn.execute("SELECT 1 FROM sync_cursors LIMIT 1").fetchone()
+        return patients is None and pulled is None
 
     def in_scope(self, patient_id: str) -> bool:
         """Whether the patient is on this site's caseload (clinicians only)."""
@@ -609,6 +619,7 @@ class Session:
             conflicts = len(conflict_store.list_conflicts(conn))
             audit_unsent = self._audit.unsent_count(conn)
             refused = refused_notes(conn, self.device.profile.site)
+            kept = len(drafts.patients_with_drafts(conn, self.user_id))
         now = self._now()
         return SessionStatus(
             user_id=self.user_id,
@@ -623,4 +634,5 @@ class Session:
             audit_unsent=audit_unsent,
             break_glass=tuple(g for g in self._grants.values() if g.expires_at > now),
             refused=refused,
+            drafts=kept if self.role == CLINICIAN else 0,
         )

@@ -57,6 +57,11 @@ SYNC_FAILURES: Final[Mapping[str, str]] = MappingProxyType(
         "Try again later; " + _CALL_IT,
         "bad_link": "The gateway's list of changes did not add up, so the rest was not fetched. "
         "Try again later; " + _CALL_IT,
+        "incomplete_pull": "The server said it holds more records than it sent, so this laptop "
+        "may be missing some. What arrived is kept and the rest is asked for again at the next "
+        "sync; " + _CALL_IT,
+        "unsorted_search": "The server did not list records in date order, so they could not be "
+        "fetched safely. Call IT: the server's settings need checking.",
         "pull_refused": "The gateway would not send the latest records. Try again later; "
         + _CALL_IT,
         "server_error": "The gateway could not take your notes right now. They are kept and "
@@ -95,6 +100,9 @@ SYNC_FAILURES: Final[Mapping[str, str]] = MappingProxyType(
         + _CALL_IT,
         "bad_server_reply": "The gateway's reply about a note did not add up, so it was not "
         "used. Sync again; " + _CALL_IT,
+        # anything unexpected (a bug): never shown as "(bug)"
+        "bug": "Gatehouse hit an unexpected problem during the sync and stopped it. Sync again; "
+        + _CALL_IT,
     }
 )
 
@@ -114,6 +122,47 @@ def sync_failure_sentence(reason: str | None) -> str:
     if reason.startswith("http_5"):
         return GATEWAY_TROUBLE
     return GATEWAY_REFUSED
+
+
+# A policy update the laptop refused during a sync (PO-3): ``SyncResult.control["policy"]`` is
+# "refused:<reason>" (``policy.errors.PolicyReason``). The last good policy stays in force.
+POLICY_KEPT: Final = "This laptop keeps its current policy."
+POLICY_REFUSALS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "too_large": "The gateway offered a policy update that is too large to be genuine, so "
+        "it was refused.",
+        "malformed": "The gateway offered a policy update that is damaged, so it was refused.",
+        "bad_signature": "The gateway offered a policy update whose signature does not check "
+        "out, so it was refused.",
+        "unknown_key": "The gateway offered a policy update not signed by the health board's "
+        "policy keys, so it was refused.",
+        "below_threshold": "The gateway offered a policy update without enough of the required "
+        "signatures, so it was refused.",
+        "schema": "The gateway offered a policy update with settings this version of Gatehouse "
+        "does not accept, so it was refused.",
+        "not_yet_valid": "The gateway offered a policy update that is not valid yet, so it was "
+        "refused.",
+        "expired": "The gateway offered a policy update that has already expired, so it was "
+        "refused.",
+        "rollback": "The gateway offered an older policy than the one this laptop has, so it "
+        "was refused.",
+        "wrong_site": "The gateway offered a policy for another site, so it was refused.",
+        "wrong_device": "The gateway offered a policy that does not name this laptop, so it was "
+        "refused.",
+        "store_rollback": "This laptop's stored policy looks older than it should, so the "
+        "update was refused.",
+        "store_tampered": "This laptop's stored policy could not be checked, so the update was "
+        "refused.",
+    }
+)
+POLICY_REFUSED_OTHER: Final = "The gateway offered a policy update that was refused."
+
+
+def policy_refusal_sentence(reason: str) -> str:
+    """One plain sentence for a refused policy update, what stays in force, and what to do
+    (never the reason code: that stays in the ``policy_refused`` audit entry)."""
+    what = POLICY_REFUSALS.get(reason, POLICY_REFUSED_OTHER)
+    return f"{what} {POLICY_KEPT} Tell IT so they can issue a correct policy."
 
 
 def is_connection_failure(reason: str | None) -> bool:

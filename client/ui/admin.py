@@ -4,7 +4,9 @@ Guarantees:
 - Shows no clinical content: device id, site, device certificate expiry ("not enrolled" when the
   certificate is missing), policy version and expiry, keyring backend (with a plain warning when
   it is the weak file fallback), storage used by the data folder, the users who hold key slots,
-  counts of unsent items and audit backlog.
+  counts of unsent items and audit backlog, and the conditional-launch device checks
+  (``client.core.conditional_launch``: disk encryption, OS version) as a clinician's sign-in
+  will run them, so IT sees a failing check, with what to do, before any clinician does.
 - Facts are gathered on the executor in one call (``client.core.device_admin.device_facts``;
   the users come through ``Session.device_users``, role-checked and audited); adding a user
   (Argon2) runs there too.
@@ -16,6 +18,7 @@ Guarantees:
 
 from __future__ import annotations
 
+from client.core.conditional_launch import LaunchCheck, LaunchFailure, launch_failures
 from client.core.device_admin import DeviceFacts, device_facts
 from client.core.humanize import format_moment, format_span, human_size
 from client.core.session import ADMIN, AUDITOR, Session
@@ -47,16 +50,32 @@ def describe_certificate(facts: DeviceFacts) -> str:
     return f"expires {format_moment(expires)} (in {format_span(expires - facts.now)})"
 
 
+def describe_launch_checks(failures: list[LaunchFailure]) -> str:
+    """The conditional-launch result for IT: all clear, or each failure and what to do."""
+    if not failures:
+        return (
+            "✔ Passes the policy's device rules (disk encryption, OS version): clinicians can "
+            "open records."
+        )
+    lines = ["✖ Clinicians cannot open records on this laptop until this is fixed:"]
+    for failure in failures:
+        lines.append(f"• {failure.what} What to do: {failure.todo}")
+    return "\n".join(lines)
+
+
 class AdminPanel(QWidget):
     notify = Signal(str)
     wiped = Signal()
 
-    def __init__(self, session: Session, runner: Runner) -> None:
+    def __init__(
+        self, session: Session, runner: Runner, *, launch_check: LaunchCheck = launch_failures
+    ) -> None:
         super().__init__()
         self.setObjectName("admin_panel")
         self.setAccessibleName("Device administration")
         self._session = session
         self._runner = runner
+        self._launch_check = launch_check
         self.wipe_question: QMessageBox | None = None
         device_box = QGroupBox("This laptop")
         form = QFormLayout(device_box)
@@ -67,6 +86,9 @@ class AdminPanel(QWidget):
         self.keyring = data_label(wrap=True)
         self.storage = data_label()
         self.backlog = data_label(wrap=True)
+        self.device_checks = data_label("Checking…", wrap=True)
+        self.device_checks.setObjectName("device_checks")
+        self.device_checks.setAccessibleName("Device checks for clinicians")
         form.addRow("Device id", self.device_id)
         form.addRow("Site", self.site)
         form.addRow("Certificate", self.certificate)
@@ -74,6 +96,7 @@ class AdminPanel(QWidget):
         form.addRow("Keyring", self.keyring)
         form.addRow("Storage used", self.storage)
         form.addRow("Not yet sent", self.backlog)
+        form.addRow("Device checks", self.device_checks)
         users_box = QGroupBox("Users on this laptop")
         users_layout = QVBoxLayout(users_box)
         self.users = QListWidget()
@@ -143,7 +166,7 @@ class AdminPanel(QWidget):
         )
         self.wipe_confirmation = field("Type this laptop's device id to confirm the wipe")
         self.wipe_password = field("Your password, to confirm the wipe", password=True)
-        self.wipe_button = button("&Wipe this laptop…", "Wipe this laptop")
+        self.wipe_button = button("W&ipe this laptop…", "Wipe this laptop")
         self.wipe_feedback = data_label("", role="error", wrap=True)
         form.addRow("&Device id", self.wipe_confirmation)
         form.addRow("Your pa&ssword", self.wipe_password)
@@ -152,8 +175,16 @@ class AdminPanel(QWidget):
         return box
 
     def refresh(self) -> None:
-        session = self._session
+        session, check = self._session, self._launch_check
         self._runner.run(lambda: device_facts(session), self._show)
+        self._runner.run(
+            lambda: check(session.policy, session.device.data_dir), self._show_device_checks
+        )
+
+    def _show_device_checks(self, failures: list[LaunchFailure]) -> None:
+        """The policy's device rules, as a clinician's sign-in will check them (IT sees first)."""
+        self.device_checks.setText(describe_launch_checks(failures))
+        set_role(self.device_checks, "error" if failures else "ok")
 
     def _show(self, facts: DeviceFacts) -> None:
         status = facts.status

@@ -153,7 +153,7 @@ class OnlineAuditPanel(QWidget):
         filters.addWidget(self.out_of_hours)
         filters.addStretch(1)
         actions = QHBoxLayout()
-        self.password_label = QLabel("Pass&word")
+        self.password_label = QLabel("Passwo&rd")
         self.password_label.setBuddy(self.password)
         actions.addWidget(self.password_label)
         actions.addWidget(self.password)

@@ -90,7 +90,7 @@ class AuditWorkspace(QWidget):
         self.patient = self.finder.patient
         self.find_button = button("F&ind", "Find this patient's entries between these days")
         self.find_button.setObjectName("audit_find")
-        self.show_all = button("Show a&ll", "Clear the patient and days")
+        self.show_all = button("Cl&ear", "Clear the patient and days: show every entry")
         self.action = QComboBox()
         self.action.setObjectName("audit_action")
         self.action.setAccessibleName("Filter by action")

@@ -11,7 +11,10 @@ Guarantees:
   half-typed name never opens the wrong patient.
   ``open_requested(patient_id)`` is the only way out.
 - An empty query shows the site's caseload (``Session.caseload``: in-scope patients by name,
-  audited by the core) under the same ordering rule, so a newer search always wins.
+  audited by the core) under the same ordering rule, so a newer search always wins. An empty
+  caseload says why: "No records yet — sync first" on a laptop that has never received
+  records (``Session.never_synced``), otherwise that no patient of the site is here; both
+  differ from "No patient matches" for a search.
 """
 
 from __future__ import annotations
@@ -67,6 +70,15 @@ OTHER_SITE = "Other site"
 EMPTY_HINT = (
     "Type a name, NHS number, prison number or date of birth (dd/mm/yyyy) to find a patient."
 )
+NEVER_SYNCED = (
+    "No records yet — sync first. This laptop has not received any records from the gateway: "
+    "connect to the health board's network and press Sync (Ctrl+Y)."
+)
+NONE_AT_SITE = (
+    "No patients of your site are on this laptop. Sync (Ctrl+Y) to get the latest caseload; "
+    "search to find a patient from another site."
+)
+NO_MATCH = "No patient matches. Check the spelling or try another detail."
 
 
 class PatientTableModel(TextRowsModel):
@@ -152,8 +164,11 @@ class CaseloadScreen(QWidget):
         self.table.setTabKeyNavigation(False)
         self.table.verticalHeader().hide()
         header = self.table.horizontalHeader()
+        # Every column shows its whole text, the name above all (a cut name is a wrong-patient
+        # risk): in a narrow window (150%) the table scrolls sideways instead of eliding.
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setStretchLastSection(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideNone)
         header.setMinimumSectionSize(90)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 12)
@@ -206,13 +221,22 @@ class CaseloadScreen(QWidget):
         if rows:
             more = " (the first ones; type to search)" if len(rows) >= RESULT_LIMIT else ""
             self.hint.setText(f"Your site's patients on this laptop{more}, by name. {EMPTY_HINT}")
+            return
+        session = self._session
+        self._runner.run(session.never_synced, lambda never: self._show_empty(asked, never))
+
+    def _show_empty(self, asked: int, never_synced: bool) -> None:
+        """An empty caseload is never just an empty table: say why and what to do."""
+        if asked != self._asked:
+            return
+        self.hint.setText(NEVER_SYNCED if never_synced else NONE_AT_SITE)
 
     def _show(self, asked: int, hits: list[PatientSummary]) -> None:
         if asked != self._asked:
             return  # a newer query is on its way
         self.model.set_patients(hits)
         if not hits:
-            self.hint.setText("No patient matches. Check the spelling or try another detail.")
+            self.hint.setText(NO_MATCH)
         elif len(hits) >= RESULT_LIMIT:
             self.hint.setText(
                 f"Showing the first {RESULT_LIMIT} matches. Type more to narrow the search."

@@ -1,7 +1,9 @@
 """The patient chart screen and the patient header shared with the consultation form.
 
 Guarantees:
-- Safety first: the banner (name, date of birth and age, NHS number, prison number, site),
+- Safety first: the banner in NHS CUI form ("FAMILY, Given (Title)"; "Born 19-Nov-1978
+  (48y)"; "Gender Female"; "NHS No. 943 476 5919"; prison number; site), which wraps rather
+  than clips,
   then alerts and allergies, always above problems, medications, vitals and the timeline, and
   always visible (they sit outside the scrolling area). Alerts and allergies are high contrast
   and carry a text label ("⚠ ALERTS", "⚠ ALLERGIES", "HIGH RISK"), never colour alone.
@@ -18,7 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 from client.core.chart import Banner, Chart, TimelineEntry, VitalReading
-from client.core.completeness import not_available_lines
+from client.core.completeness import SECTION_NOT_HELD, not_available_lines
 from client.core.humanize import format_moment
 from client.core.session import BREAK_GLASS_REASONS, BreakGlassGrant
 from client.ui.qt import (
@@ -32,30 +34,58 @@ from client.ui.qt import (
     QWidget,
     Signal,
 )
-from client.ui.widgets import button, data_label, format_date, format_nhs
+from client.ui.widgets import button, data_label, format_date, format_nhs, scrolling
 
+SAFETY_SHARE = 0.28  # of the screen's height: beyond this the alert and allergy boxes scroll
+SAFETY_MIN_HEIGHT = 90  # points: at least the heads and first lines always show
 MAX_NOTE_CHARS_SHOWN = 4000  # a longer note is cut on screen (the record keeps all of it)
 UNSENT_MARK = "● Not yet sent"
 
 
+NBSP = "\u00a0"  # keeps one banner item ("NHS No. 943 476 5919") on one line when it wraps
+ITEM_GAP = "    "  # between banner items: where the banner may wrap
+
+
+def banner_name(chart: Chart) -> str:
+    """The patient's name as the NHS CUI banner shows it: "FAMILY, Given (Title)"."""
+    return chart.banner.banner_name or chart.banner.name
+
+
 def banner_text(chart: Chart) -> list[tuple[str, str]]:
-    return banner_rows(chart.banner, moved=not chart.completeness.in_scope)
+    """The banner's items after the name, in NHS CUI order and words: "Born 19-Nov-1978 (48y)",
+    "Gender Female", "NHS No. 943 476 5919" (3-3-4); then the prison number and the site, which
+    says when the patient is not at this laptop's site (UI-5)."""
+    return banner_items(chart.banner, chart.completeness.banner_site(chart.banner.site))
 
 
-def banner_rows(b: Banner, *, moved: bool = False) -> list[tuple[str, str]]:
-    """The banner's (caption, value) pairs; ``moved``: the site is not this laptop's."""
+def banner_items(b: Banner, site: str) -> list[tuple[str, str]]:
+    """``banner_text`` for a banner alone, with the site as the caller words it."""
     born = format_date(b.birth_date)
-    age = f" ({b.age} y)" if b.age is not None else ""
-    site = b.site or "not recorded"
-    if b.site and moved:
-        site = f"{b.site} (moved — not this laptop's site)"
+    age = f" ({b.age}y)" if b.age is not None else ""
+    gender = (b.gender or "").strip()
     return [
         ("Born", f"{born}{age}" if born else "not recorded"),
-        ("NHS no.", format_nhs(b.nhs_number) or "not recorded"),
-        ("Prison no.", b.prison_number or "not recorded"),
+        ("Gender", gender[:1].upper() + gender[1:] if gender else "not recorded"),
+        ("NHS No.", format_nhs(b.nhs_number) or "not recorded"),
+        ("Prison No.", b.prison_number or "not recorded"),
         ("Site", site),
-        ("Gender", b.gender or "not recorded"),
     ]
+
+
+def details_line(items: list[tuple[str, str]]) -> str:
+    """The banner items before the site as one wrapping line: each item unbreakable, breaks
+    only between items. (The site, which may carry a sentence, has its own label.)"""
+    return ITEM_GAP.join(
+        f"{caption} {value}".replace(" ", NBSP) for caption, value in items if caption != "Site"
+    )
+
+
+def banner_details(chart: Chart) -> str:
+    return details_line(banner_text(chart))
+
+
+def banner_site(chart: Chart) -> str:
+    return dict(banner_text(chart))["Site"]
 
 
 # UCUM codes as people write them (a record may carry the code instead of a display unit).
@@ -77,25 +107,34 @@ def vital_text(reading: VitalReading) -> str:
 
 
 class PatientBanner(QFrame):
-    """The patient banner alone: name, then born, NHS no., prison no., site, gender (also shown
-    above a sync conflict so the clinician knows whose record it is)."""
+    """The NHS CUI patient banner alone: name, then born, gender, NHS No., prison No., site
+    (also above a sync conflict, so the clinician knows whose record it is). Both lines wrap
+    (never clip) in a narrow window or at 150% scaling."""
 
-    def __init__(self, banner: Banner, rows: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, banner: Banner, site: str | None = None) -> None:
         super().__init__()
         self.setProperty("role", "banner")
         self.setObjectName("patient_banner")
         self.setAccessibleName("Patient banner")
-        row = QHBoxLayout(self)
-        row.setContentsMargins(12, 6, 12, 6)
-        self.name = data_label(banner.name, role="banner-name")
+        items = banner_items(banner, site or banner.site or "not recorded")
+        column = QVBoxLayout(self)
+        column.setContentsMargins(12, 6, 12, 6)
+        column.setSpacing(2)
+        self.name = data_label(banner.banner_name or banner.name, role="banner-name", wrap=True)
         self.name.setAccessibleName("Patient name")
-        row.addWidget(self.name)
-        row.addSpacing(16)
-        for caption, value in banner_rows(banner) if rows is None else rows:
-            row.addWidget(data_label(f"{caption}:", role="hint"))
-            row.addWidget(data_label(value))
-            row.addSpacing(10)
-        row.addStretch(1)
+        self.details = data_label(details_line(items), wrap=True)
+        self.details.setObjectName("banner_details")
+        self.details.setAccessibleName("Patient details")
+        self.site = data_label(dict(items)["Site"], wrap=True)
+        self.site.setObjectName("banner_site")
+        self.site.setAccessibleName("Patient's site")
+        column.addWidget(self.name)
+        row = QHBoxLayout()
+        row.setSpacing(8)
+        row.addWidget(self.details, 3)
+        row.addWidget(data_label("Site"))
+        row.addWidget(self.site, 2)
+        column.addLayout(row)
 
 
 class PatientHeader(QFrame):
@@ -108,8 +147,8 @@ class PatientHeader(QFrame):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(6)
 
-        banner = PatientBanner(chart.banner, banner_text(chart))
-        self.name = banner.name
+        banner = PatientBanner(chart.banner, banner_site(chart))
+        self.name, self.details, self.site = banner.name, banner.details, banner.site
         layout.addWidget(banner)
 
         self.break_glass: QFrame | None = None
@@ -135,7 +174,9 @@ class PatientHeader(QFrame):
         alerts, a = _safety_box("alert", "alerts_box", "Alerts")
         missing = not_available_lines(completeness, completeness.alerts, "alerts", format_moment)
         a.addWidget(
-            data_label(_head("ALERTS", len(chart.alerts), bool(missing)), role="alert-head")
+            data_label(
+                _head("ALERTS", len(chart.alerts), bool(missing)), role="alert-head", wrap=True
+            )
         )
         _add_missing(a, missing)
         for alert in chart.alerts:
@@ -143,14 +184,18 @@ class PatientHeader(QFrame):
             category = f"[{alert.category}] " if alert.category else ""
             a.addWidget(data_label(f"{category}{alert.text}{since}", wrap=True))
         if not chart.alerts and not missing:
-            a.addWidget(data_label("No active alerts recorded."))
+            a.addWidget(data_label("No active alerts recorded.", wrap=True))
         a.addStretch(1)
         allergies, g = _safety_box("allergy", "allergies_box", "Allergies")
         missing = not_available_lines(
             completeness, completeness.allergies, "allergy records", format_moment
         )
         g.addWidget(
-            data_label(_head("ALLERGIES", len(chart.allergies), bool(missing)), role="alert-head")
+            data_label(
+                _head("ALLERGIES", len(chart.allergies), bool(missing)),
+                role="alert-head",
+                wrap=True,
+            )
         )
         _add_missing(g, missing)
         for allergy in chart.allergies:
@@ -159,13 +204,36 @@ class PatientHeader(QFrame):
             g.addWidget(data_label(f"{risk}{allergy.substance}{reactions}", wrap=True))
         # Never "none recorded" when the laptop does not hold the whole record (UI-5).
         if not missing and not chart.allergies and chart.no_known_allergies:
-            g.addWidget(data_label("No known allergies (recorded)."))
+            g.addWidget(data_label("No known allergies (recorded).", wrap=True))
         elif not missing and not chart.allergies:
-            g.addWidget(data_label("No allergies recorded (not the same as 'no known allergies')."))
+            g.addWidget(
+                data_label(
+                    "No allergies recorded (not the same as 'no known allergies').", wrap=True
+                )
+            )
         g.addStretch(1)
         safety.addWidget(alerts, 1)
         safety.addWidget(allergies, 1)
-        layout.addLayout(safety)
+        # Always on screen, never pushing the rest off it: the two boxes take at most
+        # SAFETY_SHARE of the screen's height (143 of 512 points at 1366x768 and 150%) and
+        # scroll inside; their heads ("⚠ ALERTS (2)", "NOT AVAILABLE ON THIS LAPTOP") come
+        # first, so they always show.
+        boxes = QWidget()
+        boxes.setLayout(safety)
+        safety.setContentsMargins(0, 0, 0, 0)
+        self.safety_area = scrolling(boxes, "Alerts and allergies")
+        screen = self.screen()
+        tall = screen.availableGeometry().height() if screen is not None else 768
+        self.safety_area.setMaximumHeight(max(SAFETY_MIN_HEIGHT, int(tall * SAFETY_SHARE)))
+        self.safety_area.setMinimumHeight(min(SAFETY_MIN_HEIGHT, boxes.sizeHint().height()))
+        layout.addWidget(self.safety_area)
+
+
+def _empty_section(chart: Chart, none: str = "None recorded.") -> QLabel:
+    """What an empty section says: ``none`` only when the laptop holds the whole record (UI-5)."""
+    if chart.completeness.whole_record_held:
+        return data_label(none, role="hint")
+    return data_label(SECTION_NOT_HELD, role="missing", wrap=True)
 
 
 def _section(title: str) -> QLabel:
@@ -205,7 +273,9 @@ class ChartScreen(QWidget):
     back_requested = Signal()
     print_requested = Signal()
 
-    def __init__(self, chart: Chart, grant: BreakGlassGrant | None) -> None:
+    def __init__(
+        self, chart: Chart, grant: BreakGlassGrant | None, *, can_print: bool = False
+    ) -> None:
         super().__init__()
         self.setObjectName("chart_screen")
         self.setAccessibleName("Patient chart")
@@ -217,6 +287,8 @@ class ChartScreen(QWidget):
         self.back = button("← &Back to search", "Back to search (Escape)")
         self.new_consultation = button("&New consultation", "New consultation (Ctrl+N)")
         self.print_button = button("&Print…", "Print (Ctrl+P)")
+        # Shown only when the policy allows printing and a printer exists (lockdown.py).
+        self.print_button.setVisible(can_print)
         actions.addWidget(self.back)
         actions.addStretch(1)
         actions.addWidget(self.print_button)
@@ -230,18 +302,19 @@ class ChartScreen(QWidget):
         grid.setContentsMargins(0, 0, 8, 0)
         grid.setHorizontalSpacing(18)
         left = QVBoxLayout()
-        left.addWidget(_section(f"Active problems ({len(chart.problems)})"))
+        held = "" if chart.completeness.whole_record_held else " held on this laptop"
+        left.addWidget(_section(f"Active problems ({len(chart.problems)}{held})"))
         for problem in chart.problems:
             onset = f" — since {format_date(problem.onset)}" if problem.onset else ""
             left.addWidget(data_label(f"• {problem.text}{onset}", wrap=True))
         if not chart.problems:
-            left.addWidget(data_label("None recorded.", role="hint"))
-        left.addWidget(_section(f"Current medications ({len(chart.medications)})"))
+            left.addWidget(_empty_section(chart))
+        left.addWidget(_section(f"Current medications ({len(chart.medications)}{held})"))
         for med in chart.medications:
             dose = f" — {med.dosage}" if med.dosage else ""
             left.addWidget(data_label(f"• {med.text}{dose}", wrap=True))
         if not chart.medications:
-            left.addWidget(data_label("None recorded.", role="hint"))
+            left.addWidget(_empty_section(chart))
         left.addWidget(_section("Latest vital signs"))
         vitals = QGridLayout()
         vitals.setHorizontalSpacing(14)
@@ -251,14 +324,14 @@ class ChartScreen(QWidget):
             vitals.addWidget(data_label(format_moment(reading.effective), role="hint"), row, 2)
         left.addLayout(vitals)
         if not chart.vitals:
-            left.addWidget(data_label("None recorded.", role="hint"))
+            left.addWidget(_empty_section(chart))
         left.addStretch(1)
         right = QVBoxLayout()
-        right.addWidget(_section(f"Timeline — newest first ({len(chart.timeline)})"))
+        right.addWidget(_section(f"Timeline — newest first ({len(chart.timeline)}{held})"))
         for entry in chart.timeline:
             right.addWidget(_timeline_item(entry))
         if not chart.timeline:
-            right.addWidget(data_label("No encounters or notes yet.", role="hint"))
+            right.addWidget(_empty_section(chart, "No encounters or notes yet."))
         right.addStretch(1)
         grid.addLayout(left, 0, 0)
         grid.addLayout(right, 0, 1)

@@ -27,7 +27,14 @@ from client.ui.break_glass import BreakGlassDialog
 from client.ui.caseload import CaseloadScreen
 from client.ui.chart_view import ChartScreen
 from client.ui.consultation_form import ConsultationForm
-from client.ui.lockdown import CopyGuard, Watermark, print_chart, scrub_tree
+from client.ui.lockdown import (
+    CopyGuard,
+    Watermark,
+    print_chart,
+    printer_available,
+    printing_offered,
+    scrub_tree,
+)
 from client.ui.qt import (
     QKeySequence,
     QMessageBox,
@@ -57,6 +64,8 @@ class ClinicalWorkspace(QWidget):
         runner: Runner,
         permissions: UiPermissions,
         clock: Callable[[], dt.datetime],
+        *,
+        has_printer: Callable[[], bool] = printer_available,
     ) -> None:
         super().__init__()
         self.setObjectName("clinical_workspace")
@@ -64,6 +73,8 @@ class ClinicalWorkspace(QWidget):
         self._runner = runner
         self._permissions = permissions
         self._clock = clock
+        # Print is offered only when the policy allows it and a printer exists (asked once).
+        self.can_print = printing_offered(permissions.printing, has_printer)
         self.chart: Chart | None = None
         self.grant: BreakGlassGrant | None = None
         self.patient_screen: QWidget | None = None
@@ -176,7 +187,7 @@ class ClinicalWorkspace(QWidget):
     def show_chart(self) -> None:
         if self.chart is None:
             return
-        screen = ChartScreen(self.chart, self.grant)
+        screen = ChartScreen(self.chart, self.grant, can_print=self.can_print)
         screen.back_requested.connect(self.back_to_search)
         screen.new_consultation_requested.connect(self.new_consultation)
         screen.print_requested.connect(self.print_current)

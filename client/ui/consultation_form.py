@@ -39,7 +39,7 @@ from client.ui.qt import (
     Signal,
 )
 from client.ui.runner import Runner, show_error
-from client.ui.widgets import button, data_label, set_role
+from client.ui.widgets import button, data_label, scrolling, set_role
 
 SAVED_MESSAGE = "Saved on this laptop — not yet sent"
 AUTOSAVE_MS = 3_000  # at most this much typing is lost to a crash (CR-4)
@@ -81,7 +81,10 @@ class ConsultationForm(QWidget):
         outer.setContentsMargins(12, 8, 12, 8)
         self.header = PatientHeader(chart, grant)
         outer.addWidget(self.header)
-        outer.addWidget(data_label("New consultation", role="title"))
+        form_body = QWidget()
+        form_column = QVBoxLayout(form_body)
+        form_column.setContentsMargins(0, 0, 8, 0)
+        form_column.addWidget(data_label("New consultation", role="title"))
 
         body = QHBoxLayout()
         vitals = QGridLayout()
@@ -100,7 +103,7 @@ class ConsultationForm(QWidget):
             caption.setBuddy(edit)
             error = data_label("", role="error", wrap=True)
             error.setAccessibleName(f"{spec.label} problem")
-            error.setMinimumWidth(300)
+            error.setMinimumWidth(200)
             vitals.addWidget(caption, row, 0)
             vitals.addWidget(edit, row, 1)
             vitals.addWidget(data_label(spec.unit, role="hint"), row, 2)
@@ -118,7 +121,7 @@ class ConsultationForm(QWidget):
         self.note.setTabChangesFocus(True)
         note_label.setBuddy(self.note)
         self.note_error = data_label("", role="error", wrap=True)
-        plan_label = QLabel("P&lan")
+        plan_label = QLabel("&Plan")
         self.plan = QPlainTextEdit()
         self.plan.setAccessibleName("Plan")
         self.plan.setTabChangesFocus(True)
@@ -128,7 +131,10 @@ class ConsultationForm(QWidget):
             texts.addWidget(widget)
         texts.addWidget(self.plan_error)
         body.addLayout(texts, 4)
-        outer.addLayout(body, 1)
+        form_column.addLayout(body, 1)
+        # The fields scroll under the fixed banner and buttons in a small window (150%).
+        self.scroll_area = scrolling(form_body, "Consultation fields")
+        outer.addWidget(self.scroll_area, 1)
 
         actions = QHBoxLayout()
         self.status = data_label("", role="hint", wrap=True)

@@ -1,13 +1,15 @@
 """The headless demo journey: the real screens, driven offscreen against a real gateway.
 
 ``run_journey`` provisions a laptop from IT's bundle, signs the clinician in for the first
-time (online), syncs, searches, opens a chart, writes a consultation, syncs it up, has the
-gateway transfer the patient (through ``gateway_ops``), syncs again, opens the transferred
-patient through break-glass, locks, signs the auditor in and opens the audit view, exporting
-the audit chain. Each step is a small method of ``Journey`` that may take screenshots with
-``shoot``; adding a screen is one line in the step that shows it. Waiting, settling, the
-headless window and the PNGs come from ``client.ui.offscreen`` (shared with
-``scripts/screenshots.py``).
+time (online), syncs, searches, opens a chart (also as a 1366×768 screen at 150% shows it),
+writes a consultation, syncs it up, saves a follow-up and begins another note that the idle
+lock keeps as a draft, signs in again while the gateway transfers the patient (through
+``gateway_ops``), syncs (the follow-up is filed at the new site), opens the transferred patient
+through break-glass (the draft comes back; the chart says what is not on this laptop), locks,
+signs the auditor in and opens the audit view, exporting the audit chain. Each step is a small
+method of ``Journey`` that may take screenshots with ``shoot``; adding a screen is one line in
+the step that shows it. Waiting, settling, the headless window and the PNGs come from
+``client.ui.offscreen`` (shared with ``scripts/screenshots.py``).
 
 It is the client half of ``make demo`` and ships in the laptop bundle, so the frozen client
 runs it too (``gatehouse --demo-journey``). Invariants:
@@ -36,10 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from client.ui.offscreen import headless_window, settle, submit_sign_in, wait_until
+from client.core.humanize import DISPLAY_ZONE
+from client.ui.offscreen import headless_window, settle, sign_in, submit_sign_in, wait_until
 from client.ui.offscreen import shoot as shoot_png
+from client.ui.offscreen import shoot_scaled as shoot_scaled_png
 
 JOURNEY_FILE = "journey.json"
+SCREEN_150 = (911, 512)  # a 1366x768 screen at 150% scaling, in logical points
+DRAFT_TEXT = "Chest clear on auscultation. Peak flow to be repeated"
 
 
 class JourneyError(Exception):
@@ -154,6 +160,7 @@ class Journey:
         "first_sync",
         "search",
         "open_chart",
+        "chart_at_150_percent",
         "consultation",
         "push_sync",
         "transfer_and_follow_up",
@@ -182,6 +189,8 @@ class Journey:
         self.device: Any = None
         self.patient: Any = None
         self.transferred = False
+        self.draft_restored = False
+        self.chart_150_size: tuple[int, int] | None = None
         self.export = out_dir / "audit-export.json"
 
     # -- helpers ---------------------------------------------------------------------------
@@ -190,6 +199,15 @@ class Journey:
         path = self.out / f"{len(self.screens) + 1:02d}-{name}.png"
         try:
             shoot_png(widget, path)
+        except OSError as error:
+            raise JourneyError("timeout", str(error)) from error
+        self.screens.append(path.name)
+        print(f"    screenshot {path.name}", flush=True)
+
+    def shoot_scaled(self, widget: Any, name: str, scale: float) -> None:
+        path = self.out / f"{len(self.screens) + 1:02d}-{name}.png"
+        try:
+            shoot_scaled_png(widget, path, scale)
         except OSError as error:
             raise JourneyError("timeout", str(error)) from error
         self.screens.append(path.name)
@@ -293,6 +311,21 @@ class Journey:
         wait_until(lambda: workspace.chart is not None, "the chart")
         self.shoot(self.win, "chart")
 
+    def chart_at_150_percent(self) -> None:
+        """The chart on a 1366×768 screen at 150% scaling: 911×512 points, 1.5 pixels each."""
+        from client.ui.main_window import WINDOW_SIZE
+
+        step("the same chart at 150% scaling on a 1366x768 screen (911x512 points)")
+        win = self.win
+        win.resize(*SCREEN_150)
+        settle(0.3)
+        self.chart_150_size = (win.width(), win.height())
+        if self.chart_150_size != SCREEN_150:
+            print(f"    the window cannot shrink below {win.width()}x{win.height()} points")
+        self.shoot_scaled(win, "chart-150", 1.5)
+        win.resize(*WINDOW_SIZE)
+        settle(0.2)
+
     def consultation(self) -> None:
         from client.ui.consultation_form import ConsultationForm
 
@@ -324,9 +357,7 @@ class Journey:
         if self.gateway_ops is None:
             step("no gateway operator for this run: the transfer and break-glass are skipped")
             return
-        step("IT transfers the patient to another prison on the gateway; a follow-up is unsent")
-        self.gateway_ops.transfer_patient(self.patient.id)
-        self.transferred = True
+        step("a follow-up is saved while the patient is still here; another note is begun")
         workspace = self._workspace()
         workspace.new_consultation()
         follow_up = workspace.patient_screen
@@ -335,29 +366,64 @@ class Journey:
         follow_up.note.setPlainText("Follow-up: handover note for the receiving prison.")
         follow_up.submit()
         wait_until(lambda: workspace.patient_screen is not follow_up, "the follow-up note")
+        workspace.new_consultation()
+        begun = workspace.patient_screen
+        if not isinstance(begun, ConsultationForm):
+            raise JourneyError("timeout", "the second consultation form did not open")
+        begun.vital_fields["heart_rate"].setText("76")
+        begun.note.setPlainText(DRAFT_TEXT)
+        step("the laptop locks itself after the idle time; what was typed is kept as a draft")
+        self.win.idle.lock_requested.emit()  # what the idle watcher sends after the timeout
+        wait_until(lambda: self.win.session is None, "the idle lock")
+        settle(0.3)
+        self.shoot(self.win, "idle-locked")
+        step("the clinician signs in again; meanwhile IT transfers the patient on the gateway")
+        sign_in(self.win, self.users.clinician.user, self.users.clinician.password)
+        self.gateway_ops.transfer_patient(self.patient.id)
+        self.transferred = True
 
     def transfer_sync(self) -> None:
         if not self.transferred:
             return
-        step("sync: the transfer comes down; the note is refused (patient no longer this site's)")
+        step("sync: the transfer comes down; the follow-up written here is filed at the new site")
         self.sync("sync-after-transfer")
-        self._workspace().back_to_search()
 
     def break_glass(self) -> None:
+        from client.ui.chart_view import ChartScreen
+        from client.ui.consultation_form import ConsultationForm
+
         if not self.transferred:
             return
-        step("break-glass: the transferred patient stays only for the unsent note")
+        step("break-glass: the transferred patient stays on this laptop only for the draft")
         workspace = self._workspace()
         workspace.open_patient(self.patient.id)
         wait_until(lambda: workspace.break_glass_dialog is not None, "the break-glass dialog")
         dialog = workspace.break_glass_dialog
         dialog.reason.setCurrentIndex(1)
-        dialog.text.setPlainText("Patient transferred today; handover note still to send.")
+        dialog.text.setPlainText("Patient transferred today; unfinished note to complete.")
         dialog.password.setText(self.users.clinician.password)
         self.shoot(dialog, "break-glass")
         dialog.submit()
-        wait_until(lambda: workspace.grant is not None and workspace.chart is not None, "the grant")
-        self.shoot(self.win, "chart-break-glass")
+        wait_until(
+            lambda: isinstance(workspace.patient_screen, ConsultationForm), "the restored draft"
+        )
+        form = workspace.patient_screen
+        self.draft_restored = (
+            form.restored_from is not None and form.note.toPlainText() == DRAFT_TEXT
+        )
+        print(f"    draft restored after the idle lock: {self.draft_restored}")
+        self.shoot(self.win, "draft-restored")
+        step("keep the draft for now and read the chart: what is not on this laptop is said")
+        form.cancel.click()
+        wait_until(lambda: workspace.leave_question is not None, "the leave question")
+        question = workspace.leave_question
+        keep = next(b for b in question.buttons() if b.text() == "&Keep as draft")
+        keep.click()
+        wait_until(lambda: isinstance(workspace.patient_screen, ChartScreen), "the chart")
+        chart = workspace.chart
+        if chart is None or chart.completeness.complete:
+            raise JourneyError("timeout", "the transferred patient's chart claims to be complete")
+        self.shoot(self.win, "chart-incomplete")
 
     def lock(self) -> None:
         step("lock: every patient screen is destroyed")
@@ -428,6 +494,9 @@ class Journey:
             "sync": {**totals, "runs": runs},
             "break_glass_patient": self.patient.id if self.transferred else None,
             "screens": list(self.screens),
+            "draft_restored": self.draft_restored,
+            "chart_150_points": list(self.chart_150_size) if self.chart_150_size else None,
+            "time_zone": DISPLAY_ZONE.key,
             "frozen": bool(getattr(sys, "frozen", False)),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         }

@@ -9,6 +9,9 @@ Guarantees:
 - ``print_chart`` follows ``ui.printing``: blocked → audited as blocked; allowed → the password
   again and a reason (AU-4), then audited. (No printer path yet: nothing is written to disk,
   because a PDF of a chart would be plaintext patient data on the disk, against ST-1.)
+  ``printing_offered`` says whether a Print button is shown at all: only when the policy allows
+  printing AND the operating system lists a printer (``printer_available``: Qt's
+  ``QPrinterInfo``; a system without print support counts as having no printer).
 - ``Watermark`` paints the user id and the time, semi-transparent, over patient screens; it
   takes no input and holds no patient data.
 - ``exclude_from_capture`` asks the OS to keep the window out of screenshots and recordings.
@@ -54,6 +57,7 @@ from client.ui.qt import (
     QPainter,
     QPaintEvent,
     QPlainTextEdit,
+    QPrinterInfo,
     Qt,
     QTimer,
     QVBoxLayout,
@@ -209,6 +213,19 @@ class PrintAuthorisation(QDialog):
         self.password.clear()
         super().reject()
         self.deleteLater()
+
+
+def printer_available() -> bool:
+    """True when the operating system lists at least one printer (a print queue)."""
+    try:
+        return bool(QPrinterInfo.availablePrinterNames())
+    except RuntimeError:  # no print support in this Qt build: treat as no printer
+        return False
+
+
+def printing_offered(allowed_by_policy: bool, has_printer: Callable[[], bool]) -> bool:
+    """Show Print only when the policy allows it and a printer exists (asked only then)."""
+    return allowed_by_policy and has_printer()
 
 
 def print_chart(

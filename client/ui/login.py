@@ -8,8 +8,12 @@ Guarantees:
 - The offline grace left is shown before sign-in from ``client.core.sign_in.offline_preview``
   (a read-only look at the trusted clocks: nothing is persisted by the preview).
 - In lock mode the same screen says Gatehouse is locked; it holds no patient data.
-- A user with no key slot on an enrolled laptop is told that their first sign-in here needs
-  the network, and offered "First sign-in on this laptop": ``add_user_online`` (the gateway
+- A user with no key slot on an enrolled laptop is told, as soon as the name is typed (leaving
+  the field or pressing Enter), that nobody of that name has signed in here yet — the name may
+  be misspelt, or this is their first sign-in — and "First sign-in on this laptop" becomes the
+  default button (Enter does it); a wrong password for a name that has a slot says the
+  password is wrong. ``client.core.sign_in.has_key_slot`` decides what may be told. The first
+  sign-in is ``add_user_online`` (the gateway
   checks the password and unseals the escrow over the pinned channel; the device writes the
   slot) and then the normal offline login, both on the executor (``client.core.sign_in``).
   Later sign-ins are offline.
@@ -27,6 +31,7 @@ from client.core.sign_in import (
     FirstSignInNeeded,
     OfflinePreview,
     first_sign_in,
+    has_key_slot,
     offline_preview,
     prepared,
     sign_in,
@@ -169,8 +174,11 @@ class LoginScreen(QWidget):
         inner.addWidget(self.first)
         inner.addWidget(self.offline)
 
-        self.user.returnPressed.connect(self.submit)
-        self.password.returnPressed.connect(self.submit)
+        self.new_here: bool | None = None  # the typed name has no key slot here (None: unknown)
+        self._checked_name = ""
+        self.user.editingFinished.connect(self.check_name)
+        self.user.returnPressed.connect(self._enter)
+        self.password.returnPressed.connect(self._enter)
         self.sign_in.clicked.connect(self.submit)
         self.first.clicked.connect(self.submit_first)
         self.setTabOrder(self.user, self.password)
@@ -183,6 +191,42 @@ class LoginScreen(QWidget):
                 "first sign-in of each person needs the network once."
             )
             self.first.show()
+
+    def check_name(self) -> None:
+        """Is the typed name new to this laptop? Then "First sign-in" becomes the default."""
+        name = self.user.text().strip()
+        if not name or name == self._checked_name:
+            return
+        self._checked_name = name
+        device = self._device
+        self._runner.run(
+            lambda: has_key_slot(device, name), lambda has: self._name_known(name, has)
+        )
+
+    def _name_known(self, name: str, has: bool | None) -> None:
+        if name != self.user.text().strip():
+            return  # typed on meanwhile
+        self.new_here = None if has is None else not has
+        if self.new_here:
+            self.first.show()
+            self.first.setDefault(True)
+            self.sign_in.setDefault(False)
+            set_role(self.feedback, "hint")
+            self.feedback.setText(FirstSignInNeeded().message)
+        else:
+            self.first.setDefault(False)
+            self.sign_in.setDefault(True)
+            if self._device.header.users():
+                self.first.hide()
+            if self.feedback.text() == FirstSignInNeeded().message:
+                self.feedback.setText("")
+
+    def _enter(self) -> None:
+        """Enter does what the default button says: the online first sign-in for a new name."""
+        if self.new_here and self.user.text().strip() == self._checked_name:
+            self.submit_first()
+        else:
+            self.submit()
 
     def refresh_offline(self) -> None:
         device = self._device
@@ -203,6 +247,7 @@ class LoginScreen(QWidget):
             return
         self._set_busy(True)
         self.feedback.setText("")
+        set_role(self.feedback, "error")
         device = self._device
         prepare = self._prepare
         self._runner.run(
@@ -243,6 +288,9 @@ class LoginScreen(QWidget):
         self._set_busy(False)
         if isinstance(error, FirstSignInNeeded):
             self.first.show()  # the password stays for the online sign-in
+            self.first.setDefault(True)
+            self.sign_in.setDefault(False)
+            self.new_here, self._checked_name = True, self.user.text().strip()
         else:
             self.password.clear()
         self.feedback.setText(describe_refusal(error))

@@ -14,7 +14,13 @@ Guarantees:
 - Conditional launch: right after a clinician's login (on the executor, before any record is
   read) the policy's device rules are checked (``client.core.conditional_launch``); a failing
   device gets the conditional-launch screen instead of the clinical workspace, and the refusal
-  is audited.
+  is audited. IT sees the same checks earlier, at provisioning and on the admin panel.
+- Keyboard: every toolbar action takes Tab focus and has a Ctrl shortcut (application-wide)
+  and a working Alt+letter (``TOOLBAR_ACTIONS``); every item view takes one Tab stop
+  (``widgets.one_tab_stop`` on each screen and dialog). The user line shrinks first, so Lock
+  stays on the toolbar at 911x512 points (1366x768 at 150%).
+- The status bar has one owner, ``StatusLine``: notices (newest wins), the sync state and the
+  session state never print over one another.
 - Sync runs on the window's ``SyncController`` (its own worker), so the window never freezes.
   Locking during a sync shows the lock screen at once, cancels the sync, and locks the session
   (closes the vault) only once the sync has stopped. A sync that reports a remote lock or wipe
@@ -27,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from client.core.conditional_launch import (
     LaunchCheck,
@@ -45,7 +52,7 @@ from client.ui.conditional_launch import ConditionalLaunchScreen
 from client.ui.conflicts import ConflictsDialog
 from client.ui.executor import Executor
 from client.ui.idle import IdleWatcher, boot_clock
-from client.ui.lockdown import exclude_from_capture, scrub_tree
+from client.ui.lockdown import exclude_from_capture, printer_available, scrub_tree
 from client.ui.login import LoginScreen, PasswordChangeDialog, describe_offline
 from client.ui.qt import (
     QAction,
@@ -57,6 +64,8 @@ from client.ui.qt import (
     QKeySequence,
     QLabel,
     QMainWindow,
+    QShortcut,
+    QSizePolicy,
     QStackedWidget,
     Qt,
     QTimer,
@@ -65,6 +74,7 @@ from client.ui.qt import (
     QWidget,
 )
 from client.ui.runner import Runner, show_error
+from client.ui.status_line import StatusLine
 from client.ui.sync_panel import (
     SyncController,
     SyncFunction,
@@ -72,14 +82,48 @@ from client.ui.sync_panel import (
     SyncPanel,
     describe_progress,
     failure_sentence,
+    refused_policy,
 )
-from client.ui.widgets import STYLESHEET, data_label
+from client.ui.widgets import STYLESHEET, data_label, fitting, one_tab_stop, scrolling
 from policy import decisions
 from sync.device.engine import Progress
 
 WINDOW_SIZE = (1366, 768)
-MESSAGE_MS = 8000
+SYNC_DIALOG_SIZE = (900, 640)
 FOCUS_LOSS_GRACE_MS = 400  # how long the app may be without focus before it locks
+
+
+@dataclass(frozen=True)
+class ToolbarAction:
+    """A toolbar action: its text (``&`` marks the Alt+letter), its shortcut, its name."""
+
+    text: str
+    shortcut: str
+    mnemonic: str
+    name: str
+
+
+# The letters are unique across every screen the toolbar sits above (the clinical, audit and
+# admin workspaces); tests/ui/test_keyboard_and_layout.py checks that and that each works.
+TOOLBAR_ACTIONS = (
+    ToolbarAction("S&ync… (Ctrl+Y)", "Ctrl+Y", "Alt+Y", "Sync and readiness"),
+    ToolbarAction("Change pass&word… (Ctrl+Shift+P)", "Ctrl+Shift+P", "Alt+W", "Change password"),
+    ToolbarAction("&Lock (Ctrl+L)", "Ctrl+L", "Alt+L", "Lock Gatehouse"),
+)
+
+
+def sync_status_text(outcome: SyncOutcome) -> str:
+    """The status line's sync part: counts after a sync, or what went wrong and what to do."""
+    result = outcome.result
+    if outcome.ok and result is not None:
+        errors = result.push_errors
+        refused = f", {errors} refused (open Sync for why)" if errors else ""
+        policy = " · policy update refused (open Sync)" if refused_policy(result) else ""
+        return (
+            f"Synced {format_moment(outcome.finished_at)}: {result.pulled:,} in, "
+            f"{result.pushed:,} out{refused}{policy}"
+        )
+    return f"Last sync stopped: {failure_sentence(outcome)}"
 
 
 def status_text(status: SessionStatus) -> str:
@@ -99,6 +143,7 @@ class MainWindow(QMainWindow):
         wall_clock: Callable[[], dt.datetime] | None = None,
         launch_check: LaunchCheck = launch_failures,
         sync: SyncFunction = run_sync,
+        has_printer: Callable[[], bool] = printer_available,
     ) -> None:
         super().__init__()
         self.setObjectName("main_window")
@@ -121,6 +166,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.screens)
         self.login_screen: LoginScreen | None = None
         self._launch_check = launch_check
+        self._has_printer = has_printer
         self.sync = SyncController(self, sync=sync, clock=self._clock)
         self.sync.started.connect(self._sync_started)
         self.sync.progressed.connect(self._sync_progress)
@@ -135,32 +181,20 @@ class MainWindow(QMainWindow):
         self.toolbar.setAccessibleName("Session toolbar")
         self.who = QLabel()
         self.who.setTextFormat(Qt.TextFormat.PlainText)
+        self.who.setAccessibleName("Signed in as")
+        # The user line may shrink (elided, full text in the tooltip) so that the actions, and
+        # Lock above all, stay on the toolbar in a narrow window or at 150% scaling.
+        self.who.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.who.setMinimumWidth(0)
         self.toolbar.addWidget(data_label("Gatehouse  ", role="title"))
         self.toolbar.addWidget(self.who)
-        spacer = QWidget()
-        spacer.setSizePolicy(spacer.sizePolicy().Policy.Expanding, spacer.sizePolicy().Policy.Fixed)
-        self.toolbar.addWidget(spacer)
-        self.password_action = QAction("Change &password…", self)
-        self.password_action.triggered.connect(self.change_password)
-        self.lock_action = QAction("&Lock (Ctrl+L)", self)
-        self.lock_action.setShortcut(QKeySequence("Ctrl+L"))
-        self.lock_action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
-        self.lock_action.triggered.connect(self.lock)
-        self.sync_action = QAction("S&ync… (Ctrl+Y)", self)
-        self.sync_action.setShortcut(QKeySequence("Ctrl+Y"))
-        self.sync_action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
-        self.sync_action.triggered.connect(self.open_sync)
-        self.toolbar.addAction(self.sync_action)
-        self.toolbar.addAction(self.password_action)
-        self.toolbar.addAction(self.lock_action)
+        self.sync_action = self._toolbar_action(TOOLBAR_ACTIONS[0], self.open_sync)
+        self.password_action = self._toolbar_action(TOOLBAR_ACTIONS[1], self.change_password)
+        self.lock_action = self._toolbar_action(TOOLBAR_ACTIONS[2], self.lock)
         self.addToolBar(self.toolbar)
         self.toolbar.hide()
-        self.status_label = data_label("")
-        self.status_label.setAccessibleName("Session status")
-        self.sync_status = data_label("")
-        self.sync_status.setAccessibleName("Sync status")
-        self.statusBar().addPermanentWidget(self.sync_status)
-        self.statusBar().addPermanentWidget(self.status_label)
+        self.status_line = StatusLine()
+        self.statusBar().addWidget(self.status_line, 1)
 
         self.app_state: Callable[[], Qt.ApplicationState] = QGuiApplication.applicationState
         self.idle = IdleWatcher(300, idle_clock, self)
@@ -170,9 +204,29 @@ class MainWindow(QMainWindow):
             app.applicationStateChanged.connect(self._application_state)
         self.show_login()
 
+    def _toolbar_action(self, spec: ToolbarAction, slot: Callable[[], None]) -> QAction:
+        """A toolbar action reachable three ways: Tab (its button takes focus), its Ctrl
+        shortcut (anywhere in the application) and its Alt+letter (in this window; toolbar
+        buttons do not handle mnemonics themselves, so a window shortcut does)."""
+        action = QAction(spec.text, self)
+        action.setShortcut(QKeySequence(spec.shortcut))
+        action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
+        action.setToolTip(spec.name)
+        action.triggered.connect(slot)
+        self.toolbar.addAction(action)
+        tool_button = self.toolbar.widgetForAction(action)
+        if tool_button is not None:
+            tool_button.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+            tool_button.setAccessibleName(spec.name)
+        mnemonic = QShortcut(QKeySequence(spec.mnemonic), self)
+        mnemonic.setContext(Qt.ShortcutContext.WindowShortcut)
+        mnemonic.activated.connect(lambda: action.trigger() if self.toolbar.isVisible() else None)
+        return action
+
     # -- screens ---------------------------------------------------------------------------
 
     def _set_screen(self, screen: QWidget) -> None:
+        one_tab_stop(screen)
         old = self.screens.currentWidget()
         self.screens.addWidget(screen)
         self.screens.setCurrentWidget(screen)
@@ -214,7 +268,9 @@ class MainWindow(QMainWindow):
                 failures, session.device.profile.site, session.device.profile.device_id
             )
         elif session.role == CLINICIAN:
-            clinical = ClinicalWorkspace(session, self.runner, permissions, self._clock)
+            clinical = ClinicalWorkspace(
+                session, self.runner, permissions, self._clock, has_printer=self._has_printer
+            )
             clinical.notify.connect(self.notify)
             clinical.records_changed.connect(self.refresh_status)
             workspace = clinical
@@ -223,15 +279,22 @@ class MainWindow(QMainWindow):
             audit.notify.connect(self.notify)
             workspace = audit
         elif session.role == ADMIN:
-            admin = AdminPanel(session, self.runner)
+            admin = AdminPanel(session, self.runner, launch_check=self._launch_check)
             admin.notify.connect(self.notify)
             admin.wiped.connect(lambda: self._lock(wiped=True, remote=False))
             workspace = admin
         else:  # an unknown role sees nothing
             workspace = data_label("Your role has no screen in this version. Contact IT.")
         self.workspace = workspace
-        self._set_screen(workspace)
-        self.who.setText(f"{session.user_id} ({session.role}) · site {session.device.profile.site}")
+        if isinstance(workspace, AuditWorkspace | AdminPanel):
+            # Forms and tables taller (or wider) than a small window scroll, never clip; the
+            # clinical workspace scrolls inside its own screens (banner and buttons fixed).
+            self._set_screen(scrolling(workspace, workspace.accessibleName(), across=True))
+        else:
+            self._set_screen(workspace)
+        who = f"{session.user_id} ({session.role}) · site {session.device.profile.site}"
+        self.who.setText(who)
+        self.who.setToolTip(who)
         self.toolbar.show()
         self.idle.set_idle_seconds(decisions.idle_lock_seconds(policy))
         self.idle.start()
@@ -247,7 +310,7 @@ class MainWindow(QMainWindow):
         if self.session is None or self.runner is None:
             return
         session = self.session
-        self.runner.run(session.status, lambda s: self.status_label.setText(status_text(s)))
+        self.runner.run(session.status, lambda s: self.status_line.set_session(status_text(s)))
 
     # -- sync ------------------------------------------------------------------------------
 
@@ -262,11 +325,12 @@ class MainWindow(QMainWindow):
         dialog.setObjectName("sync_dialog")
         dialog.setWindowTitle("Sync and readiness")
         dialog.setAccessibleName("Sync and readiness")
-        dialog.resize(900, 640)
         panel = SyncPanel(self.session, self.runner, self.sync, self._clock)
         panel.conflicts_requested.connect(self.open_conflicts)
         layout = QVBoxLayout(dialog)
-        layout.addWidget(panel)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scrolling(panel, "Sync and readiness details"))
+        dialog.resize(*fitting(SYNC_DIALOG_SIZE, self))
         self.sync_dialog, self.sync_panel = dialog, panel
 
         def closed(_result: int) -> None:
@@ -285,6 +349,7 @@ class MainWindow(QMainWindow):
         if self.session is None or self.runner is None or self.conflicts_dialog is not None:
             return
         dialog = ConflictsDialog(self.session, self.runner, self)
+        one_tab_stop(dialog)
         self.conflicts_dialog = dialog
 
         def closed(_result: int) -> None:
@@ -300,22 +365,14 @@ class MainWindow(QMainWindow):
         dialog.open()
 
     def _sync_started(self) -> None:
-        self.sync_status.setText("Syncing…")
+        self.status_line.set_sync("Syncing…")
 
     def _sync_progress(self, progress: Progress) -> None:
         if self.session is not None:
-            self.sync_status.setText(f"Syncing · {describe_progress(progress)}")
+            self.status_line.set_sync(f"Syncing · {describe_progress(progress)}")
 
     def _sync_finished(self, outcome: SyncOutcome) -> None:
-        result = outcome.result
-        if outcome.ok and result is not None:
-            refused = f", {result.push_errors} refused" if result.push_errors else ""
-            self.sync_status.setText(
-                f"Synced {format_moment(outcome.finished_at)}: {result.pulled:,} in, "
-                f"{result.pushed:,} out{refused}"
-            )
-        else:
-            self.sync_status.setText(f"Last sync stopped: {failure_sentence(outcome)}")
+        self.status_line.set_sync(sync_status_text(outcome))
         if self.session is None:
             return
         if outcome.wiped:
@@ -344,7 +401,8 @@ class MainWindow(QMainWindow):
         self._set_screen(screen)
 
     def notify(self, text: str) -> None:
-        self.statusBar().showMessage(text, MESSAGE_MS)
+        """A notice in the status line (the newest replaces any older one)."""
+        self.status_line.notice(text)
 
     def change_password(self) -> None:
         if self.session is None or self.runner is None:
@@ -383,15 +441,14 @@ class MainWindow(QMainWindow):
         if self.sync.running:
             # The sync holds its own connection: stop it first, then close the vault.
             self.sync.cancel()
-            self.sync_status.setText("Stopping the sync before locking…")
+            self.status_line.set_sync("Stopping the sync before locking…")
             self.sync.when_idle(lambda: self._device_runner.after(session.lock))
         else:
             self._device_runner.after(session.lock)
         self.sync_dialog, self.sync_panel, self.conflicts_dialog = None, None, None
         self.toolbar.hide()
         self.who.clear()
-        self.status_label.clear()
-        self.statusBar().clearMessage()
+        self.status_line.clear()
         self.locked_user = session.user_id
         if wiped:
             self.show_wiped(remote=remote)

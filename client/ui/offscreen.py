@@ -16,13 +16,14 @@ Guarantees:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from client.core.device import Device
 from client.ui.main_window import WINDOW_SIZE, MainWindow
-from client.ui.qt import QApplication, Qt, QWidget
+from client.ui.qt import QApplication, QImage, Qt, QWidget
 
 POLL_SECONDS = 0.01  # how often a wait pumps the event loop
 
@@ -56,11 +57,38 @@ def shoot(widget: QWidget, path: Path) -> Path:
     return path
 
 
+def shoot_scaled(widget: QWidget, path: Path, scale: float) -> Path:
+    """The widget as a ``scale``× display shows it (``QT_SCALE_FACTOR``): laid out in logical
+    points at its current size, painted into a image of ``scale`` device pixels per point."""
+    settle(0.15)
+    size = widget.size()
+    image = QImage(
+        round(size.width() * scale), round(size.height() * scale), QImage.Format.Format_RGB32
+    )
+    image.setDevicePixelRatio(scale)
+    image.fill(Qt.GlobalColor.white)
+    widget.render(image)
+    if not image.save(str(path)):
+        raise OSError(f"could not write {path.name}")
+    return path
+
+
+def laptop_size() -> tuple[int, int]:
+    """The laptop's 1366x768 screen in logical points: with ``QT_SCALE_FACTOR=1.5`` (150%
+    scaling) that is 911x512, the size every screen must work at."""
+    try:
+        factor = float(os.environ.get("QT_SCALE_FACTOR", "1") or 1)
+    except ValueError:
+        factor = 1.0
+    factor = factor if factor > 0 else 1.0
+    return round(WINDOW_SIZE[0] / factor), round(WINDOW_SIZE[1] / factor)
+
+
 def headless_window(device: Device) -> MainWindow:
     """The real main window at the laptop size, with the OS focus pinned to active."""
     window = MainWindow(device)
     window.app_state = lambda: Qt.ApplicationState.ApplicationActive
-    window.resize(*WINDOW_SIZE)
+    window.resize(*laptop_size())
     return window
 
 
@@ -80,4 +108,4 @@ def sign_in(window: MainWindow, user: str, password: str) -> None:
     submit_sign_in(window, user, password)
     wait_until(lambda: window.session is not None, f"{user}'s sign-in")
     window.showNormal()
-    window.resize(*WINDOW_SIZE)
+    window.resize(*laptop_size())

@@ -8,7 +8,10 @@ Guarantees:
   executor with a busy indicator; the window never freezes and the button cannot be pressed
   twice.
 - Afterwards it shows the device id and site and offers to continue to sign-in; the bundle's
-  token is spent, so the screen says the bundle file may be deleted.
+  token is spent, so the screen says the bundle file may be deleted. It also runs the signed
+  policy's device rules (``client.core.conditional_launch``: disk encryption, OS version) on
+  the executor and shows IT, there and then, any check a clinician's sign-in would fail, with
+  what to do — not first at a clinician's sign-in.
 - The bundle is read only from the file the user chose (or the path given on the command
   line); its contents are never logged.
 """
@@ -20,9 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.core.conditional_launch import LaunchCheck, LaunchFailure, launch_failures
 from client.core.device import Device
 from client.core.humanize import format_moment
 from client.core.provisioning import provision_from_bundle
+from client.ui.admin import describe_launch_checks
 from client.ui.error_boundary import explain
 from client.ui.executor import Executor
 from client.ui.main_window import WINDOW_SIZE, MainWindow
@@ -79,6 +84,7 @@ class ProvisioningScreen(QWidget):
         *,
         bundle_path: Path | None = None,
         provision: Provision = default_provision,
+        launch_check: LaunchCheck = launch_failures,
     ) -> None:
         super().__init__()
         self.setObjectName("provisioning_screen")
@@ -86,6 +92,7 @@ class ProvisioningScreen(QWidget):
         self._data_dir = data_dir
         self._runner = runner
         self._provision = provision
+        self._launch_check = launch_check
         self.preview: BundlePreview | None = None
         self.device: Device | None = None
 
@@ -121,6 +128,9 @@ class ProvisioningScreen(QWidget):
         self.feedback.setAccessibleName("Set-up feedback")
         self.done = data_label("", role="ok", wrap=True)
         self.done.setAccessibleName("Set-up result")
+        self.device_checks = data_label("", wrap=True)
+        self.device_checks.setObjectName("device_checks")
+        self.device_checks.setAccessibleName("Device checks for clinicians")
         self.proceed = button("C&ontinue to sign-in", "Continue to sign-in")
         self.proceed.hide()
 
@@ -140,6 +150,7 @@ class ProvisioningScreen(QWidget):
         inner.addWidget(self.busy)
         inner.addWidget(self.feedback)
         inner.addWidget(self.done)
+        inner.addWidget(self.device_checks)
         inner.addWidget(data_label(f"Data folder: {data_dir}", role="hint", wrap=True))
 
         self.choose.clicked.connect(self.ask_for_bundle)
@@ -196,9 +207,16 @@ class ProvisioningScreen(QWidget):
         )
         set_role(self.feedback, "hint")
         provision, data_dir, raw = self._provision, self._data_dir, preview.raw
-        self._runner.run(lambda: provision(data_dir, raw), self._provisioned, self._refused)
+        check = self._launch_check
 
-    def _provisioned(self, device: Device) -> None:
+        def work() -> tuple[Device, list[LaunchFailure]]:
+            device = provision(data_dir, raw)
+            return device, check(device.policy(), data_dir)
+
+        self._runner.run(work, self._provisioned, self._refused)
+
+    def _provisioned(self, result: tuple[Device, list[LaunchFailure]]) -> None:
+        device, failures = result
         self.device = device
         self._set_busy(False)
         self.choose.setEnabled(False)
@@ -210,6 +228,8 @@ class ProvisioningScreen(QWidget):
             "The bundle has been used and can be deleted. Each clinician's first sign-in on "
             "this laptop needs the network; after that, sign-in works offline."
         )
+        self.device_checks.setText(describe_launch_checks(failures))
+        set_role(self.device_checks, "error" if failures else "ok")
         self.proceed.show()
         self.proceed.setDefault(True)
         self.proceed.setFocus()
@@ -230,6 +250,7 @@ class ProvisioningWindow(QMainWindow):
         bundle_path: Path | None = None,
         provision: Provision = default_provision,
         open_main: Callable[[Device], QMainWindow] | None = None,
+        launch_check: LaunchCheck = launch_failures,
     ) -> None:
         super().__init__()
         self.setObjectName("provisioning_window")
@@ -239,7 +260,11 @@ class ProvisioningWindow(QMainWindow):
         self.resize(*WINDOW_SIZE)
         self.executor = Executor("gatehouse-provision", self)
         self.screen_widget = ProvisioningScreen(
-            data_dir, Runner(self.executor, self), bundle_path=bundle_path, provision=provision
+            data_dir,
+            Runner(self.executor, self),
+            bundle_path=bundle_path,
+            provision=provision,
+            launch_check=launch_check,
         )
         self.setCentralWidget(self.screen_widget)
         self._open_main = open_main

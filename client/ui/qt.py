@@ -33,6 +33,7 @@ from PySide6.QtGui import (
     QPaintEvent,
     QShortcut,
 )
+from PySide6.QtPrintSupport import QPrinterInfo
 from PySide6.QtWidgets import (
     QAbstractButton,
     QAbstractItemView,
@@ -60,6 +61,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QStackedWidget,
     QStatusBar,
@@ -112,10 +114,12 @@ __all__ = [
     "QPersistentModelIndex",
     "QPlainTextEdit",
     "QPoint",
+    "QPrinterInfo",
     "QProgressBar",
     "QPushButton",
     "QScrollArea",
     "QShortcut",
+    "QSizePolicy",
     "QSpinBox",
     "QStackedWidget",
     "QStatusBar",

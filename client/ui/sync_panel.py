@@ -14,9 +14,11 @@ Guarantees:
 - The panel shows the status (connection as last known, last successful sync, unsent items,
   conflicts, offline grace left), "Sync now" with a progress bar and a result summary, and the
   readiness check (facts and verdicts from ``client.core.readiness``); every text is plain.
-- The result is green only when everything was sent: a sync in which the gateway refused a
-  note is amber and names each refused note, why and what to do (``client.core
-  .push_refusals``); a failed sync is red.
+- The result is green only when everything was sent and nothing was refused: a sync in which
+  the gateway refused a note is amber and names each refused note, why and what to do
+  (``client.core.push_refusals``); a sync in which this laptop refused a policy update (PO-3:
+  signature, rollback, schema…) is amber and says so in a sentence with what to do
+  (``client.core.sync_failures.policy_refusal_sentence``); a failed sync is red.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ from client.core.humanize import format_moment
 from client.core.push_refusals import Refusal
 from client.core.readiness import SyncFacts, assess, gather
 from client.core.session import Session
-from client.core.sync_failures import is_connection_failure, sync_failure_sentence
+from client.core.sync_failures import (
+    is_connection_failure,
+    policy_refusal_sentence,
+    sync_failure_sentence,
+)
 from client.core.sync_runner import run_sync
 from client.ui.error_boundary import explain
 from client.ui.executor import Executor
@@ -39,6 +45,7 @@ from client.ui.login import describe_offline
 from client.ui.qt import (
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QObject,
     QProgressBar,
     QSpinBox,
@@ -95,8 +102,19 @@ def describe_progress(progress: Progress) -> str:
 def failure_sentence(outcome: SyncOutcome) -> str:
     """What went wrong and what to do, as one plain sentence (UI-4): never a reason code."""
     if outcome.error is not None:
-        return explain(outcome.error).message.split("\n\n")[0]
+        explained = explain(outcome.error)
+        if explained.reason == "bug":
+            return sync_failure_sentence("bug")
+        return explained.message.split("\n\n")[0]
     return sync_failure_sentence(outcome.reason)
+
+
+def refused_policy(result: SyncResult | None) -> str | None:
+    """The reason code of a policy update refused during the sync (PO-3), if one was."""
+    state = result.control.get("policy") if result is not None else None
+    if isinstance(state, str) and state.startswith("refused:"):
+        return state.removeprefix("refused:")
+    return None
 
 
 def describe_outcome(outcome: SyncOutcome, refused: tuple[Refusal, ...] = ()) -> str:
@@ -116,6 +134,9 @@ def describe_outcome(outcome: SyncOutcome, refused: tuple[Refusal, ...] = ()) ->
             )
         for refusal in refused:
             text += f"\n{refusal.sentence} What to do: {refusal.todo}"
+        policy = refused_policy(result)
+        if policy is not None:
+            text += f"\n{policy_refusal_sentence(policy)}"
         return text
     if outcome.error is not None:
         return f"Sync did not run {when}: {explain(outcome.error).message}"
@@ -136,6 +157,8 @@ def outcome_role(outcome: SyncOutcome, refused: tuple[Refusal, ...] = ()) -> str
         return "error"
     if refused or (outcome.result is not None and outcome.result.push_errors):
         return "warning"
+    if refused_policy(outcome.result) is not None:
+        return "warning"  # a refused policy update is not "all well" (PO-3)
     return "ok"
 
 
@@ -285,7 +308,9 @@ class SyncPanel(QWidget):
         buttons.addWidget(self.resolve)
         buttons.addStretch(1)
         visit = QHBoxLayout()
-        visit.addWidget(data_label("Planned visit length:"))
+        visit_label = QLabel("Planned &visit length:")
+        visit_label.setBuddy(self.visit_days)
+        visit.addWidget(visit_label)
         visit.addWidget(self.visit_days)
         visit.addStretch(1)
         layout = QVBoxLayout(self)
@@ -327,7 +352,8 @@ class SyncPanel(QWidget):
         self.last_sync.setText(format_moment(facts.last_sync) or "Never on this laptop.")
         self.unsent.setText(
             f"{status.unsent_items} item(s) not yet sent, {status.conflicts} conflict(s), "
-            f"{status.audit_unsent} audit entries not yet uploaded."
+            f"{status.audit_unsent} audit entries not yet uploaded"
+            + (f", {status.drafts} unsaved consultation draft(s)." if status.drafts else ".")
         )
         self.resolve.setEnabled(status.conflicts > 0)
         self.grace.setText(describe_offline(facts.offline))

@@ -6,7 +6,13 @@ Guarantees:
 - Every control made here carries an accessible name.
 - Full-screen notices (sign-in, set-up, refusals) share one layout: ``centred_card``.
 - The stylesheet is one small, calm, high-contrast sheet; meaning is never carried by colour
-  alone (alerts also carry a text label such as "⚠ ALERT").
+  alone (alerts also carry a text label such as "⚠ ALERT"). Every text colour contrasts at
+  least 4.5:1 with the backgrounds it is drawn on (WCAG 2.2 AA); the keyboard focus ring
+  (``FOCUS_RING``, 3 px; ``TOOLBAR_FOCUS_RING`` on the dark toolbar) contrasts at least 3:1
+  with the background and with the default button's border (``DEFAULT_BORDER``, 2 px where
+  other buttons have 1 px), so "where am I" and "what Enter does" never look alike.
+- ``one_tab_stop`` makes every item view in a screen one Tab stop (arrow keys move inside);
+  the main window applies it to every screen and dialog it shows.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from client.ui.qt import (
+    QAbstractItemView,
     QAbstractTableModel,
     QFrame,
     QHBoxLayout,
@@ -25,12 +32,17 @@ from client.ui.qt import (
     QObject,
     QPersistentModelIndex,
     QPushButton,
+    QScrollArea,
     Qt,
     QVBoxLayout,
     QWidget,
 )
 
 Index = QModelIndex | QPersistentModelIndex
+
+FOCUS_RING = "#d14900"
+TOOLBAR_FOCUS_RING = "#ffcc00"
+DEFAULT_BORDER = "#1b1f24"
 
 STYLESHEET = """
 QWidget { font-size: 11pt; color: #1b1f24; }
@@ -54,20 +66,57 @@ QFrame[role="unsent"] { background: #eef3ff; border: 1px dashed #2f4f9e; }
 QLabel[role="unsent"] { color: #1f3b80; font-weight: 700; }
 QPushButton { padding: 5px 14px; border: 1px solid #7a8794; border-radius: 4px;
     background: #ffffff; }
-QPushButton:default { border: 2px solid #1f4e8c; }
-QPushButton:focus, QLineEdit:focus, QPlainTextEdit:focus, QTableView:focus, QComboBox:focus {
-    outline: none; border: 2px solid #1f4e8c; }
-QLineEdit, QPlainTextEdit, QComboBox { padding: 4px; border: 1px solid #7a8794;
+QPushButton:default { border: 2px solid #1b1f24; }
+QLineEdit, QPlainTextEdit, QComboBox, QSpinBox { padding: 4px; border: 1px solid #7a8794;
     border-radius: 3px; background: #ffffff; }
+QPushButton:focus, QLineEdit:focus, QPlainTextEdit:focus, QTableView:focus, QComboBox:focus,
+QSpinBox:focus, QListWidget:focus, QScrollArea:focus, QCheckBox:focus {
+    outline: none; border: 3px solid #d14900; }
 QTableView { background: #ffffff; alternate-background-color: #f1f3f6;
     selection-background-color: #1f4e8c; selection-color: #ffffff; gridline-color: #d5dae0; }
 QHeaderView::section { background: #e3e7ec; padding: 4px; border: none;
     border-right: 1px solid #c5cbd3; font-weight: 600; }
 QToolBar { background: #27313d; spacing: 8px; padding: 3px; }
 QToolBar QLabel { color: #ffffff; }
-QToolBar QToolButton { color: #ffffff; padding: 4px 10px; }
+QToolBar QToolButton { color: #ffffff; padding: 4px 10px; border: 3px solid #27313d; }
+QToolBar QToolButton:focus { border: 3px solid #ffcc00; }
 QStatusBar { background: #e3e7ec; }
+QDateEdit:focus { outline: none; border: 3px solid #d14900; }
 """
+
+
+def one_tab_stop(root: QWidget) -> None:
+    """Every item view (table, list) under ``root`` takes one Tab stop: Tab leaves it, the
+    arrow keys move inside it (Qt's QTableView otherwise moves cell by cell on Tab)."""
+    for view in root.findChildren(QAbstractItemView):
+        view.setTabKeyNavigation(False)
+    if isinstance(root, QAbstractItemView):
+        root.setTabKeyNavigation(False)
+
+
+def scrolling(content: QWidget, name: str, *, across: bool = False) -> QScrollArea:
+    """``content`` in a vertical scroll area that keeps its width (``across``: it may also
+    scroll sideways): a screen larger than a small window (1366x768 at 150% is 911x512
+    points) scrolls instead of being cut off."""
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(
+        Qt.ScrollBarPolicy.ScrollBarAsNeeded if across else Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    )
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # the fields inside take focus, not the area
+    area.setAccessibleName(name)
+    area.setWidget(content)
+    return area
+
+
+def fitting(size: tuple[int, int], near: QWidget) -> tuple[int, int]:
+    """``size``, made no larger than the available area of the screen ``near`` is on."""
+    screen = near.screen()
+    if screen is None:
+        return size
+    room = screen.availableGeometry()
+    return min(size[0], room.width()), min(size[1], room.height())
 
 
 def set_role(widget: QWidget, role: str) -> None:

@@ -14,7 +14,10 @@ Invariants (SECURITY.md NW-1, NW-2, NW-3):
 - Every response body is read through a hard size limit (counted after gzip decoding, so a
   compression bomb is cut off); connect and read timeouts always apply.
 - Only idempotent requests are retried (with exponential backoff); a POST is retried only when
-  the caller declares it idempotent (a transaction made idempotent by ``ifNoneExist``).
+  the caller declares it idempotent (a transaction made idempotent by ``ifNoneExist``). A busy
+  answer's ``Retry-After`` (seconds, capped at ``MAX_RETRY_AFTER_S``) lengthens the wait, and
+  every wait is spread by up to ``JITTER`` so a thousand laptops told "busy" at once do not
+  come back at once.
 - One connection is reused for a whole sync (a pool of one).
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import ssl
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -51,6 +55,8 @@ MAX_ATTEMPTS = 3
 BACKOFF_BASE_S = 0.5
 # Status codes worth retrying for an idempotent request: the gateway or a balancer is busy.
 RETRY_STATUSES = frozenset({502, 503, 504})
+MAX_RETRY_AFTER_S = 30  # a longer Retry-After ends this attempt; the next sync tries again
+JITTER = 0.5  # each wait is multiplied by 1 + JITTER × a random fraction
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _READ_CHUNK = 64 * 1024
 
@@ -103,12 +109,30 @@ class TransportConfig:
     max_response_bytes: int = MAX_RESPONSE_BYTES
 
 
+def backoff(attempt: int, fraction: float) -> float:
+    """The wait after failed attempt ``attempt``: 0.5 s, 1 s, 2 s … spread by the jitter."""
+    return float(BACKOFF_BASE_S * 2 ** (attempt - 1)) * (1 + JITTER * min(max(fraction, 0.0), 1.0))
+
+
+def retry_delay(attempt: int, retry_after: str | None, fraction: float) -> float | None:
+    """Seconds to wait before attempt ``attempt + 1``: the exponential backoff, or the server's
+    ``Retry-After`` in seconds when longer, times ``1 + JITTER × fraction`` (``fraction`` in
+    [0, 1)). None when the server asks for more than ``MAX_RETRY_AFTER_S``."""
+    delay = backoff(attempt, 0.0)
+    if retry_after is not None and retry_after.strip().isdigit():
+        asked = int(retry_after.strip())
+        if asked > MAX_RETRY_AFTER_S:
+            return None
+        delay = max(delay, float(asked))
+    return delay * (1 + JITTER * min(max(fraction, 0.0), 1.0))
+
+
 @dataclass(frozen=True)
 class Response:
     """A complete, size-checked response."""
 
     status: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # names in lower case
     body: bytes
     url: str
 
@@ -221,6 +245,7 @@ class Transport:
         config: TransportConfig,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         if not config.spki_pins:
             raise TransportError("config", "no gateway pins are configured")
@@ -236,6 +261,7 @@ class Transport:
             config.gateway_url if config.gateway_url.endswith("/") else config.gateway_url + "/"
         )
         self._sleep = sleep
+        self._jitter = jitter
         self.counters = TransferCounters()
         self._session = requests.Session()
         self._session.trust_env = False  # no proxies, CA bundles or .netrc from the environment
@@ -284,11 +310,15 @@ class Transport:
                 response = self._send_once(method, url, body, headers)
             except TransportError as exc:
                 if attempt < attempts and exc.reason in {"timeout", "connection"}:
-                    self._sleep(BACKOFF_BASE_S * 2 ** (attempt - 1))
+                    self._sleep(backoff(attempt, self._jitter()))
                     continue
                 raise
             if attempt < attempts and response.status in RETRY_STATUSES:
-                self._sleep(BACKOFF_BASE_S * 2 ** (attempt - 1))
+                retry_after = response.headers.get("retry-after")
+                delay = retry_delay(attempt, retry_after, self._jitter())
+                if delay is None:
+                    return response  # asked to wait longer than a sync should: answer busy now
+                self._sleep(delay)
                 continue
             return response
         raise AssertionError("unreachable")  # pragma: no cover
@@ -340,7 +370,9 @@ class Transport:
             if 300 <= raw.status_code < 400:
                 raise TransportError("redirect_refused", "the gateway answered with a redirect")
             payload = self._read_bounded(raw)
-        return Response(raw.status_code, dict(raw.headers), payload, url)
+        # Header names in lower case: servers differ in case (HTTP names are case-insensitive).
+        headers = {name.lower(): value for name, value in raw.headers.items()}
+        return Response(raw.status_code, headers, payload, url)
 
     def _read_bounded(self, raw: requests.Response) -> bytes:
         limit = self._config.max_response_bytes

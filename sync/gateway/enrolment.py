@@ -135,7 +135,7 @@ def enrol(
             wipe_report_key=report_key,
         )
     except DatabaseFailure:
-        raise  # not a refusal of this request: answered 500 internal_error
+        raise  # not a refusal of this request: answered 503 with Retry-After
     except StoreError as err:
         raise ControlError(403 if err.reason.startswith("token_") else 409, err.reason) from None
     log.info("device enrolled")

@@ -10,6 +10,7 @@ import pytest
 
 from client.core import consultation, outbox, records
 from client.core.drafts import DraftFields
+from client.core.readiness import Check, assess, gather
 from client.core.session import NotAllowed, Session
 from client.core.vault import database_path
 from sync.gateway.seed.generator import generate
@@ -106,3 +107,29 @@ def test_cr4_only_clinicians_keep_drafts(td: ProvisionedDevice, tmp_path: Path) 
     with pytest.raises(NotAllowed):
         session.save_draft("p-any", TYPED)
     assert session.draft("p-any") is None
+
+
+def test_cr4_a_kept_draft_means_the_visit_readiness_is_not_all_sent(
+    td: ProvisionedDevice,
+) -> None:
+    """The readiness check said "All work is on the gateway" while a started consultation was
+    kept only as a draft: typed words not in the record are work not sent."""
+    session = Session.login(td.device, *CLINICIAN)
+    pid = _patient(session)
+
+    def work_check() -> Check:
+        facts = gather(session)
+        now = td.clocks.now()
+        checks = assess(facts.status, facts.offline, now, now, dt.timedelta(days=1))
+        return next(c for c in checks if c.key == "work")
+
+    assert work_check().ready
+    session.save_draft(pid, TYPED)
+    assert session.status().drafts == 1
+    check = work_check()
+    assert not check.ready
+    assert "1 consultation(s) you started are kept as drafts" in check.verdict
+    assert "finish and save each draft, or discard it" in check.todo
+    session.discard_draft(pid)
+    assert work_check().ready
+    session.lock()

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from client.cli import describe_sync, sync_report
 from client.core.provisioning import add_user_online
 from client.core.push_refusals import describe, site_display
 from client.core.readiness import assess, gather
@@ -94,6 +95,19 @@ def test_follow_up_written_before_the_transfer_is_filed_and_one_after_is_refused
         "HMP Brixton."
     )
     assert "clinical lead or IT" in refusal.todo and "will not send it" in refusal.todo
+    # What `gatehouse device sync` prints: the reason and what to do, never the patient's name.
+    printed = describe_sync(result, status.refused)
+    assert "1 note(s) refused by the gateway (patient_left_site)." in printed
+    assert refusal.todo in printed and left.display_name not in printed
+    report = sync_report(result, status.refused)
+    assert report["refused"] == [
+        {
+            "code": "http_403:patient_left_site",
+            "notes": 1,
+            "retry_helps": False,
+            "todo": refusal.todo,
+        }
+    ]
 
     facts = gather(session)
     now = dt.datetime.now(dt.UTC)

@@ -56,11 +56,12 @@ def test_NW4_enrolment_issues_a_working_certificate_for_the_token_site(
     assert session.get(f"{gateway.fhir}/Patient/pb", timeout=10).status_code == 404
 
 
-def test_a_database_failure_while_enrolling_is_a_500_not_a_refusal(
+def test_a_database_failure_while_enrolling_is_a_503_not_a_refusal(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A busy or unreachable database says nothing about the token: the device is told the
-    gateway failed (500 internal_error), never that its token was refused (4xx)."""
+    gateway is busy (503 with Retry-After, issue 15 item 4), never that its token was refused
+    (4xx)."""
     token = token_for(gateway, SITE_A)
 
     def busy(*args: object, **kwargs: object) -> str:
@@ -68,9 +69,40 @@ def test_a_database_failure_while_enrolling_is_a_500_not_a_refusal(
 
     monkeypatch.setattr(gateway.store, "enrol_device", busy)
     answer = enrol_request(gateway, token)
-    assert (answer.status_code, answer.json()["error"]) == (500, "internal_error")
+    assert (answer.status_code, answer.json()["error"]) == (503, "database_busy")
+    assert int(answer.headers["Retry-After"]) > 0
     monkeypatch.undo()
     assert enrol_request(gateway, token).status_code == 200  # the token was not spent
+
+
+def test_a_busy_database_on_the_data_plane_is_a_503_with_retry_after(
+    gateway: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 4: a read or a transaction that meets a busy database is answered 503
+    with Retry-After and an OperationOutcome naming the reason (was 500, or 400 inside a
+    transaction), so the laptop backs off instead of giving up on its note."""
+    gateway.load(patient("pa", SITE_A))
+    device = enrol(gateway, SITE_A, tmp_path / "laptop")
+    session = gateway.session(device.creds)
+
+    def busy(*args: object, **kwargs: object) -> None:
+        raise DatabaseFailure("database_busy")
+
+    monkeypatch.setattr(gateway.store, "read", busy)
+    monkeypatch.setattr(gateway.store, "write", busy)
+    read = session.get(f"{gateway.fhir}/Patient/pa", timeout=10)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+    post = session.post(
+        gateway.fhir, json=bundle, headers={"Content-Type": "application/fhir+json"}, timeout=10
+    )
+    for answer in (read, post):
+        assert answer.status_code == 503, answer.text
+        assert int(answer.headers["Retry-After"]) > 0
+        outcome = answer.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "database_busy" in answer.text
+    monkeypatch.undo()
+    assert session.get(f"{gateway.fhir}/Patient/pa", timeout=10).status_code == 200
 
 
 def test_NW4_token_replay_is_refused_even_when_the_first_answer_was_lost(

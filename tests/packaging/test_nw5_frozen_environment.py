@@ -146,6 +146,7 @@ def test_nw5_self_test_check_fails_in_a_frozen_app_with_a_variable_left(tmp_path
     check_environment(context, frozen=True, env={**dirty, "QT_QPA_PLATFORM": "offscreen"})
 
 
-@pytest.mark.skipif(not BUNDLE.is_file(), reason="frozen bundle not built (make package)")
+@pytest.mark.frozen_bundle  # run by `make package` right after the build, so never skipped
 def test_nw5_frozen_bundle_self_test_passes_under_hostile_variables(tmp_path: Path) -> None:
+    assert BUNDLE.is_file(), f"no frozen bundle at {BUNDLE}: run `make package`"
     assert run_self_test(BUNDLE, tmp_path / "probe") == []

@@ -6,10 +6,12 @@ Guarantees:
   started at most once per process, lazily, and stopped (and its directory removed) at
   interpreter exit.
 - When the binaries are missing (or we run as root and there is no ``postgres`` account to
-  drop to), nothing is started and the caller is told why: tests skip with that reason, so
-  ``make test`` passes on machines without PostgreSQL and says what it skipped.
+  drop to), nothing is started and the caller is told why. Under ``make test``
+  (``GATEHOUSE_REQUIRE_POSTGRES=1``; ``make sysdeps`` installs PostgreSQL first) a test that
+  needs the server then FAILS with that reason, never skips; a plain ``pytest`` run skips with it.
 - PostgreSQL refuses to run as root: as root, ``initdb`` and ``pg_ctl`` run through
-  ``runuser -u postgres --`` in a directory chowned to ``postgres``.
+  ``runuser -u postgres --`` (found on PATH or in /usr/sbin, /sbin, /usr/bin, /bin, so a minimal
+  PATH does not lose it) in a directory chowned to ``postgres``.
 - Durability is switched off (``fsync=off``): the cluster is disposable test data.
 - ``new_database()`` hands every caller a fresh, empty database, so tests never share state.
 """
@@ -56,8 +58,7 @@ def find_bin_dir() -> Path:
     )
     if not found:
         raise PgUnavailable(
-            f"PostgreSQL server binaries not found under {PG_ROOT}/*/bin "
-            "(install postgresql-15); PostgreSQL tests skipped"
+            f"PostgreSQL server binaries not found under {PG_ROOT}/*/bin (install postgresql-15)"
         )
     return found[-1]
 
@@ -123,6 +124,10 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+RUNUSER_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
+REQUIRE_ENV = "GATEHOUSE_REQUIRE_POSTGRES"
+
+
 def _as_user() -> tuple[list[str], int | None, int | None]:
     """The command prefix that drops root to ``postgres`` (and its uid/gid), or nothing."""
     if os.geteuid() != 0:
@@ -131,13 +136,29 @@ def _as_user() -> tuple[list[str], int | None, int | None]:
         account = pwd.getpwnam("postgres")
     except KeyError:
         raise PgUnavailable(
-            "running as root and there is no 'postgres' account to run the server as; "
-            "PostgreSQL tests skipped"
+            "running as root and there is no 'postgres' account to run the server as "
+            "(create it, or run as another user)"
         ) from None
-    runuser = shutil.which("runuser")
+    runuser = find_runuser()
     if runuser is None:
-        raise PgUnavailable("running as root without runuser(1); PostgreSQL tests skipped")
+        raise PgUnavailable(
+            f"running as root without runuser(1) (looked on PATH and in {', '.join(RUNUSER_DIRS)});"
+            " install util-linux"
+        )
     return [runuser, "-u", "postgres", "--"], account.pw_uid, account.pw_gid
+
+
+def find_runuser() -> str | None:
+    """runuser(1) on PATH, else where util-linux puts it: a minimal PATH (no /usr/sbin, as a
+    newcomer's shell or CI may have) must not make PostgreSQL tests silently skip."""
+    found = shutil.which("runuser")
+    if found is not None:
+        return found
+    for folder in RUNUSER_DIRS:
+        candidate = Path(folder) / "runuser"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
 
 
 def start_server() -> PgServer:
@@ -232,8 +253,13 @@ def shared_server() -> PgServer:
 
 
 def require_server() -> PgServer:
-    """``shared_server()`` for tests: skip (with the reason) where PostgreSQL is unavailable."""
+    """``shared_server()`` for tests. Where PostgreSQL cannot run: under ``make test``
+    (``GATEHOUSE_REQUIRE_POSTGRES=1``, which installs it first) the test FAILS with the reason,
+    so a suite never passes by skipping; elsewhere (a developer without PostgreSQL) it skips
+    with the reason."""
     try:
         return shared_server()
     except PgUnavailable as err:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"PostgreSQL is required here ({REQUIRE_ENV}=1): {err.reason}", False)
         pytest.skip(err.reason)

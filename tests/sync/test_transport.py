@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.device.transport import Transport, TransportConfig, TransportError, spki_sha256
+from sync.device.transport import JITTER, Transport, TransportConfig, TransportError, spki_sha256
 from tests.support.tls_server import RawTlsServer, server_context
 from tests.support.transport_pki import Pki, pinned_config, serve, transport_config
 
@@ -185,12 +185,41 @@ def test_only_idempotent_requests_are_retried(pki: Pki) -> None:
     sleeps: list[float] = []
     for server in serve(pki, busy):
         config = pinned_config(pki, server.port)
-        with Transport(config, sleep=sleeps.append) as transport:
+        with Transport(config, sleep=sleeps.append, jitter=lambda: 0.0) as transport:
             assert transport.get("x").status == 200
             assert transport.request("POST", "x", body=b"{}").status == 503
             assert transport.request("POST", "x", body=b"{}", idempotent=True).status == 200
     assert calls == ["GET", "GET", "GET", "POST", "POST", "POST"]
     assert sleeps == [0.5, 1.0, 0.5]
+
+
+def test_a_busy_answer_s_retry_after_is_honoured_with_jitter(pki: Pki) -> None:
+    """Issue 15 item 4: 503 + Retry-After: the laptop waits at least what the gateway asked,
+    spread by the jitter so laptops told "busy" together do not return together; a wait longer
+    than MAX_RETRY_AFTER_S is not sat out (the sync reports busy and the next sync retries)."""
+    answers = iter(
+        [
+            (503, {"Retry-After": "3"}, b"busy"),
+            (200, {}, b"ok"),
+            (503, {"Retry-After": "3"}, b"busy"),
+            (200, {}, b"ok"),
+            (503, {"Retry-After": "600"}, b"busy"),
+        ]
+    )
+
+    def busy(*_: object) -> tuple[int, dict[str, str], bytes]:
+        return next(answers)
+
+    sleeps: list[float] = []
+    fractions = iter([0.0, 0.99, 0.5])
+    for server in serve(pki, busy):
+        config = pinned_config(pki, server.port)
+        with Transport(config, sleep=sleeps.append, jitter=lambda: next(fractions)) as transport:
+            assert transport.get("x").status == 200
+            assert transport.get("x").status == 200
+            assert transport.get("x").status == 503  # 10 minutes asked: not waited for here
+    assert sleeps[0] == 3.0 and 3.0 < sleeps[1] <= 3.0 * (1 + JITTER)
+    assert len(sleeps) == 2
 
 
 def test_one_connection_is_reused_for_a_whole_sync(pki: Pki, gateway: RawTlsServer) -> None:

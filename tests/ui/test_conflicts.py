@@ -111,7 +111,7 @@ def test_conflict_view_names_the_patient_authors_and_uk_times_in_clinical_words(
 ) -> None:
     _win, _session, dialog = _conflict_view(qtbot, tmp_path)
     banner = dialog.banner
-    assert isinstance(banner, PatientBanner) and "Zephyrine" in banner.name.text()
+    assert isinstance(banner, PatientBanner) and "ZEPHYRINE" in banner.name.text().upper()
     shown = "\n".join(widget_texts([dialog, *dialog.findChildren(QLabel)]))
     shown += "\n".join(dialog.listing.item(i).text() for i in range(dialog.listing.count()))
     for raw in RAW:

@@ -79,7 +79,7 @@ def test_save_writes_offline_and_the_chart_marks_it_not_yet_sent(
     marks = [w for w in chart.findChildren(QLabel) if w.text() == UNSENT_MARK]
     assert len(marks) == len(unsent)
     assert on_worker(win, session.outbox_status)[0] > before
-    qtbot.waitUntil(lambda: "not yet sent" in win.status_label.text(), timeout=5000)
+    qtbot.waitUntil(lambda: "not yet sent" in win.status_line.session_text, timeout=5000)
 
 
 def test_out_of_range_vital_shows_the_core_message_next_to_the_field_and_saves_nothing(

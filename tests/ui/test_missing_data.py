@@ -12,6 +12,7 @@ from pathlib import Path
 from pytestqt.qtbot import QtBot
 
 from client.core import records
+from client.core.completeness import SECTION_NOT_HELD
 from client.core.humanize import format_moment
 from client.core.session import Session
 from client.ui.chart_view import ChartScreen
@@ -65,8 +66,31 @@ def test_ui5_a_transferred_patient_s_chart_says_not_available_never_none(
         assert f"Not available on this laptop — last complete on {format_moment(last)}." in texts
         assert any("now at hmp-pentonville" in t for t in texts), texts
         assert not any(t.startswith(NONE_SAID) for t in texts), texts
-    banner = [label.text() for label in screen.findChildren(QLabel)]
-    assert f"{OTHER_SITE} (moved — not this laptop's site)" in banner
+    labels = [label.text() for label in screen.findChildren(QLabel)]
+    assert f"{OTHER_SITE} (transferred — not this laptop's site)" in labels
+    # Problems, medications, vital signs: what the transfer took away is not "none" either.
+    assert "None recorded." not in labels
+    assert labels.count(SECTION_NOT_HELD) >= 3
+    assert "Active problems (0 held on this laptop)" in labels
+
+
+def test_ui5_a_patient_who_left_to_a_site_not_told_to_the_laptop_is_not_shown_at_the_old_one(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    """The gateway tells the old site only that the patient left (a deletion in its feed): the
+    banner must not present the old site as the patient's current one."""
+    td = device(tmp_path, transfer=True)
+    session = Session.login(td.device, *CLINICIAN)
+    with session.transaction() as conn:  # as replica._leave does for a leave without a new site
+        conn.execute(
+            "UPDATE patient_index SET site = NULL WHERE patient_id = ?", (OUTSIDE_PATIENT,)
+        )
+    session.lock()
+    screen = _break_glass_chart(qtbot, td)
+    labels = [label.text() for label in screen.findChildren(QLabel)]
+    site_labels = [t for t in labels if t.startswith("not known on this laptop")]
+    assert site_labels, labels
+    assert "None recorded." not in labels
 
 
 def test_ui5_alerts_held_from_before_a_transfer_are_shown_as_possibly_out_of_date(

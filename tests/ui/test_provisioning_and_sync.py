@@ -223,7 +223,7 @@ def test_the_event_loop_keeps_turning_during_a_sync(
     timer.stop()
     assert finished.args[0].ok
     assert len(ticks) >= 10, "the GUI thread was blocked during the sync"
-    assert win.sync_status.text().startswith("Synced") and " in, " in win.sync_status.text()
+    assert win.status_line.sync_text.startswith("Synced") and " in, " in win.status_line.sync_text
 
 
 def test_lock_during_a_sync_cancels_it_and_closes_the_vault_once_it_stopped(

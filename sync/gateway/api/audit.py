@@ -29,10 +29,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sync.gateway.api.control import device_routes, identity_of, now_of, store_of
-from sync.gateway.api.responses import control_error_response, json_response
+from sync.gateway.api.responses import (
+    control_error_response,
+    json_response,
+    retry_after_headers,
+)
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError, error_body
-from sync.gateway.store.base import AuditQuery, AuditRow, SessionRecord, Store, fhir_instant
+from sync.gateway.store.base import (
+    AuditQuery,
+    AuditRow,
+    DatabaseFailure,
+    SessionRecord,
+    Store,
+    fhir_instant,
+)
 from sync.gateway.users import LoginPolicy, authenticate_bearer, default_hasher
 from sync.protocol.audit.audit_event import ACTION_SYSTEM, to_audit_event, to_csv_rows
 from sync.protocol.audit.entry import AuditEntry, entry_from_canonical
@@ -234,6 +245,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_response(error_body(reason), exc.status_code)
 
 
+async def _database_failure(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DatabaseFailure)
+    log.warning("database failure: %s", exc.reason)
+    return json_response(error_body(exc.reason), 503, retry_after_headers())
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("control plane error: %s", type(exc).__name__)
     return json_response(error_body("internal_error"), 500)
@@ -258,6 +275,7 @@ def create_control_app(
         routes=[*device_routes(), *audit_routes()],
         exception_handlers={
             ControlError: _control_error,
+            DatabaseFailure: _database_failure,
             HTTPException: _http_error,
             Exception: _unexpected,
         },

@@ -42,12 +42,14 @@ from sync.gateway.api.outcome import (
     fhir_response,
     version_headers,
 )
+from sync.gateway.api.responses import retry_after_headers
 from sync.gateway.api.transaction import Scope, handle_bundle
 from sync.gateway.pki import DeviceIdentity
 from sync.gateway.store import resources as res
 from sync.gateway.store.base import (
     MAX_PAGE,
     Change,
+    DatabaseFailure,
     HistoryQuery,
     SearchQuery,
     Store,
@@ -415,6 +417,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(FhirError(exc.status_code, code, reason))
 
 
+async def _database_failure(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DatabaseFailure)
+    log.warning("database failure: %s", exc.reason)
+    response = error_response(FhirError(503, "transient", exc.reason))
+    response.headers.update(retry_after_headers())
+    return response
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("internal error: %s", type(exc).__name__)  # no message: it may hold data
     return error_response(FhirError(500, "exception", "internal_error"))
@@ -439,6 +449,7 @@ def create_fhir_app(store: Store, *, clock: Callable[[], dt.datetime]) -> Starle
         routes=list(routes()),
         exception_handlers={
             FhirError: _fhir_error,
+            DatabaseFailure: _database_failure,
             HTTPException: _http_error,
             Exception: _unexpected,
         },

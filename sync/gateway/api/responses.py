@@ -28,3 +28,12 @@ def control_error_response(error: ControlError) -> Response:
     if isinstance(retry, int):
         headers = {"Retry-After": str(retry)}
     return json_response(error_body(error.reason, **error.extra), error.status, headers)
+
+
+# A database that is busy or unreachable is the gateway's trouble, not the request's: 503 with
+# Retry-After (seconds) so a client backs off and comes back, never a 4xx it would give up on.
+RETRY_AFTER_S = 5
+
+
+def retry_after_headers() -> dict[str, str]:
+    return {"Retry-After": str(RETRY_AFTER_S)}

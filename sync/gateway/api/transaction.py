@@ -47,7 +47,14 @@ from sync.gateway.api.outcome import (
     status_text,
 )
 from sync.gateway.store import resources as res
-from sync.gateway.store.base import Store, StoredResource, StoreError, WriteTx, fhir_instant
+from sync.gateway.store.base import (
+    DatabaseFailure,
+    Store,
+    StoredResource,
+    StoreError,
+    WriteTx,
+    fhir_instant,
+)
 from sync.protocol.fhir import vocabulary as vocab
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
@@ -323,6 +330,8 @@ def execute(tx: WriteTx, entry: Entry, scope: Scope, existing: StoredResource | 
     _check_scope(tx, entry, scope)
     try:
         stored = tx.put(entry.rtype, entry.rid, entry.resource)
+    except DatabaseFailure:
+        raise  # the gateway's trouble, not the entry's: 503 with Retry-After (api/fhir.py)
     except (StoreError, res.ResourceError) as err:
         raise _bad(err.reason) from None
     return Outcome(201 if entry.method == "POST" else 200, stored)
