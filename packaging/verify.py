@@ -150,6 +150,7 @@ DEMO_SCREENS = (
     "chart-150",
     "locked",
     "audit",
+    "audit-by-nhs-number",
 )
 MIN_SCREENS = 14
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

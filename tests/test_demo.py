@@ -76,6 +76,7 @@ def test_headless_demo_runs_the_whole_journey_and_leaves_checkable_results(
     assert [run["push_errors"] for run in sync["runs"]][-1] == 0
     assert summary["draft_restored"] is True  # typed before the idle lock, back after sign-in
     assert summary["time_zone"] == "Europe/London"
+    assert summary["audit_search_rows"] > 0  # who opened the patient, found by NHS number
     assert summary["chart_150_points"] == [911, 512]  # the chart fits 1366x768 at 150%
     assert summary["audit_verified"] is True
     verify = subprocess.run(
@@ -95,7 +96,14 @@ def test_headless_demo_runs_the_whole_journey_and_leaves_checkable_results(
     wanted_screens = ("provisioning", "first-sign-in", "sync", "search", "chart", "chart-150")
     for wanted in (*wanted_screens, "consultation"):
         assert any(wanted in name for name in screens), wanted
-    for wanted in ("break-glass", "locked", "audit", "draft-restored", "chart-incomplete"):
+    for wanted in (
+        "break-glass",
+        "locked",
+        "audit",
+        "draft-restored",
+        "chart-incomplete",
+        "audit-by-nhs-number",
+    ):
         assert any(wanted in name for name in screens), wanted
     for name in screens:
         image = QImage(str(out / name))

@@ -168,6 +168,7 @@ class Journey:
         "break_glass",
         "lock",
         "auditor_audit_view",
+        "auditor_search_by_nhs_number",
         "auditor_online_audit",
     )
 
@@ -190,6 +191,7 @@ class Journey:
         self.patient: Any = None
         self.transferred = False
         self.draft_restored = False
+        self.audit_search_rows = 0
         self.chart_150_size: tuple[int, int] | None = None
         self.export = out_dir / "audit-export.json"
 
@@ -445,6 +447,25 @@ class Journey:
         wait_until(self.export.exists, "the audit export")
         print(f"    audit export: {self.export}")
 
+    def auditor_search_by_nhs_number(self) -> None:
+        """ "Who opened this patient this week?": the patient's NHS number (3-3-4, as the banner
+        shows it) and the last seven UK days, on the laptop tab."""
+        from client.ui.audit_view import AuditWorkspace
+        from client.ui.widgets import format_nhs
+
+        step("the auditor asks who opened the patient this week, by NHS number")
+        audit = self.win.workspace
+        if not isinstance(audit, AuditWorkspace):
+            raise JourneyError("timeout", "the audit workspace is not open")
+        nhs = format_nhs(self.patient.nhs_number) if self.patient.nhs_number else self.patient.id
+        today = dt.datetime.now(DISPLAY_ZONE).date()
+        audit.search(nhs, today - dt.timedelta(days=7), today)
+        wait_until(lambda: audit.searched is not None, "the audit search")
+        wait_until(lambda: audit.model.rowCount() > 0, "the patient's audit entries")
+        self.audit_search_rows = audit.model.rowCount()
+        print(f"    {self.audit_search_rows} entries about the patient in the last 7 days")
+        self.shoot(self.win, "audit-by-nhs-number")
+
     def auditor_online_audit(self) -> None:
         """The "Online (gateway)" tab: a sync uploads the chain, then the site's trail is asked."""
         from client.ui.audit_view import AuditWorkspace
@@ -497,6 +518,7 @@ class Journey:
             "draft_restored": self.draft_restored,
             "chart_150_points": list(self.chart_150_size) if self.chart_150_size else None,
             "time_zone": DISPLAY_ZONE.key,
+            "audit_search_rows": self.audit_search_rows,
             "frozen": bool(getattr(sys, "frozen", False)),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         }
