@@ -83,15 +83,17 @@ def export_local(session: Session, path: Path, kind: str) -> int:
 
 
 def export_entries(session: Session, entries: Sequence[AuditEntry], path: Path, kind: str) -> int:
-    """Exactly ``entries`` (the laptop's rows an auditor filtered) to ``path``; the export is
-    audited (auditors and admins only) with its format and count before the file is written."""
+    """Exactly ``entries`` (the laptop's rows an auditor filtered) to ``path``, in chain order
+    (the screen shows newest first; ``gatehouse-audit verify`` reads the chain forwards); the
+    export is audited (auditors and admins only) with its format and count before the file is
+    written."""
     if kind not in KINDS:
         raise ValueError(f"audit exports are one of {', '.join(KINDS)}")
     session._require_role((AUDITOR, ADMIN), "export the audit log", "export")
     with session._act() as conn:
         detail = {"what": "audit_log", "format": kind, "events": len(entries)}
         session._append(conn, "export", detail=detail)
-    return write_audit_export(path, entries, kind)
+    return write_audit_export(path, sorted(entries, key=lambda entry: entry.seq), kind)
 
 
 def export_gateway_results(

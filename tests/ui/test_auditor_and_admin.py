@@ -75,6 +75,8 @@ def test_auditor_sees_filterable_metadata_and_no_clinical_content(
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     entries = entries_from_bundle(json.loads(out_json.read_text(encoding="utf-8")))
     assert any(e.action == "break_glass" for e in entries)
+    # The whole chain, in chain order (the table shows newest first): it verifies as a chain.
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
     rows_csv = list(csv.reader(out_csv.read_text(encoding="utf-8").splitlines()))
     assert tuple(rows_csv[0]) == (*CSV_HEADER, *WORD_COLUMNS)
     assert len(rows_csv) >= len(entries)
