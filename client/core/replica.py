@@ -169,6 +169,14 @@ class VaultReplica:
             )
         return stats
 
+    def held_ids(self, resource_type: str) -> Collection[str]:
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id FROM resources WHERE type = ? AND version_id != ?",
+                (resource_type, records.LOCAL_VERSION),
+            ).fetchall()
+        return frozenset(str(rid) for (rid,) in rows)
+
     def _apply(self, conn: Any, page: Page, now: datetime) -> ApplyStats:
         in_scope: list[Mapping[str, Any]] = []
         leaving: list[Mapping[str, Any]] = []

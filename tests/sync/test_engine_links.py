@@ -98,11 +98,17 @@ def test_a_server_without_history_is_read_with_a_lastupdated_search(pki: Pki) ->
         for _ in range(2):
             result = _pull_patients(pki, server, replica)
             assert result.ok, result.failed_phases
-            # Deletions are invisible here: the caseload is never confirmed (retention runs).
-            assert not result.caseload_confirmed
+            # The search cannot see deletions; the complete Patient id listing that follows it
+            # does, so the caseload is confirmed (issue 13 item 4).
+            assert result.caseload_confirmed
+            assert result.reconciled["Patient"]["listed"] == 1
         assert [r["id"] for r in replica.of_type("Patient")] == [patient["id"]]
         cursor = replica.cursors["history:Patient"]
         assert cursor.startswith("fhir/Patient?") and "_lastUpdated=ge" in cursor
-        assert paths[0].startswith("/fhir/Patient/_history")
-        assert paths[1].startswith("/fhir/Patient?_sort=_lastUpdated")
-        assert "_lastUpdated=ge" in paths[2]  # the second sync resumed from the cursor
+        searches = [path for path in paths if "_elements=" not in path]
+        listings = [path for path in paths if "_elements=" in path]
+        assert searches[0].startswith("/fhir/Patient/_history")
+        assert searches[1].startswith("/fhir/Patient?_sort=_lastUpdated")
+        assert "_lastUpdated=ge" in searches[2]  # the second sync resumed from the cursor
+        # A complete listing per sync: its page, then one with nothing new (no Bundle.total).
+        assert len(listings) == 4
