@@ -343,7 +343,7 @@ class HistoryPull:
         """Read one type by ``_lastUpdated`` keyset search (module docstring); always False:
         a search cannot see deletions or transfers. ``params`` narrow it (a backfill's
         ``patient=``) and are kept in every page's URL."""
-        key = _since_of(cursor) if cursor is not None else None
+        key = resumed_at = _since_of(cursor) if cursor is not None else None
         at_key: set[str] = set()  # ids already read at exactly ``key`` (the id tiebreak)
         count = self._page_size
         for _ in range(MAX_PAGES_PER_STREAM):
@@ -382,7 +382,11 @@ class HistoryPull:
                 at_key = (at_key | same) if newest == key else same
                 key = newest
             if complete:
-                since = key - SINCE_OVERLAP if key is not None else None
+                # The overlap is taken once from the newest record read; a search that read
+                # nothing newer keeps its stored key (it already holds the overlap), so an
+                # idle type's cursor never drifts back 5 minutes per sync.
+                advanced = key is not None and key != resumed_at
+                since = key - SINCE_OVERLAP if advanced and key is not None else key
                 next_cursor = self._search_url(resource_type, since, self._page_size, params)
             else:
                 next_cursor = self._search_url(resource_type, key, self._page_size, params)
