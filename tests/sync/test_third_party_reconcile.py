@@ -90,6 +90,7 @@ def test_issue13_retention_without_history_never_purges_an_unchanged_patient(
     device = DeviceVault.create(tmp_path / "vault.db")
     config = _config(medplum, "dev-retention")
     offset = [ZERO]
+    confirmed: list[bool] = []
 
     def clock() -> dt.datetime:
         return now_utc() + offset[0]
@@ -104,8 +105,9 @@ def test_issue13_retention_without_history_never_purges_an_unchanged_patient(
             assert result.pulled == (len(patients) if day == 0 else 0)  # nothing changed
             past = records.patients_past_retention(vault.connection, clock(), 7, {SITE})
             assert past == [], f"day {day}: {len(past)} of {len(patients)} past retention"
-            assert result.caseload_confirmed
-            assert result.reconciled["Patient"]["listed"] == len(patients)
+            confirmed.append(result.caseload_confirmed)
+        assert result.reconciled["Patient"]["listed"] == len(patients)
+        assert confirmed == [True] * 4
         assert len(_held_patients(vault)) == len(patients)
 
 
@@ -122,7 +124,6 @@ def test_issue13_a_patient_deleted_on_a_server_without_history_leaves_the_laptop
         medplum.delete("Patient", gone)
         result = sync_once(vault, config, fhir_base=medplum.base)
         assert result.ok, (result.failed_phases, result.failed_types)
-        assert result.reconciled["Patient"]["gone"] == 1
         assert gone not in _held_patients(vault)
         left = vault.connection.execute(
             "SELECT count(*) FROM resources WHERE patient_id = ?", (gone,)
@@ -134,6 +135,7 @@ def test_issue13_a_patient_deleted_on_a_server_without_history_leaves_the_laptop
             if e.action == "purge" and e.patient_id == gone
         ]
         assert [e.detail["how"] for e in purges] == ["deleted"]
+        assert result.reconciled["Patient"]["gone"] == 1
         assert result.caseload_confirmed
 
 
@@ -175,9 +177,9 @@ def test_NW6_a_patient_entering_scope_brings_records_older_than_the_cursor(
         medplum.put(newcomer)
         result = sync_once(vault, config, fhir_base=medplum.base)
         assert result.ok, (result.failed_phases, result.failed_types)
-        assert result.backfilled == 1
         held = {key for key in device_view(vault.connection) if key in theirs}
         assert held == theirs  # every record of theirs, not only the Patient
+        assert result.backfilled == 1
         # Nothing is pending: the next sync backfills nobody.
         assert sync_once(vault, config, fhir_base=medplum.base).backfilled == 0
 
@@ -208,15 +210,15 @@ def test_issue13_reconciliation_removes_what_the_server_deleted_and_fetches_what
             conn.execute("DELETE FROM resources WHERE type = 'Flag' AND id = ?", (flag,))
         _age_search_cursors(vault, now_utc() + dt.timedelta(seconds=1))  # past the overlap
         not_due = sync()
-        assert set(not_due.reconciled) == {"Patient"}  # clinical types: not due yet
         assert ("Observation", observation) in device_view(vault.connection)
         assert ("Flag", flag) not in device_view(vault.connection)
+        assert set(not_due.reconciled) == {"Patient"}  # clinical types: not due yet
         due = sync(ZERO)
-        assert due.reconciled["Observation"]["gone"] == 1
-        assert due.reconciled["Flag"]["missed"] == 1, (due.reconciled, due.pulled)
         after = device_view(vault.connection)
         assert ("Observation", observation) not in after
         assert ("Flag", flag) in after
+        assert due.reconciled["Observation"]["gone"] == 1
+        assert due.reconciled["Flag"]["missed"] == 1
         on_server = {
             (kind, r["id"]) for kind in {k for k, _ in after} for r in medplum.search_all(kind)
         }
