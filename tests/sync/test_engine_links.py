@@ -112,3 +112,44 @@ def test_a_server_without_history_is_read_with_a_lastupdated_search(pki: Pki) ->
         assert "_lastUpdated=ge" in searches[2]  # the second sync resumed from the cursor
         # A complete listing per sync: its page, then one with nothing new (no Bundle.total).
         assert len(listings) == 4
+
+
+def test_issue13_a_patient_listing_that_does_not_reach_its_end_removes_nothing(pki: Pki) -> None:
+    """The Patient id listing removes held patients the server no longer lists, but only when
+    it reached its end: a listing whose Bundle.total cannot be reached (a server that lists one
+    patient and says there are two) is an error, nothing is removed, the caseload is not
+    confirmed."""
+    from sync.gateway.seed.generator import generate
+
+    first, second = [
+        r for r in generate(sites=1, patients=2, seed=3) if r["resourceType"] == "Patient"
+    ]
+    second["meta"] = dict(second["meta"], lastUpdated=first["meta"]["lastUpdated"])  # sorted
+    listing_ok = [True]
+
+    def searchset(patients: list[dict[str, object]], total: int) -> bytes:
+        entries = [{"resource": p, "search": {"mode": "match"}} for p in patients]
+        bundle = {"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries}
+        return json.dumps(bundle).encode()
+
+    def answer(method: str, path: str, *_: object) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Content-Type": "application/fhir+json"}
+        if path.endswith("/metadata") or "/_history" in path:
+            return 404, headers, b'{"resourceType": "OperationOutcome"}'
+        if "_elements=" in path and not listing_ok[0]:
+            return 200, headers, searchset([first], total=2)  # the second is "somewhere"
+        if "_elements=" in path:
+            return 200, headers, searchset([first], total=1)  # the second was deleted
+        return 200, headers, searchset([first, second], total=2)
+
+    for server in serve(pki, answer):
+        replica = MemoryReplica()
+        listing_ok[0] = False
+        result = _pull_patients(pki, server, replica)
+        assert result.failed_types == {"Patient": "incomplete_pull"}
+        assert not result.caseload_confirmed
+        assert {r["id"] for r in replica.of_type("Patient")} == {first["id"], second["id"]}
+        listing_ok[0] = True
+        result = _pull_patients(pki, server, replica)
+        assert result.ok and result.caseload_confirmed
+        assert {r["id"] for r in replica.of_type("Patient")} == {first["id"]}
