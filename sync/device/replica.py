@@ -119,11 +119,13 @@ class OutboxItem:
 @dataclass(frozen=True)
 class SentItem:
     """The server's answer for one pushed outbox item: it holds it as ``server_id`` at
-    ``server_version``."""
+    ``server_version`` (and ``server_last_updated``, its ``meta.lastUpdated``, when the reply
+    carried the resource: a server with opaque version ids orders versions by it)."""
 
     seq: int
     server_id: str
     server_version: str
+    server_last_updated: str | None = None
 
 
 @dataclass(frozen=True)

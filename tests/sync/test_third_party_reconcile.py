@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from client.core import records
+from client.core import consultation, records
 from client.core.audit_log import AuditLog
 from client.core.replica import VaultReplica
 from client.core.vault import Vault
@@ -223,3 +223,51 @@ def test_issue13_reconciliation_removes_what_the_server_deleted_and_fetches_what
             (kind, r["id"]) for kind in {k for k, _ in after} for r in medplum.search_all(kind)
         }
         assert set(after) == on_server  # the laptop holds exactly what the server holds
+
+
+LABELS = {
+    "profile": ["http://example.org/fhir/StructureDefinition/prison-vitals"],
+    "security": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
+    ],
+    "tag": [{"system": "https://board.example/tags", "code": "reviewed"}],
+}
+
+
+def test_issue13_an_update_keeps_the_profile_security_labels_and_tags_the_server_set(
+    medplum: MedplumServer, tmp_path: Path
+) -> None:
+    """The server stamped a record with a profile, a confidentiality label and a tag; the
+    clinician's edit goes up as an update (If-Match) that still carries all three, so the
+    server's labels survive (the issue saw an update drop them)."""
+    medplum.seed(seed_resources(patients=3, seed=25, sites=1))
+    target = sorted(medplum.search_all("Observation"), key=lambda r: r["id"])[0]
+    target["meta"] = dict(target["meta"]) | LABELS
+    medplum.put(target)
+    device = DeviceVault.create(tmp_path / "vault.db")
+    config = _config(medplum, "dev-labels")
+    with device.open() as vault:
+        assert sync_once(vault, config, fhir_base=medplum.base).ok
+        stored = records.get(vault.connection, "Observation", target["id"])
+        assert stored is not None, "not pulled"
+        edited = dict(stored) | {"status": "amended"}
+        edited.pop("meta")  # what the chart hands over: the record, not its meta
+        with vault.transaction() as conn:
+            consultation.queue_update(conn, edited, now=now_utc())
+        result = sync_once(vault, config, fhir_base=medplum.base)
+        assert result.ok and result.pushed == 1 and result.conflicts == 0, result
+        held = records.get(vault.connection, "Observation", target["id"])
+        assert held is not None and held["status"] == "amended"
+        # A second edit is based on the server's real version: no 412, no conflict.
+        with vault.transaction() as conn:
+            consultation.queue_update(conn, edited | {"status": "corrected"}, now=now_utc())
+        second = sync_once(vault, config, fhir_base=medplum.base)
+        assert second.ok and second.pushed == 1 and second.conflicts == 0, second
+        held = records.get(vault.connection, "Observation", target["id"])
+        assert held is not None
+    (on_server,) = [r for r in medplum.search_all("Observation") if r["id"] == target["id"]]
+    assert on_server["status"] == "corrected"
+    # The laptop holds the server's version (id and instant), labels included.
+    assert held["meta"]["versionId"] == on_server["meta"]["versionId"]
+    assert {key: on_server["meta"].get(key) for key in LABELS} == LABELS
+    assert {key: held["meta"].get(key) for key in LABELS} == LABELS
