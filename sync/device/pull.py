@@ -64,7 +64,13 @@ from sync.device.outcome import (
     SyncResult,
     raise_if_cancelled,
 )
-from sync.device.reconcile import RECONCILE_INTERVAL, RECONCILE_STREAM, Reconciler, is_due
+from sync.device.reconcile import (
+    RECONCILE_INTERVAL,
+    RECONCILE_STREAM,
+    Reconciled,
+    Reconciler,
+    is_due,
+)
 from sync.device.replica import ApplyStats, Deletion, Page, Quarantined, Replica
 from sync.device.transport import Response, Transport, TransportError
 from sync.protocol.fhir.bounded_json import (
@@ -148,7 +154,7 @@ class HistoryPull:
             if resource_type in failed:
                 continue
             if resource_type == PATIENT:  # every sync: it confirms the caseload (retention)
-                patients_current = self._guarded(PATIENT, lambda: self._reconcile(PATIENT))
+                patients_current = self._guarded(PATIENT, self._confirm_patients)
             elif self._reconcile_due(resource_type):
                 self._guarded(resource_type, partial(self._reconcile, resource_type))
         if PATIENT not in self._types:
@@ -248,14 +254,24 @@ class HistoryPull:
             return False
         return is_due(cursor, now, self._reconcile_every)
 
-    def _reconcile(self, resource_type: str) -> None:
-        done = Reconciler(
+    def _reconciler(self) -> Reconciler:
+        return Reconciler(
             self._transport,
             self._replica,
             fhir_base=self._base,
             cancel=self._cancel,
             parse_page=self._parsed,
-        ).reconcile(resource_type, self._now(), fetch_missed=resource_type != PATIENT)
+        )
+
+    def _confirm_patients(self) -> None:
+        """Every held Patient checked by id: the deleted leave, the caseload is confirmed."""
+        self._record(PATIENT, self._reconciler().confirm_held(PATIENT, self._now()))
+
+    def _reconcile(self, resource_type: str) -> None:
+        done = self._reconciler().reconcile(resource_type, self._now(), fetch_missed=True)
+        self._record(resource_type, done)
+
+    def _record(self, resource_type: str, done: Reconciled) -> None:
         self._count(done.stats)
         self.result.reconciled[resource_type] = {
             "listed": done.listed,

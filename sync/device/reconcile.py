@@ -1,8 +1,12 @@
 """Reconciliation for a server without type-level ``_history`` (issue 13 items 3 and 4).
 
 A ``_lastUpdated`` keyset search brings new and changed resources but cannot show a deletion.
-This module lists the ids a server holds of one type (keyset pages of ``_elements=id,meta``
-plus the patient reference) and compares them with what the laptop holds:
+At every sync the held Patients are checked by id (``confirm_held``: ``_id=a,b,…`` batches, a
+cost that grows with the caseload, not the server): one the server no longer has was deleted,
+and a complete check confirms the caseload for retention (item 4; a transfer changes the
+Patient, so the keyset search sees it). Periodically (``RECONCILE_INTERVAL``) each clinical
+type is reconciled (``reconcile``): the ids the server holds of it are listed (keyset pages of
+``_elements=id,meta`` plus the patient reference) and compared with what the laptop holds:
 - a held resource the server no longer lists was deleted there: it is removed (a Patient
   leaves through the replica's scope exit, so unsent work still holds it back);
 - a listed clinical resource of a held patient that the laptop lacks was missed: it is fetched
@@ -45,6 +49,7 @@ RECONCILE_INTERVAL = dt.timedelta(hours=24)
 LIST_PAGE_SIZE = 1000  # ids per listing page (subsetted entries: ~100 bytes each)
 MAX_LIST_COUNT = 10_000  # a same-instant group larger than this cannot be listed: an error
 FETCH_BATCH = 50  # missed ids fetched per ``_id=`` search
+CHECK_BATCH = 50  # held ids checked per ``_id=`` search (a URL well under 8 KiB)
 MAX_LIST_PAGES = 100_000  # a loop guard, not a real limit
 
 
@@ -127,6 +132,36 @@ class Reconciler:
         stats = self._replica.apply_page(Page(stream, [], deletions, [], _instant(now)))
         return Reconciled(len(listed), len(gone), len(missed), _add(totals, stats))
 
+    def confirm_held(self, resource_type: str, now: dt.datetime) -> Reconciled:
+        """Ask the server, ``CHECK_BATCH`` ids at a time (``_id=a,b,…``), which of the held
+        resources of ``resource_type`` it still has; remove the others (deleted there). Costs
+        one request per ``CHECK_BATCH`` held ids, whatever the server's size: this is the
+        caseload check at every sync (Patients). A batch answered with an id it did not ask
+        for (a server ignoring ``_id``) or fewer entries than its ``Bundle.total`` is an
+        error, and nothing is removed."""
+        held = sorted(self._replica.held_ids(resource_type))
+        present: set[str] = set()
+        for start in range(0, len(held), CHECK_BATCH):
+            raise_if_cancelled(self._cancel)
+            batch = held[start : start + CHECK_BATCH]
+            query: dict[str, str | int] = {
+                "_id": ",".join(batch),
+                "_count": len(batch),
+                "_elements": "id,meta",
+            }
+            items, total, received = self._ids_page(resource_type, query)
+            found = {item.resource_id for item in items}
+            if not found <= set(batch) or (total is not None and total > received):
+                raise SyncError(
+                    "incomplete_pull", f"the server could not say which {resource_type} exist"
+                )
+            present |= found
+        gone = [rid for rid in held if rid not in present]
+        deletions = [Deletion(resource_type, rid) for rid in gone]
+        stream = RECONCILE_STREAM + resource_type
+        stats = self._replica.apply_page(Page(stream, [], deletions, [], _instant(now)))
+        return Reconciled(len(present), len(gone), 0, stats)
+
     def list_ids(self, resource_type: str) -> Iterator[Listed]:
         """Every id of ``resource_type`` on the server, by ``_lastUpdated`` keyset (the pull's
         rules: sorted or ``unsorted_search``; a same-instant group past a page is asked again
@@ -173,6 +208,12 @@ class Reconciler:
         if key is not None:
             query["_lastUpdated"] = "ge" + _instant(key)
         query["_elements"] = elements
+        return self._ids_page(resource_type, query)
+
+    def _ids_page(
+        self, resource_type: str, query: Mapping[str, str | int]
+    ) -> tuple[list[Listed], int | None, int]:
+        """One page of ids: (entries read for id, instant and patient; Bundle.total; count)."""
         url = f"{self._base}/{resource_type}?" + urlencode(query)
         response = self._transport.get(url, headers={"Accept": FHIR_JSON})
         if response.status != 200:

@@ -2,7 +2,7 @@
 (Medplum's FHIR router, in-memory repository, at ``/fhir/R4`` over mutual TLS) that has no
 type-level ``_history``: the laptop reads it by ``_lastUpdated`` keyset search and must still
 
-- confirm its caseload (a complete Patient id listing at every sync), so retention never purges
+- confirm its caseload (every held Patient checked by id at every sync), so retention never purges
   a patient who simply did not change while the laptop syncs successfully;
 - see a Patient deleted on the server (it leaves the laptop at the next sync);
 - fetch the older records of a patient who enters scope (their ``lastUpdated`` is behind the
