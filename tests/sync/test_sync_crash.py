@@ -43,6 +43,7 @@ from tests.support.gateway import Gateway, running_gateway, start_gateway, stop_
 from tests.support.medplum_server import BASE_PATH, MedplumServer, running_medplum
 from tests.support.sync import (
     DEVICE_ID,
+    OTHER_SITE,
     SITE,
     DeviceVault,
     device_client_ids,
@@ -452,16 +453,24 @@ def test_CR1_observation_round_trip_keeps_server_edits(gw: Gateway, tmp_path: Pa
 # -- the same against a third-party FHIR R4 server (issue 13) -------------------------------
 
 MEDPLUM_ROUNDS = int(os.environ.get("GATEHOUSE_MEDPLUM_KILL_ROUNDS", "") or 20)
-MEDPLUM_FRESH_EVERY = 4  # rounds between fresh vaults (an initial pull to kill)
+MEDPLUM_FRESH_EVERY = 3  # rounds between fresh vaults (an initial pull to kill)
 RECONCILE_ALWAYS = dt.timedelta(0)  # every sync lists every type: kills land there too
 
 
 def _medplum_edit(server: MedplumServer, rng: random.Random, deletable: list[str]) -> None:
     """Another client's work on the third-party server: a new record, a new version of one,
-    or (sometimes) a record deleted, which only the reconciliation shows the laptop."""
+    a patient transferred in from the other site (the backfill), or a record deleted, which
+    only the reconciliation shows the laptop."""
     roll = rng.random()
     if roll < 0.15 and deletable:
         server.delete("Observation", deletable.pop(rng.randrange(len(deletable))))
+        return
+    newcomers = sorted(server.site_patients(OTHER_SITE))
+    if roll < 0.3 and newcomers:  # a transfer in: the laptop backfills their older records
+        moved = server.read("Patient", rng.choice(newcomers))
+        assert moved is not None
+        moved.pop("meta")
+        server.put(moved | {"managingOrganization": {"reference": f"Organization/{SITE}"}})
         return
     pids = sorted(server.site_patients(SITE))
     if roll < 0.6:
@@ -498,7 +507,7 @@ def test_CR1_against_a_third_party_server_a_killed_sync_loses_and_duplicates_not
     the server's view of the site with every consultation exactly once on both sides."""
     rng = random.Random(20261206)
     zyg = Zygote(tmp_path / "zygote.log")
-    estimate = {"fresh": 2.0, "incremental": 1.0}
+    estimate = {"fresh": 1.0, "incremental": 1.0}
     killed = completed = 0
     landed: Counter[str] = Counter()
     everything: list[str] = []
