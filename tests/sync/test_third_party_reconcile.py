@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from client.cli import sync_report
 from client.core import consultation, records
 from client.core.audit_log import AuditLog
 from client.core.replica import VaultReplica
@@ -137,6 +138,9 @@ def test_issue13_a_patient_deleted_on_a_server_without_history_leaves_the_laptop
         assert [e.detail["how"] for e in purges] == ["deleted"]
         assert result.reconciled["Patient"]["gone"] == 1
         assert result.caseload_confirmed
+        report = sync_report(result)  # `gatehouse device sync --json`: what IT sees
+        assert report["reconciled"]["Patient"] == {"listed": 5, "gone": 1, "missed": 0}
+        assert report["caseload_confirmed"] is True
 
 
 def _age_search_cursors(vault: Vault, moment: dt.datetime) -> None:
