@@ -59,6 +59,10 @@ SYNC_FAILURES: Final[Mapping[str, str]] = MappingProxyType(
         "Try again later; " + _CALL_IT,
         "pull_refused": "The gateway would not send the latest records. Try again later; "
         + _CALL_IT,
+        "incomplete_pull": "The records server sent only part of the records, so some may be "
+        "missing on this laptop; what arrived is kept. Sync again; " + _CALL_IT,
+        "unsorted_search": "The records server sent records in an order Gatehouse cannot page "
+        "through safely, so that part was not fetched. Sync again; " + _CALL_IT,
         "server_error": "The gateway could not take your notes right now. They are kept and "
         "sent with the next sync; try again later.",
         "bad_time": "The gateway's time could not be trusted, so it was not used. Try again "
