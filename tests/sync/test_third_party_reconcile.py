@@ -28,6 +28,7 @@ from client.core import consultation, records
 from client.core.audit_log import AuditLog
 from client.core.replica import VaultReplica
 from client.core.vault import Vault
+from sync.device.replica import ApplyStats, Page
 from sync.device.transport import TransportConfig
 from tests.support.medplum_server import MedplumServer, running_medplum
 from tests.support.sync import (
@@ -186,6 +187,49 @@ def test_NW6_a_patient_entering_scope_brings_records_older_than_the_cursor(
         assert result.backfilled == 1
         # Nothing is pending: the next sync backfills nobody.
         assert sync_once(vault, config, fhir_base=medplum.base).backfilled == 0
+
+
+class DyingBeforeBackfill(VaultReplica):
+    """The product's replica, whose process "dies" (an exception no one catches) at the first
+    page of a backfill: the Patient page that brought the newcomer is committed, their older
+    records are not."""
+
+    def apply_page(self, page: Page) -> ApplyStats:
+        if page.stream.startswith("backfill:"):
+            raise KeyboardInterrupt("killed before the backfill")
+        return super().apply_page(page)
+
+
+def test_NW6_a_sync_killed_before_the_backfill_backfills_at_the_next_sync(
+    medplum: MedplumServer, tmp_path: Path
+) -> None:
+    """The newcomer is remembered (in its own transaction) before their Patient page is
+    applied, so a sync killed between that page and the backfill still brings their older
+    records at the next sync, though the patient is then no longer "new"."""
+    medplum.seed(seed_resources(patients=10, seed=26))
+    device = DeviceVault.create(tmp_path / "vault.db")
+    config = _config(medplum, "dev-backfill-crash")
+    with device.open() as vault:
+        assert sync_once(vault, config, fhir_base=medplum.base).ok
+        newcomer = next(
+            p
+            for p in medplum.search_all("Patient")
+            if p["managingOrganization"]["reference"].endswith(OTHER_SITE)
+        )
+        theirs = _records_of(medplum, newcomer["id"])
+        _age_search_cursors(vault, now_utc() + dt.timedelta(seconds=1))
+        medplum.put(newcomer | {"managingOrganization": {"reference": f"Organization/{SITE}"}})
+        dying = DyingBeforeBackfill(lambda: vault.connection, AuditLog(), **replica_settings())
+        with pytest.raises(KeyboardInterrupt):
+            sync_once(vault, config, fhir_base=medplum.base, replica=dying)
+        held = {key for key in device_view(vault.connection) if key in theirs}
+        assert held == {("Patient", newcomer["id"])}  # the patient came, their records not yet
+    with device.open() as vault:  # the restart
+        result = sync_once(vault, config, fhir_base=medplum.base)
+        assert result.ok, (result.failed_phases, result.failed_types)
+        held = {key for key in device_view(vault.connection) if key in theirs}
+        assert held == theirs
+        assert result.backfilled == 1
 
 
 def test_issue13_reconciliation_removes_what_the_server_deleted_and_fetches_what_was_missed(
