@@ -36,8 +36,13 @@ Invariants:
   parses, validates and calls the replica.
 - A stream's pages cannot loop (a link seen before ends the pull with ``bad_link``), and
   cancellation is checked between pages, never inside a replica transaction.
-- ``caseload_confirmed`` is set only when every stream was pulled to its end through
-  ``_history`` (the search fallback cannot see deletions or transfers) and no type failed.
+- ``caseload_confirmed`` is set only when no type failed and the Patients are current: pulled
+  to the end of their ``_history`` stream, or searched to the end and then every held Patient
+  checked by id (``sync.device.reconcile``: a deleted one leaves; a transfer is a changed
+  Patient the search saw). Without ``_history`` a searched Patient page's patients the device
+  does not hold are remembered durably BEFORE the page is applied (stream ``backfill``) and
+  each one then held gets every resumed type's records fetched by ``patient=``; other types
+  are reconciled by id every ``RECONCILE_INTERVAL``.
 - URLs are built on ``fhir_base``: a path relative to the transport's URL (``fhir``, the
   gateway) or an absolute URL on the transport's origin with any path (``…/fhir/R4``).
 """
@@ -51,7 +56,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
@@ -100,6 +105,7 @@ MAX_SEARCH_COUNT = 10_000
 # Patients a searched Patient page brought in, still to be backfilled (cursor: a JSON id list);
 # each backfilled type's pages go to "backfill:<type>".
 BACKFILL_STREAM = "backfill"
+_T = TypeVar("_T")
 
 
 class HistoryPull:
@@ -125,7 +131,6 @@ class HistoryPull:
         self._now = now
         self._backfill_types: tuple[str, ...] = ()
         self._held_patients: set[str] | None = None
-        self._last_was_history = False
         self._profile = profile
         self._base = fhir_base.rstrip("/")
         self._replica = replica
@@ -145,8 +150,9 @@ class HistoryPull:
         searched: set[str] = set()
         self._backfill_types = self._resumed_searches()
         for resource_type in sorted(self._types, key=lambda kind: kind != PATIENT):
-            if self._guarded(resource_type, partial(self._pull_type, resource_type)):
-                (history if self._last_was_history else searched).add(resource_type)
+            read_by_history = self._guarded(resource_type, partial(self._pull_type, resource_type))
+            if read_by_history is not None:
+                (history if read_by_history else searched).add(resource_type)
             if resource_type == PATIENT:
                 self._backfill()
         patients_current = PATIENT in history
@@ -154,7 +160,7 @@ class HistoryPull:
             if resource_type in failed:
                 continue
             if resource_type == PATIENT:  # every sync: it confirms the caseload (retention)
-                patients_current = self._guarded(PATIENT, self._confirm_patients)
+                patients_current = self._guarded(PATIENT, self._confirm_patients) is True
             elif self._reconcile_due(resource_type):
                 self._guarded(resource_type, partial(self._reconcile, resource_type))
         if PATIENT not in self._types:
@@ -165,19 +171,19 @@ class HistoryPull:
             names = ", ".join(failed)
             raise SyncError(first, f"some records could not be pulled ({names}); kept for retry")
 
-    def _guarded(self, resource_type: str, step: Callable[[], object]) -> bool:
-        """Run one type's step; a failure is recorded in ``failed_types`` (False) unless it is
-        the connection's own or a cancellation, which end the pull."""
+    def _guarded(self, resource_type: str, step: Callable[[], _T]) -> _T | None:
+        """Run one type's step and return what it returns; a failure is recorded in
+        ``failed_types`` (None) unless it is the connection's own or a cancellation, which end
+        the pull."""
         try:
-            step()
+            return step()
         except Cancelled:
             raise
         except (SyncError, TransportError) as error:
             if isinstance(error, TransportError) and error.reason in CONNECTION_REASONS:
                 raise
             self.result.failed_types.setdefault(resource_type, error.reason)
-            return False
-        return True
+            return None
 
     # -- without _history: backfill and reconciliation -----------------------------------------
 
@@ -237,7 +243,7 @@ class HistoryPull:
                     params = {"patient": PATIENT_REFERENCE_PREFIX + patient_id}
                     stream = f"{BACKFILL_STREAM}:{kind}"
                     search = partial(self._search_type, kind, stream, None, params)
-                    if not self._guarded(kind, search):
+                    if self._guarded(kind, search) is None:
                         self._set_pending_backfill(remaining)
                         return
                 self.result.backfilled += 1
@@ -263,9 +269,10 @@ class HistoryPull:
             parse_page=self._parsed,
         )
 
-    def _confirm_patients(self) -> None:
-        """Every held Patient checked by id: the deleted leave, the caseload is confirmed."""
+    def _confirm_patients(self) -> bool:
+        """Every held Patient checked by id: the deleted leave; True: the caseload is current."""
         self._record(PATIENT, self._reconciler().confirm_held(PATIENT, self._now()))
+        return True
 
     def _reconcile(self, resource_type: str) -> None:
         done = self._reconciler().reconcile(resource_type, self._now(), fetch_missed=True)
@@ -281,11 +288,6 @@ class HistoryPull:
 
     def _pull_type(self, resource_type: str) -> bool:
         """Pull one type; True when it was read through ``_history`` (deletions seen)."""
-        self._last_was_history = False
-        self._last_was_history = history = self._pull_type_once(resource_type)
-        return history
-
-    def _pull_type_once(self, resource_type: str) -> bool:
         stream = f"history:{resource_type}"
         stored = self._replica.read_cursor(stream)
         if stored is not None and not _is_history(stored):
