@@ -4,7 +4,8 @@ A ``_lastUpdated`` keyset search brings new and changed resources but cannot sho
 At every sync the held Patients are checked by id (``confirm_held``: ``_id=a,b,…`` batches, a
 cost that grows with the caseload, not the server): one the server no longer has was deleted,
 and a complete check confirms the caseload for retention (item 4; a transfer changes the
-Patient, so the keyset search sees it). Periodically (``RECONCILE_INTERVAL``) each clinical
+Patient, so the keyset search sees it). Periodically (``RECONCILE_INTERVAL``, or the policy's
+``data.reconcile_hours``) each clinical
 type is reconciled (``reconcile``): the ids the server holds of it are listed (keyset pages of
 ``_elements=id,meta`` plus the patient reference) and compared with what the laptop holds:
 - a held resource the server no longer lists was deleted there: it is removed (a Patient
@@ -43,8 +44,9 @@ from sync.protocol.fhir.validate import InvalidResource, parse_instant
 from sync.protocol.fhir.vocabulary import ID_RE, PATIENT, PATIENT_FIELD, PATIENT_REFERENCE_PREFIX
 
 RECONCILE_STREAM = "reconcile:"  # + resource type; cursor = ISO instant of the last one
-# How often each clinical type is reconciled (a full id listing). Patients are listed at every
-# sync without _history: that listing is what confirms the caseload for retention.
+# How often each clinical type is reconciled (a full id listing), unless the engine is told
+# otherwise (the client passes policy ``data.reconcile_hours``). Held Patients are checked by
+# id at every sync without _history: that check is what confirms the caseload for retention.
 RECONCILE_INTERVAL = dt.timedelta(hours=24)
 LIST_PAGE_SIZE = 1000  # ids per listing page (subsetted entries: ~100 bytes each)
 MAX_LIST_COUNT = 10_000  # a same-instant group larger than this cannot be listed: an error
