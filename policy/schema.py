@@ -255,6 +255,10 @@ SETTINGS: tuple[Setting, ...] = (
     _int("data.retention_days", 7, 0, 365,
          "Days a record that left the site scope stays on the device once its unsent work "
          "is uploaded.", "days"),
+    _int("data.reconcile_hours", 24, 0, 168,
+         "Hours between id reconciliations of each clinical record type with a records server "
+         "that has no change history (_history): deletions there are found then; 0 means at "
+         "every sync. Patients are checked at every sync whatever this says.", "hours"),
     _bool("device.require_disk_encryption", True,
           "Refuse to launch unless full-disk encryption is on."),
     Setting("device.min_os_version", SettingKind.STR, "",

@@ -38,7 +38,9 @@ from client.core.errors import ConsultationError
 from client.core.outbox import (
     enqueue_create,
     enqueue_update,
+    local_meta,
     replace_pending_body,
+    server_labels,
     wire_body,
 )
 from client.core.records import (
@@ -322,7 +324,8 @@ def _refuse_edit(reason: str, message: str) -> ConsultationError:
 def queue_update(conn: sqlite3.Connection, resource: Mapping[str, Any], *, now: datetime) -> int:
     """Store an edit of a clinical resource on the device and queue it (caller's transaction).
 
-    ``resource`` is the whole edited resource (its ``meta`` is ignored). Returns the outbox
+    ``resource`` is the whole edited resource (its ``meta`` is ignored: the update carries the
+    stored copy's ``meta.profile``/``security``/``tag``, issue 13). Returns the outbox
     seq that will carry it: a new ``update`` entry based on the stored server version, or the
     pending entry (update or unsent create) whose body it replaces. Refusals raise
     ``ConsultationError`` (field ``resource``) before anything is written.
@@ -345,10 +348,11 @@ def queue_update(conn: sqlite3.Connection, resource: Mapping[str, Any], *, now: 
             "conflict_open", "This record has a sync conflict. Resolve it before editing again."
         )
     stamp = utc_iso(now)
-    body = wire_body(resource)
+    labels = server_labels(conn, rtype, rid)  # kept on update (issue 13 item 2)
+    body = wire_body(resource, labels)
     seq = replace_pending_body(conn, rtype, rid, body)
     if seq is not None:  # an unsent update, or an unsent create, carries the edit
-        store_local(conn, body | {"meta": {"versionId": LOCAL_VERSION, "lastUpdated": stamp}})
+        store_local(conn, body | {"meta": local_meta(labels, stamp)})
         touch_patients(conn, [patient_id], stamp)
         return seq
     if not is_fhir_id(version) or version == LOCAL_VERSION:

@@ -10,7 +10,8 @@ Guarantees:
 - ``wipe_device`` needs the device id typed exactly and the password again; it is audited, then
   the session is locked, then the keys and files are destroyed (cryptographic erase first).
 - ``device_facts`` shows no clinical content: device id, site, certificate expiry, keyring,
-  storage used, users, counts. A missing or unreadable certificate is a state, not an error.
+  storage used, users, counts, and the records server's capabilities (what it offers and what
+  is missing, in words). A missing or unreadable certificate is a state, not an error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from client.core.access import ADMIN, AUDITOR, NotAllowed
 from client.core.device import TLS_CERT
 from client.core.errors import UserFacingError
 from client.core.kdf import calibrate
+from client.core.server_profile import ServerSummary, describe_server_profile, load_server_profile
 from policy import decisions
 
 if TYPE_CHECKING:
@@ -86,6 +88,8 @@ class DeviceFacts:
     certificate_expires_at: dt.datetime | None
     storage_bytes: int
     now: dt.datetime
+    # The records server as last read from its metadata, in words (issue 13).
+    server: ServerSummary
 
 
 def certificate_expiry(path: Path) -> tuple[str, dt.datetime | None]:
@@ -133,4 +137,5 @@ def device_facts(session: Session) -> DeviceFacts:
         expires,
         storage_used(device.data_dir),
         now,
+        describe_server_profile(load_server_profile(device.data_dir)),
     )

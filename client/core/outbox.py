@@ -4,9 +4,11 @@ Invariants:
 - Entries are queued only inside the caller's transaction, together with the local change they
   carry; nothing here commits, so a rollback (or a crash before the caller's COMMIT) leaves
   neither the change nor its outbox row.
-- Outbox bodies carry no id or meta; references between resources of one group (a
-  consultation) are ``urn:uuid:<client id>`` (the bundle entry's fullUrl), rewritten to
-  ``Type/<server id>`` once the target is sent.
+- Outbox bodies carry no id; a create carries no meta; an update carries only the labels the
+  server had set (``meta.profile``, ``meta.security``, ``meta.tag``: ``SERVER_LABELS``), so an
+  update never strips them (issue 13 item 2); the local copy keeps them too. References
+  between resources of one group (a consultation) are ``urn:uuid:<client id>`` (the bundle
+  entry's fullUrl), rewritten to ``Type/<server id>`` once the target is sent.
 - ``list_outbox`` hands out pending entries in order and never splits a group.
 - ``mark_sent`` checks the server's reply before anything changes, re-keys the local copy to the
   server's id and version and fixes references to it; it is idempotent for the same server id.
@@ -34,6 +36,7 @@ from client.core.records import (
     client_id_of,
     get,
     is_fhir_id,
+    parse_fhir_datetime,
     require_transaction,
     store_local,
     touch_patients,
@@ -93,9 +96,34 @@ def rewrite_refs(node: Any, old: str, new: str) -> Any:
     return node
 
 
-def wire_body(resource: Mapping[str, Any]) -> dict[str, Any]:
-    """What an update carries: the resource without its (local) ``meta``."""
-    return {k: v for k, v in resource.items() if k != "meta"}
+# The parts of ``meta`` a server sets that an update must carry back (versionId and
+# lastUpdated are the server's to assign; these are clinical and security labels).
+SERVER_LABELS = ("profile", "security", "tag")
+
+
+def server_labels(conn: sqlite3.Connection, resource_type: str, resource_id: str) -> dict[str, Any]:
+    """``meta.profile``/``security``/``tag`` of the stored copy of a resource ({}: none)."""
+    stored = get(conn, resource_type, resource_id)
+    meta = stored.get("meta") if stored is not None else None
+    if not isinstance(meta, dict):
+        return {}
+    return {key: meta[key] for key in SERVER_LABELS if isinstance(meta.get(key), list)}
+
+
+def wire_body(
+    resource: Mapping[str, Any], labels: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What an update carries: the resource without its (local) ``meta``, but with the server's
+    ``labels`` (``server_labels``) as its ``meta`` when there are any."""
+    body = {k: v for k, v in resource.items() if k != "meta"}
+    if labels:
+        body["meta"] = dict(labels)
+    return body
+
+
+def local_meta(labels: Mapping[str, Any], stamp: str) -> dict[str, Any]:
+    """The ``meta`` of a local copy: the server's labels kept, version ``local``."""
+    return {**labels, "versionId": LOCAL_VERSION, "lastUpdated": stamp}
 
 
 def rowid(value: int | None) -> int:
@@ -131,8 +159,9 @@ def enqueue_update(
 ) -> int:
     """Store ``edit`` locally and queue ONE ``update`` (its own group) based on ``base_version``."""
     rid = str(edit["id"])
-    body = wire_body(edit)
-    store_local(conn, body | {"meta": {"versionId": LOCAL_VERSION, "lastUpdated": stamp}})
+    labels = server_labels(conn, str(edit["resourceType"]), rid)
+    body = wire_body(edit, labels)
+    store_local(conn, body | {"meta": local_meta(labels, stamp)})
     seq = conn.execute(
         "INSERT INTO outbox (group_id, resource_type, local_id, client_id, patient_id, operation,"
         " body, base_version, created_at) VALUES (?, ?, ?, ?, ?, 'update', ?, ?, ?)",
@@ -216,8 +245,10 @@ def mark_sent(
     server_version: str,
     *,
     now: datetime | None = None,
+    server_last_updated: str | None = None,
 ) -> None:
-    """The server has the entry as ``Type/server_id`` at ``server_version`` (caller's txn)."""
+    """The server has the entry as ``Type/server_id`` at ``server_version`` (caller's txn);
+    ``server_last_updated`` is the server's ``meta.lastUpdated`` for it when the reply said."""
     require_transaction(conn)
     if (
         not (is_fhir_id(server_id) and is_fhir_id(server_version))
@@ -241,7 +272,13 @@ def mark_sent(
     if entry.operation == "update":
         # The body that went on the wire is what the server now holds at ``server_version``
         # (the local row may meanwhile show an older server version a pull brought in).
-        sent = dict(entry.body) | {"meta": {"versionId": server_version, "lastUpdated": stamp}}
+        # Its labels stay; its lastUpdated is the server's when known (versions that are not
+        # numbers are ordered by it, so a local stamp would hide the server's copy).
+        updated = parse_fhir_datetime(server_last_updated)
+        labels = entry.body.get("meta")
+        meta = {**(labels if isinstance(labels, dict) else {}), "versionId": server_version}
+        meta["lastUpdated"] = utc_iso(updated) if updated is not None else stamp
+        sent = dict(entry.body) | {"meta": meta}
         apply_resources(conn, [sent], received_at=now)
         return
     rtype = entry.resource_type

@@ -169,6 +169,14 @@ class VaultReplica:
             )
         return stats
 
+    def held_ids(self, resource_type: str) -> Collection[str]:
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id FROM resources WHERE type = ? AND version_id != ?",
+                (resource_type, records.LOCAL_VERSION),
+            ).fetchall()
+        return frozenset(str(rid) for (rid,) in rows)
+
     def _apply(self, conn: Any, page: Page, now: datetime) -> ApplyStats:
         in_scope: list[Mapping[str, Any]] = []
         leaving: list[Mapping[str, Any]] = []
@@ -411,7 +419,14 @@ class VaultReplica:
         reads, and ``outbox.mark_sent`` checks the reply and the state first."""
         state, patient_id, rtype = self._entry(conn, item.seq)
         try:
-            outbox.mark_sent(conn, item.seq, item.server_id, item.server_version, now=now)
+            outbox.mark_sent(
+                conn,
+                item.seq,
+                item.server_id,
+                item.server_version,
+                now=now,
+                server_last_updated=item.server_last_updated,
+            )
         except OutboxStateError as exc:
             raise ReplicaError(exc.reason) from None
         if state == "pending":  # a repeated call for the same server id is a no-op
@@ -527,7 +542,8 @@ def _own_lost_update(
     version = meta.get("versionId") if isinstance(meta, Mapping) else None
     server_id = server_resource.get("id")
     theirs = {k: v for k, v in server_resource.items() if k != "meta"}
-    if server_id != row[2] or not records.is_fhir_id(version) or theirs != orjson.loads(row[3]):
+    mine = {k: v for k, v in orjson.loads(row[3]).items() if k != "meta"}  # labels aside
+    if server_id != row[2] or not records.is_fhir_id(version) or theirs != mine:
         return None
     return SentItem(seq, str(server_id), str(version))
 

@@ -25,6 +25,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
@@ -242,6 +243,7 @@ def _run_sync(
                 control_after=control.after(),
                 fhir_base=decisions.fhir_base_url(context.policy),
                 data_transport=data,
+                reconcile_every=dt.timedelta(hours=context.policy.get_int("data.reconcile_hours")),
             )
             result = engine.run()
             if not context.wiped:

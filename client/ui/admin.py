@@ -4,9 +4,12 @@ Guarantees:
 - Shows no clinical content: device id, site, device certificate expiry ("not enrolled" when the
   certificate is missing), policy version and expiry, keyring backend (with a plain warning when
   it is the weak file fallback), storage used by the data folder, the users who hold key slots,
-  counts of unsent items and audit backlog, and the conditional-launch device checks
+  counts of unsent items and audit backlog, the conditional-launch device checks
   (``client.core.conditional_launch``: disk encryption, OS version) as a clinician's sign-in
-  will run them, so IT sees a failing check, with what to do, before any clinician does.
+  will run them, so IT sees a failing check, with what to do, before any clinician does, and
+  the records server as last read from its metadata: what it offers and, one sentence each,
+  what is missing and what the laptop does instead (issue 13; the codes stay in
+  ``gatehouse device status --json``).
 - Facts are gathered on the executor in one call (``client.core.device_admin.device_facts``;
   the users come through ``Session.device_users``, role-checked and audited); adding a user
   (Argon2) runs there too.
@@ -97,6 +100,15 @@ class AdminPanel(QWidget):
         form.addRow("Storage used", self.storage)
         form.addRow("Not yet sent", self.backlog)
         form.addRow("Device checks", self.device_checks)
+        server_box = QGroupBox("Records server")
+        server_box.setAccessibleName("Records server")
+        server_form = QFormLayout(server_box)
+        self.server = data_label(wrap=True)
+        self.server_offers = data_label(wrap=True)
+        self.server_missing = data_label(wrap=True)
+        server_form.addRow("Server", self.server)
+        server_form.addRow("Offers", self.server_offers)
+        server_form.addRow("Missing", self.server_missing)
         users_box = QGroupBox("Users on this laptop")
         users_layout = QVBoxLayout(users_box)
         self.users = QListWidget()
@@ -139,6 +151,7 @@ class AdminPanel(QWidget):
         row = QHBoxLayout()
         left = QVBoxLayout()
         left.addWidget(device_box)
+        left.addWidget(server_box)
         left.addWidget(add_box)
         left.addStretch(1)
         right = QVBoxLayout()
@@ -207,6 +220,11 @@ class AdminPanel(QWidget):
             self.keyring.setText(facts.keyring_backend)
             set_role(self.keyring, "")
         self.storage.setText(human_size(facts.storage_bytes))
+        self.server.setText(facts.server.server)
+        self.server_offers.setText(facts.server.offers)
+        self.server_missing.setText(
+            "\n".join(f"⚠ {gap}" for gap in facts.server.missing) or "Nothing the laptop uses."
+        )
         self.backlog.setText(
             f"{status.unsent_items} record item(s), {status.audit_unsent} audit entries; "
             f"{status.conflicts} conflict(s)"

@@ -23,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -39,6 +40,7 @@ from sync.device.outcome import (
 )
 from sync.device.pull import DEFAULT_FHIR_BASE, PAGE_SIZE, HistoryPull
 from sync.device.push import PUSH_BATCH, OutboxPush
+from sync.device.reconcile import RECONCILE_INTERVAL
 from sync.device.replica import Replica, ReplicaError
 from sync.device.transport import Transport, TransportError
 from sync.protocol.fhir.capability import ServerProfile
@@ -80,6 +82,7 @@ class SyncEngine:
         control_after: Sequence[tuple[str, ControlStep]] = (),
         fhir_base: str = DEFAULT_FHIR_BASE,
         data_transport: Transport | None = None,
+        reconcile_every: dt.timedelta = RECONCILE_INTERVAL,
     ) -> None:
         self._transport = transport
         self._data = data_transport or transport
@@ -92,6 +95,7 @@ class SyncEngine:
         self._before = tuple(control_before)
         self._after = tuple(control_after)
         self._fhir_base = fhir_base
+        self._reconcile_every = reconcile_every
         self._profile: ServerProfile | None = None
         self.result = SyncResult()
 
@@ -183,4 +187,5 @@ class SyncEngine:
             cancel=self._cancel,
             fhir_base=self._fhir_base,
             profile=self._profile,
+            reconcile_every=self._reconcile_every,
         ).run()

@@ -63,6 +63,12 @@ class SyncResult:
     # Resource types whose pull failed (type → reason); the other types were still pulled.
     failed_types: dict[str, str] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
+    # Patients who entered scope this sync whose older records were fetched by ``patient=``
+    # (servers without _history: the keyset cursor had passed them).
+    backfilled: int = 0
+    # Types whose ids were compared with the server's this sync (no _history): type →
+    # {"listed", "gone" (removed: deleted on the server), "missed" (fetched)}.
+    reconciled: dict[str, dict[str, int]] = field(default_factory=dict)
     # What the data plane's CapabilityStatement offers (ServerProfile.to_json); None when the
     # server did not describe itself.
     server: dict[str, Any] | None = None

@@ -36,8 +36,13 @@ Invariants:
   parses, validates and calls the replica.
 - A stream's pages cannot loop (a link seen before ends the pull with ``bad_link``), and
   cancellation is checked between pages, never inside a replica transaction.
-- ``caseload_confirmed`` is set only when every stream was pulled to its end through
-  ``_history`` (the search fallback cannot see deletions or transfers) and no type failed.
+- ``caseload_confirmed`` is set only when no type failed and the Patients are current: pulled
+  to the end of their ``_history`` stream, or searched to the end and then every held Patient
+  checked by id (``sync.device.reconcile``: a deleted one leaves; a transfer is a changed
+  Patient the search saw). Without ``_history`` a searched Patient page's patients the device
+  does not hold are remembered durably BEFORE the page is applied (stream ``backfill``) and
+  each one then held gets every resumed type's records fetched by ``patient=``; other types
+  are reconciled by id every ``RECONCILE_INTERVAL``.
 - URLs are built on ``fhir_base``: a path relative to the transport's URL (``fhir``, the
   gateway) or an absolute URL on the transport's origin with any path (``…/fhir/R4``).
 """
@@ -49,8 +54,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
@@ -62,6 +68,13 @@ from sync.device.outcome import (
     SyncError,
     SyncResult,
     raise_if_cancelled,
+)
+from sync.device.reconcile import (
+    RECONCILE_INTERVAL,
+    RECONCILE_STREAM,
+    Reconciled,
+    Reconciler,
+    is_due,
 )
 from sync.device.replica import ApplyStats, Deletion, Page, Quarantined, Replica
 from sync.device.transport import Response, Transport, TransportError
@@ -75,6 +88,7 @@ from sync.protocol.fhir.bounded_json import (
 from sync.protocol.fhir.bundle import bundle_entries, next_link, parse_history_entry
 from sync.protocol.fhir.capability import ServerProfile
 from sync.protocol.fhir.validate import InvalidResource, parse_instant, validate_resource
+from sync.protocol.fhir.vocabulary import ID_RE, PATIENT, PATIENT_REFERENCE_PREFIX
 
 PAGE_SIZE = 500  # resources per history page: ~1-2 MiB of JSON, one replica transaction
 SINCE_OVERLAP = dt.timedelta(minutes=5)  # re-read window for servers without a change sequence
@@ -88,6 +102,10 @@ DEFAULT_FHIR_BASE = "fhir"  # the gateway's FHIR base, relative to its URL
 # A keyset page full of records sharing one instant is asked again with a larger _count, up to
 # this; past it the type's pull is incomplete (an error), never silently cut short.
 MAX_SEARCH_COUNT = 10_000
+# Patients a searched Patient page brought in, still to be backfilled (cursor: a JSON id list);
+# each backfilled type's pages go to "backfill:<type>".
+BACKFILL_STREAM = "backfill"
+_T = TypeVar("_T")
 
 
 class HistoryPull:
@@ -105,8 +123,14 @@ class HistoryPull:
         cancel: threading.Event,
         fhir_base: str = DEFAULT_FHIR_BASE,
         profile: ServerProfile | None = None,
+        reconcile_every: dt.timedelta = RECONCILE_INTERVAL,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._transport = transport
+        self._reconcile_every = reconcile_every
+        self._now = now
+        self._backfill_types: tuple[str, ...] = ()
+        self._held_patients: set[str] | None = None
         self._profile = profile
         self._base = fhir_base.rstrip("/")
         self._replica = replica
@@ -118,23 +142,149 @@ class HistoryPull:
 
     def run(self) -> None:
         """Pull every type, Patient first; a type that fails is recorded and the rest go on.
-        Raises the first type's ``SyncError`` at the end (its message names every failed type)."""
-        confirmed = True
+        Without ``_history``, Patients newly in scope are backfilled and ids are reconciled
+        (``sync.device.reconcile``). Raises the first type's ``SyncError`` at the end (its
+        message names every failed type)."""
         failed = self.result.failed_types
-        for resource_type in sorted(self._types, key=lambda kind: kind != "Patient"):
-            try:
-                confirmed = self._pull_type(resource_type) and confirmed
-            except Cancelled:
-                raise
-            except (SyncError, TransportError) as error:
-                if isinstance(error, TransportError) and error.reason in CONNECTION_REASONS:
-                    raise
-                failed[resource_type] = error.reason
-        self.result.caseload_confirmed = confirmed and not failed
+        history: set[str] = set()
+        searched: set[str] = set()
+        self._backfill_types = self._resumed_searches()
+        for resource_type in sorted(self._types, key=lambda kind: kind != PATIENT):
+            read_by_history = self._guarded(resource_type, partial(self._pull_type, resource_type))
+            if read_by_history is not None:
+                (history if read_by_history else searched).add(resource_type)
+            if resource_type == PATIENT:
+                self._backfill()
+        patients_current = PATIENT in history
+        for resource_type in sorted(searched, key=lambda kind: kind != PATIENT):
+            if resource_type in failed:
+                continue
+            if resource_type == PATIENT:  # every sync: it confirms the caseload (retention)
+                patients_current = self._guarded(PATIENT, self._confirm_patients) is True
+            elif self._reconcile_due(resource_type):
+                self._guarded(resource_type, partial(self._reconcile, resource_type))
+        if PATIENT not in self._types:
+            patients_current = not searched
+        self.result.caseload_confirmed = patients_current and not failed
         if failed:
             first = next(iter(failed.values()))
             names = ", ".join(failed)
             raise SyncError(first, f"some records could not be pulled ({names}); kept for retry")
+
+    def _guarded(self, resource_type: str, step: Callable[[], _T]) -> _T | None:
+        """Run one type's step and return what it returns; a failure is recorded in
+        ``failed_types`` (None) unless it is the connection's own or a cancellation, which end
+        the pull."""
+        try:
+            return step()
+        except Cancelled:
+            raise
+        except (SyncError, TransportError) as error:
+            if isinstance(error, TransportError) and error.reason in CONNECTION_REASONS:
+                raise
+            self.result.failed_types.setdefault(resource_type, error.reason)
+            return None
+
+    # -- without _history: backfill and reconciliation -----------------------------------------
+
+    def _resumed_searches(self) -> tuple[str, ...]:
+        """Clinical types this sync resumes by keyset search: a patient entering scope has
+        records there older than the key, which only a backfill brings."""
+        resumed = []
+        for kind in self._types:
+            if kind == PATIENT:
+                continue
+            cursor = self._replica.read_cursor(f"history:{kind}")
+            if cursor is not None and not _is_history(cursor):
+                resumed.append(kind)
+        return tuple(resumed)
+
+    def _pending_backfill(self) -> set[str]:
+        stored = self._replica.read_cursor(BACKFILL_STREAM)
+        try:
+            ids = orjson.loads(stored) if stored else []
+        except orjson.JSONDecodeError:
+            return set()
+        if not isinstance(ids, list):
+            return set()
+        return {i for i in ids if isinstance(i, str) and ID_RE.fullmatch(i)}
+
+    def _set_pending_backfill(self, patient_ids: set[str]) -> None:
+        cursor = orjson.dumps(sorted(patient_ids)).decode()
+        self._replica.apply_page(Page(BACKFILL_STREAM, [], [], [], cursor))
+
+    def _note_newcomers(self, resources: Sequence[Mapping[str, Any]]) -> None:
+        """Before a searched Patient page is applied: remember (durably, in its own transaction)
+        the patients it may bring into scope, so a sync killed after the page still backfills
+        them next time."""
+        if not self._backfill_types:
+            return
+        if self._held_patients is None:
+            self._held_patients = set(self._replica.held_ids(PATIENT))
+        newcomers = {str(r["id"]) for r in resources} - self._held_patients
+        if newcomers:
+            pending = self._pending_backfill()
+            if not newcomers <= pending:
+                self._set_pending_backfill(pending | newcomers)
+            self._held_patients |= newcomers
+
+    def _backfill(self) -> None:
+        """Fetch every resumed type's records of each patient who entered scope (``patient=``
+        keyset search), one patient at a time; a patient is forgotten once all are in. A type
+        that fails is recorded and the rest waits for the next sync."""
+        pending = self._pending_backfill()
+        if not pending:
+            return
+        held = set(self._replica.held_ids(PATIENT))
+        remaining = set(pending)
+        for patient_id in sorted(pending):
+            if patient_id in held:
+                for kind in self._backfill_types:
+                    params = {"patient": PATIENT_REFERENCE_PREFIX + patient_id}
+                    stream = f"{BACKFILL_STREAM}:{kind}"
+                    search = partial(self._search_type, kind, stream, None, params)
+                    if self._guarded(kind, search) is None:
+                        self._set_pending_backfill(remaining)
+                        return
+                self.result.backfilled += 1
+            remaining.discard(patient_id)
+            self._set_pending_backfill(remaining)
+
+    def _reconcile_due(self, resource_type: str) -> bool:
+        stream = RECONCILE_STREAM + resource_type
+        cursor = self._replica.read_cursor(stream)
+        now = self._now()
+        if cursor is None and self._reconcile_every > dt.timedelta(0):
+            # First keyset pull of this type: it read everything; the clock starts now.
+            self._replica.apply_page(Page(stream, [], [], [], _instant(now)))
+            return False
+        return is_due(cursor, now, self._reconcile_every)
+
+    def _reconciler(self) -> Reconciler:
+        return Reconciler(
+            self._transport,
+            self._replica,
+            fhir_base=self._base,
+            cancel=self._cancel,
+            parse_page=self._parsed,
+        )
+
+    def _confirm_patients(self) -> bool:
+        """Every held Patient checked by id: the deleted leave; True: the caseload is current."""
+        self._record(PATIENT, self._reconciler().confirm_held(PATIENT, self._now()))
+        return True
+
+    def _reconcile(self, resource_type: str) -> None:
+        done = self._reconciler().reconcile(resource_type, self._now(), fetch_missed=True)
+        self._record(resource_type, done)
+
+    def _record(self, resource_type: str, done: Reconciled) -> None:
+        self._count(done.stats)
+        self.result.reconciled[resource_type] = {
+            "listed": done.listed,
+            "gone": done.gone,
+            "missed": done.missed,
+        }
 
     def _pull_type(self, resource_type: str) -> bool:
         """Pull one type; True when it was read through ``_history`` (deletions seen)."""
@@ -201,15 +351,22 @@ class HistoryPull:
                 fetched = self._parsed(upcoming.result(), following, resource_type)
         raise SyncError("bad_link", f"too many {resource_type} pages in one sync")
 
-    def _search_type(self, resource_type: str, stream: str, cursor: str | None) -> bool:
+    def _search_type(
+        self,
+        resource_type: str,
+        stream: str,
+        cursor: str | None,
+        params: Mapping[str, str] | None = None,
+    ) -> bool:
         """Read one type by ``_lastUpdated`` keyset search (module docstring); always False:
-        a search cannot see deletions or transfers."""
-        key = _since_of(cursor) if cursor is not None else None
+        a search cannot see deletions or transfers. ``params`` narrow it (a backfill's
+        ``patient=``) and are kept in every page's URL."""
+        key = resumed_at = _since_of(cursor) if cursor is not None else None
         at_key: set[str] = set()  # ids already read at exactly ``key`` (the id tiebreak)
         count = self._page_size
         for _ in range(MAX_PAGES_PER_STREAM):
             raise_if_cancelled(self._cancel)
-            url = self._search_url(resource_type, key, count)
+            url = self._search_url(resource_type, key, count, params)
             response = self._transport.get(url, headers={"Accept": FHIR_JSON})
             fetched = self._parsed(response, url, resource_type)
             stamps = _stamps(fetched.resources)
@@ -243,10 +400,16 @@ class HistoryPull:
                 at_key = (at_key | same) if newest == key else same
                 key = newest
             if complete:
-                since = key - SINCE_OVERLAP if key is not None else None
-                next_cursor = self._start_url(resource_type, history=False, since=since)
+                # The overlap is taken once from the newest record read; a search that read
+                # nothing newer keeps its stored key (it already holds the overlap), so an
+                # idle type's cursor never drifts back 5 minutes per sync.
+                advanced = key is not None and key != resumed_at
+                since = key - SINCE_OVERLAP if advanced and key is not None else key
+                next_cursor = self._search_url(resource_type, since, self._page_size, params)
             else:
-                next_cursor = self._search_url(resource_type, key, self._page_size)
+                next_cursor = self._search_url(resource_type, key, self._page_size, params)
+            if resource_type == PATIENT and params is None:
+                self._note_newcomers(fresh)
             stats = self._replica.apply_page(
                 Page(stream, fresh, [], fetched.quarantined, _origin_free(next_cursor))
             )
@@ -330,9 +493,15 @@ class HistoryPull:
             return f"{self._base}/{resource_type}/_history?" + urlencode(query)
         return self._search_url(resource_type, since, self._page_size)
 
-    def _search_url(self, resource_type: str, key: dt.datetime | None, count: int) -> str:
+    def _search_url(
+        self,
+        resource_type: str,
+        key: dt.datetime | None,
+        count: int,
+        params: Mapping[str, str] | None = None,
+    ) -> str:
         """One keyset page: sorted by ``_lastUpdated``, from ``key`` (inclusive) on."""
-        query: dict[str, str | int] = {"_sort": "_lastUpdated", "_count": count}
+        query: dict[str, str | int] = {**(params or {}), "_sort": "_lastUpdated", "_count": count}
         if key is not None:
             query["_lastUpdated"] = "ge" + _instant(key)
         return f"{self._base}/{resource_type}?" + urlencode(query)

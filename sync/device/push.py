@@ -165,8 +165,15 @@ class OutboxPush:
         for item, reply in zip(items, replies, strict=True):
             if reply.status in (200, 201) and reply.location:
                 server_id = _id_from_location(reply.location, item.resource_type)
-                version = reply.version_id or _version_from_location(reply.location) or "1"
-                sent.append(SentItem(item.seq, server_id, version))
+                meta = _reply_meta(reply.resource)
+                version = (
+                    reply.version_id
+                    or _version_from_location(reply.location)
+                    or _text(meta.get("versionId"))
+                    or "1"
+                )
+                stamp = _text(meta.get("lastUpdated"))
+                sent.append(SentItem(item.seq, server_id, version, stamp))
             else:
                 self._replica.record_push_error(item.seq, _error_code(reply.status, reply.outcome))
                 self.result.push_errors += 1
@@ -247,6 +254,17 @@ def _id_from_location(location: str, resource_type: str) -> str:
     if len(parts) >= 2 and parts[-2] == resource_type:
         return parts[-1]
     raise SyncError("bad_response", "the gateway's location header is malformed")
+
+
+def _reply_meta(resource: Any) -> Mapping[str, Any]:
+    """``meta`` of the resource a transaction reply carries (a server without ETags or
+    versioned locations, e.g. Medplum, says the new version there); {} when none."""
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _version_from_location(location: str) -> str | None:

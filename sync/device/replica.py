@@ -22,7 +22,7 @@ Invariants every implementation must keep (the engine relies on them for CR-1):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -119,11 +119,13 @@ class OutboxItem:
 @dataclass(frozen=True)
 class SentItem:
     """The server's answer for one pushed outbox item: it holds it as ``server_id`` at
-    ``server_version``."""
+    ``server_version`` (and ``server_last_updated``, its ``meta.lastUpdated``, when the reply
+    carried the resource: a server with opaque version ids orders versions by it)."""
 
     seq: int
     server_id: str
     server_version: str
+    server_last_updated: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,12 @@ class Replica(Protocol):
 
     def apply_page(self, page: Page) -> ApplyStats:
         """Apply resources, deletions, quarantine and the cursor in one local transaction."""
+        ...
+
+    def held_ids(self, resource_type: str) -> Collection[str]:
+        """The ids of ``resource_type`` the device holds as the server's (its own unsent work,
+        ``versionId == "local"``, left out): what a reconciliation compares with the server's
+        id list, and how the pull tells a patient entering scope from one already held."""
         ...
 
     def list_outbox(self, limit: int) -> Sequence[OutboxItem]:

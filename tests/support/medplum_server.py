@@ -21,6 +21,7 @@ import contextlib
 import shutil
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from typing import Any
 
 import requests
 
+from policy.schema import RESOURCE_TYPES as PULLED_TYPES
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 from tests.support.tls import DeviceCredentials, PkiFiles, make_test_pki
 
 SERVER_DIR = Path(__file__).parent / "medplum"
@@ -35,6 +38,7 @@ SCRIPT = SERVER_DIR / "server.cjs"
 BASE_PATH = "/fhir/R4"
 START_TIMEOUT_S = 60.0
 FHIR_JSON = "application/fhir+json"
+DEVICE_MADE = ("Encounter", "Observation", "DocumentReference")  # what a consultation creates
 
 
 class MedplumMissing(RuntimeError):
@@ -96,6 +100,59 @@ class MedplumServer:
         response.raise_for_status()
         bundle = response.json()
         return [entry["resource"] for entry in bundle.get("entry", [])]
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The server's current version of one resource (None: absent or deleted)."""
+        response = self.session().get(f"{self.base}/{resource_type}/{resource_id}", timeout=30)
+        if response.status_code in (404, 410):
+            return None
+        response.raise_for_status()
+        resource: dict[str, Any] = response.json()
+        return resource
+
+    def site_patients(self, site: str) -> set[str]:
+        """The ids of the server's patients managed by ``site``."""
+        return {
+            p["id"]
+            for p in self.search_all("Patient")
+            if p.get("managingOrganization", {}).get("reference") == f"Organization/{site}"
+        }
+
+    def site_view(
+        self, site: str, types: Sequence[str] = PULLED_TYPES
+    ) -> dict[tuple[str, str], str]:
+        """(type, id) → versionId of every resource of ``site``'s patients: what a laptop of
+        that site must hold (the server itself filters nothing by site)."""
+        everything = {kind: self.search_all(kind) for kind in types}
+        mine = {
+            p["id"]
+            for p in everything.get("Patient", [])
+            if p.get("managingOrganization", {}).get("reference") == f"Organization/{site}"
+        }
+        return {
+            (r["resourceType"], r["id"]): r["meta"]["versionId"]
+            for kind, resources in everything.items()
+            for r in resources
+            if _patient_of(r) in mine
+        }
+
+    def client_ids(self, types: Sequence[str] = DEVICE_MADE) -> Counter[str]:
+        """How many resources carry each Gatehouse client identifier (exactly-once measure)."""
+        return Counter(
+            ident["value"]
+            for kind in types
+            for resource in self.search_all(kind)
+            for ident in resource.get("identifier", [])
+            if ident.get("system") == CLIENT_ID_SYSTEM
+        )
+
+
+def _patient_of(resource: dict[str, Any]) -> str | None:
+    if resource["resourceType"] == "Patient":
+        return str(resource["id"])
+    key = "patient" if resource["resourceType"] == "AllergyIntolerance" else "subject"
+    reference = resource.get(key, {}).get("reference", "")
+    return reference.split("/", 1)[1] if reference.startswith("Patient/") else None
 
 
 def _node() -> str:

@@ -8,7 +8,7 @@ so the engine is tested against the contract; the encrypted vault's own implemen
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,13 @@ class MemoryReplica:
         self.cursors[page.stream] = page.next_cursor
         self.pages += 1
         return ApplyStats(applied, skipped, deleted, len(page.quarantined))
+
+    def held_ids(self, resource_type: str) -> Collection[str]:
+        return frozenset(
+            rid
+            for (kind, rid), resource in self.resources.items()
+            if kind == resource_type and resource["meta"].get("versionId") != "local"
+        )
 
     def list_outbox(self, limit: int) -> Sequence[OutboxItem]:
         pending = [

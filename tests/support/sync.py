@@ -118,10 +118,15 @@ def sync_once(
     replica: VaultReplica | None = None,
     site: str = SITE,
     fhir_base: str = "fhir",
+    reconcile_every: dt.timedelta | None = None,
 ) -> SyncResult:
-    """One whole sync (push, pull) and its ``sync_finished``, as the product runs it."""
+    """One whole sync (push, pull) and its ``sync_finished``, as the product runs it;
+    ``reconcile_every`` (default: the product's) set to zero reconciles every type."""
     replica = replica or replica_for(vault, site)
     kwargs = {} if sleep is None else {"sleep": sleep}
+    engine_kwargs: dict[str, Any] = {}
+    if reconcile_every is not None:
+        engine_kwargs["reconcile_every"] = reconcile_every
     with Transport(config, **kwargs) as transport:
         result = SyncEngine(
             transport,
@@ -130,6 +135,7 @@ def sync_once(
             page_size=page_size,
             push_batch=push_batch,
             fhir_base=fhir_base,
+            **engine_kwargs,
         ).run()
     replica.sync_finished(result.summary())
     return result

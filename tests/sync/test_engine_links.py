@@ -98,11 +98,61 @@ def test_a_server_without_history_is_read_with_a_lastupdated_search(pki: Pki) ->
         for _ in range(2):
             result = _pull_patients(pki, server, replica)
             assert result.ok, result.failed_phases
-            # Deletions are invisible here: the caseload is never confirmed (retention runs).
-            assert not result.caseload_confirmed
+            # The search cannot see deletions; the id check of every held Patient that follows
+            # it does, so the caseload is confirmed (issue 13 item 4).
+            assert result.caseload_confirmed
+            assert result.reconciled["Patient"]["listed"] == 1
         assert [r["id"] for r in replica.of_type("Patient")] == [patient["id"]]
         cursor = replica.cursors["history:Patient"]
         assert cursor.startswith("fhir/Patient?") and "_lastUpdated=ge" in cursor
-        assert paths[0].startswith("/fhir/Patient/_history")
-        assert paths[1].startswith("/fhir/Patient?_sort=_lastUpdated")
-        assert "_lastUpdated=ge" in paths[2]  # the second sync resumed from the cursor
+        searches = [path for path in paths if "_elements=" not in path]
+        listings = [path for path in paths if "_elements=" in path]
+        assert searches[0].startswith("/fhir/Patient/_history")
+        assert searches[1].startswith("/fhir/Patient?_sort=_lastUpdated")
+        assert "_lastUpdated=ge" in searches[2]  # the second sync resumed from the cursor
+        assert len(listings) == 2  # one id check of the held patients per sync
+
+
+def test_issue13_a_patient_id_check_that_does_not_add_up_removes_nothing(pki: Pki) -> None:
+    """The id check of the held Patients removes those the server no longer has, but only
+    when its answer adds up: one whose Bundle.total exceeds what it sent (a server that
+    returns one patient and says there are two), or that holds an id it was not asked for (a
+    server ignoring ``_id``), is an error: nothing is removed, the caseload is not
+    confirmed."""
+    from sync.gateway.seed.generator import generate
+
+    first, second = [
+        r for r in generate(sites=1, patients=2, seed=3) if r["resourceType"] == "Patient"
+    ]
+    second["meta"] = dict(second["meta"], lastUpdated=first["meta"]["lastUpdated"])  # sorted
+    mode = ["short"]
+    stranger = dict(first, id="not-asked-for")
+
+    def searchset(patients: list[dict[str, object]], total: int) -> bytes:
+        entries = [{"resource": p, "search": {"mode": "match"}} for p in patients]
+        bundle = {"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries}
+        return json.dumps(bundle).encode()
+
+    def answer(method: str, path: str, *_: object) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Content-Type": "application/fhir+json"}
+        if path.endswith("/metadata") or "/_history" in path:
+            return 404, headers, b'{"resourceType": "OperationOutcome"}'
+        if "_elements=" in path and mode[0] == "short":
+            return 200, headers, searchset([first], total=2)  # the second is "somewhere"
+        if "_elements=" in path and mode[0] == "ignores_id":
+            return 200, headers, searchset([first, stranger], total=2)  # _id not applied
+        if "_elements=" in path:
+            return 200, headers, searchset([first], total=1)  # the second was deleted
+        return 200, headers, searchset([first, second], total=2)
+
+    for server in serve(pki, answer):
+        replica = MemoryReplica()
+        for mode[0] in ("short", "ignores_id"):
+            result = _pull_patients(pki, server, replica)
+            assert result.failed_types == {"Patient": "incomplete_pull"}
+            assert not result.caseload_confirmed
+            assert {r["id"] for r in replica.of_type("Patient")} == {first["id"], second["id"]}
+        mode[0] = "honest"
+        result = _pull_patients(pki, server, replica)
+        assert result.ok and result.caseload_confirmed
+        assert {r["id"] for r in replica.of_type("Patient")} == {first["id"]}

@@ -21,6 +21,7 @@ exists exactly once on the server and once on the device.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import random
@@ -39,8 +40,10 @@ import pytest
 
 from sync.gateway.store.base import Store
 from tests.support.gateway import Gateway, running_gateway, start_gateway, stop_gateway
+from tests.support.medplum_server import BASE_PATH, MedplumServer, running_medplum
 from tests.support.sync import (
     DEVICE_ID,
+    OTHER_SITE,
     SITE,
     DeviceVault,
     device_client_ids,
@@ -71,8 +74,15 @@ def _child_sync(job: dict[str, Any]) -> int:
 
     device = DeviceVault(Path(job["db"]), bytes.fromhex(job["dek"]), b"")
     config = transport_config(job["url"], job["pin"], (Path(job["cert"]), Path(job["key"])))
+    reconcile = job.get("reconcile_every_s")
     with device.open() as vault:
-        result = sync_once(vault, config, page_size=job["page_size"])
+        result = sync_once(
+            vault,
+            config,
+            page_size=job["page_size"],
+            fhir_base=job.get("fhir_base", "fhir"),
+            reconcile_every=None if reconcile is None else dt.timedelta(seconds=reconcile),
+        )
     return 0 if result.ok else 3
 
 
@@ -438,3 +448,182 @@ def test_CR1_observation_round_trip_keeps_server_edits(gw: Gateway, tmp_path: Pa
         assert sync_once(vault, config, page_size=PAGE_SIZE).ok
         after = device_view(vault.connection)
     assert after != before and after == server_view(gw.store)
+
+
+# -- the same against a third-party FHIR R4 server (issue 13) -------------------------------
+
+MEDPLUM_ROUNDS = int(os.environ.get("GATEHOUSE_MEDPLUM_KILL_ROUNDS", "") or 20)
+MEDPLUM_FRESH_EVERY = 3  # rounds between fresh vaults (an initial pull to kill)
+RECONCILE_ALWAYS = dt.timedelta(0)  # every sync lists every type: kills land there too
+
+
+def _medplum_edit(server: MedplumServer, rng: random.Random, deletable: list[str]) -> None:
+    """Another client's work on the third-party server: a new record, a new version of one,
+    a patient transferred in from the other site (the backfill), or a record deleted, which
+    only the reconciliation shows the laptop."""
+    roll = rng.random()
+    if roll < 0.15 and deletable:
+        server.delete("Observation", deletable.pop(rng.randrange(len(deletable))))
+        return
+    newcomers = sorted(server.site_patients(OTHER_SITE))
+    if roll < 0.3 and newcomers:  # a transfer in: the laptop backfills their older records
+        moved = server.read("Patient", rng.choice(newcomers))
+        assert moved is not None
+        moved.pop("meta")
+        server.put(moved | {"managingOrganization": {"reference": f"Organization/{SITE}"}})
+        return
+    pids = sorted(server.site_patients(SITE))
+    if roll < 0.6:
+        server.put(new_observation(rng.choice(pids), rng.randint(40, 140)))
+        return
+    conditions = [
+        c for c in server.search_all("Condition") if c["subject"]["reference"][8:] in pids
+    ]
+    if conditions:
+        body = rng.choice(conditions)
+        body.pop("meta", None)
+        server.put(body | {"note": [{"text": f"reviewed {rng.random():.6f}"}]})
+
+
+def _medplum_check_after_kill(device: DeviceVault, server: MedplumServer, round_no: int) -> None:
+    with device.open() as vault:
+        conn = vault.connection
+        ok, why = vault_health(conn, device)
+        assert ok, f"round {round_no}: {why}"
+        on_device = device_client_ids(conn)
+    lost = [c for c in device.written if on_device[c] != 1]
+    assert not lost, f"round {round_no}: local work lost or duplicated: {lost[:3]}"
+    assert all(n == 1 for n in on_device.values()), f"round {round_no}: duplicate on device"
+    dupes = [c for c, n in server.client_ids().items() if n != 1]
+    assert not dupes, f"round {round_no}: duplicated on the server: {dupes[:3]}"
+
+
+@pytest.mark.timeout(max(300, 10 * MEDPLUM_ROUNDS))
+def test_CR1_against_a_third_party_server_a_killed_sync_loses_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    """CR-1 against Medplum (keyset search, id reconciliation at every sync, transactions
+    split below its size limit): SIGKILL at random instants, then the restart converges to
+    the server's view of the site with every consultation exactly once on both sides."""
+    rng = random.Random(20261206)
+    zyg = Zygote(tmp_path / "zygote.log")
+    estimate = {"fresh": 1.0, "incremental": 1.0}
+    killed = completed = 0
+    landed: Counter[str] = Counter()
+    everything: list[str] = []
+    started = time.monotonic()
+    try:
+        with running_medplum(tmp_path / "medplum") as server:
+            server.seed(seed_resources(SEED_PATIENTS, seed=5))
+            deletable = sorted(
+                o["id"] for o in server.search_all("Observation") if "-obs" in o["id"]
+            )
+            creds = server.pki.device(DEVICE_ID, SITE)
+            config = transport_config(server.origin, server.pki.server_pin, creds)
+            device: DeviceVault | None = None
+            for round_no in range(MEDPLUM_ROUNDS):
+                kind = "incremental"
+                if device is None or round_no % MEDPLUM_FRESH_EVERY == 0:
+                    device = DeviceVault.create(tmp_path / f"vault-{round_no}.db")
+                    kind = "fresh"
+                if rng.random() < 0.7:
+                    _medplum_edit(server, rng, deletable)
+                with device.open() as vault:
+                    held = _device_patients(vault.connection)[:3]
+                    made = (
+                        write_consultations(vault, held, rng.randint(1, 3), f"m{round_no}")
+                        if held and rng.random() < 0.6
+                        else []
+                    )
+                device.written += made
+                everything += made
+                job = {
+                    "db": str(device.path),
+                    "dek": device.dek.hex(),
+                    "url": server.origin,
+                    "fhir_base": server.base,
+                    "reconcile_every_s": 0,
+                    "pin": server.pki.server_pin,
+                    "cert": str(creds.cert_path),
+                    "key": str(creds.key_path),
+                    "page_size": PAGE_SIZE,
+                }
+                was_killed, ran = zyg.run(job, rng.uniform(0.0, estimate[kind] * 1.2))
+                if was_killed:
+                    killed += 1
+                else:
+                    completed += 1
+                    estimate[kind] = max(estimate[kind] * 0.9, ran)
+                _medplum_check_after_kill(device, server, round_no)
+                with device.open() as vault:
+                    result = sync_once(
+                        vault,
+                        config,
+                        page_size=PAGE_SIZE,
+                        fhir_base=server.base,
+                        reconcile_every=RECONCILE_ALWAYS,
+                    )
+                    assert result.ok, f"round {round_no}: {result.error} {result.failed_types}"
+                    if was_killed:
+                        phase = "push" if result.pushed else "pull" if result.pulled else "end"
+                        landed[phase] += 1
+                    conn = vault.connection
+                    assert device_view(conn) == server.site_view(SITE), f"round {round_no}"
+                    pending = conn.execute(
+                        "SELECT count(*) FROM outbox WHERE state != 'sent'"
+                    ).fetchone()
+                    assert pending == (0,), f"round {round_no}: work left unsent"
+                    on_device = device_client_ids(conn)
+                on_server = server.client_ids()
+                assert all(on_server[c] == 1 for c in everything), f"round {round_no}"
+                assert all(on_device[c] == 1 for c in device.written), f"round {round_no}"
+    finally:
+        zyg.close()
+    elapsed = time.monotonic() - started
+    print(
+        f"CR-1 (Medplum): {MEDPLUM_ROUNDS} rounds, {killed} killed (in push {landed['push']},"
+        f" in pull {landed['pull']}, at the end {landed['end']}), {completed} completed,"
+        f" {elapsed:.1f} s"
+    )
+    assert killed >= MEDPLUM_ROUNDS // 3, "the kill timing misses the sync"
+    assert landed["push"] and landed["pull"], landed
+
+
+def test_CR2_against_a_third_party_server_a_lost_reply_creates_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The relay lets Medplum commit the consultation's transaction and cuts the reply: the
+    retry's conditional creates find it, and it exists once on the server and on the laptop."""
+    made: list[str] = []
+    with running_medplum(tmp_path / "medplum") as server:
+        server.seed(seed_resources(4, seed=6))
+        creds = server.pki.device(DEVICE_ID, SITE)
+
+        def committed() -> bool:
+            return server.client_ids()[made[0]] > 0
+
+        cutter = ReplyCutter(server.port, committed)
+        origin = f"https://127.0.0.1:{cutter.port}"
+        relayed = transport_config(origin, server.pki.server_pin, creds)
+        base = origin + BASE_PATH
+        device = DeviceVault.create(tmp_path / "vault.db")
+        try:
+            with device.open() as vault:
+                assert sync_once(vault, relayed, fhir_base=base).ok
+                made += write_consultations(vault, _device_patients(vault.connection)[:1], 1, "c")
+            cutter.armed = True
+            with device.open() as vault:
+                result = sync_once(vault, relayed, fhir_base=base, sleep=lambda _s: None)
+        finally:
+            cutter.close()
+        assert cutter.cut == 1, "the relay never cut a reply: the test proves nothing"
+        assert result.ok and result.pushed == len(made), result
+        on_server = server.client_ids()
+        assert all(on_server[c] == 1 for c in made)
+        with device.open() as vault:
+            conn = vault.connection
+            assert all(device_client_ids(conn)[c] == 1 for c in made)
+            assert conn.execute("SELECT count(*) FROM outbox WHERE state != 'sent'").fetchone() == (
+                0,
+            )
+            assert device_view(conn) == server.site_view(SITE)

@@ -84,7 +84,9 @@ def test_issue13_a_full_pull_from_a_server_at_fhir_r4_holds_every_resource(
     assert sum(expected.values()) == len(seed_resources(patients=SEED_PATIENTS, seed=11))
     assert _device_counts(replica) == expected
     assert result.pulled == sum(expected.values())
-    assert not result.caseload_confirmed  # a search cannot see deletions
+    # A search cannot see deletions, but the complete Patient id listing can (issue 13 item 4).
+    assert result.caseload_confirmed
+    assert result.reconciled["Patient"] == {"listed": expected["Patient"], "gone": 0, "missed": 0}
     # What the server offers, read from its metadata before the push (issue 13 item 1).
     assert result.server is not None
     assert result.server["software"].startswith("Medplum")

@@ -10,10 +10,15 @@ from pathlib import Path
 from pytestqt.qtbot import QtBot
 
 from client.core.audit_export import WORD_COLUMNS
+from client.core.server_profile import save_server_profile
 from client.core.session import Session
 from client.ui.admin import AdminPanel
 from client.ui.audit_view import AuditWorkspace
+from sync.device.capabilities import read_server_profile
+from sync.device.transport import Transport
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
+from tests.support.medplum_server import running_medplum
+from tests.support.sync import TYPES, transport_config
 from tests.support.ui import (
     CLINICIAN,
     HTML_FAMILY,
@@ -104,3 +109,48 @@ def test_admin_panel_shows_the_device_and_adds_a_user(qtbot: QtBot, tmp_path: Pa
     qtbot.waitUntil(lambda: panel.users.count() == 2, timeout=15000)
     assert "dr.who — auditor" in [panel.users.item(i).text() for i in range(2)]
     assert panel.new_password.text() == ""
+
+
+def test_issue13_admin_panel_shows_what_the_records_server_offers_and_lacks(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    """The panel describes the data plane as its last sync read it (a real Medplum FHIR R4
+    server's CapabilityStatement, over mutual TLS): what it offers, and what is missing in
+    words with what the laptop does instead; no codes."""
+    td = device(tmp_path, role="admin", user=ADMIN, load=False)
+    with running_medplum(tmp_path / "medplum") as medplum:
+        creds = medplum.pki.device("dev-admin-profile", "hmp-brixton")
+        config = transport_config(medplum.origin, medplum.pki.server_pin, creds)
+        with Transport(config) as transport:
+            profile = read_server_profile(transport, medplum.base)
+    assert profile is not None
+    save_server_profile(td.device.data_dir, profile.to_json(TYPES), td.device.clock())
+    win = window(qtbot, td)
+    sign_in(qtbot, win, ADMIN)
+    panel = win.workspace
+    assert isinstance(panel, AdminPanel)
+    qtbot.waitUntil(lambda: panel.server.text().startswith("Medplum"), timeout=5000)
+    assert "(FHIR 4.0.1), read " in panel.server.text()
+    offers = panel.server_offers.text()
+    assert offers == (
+        "Offers transactions; search (every record type); conditional create (every record "
+        "type); versioned updates (every record type)."
+    )
+    missing = panel.server_missing.text().splitlines()
+    assert missing == [
+        "⚠ No change history (_history) for every record type: the laptop reads them by "
+        "date-sorted search, finds deleted patients by listing them at every sync, and other "
+        "deleted records by a daily id check."
+    ]
+    assert ":history-type" not in panel.server_missing.text()  # words, not codes
+
+
+def test_admin_panel_says_when_the_records_server_was_never_read(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    td = device(tmp_path, role="admin", user=ADMIN, load=False)
+    win = window(qtbot, td)
+    sign_in(qtbot, win, ADMIN)
+    panel = win.workspace
+    assert isinstance(panel, AdminPanel)
+    qtbot.waitUntil(lambda: panel.server.text().startswith("Not read yet"), timeout=5000)
