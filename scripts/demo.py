@@ -223,13 +223,14 @@ class InProcessGateway:
 
 
 def demo_users() -> Any:
-    from client.ui.journey import Credentials, JourneyUsers
+    from client.ui.journey_inputs import Credentials, JourneyUsers
 
     return JourneyUsers(clinician=Credentials(*NURSE), auditor=Credentials(*AUDITOR))
 
 
 def journey_in_process(out: Path, bundle: Path, gw: Path) -> dict[str, Any]:
-    from client.ui.journey import JourneyError, run_journey
+    from client.ui.journey import run_journey
+    from client.ui.journey_inputs import JourneyError
 
     try:
         return run_journey(

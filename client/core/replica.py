@@ -31,6 +31,9 @@ Invariants (on top of the protocol's own, docs/records.md §Sync replica):
   device sent is the device's own write whose reply was lost (CR-2 for updates): it is marked
   sent (audited ``sync_sent``), not turned into a conflict with itself.
 - Nothing here logs, and audit details hold codes and counts only, never record content.
+
+Length: one class implementing ``sync.device.replica.Replica``; every method is one step of the
+engine's protocol in one transaction, so it stays together.
 """
 
 from __future__ import annotations

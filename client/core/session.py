@@ -19,6 +19,10 @@ Guarantees:
 - It stays the one facade: the admin's acts (``device_admin``), print/export (``disclosure``)
   and locked-time events (``pending_audit``) are delegated with the same role check, vault
   transaction and audit append; roles and refusals live in ``access`` and are re-exported here.
+
+Length: this is the facade every screen and the device CLI call (one method per act, each a few
+lines delegating to a module behind it); splitting it would split the one API, so it stays one
+module of thin methods.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ Invariants:
   raises ``DiskFull`` before any password work: an attempt that cannot be counted is never
   made (CR-3, AU-2).
 No password, key or DEK is ever logged or put in an exception.
+
+Length: the header's format, its atomic write and its MACed counters must change together;
+slot cryptography already lives in ``keyslots.py``, counters in ``header_counters.py``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from client import cli
-from client.ui.journey import Credentials, HookGatewayOps, JourneyError, JourneyUsers
+from client.ui.journey_inputs import Credentials, HookGatewayOps, JourneyError, JourneyUsers
 
 USERS = JourneyUsers(Credentials("nurse.x", "pw nurse secret"), Credentials("ig.x", "pw ig"))
 
