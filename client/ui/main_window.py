@@ -305,6 +305,8 @@ class MainWindow(QMainWindow):
         self.refresh_status()
         if isinstance(workspace, ClinicalWorkspace):
             workspace.caseload.focus_search()
+        elif isinstance(workspace, AuditWorkspace):
+            workspace.finder.patient.setFocus()  # the auditor's first question: which patient
 
     def refresh_status(self) -> None:
         if self.session is None or self.runner is None:
