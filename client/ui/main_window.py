@@ -307,6 +307,8 @@ class MainWindow(QMainWindow):
             workspace.caseload.focus_search()
         elif isinstance(workspace, AuditWorkspace):
             workspace.finder.patient.setFocus()  # the auditor's first question: which patient
+        elif isinstance(workspace, AdminPanel):
+            workspace.users.setFocus()  # who holds a key slot: IT's first read
 
     def refresh_status(self) -> None:
         if self.session is None or self.runner is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from pytestqt.qtbot import QtBot
 
 from client.core.session import Session
+from client.ui.admin import AdminPanel
 from client.ui.audit_view import AuditWorkspace
 from client.ui.qt import QApplication, Qt, QWidget
 from tests.support.fhir import nhs_number
@@ -59,3 +60,24 @@ def test_the_auditor_journey_works_from_the_keyboard_alone(qtbot: QtBot, tmp_pat
 
     qtbot.keyClick(focused(), Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: win.session is None and win.login_screen is not None, timeout=5000)
+
+
+def test_after_an_admin_signs_in_the_keyboard_focus_is_in_the_admin_panel(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    admin = ("it.walker", "it admin passphrase 2026")
+    td = device(tmp_path, load=False)
+    add_slot(td, admin, "admin")
+    win = window(qtbot, td)
+    win.activateWindow()
+    login = win.login_screen
+    assert login is not None
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is login.user, timeout=5000)
+    qtbot.keyClicks(focused(), admin[0])
+    qtbot.keyClick(focused(), Qt.Key.Key_Tab)
+    qtbot.keyClicks(focused(), admin[1])
+    qtbot.keyClick(focused(), Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: isinstance(win.workspace, AdminPanel), timeout=15000)
+    panel = win.workspace
+    assert isinstance(panel, AdminPanel)
+    assert focused() is panel.users
