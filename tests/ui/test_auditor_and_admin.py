@@ -14,6 +14,8 @@ from client.core.session import Session
 from client.ui.admin import AdminPanel
 from client.ui.audit_view import AuditWorkspace
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
+from sync.protocol.audit.chain import verify
+from tests.support.device import DEVICE_ID
 from tests.support.ui import (
     CLINICIAN,
     HTML_FAMILY,
@@ -75,6 +77,8 @@ def test_auditor_sees_filterable_metadata_and_no_clinical_content(
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     entries = entries_from_bundle(json.loads(out_json.read_text(encoding="utf-8")))
     assert any(e.action == "break_glass" for e in entries)
+    # Shown newest first, written in chain order: the whole chain still verifies.
+    assert verify(entries, device_id=DEVICE_ID, initial_key=None).ok
     rows_csv = list(csv.reader(out_csv.read_text(encoding="utf-8").splitlines()))
     assert tuple(rows_csv[0]) == (*CSV_HEADER, *WORD_COLUMNS)
     assert len(rows_csv) >= len(entries)
