@@ -8,7 +8,8 @@ Guarantees:
   purpose, from ``client.core.audit_words``), so a reader needs no code book. Any other kind
   is refused before anything is written.
 - ``export_entries`` writes exactly the entries it is given (the rows an auditor filtered),
-  after the session audited the export with their count.
+  in chain order (an unfiltered export verifies with ``gatehouse-audit verify``), after the
+  session audited the export with their count.
 - The file is written with ``atomic_write`` (permissions 0600 before the first byte, then an
   atomic replace): a reader never sees half an export, and no other account can read it.
 - Nothing is written unless the act was allowed and audited first: the local chain through

@@ -14,8 +14,9 @@ Guarantees:
 - The gateway must answer for the same user and site as the session, else nothing is shown.
 - A patient is asked by name, NHS number or date of birth: resolved to ids through this
   laptop's patient index (``client.core.audit_search``) and sent to the gateway's ``patient``
-  filter, one query per id (the gateway takes one); UK local days are widened to UTC days for
-  the gateway and the answer is filtered again by local day here.
+  filter, one query per id (the gateway takes one); a text that matches nobody here but is a
+  valid id is sent as the id (a patient this laptop never held); UK local days are widened
+  to UTC days for the gateway and the answer is filtered again by local day here.
 - An export of results already shown needs the password again unless it was proved within the
   window, checked on the device (``authorise_export``), and is audited before the file is
   written.
@@ -37,6 +38,7 @@ from client.core.accounts import LoginRefused
 from client.core.audit_reauth import REAUTH_WINDOW_SECONDS
 from client.core.errors import UserFacingError
 from client.core.provisioning import transport_config
+from client.core.records import is_fhir_id
 from client.core.session import NotAllowed, Session
 from sync.device.audit_queries import AuditClientError, AuditQuery, SearchResult, chain_status
 from sync.device.audit_queries import download_csv as _download_csv
@@ -130,6 +132,9 @@ def query_gateway(
     wanted = audit_search.AuditFilter(None, since, until)
     if patient_text.strip():
         ids = audit_search.resolve_patients(session, patient_text)
+        if not ids and is_fhir_id(patient_text.strip()):
+            # A patient this laptop never held (another site's) is still asked for by id.
+            ids = frozenset({patient_text.strip()})
         if len(ids) > MAX_GATEWAY_PATIENTS:
             raise audit_search.AuditSearchError(
                 "too_many_patients",

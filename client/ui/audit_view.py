@@ -177,7 +177,7 @@ class AuditWorkspace(QWidget):
         current = self.action.currentData()
         self.action.blockSignals(True)
         self.action.clear()
-        self.action.addItem(ALL, None)
+        self.action.addItem(ALL, "")
         for words, code in action_choices({e.action for e in self.entries}):
             self.action.addItem(words, code)
         found = self.action.findData(current) if current else 0

@@ -197,6 +197,12 @@ def test_gateway_search_by_nhs_number_and_uk_days(qtbot: QtBot, scene: Scene) ->
     assert session is not None
     queries = [e for e in on_worker(win, session.audit_entries) if e.action == "audit_query"]
     assert queries[-1].patient_id == scene.viewed and queries[-1].detail["where"] == "gateway"
+    panel.summary.clear()
+    panel.search(OUTSIDE, None, None)  # never on this laptop: asked for by id
+    qtbot.waitUntil(
+        lambda: panel.search_button.isEnabled() and bool(panel.summary.text()), timeout=20000
+    )
+    assert {(r[3], r[5]) for r in panel.model.rows} == {("Break-glass access", OUTSIDE)}
 
 
 def test_one_password_per_auditor_session_forgotten_after_the_window_and_on_lock(

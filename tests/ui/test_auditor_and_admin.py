@@ -17,6 +17,8 @@ from client.ui.audit_view import AuditWorkspace
 from sync.device.capabilities import read_server_profile
 from sync.device.transport import Transport
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
+from sync.protocol.audit.chain import verify
+from tests.support.device import DEVICE_ID
 from tests.support.medplum_server import running_medplum
 from tests.support.sync import TYPES, transport_config
 from tests.support.ui import (
@@ -82,6 +84,8 @@ def test_auditor_sees_filterable_metadata_and_no_clinical_content(
     assert any(e.action == "break_glass" for e in entries)
     # The whole chain, in chain order (the table shows newest first): it verifies as a chain.
     assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    # Shown newest first, written in chain order: the whole chain still verifies.
+    assert verify(entries, device_id=DEVICE_ID, initial_key=None).ok
     rows_csv = list(csv.reader(out_csv.read_text(encoding="utf-8").splitlines()))
     assert tuple(rows_csv[0]) == (*CSV_HEADER, *WORD_COLUMNS)
     assert len(rows_csv) >= len(entries)
