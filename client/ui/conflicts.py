@@ -39,7 +39,7 @@ from client.ui.qt import (
     Signal,
 )
 from client.ui.runner import Runner
-from client.ui.widgets import button, data_label
+from client.ui.widgets import button, data_label, fitting
 
 
 def _plain_view(name: str) -> QPlainTextEdit:
@@ -67,7 +67,7 @@ class ConflictsDialog(QDialog):
         self.setObjectName("conflicts_dialog")
         self.setWindowTitle("Sync conflicts")
         self.setAccessibleName("Sync conflicts")
-        self.resize(1100, 660)
+        self.resize(*fitting((1100, 660), parent or self))  # never larger than the screen
         self._session = session
         self._runner = runner
         self.items: list[ConflictView] = []

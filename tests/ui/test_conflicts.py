@@ -123,6 +123,9 @@ def test_conflict_view_names_the_patient_authors_and_uk_times_in_clinical_words(
     assert "01-Jun-2026 09:00" in theirs and "01-Jun-2026 01:00" in mine
     assert "Progress note" in mine and "Note:" in mine  # the note's title and its text
     assert dialog.differences.text() == "Different: Written by, Note."
+    # Usable on 1366x768 at 150% scaling (911x512 points): it needs no more than that.
+    hint = dialog.minimumSizeHint()
+    assert hint.width() <= 911 and hint.height() <= 512, (hint.width(), hint.height())
 
 
 def test_keep_theirs_asks_first_and_go_back_keeps_the_clinicians_note(
