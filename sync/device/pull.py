@@ -57,10 +57,21 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import pairwise
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import orjson
 
+from sync.device.bundle_reading import (
+    bundle_link,
+    bundle_total,
+    fhir_instant,
+    is_history,
+    newest_stamp,
+    origin_free,
+    page_stamps,
+    quarantined,
+    since_of,
+)
 from sync.device.outcome import (
     CONNECTION_REASONS,
     FHIR_JSON,
@@ -87,7 +98,7 @@ from sync.protocol.fhir.bounded_json import (
 )
 from sync.protocol.fhir.bundle import bundle_entries, next_link, parse_history_entry
 from sync.protocol.fhir.capability import ServerProfile
-from sync.protocol.fhir.validate import InvalidResource, parse_instant, validate_resource
+from sync.protocol.fhir.validate import InvalidResource, validate_resource
 from sync.protocol.fhir.vocabulary import ID_RE, PATIENT, PATIENT_REFERENCE_PREFIX
 
 PAGE_SIZE = 500  # resources per history page: ~1-2 MiB of JSON, one replica transaction
@@ -195,7 +206,7 @@ class HistoryPull:
             if kind == PATIENT:
                 continue
             cursor = self._replica.read_cursor(f"history:{kind}")
-            if cursor is not None and not _is_history(cursor):
+            if cursor is not None and not is_history(cursor):
                 resumed.append(kind)
         return tuple(resumed)
 
@@ -256,7 +267,7 @@ class HistoryPull:
         now = self._now()
         if cursor is None and self._reconcile_every > dt.timedelta(0):
             # First keyset pull of this type: it read everything; the clock starts now.
-            self._replica.apply_page(Page(stream, [], [], [], _instant(now)))
+            self._replica.apply_page(Page(stream, [], [], [], fhir_instant(now)))
             return False
         return is_due(cursor, now, self._reconcile_every)
 
@@ -290,7 +301,7 @@ class HistoryPull:
         """Pull one type; True when it was read through ``_history`` (deletions seen)."""
         stream = f"history:{resource_type}"
         stored = self._replica.read_cursor(stream)
-        if stored is not None and not _is_history(stored):
+        if stored is not None and not is_history(stored):
             return self._search_type(resource_type, stream, stored)
         if stored is None and self._profile and not self._profile.of(resource_type).history_type:
             return self._search_type(resource_type, stream, None)  # the server says: no history
@@ -319,7 +330,7 @@ class HistoryPull:
         received = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatehouse-pull") as worker:
             for _ in range(MAX_PAGES_PER_STREAM):
-                following = _origin_free(fetched.following) if fetched.following else None
+                following = origin_free(fetched.following) if fetched.following else None
                 upcoming: Future[Response] | None = None
                 if following is not None and following not in seen and not self._cancel.is_set():
                     seen.add(following)
@@ -329,7 +340,7 @@ class HistoryPull:
                 try:
                     page = self._page(stream, resource_type, fetched)
                     if short:  # the server stopped early: keep the cursor at this page
-                        page = replace(page, next_cursor=_origin_free(url))
+                        page = replace(page, next_cursor=origin_free(url))
                     stats = self._replica.apply_page(page)
                 except BaseException:
                     if upcoming is not None:
@@ -361,7 +372,7 @@ class HistoryPull:
         """Read one type by ``_lastUpdated`` keyset search (module docstring); always False:
         a search cannot see deletions or transfers. ``params`` narrow it (a backfill's
         ``patient=``) and are kept in every page's URL."""
-        key = resumed_at = _since_of(cursor) if cursor is not None else None
+        key = resumed_at = since_of(cursor) if cursor is not None else None
         at_key: set[str] = set()  # ids already read at exactly ``key`` (the id tiebreak)
         count = self._page_size
         for _ in range(MAX_PAGES_PER_STREAM):
@@ -369,7 +380,7 @@ class HistoryPull:
             url = self._search_url(resource_type, key, count, params)
             response = self._transport.get(url, headers={"Accept": FHIR_JSON})
             fetched = self._parsed(response, url, resource_type)
-            stamps = _stamps(fetched.resources)
+            stamps = page_stamps(fetched.resources)
             if any(b < a for a, b in pairwise(stamps)) or (
                 key is not None and stamps and stamps[0] < key
             ):
@@ -411,7 +422,7 @@ class HistoryPull:
             if resource_type == PATIENT and params is None:
                 self._note_newcomers(fresh)
             stats = self._replica.apply_page(
-                Page(stream, fresh, [], fetched.quarantined, _origin_free(next_cursor))
+                Page(stream, fresh, [], fetched.quarantined, origin_free(next_cursor))
             )
             self._count(stats)
             self._report(resource_type, self.result.pulled)
@@ -445,7 +456,7 @@ class HistoryPull:
             ) from error
         # Bundle > entry[] > {} > resource: only past this can a resource be too deep.
         may_be_too_deep = depth > ENTRY_RESOURCE_LEVELS + MAX_DEPTH
-        history = _is_history(url)
+        history = is_history(url)
         try:
             entries = bundle_entries(bundle, "history" if history else "searchset")
             following = next_link(bundle)
@@ -454,8 +465,8 @@ class HistoryPull:
         fetched = _Fetched(
             history,
             following if history else None,  # a search is paged by keyset, never by its links
-            _link(bundle, RESUME_RELATION) if history else None,
-            total=_total(bundle),
+            bundle_link(bundle, RESUME_RELATION) if history else None,
+            total=bundle_total(bundle),
             received=len(entries),
         )
         for index, entry in enumerate(entries):
@@ -472,7 +483,7 @@ class HistoryPull:
                     raise InvalidResource("too_deep", f"Bundle.entry[{index}].resource")
                 resource = validate_resource(item.resource)
             except InvalidResource as error:
-                fetched.quarantined.append(_quarantine(entry, error))
+                fetched.quarantined.append(quarantined(entry, error))
                 continue
             fetched.resources.append(resource)
         for link in (fetched.following, fetched.resume):  # checked BEFORE any cursor is stored
@@ -503,16 +514,16 @@ class HistoryPull:
         """One keyset page: sorted by ``_lastUpdated``, from ``key`` (inclusive) on."""
         query: dict[str, str | int] = {**(params or {}), "_sort": "_lastUpdated", "_count": count}
         if key is not None:
-            query["_lastUpdated"] = "ge" + _instant(key)
+            query["_lastUpdated"] = "ge" + fhir_instant(key)
         return f"{self._base}/{resource_type}?" + urlencode(query)
 
     def _page(self, stream: str, resource_type: str, fetched: _Fetched) -> Page:
         """The page to apply, with the cursor to store alongside it (caller's thread)."""
         if fetched.following:
-            cursor = _origin_free(fetched.following)
+            cursor = origin_free(fetched.following)
         elif fetched.resume:
-            cursor = _origin_free(fetched.resume)
-        elif (newest := _newest(fetched.resources)) is not None:
+            cursor = origin_free(fetched.resume)
+        elif (newest := newest_stamp(fetched.resources)) is not None:
             # No change sequence: resume from the newest lastUpdated seen minus an overlap;
             # re-read resources are deduplicated by version in the replica.
             cursor = self._start_url(
@@ -537,91 +548,3 @@ class _Fetched:
     resources: list[Mapping[str, Any]] = field(default_factory=list)
     deletions: list[Deletion] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
-
-
-def _origin_free(url: str) -> str:
-    """A link as stored in a cursor: path and query only, never the host, so a gateway that
-    moves (a new URL in a new policy) does not strand every stored cursor."""
-    parts = urlsplit(url)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def _is_history(url: str) -> bool:
-    return "/_history" in url.split("?", 1)[0]
-
-
-def _link(bundle: Any, relation: str) -> str | None:
-    links = bundle.get("link") if isinstance(bundle, dict) else None
-    if not isinstance(links, list):
-        return None
-    for link in links:
-        if isinstance(link, dict) and link.get("relation") == relation:
-            url = link.get("url")
-            if isinstance(url, str):
-                return url
-    return None
-
-
-def _total(bundle: Any) -> int | None:
-    total = bundle.get("total") if isinstance(bundle, dict) else None
-    return total if type(total) is int and total >= 0 else None
-
-
-def _instant(moment: dt.datetime) -> str:
-    """A FHIR instant in UTC with millisecond precision (what servers store)."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _since_of(cursor: str) -> dt.datetime | None:
-    """The ``_lastUpdated=ge…`` instant of a stored search cursor (None: from the start)."""
-    for name, value in parse_qsl(urlsplit(cursor).query):
-        if name == "_lastUpdated" and value.startswith("ge"):
-            try:
-                return parse_instant(value[2:])
-            except ValueError:
-                return None
-    return None
-
-
-def _stamps(resources: Sequence[Mapping[str, Any]]) -> list[dt.datetime]:
-    """Each resource's ``meta.lastUpdated`` (validated resources always carry one)."""
-    stamps = []
-    for resource in resources:
-        stamp = _last_updated(resource)
-        if stamp is None:
-            raise SyncError("bad_response", "a searched resource has no lastUpdated")
-        stamps.append(stamp)
-    return stamps
-
-
-def _newest(resources: Sequence[Mapping[str, Any]]) -> dt.datetime | None:
-    """The newest ``meta.lastUpdated`` of a page (only needed where no link gives a cursor)."""
-    stamps = [stamp for r in resources if (stamp := _last_updated(r)) is not None]
-    return max(stamps, default=None)
-
-
-def _last_updated(resource: Mapping[str, Any]) -> dt.datetime | None:
-    meta = resource.get("meta")
-    if isinstance(meta, dict) and isinstance(meta.get("lastUpdated"), str):
-        try:
-            return parse_instant(meta["lastUpdated"])
-        except ValueError:
-            return None
-    return None
-
-
-def _quarantine(entry: Any, error: InvalidResource) -> Quarantined:
-    resource = entry.get("resource") if isinstance(entry, dict) else None
-    kind = resource.get("resourceType") if isinstance(resource, dict) else None
-    ident = resource.get("id") if isinstance(resource, dict) else None
-    try:
-        raw = orjson.dumps(entry)
-    except TypeError:
-        raw = b""
-    return Quarantined(
-        kind if isinstance(kind, str) else None,
-        ident if isinstance(ident, str) else None,
-        error.reason,
-        error.path,
-        raw,
-    )
