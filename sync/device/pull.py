@@ -45,6 +45,10 @@ Invariants:
   are reconciled by id every ``RECONCILE_INTERVAL``.
 - URLs are built on ``fhir_base``: a path relative to the transport's URL (``fhir``, the
   gateway) or an absolute URL on the transport's origin with any path (``…/fhir/R4``).
+
+Length: one class, ``HistoryPull``, whose steps (history, keyset search, backfill, the id
+checks) share the page-and-cursor invariants above; reading a page's links, totals and
+stamps lives in ``sync.device.bundle_reading``.
 """
 
 from __future__ import annotations

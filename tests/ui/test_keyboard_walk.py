@@ -16,46 +16,23 @@ from client.ui.chart_view import ChartScreen
 from client.ui.clinical import ClinicalWorkspace
 from client.ui.consultation_form import ConsultationForm
 from client.ui.main_window import MainWindow
-from client.ui.qt import QApplication, Qt, QWidget
+from client.ui.qt import QApplication, Qt
 from tests.support.device import CLINICIAN, load_records
 from tests.support.fhir import nhs_number, patient
+from tests.support.keyboard import focused, press, sign_in_by_keyboard, type_text
 from tests.support.ui import device, window
 
 PATIENT = patient("pt-walk-1", "Keyworth", ["Kit"], birth_date="1981-03-02", nhs=nhs_number(51))
 NOTE = "Seen on the wing. Chest clear."
 
 
-def focused() -> QWidget:
-    widget = QApplication.focusWidget()
-    assert widget is not None, "nothing has the keyboard focus"
-    return widget
-
-
-def press(qtbot: QtBot, key: Qt.Key, modifier: Qt.KeyboardModifier | None = None) -> None:
-    if modifier is None:
-        qtbot.keyClick(focused(), key)
-    else:
-        qtbot.keyClick(focused(), key, modifier)
-
-
-def type_text(qtbot: QtBot, text: str) -> None:
-    qtbot.keyClicks(focused(), text)
-
-
 def test_the_clinician_journey_works_from_the_keyboard_alone(qtbot: QtBot, tmp_path: Path) -> None:
     td = device(tmp_path, load=False)
     load_records(td.device, [PATIENT], user=CLINICIAN)
     win: MainWindow = window(qtbot, td)
-    win.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.focusWidget() is not None, timeout=5000)
 
     # Sign in: the user field has the focus; Tab to the password; Enter submits.
-    assert win.login_screen is not None and focused() is win.login_screen.user
-    type_text(qtbot, CLINICIAN[0])
-    press(qtbot, Qt.Key.Key_Tab)
-    assert focused() is win.login_screen.password
-    type_text(qtbot, CLINICIAN[1])
-    press(qtbot, Qt.Key.Key_Return)
+    sign_in_by_keyboard(qtbot, win, CLINICIAN)
     qtbot.waitUntil(lambda: isinstance(win.workspace, ClinicalWorkspace), timeout=15000)
     ws = win.workspace
     assert isinstance(ws, ClinicalWorkspace)

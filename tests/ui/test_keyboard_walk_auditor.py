@@ -12,18 +12,13 @@ from pytestqt.qtbot import QtBot
 from client.core.session import Session
 from client.ui.admin import AdminPanel
 from client.ui.audit_view import AuditWorkspace
-from client.ui.qt import QApplication, Qt, QWidget
+from client.ui.qt import Qt
 from tests.support.fhir import nhs_number
+from tests.support.keyboard import focused, sign_in_by_keyboard
 from tests.support.ui import CLINICIAN, HTML_PATIENT, add_slot, device, window
 
 AUDITOR = ("ig.walker", "audit trail reviewer 2026")
 NHS = nhs_number(18)  # HTML_PATIENT's
-
-
-def focused() -> QWidget:
-    widget = QApplication.focusWidget()
-    assert widget is not None, "nothing has the keyboard focus"
-    return widget
 
 
 def test_the_auditor_journey_works_from_the_keyboard_alone(qtbot: QtBot, tmp_path: Path) -> None:
@@ -35,14 +30,7 @@ def test_the_auditor_journey_works_from_the_keyboard_alone(qtbot: QtBot, tmp_pat
     clinician.lock()
     add_slot(td, AUDITOR, "auditor")
     win = window(qtbot, td)
-    win.activateWindow()
-    login = win.login_screen
-    assert login is not None
-    qtbot.waitUntil(lambda: QApplication.focusWidget() is login.user, timeout=5000)
-    qtbot.keyClicks(focused(), AUDITOR[0])
-    qtbot.keyClick(focused(), Qt.Key.Key_Tab)
-    qtbot.keyClicks(focused(), AUDITOR[1])
-    qtbot.keyClick(focused(), Qt.Key.Key_Return)
+    sign_in_by_keyboard(qtbot, win, AUDITOR)
     qtbot.waitUntil(lambda: isinstance(win.workspace, AuditWorkspace), timeout=15000)
     audit = win.workspace
     assert isinstance(audit, AuditWorkspace)
@@ -69,14 +57,7 @@ def test_after_an_admin_signs_in_the_keyboard_focus_is_in_the_admin_panel(
     td = device(tmp_path, load=False)
     add_slot(td, admin, "admin")
     win = window(qtbot, td)
-    win.activateWindow()
-    login = win.login_screen
-    assert login is not None
-    qtbot.waitUntil(lambda: QApplication.focusWidget() is login.user, timeout=5000)
-    qtbot.keyClicks(focused(), admin[0])
-    qtbot.keyClick(focused(), Qt.Key.Key_Tab)
-    qtbot.keyClicks(focused(), admin[1])
-    qtbot.keyClick(focused(), Qt.Key.Key_Return)
+    sign_in_by_keyboard(qtbot, win, admin)
     qtbot.waitUntil(lambda: isinstance(win.workspace, AdminPanel), timeout=15000)
     panel = win.workspace
     assert isinstance(panel, AdminPanel)

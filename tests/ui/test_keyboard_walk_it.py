@@ -15,7 +15,8 @@ from pytestqt.qtbot import QtBot
 from client.ui.clinical import ClinicalWorkspace
 from client.ui.main_window import MainWindow
 from client.ui.provisioning import ProvisioningWindow
-from client.ui.qt import QApplication, Qt, QWidget
+from client.ui.qt import QApplication, Qt
+from tests.support.keyboard import focused
 from tests.support.ui import disk_is_fine
 from tests.support.ui_gateway import NURSE, LiveGateway, provision_for_tests, start_live_gateway
 
@@ -27,12 +28,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
         yield gateway
     finally:
         gateway.stop()
-
-
-def focused() -> QWidget:
-    widget = QApplication.focusWidget()
-    assert widget is not None, "nothing has the keyboard focus"
-    return widget
 
 
 def _main(device: Any) -> MainWindow:
