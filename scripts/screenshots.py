@@ -176,12 +176,15 @@ def make_conflict(device: Device, resources: list[dict[str, Any]], skip: str) ->
 
 
 def _apply(device: Device, resources: list[dict[str, Any]]) -> None:
-    """Put resources in the vault as a sync would."""
+    """Put resources in the vault as a finished sync would: applied, then the in-scope caseload
+    marked complete (UI-5), so the charts shown are those of a laptop that has synced."""
     unlocked = accounts.login(device, *CLINICIAN)
     vault = Vault.open(database_path(device.data_dir), unlocked.dek, MIGRATIONS)
+    scope = unlocked.policy.site_scope or (device.profile.site,)
     try:
         with vault.transaction() as conn:
             records.apply_resources(conn, resources)
+            records.mark_caseload_complete(conn, scope, device.clock())
     finally:
         vault.close()
 
