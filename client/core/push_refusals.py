@@ -19,11 +19,17 @@ from typing import Final
 
 LEFT_SITE: Final = "patient_left_site"
 UNKNOWN_PATIENT: Final = "unknown_patient"
+NO_IF_MATCH: Final = "no_if_match"  # held on the laptop: the server cannot check an edit's base
 MAX_LISTED: Final = 20  # refusals named one by one; the rest are counted
 
 _WHY: Final = {
     LEFT_SITE: "written after the patient left {site}",
     UNKNOWN_PATIENT: "the gateway does not hold this patient for {site}",
+}
+# Work this laptop holds back itself (never sent), said as held, not as refused.
+_HELD_WHY: Final = {
+    NO_IF_MATCH: "the records server cannot check that no one else changed the record first, "
+    "so it was not sent rather than risk overwriting someone else's change",
 }
 _TODO: Final = {
     LEFT_SITE: (
@@ -33,6 +39,10 @@ _TODO: Final = {
     UNKNOWN_PATIENT: (
         "The note is kept on this laptop, but syncing again will not send it. Call IT to "
         "check the patient's record on the gateway."
+    ),
+    NO_IF_MATCH: (
+        "The change is kept on this laptop and is sent once the records server can check for "
+        "conflicting edits. Call IT: the server's settings need checking."
     ),
 }
 _TODO_OTHER: Final = (
@@ -77,6 +87,10 @@ def describe(patient_name: str, notes: int, code: str, site: str) -> tuple[str, 
     """The sentence and what to do for ``notes`` refused notes of one patient."""
     reason = reason_of(code)
     what = "1 note" if notes == 1 else f"{notes} notes"
+    if reason in _HELD_WHY:
+        verb = "is" if notes == 1 else "are"
+        held = f"{what[0].upper()}{what[1:]} for {patient_name} {verb} held on this laptop"
+        return f"{held}: {_HELD_WHY[reason]}.", _TODO[reason]
     why = _WHY.get(reason, "the gateway did not accept it ({code})").format(
         site=site_display(site), code=code
     )

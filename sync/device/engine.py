@@ -173,6 +173,7 @@ class SyncEngine:
             report=lambda items: self._report("push", "", items),
             cancel=self._cancel,
             fhir_base=self._fhir_base,
+            profile=self._profile,
         ).run()
 
     def pull(self) -> None:

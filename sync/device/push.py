@@ -24,6 +24,21 @@ Invariants:
   ``mark_sent``). Every create still carries ``ifNoneExist``: a half whose reply was lost is
   re-sent without a duplicate. A consultation split this way is no longer atomic on the
   server: a half that keeps failing stays pending as a visible push error.
+- What the server says it offers (its CapabilityStatement, ``ServerProfile``) is used BEFORE
+  anything is sent (issue 13 item 1):
+  - an advertised transaction size limit: no Bundle larger than it is ever posted; whole
+    consultations are packed up to the limit and a larger one goes in ordered pieces (each
+    piece read back after the one before, as for a refusal split above). A limit learned from
+    a refusal (a half that went through) is used the same way for the rest of the push;
+  - a type WITHOUT conditional create: its creates are first looked up by client identifier
+    (``sync.device.created_lookup``) and those found are marked sent, so a lost reply never
+    becomes a second copy; the others are sent without relying on ``ifNoneExist``, and the
+    transport never repeats such a Bundle blind: after a lost reply the lookup runs again;
+  - a type WITHOUT versioned update (If-Match): its updates are HELD, never sent blind (an
+    update without If-Match could overwrite another clinician's edit). Each is a visible push
+    error ``held:no_if_match``; the change stays on the laptop and goes when the server
+    offers If-Match.
+  A server that does not describe itself (no profile) is sent to as before.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ from typing import Any
 
 import orjson
 
+from sync.device.created_lookup import find_already_created
 from sync.device.outcome import FHIR_JSON, SyncError, SyncResult, raise_if_cancelled
 from sync.device.replica import (
     EXTRA_FULL_URL,
@@ -44,7 +60,7 @@ from sync.device.replica import (
     Replica,
     SentItem,
 )
-from sync.device.transport import Response, Transport
+from sync.device.transport import Response, Transport, TransportError
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.bundle import (
     bundle_entries,
@@ -52,6 +68,7 @@ from sync.protocol.fhir.bundle import (
     refusal_code,
     transaction,
 )
+from sync.protocol.fhir.capability import ServerProfile
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
 
 log = logging.getLogger(__name__)
@@ -61,6 +78,9 @@ PUSH_BATCH = 50  # outbox items per transaction Bundle
 # transactions past their size or isolation limits with 400, 413 or 422.
 SPLIT_STATUSES = frozenset({400, 413, 422})
 SPLIT_REREAD_LIMIT = 10_000  # outbox items read back to find a split group's second half
+LOOKUP_RETRIES = 3  # posts of one Bundle to a server without conditional create, lookups between
+LOST_REPLY_REASONS = frozenset({"timeout", "connection"})  # the transport's own retry reasons
+HELD_NO_IF_MATCH = "held:no_if_match"  # an update held: the server cannot check its base version
 
 
 class OutboxPush:
@@ -76,8 +96,12 @@ class OutboxPush:
         report: Callable[[int], None],
         cancel: threading.Event,
         fhir_base: str = "fhir",
+        profile: ServerProfile | None = None,
     ) -> None:
         self._transport = transport
+        self._profile = profile
+        # No Bundle larger than this is posted (advertised, or learned from a refusal).
+        self._limit = profile.max_transaction_entries if profile is not None else None
         self._base = fhir_base.rstrip("/")
         self._replica = replica
         self.result = result
@@ -104,7 +128,18 @@ class OutboxPush:
             raise SyncError("bad_response", f"the gateway's {what} is not acceptable") from error
 
     def _push_items(self, items: Sequence[OutboxItem]) -> None:
-        response = self._post_transaction(items)
+        items = self._held_back(items)
+        if not items:
+            return
+        if self._limit is not None and len(items) > self._limit:
+            self._send_in_pieces(items, self._limit)
+            return
+        items = self._not_yet_created(items)
+        if not items:
+            return
+        items, response = self._post_settled(items)
+        if response is None:
+            return  # the server turned out to hold all of it already
         if response.status == 200:
             self._apply_push_response(items, response)
             return
@@ -131,25 +166,113 @@ class OutboxPush:
             self.result.push_errors += 1
 
     def _split(self, items: Sequence[OutboxItem]) -> None:
-        """Send one refused group as two ordered halves (module docstring)."""
+        """Send one refused group as two ordered halves (module docstring); a first half that
+        goes through whole teaches the push a size limit for the rest of this push."""
         half = len(items) // 2
         first, rest = items[:half], {item.seq for item in items[half:]}
+        errors_before = self.result.push_errors
         self._push_items(first)
-        # Read the rest back: mark_sent rewrote its references to the first half's server ids.
+        if self.result.push_errors == errors_before and (self._limit is None or self._limit > half):
+            self._limit = half
+        self._send_rest(rest)
+
+    def _send_in_pieces(self, items: Sequence[OutboxItem], limit: int) -> None:
+        """Send ``items`` in ordered Bundles of at most ``limit`` entries: whole consultations
+        packed together while they fit, a larger one cut in order. Each later piece is read
+        back from the replica after the one before was marked sent, so its references to
+        earlier pieces already carry the server's ids."""
+        piece = _first_piece(items, limit)
+        self._push_items(piece)
+        sent = {item.seq for item in piece}
+        self._send_rest({item.seq for item in items if item.seq not in sent})
+
+    def _send_rest(self, rest: set[int]) -> None:
+        if not rest:
+            return
+        # Read the rest back: mark_sent rewrote its references to the sent part's server ids.
         pending = self._replica.list_outbox(SPLIT_REREAD_LIMIT)
         later = [item for item in pending if item.seq in rest]
         if later:
             self._push_items(later)
 
-    def _post_transaction(self, items: Sequence[OutboxItem]) -> Response:
+    def _held_back(self, items: Sequence[OutboxItem]) -> list[OutboxItem]:
+        """Updates the server cannot check (no If-Match) are held as visible push errors."""
+        kept: list[OutboxItem] = []
+        for item in items:
+            if (
+                item.operation == "update"
+                and self._profile is not None
+                and not self._profile.of(item.resource_type).versioned_update
+            ):
+                self._replica.record_push_error(item.seq, HELD_NO_IF_MATCH)
+                self.result.push_errors += 1
+            else:
+                kept.append(item)
+        return kept
+
+    def _not_yet_created(self, items: Sequence[OutboxItem]) -> list[OutboxItem]:
+        """Without conditional create, creates the server already holds (a lost reply) are
+        marked sent from a lookup by client identifier; the rest is read back and returned."""
+        profile = self._profile
+        if profile is None:
+            return list(items)
+        unchecked = [
+            item
+            for item in items
+            if item.operation == "create" and not profile.of(item.resource_type).conditional_create
+        ]
+        if not unchecked:
+            return list(items)
+        found = find_already_created(self._transport, self._base, unchecked)
+        if not found:
+            return list(items)
+        refused = self._replica.mark_sent_batch(found)
+        self.result.pushed += len(found) - len(refused)
+        self.result.push_errors += len(refused)
+        done = {sent.seq for sent in found}
+        rest = {item.seq for item in items if item.seq not in done}
+        pending = self._replica.list_outbox(SPLIT_REREAD_LIMIT)
+        return [item for item in pending if item.seq in rest]
+
+    def _post_settled(
+        self, items: Sequence[OutboxItem]
+    ) -> tuple[Sequence[OutboxItem], Response | None]:
+        """Post ``items``; returns what was posted last and the answer (None: nothing left).
+
+        Where every create is conditional (or there is none) the transport retries a lost
+        reply itself. Otherwise a repeat of the same Bundle could create a second copy, so the
+        transport sends it once; after a lost reply the creates are looked up again and only
+        what the server does not hold is sent (``LOOKUP_RETRIES`` times at most)."""
+        if self._all_creates_conditional(items):
+            return items, self._post_transaction(items, idempotent=True)
+        for attempt in range(1, LOOKUP_RETRIES + 1):
+            try:
+                return items, self._post_transaction(items, idempotent=False)
+            except TransportError as error:
+                if attempt == LOOKUP_RETRIES or error.reason not in LOST_REPLY_REASONS:
+                    raise
+                self._transport.wait_before_retry(attempt)
+                items = self._not_yet_created(items)
+                if not items:
+                    return items, None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _all_creates_conditional(self, items: Sequence[OutboxItem]) -> bool:
+        profile = self._profile
+        return profile is None or all(
+            item.operation != "create" or profile.of(item.resource_type).conditional_create
+            for item in items
+        )
+
+    def _post_transaction(self, items: Sequence[OutboxItem], *, idempotent: bool) -> Response:
         bundle = transaction([_entry(item) for item in items])
-        # Idempotent by construction: creates carry ifNoneExist, updates carry ifMatch.
+        # Idempotent when every create carries an honoured ifNoneExist (updates carry ifMatch).
         return self._transport.request(
             "POST",
             self._base,
             body=orjson.dumps(bundle),
             headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
-            idempotent=True,
+            idempotent=idempotent,
         )
 
     def _apply_push_response(self, items: Sequence[OutboxItem], response: Response) -> None:
@@ -238,6 +361,20 @@ def _gone(status: int, item: OutboxItem) -> bool:
     """An update of a resource the server deleted (410) or no longer shows this device (404):
     a conflict for the clinician, not a push error retried forever."""
     return item.operation == "update" and status in (404, 410)
+
+
+def _first_piece(items: Sequence[OutboxItem], limit: int) -> list[OutboxItem]:
+    """The first Bundle of at most ``limit`` entries: whole groups while they fit, else the
+    first ``limit`` entries of a group larger than the limit (order kept)."""
+    piece: list[OutboxItem] = []
+    for group in _groups(items):
+        if len(piece) + len(group) <= limit:
+            piece += group
+        elif piece:
+            break
+        else:
+            return group[:limit]
+    return piece
 
 
 def _groups(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:

@@ -326,6 +326,11 @@ class Transport:
     def get(self, path_or_url: str, headers: Mapping[str, str] | None = None) -> Response:
         return self.request("GET", path_or_url, headers=headers)
 
+    def wait_before_retry(self, attempt: int) -> None:
+        """The pause the transport's own retries take before attempt ``attempt + 1`` (for a
+        caller that must do something between attempts, e.g. a lookup)."""
+        self._sleep(backoff(attempt, self._jitter()))
+
     def post_json(self, path_or_url: str, body: Any, *, idempotent: bool = False) -> Response:
         """POST ``body`` as JSON (the control plane's shape); retried only when idempotent."""
         return self.request(

@@ -177,11 +177,33 @@ def _wait_ready(process: subprocess.Popen[bytes]) -> int:
 
 
 @contextlib.contextmanager
-def running_medplum(directory: Path) -> Iterator[MedplumServer]:
-    """Start the Medplum server with a fresh PKI under ``directory``; stop it on exit."""
+def running_medplum(
+    directory: Path,
+    *,
+    max_entries: int | None = None,
+    without: Sequence[str] = (),
+    client_ca_pem: str | None = None,
+) -> Iterator[MedplumServer]:
+    """Start the Medplum server with a fresh PKI under ``directory``; stop it on exit.
+
+    ``client_ca_pem`` is a further CA whose client certificates the server accepts (e.g. a
+    gateway's device CA, so a laptop the gateway enrolled can use it as its data plane).
+
+    ``max_entries`` advertises Medplum's own transaction limit in its CapabilityStatement;
+    ``without`` (``conditional-create``, ``if-match``) makes it a server lacking those: it
+    ignores the header and says so in its statement (server.cjs)."""
     node = _node()
+    options: list[str] = []
+    if max_entries is not None:
+        options += ["--max-entries", str(max_entries)]
+    if without:
+        options += ["--without", ",".join(without)]
     pki = make_test_pki(directory / "pki")
     seeder = pki.device("medplum-seeder", "seeding")
+    client_cas = pki.ca_path
+    if client_ca_pem is not None:
+        client_cas = directory / "client-cas.pem"
+        client_cas.write_text(pki.ca_path.read_text() + "\n" + client_ca_pem)
     process = subprocess.Popen(
         [
             node,
@@ -191,9 +213,10 @@ def running_medplum(directory: Path) -> Iterator[MedplumServer]:
             "--key",
             str(pki.server_key_path),
             "--ca",
-            str(pki.ca_path),
+            str(client_cas),
             "--port",
             "0",
+            *options,
         ],
         cwd=SERVER_DIR,
         stdin=subprocess.PIPE,

@@ -48,6 +48,20 @@ USER = "nurse.sync"
 TYPES = RESOURCE_TYPES  # what a device syncs under the default policy
 
 
+# Every vital sign: with its Encounter and note, a consultation of 10 entries (issue 13).
+FULL_VITALS = [
+    Vital("systolic", 128),
+    Vital("diastolic", 82),
+    Vital("heart_rate", 71),
+    Vital("respiratory_rate", 14),
+    Vital("temperature", 36.8),
+    Vital("spo2", 98),
+    Vital("weight", 80),
+    Vital("height", 180),
+    Vital("bmi", 24.7),
+]
+
+
 def seed_resources(patients: int, seed: int, sites: int = 2) -> list[dict[str, Any]]:
     """The deterministic synthetic data, Organizations left out (the store has no use)."""
     return [
@@ -119,15 +133,17 @@ def sync_once(
     site: str = SITE,
     fhir_base: str = "fhir",
     reconcile_every: dt.timedelta | None = None,
+    transport_class: type[Transport] = Transport,
 ) -> SyncResult:
     """One whole sync (push, pull) and its ``sync_finished``, as the product runs it;
-    ``reconcile_every`` (default: the product's) set to zero reconciles every type."""
+    ``reconcile_every`` (default: the product's) set to zero reconciles every type;
+    ``transport_class`` may be a subclass of the product's transport that records traffic."""
     replica = replica or replica_for(vault, site)
     kwargs = {} if sleep is None else {"sleep": sleep}
     engine_kwargs: dict[str, Any] = {}
     if reconcile_every is not None:
         engine_kwargs["reconcile_every"] = reconcile_every
-    with Transport(config, **kwargs) as transport:
+    with transport_class(config, **kwargs) as transport:
         result = SyncEngine(
             transport,
             replica,

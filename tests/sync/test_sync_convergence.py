@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,11 +33,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
 from client.core import conflicts, consultation, outbox, records
-from client.core.audit_log import AuditLog
 from client.core.consultation import ConsultationError
 from client.core.replica import VaultReplica
-from client.core.vault import Vault
-from sync.device.replica import ApplyStats, Page, SentItem
+from tests.support.crashing_replica import Crash, CrashingReplica
 from tests.support.gateway import Gateway, observation, patient, running_gateway
 from tests.support.sync import (
     DeviceVault,
@@ -45,7 +43,6 @@ from tests.support.sync import (
     device_view,
     new_observation,
     now_utc,
-    replica_settings,
     server_client_ids,
     server_resources,
     server_view,
@@ -57,44 +54,6 @@ from tests.support.sync import (
 
 PAGE_SIZE = 4
 _counter = itertools.count()
-
-
-class Crash(Exception):
-    """The process 'died': the vault's connection was dropped inside a transaction."""
-
-
-class CrashingReplica(VaultReplica):
-    """The product's replica, made to die at its ``crash_at``-th write call: a transaction is
-    opened, damage is written, and the connection is closed before COMMIT."""
-
-    def __init__(self, vault: Vault, site: str, crash_at: int) -> None:
-        super().__init__(lambda: vault.connection, AuditLog(), **replica_settings(site))
-        self._vault = vault
-        self._crash_at = crash_at
-        self._calls = 0
-
-    def _maybe_crash(self) -> None:
-        self._calls += 1
-        if self._calls == self._crash_at:
-            conn = self._vault.connection
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM sync_cursors")
-            conn.execute("UPDATE outbox SET state = 'sent'")
-            conn.execute("DELETE FROM resources")
-            self._vault.close()
-            raise Crash()
-
-    def apply_page(self, page: Page) -> ApplyStats:
-        self._maybe_crash()
-        return super().apply_page(page)
-
-    def mark_sent(self, seq: int, server_id: str, server_version: str) -> None:
-        self._maybe_crash()
-        super().mark_sent(seq, server_id, server_version)
-
-    def mark_sent_batch(self, sent: Sequence[SentItem]) -> Mapping[int, str]:
-        self._maybe_crash()
-        return super().mark_sent_batch(sent)
 
 
 class SyncMachine(RuleBasedStateMachine):

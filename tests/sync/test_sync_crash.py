@@ -20,19 +20,16 @@ exists exactly once on the server and once on the device.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,7 @@ import pytest
 from sync.gateway.store.base import Store
 from tests.support.gateway import Gateway, running_gateway, start_gateway, stop_gateway
 from tests.support.medplum_server import BASE_PATH, MedplumServer, running_medplum
+from tests.support.reply_cutter import ReplyCutter
 from tests.support.sync import (
     DEVICE_ID,
     OTHER_SITE,
@@ -308,51 +306,6 @@ def test_CR1_sync_killed_at_random_instants_loses_and_duplicates_nothing(tmp_pat
 
 
 # -- CR-2: the reply is lost after the server committed --------------------------------------
-
-
-class ReplyCutter:
-    """A TCP relay on 127.0.0.1. While ``armed``, the first server→client bytes that arrive
-    once ``committed()`` holds are NOT relayed: the client's side is closed instead (the server
-    did the work, the device never hears). Then it disarms itself and relays faithfully."""
-
-    def __init__(self, upstream_port: int, committed: Callable[[], bool]) -> None:
-        self._upstream = upstream_port
-        self._committed = committed
-        self.armed = False
-        self.cut = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self._upstream))
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, to_client: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if to_client and self.armed and self._committed():
-                    self.armed = False
-                    self.cut += 1
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self) -> None:
-        self._stop = True
-        self._listener.close()
 
 
 def test_CR2_a_reply_lost_after_the_server_committed_creates_nothing_twice(

@@ -7,13 +7,16 @@ type-level ``_history``, stamps UUID versions and filters nothing by site.
 - an edit goes up as a versioned update (If-Match) and the laptop holds the server's version;
 - an edit concurrent with another client's is a 412, kept as a conflict for the clinician, and
   "keep mine" then goes on top; "keep theirs" sends nothing;
-- an edit of a record the server deleted is a conflict, never a silent re-creation.
+- an edit of a record the server deleted is a conflict, never a silent re-creation;
+- an update whose reply was lost (the laptop died after the server committed) is not a conflict
+  with itself at the next sync (CR-2 for updates).
 
 One server for the module (its data only grows: each test has its own patient at its own site).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 import pytest
 
 from client.core import conflicts, consultation, outbox, records
+from tests.support.crashing_replica import Crash, CrashingReplica
 from tests.support.gateway import observation, patient
 from tests.support.medplum_server import MedplumServer, running_medplum
 from tests.support.sync import (
@@ -56,9 +60,10 @@ class Device:
         self.vault = self.device.open()
         assert self.sync().ok
 
-    def sync(self) -> Any:
-        result = sync_once(self.vault, self.config, site=self.site, fhir_base=self.server_.base)
-        return result
+    def sync(self, replica: Any = None) -> Any:
+        return sync_once(
+            self.vault, self.config, site=self.site, fhir_base=self.server_.base, replica=replica
+        )
 
     def edit(self, text: str) -> int:
         with self.vault.transaction() as conn:
@@ -165,3 +170,21 @@ def test_an_edit_of_a_record_the_server_deleted_is_a_conflict(dev: Device) -> No
     with dev.vault.transaction() as conn:
         conflicts.resolve_conflict(conn, conflict.id, "theirs", now=now_utc())
     assert outbox.unsent_count(dev.vault.connection) == 0
+
+
+def test_CR2_an_update_whose_reply_was_lost_is_not_a_conflict_with_itself(dev: Device) -> None:
+    """The server takes the edit, the laptop dies before it records the reply: the next sync
+    re-sends the update with the old If-Match, gets a 412, and sees the server already holds
+    exactly this edit — settled as sent, no conflict for the clinician, no third version."""
+    seq = dev.edit("mine")
+    with contextlib.suppress(Crash):  # the server commits; the device dies before mark_sent
+        dev.sync(replica=CrashingReplica(dev.vault, dev.site, crash_at=1))
+    dev.vault = dev.device.open()
+    committed = dev.server()
+    assert dev.state(seq) == "pending" and committed["note"] == [{"text": "mine"}]
+    result = dev.sync()
+    assert result.ok, result
+    assert conflicts.list_conflicts(dev.vault.connection) == []
+    assert dev.state(seq) == "sent"
+    assert dev.server()["meta"]["versionId"] == committed["meta"]["versionId"]
+    assert dev.converged()

@@ -19,7 +19,6 @@ import pytest
 
 from client.core import consultation
 from client.core.audit_log import AuditLog
-from client.core.consultation import Vital
 from sync.device.engine import SyncEngine, SyncResult
 from sync.device.replica import ApplyStats, Page
 from sync.device.transport import Transport
@@ -27,6 +26,7 @@ from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 from tests.support.medplum_server import BASE_PATH, MedplumServer, running_medplum
 from tests.support.memory_replica import MemoryReplica
 from tests.support.sync import (
+    FULL_VITALS,
     SITE,
     TYPES,
     DeviceVault,
@@ -304,19 +304,6 @@ def test_issue13_consultations_reach_the_third_party_server_exactly_once(
         if ident.get("system") == CLIENT_ID_SYSTEM
     )
     assert on_server == Counter(made)  # every resource once, none twice
-
-
-FULL_VITALS = [
-    Vital("systolic", 128),
-    Vital("diastolic", 82),
-    Vital("heart_rate", 71),
-    Vital("respiratory_rate", 14),
-    Vital("temperature", 36.8),
-    Vital("spo2", 98),
-    Vital("weight", 80),
-    Vital("height", 180),
-    Vital("bmi", 24.7),
-]
 
 
 def test_NW6_a_consultation_larger_than_the_servers_transaction_limit_is_sent_split_once(

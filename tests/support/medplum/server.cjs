@@ -9,7 +9,15 @@
 // limits). Started by tests/support/medplum_server.py; prints one line "READY <port>" when
 // listening, and stops on SIGTERM or when its stdin closes (the test process died).
 //
+// Two switches describe servers that offer less (issue 13: the laptop decides per capability),
+// each changing the statement AND the behaviour together, so the statement stays true:
+// --max-entries N advertises Medplum's own transaction limit (it refuses a transaction with
+// conditional creates and more than 8 entries) in the statement; --without LIST (any of
+// conditional-create, if-match) makes the router ignore If-None-Exist / If-Match, as a server
+// without those capabilities does, and says so in the statement.
+//
 // Usage: node server.cjs --cert server.pem --key server.key --ca ca.pem [--port 0]
+//        [--max-entries N] [--without conditional-create,if-match]
 
 'use strict';
 
@@ -48,7 +56,9 @@ function indexDefinitions() {
 }
 
 // What the router can do, read from its own route table (not a hand-written claim).
-function capabilityStatement(router) {
+const MAX_ENTRIES_URL = 'https://gatehouse.example/fhir/StructureDefinition/max-transaction-entries';
+
+function capabilityStatement(router, options) {
   const interactions = new Set(router.router.routes.map((route) => route.data?.interaction));
   const typeLevel = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance',
     'history-type', 'create', 'search-type'].filter((code) => interactions.has(code));
@@ -69,11 +79,14 @@ function capabilityStatement(router) {
     implementation: { description: 'Gatehouse test server', url: BASE },
     rest: [{
       mode: 'server',
+      extension: options.maxEntries
+        ? [{ url: MAX_ENTRIES_URL, valuePositiveInt: options.maxEntries }] : [],
       interaction: system.map((code) => ({ code })),
       resource: types.map((type) => ({
         type,
-        versioning: 'versioned-update', // the router's update honours If-Match
-        conditionalCreate: true,
+        // the router's update honours If-Match, and its create If-None-Exist (unless --without)
+        versioning: options.without.has('if-match') ? 'versioned' : 'versioned-update',
+        conditionalCreate: !options.without.has('conditional-create'),
         interaction: typeLevel.map((code) => ({ code })),
         searchParam: [
           { name: '_lastUpdated', type: 'date' },
@@ -110,7 +123,20 @@ function readBody(req) {
   });
 }
 
-async function handle(router, repo, capability, req, res) {
+// What a server without conditional create / If-Match does with those requests: ignores them.
+function dropUnsupported(options, headers, body) {
+  const ignored = [];
+  if (options.without.has('conditional-create')) ignored.push(['if-none-exist', 'ifNoneExist']);
+  if (options.without.has('if-match')) ignored.push(['if-match', 'ifMatch']);
+  for (const [header, field] of ignored) {
+    delete headers[header];
+    for (const entry of body?.resourceType === 'Bundle' ? body.entry ?? [] : []) {
+      if (entry?.request) delete entry.request[field];
+    }
+  }
+}
+
+async function handle(router, repo, capability, options, req, res) {
   const url = new URL(req.url, 'https://127.0.0.1');
   if (url.pathname !== BASE && !url.pathname.startsWith(BASE + '/')) {
     send(res, 404, core.normalizeOperationOutcome(core.notFound));
@@ -131,13 +157,15 @@ async function handle(router, repo, capability, req, res) {
       return;
     }
   }
+  const requestHeaders = { ...req.headers };
+  dropUnsupported(options, requestHeaders, body);
   const result = await router.handleRequest({
     method: req.method,
     url: path + url.search,
     params: {},
     query: {},
     body,
-    headers: req.headers,
+    headers: requestHeaders,
     config: { transactions: true },
   }, repo);
   const [outcome, resource] = result;
@@ -157,7 +185,11 @@ function main() {
   indexDefinitions();
   const router = new FhirRouter();
   const repo = new MemoryRepository();
-  const capability = capabilityStatement(router);
+  const options = {
+    maxEntries: args['max-entries'] ? Number(args['max-entries']) : 0,
+    without: new Set((args.without || '').split(',').filter(Boolean)),
+  };
+  const capability = capabilityStatement(router, options);
   const server = https.createServer({
     cert: fs.readFileSync(args.cert),
     key: fs.readFileSync(args.key),
@@ -166,7 +198,7 @@ function main() {
     rejectUnauthorized: true,
     minVersion: 'TLSv1.3',
   }, (req, res) => {
-    handle(router, repo, capability, req, res).catch((error) => {
+    handle(router, repo, capability, options, req, res).catch((error) => {
       if (!res.headersSent) {
         send(res, 500, core.normalizeOperationOutcome(error));
       } else {
