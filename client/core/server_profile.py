@@ -56,10 +56,12 @@ _MISSING_WORDS = {
     ),
     "search-type": "No search for {types}: without change history these cannot be pulled.",
     "conditional-create": (
-        "No conditional create for {types}: a note whose reply is lost could be filed twice."
+        "No conditional create for {types}: the laptop looks each new note up before sending "
+        "it, so a lost reply never files it twice; this costs a few more requests."
     ),
     "if-match": (
-        "No versioned updates (If-Match) for {types}: an edit could overwrite someone else's."
+        "No versioned updates (If-Match) for {types}: edits are held on the laptop, not sent, "
+        "because they could overwrite someone else's. Call IT."
     ),
 }
 _TYPE_WORDS = {

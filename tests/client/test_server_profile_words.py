@@ -27,8 +27,10 @@ def test_each_missing_capability_is_one_sentence_saying_what_the_laptop_does() -
     )
     assert summary.missing == (
         "No transactions: notes cannot be sent to this server. Call IT.",
-        "No conditional create for observations: a note whose reply is lost could be filed twice.",
-        "No versioned updates (If-Match) for observations: an edit could overwrite someone else's.",
+        "No conditional create for observations: the laptop looks each new note up before "
+        "sending it, so a lost reply never files it twice; this costs a few more requests.",
+        "No versioned updates (If-Match) for observations: edits are held on the laptop, not "
+        "sent, because they could overwrite someone else's. Call IT.",
     )
 
 
