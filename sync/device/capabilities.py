@@ -12,7 +12,7 @@ Invariants:
 from __future__ import annotations
 
 from sync.device.outcome import CONNECTION_REASONS, FHIR_JSON
-from sync.device.transport import Transport, TransportError
+from sync.device.transport import Response, Transport, TransportError
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.capability import ServerProfile, read_capability_statement
 from sync.protocol.fhir.validate import InvalidResource
@@ -26,6 +26,11 @@ def read_server_profile(transport: Transport, fhir_base: str) -> ServerProfile |
         if error.reason in CONNECTION_REASONS:
             raise
         return None  # e.g. a statement larger than any page: not a reason to stop the sync
+    return profile_of(response)
+
+
+def profile_of(response: Response) -> ServerProfile | None:
+    """The profile in a ``metadata`` answer, or None when it is not a readable statement."""
     if response.status != 200:
         return None
     try:

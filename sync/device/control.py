@@ -10,6 +10,13 @@ Guarantees:
 - Commands are acted on only when their Ed25519 signature (receipt key) covers this device id;
   each is acknowledged with a receipt so it runs once.
 - A time anchor is accepted only when the signed answer echoes our fresh nonce (TM-2).
+- The steps that open a sync (time, the first audit batch, commands) and the policy offered at
+  its end travel in ONE request, ``POST device/exchange`` (issue 15 item 3), whose parts are
+  checked exactly as the separate answers were and still fail separately: the time, audit and
+  commands phases each read their own part. A gateway without the exchange (404) is served by
+  the separate requests, as before. The audit entries the sync itself writes go up at its end
+  (``audit_final``), so a sync with nothing new costs this request, the data plane's one
+  batch, and that upload.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sync.device.engine import SyncError, SyncResult
-from sync.device.transport import Transport
+from sync.device.transport import Response, Transport
 from sync.protocol.audit.receipt import Receipt, ReceiptError, receipt_from_json, verify_receipt
 from sync.protocol.fhir.bounded_json import MAX_CONTROL_BYTES, BoundedJsonError, loads_bounded
 from sync.protocol.statements import SignatureRefused, command_statement, time_statement, verify
@@ -71,15 +78,29 @@ def _json(data: bytes) -> Any:
 
 
 def _post(transport: Transport, path: str, body: Any, *, idempotent: bool = False) -> Any:
-    response = transport.post_json(path, body, idempotent=idempotent)
+    return _answer(transport.post_json(path, body, idempotent=idempotent))
+
+
+def _answer(response: Response, refused: str = "the gateway refused a control request") -> Any:
+    """A control answer's JSON; a non-200 raises ``SyncError`` with the gateway's reason."""
     data = _json(response.body)
     if response.status != 200:
         reason = data.get("error") if isinstance(data, dict) else None
         raise SyncError(
             str(reason) if isinstance(reason, str) else f"http_{response.status}",
-            "the gateway refused a control request",
+            refused,
         )
     return data
+
+
+@dataclass
+class _Exchanged:
+    """The answer to ``device/exchange``: its parts, the nonce it carried and the audit batch
+    it uploaded (None: nothing was pending)."""
+
+    answer: dict[str, Any]
+    nonce: str
+    audit: tuple[dict[str, Any], int, str] | None
 
 
 class ControlSteps:
@@ -88,19 +109,50 @@ class ControlSteps:
     def __init__(self, device: DeviceControl, receipt_key: Ed25519PublicKey) -> None:
         self._device = device
         self._key = receipt_key
+        self._asked = False
+        self._exchanged: _Exchanged | None = None
+        self._exchange_error: SyncError | None = None
 
     def before(self) -> Sequence[tuple[str, Any]]:
         """Run first, so nothing later can starve them: time, the audit backlog, commands
         (a remote wipe or lock must never wait behind a broken page or a poison note)."""
-        return (("time", self.time), ("audit", self.audit), ("commands", self.commands))
+        return (("time", self.time), ("audit", self.audit_backlog), ("commands", self.commands))
 
     def after(self) -> Sequence[tuple[str, Any]]:
         """Run last: the policy, then the audit entries this sync itself wrote."""
         return (("policy", self.policy), ("audit_final", self.audit))
 
+    def _exchange(self, transport: Transport) -> _Exchanged | None:
+        """The one opening request (module docstring), made once per sync; None when the
+        gateway has no exchange. Its failure is raised again by every phase that needs it."""
+        if not self._asked:
+            self._asked = True
+            nonce = base64.b64encode(secrets.token_bytes(16)).decode()
+            audit = self._device.audit_batch(AUDIT_BATCH)
+            body: dict[str, Any] = {"nonce": nonce}
+            if audit is not None:
+                body["audit"] = audit[0]
+            try:
+                # Idempotent: time and reads, and an audit upload the gateway deduplicates.
+                response = transport.post_json("device/exchange", body, idempotent=True)
+                if response.status != 404:
+                    data = _answer(response, "the gateway refused the sync's opening request")
+                    if not isinstance(data, dict):
+                        raise SyncError("bad_response", "the gateway's control answer is invalid")
+                    self._exchanged = _Exchanged(data, nonce, audit)
+            except SyncError as error:
+                self._exchange_error = error
+        if self._exchange_error is not None:
+            raise self._exchange_error
+        return self._exchanged
+
     def time(self, transport: Transport, result: SyncResult) -> None:
-        nonce = base64.b64encode(secrets.token_bytes(16)).decode()
-        data = _post(transport, "device/time", {"nonce": nonce})
+        exchanged = self._exchange(transport)
+        if exchanged is not None:
+            nonce, data = exchanged.nonce, exchanged.answer.get("time")
+        else:
+            nonce = base64.b64encode(secrets.token_bytes(16)).decode()
+            data = _post(transport, "device/time", {"nonce": nonce})
         if not isinstance(data, dict) or data.get("nonce") != nonce:
             raise SyncError("bad_time", "the gateway's time answer does not match our request")
         when, signature = data.get("time"), data.get("signature")
@@ -114,32 +166,63 @@ class ControlSteps:
         self._device.anchor_time(server_time)
         result.control["time"] = when
 
+    def audit_backlog(self, transport: Transport, result: SyncResult) -> None:
+        """The entries pending when the sync began: the first batch went with the exchange
+        (its receipt is checked here), the rest as separate uploads."""
+        exchanged = self._exchange(transport)
+        uploaded = 0
+        if exchanged is not None and exchanged.audit is not None:
+            part = exchanged.answer.get("audit")
+            if not isinstance(part, dict):
+                raise SyncError("bad_response", "the gateway did not answer the audit upload")
+            if part.get("status") != 200:
+                reason = part.get("error")
+                raise SyncError(
+                    reason if isinstance(reason, str) else "bad_response",
+                    "the gateway refused the audit upload",
+                )
+            self._accept_receipt(part.get("receipt"), exchanged.audit)
+            uploaded = len(exchanged.audit[0].get("entry", []))
+        result.control["audit_uploaded"] = int(result.control.get("audit_uploaded", 0)) + uploaded
+        self.audit(transport, result)
+
     def audit(self, transport: Transport, result: SyncResult) -> None:
         uploaded = 0
         while True:
             batch = self._device.audit_batch(AUDIT_BATCH)
             if batch is None:
                 break
-            bundle, last_seq, head_hash = batch
-            data = _post(transport, "device/audit", bundle, idempotent=True)
-            try:
-                receipt = receipt_from_json(orjson.dumps(data))
-                verify_receipt(receipt, self._key)
-            except ReceiptError as error:
-                raise SyncError("bad_receipt", "the audit receipt does not verify") from error
-            if receipt.last_seq != last_seq or receipt.head_hash != head_hash:
-                raise SyncError("bad_receipt", "the audit receipt is for other entries")
-            if receipt.device_id != self._device.device_id:
-                raise SyncError("bad_receipt", "the audit receipt is for another device")
-            self._device.audit_uploaded(receipt)
-            uploaded += len(bundle.get("entry", []))
+            data = _post(transport, "device/audit", batch[0], idempotent=True)
+            self._accept_receipt(data, batch)
+            uploaded += len(batch[0].get("entry", []))
         result.control["audit_uploaded"] = int(result.control.get("audit_uploaded", 0)) + uploaded
 
+    def _accept_receipt(self, data: Any, batch: tuple[dict[str, Any], int, str]) -> None:
+        """Verify the gateway's receipt for ``batch`` and mark its entries uploaded."""
+        _bundle, last_seq, head_hash = batch
+        try:
+            receipt = receipt_from_json(orjson.dumps(data))
+            verify_receipt(receipt, self._key)
+        except ReceiptError as error:
+            raise SyncError("bad_receipt", "the audit receipt does not verify") from error
+        if receipt.last_seq != last_seq or receipt.head_hash != head_hash:
+            raise SyncError("bad_receipt", "the audit receipt is for other entries")
+        if receipt.device_id != self._device.device_id:
+            raise SyncError("bad_receipt", "the audit receipt is for another device")
+        self._device.audit_uploaded(receipt)
+
     def policy(self, transport: Transport, result: SyncResult) -> None:
-        response = transport.get("device/policy")
-        data = _json(response.body)
-        envelope = data.get("policy") if isinstance(data, dict) else None
-        if response.status != 200 or envelope is None:
+        """Offer the gateway's policy for this device (read with the exchange, else now)."""
+        exchanged = self._exchanged
+        if exchanged is not None and "policy" in exchanged.answer:
+            envelope = exchanged.answer["policy"]
+            status = 200
+        else:
+            response = transport.get("device/policy")
+            data = _json(response.body)
+            envelope = data.get("policy") if isinstance(data, dict) else None
+            status = response.status
+        if status != 200 or envelope is None:
             result.control["policy"] = "none"
             return
         if not isinstance(envelope, str):
@@ -147,10 +230,15 @@ class ControlSteps:
         result.control["policy"] = self._device.offer_policy(envelope.encode())
 
     def commands(self, transport: Transport, result: SyncResult) -> None:
-        response = transport.get("device/commands")
-        data = _json(response.body)
-        listed = data.get("commands") if isinstance(data, dict) else None
-        if response.status != 200 or not isinstance(listed, list):
+        exchanged = self._exchange(transport)
+        if exchanged is not None:
+            listed = exchanged.answer.get("commands")
+        else:
+            response = transport.get("device/commands")
+            data = _json(response.body)
+            ok = response.status == 200 and isinstance(data, dict)
+            listed = data.get("commands") if ok else None
+        if not isinstance(listed, list):
             raise SyncError("bad_response", "the gateway's commands answer is not valid")
         done: list[str] = []
         refused = 0

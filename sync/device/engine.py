@@ -29,7 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from sync.device.capabilities import read_server_profile
+from sync.device.capabilities import profile_of, read_server_profile
+from sync.device.first_pages import (
+    METADATA,
+    history_cursors,
+    read_in_one_batch,
+    relative_to_base,
+)
 from sync.device.outcome import (
     CONNECTION_REASONS,
     Cancelled,
@@ -42,7 +48,7 @@ from sync.device.pull import DEFAULT_FHIR_BASE, PAGE_SIZE, HistoryPull
 from sync.device.push import PUSH_BATCH, OutboxPush
 from sync.device.reconcile import RECONCILE_INTERVAL
 from sync.device.replica import Replica, ReplicaError
-from sync.device.transport import Transport, TransportError
+from sync.device.transport import Response, Transport, TransportError
 from sync.protocol.fhir.capability import ServerProfile
 
 # The engine's public API: its callers (the client, the control steps) import these from here.
@@ -97,6 +103,7 @@ class SyncEngine:
         self._fhir_base = fhir_base
         self._reconcile_every = reconcile_every
         self._profile: ServerProfile | None = None
+        self._metadata_deferred = False  # to be read in the pull's batch (read_metadata)
         self.result = SyncResult()
 
     # -- running -------------------------------------------------------------------------------
@@ -158,13 +165,29 @@ class SyncEngine:
 
     def read_metadata(self) -> None:
         """The data plane's CapabilityStatement, read before the push (``result.server``);
-        a server that does not describe itself leaves it None and the engine probes."""
-        self._profile = read_server_profile(self._data, self._fhir_base)
-        if self._profile is not None:
-            self.result.server = self._profile.to_json(self._types)
+        a server that does not describe itself leaves it None and the engine probes.
+
+        With nothing to push and every type resumed by ``_history``, the statement is not
+        needed before the pull: it is read in the pull's one batch instead (``pull``)."""
+        if not self._replica.list_outbox(1) and self._all_resumed_by_history():
+            self._metadata_deferred = True
+            return
+        self._set_profile(read_server_profile(self._data, self._fhir_base))
+
+    def _set_profile(self, profile: ServerProfile | None) -> None:
+        self._profile = profile
+        if profile is not None:
+            self.result.server = profile.to_json(self._types)
+
+    def _all_resumed_by_history(self) -> bool:
+        return len(history_cursors(self._replica, self._types)) == len(self._types)
 
     def push(self) -> None:
-        """Send the outbox (``sync.device.push``)."""
+        """Send the outbox (``sync.device.push``). A note saved since ``read_metadata`` found
+        nothing to push is sent knowing what the server offers: the statement is read now."""
+        if self._metadata_deferred and self._replica.list_outbox(1):
+            self._metadata_deferred = False
+            self._set_profile(read_server_profile(self._data, self._fhir_base))
         OutboxPush(
             self._data,
             self._replica,
@@ -177,7 +200,9 @@ class SyncEngine:
         ).run()
 
     def pull(self) -> None:
-        """Pull every resource type's changes (``sync.device.pull``)."""
+        """Pull every resource type's changes (``sync.device.pull``): the first page of every
+        type resumed by ``_history`` (and a deferred ``metadata``) in one batch first."""
+        first_pages = self._batched_first_pages()
         HistoryPull(
             self._data,
             self._replica,
@@ -189,4 +214,33 @@ class SyncEngine:
             fhir_base=self._fhir_base,
             profile=self._profile,
             reconcile_every=self._reconcile_every,
+            first_pages=first_pages,
         ).run()
+        if self._metadata_deferred and self._profile is None:
+            self._metadata_deferred = False
+            self._set_profile(read_server_profile(self._data, self._fhir_base))
+
+    def _batched_first_pages(self) -> dict[str, Response]:
+        """One batch of GETs: the deferred metadata and each history cursor's page
+        (``sync.device.first_pages``); {} when there is nothing worth batching or the server
+        did not answer the batch (every type is then read on its own, as before)."""
+        if self._profile is not None and not self._profile.batch:
+            return {}
+        cursors = history_cursors(self._replica, self._types)
+        relative = {
+            kind: url
+            for kind, cursor in cursors.items()
+            if (url := relative_to_base(cursor, self._fhir_base)) is not None
+        }
+        wanted = ([METADATA] if self._metadata_deferred else []) + list(relative.values())
+        if len(wanted) < 2:
+            return {}
+        pages = read_in_one_batch(self._data, self._fhir_base, wanted)
+        if pages is None:
+            return {}
+        if self._metadata_deferred:
+            metadata, pages = pages[0], pages[1:]
+            if metadata is not None:
+                self._metadata_deferred = False
+                self._set_profile(profile_of(metadata))
+        return {kind: page for kind, page in zip(relative, pages, strict=True) if page is not None}

@@ -31,6 +31,9 @@ Invariants:
   replica; a bad one is quarantined with its reason and the rest of the page goes on (NW-3).
   That includes a resource nested deeper than ``MAX_DEPTH``: a page may be ``MAX_PAGE_DEPTH``
   deep, and only a page past that (or otherwise not bounded JSON) is refused as a whole.
+- A type resumed by ``_history`` may have its first page handed in, read with the others in
+  one batch (``sync.device.first_pages``): it is exactly the answer to a GET of its cursor and
+  is validated and applied like any page.
 - Pages are read one ahead: a worker downloads page N+1 while page N is applied; never more
   than one request is in flight and at most two pages are held. Only the caller's thread
   parses, validates and calls the replica.
@@ -140,8 +143,12 @@ class HistoryPull:
         profile: ServerProfile | None = None,
         reconcile_every: dt.timedelta = RECONCILE_INTERVAL,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        first_pages: Mapping[str, Response] | None = None,
     ) -> None:
         self._transport = transport
+        # Answers to each type's stored history cursor, already read in one batch by the
+        # engine (sync.device.first_pages): used instead of a GET of that cursor.
+        self._first_pages = dict(first_pages or {})
         self._reconcile_every = reconcile_every
         self._now = now
         self._backfill_types: tuple[str, ...] = ()
@@ -310,7 +317,8 @@ class HistoryPull:
         if stored is None and self._profile and not self._profile.of(resource_type).history_type:
             return self._search_type(resource_type, stream, None)  # the server says: no history
         url = stored or self._start_url(resource_type, history=True)
-        response = self._transport.get(url, headers={"Accept": FHIR_JSON})
+        first = self._first_pages.pop(resource_type, None) if stored is not None else None
+        response = first or self._transport.get(url, headers={"Accept": FHIR_JSON})
         if response.status in NO_HISTORY_STATUSES and stored is None:
             # A server without type-level _history: a _lastUpdated keyset search instead
             # (new and changed resources only; deletions are not seen: docs/sync.md).

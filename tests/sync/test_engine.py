@@ -85,7 +85,9 @@ def test_full_then_incremental_sync_brings_exactly_the_site(gw: Gateway) -> None
     again = _sync(gw, replica)
     assert again.ok and again.pulled == 0
     assert result.server is not None and result.server["missing"] == []  # the gateway: all
-    assert again.requests == 1 + len(TYPES)  # metadata, then one page per type, nothing new
+    # Issue 15 item 3: the metadata and every type's history page in ONE batch (was 1 + 8).
+    assert again.requests == 1
+    assert again.server == result.server  # the statement still read, inside the batch
     assert result.caseload_confirmed and again.caseload_confirmed  # every _history to its end
 
 

@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sync.gateway.api.control import device_routes, identity_of, now_of, store_of
+from sync.gateway.api.exchange import exchange_routes
 from sync.gateway.api.responses import (
     control_error_response,
     json_response,
@@ -272,7 +273,7 @@ def create_control_app(
 ) -> Starlette:
     """``/device`` and ``/audit`` (behind the device authentication middleware)."""
     app = Starlette(
-        routes=[*device_routes(), *audit_routes()],
+        routes=[*device_routes(), *exchange_routes(), *audit_routes()],
         exception_handlers={
             ControlError: _control_error,
             DatabaseFailure: _database_failure,

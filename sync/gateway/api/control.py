@@ -230,10 +230,8 @@ async def command_receipt_route(request: Request) -> Response:
     return json_response({"receipt": receipt})
 
 
-async def trusted_time(request: Request) -> Response:
-    identity = identity_of(request)
-    body = await read_object(request)
-    nonce = body.get("nonce")
+def checked_nonce(nonce: Any) -> str:
+    """A device's time nonce: base64 of exactly ``NONCE_BYTES`` bytes, else 400."""
     if not isinstance(nonce, str) or len(nonce) > 64:
         raise ControlError(400, "bad_request")
     try:
@@ -242,6 +240,13 @@ async def trusted_time(request: Request) -> Response:
         raise ControlError(400, "bad_request") from None
     if len(raw) != NONCE_BYTES:
         raise ControlError(400, "bad_request")
+    return nonce
+
+
+async def trusted_time(request: Request) -> Response:
+    identity = identity_of(request)
+    body = await read_object(request)
+    nonce = checked_nonce(body.get("nonce"))
     key = authority_of(request).receipt_key
     return json_response(signed_time(key, nonce, identity.device_id, now_of(request)))
 

@@ -3,7 +3,8 @@
 Invariants:
 - A transaction is all or nothing: it runs in ONE store write transaction; the first failing
   entry rolls everything back and the answer is that entry's OperationOutcome.
-- A batch runs each entry in its own write transaction and reports each entry's outcome.
+- A batch runs each entry in its own write transaction and reports each entry's outcome. A
+  batch whose entries are all GETs is a batch of reads (``sync.gateway.api.read_batch``).
 - Exactly-once creates: ``ifNoneExist: identifier=system|value`` finds a live resource of the
   same type in the device's site with that identifier → 200 with the existing resource, no
   new one (a retry after a lost reply is harmless). Two matches → 412.
@@ -46,6 +47,7 @@ from sync.gateway.api.outcome import (
     operation_outcome,
     status_text,
 )
+from sync.gateway.api.read_batch import answer_reads, read_urls
 from sync.gateway.store import resources as res
 from sync.gateway.store.base import (
     DatabaseFailure,
@@ -183,7 +185,10 @@ def parse_entry(index: int, raw: Any) -> Entry:
 
 
 def parse_bundle(body: bytes) -> tuple[str, list[Entry]]:
-    bundle = parse_json(body, MAX_BUNDLE_DEPTH)
+    return parse_bundle_value(parse_json(body, MAX_BUNDLE_DEPTH))
+
+
+def parse_bundle_value(bundle: Any) -> tuple[str, list[Entry]]:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise _bad("not_a_bundle")
     kind = bundle.get("type")
@@ -390,7 +395,12 @@ async def handle_bundle(request: Request, store: Store, scope: Scope) -> Respons
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type not in ("application/fhir+json", "application/json"):
         raise FhirError(415, "not-supported", "unsupported_media_type")
-    kind, entries = parse_bundle(await read_body(request))
+    parsed = parse_json(await read_body(request), MAX_BUNDLE_DEPTH)
+    if isinstance(parsed, dict) and parsed.get("type") == "batch":
+        urls = read_urls(parsed)  # a batch of reads (sync.gateway.api.read_batch)
+        if urls is not None:
+            return await answer_reads(request, urls)
+    kind, entries = parse_bundle_value(parsed)
     base = str(request.base_url).rstrip("/") + "/fhir"
     if kind == "transaction":
         outcomes = await run_in_threadpool(run_transaction, store, entries, scope)
