@@ -1,0 +1,125 @@
+"""``gatehouse-gateway upstream set|status|sync``.
+
+Invariants:
+- ``set`` works on an initialised data folder only and prints no secret; ``status`` shows the
+  configuration (without secrets), the last pass and, per capability, whether the upstream
+  offers it and what the gateway does (``--json``: the same as one JSON document, with reason
+  codes); ``sync`` runs one pass now and exits 2 with one line when it fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sync.gateway import datadir
+from sync.gateway.errors import sentence
+from sync.gateway.upstream.config import DEFAULT_POLL_S, UpstreamConfig, load_config, set_upstream
+from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.passes import run_pass
+from sync.gateway.upstream.state import load_state
+
+
+def _initialised(args: argparse.Namespace) -> Path:
+    data = Path(args.data)
+    if not (data / datadir.CA_CERT).exists():
+        raise UpstreamError("not_initialised")
+    return data
+
+
+def _describe(config: UpstreamConfig) -> str:
+    ways = []
+    if config.cert_file is not None:
+        ways.append("client certificate")
+    if config.token_url is not None:
+        ways.append(f"SMART Backend Services token from {config.token_url} as {config.client_id}")
+    return f"upstream {config.base} (poll every {config.poll_s} s; {', '.join(ways)})"
+
+
+def _set(args: argparse.Namespace) -> int:
+    config = set_upstream(
+        _initialised(args),
+        base=args.base,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        token_url=args.token_url,
+        client_id=args.client_id,
+        jwk_path=args.jwk,
+        poll_s=args.poll,
+    )
+    print(f"{_describe(config)} configured; secrets copied into the data folder (0600)")
+    print("run `gatehouse-gateway upstream sync` to check the connection now")
+    return 0
+
+
+def _status_document(data: Path) -> dict[str, Any]:
+    config = load_config(data)
+    return {"configuration": config.to_json(), **load_state(data)}
+
+
+def _status(args: argparse.Namespace) -> int:
+    data = _initialised(args)
+    document = _status_document(data)
+    if args.json:
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print(_describe(load_config(data)))
+    if "last_attempt" not in document:
+        print("no pass has run yet: run `gatehouse-gateway upstream sync`")
+        return 0
+    if document.get("last_outcome") == "ok":
+        print(f"last pass {document['last_attempt']}: ok")
+    else:
+        reason = str(document.get("last_reason"))
+        print(f"last pass {document['last_attempt']}: FAILED: {sentence(reason)} ({reason})")
+        print(f"last successful pass: {document.get('last_success') or 'never'}")
+    for where, version in sorted((document.get("tls") or {}).items()):
+        print(f"TLS with {where}: {version}")
+    capabilities = document.get("capabilities")
+    if capabilities:
+        print(
+            f"capabilities of {capabilities.get('software') or 'the upstream'} "
+            f"(FHIR {capabilities.get('fhir_version') or '?'}):"
+        )
+        for decision in capabilities.get("decisions", []):
+            mark = "offered" if decision["offered"] else "MISSING"
+            print(f"  {mark:8} {decision['capability']:34} {decision['plan']}")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    result = run_pass(_initialised(args))
+    missing = result.capabilities.missing() if result.capabilities else []
+    tls = ", ".join(sorted(set(result.tls.values()))) or "?"
+    print(f"upstream pass done over {tls}; {len(missing)} capability(ies) missing")
+    return 0
+
+
+def register(commands: Any) -> None:
+    upstream = commands.add_parser(
+        "upstream", help="the health board's FHIR server (system of record)"
+    ).add_subparsers(dest="upstream_command", required=True)
+    setting = upstream.add_parser("set", help="where the upstream is and how to reach it")
+    setting.add_argument("--data", required=True)
+    setting.add_argument("--base", required=True, help="FHIR base URL, https://host/any/path")
+    setting.add_argument("--ca", default=None, help="the CA to trust (required; nothing else is)")
+    setting.add_argument("--cert", default=None, help="client certificate (PEM)")
+    setting.add_argument("--key", default=None, help="its private key (PEM, unencrypted)")
+    setting.add_argument("--token-url", default=None, help="SMART Backend Services token URL")
+    setting.add_argument("--client-id", default=None)
+    setting.add_argument("--jwk", default=None, help="private signing key (JWK, RS384/ES384)")
+    setting.add_argument("--poll", type=int, default=DEFAULT_POLL_S, help="seconds")
+    setting.set_defaults(run=_set)
+    status = upstream.add_parser("status", help="configuration, last pass, capabilities")
+    status.add_argument("--data", required=True)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_status)
+    once = upstream.add_parser("sync", help="one pass now")
+    once.add_argument("--data", required=True)
+    once.add_argument("--database", default=None, help="postgresql://… URL")
+    once.set_defaults(run=_sync)

@@ -1,0 +1,68 @@
+"""One upstream pass (``upstream sync``, and ``serve`` on the poll interval).
+
+Order (each step only after the one before succeeded): connect (TLS, client certificate), get a
+token when SMART Backend Services is configured, read ``metadata`` and decide per capability.
+
+Invariants:
+- Every pass records its outcome (``state.record_pass``), a failure included, and a failure is
+  an ``UpstreamError`` with a stable reason: a pass never raises anything else for an upstream
+  that misbehaves.
+- Nothing here logs a token, a key, or record content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sync.gateway.upstream.capabilities import UpstreamCapabilities, fetch_capabilities
+from sync.gateway.upstream.config import load_config
+from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.opening import open_connection
+from sync.gateway.upstream.state import record_pass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassResult:
+    capabilities: UpstreamCapabilities | None = None
+    tls: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def run_pass(data: Path, *, now: dt.datetime | None = None) -> PassResult:
+    """One pass now; raises ``UpstreamError`` (after recording it) when it fails."""
+    moment = now or dt.datetime.now(dt.UTC)
+    config = load_config(data)
+    result = PassResult()
+    try:
+        with open_connection(config) as connection:
+            try:
+                result.capabilities = fetch_capabilities(connection)
+            finally:
+                result.tls = dict(connection.counters.tls_versions)
+    except UpstreamError as err:
+        log.warning("upstream pass failed: %s", err.reason)
+        record_pass(
+            data,
+            at=moment,
+            reason=err.reason,
+            detail=err.detail,
+            tls=result.tls,
+            capabilities=None,
+        )
+        raise
+    result.state = record_pass(
+        data,
+        at=moment,
+        reason=None,
+        capabilities=result.capabilities.to_json(),
+        tls=result.tls,
+        counts=result.counts,
+    )
+    return result
