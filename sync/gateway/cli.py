@@ -49,6 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn_config,
     )
     from sync.gateway.store.opening import open_store
+    from sync.gateway.store.sql import SqlStore
     from sync.gateway.upstream.worker import start_worker
 
     data = Path(args.data)
@@ -65,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         authority=authority,
         trusted_proxies=parse_trusted_proxies(args.trusted_proxy),
     )
-    worker = start_worker(data)
+    worker = start_worker(data, store if isinstance(store, SqlStore) else None)
     try:
         uvicorn.Server(
             uvicorn_config(app, context, host=args.host, port=args.port, log_level="info")

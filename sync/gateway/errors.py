@@ -104,6 +104,16 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "origin_refused": "The upstream pointed to another server, which is never contacted.",
     "token_refused": "The token server refused the gateway's credentials: check client id and key.",
     "no_capability_statement": "The upstream's metadata is not a readable CapabilityStatement.",
+    "bad_upstream_id": "An upstream Group or Organization id is letters, digits, '-' and '.'.",
+    "bad_link": "A site links to an upstream group or organization.",
+    "unknown_group": "The upstream has no such Group: check `site link`.",
+    "unknown_organization": "The upstream Organization id is not valid: check `site link`.",
+    "search_refused": "The upstream refused a search or read the import needs.",
+    "keyset_stuck": "Too many upstream records share one lastUpdated instant to page safely.",
+    "membership_emptied": (
+        "A linked site's upstream Group or Organization now has no patients: nothing was "
+        "removed; check the link with IT."
+    ),
 }
 
 

@@ -367,7 +367,7 @@ def test_serve_worker_runs_the_pass_on_the_poll_interval(
 ) -> None:
     data = gateway_data(tmp_path)
     _configure_medplum(data, medplum)
-    worker = UpstreamWorker(data, 0.2)
+    worker = UpstreamWorker(data, None, 0.2)
     worker.start()
     try:
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)

@@ -1,15 +1,20 @@
-"""``gatehouse-gateway upstream set|status|sync``.
+"""``gatehouse-gateway upstream set|status|sync`` and ``site link``.
 
 Invariants:
 - ``set`` works on an initialised data folder only and prints no secret; ``status`` shows the
   configuration (without secrets), the last pass and, per capability, whether the upstream
   offers it and what the gateway does (``--json``: the same as one JSON document, with reason
-  codes); ``sync`` runs one pass now and exits 2 with one line when it fails.
+  codes), the linked sites, the last import's counts and every quarantined resource (type,
+  id, reason code, JSON path: never its content); ``sync`` runs one pass now (with a
+  reconciliation) and exits 2 with one line when it fails.
+- ``site link SITE (--group ID | --organization ID)`` links a known site to one upstream Group
+  or Organization (a second link replaces the first).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,13 @@ import orjson
 
 from sync.gateway import datadir
 from sync.gateway.errors import sentence
+from sync.gateway.store.sql import SqlStore
+from sync.gateway.store.upstream_tables import LinkKind
 from sync.gateway.upstream.config import DEFAULT_POLL_S, UpstreamConfig, load_config, set_upstream
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import run_pass
 from sync.gateway.upstream.state import load_state
+from sync.protocol.fhir.vocabulary import ID_RE
 
 
 def _initialised(args: argparse.Namespace) -> Path:
@@ -57,14 +65,38 @@ def _set(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_document(data: Path) -> dict[str, Any]:
+def _open_store(data: Path, args: argparse.Namespace) -> SqlStore:
+    from sync.gateway.store.opening import open_store
+
+    store = open_store(data, getattr(args, "database", None))
+    if not isinstance(store, SqlStore):  # pragma: no cover - every store is one today
+        store.close()
+        raise UpstreamError("bad_configuration", "store")
+    return store
+
+
+def _status_document(data: Path, store: SqlStore) -> dict[str, Any]:
     config = load_config(data)
-    return {"configuration": config.to_json(), **load_state(data)}
+    return {
+        "configuration": config.to_json(),
+        **load_state(data),
+        "site_links": [
+            {"site": link.site, "kind": link.kind, "ref": link.ref} for link in store.site_links()
+        ],
+        "quarantine": [
+            {"type": q.rtype, "id": q.rid, "reason": q.reason, "path": q.path}
+            for q in store.upstream_quarantine()
+        ],
+    }
 
 
 def _status(args: argparse.Namespace) -> int:
     data = _initialised(args)
-    document = _status_document(data)
+    store = _open_store(data, args)
+    try:
+        document = _status_document(data, store)
+    finally:
+        store.close()
     if args.json:
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
@@ -80,6 +112,16 @@ def _status(args: argparse.Namespace) -> int:
         print(f"last successful pass: {document.get('last_success') or 'never'}")
     for where, version in sorted((document.get("tls") or {}).items()):
         print(f"TLS with {where}: {version}")
+    for link in document["site_links"]:
+        print(f"site {link['site']}: upstream {link['kind']} {link['ref']}")
+    if document.get("counts"):
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(document["counts"].items()))
+        print(f"last import: {counts}")
+    quarantine = document["quarantine"]
+    if quarantine:
+        print(f"{len(quarantine)} upstream resource(s) quarantined (not imported):")
+        for q in quarantine:
+            print(f"  {q['type']}/{q['id']}: {q['reason']} at {q['path']}")
     capabilities = document.get("capabilities")
     if capabilities:
         print(
@@ -93,10 +135,29 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    result = run_pass(_initialised(args))
+    data = _initialised(args)
+    store = _open_store(data, args)
+    try:
+        result = run_pass(data, store, reconcile=True)
+    finally:
+        store.close()
     missing = result.capabilities.missing() if result.capabilities else []
     tls = ", ".join(sorted(set(result.tls.values()))) or "?"
-    print(f"upstream pass done over {tls}; {len(missing)} capability(ies) missing")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "nothing linked"
+    print(f"upstream pass done over {tls}; {len(missing)} capability(ies) missing; {counts}")
+    return 0
+
+
+def site_link(args: argparse.Namespace, store: Any) -> int:
+    """``site link SITE (--group ID | --organization ID)`` (registered by ``admin_cli``)."""
+    if not isinstance(store, SqlStore):  # pragma: no cover - every store is one today
+        raise UpstreamError("bad_configuration", "store")
+    kind: LinkKind = "group" if args.group else "organization"
+    ref = str(args.group or args.organization)
+    if not ID_RE.fullmatch(ref):
+        raise UpstreamError("bad_upstream_id")
+    store.link_site(args.site, kind, ref, dt.datetime.now(dt.UTC))
+    print(f"site {args.site} linked to upstream {kind} {ref}; its patients arrive at the next pass")
     return 0
 
 
@@ -118,6 +179,7 @@ def register(commands: Any) -> None:
     status = upstream.add_parser("status", help="configuration, last pass, capabilities")
     status.add_argument("--data", required=True)
     status.add_argument("--json", action="store_true")
+    status.add_argument("--database", default=None, help="postgresql://… URL")
     status.set_defaults(run=_status)
     once = upstream.add_parser("sync", help="one pass now")
     once.add_argument("--data", required=True)

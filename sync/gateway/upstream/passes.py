@@ -1,7 +1,8 @@
 """One upstream pass (``upstream sync``, and ``serve`` on the poll interval).
 
 Order (each step only after the one before succeeded): connect (TLS, client certificate), get a
-token when SMART Backend Services is configured, read ``metadata`` and decide per capability.
+token when SMART Backend Services is configured, read ``metadata`` and decide per capability,
+then import the linked sites' records (``load.import_records``).
 
 Invariants:
 - Every pass records its outcome (``state.record_pass``), a failure included, and a failure is
@@ -18,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sync.gateway.store.sql import SqlStore
 from sync.gateway.upstream.capabilities import UpstreamCapabilities, fetch_capabilities
 from sync.gateway.upstream.config import load_config
 from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.load import import_records
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.state import record_pass
 
@@ -35,8 +38,16 @@ class PassResult:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def run_pass(data: Path, *, now: dt.datetime | None = None) -> PassResult:
-    """One pass now; raises ``UpstreamError`` (after recording it) when it fails."""
+def run_pass(
+    data: Path,
+    store: SqlStore | None = None,
+    *,
+    now: dt.datetime | None = None,
+    reconcile: bool | None = None,
+) -> PassResult:
+    """One pass now (without a store: the connection and capabilities only); raises
+    ``UpstreamError`` (after recording it) when it fails. ``reconcile``: None lets the import
+    decide (first pass, then every ``load.RECONCILE_INTERVAL``)."""
     moment = now or dt.datetime.now(dt.UTC)
     config = load_config(data)
     result = PassResult()
@@ -44,6 +55,10 @@ def run_pass(data: Path, *, now: dt.datetime | None = None) -> PassResult:
         with open_connection(config) as connection:
             try:
                 result.capabilities = fetch_capabilities(connection)
+                if store is not None:
+                    result.counts = import_records(
+                        connection, store, now=moment, reconcile=reconcile
+                    )
             finally:
                 result.tls = dict(connection.counters.tls_versions)
     except UpstreamError as err:

@@ -13,6 +13,7 @@ import logging
 import threading
 from pathlib import Path
 
+from sync.gateway.store.sql import SqlStore
 from sync.gateway.upstream.config import load_config
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import run_pass
@@ -21,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class UpstreamWorker:
-    def __init__(self, data: Path, poll_s: float) -> None:
+    def __init__(self, data: Path, store: SqlStore | None, poll_s: float) -> None:
         self._data = data
+        self._store = store
         self._poll_s = poll_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="upstream", daemon=True)
@@ -38,7 +40,7 @@ class UpstreamWorker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                run_pass(self._data)
+                run_pass(self._data, self._store)
             except UpstreamError as err:
                 log.warning("upstream pass failed (%s); next try in %s s", err.reason, self._poll_s)
             except Exception:  # never let the worker die: the next pass may succeed
@@ -47,7 +49,7 @@ class UpstreamWorker:
             self._stop.wait(self._poll_s)
 
 
-def start_worker(data: Path) -> UpstreamWorker | None:
+def start_worker(data: Path, store: SqlStore | None) -> UpstreamWorker | None:
     """The worker for ``serve`` when an upstream is configured, started; else None."""
     try:
         config = load_config(data)
@@ -55,6 +57,6 @@ def start_worker(data: Path) -> UpstreamWorker | None:
         if err.reason != "not_configured":
             log.warning("upstream configuration unreadable (%s): no upstream worker", err.reason)
         return None
-    worker = UpstreamWorker(data, config.poll_s)
+    worker = UpstreamWorker(data, store, config.poll_s)
     worker.start()
     return worker
