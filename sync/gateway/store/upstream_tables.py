@@ -9,6 +9,13 @@ Invariants:
   mid-import never leaves the gateway believing it holds a version it does not.
 - ``upstream_imported`` maps (type, id) to the upstream's ``versionId``: an unchanged upstream
   version is never written again, so a poll that finds nothing new adds nothing to the feed.
+- **Outbox.** Every version a laptop writes (create, edit, delete) is queued in
+  ``upstream_outbox`` by ``queue_upstream_in_tx`` inside the very transaction that accepts it,
+  keyed by its change ``seq`` (commit order): accepted and queued commit together, and an
+  exactly-once retry of the push (``ifNoneExist`` matched, nothing written) queues nothing.
+  A row leaves ``pending`` only for ``filed``, ``held`` (the upstream refused: its reason is
+  kept) or ``conflict`` (an upstream 412); it is never deleted, so nothing is silently dropped.
+  ``upstream_filed`` maps a gateway resource to its upstream id and version.
 - Portable SQL only (``store.tables``); nothing here holds record content except the
   quarantine's reason code and JSON path.
 """
@@ -47,6 +54,29 @@ UPSTREAM_SCHEMA: tuple[str, ...] = (
     mark TEXT NOT NULL,
     updated_us INTEGER NOT NULL
 )""",
+    """CREATE TABLE IF NOT EXISTS upstream_outbox (
+    seq INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_us INTEGER NOT NULL,
+    reason TEXT,
+    detail TEXT,
+    queued_us INTEGER NOT NULL,
+    done_us INTEGER
+)""",
+    "CREATE INDEX IF NOT EXISTS upstream_outbox_state ON upstream_outbox (state, seq)",
+    """CREATE TABLE IF NOT EXISTS upstream_filed (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    upstream_id TEXT NOT NULL,
+    upstream_version TEXT NOT NULL,
+    PRIMARY KEY (type, id)
+)""",
+    "CREATE INDEX IF NOT EXISTS upstream_filed_upstream ON upstream_filed (type, upstream_id)",
     """CREATE TABLE IF NOT EXISTS upstream_quarantine (
     type TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -73,6 +103,50 @@ class Imported:
     upstream_version: str
     site: str
     patient_id: str  # its own id for a Patient
+
+
+OutboxState = Literal["pending", "filed", "held", "conflict"]
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    seq: int
+    rtype: str
+    rid: str
+    version_id: int
+    op: str  # put | delete
+    state: OutboxState
+    attempts: int
+    next_at: dt.datetime
+    reason: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Filed:
+    rtype: str
+    rid: str
+    upstream_id: str
+    upstream_version: str
+
+
+_OUTBOX_COLS = "seq, type, id, version_id, op, state, attempts, next_us, reason, detail"
+
+
+def _item(row: tuple[object, ...]) -> OutboxItem:
+    seq, t, i, v, op, state, attempts, next_us, reason, detail = row
+    return OutboxItem(
+        int(str(seq)),
+        str(t),
+        str(i),
+        int(str(v)),
+        str(op),
+        state,  # type: ignore[arg-type]
+        int(str(attempts)),
+        from_us(int(str(next_us))),
+        None if reason is None else str(reason),
+        None if detail is None else str(detail),
+    )
 
 
 @dataclass(frozen=True)
@@ -201,3 +275,101 @@ class UpstreamTables(SqlTables):
             QuarantinedImport(str(t), str(i), str(r), str(p), from_us(int(u)))
             for t, i, r, p, u in rows
         ]
+
+    # -- the outbox (notes out)
+    def queue_upstream_in_tx(
+        self, seq: int, rtype: str, rid: str, version_id: int, op: str, now: dt.datetime
+    ) -> None:
+        """Queue one accepted version, inside the transaction that accepted it."""
+        self._execute(
+            "INSERT INTO upstream_outbox (seq, type, id, version_id, op, state, attempts,"
+            " next_us, queued_us) VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?)",
+            (seq, rtype, rid, version_id, op, to_us(now)),
+        )
+
+    def outbox(self, states: tuple[OutboxState, ...], limit: int = 500) -> list[OutboxItem]:
+        """Outbox rows in one of ``states``, oldest (lowest seq) first."""
+        marks = ", ".join("?" for _ in states)
+        rows = self._rows(
+            f"SELECT {_OUTBOX_COLS} FROM upstream_outbox WHERE state IN ({marks})"  # noqa: S608
+            " ORDER BY seq LIMIT ?",
+            (*states, limit),
+        )
+        return [_item(r) for r in rows]
+
+    def outbox_counts(self) -> dict[str, int]:
+        rows = self._rows("SELECT state, COUNT(*) FROM upstream_outbox GROUP BY state")
+        return {str(s): int(c) for s, c in rows}
+
+    def outbox_done(
+        self,
+        seq: int,
+        state: OutboxState,
+        now: dt.datetime,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+        filed: Filed | None = None,
+    ) -> None:
+        """Close one row (filed, held, conflict) and record the upstream id/version, in one
+        transaction."""
+        with self._write() as execute:
+            execute(
+                "UPDATE upstream_outbox SET state = ?, reason = ?, detail = ?, done_us = ?"
+                " WHERE seq = ?",
+                (state, reason, detail, to_us(now), seq),
+            )
+            if filed is not None:
+                values = (filed.upstream_id, filed.upstream_version, filed.rtype, filed.rid)
+                if (
+                    execute(
+                        "UPDATE upstream_filed SET upstream_id = ?, upstream_version = ?"
+                        " WHERE type = ? AND id = ?",
+                        values,
+                    ).rowcount
+                    == 0
+                ):
+                    execute(
+                        "INSERT INTO upstream_filed (upstream_id, upstream_version, type, id)"
+                        " VALUES (?, ?, ?, ?)",
+                        values,
+                    )
+
+    def outbox_retry_later(
+        self, seq: int, attempts: int, next_at: dt.datetime, reason: str
+    ) -> None:
+        with self._write() as execute:
+            execute(
+                "UPDATE upstream_outbox SET attempts = ?, next_us = ?, reason = ?"
+                " WHERE seq = ? AND state = 'pending'",
+                (attempts, to_us(next_at), reason, seq),
+            )
+
+    def outbox_release(self, seq: int | None = None) -> int:
+        """Held (or conflicting) rows back to pending after IT acted: one, or all."""
+        with self._write() as execute:
+            if seq is None:
+                return execute(
+                    "UPDATE upstream_outbox SET state = 'pending', attempts = 0, next_us = 0"
+                    " WHERE state = 'held'"
+                ).rowcount
+            return execute(
+                "UPDATE upstream_outbox SET state = 'pending', attempts = 0, next_us = 0"
+                " WHERE seq = ? AND state IN ('held', 'conflict')",
+                (seq,),
+            ).rowcount
+
+    def filed(self, rtype: str, rid: str) -> Filed | None:
+        row = self._one(
+            "SELECT upstream_id, upstream_version FROM upstream_filed WHERE type = ? AND id = ?",
+            (rtype, rid),
+        )
+        return None if row is None else Filed(rtype, rid, str(row[0]), str(row[1]))
+
+    def filed_by_upstream(self, rtype: str) -> dict[str, Filed]:
+        """Upstream id → the gateway resource filed as it, for one type."""
+        rows = self._rows(
+            "SELECT id, upstream_id, upstream_version FROM upstream_filed WHERE type = ?",
+            (rtype,),
+        )
+        return {str(u): Filed(rtype, str(i), str(u), str(v)) for i, u, v in rows}
