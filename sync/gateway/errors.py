@@ -110,6 +110,14 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "unknown_organization": "The upstream Organization id is not valid: check `site link`.",
     "search_refused": "The upstream refused a search or read the import needs.",
     "keyset_stuck": "Too many upstream records share one lastUpdated instant to page safely.",
+    "upstream_refused": "The upstream refused the note: see its reason, then `upstream retry`.",
+    "upstream_conflict": "The record changed upstream since the gateway last saw it.",
+    "no_client_identifier": "The record carries no Gatehouse client identifier to file it once.",
+    "if_match_not_offered": "The upstream cannot take a safe edit (no If-Match): held for IT.",
+    "waiting_for_reference": "Waiting for a record it refers to, to be filed first.",
+    "version_missing": "The gateway no longer holds this version.",
+    "upstream_duplicates": "The upstream holds two records with this client identifier.",
+    "upstream_answer_unreadable": "The upstream's answer named no record id.",
     "membership_emptied": (
         "A linked site's upstream Group or Organization now has no patients: nothing was "
         "removed; check the link with IT."

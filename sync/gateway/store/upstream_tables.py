@@ -196,6 +196,14 @@ class UpstreamTables(SqlTables):
         )
         return {str(i): Imported(rtype, str(i), str(v), str(s), str(p)) for i, v, s, p in rows}
 
+    def imported_one(self, rtype: str, rid: str) -> Imported | None:
+        row = self._one(
+            "SELECT upstream_version, site, patient_id FROM upstream_imported"
+            " WHERE type = ? AND id = ?",
+            (rtype, rid),
+        )
+        return None if row is None else Imported(rtype, rid, str(row[0]), str(row[1]), str(row[2]))
+
     def imported_of_patient(self, patient_id: str) -> list[Imported]:
         rows = self._rows(
             "SELECT type, id, upstream_version, site FROM upstream_imported"
@@ -227,6 +235,13 @@ class UpstreamTables(SqlTables):
                 values,
             )
         self._execute("DELETE FROM upstream_quarantine WHERE type = ? AND id = ?", (rtype, rid))
+
+    def refile_version_in_tx(self, rtype: str, rid: str, upstream_version: str) -> None:
+        """The upstream changed a record filed from here: the version the next edit must name."""
+        self._execute(
+            "UPDATE upstream_filed SET upstream_version = ? WHERE type = ? AND id = ?",
+            (upstream_version, rtype, rid),
+        )
 
     def forget_import_in_tx(self, rtype: str, rid: str) -> None:
         self._execute("DELETE FROM upstream_imported WHERE type = ? AND id = ?", (rtype, rid))
@@ -334,6 +349,10 @@ class UpstreamTables(SqlTables):
                         " VALUES (?, ?, ?, ?)",
                         values,
                     )
+                execute(  # an imported record edited here: its upstream version moved too
+                    "UPDATE upstream_imported SET upstream_version = ? WHERE type = ? AND id = ?",
+                    (filed.upstream_version, filed.rtype, filed.rid),
+                )
 
     def outbox_retry_later(
         self, seq: int, attempts: int, next_at: dt.datetime, reason: str

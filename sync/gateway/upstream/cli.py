@@ -87,6 +87,20 @@ def _status_document(data: Path, store: SqlStore) -> dict[str, Any]:
             {"type": q.rtype, "id": q.rid, "reason": q.reason, "path": q.path}
             for q in store.upstream_quarantine()
         ],
+        "outbox": store.outbox_counts(),
+        "outbox_not_filed": [
+            {
+                "seq": item.seq,
+                "type": item.rtype,
+                "id": item.rid,
+                "version": item.version_id,
+                "state": item.state,
+                "reason": item.reason,
+                "detail": item.detail,
+                "attempts": item.attempts,
+            }
+            for item in store.outbox(("held", "conflict", "pending"), 200)
+        ],
     }
 
 
@@ -122,6 +136,19 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{len(quarantine)} upstream resource(s) quarantined (not imported):")
         for q in quarantine:
             print(f"  {q['type']}/{q['id']}: {q['reason']} at {q['path']}")
+    outbox = document["outbox"]
+    print(
+        "notes out: "
+        + (", ".join(f"{n} {state}" for state, n in sorted(outbox.items())) or "none yet")
+    )
+    for item in document["outbox_not_filed"]:
+        if item["state"] == "pending" and not item["reason"]:
+            continue
+        words = item["detail"] or sentence(str(item["reason"]))
+        print(
+            f"  {item['state'].upper():8} #{item['seq']} {item['type']}/{item['id']}"
+            f" v{item['version']}: {item['reason']}: {words}"
+        )
     capabilities = document.get("capabilities")
     if capabilities:
         print(
@@ -145,6 +172,17 @@ def _sync(args: argparse.Namespace) -> int:
     tls = ", ".join(sorted(set(result.tls.values()))) or "?"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "nothing linked"
     print(f"upstream pass done over {tls}; {len(missing)} capability(ies) missing; {counts}")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    data = _initialised(args)
+    store = _open_store(data, args)
+    try:
+        released = store.outbox_release(None if args.all else args.seq)
+    finally:
+        store.close()
+    print(f"{released} held note(s) will be filed again at the next pass")
     return 0
 
 
@@ -185,3 +223,10 @@ def register(commands: Any) -> None:
     once.add_argument("--data", required=True)
     once.add_argument("--database", default=None, help="postgresql://… URL")
     once.set_defaults(run=_sync)
+    retry = upstream.add_parser("retry", help="file held notes again, once IT has acted")
+    retry.add_argument("--data", required=True)
+    retry.add_argument("--database", default=None, help="postgresql://… URL")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--seq", type=int, default=None, help="one outbox row (see status)")
+    which.add_argument("--all", action="store_true", help="every held row")
+    retry.set_defaults(run=_retry)

@@ -25,6 +25,10 @@ Invariants:
 - A resource and its ``upstream_imported`` row commit in one store transaction; high-water
   marks are saved only after every write they cover has committed. So a pass killed anywhere
   is redone by the next one without loss or duplication (a re-read version is "unchanged").
+- A note filed from here comes back from the upstream under the upstream's id: it is held
+  under the gateway's own id (``upstream_filed``), its echo is never written again, and an
+  upstream edit of it becomes its next version here; references to filed resources are
+  rewritten back to the gateway's ids.
 - A linked site whose membership reads as empty while the gateway holds patients for it is
   refused (``membership_emptied``) rather than purge a whole prison on a misconfigured Group.
 """
@@ -38,9 +42,11 @@ from typing import Any
 
 from sync.gateway.store import resources as res
 from sync.gateway.store.sql import SqlStore
+from sync.gateway.store.upstream_tables import Filed
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.membership import Membership, read_membership
+from sync.gateway.upstream.references import rewrite
 from sync.gateway.upstream.search import keyset_search
 from sync.protocol.fhir.paging import last_updated
 from sync.protocol.fhir.validate import InvalidResource, parse_instant, validate_resource
@@ -74,6 +80,17 @@ class _Writer:
         self.counts: Counter[str] = Counter()
         self._pending: list[tuple[str, str, dict[str, Any] | None, str, str, str]] = []
         self._held: dict[str, dict[str, tuple[str, str]]] = {}
+        self._filed: dict[str, dict[str, Filed]] = {}
+
+    def filed(self, rtype: str) -> dict[str, Filed]:
+        """Upstream id → the gateway resource filed as it (notes written on laptops)."""
+        if rtype not in self._filed:
+            self._filed[rtype] = self.store.filed_by_upstream(rtype)
+        return self._filed[rtype]
+
+    def _to_gateway(self, rtype: str, upstream_id: str) -> str | None:
+        filed = self.filed(rtype).get(upstream_id) if rtype != PATIENT else None
+        return filed.rid if filed is not None else None
 
     def held(self, rtype: str) -> dict[str, tuple[str, str]]:
         """(upstream version, site) of every ``rtype`` held, as of the last flush."""
@@ -84,28 +101,41 @@ class _Writer:
             }
         return self._held[rtype]
 
-    def offer(self, resource: dict[str, Any], site: str, patient_id: str) -> None:
+    def offer(self, resource: dict[str, Any], site: str, patient_id: str) -> str | None:
+        """Write ``resource`` (an upstream version) if it is valid and new here; returns the
+        gateway id it is held under (None: quarantined)."""
         rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
+        mine = self.filed(rtype).get(rid) if rtype != PATIENT else None
+        if mine is not None:
+            version = (resource.get("meta") or {}).get("versionId")
+            if version == mine.upstream_version:
+                self.counts["own_filed"] += 1  # a note filed from here, seen back: no change
+                return mine.rid
+            rid = mine.rid  # edited upstream: a new version of the gateway's own resource
         try:
             validate_resource(resource)
-            body = dict(resource)
+            body = rewrite(resource, self._to_gateway)
+            body["id"] = rid
             if rtype == PATIENT:
                 body["managingOrganization"] = {"reference": f"Organization/{site}"}
             res.check_resource(body, rtype)
         except InvalidResource as bad:
             self._quarantine(rtype, rid, bad.reason, bad.path)
-            return
+            return None
         except res.ResourceError as bad:
             self._quarantine(rtype, rid, bad.reason, "$")
-            return
+            return None
         version = str(resource["meta"]["versionId"])
         if self.held(rtype).get(rid) == (version, site):
             self.counts["unchanged"] += 1
-            return
+            return rid
         self._pending.append((rtype, rid, body, version, site, patient_id))
         self.held(rtype)[rid] = (version, site)
+        if mine is not None:
+            self.filed(rtype)[mine.upstream_id] = Filed(rtype, rid, mine.upstream_id, version)
         if len(self._pending) >= WRITE_BATCH:
             self.flush()
+        return rid
 
     def remove(self, rtype: str, rid: str) -> None:
         self._pending.append((rtype, rid, None, "", "", ""))
@@ -135,6 +165,7 @@ class _Writer:
                     continue
                 tx.put(rtype, rid, body)
                 self.store.record_import_in_tx(rtype, rid, version, site, patient_id, self.now)
+                self.store.refile_version_in_tx(rtype, rid, version)
                 self.counts["written"] += 1
         self._pending.clear()
 
@@ -182,8 +213,8 @@ def _offer_page(
             continue
         if pid not in site_of:
             continue
-        ids.add(str(resource.get("id")))
-        writer.offer(resource, site_of[pid], pid)
+        held_as = writer.offer(resource, site_of[pid], pid)
+        ids.add(held_as or str(resource.get("id")))
     return ids
 
 

@@ -2,7 +2,8 @@
 
 Order (each step only after the one before succeeded): connect (TLS, client certificate), get a
 token when SMART Backend Services is configured, read ``metadata`` and decide per capability,
-then import the linked sites' records (``load.import_records``).
+file the outbox's notes (``filing.file_outbox``), then import the linked sites' records
+(``load.import_records``).
 
 Invariants:
 - Every pass records its outcome (``state.record_pass``), a failure included, and a failure is
@@ -23,6 +24,7 @@ from sync.gateway.store.sql import SqlStore
 from sync.gateway.upstream.capabilities import UpstreamCapabilities, fetch_capabilities
 from sync.gateway.upstream.config import load_config
 from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.filing import file_outbox
 from sync.gateway.upstream.load import import_records
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.state import record_pass
@@ -56,8 +58,10 @@ def run_pass(
             try:
                 result.capabilities = fetch_capabilities(connection)
                 if store is not None:
-                    result.counts = import_records(
-                        connection, store, now=moment, reconcile=reconcile
+                    filed = file_outbox(connection, store, result.capabilities, now=moment)
+                    result.counts = {f"outbox_{k}": v for k, v in filed.items()}
+                    result.counts.update(
+                        import_records(connection, store, now=moment, reconcile=reconcile)
                     )
             finally:
                 result.tls = dict(connection.counters.tls_versions)
