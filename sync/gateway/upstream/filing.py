@@ -115,10 +115,21 @@ def _stamp(resource: Any) -> tuple[str, str]:
     return str(resource["id"]), str(version) if isinstance(version, str) else ""
 
 
+def _numbers_as_values(value: Any) -> Any:
+    """JSON numbers compared by value: ``99`` and ``99.0`` are the same (servers reformat)."""
+    if isinstance(value, dict):
+        return {k: _numbers_as_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_as_values(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _content(resource: dict[str, Any]) -> bytes:
     """What two versions must share to be "the same note": everything but id, meta, text."""
     body = {k: v for k, v in resource.items() if k not in ("id", "meta", "text")}
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(_numbers_as_values(body), option=orjson.OPT_SORT_KEYS)
 
 
 class Filer:
