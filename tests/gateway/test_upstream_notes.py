@@ -26,6 +26,7 @@ from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.passes import run_pass
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 from tests.support.gateway import (
     SITE_A,
     create_entry,
@@ -287,3 +288,50 @@ def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
     assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
     medplum_ids = medplum.client_ids(("Observation",))
     assert all(medplum_ids[cid] == 1 for cid in cids)
+
+
+def test_a_note_referring_to_a_held_one_is_held_too_and_others_go_on(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    n = next(_run)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+            data = gateway_data(tmp_path / "d")
+            _configure(data, medplum, base=relay.base)
+            pid = f"n{n}-p"
+            _link(store, medplum, n, pid)
+            run_pass(data, store)
+            encounter = create_entry(
+                {
+                    "resourceType": "Encounter",
+                    "status": "finished",
+                    "class": {"code": "AMB"},
+                    "subject": {"reference": f"Patient/{pid}"},
+                }
+            )
+            linked = create_entry(observation("o", pid))
+            linked["resource"].pop("id")
+            linked["resource"]["encounter"] = {"reference": encounter["fullUrl"]}
+            _push(store, [encounter, linked])
+            other = create_entry(observation("o2", pid))
+            other["resource"].pop("id")
+            _push(store, [other])
+            relay.refuse = {"POST /fhir/R4/Encounter": "Encounter.class is not accepted"}
+            counts = run_pass(data, store).counts
+            assert counts["outbox_held"] == 2 and counts["outbox_filed"] == 1
+            reasons = {i.rtype: i.reason for i in store.outbox(("held",))}
+            assert reasons == {"Encounter": "upstream_refused", "Observation": "depends_on_held"}
+            relay.refuse = {}
+            assert store.outbox_release() == 2
+            assert run_pass(data, store).counts["outbox_filed"] == 2
+            enc = next(i for i in store.outbox(("filed",)) if i.rtype == "Encounter")
+            enc_up = store.filed("Encounter", enc.rid)
+            assert enc_up is not None
+            cid = linked["request"]["ifNoneExist"].split("|")[1]
+            [upstream_obs] = medplum.search_all(
+                "Observation", identifier=f"{CLIENT_ID_SYSTEM}|{cid}"
+            )
+            assert upstream_obs["encounter"]["reference"] == f"Encounter/{enc_up.upstream_id}"
+    finally:
+        store.close()

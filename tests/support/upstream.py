@@ -79,7 +79,8 @@ def gateway_cli(*argv: str) -> int:
 class Relay:
     """A TLS relay in front of the upstream (Medplum) that forwards every request and can lose
     the reply after the upstream has committed (``drop``: method → how many replies to lose),
-    refuse requests itself (``refuse``: method → an OperationOutcome diagnostics), or hold a
+    refuse requests itself (``refuse``: method, or "METHOD /path", → an OperationOutcome
+    diagnostics), or hold a
     reply until ``release`` is set (``hold``: methods), the way a network or an upstream fails."""
 
     target: str  # the upstream's base URL
@@ -99,12 +100,13 @@ class Relay:
     def handle(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, str], bytes]:
-        if method in self.refuse:
+        refusal = self.refuse.get(method) or self.refuse.get(f"{method} {path.split('?')[0]}")
+        if refusal is not None:
             outcome = {
                 "resourceType": "OperationOutcome",
                 "issue": [
                     {"severity": "error", "code": "business-rule",
-                     "diagnostics": self.refuse[method]}
+                     "diagnostics": refusal}
                 ],
             }  # fmt: skip
             return 422, {"Content-Type": "application/fhir+json"}, orjson.dumps(outcome)

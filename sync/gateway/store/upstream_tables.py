@@ -378,6 +378,15 @@ class UpstreamTables(SqlTables):
                 (seq,),
             ).rowcount
 
+    def outbox_stuck(self, rtype: str, rid: str) -> bool:
+        """Whether a version of this resource is held or in conflict (not filed, not coming)."""
+        row = self._one(
+            "SELECT 1 FROM upstream_outbox WHERE type = ? AND id = ?"
+            " AND state IN ('held', 'conflict')",
+            (rtype, rid),
+        )
+        return row is not None
+
     def filed(self, rtype: str, rid: str) -> Filed | None:
         row = self._one(
             "SELECT upstream_id, upstream_version FROM upstream_filed WHERE type = ? AND id = ?",

@@ -243,6 +243,9 @@ class UpstreamConnection:
             if 300 <= raw.status < 400:
                 raise UpstreamError("upstream_redirect")
             payload = self._read_bounded(raw)
+        except BaseException:
+            raw.close()  # an answer left unread: never hand its connection to the next request
+            raise
         finally:
             raw.release_conn()
         headers_out = {name.lower(): value for name, value in raw.headers.items()}

@@ -13,7 +13,8 @@ it, ``store.upstream_tables``). A filing pass takes the pending rows in commit (
   lost) is filed, any other 412 is a **conflict**, kept with the upstream's version;
 - a **delete** is ``DELETE [type]/[upstream id]`` (404/410 count as done);
 - references to other gateway resources are rewritten to their upstream ids; a reference to
-  one not filed yet holds the row behind it (``waiting_for_reference``).
+  one not filed yet makes the row wait (``waiting_for_reference``), and to one held or in
+  conflict holds it too (``depends_on_held``), so one refused note never blocks the others.
 
 Invariants:
 - The upstream id and version are recorded, and the row closed, in one store transaction
@@ -45,6 +46,7 @@ from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM, PATIENT
 
 FHIR_JSON = "application/fhir+json"
+RETURN_ALL = "return=representation"
 BATCH = 200  # rows read per pass step
 BACKOFF_BASE = dt.timedelta(seconds=5)
 BACKOFF_MAX = dt.timedelta(hours=1)
@@ -107,12 +109,18 @@ def _client_id(resource: dict[str, Any]) -> str | None:
     return None
 
 
-def _stamp(resource: Any) -> tuple[str, str]:
-    if not isinstance(resource, dict) or not isinstance(resource.get("id"), str):
-        raise _Refused("held", "upstream_answer_unreadable")
-    meta = resource.get("meta")
-    version = meta.get("versionId") if isinstance(meta, dict) else None
-    return str(resource["id"]), str(version) if isinstance(version, str) else ""
+def _stamp(resource: Any, response: Response | None = None) -> tuple[str, str]:
+    """(upstream id, version) of an answer: its resource, else its ``Location``
+    (``…/Type/id/_history/vid``) when the server sent no body."""
+    if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+        meta = resource.get("meta")
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        return str(resource["id"]), str(version) if isinstance(version, str) else ""
+    location = response.headers.get("location", "") if response is not None else ""
+    parts = location.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        return parts[-3], parts[-1]
+    raise _Refused("held", "upstream_answer_unreadable")
 
 
 def _numbers_as_values(value: Any) -> Any:
@@ -208,7 +216,11 @@ class Filer:
             return filed.upstream_id
         if self.store.imported_one(rtype, rid) is not None:
             return None  # imported: the same id on both sides
-        return "" if self.store.read(rtype, rid) is not None else None
+        if self.store.read(rtype, rid) is None:
+            return None  # not a gateway resource: left as it is
+        if self.store.outbox_stuck(rtype, rid):
+            raise _Refused("held", "depends_on_held", f"{rtype}/{rid}")
+        return ""  # filed later in this pass or the next: wait
 
     def _body(self, item: OutboxItem) -> dict[str, Any]:
         stored = self.store.vread(item.rtype, item.rid, item.version_id)
@@ -242,7 +254,7 @@ class Filer:
             raise _Refused("held", "no_client_identifier")
         body.pop("id", None)
         condition = f"identifier={CLIENT_ID_SYSTEM}|{client_id}"
-        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "Prefer": RETURN_ALL}
         if self.capabilities.profile.of(item.rtype).conditional_create:
             headers["If-None-Exist"] = condition
         else:
@@ -253,7 +265,7 @@ class Filer:
             "POST", quote(item.rtype), body=orjson.dumps(body), headers=headers, idempotent=True
         )
         _check(response)
-        return Filed(item.rtype, item.rid, *_stamp(_json(response)))
+        return Filed(item.rtype, item.rid, *_stamp(_json(response), response))
 
     def _search_identifier(self, rtype: str, client_id: str) -> dict[str, Any] | None:
         response = self.connection.get(
@@ -281,13 +293,14 @@ class Filer:
             headers={
                 "Content-Type": FHIR_JSON,
                 "Accept": FHIR_JSON,
+                "Prefer": RETURN_ALL,
                 "If-Match": f'W/"{version}"',
             },
         )
         if response.status == 412:
             return self._after_412(item, body, upstream_id)
         _check(response)
-        return Filed(item.rtype, item.rid, *_stamp(_json(response)))
+        return Filed(item.rtype, item.rid, *_stamp(_json(response), response))
 
     def _after_412(self, item: OutboxItem, body: dict[str, Any], upstream_id: str) -> Filed:
         response = self.connection.get(
