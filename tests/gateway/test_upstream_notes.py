@@ -153,10 +153,11 @@ def test_lost_replies_after_the_upstream_committed_never_file_twice(
                 entry["resource"].pop("id")
             _push(store, entries)
             cids = {e["request"]["ifNoneExist"].split("|")[1] for e in entries}
-            relay.drop = {"POST": 2}  # the first two creates commit upstream; replies lost
+            relay.drop = {"POST": 2}  # the transaction commits upstream twice; replies lost
             first = run_pass(data, store).counts
-            assert relay.dropped == ["POST /fhir/R4/Observation"] * 2
+            assert relay.dropped == ["POST /fhir/R4"] * 2  # one transaction of three creates
             assert first["outbox_filed"] == 3  # retried at once (idempotent: If-None-Exist)
+            assert first["outbox_transactions"] == 1
             assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
             # An edit whose reply is lost: the retry's 412 is our own edit, not a conflict.
             obs = next(i for i in store.outbox(("filed",)) if i.rtype == "Observation")
@@ -317,12 +318,16 @@ def test_a_note_referring_to_a_held_one_is_held_too_and_others_go_on(
             other = create_entry(observation("o2", pid))
             other["resource"].pop("id")
             _push(store, [other])
-            relay.refuse = {"POST /fhir/R4/Encounter": "Encounter.class is not accepted"}
+            relay.refuse = {
+                "POST /fhir/R4": "this transaction is refused",  # halved down to single notes
+                "POST /fhir/R4/Encounter": "Encounter.class is not accepted",
+            }
             counts = run_pass(data, store).counts
+            assert counts["outbox_transaction_split"] >= 1
             assert counts["outbox_held"] == 2 and counts["outbox_filed"] == 1
             reasons = {i.rtype: i.reason for i in store.outbox(("held",))}
             assert reasons == {"Encounter": "upstream_refused", "Observation": "depends_on_held"}
-            relay.refuse = {}
+            relay.refuse = {"POST /fhir/R4": "this transaction is refused"}
             assert store.outbox_release() == 2
             assert run_pass(data, store).counts["outbox_filed"] == 2
             enc = next(i for i in store.outbox(("filed",)) if i.rtype == "Encounter")
@@ -333,5 +338,35 @@ def test_a_note_referring_to_a_held_one_is_held_too_and_others_go_on(
                 "Observation", identifier=f"{CLIENT_ID_SYSTEM}|{cid}"
             )
             assert upstream_obs["encounter"]["reference"] == f"Encounter/{enc_up.upstream_id}"
+    finally:
+        store.close()
+
+
+def test_notes_go_up_in_transactions_sized_to_what_the_upstream_accepts(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """Medplum advertises no limit but refuses a transaction of conditional creates of more
+    than 8 entries: the gateway halves until accepted, and files everything exactly once."""
+    n = next(_run)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+            data = gateway_data(tmp_path / "d")
+            _configure(data, medplum, base=relay.base)
+            pid = f"n{n}-p"
+            _link(store, medplum, n, pid)
+            run_pass(data, store)
+            entries = [create_entry(observation(f"t{i}", pid, 30.0 + i)) for i in range(40)]
+            for entry in entries:
+                entry["resource"].pop("id")
+            _push(store, entries)
+            counts = run_pass(data, store).counts
+            assert counts["outbox_filed"] == 40
+            assert counts["outbox_transaction_split"] >= 1
+            assert 1 < counts["outbox_transaction_size"] <= 8
+            accepted = [f for f in relay.forwarded if f.startswith("POST /fhir/R4 200")]
+            assert len(accepted) == counts["outbox_transactions"] < 40
+            cids = {e["request"]["ifNoneExist"].split("|")[1] for e in entries}
+            assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
     finally:
         store.close()

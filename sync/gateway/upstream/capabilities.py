@@ -83,7 +83,7 @@ class UpstreamCapabilities:
                 (
                     f"notes filed in transactions of at most {limit} entries"
                     if limit
-                    else "notes filed in transactions (no size limit advertised: one note each)"
+                    else "notes filed in transactions, halved from 50 until the upstream accepts"
                 )
                 if p.transaction
                 else "notes filed one request at a time, references resolved in order",

@@ -3,6 +3,11 @@
 Every version a laptop wrote is in ``upstream_outbox`` (queued in the transaction that accepted
 it, ``store.upstream_tables``). A filing pass takes the pending rows in commit (seq) order:
 
+- consecutive **creates** go up together in ``transaction`` Bundles where the upstream offers
+  them (each entry a conditional create, references between them as ``urn:uuid:``), at most
+  the advertised ``max_transaction_entries`` (else ``DEFAULT_TRANSACTION``); a transaction the
+  upstream refuses (4xx) is halved until it is accepted, down to single requests, so the size
+  settles at what the server takes and a refusal is always pinned to one note;
 - a **create** (a resource the upstream has never seen) is a conditional create on our client
   identifier: ``POST [type]`` with ``If-None-Exist: identifier=<system>|<client id>`` where the
   upstream offers it, else a search on that identifier first, then ``POST``. A retry after a
@@ -30,6 +35,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections import Counter
 from typing import Any
 from urllib.parse import quote
@@ -48,6 +54,7 @@ from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM, PATIENT
 FHIR_JSON = "application/fhir+json"
 RETURN_ALL = "return=representation"
 BATCH = 200  # rows read per pass step
+DEFAULT_TRANSACTION = 50  # entries per transaction when the upstream names no limit
 BACKOFF_BASE = dt.timedelta(seconds=5)
 BACKOFF_MAX = dt.timedelta(hours=1)
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -140,6 +147,27 @@ def _content(resource: dict[str, Any]) -> bytes:
     return orjson.dumps(_numbers_as_values(body), option=orjson.OPT_SORT_KEYS)
 
 
+def _transaction_stamps(bundle: Any, expected: int) -> list[tuple[str, str]]:
+    """(upstream id, version) of each entry of a transaction-response, in order."""
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    if not isinstance(entries, list) or len(entries) != expected:
+        raise _Refused("held", "upstream_answer_unreadable")
+    stamps = []
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        answer = entry.get("response") if isinstance(entry, dict) else None
+        location = answer.get("location") if isinstance(answer, dict) else None
+        if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+            stamps.append(_stamp(resource))
+            continue
+        parts = location.split("/") if isinstance(location, str) else []
+        if len(parts) >= 4 and parts[-2] == "_history":
+            stamps.append((parts[-3], parts[-1]))
+        else:
+            raise _Refused("held", "upstream_answer_unreadable")
+    return stamps
+
+
 class Filer:
     """One filing pass over the outbox."""
 
@@ -155,6 +183,11 @@ class Filer:
         self.capabilities = capabilities
         self.now = now
         self.counts: Counter[str] = Counter()
+        profile = capabilities.profile
+        self.size = (
+            (profile.max_transaction_entries or DEFAULT_TRANSACTION) if (profile.transaction) else 1
+        )
+        self._local: dict[tuple[str, str], str] = {}
 
     # -- the pass
     def run(self) -> dict[str, int]:
@@ -162,15 +195,108 @@ class Filer:
             items = self.store.outbox(("pending",), BATCH)
             if not items:
                 break
-            for item in items:
-                if item.next_at > self.now:
-                    self.counts["waiting"] += 1
-                    return dict(self.counts)
-                if not self._one(item):
-                    return dict(self.counts)
+            if not self._rows(items):
+                break
             if len(items) < BATCH:
                 break
+        if self.counts["transactions"]:
+            self.counts["transaction_size"] = self.size
         return dict(self.counts)
+
+    def _rows(self, items: list[OutboxItem]) -> bool:
+        """File ``items`` in order; False ends the pass."""
+        i = 0
+        while i < len(items):
+            item = items[i]
+            if item.next_at > self.now:
+                self.counts["waiting"] += 1
+                return False
+            group = self._group(items[i : i + self.size]) if self.size > 1 else []
+            if len(group) > 1:
+                sent = self._transaction(group)
+                if sent is None:
+                    return False
+                if sent:
+                    i += len(group)
+                continue  # refused: self.size was halved, try again smaller
+            if not self._one(item):
+                return False
+            i += 1
+        return True
+
+    # -- transactions of creates
+    def _group(self, items: list[OutboxItem]) -> list[tuple[OutboxItem, str, dict[str, Any], str]]:
+        """The leading creates of ``items`` that can go up in one transaction."""
+        group: list[tuple[OutboxItem, str, dict[str, Any], str]] = []
+        self._local = {}
+        for item in items:
+            if item.next_at > self.now or item.op != "put":
+                break
+            if self._upstream_of(item.rtype, item.rid) is not None:
+                break
+            try:
+                body = self._body(item)
+            except (_Transient, _Refused):
+                break
+            client_id = _client_id(body)
+            if client_id is None:
+                break
+            body.pop("id", None)
+            urn = f"urn:uuid:{uuid.uuid4()}"
+            self._local[(item.rtype, item.rid)] = urn
+            group.append((item, urn, body, client_id))
+        self._local = {}
+        return group
+
+    def _transaction(self, group: list[tuple[OutboxItem, str, dict[str, Any], str]]) -> bool | None:
+        """Send one transaction: True filed, False refused (size halved), None: stop."""
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": urn,
+                    "resource": body,
+                    "request": {
+                        "method": "POST",
+                        "url": item.rtype,
+                        "ifNoneExist": f"identifier={CLIENT_ID_SYSTEM}|{client_id}",
+                    },
+                }
+                for item, urn, body, client_id in group
+            ],
+        }
+        first = group[0][0]
+        try:
+            response = self.connection.request(
+                "POST",
+                self.connection.config.base,
+                body=orjson.dumps(bundle),
+                headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "Prefer": RETURN_ALL},
+                idempotent=True,  # every entry is a conditional create
+            )
+            _check(response)
+            stamps = _transaction_stamps(_json(response), len(group))
+        except (_Transient, UpstreamError) as failure:
+            if isinstance(failure, UpstreamError) and failure.reason not in TRANSIENT_REASONS:
+                raise
+            attempts = first.attempts + 1
+            self.store.outbox_retry_later(
+                first.seq, attempts, self.now + backoff(attempts), failure.reason
+            )
+            self.counts["retry_later"] += 1
+            return None
+        except _Refused:
+            self.size = max(1, len(group) // 2)
+            self.counts["transaction_split"] += 1
+            return False
+        for (item, _, _, _), (upstream_id, version) in zip(group, stamps, strict=True):
+            self.store.outbox_done(
+                item.seq, "filed", self.now, filed=Filed(item.rtype, item.rid, upstream_id, version)
+            )
+            self.counts["filed"] += 1
+        self.counts["transactions"] += 1
+        return True
 
     def _one(self, item: OutboxItem) -> bool:
         """File one row; False ends the pass (a transient failure: try again later)."""
@@ -209,6 +335,8 @@ class Filer:
         return None
 
     def _lookup(self, rtype: str, rid: str) -> str | None:
+        if (rtype, rid) in self._local:
+            return self._local[(rtype, rid)]  # an earlier entry of the same transaction
         if rtype == PATIENT:
             return None  # patients are imported: the same id on both sides
         filed = self.store.filed(rtype, rid)

@@ -18,7 +18,9 @@ from typing import Any
 
 from sync.protocol.fhir.vocabulary import ID_RE
 
-Lookup = Callable[[str, str], str | None]  # (type, id) → the other side's id, or None
+# (type, id) → the other side's id, a ``urn:uuid:`` of the same Bundle, "" (not there yet),
+# or None (leave the reference as it is).
+Lookup = Callable[[str, str], str | None]
 
 
 def _split(reference: str) -> tuple[str, str] | None:
@@ -41,6 +43,8 @@ def rewrite(value: Any, lookup: Lookup, unresolved: list[str] | None = None) -> 
         mapped = lookup(*parts)
         if mapped == "" and unresolved is not None:
             unresolved.append(reference)
+        elif mapped and mapped.startswith("urn:uuid:"):
+            out["reference"] = mapped  # an entry of the same transaction Bundle
         elif mapped:
             out["reference"] = f"{parts[0]}/{mapped}"
     return out
