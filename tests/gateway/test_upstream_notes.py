@@ -25,7 +25,8 @@ from sync.gateway.api.transaction import Scope, parse_bundle, run_transaction
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream.config import set_upstream
-from sync.gateway.upstream.passes import run_pass
+from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.passes import LEASE_TTL, run_pass
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 from tests.support.gateway import (
     SITE_A,
@@ -281,7 +282,11 @@ def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
         assert before >= 1  # the upstream committed a create whose reply the gateway never saw
         store = SqliteStore(data / datadir.DATABASE)
         try:
-            counts = run_pass(data, store).counts
+            with pytest.raises(UpstreamError) as busy:  # the dead process's lease still holds
+                run_pass(data, store)
+            assert busy.value.reason == "upstream_busy"
+            # Once its lease has expired, the next pass takes over and files what was left.
+            counts = run_pass(data, store, now=_now() + LEASE_TTL + LATER).counts
             assert counts["outbox_filed"] == 6
             assert store.outbox(("pending", "held", "conflict")) == []
         finally:

@@ -293,3 +293,26 @@ def test_serve_worker_imports_on_the_poll_interval(
         worker.stop()
     assert w.store.read("Patient", w.id("late")) is not None
     assert w.held(SITE_A) == {("Patient", "early"), ("Patient", "late")}
+
+
+def test_only_one_gateway_process_runs_the_upstream_pass(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    """The store's upstream lease: another process's unexpired lease makes a pass step aside
+    (``upstream_busy``); once that holder has crashed and its lease expired, the pass takes
+    over."""
+    w = World(tmp_path, medplum, gw)
+    w.patient("p")
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    assert w.store.claim_upstream_lease("other-gateway:1", _now(), dt.timedelta(minutes=30))
+    with pytest.raises(UpstreamError) as busy:
+        w.sync()
+    assert busy.value.reason == "upstream_busy"
+    assert w.store.read("Patient", w.id("p")) is None
+    crashed_at = _now() - dt.timedelta(hours=1)  # the holder died an hour ago
+    assert w.store.claim_upstream_lease("other-gateway:1", crashed_at, dt.timedelta(minutes=30))
+    w.sync()
+    assert w.store.read("Patient", w.id("p")) is not None
+    # The pass released its lease when it ended: another process may take it at once.
+    assert w.store.claim_upstream_lease("other-gateway:2", _now(), dt.timedelta(minutes=30))

@@ -16,6 +16,11 @@ Invariants:
   A row leaves ``pending`` only for ``filed``, ``held`` (the upstream refused: its reason is
   kept) or ``conflict`` (an upstream 412); it is never deleted, so nothing is silently dropped.
   ``upstream_filed`` maps a gateway resource to its upstream id and version.
+- **One worker.** A pass runs only under the ``upstream_lease`` (one row), claimed by a
+  conditional UPDATE inside the writer lock: held by one holder at a time across every gateway
+  process sharing the database, renewed by its holder, taken over only once expired (a
+  crashed holder loses it after its time-to-live; what it left pending is simply filed by the
+  next holder).
 - Portable SQL only (``store.tables``); nothing here holds record content except the
   quarantine's reason code and JSON path.
 """
@@ -77,6 +82,11 @@ UPSTREAM_SCHEMA: tuple[str, ...] = (
     PRIMARY KEY (type, id)
 )""",
     "CREATE INDEX IF NOT EXISTS upstream_filed_upstream ON upstream_filed (type, upstream_id)",
+    """CREATE TABLE IF NOT EXISTS upstream_lease (
+    id INTEGER PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_us INTEGER NOT NULL
+)""",
     """CREATE TABLE IF NOT EXISTS upstream_quarantine (
     type TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -401,3 +411,27 @@ class UpstreamTables(SqlTables):
             (rtype,),
         )
         return {str(u): Filed(rtype, str(i), str(u), str(v)) for i, u, v in rows}
+
+    # -- the worker lease (one upstream worker across processes)
+    def claim_upstream_lease(self, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
+        """Take or renew the lease for ``holder`` unless another holds it unexpired."""
+        now_us, until_us = to_us(now), to_us(now + ttl)
+        with self._write() as execute:
+            if execute("SELECT 1 FROM upstream_lease WHERE id = 1").fetchone() is None:
+                execute(
+                    "INSERT INTO upstream_lease (id, holder, expires_us) VALUES (1, ?, ?)",
+                    (holder, until_us),
+                )
+                return True
+            claimed = execute(
+                "UPDATE upstream_lease SET holder = ?, expires_us = ?"
+                " WHERE id = 1 AND (holder = ? OR expires_us < ?)",
+                (holder, until_us, holder, now_us),
+            ).rowcount
+            return claimed == 1
+
+    def release_upstream_lease(self, holder: str) -> None:
+        with self._write() as execute:
+            execute(
+                "UPDATE upstream_lease SET expires_us = 0 WHERE id = 1 AND holder = ?", (holder,)
+            )

@@ -9,6 +9,10 @@ Invariants:
 - Every pass records its outcome (``state.record_pass``), a failure included, and a failure is
   an ``UpstreamError`` with a stable reason: a pass never raises anything else for an upstream
   that misbehaves.
+- With a store, the pass runs only under the store's upstream lease (``LEASE_TTL``, renewed
+  between the steps): of several gateway processes sharing a database, one files and imports
+  at a time; another gets ``upstream_busy`` and tries at its next interval. A crashed holder's
+  lease expires and the next pass takes over; its unfinished rows are simply still pending.
 - Nothing here logs a token, a key, or record content.
 """
 
@@ -16,6 +20,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,9 @@ from sync.gateway.upstream.state import record_pass
 
 log = logging.getLogger(__name__)
 
+LEASE_TTL = dt.timedelta(minutes=30)
+HOLDER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
 
 @dataclass
 class PassResult:
@@ -38,6 +48,11 @@ class PassResult:
     tls: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+
+
+def _lease(store: SqlStore, now: dt.datetime) -> None:
+    if not store.claim_upstream_lease(HOLDER, now, LEASE_TTL):
+        raise UpstreamError("upstream_busy")
 
 
 def run_pass(
@@ -58,11 +73,16 @@ def run_pass(
             try:
                 result.capabilities = fetch_capabilities(connection)
                 if store is not None:
-                    filed = file_outbox(connection, store, result.capabilities, now=moment)
-                    result.counts = {f"outbox_{k}": v for k, v in filed.items()}
-                    result.counts.update(
-                        import_records(connection, store, now=moment, reconcile=reconcile)
-                    )
+                    _lease(store, moment)
+                    try:
+                        filed = file_outbox(connection, store, result.capabilities, now=moment)
+                        result.counts = {f"outbox_{k}": v for k, v in filed.items()}
+                        _lease(store, dt.datetime.now(dt.UTC))
+                        result.counts.update(
+                            import_records(connection, store, now=moment, reconcile=reconcile)
+                        )
+                    finally:
+                        store.release_upstream_lease(HOLDER)
             finally:
                 result.tls = dict(connection.counters.tls_versions)
     except UpstreamError as err:
