@@ -375,3 +375,31 @@ def test_notes_go_up_in_transactions_sized_to_what_the_upstream_accepts(
             assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
     finally:
         store.close()
+
+
+def test_a_patient_written_by_a_device_is_never_sent_upstream(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The gateway's Patient names the site, not the board's Organization: filing it would
+    overwrite the system of record's registration. It is held for IT instead."""
+    n = next(_run)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        data = gateway_data(tmp_path / "d")
+        _configure(data, medplum)
+        pid = f"n{n}-p"
+        _link(store, medplum, n, pid)
+        run_pass(data, store)
+        mine = orjson.loads(store.read("Patient", pid).body)  # type: ignore[union-attr]
+        mine["name"] = [{"family": "Changed", "given": ["On", "Laptop"]}]
+        _push(store, [{"resource": mine, "request": {
+            "method": "PUT", "url": f"Patient/{pid}",
+            "ifMatch": f'W/"{mine["meta"]["versionId"]}"'}}])  # fmt: skip
+        counts = run_pass(data, store, reconcile=False).counts
+        assert counts["outbox_held"] == 1
+        assert store.outbox(("held",))[0].reason == "patient_not_filed"
+        upstream = medplum.read("Patient", pid)
+        assert upstream is not None and upstream["name"][0]["family"] != "Changed"
+        assert upstream["managingOrganization"]["reference"] == "Organization/x"
+    finally:
+        store.close()

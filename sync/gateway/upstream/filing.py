@@ -17,6 +17,8 @@ it, ``store.upstream_tables``). A filing pass takes the pending rows in commit (
   here; a 412 whose current upstream content is ours (our own earlier PUT whose reply was
   lost) is filed, any other 412 is a **conflict**, kept with the upstream's version;
 - a **delete** is ``DELETE [type]/[upstream id]`` (404/410 count as done);
+- a **Patient** a device wrote is never sent (held, ``patient_not_filed``): the gateway's copy
+  names the site instead of the board's Organization;
 - references to other gateway resources are rewritten to their upstream ids; a reference to
   one not filed yet makes the row wait (``waiting_for_reference``), and to one held or in
   conflict holds it too (``depends_on_held``), so one refused note never blocks the others.
@@ -230,7 +232,7 @@ class Filer:
         group: list[tuple[OutboxItem, str, dict[str, Any], str]] = []
         self._local = {}
         for item in items:
-            if item.next_at > self.now or item.op != "put":
+            if item.next_at > self.now or item.op != "put" or item.rtype == PATIENT:
                 break
             if self._upstream_of(item.rtype, item.rid) is not None:
                 break
@@ -366,6 +368,10 @@ class Filer:
         return body
 
     def _file(self, item: OutboxItem) -> Filed | None:
+        if item.rtype == PATIENT:
+            # The gateway's copy names the site, not the board's Organization: sending it
+            # would overwrite the system of record's own registration. IT files it by hand.
+            raise _Refused("held", "patient_not_filed")
         known = self._upstream_of(item.rtype, item.rid)
         if item.op == "delete":
             if known is None:
