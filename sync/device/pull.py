@@ -68,17 +68,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from sync.device.bundle_reading import (
-    bundle_link,
-    bundle_total,
-    fhir_instant,
-    is_history,
-    newest_stamp,
-    origin_free,
-    page_stamps,
-    quarantined,
-    since_of,
-)
+from sync.device.bundle_reading import page_stamps, quarantined
 from sync.device.outcome import (
     CONNECTION_REASONS,
     FHIR_JSON,
@@ -105,6 +95,15 @@ from sync.protocol.fhir.bounded_json import (
 )
 from sync.protocol.fhir.bundle import bundle_entries, next_link, parse_history_entry
 from sync.protocol.fhir.capability import ServerProfile
+from sync.protocol.fhir.paging import (
+    bundle_link,
+    bundle_total,
+    fhir_instant,
+    is_history,
+    newest_stamp,
+    origin_free,
+    since_of,
+)
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
 from sync.protocol.fhir.vocabulary import ID_RE, PATIENT, PATIENT_REFERENCE_PREFIX
 

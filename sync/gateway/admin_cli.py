@@ -38,6 +38,7 @@ from sync.gateway.authority import load_authority
 from sync.gateway.errors import GatewayError
 from sync.gateway.store.audit_tables import iter_audit
 from sync.gateway.store.base import AuditQuery, AuditRow, CommandRecord, Store
+from sync.gateway.upstream import cli as upstream_cli
 from sync.protocol.audit.audit_event import to_audit_event, to_csv_rows
 from sync.protocol.audit.report import out_of_hours
 from sync.protocol.pins import spki_sha256_b64
@@ -359,6 +360,13 @@ def register(commands: Any) -> None:
     add.add_argument("--site", required=True)
     add.add_argument("--name", default=None)
     add.set_defaults(run=_runner(_site_add))
+    link = site.add_parser("link", help="the site's patients: an upstream Group or Organization")
+    _common(link)
+    link.add_argument("site")
+    source = link.add_mutually_exclusive_group(required=True)
+    source.add_argument("--group", default=None)
+    source.add_argument("--organization", default=None)
+    link.set_defaults(run=_runner(upstream_cli.site_link))
 
     user = commands.add_parser("user", help="clinicians, auditors, admins").add_subparsers(
         dest="user_command", required=True

@@ -2,7 +2,9 @@
 
 Commands: ``init --data DIR [--hostname H]…``, ``serve --data DIR [--host] [--port]
 [--database URL] [--trusted-proxy ADDR]…`` and the administration commands of
-``sync.gateway.admin_cli`` (site, user, enroll-token, policy, device, audit, seed). Never
+``sync.gateway.admin_cli`` (site, user, enroll-token, policy, device, audit, seed) and
+``upstream set|status|sync`` (``sync.gateway.upstream.cli``). ``serve`` also runs the
+upstream pass on its poll interval when an upstream is configured. Never
 prints key material; pins are public.
 
 Invariant: a command that fails on purpose (any ``errors.GatewayError``: a refusal, a store or
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from sync.gateway import admin_cli, datadir
 from sync.gateway.errors import GatewayError, refusal
+from sync.gateway.upstream import cli as upstream_cli
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -46,6 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn_config,
     )
     from sync.gateway.store.opening import open_store
+    from sync.gateway.store.sql import SqlStore
+    from sync.gateway.upstream.worker import start_worker
 
     data = Path(args.data)
     if not (data / datadir.CA_CERT).exists():
@@ -61,11 +66,14 @@ def _serve(args: argparse.Namespace) -> int:
         authority=authority,
         trusted_proxies=parse_trusted_proxies(args.trusted_proxy),
     )
+    worker = start_worker(data, store if isinstance(store, SqlStore) else None)
     try:
         uvicorn.Server(
             uvicorn_config(app, context, host=args.host, port=args.port, log_level="info")
         ).run()
     finally:
+        if worker is not None:
+            worker.stop()
         store.close()
     return 0
 
@@ -87,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trusted-proxy", action="append", default=[])
     serve.set_defaults(run=_serve)
     admin_cli.register(commands)
+    upstream_cli.register(commands)
     return parser
 
 

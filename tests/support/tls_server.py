@@ -1,7 +1,8 @@
 """A tiny raw TLS 1.3 HTTP/1.1 server for transport tests.
 
 It records every application byte it receives after the handshake, so a test can prove that a
-refused connection never carried a request byte. Answers come from a handler function.
+refused connection never carried a request byte. Answers come from a handler function; a
+handler that raises ``DropConnection`` closes the connection without answering.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+class DropConnection(Exception):
+    """Raised by a handler: close the connection without an answer (a reply lost in transit)."""
+
 
 Handler = Callable[[str, str, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]
 
@@ -94,7 +100,10 @@ class RawTlsServer:
                         rest += more
                     body, buffer = rest[:length], rest[length:]
                     self.requests.append((method, path, headers))
-                    status, out_headers, payload = self.handler(method, path, headers, body)
+                    try:
+                        status, out_headers, payload = self.handler(method, path, headers, body)
+                    except DropConnection:
+                        return
                     out_headers = {"Content-Length": str(len(payload)), **out_headers}
                     head_out = f"HTTP/1.1 {status} X\r\n" + "".join(
                         f"{k}: {v}\r\n" for k, v in out_headers.items()

@@ -19,6 +19,8 @@ Invariants:
   break-glass grant to the patient; a patient who was at the device's site but left before it
   is refused with 403 ``patient_left_site`` (``diagnostics``: ``left_at=<instant>``). An
   exactly-once retry of such a create finds the filed resource in its new site.
+- Every version a transaction or batch entry writes is queued for the upstream
+  (``upstream_outbox``) in the same store transaction; an exactly-once retry queues nothing.
 - Request bodies are bounded (``MAX_BODY_BYTES``, ``MAX_BUNDLE_ENTRIES``, JSON depth and item
   count, no duplicate keys — ``sync.protocol.fhir.bounded_json``) and every written resource passes
   ``sync.protocol.fhir.validate.validate_resource(as_create=True)`` (the rules the client applies
@@ -31,6 +33,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +60,7 @@ from sync.gateway.store.base import (
     WriteTx,
     fhir_instant,
 )
+from sync.gateway.store.upstream_tables import UpstreamTables
 from sync.protocol.fhir import vocabulary as vocab
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
@@ -95,6 +99,7 @@ class Scope:
 class Outcome:
     status: int
     stored: StoredResource | None
+    written: StoredResource | None = None  # the new version this entry wrote (upstream outbox)
 
 
 async def read_body(request: Request) -> bytes:
@@ -323,8 +328,7 @@ def execute(tx: WriteTx, entry: Entry, scope: Scope, existing: StoredResource | 
         current = _existing_in_site(tx, entry, site)
         if current.deleted:
             return Outcome(204, None)
-        tx.delete(entry.rtype, entry.rid)
-        return Outcome(204, None)
+        return Outcome(204, None, tx.delete(entry.rtype, entry.rid))
     assert entry.resource is not None
     if entry.method == "PUT":
         current = _existing_in_site(tx, entry, site)
@@ -339,7 +343,7 @@ def execute(tx: WriteTx, entry: Entry, scope: Scope, existing: StoredResource | 
         raise  # the gateway's trouble, not the entry's: 503 with Retry-After (api/fhir.py)
     except (StoreError, res.ResourceError) as err:
         raise _bad(err.reason) from None
-    return Outcome(201 if entry.method == "POST" else 200, stored)
+    return Outcome(201 if entry.method == "POST" else 200, stored, stored)
 
 
 def _response_entry(base: str, entry: Entry, outcome: Outcome) -> dict[str, Any]:
@@ -366,6 +370,19 @@ def _error_entry(error: FhirError) -> dict[str, Any]:
     return {"response": response}
 
 
+def _queue_upstream(store: Store, outcomes: Iterable[Outcome]) -> None:
+    """Queue every version written for the upstream, in the writing transaction (the store's
+    ``upstream_outbox``; see ``store.upstream_tables``), in commit (seq) order."""
+    if not isinstance(store, UpstreamTables):
+        return
+    versions = [o.written for o in outcomes if o.written is not None]
+    for written in sorted(versions, key=lambda version: version.seq):
+        op = "delete" if written.deleted else "put"
+        store.queue_upstream_in_tx(
+            written.seq, written.rtype, written.rid, written.version_id, op, written.last_updated
+        )
+
+
 def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Outcome]:
     with store.write() as tx:
         existing, urn_map = resolve_creates(tx, entries, scope)
@@ -379,6 +396,7 @@ def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Ou
         )
         for entry in ordered:
             outcomes[entry.index] = execute(tx, entry, scope, existing.get(entry.index))
+        _queue_upstream(store, outcomes.values())
     return [outcomes[e.index] for e in entries]
 
 
@@ -386,7 +404,9 @@ def run_batch_entry(store: Store, entry: Entry, scope: Scope) -> Outcome | FhirE
     try:
         with store.write() as tx:
             existing, _ = resolve_creates(tx, [entry], scope)
-            return execute(tx, entry, scope, existing.get(entry.index))
+            outcome = execute(tx, entry, scope, existing.get(entry.index))
+            _queue_upstream(store, [outcome])
+            return outcome
     except FhirError as err:
         return err
 

@@ -30,6 +30,7 @@ from sync.gateway.store.command_tables import COMMAND_SCHEMA, CommandTables
 from sync.gateway.store.device_tables import DEVICE_SCHEMA, DeviceTables
 from sync.gateway.store.resource_tables import RESOURCE_SCHEMA, ResourceTables, SqlWriteTx
 from sync.gateway.store.tables import Connections, Dialect
+from sync.gateway.store.upstream_tables import UPSTREAM_SCHEMA, UpstreamTables
 from sync.gateway.store.user_tables import USER_SCHEMA, UserTables
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ SCHEMA: tuple[str, ...] = (
     *USER_SCHEMA,
     *COMMAND_SCHEMA,
     *AUDIT_SCHEMA,
+    *UPSTREAM_SCHEMA,
 )
 
 
@@ -47,7 +49,9 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class SqlStore(ResourceTables, DeviceTables, UserTables, CommandTables, AuditTables):
+class SqlStore(
+    ResourceTables, DeviceTables, UserTables, CommandTables, AuditTables, UpstreamTables
+):
     """``store.Store`` on ``connections`` (they must speak ``dialect``). Thread-safe."""
 
     def __init__(

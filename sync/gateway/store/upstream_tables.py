@@ -1,0 +1,437 @@
+"""The upstream's tables (issue 14): which upstream Group or Organization each site is linked
+to, which upstream version of each resource the gateway holds, the import's high-water marks,
+and the resources the import quarantined.
+
+Invariants:
+- The ``upstream_*`` tables are written inside the store's write transaction of the resources
+  they describe (call the ``*_in_tx`` methods inside ``with store.write():``, on the same
+  thread): an imported version and its record commit together or not at all, so a kill -9
+  mid-import never leaves the gateway believing it holds a version it does not.
+- ``upstream_imported`` maps (type, id) to the upstream's ``versionId``: an unchanged upstream
+  version is never written again, so a poll that finds nothing new adds nothing to the feed.
+- **Outbox.** Every version a laptop writes (create, edit, delete) is queued in
+  ``upstream_outbox`` by ``queue_upstream_in_tx`` inside the very transaction that accepts it,
+  keyed by its change ``seq`` (commit order): accepted and queued commit together, and an
+  exactly-once retry of the push (``ifNoneExist`` matched, nothing written) queues nothing.
+  A row leaves ``pending`` only for ``filed``, ``held`` (the upstream refused: its reason is
+  kept) or ``conflict`` (an upstream 412); it is never deleted, so nothing is silently dropped.
+  ``upstream_filed`` maps a gateway resource to its upstream id and version.
+- **One worker.** A pass runs only under the ``upstream_lease`` (one row), claimed by a
+  conditional UPDATE inside the writer lock: held by one holder at a time across every gateway
+  process sharing the database, renewed by its holder, taken over only once expired (a
+  crashed holder loses it after its time-to-live; what it left pending is simply filed by the
+  next holder).
+- Portable SQL only (``store.tables``); nothing here holds record content except the
+  quarantine's reason code and JSON path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+from sync.gateway.store.base import StoreError, from_us, to_us
+from sync.gateway.store.tables import SqlTables
+
+LinkKind = Literal["group", "organization"]
+LINK_KINDS: tuple[LinkKind, ...] = ("group", "organization")
+
+UPSTREAM_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS upstream_site_links (
+    site TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    linked_us INTEGER NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS upstream_imported (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    upstream_version TEXT NOT NULL,
+    site TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    imported_us INTEGER NOT NULL,
+    PRIMARY KEY (type, id)
+)""",
+    "CREATE INDEX IF NOT EXISTS upstream_imported_patient ON upstream_imported (patient_id)",
+    """CREATE TABLE IF NOT EXISTS upstream_marks (
+    stream TEXT PRIMARY KEY,
+    mark TEXT NOT NULL,
+    updated_us INTEGER NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS upstream_outbox (
+    seq INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_us INTEGER NOT NULL,
+    reason TEXT,
+    detail TEXT,
+    queued_us INTEGER NOT NULL,
+    done_us INTEGER
+)""",
+    "CREATE INDEX IF NOT EXISTS upstream_outbox_state ON upstream_outbox (state, seq)",
+    """CREATE TABLE IF NOT EXISTS upstream_filed (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    upstream_id TEXT NOT NULL,
+    upstream_version TEXT NOT NULL,
+    PRIMARY KEY (type, id)
+)""",
+    "CREATE INDEX IF NOT EXISTS upstream_filed_upstream ON upstream_filed (type, upstream_id)",
+    """CREATE TABLE IF NOT EXISTS upstream_lease (
+    id INTEGER PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_us INTEGER NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS upstream_quarantine (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    path TEXT NOT NULL,
+    seen_us INTEGER NOT NULL,
+    PRIMARY KEY (type, id)
+)""",
+)
+
+
+@dataclass(frozen=True)
+class SiteLink:
+    site: str
+    kind: LinkKind
+    ref: str  # the upstream Group or Organization id
+    linked_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Imported:
+    rtype: str
+    rid: str
+    upstream_version: str
+    site: str
+    patient_id: str  # its own id for a Patient
+
+
+OutboxState = Literal["pending", "filed", "held", "conflict"]
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    seq: int
+    rtype: str
+    rid: str
+    version_id: int
+    op: str  # put | delete
+    state: OutboxState
+    attempts: int
+    next_at: dt.datetime
+    reason: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Filed:
+    rtype: str
+    rid: str
+    upstream_id: str
+    upstream_version: str
+
+
+_OUTBOX_COLS = "seq, type, id, version_id, op, state, attempts, next_us, reason, detail"
+
+
+def _item(row: tuple[object, ...]) -> OutboxItem:
+    seq, t, i, v, op, state, attempts, next_us, reason, detail = row
+    return OutboxItem(
+        int(str(seq)),
+        str(t),
+        str(i),
+        int(str(v)),
+        str(op),
+        state,  # type: ignore[arg-type]
+        int(str(attempts)),
+        from_us(int(str(next_us))),
+        None if reason is None else str(reason),
+        None if detail is None else str(detail),
+    )
+
+
+@dataclass(frozen=True)
+class QuarantinedImport:
+    rtype: str
+    rid: str
+    reason: str
+    path: str
+    seen_at: dt.datetime
+
+
+class UpstreamTables(SqlTables):
+    # -- site links (control plane: their own write transaction)
+    def link_site(self, site: str, kind: LinkKind, ref: str, now: dt.datetime) -> None:
+        if kind not in LINK_KINDS:
+            raise StoreError("bad_link")
+        with self._write() as execute:
+            if execute("SELECT 1 FROM sites WHERE site = ?", (site,)).fetchone() is None:
+                raise StoreError("unknown_site")
+            values = (kind, ref, to_us(now), site)
+            if (
+                execute(
+                    "UPDATE upstream_site_links SET kind = ?, ref = ?, linked_us = ?"
+                    " WHERE site = ?",
+                    values,
+                ).rowcount
+                == 0
+            ):
+                execute(
+                    "INSERT INTO upstream_site_links (kind, ref, linked_us, site)"
+                    " VALUES (?, ?, ?, ?)",
+                    values,
+                )
+
+    def site_links(self) -> list[SiteLink]:
+        rows = self._rows(
+            "SELECT site, kind, ref, linked_us FROM upstream_site_links ORDER BY site"
+        )
+        return [SiteLink(str(s), k, str(r), from_us(int(u))) for s, k, r, u in rows]
+
+    # -- imported versions (inside the resources' write transaction)
+    def imported(self, rtype: str) -> dict[str, Imported]:
+        """Every resource of ``rtype`` the gateway holds from upstream, by id."""
+        rows = self._rows(
+            "SELECT id, upstream_version, site, patient_id FROM upstream_imported WHERE type = ?",
+            (rtype,),
+        )
+        return {str(i): Imported(rtype, str(i), str(v), str(s), str(p)) for i, v, s, p in rows}
+
+    def imported_one(self, rtype: str, rid: str) -> Imported | None:
+        row = self._one(
+            "SELECT upstream_version, site, patient_id FROM upstream_imported"
+            " WHERE type = ? AND id = ?",
+            (rtype, rid),
+        )
+        return None if row is None else Imported(rtype, rid, str(row[0]), str(row[1]), str(row[2]))
+
+    def imported_of_patient(self, patient_id: str) -> list[Imported]:
+        rows = self._rows(
+            "SELECT type, id, upstream_version, site FROM upstream_imported"
+            " WHERE patient_id = ? ORDER BY type, id",
+            (patient_id,),
+        )
+        return [Imported(str(t), str(i), str(v), str(s), patient_id) for t, i, v, s in rows]
+
+    def record_import_in_tx(
+        self,
+        rtype: str,
+        rid: str,
+        upstream_version: str,
+        site: str,
+        patient_id: str,
+        now: dt.datetime,
+    ) -> None:
+        values = (upstream_version, site, patient_id, to_us(now), rtype, rid)
+        updated = self._execute(
+            "UPDATE upstream_imported SET upstream_version = ?, site = ?, patient_id = ?,"
+            " imported_us = ? WHERE type = ? AND id = ?",
+            values,
+        ).rowcount
+        if updated == 0:
+            self._execute(
+                "INSERT INTO upstream_imported"
+                " (upstream_version, site, patient_id, imported_us, type, id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            )
+        self._execute("DELETE FROM upstream_quarantine WHERE type = ? AND id = ?", (rtype, rid))
+
+    def refile_version_in_tx(self, rtype: str, rid: str, upstream_version: str) -> None:
+        """The upstream changed a record filed from here: the version the next edit must name."""
+        self._execute(
+            "UPDATE upstream_filed SET upstream_version = ? WHERE type = ? AND id = ?",
+            (upstream_version, rtype, rid),
+        )
+
+    def forget_import_in_tx(self, rtype: str, rid: str) -> None:
+        self._execute("DELETE FROM upstream_imported WHERE type = ? AND id = ?", (rtype, rid))
+
+    # -- high-water marks
+    def upstream_mark(self, stream: str) -> str | None:
+        row = self._one("SELECT mark FROM upstream_marks WHERE stream = ?", (stream,))
+        return None if row is None else str(row[0])
+
+    def set_mark_in_tx(self, stream: str, mark: str, now: dt.datetime) -> None:
+        values = (mark, to_us(now), stream)
+        if (
+            self._execute(
+                "UPDATE upstream_marks SET mark = ?, updated_us = ? WHERE stream = ?", values
+            ).rowcount
+            == 0
+        ):
+            self._execute(
+                "INSERT INTO upstream_marks (mark, updated_us, stream) VALUES (?, ?, ?)", values
+            )
+
+    # -- quarantine
+    def quarantine_in_tx(
+        self, rtype: str, rid: str, reason: str, path: str, now: dt.datetime
+    ) -> None:
+        values = (reason, path, to_us(now), rtype, rid)
+        if (
+            self._execute(
+                "UPDATE upstream_quarantine SET reason = ?, path = ?, seen_us = ?"
+                " WHERE type = ? AND id = ?",
+                values,
+            ).rowcount
+            == 0
+        ):
+            self._execute(
+                "INSERT INTO upstream_quarantine (reason, path, seen_us, type, id)"
+                " VALUES (?, ?, ?, ?, ?)",
+                values,
+            )
+
+    def upstream_quarantine(self) -> list[QuarantinedImport]:
+        rows = self._rows(
+            "SELECT type, id, reason, path, seen_us FROM upstream_quarantine ORDER BY type, id"
+        )
+        return [
+            QuarantinedImport(str(t), str(i), str(r), str(p), from_us(int(u)))
+            for t, i, r, p, u in rows
+        ]
+
+    # -- the outbox (notes out)
+    def queue_upstream_in_tx(
+        self, seq: int, rtype: str, rid: str, version_id: int, op: str, now: dt.datetime
+    ) -> None:
+        """Queue one accepted version, inside the transaction that accepted it."""
+        self._execute(
+            "INSERT INTO upstream_outbox (seq, type, id, version_id, op, state, attempts,"
+            " next_us, queued_us) VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?)",
+            (seq, rtype, rid, version_id, op, to_us(now)),
+        )
+
+    def outbox(self, states: tuple[OutboxState, ...], limit: int = 500) -> list[OutboxItem]:
+        """Outbox rows in one of ``states``, oldest (lowest seq) first."""
+        marks = ", ".join("?" for _ in states)
+        rows = self._rows(
+            f"SELECT {_OUTBOX_COLS} FROM upstream_outbox WHERE state IN ({marks})"  # noqa: S608
+            " ORDER BY seq LIMIT ?",
+            (*states, limit),
+        )
+        return [_item(r) for r in rows]
+
+    def outbox_counts(self) -> dict[str, int]:
+        rows = self._rows("SELECT state, COUNT(*) FROM upstream_outbox GROUP BY state")
+        return {str(s): int(c) for s, c in rows}
+
+    def outbox_done(
+        self,
+        seq: int,
+        state: OutboxState,
+        now: dt.datetime,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+        filed: Filed | None = None,
+    ) -> None:
+        """Close one row (filed, held, conflict) and record the upstream id/version, in one
+        transaction."""
+        with self._write() as execute:
+            execute(
+                "UPDATE upstream_outbox SET state = ?, reason = ?, detail = ?, done_us = ?"
+                " WHERE seq = ?",
+                (state, reason, detail, to_us(now), seq),
+            )
+            if filed is not None:
+                values = (filed.upstream_id, filed.upstream_version, filed.rtype, filed.rid)
+                if (
+                    execute(
+                        "UPDATE upstream_filed SET upstream_id = ?, upstream_version = ?"
+                        " WHERE type = ? AND id = ?",
+                        values,
+                    ).rowcount
+                    == 0
+                ):
+                    execute(
+                        "INSERT INTO upstream_filed (upstream_id, upstream_version, type, id)"
+                        " VALUES (?, ?, ?, ?)",
+                        values,
+                    )
+                execute(  # an imported record edited here: its upstream version moved too
+                    "UPDATE upstream_imported SET upstream_version = ? WHERE type = ? AND id = ?",
+                    (filed.upstream_version, filed.rtype, filed.rid),
+                )
+
+    def outbox_retry_later(
+        self, seq: int, attempts: int, next_at: dt.datetime, reason: str
+    ) -> None:
+        with self._write() as execute:
+            execute(
+                "UPDATE upstream_outbox SET attempts = ?, next_us = ?, reason = ?"
+                " WHERE seq = ? AND state = 'pending'",
+                (attempts, to_us(next_at), reason, seq),
+            )
+
+    def outbox_release(self, seq: int | None = None) -> int:
+        """Held (or conflicting) rows back to pending after IT acted: one, or all."""
+        with self._write() as execute:
+            if seq is None:
+                return execute(
+                    "UPDATE upstream_outbox SET state = 'pending', attempts = 0, next_us = 0"
+                    " WHERE state = 'held'"
+                ).rowcount
+            return execute(
+                "UPDATE upstream_outbox SET state = 'pending', attempts = 0, next_us = 0"
+                " WHERE seq = ? AND state IN ('held', 'conflict')",
+                (seq,),
+            ).rowcount
+
+    def outbox_stuck(self, rtype: str, rid: str) -> bool:
+        """Whether a version of this resource is held or in conflict (not filed, not coming)."""
+        row = self._one(
+            "SELECT 1 FROM upstream_outbox WHERE type = ? AND id = ?"
+            " AND state IN ('held', 'conflict')",
+            (rtype, rid),
+        )
+        return row is not None
+
+    def filed(self, rtype: str, rid: str) -> Filed | None:
+        row = self._one(
+            "SELECT upstream_id, upstream_version FROM upstream_filed WHERE type = ? AND id = ?",
+            (rtype, rid),
+        )
+        return None if row is None else Filed(rtype, rid, str(row[0]), str(row[1]))
+
+    def filed_by_upstream(self, rtype: str) -> dict[str, Filed]:
+        """Upstream id → the gateway resource filed as it, for one type."""
+        rows = self._rows(
+            "SELECT id, upstream_id, upstream_version FROM upstream_filed WHERE type = ?",
+            (rtype,),
+        )
+        return {str(u): Filed(rtype, str(i), str(u), str(v)) for i, u, v in rows}
+
+    # -- the worker lease (one upstream worker across processes)
+    def claim_upstream_lease(self, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
+        """Take or renew the lease for ``holder`` unless another holds it unexpired."""
+        now_us, until_us = to_us(now), to_us(now + ttl)
+        with self._write() as execute:
+            if execute("SELECT 1 FROM upstream_lease WHERE id = 1").fetchone() is None:
+                execute(
+                    "INSERT INTO upstream_lease (id, holder, expires_us) VALUES (1, ?, ?)",
+                    (holder, until_us),
+                )
+                return True
+            claimed = execute(
+                "UPDATE upstream_lease SET holder = ?, expires_us = ?"
+                " WHERE id = 1 AND (holder = ? OR expires_us < ?)",
+                (holder, until_us, holder, now_us),
+            ).rowcount
+            return claimed == 1
+
+    def release_upstream_lease(self, holder: str) -> None:
+        with self._write() as execute:
+            execute(
+                "UPDATE upstream_lease SET expires_us = 0 WHERE id = 1 AND holder = ?", (holder,)
+            )

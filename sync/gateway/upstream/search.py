@@ -1,0 +1,99 @@
+"""Reading resources from the upstream: one read, and searches paged by ``_lastUpdated``
+keyset (never by offset, never by the server's own ``next`` links).
+
+Invariants:
+- Each page asks for ``_sort=_lastUpdated`` from ``_lastUpdated=ge<key>``, where the key is the
+  newest instant already read; resources at exactly the key that were already yielded are
+  skipped, so a page boundary inside one instant neither loses nor repeats a resource. A page
+  made entirely of one instant is asked again with a doubled ``_count`` (up to ``MAX_COUNT``;
+  beyond it the search fails with ``keyset_stuck`` rather than skip anything).
+- A page is read through the size/depth bounds of ``sync.protocol.fhir.bounded_json``; a
+  refused search is ``UpstreamError("search_refused")``. Resources are yielded as the server
+  sent them: validation is the caller's (``load``), so one bad resource never stops a page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+from sync.gateway.upstream.connection import UpstreamConnection
+from sync.gateway.upstream.errors import UpstreamError
+from sync.protocol.fhir.bounded_json import MAX_PAGE_DEPTH, BoundedJsonError, loads_bounded
+from sync.protocol.fhir.paging import fhir_instant, last_updated
+
+FHIR_JSON = "application/fhir+json"
+PAGE_COUNT = 200
+MAX_COUNT = 3_200
+
+
+def _entries(bundle: Any) -> list[dict[str, Any]]:
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        mode = (
+            entry.get("search", {}).get("mode") if isinstance(entry.get("search"), dict) else None
+        )
+        if mode in (None, "match"):
+            out.append(entry["resource"])
+    return out
+
+
+def get_json(connection: UpstreamConnection, path: str) -> tuple[int, Any]:
+    """GET ``path`` (relative to the base): its status and bounded JSON (None if not JSON)."""
+    response = connection.get(path, headers={"Accept": FHIR_JSON})
+    try:
+        return response.status, loads_bounded(response.body, max_depth=MAX_PAGE_DEPTH)
+    except BoundedJsonError:
+        return response.status, None
+
+
+def search_page(
+    connection: UpstreamConnection, rtype: str, query: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    status, bundle = get_json(connection, f"{rtype}?{urlencode(query)}")
+    if status != 200 or not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise UpstreamError("search_refused", f"{rtype} HTTP {status}")
+    return _entries(bundle)
+
+
+def keyset_search(
+    connection: UpstreamConnection,
+    rtype: str,
+    params: Mapping[str, str],
+    *,
+    since: dt.datetime | None = None,
+    count: int = PAGE_COUNT,
+) -> Iterator[list[dict[str, Any]]]:
+    """Every resource of ``rtype`` matching ``params`` (updated at or after ``since``), page by
+    page, in ``_lastUpdated`` order."""
+    key = since
+    seen_at_key: set[str] = set()
+    while True:
+        query = {**params, "_sort": "_lastUpdated", "_count": str(count)}
+        if key is not None:
+            query["_lastUpdated"] = "ge" + fhir_instant(key)
+        page = search_page(connection, rtype, query)
+        fresh = [
+            r for r in page if not (last_updated(r) == key and str(r.get("id")) in seen_at_key)
+        ]
+        if fresh:
+            yield fresh
+        if len(page) < count:
+            return
+        stamps = [stamp for r in page if (stamp := last_updated(r)) is not None]
+        newest = max(stamps, default=None)
+        if newest is None:
+            raise UpstreamError("keyset_stuck", f"{rtype}: no lastUpdated")
+        at_newest = {str(r.get("id")) for r in page if last_updated(r) == newest}
+        if newest == key:
+            if count >= MAX_COUNT:
+                raise UpstreamError("keyset_stuck", rtype)
+            count *= 2
+            seen_at_key |= at_newest
+            continue
+        key, seen_at_key = newest, at_newest

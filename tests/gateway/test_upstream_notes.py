@@ -1,0 +1,405 @@
+"""Issue 14, part 5: notes out. Every version a laptop pushes is queued in the gateway's
+upstream outbox in the transaction that accepts it, and filed into the upstream (a real Medplum
+server) exactly once: through lost replies after the upstream committed, refusals held with the
+upstream's reason, conflicts, and a kill -9 of the gateway mid-filing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sync.gateway import datadir
+from sync.gateway.api.transaction import Scope, parse_bundle, run_transaction
+from sync.gateway.store.sql import SqlStore
+from sync.gateway.store.sqlite import SqliteStore
+from sync.gateway.upstream.config import set_upstream
+from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.passes import LEASE_TTL, run_pass
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
+from tests.support.gateway import (
+    SITE_A,
+    create_entry,
+    observation,
+    patient,
+    running_gateway,
+)
+from tests.support.medplum_server import MedplumServer, running_medplum
+from tests.support.sync import (
+    DeviceVault,
+    device_client_ids,
+    sync_once,
+    transport_config,
+    write_consultations,
+)
+from tests.support.upstream import gateway_cli, gateway_data, running_relay
+
+_run = itertools.count()
+LATER = dt.timedelta(hours=2)  # past any backoff
+
+
+@pytest.fixture(scope="module")
+def medplum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumServer]:
+    with running_medplum(tmp_path_factory.mktemp("medplum")) as server:
+        yield server
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _configure(data: Path, medplum: MedplumServer, base: str | None = None) -> None:
+    creds = medplum.pki.device("gateway-upstream", "upstream")
+    set_upstream(
+        data,
+        base=base or medplum.base,
+        ca=str(medplum.pki.ca_path),
+        cert=str(creds.cert_path),
+        key=str(creds.key_path),
+    )
+
+
+def _link(store: SqlStore, medplum: MedplumServer, n: int, *patients: str) -> None:
+    for pid in patients:
+        medplum.put(patient(pid, "x"))
+    medplum.put(
+        {
+            "resourceType": "Group",
+            "id": f"n{n}-group",
+            "type": "person",
+            "actual": True,
+            "member": [{"entity": {"reference": f"Patient/{p}"}} for p in patients],
+        }
+    )
+    store.add_site(SITE_A, SITE_A, _now())
+    store.link_site(SITE_A, "group", f"n{n}-group", _now())
+
+
+def _mine(medplum: MedplumServer, client_ids: set[str]) -> Counter[str]:
+    """How many upstream resources carry each of ``client_ids`` (the exactly-once measure)."""
+    counts = medplum.client_ids(("Encounter", "Observation", "DocumentReference", "Flag"))
+    return Counter({cid: counts[cid] for cid in client_ids})
+
+
+def test_a_laptop_consultation_is_filed_upstream_exactly_once(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    n = next(_run)
+    with running_gateway(tmp_path / "gw") as gw:
+        assert isinstance(gw.store, SqlStore)
+        store: SqlStore = gw.store
+        data = gateway_data(tmp_path)
+        _configure(data, medplum)
+        pid = f"n{n}-p"
+        _link(store, medplum, n, pid)
+        run_pass(data, store)
+        device = DeviceVault.create(tmp_path / "laptop.db", f"dev-n{n}")
+        creds = gw.pki.device(f"dev-n{n}", SITE_A)
+        store.set_device(f"dev-n{n}", SITE_A, "active")
+        vault = device.open()
+        config = transport_config(gw.url, gw.pki.server_pin, creds)
+        assert sync_once(vault, config, site=SITE_A).ok
+        made = write_consultations(vault, [pid], 2, f"n{n}", site=SITE_A)
+        assert sync_once(vault, config, site=SITE_A).ok
+        queued = store.outbox(("pending",))
+        assert len(queued) == len(made)  # queued with the push, in one transaction each
+        counts = run_pass(data, store).counts
+        assert counts["outbox_filed"] == len(made)
+        assert _mine(medplum, set(made)) == Counter({cid: 1 for cid in made})
+        # Observations name their Encounter by its upstream id.
+        for obs in medplum.search_all("Observation", subject=f"Patient/{pid}"):
+            if "encounter" in obs:
+                ref = obs["encounter"]["reference"]
+                assert medplum.read("Encounter", ref.split("/")[1]) is not None
+        again = run_pass(data, store).counts  # the echoes come back: nothing new anywhere
+        assert again.get("outbox_filed", 0) == 0 and again.get("written", 0) == 0
+        assert again["own_filed"] == len(made)
+        assert sync_once(vault, config, site=SITE_A).ok
+        assert _mine(medplum, set(made)) == Counter({cid: 1 for cid in made})
+        held = device_client_ids(vault.connection)
+        assert all(held[cid] == 1 for cid in made)  # no duplicate reached the laptop
+
+
+def _push(gw_store: SqlStore, entries: list[dict[str, Any]], device: str = "dev-a") -> None:
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    _, parsed = parse_bundle(orjson.dumps(bundle))
+    run_transaction(gw_store, parsed, Scope(SITE_A, device))
+
+
+def test_lost_replies_after_the_upstream_committed_never_file_twice(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    n = next(_run)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+            data = gateway_data(tmp_path / "d")
+            _configure(data, medplum, base=relay.base)
+            pid = f"n{n}-p"
+            _link(store, medplum, n, pid)
+            run_pass(data, store)
+            entries = [create_entry(observation(f"x{i}", pid, 60.0 + i)) for i in range(3)]
+            for entry in entries:
+                entry["resource"].pop("id")
+            _push(store, entries)
+            cids = {e["request"]["ifNoneExist"].split("|")[1] for e in entries}
+            relay.drop = {"POST": 2}  # the transaction commits upstream twice; replies lost
+            first = run_pass(data, store).counts
+            assert relay.dropped == ["POST /fhir/R4"] * 2  # one transaction of three creates
+            assert first["outbox_filed"] == 3  # retried at once (idempotent: If-None-Exist)
+            assert first["outbox_transactions"] == 1
+            assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
+            # An edit whose reply is lost: the retry's 412 is our own edit, not a conflict.
+            obs = next(i for i in store.outbox(("filed",)) if i.rtype == "Observation")
+            current = orjson.loads(store.read("Observation", obs.rid).body)  # type: ignore[union-attr]
+            current["valueQuantity"]["value"] = 99.0
+            _push(store, [{"resource": current, "request": {
+                "method": "PUT", "url": f"Observation/{obs.rid}",
+                "ifMatch": f'W/"{current["meta"]["versionId"]}"'}}])  # fmt: skip
+            relay.drop = {"PUT": 1}
+            second = run_pass(data, store).counts
+            assert second.get("outbox_filed") == 1 and "outbox_conflict" not in second
+            filed = store.filed("Observation", obs.rid)
+            assert filed is not None
+            upstream = medplum.read("Observation", filed.upstream_id)
+            assert upstream is not None and upstream["valueQuantity"]["value"] == 99.0
+            assert upstream["meta"]["versionId"] == filed.upstream_version
+    finally:
+        store.close()
+
+
+def test_a_refused_note_is_held_with_the_reason_and_filed_after_retry(
+    tmp_path: Path, medplum: MedplumServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = next(_run)
+    data = gateway_data(tmp_path)
+    store = SqliteStore(data / datadir.DATABASE)
+    try:
+        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+            _configure(data, medplum, base=relay.base)
+            pid = f"n{n}-p"
+            _link(store, medplum, n, pid)
+            run_pass(data, store)
+            entry = create_entry(observation("x", pid))
+            entry["resource"].pop("id")
+            _push(store, [entry])
+            relay.refuse = {"POST": "Observation.code is not in the board's value set"}
+            counts = run_pass(data, store).counts
+            assert counts["outbox_held"] == 1
+            assert gateway_cli("upstream", "status", "--data", str(data)) == 0
+            words = capsys.readouterr().out
+            assert "HELD" in words and "not in the board's value set" in words
+            relay.refuse = {}
+            assert run_pass(data, store).counts.get("outbox_filed", 0) == 0  # held stays held
+            assert gateway_cli("upstream", "retry", "--data", str(data), "--all") == 0
+            assert run_pass(data, store).counts["outbox_filed"] == 1
+            cid = entry["request"]["ifNoneExist"].split("|")[1]
+            assert _mine(medplum, {cid}) == Counter({cid: 1})
+    finally:
+        store.close()
+
+
+def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    n = next(_run)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        data = gateway_data(tmp_path / "d")
+        _configure(data, medplum)
+        pid = f"n{n}-p"
+        _link(store, medplum, n, pid)
+        run_pass(data, store)
+        entry = create_entry(observation("x", pid, 50.0))
+        entry["resource"].pop("id")
+        _push(store, [entry])
+        run_pass(data, store, reconcile=False)
+        item = store.outbox(("filed",))[-1]
+        filed = store.filed("Observation", item.rid)
+        assert filed is not None
+        theirs = medplum.read("Observation", filed.upstream_id)
+        assert theirs is not None
+        theirs["valueQuantity"]["value"] = 51.0
+        medplum.put(theirs)  # a clinician at the board edits the filed note
+        mine = orjson.loads(store.read("Observation", item.rid).body)  # type: ignore[union-attr]
+        mine["valueQuantity"]["value"] = 52.0
+        _push(store, [{"resource": mine, "request": {
+            "method": "PUT", "url": f"Observation/{item.rid}",
+            "ifMatch": f'W/"{mine["meta"]["versionId"]}"'}}])  # fmt: skip
+        counts = run_pass(data, store, reconcile=False).counts
+        assert counts["outbox_conflict"] == 1
+        conflict = store.outbox(("conflict",))[0]
+        assert conflict.reason == "upstream_conflict"
+        after = medplum.read("Observation", filed.upstream_id)
+        assert after is not None and after["valueQuantity"]["value"] == 51.0  # nothing overwritten
+    finally:
+        store.close()
+
+
+def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    n = next(_run)
+    data = gateway_data(tmp_path)
+    store = SqliteStore(data / datadir.DATABASE)
+    with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+        _configure(data, medplum, base=relay.base)
+        pid = f"n{n}-p"
+        _link(store, medplum, n, pid)
+        run_pass(data, store)
+        entries = [create_entry(observation(f"k{i}", pid, 40.0 + i)) for i in range(6)]
+        for entry in entries:
+            entry["resource"].pop("id")
+            _push(store, [entry])
+        cids = {e["request"]["ifNoneExist"].split("|")[1] for e in entries}
+        store.close()
+        relay.hold = {"POST"}  # the upstream commits the first create; its reply never comes
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sync.gateway.cli", "upstream", "sync", "--data", str(data)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not any(f.startswith("POST") for f in relay.forwarded):
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        relay.hold = set()
+        relay.release.set()
+        before = sum(_mine(medplum, cids).values())
+        assert before >= 1  # the upstream committed a create whose reply the gateway never saw
+        store = SqliteStore(data / datadir.DATABASE)
+        try:
+            with pytest.raises(UpstreamError) as busy:  # the dead process's lease still holds
+                run_pass(data, store)
+            assert busy.value.reason == "upstream_busy"
+            # Once its lease has expired, the next pass takes over and files what was left.
+            counts = run_pass(data, store, now=_now() + LEASE_TTL + LATER).counts
+            assert counts["outbox_filed"] == 6
+            assert store.outbox(("pending", "held", "conflict")) == []
+        finally:
+            store.close()
+    assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
+    medplum_ids = medplum.client_ids(("Observation",))
+    assert all(medplum_ids[cid] == 1 for cid in cids)
+
+
+def test_a_note_referring_to_a_held_one_is_held_too_and_others_go_on(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    n = next(_run)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+            data = gateway_data(tmp_path / "d")
+            _configure(data, medplum, base=relay.base)
+            pid = f"n{n}-p"
+            _link(store, medplum, n, pid)
+            run_pass(data, store)
+            encounter = create_entry(
+                {
+                    "resourceType": "Encounter",
+                    "status": "finished",
+                    "class": {"code": "AMB"},
+                    "subject": {"reference": f"Patient/{pid}"},
+                }
+            )
+            linked = create_entry(observation("o", pid))
+            linked["resource"].pop("id")
+            linked["resource"]["encounter"] = {"reference": encounter["fullUrl"]}
+            _push(store, [encounter, linked])
+            other = create_entry(observation("o2", pid))
+            other["resource"].pop("id")
+            _push(store, [other])
+            relay.refuse = {
+                "POST /fhir/R4": "this transaction is refused",  # halved down to single notes
+                "POST /fhir/R4/Encounter": "Encounter.class is not accepted",
+            }
+            counts = run_pass(data, store).counts
+            assert counts["outbox_transaction_split"] >= 1
+            assert counts["outbox_held"] == 2 and counts["outbox_filed"] == 1
+            reasons = {i.rtype: i.reason for i in store.outbox(("held",))}
+            assert reasons == {"Encounter": "upstream_refused", "Observation": "depends_on_held"}
+            relay.refuse = {"POST /fhir/R4": "this transaction is refused"}
+            assert store.outbox_release() == 2
+            assert run_pass(data, store).counts["outbox_filed"] == 2
+            enc = next(i for i in store.outbox(("filed",)) if i.rtype == "Encounter")
+            enc_up = store.filed("Encounter", enc.rid)
+            assert enc_up is not None
+            cid = linked["request"]["ifNoneExist"].split("|")[1]
+            [upstream_obs] = medplum.search_all(
+                "Observation", identifier=f"{CLIENT_ID_SYSTEM}|{cid}"
+            )
+            assert upstream_obs["encounter"]["reference"] == f"Encounter/{enc_up.upstream_id}"
+    finally:
+        store.close()
+
+
+def test_notes_go_up_in_transactions_sized_to_what_the_upstream_accepts(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """Medplum advertises no limit but refuses a transaction of conditional creates of more
+    than 8 entries: the gateway halves until accepted, and files everything exactly once."""
+    n = next(_run)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+            data = gateway_data(tmp_path / "d")
+            _configure(data, medplum, base=relay.base)
+            pid = f"n{n}-p"
+            _link(store, medplum, n, pid)
+            run_pass(data, store)
+            entries = [create_entry(observation(f"t{i}", pid, 30.0 + i)) for i in range(40)]
+            for entry in entries:
+                entry["resource"].pop("id")
+            _push(store, entries)
+            counts = run_pass(data, store).counts
+            assert counts["outbox_filed"] == 40
+            assert counts["outbox_transaction_split"] >= 1
+            assert 1 < counts["outbox_transaction_size"] <= 8
+            accepted = [f for f in relay.forwarded if f.startswith("POST /fhir/R4 200")]
+            assert len(accepted) == counts["outbox_transactions"] < 40
+            cids = {e["request"]["ifNoneExist"].split("|")[1] for e in entries}
+            assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
+    finally:
+        store.close()
+
+
+def test_a_patient_written_by_a_device_is_never_sent_upstream(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The gateway's Patient names the site, not the board's Organization: filing it would
+    overwrite the system of record's registration. It is held for IT instead."""
+    n = next(_run)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        data = gateway_data(tmp_path / "d")
+        _configure(data, medplum)
+        pid = f"n{n}-p"
+        _link(store, medplum, n, pid)
+        run_pass(data, store)
+        mine = orjson.loads(store.read("Patient", pid).body)  # type: ignore[union-attr]
+        mine["name"] = [{"family": "Changed", "given": ["On", "Laptop"]}]
+        _push(store, [{"resource": mine, "request": {
+            "method": "PUT", "url": f"Patient/{pid}",
+            "ifMatch": f'W/"{mine["meta"]["versionId"]}"'}}])  # fmt: skip
+        counts = run_pass(data, store, reconcile=False).counts
+        assert counts["outbox_held"] == 1
+        assert store.outbox(("held",))[0].reason == "patient_not_filed"
+        upstream = medplum.read("Patient", pid)
+        assert upstream is not None and upstream["name"][0]["family"] != "Changed"
+        assert upstream["managingOrganization"]["reference"] == "Organization/x"
+    finally:
+        store.close()

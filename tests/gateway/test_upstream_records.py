@@ -1,0 +1,318 @@
+"""Issue 14, parts 3-4: site membership from upstream Groups and Organizations, and records in
+(initial load, incremental, reconciliation, transfers, quarantine), from a real Medplum server
+into the real gateway and on to a real laptop vault over the laptop's own sync."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sync.gateway.store.sql import SqlStore
+from sync.gateway.upstream.config import set_upstream
+from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.passes import run_pass
+from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
+from tests.support.medplum_server import MedplumServer, running_medplum
+from tests.support.sync import DeviceVault, device_view, sync_once, transport_config
+from tests.support.upstream import gateway_cli, gateway_data
+
+_run = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def medplum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumServer]:
+    with running_medplum(tmp_path_factory.mktemp("medplum")) as server:
+        yield server
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    with running_gateway(tmp_path / "gw") as gateway:
+        yield gateway
+
+
+class World:
+    """One test's upstream records (unique ids in the shared Medplum), gateway and laptops."""
+
+    def __init__(self, tmp: Path, medplum: MedplumServer, gw: Gateway) -> None:
+        self.n = next(_run)
+        self.tmp, self.medplum, self.gw = tmp, medplum, gw
+        assert isinstance(gw.store, SqlStore)
+        self.store: SqlStore = gw.store
+        self.data = gateway_data(tmp)
+        creds = medplum.pki.device("gateway-upstream", "upstream")
+        set_upstream(
+            self.data,
+            base=medplum.base,
+            ca=str(medplum.pki.ca_path),
+            cert=str(creds.cert_path),
+            key=str(creds.key_path),
+        )
+        for site in (SITE_A, SITE_B):
+            gw.store.add_site(site, site, _now())
+        self.vaults: dict[str, Any] = {}
+
+    def id(self, name: str) -> str:
+        return f"u{self.n}-{name}"
+
+    def group(self, name: str, members: list[dict[str, Any]]) -> None:
+        self.medplum.put(
+            {
+                "resourceType": "Group",
+                "id": self.id(name),
+                "type": "person",
+                "actual": True,
+                "member": members,
+            }
+        )
+
+    def member(self, name: str, **extra: Any) -> dict[str, Any]:
+        return {"entity": {"reference": f"Patient/{self.id(name)}"}, **extra}
+
+    def patient(self, name: str, org: str = "board-org", **extra: Any) -> None:
+        resource = {**patient(self.id(name), "x"), **extra}
+        resource["managingOrganization"] = {"reference": f"Organization/{self.id(org)}"}
+        self.medplum.put(resource)
+
+    def observation(self, name: str, of: str, value: float = 70.0) -> None:
+        self.medplum.put(observation(self.id(name), self.id(of), value))
+
+    def sync(self, *, reconcile: bool | None = True) -> dict[str, int]:
+        return run_pass(self.data, self.store, reconcile=reconcile).counts
+
+    def laptop(self, site: str) -> dict[tuple[str, str], str]:
+        """A real laptop of ``site`` syncs with the gateway; what its vault then holds."""
+        if site not in self.vaults:
+            device_id = f"dev-{site}-{self.n}"
+            creds = self.gw.pki.device(device_id, site)
+            self.gw.store.set_device(device_id, site, "active")
+            device = DeviceVault.create(self.tmp / f"{device_id}.db", device_id)
+            config = transport_config(self.gw.url, self.gw.pki.server_pin, creds)
+            self.vaults[site] = (device.open(), config)
+        vault, config = self.vaults[site]
+        result = sync_once(vault, config, site=site)
+        assert result.ok, result
+        return device_view(vault.connection)
+
+    def held(self, site: str) -> set[tuple[str, str]]:
+        """(type, short name) of this test's records a laptop of ``site`` holds."""
+        prefix = f"u{self.n}-"
+        return {(t, i.removeprefix(prefix)) for t, i in self.laptop(site) if i.startswith(prefix)}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def test_group_members_reach_the_site_laptop_after_one_upstream_sync(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    w = World(tmp_path, medplum, gw)
+    for name in ("in", "also-in", "inactive", "ended", "outsider"):
+        w.patient(name)
+        w.observation(f"obs-{name}", name)
+    w.group(
+        "alpha",
+        [
+            w.member("in"),
+            w.member("also-in", period={"start": "2020-01-01"}),
+            w.member("inactive", inactive=True),
+            w.member("ended", period={"start": "2020-01-01", "end": "2021-06-30"}),
+        ],
+    )
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    counts = w.sync()
+    assert counts["patients"] == 2 and counts["written"] == 4
+    assert w.held(SITE_A) == {
+        ("Patient", "in"),
+        ("Patient", "also-in"),
+        ("Observation", "obs-in"),
+        ("Observation", "obs-also-in"),
+    }
+    assert w.held(SITE_B) == set()
+    stored = orjson.loads(w.store.read("Patient", w.id("in")).body)  # type: ignore[union-attr]
+    assert stored["managingOrganization"] == {"reference": f"Organization/{SITE_A}"}
+    again = w.sync()  # nothing changed upstream: nothing new in any feed
+    assert again.get("written", 0) == 0 and again["unchanged"] == 4
+
+
+def test_organization_link_takes_the_patients_it_manages(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    w = World(tmp_path, medplum, gw)
+    w.patient("managed", org="prison-b")
+    w.patient("elsewhere", org="prison-x")
+    w.observation("obs-managed", "managed")
+    w.store.link_site(SITE_B, "organization", w.id("prison-b"), _now())
+    w.sync()
+    assert w.held(SITE_B) == {("Patient", "managed"), ("Observation", "obs-managed")}
+
+
+def test_upstream_edit_and_deletion_reach_the_laptop(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    w = World(tmp_path, medplum, gw)
+    w.patient("p")
+    w.observation("keep", "p", 60.0)
+    w.observation("gone", "p", 61.0)
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    w.sync()
+    before = w.laptop(SITE_A)
+    assert ("Observation", w.id("gone")) in before
+    w.observation("keep", "p", 99.0)  # an edit upstream
+    w.observation("new", "p", 62.0)  # a new record upstream
+    medplum.delete("Observation", w.id("gone"))
+    incremental = w.sync(reconcile=False)  # the poll's pass: edits and creates, by keyset
+    assert incremental["written"] == 2 and incremental.get("deleted", 0) == 0
+    w.sync(reconcile=True)  # the reconciliation: deletions
+    after = w.laptop(SITE_A)
+    assert ("Observation", w.id("gone")) not in after
+    assert ("Observation", w.id("new")) in after
+    vault = w.vaults[SITE_A][0]
+    row = vault.connection.execute(
+        "SELECT json FROM resources WHERE type = 'Observation' AND id = ?", (w.id("keep"),)
+    ).fetchone()
+    assert orjson.loads(row[0])["valueQuantity"]["value"] == 99.0
+
+
+def test_a_patient_moving_between_groups_upstream_is_a_transfer(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    w = World(tmp_path, medplum, gw)
+    w.patient("mover")
+    w.patient("stayer")
+    w.observation("obs-mover", "mover")
+    w.group("alpha", [w.member("mover"), w.member("stayer")])
+    w.group("bravo", [])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    w.store.link_site(SITE_B, "group", w.id("bravo"), _now())
+    w.sync()
+    assert ("Patient", "mover") in w.held(SITE_A)
+    w.group("alpha", [w.member("stayer"), w.member("mover", period={"end": "2021-01-01"})])
+    w.group("bravo", [w.member("mover")])
+    w.sync()
+    with w.store.write() as tx:
+        stays = tx.site_stays(w.id("mover"))
+    assert [s.site for s in stays] == [SITE_A, SITE_B] and stays[0].end is not None
+    assert w.held(SITE_A) == {("Patient", "stayer")}
+    assert w.held(SITE_B) == {("Patient", "mover"), ("Observation", "obs-mover")}
+
+
+def test_a_patient_leaving_every_site_is_removed_but_an_emptied_group_is_refused(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    w = World(tmp_path, medplum, gw)
+    w.patient("released")
+    w.patient("stays")
+    w.observation("obs-released", "released")
+    w.group("alpha", [w.member("released"), w.member("stays")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    w.sync()
+    w.group("alpha", [w.member("stays")])
+    counts = w.sync()
+    assert counts["left"] == 1 and counts["deleted"] == 2
+    assert w.held(SITE_A) == {("Patient", "stays")}
+    w.group("alpha", [])  # a misconfigured Group: refused, nothing purged
+    with pytest.raises(UpstreamError) as refused:
+        w.sync()
+    assert refused.value.reason == "membership_emptied"
+    assert w.held(SITE_A) == {("Patient", "stays")}
+
+
+def test_an_invalid_upstream_record_is_quarantined_with_its_reason(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = World(tmp_path, medplum, gw)
+    w.patient("good")
+    w.patient("bad", identifier=[{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "1"}])
+    w.observation("obs-good", "good")
+    w.observation("obs-bad", "bad")
+    w.group("alpha", [w.member("good"), w.member("bad")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    counts = w.sync()
+    assert counts["quarantined"] == 1
+    assert w.held(SITE_A) == {("Patient", "good"), ("Observation", "obs-good")}
+    quarantined = {(q.rtype, q.rid): q for q in w.store.upstream_quarantine()}
+    bad = quarantined[("Patient", w.id("bad"))]
+    assert bad.reason and bad.path.startswith("Patient.identifier")
+
+
+def test_site_link_and_status_from_the_command_line(
+    tmp_path: Path, medplum: MedplumServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = gateway_data(tmp_path)
+    creds = medplum.pki.device("gateway-upstream", "upstream")
+    set_upstream(
+        data,
+        base=medplum.base,
+        ca=str(medplum.pki.ca_path),
+        cert=str(creds.cert_path),
+        key=str(creds.key_path),
+    )
+    n = next(_run)
+    medplum.put(patient(f"cli{n}-p", "x"))
+    medplum.put({"resourceType": "Group", "id": f"cli{n}-g", "type": "person", "actual": True,
+                 "member": [{"entity": {"reference": f"Patient/cli{n}-p"}}]})  # fmt: skip
+    assert gateway_cli("site", "add", "--data", str(data), "--site", "hmp-cli") == 0
+    assert gateway_cli("site", "link", "--data", str(data), "hmp-cli", "--group", f"cli{n}-g") == 0
+    assert gateway_cli("site", "link", "--data", str(data), "hmp-none", "--group", "g") == 2
+    assert "(unknown_site)" in capsys.readouterr().err
+    assert gateway_cli("upstream", "sync", "--data", str(data)) == 0
+    assert "patients 1" in capsys.readouterr().out
+    assert gateway_cli("upstream", "status", "--data", str(data)) == 0
+    words = capsys.readouterr().out
+    assert f"site hmp-cli: upstream group cli{n}-g" in words
+    assert "last import:" in words
+
+
+def test_serve_worker_imports_on_the_poll_interval(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    from sync.gateway.upstream.worker import UpstreamWorker
+
+    w = World(tmp_path, medplum, gw)
+    w.patient("early")
+    w.group("alpha", [w.member("early")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    worker = UpstreamWorker(w.data, w.store, 0.2)
+    worker.start()
+    try:
+        w.patient("late")
+        w.group("alpha", [w.member("early"), w.member("late")])
+        deadline = _now().timestamp() + 60
+        while w.store.read("Patient", w.id("late")) is None and _now().timestamp() < deadline:
+            worker._stop.wait(0.1)
+    finally:
+        worker.stop()
+    assert w.store.read("Patient", w.id("late")) is not None
+    assert w.held(SITE_A) == {("Patient", "early"), ("Patient", "late")}
+
+
+def test_only_one_gateway_process_runs_the_upstream_pass(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    """The store's upstream lease: another process's unexpired lease makes a pass step aside
+    (``upstream_busy``); once that holder has crashed and its lease expired, the pass takes
+    over."""
+    w = World(tmp_path, medplum, gw)
+    w.patient("p")
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    assert w.store.claim_upstream_lease("other-gateway:1", _now(), dt.timedelta(minutes=30))
+    with pytest.raises(UpstreamError) as busy:
+        w.sync()
+    assert busy.value.reason == "upstream_busy"
+    assert w.store.read("Patient", w.id("p")) is None
+    crashed_at = _now() - dt.timedelta(hours=1)  # the holder died an hour ago
+    assert w.store.claim_upstream_lease("other-gateway:1", crashed_at, dt.timedelta(minutes=30))
+    w.sync()
+    assert w.store.read("Patient", w.id("p")) is not None
+    # The pass released its lease when it ended: another process may take it at once.
+    assert w.store.claim_upstream_lease("other-gateway:2", _now(), dt.timedelta(minutes=30))
