@@ -22,12 +22,12 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from sync.device.bundle_reading import is_history
 from sync.device.outcome import CONNECTION_REASONS, FHIR_JSON
 from sync.device.replica import Replica
 from sync.device.transport import Response, Transport, TransportError
 from sync.protocol.fhir.bounded_json import MAX_PAGE_DEPTH, BoundedJsonError, loads_bounded
 from sync.protocol.fhir.bundle import bundle_entries
+from sync.protocol.fhir.paging import is_history
 from sync.protocol.fhir.validate import InvalidResource
 
 HISTORY_STREAM_PREFIX = "history:"  # the pull's stream of a type (sync.device.pull)
