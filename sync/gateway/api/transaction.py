@@ -55,6 +55,7 @@ from sync.gateway.store.base import (
     WriteTx,
     fhir_instant,
 )
+from sync.gateway.store.loader import prefetch_keys
 from sync.protocol.fhir import vocabulary as vocab
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
@@ -367,6 +368,9 @@ def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Ou
         for entry in entries:
             if entry.resource is not None:
                 _rewrite_references(entry.resource, urn_map)
+        tx.prefetch(
+            prefetch_keys((e.rtype, e.rid, e.resource or {}) for e in entries if e.rid is not None)
+        )
         outcomes: dict[int, Outcome] = {}
         ordered = sorted(
             entries,

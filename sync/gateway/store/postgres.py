@@ -46,6 +46,7 @@ from typing import Any
 import psycopg
 
 from sync.gateway.store.base import DatabaseFailure, StoreError
+from sync.gateway.store.pg_write import HEAD_SEQ, PG_WRITE_SCHEMA, PgWriteTx
 from sync.gateway.store.resource_tables import FEED_TABLES
 from sync.gateway.store.sql import SqlStore, utc_now
 from sync.gateway.store.tables import Dialect, set_up
@@ -63,7 +64,8 @@ SCHEMA_LOCK_KEY = 0x6761_7465  # pg_advisory_xact_lock key taken while creating 
 # minute or so; after a bulk load that is too late, so the store analyses itself when the change
 # feed has doubled since (head seq ≥ ANALYZE_FIRST_AT, then 2·head + ANALYZE_FIRST_AT, …).
 ANALYZE_FIRST_AT = 1_000
-_LOCK_WRITER = "SELECT seq FROM change_counter WHERE id = 1 FOR UPDATE"
+# Control-plane writes (enrolment, users, commands, audit) stay serialised on this row.
+_LOCK_CONTROL = "SELECT seq FROM change_counter WHERE id = 1 FOR UPDATE"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -111,11 +113,14 @@ DIALECT = Dialect(
         "SET default_transaction_isolation = 'read committed'",
     ),
     begin_schema=("BEGIN", f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"),
-    begin_write=("BEGIN", _LOCK_WRITER),
+    begin_write=("BEGIN",),  # PgWriteTx locks the sites it touches, nothing store-wide
     driver_error=psycopg.Error,
     failure_reason=failure_reason,
     analyze="ANALYZE " + ", ".join(FEED_TABLES),
     analyze_first_at=ANALYZE_FIRST_AT,
+    begin_control_write=("BEGIN", _LOCK_CONTROL),
+    head_seq=HEAD_SEQ,
+    extra_schema=PG_WRITE_SCHEMA,
 )
 
 
@@ -261,6 +266,17 @@ class _Session:
             with self._held.cursor() as cursor:
                 cursor.executemany(sql, [tuple(row) for row in rows])
 
+    def pipeline(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[_Rows]:
+        """Run ``statements`` in the open transaction in ONE round trip (libpq pipeline
+        mode); their results in order. The first failing statement raises, and the
+        transaction is then aborted (it must be rolled back)."""
+        conn = self._held
+        if conn is None:
+            raise StoreError("no_transaction")
+        with conn.pipeline():
+            cursors = [conn.execute(sql, tuple(params)) for sql, params in statements]
+        return [_finish(cursor) for cursor in cursors]
+
     def begin(self, statement: str, retry: bool = True) -> None:
         if self._held is not None:
             raise StoreError("nested_transaction")
@@ -295,6 +311,9 @@ class PgConnections:
         self._pool = _Pool(dsn, size, setup)
         self._local = threading.local()
         self._closed = False
+        # Round trips to the server so far (statements, pipelines, BEGIN and COMMIT), for the
+        # benchmarks; approximate under threads.
+        self.round_trips = 0
 
     def _session(self) -> _Session:
         session: _Session | None = getattr(self._local, "session", None)
@@ -305,17 +324,26 @@ class PgConnections:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
         if self._closed:
             raise StoreError("closed")
+        self.round_trips += 1
         return self._session().execute(sql, params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.round_trips += 1  # psycopg pipelines the rows
         self._session().executemany(sql, rows)
+
+    def pipeline(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[_Rows]:
+        """``statements`` (driver SQL) in the open transaction, in one round trip."""
+        self.round_trips += 1
+        return self._session().pipeline(statements)
 
     def begin(self, statement: str) -> None:
         if self._closed:
             raise StoreError("closed")
+        self.round_trips += 1
         self._session().begin(statement)
 
     def end(self, commit: bool) -> None:
+        self.round_trips += 1
         self._session().end(commit)  # also after close: the connection must go back
 
     def close(self) -> None:
@@ -335,6 +363,13 @@ class PgStore(SqlStore):
         pool_size: int = POOL_SIZE,
     ) -> None:
         dialect = DIALECT
-        super().__init__(
-            PgConnections(dsn, pool_size, dialect.connection_setup), dialect, clock=clock
-        )
+        self._pg = PgConnections(dsn, pool_size, dialect.connection_setup)
+        super().__init__(self._pg, dialect, clock=clock)
+
+    def _write_tx(self) -> PgWriteTx:
+        return PgWriteTx(self._pg, self._execute, self._clock)
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips to PostgreSQL from this store so far (for the benchmarks)."""
+        return self._pg.round_trips
