@@ -121,6 +121,7 @@ DIALECT = Dialect(
     begin_control_write=("BEGIN", _LOCK_CONTROL),
     head_seq=HEAD_SEQ,
     extra_schema=PG_WRITE_SCHEMA,
+    missing_relations=("SELECT count(*) FROM unnest(?::text[]) AS n WHERE to_regclass(n) IS NULL"),
 )
 
 

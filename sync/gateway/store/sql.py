@@ -6,7 +6,8 @@ written once (``store.tables``).
 
 Invariants (beyond those of ``store.Store`` and ``store.tables``):
 - The schema is created in one transaction opened with ``Dialect.begin_schema``, so stores
-  opening one database together create it once.
+  opening one database together create it once; where the dialect can tell that every table,
+  index and sequence exists already (``Dialect.missing_relations``), it is not run at all.
 - ``write()`` opens ``Dialect.begin_write`` and runs the backend's write path
   (``_write_tx``: ``SqlWriteTx``, or ``store.pg_write.PgWriteTx`` on PostgreSQL), whose
   ``finish`` runs before COMMIT. SQLite's writer lock is held from before the first read until
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +48,9 @@ SCHEMA: tuple[str, ...] = (
 )
 
 
+_CREATED = re.compile(r"CREATE (?:TABLE|INDEX|SEQUENCE) IF NOT EXISTS (\w+)")
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -66,12 +71,24 @@ class SqlStore(ResourceTables, DeviceTables, UserTables, CommandTables, AuditTab
         self._analyze_at = dialect.analyze_first_at
         self._analyze_lock = threading.Lock()
         try:
-            with self._transaction(dialect.begin_schema):
-                for statement in (*SCHEMA, *dialect.extra_schema):
-                    self._execute(dialect.ddl(statement))
+            statements = (*SCHEMA, *dialect.extra_schema)
+            if self._schema_missing(statements):
+                with self._transaction(dialect.begin_schema):
+                    for statement in statements:
+                        self._execute(dialect.ddl(statement))
         except BaseException:
             self.close()
             raise
+
+    def _schema_missing(self, statements: tuple[str, ...]) -> bool:
+        """Whether a table, index or sequence the schema creates does not exist yet (always
+        True where the dialect cannot tell)."""
+        query = self._dialect.missing_relations
+        if query is None:
+            return True
+        names = [m.group(1) for s in statements if (m := _CREATED.match(s.strip()))]
+        row = self._one(query, (names,))
+        return row is None or int(row[0]) > 0
 
     @contextmanager
     def write(self) -> Iterator[WriteTx]:

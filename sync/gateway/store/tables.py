@@ -95,6 +95,11 @@ class Dialect:
     head_seq: str = "SELECT seq FROM change_counter WHERE id = 1"
     # Statements run after the portable schema, in the same transaction.
     extra_schema: tuple[str, ...] = ()
+    # How many of the relations named by the one array parameter do not exist (None: never
+    # ask). When none is missing the schema is not run at all: ``CREATE INDEX IF NOT EXISTS``
+    # takes a SHARE lock on its table before it finds the index, so a store opening while
+    # others write would wait on (and deadlock with) those writers.
+    missing_relations: str | None = None
 
     def sql(self, portable: str) -> str:
         return self.paramstyle(portable)
