@@ -355,6 +355,14 @@ class WriteTx(Protocol):
         """Live resources of ``rtype`` with the identifier, in ``site`` (None: in any site)."""
         ...
 
+    def find_by_identifiers(
+        self, site: str, wanted: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], list[StoredResource]]:
+        """For each (type, system, value) of ``wanted``: the live resources of that type with
+        the identifier, in ANY site (the caller filters), read after every earlier commit
+        that wrote to ``site``. One round trip on PostgreSQL."""
+        ...
+
     def patient_site(self, patient_id: str) -> str | None:
         """The site of a live (not deleted) patient, else None."""
         ...

@@ -63,6 +63,14 @@ _READ = (
     f"SELECT {_COLS} FROM resources WHERE (type, id) IN"  # noqa: S608
     " (SELECT * FROM unnest(%s::text[], %s::text[]))"
 )
+_BY_IDENTIFIERS = (
+    "SELECT v.type, v.system, v.value, "  # noqa: S608
+    + ", ".join(f"r.{column}" for column in _COLS.split(", "))
+    + " FROM unnest(%s::text[], %s::text[], %s::text[]) AS v(type, system, value)"
+    " JOIN resource_identifiers i ON i.type = v.type AND i.value = v.value"
+    " AND i.system = v.system JOIN resources r ON r.type = i.type AND r.id = i.id"
+    " WHERE r.deleted = 0"
+)
 _OPEN_STAYS = (
     "SELECT patient_id, site, from_us FROM patient_sites"
     " WHERE patient_id = ANY(%s::text[]) AND until_us IS NULL"
@@ -249,6 +257,18 @@ class PgWriteTx(SqlWriteTx):
             self._lock_site(site)  # a create checked here is serialised with its twin
         self.flush()
         return super().find_by_identifier(rtype, site, system, value)
+
+    def find_by_identifiers(
+        self, site: str, wanted: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], list[StoredResource]]:
+        self._lock_site(site)
+        self.flush()
+        keys = list(dict.fromkeys(wanted))
+        found: dict[tuple[str, str, str], list[StoredResource]] = {key: [] for key in keys}
+        rows = self._db.execute(_BY_IDENTIFIERS, _columns(keys, 3)).fetchall()
+        for row in rows:
+            found[(row[0], row[1], row[2])].append(row_to_resource(row[3:]))
+        return found
 
     def site_stays(self, patient_id: str) -> list[SiteStay]:
         self.flush()

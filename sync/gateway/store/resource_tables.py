@@ -229,6 +229,12 @@ class SqlWriteTx:
         rows = self._execute(sql, args).fetchall()
         return [row_to_resource(r) for r in rows]
 
+    def find_by_identifiers(
+        self, site: str, wanted: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], list[StoredResource]]:
+        # Under the writer lock every lookup sees every earlier commit: one query each.
+        return {key: self.find_by_identifier(key[0], None, key[1], key[2]) for key in wanted}
+
     def patient_site(self, patient_id: str) -> str | None:
         row = self._execute(
             "SELECT site FROM resources WHERE type = 'Patient' AND id = ? AND deleted = 0",
