@@ -61,28 +61,28 @@ HEAD_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM changes"
 _COLS = "type, id, version_id, last_updated_us, site, patient_id, deleted, seq, body"
 _READ = (
     f"SELECT {_COLS} FROM resources WHERE (type, id) IN"  # noqa: S608
-    " (SELECT * FROM unnest(%s::text[], %s::text[]))"
+    " (SELECT * FROM unnest(%b::text[], %b::text[]))"
 )
 _BY_IDENTIFIERS = (
     "SELECT v.type, v.system, v.value, "  # noqa: S608
     + ", ".join(f"r.{column}" for column in _COLS.split(", "))
-    + " FROM unnest(%s::text[], %s::text[], %s::text[]) AS v(type, system, value)"
+    + " FROM unnest(%b::text[], %b::text[], %b::text[]) AS v(type, system, value)"
     " JOIN resource_identifiers i ON i.type = v.type AND i.value = v.value"
     " AND i.system = v.system JOIN resources r ON r.type = i.type AND r.id = i.id"
     " WHERE r.deleted = 0"
 )
 _OPEN_STAYS = (
     "SELECT patient_id, site, from_us FROM patient_sites"
-    " WHERE patient_id = ANY(%s::text[]) AND until_us IS NULL"
+    " WHERE patient_id = ANY(%b::text[]) AND until_us IS NULL"
 )
 # A site's row exists before it is locked; a new one starts at the old store-wide clock.
 _ADD_SITES = (
     "INSERT INTO site_clocks (site, last_us) SELECT s,"
-    " (SELECT last_us FROM change_counter WHERE id = 1) FROM unnest(%s::text[]) AS s"
+    " (SELECT last_us FROM change_counter WHERE id = 1) FROM unnest(%b::text[]) AS s"
     " ON CONFLICT (site) DO NOTHING"
 )
 _LOCK_SITES = (
-    "SELECT site, last_us FROM site_clocks WHERE site = ANY(%s::text[]) ORDER BY site FOR UPDATE"
+    "SELECT site, last_us FROM site_clocks WHERE site = ANY(%b::text[]) ORDER BY site FOR UPDATE"
 )
 _TAKE_SEQS = "SELECT nextval('change_seq') FROM generate_series(1, %s)"
 _DEPENDENTS = (
@@ -91,53 +91,53 @@ _DEPENDENTS = (
 )
 _INSERT_CHANGES = (
     "INSERT INTO changes (seq, site, type, id, version_id, op, last_updated_us)"
-    " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
-    " %s::text[], %s::bigint[])"
+    " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
+    " %b::text[], %b::bigint[])"
 )
 _INSERT_HISTORY = (
     "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted, body)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[],"
-    " %s::bigint[], %s::bytea[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[],"
+    " %b::bigint[], %b::bytea[])"
 )
 _MOVE = (
     "UPDATE resources AS r SET site = v.site, seq = v.seq"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) AS v(type, id, site, seq)"
+    " FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[]) AS v(type, id, site, seq)"
     " WHERE r.type = v.type AND r.id = v.id"
 )
 # A deletion keeps the row's name_text (as the portable UPDATE does).
 _UPSERT = (
     "INSERT INTO resources (type, id, version_id, last_updated_us, site, patient_id, deleted,"
-    " seq, name_text, body) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[],"
-    " %s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[],"
-    " %s::bytea[]) ON CONFLICT (type, id) DO UPDATE SET version_id = excluded.version_id,"
+    " seq, name_text, body) SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[],"
+    " %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[],"
+    " %b::bytea[]) ON CONFLICT (type, id) DO UPDATE SET version_id = excluded.version_id,"
     " last_updated_us = excluded.last_updated_us, site = excluded.site,"
     " patient_id = excluded.patient_id, deleted = excluded.deleted, seq = excluded.seq,"
     " name_text = CASE WHEN excluded.deleted = 1 THEN resources.name_text"
     " ELSE excluded.name_text END, body = excluded.body"
 )
 _DROP_IDENTIFIERS = (
-    "DELETE FROM resource_identifiers AS i USING unnest(%s::text[], %s::text[]) AS v(type, id)"
+    "DELETE FROM resource_identifiers AS i USING unnest(%b::text[], %b::text[]) AS v(type, id)"
     " WHERE i.type = v.type AND i.id = v.id"
 )
 _ADD_IDENTIFIERS = (
     "INSERT INTO resource_identifiers (type, id, system, value)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[])"
 )
 _RESITE_STAYS = (
-    "UPDATE patient_sites AS p SET site = v.site FROM unnest(%s::text[], %s::text[])"
+    "UPDATE patient_sites AS p SET site = v.site FROM unnest(%b::text[], %b::text[])"
     " AS v(patient_id, site) WHERE p.patient_id = v.patient_id AND p.until_us IS NULL"
 )
 _CLOSE_STAYS = (
-    "UPDATE patient_sites AS p SET until_us = v.until_us FROM unnest(%s::text[], %s::bigint[])"
+    "UPDATE patient_sites AS p SET until_us = v.until_us FROM unnest(%b::text[], %b::bigint[])"
     " AS v(patient_id, until_us) WHERE p.patient_id = v.patient_id AND p.until_us IS NULL"
 )
 _OPEN_NEW_STAYS = (
     "INSERT INTO patient_sites (patient_id, site, from_us, until_us)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[])"
 )
 _SET_CLOCKS = (
     "UPDATE site_clocks AS c SET last_us = GREATEST(c.last_us, v.last_us)"
-    " FROM unnest(%s::text[], %s::bigint[]) AS v(site, last_us) WHERE c.site = v.site"
+    " FROM unnest(%b::text[], %b::bigint[]) AS v(site, last_us) WHERE c.site = v.site"
 )
 
 Statement = tuple[str, Sequence[Any]]
@@ -184,7 +184,8 @@ class PgWriteTx(SqlWriteTx):
         self._changes: list[list[Any]] = []  # site, type, id, version_id, op, lu (seq later)
         self._history: list[tuple[Any, ...]] = []  # ..., change index in place of nothing
         self._moves: list[tuple[str, str, str, int]] = []  # type, id, site, change index
-        self._rows: dict[tuple[str, str], tuple[StoredResource, str | None]] = {}
+        # the resources row to write: the version, its change, its time, its name_text
+        self._rows: dict[tuple[str, str], tuple[StoredResource, int, int, str | None]] = {}
         self._identifiers: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self._stay_resites: dict[str, str] = {}
         self._stay_closes: dict[str, int] = {}
@@ -286,26 +287,30 @@ class PgWriteTx(SqlWriteTx):
         return 0  # assigned at the flush
 
     def _store_version(
-        self, stored: StoredResource, name: str | None, identifiers: list[tuple[str, str]]
+        self,
+        stored: StoredResource,
+        change: int,
+        name: str | None,
+        identifiers: list[tuple[str, str]],
     ) -> None:
         key = (stored.rtype, stored.rid)
         lu_us = to_us(stored.last_updated)
         self._history.append(
             (stored.rtype, stored.rid, stored.version_id, lu_us, stored.site, 0, stored.body)
         )
-        self._rows[key] = (stored, name)
+        self._rows[key] = (stored, change, lu_us, name)
         self._identifiers[key] = identifiers
-        self._known[key] = replace(stored, seq=0)
+        self._known[key] = stored
 
-    def _store_deletion(self, stored: StoredResource) -> None:
+    def _store_deletion(self, stored: StoredResource, change: int) -> None:
         key = (stored.rtype, stored.rid)
         lu_us = to_us(stored.last_updated)
         self._history.append(
             (stored.rtype, stored.rid, stored.version_id, lu_us, stored.site, 1, b"")
         )
-        self._rows[key] = (stored, None)
+        self._rows[key] = (stored, change, lu_us, None)
         self._identifiers[key] = []
-        self._known[key] = replace(stored, seq=0)
+        self._known[key] = stored
 
     def _open_stay(self, patient_id: str) -> _Stay | None:
         if patient_id not in self._stays:
@@ -375,15 +380,15 @@ class PgWriteTx(SqlWriteTx):
                     s.rtype,
                     s.rid,
                     s.version_id,
-                    to_us(s.last_updated),
+                    lu_us,
                     s.site,
                     s.patient_id,
                     int(s.deleted),
-                    seqs[s.seq],
+                    seqs[change],
                     name,
                     s.body,
                 )
-                for s, name in self._rows.values()
+                for s, change, lu_us, name in self._rows.values()
             ]
             statements.append((_UPSERT, _columns(upserts, 10)))
         if self._identifiers:

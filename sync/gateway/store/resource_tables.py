@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -326,15 +325,27 @@ class SqlWriteTx:
                 self._move_dependents(rid, existing.site, site)
         change = self._record_change(site, rtype, rid, version_id, "put", lu_us)
         stored = StoredResource(
-            rtype, rid, version_id, from_us(lu_us), site, patient_id, False, change, body
+            rtype,
+            rid,
+            version_id,
+            from_us(lu_us),
+            site,
+            patient_id,
+            False,
+            self._seq_of(change),
+            body,
         )
-        self._store_version(stored, res.name_text(resource), res.identifiers(resource))
-        return replace(stored, seq=self._seq_of(change))
+        self._store_version(stored, change, res.name_text(resource), res.identifiers(resource))
+        return stored
 
     def _store_version(
-        self, stored: StoredResource, name: str | None, identifiers: list[tuple[str, str]]
+        self,
+        stored: StoredResource,
+        change: int,
+        name: str | None,
+        identifiers: list[tuple[str, str]],
     ) -> None:
-        """Write a new live version (``stored.seq`` is its change) and its identifiers."""
+        """Write a new live version (``change``: its recorded change) and its identifiers."""
         rtype, rid, version_id = stored.rtype, stored.rid, stored.version_id
         lu_us, site, body = to_us(stored.last_updated), stored.site, stored.body
         self._execute(
@@ -342,7 +353,7 @@ class SqlWriteTx:
             " body) VALUES (?, ?, ?, ?, ?, 0, ?)",
             (rtype, rid, version_id, lu_us, site, body),
         )
-        values = (version_id, lu_us, site, stored.patient_id, stored.seq, name, body, rtype, rid)
+        values = (version_id, lu_us, site, stored.patient_id, change, name, body, rtype, rid)
         updated = self._execute(
             "UPDATE resources SET version_id = ?, last_updated_us = ?, site = ?, patient_id = ?,"
             " deleted = 0, seq = ?, name_text = ?, body = ? WHERE type = ? AND id = ?",
@@ -389,16 +400,16 @@ class SqlWriteTx:
             existing.site,
             existing.patient_id,
             True,
-            change,
+            self._seq_of(change),
             b"",
         )
-        self._store_deletion(stored)
+        self._store_deletion(stored, change)
         if rtype == vocab.PATIENT:
             self._record_stay(rid, None, lu_us)
-        return replace(stored, seq=self._seq_of(change))
+        return stored
 
-    def _store_deletion(self, stored: StoredResource) -> None:
-        """Write a deletion version (``stored.seq`` is its change); drop the identifiers."""
+    def _store_deletion(self, stored: StoredResource, change: int) -> None:
+        """Write a deletion version (``change``: its recorded change); drop the identifiers."""
         rtype, rid, version_id = stored.rtype, stored.rid, stored.version_id
         lu_us = to_us(stored.last_updated)
         self._execute(
@@ -409,7 +420,7 @@ class SqlWriteTx:
         self._execute(
             "UPDATE resources SET version_id = ?, last_updated_us = ?, deleted = 1, seq = ?,"
             " body = ? WHERE type = ? AND id = ?",
-            (version_id, lu_us, stored.seq, b"", rtype, rid),
+            (version_id, lu_us, change, b"", rtype, rid),
         )
         self._execute("DELETE FROM resource_identifiers WHERE type = ? AND id = ?", (rtype, rid))
 
