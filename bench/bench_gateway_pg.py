@@ -2,8 +2,8 @@
 
 For each backend, on the same synthetic site (``seed``): 1. load (resources/s through
 ``load_resources``), 2. a full pull of the site through ``_history`` next links over loopback
-mutual TLS 1.3 (resources/s), 3. ``DEVICES`` devices resuming from their cursor at once after one
-change (p50/p95 latency, errors), 4. ``WRITERS`` threads each pushing transaction Bundles
+mutual TLS 1.3 (resources/s, the best of ``PULLS``), 3. ``DEVICES`` devices resuming from
+their cursor at once after one change (p50/p95 latency, errors), 4. ``WRITERS`` threads each pushing transaction Bundles
 (``BUNDLE`` creates with ifNoneExist, the laptop's push) for a site of its own, at once
 (Bundles/s; on PostgreSQL writers of different sites do not wait for each other). SQLite is the
 baseline: every PostgreSQL figure is printed with its ratio to SQLite's; PostgreSQL's load and
@@ -40,6 +40,7 @@ from tests.support.gateway import create_entry, observation, patient
 from tests.support.postgres import PgUnavailable, shared_server
 
 DEVICES = 50
+PULLS = 3  # full pulls per backend; the fastest counts
 WRITERS = 8  # concurrent pushers, one site each
 BUNDLE = 3  # creates per pushed Bundle
 PUSHES = 40  # Bundles per writer
@@ -65,7 +66,8 @@ def _measure(
     ):
         load_rate = len(items) / gateway.load_s
         trips = gateway.load_round_trips
-        pull = full_pull(gateway, timeout=120)
+        # the best of PULLS full pulls: this machine is shared, one pull is noise-prone
+        pull = min((full_pull(gateway, timeout=120) for _ in range(PULLS)), key=lambda p: p.seconds)
         pulled, pull_rate = pull.count, pull.count / pull.seconds
         load_resources(gateway.store, items[1:2])  # one change for every device to pull
         latencies, errors = resume_all(gateway, pull.resume, timeout=120)
