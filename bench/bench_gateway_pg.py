@@ -3,13 +3,13 @@
 For each backend, on the same synthetic site (``seed``): 1. load (resources/s through
 ``load_resources``), 2. a full pull of the site through ``_history`` next links over loopback
 mutual TLS 1.3 (resources/s, the best of ``PULLS``), 3. ``DEVICES`` devices resuming from
-their cursor at once after one change (p50/p95 latency, errors), 4. ``WRITERS`` threads each pushing transaction Bundles
-(``BUNDLE`` creates with ifNoneExist, the laptop's push) for a site of its own, at once
-(Bundles/s; on PostgreSQL writers of different sites do not wait for each other). SQLite is the
-baseline: every PostgreSQL figure is printed with its ratio to SQLite's; PostgreSQL's load and
-push also print their database round trips. PostgreSQL is a throwaway local server
-(``tests.support.postgres``, durability off, as in the tests) on the same machine, reached over
-TCP on 127.0.0.1.
+their cursor at once after one change (p50/p95 latency, errors), 4. ``WRITERS`` threads each
+pushing transaction Bundles (``BUNDLE`` creates with ifNoneExist, the laptop's push) for a site
+of its own, at once (Bundles/s; on PostgreSQL writers of different sites do not wait for each
+other). SQLite is the baseline: every PostgreSQL figure is printed with its ratio to SQLite's;
+PostgreSQL's load and push also print their database round trips. PostgreSQL is a throwaway
+local server (``tests.support.postgres``, durability off, as in the tests) on the same
+machine, reached over TCP on 127.0.0.1.
 
 Size: GATEHOUSE_BENCH_PG_PATIENTS (default 1,000 patients ≈ 20k resources).
 """
