@@ -22,6 +22,7 @@ SITES = (SITE_A, SITE_B, "hmp-charlie")
 WRITERS = 4
 TRANSACTIONS = 40
 PAGE = 3
+NAIVE_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,13 @@ def test_every_reader_sees_every_committed_change_of_its_site_once_in_seq_order(
 
 @pytest.mark.postgres
 def test_the_same_hammer_without_site_locks_skips_changes(pg_server: PgServer) -> None:
-    run, initial = _run(pg_server, naive=True)
-    problems = feed_problems(run, initial)
-    assert any("skipped" in p for p in problems), problems
+    """Shows the hammer has teeth. A skip needs a reader to page inside the few ms a later
+    seq is committed and an earlier one is not: every run so far had several, but up to
+    ``NAIVE_ATTEMPTS`` runs are allowed so that a lucky run cannot fail the suite."""
+    problems: list[str] = []
+    for _ in range(NAIVE_ATTEMPTS):
+        run, initial = _run(pg_server, naive=True)
+        problems = feed_problems(run, initial)
+        if any("skipped" in p for p in problems):
+            return
+    raise AssertionError(f"a feed without site locks skipped nothing: {problems}")
