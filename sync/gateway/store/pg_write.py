@@ -182,7 +182,7 @@ class PgWriteTx(SqlWriteTx):
         self._stays: dict[str, _Stay | None] = {}
         # buffered writes, in the order they were made
         self._changes: list[list[Any]] = []  # site, type, id, version_id, op, lu (seq later)
-        self._history: list[tuple[Any, ...]] = []  # ..., change index in place of nothing
+        self._history: list[tuple[Any, ...]] = []  # resource_history rows
         self._moves: list[tuple[str, str, str, int]] = []  # type, id, site, change index
         # the resources row to write: the version, its change, its time, its name_text
         self._rows: dict[tuple[str, str], tuple[StoredResource, int, int, str | None]] = {}
