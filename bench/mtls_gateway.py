@@ -36,6 +36,7 @@ class LoadedGateway:
     context: ssl.SSLContext
     store: SqlStore
     load_s: float  # how long ``load_resources`` took for the items
+    load_round_trips: int | None = None  # to the database during the load, where counted
 
 
 @dataclass
@@ -75,9 +76,11 @@ def loaded_gateway(
     ca_cert = pki.load_cert((data / datadir.CA_CERT).read_bytes())
     ca = data / datadir.CA_CERT
     store = make_store(data)
+    trips_before = getattr(store, "round_trips", None)
     started = time.perf_counter()
     load_resources(store, items)
     load_s = time.perf_counter() - started
+    trips = None if trips_before is None else getattr(store, "round_trips", 0) - trips_before
     creds = []
     for n in range(devices):
         key = pki.generate_key()
@@ -97,7 +100,7 @@ def loaded_gateway(
     server = BackgroundGateway(build_app(store, ca_cert=ca_cert), context)
     server.start()
     try:
-        yield LoadedGateway(server.url, ca, creds, context, store, load_s)
+        yield LoadedGateway(server.url, ca, creds, context, store, load_s, trips)
     finally:
         server.stop()
         store.close()

@@ -8,8 +8,10 @@ What these prove, beyond the whole gateway suite run on PostgreSQL
 - the same exactly-once create (``ifNoneExist``) sent to every process at once creates one
   resource; one enrolment token sent to every process at once enrols one device (NW-4); one
   audit upload sent to every process at once is stored once and the chain stays exact (AD-2);
-- the writer lock (``SELECT … FOR UPDATE`` on the counter row) orders commits between separate
-  connection pools, and ``lastUpdated`` never goes back even when one process's clock is behind;
+- the site locks (``SELECT … FOR UPDATE`` on the site's ``site_clocks`` row) order commits of
+  one site between separate connection pools, writers of different sites do not wait for each
+  other, and ``lastUpdated`` never goes back even when one process's clock is behind (the
+  multi-process hammer of the feed is ``test_pg_feed_hammer.py``);
 - gateways starting together create the schema once; a dropped connection is replaced, and a
   transaction cut mid-way commits nothing and leaves as ``StoreError("database_unavailable")``;
 - ``open_store`` refuses passwords on the command line and unknown URLs.
@@ -363,9 +365,58 @@ def test_a_later_commit_never_gets_a_smaller_seq_across_stores(pg_dsn: str) -> N
 
 
 @pytest.mark.postgres
+def test_writers_of_different_sites_do_not_wait_for_each_other(pg_dsn: str) -> None:
+    """No cluster-wide writer lock: while a write at SITE_A is open (its rows already sent),
+    a write at SITE_B from another store commits, and a reader of SITE_B sees it at once."""
+    first, second = PgStore(pg_dsn), PgStore(pg_dsn)
+    load_resources(first, [patient("p1", SITE_A), patient("q1", SITE_B)])
+    finished = threading.Event()
+
+    def other_site() -> None:
+        load_resources(second, [observation("b1", "q1")])
+        finished.set()
+
+    with first.write() as tx:
+        tx.put("Observation", "a1", observation("a1", "p1"))
+        tx.site_stays("p1")  # sends the buffered rows: the tables are now written to
+        writer = threading.Thread(target=other_site)
+        writer.start()
+        assert finished.wait(10), "a write at another site waited for this one"
+        seen = second.history(HistoryQuery(site=SITE_B, count=10))
+        assert [c.rid for c in seen] == ["q1", "b1"]
+        assert second.read("Observation", "a1") is None
+    writer.join(10)
+    assert first.read("Observation", "a1") is not None
+    first.close()
+    second.close()
+
+
+@pytest.mark.postgres
+def test_a_store_opening_while_a_write_is_open_does_not_wait_for_it(pg_dsn: str) -> None:
+    """A gateway process starting (or restarting) while others write: its schema already
+    exists, so it takes no table lock (CREATE INDEX IF NOT EXISTS would wait on the writers)."""
+    first = PgStore(pg_dsn)
+    load_resources(first, [patient("p1", SITE_A)])
+    opened: list[PgStore] = []
+
+    def open_store_now() -> None:
+        opened.append(PgStore(pg_dsn))
+
+    with first.write() as tx:
+        tx.put("Observation", "a1", observation("a1", "p1"))
+        tx.site_stays("p1")  # the writer holds row locks on the feed tables
+        opener = threading.Thread(target=open_store_now)
+        opener.start()
+        opener.join(5)
+        assert opened, "opening a store waited for an open write"
+    opened[0].close()
+    first.close()
+
+
+@pytest.mark.postgres
 def test_a_check_inside_a_write_sees_every_earlier_commit(pg_dsn: str) -> None:
     """ifNoneExist across processes: the second writer's lookup runs only after the first
-    writer's commit (the counter row is locked at BEGIN, before any read)."""
+    writer's commit (the lookup in a site first takes the site's lock)."""
     first, second = PgStore(pg_dsn), PgStore(pg_dsn)
     load_resources(first, [patient("p1", SITE_A)])
     entry = create_entry(observation("o1", "p1"), client_id="c0ffee00-0000-4000-8000-000000000001")

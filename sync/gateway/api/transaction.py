@@ -60,6 +60,7 @@ from sync.gateway.store.base import (
     WriteTx,
     fhir_instant,
 )
+from sync.gateway.store.loader import prefetch_keys
 from sync.gateway.store.upstream_tables import UpstreamTables
 from sync.protocol.fhir import vocabulary as vocab
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
@@ -264,9 +265,10 @@ def _check_scope(tx: WriteTx, entry: Entry, scope: Scope) -> None:
 
 
 def _filed_elsewhere(
-    tx: WriteTx, entry: Entry, scope: Scope, system: str, value: str
+    tx: WriteTx, entry: Entry, scope: Scope, everywhere: list[StoredResource]
 ) -> list[StoredResource]:
-    """An earlier create of this late note, filed at the patient's new site (exactly once)."""
+    """An earlier create of this late note, filed at the patient's new site (exactly once);
+    ``everywhere``: the live resources with its identifier in any site."""
     if entry.resource is None or entry.rtype not in vocab.CLINICAL_TYPES:
         return []
     try:
@@ -274,9 +276,7 @@ def _filed_elsewhere(
     except res.ResourceError:
         return []  # a urn: reference: the patient is created in this Bundle
     found = [
-        match
-        for match in tx.find_by_identifier(entry.rtype, None, system, value)
-        if match.site != scope.site and match.patient_id == patient_id
+        match for match in everywhere if match.site != scope.site and match.patient_id == patient_id
     ]
     if found and _late_admission(tx, entry.resource, scope).admitted:
         return found
@@ -299,13 +299,20 @@ def resolve_creates(
     """For each POST: the existing match of ``ifNoneExist`` or a fresh id (→ ``rid``)."""
     existing: dict[int, StoredResource] = {}
     urn_map: dict[str, str] = {}
+    wanted = [
+        (e.rtype, *e.if_none_exist)
+        for e in entries
+        if e.method == "POST" and e.if_none_exist is not None
+    ]
+    found = tx.find_by_identifiers(scope.site, wanted) if wanted else {}
     for entry in entries:
         if entry.method != "POST":
             continue
         if entry.if_none_exist is not None:
-            matches = tx.find_by_identifier(entry.rtype, scope.site, *entry.if_none_exist)
+            everywhere = found[(entry.rtype, *entry.if_none_exist)]
+            matches = [match for match in everywhere if match.site == scope.site]
             if not matches:
-                matches = _filed_elsewhere(tx, entry, scope, *entry.if_none_exist)
+                matches = _filed_elsewhere(tx, entry, scope, everywhere)
             if len(matches) > 1:
                 raise FhirError(412, "multiple-matches", "if_none_exist_ambiguous")
             if matches:
@@ -389,6 +396,9 @@ def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Ou
         for entry in entries:
             if entry.resource is not None:
                 _rewrite_references(entry.resource, urn_map)
+        tx.prefetch(
+            prefetch_keys((e.rtype, e.rid, e.resource or {}) for e in entries if e.rid is not None)
+        )
         outcomes: dict[int, Outcome] = {}
         ordered = sorted(
             entries,

@@ -6,16 +6,20 @@ Invariants every backend guarantees:
 - The site of a Patient is its ``managingOrganization``; the site of a clinical resource is the
   site of its patient, always (a transfer re-sites the patient's resources in the same
   transaction).
-- **Change sequence.** Every committed change gets a ``seq`` from ONE counter, incremented inside
-  the writing transaction while that transaction holds the writer lock, so seq order is commit
-  order: a reader who has seen everything up to seq N and asks for ``seq > N`` can never miss a
-  change committed concurrently. ``lastUpdated`` is taken under the same lock and never goes
-  backwards (``max(clock, previous + 1 µs)``), so it agrees with seq order.
-  SQLite (``store.sqlite``): ``BEGIN IMMEDIATE`` serialises writers. PostgreSQL
-  (``store.postgres``): every write transaction first locks the one ``change_counter`` row
-  (``SELECT … FOR UPDATE``) and holds it until COMMIT, so a second writer waits and always
-  receives a larger seq *and* commits later. (A plain SEQUENCE would not do: its values are
-  handed out at nextval, not at commit, so a reader could see seq 11 committed before seq 10.)
+- **Change sequence.** Every committed change gets a ``seq``, unique and increasing, and every
+  change feed is per site (``history``, ``search`` and their cursors all name one site). Within
+  a site, seq order is commit order: a reader who has seen everything of site S up to seq N
+  and asks for ``seq > N`` can never miss a change to S committed concurrently. Within a site,
+  ``lastUpdated`` never goes backwards in seq order (``max(clock, previous + 1 µs)``).
+  (A transfer's moved clinical resources keep their own ``lastUpdated`` in the new site's feed.)
+  SQLite (``store.sqlite``): ``BEGIN IMMEDIATE`` serialises all writers, seqs come from one
+  counter row, so seq order is commit order for the whole store and ``lastUpdated`` is
+  store-wide monotonic. PostgreSQL (``store.pg_write``): no store-wide lock; a write
+  transaction locks each site it touches (its ``site_clocks`` row) before reading that site's
+  rows and keeps it until COMMIT, and takes its seqs from a SEQUENCE only after every site lock
+  it needs is held, so writers of one site commit in seq order while writers of different
+  sites run in parallel. (A SEQUENCE alone would not do: its values are handed out at nextval,
+  not at commit, so a reader could see seq 11 committed before seq 10.) Seqs may have gaps.
 - **Site stays.** Every Patient write that gives the patient a site it did not have (a create,
   a transfer, a re-creation after a delete) opens a stay ``(site, from)`` at the write's
   ``lastUpdated``, and closes the patient's open stay at the same instant; a delete closes it.
@@ -330,7 +334,18 @@ class AuditQuery:
 
 
 class WriteTx(Protocol):
-    """Operations inside one atomic write transaction (all or nothing)."""
+    """Operations inside one atomic write transaction (all or nothing).
+
+    ``put`` and ``delete`` return the version written; its ``seq`` is 0 where the backend
+    assigns seqs only when the transaction's writes reach the database (PostgreSQL): read the
+    resource again for its seq.
+    """
+
+    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
+        """A hint, never required: the transaction is about to read or write these
+        (type, id) (and patients its clinical resources name); a backend may read them all in
+        one round trip."""
+        ...
 
     def current(self, rtype: str, rid: str) -> StoredResource | None: ...
 
@@ -338,6 +353,14 @@ class WriteTx(Protocol):
         self, rtype: str, site: str | None, system: str, value: str
     ) -> list[StoredResource]:
         """Live resources of ``rtype`` with the identifier, in ``site`` (None: in any site)."""
+        ...
+
+    def find_by_identifiers(
+        self, site: str, wanted: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], list[StoredResource]]:
+        """For each (type, system, value) of ``wanted``: the live resources of that type with
+        the identifier, in ANY site (the caller filters), read after every earlier commit
+        that wrote to ``site``. One round trip on PostgreSQL."""
         ...
 
     def patient_site(self, patient_id: str) -> str | None:

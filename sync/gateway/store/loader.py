@@ -1,6 +1,7 @@
 """Loading resources into the store (seed data, tests, imports from other systems).
 
-Invariants: resources are written in batches, each batch one atomic store transaction; a
+Invariants: resources are written in batches, each batch one atomic store transaction that
+is told first what it will read and write (``WriteTx.prefetch``: one round trip on PostgreSQL); a
 resource keeps its ``id`` when it has one (a fresh UUID otherwise); Patients must come before
 their clinical resources in the iterable (the store refuses an unknown patient). A Patient
 re-loaded with another ``managingOrganization`` is a transfer (see ``store``).
@@ -8,13 +9,28 @@ re-loaded with another ``managingOrganization`` is a transfer (see ``store``).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from sync.gateway.store import resources as res
 from sync.gateway.store.base import Store
+from sync.protocol.fhir import vocabulary as vocab
 
 LOAD_BATCH = 500  # resources per write transaction
+
+
+def prefetch_keys(batch: Iterable[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    """(type, id) of every resource of ``batch`` and of the patients its clinical resources
+    name (a resource whose patient cannot be read is left to ``put`` to refuse)."""
+    keys: list[tuple[str, str]] = []
+    for rtype, rid, resource in batch:
+        keys.append((rtype, rid))
+        if rtype in vocab.CLINICAL_TYPES:
+            with contextlib.suppress(res.ResourceError):
+                keys.append((vocab.PATIENT, res.patient_id_of(resource)))
+    return keys
 
 
 def load_resources(
@@ -25,10 +41,14 @@ def load_resources(
     pending: list[dict[str, Any]] = []
 
     def flush() -> None:
+        batch = [
+            (str(resource.get("resourceType")), str(resource.get("id") or uuid.uuid4()), resource)
+            for resource in pending
+        ]
         with store.write() as tx:
-            for resource in pending:
-                rid = resource.get("id") or str(uuid.uuid4())
-                tx.put(str(resource.get("resourceType")), str(rid), resource)
+            tx.prefetch(prefetch_keys(batch))
+            for rtype, rid, resource in batch:
+                tx.put(rtype, rid, resource)
         pending.clear()
 
     for resource in resources:

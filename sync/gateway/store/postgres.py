@@ -1,33 +1,35 @@
 """PostgreSQL backend of the gateway store (the scale path): ``PgStore(dsn)``.
 
-This module is only what PostgreSQL does differently (``DIALECT``) and how a thread gets a
-connection (``PgConnections`` over a bounded ``_Pool``); every query is ``store.sql.SqlStore``'s,
-the same SQL the SQLite backend runs, so both backends keep one definition of every query.
+This module is only what PostgreSQL does differently (``DIALECT``), how a thread gets a
+connection (``PgConnections`` over a bounded ``_Pool``) and which write path a resource write
+runs (``store.pg_write.PgWriteTx``: the same ``put``/``delete``, batched); every other query is
+``store.sql.SqlStore``'s, the same SQL the SQLite backend runs.
 The whole gateway test suite runs against PostgreSQL (``GATEHOUSE_TEST_STORE=postgres``).
 
 Invariants (beyond those of ``store.Store`` and ``store.sql``), holding across any number of
 gateway processes sharing one database:
-- **Seq order = commit order.** Every write transaction starts by locking the one
-  ``change_counter`` row (``SELECT … FOR UPDATE``, in ``DIALECT.begin_write``) and holds that
-  lock until COMMIT. So exactly one write transaction runs at a time in the whole cluster — the
-  PostgreSQL equivalent of SQLite's ``BEGIN IMMEDIATE`` — and a writer that receives a larger
-  seq always commits later. Transactions run at READ COMMITTED: every statement after the lock
-  sees every write committed before it, so ``ifNoneExist``/``ifMatch`` checks, one-time tokens
-  and chain heads read inside the transaction are current (no lost updates, no double use). A
-  PostgreSQL SEQUENCE is never used for seq: its values are handed out at ``nextval``, not at
-  commit.
-- ``lastUpdated`` comes from the same locked row and never goes backwards, whichever process's
-  clock is behind.
+- **Seq order = commit order within each site**, with no cluster-wide writer lock: a resource
+  write transaction (``store.pg_write.PgWriteTx``, inside a plain BEGIN) locks each site it
+  touches before reading that site's rows and takes its seqs from the SEQUENCE ``change_seq``
+  only after those locks are held, so writers of one site commit in seq order while writers of
+  different sites run in parallel (see that module). Transactions run at READ COMMITTED: a
+  statement run after a site's lock sees every write to that site committed before it, so
+  ``ifNoneExist``/``ifMatch`` checks read inside the transaction are current. ``lastUpdated``
+  never goes backwards within a site, whichever process's clock is behind.
+- Control-plane writes (``_write``) lock the one ``change_counter`` row
+  (``DIALECT.begin_control_write``) until COMMIT: one at a time cluster-wide, so one-time
+  tokens and chain heads read inside them are current (no lost updates, no double use).
 - At most ``pool_size`` connections per process, whatever the threadpool's size (the ASGI app
   calls the store from ~40 threads): a statement outside a transaction borrows a connection for
   that statement only, a transaction keeps one until it ends. A connection always returns to
   the pool idle (outside any transaction) or is closed. A dropped connection is replaced; a read
   or a BEGIN that met one is retried once. ``close`` closes them all.
-- A write transaction may hold the cluster-wide writer lock for at most
-  ``IDLE_IN_TRANSACTION_MS``; waiting for it gives up after ``LOCK_TIMEOUT_MS`` (like SQLite's
-  busy timeout) with ``DatabaseFailure("database_busy")``, as does waiting ``POOL_WAIT_S`` for a
-  free connection. The schema is created under an advisory lock, so gateways may start
-  together.
+- A write transaction may sit idle holding its locks for at most ``IDLE_IN_TRANSACTION_MS``;
+  waiting for a lock gives up after ``LOCK_TIMEOUT_MS`` (like SQLite's busy timeout) with
+  ``DatabaseFailure("database_busy")``, as does a deadlock PostgreSQL broke, or waiting
+  ``POOL_WAIT_S`` for a free connection. The schema is created under an advisory lock, so
+  gateways may start together, and only when a table, index or sequence is missing, so a
+  gateway starting while others write takes no table lock.
 - Planner statistics follow bulk loads (``ANALYZE`` each time the change feed doubles), so
   paging stays an index scan, never a join of everything after the cursor.
 - The DSN is never logged (it may carry a password), nor echoed in an exception.
@@ -46,14 +48,15 @@ from typing import Any
 import psycopg
 
 from sync.gateway.store.base import DatabaseFailure, StoreError
+from sync.gateway.store.pg_write import HEAD_SEQ, PG_WRITE_SCHEMA, PgWriteTx
 from sync.gateway.store.resource_tables import FEED_TABLES
 from sync.gateway.store.sql import SqlStore, utc_now
 from sync.gateway.store.tables import Dialect, set_up
 
 log = logging.getLogger(__name__)
 
-LOCK_TIMEOUT_MS = 30_000  # how long a writer waits for the writer lock (SQLite: busy timeout)
-IDLE_IN_TRANSACTION_MS = 60_000  # a stalled writer loses the lock rather than stall every site
+LOCK_TIMEOUT_MS = 30_000  # how long a writer waits for a lock (SQLite: busy timeout)
+IDLE_IN_TRANSACTION_MS = 60_000  # a stalled writer loses its locks rather than stall its sites
 CONNECT_TIMEOUT_S = 10
 POOL_SIZE = 10  # connections per gateway process; N processes need N·POOL_SIZE ≤ max_connections
 POOL_WAIT_S = 30  # how long a request waits for a free connection before "database_busy"
@@ -63,7 +66,8 @@ SCHEMA_LOCK_KEY = 0x6761_7465  # pg_advisory_xact_lock key taken while creating 
 # minute or so; after a bulk load that is too late, so the store analyses itself when the change
 # feed has doubled since (head seq ≥ ANALYZE_FIRST_AT, then 2·head + ANALYZE_FIRST_AT, …).
 ANALYZE_FIRST_AT = 1_000
-_LOCK_WRITER = "SELECT seq FROM change_counter WHERE id = 1 FOR UPDATE"
+# Control-plane writes (enrolment, users, commands, audit) stay serialised on this row.
+_LOCK_CONTROL = "SELECT seq FROM change_counter WHERE id = 1 FOR UPDATE"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -111,11 +115,15 @@ DIALECT = Dialect(
         "SET default_transaction_isolation = 'read committed'",
     ),
     begin_schema=("BEGIN", f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"),
-    begin_write=("BEGIN", _LOCK_WRITER),
+    begin_write=("BEGIN",),  # PgWriteTx locks the sites it touches, nothing store-wide
     driver_error=psycopg.Error,
     failure_reason=failure_reason,
     analyze="ANALYZE " + ", ".join(FEED_TABLES),
     analyze_first_at=ANALYZE_FIRST_AT,
+    begin_control_write=("BEGIN", _LOCK_CONTROL),
+    head_seq=HEAD_SEQ,
+    extra_schema=PG_WRITE_SCHEMA,
+    missing_relations=("SELECT count(*) FROM unnest(?::text[]) AS n WHERE to_regclass(n) IS NULL"),
 )
 
 
@@ -261,6 +269,17 @@ class _Session:
             with self._held.cursor() as cursor:
                 cursor.executemany(sql, [tuple(row) for row in rows])
 
+    def pipeline(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[_Rows]:
+        """Run ``statements`` in the open transaction in ONE round trip (libpq pipeline
+        mode); their results in order. The first failing statement raises, and the
+        transaction is then aborted (it must be rolled back)."""
+        conn = self._held
+        if conn is None:
+            raise StoreError("no_transaction")
+        with conn.pipeline():
+            cursors = [conn.execute(sql, tuple(params)) for sql, params in statements]
+        return [_finish(cursor) for cursor in cursors]
+
     def begin(self, statement: str, retry: bool = True) -> None:
         if self._held is not None:
             raise StoreError("nested_transaction")
@@ -295,6 +314,9 @@ class PgConnections:
         self._pool = _Pool(dsn, size, setup)
         self._local = threading.local()
         self._closed = False
+        # Round trips to the server so far (statements, pipelines, BEGIN and COMMIT), for the
+        # benchmarks; approximate under threads.
+        self.round_trips = 0
 
     def _session(self) -> _Session:
         session: _Session | None = getattr(self._local, "session", None)
@@ -305,17 +327,26 @@ class PgConnections:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
         if self._closed:
             raise StoreError("closed")
+        self.round_trips += 1
         return self._session().execute(sql, params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.round_trips += 1  # psycopg pipelines the rows
         self._session().executemany(sql, rows)
+
+    def pipeline(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[_Rows]:
+        """``statements`` (driver SQL) in the open transaction, in one round trip."""
+        self.round_trips += 1
+        return self._session().pipeline(statements)
 
     def begin(self, statement: str) -> None:
         if self._closed:
             raise StoreError("closed")
+        self.round_trips += 1
         self._session().begin(statement)
 
     def end(self, commit: bool) -> None:
+        self.round_trips += 1
         self._session().end(commit)  # also after close: the connection must go back
 
     def close(self) -> None:
@@ -335,6 +366,13 @@ class PgStore(SqlStore):
         pool_size: int = POOL_SIZE,
     ) -> None:
         dialect = DIALECT
-        super().__init__(
-            PgConnections(dsn, pool_size, dialect.connection_setup), dialect, clock=clock
-        )
+        self._pg = PgConnections(dsn, pool_size, dialect.connection_setup)
+        super().__init__(self._pg, dialect, clock=clock)
+
+    def _write_tx(self) -> PgWriteTx:
+        return PgWriteTx(self._pg, self._execute, self._clock)
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips to PostgreSQL from this store so far (for the benchmarks)."""
+        return self._pg.round_trips

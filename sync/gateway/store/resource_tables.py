@@ -122,7 +122,7 @@ _CURRENT = f"SELECT {_RES_COLS} FROM resources WHERE type = ? AND id = ?"  # noq
 _HEAD = "SELECT seq FROM change_counter WHERE id = 1"
 
 
-def _row_to_resource(row: Sequence[Any]) -> StoredResource:
+def row_to_resource(row: Sequence[Any]) -> StoredResource:
     return StoredResource(
         rtype=row[0],
         rid=row[1],
@@ -151,7 +151,12 @@ def _like_escape(text: str) -> str:
 
 
 class SqlWriteTx:
-    """A ``WriteTx`` inside a transaction opened with ``Dialect.begin_write``."""
+    """A ``WriteTx`` inside a transaction opened with ``Dialect.begin_write`` that holds the
+    store-wide writer lock (SQLite): every statement runs when it is called, seqs come from
+    ``change_counter``. ``put`` and ``delete`` are written once here over a few hooks
+    (``_lock_site``, ``_record_change``, ``_record_stay``, ``_store_version``,
+    ``_store_deletion``, ``_move_dependents``, ``finish``); ``store.pg_write.PgWriteTx``
+    overrides them to serialise per site and batch its statements."""
 
     def __init__(
         self,
@@ -163,6 +168,23 @@ class SqlWriteTx:
         self._executemany = executemany
         self._clock = clock
         self._now_us: int | None = None
+        # The highest seq this transaction wrote, once known (None: ask ``head_seq``).
+        self.last_seq: int | None = None
+
+    # -- hooks a backend's write path may override
+    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
+        """A hint: the transaction is about to read or write these (type, id). Here every
+        read is one statement anyway, so nothing is done."""
+
+    def finish(self) -> None:
+        """Called once before COMMIT: nothing is pending here."""
+
+    def _lock_site(self, site: str) -> None:
+        """Hold ``site`` for the rest of the transaction: the writer lock already does."""
+
+    def _seq_of(self, change: int) -> int:
+        """The seq of a recorded change, as ``put``/``delete`` return it."""
+        return change
 
     # -- sequence and time, under the writer lock
     def _tx_time_us(self) -> int:
@@ -187,7 +209,7 @@ class SqlWriteTx:
     # -- reads inside the transaction
     def current(self, rtype: str, rid: str) -> StoredResource | None:
         row = self._execute(_CURRENT, (rtype, rid)).fetchone()
-        return _row_to_resource(row) if row else None
+        return row_to_resource(row) if row else None
 
     def find_by_identifier(
         self, rtype: str, site: str | None, system: str, value: str
@@ -204,7 +226,13 @@ class SqlWriteTx:
             sql += " AND r.site = ?"
             args += (site,)
         rows = self._execute(sql, args).fetchall()
-        return [_row_to_resource(r) for r in rows]
+        return [row_to_resource(r) for r in rows]
+
+    def find_by_identifiers(
+        self, site: str, wanted: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], list[StoredResource]]:
+        # Under the writer lock every lookup sees every earlier commit: one query each.
+        return {key: self.find_by_identifier(key[0], None, key[1], key[2]) for key in wanted}
 
     def patient_site(self, patient_id: str) -> str | None:
         row = self._execute(
@@ -278,6 +306,7 @@ class SqlWriteTx:
                 raise StoreError("unknown_patient")
             site = found
         existing = self.current(rtype, rid)
+        self._lock_site(site)
         lu_us = self._tx_time_us()
         version_id = existing.version_id + 1 if existing else 1
         body_dict = dict(resource)
@@ -294,14 +323,37 @@ class SqlWriteTx:
             self._record_change(existing.site, rtype, rid, existing.version_id, "leave", lu_us)
             if rtype == vocab.PATIENT:
                 self._move_dependents(rid, existing.site, site)
-        seq = self._record_change(site, rtype, rid, version_id, "put", lu_us)
+        change = self._record_change(site, rtype, rid, version_id, "put", lu_us)
+        stored = StoredResource(
+            rtype,
+            rid,
+            version_id,
+            from_us(lu_us),
+            site,
+            patient_id,
+            False,
+            self._seq_of(change),
+            body,
+        )
+        self._store_version(stored, change, res.name_text(resource), res.identifiers(resource))
+        return stored
+
+    def _store_version(
+        self,
+        stored: StoredResource,
+        change: int,
+        name: str | None,
+        identifiers: list[tuple[str, str]],
+    ) -> None:
+        """Write a new live version (``change``: its recorded change) and its identifiers."""
+        rtype, rid, version_id = stored.rtype, stored.rid, stored.version_id
+        lu_us, site, body = to_us(stored.last_updated), stored.site, stored.body
         self._execute(
             "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted,"
             " body) VALUES (?, ?, ?, ?, ?, 0, ?)",
             (rtype, rid, version_id, lu_us, site, body),
         )
-        name = res.name_text(resource)
-        values = (version_id, lu_us, site, patient_id, seq, name, body, rtype, rid)
+        values = (version_id, lu_us, site, stored.patient_id, change, name, body, rtype, rid)
         updated = self._execute(
             "UPDATE resources SET version_id = ?, last_updated_us = ?, site = ?, patient_id = ?,"
             " deleted = 0, seq = ?, name_text = ?, body = ? WHERE type = ? AND id = ?",
@@ -316,10 +368,7 @@ class SqlWriteTx:
         self._execute("DELETE FROM resource_identifiers WHERE type = ? AND id = ?", (rtype, rid))
         self._executemany(
             "INSERT INTO resource_identifiers (type, id, system, value) VALUES (?, ?, ?, ?)",
-            [(rtype, rid, system, value) for system, value in res.identifiers(resource)],
-        )
-        return StoredResource(
-            rtype, rid, version_id, from_us(lu_us), site, patient_id, False, seq, body
+            [(rtype, rid, system, value) for system, value in identifiers],
         )
 
     def _move_dependents(self, patient_id: str, old_site: str, new_site: str) -> None:
@@ -342,21 +391,8 @@ class SqlWriteTx:
             raise StoreError("not_found")
         lu_us = self._tx_time_us()
         version_id = existing.version_id + 1
-        seq = self._record_change(existing.site, rtype, rid, version_id, "delete", lu_us)
-        self._execute(
-            "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted,"
-            " body) VALUES (?, ?, ?, ?, ?, 1, ?)",
-            (rtype, rid, version_id, lu_us, existing.site, b""),
-        )
-        self._execute(
-            "UPDATE resources SET version_id = ?, last_updated_us = ?, deleted = 1, seq = ?,"
-            " body = ? WHERE type = ? AND id = ?",
-            (version_id, lu_us, seq, b"", rtype, rid),
-        )
-        self._execute("DELETE FROM resource_identifiers WHERE type = ? AND id = ?", (rtype, rid))
-        if rtype == vocab.PATIENT:
-            self._record_stay(rid, None, lu_us)
-        return StoredResource(
+        change = self._record_change(existing.site, rtype, rid, version_id, "delete", lu_us)
+        stored = StoredResource(
             rtype,
             rid,
             version_id,
@@ -364,9 +400,29 @@ class SqlWriteTx:
             existing.site,
             existing.patient_id,
             True,
-            seq,
+            self._seq_of(change),
             b"",
         )
+        self._store_deletion(stored, change)
+        if rtype == vocab.PATIENT:
+            self._record_stay(rid, None, lu_us)
+        return stored
+
+    def _store_deletion(self, stored: StoredResource, change: int) -> None:
+        """Write a deletion version (``change``: its recorded change); drop the identifiers."""
+        rtype, rid, version_id = stored.rtype, stored.rid, stored.version_id
+        lu_us = to_us(stored.last_updated)
+        self._execute(
+            "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted,"
+            " body) VALUES (?, ?, ?, ?, ?, 1, ?)",
+            (rtype, rid, version_id, lu_us, stored.site, b""),
+        )
+        self._execute(
+            "UPDATE resources SET version_id = ?, last_updated_us = ?, deleted = 1, seq = ?,"
+            " body = ? WHERE type = ? AND id = ?",
+            (version_id, lu_us, change, b"", rtype, rid),
+        )
+        self._execute("DELETE FROM resource_identifiers WHERE type = ? AND id = ?", (rtype, rid))
 
 
 class ResourceTables(SqlTables):
@@ -374,7 +430,7 @@ class ResourceTables(SqlTables):
 
     def read(self, rtype: str, rid: str) -> StoredResource | None:
         row = self._one(_CURRENT, (rtype, rid))
-        return _row_to_resource(row) if row else None
+        return row_to_resource(row) if row else None
 
     def vread(self, rtype: str, rid: str, version_id: int) -> StoredResource | None:
         row = self._one(
@@ -384,7 +440,7 @@ class ResourceTables(SqlTables):
             " WHERE h.type = ? AND h.id = ? AND h.version_id = ?",
             (rtype, rid, version_id),
         )
-        return _row_to_resource(row) if row else None
+        return row_to_resource(row) if row else None
 
     def search(self, query: SearchQuery) -> list[StoredResource]:
         sql = [
@@ -413,7 +469,7 @@ class ResourceTables(SqlTables):
                 args.append("% " + _like_escape(word) + "%")
         sql.append("ORDER BY r.seq LIMIT ?")
         args.append(query.count)
-        return [_row_to_resource(r) for r in self._rows(" ".join(sql), args)]
+        return [row_to_resource(r) for r in self._rows(" ".join(sql), args)]
 
     def history(self, query: HistoryQuery) -> list[Change]:
         sql = [
@@ -445,6 +501,7 @@ class ResourceTables(SqlTables):
         ]
 
     def head_seq(self) -> int:
-        row = self._one(_HEAD)
+        """The highest committed change seq (``Dialect.head_seq``)."""
+        row = self._one(self._dialect.head_seq)
         assert row is not None  # the schema inserts the one counter row
         return int(row[0])

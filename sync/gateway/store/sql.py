@@ -6,9 +6,13 @@ written once (``store.tables``).
 
 Invariants (beyond those of ``store.Store`` and ``store.tables``):
 - The schema is created in one transaction opened with ``Dialect.begin_schema``, so stores
-  opening one database together create it once.
-- ``write()`` opens ``Dialect.begin_write``: the writer lock is held from before the first read
-  until COMMIT, so the seq and ``lastUpdated`` each write takes follow commit order.
+  opening one database together create it once; where the dialect can tell that every table,
+  index and sequence exists already (``Dialect.missing_relations``), it is not run at all.
+- ``write()`` opens ``Dialect.begin_write`` and runs the backend's write path
+  (``_write_tx``: ``SqlWriteTx``, or ``store.pg_write.PgWriteTx`` on PostgreSQL), whose
+  ``finish`` runs before COMMIT. SQLite's writer lock is held from before the first read until
+  COMMIT; PostgreSQL's write path holds a lock per site it touches, taken before it reads that
+  site's rows. Either way the seq and ``lastUpdated`` of a site's changes follow commit order.
 - Where the dialect asks for it, planner statistics are refreshed (``Dialect.analyze``) after a
   write once the change feed has doubled since the last refresh (first at
   ``Dialect.analyze_first_at``); a failed refresh is logged and never fails the write, which
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +50,9 @@ SCHEMA: tuple[str, ...] = (
 )
 
 
+_CREATED = re.compile(r"CREATE (?:TABLE|INDEX|SEQUENCE) IF NOT EXISTS (\w+)")
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -67,26 +75,45 @@ class SqlStore(
         self._analyze_at = dialect.analyze_first_at
         self._analyze_lock = threading.Lock()
         try:
-            with self._transaction(dialect.begin_schema):
-                for statement in SCHEMA:
-                    self._execute(dialect.ddl(statement))
+            statements = (*SCHEMA, *dialect.extra_schema)
+            if self._schema_missing(statements):
+                with self._transaction(dialect.begin_schema):
+                    for statement in statements:
+                        self._execute(dialect.ddl(statement))
         except BaseException:
             self.close()
             raise
 
+    def _schema_missing(self, statements: tuple[str, ...]) -> bool:
+        """Whether a table, index or sequence the schema creates does not exist yet (always
+        True where the dialect cannot tell)."""
+        query = self._dialect.missing_relations
+        if query is None:
+            return True
+        names = [m.group(1) for s in statements if (m := _CREATED.match(s.strip()))]
+        row = self._one(query, (names,))
+        return row is None or int(row[0]) > 0
+
     @contextmanager
     def write(self) -> Iterator[WriteTx]:
         with self._transaction(self._dialect.begin_write):
-            yield SqlWriteTx(self._execute, self._executemany, self._clock)
-        self._refresh_statistics()
+            tx = self._write_tx()
+            yield tx
+            tx.finish()
+        self._refresh_statistics(tx.last_seq)
 
-    def _refresh_statistics(self) -> None:
-        """ANALYZE once the change feed has grown past the next threshold (see ``Dialect``)."""
+    def _write_tx(self) -> SqlWriteTx:
+        """The write path of this backend, inside the transaction ``write`` opened."""
+        return SqlWriteTx(self._execute, self._executemany, self._clock)
+
+    def _refresh_statistics(self, last_seq: int | None) -> None:
+        """ANALYZE once the change feed has grown past the next threshold (see ``Dialect``);
+        ``last_seq`` is the highest seq the write took (None: ask ``head_seq``; 0: none)."""
         analyze = self._dialect.analyze
-        if analyze is None:
+        if analyze is None or last_seq == 0:
             return
         try:
-            head = self.head_seq()
+            head = self.head_seq() if last_seq is None else last_seq
             with self._analyze_lock:
                 if head < self._analyze_at:
                     return

@@ -3,12 +3,17 @@
 Invariants:
 - Every query in the store is written ONCE, in portable SQL: ``?`` parameters, ``CREATE … IF
   NOT EXISTS``, integers (µs since the epoch) for time, no RETURNING, and no upsert syntax (a
-  row is UPDATEd, then INSERTed when no row matched — race-free because every write holds the
-  writer lock). A backend differs only in what its ``Dialect`` names and in its
-  ``Connections`` (how a thread gets a connection).
-- A write transaction starts with ``Dialect.begin_write``: it takes the store-wide writer lock
-  before its first read, and keeps it until COMMIT or ROLLBACK. So every change is counted
-  (``change_counter``) in commit order, and what a transaction reads is current.
+  row is UPDATEd, then INSERTed when no row matched — race-free because every such write holds
+  a writer lock). A backend differs only in what its ``Dialect`` names and in its
+  ``Connections`` (how a thread gets a connection). The one exception is PostgreSQL's resource
+  write path (``store.pg_write``): the same ``put``/``delete`` logic, its statements batched
+  per transaction in PostgreSQL's own SQL (``unnest`` arrays, ``ON CONFLICT``).
+- A control-plane write transaction (``_write``) starts with ``Dialect.begin_control_write``:
+  it takes the control-plane writer lock before its first read and keeps it until COMMIT or
+  ROLLBACK, so what it reads is current. A resource write transaction starts with
+  ``Dialect.begin_write``: on SQLite that is the same one writer lock (every change counted in
+  ``change_counter`` in commit order); on PostgreSQL the write path locks each site it touches
+  (``store.pg_write``), so within a site seq order is commit order.
 - A database failure (``Dialect.driver_error``) leaves the store as a ``DatabaseFailure`` whose
   reason ``Dialect.failure_reason`` names (``database_busy``, ``database_unavailable``,
   ``database_error``) at the store's boundary: the end of a store method or of a ``write()``
@@ -72,7 +77,9 @@ class Dialect:
     # Open the transaction that creates the schema, under a lock of its own (the counter row
     # may not exist yet), so processes starting together create it once.
     begin_schema: tuple[str, ...]
-    # Open a write transaction AND take the commit-order (writer) lock before any read.
+    # Open a resource write transaction. SQLite: this also takes the store-wide writer lock
+    # before any read. PostgreSQL: a plain BEGIN; its write path (``store.pg_write``) takes
+    # one lock per site it touches instead.
     begin_write: tuple[str, ...]
     # The driver's base exception, and the StoreError reason for one of them.
     driver_error: type[Exception]
@@ -81,6 +88,18 @@ class Dialect:
     # seq of the first refresh (then each time the change feed has doubled).
     analyze: str | None = None
     analyze_first_at: int = 0
+    # Open a control-plane write transaction (sites, devices, users, commands, audit) and take
+    # the control-plane writer lock before any read (empty: the same as ``begin_write``).
+    begin_control_write: tuple[str, ...] = ()
+    # The highest committed change seq.
+    head_seq: str = "SELECT seq FROM change_counter WHERE id = 1"
+    # Statements run after the portable schema, in the same transaction.
+    extra_schema: tuple[str, ...] = ()
+    # How many of the relations named by the one array parameter do not exist (None: never
+    # ask). When none is missing the schema is not run at all: ``CREATE INDEX IF NOT EXISTS``
+    # takes a SHARE lock on its table before it finds the index, so a store opening while
+    # others write would wait on (and deadlock with) those writers.
+    missing_relations: str | None = None
 
     def sql(self, portable: str) -> str:
         return self.paramstyle(portable)
@@ -158,6 +177,7 @@ class SqlTables:
 
     @contextmanager
     def _write(self) -> Iterator[Execute]:
-        """A write transaction (holding the writer lock) for a control-plane method."""
-        with self._transaction(self._dialect.begin_write):
+        """A write transaction holding the control-plane writer lock (SQLite: the one writer
+        lock; PostgreSQL: the ``change_counter`` row), for a control-plane method."""
+        with self._transaction(self._dialect.begin_control_write or self._dialect.begin_write):
             yield self._execute

@@ -1,0 +1,427 @@
+"""PostgreSQL's resource write path: ``PgWriteTx``, serialised per site, batched per transaction.
+
+``put`` and ``delete`` are ``resource_tables.SqlWriteTx``'s (one definition of what a write
+means); this class changes how they reach PostgreSQL. There is no store-wide writer lock.
+
+Invariants:
+- **Site locks.** A transaction holds the ``site_clocks`` row of every site it reads a resource
+  of, or writes to (``SELECT … FOR UPDATE``, taken in site order within one statement, kept
+  until COMMIT or ROLLBACK). A resource is read (again) after its site is held: a resource row
+  or a patient's site read here is current and stays so until COMMIT, so ``ifMatch``, version
+  numbers, ``ifNoneExist`` within a site and transfers see every earlier commit of that site.
+  Writers of one site run one at a time; writers of different sites run in parallel. Two
+  transactions taking two sites in opposite orders deadlock: PostgreSQL aborts one, which
+  leaves the store as ``DatabaseFailure("database_busy")`` (the device retries).
+- **Per-site commit order.** Seqs come from the SEQUENCE ``change_seq`` only when the
+  transaction's writes are flushed, after every site lock they belong to is held. A writer
+  that commits earlier at site S released S's lock before a later writer of S could take
+  seqs, so within a site a later commit always has larger seqs: a reader paging
+  ``seq > cursor`` of one site never skips a change that commits later. Seqs of different
+  sites interleave in any order (no reader reads across sites; every feed, search and cursor
+  names one site). Seqs may have gaps (a transaction rolled back after its flush).
+- **lastUpdated per site never goes backwards.** The transaction's time is
+  ``max(clock, last_us + 1)`` over every site it holds, raised when it takes a further site
+  (so a multi-site load may use more than one time, each site's non-decreasing in seq order);
+  each site's ``last_us`` is raised to the latest time the transaction wrote there.
+- **Batched.** Writes are buffered and flushed as one pipeline of ``unnest`` statements (one
+  round trip) before COMMIT, and before any read that must see them (``find_by_identifier``,
+  ``site_stays``, a transfer's dependents). Reads of what the transaction wrote, or already
+  read under its site lock, come from memory. ``prefetch`` reads many resources (and the
+  patients they name, and the patients' open stays) under their site locks in one go.
+- ``put``/``delete`` return seq 0: the seq is assigned at the flush.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from sync.gateway.store.base import ChangeOp, SiteStay, StoredResource, to_us
+from sync.gateway.store.resource_tables import SqlWriteTx, row_to_resource
+from sync.gateway.store.tables import Execute, Rows
+from sync.protocol.fhir import vocabulary as vocab
+
+# Created after the portable schema (``Dialect.extra_schema``), under the schema lock. The
+# sequence continues above any seq a store made before it had handed out.
+PG_WRITE_SCHEMA: tuple[str, ...] = (
+    "CREATE SEQUENCE IF NOT EXISTS change_seq",
+    """SELECT setval('change_seq', m) FROM (SELECT GREATEST(COALESCE(MAX(seq), 0),
+    (SELECT seq FROM change_counter WHERE id = 1)) AS m FROM changes) AS x
+    WHERE m > 0 AND m > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END
+    FROM change_seq)""",
+    """CREATE TABLE IF NOT EXISTS site_clocks (
+    site TEXT PRIMARY KEY,
+    last_us BIGINT NOT NULL
+)""",
+)
+HEAD_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM changes"
+
+_COLS = "type, id, version_id, last_updated_us, site, patient_id, deleted, seq, body"
+_READ = (
+    f"SELECT {_COLS} FROM resources WHERE (type, id) IN"  # noqa: S608
+    " (SELECT * FROM unnest(%b::text[], %b::text[]))"
+)
+_BY_IDENTIFIERS = (
+    "SELECT v.type, v.system, v.value, "  # noqa: S608
+    + ", ".join(f"r.{column}" for column in _COLS.split(", "))
+    + " FROM unnest(%b::text[], %b::text[], %b::text[]) AS v(type, system, value)"
+    " JOIN resource_identifiers i ON i.type = v.type AND i.value = v.value"
+    " AND i.system = v.system JOIN resources r ON r.type = i.type AND r.id = i.id"
+    " WHERE r.deleted = 0"
+)
+_OPEN_STAYS = (
+    "SELECT patient_id, site, from_us FROM patient_sites"
+    " WHERE patient_id = ANY(%b::text[]) AND until_us IS NULL"
+)
+# A site's row exists before it is locked; a new one starts at the old store-wide clock.
+_ADD_SITES = (
+    "INSERT INTO site_clocks (site, last_us) SELECT s,"
+    " (SELECT last_us FROM change_counter WHERE id = 1) FROM unnest(%b::text[]) AS s"
+    " ON CONFLICT (site) DO NOTHING"
+)
+_LOCK_SITES = (
+    "SELECT site, last_us FROM site_clocks WHERE site = ANY(%b::text[]) ORDER BY site FOR UPDATE"
+)
+_TAKE_SEQS = "SELECT nextval('change_seq') FROM generate_series(1, %s)"
+_DEPENDENTS = (
+    "SELECT type, id, version_id, last_updated_us FROM resources"
+    " WHERE patient_id = %s AND deleted = 0 AND site = %s ORDER BY type, id"
+)
+_INSERT_CHANGES = (
+    "INSERT INTO changes (seq, site, type, id, version_id, op, last_updated_us)"
+    " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
+    " %b::text[], %b::bigint[])"
+)
+_INSERT_HISTORY = (
+    "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted, body)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[],"
+    " %b::bigint[], %b::bytea[])"
+)
+_MOVE = (
+    "UPDATE resources AS r SET site = v.site, seq = v.seq"
+    " FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[]) AS v(type, id, site, seq)"
+    " WHERE r.type = v.type AND r.id = v.id"
+)
+# A deletion keeps the row's name_text (as the portable UPDATE does).
+_UPSERT = (
+    "INSERT INTO resources (type, id, version_id, last_updated_us, site, patient_id, deleted,"
+    " seq, name_text, body) SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[],"
+    " %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[],"
+    " %b::bytea[]) ON CONFLICT (type, id) DO UPDATE SET version_id = excluded.version_id,"
+    " last_updated_us = excluded.last_updated_us, site = excluded.site,"
+    " patient_id = excluded.patient_id, deleted = excluded.deleted, seq = excluded.seq,"
+    " name_text = CASE WHEN excluded.deleted = 1 THEN resources.name_text"
+    " ELSE excluded.name_text END, body = excluded.body"
+)
+_DROP_IDENTIFIERS = (
+    "DELETE FROM resource_identifiers AS i USING unnest(%b::text[], %b::text[]) AS v(type, id)"
+    " WHERE i.type = v.type AND i.id = v.id"
+)
+_ADD_IDENTIFIERS = (
+    "INSERT INTO resource_identifiers (type, id, system, value)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[])"
+)
+_RESITE_STAYS = (
+    "UPDATE patient_sites AS p SET site = v.site FROM unnest(%b::text[], %b::text[])"
+    " AS v(patient_id, site) WHERE p.patient_id = v.patient_id AND p.until_us IS NULL"
+)
+_CLOSE_STAYS = (
+    "UPDATE patient_sites AS p SET until_us = v.until_us FROM unnest(%b::text[], %b::bigint[])"
+    " AS v(patient_id, until_us) WHERE p.patient_id = v.patient_id AND p.until_us IS NULL"
+)
+_OPEN_NEW_STAYS = (
+    "INSERT INTO patient_sites (patient_id, site, from_us, until_us)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[])"
+)
+_SET_CLOCKS = (
+    "UPDATE site_clocks AS c SET last_us = GREATEST(c.last_us, v.last_us)"
+    " FROM unnest(%b::text[], %b::bigint[]) AS v(site, last_us) WHERE c.site = v.site"
+)
+
+Statement = tuple[str, Sequence[Any]]
+
+
+class PgTransaction(Protocol):
+    """What ``PgWriteTx`` needs of the open transaction's connection (driver SQL)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
+    def pipeline(self, statements: Sequence[Statement]) -> Sequence[Rows]: ...
+
+
+@dataclass
+class _Stay:
+    """A patient's open stay as this transaction sees it; ``row`` is the buffered INSERT when
+    the transaction opened it."""
+
+    site: str
+    from_us: int
+    row: list[Any] | None = None
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows to ``width`` column lists (the arrays ``unnest`` takes)."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+class PgWriteTx(SqlWriteTx):
+    """A ``WriteTx`` on PostgreSQL inside a plain BEGIN (see the module's invariants)."""
+
+    def __init__(
+        self,
+        db: PgTransaction,
+        portable: Execute,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        super().__init__(portable, _no_executemany, clock)
+        self._db = db
+        self._locked: set[str] = set()
+        self._floor_us = 0  # max(last_us + 1) over the held sites
+        self._known: dict[tuple[str, str], StoredResource | None] = {}
+        self._stays: dict[str, _Stay | None] = {}
+        # buffered writes, in the order they were made
+        self._changes: list[list[Any]] = []  # site, type, id, version_id, op, lu (seq later)
+        self._history: list[tuple[Any, ...]] = []  # resource_history rows
+        self._moves: list[tuple[str, str, str, int]] = []  # type, id, site, change index
+        # the resources row to write: the version, its change, its time, its name_text
+        self._rows: dict[tuple[str, str], tuple[StoredResource, int, int, str | None]] = {}
+        self._identifiers: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._stay_resites: dict[str, str] = {}
+        self._stay_closes: dict[str, int] = {}
+        self._stay_opens: list[list[Any]] = []
+        self._clocks: dict[str, int] = {}
+
+    # -- site locks and time
+    def _lock_sites(self, sites: set[str]) -> bool:
+        """Hold every site of ``sites``; True when one was newly taken."""
+        new = sorted(sites - self._locked)
+        if not new:
+            return False
+        _, locked = self._db.pipeline([(_ADD_SITES, (new,)), (_LOCK_SITES, (new,))])
+        for _site, last_us in locked.fetchall():
+            self._floor_us = max(self._floor_us, int(last_us) + 1)
+        self._locked.update(new)
+        if self._now_us is not None:
+            self._now_us = max(self._now_us, self._floor_us)
+        return True
+
+    def _lock_site(self, site: str) -> None:
+        self._lock_sites({site})
+
+    def _tx_time_us(self) -> int:
+        if self._now_us is None:
+            self._now_us = max(to_us(self._clock()), self._floor_us)
+        return self._now_us
+
+    # -- reads under the site locks
+    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
+        self._read(keys)
+
+    def _read(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Read the resources of ``keys`` this transaction does not know yet, holding their
+        sites (read again after taking a site, until no read names a site not held), with
+        the open stays of the Patients among them."""
+        wanted = sorted({key for key in keys if key not in self._known})
+        if not wanted:
+            return
+        patients = [rid for rtype, rid in wanted if rtype == vocab.PATIENT]
+        while True:
+            statements: list[Statement] = [
+                (_READ, ([t for t, _ in wanted], [i for _, i in wanted]))
+            ]
+            if patients:
+                statements.append((_OPEN_STAYS, (patients,)))
+            results = self._db.pipeline(statements)
+            found = {(r.rtype, r.rid): r for r in map(row_to_resource, results[0].fetchall())}
+            if not self._lock_sites({r.site for r in found.values()}):
+                break
+        for key in wanted:
+            self._known[key] = found.get(key)
+        if patients:
+            self._stays.update(dict.fromkeys(patients))
+            for patient_id, site, start in results[1].fetchall():
+                self._stays[patient_id] = _Stay(site, int(start))
+
+    def current(self, rtype: str, rid: str) -> StoredResource | None:
+        self._read([(rtype, rid)])
+        return self._known[(rtype, rid)]
+
+    def patient_site(self, patient_id: str) -> str | None:
+        found = self.current(vocab.PATIENT, patient_id)
+        return None if found is None or found.deleted else found.site
+
+    def find_by_identifier(
+        self, rtype: str, site: str | None, system: str, value: str
+    ) -> list[StoredResource]:
+        if site is not None:
+            self._lock_site(site)  # a create checked here is serialised with its twin
+        self.flush()
+        return super().find_by_identifier(rtype, site, system, value)
+
+    def find_by_identifiers(
+        self, site: str, wanted: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], list[StoredResource]]:
+        self._lock_site(site)
+        self.flush()
+        keys = list(dict.fromkeys(wanted))
+        found: dict[tuple[str, str, str], list[StoredResource]] = {key: [] for key in keys}
+        rows = self._db.execute(_BY_IDENTIFIERS, _columns(keys, 3)).fetchall()
+        for row in rows:
+            found[(row[0], row[1], row[2])].append(row_to_resource(row[3:]))
+        return found
+
+    def site_stays(self, patient_id: str) -> list[SiteStay]:
+        self.flush()
+        return super().site_stays(patient_id)
+
+    # -- buffered writes
+    def _record_change(
+        self, site: str, rtype: str, rid: str, version_id: int, op: ChangeOp, lu_us: int
+    ) -> int:
+        self._changes.append([site, rtype, rid, version_id, op, lu_us])
+        self._clocks[site] = max(self._clocks.get(site, 0), lu_us)
+        return len(self._changes) - 1
+
+    def _seq_of(self, change: int) -> int:
+        return 0  # assigned at the flush
+
+    def _store_version(
+        self,
+        stored: StoredResource,
+        change: int,
+        name: str | None,
+        identifiers: list[tuple[str, str]],
+    ) -> None:
+        key = (stored.rtype, stored.rid)
+        lu_us = to_us(stored.last_updated)
+        self._history.append(
+            (stored.rtype, stored.rid, stored.version_id, lu_us, stored.site, 0, stored.body)
+        )
+        self._rows[key] = (stored, change, lu_us, name)
+        self._identifiers[key] = identifiers
+        self._known[key] = stored
+
+    def _store_deletion(self, stored: StoredResource, change: int) -> None:
+        key = (stored.rtype, stored.rid)
+        lu_us = to_us(stored.last_updated)
+        self._history.append(
+            (stored.rtype, stored.rid, stored.version_id, lu_us, stored.site, 1, b"")
+        )
+        self._rows[key] = (stored, change, lu_us, None)
+        self._identifiers[key] = []
+        self._known[key] = stored
+
+    def _open_stay(self, patient_id: str) -> _Stay | None:
+        if patient_id not in self._stays:
+            row = self._db.execute(
+                "SELECT site, from_us FROM patient_sites"
+                " WHERE patient_id = %s AND until_us IS NULL",
+                (patient_id,),
+            ).fetchone()
+            self._stays[patient_id] = None if row is None else _Stay(row[0], int(row[1]))
+        return self._stays[patient_id]
+
+    def _record_stay(self, patient_id: str, site: str | None, lu_us: int) -> None:
+        """``SqlWriteTx._record_stay``, buffered (the same cases in the same order)."""
+        stay = self._open_stay(patient_id)
+        if stay is not None and stay.site == site:
+            return
+        if stay is not None and site is not None and stay.from_us == lu_us:
+            stay.site = site  # moved twice in one transaction
+            if stay.row is not None:
+                stay.row[1] = site
+            else:
+                self._stay_resites[patient_id] = site
+            return
+        if stay is not None:
+            if stay.row is not None:
+                stay.row[3] = lu_us
+            else:
+                self._stay_closes[patient_id] = lu_us
+            self._stays[patient_id] = None
+        if site is not None:
+            row: list[Any] = [patient_id, site, lu_us, None]
+            self._stay_opens.append(row)
+            self._stays[patient_id] = _Stay(site, lu_us, row)
+
+    def _move_dependents(self, patient_id: str, old_site: str, new_site: str) -> None:
+        self.flush()  # the dependents this transaction wrote are in the table
+        rows = self._db.execute(_DEPENDENTS, (patient_id, old_site)).fetchall()
+        for rtype, rid, version_id, lu_us in rows:
+            self._record_change(old_site, rtype, rid, version_id, "leave", lu_us)
+            change = self._record_change(new_site, rtype, rid, version_id, "put", lu_us)
+            self._moves.append((rtype, rid, new_site, change))
+            known = self._known.get((rtype, rid))
+            if known is not None:
+                self._known[(rtype, rid)] = replace(known, site=new_site)
+
+    # -- the flush
+    def finish(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Send every buffered write: one round trip for the seqs, one for the writes."""
+        if not self._changes:
+            return
+        rows = self._db.execute(_TAKE_SEQS, (len(self._changes),)).fetchall()
+        seqs = sorted(int(seq) for (seq,) in rows)
+        self.last_seq = max(seqs[-1], self.last_seq or 0)
+        statements: list[Statement] = [
+            (_INSERT_CHANGES, (seqs, *_columns(self._changes, 6))),
+            (_INSERT_HISTORY, _columns(self._history, 7)),
+        ]
+        if self._moves:
+            moved = [(t, i, site, seqs[change]) for t, i, site, change in self._moves]
+            statements.append((_MOVE, _columns(moved, 4)))
+        if self._rows:
+            upserts = [
+                (
+                    s.rtype,
+                    s.rid,
+                    s.version_id,
+                    lu_us,
+                    s.site,
+                    s.patient_id,
+                    int(s.deleted),
+                    seqs[change],
+                    name,
+                    s.body,
+                )
+                for s, change, lu_us, name in self._rows.values()
+            ]
+            statements.append((_UPSERT, _columns(upserts, 10)))
+        if self._identifiers:
+            owners = list(self._identifiers)
+            statements.append((_DROP_IDENTIFIERS, _columns(owners, 2)))
+            added = [
+                (t, i, system, value)
+                for (t, i), pairs in self._identifiers.items()
+                for system, value in pairs
+            ]
+            if added:
+                statements.append((_ADD_IDENTIFIERS, _columns(added, 4)))
+        if self._stay_resites:
+            statements.append((_RESITE_STAYS, _columns(list(self._stay_resites.items()), 2)))
+        if self._stay_closes:
+            statements.append((_CLOSE_STAYS, _columns(list(self._stay_closes.items()), 2)))
+        if self._stay_opens:
+            statements.append((_OPEN_NEW_STAYS, _columns(self._stay_opens, 4)))
+        statements.append((_SET_CLOCKS, _columns(list(self._clocks.items()), 2)))
+        self._db.pipeline(statements)
+        for stay in self._stays.values():
+            if stay is not None:
+                stay.row = None  # now a row of the table
+        self._changes.clear()
+        self._history.clear()
+        self._moves.clear()
+        self._rows.clear()
+        self._identifiers.clear()
+        self._stay_resites.clear()
+        self._stay_closes.clear()
+        self._stay_opens.clear()
+        self._clocks.clear()
+
+
+def _no_executemany(_sql: str, _rows: Sequence[Sequence[Any]]) -> None:
+    raise AssertionError("PgWriteTx batches its own statements")
