@@ -377,16 +377,20 @@ def _error_entry(error: FhirError) -> dict[str, Any]:
     return {"response": response}
 
 
-def _queue_upstream(store: Store, outcomes: Iterable[Outcome]) -> None:
+def _queue_upstream(store: Store, tx: WriteTx, outcomes: Iterable[Outcome]) -> None:
     """Queue every version written for the upstream, in the writing transaction (the store's
-    ``upstream_outbox``; see ``store.upstream_tables``), in commit (seq) order."""
+    ``upstream_outbox``; see ``store.upstream_tables``). The writes are flushed first, so each
+    version has its change seq (PostgreSQL assigns seqs at the flush), which keys the row."""
     if not isinstance(store, UpstreamTables):
         return
     versions = [o.written for o in outcomes if o.written is not None]
-    for written in sorted(versions, key=lambda version: version.seq):
+    if not versions:
+        return
+    tx.flush()
+    for written in versions:
         op = "delete" if written.deleted else "put"
         store.queue_upstream_in_tx(
-            written.seq, written.rtype, written.rid, written.version_id, op, written.last_updated
+            written.rtype, written.rid, written.version_id, op, written.last_updated
         )
 
 
@@ -406,7 +410,7 @@ def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Ou
         )
         for entry in ordered:
             outcomes[entry.index] = execute(tx, entry, scope, existing.get(entry.index))
-        _queue_upstream(store, outcomes.values())
+        _queue_upstream(store, tx, outcomes.values())
     return [outcomes[e.index] for e in entries]
 
 
@@ -415,7 +419,7 @@ def run_batch_entry(store: Store, entry: Entry, scope: Scope) -> Outcome | FhirE
         with store.write() as tx:
             existing, _ = resolve_creates(tx, [entry], scope)
             outcome = execute(tx, entry, scope, existing.get(entry.index))
-            _queue_upstream(store, [outcome])
+            _queue_upstream(store, tx, [outcome])
             return outcome
     except FhirError as err:
         return err

@@ -347,6 +347,12 @@ class WriteTx(Protocol):
         one round trip."""
         ...
 
+    def flush(self) -> None:
+        """Send the writes made so far to the database (they get their seqs), so a statement
+        of the same transaction that reads the tables sees them; a no-op where writes are not
+        buffered (SQLite)."""
+        ...
+
     def current(self, rtype: str, rid: str) -> StoredResource | None: ...
 
     def find_by_identifier(

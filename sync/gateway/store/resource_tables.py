@@ -179,6 +179,9 @@ class SqlWriteTx:
     def finish(self) -> None:
         """Called once before COMMIT: nothing is pending here."""
 
+    def flush(self) -> None:
+        """Nothing is buffered here: every write is already a statement of the transaction."""
+
     def _lock_site(self, site: str) -> None:
         """Hold ``site`` for the rest of the transaction: the writer lock already does."""
 

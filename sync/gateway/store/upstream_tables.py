@@ -303,13 +303,15 @@ class UpstreamTables(SqlTables):
 
     # -- the outbox (notes out)
     def queue_upstream_in_tx(
-        self, seq: int, rtype: str, rid: str, version_id: int, op: str, now: dt.datetime
+        self, rtype: str, rid: str, version_id: int, op: str, now: dt.datetime
     ) -> None:
-        """Queue one accepted version, inside the transaction that accepted it."""
+        """Queue one accepted version, inside the transaction that accepted it (after its
+        writes were flushed), keyed by the change seq the store gave that version."""
         self._execute(
             "INSERT INTO upstream_outbox (seq, type, id, version_id, op, state, attempts,"
-            " next_us, queued_us) VALUES (?, ?, ?, ?, ?, 'pending', 0, 0, ?)",
-            (seq, rtype, rid, version_id, op, to_us(now)),
+            " next_us, queued_us) SELECT seq, type, id, version_id, ?, 'pending', 0, 0, ?"
+            " FROM resources WHERE type = ? AND id = ? AND version_id = ?",
+            (op, to_us(now), rtype, rid, version_id),
         )
 
     def outbox(self, states: tuple[OutboxState, ...], limit: int = 500) -> list[OutboxItem]:
