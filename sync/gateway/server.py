@@ -51,9 +51,10 @@ from sync.gateway.api.outcome import FhirError, error_response
 from sync.gateway.api.responses import control_error_response
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError
+from sync.gateway.login_throttle import LoginPolicy
 from sync.gateway.pki import DeviceIdentity, PkiError, verify_device_certificate
 from sync.gateway.store.base import Store
-from sync.gateway.users import LoginPolicy, authenticate_bearer
+from sync.gateway.users import authenticate_bearer
 
 log = logging.getLogger(__name__)
 
