@@ -53,12 +53,16 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from sync.gateway.api.audit import create_control_app
 from sync.gateway.api.fhir import DEVICE_SCOPE_KEY, create_fhir_app
 from sync.gateway.api.outcome import FhirError, error_response
-from sync.gateway.api.responses import control_error_response
+from sync.gateway.api.responses import (
+    RETRY_AFTER_S,
+    control_error_response,
+    retry_after_headers,
+)
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError
 from sync.gateway.login_throttle import LoginPolicy
 from sync.gateway.pki import DeviceIdentity, PkiError, verify_device_certificate
-from sync.gateway.store.base import Store
+from sync.gateway.store.base import DatabaseFailure, Store
 from sync.gateway.users import authenticate_bearer
 
 log = logging.getLogger(__name__)
@@ -173,6 +177,16 @@ def _refusal(scope: Scope, status: int, reason: str) -> ASGIApp:
     return control_error_response(ControlError(status, reason))
 
 
+def _unavailable(scope: Scope, reason: str) -> ASGIApp:
+    """503 with ``Retry-After``: the database is busy or away (the pool is exhausted, a lock
+    wait timed out): the client backs off and comes back, it does not give up."""
+    if str(scope.get("path", "")).startswith("/fhir"):
+        response = error_response(FhirError(503, "transient", reason))
+        response.headers.update(retry_after_headers())
+        return response
+    return control_error_response(ControlError(503, reason, retry_after=RETRY_AFTER_S))
+
+
 class DeviceAuthMiddleware:
     """Every request but enrolment carries a verified, active device identity, or is refused."""
 
@@ -244,17 +258,30 @@ class DeviceAuthMiddleware:
             # two ways in without a certificate; both check their own proof.
             await self.app(scope, receive, send)
             return
+        try:
+            identity = await self._admit(scope, receive, send)
+        except DatabaseFailure as err:
+            log.warning("database failure while admitting a device: %s", err.reason)
+            await _unavailable(scope, err.reason)(scope, receive, send)
+            return
+        if identity is None:
+            return  # refused, and answered
+        scope[DEVICE_SCOPE_KEY] = identity
+        await self.app(scope, receive, send)
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> DeviceIdentity | None:
+        """The verified, active device of this request, or None after answering a refusal."""
         now = self.clock()
         try:
             cert = self._certificate(scope)
             if cert is None:
                 await _refusal(scope, 401, "certificate_required")(scope, receive, send)
-                return
+                return None
             identity = verify_device_certificate(cert, self.ca_cert, now=now)
         except PkiError as err:
             log.info("device refused: %s", err.reason)
             await _refusal(scope, 403, err.reason)(scope, receive, send)
-            return
+            return None
         record = await run_in_threadpool(self.store.device, identity.device_id)
         reason = None
         if record is None:
@@ -276,16 +303,15 @@ class DeviceAuthMiddleware:
         if reason is not None:
             log.info("device refused: %s", reason)
             await _refusal(scope, 403, reason)(scope, receive, send)
-            return
+            return None
         if str(scope.get("path", "")).startswith("/fhir"):
             try:
                 await run_in_threadpool(self._clinical_bearer, scope, identity, now)
             except ControlError as err:
                 await _refusal(scope, err.status, err.reason)(scope, receive, send)
-                return
+                return None
         await run_in_threadpool(self._touch, identity.device_id, now)
-        scope[DEVICE_SCOPE_KEY] = identity
-        await self.app(scope, receive, send)
+        return identity
 
 
 class PathDispatch:
