@@ -192,3 +192,34 @@ def test_issue15_workers_times_pool_must_fit_max_connections(
     )
     assert code == 2
     assert "pool_exceeds_max_connections" in capsys.readouterr().err
+
+
+def test_issue15_the_shared_socket_gives_connections_tcp_nodelay() -> None:
+    """Found by the scale benchmark: a socket made without proto=IPPROTO_TCP made asyncio skip
+    TCP_NODELAY, and every answer waited ~40 ms for a delayed ACK (47 ms vs 3 ms a request)."""
+    import asyncio
+    import socket
+
+    from sync.gateway.workers import bind_socket
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        listener = bind_socket("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        port = listener.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(seen, 10)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accepted_nodelay()) != 0
