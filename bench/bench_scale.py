@@ -18,25 +18,34 @@ the patient a record belongs to; must be 0), and CPU seconds by process group (g
 PostgreSQL, the simulated laptops) — where the time goes on this machine.
 
 Sizes: GATEHOUSE_BENCH_SCALE (default 1.0: 1,000 laptops, 100 sites) scales laptops and sites;
-GATEHOUSE_BENCH_SCALE_WORKERS (default "2"; e.g. "1,2,4"), GATEHOUSE_BENCH_SCALE_SECONDS (the
-period after the ramp, default 60), GATEHOUSE_BENCH_SCALE_PATIENTS (per site, default 10),
-GATEHOUSE_BENCH_SCALE_CLIENTS (client processes, default 2).
+GATEHOUSE_BENCH_SCALE_WORKERS (default "2"; e.g. "1,2,4"), GATEHOUSE_BENCH_SCALE_RAMP (the
+initial syncs' spread, default 30 s), GATEHOUSE_BENCH_SCALE_SECONDS (the period after the ramp,
+default 120), GATEHOUSE_BENCH_SCALE_INTERVAL (a laptop's mean wait between syncs, default 60 s:
+a national fleet syncing every few minutes, compressed), GATEHOUSE_BENCH_SCALE_PATIENTS (per
+site, default 10), GATEHOUSE_BENCH_SCALE_CLIENTS (client processes, default 2),
+GATEHOUSE_BENCH_SCALE_PROFILE=N (the 1-worker round runs in this process under cProfile, every
+thread, and prints its top N functions by own time; the CPU figure then includes the bench).
 The last line: ``scale: D devices, S sites, W workers, p95 X ms, p99 Y ms, errors E, leaks L``
 (of the last worker count; p95/p99 over every request).
 """
 
 from __future__ import annotations
 
+import contextlib
+import cProfile
+import io
 import multiprocessing
 import os
+import pstats
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +64,8 @@ from tests.support.served_workers import DeviceFiles, ServedData, pin_bytes, ser
 
 FULL_DEVICES = 1000
 FULL_SITES = 100
-RAMP_S = 10.0  # laptops start at random moments of the first RAMP_S seconds
-SYNC_EVERY_S = (5.0, 15.0)  # the wait between two syncs of one laptop
+RAMP_S = 30.0  # laptops start (an initial sync each) at random moments of the ramp
+SYNC_EVERY_S = 60.0  # the mean wait between two syncs of one laptop (uniform 0.5x to 1.5x)
 PUSH_CHANCE = 0.3  # a sync that first pushes one consultation (an Encounter + Observation)
 POOL_SIZE = 10
 
@@ -104,23 +113,27 @@ def request_kind(method: str, url: str) -> str:
 
 
 class TimedTransport(Transport):
-    """The product's transport, timing every single HTTP exchange by kind."""
+    """The product's transport, timing every single HTTP exchange by kind (and by whether it
+    belongs to an initial sync: those come in a herd during the ramp)."""
 
-    def __init__(self, config: TransportConfig, tally: Tally, lock: threading.Lock) -> None:
+    def __init__(
+        self, config: TransportConfig, tally: Tally, lock: threading.Lock, *, initial: bool
+    ) -> None:
         super().__init__(config)
         self._tally = tally
         self._lock = lock
+        self._suffix = " (initial)" if initial else ""
 
     def _send_once(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None
     ) -> Response:
-        kind = request_kind(method, url)
+        kind = request_kind(method, url) + self._suffix
         started = time.perf_counter()
         try:
             response = super()._send_once(method, url, body, headers)
-        except TransportError:
+        except TransportError as err:
             with self._lock:
-                self._tally.errors[f"{kind}: {method} transport"] += 1
+                self._tally.errors[f"{kind}: transport {err.reason}"] += 1
             raise
         elapsed = (time.perf_counter() - started) * 1000
         with self._lock:
@@ -152,11 +165,19 @@ class CheckedReplica(MemoryReplica):
         return self._site_of.get(reference.removeprefix("Patient/")) != self._site
 
     def apply_page(self, page: Page) -> ApplyStats:
+        """Check, then keep the page in place (no copy of everything held, as the test
+        replica makes to simulate a crash: a laptop's CPU here is the benchmark's budget)."""
         leaks = sum(1 for r in page.resources if self._leaked(r))
         with self._lock:
             self._tally.leaks += leaks
             self._tally.received += len(page.resources)
-        return super().apply_page(page)
+        for resource in page.resources:
+            self.resources[(str(resource["resourceType"]), str(resource["id"]))] = dict(resource)
+        for deletion in page.deletions:
+            self.resources.pop((deletion.resource_type, deletion.resource_id), None)
+        self.cursors[page.stream] = page.next_cursor
+        self.pages += 1
+        return ApplyStats(len(page.resources), 0, len(page.deletions), len(page.quarantined))
 
     def write_consultation(self, patient_id: str, seq: int) -> None:
         """One Encounter and one Observation in the outbox, as the client queues them."""
@@ -223,6 +244,8 @@ class ClientJob:
     start_at: float  # time.time() of the ramp's start
     end_at: float
     seed: int
+    ramp_s: float
+    every_s: float
 
 
 def _laptop_life(job: ClientJob, laptop: Laptop, tally: Tally, lock: threading.Lock) -> None:
@@ -236,13 +259,14 @@ def _laptop_life(job: ClientJob, laptop: Laptop, tally: Tally, lock: threading.L
         client_cert_file=laptop.files.cert,
         client_key_file=laptop.files.key,
     )
-    time.sleep(max(0.0, job.start_at + rng.uniform(0, RAMP_S) - time.time()))
+    time.sleep(max(0.0, job.start_at + rng.uniform(0, job.ramp_s) - time.time()))
     phase = "sync: initial"
     seq = 1
     while True:
         started = time.perf_counter()
         try:
-            with TimedTransport(config, tally, lock) as transport:
+            initial = phase == "sync: initial"
+            with TimedTransport(config, tally, lock, initial=initial) as transport:
                 result = SyncEngine(transport, replica, resource_types=RESOURCE_TYPES).run()
             ok = result.ok
         except Exception:
@@ -253,7 +277,7 @@ def _laptop_life(job: ClientJob, laptop: Laptop, tally: Tally, lock: threading.L
             tally.syncs += 1
             if not ok:
                 tally.errors[f"{phase} failed"] += 1
-        wait = rng.uniform(*SYNC_EVERY_S)
+        wait = rng.uniform(job.every_s * 0.5, job.every_s * 1.5)
         if time.time() + wait >= job.end_at:
             return
         time.sleep(wait)
@@ -376,21 +400,89 @@ def _quantiles(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), cuts[94], cuts[98]
 
 
+@dataclass(frozen=True)
+class Shape:
+    """How long, how often, with how many client processes."""
+
+    ramp_s: float
+    seconds: float
+    every_s: float
+    clients: int
+
+
+@dataclass
+class _InProcess:
+    """A profiled gateway in this process, shaped like ``ServedGateway`` for ``run_round``."""
+
+    url: str
+    pid: int
+
+
+@contextlib.contextmanager
+def profiled_gateway(world: World, dsn: str, top: int) -> Iterator[_InProcess]:
+    """One worker in THIS process, every thread of it under cProfile (the event loop and the
+    threadpool that runs the store calls); prints the top functions by own time on exit."""
+    from sync.gateway import datadir
+    from sync.gateway.authority import load_authority
+    from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
+
+    profiles: list[cProfile.Profile] = []
+
+    def start(*_: object) -> None:
+        sys.setprofile(None)
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.enable()
+
+    store = PgStore(dsn, pool_size=POOL_SIZE)
+    data = world.data.path
+    authority = load_authority(data)
+    context = build_ssl_context(
+        data / datadir.SERVER_CERT, data / datadir.SERVER_KEY, data / datadir.CA_CERT
+    )
+    threading.setprofile(start)
+    gateway = BackgroundGateway(
+        build_app(store, ca_cert=authority.ca_cert, authority=authority), context
+    )
+    try:
+        gateway.start()
+        yield _InProcess(gateway.url, os.getpid())
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        gateway.stop()
+        store.close()
+        out = io.StringIO()
+        stats = pstats.Stats(*profiles, stream=out)  # type: ignore[arg-type]
+        stats.sort_stats("tottime").print_stats(top)
+        print("   cProfile of the one worker (every thread), by own time:")
+        for line in out.getvalue().splitlines():
+            if line.strip() and not line.startswith(("   Ordered by", "   List reduced")):
+                print(f"   | {line.rstrip()[:150]}")
+
+
 def run_round(
-    world: World, server_dir: Path, dsn: str, tmp: Path, workers: int, seconds: float, clients: int
+    world: World, server_dir: Path, dsn: str, tmp: Path, workers: int, shape: Shape
 ) -> tuple[Tally, dict[str, float]]:
-    with serve(
-        world.data,
-        dsn,
-        tmp / f"gateway-{workers}.log",
-        workers=workers,
-        extra=("--pool-size", str(POOL_SIZE)),
-    ) as served:
-        gateway_pids = _tree(served.process.pid)
+    clients = shape.clients
+    top = int(_env_float("GATEHOUSE_BENCH_SCALE_PROFILE", 0))
+    gateway: contextlib.AbstractContextManager[_InProcess | Any]
+    if top and workers == 1:
+        gateway = profiled_gateway(world, dsn, top)
+    else:
+        gateway = serve(
+            world.data,
+            dsn,
+            tmp / f"gateway-{workers}.log",
+            workers=workers,
+            extra=("--pool-size", str(POOL_SIZE)),
+        )
+    with gateway as served:
+        own = isinstance(served, _InProcess)
+        gateway_pids = [served.pid] if own else _tree(served.process.pid)
         postgres_pids = _tree(_postmaster_pid(server_dir))
         cpu_before = (_cpu_seconds(gateway_pids), _cpu_seconds(postgres_pids))
         start_at = time.time() + 2.0
-        end_at = start_at + RAMP_S + seconds
+        end_at = start_at + shape.ramp_s + shape.seconds
         jobs = [
             ClientJob(
                 served.url,
@@ -401,6 +493,8 @@ def run_round(
                 start_at,
                 end_at,
                 seed=c,
+                ramp_s=shape.ramp_s,
+                every_s=shape.every_s,
             )
             for c in range(clients)
         ]
@@ -415,7 +509,7 @@ def run_round(
                 async_result.wait(1.0)
             tallies = async_result.get()
         wall = time.perf_counter() - wall
-        gateway_pids = _tree(served.process.pid)
+        gateway_pids = [served.pid] if own else _tree(served.process.pid)
         postgres_pids = _tree(_postmaster_pid(server_dir))
         cpu = {
             "wall": wall,
@@ -440,6 +534,17 @@ def report(tally: Tally, cpu: dict[str, float], workers: int) -> tuple[float, fl
         if not kind.startswith("sync:"):
             everything.extend(values)
     _, p95, p99 = _quantiles(everything)
+    steady = [
+        v
+        for kind, values in tally.latencies.items()
+        if not kind.startswith("sync:") and not kind.endswith("(initial)")
+        for v in values
+    ]
+    _, steady_p95, steady_p99 = _quantiles(steady)
+    print(
+        f"   every request: p95 {p95:.0f} ms, p99 {p99:.0f} ms; after the initial syncs:"
+        f" p95 {steady_p95:.0f} ms, p99 {steady_p99:.0f} ms"
+    )
     errors = sum(tally.errors.values())
     for kind, count in sorted(tally.errors.items()):
         print(f"   error: {kind} x{count}")
@@ -460,9 +565,13 @@ def main() -> None:
     worker_counts = [
         int(w) for w in os.environ.get("GATEHOUSE_BENCH_SCALE_WORKERS", "2").split(",") if w
     ]
-    seconds = _env_float("GATEHOUSE_BENCH_SCALE_SECONDS", 60.0)
+    shape = Shape(
+        ramp_s=_env_float("GATEHOUSE_BENCH_SCALE_RAMP", RAMP_S),
+        seconds=_env_float("GATEHOUSE_BENCH_SCALE_SECONDS", 120.0),
+        every_s=_env_float("GATEHOUSE_BENCH_SCALE_INTERVAL", SYNC_EVERY_S),
+        clients=int(_env_float("GATEHOUSE_BENCH_SCALE_CLIENTS", 2)),
+    )
     per_site = int(_env_float("GATEHOUSE_BENCH_SCALE_PATIENTS", 10))
-    clients = int(_env_float("GATEHOUSE_BENCH_SCALE_CLIENTS", 2))
     try:
         server = shared_server()
     except PgUnavailable as err:
@@ -475,9 +584,9 @@ def main() -> None:
         print(
             f"{devices} laptops at {sites} sites, {len(world.resources)} resources"
             f" ({per_site} patients a site); set up in {time.perf_counter() - started:.0f} s;"
-            f" ramp {RAMP_S:.0f} s then {seconds:.0f} s of syncs every"
-            f" {SYNC_EVERY_S[0]:.0f}-{SYNC_EVERY_S[1]:.0f} s, {PUSH_CHANCE:.0%} with a push;"
-            f" {clients} client processes",
+            f" ramp {shape.ramp_s:.0f} s then {shape.seconds:.0f} s of syncs every"
+            f" {shape.every_s * 0.5:.0f}-{shape.every_s * 1.5:.0f} s, {PUSH_CHANCE:.0%} with a"
+            f" push; {shape.clients} client processes",
             flush=True,
         )
         line = ""
@@ -489,7 +598,7 @@ def main() -> None:
                 f" ({len(world.resources) / load_s:,.0f}/s)",
                 flush=True,
             )
-            tally, cpu = run_round(world, server.data_dir, dsn, tmp, workers, seconds, clients)
+            tally, cpu = run_round(world, server.data_dir, dsn, tmp, workers, shape)
             p95, p99, errors = report(tally, cpu, workers)
             line = (
                 f"scale: {devices} devices, {sites} sites, {workers} workers, p95 {p95:.0f} ms,"

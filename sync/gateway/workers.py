@@ -37,11 +37,14 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
+import uvicorn
+
 from sync.gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
-BACKLOG = 2048
+BACKLOG = 2048  # the kernel's queue of new connections on the shared socket
+ACCEPT_BATCH = 8  # connections one worker accepts at a time (see SharedSocketServer)
 RESERVE_CONNECTIONS = 10  # kept free for an operator, psql, backups, a rolling restart
 RESTART_DELAY_S = 1.0
 POLL_S = 0.2
@@ -114,8 +117,6 @@ def check_capacity(dsn: str, workers: int, pool_size: int) -> None:
 
 def run_worker(settings: ServeSettings, sock: socket.socket) -> None:
     """One worker process: its own store, TLS context and app, serving the shared socket."""
-    import uvicorn
-
     from sync.gateway import datadir
     from sync.gateway.authority import load_authority
     from sync.gateway.server import (
@@ -142,9 +143,25 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> None:
         )
         host, port = sock.getsockname()[:2]
         config = uvicorn_config(app, context, host=host, port=port, log_level=settings.log_level)
-        uvicorn.Server(config).run(sockets=[sock])
+        config.backlog = ACCEPT_BATCH
+        SharedSocketServer(config).run(sockets=[sock])
     finally:
         store.close()
+
+
+class SharedSocketServer(uvicorn.Server):
+    """uvicorn on a socket shared by several workers, taking few connections at a time.
+
+    asyncio accepts up to ``backlog`` connections each time the socket is ready, so one worker
+    with uvicorn's default (2048) could take a whole burst of new laptops for itself and
+    handshake them one after another while the other workers idle. The server starts with
+    ``backlog = ACCEPT_BATCH`` (asyncio's batch), then the kernel queue is set back to
+    ``BACKLOG`` on the shared socket."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for sock in sockets or ():
+            sock.listen(BACKLOG)
 
 
 class Supervisor:
