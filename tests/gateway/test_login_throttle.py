@@ -174,3 +174,41 @@ def test_issue15_a_success_forgets_only_that_users_failures_on_that_laptop(
     for _ in range(max_failures):
         assert _attempt(gateway, policy, laptop, "nurse1", "typo", t) == "login_failed"
     assert isinstance(_attempt(gateway, policy, laptop, "nurse1", PASSWORD, t), int)
+
+
+def test_issue15_a_devices_attempts_queue_on_its_gate_row_not_on_a_global_lock(
+    tmp_path: Path,
+) -> None:
+    """The throttle stays race-free without a store-wide writer lock: an attempt of a device
+    waits while another transaction holds that device's ``login_gates`` row (PostgreSQL)."""
+    import threading
+
+    import psycopg
+
+    from sync.gateway.store.postgres import PgStore
+    from tests.support.postgres import require_server
+
+    dsn = require_server().new_database("gate")
+    store = PgStore(dsn)
+    policy = LoginPolicy(hasher=TEST_HASHER)
+    t = dt.datetime.now(dt.UTC)
+    try:
+        store.login_gate("u", "dev-x", t, since=t - policy.remember, decide=lambda *_: None)
+        finished = threading.Event()
+        with psycopg.connect(dsn) as other:
+            other.execute("UPDATE login_gates SET last_us = 0 WHERE device_id = 'dev-x'")
+            attempt = threading.Thread(
+                target=lambda: (
+                    store.login_gate(
+                        "u", "dev-x", t, since=t - policy.remember, decide=lambda *_: None
+                    ),
+                    finished.set(),
+                )
+            )
+            attempt.start()
+            assert not finished.wait(1.0)  # queued behind the other holder of the gate row
+            other.commit()
+        assert finished.wait(10)
+        attempt.join(10)
+    finally:
+        store.close()

@@ -5,8 +5,9 @@ session tokens only as their SHA-256; a session names the device certificate it 
 Failed sign-ins are kept per (user id, device id) in ``login_failures_by_device`` (the older
 per-user ``login_failures`` table is no longer written: counting per user let anyone with an
 enrolled laptop lock a user out everywhere, issue 15). ``login_gate`` decides and counts an
-attempt in ONE write transaction, so parallel attempts are counted one after another and
-cannot all pass a gate that only the first few may pass.
+attempt in ONE write transaction that first locks the device's ``login_gates`` row, so the
+parallel attempts of a device are counted one after another and cannot all pass a gate that
+only the first few may pass (with or without a store-wide writer lock).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ USER_SCHEMA: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS login_failures_device"
     " ON login_failures_by_device (device_id, at_us)",
     "CREATE INDEX IF NOT EXISTS login_failures_user ON login_failures_by_device (user_id, at_us)",
+    # One row per device that ever tried to sign in: ``login_gate`` updates it first, so the
+    # row lock serialises the sign-in attempts of one device even without a store-wide
+    # writer lock (every throttle decision is about one device).
+    """CREATE TABLE IF NOT EXISTS login_gates (
+    device_id TEXT PRIMARY KEY,
+    last_us BIGINT NOT NULL
+)""",
     """CREATE TABLE IF NOT EXISTS sessions (
     token_hash TEXT PRIMARY KEY,
     user_id TEXT NOT NULL,
@@ -101,6 +109,16 @@ class UserTables(SqlTables):
         decide: Callable[[Sequence[dt.datetime], Sequence[dt.datetime]], dt.datetime | None],
     ) -> dt.datetime | None:
         with self._write() as execute:
+            # Serialise this device's attempts: its gate row is locked until COMMIT. (Two
+            # first-ever attempts racing to insert it: one fails, uncounted and unchecked.)
+            locked = execute(
+                "UPDATE login_gates SET last_us = ? WHERE device_id = ?", (to_us(now), device_id)
+            ).rowcount
+            if not locked:
+                execute(
+                    "INSERT INTO login_gates (device_id, last_us) VALUES (?, ?)",
+                    (device_id, to_us(now)),
+                )
             # What is older than the memory is forgotten (this device's rows only: cheap).
             execute(
                 "DELETE FROM login_failures_by_device WHERE device_id = ? AND at_us < ?",
