@@ -1,11 +1,12 @@
 """``gatehouse-gateway``: set up and serve the gateway.
 
 Commands: ``init --data DIR [--hostname H]…``, ``serve --data DIR [--host] [--port]
-[--database URL] [--trusted-proxy ADDR]…`` and the administration commands of
-``sync.gateway.admin_cli`` (site, user, enroll-token, policy, device, audit, seed) and
-``upstream set|status|sync`` (``sync.gateway.upstream.cli``). ``serve`` also runs the
-upstream pass on its poll interval when an upstream is configured. Never
-prints key material; pins are public.
+[--database URL] [--trusted-proxy ADDR]… [--workers N] [--pool-size P]`` (``workers``), the
+administration commands of ``sync.gateway.admin_cli`` (site, user, enroll-token, policy,
+device, audit, seed) and ``upstream set|status|sync`` (``sync.gateway.upstream.cli``).
+``serve`` also runs the upstream pass on its poll interval in each worker when an upstream is
+configured (one pass at a time across workers: the upstream lease). Never prints key
+material; pins are public.
 
 Invariant: a command that fails on purpose (any ``errors.GatewayError``: a refusal, a store or
 database failure, a bad data folder) or on a file it cannot read or write prints ONE line to
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,8 @@ from pathlib import Path
 from sync.gateway import admin_cli, datadir
 from sync.gateway.errors import GatewayError, refusal
 from sync.gateway.upstream import cli as upstream_cli
+
+POOL_SIZE = 10  # PostgreSQL connections per worker process (store.postgres.POOL_SIZE)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -39,43 +43,35 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from sync.gateway.authority import load_authority
-    from sync.gateway.server import (
-        build_app,
-        build_ssl_context,
-        parse_trusted_proxies,
-        uvicorn_config,
-    )
+    from sync.gateway import workers
     from sync.gateway.store.opening import open_store
-    from sync.gateway.store.sql import SqlStore
-    from sync.gateway.upstream.worker import start_worker
 
     data = Path(args.data)
     if not (data / datadir.CA_CERT).exists():
         raise datadir.DataDirError("not_initialised")
-    store = open_store(data, args.database)
-    context = build_ssl_context(
-        data / datadir.SERVER_CERT, data / datadir.SERVER_KEY, data / datadir.CA_CERT
+    if args.workers < 1 or args.pool_size < 1:
+        raise workers.WorkersRefused("bad_workers")
+    if args.workers > 1 and not args.database:
+        raise workers.WorkersRefused("workers_need_postgresql")
+    settings = workers.ServeSettings(
+        data=str(data),
+        database=args.database,
+        trusted_proxies=tuple(args.trusted_proxy),
+        pool_size=args.pool_size,
     )
-    authority = load_authority(data)
-    app = build_app(
-        store,
-        ca_cert=authority.ca_cert,
-        authority=authority,
-        trusted_proxies=parse_trusted_proxies(args.trusted_proxy),
-    )
-    worker = start_worker(data, store if isinstance(store, SqlStore) else None)
+    # The schema is created (and the database reached) once, before anything listens.
+    open_store(data, args.database, pool_size=1).close()
+    if args.database:
+        workers.check_capacity(args.database, args.workers, args.pool_size)
+    sock = workers.bind_socket(args.host, args.port)
     try:
-        uvicorn.Server(
-            uvicorn_config(app, context, host=args.host, port=args.port, log_level="info")
-        ).run()
+        if args.workers == 1:
+            workers.run_worker(settings, sock)
+            return 0
+        logging.basicConfig(level=logging.INFO)
+        return workers.Supervisor(settings, args.workers, sock).run()
     finally:
-        if worker is not None:
-            worker.stop()
-        store.close()
-    return 0
+        sock.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--database", default=None, help="postgresql://… URL (default: SQLite in --data)"
     )
     serve.add_argument("--trusted-proxy", action="append", default=[])
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (more than 1 needs --database)"
+    )
+    serve.add_argument(
+        "--pool-size",
+        type=int,
+        default=POOL_SIZE,
+        help="PostgreSQL connections per worker (workers x this must fit max_connections)",
+    )
     serve.set_defaults(run=_serve)
     admin_cli.register(commands)
     upstream_cli.register(commands)

@@ -58,6 +58,14 @@ OPERATOR_MESSAGES: dict[str, str] = {
         "The database URL carries a password: put it in ~/.pgpass or PGPASSFILE instead."
     ),
     "closed": "The store was already closed.",
+    "bad_workers": "The number of workers and the pool size must be at least 1.",
+    "workers_need_postgresql": (
+        "More than one worker needs a PostgreSQL database (--database postgresql://…)."
+    ),
+    "pool_exceeds_max_connections": (
+        "Workers x pool size exceed the database's max_connections less its reserve:"
+        " use fewer workers, a smaller --pool-size, or raise max_connections."
+    ),
     "not_initialised": "The data folder is not initialised: run `init --data DIR` first.",
     "already_initialised": "The data folder is already initialised; it is left untouched.",
     "bad_key_file": "A key file in the data folder is unreadable.",

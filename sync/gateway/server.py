@@ -21,6 +21,11 @@ Invariants:
   TCP peer is a configured trusted proxy, and then verified exactly like a TLS certificate; from
   anyone else it is ignored. uvicorn's own proxy-header rewriting is switched off.
 - ``last_seen`` of a device is written at most once per ``LAST_SEEN_EVERY`` per process.
+- Slow clients cannot hold connections open (issue 15 item 4): a request head (request line
+  and headers, at most ``MAX_HEAD_BYTES``) must arrive whole within ``REQUEST_HEAD_TIMEOUT_S``
+  of its first byte (or of the connection, for the first request), else the connection is
+  closed; an idle keep-alive connection is closed after ``KEEP_ALIVE_S``. A body is read
+  without any thread (the event loop), bounded by the routes' size limits.
 """
 
 from __future__ import annotations
@@ -48,12 +53,17 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from sync.gateway.api.audit import create_control_app
 from sync.gateway.api.fhir import DEVICE_SCOPE_KEY, create_fhir_app
 from sync.gateway.api.outcome import FhirError, error_response
-from sync.gateway.api.responses import control_error_response
+from sync.gateway.api.responses import (
+    RETRY_AFTER_S,
+    control_error_response,
+    retry_after_headers,
+)
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError
+from sync.gateway.login_throttle import LoginPolicy
 from sync.gateway.pki import DeviceIdentity, PkiError, verify_device_certificate
-from sync.gateway.store.base import Store
-from sync.gateway.users import LoginPolicy, authenticate_bearer
+from sync.gateway.store.base import DatabaseFailure, Store
+from sync.gateway.users import authenticate_bearer
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,9 @@ WIPE_REPORT_PATH = "/device/wipe-report"  # WP-3: signed by the report key, not 
 UNAUTHENTICATED_POSTS = frozenset({ENROL_PATH, WIPE_REPORT_PATH})
 CLINICAL_ROLES = frozenset({"clinician"})
 GRACEFUL_SHUTDOWN_S = 5  # idle keep-alive peers that never answer close_notify cannot stall exit
+REQUEST_HEAD_TIMEOUT_S = 10.0  # a whole request line + headers, from its first byte
+KEEP_ALIVE_S = 5  # an idle connection between two requests (uvicorn's default, made explicit)
+MAX_HEAD_BYTES = 32 * 1024  # request line + headers (h11's incomplete-event bound)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -84,10 +97,44 @@ def build_ssl_context(cert_file: Path, key_file: Path, ca_file: Path) -> ssl.SSL
 
 
 class PeerCertH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol that hands the verified peer certificate to the ASGI app."""
+    """uvicorn's h11 protocol that hands the verified peer certificate to the ASGI app, and
+    closes a connection whose request head does not arrive in time (uvicorn has no such
+    timeout: one byte a second would hold a connection for ever)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def _waiting_for_head(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(REQUEST_HEAD_TIMEOUT_S, self._head_too_slow)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._waiting_for_head() and not self.transport.is_closing():
+            log.info("closing a connection whose request head was too slow")
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiting_for_head():
+            self._arm_head_timer()  # the first byte of a request after keep-alive
+        super().data_received(data)
+        if not self._waiting_for_head():
+            self._cancel_head_timer()  # the head is in: the request runs
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._arm_head_timer()
         ssl_object = transport.get_extra_info("ssl_object")
         chain: list[str] = []
         tls: dict[str, Any] | None = None
@@ -128,6 +175,16 @@ def _refusal(scope: Scope, status: int, reason: str) -> ASGIApp:
     if str(scope.get("path", "")).startswith("/fhir"):
         return error_response(FhirError(status, "security", reason))
     return control_error_response(ControlError(status, reason))
+
+
+def _unavailable(scope: Scope, reason: str) -> ASGIApp:
+    """503 with ``Retry-After``: the database is busy or away (the pool is exhausted, a lock
+    wait timed out): the client backs off and comes back, it does not give up."""
+    if str(scope.get("path", "")).startswith("/fhir"):
+        response = error_response(FhirError(503, "transient", reason))
+        response.headers.update(retry_after_headers())
+        return response
+    return control_error_response(ControlError(503, reason, retry_after=RETRY_AFTER_S))
 
 
 class DeviceAuthMiddleware:
@@ -201,17 +258,30 @@ class DeviceAuthMiddleware:
             # two ways in without a certificate; both check their own proof.
             await self.app(scope, receive, send)
             return
+        try:
+            identity = await self._admit(scope, receive, send)
+        except DatabaseFailure as err:
+            log.warning("database failure while admitting a device: %s", err.reason)
+            await _unavailable(scope, err.reason)(scope, receive, send)
+            return
+        if identity is None:
+            return  # refused, and answered
+        scope[DEVICE_SCOPE_KEY] = identity
+        await self.app(scope, receive, send)
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> DeviceIdentity | None:
+        """The verified, active device of this request, or None after answering a refusal."""
         now = self.clock()
         try:
             cert = self._certificate(scope)
             if cert is None:
                 await _refusal(scope, 401, "certificate_required")(scope, receive, send)
-                return
+                return None
             identity = verify_device_certificate(cert, self.ca_cert, now=now)
         except PkiError as err:
             log.info("device refused: %s", err.reason)
             await _refusal(scope, 403, err.reason)(scope, receive, send)
-            return
+            return None
         record = await run_in_threadpool(self.store.device, identity.device_id)
         reason = None
         if record is None:
@@ -233,16 +303,15 @@ class DeviceAuthMiddleware:
         if reason is not None:
             log.info("device refused: %s", reason)
             await _refusal(scope, 403, reason)(scope, receive, send)
-            return
+            return None
         if str(scope.get("path", "")).startswith("/fhir"):
             try:
                 await run_in_threadpool(self._clinical_bearer, scope, identity, now)
             except ControlError as err:
                 await _refusal(scope, err.status, err.reason)(scope, receive, send)
-                return
+                return None
         await run_in_threadpool(self._touch, identity.device_id, now)
-        scope[DEVICE_SCOPE_KEY] = identity
-        await self.app(scope, receive, send)
+        return identity
 
 
 class PathDispatch:
@@ -304,6 +373,8 @@ def uvicorn_config(
         access_log=False,
         log_level=log_level,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
 
 

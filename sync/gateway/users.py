@@ -5,9 +5,10 @@ Invariants:
   (m = 64 MiB, t = 3, p = 4, the same floor as the device's key slots); ``add_user`` refuses a
   hasher below it.
 - Login gives ONE refusal (``login_failed``) for an unknown user and a wrong password, and an
-  unknown user costs the same Argon2id work as a known one. Failures are counted per user id
-  (known or not) in the store; ``max_failures`` within ``window`` refuse every attempt —
-  right password included — with ``login_throttled`` until the window has passed.
+  unknown user costs the same Argon2id work as a known one. Failures are counted per (user id,
+  device) and per device, never per user alone (``login_throttle``: growing delays, and an alert
+  for a spread guessing pattern); a throttled attempt is refused — right password included —
+  with ``login_throttled`` and the seconds to wait, and its password is not checked.
 - Only after the password verified: ``user_revoked``, ``wrong_site`` (the user's site must be
   the device's, which comes from its certificate), then the escrow blob is unsealed with the
   gateway key and the *calling* device's AAD: a blob of another device is ``escrow_mismatch``.
@@ -32,6 +33,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError
+from sync.gateway.login_throttle import LoginPolicy, gate, watch_spread
 from sync.gateway.pki import DeviceIdentity
 from sync.gateway.store.base import ROLES, Role, SessionRecord, Store, UserRecord
 from sync.protocol.escrow import EscrowError, escrow_aad, unseal
@@ -65,15 +67,6 @@ def meets_floor(hasher: PasswordHasher) -> bool:
         and hasher.time_cost >= FLOOR_ITERATIONS
         and hasher.parallelism >= FLOOR_PARALLELISM
     )
-
-
-@dataclass(frozen=True)
-class LoginPolicy:
-    """Throttle and hashing for online login (``hasher`` may be cheaper only in tests)."""
-
-    hasher: PasswordHasher
-    max_failures: int = 5
-    window: dt.timedelta = dt.timedelta(minutes=15)
 
 
 def add_user(
@@ -155,21 +148,20 @@ def login(
     if not isinstance(password, str) or not 0 < len(password) <= MAX_PASSWORD_CHARS:
         raise ControlError(401, "login_failed")
     blob = _escrow_blob(body.get("escrow"))
-    # Count the attempt BEFORE the slow password check (cleared on success), so parallel
+    # Count the attempt BEFORE the slow password check (forgotten on success), so parallel
     # guesses cannot all slip past the throttle while each is still being hashed.
-    store.record_login_failure(user_id, now)
-    recent = store.login_failures_since(user_id, now - policy.window)
-    if len(recent) > policy.max_failures:
-        unlock_at = recent[-policy.max_failures - 1] + policy.window
-        retry = max(1, int((unlock_at - now).total_seconds()) + 1)
+    allowed = gate(store, policy, user_id, identity.device_id, now)
+    if allowed is not None:
+        retry = max(1, int((allowed - now).total_seconds()) + 1)
         log.info("login throttled")
         raise ControlError(429, "login_throttled", retry_after=retry)
     user = store.user(user_id)
     if not _password_ok(policy.hasher, user.password_hash if user else None, password):
         log.info("login failed")
+        watch_spread(store, policy, user_id, identity, now, known_user=user is not None)
         raise ControlError(401, "login_failed")
     assert user is not None
-    store.clear_login_failures(user_id)
+    store.forget_login_failures(user_id, identity.device_id)
     if user.status != "active":
         raise ControlError(403, "user_revoked")
     if user.site != identity.site:

@@ -12,8 +12,9 @@ import pytest
 
 from sync.gateway import users
 from sync.gateway.errors import ControlError
+from sync.gateway.login_throttle import LoginPolicy
 from sync.gateway.pki import DeviceIdentity
-from sync.gateway.users import LoginPolicy, authenticate_bearer, bearer_hash, default_hasher
+from sync.gateway.users import authenticate_bearer, bearer_hash, default_hasher
 from tests.support.control import PASSWORD, add_user, bearer, enrol, escrow_blob, login
 from tests.support.gateway import SITE_A, SITE_B, TEST_HASHER, Gateway, patient
 
@@ -240,8 +241,8 @@ def test_M4_parallel_guesses_cannot_slip_past_the_throttle(gateway: Gateway) -> 
 
     from sync.gateway import users as gateway_users
     from sync.gateway.errors import ControlError
+    from sync.gateway.login_throttle import LoginPolicy
     from sync.gateway.pki import DeviceIdentity
-    from sync.gateway.users import LoginPolicy
     from tests.support.control import escrow_blob
     from tests.support.gateway import SITE_A
 

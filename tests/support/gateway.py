@@ -16,12 +16,12 @@ import requests
 from argon2 import PasswordHasher, Type
 
 from sync.gateway.authority import GatewayAuthority
+from sync.gateway.login_throttle import LoginPolicy
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
 from sync.gateway.store.base import Store
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
-from sync.gateway.users import LoginPolicy
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM, NHS_NUMBER_SYSTEM
 from tests.support.tls import DeviceCredentials, PkiFiles, make_test_pki
 

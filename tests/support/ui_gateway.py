@@ -27,11 +27,11 @@ from policy.jws import kid_for
 from policy.schema import defaults
 from sync.gateway import admin_cli, datadir, enrolment, policies, users
 from sync.gateway.authority import load_authority
+from sync.gateway.login_throttle import LoginPolicy
 from sync.gateway.seed.generator import generate
 from sync.gateway.server import BackgroundGateway, build_app, build_ssl_context
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.sqlite import SqliteStore
-from sync.gateway.users import LoginPolicy
 from tests.support.gateway import TEST_HASHER
 from tests.support.policy import envelope_around
 

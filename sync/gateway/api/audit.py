@@ -37,6 +37,7 @@ from sync.gateway.api.responses import (
 )
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError, error_body
+from sync.gateway.login_throttle import LoginPolicy
 from sync.gateway.store.base import (
     AuditQuery,
     AuditRow,
@@ -45,7 +46,7 @@ from sync.gateway.store.base import (
     Store,
     fhir_instant,
 )
-from sync.gateway.users import LoginPolicy, authenticate_bearer, default_hasher
+from sync.gateway.users import authenticate_bearer, default_hasher
 from sync.protocol.audit.audit_event import ACTION_SYSTEM, to_audit_event, to_csv_rows
 from sync.protocol.audit.entry import AuditEntry, entry_from_canonical
 

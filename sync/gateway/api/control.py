@@ -36,6 +36,7 @@ from sync.gateway.api.responses import json_response
 from sync.gateway.audit_ingest import ingest
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError, error_body
+from sync.gateway.login_throttle import LoginPolicy
 from sync.gateway.pki import DeviceIdentity
 from sync.gateway.signing import command_receipt, signed_command, signed_time, wipe_report_ack
 from sync.gateway.store.base import Store, WipeReportRecord, fhir_instant
@@ -170,7 +171,7 @@ async def login(request: Request) -> Response:
     identity = identity_of(request)
     body = await read_object(request)
     store, authority, now = store_of(request), authority_of(request), now_of(request)
-    policy: users.LoginPolicy = request.app.state.login_policy
+    policy: LoginPolicy = request.app.state.login_policy
     result = await run_in_threadpool(
         lambda: users.login(store, authority, policy, identity, body, now=now)
     )

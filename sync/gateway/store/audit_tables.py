@@ -189,6 +189,27 @@ class AuditTables(SqlTables):
                 ),
             )
 
+    def add_audit_alert_once(self, alert: AuditAlert) -> bool:
+        with self._write() as execute:
+            if execute(
+                "SELECT 1 FROM audit_alerts WHERE alert_id = ?", (alert.alert_id,)
+            ).fetchone():
+                return False
+            execute(
+                "INSERT INTO audit_alerts (alert_id, device_id, site, raised_us, first_bad_seq,"
+                " reason, sentence) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    alert.alert_id,
+                    alert.device_id,
+                    alert.site,
+                    to_us(alert.raised_at),
+                    alert.first_bad_seq,
+                    alert.reason,
+                    alert.sentence,
+                ),
+            )
+        return True
+
     def audit_alerts(self, device_id: str | None = None) -> list[AuditAlert]:
         sql = (
             "SELECT alert_id, device_id, site, raised_us, first_bad_seq, reason, sentence"

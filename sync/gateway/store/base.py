@@ -41,7 +41,7 @@ Invariants every backend guarantees:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -216,6 +216,14 @@ class UserRecord:
     password_hash: str  # an argon2-cffi PHC string ($argon2id$...)
     status: UserStatus
     created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class LoginSpread:
+    """Failed sign-ins spread out: across devices for one user, across users on one device."""
+
+    devices_for_user: int
+    users_on_device: int
 
 
 @dataclass(frozen=True)
@@ -450,9 +458,31 @@ class ControlStore(Protocol):
     def add_user(self, user: UserRecord) -> None: ...
     def user(self, user_id: str) -> UserRecord | None: ...
     def set_user_status(self, user_id: str, status: UserStatus) -> bool: ...
-    def record_login_failure(self, user_id: str, now: dt.datetime) -> None: ...
-    def login_failures_since(self, user_id: str, since: dt.datetime) -> list[dt.datetime]: ...
-    def clear_login_failures(self, user_id: str) -> None: ...
+    def login_gate(
+        self,
+        user_id: str,
+        device_id: str,
+        now: dt.datetime,
+        *,
+        since: dt.datetime,
+        decide: Callable[[Sequence[dt.datetime], Sequence[dt.datetime]], dt.datetime | None],
+    ) -> dt.datetime | None:
+        """In ONE write transaction: forget this device's failed sign-ins before ``since``,
+        call ``decide(failures of (user, device), failures on the device)`` (times since
+        ``since``, oldest first) and, when it returns None, count this attempt (at ``now``)
+        before its password is checked. Returns what ``decide`` returned: the moment the
+        attempt would be allowed, or None (allowed, and counted)."""
+        ...
+
+    def forget_login_failures(self, user_id: str, device_id: str) -> None:
+        """A successful sign-in: the failures of this user ON THIS DEVICE are forgotten."""
+        ...
+
+    def login_spread(self, user_id: str, device_id: str, since: dt.datetime) -> LoginSpread:
+        """How many devices failed for this user, and how many users failed on this device,
+        since ``since``."""
+        ...
+
     def add_session(self, session: SessionRecord) -> None: ...
     def session(self, token_hash: str) -> SessionRecord | None: ...
 
@@ -494,6 +524,10 @@ class ControlStore(Protocol):
         ...
 
     def add_audit_alert(self, alert: AuditAlert) -> None: ...
+    def add_audit_alert_once(self, alert: AuditAlert) -> bool:
+        """Store ``alert`` unless one with its ``alert_id`` exists; True when stored."""
+        ...
+
     def audit_alerts(self, device_id: str | None = None) -> list[AuditAlert]: ...
     def search_audit(self, query: AuditQuery) -> list[AuditRow]: ...
 

@@ -22,8 +22,9 @@ from sync.gateway.store.base import Store, StoreError
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 
 
-def open_store(data_dir: Path, database_url: str | None) -> Store:
-    """The store ``serve`` uses: SQLite in ``data_dir``, or PostgreSQL at ``database_url``."""
+def open_store(data_dir: Path, database_url: str | None, *, pool_size: int | None = None) -> Store:
+    """The store ``serve`` uses: SQLite in ``data_dir``, or PostgreSQL at ``database_url``
+    (with at most ``pool_size`` connections from this process; the default when None)."""
     if not database_url:
         from sync.gateway.store.sqlite import SqliteStore
 
@@ -39,4 +40,6 @@ def open_store(data_dir: Path, database_url: str | None) -> Store:
         raise StoreError("password_in_database_url")
     from sync.gateway.store.postgres import PgStore
 
-    return PgStore(database_url)
+    if pool_size is None:
+        return PgStore(database_url)
+    return PgStore(database_url, pool_size=pool_size)

@@ -59,7 +59,9 @@ LOCK_TIMEOUT_MS = 30_000  # how long a writer waits for a lock (SQLite: busy tim
 IDLE_IN_TRANSACTION_MS = 60_000  # a stalled writer loses its locks rather than stall its sites
 CONNECT_TIMEOUT_S = 10
 POOL_SIZE = 10  # connections per gateway process; N processes need N·POOL_SIZE ≤ max_connections
-POOL_WAIT_S = 30  # how long a request waits for a free connection before "database_busy"
+# How long a request waits for a free connection before "database_busy" (503 + Retry-After):
+# short, so an overloaded gateway answers "come back later" instead of holding the request.
+POOL_WAIT_S = 5.0
 SCHEMA_LOCK_KEY = 0x6761_7465  # pg_advisory_xact_lock key taken while creating the schema
 # The planner needs statistics to page the feed by index (an unanalysed table makes every
 # history page join all later changes: quadratic in a full pull). Autovacuum analyses within a
@@ -170,9 +172,12 @@ class _Pool:
     dropped; after one breaks, the idle ones are dropped too (a server restart kills them all).
     """
 
-    def __init__(self, dsn: str, size: int, setup: Sequence[str]) -> None:
+    def __init__(
+        self, dsn: str, size: int, setup: Sequence[str], wait_s: float = POOL_WAIT_S
+    ) -> None:
         self._dsn = dsn
         self._setup = tuple(setup)
+        self._wait_s = wait_s
         self._idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
         self._closed = False
@@ -197,7 +202,7 @@ class _Pool:
     def get(self) -> psycopg.Connection[Any]:
         if self._closed:
             raise StoreError("closed")
-        if not self._slots.acquire(timeout=POOL_WAIT_S):
+        if not self._slots.acquire(timeout=self._wait_s):
             raise DatabaseFailure("database_busy")
         try:
             while True:
@@ -310,8 +315,10 @@ class PgConnections:
     """This process's connections to one database: a pool of at most ``size``, and for each
     thread the one its open transaction holds. ``setup`` runs on each new connection."""
 
-    def __init__(self, dsn: str, size: int, setup: Sequence[str]) -> None:
-        self._pool = _Pool(dsn, size, setup)
+    def __init__(
+        self, dsn: str, size: int, setup: Sequence[str], wait_s: float = POOL_WAIT_S
+    ) -> None:
+        self._pool = _Pool(dsn, size, setup, wait_s)
         self._local = threading.local()
         self._closed = False
         # Round trips to the server so far (statements, pipelines, BEGIN and COMMIT), for the
@@ -364,9 +371,10 @@ class PgStore(SqlStore):
         *,
         clock: Callable[[], dt.datetime] = utc_now,
         pool_size: int = POOL_SIZE,
+        pool_wait_s: float = POOL_WAIT_S,
     ) -> None:
         dialect = DIALECT
-        self._pg = PgConnections(dsn, pool_size, dialect.connection_setup)
+        self._pg = PgConnections(dsn, pool_size, dialect.connection_setup, pool_wait_s)
         super().__init__(self._pg, dialect, clock=clock)
 
     def _write_tx(self) -> PgWriteTx:
