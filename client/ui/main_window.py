@@ -426,6 +426,8 @@ class MainWindow(QMainWindow):
         session, self.session = self.session, None
         if session is None:
             return
+        # The auditor's remembered password goes at once (the vault closes on the worker).
+        session.reauth.forget()
         self.idle.stop()
         if self.runner is not None:
             self.runner.revoke()
