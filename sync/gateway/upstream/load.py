@@ -27,7 +27,8 @@ Invariants:
   is redone by the next one without loss or duplication (a re-read version is "unchanged").
 - A note filed from here comes back from the upstream under the upstream's id: it is held
   under the gateway's own id (``upstream_filed``), its echo is never written again, and an
-  upstream edit of it becomes its next version here; references to filed resources are
+  upstream edit of it becomes its next version here, tagged filed (it is the health
+  record's version: ``sync.protocol.fhir.filing``); references to filed resources are
   rewritten back to the gateway's ids.
 - A linked site whose membership reads as empty while the gateway holds patients for it is
   refused (``membership_emptied``) rather than purge a whole prison on a misconfigured Group.
@@ -48,6 +49,7 @@ from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.membership import Membership, read_membership
 from sync.gateway.upstream.references import rewrite
 from sync.gateway.upstream.search import keyset_search
+from sync.protocol.fhir.filing import FILED, FilingTag, with_filing_tag
 from sync.protocol.fhir.paging import last_updated
 from sync.protocol.fhir.validate import InvalidResource, parse_instant, validate_resource
 from sync.protocol.fhir.vocabulary import CLINICAL_TYPES, PATIENT
@@ -116,6 +118,8 @@ class _Writer:
             validate_resource(resource)
             body = rewrite(resource, self._to_gateway)
             body["id"] = rid
+            if mine is not None:  # the health record's version of a note filed from here
+                body = with_filing_tag(body, FilingTag(FILED))
             if rtype == PATIENT:
                 body["managingOrganization"] = {"reference": f"Organization/{site}"}
             res.check_resource(body, rtype)
