@@ -26,12 +26,12 @@ from typing import Any, Literal
 
 from client.core.humanize import format_moment
 from client.core.records import LOCAL_VERSION, client_id_of, parse_fhir_datetime
-from sync.protocol.fhir.filing import FILED, HELD, filing_tag
+from sync.protocol.fhir.filing import CONFLICT, FILED, HELD, filing_tag
 
 FilingKind = Literal["laptop", "conflict", "gateway", "filed", "held"]
 
 SAVED_ON_LAPTOP = "Saved on this laptop (not yet sent)"
-IN_CONFLICT = "Saved on this laptop: the gateway's copy changed too (see Conflicts)"
+IN_CONFLICT = "Saved on this laptop: the record was changed elsewhere too (open Conflicts)"
 AT_GATEWAY = "At the gateway (not yet filed in the health record)"
 FILED_WORDS = "Filed in the health record"
 HELD_WORDS = "Held at the gateway: {reason}. IT has been told."
@@ -90,7 +90,9 @@ def note_filing(
     tag = filing_tag(resource)
     since = parse_fhir_datetime(meta.get("lastUpdated"))
     when = f" on {format_moment(since)}" if since is not None else ""
-    if tag is not None and tag.code == FILED:
+    if tag is not None and tag.code in (FILED, CONFLICT):
+        # CONFLICT: the health record's own version (changed there); the laptop whose edit it
+        # crossed has an open conflict, which the outbox state above shows instead.
         return NoteFiling("filed", f"{FILED_WORDS}{when}", since)
     if tag is not None and tag.code == HELD:
         reason = HELD_REASONS.get(tag.reason or "", HELD_OTHERWISE)

@@ -14,7 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
+from client.core.audit_log import AuditLog
 from client.core.chart import TimelineEntry, open_chart
+from client.core.conflicts import list_conflicts, resolve_conflict
 from client.core.consultation import queue_update
 from client.core.records import get
 from client.core.vault import Vault
@@ -216,3 +218,63 @@ def test_a_held_note_shows_held_with_the_reason_then_filed_after_retry(
             if t.get("system") == FILING_SYSTEM
         ]
         assert [t["code"] for t in held_tags] == ["filed"]
+
+
+def test_an_upstream_412_reaches_the_clinician_through_the_conflict_flow(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The board edits a filed note while the laptop's edit of it is on its way up: the
+    upstream refuses the edit (412), the health record's version comes down tagged conflict,
+    and the laptop that wrote the edit opens a conflict; "keep mine" files the edit."""
+    n = next(_run)
+    with running_gateway(tmp_path / "gw") as gw:
+        store: SqlStore = gw.store
+        data = gateway_data(tmp_path)
+        _configure(data, medplum)
+        pid = f"f{n}-p"
+        _link(store, medplum, n, pid)
+        run_pass(data, store)
+        vault, config = _laptop(gw, tmp_path, n)
+        assert sync_once(vault, config, site=SITE_A).ok
+        write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
+        assert sync_once(vault, config, site=SITE_A).ok
+        run_pass(data, store)
+        assert sync_once(vault, config, site=SITE_A).ok
+        nid = _note_id(vault, pid)
+        filed = store.filed("DocumentReference", nid)
+        assert filed is not None
+        theirs = medplum.read("DocumentReference", filed.upstream_id)
+        assert theirs is not None
+        medplum.put(theirs | {"description": "Board's edit"})  # at the board
+        stored = get(vault.connection, "DocumentReference", nid)
+        assert stored is not None
+        with vault.transaction() as conn:
+            queue_update(conn, dict(stored) | {"description": "Laptop's edit"}, now=_now())
+        assert sync_once(vault, config, site=SITE_A).pushed == 1  # the gateway takes it
+        counts = run_pass(data, store, reconcile=False).counts
+        assert counts["outbox_conflict"] == 1 and counts["conflict_sent_down"] == 1
+        result = sync_once(vault, config, site=SITE_A)
+        assert result.ok
+        open_conflicts = list_conflicts(vault.connection)
+        assert len(open_conflicts) == 1
+        conflict = open_conflicts[0]
+        assert conflict.local_body["description"] == "Laptop's edit"
+        assert conflict.server_body is not None
+        assert conflict.server_body["description"] == "Board's edit"
+        state = _timeline(vault, pid)[nid].filing
+        assert state is not None and state.kind == "conflict"
+        actions = [e.action for e in AuditLog().entries(vault.connection)]
+        assert actions.count("sync_conflict") == 1
+        assert sync_once(vault, config, site=SITE_A).ok  # nothing opens twice
+        assert len(list_conflicts(vault.connection)) == 1
+        with vault.transaction() as conn:
+            resolve_conflict(conn, conflict.id, "mine", now=_now())
+        result = sync_once(vault, config, site=SITE_A)
+        assert result.ok and result.pushed == 1 and result.conflicts == 0
+        assert run_pass(data, store, reconcile=False).counts["outbox_filed"] == 1
+        upstream = medplum.read("DocumentReference", filed.upstream_id)
+        assert upstream is not None and upstream["description"] == "Laptop's edit"
+        assert sync_once(vault, config, site=SITE_A).ok
+        state = _timeline(vault, pid)[nid].filing
+        assert state is not None and state.kind == "filed"
+        assert list_conflicts(vault.connection) == []

@@ -77,6 +77,7 @@ UPSTREAM_SCHEMA: tuple[str, ...] = (
     done_us INTEGER
 )""",
     "CREATE INDEX IF NOT EXISTS upstream_outbox_state ON upstream_outbox (state, seq)",
+    "CREATE INDEX IF NOT EXISTS upstream_outbox_resource ON upstream_outbox (type, id, seq)",
     """CREATE TABLE IF NOT EXISTS upstream_filed (
     type TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -429,6 +430,15 @@ class UpstreamTables(SqlTables):
                 " WHERE seq = ? AND state IN ('held', 'conflict')",
                 (seq,),
             ).rowcount
+
+    def latest_outbox(self, rtype: str, rid: str) -> OutboxItem | None:
+        """The last version of this resource queued for the upstream (any state)."""
+        row = self._one(
+            f"SELECT {_OUTBOX_COLS} FROM upstream_outbox WHERE type = ? AND id = ?"  # noqa: S608
+            " ORDER BY seq DESC LIMIT 1",
+            (rtype, rid),
+        )
+        return None if row is None else _item(row)
 
     def outbox_stuck(self, rtype: str, rid: str) -> bool:
         """Whether a version of this resource is held or in conflict (not filed, not coming)."""
