@@ -278,3 +278,26 @@ def test_an_upstream_412_reaches_the_clinician_through_the_conflict_flow(
         state = _timeline(vault, pid)[nid].filing
         assert state is not None and state.kind == "filed"
         assert list_conflicts(vault.connection) == []
+
+
+def test_a_note_naming_its_site_organization_held_by_the_gateway_is_filed(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """A gateway seeded with its sites' Organizations (as ``seed`` and ``make demo`` do): the
+    Encounter's ``serviceProvider`` names one; it is no note to wait for (found by the demo)."""
+    n = next(_run)
+    with running_gateway(tmp_path / "gw") as gw:
+        store: SqlStore = gw.store
+        data = gateway_data(tmp_path)
+        _configure(data, medplum)
+        pid = f"f{n}-p"
+        _link(store, medplum, n, pid)
+        with store.write() as tx:
+            tx.put("Organization", SITE_A, {"resourceType": "Organization", "id": SITE_A})
+        run_pass(data, store)
+        vault, config = _laptop(gw, tmp_path, n)
+        assert sync_once(vault, config, site=SITE_A).ok
+        write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
+        assert sync_once(vault, config, site=SITE_A).ok
+        counts = run_pass(data, store).counts
+        assert counts["outbox_filed"] == 3 and "outbox_waiting" not in counts

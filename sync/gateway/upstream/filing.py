@@ -19,7 +19,8 @@ it, ``store.upstream_tables``). A filing pass takes the pending rows in commit (
 - a **delete** is ``DELETE [type]/[upstream id]`` (404/410 count as done);
 - a **Patient** a device wrote is never sent (held, ``patient_not_filed``): the gateway's copy
   names the site instead of the board's Organization;
-- references to other gateway resources are rewritten to their upstream ids; a reference to
+- references to other gateway resources are rewritten to their upstream ids (only clinical
+  types: a site's Organization, never written by a laptop, is left as it is); a reference to
   one not filed yet makes the row wait (``waiting_for_reference``), and to one held or in
   conflict holds it too (``depends_on_held``), so one refused note never blocks the others.
 
@@ -56,7 +57,7 @@ from sync.gateway.upstream.references import rewrite
 from sync.gateway.upstream.stamps import stamp_in_tx
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.filing import without_filing_tags
-from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM, PATIENT
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM, CLINICAL_TYPES, PATIENT
 
 FHIR_JSON = "application/fhir+json"
 RETURN_ALL = "return=representation"
@@ -361,6 +362,8 @@ class Filer:
             return self._local[(rtype, rid)]  # an earlier entry of the same transaction
         if rtype == PATIENT:
             return None  # patients are imported: the same id on both sides
+        if rtype not in CLINICAL_TYPES:
+            return None  # e.g. the site's Organization: never written by a laptop, never filed
         filed = self.store.filed(rtype, rid)
         if filed is not None:
             return filed.upstream_id
