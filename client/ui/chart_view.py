@@ -256,7 +256,9 @@ def _section(title: str) -> QLabel:
 def filing_label(filing: NoteFiling) -> QLabel:
     """Where the note has got to: a text mark and one plain sentence, reachable with Tab (a
     screen reader reads its accessible name)."""
-    label = data_label(f"{FILING_MARKS[filing.kind]} {filing.words}", role=f"filing-{filing.kind}")
+    label = data_label(
+        f"{FILING_MARKS[filing.kind]} {filing.words}", role=f"filing-{filing.kind}", wrap=True
+    )
     label.setObjectName("note_filing")
     label.setAccessibleName(f"Filing: {filing.words}")
     label.setFocusPolicy(Qt.FocusPolicy.TabFocus)
