@@ -332,6 +332,15 @@ class UpstreamTables(SqlTables):
         )
         return [_item(r) for r in rows]
 
+    def outbox_timings(self) -> list[tuple[str, str, dt.datetime, dt.datetime | None]]:
+        """(type, id, queued at, closed at or None) of every outbox row, oldest first
+        (benchmarks: the note-to-upstream latency)."""
+        rows = self._rows("SELECT type, id, queued_us, done_us FROM upstream_outbox ORDER BY seq")
+        return [
+            (str(t), str(i), from_us(int(q)), None if d is None else from_us(int(d)))
+            for t, i, q, d in rows
+        ]
+
     def outbox_counts(self) -> dict[str, int]:
         rows = self._rows("SELECT state, COUNT(*) FROM upstream_outbox GROUP BY state")
         return {str(s): int(c) for s, c in rows}
