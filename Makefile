@@ -67,7 +67,10 @@ package: venv sysdeps
 
 # Local gateway with synthetic data, a provisioned device and the client; with no display (or
 # HEADLESS=1) the same journey runs headless and writes demo-out/NN-screen.png + summary.json.
+# With Node and Medplum (tried here; a failure only means no upstream) the patients come from an
+# upstream FHIR server and the note is shown filed in the health record (scripts/demo_upstream.py).
 demo: venv sysdeps
+	-@$(MAKE) --no-print-directory medplum
 	bash scripts/demo.sh
 
 # The same journey with the frozen laptop bundle (dist/gatehouse) against the demo gateway.

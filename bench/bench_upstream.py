@@ -17,7 +17,17 @@ to a gateway site. Figures:
   scanning with FHIRPath: about 1-2 s at 1,000 resources against 13 ms for a plain create, so
   this figure is the server's, and the note count stays small at every scale.
 
+- **note-to-upstream latency**: ``LAPTOPS`` real laptops (SQLCipher vaults, the real sync
+  engine, mutual TLS to the real gateway) each write one consultation (Encounter, Observation,
+  note) and push at once; the gateway's upstream worker runs as ``serve`` runs it, with a poll
+  interval of ``LATENCY_POLL_S``. Latency per record = from its laptop's push returning (it is
+  at the gateway) to the moment a watcher sees its outbox row filed; p50/p95/max for the notes
+  and for every record. This runs against its own Medplum holding ``LATENCY_PATIENTS``
+  patients' records (~20 each): Medplum answers the identifier search of every conditional
+  create by scanning, so its size, not the gateway, sets the figure.
+
 ``GATEHOUSE_BENCH_SCALE`` (default 1: 1,000 patients, ~20k resources) or ``--quick`` (0.05).
+``--latency`` runs the latency part only.
 """
 
 from __future__ import annotations
@@ -26,8 +36,10 @@ import datetime as dt
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -39,14 +51,25 @@ from sync.gateway.upstream.load import PATIENT_CHUNK
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.passes import run_pass
 from sync.gateway.upstream.search import keyset_search
+from sync.gateway.upstream.worker import UpstreamWorker
 from sync.protocol.fhir.vocabulary import CLINICAL_TYPES
-from tests.support.gateway import create_entry, observation
+from tests.support.gateway import SITE_A, create_entry, observation, running_gateway
 from tests.support.medplum_server import running_medplum
-from tests.support.sync import SITE, seed_resources
+from tests.support.sync import (
+    SITE,
+    DeviceVault,
+    seed_resources,
+    sync_once,
+    transport_config,
+    write_consultations,
+)
 from tests.support.upstream import gateway_data
 
 PATIENTS_AT_SCALE_1 = 1_000
 NOTES = 25
+LAPTOPS = 50
+LATENCY_PATIENTS = 50
+LATENCY_POLL_S = 1.0
 
 
 def _scale() -> float:
@@ -81,7 +104,113 @@ def _same_queries(data: Path, patient_ids: list[str]) -> tuple[int, float]:
         return count, time.perf_counter() - started
 
 
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def _watch_filed(store: Any, stop: threading.Event, seen: dict[tuple[str, str], float]) -> None:
+    """Record, per gateway record, when its outbox row is first seen closed."""
+    while not stop.is_set():
+        for rtype, rid, _, done in store.outbox_timings():
+            if done is not None and (rtype, rid) not in seen:
+                seen[(rtype, rid)] = time.monotonic()
+        stop.wait(0.05)
+
+
+def latency() -> None:
+    """Note-to-upstream latency with ``LAPTOPS`` laptops pushing at once (module docstring)."""
+    resources = seed_resources(LATENCY_PATIENTS, seed=11, sites=1)
+    pids = sorted(r["id"] for r in resources if r["resourceType"] == "Patient")
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        with running_medplum(tmp / "medplum") as medplum, running_gateway(tmp / "gw") as gw:
+            medplum.seed(resources)
+            medplum.put(
+                {
+                    "resourceType": "Group", "id": "bench-group", "type": "person",
+                    "actual": True,
+                    "member": [{"entity": {"reference": f"Patient/{p}"}} for p in pids],
+                }
+            )  # fmt: skip
+            store: Any = gw.store
+            now = dt.datetime.now(dt.UTC)
+            store.add_site(SITE_A, SITE_A, now)
+            store.link_site(SITE_A, "group", "bench-group", now)
+            data = gateway_data(tmp)
+            creds = medplum.pki.device("gateway-upstream", "upstream")
+            set_upstream(
+                data, base=medplum.base, ca=str(medplum.pki.ca_path),
+                cert=str(creds.cert_path), key=str(creds.key_path),
+            )  # fmt: skip
+            run_pass(data, store)
+            laptops = []
+            for i in range(LAPTOPS):
+                device = DeviceVault.create(tmp / f"laptop{i}.db", f"dev-l{i}")
+                store.set_device(f"dev-l{i}", SITE_A, "active")
+                config = transport_config(
+                    gw.url, gw.pki.server_pin, gw.pki.device(f"dev-l{i}", SITE_A)
+                )
+                with device.open() as vault:  # a vault is used by the thread that opened it
+                    if not sync_once(vault, config, site=SITE_A).ok:
+                        raise SystemExit("bench: a laptop's first sync failed")
+                    write_consultations(vault, [pids[i % len(pids)]], 1, f"l{i}", site=SITE_A)
+                laptops.append((device, config))
+            pushed_at: dict[tuple[str, str], float] = {}
+
+            def push(i: int) -> None:
+                device, config = laptops[i]
+                with device.open() as vault:
+                    if not sync_once(vault, config, site=SITE_A).ok:
+                        raise SystemExit("bench: a laptop's push failed")
+                    now = time.monotonic()
+                    for rtype, server_id in vault.connection.execute(
+                        "SELECT resource_type, server_id FROM outbox WHERE state = 'sent'"
+                    ).fetchall():
+                        pushed_at[(str(rtype), str(server_id))] = now
+
+            stop = threading.Event()
+            seen: dict[tuple[str, str], float] = {}
+            watcher = threading.Thread(target=_watch_filed, args=(store, stop, seen), daemon=True)
+            watcher.start()
+            worker = UpstreamWorker(data, store, LATENCY_POLL_S)
+            worker.start()
+            started = time.monotonic()
+            threads = [threading.Thread(target=push, args=(i,)) for i in range(LAPTOPS)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            pushed_s = time.monotonic() - started
+            rows = store.outbox_timings()
+            deadline = time.monotonic() + 1800
+            while len(seen) < len(rows) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            drained_s = time.monotonic() - started
+            worker.stop(timeout=120)
+            stop.set()
+            watcher.join()
+            counts = store.outbox_counts()
+            every = {key: seen[key] - pushed_at[key] for key in seen if key in pushed_at}
+            notes = [v for (rtype, _), v in every.items() if rtype == "DocumentReference"]
+            print(
+                f"latency: {LAPTOPS} laptops pushed {len(rows)} records at once in"
+                f" {pushed_s:.2f} s; outbox {counts}; drained {drained_s:.1f} s after the first"
+                f" push (Medplum holding {len(resources)} resources, poll {LATENCY_POLL_S} s)"
+            )
+            for name, values in (("notes", notes), ("all records", list(every.values()))):
+                if values:
+                    print(
+                        f"note-to-upstream latency, {name} ({len(values)}): p50"
+                        f" {_percentile(values, 0.5):.1f} s, p95 {_percentile(values, 0.95):.1f}"
+                        f" s, max {max(values):.1f} s (from its laptop's push returning)"
+                    )
+
+
 def main() -> None:
+    if "--latency" in sys.argv:
+        latency()
+        return
     scale = _scale()
     patients = max(10, int(PATIENTS_AT_SCALE_1 * scale))
     resources = seed_resources(patients, seed=7, sites=1)
@@ -143,6 +272,8 @@ def main() -> None:
                 )
             finally:
                 store.close()
+
+    latency()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ device secrets go to a real Secret Service, never a file). Everything lands in `
 (default ``demo-out/``):
 
     gateway/      the gateway's data folder (CA, keys, SQLite store)
+    medplum/      the upstream's PKI, when Medplum runs (``scripts/demo_upstream.py``)
     keys/         the policy signing key pair (demo only)
     policy.json   the policy as edited; policy.jws the signed envelope
     bundle.json   the one-time provisioning bundle
@@ -17,7 +18,10 @@ With a display and without ``HEADLESS=1`` it opens the client on the first-run p
 screen with the bundle preselected and waits for it to close. Otherwise it drives the same
 journey headless (Qt offscreen, ``client/ui/journey.py``), printing each step. The gateway
 always runs as a subprocess (``gatehouse-gateway serve``) and is stopped at the end, also on
-failure.
+failure. With Node and Medplum installed (``make medplum``) the patients come from an upstream
+FHIR server (Medplum, in memory) linked per prison to a Group, and the demo's note is shown
+"Filed in the health record" (``scripts/demo_upstream.py``); without them the gateway is seeded
+directly and ``summary.json`` says why (``upstream.used``, ``upstream.why``).
 
 ``--client CMD`` (or ``DEMO_CLIENT``) runs the client half with that client instead of in this
 process — e.g. the frozen ``dist/gatehouse/gatehouse`` (``packaging/demo_frozen.sh``): it gets
@@ -29,6 +33,7 @@ The gateway half always stays in this Python.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -38,12 +43,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import demo_upstream  # noqa: E402 - scripts/demo_upstream.py, next to this file
+
 BIN = Path(sys.executable).parent
 SITE = "hmp-brixton"
 OTHER_SITE = "hmp-pentonville"
@@ -92,7 +99,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def set_up_gateway(out: Path, port: int) -> dict[str, Path]:
+def set_up_gateway(
+    out: Path, port: int, records_in: Callable[[Path], None] | None = None
+) -> dict[str, Path]:
     gw, keys = out / "gateway", out / "keys"
     gateway, policy_cli = BIN / "gatehouse-gateway", BIN / "gatehouse-policy"
     step("initialising the gateway (device CA, server keys, escrow and receipt keys)")
@@ -131,8 +140,10 @@ def set_up_gateway(out: Path, port: int) -> dict[str, Path]:
     )
     run([gateway, "policy", "trust", "add", "--data", gw, keys / "policy-signing.pub.pem"])
     run([gateway, "policy", "publish", "--data", gw, out / "policy.jws"])
-    step(f"seeding synthetic prison health data (2 sites, {PATIENTS} patients)")
-    run([gateway, "seed", "--data", gw, "--sites", "2", "--patients", str(PATIENTS), "--seed", "1"])
+    if records_in is not None:
+        records_in(gw)
+    else:
+        seed_gateway(gw)
     step("adding a demo clinician and a demo auditor")
     for (user, password), role in ((NURSE, "clinician"), (AUDITOR, "auditor")):
         run(
@@ -156,6 +167,16 @@ def set_up_gateway(out: Path, port: int) -> dict[str, Path]:
         ]
     )
     return {"gateway": gw, "bundle": bundle}
+
+
+def seed_gateway(gw: Path) -> None:
+    step(f"seeding synthetic prison health data (2 sites, {PATIENTS} patients)")
+    run(
+        [
+            BIN / "gatehouse-gateway", "seed", "--data", gw, "--sites", "2",
+            "--patients", str(PATIENTS), "--seed", "1",
+        ]
+    )  # fmt: skip
 
 
 def start_gateway(gw: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -191,7 +212,13 @@ def stop_gateway(server: subprocess.Popen[bytes]) -> None:
 
 
 def transfer_patient(gw: Path, patient_id: str, site: str) -> None:
-    """IT moves a patient to another prison on the gateway (a new version of the Patient)."""
+    """IT moves a patient to another prison: upstream (the board moves them between Groups and
+    the gateway's next poll makes it a transfer) or, without an upstream, on the gateway (a new
+    version of the Patient)."""
+    upstream = demo_upstream.configured(gw)
+    if upstream is not None:
+        demo_upstream.transfer_upstream(gw, upstream, patient_id, site)
+        return
     from sync.gateway import datadir
     from sync.gateway.store.loader import load_resources
     from sync.gateway.store.sqlite import SqliteStore
@@ -220,6 +247,18 @@ class InProcessGateway:
 
     def transfer_patient(self, patient_id: str) -> None:
         transfer_patient(self.gw, patient_id, OTHER_SITE)
+
+    def wait_filed(self) -> bool:
+        return wait_filed(self.gw)
+
+
+def wait_filed(gw: Path) -> bool:
+    """Whether the gateway has an upstream and filed every pushed note into it in time."""
+    if demo_upstream.configured(gw) is None:
+        return False
+    counts = demo_upstream.wait_filed(gw)
+    step(f"gateway's upstream outbox: {json.dumps(counts, sort_keys=True)}")
+    return bool(counts.get("filed")) and not counts.get("pending")
 
 
 def demo_users() -> Any:
@@ -281,9 +320,20 @@ def journey_frozen(client: str, out: Path, bundle: Path, gw: Path) -> dict[str, 
 
 
 def gateway_op(argv: Sequence[str]) -> int:
-    """``demo.py gateway-op GATEWAY_DIR transfer-patient PATIENT_ID``: the frozen client's hook."""
+    """``demo.py gateway-op GATEWAY_DIR transfer-patient PATIENT_ID | wait-filed``: the frozen
+    client's hook (``wait-filed`` exits 0 once filed, ``NO_UPSTREAM_EXIT`` without one)."""
+    if len(argv) == 2 and argv[1] == "wait-filed":
+        from client.ui.journey_inputs import NO_UPSTREAM_EXIT
+
+        gw = Path(argv[0])
+        if demo_upstream.configured(gw) is None:
+            return NO_UPSTREAM_EXIT
+        return 0 if wait_filed(gw) else 1
     if len(argv) != 3 or argv[1] != "transfer-patient":
-        print("usage: demo.py gateway-op GATEWAY_DIR transfer-patient PATIENT_ID", file=sys.stderr)
+        print(
+            "usage: demo.py gateway-op GATEWAY_DIR (transfer-patient PATIENT_ID | wait-filed)",
+            file=sys.stderr,
+        )
         return 2
     transfer_patient(Path(argv[0]), argv[2], OTHER_SITE)
     print(f"patient transferred to {OTHER_SITE}")
@@ -327,7 +377,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     fresh_out(out)
     port = free_port()
-    paths = set_up_gateway(out, port)
+    with contextlib.ExitStack() as stack:
+        upstream: dict[str, Any] = {}
+
+        def records_in(gw: Path) -> None:
+            upstream.update(
+                stack.enter_context(
+                    demo_upstream.running_upstream(
+                        out, gw, (SITE, OTHER_SITE), PATIENTS, run, step, BIN / "gatehouse-gateway"
+                    )
+                )
+            )
+            if not upstream["used"]:
+                step(f"no upstream ({upstream['why']}): the gateway is seeded directly")
+                seed_gateway(gw)
+
+        paths = set_up_gateway(out, port, records_in)
+        return _serve_and_run(out, port, paths, client, headless, started, upstream)
+
+
+def _serve_and_run(
+    out: Path,
+    port: int,
+    paths: dict[str, Path],
+    client: str | None,
+    headless: bool,
+    started: float,
+    upstream: dict[str, Any],
+) -> int:
     server = start_gateway(paths["gateway"], port, out / "gateway.log")
     try:
         if headless:
@@ -338,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 summary = journey_in_process(out, paths["bundle"], paths["gateway"])
             summary["journey_seconds"] = round(time.monotonic() - journey_started, 1)
             summary["gateway_data"] = str(paths["gateway"])
+            summary["upstream"] = upstream
             verify = subprocess.run(  # noqa: S603 - the venv's own verifier
                 [str(BIN / "gatehouse-audit"), "verify", summary["audit_export"]],
                 capture_output=True,

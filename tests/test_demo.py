@@ -17,6 +17,7 @@ from client.ui.qt import QImage
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+MEDPLUM = ROOT / "tests/support/medplum"
 pytestmark = pytest.mark.secret_service
 
 
@@ -75,6 +76,16 @@ def test_headless_demo_runs_the_whole_journey_and_leaves_checkable_results(
     assert sync["push_errors"] == 0, sync["runs"]
     assert [run["push_errors"] for run in sync["runs"]][-1] == 0
     assert summary["draft_restored"] is True  # typed before the idle lock, back after sign-in
+    # Issue 14: with Medplum installed (make medplum) the patients come from the upstream and
+    # the note is shown filed in the health record; without it the demo says why.
+    upstream = summary["upstream"]
+    if shutil.which("node") and (MEDPLUM / "node_modules/@medplum/fhir-router").is_dir():
+        assert upstream["used"] is True, upstream
+        assert sum(upstream["patients"].values()) == 200
+        assert summary["note_shown_filed"] is True
+        assert any("chart-filed" in name for name in summary["screens"])
+    else:
+        assert upstream["used"] is False and upstream["why"], upstream
     assert summary["time_zone"] == "Europe/London"
     assert summary["audit_search_rows"] > 0  # who opened the patient, found by NHS number
     assert summary["chart_150_points"] == [911, 512]  # the chart fits 1366x768 at 150%

@@ -10,6 +10,8 @@ Invariants:
   ``meta.lastUpdated``); entered-in-error and cancelled Observations never show.
 - Timeline: encounters and notes, newest first, undated entries last; notes decoded to text
   (only ``text/plain`` attachments, bounded size; anything else is named, not shown).
+- Each timeline entry written on a laptop says where it has got to (``note_filing``: saved on
+  this laptop, at the gateway, filed in the health record, or held with the reason).
 - Read-only: opening a chart never writes (the session audits the view in its own transaction).
 - Unknown shapes in stored resources degrade to empty fields, never to an exception.
 """
@@ -26,6 +28,7 @@ from typing import Any
 
 from client.core.completeness import Completeness, patient_completeness
 from client.core.errors import UserFacingError
+from client.core.note_filing import NoteFiling, note_filing, unsent_ids
 from client.core.records import (
     LOCAL_VERSION,
     coding_code,
@@ -130,6 +133,7 @@ class TimelineEntry:
     title: str
     text: str
     unsent: bool
+    filing: NoteFiling | None = None  # where a note written on a laptop has got to
 
 
 @dataclass(frozen=True)
@@ -288,10 +292,13 @@ def _note_title(doc: Mapping[str, Any]) -> str:
     return concept_text(doc.get("type")) or "Note"
 
 
-def _timeline_entry(res: Mapping[str, Any]) -> TimelineEntry | None:
+def _timeline_entry(
+    res: Mapping[str, Any], unsent_ids: Mapping[tuple[str, str], str] | None = None
+) -> TimelineEntry | None:
     rid = str(res.get("id", ""))
     meta = res.get("meta")
     unsent = isinstance(meta, dict) and meta.get("versionId") == LOCAL_VERSION
+    filing = note_filing(res, unsent_ids)
     if res.get("resourceType") == "Encounter":
         if res.get("status") in ("entered-in-error", "cancelled"):
             return None
@@ -303,14 +310,14 @@ def _timeline_entry(res: Mapping[str, Any]) -> TimelineEntry | None:
             if t
         )
         when = parse_fhir_datetime(_start(res.get("period")))
-        return TimelineEntry("encounter", rid, when, title, text, unsent)
+        return TimelineEntry("encounter", rid, when, title, text, unsent, filing)
     if res.get("status") == "entered-in-error":
         return None
     context = res.get("context")
     when = parse_fhir_datetime(res.get("date")) or parse_fhir_datetime(
         _start(context.get("period") if isinstance(context, dict) else None)
     )
-    return TimelineEntry("note", rid, when, _note_title(res), _note_text(res), unsent)
+    return TimelineEntry("note", rid, when, _note_title(res), _note_text(res), unsent, filing)
 
 
 def _alert_current(flag: Mapping[str, Any], today: date) -> bool:
@@ -352,6 +359,7 @@ def open_chart(
     meds: list[Medication] = []
     latest: dict[str, tuple[datetime, str, VitalReading]] = {}
     timeline: list[TimelineEntry] = []
+    unsent = unsent_ids(conn, patient_id)
     for res in patient_resources(conn, patient_id):
         rtype, rid = res.get("resourceType"), str(res.get("id", ""))
         if rtype == "Flag" and is_active(res) and _alert_current(res, today):
@@ -413,7 +421,7 @@ def open_chart(
                 if held is None or key > held[:2]:
                     latest[reading.kind] = (*key, reading)
         elif rtype in ("Encounter", "DocumentReference"):
-            entry = _timeline_entry(res)
+            entry = _timeline_entry(res, unsent)
             if entry is not None:
                 timeline.append(entry)
     alerts.sort(key=lambda a: (a.since or date.min, a.id), reverse=True)

@@ -5,6 +5,8 @@ Invariants:
   the pending queue (state ``conflict``), in the caller's transaction. For an update it keeps
   the body that was sent as "mine" and puts the server's version (or its absence) in the store:
   the store shows the server's truth, the edit lives in the conflict.
+- ``record_upstream_conflict``: an edit the gateway accepted but the health record refused
+  (its 412, learnt through the normal sync) opens a conflict the same way, on the sent entry.
 - A resource with an open conflict cannot be edited again until it is resolved
   (``has_open_conflict``).
 - ``resolve_conflict`` closes a conflict in the caller's transaction: ``theirs`` keeps the
@@ -74,6 +76,42 @@ def record_conflict(
         " server_body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (seq, entry.resource_type, entry.local_id, entry.patient_id, orjson.dumps(local),
          server_body, utc_iso(now or datetime.now(UTC))),
+    ).lastrowid  # fmt: skip
+    return rowid(cid)
+
+
+def record_upstream_conflict(
+    conn: sqlite3.Connection,
+    rtype: str,
+    rid: str,
+    refused_version: str,
+    server_resource: Mapping[str, Any],
+    *,
+    now: datetime | None = None,
+) -> int | None:
+    """The health record changed ``rtype/rid`` while this laptop's edit of it (the server's
+    version ``refused_version``) was on its way up, so the edit was not filed there: the
+    gateway sent the health record's version down tagged ``conflict``
+    (``sync.protocol.fhir.filing``), already applied to the store. Opens a conflict on this
+    laptop's sent update (the existing conflict flow: keep mine queues the edit again on top of
+    the health record's version) and returns its id; None when this laptop did not write that
+    version, or its conflict was already opened or resolved (re-reading a page adds nothing)."""
+    require_transaction(conn)
+    row = conn.execute(
+        "SELECT seq, patient_id, body FROM outbox WHERE resource_type = ? AND local_id = ?"
+        " AND operation = 'update' AND state = 'sent' AND server_version = ?"
+        " AND last_error IS NOT 'conflict_resolved' ORDER BY seq DESC LIMIT 1",
+        (rtype, rid, refused_version),
+    ).fetchone()
+    if row is None or has_open_conflict(conn, rtype, rid):
+        return None
+    seq, patient_id, body = row
+    conn.execute("UPDATE outbox SET state = 'conflict' WHERE seq = ?", (seq,))
+    cid = conn.execute(
+        "INSERT INTO conflicts (outbox_seq, resource_type, local_id, patient_id, local_body,"
+        " server_body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (seq, rtype, rid, patient_id, body, orjson.dumps(server_resource),
+         utc_iso(now or datetime.now(UTC))),
     ).lastrowid  # fmt: skip
     return rowid(cid)
 

@@ -6,7 +6,8 @@ Invariants:
   neither the change nor its outbox row.
 - Outbox bodies carry no id; a create carries no meta; an update carries only the labels the
   server had set (``meta.profile``, ``meta.security``, ``meta.tag``: ``SERVER_LABELS``), so an
-  update never strips them (issue 13 item 2); the local copy keeps them too. References
+  update never strips them (issue 13 item 2); the local copy keeps them too. The gateway's
+  filing tags are not carried: an edit is not filed until the gateway says so again. References
   between resources of one group (a consultation) are ``urn:uuid:<client id>`` (the bundle
   entry's fullUrl), rewritten to ``Type/<server id>`` once the target is sent.
 - ``list_outbox`` hands out pending entries in order and never splits a group.
@@ -42,6 +43,7 @@ from client.core.records import (
     touch_patients,
     utc_iso,
 )
+from sync.protocol.fhir.filing import without_filing_tags
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 
 
@@ -102,11 +104,13 @@ SERVER_LABELS = ("profile", "security", "tag")
 
 
 def server_labels(conn: sqlite3.Connection, resource_type: str, resource_id: str) -> dict[str, Any]:
-    """``meta.profile``/``security``/``tag`` of the stored copy of a resource ({}: none)."""
+    """``meta.profile``/``security``/``tag`` of the stored copy of a resource ({}: none), less
+    the gateway's filing tags (``sync.protocol.fhir.filing``): an edit is not filed yet."""
     stored = get(conn, resource_type, resource_id)
     meta = stored.get("meta") if stored is not None else None
     if not isinstance(meta, dict):
         return {}
+    meta = without_filing_tags({"meta": meta}).get("meta") or {}
     return {key: meta[key] for key in SERVER_LABELS if isinstance(meta.get(key), list)}
 
 

@@ -30,6 +30,10 @@ Invariants (on top of the protocol's own, docs/records.md §Sync replica):
 - A 412 for an update whose current server version equals, field for field, the body the
   device sent is the device's own write whose reply was lost (CR-2 for updates): it is marked
   sent (audited ``sync_sent``), not turned into a conflict with itself.
+- A version the gateway tagged ``conflict`` (the health record changed a note while this
+  laptop's edit of it was on its way up, issue 14) opens a conflict on that sent edit in the
+  page's transaction (``conflicts.record_upstream_conflict``), audited ``sync_conflict``: the
+  clinician decides in the existing conflict flow. Re-applying the page opens nothing twice.
 - Nothing here logs, and audit details hold codes and counts only, never record content.
 
 Length: one class implementing ``sync.device.replica.Replica``; every method is one step of the
@@ -68,6 +72,7 @@ from sync.device.replica import (
     SentItem,
     SyncSummary,
 )
+from sync.protocol.fhir.filing import CONFLICT, filing_tag
 
 MAX_QUARANTINE_RAW_BYTES: Final = 1024 * 1024  # enough to diagnose any item a page can carry
 MAX_QUARANTINE_TOTAL_BYTES: Final = 64 * 1024 * 1024  # a hostile server cannot fill the disk
@@ -202,6 +207,7 @@ class VaultReplica:
                 in_scope.append(resource)
         result = records.apply_resources(conn, in_scope, received_at=now)
         applied, ignored = result.applied, result.ignored
+        self._upstream_conflicts(conn, in_scope, now)
         quarantine: list[Quarantined] = list(page.quarantined)
         quarantine += [self._rejected(in_scope[r.index], r) for r in result.rejected]
         purged = held = deleted = 0
@@ -247,6 +253,37 @@ class VaultReplica:
             out_of_scope=out_of_scope,
             replaced_local=result.replaced_local,
         )
+
+    def _upstream_conflicts(
+        self, conn: Any, resources: Sequence[Mapping[str, Any]], now: datetime
+    ) -> None:
+        """A version the gateway tagged ``conflict`` (the health record changed it while this
+        laptop's edit was on its way up) opens a conflict on that edit, audited like a 412."""
+        for resource in resources:
+            tag = filing_tag(resource)
+            if tag is None or tag.code != CONFLICT or tag.version is None:
+                continue
+            rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
+            current = records.get(conn, rtype, rid)
+            if current is None or current.get("meta") != resource.get("meta"):
+                continue  # not the version the store holds (an older one, or refused)
+            conflict_id = conflicts.record_upstream_conflict(
+                conn, rtype, rid, tag.version, resource, now=now
+            )
+            if conflict_id is None:
+                continue
+            self._append(
+                conn,
+                now,
+                "sync_conflict",
+                patient_id=records.patient_of(resource),
+                detail={
+                    "resource_type": rtype,
+                    "conflict_id": conflict_id,
+                    "server_version": "present",
+                    "where": "upstream",
+                },
+            )
 
     def _patient_held(self, conn: Any, patient_id: str, known: dict[str, bool]) -> bool:
         """Whether the device holds ``patient_id`` as an in-scope patient (cached per page)."""

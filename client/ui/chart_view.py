@@ -12,7 +12,10 @@ Guarantees:
   on …" with why and what to do, never "No active alerts recorded" or a count of zero, and the
   banner says when the patient's site is not this laptop's.
 - Every string from the record is shown with ``data_label`` (Qt.PlainText, UI-1).
-- Timeline: newest first as the core orders it; unsent entries say "Not yet sent".
+- Timeline: newest first as the core orders it; an entry written on a laptop says where it
+  has got to (``client.core.note_filing``: "Saved on this laptop", "At the gateway", "Filed
+  in the health record on …", or held with the reason), as a text mark and words, reachable
+  with Tab.
 - Leaving it, the workspace drops its ``chart``, ``lockdown.scrub_tree`` empties its labels and
   the widget is deleted (UI-3).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 from client.core.chart import Banner, Chart, TimelineEntry, VitalReading
 from client.core.completeness import SECTION_NOT_HELD, not_available_lines
 from client.core.humanize import format_moment
+from client.core.note_filing import SAVED_ON_LAPTOP, NoteFiling
 from client.core.session import BREAK_GLASS_REASONS, BreakGlassGrant
 from client.ui.qt import (
     QFrame,
@@ -39,7 +43,14 @@ from client.ui.widgets import button, data_label, format_date, format_nhs, scrol
 SAFETY_SHARE = 0.28  # of the screen's height: beyond this the alert and allergy boxes scroll
 SAFETY_MIN_HEIGHT = 90  # points: at least the heads and first lines always show
 MAX_NOTE_CHARS_SHOWN = 4000  # a longer note is cut on screen (the record keeps all of it)
-UNSENT_MARK = "● Not yet sent"
+UNSENT_MARK = f"● {SAVED_ON_LAPTOP}"
+FILING_MARKS = {  # a text mark before the words: never colour alone
+    "laptop": "●",
+    "conflict": "●",
+    "gateway": "→",
+    "filed": "✓",
+    "held": "⚠",
+}
 
 
 NBSP = "\u00a0"  # keeps one banner item ("NHS No. 943 476 5919") on one line when it wraps
@@ -242,6 +253,18 @@ def _section(title: str) -> QLabel:
     return label
 
 
+def filing_label(filing: NoteFiling) -> QLabel:
+    """Where the note has got to: a text mark and one plain sentence, reachable with Tab (a
+    screen reader reads its accessible name)."""
+    label = data_label(
+        f"{FILING_MARKS[filing.kind]} {filing.words}", role=f"filing-{filing.kind}", wrap=True
+    )
+    label.setObjectName("note_filing")
+    label.setAccessibleName(f"Filing: {filing.words}")
+    label.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+    return label
+
+
 def _timeline_item(entry: TimelineEntry) -> QFrame:
     frame = QFrame()
     frame.setProperty("role", "unsent" if entry.unsent else "")
@@ -252,11 +275,13 @@ def _timeline_item(entry: TimelineEntry) -> QFrame:
     when = format_moment(entry.when) or "date not recorded"
     head = QHBoxLayout()
     head.addWidget(data_label(f"{when} · {kind} · {entry.title}", role="section", wrap=True), 1)
-    if entry.unsent:
+    if entry.unsent and (entry.filing is None or entry.filing.kind != "laptop"):
         mark = data_label(UNSENT_MARK, role="unsent")
-        mark.setAccessibleName("Not yet sent")
+        mark.setAccessibleName(SAVED_ON_LAPTOP)
         head.addWidget(mark)
     layout.addLayout(head)
+    if entry.filing is not None:
+        layout.addWidget(filing_label(entry.filing))
     text = entry.text
     if len(text) > MAX_NOTE_CHARS_SHOWN:
         more = len(text) - MAX_NOTE_CHARS_SHOWN

@@ -2,8 +2,9 @@
 
 ``run_journey`` provisions a laptop from IT's bundle, signs the clinician in for the first
 time (online), syncs, searches, opens a chart (also as a 1366×768 screen at 150% shows it),
-writes a consultation, syncs it up, saves a follow-up and begins another note that the idle
-lock keeps as a draft, signs in again while the gateway transfers the patient (through
+writes a consultation, syncs it up (with an upstream: waits for the gateway to file it, syncs
+again and shows it "Filed in the health record"), saves a follow-up and begins another note that
+the idle lock keeps as a draft, signs in again while the gateway transfers the patient (through
 ``gateway_ops``), syncs (the follow-up is filed at the new site), opens the transferred patient
 through break-glass (the draft comes back; the chart says what is not on this laptop), locks,
 signs the auditor in and opens the audit view, exporting the audit chain. Each step is a small
@@ -67,6 +68,7 @@ class Journey:
         "chart_at_150_percent",
         "consultation",
         "push_sync",
+        "filed_in_health_record",
         "transfer_and_follow_up",
         "transfer_sync",
         "break_glass",
@@ -97,6 +99,7 @@ class Journey:
         self.draft_restored = False
         self.audit_search_rows = 0
         self.chart_150_size: tuple[int, int] | None = None
+        self.filed_shown = False
         self.export = out_dir / "audit-export.json"
 
     # -- helpers ---------------------------------------------------------------------------
@@ -256,6 +259,36 @@ class Journey:
     def push_sync(self) -> None:
         step("sync: the consultation goes up")
         self.sync("sync-pushed")
+
+    def filed_in_health_record(self) -> None:
+        """With an upstream: the gateway files the note; the next sync says so in the chart."""
+        from client.ui.main_window import WINDOW_SIZE
+
+        if self.gateway_ops is None:
+            return
+        step("the gateway files the consultation into the health record (its upstream)")
+        if not self.gateway_ops.wait_filed():
+            step("no upstream, or not filed in time: the note stays 'At the gateway'")
+            return
+        self.sync("sync-filed")
+        workspace = self._workspace()
+        workspace.open_patient(self.patient.id)
+
+        def filed() -> bool:
+            chart = workspace.chart
+            return chart is not None and any(
+                e.filing is not None and e.filing.kind == "filed" for e in chart.timeline
+            )
+
+        wait_until(filed, "the note shown filed in the health record")
+        self.filed_shown = True
+        settle(0.2)
+        self.shoot(self.win, "chart-filed")
+        self.win.resize(*SCREEN_150)
+        settle(0.3)
+        self.shoot_scaled(self.win, "chart-filed-150", 1.5)
+        self.win.resize(*WINDOW_SIZE)
+        settle(0.2)
 
     def transfer_and_follow_up(self) -> None:
         from client.ui.consultation_form import ConsultationForm
@@ -420,6 +453,7 @@ class Journey:
             "break_glass_patient": self.patient.id if self.transferred else None,
             "screens": list(self.screens),
             "draft_restored": self.draft_restored,
+            "note_shown_filed": self.filed_shown,
             "chart_150_points": list(self.chart_150_size) if self.chart_150_size else None,
             "time_zone": DISPLAY_ZONE.key,
             "audit_search_rows": self.audit_search_rows,

@@ -36,6 +36,10 @@ class GatewayOps(Protocol):
     def transfer_patient(self, patient_id: str) -> None:
         """Move the patient to another site on the gateway (a new Patient version)."""
 
+    def wait_filed(self) -> bool:
+        """Wait until the gateway has filed every pushed note into the health record (its
+        upstream); False at once when the gateway has no upstream."""
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -74,8 +78,12 @@ class JourneyUsers:
         )
 
 
+NO_UPSTREAM_EXIT = 3  # ``CMD wait-filed``: the gateway has no upstream
+
+
 class HookGatewayOps:
-    """Gateway steps through a command: ``CMD transfer-patient PATIENT_ID`` (exit 0 = done).
+    """Gateway steps through a command: ``CMD transfer-patient PATIENT_ID`` (exit 0 = done),
+    ``CMD wait-filed`` (exit 0 = every note filed upstream; ``NO_UPSTREAM_EXIT``: no upstream).
 
     Used by the frozen client, which has no gateway code. A frozen (PyInstaller) process sets
     ``LD_LIBRARY_PATH`` to its own folder; the hook gets the caller's original value back so
@@ -98,7 +106,7 @@ class HookGatewayOps:
                     env[name] = original
         return env
 
-    def _run(self, args: Sequence[str]) -> None:
+    def _run(self, args: Sequence[str], other_ok: int | None = None) -> int:
         try:
             done = subprocess.run(  # noqa: S603 - the operator's own hook, no shell
                 [*self.command, *args],
@@ -112,9 +120,14 @@ class HookGatewayOps:
             raise JourneyError("gateway_hook", f"gateway hook did not run: {error}") from error
         for line in done.stdout.splitlines():
             print(f"    hook: {line}", flush=True)
-        if done.returncode != 0:
+        if done.returncode not in (0, other_ok):
             sys.stderr.write(done.stderr)
             raise JourneyError("gateway_hook", f"gateway hook {args[0]} exited {done.returncode}")
+        return done.returncode
 
     def transfer_patient(self, patient_id: str) -> None:
         self._run(["transfer-patient", patient_id])
+
+    def wait_filed(self) -> bool:
+        """``CMD wait-filed``: exit 0 filed, ``NO_UPSTREAM_EXIT`` when there is no upstream."""
+        return self._run(["wait-filed"], other_ok=NO_UPSTREAM_EXIT) == 0

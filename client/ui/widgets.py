@@ -64,6 +64,12 @@ QFrame[role="breakglass"] { background: #1b1f24; border: 3px solid #ffcc00; }
 QFrame[role="breakglass"] QLabel { color: #ffcc00; font-weight: 700; font-size: 12pt; }
 QFrame[role="unsent"] { background: #eef3ff; border: 1px dashed #2f4f9e; }
 QLabel[role="unsent"] { color: #1f3b80; font-weight: 700; }
+QLabel[role="filing-laptop"], QLabel[role="filing-conflict"] { color: #1f3b80; font-weight: 700; }
+QLabel[role="filing-gateway"] { color: #3d4650; font-weight: 600; }
+QLabel[role="filing-filed"] { color: #0b5d1e; font-weight: 700; }
+QLabel[role="filing-held"] { color: #8a1010; font-weight: 700; }
+QLabel#note_filing { border: 3px solid transparent; }
+QLabel#note_filing:focus { border: 3px solid #d14900; }
 QPushButton { padding: 5px 14px; border: 1px solid #7a8794; border-radius: 4px;
     background: #ffffff; }
 QPushButton:default { border: 2px solid #1b1f24; }

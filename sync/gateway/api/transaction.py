@@ -9,7 +9,11 @@ Invariants:
   same type in the device's site with that identifier → 200 with the existing resource, no
   new one (a retry after a lost reply is harmless). Two matches → 412.
 - Updates require ``ifMatch: W/"n"`` (versioned update): a mismatch → 412 carrying the current
-  version; an update never silently overwrites.
+  version; an update never silently overwrites. The one exception: versions after ``n`` that
+  are only the gateway's filing stamps (``sync.gateway.upstream.stamps``: same content, a
+  filing tag added) are no one's edit, so ``n`` is still the content the laptop edited.
+- The filing tags (``sync.protocol.fhir.filing``) are the gateway's: stripped from whatever a
+  laptop writes.
 - Site scope: a Patient written must be managed by the device's site; a clinical resource must
   reference a live patient of the device's site (else 404, indistinguishable from "no such
   patient"); an update or delete touches only resources of the device's site (else 404).
@@ -64,6 +68,7 @@ from sync.gateway.store.loader import prefetch_keys
 from sync.gateway.store.upstream_tables import UpstreamTables
 from sync.protocol.fhir import vocabulary as vocab
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
+from sync.protocol.fhir.filing import without_filing_tags
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
 
 log = logging.getLogger(__name__)
@@ -283,14 +288,28 @@ def _filed_elsewhere(
     return []
 
 
-def _existing_in_site(tx: WriteTx, entry: Entry, site: str) -> StoredResource:
+def _existing_in_site(
+    tx: WriteTx, entry: Entry, site: str, store: Store | None = None
+) -> StoredResource:
     assert entry.rid is not None
     current = tx.current(entry.rtype, entry.rid)
     if current is None or current.site != site:
         raise FhirError(404, "not-found", "not_found")
-    if entry.if_match is not None and entry.if_match != current.version_id:
+    if (
+        entry.if_match is not None
+        and entry.if_match != current.version_id
+        and not _only_stamped_since(store, entry, entry.if_match, current.version_id)
+    ):
         raise FhirError(412, "conflict", "version_mismatch", current=current)
     return current
+
+
+def _only_stamped_since(store: Store | None, entry: Entry, base: int, current: int) -> bool:
+    """Whether the versions after ``base`` only tag the note's filing state (the gateway's
+    filing stamps, ``sync.gateway.upstream.stamps``): then no one else edited it."""
+    if not isinstance(store, UpstreamTables) or entry.rid is None:
+        return False
+    return store.only_stamps_after(entry.rtype, entry.rid, base, current)
 
 
 def resolve_creates(
@@ -325,20 +344,28 @@ def resolve_creates(
     return existing, urn_map
 
 
-def execute(tx: WriteTx, entry: Entry, scope: Scope, existing: StoredResource | None) -> Outcome:
-    """Run one entry inside ``tx``; raise ``FhirError`` to refuse it."""
+def execute(
+    tx: WriteTx,
+    entry: Entry,
+    scope: Scope,
+    existing: StoredResource | None,
+    store: Store | None = None,
+) -> Outcome:
+    """Run one entry inside ``tx``; raise ``FhirError`` to refuse it. ``store``: the store of
+    ``tx``, for the filing stamps a laptop's ``ifMatch`` may name (None: none are known)."""
     assert entry.rid is not None
     site = scope.site
     if entry.method == "POST" and existing is not None:
         return Outcome(200, existing)  # ifNoneExist matched: exactly-once create
     if entry.method == "DELETE":
-        current = _existing_in_site(tx, entry, site)
+        current = _existing_in_site(tx, entry, site, store)
         if current.deleted:
             return Outcome(204, None)
         return Outcome(204, None, tx.delete(entry.rtype, entry.rid))
     assert entry.resource is not None
+    entry.resource = without_filing_tags(entry.resource)  # only the gateway sets them
     if entry.method == "PUT":
-        current = _existing_in_site(tx, entry, site)
+        current = _existing_in_site(tx, entry, site, store)
         if current.deleted:
             raise FhirError(410, "deleted", "deleted")
         if entry.if_match is None:
@@ -409,7 +436,7 @@ def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Ou
             key=lambda e: (ORDER[e.method], e.method == "POST" and e.rtype != vocab.PATIENT),
         )
         for entry in ordered:
-            outcomes[entry.index] = execute(tx, entry, scope, existing.get(entry.index))
+            outcomes[entry.index] = execute(tx, entry, scope, existing.get(entry.index), store)
         _queue_upstream(store, tx, outcomes.values())
     return [outcomes[e.index] for e in entries]
 
@@ -418,7 +445,7 @@ def run_batch_entry(store: Store, entry: Entry, scope: Scope) -> Outcome | FhirE
     try:
         with store.write() as tx:
             existing, _ = resolve_creates(tx, [entry], scope)
-            outcome = execute(tx, entry, scope, existing.get(entry.index))
+            outcome = execute(tx, entry, scope, existing.get(entry.index), store)
             _queue_upstream(store, tx, [outcome])
             return outcome
     except FhirError as err:

@@ -16,6 +16,9 @@ Invariants:
   A row leaves ``pending`` only for ``filed``, ``held`` (the upstream refused: its reason is
   kept) or ``conflict`` (an upstream 412); it is never deleted, so nothing is silently dropped.
   ``upstream_filed`` maps a gateway resource to its upstream id and version.
+- **Stamps.** ``upstream_stamps`` lists the versions the gateway wrote only to tag a note's
+  filing state (``sync.protocol.fhir.filing``): same content as the version before. A laptop's
+  ``ifMatch`` on a version followed only by stamps is not a conflict (``only_stamps_after``).
 - **One worker.** A pass runs only under the ``upstream_lease`` (one row), claimed by a
   conditional UPDATE inside the writer lock: held by one holder at a time across every gateway
   process sharing the database, renewed by its holder, taken over only once expired (a
@@ -74,6 +77,7 @@ UPSTREAM_SCHEMA: tuple[str, ...] = (
     done_us INTEGER
 )""",
     "CREATE INDEX IF NOT EXISTS upstream_outbox_state ON upstream_outbox (state, seq)",
+    "CREATE INDEX IF NOT EXISTS upstream_outbox_resource ON upstream_outbox (type, id, seq)",
     """CREATE TABLE IF NOT EXISTS upstream_filed (
     type TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -82,6 +86,12 @@ UPSTREAM_SCHEMA: tuple[str, ...] = (
     PRIMARY KEY (type, id)
 )""",
     "CREATE INDEX IF NOT EXISTS upstream_filed_upstream ON upstream_filed (type, upstream_id)",
+    """CREATE TABLE IF NOT EXISTS upstream_stamps (
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    PRIMARY KEY (type, id, version_id)
+)""",
     """CREATE TABLE IF NOT EXISTS upstream_lease (
     id INTEGER PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -324,6 +334,15 @@ class UpstreamTables(SqlTables):
         )
         return [_item(r) for r in rows]
 
+    def outbox_timings(self) -> list[tuple[str, str, dt.datetime, dt.datetime | None]]:
+        """(type, id, queued at, closed at or None) of every outbox row, oldest first
+        (benchmarks: the note-to-upstream latency)."""
+        rows = self._rows("SELECT type, id, queued_us, done_us FROM upstream_outbox ORDER BY seq")
+        return [
+            (str(t), str(i), from_us(int(q)), None if d is None else from_us(int(d)))
+            for t, i, q, d in rows
+        ]
+
     def outbox_counts(self) -> dict[str, int]:
         rows = self._rows("SELECT state, COUNT(*) FROM upstream_outbox GROUP BY state")
         return {str(s): int(c) for s, c in rows}
@@ -340,31 +359,64 @@ class UpstreamTables(SqlTables):
     ) -> None:
         """Close one row (filed, held, conflict) and record the upstream id/version, in one
         transaction."""
-        with self._write() as execute:
-            execute(
-                "UPDATE upstream_outbox SET state = ?, reason = ?, detail = ?, done_us = ?"
-                " WHERE seq = ?",
-                (state, reason, detail, to_us(now), seq),
-            )
-            if filed is not None:
-                values = (filed.upstream_id, filed.upstream_version, filed.rtype, filed.rid)
-                if (
-                    execute(
-                        "UPDATE upstream_filed SET upstream_id = ?, upstream_version = ?"
-                        " WHERE type = ? AND id = ?",
-                        values,
-                    ).rowcount
-                    == 0
-                ):
-                    execute(
-                        "INSERT INTO upstream_filed (upstream_id, upstream_version, type, id)"
-                        " VALUES (?, ?, ?, ?)",
-                        values,
-                    )
-                execute(  # an imported record edited here: its upstream version moved too
-                    "UPDATE upstream_imported SET upstream_version = ? WHERE type = ? AND id = ?",
-                    (filed.upstream_version, filed.rtype, filed.rid),
+        with self._write():
+            self.outbox_done_in_tx(seq, state, now, reason=reason, detail=detail, filed=filed)
+
+    def outbox_done_in_tx(
+        self,
+        seq: int,
+        state: OutboxState,
+        now: dt.datetime,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+        filed: Filed | None = None,
+    ) -> None:
+        """``outbox_done`` inside the caller's ``store.write()`` (with the filing stamp)."""
+        execute = self._execute
+        execute(
+            "UPDATE upstream_outbox SET state = ?, reason = ?, detail = ?, done_us = ?"
+            " WHERE seq = ?",
+            (state, reason, detail, to_us(now), seq),
+        )
+        if filed is not None:
+            values = (filed.upstream_id, filed.upstream_version, filed.rtype, filed.rid)
+            if (
+                execute(
+                    "UPDATE upstream_filed SET upstream_id = ?, upstream_version = ?"
+                    " WHERE type = ? AND id = ?",
+                    values,
+                ).rowcount
+                == 0
+            ):
+                execute(
+                    "INSERT INTO upstream_filed (upstream_id, upstream_version, type, id)"
+                    " VALUES (?, ?, ?, ?)",
+                    values,
                 )
+            execute(  # an imported record edited here: its upstream version moved too
+                "UPDATE upstream_imported SET upstream_version = ? WHERE type = ? AND id = ?",
+                (filed.upstream_version, filed.rtype, filed.rid),
+            )
+
+    # -- filing stamps (versions that only tag a note's filing state)
+    def record_stamp_in_tx(self, rtype: str, rid: str, version_id: int) -> None:
+        self._execute(
+            "INSERT INTO upstream_stamps (type, id, version_id) VALUES (?, ?, ?)",
+            (rtype, rid, version_id),
+        )
+
+    def only_stamps_after(self, rtype: str, rid: str, base: int, current: int) -> bool:
+        """Whether every version after ``base`` up to ``current`` is a filing stamp (works
+        inside a write transaction: same connection)."""
+        if not 0 < base < current:
+            return base == current
+        row = self._execute(
+            "SELECT COUNT(*) FROM upstream_stamps WHERE type = ? AND id = ?"
+            " AND version_id > ? AND version_id <= ?",
+            (rtype, rid, base, current),
+        ).fetchone()
+        return row is not None and int(row[0]) == current - base
 
     def outbox_retry_later(
         self, seq: int, attempts: int, next_at: dt.datetime, reason: str
@@ -389,6 +441,15 @@ class UpstreamTables(SqlTables):
                 " WHERE seq = ? AND state IN ('held', 'conflict')",
                 (seq,),
             ).rowcount
+
+    def latest_outbox(self, rtype: str, rid: str) -> OutboxItem | None:
+        """The last version of this resource queued for the upstream (any state)."""
+        row = self._one(
+            f"SELECT {_OUTBOX_COLS} FROM upstream_outbox WHERE type = ? AND id = ?"  # noqa: S608
+            " ORDER BY seq DESC LIMIT 1",
+            (rtype, rid),
+        )
+        return None if row is None else _item(row)
 
     def outbox_stuck(self, rtype: str, rid: str) -> bool:
         """Whether a version of this resource is held or in conflict (not filed, not coming)."""

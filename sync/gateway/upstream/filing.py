@@ -19,7 +19,8 @@ it, ``store.upstream_tables``). A filing pass takes the pending rows in commit (
 - a **delete** is ``DELETE [type]/[upstream id]`` (404/410 count as done);
 - a **Patient** a device wrote is never sent (held, ``patient_not_filed``): the gateway's copy
   names the site instead of the board's Organization;
-- references to other gateway resources are rewritten to their upstream ids; a reference to
+- references to other gateway resources are rewritten to their upstream ids (only clinical
+  types: a site's Organization, never written by a laptop, is left as it is); a reference to
   one not filed yet makes the row wait (``waiting_for_reference``), and to one held or in
   conflict holds it too (``depends_on_held``), so one refused note never blocks the others.
 
@@ -31,6 +32,9 @@ Invariants:
 - A transient failure (connection, timeout, 408/429/5xx) leaves the row pending with its
   attempt count and a backoff (``BACKOFF_BASE`` doubling up to ``BACKOFF_MAX``) and ends the
   pass, so the backlog drains in order once the upstream is back.
+- A row closed ``filed`` or ``held`` stamps the note for laptops in the same transaction
+  (``stamps.py``: a new version tagged "Filed in the health record" or "Held at the gateway"
+  with the reason code); the tags are stripped from anything sent upstream.
 - Nothing is logged but codes and counts.
 """
 
@@ -50,8 +54,10 @@ from sync.gateway.upstream.capabilities import UpstreamCapabilities
 from sync.gateway.upstream.connection import Response, UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError, printable
 from sync.gateway.upstream.references import rewrite
+from sync.gateway.upstream.stamps import stamp_in_tx
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
-from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM, PATIENT
+from sync.protocol.fhir.filing import without_filing_tags
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM, CLINICAL_TYPES, PATIENT
 
 FHIR_JSON = "application/fhir+json"
 RETURN_ALL = "return=representation"
@@ -293,9 +299,7 @@ class Filer:
             self.counts["transaction_split"] += 1
             return False
         for (item, _, _, _), (upstream_id, version) in zip(group, stamps, strict=True):
-            self.store.outbox_done(
-                item.seq, "filed", self.now, filed=Filed(item.rtype, item.rid, upstream_id, version)
-            )
+            self._finish(item, "filed", filed=Filed(item.rtype, item.rid, upstream_id, version))
             self.counts["filed"] += 1
         self.counts["transactions"] += 1
         return True
@@ -317,13 +321,30 @@ class Filer:
         except _Refused as refused:
             self._close(item, refused.state, refused.reason, refused.detail)
             return True
-        self.store.outbox_done(item.seq, "filed", self.now, filed=filed)
+        self._finish(item, "filed", filed=filed)
         self.counts["filed"] += 1
         return True
 
     def _close(self, item: OutboxItem, state: OutboxState, reason: str, detail: str) -> None:
-        self.store.outbox_done(item.seq, state, self.now, reason=reason, detail=detail or None)
+        self._finish(item, state, reason=reason, detail=detail or None)
         self.counts[state] += 1
+
+    def _finish(
+        self,
+        item: OutboxItem,
+        state: OutboxState,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+        filed: Filed | None = None,
+    ) -> None:
+        """Close the row and stamp the note's filing state for laptops, in one transaction."""
+        with self.store.write() as tx:
+            self.store.outbox_done_in_tx(
+                item.seq, state, self.now, reason=reason, detail=detail, filed=filed
+            )
+            if stamp_in_tx(self.store, tx, item, state, reason):
+                self.counts["stamped"] += 1
 
     # -- one row
     def _upstream_of(self, rtype: str, rid: str) -> tuple[str, str] | None:
@@ -341,6 +362,8 @@ class Filer:
             return self._local[(rtype, rid)]  # an earlier entry of the same transaction
         if rtype == PATIENT:
             return None  # patients are imported: the same id on both sides
+        if rtype not in CLINICAL_TYPES:
+            return None  # e.g. the site's Organization: never written by a laptop, never filed
         filed = self.store.filed(rtype, rid)
         if filed is not None:
             return filed.upstream_id
@@ -356,7 +379,7 @@ class Filer:
         stored = self.store.vread(item.rtype, item.rid, item.version_id)
         if stored is None:
             raise _Refused("held", "version_missing")
-        resource = orjson.loads(stored.body)
+        resource = without_filing_tags(orjson.loads(stored.body))  # the gateway's own tags
         unresolved: list[str] = []
         body: dict[str, Any] = rewrite(resource, self._lookup, unresolved)
         if unresolved:

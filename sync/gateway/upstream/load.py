@@ -27,8 +27,10 @@ Invariants:
   is redone by the next one without loss or duplication (a re-read version is "unchanged").
 - A note filed from here comes back from the upstream under the upstream's id: it is held
   under the gateway's own id (``upstream_filed``), its echo is never written again, and an
-  upstream edit of it becomes its next version here; references to filed resources are
-  rewritten back to the gateway's ids.
+  upstream edit of it becomes its next version here, tagged filed (it is the health
+  record's version: ``sync.protocol.fhir.filing``), or tagged conflict when the laptop edit
+  last queued for it met an upstream 412 (that laptop opens a conflict); references to filed
+  resources are rewritten back to the gateway's ids.
 - A linked site whose membership reads as empty while the gateway holds patients for it is
   refused (``membership_emptied``) rather than purge a whole prison on a misconfigured Group.
 """
@@ -48,6 +50,7 @@ from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.membership import Membership, read_membership
 from sync.gateway.upstream.references import rewrite
 from sync.gateway.upstream.search import keyset_search
+from sync.protocol.fhir.filing import CONFLICT, FILED, FilingTag, with_filing_tag
 from sync.protocol.fhir.paging import last_updated
 from sync.protocol.fhir.validate import InvalidResource, parse_instant, validate_resource
 from sync.protocol.fhir.vocabulary import CLINICAL_TYPES, PATIENT
@@ -129,6 +132,8 @@ class _Writer:
         if self.held(rtype).get(rid) == (version, site):
             self.counts["unchanged"] += 1
             return rid
+        if mine is not None:  # the health record's version of a note filed from here
+            body = with_filing_tag(body, self._tag_of(rtype, rid))
         self._pending.append((rtype, rid, body, version, site, patient_id))
         self.held(rtype)[rid] = (version, site)
         if mine is not None:
@@ -136,6 +141,15 @@ class _Writer:
         if len(self._pending) >= WRITE_BATCH:
             self.flush()
         return rid
+
+    def _tag_of(self, rtype: str, rid: str) -> FilingTag:
+        """Filed; or, when the laptop edit last queued for it met an upstream 412, a conflict
+        naming that edit's version (the laptop that wrote it opens it in its conflict flow)."""
+        latest = self.store.latest_outbox(rtype, rid)
+        if latest is not None and latest.state == "conflict":
+            self.counts["conflict_sent_down"] += 1
+            return FilingTag(CONFLICT, version=str(latest.version_id))
+        return FilingTag(FILED)
 
     def remove(self, rtype: str, rid: str) -> None:
         self._pending.append((rtype, rid, None, "", "", ""))
