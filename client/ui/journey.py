@@ -12,6 +12,10 @@ method of ``Journey`` that may take screenshots with ``shoot``; adding a screen 
 the step that shows it. Waiting, settling, the headless window and the PNGs come from
 ``client.ui.offscreen`` (shared with ``scripts/screenshots.py``).
 
+Length: one class whose steps run in order and share its window and summary; its inputs are
+already apart (``journey_inputs.py``). Splitting the steps across modules would scatter one
+story the demo tells top to bottom.
+
 It is the client half of ``make demo`` and ships in the laptop bundle, so the frozen client
 runs it too (``gatehouse --demo-journey``). Invariants:
 - No gateway code here: the steps the gateway must take mid-way come in as ``GatewayOps``
