@@ -523,18 +523,24 @@ class Session:
 
     def resolve_conflict(self, conflict_id: int, keep: str) -> int | None:
         """Keep "mine" (queued again on the server's newest version) or "theirs"; audited with
-        whose words were discarded (``discarded``: ``laptop`` or ``gateway``)."""
+        whose words were discarded (``discarded``: ``laptop`` or ``gateway``) and the record
+        (``resource``: type/id, an identifier, no content), from which the gateway closes an
+        upstream conflict the clinician settled by keeping the health record's version."""
         self._require_role((CLINICIAN,), "resolve sync conflicts", "conflict_resolved")
         with self._act() as conn:
-            patient = conn.execute(
-                "SELECT patient_id FROM conflicts WHERE id = ?", (conflict_id,)
+            row = conn.execute(
+                "SELECT patient_id, resource_type, local_id FROM conflicts WHERE id = ?",
+                (conflict_id,),
             ).fetchone()
             queued = conflict_store.resolve_conflict(conn, conflict_id, keep, now=self._now())
+            detail = {"keep": keep, "discarded": "laptop" if keep == "theirs" else "gateway"}
+            if row is not None:  # the gateway closes its upstream conflict on "theirs"
+                detail["resource"] = f"{row[1]}/{row[2]}"
             self._append(
                 conn,
                 "conflict_resolved",
-                patient_id=patient[0] if patient else None,
-                detail={"keep": keep, "discarded": "laptop" if keep == "theirs" else "gateway"},
+                patient_id=row[0] if row else None,
+                detail=detail,
             )
         return queued
 

@@ -22,6 +22,8 @@ Invariants:
 - The chain state moves by compare-and-set (``Store.audit_append``): concurrent uploads for one
   device are verified again from the new state, never applied twice.
 - Receipts are ``sync.protocol.audit.receipt`` receipts signed with the gateway's receipt key.
+- Once stored, a clinician's "keep theirs" in an upstream conflict closes the gateway's
+  conflict row (``upstream.settled``); nothing else in an entry changes any record state.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sync.gateway.errors import ControlError
 from sync.gateway.store.base import AuditAlert, AuditChainRecord, AuditRow, Store
+from sync.gateway.upstream.settled import settle_kept_theirs
 from sync.protocol.audit.audit_event import entries_from_bundle, to_audit_event
 from sync.protocol.audit.chain import ChainState, VerifyReport, genesis_hash, next_key, verify
 from sync.protocol.audit.entry import AuditEntry, AuditFormatError
@@ -219,6 +222,7 @@ def ingest(
             if not moved:
                 continue  # another upload moved the chain: verify again from its state
             stored = len(fresh)
+            settle_kept_theirs(store, fresh, chain.site, now)
         else:
             receipt_text = chain.receipt or _receipt(
                 receipt_key, device_id, chain.seq, chain.head_hash, now

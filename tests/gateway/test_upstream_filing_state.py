@@ -25,7 +25,8 @@ from sync.gateway.store.sql import SqlStore
 from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.passes import run_pass
 from sync.protocol.fhir.filing import FILING_SYSTEM, filing_tag
-from tests.support.gateway import SITE_A, patient, running_gateway
+from tests.support.control import enrol_with_entries
+from tests.support.gateway import SITE_A, SITE_B, patient, running_gateway
 from tests.support.medplum_server import MedplumServer, running_medplum
 from tests.support.sync import (
     DeviceVault,
@@ -33,7 +34,7 @@ from tests.support.sync import (
     transport_config,
     write_consultations,
 )
-from tests.support.upstream import gateway_data, running_relay
+from tests.support.upstream import gateway_cli, gateway_data, running_relay
 
 _run = itertools.count()
 
@@ -220,64 +221,116 @@ def test_a_held_note_shows_held_with_the_reason_then_filed_after_retry(
         assert [t["code"] for t in held_tags] == ["filed"]
 
 
+def _conflict_on_laptop(
+    gw: Any, tmp_path: Path, medplum: MedplumServer, n: int
+) -> tuple[Vault, TransportConfig, Path, str, str]:
+    """The board edits a filed note while the laptop's edit of it is on its way up: the
+    upstream refuses the edit (412), the health record's version comes down tagged conflict,
+    and the laptop that wrote the edit opens a conflict. Returns (vault, config, gateway data
+    folder, note id, its upstream id)."""
+    store: SqlStore = gw.store
+    data = gateway_data(tmp_path)
+    _configure(data, medplum)
+    pid = f"f{n}-p"
+    _link(store, medplum, n, pid)
+    run_pass(data, store)
+    vault, config = _laptop(gw, tmp_path, n)
+    assert sync_once(vault, config, site=SITE_A).ok
+    write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
+    assert sync_once(vault, config, site=SITE_A).ok
+    run_pass(data, store)
+    assert sync_once(vault, config, site=SITE_A).ok
+    nid = _note_id(vault, pid)
+    filed = store.filed("DocumentReference", nid)
+    assert filed is not None
+    theirs = medplum.read("DocumentReference", filed.upstream_id)
+    assert theirs is not None
+    medplum.put(theirs | {"description": "Board's edit"})  # at the board
+    stored = get(vault.connection, "DocumentReference", nid)
+    assert stored is not None
+    with vault.transaction() as conn:
+        queue_update(conn, dict(stored) | {"description": "Laptop's edit"}, now=_now())
+    assert sync_once(vault, config, site=SITE_A).pushed == 1  # the gateway takes it
+    counts = run_pass(data, store, reconcile=False).counts
+    assert counts["outbox_conflict"] == 1 and counts["conflict_sent_down"] == 1
+    result = sync_once(vault, config, site=SITE_A)
+    assert result.ok
+    open_conflicts = list_conflicts(vault.connection)
+    assert len(open_conflicts) == 1
+    conflict = open_conflicts[0]
+    assert conflict.local_body["description"] == "Laptop's edit"
+    assert conflict.server_body is not None
+    assert conflict.server_body["description"] == "Board's edit"
+    state = _timeline(vault, pid)[nid].filing
+    assert state is not None and state.kind == "conflict"
+    actions = [e.action for e in AuditLog().entries(vault.connection)]
+    assert actions.count("sync_conflict") == 1
+    assert sync_once(vault, config, site=SITE_A).ok  # nothing opens twice
+    assert len(list_conflicts(vault.connection)) == 1
+    return vault, config, data, nid, filed.upstream_id
+
+
 def test_an_upstream_412_reaches_the_clinician_through_the_conflict_flow(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
-    """The board edits a filed note while the laptop's edit of it is on its way up: the
-    upstream refuses the edit (412), the health record's version comes down tagged conflict,
-    and the laptop that wrote the edit opens a conflict; "keep mine" files the edit."""
+    """... and "keep mine" files the edit, which closes the gateway's conflict row."""
     n = next(_run)
     with running_gateway(tmp_path / "gw") as gw:
         store: SqlStore = gw.store
-        data = gateway_data(tmp_path)
-        _configure(data, medplum)
-        pid = f"f{n}-p"
-        _link(store, medplum, n, pid)
-        run_pass(data, store)
-        vault, config = _laptop(gw, tmp_path, n)
-        assert sync_once(vault, config, site=SITE_A).ok
-        write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
-        assert sync_once(vault, config, site=SITE_A).ok
-        run_pass(data, store)
-        assert sync_once(vault, config, site=SITE_A).ok
-        nid = _note_id(vault, pid)
-        filed = store.filed("DocumentReference", nid)
-        assert filed is not None
-        theirs = medplum.read("DocumentReference", filed.upstream_id)
-        assert theirs is not None
-        medplum.put(theirs | {"description": "Board's edit"})  # at the board
-        stored = get(vault.connection, "DocumentReference", nid)
-        assert stored is not None
-        with vault.transaction() as conn:
-            queue_update(conn, dict(stored) | {"description": "Laptop's edit"}, now=_now())
-        assert sync_once(vault, config, site=SITE_A).pushed == 1  # the gateway takes it
-        counts = run_pass(data, store, reconcile=False).counts
-        assert counts["outbox_conflict"] == 1 and counts["conflict_sent_down"] == 1
-        result = sync_once(vault, config, site=SITE_A)
-        assert result.ok
-        open_conflicts = list_conflicts(vault.connection)
-        assert len(open_conflicts) == 1
-        conflict = open_conflicts[0]
-        assert conflict.local_body["description"] == "Laptop's edit"
-        assert conflict.server_body is not None
-        assert conflict.server_body["description"] == "Board's edit"
-        state = _timeline(vault, pid)[nid].filing
-        assert state is not None and state.kind == "conflict"
-        actions = [e.action for e in AuditLog().entries(vault.connection)]
-        assert actions.count("sync_conflict") == 1
-        assert sync_once(vault, config, site=SITE_A).ok  # nothing opens twice
-        assert len(list_conflicts(vault.connection)) == 1
+        vault, config, data, nid, upstream_id = _conflict_on_laptop(gw, tmp_path, medplum, n)
+        [conflict] = list_conflicts(vault.connection)
         with vault.transaction() as conn:
             resolve_conflict(conn, conflict.id, "mine", now=_now())
         result = sync_once(vault, config, site=SITE_A)
         assert result.ok and result.pushed == 1 and result.conflicts == 0
         assert run_pass(data, store, reconcile=False).counts["outbox_filed"] == 1
-        upstream = medplum.read("DocumentReference", filed.upstream_id)
+        upstream = medplum.read("DocumentReference", upstream_id)
         assert upstream is not None and upstream["description"] == "Laptop's edit"
         assert sync_once(vault, config, site=SITE_A).ok
-        state = _timeline(vault, pid)[nid].filing
+        state = _timeline(vault, f"f{n}-p")[nid].filing
         assert state is not None and state.kind == "filed"
         assert list_conflicts(vault.connection) == []
+        assert store.outbox(("conflict", "held", "pending")) == []  # nothing left for IT
+
+
+def test_keep_theirs_on_the_laptop_closes_the_gateways_conflict_and_files_nothing(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """ "Keep theirs" sends no record: the clinician's audited decision, once the gateway has
+    verified and stored it, closes the conflict row; IT cannot re-send the discarded edit, and
+    a device of another site cannot close it."""
+    n = next(_run)
+    with running_gateway(tmp_path / "gw") as gw:
+        store: SqlStore = gw.store
+        vault, _config, data, nid, upstream_id = _conflict_on_laptop(gw, tmp_path, medplum, n)
+        [conflict] = store.outbox(("conflict",))
+        assert (
+            gateway_cli("upstream", "retry", "--data", str(data), "--seq", str(conflict.seq)) == 0
+        )
+        assert store.outbox(("conflict",)) == [conflict]  # IT cannot override the clinician
+        decision = {
+            "action": "conflict_resolved",
+            "outcome": "success",
+            "user_id": "nurse1",
+            "role": "clinician",
+            "patient_id": f"f{n}-p",
+            "detail": {
+                "keep": "theirs",
+                "discarded": "laptop",
+                "resource": f"DocumentReference/{nid}",
+            },
+        }
+        [on_laptop] = list_conflicts(vault.connection)
+        with vault.transaction() as conn:  # what the session audits as ``decision``
+            resolve_conflict(conn, on_laptop.id, "theirs", now=_now())
+        enrol_with_entries(gw, SITE_B, tmp_path / "other-site", [decision])
+        assert store.outbox(("conflict",)) == [conflict]  # not that site's record
+        enrol_with_entries(gw, SITE_A, tmp_path / "same-site", [decision])
+        assert store.outbox(("conflict",)) == []
+        assert [i.seq for i in store.outbox(("superseded",))] == [conflict.seq]
+        assert run_pass(data, store).counts.get("outbox_filed", 0) == 0
+        upstream = medplum.read("DocumentReference", upstream_id)
+        assert upstream is not None and upstream["description"] == "Board's edit"
 
 
 def test_a_note_naming_its_site_organization_held_by_the_gateway_is_filed(

@@ -247,6 +247,89 @@ def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict(
         store.close()
 
 
+def test_a_conflict_resolved_in_the_chart_is_filed_and_closes_the_conflict(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    n = next(_run)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        data = gateway_data(tmp_path / "d")
+        _configure(data, medplum)
+        pid = f"n{n}-p"
+        _link(store, medplum, n, pid)
+        run_pass(data, store)
+        entry = create_entry(observation("x", pid, 50.0))
+        entry["resource"].pop("id")
+        _push(store, [entry])
+        run_pass(data, store, reconcile=False)
+        rid = store.outbox(("filed",))[-1].rid
+        filed = store.filed("Observation", rid)
+        assert filed is not None
+        theirs = medplum.read("Observation", filed.upstream_id)
+        assert theirs is not None
+        theirs["valueQuantity"]["value"] = 51.0
+        medplum.put(theirs)  # the board edits the filed note while a laptop edits it too
+        _edit(store, rid, 52.0)
+        assert run_pass(data, store).counts["outbox_conflict"] == 1
+        [conflict] = store.outbox(("conflict",))
+        # The pass brought the board's version down: the clinician sees both and resolves.
+        current = orjson.loads(store.read("Observation", rid).body)  # type: ignore[union-attr]
+        assert current["valueQuantity"]["value"] == 51.0
+        _edit(store, rid, 53.0)
+        assert run_pass(data, store).counts["outbox_filed"] == 1
+        after = medplum.read("Observation", filed.upstream_id)
+        assert after is not None and after["valueQuantity"]["value"] == 53.0
+        assert store.outbox(("conflict", "held", "pending")) == []  # nothing left for IT
+        assert [i.seq for i in store.outbox(("superseded",))] == [conflict.seq]
+        assert store.outbox_release(conflict.seq) == 0  # the old edit can never go up again
+        run_pass(data, store)
+        again = medplum.read("Observation", filed.upstream_id)
+        assert again is not None and again["valueQuantity"]["value"] == 53.0
+    finally:
+        store.close()
+
+
+def test_an_old_held_version_is_never_filed_over_the_clinicians_later_edit(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    n = next(_run)
+    data = gateway_data(tmp_path)
+    store = SqliteStore(data / datadir.DATABASE)
+    try:
+        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+            _configure(data, medplum, base=relay.base)
+            pid = f"n{n}-p"
+            _link(store, medplum, n, pid)
+            run_pass(data, store)
+            entry = create_entry(observation("x", pid, 70.0))
+            entry["resource"].pop("id")
+            _push(store, [entry])
+            relay.refuse = {"POST": "Observation.code is not in the board's value set"}
+            assert run_pass(data, store).counts["outbox_held"] == 1
+            rid = store.outbox(("held",))[0].rid
+            relay.refuse = {}
+            _edit(store, rid, 71.0)  # the clinician corrects the note
+            assert run_pass(data, store).counts["outbox_filed"] == 1
+            assert store.outbox(("held",)) == []
+            # IT's "retry everything" must not send the refused version over the correction.
+            assert gateway_cli("upstream", "retry", "--data", str(data), "--all") == 0
+            run_pass(data, store)
+            cid = entry["request"]["ifNoneExist"].split("|")[1]
+            [upstream] = medplum.search_all("Observation", identifier=f"{CLIENT_ID_SYSTEM}|{cid}")
+            assert upstream["valueQuantity"]["value"] == 71.0
+    finally:
+        store.close()
+
+
+def _edit(store: SqlStore, rid: str, value: float) -> None:
+    """A laptop's edit of the gateway's current version (what the clinician saw)."""
+    mine = orjson.loads(store.read("Observation", rid).body)  # type: ignore[union-attr]
+    mine["valueQuantity"]["value"] = value
+    _push(store, [{"resource": mine, "request": {
+        "method": "PUT", "url": f"Observation/{rid}",
+        "ifMatch": f'W/"{mine["meta"]["versionId"]}"'}}])  # fmt: skip
+
+
 def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:

@@ -170,7 +170,11 @@ def test_keep_theirs_asks_first_and_go_back_keeps_the_clinicians_note(
 
     (entry,) = on_worker(win, resolved_entries)
     assert entry.patient_id == HTML_PATIENT
-    assert dict(entry.detail) == {"keep": "theirs", "discarded": "laptop"}
+    assert dict(entry.detail) == {
+        "keep": "theirs",
+        "discarded": "laptop",
+        "resource": f"{kept[0].resource_type}/{kept[0].local_id}",  # the gateway settles it
+    }
 
 
 def readable_note(resource: dict[str, Any]) -> str:

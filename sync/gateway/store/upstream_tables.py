@@ -15,6 +15,11 @@ Invariants:
   exactly-once retry of the push (``ifNoneExist`` matched, nothing written) queues nothing.
   A row leaves ``pending`` only for ``filed``, ``held`` (the upstream refused: its reason is
   kept) or ``conflict`` (an upstream 412); it is never deleted, so nothing is silently dropped.
+  Only the latest version of a resource can wait for IT: once a later version of the same
+  resource is closed (filed, held or conflict), every earlier ``held`` or ``conflict`` row of it
+  becomes ``superseded`` (a laptop version is the whole resource, so the later one carries the
+  clinician's intent, e.g. a conflict resolved in the chart). A superseded row is never released:
+  an old version can never be filed over a newer one.
   ``upstream_filed`` maps a gateway resource to its upstream id and version.
 - **Stamps.** ``upstream_stamps`` lists the versions the gateway wrote only to tag a note's
   filing state (``sync.protocol.fhir.filing``): same content as the version before. A laptop's
@@ -125,7 +130,7 @@ class Imported:
     patient_id: str  # its own id for a Patient
 
 
-OutboxState = Literal["pending", "filed", "held", "conflict"]
+OutboxState = Literal["pending", "filed", "held", "conflict", "superseded"]
 
 
 @dataclass(frozen=True)
@@ -372,13 +377,21 @@ class UpstreamTables(SqlTables):
         detail: str | None = None,
         filed: Filed | None = None,
     ) -> None:
-        """``outbox_done`` inside the caller's ``store.write()`` (with the filing stamp)."""
+        """``outbox_done`` inside the caller's ``store.write()`` (with the filing stamp); the
+        earlier held or conflicting rows of the same resource become ``superseded``."""
         execute = self._execute
         execute(
             "UPDATE upstream_outbox SET state = ?, reason = ?, detail = ?, done_us = ?"
             " WHERE seq = ?",
             (state, reason, detail, to_us(now), seq),
         )
+        row = execute("SELECT type, id FROM upstream_outbox WHERE seq = ?", (seq,)).fetchone()
+        if row is not None:
+            execute(
+                "UPDATE upstream_outbox SET state = 'superseded', detail = ?, done_us = ?"
+                " WHERE type = ? AND id = ? AND seq < ? AND state IN ('held', 'conflict')",
+                (f"by seq {seq}", to_us(now), row[0], row[1], seq),
+            )
         if filed is not None:
             values = (filed.upstream_id, filed.upstream_version, filed.rtype, filed.rid)
             if (
@@ -429,7 +442,10 @@ class UpstreamTables(SqlTables):
             )
 
     def outbox_release(self, seq: int | None = None) -> int:
-        """Held (or conflicting) rows back to pending after IT acted: one, or all."""
+        """Held rows back to pending after IT acted: one, or all. Never a ``conflict`` row:
+        that decision is the clinician's (the laptop's conflict screen; "keep mine" queues a
+        later version, "keep theirs" settles it), and IT re-sending the laptop's edit would
+        overwrite the health record's change unseen."""
         with self._write() as execute:
             if seq is None:
                 return execute(
@@ -438,8 +454,22 @@ class UpstreamTables(SqlTables):
                 ).rowcount
             return execute(
                 "UPDATE upstream_outbox SET state = 'pending', attempts = 0, next_us = 0"
-                " WHERE seq = ? AND state IN ('held', 'conflict')",
+                " WHERE seq = ? AND state = 'held'",
                 (seq,),
+            ).rowcount
+
+    def outbox_settled_by_clinician(self, rtype: str, rid: str, site: str, now: dt.datetime) -> int:
+        """A clinician of ``site`` kept the health record's version in an upstream conflict:
+        the resource's ``conflict`` rows become ``superseded`` (nothing is filed; never released
+        again). Only a resource of that site; returns the rows closed."""
+        with self._write() as execute:
+            return execute(
+                "UPDATE upstream_outbox SET state = 'superseded', done_us = ?,"
+                " detail = 'clinician kept the health record version'"
+                " WHERE type = ? AND id = ? AND state = 'conflict'"
+                " AND EXISTS (SELECT 1 FROM resources r WHERE r.type = ? AND r.id = ?"
+                " AND r.site = ?)",
+                (to_us(now), rtype, rid, rtype, rid, site),
             ).rowcount
 
     def latest_outbox(self, rtype: str, rid: str) -> OutboxItem | None:

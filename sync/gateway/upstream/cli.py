@@ -183,6 +183,11 @@ def _retry(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"{released} held note(s) will be filed again at the next pass")
+    if released == 0 and not args.all:
+        print(
+            "a note in conflict is not retried here: the clinician who wrote it resolves it on"
+            " the laptop's conflict screen"
+        )
     return 0
 
 
