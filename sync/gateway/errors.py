@@ -125,6 +125,10 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "waiting_for_reference": "Waiting for a record it refers to, to be filed first.",
     "version_missing": "The gateway no longer holds this version.",
     "upstream_busy": "Another gateway process is running the upstream pass: it goes on there.",
+    "upstream_lease_lost": (
+        "Another gateway process took the upstream pass over after this one stalled: it goes on "
+        "there."
+    ),
     "patient_not_filed": "Patient details are never filed upstream by the gateway: IT does.",
     "depends_on_held": "It refers to a record that is held: retry that one first.",
     "upstream_duplicates": "The upstream holds two records with this client identifier.",

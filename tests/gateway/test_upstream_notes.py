@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from sync.gateway import datadir
 from sync.gateway.api.transaction import Scope, parse_bundle, run_transaction
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
+from sync.gateway.upstream import passes
 from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
@@ -377,6 +379,107 @@ def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
     assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
     medplum_ids = medplum.client_ids(("Observation",))
     assert all(medplum_ids[cid] == 1 for cid in cids)
+
+
+def _pass_in_thread(data: Path, store: SqlStore) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(run_pass(data, store))
+        except UpstreamError as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_step_longer_than_the_lease_keeps_it_and_no_other_process_takes_over(
+    tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(passes, "LEASE_TTL", dt.timedelta(seconds=3))
+    n = next(_run)
+    data = gateway_data(tmp_path)
+    store = SqliteStore(data / datadir.DATABASE)
+    try:
+        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+            _configure(data, medplum, base=relay.base)
+            pid = f"n{n}-p"
+            _link(store, medplum, n, pid)
+            run_pass(data, store)
+            entry = create_entry(observation("x", pid))
+            entry["resource"].pop("id")
+            _push(store, [entry])
+            relay.hold = {"POST"}  # the upstream takes 8 s to answer the filing: > the lease
+            threading.Timer(8, relay.release.set).start()
+            thread, outcome = _pass_in_thread(data, store)
+            while not any(f.startswith("POST") for f in relay.forwarded):
+                assert thread.is_alive()
+                time.sleep(0.05)
+            taken = []
+            while thread.is_alive():  # another process tries to take over, again and again
+                if store.claim_upstream_lease("other-process", _now(), passes.LEASE_TTL):
+                    taken.append(_now())
+                    store.release_upstream_lease("other-process")
+                time.sleep(0.25)
+            thread.join()
+            assert taken == []  # the live pass kept its lease through the long step
+            [result] = outcome
+            assert isinstance(result, passes.PassResult)
+            assert result.counts["outbox_filed"] == 1
+            assert store.claim_upstream_lease("other-process", _now(), passes.LEASE_TTL)
+    finally:
+        store.close()
+
+
+def test_a_holder_taken_over_after_it_stalled_sends_nothing_more_upstream(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    n = next(_run)
+    data = gateway_data(tmp_path)
+    store = SqliteStore(data / datadir.DATABASE)
+    try:
+        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
+            _configure(data, medplum, base=relay.base)
+            pid = f"n{n}-p"
+            _link(store, medplum, n, pid)
+            run_pass(data, store)
+            first = create_entry(observation("x", pid, 60.0))
+            first["resource"].pop("id")
+            _push(store, [first])
+            run_pass(data, store)
+            [filed] = store.outbox(("filed",))
+            entry = create_entry(observation("y", pid))
+            entry["resource"].pop("id")
+            _push(store, [entry])  # a create, then an edit: two requests, one after the other
+            _edit(store, filed.rid, 61.0)
+            relay.hold = {"POST"}
+            before = len(relay.forwarded)
+            thread, outcome = _pass_in_thread(data, store)
+            deadline = time.monotonic() + 30
+            while not any(f.startswith("POST") for f in relay.forwarded[before:]):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            # While its reply is held this process stalls past its lease: another process,
+            # a lease's time later, takes the expired lease over.
+            assert store.claim_upstream_lease("other-process", _now() + LEASE_TTL * 1.5, LEASE_TTL)
+            sent = len(relay.forwarded)
+            relay.release.set()
+            thread.join(60)
+            [result] = outcome
+            assert isinstance(result, UpstreamError) and result.reason == "upstream_lease_lost"
+            writes = [f for f in relay.forwarded[sent:] if not f.startswith("GET")]
+            assert writes == []  # the old holder wrote nothing more upstream
+            [edit] = store.outbox(("pending",))  # left for the new holder, not held
+            assert edit.rid == filed.rid and edit.attempts == 0
+            assert not store.claim_upstream_lease(passes.HOLDER, _now(), LEASE_TTL)  # not freed
+            counts = run_pass(data, store, now=_now() + LEASE_TTL * 3).counts  # the next holder
+            assert counts["outbox_filed"] == 1
+            cid = entry["request"]["ifNoneExist"].split("|")[1]
+            assert _mine(medplum, {cid}) == Counter({cid: 1})
+    finally:
+        store.close()
 
 
 def test_a_note_referring_to_a_held_one_is_held_too_and_others_go_on(

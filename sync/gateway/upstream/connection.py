@@ -110,6 +110,8 @@ class UpstreamConnection:
         self.base = config.base + "/"
         self.counters = Counters()
         self.tokens: TokenSource | None = None
+        # Called with the method before every request; raises once the pass lost its lease.
+        self.fence: Callable[[str], None] | None = None
         self._sleep = sleep
         self._max_bytes = max_response_bytes
         context = make_ssl_context(config)
@@ -213,6 +215,8 @@ class UpstreamConnection:
     def _once(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
     ) -> Response:
+        if self.fence is not None:
+            self.fence(method)
         origin = origin_of(url)
         pool = self._pools[origin]
         parts = urlsplit(url)

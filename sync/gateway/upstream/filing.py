@@ -53,6 +53,7 @@ from sync.gateway.store.upstream_tables import Filed, OutboxItem, OutboxState
 from sync.gateway.upstream.capabilities import UpstreamCapabilities
 from sync.gateway.upstream.connection import Response, UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError, printable
+from sync.gateway.upstream.lease import LEASE_LOST
 from sync.gateway.upstream.references import rewrite
 from sync.gateway.upstream.stamps import stamp_in_tx
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
@@ -309,6 +310,8 @@ class Filer:
         try:
             filed = self._file(item)
         except (_Transient, UpstreamError) as failure:
+            if isinstance(failure, UpstreamError) and failure.reason == LEASE_LOST:
+                raise  # about this process, not the note: the row stays pending
             if isinstance(failure, UpstreamError) and failure.reason not in TRANSIENT_REASONS:
                 self._close(item, "held", failure.reason, failure.detail)
                 return True

@@ -9,10 +9,12 @@ Invariants:
 - Every pass records its outcome (``state.record_pass``), a failure included, and a failure is
   an ``UpstreamError`` with a stable reason: a pass never raises anything else for an upstream
   that misbehaves.
-- With a store, the pass runs only under the store's upstream lease (``LEASE_TTL``, renewed
-  between the steps): of several gateway processes sharing a database, one files and imports
-  at a time; another gets ``upstream_busy`` and tries at its next interval. A crashed holder's
-  lease expires and the next pass takes over; its unfinished rows are simply still pending.
+- With a store, the pass runs only under the store's upstream lease (``lease.HeldLease``:
+  ``LEASE_TTL``, renewed every third of it while the pass runs, checked before every upstream
+  request): of several gateway processes sharing a database, one files and imports at a time;
+  another gets ``upstream_busy`` and tries at its next interval. A crashed holder's lease
+  expires and the next pass takes over; its unfinished rows are simply still pending. A holder
+  that stalled past the TTL and was taken over stops with ``upstream_lease_lost``.
 - Nothing here logs a token, a key, or record content.
 """
 
@@ -32,6 +34,7 @@ from sync.gateway.upstream.capabilities import UpstreamCapabilities, fetch_capab
 from sync.gateway.upstream.config import load_config
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.filing import file_outbox
+from sync.gateway.upstream.lease import HeldLease
 from sync.gateway.upstream.load import import_records
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.state import record_pass
@@ -48,11 +51,6 @@ class PassResult:
     tls: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
-
-
-def _lease(store: SqlStore, now: dt.datetime) -> None:
-    if not store.claim_upstream_lease(HOLDER, now, LEASE_TTL):
-        raise UpstreamError("upstream_busy")
 
 
 def run_pass(
@@ -73,16 +71,14 @@ def run_pass(
             try:
                 result.capabilities = fetch_capabilities(connection)
                 if store is not None:
-                    _lease(store, moment)
-                    try:
+                    with HeldLease(store, HOLDER, LEASE_TTL, moment) as lease:
+                        connection.fence = lease.check
                         filed = file_outbox(connection, store, result.capabilities, now=moment)
                         result.counts = {f"outbox_{k}": v for k, v in filed.items()}
-                        _lease(store, dt.datetime.now(dt.UTC))
                         result.counts.update(
                             import_records(connection, store, now=moment, reconcile=reconcile)
                         )
-                    finally:
-                        store.release_upstream_lease(HOLDER)
+                        lease.confirm()  # the pass's writes were made as the holder
             finally:
                 result.tls = dict(connection.counters.tls_versions)
     except UpstreamError as err:
