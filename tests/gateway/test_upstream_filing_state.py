@@ -97,6 +97,25 @@ def _note_id(vault: Vault, pid: str) -> str:
     return notes[0].id
 
 
+def _consultation_filed(
+    gw: Any, tmp_path: Path, medplum: MedplumServer, n: int
+) -> tuple[Vault, TransportConfig, Path, str]:
+    """A linked patient, a laptop that wrote a consultation for them and pushed it, and one
+    upstream pass that filed it; returns (vault, config, gateway data folder, patient id)."""
+    store: SqlStore = gw.store
+    data = gateway_data(tmp_path)
+    _configure(data, medplum)
+    pid = f"f{n}-p"
+    _link(store, medplum, n, pid)
+    run_pass(data, store)
+    vault, config = _laptop(gw, tmp_path, n)
+    assert sync_once(vault, config, site=SITE_A).ok
+    write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
+    assert sync_once(vault, config, site=SITE_A).ok
+    assert run_pass(data, store).counts["outbox_filed"] == 3
+    return vault, config, data, pid
+
+
 def test_a_laptop_note_shows_filed_in_the_health_record_after_the_next_sync(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
@@ -143,16 +162,8 @@ def test_an_edit_of_a_filed_note_is_no_conflict_and_is_filed_again(
     n = next(_run)
     with running_gateway(tmp_path / "gw") as gw:
         store: SqlStore = gw.store
-        data = gateway_data(tmp_path)
-        _configure(data, medplum)
-        pid = f"f{n}-p"
-        _link(store, medplum, n, pid)
-        run_pass(data, store)
-        vault, config = _laptop(gw, tmp_path, n)
-        assert sync_once(vault, config, site=SITE_A).ok
-        write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
-        assert sync_once(vault, config, site=SITE_A).ok
-        run_pass(data, store)  # filed and stamped: the laptop still holds the unstamped version
+        # filed and stamped: the laptop still holds the unstamped version
+        vault, config, data, pid = _consultation_filed(gw, tmp_path, medplum, n)
         nid = _note_id(vault, pid)
         for round_ in range(2):
             stored = get(vault.connection, "DocumentReference", nid)
@@ -229,16 +240,7 @@ def _conflict_on_laptop(
     and the laptop that wrote the edit opens a conflict. Returns (vault, config, gateway data
     folder, note id, its upstream id)."""
     store: SqlStore = gw.store
-    data = gateway_data(tmp_path)
-    _configure(data, medplum)
-    pid = f"f{n}-p"
-    _link(store, medplum, n, pid)
-    run_pass(data, store)
-    vault, config = _laptop(gw, tmp_path, n)
-    assert sync_once(vault, config, site=SITE_A).ok
-    write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
-    assert sync_once(vault, config, site=SITE_A).ok
-    run_pass(data, store)
+    vault, config, data, pid = _consultation_filed(gw, tmp_path, medplum, n)
     assert sync_once(vault, config, site=SITE_A).ok
     nid = _note_id(vault, pid)
     filed = store.filed("DocumentReference", nid)

@@ -5,6 +5,7 @@ upstream's reason, conflicts, and a kill -9 of the gateway mid-filing."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import os
@@ -15,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ from tests.support.sync import (
     transport_config,
     write_consultations,
 )
-from tests.support.upstream import gateway_cli, gateway_data, running_relay
+from tests.support.upstream import Relay, gateway_cli, gateway_data, running_relay
 
 _run = itertools.count()
 LATER = dt.timedelta(hours=2)  # past any backoff
@@ -212,9 +214,11 @@ def test_a_refused_note_is_held_with_the_reason_and_filed_after_retry(
         store.close()
 
 
-def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict(
+def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician_resolves_it(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
+    """Nothing is overwritten; the clinician's resolution (a later version, made on the
+    health record's version) is filed and closes the conflict for good."""
     n = next(_run)
     store = SqliteStore(tmp_path / "gateway.sqlite3")
     try:
@@ -234,50 +238,17 @@ def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict(
         assert theirs is not None
         theirs["valueQuantity"]["value"] = 51.0
         medplum.put(theirs)  # a clinician at the board edits the filed note
-        mine = orjson.loads(store.read("Observation", item.rid).body)  # type: ignore[union-attr]
-        mine["valueQuantity"]["value"] = 52.0
-        _push(store, [{"resource": mine, "request": {
-            "method": "PUT", "url": f"Observation/{item.rid}",
-            "ifMatch": f'W/"{mine["meta"]["versionId"]}"'}}])  # fmt: skip
-        counts = run_pass(data, store, reconcile=False).counts
+        _edit(store, item.rid, 52.0)
+        counts = run_pass(data, store).counts
         assert counts["outbox_conflict"] == 1
-        conflict = store.outbox(("conflict",))[0]
+        [conflict] = store.outbox(("conflict",))
         assert conflict.reason == "upstream_conflict"
         after = medplum.read("Observation", filed.upstream_id)
         assert after is not None and after["valueQuantity"]["value"] == 51.0  # nothing overwritten
-    finally:
-        store.close()
-
-
-def test_a_conflict_resolved_in_the_chart_is_filed_and_closes_the_conflict(
-    tmp_path: Path, medplum: MedplumServer
-) -> None:
-    n = next(_run)
-    store = SqliteStore(tmp_path / "gateway.sqlite3")
-    try:
-        data = gateway_data(tmp_path / "d")
-        _configure(data, medplum)
-        pid = f"n{n}-p"
-        _link(store, medplum, n, pid)
-        run_pass(data, store)
-        entry = create_entry(observation("x", pid, 50.0))
-        entry["resource"].pop("id")
-        _push(store, [entry])
-        run_pass(data, store, reconcile=False)
-        rid = store.outbox(("filed",))[-1].rid
-        filed = store.filed("Observation", rid)
-        assert filed is not None
-        theirs = medplum.read("Observation", filed.upstream_id)
-        assert theirs is not None
-        theirs["valueQuantity"]["value"] = 51.0
-        medplum.put(theirs)  # the board edits the filed note while a laptop edits it too
-        _edit(store, rid, 52.0)
-        assert run_pass(data, store).counts["outbox_conflict"] == 1
-        [conflict] = store.outbox(("conflict",))
         # The pass brought the board's version down: the clinician sees both and resolves.
-        current = orjson.loads(store.read("Observation", rid).body)  # type: ignore[union-attr]
+        current = orjson.loads(store.read("Observation", item.rid).body)  # type: ignore[union-attr]
         assert current["valueQuantity"]["value"] == 51.0
-        _edit(store, rid, 53.0)
+        _edit(store, item.rid, 53.0)
         assert run_pass(data, store).counts["outbox_filed"] == 1
         after = medplum.read("Observation", filed.upstream_id)
         assert after is not None and after["valueQuantity"]["value"] == 53.0
@@ -291,36 +262,136 @@ def test_a_conflict_resolved_in_the_chart_is_filed_and_closes_the_conflict(
         store.close()
 
 
-def test_an_old_held_version_is_never_filed_over_the_clinicians_later_edit(
-    tmp_path: Path, medplum: MedplumServer
-) -> None:
+@dataclass
+class Linked:
+    """A gateway store whose upstream is Medplum behind a relay, with one linked patient."""
+
+    data: Path
+    store: SqlStore
+    relay: Relay
+    pid: str
+
+
+@contextlib.contextmanager
+def _linked_through_relay(tmp_path: Path, medplum: MedplumServer) -> Iterator[Linked]:
     n = next(_run)
     data = gateway_data(tmp_path)
     store = SqliteStore(data / datadir.DATABASE)
     try:
         with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
             _configure(data, medplum, base=relay.base)
-            pid = f"n{n}-p"
-            _link(store, medplum, n, pid)
+            _link(store, medplum, n, f"n{n}-p")
             run_pass(data, store)
-            entry = create_entry(observation("x", pid, 70.0))
-            entry["resource"].pop("id")
-            _push(store, [entry])
-            relay.refuse = {"POST": "Observation.code is not in the board's value set"}
-            assert run_pass(data, store).counts["outbox_held"] == 1
-            rid = store.outbox(("held",))[0].rid
-            relay.refuse = {}
-            _edit(store, rid, 71.0)  # the clinician corrects the note
-            assert run_pass(data, store).counts["outbox_filed"] == 1
-            assert store.outbox(("held",)) == []
-            # IT's "retry everything" must not send the refused version over the correction.
-            assert gateway_cli("upstream", "retry", "--data", str(data), "--all") == 0
-            run_pass(data, store)
-            cid = entry["request"]["ifNoneExist"].split("|")[1]
-            [upstream] = medplum.search_all("Observation", identifier=f"{CLIENT_ID_SYSTEM}|{cid}")
-            assert upstream["valueQuantity"]["value"] == 71.0
+            yield Linked(data, store, relay, f"n{n}-p")
     finally:
         store.close()
+
+
+def _push_new_observation(store: SqlStore, pid: str, value: float) -> str:
+    """A laptop's new note pushed to the gateway; returns its client identifier."""
+    entry = create_entry(observation(f"v{value}", pid, value))
+    entry["resource"].pop("id")
+    _push(store, [entry])
+    return str(entry["request"]["ifNoneExist"].split("|")[1])
+
+
+def test_an_old_held_version_is_never_filed_over_the_clinicians_later_edit(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    with _linked_through_relay(tmp_path, medplum) as linked:
+        data, store = linked.data, linked.store
+        cid = _push_new_observation(store, linked.pid, 70.0)
+        linked.relay.refuse = {"POST": "Observation.code is not in the board's value set"}
+        assert run_pass(data, store).counts["outbox_held"] == 1
+        rid = store.outbox(("held",))[0].rid
+        linked.relay.refuse = {}
+        _edit(store, rid, 71.0)  # the clinician corrects the note
+        assert run_pass(data, store).counts["outbox_filed"] == 1
+        assert store.outbox(("held",)) == []
+        # IT's "retry everything" must not send the refused version over the correction.
+        assert gateway_cli("upstream", "retry", "--data", str(data), "--all") == 0
+        run_pass(data, store)
+        [upstream] = medplum.search_all("Observation", identifier=f"{CLIENT_ID_SYSTEM}|{cid}")
+        assert upstream["valueQuantity"]["value"] == 71.0
+
+
+def _pass_in_thread(data: Path, store: SqlStore) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(run_pass(data, store))
+        except UpstreamError as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_for_post(relay: Relay, after: int, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + 30
+    while not any(f.startswith("POST") for f in relay.forwarded[after:]):
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_step_longer_than_the_lease_keeps_it_and_no_other_process_takes_over(
+    tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(passes, "LEASE_TTL", dt.timedelta(seconds=3))
+    with _linked_through_relay(tmp_path, medplum) as linked:
+        data, store, relay = linked.data, linked.store, linked.relay
+        _push_new_observation(store, linked.pid, 80.0)
+        relay.hold = {"POST"}  # the upstream takes 8 s to answer the filing: > the lease
+        threading.Timer(8, relay.release.set).start()
+        before = len(relay.forwarded)
+        thread, outcome = _pass_in_thread(data, store)
+        _wait_for_post(relay, before, thread)
+        taken = []
+        while thread.is_alive():  # another process tries to take over, again and again
+            if store.claim_upstream_lease("other-process", _now(), passes.LEASE_TTL):
+                taken.append(_now())
+                store.release_upstream_lease("other-process")
+            time.sleep(0.25)
+        thread.join()
+        assert taken == []  # the live pass kept its lease through the long step
+        [result] = outcome
+        assert isinstance(result, passes.PassResult)
+        assert result.counts["outbox_filed"] == 1
+        assert store.claim_upstream_lease("other-process", _now(), passes.LEASE_TTL)
+
+
+def test_a_holder_taken_over_after_it_stalled_sends_nothing_more_upstream(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    with _linked_through_relay(tmp_path, medplum) as linked:
+        data, store, relay = linked.data, linked.store, linked.relay
+        _push_new_observation(store, linked.pid, 60.0)
+        run_pass(data, store)
+        [filed] = store.outbox(("filed",))
+        cid = _push_new_observation(store, linked.pid, 62.0)
+        _edit(store, filed.rid, 61.0)  # a create, then an edit: two requests, one after the other
+        relay.hold = {"POST"}
+        before = len(relay.forwarded)
+        thread, outcome = _pass_in_thread(data, store)
+        _wait_for_post(relay, before, thread)
+        # While its reply is held this process stalls past its lease: another process,
+        # a lease's time later, takes the expired lease over.
+        assert store.claim_upstream_lease("other-process", _now() + LEASE_TTL * 1.5, LEASE_TTL)
+        sent = len(relay.forwarded)
+        relay.release.set()
+        thread.join(60)
+        [result] = outcome
+        assert isinstance(result, UpstreamError) and result.reason == "upstream_lease_lost"
+        writes = [f for f in relay.forwarded[sent:] if not f.startswith("GET")]
+        assert writes == []  # the old holder wrote nothing more upstream
+        [edit] = store.outbox(("pending",))  # left for the new holder, not held
+        assert edit.rid == filed.rid and edit.attempts == 0
+        assert not store.claim_upstream_lease(passes.HOLDER, _now(), LEASE_TTL)  # not freed
+        counts = run_pass(data, store, now=_now() + LEASE_TTL * 3).counts  # the next holder
+        assert counts["outbox_filed"] == 1
+        assert _mine(medplum, {cid}) == Counter({cid: 1})
 
 
 def _edit(store: SqlStore, rid: str, value: float) -> None:
@@ -379,107 +450,6 @@ def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
     assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
     medplum_ids = medplum.client_ids(("Observation",))
     assert all(medplum_ids[cid] == 1 for cid in cids)
-
-
-def _pass_in_thread(data: Path, store: SqlStore) -> tuple[threading.Thread, list[object]]:
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            outcome.append(run_pass(data, store))
-        except UpstreamError as err:
-            outcome.append(err)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
-def test_a_step_longer_than_the_lease_keeps_it_and_no_other_process_takes_over(
-    tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(passes, "LEASE_TTL", dt.timedelta(seconds=3))
-    n = next(_run)
-    data = gateway_data(tmp_path)
-    store = SqliteStore(data / datadir.DATABASE)
-    try:
-        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
-            _configure(data, medplum, base=relay.base)
-            pid = f"n{n}-p"
-            _link(store, medplum, n, pid)
-            run_pass(data, store)
-            entry = create_entry(observation("x", pid))
-            entry["resource"].pop("id")
-            _push(store, [entry])
-            relay.hold = {"POST"}  # the upstream takes 8 s to answer the filing: > the lease
-            threading.Timer(8, relay.release.set).start()
-            thread, outcome = _pass_in_thread(data, store)
-            while not any(f.startswith("POST") for f in relay.forwarded):
-                assert thread.is_alive()
-                time.sleep(0.05)
-            taken = []
-            while thread.is_alive():  # another process tries to take over, again and again
-                if store.claim_upstream_lease("other-process", _now(), passes.LEASE_TTL):
-                    taken.append(_now())
-                    store.release_upstream_lease("other-process")
-                time.sleep(0.25)
-            thread.join()
-            assert taken == []  # the live pass kept its lease through the long step
-            [result] = outcome
-            assert isinstance(result, passes.PassResult)
-            assert result.counts["outbox_filed"] == 1
-            assert store.claim_upstream_lease("other-process", _now(), passes.LEASE_TTL)
-    finally:
-        store.close()
-
-
-def test_a_holder_taken_over_after_it_stalled_sends_nothing_more_upstream(
-    tmp_path: Path, medplum: MedplumServer
-) -> None:
-    n = next(_run)
-    data = gateway_data(tmp_path)
-    store = SqliteStore(data / datadir.DATABASE)
-    try:
-        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
-            _configure(data, medplum, base=relay.base)
-            pid = f"n{n}-p"
-            _link(store, medplum, n, pid)
-            run_pass(data, store)
-            first = create_entry(observation("x", pid, 60.0))
-            first["resource"].pop("id")
-            _push(store, [first])
-            run_pass(data, store)
-            [filed] = store.outbox(("filed",))
-            entry = create_entry(observation("y", pid))
-            entry["resource"].pop("id")
-            _push(store, [entry])  # a create, then an edit: two requests, one after the other
-            _edit(store, filed.rid, 61.0)
-            relay.hold = {"POST"}
-            before = len(relay.forwarded)
-            thread, outcome = _pass_in_thread(data, store)
-            deadline = time.monotonic() + 30
-            while not any(f.startswith("POST") for f in relay.forwarded[before:]):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            # While its reply is held this process stalls past its lease: another process,
-            # a lease's time later, takes the expired lease over.
-            assert store.claim_upstream_lease("other-process", _now() + LEASE_TTL * 1.5, LEASE_TTL)
-            sent = len(relay.forwarded)
-            relay.release.set()
-            thread.join(60)
-            [result] = outcome
-            assert isinstance(result, UpstreamError) and result.reason == "upstream_lease_lost"
-            writes = [f for f in relay.forwarded[sent:] if not f.startswith("GET")]
-            assert writes == []  # the old holder wrote nothing more upstream
-            [edit] = store.outbox(("pending",))  # left for the new holder, not held
-            assert edit.rid == filed.rid and edit.attempts == 0
-            assert not store.claim_upstream_lease(passes.HOLDER, _now(), LEASE_TTL)  # not freed
-            counts = run_pass(data, store, now=_now() + LEASE_TTL * 3).counts  # the next holder
-            assert counts["outbox_filed"] == 1
-            cid = entry["request"]["ifNoneExist"].split("|")[1]
-            assert _mine(medplum, {cid}) == Counter({cid: 1})
-    finally:
-        store.close()
 
 
 def test_a_note_referring_to_a_held_one_is_held_too_and_others_go_on(
