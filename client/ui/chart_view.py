@@ -265,16 +265,24 @@ def filing_label(filing: NoteFiling) -> QLabel:
     return label
 
 
+def timeline_heading(entry: TimelineEntry) -> str:
+    """When · what kind · its title; the title is left out where it only repeats the kind."""
+    kind = "Consultation note" if entry.kind == "note" else "Encounter"
+    when = format_moment(entry.when) or "date not recorded"
+    title = entry.title.strip()
+    if not title or title.casefold() == kind.casefold():
+        return f"{when} · {kind}"
+    return f"{when} · {kind} · {title}"
+
+
 def _timeline_item(entry: TimelineEntry) -> QFrame:
     frame = QFrame()
     frame.setProperty("role", "unsent" if entry.unsent else "")
     layout = QVBoxLayout(frame)
     layout.setContentsMargins(8, 4, 8, 6)
     layout.setSpacing(2)
-    kind = "Consultation note" if entry.kind == "note" else "Encounter"
-    when = format_moment(entry.when) or "date not recorded"
     head = QHBoxLayout()
-    head.addWidget(data_label(f"{when} · {kind} · {entry.title}", role="section", wrap=True), 1)
+    head.addWidget(data_label(timeline_heading(entry), role="section", wrap=True), 1)
     if entry.unsent and (entry.filing is None or entry.filing.kind != "laptop"):
         mark = data_label(UNSENT_MARK, role="unsent")
         mark.setAccessibleName(SAVED_ON_LAPTOP)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
 from pytestqt.qtbot import QtBot
 
+from client.core.chart import TimelineEntry
 from client.ui.caseload import ALERT_MARK, COLUMNS, EMPTY_HINT, OTHER_SITE, CaseloadScreen
-from client.ui.chart_view import ChartScreen
+from client.ui.chart_view import ChartScreen, timeline_heading
 from client.ui.qt import (
     QApplication,
     QComboBox,
@@ -171,3 +173,13 @@ def test_controls_have_accessible_names(qtbot: QtBot, td: ProvisionedDevice) -> 
     assert len(controls) > 15
     unnamed = [type(w).__name__ for w in controls if not w.accessibleName()]
     assert unnamed == []
+
+
+def test_a_timeline_heading_never_repeats_its_kind_and_keeps_a_real_title() -> None:
+    when = dt.datetime(2026, 7, 1, 9, 5, tzinfo=dt.UTC)  # 10:05 in London (BST)
+    note = TimelineEntry("note", "n1", when, "Consultation note", "text", unsent=False)
+    assert timeline_heading(note) == "01-Jul-2026 10:05 · Consultation note"
+    visit = TimelineEntry("encounter", "e1", when, "GP clinic", "", unsent=False)
+    assert timeline_heading(visit) == "01-Jul-2026 10:05 · Encounter · GP clinic"
+    undated = TimelineEntry("note", "n2", None, "", "text", unsent=False)
+    assert timeline_heading(undated) == "date not recorded · Consultation note"
