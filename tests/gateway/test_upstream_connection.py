@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 import pytest
 
+from sync.gateway import datadir
+from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import config as upstream_config
 from sync.gateway.upstream.capabilities import read_capabilities
 from sync.gateway.upstream.config import load_config, set_upstream
@@ -30,6 +32,7 @@ from sync.gateway.upstream.passes import run_pass
 from sync.gateway.upstream.state import load_state
 from sync.gateway.upstream.worker import UpstreamWorker
 from tests.support.medplum_server import MedplumServer, running_medplum
+from tests.support.postgres import require_server
 from tests.support.smart_server import SmartServer, running_smart
 from tests.support.tls import PkiFiles, make_test_pki
 from tests.support.tls_server import RawTlsServer, server_context
@@ -177,8 +180,35 @@ def test_nw2_upstream_wrong_ca_is_refused_whatever_the_environment(
     )
     assert run.returncode == 2
     assert "(upstream_tls)" in run.stderr and "Traceback" not in run.stderr
-    state = load_state(data)
+    state = _last_pass(data)
     assert state["last_outcome"] == "failed" and state["last_reason"] == "upstream_tls"
+
+
+def _last_pass(data: Path) -> dict[str, Any]:
+    """What ``upstream status`` shows of the last pass (kept in the data folder's database)."""
+    store = SqliteStore(data / datadir.DATABASE)
+    try:
+        return load_state(data, store)
+    finally:
+        store.close()
+
+
+def test_every_gateway_process_of_a_cluster_shows_the_last_upstream_pass(
+    tmp_path: Path, medplum: MedplumServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two hosts, each with its own data folder, on one PostgreSQL: the pass one of them ran
+    is what ``upstream status`` shows on the other."""
+    url = require_server().new_database()
+    first, second = gateway_data(tmp_path / "a"), gateway_data(tmp_path / "b")
+    for data in (first, second):
+        _configure_medplum(data, medplum)
+    assert gateway_cli("upstream", "sync", "--data", str(first), "--database", url) == 0
+    capsys.readouterr()
+    status_there = ("upstream", "status", "--data", str(second), "--database", url, "--json")
+    assert gateway_cli(*status_there) == 0
+    status = orjson.loads(capsys.readouterr().out)
+    assert status["last_outcome"] == "ok" and status["last_success"]
+    assert status["capabilities"]["software"].startswith("Medplum")
 
 
 @contextlib.contextmanager

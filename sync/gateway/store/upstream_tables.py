@@ -29,6 +29,8 @@ Invariants:
   process sharing the database, renewed by its holder, taken over only once expired (a
   crashed holder loses it after its time-to-live; what it left pending is simply filed by the
   next holder).
+- ``upstream_pass_state`` (one row) is what the last pass found, whichever process ran it, so
+  ``upstream status`` on any host of a cluster shows the same (``upstream.state``).
 - Portable SQL only (``store.tables``); nothing here holds record content except the
   quarantine's reason code and JSON path.
 """
@@ -101,6 +103,11 @@ UPSTREAM_SCHEMA: tuple[str, ...] = (
     id INTEGER PRIMARY KEY,
     holder TEXT NOT NULL,
     expires_us INTEGER NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS upstream_pass_state (
+    id INTEGER PRIMARY KEY,
+    document TEXT NOT NULL,
+    updated_us INTEGER NOT NULL
 )""",
     """CREATE TABLE IF NOT EXISTS upstream_quarantine (
     type TEXT NOT NULL,
@@ -522,6 +529,25 @@ class UpstreamTables(SqlTables):
                 (holder, until_us, holder, now_us),
             ).rowcount
             return claimed == 1
+
+    # -- what the last pass found (``upstream.state``), for every process to read
+    def upstream_pass_state(self) -> str | None:
+        row = self._one("SELECT document FROM upstream_pass_state WHERE id = 1", ())
+        return None if row is None else str(row[0])
+
+    def set_upstream_pass_state(self, document: str, now: dt.datetime) -> None:
+        with self._write() as execute:
+            if (
+                execute(
+                    "UPDATE upstream_pass_state SET document = ?, updated_us = ? WHERE id = 1",
+                    (document, to_us(now)),
+                ).rowcount
+                == 0
+            ):
+                execute(
+                    "INSERT INTO upstream_pass_state (id, document, updated_us) VALUES (1, ?, ?)",
+                    (document, to_us(now)),
+                )
 
     def release_upstream_lease(self, holder: str) -> None:
         with self._write() as execute:

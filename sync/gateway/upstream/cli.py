@@ -79,7 +79,7 @@ def _status_document(data: Path, store: SqlStore) -> dict[str, Any]:
     config = load_config(data)
     return {
         "configuration": config.to_json(),
-        **load_state(data),
+        **load_state(data, store),
         "site_links": [
             {"site": link.site, "kind": link.kind, "ref": link.ref} for link in store.site_links()
         ],

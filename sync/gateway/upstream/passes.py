@@ -85,6 +85,7 @@ def run_pass(
         log.warning("upstream pass failed: %s", err.reason)
         record_pass(
             data,
+            store,
             at=moment,
             reason=err.reason,
             detail=err.detail,
@@ -94,6 +95,7 @@ def run_pass(
         raise
     result.state = record_pass(
         data,
+        store,
         at=moment,
         reason=None,
         capabilities=result.capabilities.to_json(),
