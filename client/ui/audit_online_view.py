@@ -79,13 +79,14 @@ def online_row(e: AuditEntry) -> tuple[str, ...]:
 
 
 def chain_row(c: dict[str, Any]) -> tuple[str, ...]:
+    """One device's audit chain; its latest alert names the first bad entry where there is one
+    (a chain break), and no entry where the alert is about the device (``device_wiped``)."""
     alert = c["latest_alert"]
-    latest = (
-        ""
-        if alert is None
-        else f"{alert['reason']} at entry {alert['first_bad_seq']} "
-        f"({format_timestamp(str(alert['raised_at']))})"
-    )
+    latest = ""
+    if alert is not None:
+        seq = alert.get("first_bad_seq")
+        where = "" if seq is None else f" at entry {seq}"
+        latest = f"{alert['reason']}{where} ({format_timestamp(str(alert['raised_at']))})"
     return (
         str(c["device_id"]),
         str(c["last_seq"]),

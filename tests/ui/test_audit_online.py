@@ -25,6 +25,7 @@ from client.core.humanize import DISPLAY_ZONE
 from client.core.provisioning import add_user_online
 from client.core.session import NotAllowed, Session
 from client.core.sync_runner import run_sync
+from client.ui.audit_online_view import chain_row
 from client.ui.audit_view import AuditWorkspace, OnlineAuditPanel
 from client.ui.main_window import MainWindow
 from client.ui.qt import Qt
@@ -270,3 +271,17 @@ def test_exports_need_the_password_and_hold_only_audit_metadata(
     assert session is not None
     exports = [e for e in on_worker(win, session.audit_entries) if e.action == "export"]
     assert [e.outcome for e in exports] == ["success", "success", "denied"]
+
+
+def test_a_chain_row_names_the_first_bad_entry_only_where_there_is_one() -> None:
+    """A chain break names its entry; a wipe report (``device_wiped``) is about the device and
+    names none (it said "at entry None")."""
+    raised = "2026-12-06T10:00:00+00:00"
+    chain = {"device_id": "lap-1", "last_seq": 9, "head_hash": "ab" * 32, "last_receipt_at": None}
+    broken = chain | {"alerts": 1, "latest_alert": {
+        "reason": "chain_broken", "first_bad_seq": 4, "raised_at": raised}}  # fmt: skip
+    wiped = chain | {"alerts": 1, "latest_alert": {
+        "reason": "device_wiped", "first_bad_seq": None, "raised_at": raised}}  # fmt: skip
+    assert chain_row(broken)[-1] == "chain_broken at entry 4 (06-Dec-2026 10:00)"
+    assert chain_row(wiped)[-1] == "device_wiped (06-Dec-2026 10:00)"
+    assert chain_row(chain | {"alerts": 0, "latest_alert": None})[-2:] == ("0", "")
