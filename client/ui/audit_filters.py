@@ -5,7 +5,8 @@ Guarantees:
   that focuses it: the patient (a name, an NHS number with or without spaces, a date of birth
   in the caseload search's forms, or a patient id) and the From/To days.
 - The days are ``QDateEdit``s with a calendar popup in the UK form ``05-Dec-2026``; the lowest
-  date reads "any" and means no limit on that side.
+  date reads "any" and means no limit on that side. From "any", Up/Down start at today (UK) and
+  the calendar opens on today's month.
 - Enter in any field emits ``submitted`` (the tab runs its search).
 - Only what the auditor typed is held here; nothing is resolved or read on the GUI thread.
 """
@@ -14,7 +15,20 @@ from __future__ import annotations
 
 import datetime as dt
 
-from client.ui.qt import QDate, QDateEdit, QHBoxLayout, QKeyEvent, QLabel, Qt, QWidget, Signal
+from client.core.humanize import DISPLAY_ZONE
+from client.ui.qt import (
+    QAbstractSpinBox,
+    QDate,
+    QDateEdit,
+    QEvent,
+    QHBoxLayout,
+    QKeyEvent,
+    QLabel,
+    QObject,
+    Qt,
+    QWidget,
+    Signal,
+)
 from client.ui.widgets import field
 
 DISPLAY_FORMAT = "dd-MMM-yyyy"
@@ -22,8 +36,15 @@ ANY_DAY = QDate(2000, 1, 1)  # shown as "any": no limit on that side
 ANY_TEXT = "any"
 
 
+def _today() -> QDate:
+    today = dt.datetime.now(DISPLAY_ZONE).date()  # the UK day, whatever the laptop's zone
+    return QDate(today.year, today.month, today.day)
+
+
 class _DayEdit(QDateEdit):
-    """A day picker whose Enter is the tab's search (a bare QDateEdit swallows it)."""
+    """A day picker whose Enter is the tab's search (a bare QDateEdit swallows it). From "any",
+    the first Up or Down gives today (UK) and the calendar opens on today's month: never on
+    January 2000, the hidden value behind "any"."""
 
     submitted = Signal()
 
@@ -32,6 +53,26 @@ class _DayEdit(QDateEdit):
             self.submitted.emit()
             return
         super().keyPressEvent(event)
+
+    def stepEnabled(self) -> QAbstractSpinBox.StepEnabledFlag:
+        if self.date() == ANY_DAY:
+            return QAbstractSpinBox.StepEnabledFlag.StepUpEnabled | (
+                QAbstractSpinBox.StepEnabledFlag.StepDownEnabled
+            )
+        return super().stepEnabled()
+
+    def stepBy(self, steps: int) -> None:
+        if self.date() == ANY_DAY and steps:
+            self.setDate(_today())
+            return
+        super().stepBy(steps)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        calendar = self.calendarWidget()
+        if watched is calendar and event.type() == QEvent.Type.Show and self.date() == ANY_DAY:
+            today = _today()
+            calendar.setCurrentPage(today.year(), today.month())
+        return super().eventFilter(watched, event)
 
 
 def _day_edit(name: str, object_name: str) -> _DayEdit:
@@ -43,6 +84,7 @@ def _day_edit(name: str, object_name: str) -> _DayEdit:
     edit.setMinimumDate(ANY_DAY)
     edit.setSpecialValueText(ANY_TEXT)
     edit.setDate(ANY_DAY)
+    edit.calendarWidget().installEventFilter(edit)
     return edit
 
 

@@ -37,6 +37,7 @@ from PySide6.QtPrintSupport import QPrinterInfo
 from PySide6.QtWidgets import (
     QAbstractButton,
     QAbstractItemView,
+    QAbstractSpinBox,
     QApplication,
     QCheckBox,
     QComboBox,
@@ -75,6 +76,7 @@ from PySide6.QtWidgets import (
 __all__ = [
     "QAbstractButton",
     "QAbstractItemView",
+    "QAbstractSpinBox",
     "QAbstractTableModel",
     "QAction",
     "QApplication",

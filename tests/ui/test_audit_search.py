@@ -12,10 +12,12 @@ from pathlib import Path
 from pytestqt.qtbot import QtBot
 
 from client.core.audit_export import WORD_COLUMNS
+from client.core.humanize import DISPLAY_ZONE
 from client.core.session import Session
+from client.ui.audit_filters import PatientDaysFilter
 from client.ui.audit_view import AuditWorkspace
 from client.ui.main_window import MainWindow
-from client.ui.qt import QDateEdit
+from client.ui.qt import QDateEdit, QPoint, Qt
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
 from tests.support.fhir import nhs_number
 from tests.support.ui import (
@@ -161,3 +163,28 @@ def test_export_writes_exactly_the_filtered_rows_and_says_where(
     exported = entries_from_bundle(json.loads(out_json.read_text(encoding="utf-8")))
     assert len(exported) == shown
     assert {(e.action, e.patient_id) for e in exported} == {("record_view", HTML_PATIENT)}
+
+
+def test_a_day_left_at_any_starts_at_today_by_keyboard_and_in_the_calendar(
+    qtbot: QtBot,
+) -> None:
+    """Never January 2000 (the value hidden behind "any"): Up or Down gives today (UK), and
+    the calendar opens on today's month while the day still reads "any"."""
+    days = PatientDaysFilter("t", ("&Patient", "&From", "&To"))
+    qtbot.addWidget(days)
+    days.show()
+    qtbot.waitExposed(days)
+    today = dt.datetime.now(DISPLAY_ZONE).date()
+    qtbot.keyClick(days.since, Qt.Key.Key_Up)
+    qtbot.keyClick(days.until, Qt.Key.Key_Down)
+    assert days.days() == (today, today)
+    days.clear()
+    edit = days.since
+    qtbot.mouseClick(
+        edit, Qt.MouseButton.LeftButton, pos=QPoint(edit.width() - 6, edit.height() // 2)
+    )
+    calendar = edit.calendarWidget()
+    qtbot.waitUntil(calendar.isVisible)
+    assert (calendar.yearShown(), calendar.monthShown()) == (today.year, today.month)
+    assert edit.text() == "any" and days.days() == (None, None)
+    calendar.window().hide()
