@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import orjson
@@ -363,6 +363,10 @@ class Transport:
             inner = _find_transport_error(exc)
             if inner is not None:
                 raise inner from exc
+            if _in_chain(exc, ssl.SSLCertVerificationError) is not None:  # another CA's
+                raise TransportError(
+                    "pin_mismatch", "the gateway's certificate is not from the pinned CA"
+                ) from exc
             raise TransportError("tls", "the secure connection to the gateway failed") from exc
         except requests.exceptions.Timeout as exc:
             raise TransportError("timeout", "the gateway did not answer in time") from exc
@@ -408,8 +412,12 @@ class _RefuseAdapter(HTTPAdapter):
         raise TransportError("host_not_allowed", "plain HTTP is never used")
 
 
-def _find_transport_error(exc: BaseException) -> TransportError | None:
-    """Our pin check raises inside urllib3, which wraps it; dig it out of the chain."""
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _in_chain(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first exception of ``kind`` in ``exc``'s cause/context/args chain (our pin check
+    raises inside urllib3, which wraps it; so does ssl's certificate verification)."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -417,7 +425,7 @@ def _find_transport_error(exc: BaseException) -> TransportError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, TransportError):
+        if isinstance(current, kind):
             return current
         stack.extend([current.__cause__, current.__context__])
         stack.extend(arg for arg in current.args if isinstance(arg, BaseException))
@@ -425,3 +433,7 @@ def _find_transport_error(exc: BaseException) -> TransportError | None:
         if isinstance(reason, BaseException):
             stack.append(reason)
     return None
+
+
+def _find_transport_error(exc: BaseException) -> TransportError | None:
+    return _in_chain(exc, TransportError)

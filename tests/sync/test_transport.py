@@ -241,3 +241,20 @@ def test_a_silent_server_times_out(pki: Pki) -> None:
             with pytest.raises(TransportError) as caught:
                 transport.get("x")
         assert caught.value.reason == "timeout"
+
+
+def test_NW2_mitm_under_chain_verification_is_named_as_such_before_any_request_byte(
+    pki: Pki,
+) -> None:
+    """With the gateway's CA pinned (chain verification), a server with another CA's
+    certificate fails the handshake: the clinician reads the unsafe-network sentence
+    (``pin_mismatch``: do not retry on this network), not a generic TLS failure."""
+    context = server_context(pki.rogue_server.cert, pki.rogue_server.key, None)
+    for mitm in RawTlsServer(context, _ok).serve():
+        config = pinned_config(pki, mitm.port, server_ca_file=pki.ca.cert)
+        with Transport(config) as transport:
+            with pytest.raises(TransportError) as caught:
+                transport.request("POST", "fhir", body=b"secret clinical note")
+        assert caught.value.reason == "pin_mismatch"
+        time.sleep(0.1)
+        assert bytes(mitm.received) == b""
