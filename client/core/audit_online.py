@@ -12,6 +12,8 @@ Guarantees:
   Lock and sign-out forget it; a token the gateway refuses is forgotten and the
   password is asked again (``password_needed``). It is never stored on disk or logged.
 - The gateway must answer for the same user and site as the session, else nothing is shown.
+- With every search come the site's notes the gateway holds back from the health record
+  (held with the upstream's reason code, or in conflict): ids and codes, no content.
 - A patient is asked by name, NHS number or date of birth: resolved to ids through this
   laptop's patient index (``client.core.audit_search``) and sent to the gateway's ``patient``
   filter, one query per id (the gateway takes one); a text that matches nobody here but is a
@@ -40,7 +42,13 @@ from client.core.errors import UserFacingError
 from client.core.provisioning import transport_config
 from client.core.records import is_fhir_id
 from client.core.session import NotAllowed, Session
-from sync.device.audit_queries import AuditClientError, AuditQuery, SearchResult, chain_status
+from sync.device.audit_queries import (
+    AuditClientError,
+    AuditQuery,
+    SearchResult,
+    chain_status,
+    notes_not_filed,
+)
 from sync.device.audit_queries import download_csv as _download_csv
 from sync.device.audit_queries import search_audit as _search_audit
 from sync.device.enrolment import EnrolmentError, online_login
@@ -63,6 +71,9 @@ class OnlineAuditError(UserFacingError):
 class OnlineAudit:
     search: SearchResult
     chains: list[dict[str, Any]]
+    # The site's notes the gateway holds back from the health record (held, conflict); None
+    # when the gateway does not list them (an older gateway).
+    not_filed: list[dict[str, Any]] | None = None
 
 
 def _with_token(
@@ -151,6 +162,12 @@ def query_gateway(
     def work(transport: Transport, token: str) -> OnlineAudit:
         results = [_search_audit(transport, token, q) for q in asked]
         chains = chain_status(transport, token)
+        try:
+            not_filed: list[dict[str, Any]] | None = notes_not_filed(transport, token)
+        except AuditClientError as error:
+            if error.reason not in ("not_found", "http_404"):
+                raise
+            not_filed = None
         pairs = [(e, v) for r in results for e, v in zip(r.entries, r.events, strict=True)]
         kept = sorted(
             ((e, v) for e, v in pairs if audit_search.matches(e, wanted)),
@@ -159,7 +176,7 @@ def query_gateway(
         found = SearchResult(
             [v for _e, v in kept], [e for e, _v in kept], any(r.truncated for r in results)
         )
-        return OnlineAudit(found, chains)
+        return OnlineAudit(found, chains, not_filed)
 
     detail = {"where": "gateway", **query.describe(), **audit_search.describe(wanted, "gateway")}
     if wanted.patient_ids is not None:

@@ -24,6 +24,7 @@ from client.core import audit_export, audit_online
 from client.core.audit_reauth import REAUTH_WINDOW_SECONDS
 from client.core.audit_words import action_words, outcome_words, purpose_words
 from client.core.humanize import format_timestamp
+from client.core.note_filing import HELD_OTHERWISE, HELD_REASONS
 from client.core.session import Session
 from client.ui.audit_filters import PatientDaysFilter
 from client.ui.error_boundary import explain
@@ -57,6 +58,8 @@ ONLINE_COLUMNS = (
     "Reason",
 )
 CHAIN_COLUMNS = ("Device", "Last entry", "Head hash", "Last receipt", "Alerts", "Latest alert")
+NOT_FILED_COLUMNS = ("Patient", "Record", "State", "Why", "Since")
+NOT_FILED_HEAD = "Notes not filed in the health record"
 MINUTES = REAUTH_WINDOW_SECONDS // 60
 
 
@@ -94,6 +97,23 @@ def chain_row(c: dict[str, Any]) -> tuple[str, ...]:
         format_timestamp(str(c["last_receipt_at"])) if c["last_receipt_at"] else "never",
         str(c["alerts"]),
         latest,
+    )
+
+
+def not_filed_row(n: dict[str, Any]) -> tuple[str, ...]:
+    """One note the gateway holds back: held (the reason in words, IT acts, then ``upstream
+    retry``) or in conflict (the clinician who wrote it resolves it on the laptop)."""
+    if n["state"] == "conflict":
+        state, why = "Conflict", "the health record changed it too: the clinician resolves it"
+    else:
+        state, why = "Held", HELD_REASONS.get(str(n["reason"]), HELD_OTHERWISE)
+    since = format_timestamp(str(n["since"])) if n["since"] else "time not recorded"
+    return (
+        str(n["patient_id"] or "no patient"),
+        f"{n['type']}/{n['id']} v{n['version']}",
+        state,
+        why,
+        since,
     )
 
 
@@ -167,6 +187,10 @@ class OnlineAuditPanel(QWidget):
         self.table = audit_table("gateway_audit_table", self.model)
         self.chain_table = audit_table("chain_status_table", self.chains)
         self.chain_table.setMaximumHeight(140)
+        self.not_filed = TextRowsModel(NOT_FILED_COLUMNS, self)
+        self.not_filed_table = audit_table("not_filed_table", self.not_filed)
+        self.not_filed_table.setMaximumHeight(140)
+        self.not_filed_summary = data_label("", wrap=True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 8, 0, 0)
         layout.addWidget(
@@ -186,6 +210,9 @@ class OnlineAuditPanel(QWidget):
         layout.addWidget(self.table, 1)
         layout.addWidget(data_label("Audit chain of each device", role="section"))
         layout.addWidget(self.chain_table)
+        layout.addWidget(data_label(NOT_FILED_HEAD, role="section"))
+        layout.addWidget(self.not_filed_summary)
+        layout.addWidget(self.not_filed_table)
         self.search_button.clicked.connect(self.run_search)
         self.password.returnPressed.connect(self.run_search)
         self.finder.submitted.connect(self.run_search)
@@ -207,6 +234,8 @@ class OnlineAuditPanel(QWidget):
         self.entries = []
         self.model.set_rows([])
         self.chains.set_rows([])
+        self.not_filed.set_rows([])
+        self.not_filed_summary.clear()
         self.summary.clear()
         self.finder.clear()
 
@@ -271,6 +300,19 @@ class OnlineAuditPanel(QWidget):
         self.entries = list(reversed(result.search.entries))  # newest first, as the laptop's
         self.model.set_rows([online_row(e) for e in self.entries])
         self.chains.set_rows([chain_row(c) for c in result.chains])
+        notes = result.not_filed
+        self.not_filed.set_rows([not_filed_row(n) for n in notes or []])
+        if notes is None:
+            self.not_filed_summary.setText("This gateway does not list them.")
+        elif not notes:
+            self.not_filed_summary.setText(
+                "None held or in conflict (notes on their way up are not listed)."
+            )
+        else:
+            self.not_filed_summary.setText(
+                f"{len(notes)} note(s) held or in conflict, oldest first; IT sees the same in "
+                "`gatehouse-gateway upstream status`."
+            )
         bg = sum(1 for e in self.entries if is_break_glass(e))
         more = " Not all are shown: narrow the filters." if result.search.truncated else ""
         self.summary.setText(

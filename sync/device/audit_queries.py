@@ -8,7 +8,7 @@ Guarantees:
   the chained entry it carries maps to (``sync.protocol.audit.audit_event.to_audit_event``): a
   server cannot
   slip extra fields (clinical content, rich text) into what an auditor sees. Chain status
-  rows have exactly the documented fields and types.
+  rows and notes-not-filed rows have exactly the documented fields and types.
 - Paging follows ``next`` links (same origin only, the transport refuses others) up to
   ``MAX_RESULTS`` events; past that the result says it was cut (``truncated``).
 - "Out of hours" is judged on the device (the gateway has no such parameter) with the same
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SEARCH_PATH = "audit/AuditEvent"
 CHAINS_PATH = "audit/chains"
+NOT_FILED_PATH = "audit/notes-not-filed"
 PAGE_SIZE = 500  # the gateway allows 1..1000 per page
 MAX_RESULTS = 5_000  # what one screen can show usefully; more means: narrow the filters
 # Pages per search: 10 suffice for MAX_RESULTS at PAGE_SIZE; more are needed only when most
@@ -48,6 +49,8 @@ MAX_PAGES = 200
 MAX_PAGE_BYTES = 16 * 1024 * 1024  # 1,000 AuditEvents of about 2-4 KiB each, with room
 MAX_CSV_BYTES = 16 * 1024 * 1024
 MAX_CHAINS = 10_000
+MAX_NOT_FILED = 1_000  # the gateway lists at most this many, oldest first
+_NOT_FILED_KEYS = frozenset({"type", "id", "version", "state", "reason", "since", "patient_id"})
 MAX_FIELD_CHARS = 256  # the gateway refuses longer search values too
 _CHAIN_KEYS = frozenset(
     {"device_id", "last_seq", "head_hash", "last_receipt_at", "alerts", "latest_alert"}
@@ -300,4 +303,36 @@ def parse_chains(data: object) -> list[dict[str, Any]]:
         )
         if not ok:
             raise _bad("a chain status row")
+    return rows
+
+
+def notes_not_filed(transport: Transport, token: str) -> list[dict[str, Any]]:
+    """The site's notes the gateway holds back from the health record (held, conflict),
+    strictly validated: ids, codes and times, never record content."""
+    return parse_not_filed(_get_json(transport, NOT_FILED_PATH, token, max_depth=4))
+
+
+def parse_not_filed(data: object) -> list[dict[str, Any]]:
+    """The rows of a ``/audit/notes-not-filed`` answer, or ``AuditClientError``."""
+    if not isinstance(data, dict) or set(data) != {"notes"} or not isinstance(data["notes"], list):
+        raise _bad("notes not filed")
+    rows = data["notes"]
+    if len(rows) > MAX_NOT_FILED:
+        raise _bad("too many notes not filed")
+    for row in rows:
+        ok = (
+            isinstance(row, dict)
+            and set(row) == _NOT_FILED_KEYS
+            and all(
+                isinstance(row[k], str) and 0 < len(row[k]) <= MAX_FIELD_CHARS
+                for k in ("type", "id")
+            )
+            and _count(row["version"])
+            and row["state"] in ("held", "conflict")
+            and _optional_text(row["reason"])
+            and _optional_text(row["since"])
+            and _optional_text(row["patient_id"])
+        )
+        if not ok:
+            raise _bad("a note not filed")
     return rows

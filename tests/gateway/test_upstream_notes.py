@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
+from sync.device.audit_queries import parse_not_filed
 from sync.gateway import datadir
 from sync.gateway.api.transaction import Scope, parse_bundle, run_transaction
 from sync.gateway.store.sql import SqlStore
@@ -32,8 +33,11 @@ from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
+from tests.support.control import add_user, bearer
 from tests.support.gateway import (
     SITE_A,
+    SITE_B,
+    Gateway,
     create_entry,
     observation,
     patient,
@@ -135,10 +139,12 @@ def test_a_laptop_consultation_is_filed_upstream_exactly_once(
         assert all(held[cid] == 1 for cid in made)  # no duplicate reached the laptop
 
 
-def _push(gw_store: SqlStore, entries: list[dict[str, Any]], device: str = "dev-a") -> None:
+def _push(
+    gw_store: SqlStore, entries: list[dict[str, Any]], device: str = "dev-a", site: str = SITE_A
+) -> None:
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     _, parsed = parse_bundle(orjson.dumps(bundle))
-    run_transaction(gw_store, parsed, Scope(SITE_A, device))
+    run_transaction(gw_store, parsed, Scope(site, device))
 
 
 def test_lost_replies_after_the_upstream_committed_never_file_twice(
@@ -559,3 +565,34 @@ def test_a_patient_written_by_a_device_is_never_sent_upstream(
         assert upstream["managingOrganization"]["reference"] == "Organization/x"
     finally:
         store.close()
+
+
+def test_a_sites_notes_held_back_are_listed_to_that_sites_auditors_only(gateway: Gateway) -> None:
+    store = gateway.store
+    assert isinstance(store, SqlStore)
+    gateway.load(*(patient(f"{site}-p", site) for site in (SITE_A, SITE_B)))
+    for site, device in ((SITE_A, "dev-a"), (SITE_B, "dev-b")):
+        entry = create_entry(observation("x", f"{site}-p"))
+        entry["resource"].pop("id")
+        _push(store, [entry], device, site)
+    for item in store.outbox(("pending",)):
+        store.outbox_done(item.seq, "held", _now(), reason="upstream_refused", detail="refused")
+    add_user(gateway, "aud-a", "auditor", SITE_A)
+    add_user(gateway, "nurse-a", "clinician", SITE_A)
+    url = f"{gateway.url}/audit/notes-not-filed"
+
+    def ask(user: str) -> Any:
+        token = bearer(gateway, gateway.a, "dev-a", user)
+        return gateway.a.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    answer = ask("aud-a")
+    assert answer.status_code == 200
+    [note] = parse_not_filed(answer.json())
+    assert (note["patient_id"], note["state"], note["reason"]) == (
+        f"{SITE_A}-p",
+        "held",
+        "upstream_refused",
+    )
+    assert "refused" not in orjson.dumps(answer.json()).decode().replace("upstream_refused", "")
+    refused = ask("nurse-a")
+    assert (refused.status_code, refused.json()["error"]) == (403, "role_forbidden")

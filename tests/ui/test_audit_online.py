@@ -30,6 +30,7 @@ from client.ui.audit_view import AuditWorkspace, OnlineAuditPanel
 from client.ui.main_window import MainWindow
 from client.ui.qt import Qt
 from sync.device.audit_queries import AuditQuery
+from sync.gateway.store.upstream_tables import OutboxItem
 from sync.protocol.audit.audit_event import CSV_HEADER, entries_from_bundle
 from tests.support.ui import disk_is_fine, on_worker, widget_texts
 from tests.support.ui_gateway import (
@@ -41,6 +42,8 @@ from tests.support.ui_gateway import (
 )
 
 OUTSIDE = "not-on-this-laptop"
+NOTE_TEXT = "Confided on the wing: never on an auditor's screen"
+HELD_AT = dt.datetime(2026, 7, 1, 9, 30, tzinfo=dt.UTC)  # 10:30 in London
 
 
 @dataclasses.dataclass
@@ -50,6 +53,8 @@ class Scene:
     viewed: str  # a patient the clinician opened
     viewed_nhs: str  # their NHS number (10 digits)
     clinical: list[str]  # names and text that must never show in the auditor's screens
+    not_filed: list[OutboxItem]  # the consultation's rows the gateway holds back
+    # (tests that sign the auditor in run before the wrong-password tests lock the account)
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +73,24 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         clinical += [a.substance for a in chart.allergies] + [p.text for p in chart.problems]
         assert len(clinical) > len(patients)  # the chart had something clinical to leak
         nurse.break_glass(OUTSIDE, "transfer", "Arrived from another prison today", NURSE[1])
+        nurse.write_consultation(patients[0].id, vitals=[], note_text=NOTE_TEXT, plan_text="-")
+        clinical.append(NOTE_TEXT)
         assert run_sync(nurse).error is None  # the audit chain goes up with the sync
+        # The upstream refused one note of the consultation (held, with its reason) and the
+        # other met a change there (conflict): what the filer records (upstream/filing.py).
+        not_filed = live.store.outbox(("pending",))[:2]
+        assert len(not_filed) == 2  # the encounter and its note
+        live.store.outbox_done(
+            not_filed[0].seq, "held", HELD_AT, reason="upstream_refused", detail="x"
+        )
+        live.store.outbox_done(not_filed[1].seq, "conflict", HELD_AT, reason="upstream_conflict")
         with pytest.raises(NotAllowed):  # AU-5: a clinician cannot query the audit trail
             audit_online.query_gateway(nurse, NURSE[1], AuditQuery())
         nurse.lock()
         add_user_online(device, *AUDITOR)
         nhs = patients[0].nhs_number
         assert nhs is not None and len(nhs) == 10
-        yield Scene(live, device, patients[0].id, nhs, clinical)
+        yield Scene(live, device, patients[0].id, nhs, clinical, not_filed)
     finally:
         live.stop()
 
@@ -148,6 +163,26 @@ def test_auditor_sees_the_clinicians_views_and_break_glass_at_the_gateway(
     assert queries[0].outcome == "success" and queries[0].detail["where"] == "gateway"
     assert dict(queries[1].detail)["break_glass"] == "yes"
     assert queries[2].patient_id == scene.viewed and queries[2].detail["patients"] == 1
+
+
+def test_the_auditor_sees_the_sites_notes_held_back_from_the_health_record(
+    qtbot: QtBot, scene: Scene
+) -> None:
+    """A clinician's consultation reaches the gateway; the upstream refuses one note (held,
+    with its reason) and another met a change there (conflict). The auditor's gateway tab
+    lists both with the patient, the reason in words and the UK time; never record content."""
+    queued = scene.not_filed
+    win, panel = auditor_window(qtbot, scene)
+    search(qtbot, panel)
+    rows = panel.not_filed.rows
+    assert [r[2] for r in rows] == ["Held", "Conflict"]
+    assert all(r[0] == scene.viewed for r in rows)
+    assert rows[0][3] == "the health record refused it"
+    assert rows[0][4] == "01-Jul-2026 10:30"
+    assert rows[0][1].startswith(f"{queued[0].rtype}/{queued[0].rid} v")
+    assert "2 note(s) held or in conflict" in panel.not_filed_summary.text()
+    assert not any(NOTE_TEXT in t for t in widget_texts())
+    win.lock()
 
 
 def test_wrong_password_shows_no_results_and_is_audited(qtbot: QtBot, scene: Scene) -> None:

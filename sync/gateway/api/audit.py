@@ -46,6 +46,7 @@ from sync.gateway.store.base import (
     Store,
     fhir_instant,
 )
+from sync.gateway.store.sql import SqlStore
 from sync.gateway.users import authenticate_bearer, default_hasher
 from sync.protocol.audit.audit_event import ACTION_SYSTEM, to_audit_event, to_csv_rows
 from sync.protocol.audit.entry import AuditEntry, entry_from_canonical
@@ -53,6 +54,7 @@ from sync.protocol.audit.entry import AuditEntry, entry_from_canonical
 log = logging.getLogger(__name__)
 
 AUDIT_ROLES = frozenset({"auditor", "admin"})
+MAX_NOT_FILED = 1000  # notes held or in conflict listed at once (oldest first)
 DEFAULT_COUNT = 100
 MAX_COUNT = 1000
 MAX_OFFSET = 10_000_000
@@ -226,6 +228,30 @@ async def chains(request: Request) -> Response:
     return json_response({"chains": out})
 
 
+async def notes_not_filed(request: Request) -> Response:
+    """The site's notes the upstream refused (``held``, with its reason code) or that met an
+    upstream change (``conflict``): what the auditor sees beside ``upstream status``. Ids,
+    codes and times only, no record content."""
+    session = await auditor_session(request)
+    store = store_of(request)
+    if not isinstance(store, SqlStore):  # pragma: no cover - every store is one today
+        return json_response({"notes": []})
+    rows = await run_in_threadpool(store.outbox_not_filed_at, session.site, MAX_NOT_FILED)
+    notes = [
+        {
+            "type": row.item.rtype,
+            "id": row.item.rid,
+            "version": row.item.version_id,
+            "state": row.item.state,
+            "reason": row.item.reason,
+            "since": None if row.since is None else fhir_instant(row.since),
+            "patient_id": row.patient_id,
+        }
+        for row in rows
+    ]
+    return json_response({"notes": notes})
+
+
 def _receipt_time(receipt: str | None) -> str | None:
     if receipt is None:
         return None
@@ -262,6 +288,7 @@ def audit_routes() -> Sequence[Route]:
     return [
         Route("/audit/AuditEvent", search_audit_events, methods=["GET"]),
         Route("/audit/chains", chains, methods=["GET"]),
+        Route("/audit/notes-not-filed", notes_not_filed, methods=["GET"]),
     ]
 
 

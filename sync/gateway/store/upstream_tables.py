@@ -155,6 +155,13 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class NotFiled:
+    item: OutboxItem
+    patient_id: str | None
+    since: dt.datetime | None  # when the row was closed held or conflict
+
+
+@dataclass(frozen=True)
 class Filed:
     rtype: str
     rid: str
@@ -345,6 +352,25 @@ class UpstreamTables(SqlTables):
             (*states, limit),
         )
         return [_item(r) for r in rows]
+
+    def outbox_not_filed_at(self, site: str, limit: int = 500) -> list[NotFiled]:
+        """Held and conflicting rows of ``site``'s records, oldest first: what the site's
+        auditors and IT must see."""
+        cols = ", ".join(f"o.{c.strip()}" for c in _OUTBOX_COLS.split(","))
+        rows = self._rows(
+            f"SELECT {cols}, r.patient_id, o.done_us FROM upstream_outbox o"  # noqa: S608
+            " JOIN resources r ON r.type = o.type AND r.id = o.id"
+            " WHERE o.state IN ('held', 'conflict') AND r.site = ? ORDER BY o.seq LIMIT ?",
+            (site, limit),
+        )
+        return [
+            NotFiled(
+                _item(r[:-2]),
+                None if r[-2] is None else str(r[-2]),
+                None if r[-1] is None else from_us(int(str(r[-1]))),
+            )
+            for r in rows
+        ]
 
     def outbox_timings(self) -> list[tuple[str, str, dt.datetime, dt.datetime | None]]:
         """(type, id, queued at, closed at or None) of every outbox row, oldest first
