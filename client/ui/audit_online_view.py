@@ -132,6 +132,17 @@ def audit_table(name: str, model: QAbstractTableModel) -> QTableView:
     return table
 
 
+def fit_rows(table: QTableView, most_rows: int = 4) -> None:
+    """Height for its rows (at least one, at most ``most_rows``; more scroll), so short lists
+    leave the room to the site's audit trail and every section stays on a small screen."""
+    rows = max(1, min(most_rows, table.model().rowCount()))
+    height = (
+        table.horizontalHeader().sizeHint().height()
+        + rows * table.verticalHeader().defaultSectionSize()
+    )
+    table.setFixedHeight(height + 2 * table.frameWidth() + 2)
+
+
 class OnlineAuditPanel(QWidget):
     """Queries of the site's audit trail at the gateway, chain status per device, exports.
     Emits ``notify(text)``."""
@@ -186,11 +197,11 @@ class OnlineAuditPanel(QWidget):
         self.chains = TextRowsModel(CHAIN_COLUMNS, self)
         self.table = audit_table("gateway_audit_table", self.model)
         self.chain_table = audit_table("chain_status_table", self.chains)
-        self.chain_table.setMaximumHeight(140)
         self.not_filed = TextRowsModel(NOT_FILED_COLUMNS, self)
         self.not_filed_table = audit_table("not_filed_table", self.not_filed)
-        self.not_filed_table.setMaximumHeight(140)
         self.not_filed_summary = data_label("", wrap=True)
+        fit_rows(self.chain_table)
+        fit_rows(self.not_filed_table)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 8, 0, 0)
         layout.addWidget(
@@ -302,6 +313,8 @@ class OnlineAuditPanel(QWidget):
         self.chains.set_rows([chain_row(c) for c in result.chains])
         notes = result.not_filed
         self.not_filed.set_rows([not_filed_row(n) for n in notes or []])
+        fit_rows(self.chain_table)
+        fit_rows(self.not_filed_table)
         if notes is None:
             self.not_filed_summary.setText("This gateway does not list them.")
         elif not notes:
@@ -310,8 +323,8 @@ class OnlineAuditPanel(QWidget):
             )
         else:
             self.not_filed_summary.setText(
-                f"{len(notes)} note(s) held or in conflict, oldest first; IT sees the same in "
-                "`gatehouse-gateway upstream status`."
+                f"{len(notes)} note(s) held or in conflict, oldest first; IT sees the same, "
+                "with the health record's own words, in: gatehouse-gateway upstream status."
             )
         bg = sum(1 for e in self.entries if is_break_glass(e))
         more = " Not all are shown: narrow the filters." if result.search.truncated else ""
