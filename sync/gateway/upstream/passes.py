@@ -79,7 +79,13 @@ def run_pass(
                         result.counts = {f"outbox_{k}": v for k, v in filed.items()}
                         _lease(store, dt.datetime.now(dt.UTC))
                         result.counts.update(
-                            import_records(connection, store, now=moment, reconcile=reconcile)
+                            import_records(
+                                connection,
+                                store,
+                                now=moment,
+                                reconcile=reconcile,
+                                capabilities=result.capabilities,
+                            )
                         )
                     finally:
                         store.release_upstream_lease(HOLDER)
