@@ -223,6 +223,12 @@ def test_an_incremental_pass_reads_history_and_applies_edits_and_deletions(
     assert orjson.loads(row[0])["valueQuantity"]["value"] == 99.0
     quiet = w.sync(reconcile=False)  # nothing changed since: nothing written
     assert quiet.get("written", 0) == 0 and quiet.get("history_deleted", 0) == 0
+    w.patient("r")  # a patient joins the Group: their whole record comes at the next poll
+    w.observation("old-of-r", "r", 65.0)
+    w.group("alpha", [w.member("p"), w.member("r")])
+    w.sync(reconcile=False)
+    assert {("Patient", "r"), ("Observation", "old-of-r")} <= w.held(SITE_A)
+    assert set(w.fed(SITE_A).values()) == {1, 2}  # "keep" twice (edited), all else once
 
 
 def _prefixed(value: Any, prefix: str) -> Any:

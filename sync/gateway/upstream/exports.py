@@ -44,7 +44,7 @@ EXPORT_TYPES: tuple[str, ...] = (PATIENT, *CLINICAL_TYPES)
 @dataclass
 class ExportResult:
     transaction_time: dt.datetime
-    patients: set[str] = field(default_factory=set)  # members the export returned, held here
+    patients: set[str] = field(default_factory=set)  # members the export returned
     seen: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # type → ids
 
 
@@ -165,8 +165,8 @@ def _read_file(
             if pid not in members:
                 writer.counts["export_not_member"] += 1
                 continue
+            result.patients.add(pid)  # returned upstream (kept as held if this version is bad)
             if writer.offer(item, site, pid) is not None:
-                result.patients.add(pid)
                 result.seen[PATIENT].add(pid)
             continue
         owner = patient_of(item)
