@@ -33,7 +33,7 @@ from sync.gateway.upstream.references import rewrite
 from sync.protocol.fhir.filing import CONFLICT, FILED, FilingTag, with_filing_tag
 from sync.protocol.fhir.paging import last_updated
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
-from sync.protocol.fhir.vocabulary import PATIENT
+from sync.protocol.fhir.vocabulary import PATIENT, STORED_TYPES
 
 WRITE_BATCH = 200  # resources per store transaction
 
@@ -55,6 +55,13 @@ class ImportWriter:
         self._pending: list[tuple[str, str, dict[str, Any] | None, str, str, str]] = []
         self._held: dict[str, dict[str, tuple[str, str]]] = {}
         self._filed: dict[str, dict[str, Filed]] = {}
+        self._filing: bool | None = None
+
+    def _any_filed(self) -> bool:
+        """Whether any note was ever filed from here (else no reference needs rewriting)."""
+        if self._filing is None:
+            self._filing = any(self.filed(t) for t in sorted(STORED_TYPES))
+        return self._filing
 
     def filed(self, rtype: str) -> dict[str, Filed]:
         """Upstream id → the gateway resource filed as it (notes written on laptops)."""
@@ -93,7 +100,7 @@ class ImportWriter:
                 return rid
         try:
             validate_resource(resource)
-            body = rewrite(resource, self._to_gateway)
+            body = rewrite(resource, self._to_gateway) if self._any_filed() else dict(resource)
             body["id"] = rid
             if rtype == PATIENT:
                 body["managingOrganization"] = {"reference": f"Organization/{site}"}
