@@ -26,7 +26,10 @@ from sync.gateway import datadir
 from sync.gateway.store.base import HistoryQuery
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
-from sync.gateway.upstream.config import set_upstream
+from sync.gateway.upstream.capabilities import read_capabilities
+from sync.gateway.upstream.config import load_config, set_upstream
+from sync.gateway.upstream.load import import_records
+from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
 from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
 from tests.support.sekmet_server import SekmetServer, running_sekmet
@@ -229,6 +232,34 @@ def test_an_incremental_pass_reads_history_and_applies_edits_and_deletions(
     w.sync(reconcile=False)
     assert {("Patient", "r"), ("Observation", "old-of-r")} <= w.held(SITE_A)
     assert set(w.fed(SITE_A).values()) == {1, 2}  # "keep" twice (edited), all else once
+
+
+def test_without_history_changes_come_by_export_since(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    """The same server read as one whose statement lacks ``history-type``: every site being a
+    Group, increments come by ``Group/[id]/$export?_since``, never by ``_history``."""
+    w = World(tmp_path, sekmet, gw)
+    w.patient("p")
+    w.observation("keep", "p", 60.0)
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    w.sync()
+    w.observation("keep", "p", 99.0)
+    w.observation("new", "p", 63.0)
+    statement = sekmet.metadata()
+    for rest in statement["rest"]:
+        for kind in rest["resource"]:
+            kind["interaction"] = [i for i in kind["interaction"] if i["code"] != "history-type"]
+    capabilities = read_capabilities(statement)
+    with open_connection(load_config(w.data)) as connection:
+        counts = import_records(
+            connection, w.store, now=_now(), reconcile=False, capabilities=capabilities
+        )
+    assert counts["export_files"] == 1 and counts["written"] == 2  # Observation only
+    assert "history_deleted" not in counts
+    assert {("Observation", "keep"), ("Observation", "new")} <= w.held(SITE_A)
+    assert w.fed(SITE_A)[("Observation", "keep")] == 2
 
 
 def _prefixed(value: Any, prefix: str) -> Any:
