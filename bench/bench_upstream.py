@@ -36,7 +36,7 @@ to a gateway site. Figures:
   Figures: resources/s, and import time over (job + download) time and over download time.
 
 ``GATEHOUSE_BENCH_SCALE`` (default 1: 1,000 patients, ~20k resources) or ``--quick`` (0.05).
-``--latency`` runs the latency part only.
+``--latency`` runs the latency part only, ``--search`` the Medplum import and filing only.
 """
 
 from __future__ import annotations
@@ -307,6 +307,15 @@ def main() -> None:
     if "--export" in sys.argv:
         bulk_export()
         return
+    search_import()
+    if "--search" in sys.argv:
+        return
+    bulk_export()
+    latency()
+
+
+def search_import() -> None:
+    """Import, download and filing against Medplum (module docstring)."""
     scale = _scale()
     patients = max(10, int(PATIENTS_AT_SCALE_1 * scale))
     resources = seed_resources(patients, seed=7, sites=1)
@@ -368,9 +377,6 @@ def main() -> None:
                 )
             finally:
                 store.close()
-
-    bulk_export()
-    latency()
 
 
 if __name__ == "__main__":
