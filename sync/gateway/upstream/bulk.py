@@ -164,9 +164,11 @@ def read_manifest(document: Any) -> Manifest:
     return Manifest(moment, tuple(found), len(errors) if isinstance(errors, list) else 0)
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes) of each non-empty line; None for a line over ``MAX_LINE_BYTES``
-    (its bytes are skipped, not kept)."""
+def ndjson_lines(
+    chunks: Iterator[bytes], max_line: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) of each non-empty line, however the chunks cut it; None for a line
+    over ``max_line`` bytes (its bytes are skipped, not kept)."""
     buffer = bytearray()
     number = 0
     oversized = False
@@ -177,7 +179,7 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes | None]]:
             if end < 0:
                 if not oversized:
                     buffer += chunk[start:]
-                    if len(buffer) > MAX_LINE_BYTES:
+                    if len(buffer) > max_line:
                         oversized = True
                         buffer.clear()
                 break
@@ -186,7 +188,7 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes | None]]:
                 yield number, None
             else:
                 buffer += chunk[start:end]
-                if len(buffer) > MAX_LINE_BYTES:
+                if len(buffer) > max_line:
                     yield number, None
                 elif buffer.strip():
                     yield number, bytes(buffer)
@@ -205,7 +207,7 @@ def read_ndjson(connection: UpstreamConnection, url: str) -> Iterator[dict[str, 
             raise UpstreamError("export_gone", f"file HTTP {response.status}")
         if response.status != 200:
             raise UpstreamError("export_failed", f"file HTTP {response.status}")
-        for number, line in _lines(response.chunks):
+        for number, line in ndjson_lines(response.chunks):
             if line is None:
                 yield BadLine(number, "ndjson_line_too_large")
                 continue
