@@ -15,11 +15,16 @@ export QT_QPA_PLATFORM ?= offscreen
 # from the npm registry at the versions its package-lock.json pins (tests/support/medplum_server.py).
 MEDPLUM_DIR   := tests/support/medplum
 MEDPLUM_STAMP := $(MEDPLUM_DIR)/node_modules/.installed
+# A second one that offers Bulk Data $export and _history (sekmet-fhir from PyPI, FastAPI), in its
+# OWN venv so its dependencies never reach the project's (tests/support/sekmet_server.py).
+SEKMET_DIR    := tests/support/sekmet
+SEKMET_VENV   := $(SEKMET_DIR)/.venv
+SEKMET_STAMP  := $(SEKMET_VENV)/.installed
 
 SYSTEM_PACKAGES := dbus gnome-keyring libsecret-tools xvfb postgresql \
                    libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0
 
-.PHONY: medplum test lint typecheck pytest pytest-postgres soak venv sysdeps bench clean package demo demo-frozen
+.PHONY: medplum sekmet test lint typecheck pytest pytest-postgres soak venv sysdeps bench clean package demo demo-frozen
 
 venv: $(STAMP)
 
@@ -35,6 +40,13 @@ $(MEDPLUM_STAMP): $(MEDPLUM_DIR)/package.json $(MEDPLUM_DIR)/package-lock.json
 	cd $(MEDPLUM_DIR) && npm ci --no-audit --no-fund --ignore-scripts
 	touch $(MEDPLUM_STAMP)
 
+sekmet: $(SEKMET_STAMP)
+
+$(SEKMET_STAMP): $(SEKMET_DIR)/requirements.txt
+	$(PYTHON) -m venv $(SEKMET_VENV)
+	$(SEKMET_VENV)/bin/python -m pip install --quiet -r $(SEKMET_DIR)/requirements.txt
+	touch $(SEKMET_STAMP)
+
 sysdeps:
 	@bash scripts/install-system-packages.sh $(SYSTEM_PACKAGES)
 
@@ -45,12 +57,12 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-pytest: venv sysdeps medplum
+pytest: venv sysdeps medplum sekmet
 	GATEHOUSE_REQUIRE_POSTGRES=1 $(PY) -m pytest -m "not frozen_bundle" $(PYTEST_ARGS)
 
 # The gateway's scale path: the same gateway suite against a real PostgreSQL 15 that the tests
 # start in a temporary folder (under make test a missing PostgreSQL fails the run, with the reason).
-pytest-postgres: venv sysdeps
+pytest-postgres: venv sysdeps sekmet
 	GATEHOUSE_REQUIRE_POSTGRES=1 GATEHOUSE_TEST_STORE=postgres $(PY) -m pytest tests/gateway -q
 
 # Kill -9 harnesses at soak depth (CI runs 200 rounds as part of `make test`).
@@ -77,7 +89,7 @@ demo: venv sysdeps
 demo-frozen: package
 	bash packaging/demo_frozen.sh
 
-bench: venv medplum
+bench: venv medplum sekmet
 	$(PY) -m bench
 
 clean:

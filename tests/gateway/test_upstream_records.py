@@ -316,3 +316,26 @@ def test_only_one_gateway_process_runs_the_upstream_pass(
     assert w.store.read("Patient", w.id("p")) is not None
     # The pass released its lease when it ended: another process may take it at once.
     assert w.store.claim_upstream_lease("other-gateway:2", _now(), dt.timedelta(minutes=30))
+
+
+def test_an_upstream_without_bulk_export_or_history_is_read_by_search(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    """Medplum offers neither ``$export`` nor type ``_history``: the same import runs on
+    paged search, and ``upstream status`` says so per capability."""
+    w = World(tmp_path, medplum, gw)
+    w.patient("p")
+    w.observation("obs", "p")
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    result = run_pass(w.data, w.store, reconcile=True)
+    assert result.counts["exported_sites"] == 0 and "export_files" not in result.counts
+    assert w.held(SITE_A) == {("Patient", "p"), ("Observation", "obs")}
+    assert result.capabilities is not None
+    plans = {d.code: d for d in result.capabilities.decisions()}
+    assert not plans["bulk-export:Group"].offered
+    assert "paged search" in plans["bulk-export:Group"].plan
+    assert not plans["Observation:history-type"].offered
+    assert "_lastUpdated keyset" in plans["Observation:history-type"].plan
+    w.observation("obs", "p", 80.0)
+    assert w.sync(reconcile=False)["written"] == 1  # the change, by keyset search

@@ -6,8 +6,8 @@ Invariants:
   CapabilityStatement is refused (``no_capability_statement``): the gateway does not guess
   what a system of record supports before writing notes into it.
 - The statement is read by the same reader the laptop uses
-  (``sync.protocol.fhir.capability``); Bulk Data ``$export`` is read here from the
-  operations (system level, and Group's).
+  (``sync.protocol.fhir.capability``); Bulk Data ``Group/[id]/$export`` is read here from
+  Group's operations (by name ``export`` or the Bulk Data IG's definition).
 - ``decisions`` names every capability the gateway would use, whether it is offered, and the
   gateway's path either way; ``missing`` lists the stable codes of those not offered.
 """
@@ -54,23 +54,29 @@ class UpstreamCapabilities:
             Decision(
                 "bulk-export:Group",
                 self.group_export,
-                "initial load by Group/[id]/$export (NDJSON)"
+                "Group-linked sites: initial load and hourly reconciliation by "
+                "Group/[id]/$export (NDJSON, streamed); Organization-linked sites by search"
                 if self.group_export
                 else "initial load by paged search per type and patient (_lastUpdated keyset)",
             )
         ]
         for kind in IMPORTED_TYPES:
             offered = p.of(kind)
-            out.append(
-                Decision(
-                    f"{kind}:history-type",
-                    offered.history_type,
-                    "changes read from _history"
-                    if offered.history_type
-                    else "changes read by _lastUpdated keyset from the high-water mark "
-                    "(with overlap), deletions by id-list reconciliation",
+            if kind == PATIENT:
+                plan = "Patients read by _id at every pass (membership decides who is in)"
+            elif offered.history_type:
+                plan = "changes and deletions read from _history?_since"
+            elif self.group_export:
+                plan = (
+                    "changes by Group/[id]/$export?_since when every site is Group-linked, "
+                    "else by _lastUpdated keyset; deletions by id-list reconciliation"
                 )
-            )
+            else:
+                plan = (
+                    "changes read by _lastUpdated keyset from the high-water mark "
+                    "(with overlap), deletions by id-list reconciliation"
+                )
+            out.append(Decision(f"{kind}:history-type", offered.history_type, plan))
             if not offered.search_type:
                 out.append(
                     Decision(f"{kind}:search-type", False, f"{kind} cannot be imported: held")

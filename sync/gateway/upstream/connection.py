@@ -11,7 +11,9 @@ Invariants (the upstream's half of NW-2):
 - Requests go only to the base URL's origin and the token URL's origin; any other URL
   (including a ``next`` link the server hands us) is refused before a connection is made.
   Redirects are never followed.
-- Every response body is read through a hard size limit; connect and read timeouts apply.
+- Every response body is read through a hard size limit; connect and read timeouts apply. The
+  one exception is ``stream`` (Bulk Data NDJSON files): its body is handed over chunk by chunk
+  and never held whole; its reader bounds each line instead (``bulk``).
 - Only idempotent requests are retried, with exponential backoff; a busy answer's
   ``Retry-After`` (seconds, capped) lengthens the wait.
 - A bearer token is added by ``request`` when a token source is configured; on a 401 the
@@ -21,9 +23,10 @@ Invariants (the upstream's half of NW-2):
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
@@ -65,6 +68,15 @@ class Response:
     headers: Mapping[str, str]
     body: bytes
     url: str
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A response whose body is read chunk by chunk (``chunks``), once."""
+
+    status: int
+    headers: Mapping[str, str]
+    chunks: Iterator[bytes]
 
 
 @dataclass
@@ -212,9 +224,9 @@ class UpstreamConnection:
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _once(
+    def _open(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
-    ) -> Response:
+    ) -> tuple[urllib3.BaseHTTPResponse, Origin]:
         if self.fence is not None:
             self.fence(method)
         origin = origin_of(url)
@@ -246,6 +258,17 @@ class UpstreamConnection:
             self._note_tls(raw, origin)
             if 300 <= raw.status < 400:
                 raise UpstreamError("upstream_redirect")
+        except BaseException:
+            raw.close()
+            raw.release_conn()
+            raise
+        return raw, origin
+
+    def _once(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> Response:
+        raw, _ = self._open(method, url, body, headers)
+        try:
             payload = self._read_bounded(raw)
         except BaseException:
             raw.close()  # an answer left unread: never hand its connection to the next request
@@ -254,6 +277,32 @@ class UpstreamConnection:
             raw.release_conn()
         headers_out = {name.lower(): value for name, value in raw.headers.items()}
         return Response(raw.status, headers_out, payload, url)
+
+    @contextlib.contextmanager
+    def stream(
+        self, path_or_url: str, headers: Mapping[str, str] | None = None
+    ) -> Iterator[Streamed]:
+        """GET ``path_or_url`` (same origin rule, bearer token as ``request`` adds it) with its
+        body handed over chunk by chunk, never held whole; not retried (the caller re-reads).
+        The connection is closed when the block ends, read to the end or not."""
+        sent = dict(headers or {})
+        if self.tokens is not None:
+            sent["Authorization"] = f"Bearer {self.tokens.bearer()}"
+        raw, _ = self._open("GET", self.url(path_or_url), None, sent)
+        try:
+            headers_out = {name.lower(): value for name, value in raw.headers.items()}
+            yield Streamed(raw.status, headers_out, self._chunks(raw))
+        finally:
+            raw.close()
+            raw.release_conn()
+
+    def _chunks(self, raw: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        try:
+            for chunk in raw.stream(_CHUNK):
+                self.counters.bytes_received += len(chunk)
+                yield chunk
+        except HTTPError as exc:
+            raise UpstreamError("upstream_unreachable", "mid-answer") from exc
 
     def _note_tls(self, raw: urllib3.BaseHTTPResponse, origin: Origin) -> None:
         connection = getattr(raw, "connection", None)

@@ -39,24 +39,23 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sync.gateway.store import resources as res
 from sync.gateway.store.sql import SqlStore
-from sync.gateway.store.upstream_tables import Filed
+from sync.gateway.store.upstream_tables import SiteLink
+from sync.gateway.upstream.capabilities import UpstreamCapabilities
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.exports import ExportResult, export_group, last_export
+from sync.gateway.upstream.history import read_history
 from sync.gateway.upstream.membership import Membership, read_membership
-from sync.gateway.upstream.references import rewrite
 from sync.gateway.upstream.search import keyset_search
-from sync.protocol.fhir.filing import CONFLICT, FILED, FilingTag, with_filing_tag
-from sync.protocol.fhir.paging import last_updated
-from sync.protocol.fhir.validate import InvalidResource, parse_instant, validate_resource
+from sync.gateway.upstream.writer import ImportWriter, offer_page
+from sync.protocol.fhir.validate import parse_instant
 from sync.protocol.fhir.vocabulary import CLINICAL_TYPES, PATIENT
 
 PATIENT_CHUNK = 50  # patients per by-patient search (``patient=Patient/a,Patient/b,…``)
-WRITE_BATCH = 200  # resources per store transaction
 OVERLAP = dt.timedelta(minutes=5)  # re-read before the mark: commits land out of stamp order
 RECONCILE_INTERVAL = dt.timedelta(hours=1)
 _RECONCILED = "reconciled"
@@ -67,125 +66,8 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
         yield list(items[start : start + size])
 
 
-def _patient_of(resource: dict[str, Any]) -> str | None:
-    try:
-        return res.patient_id_of(resource)
-    except res.ResourceError:
-        return None
-
-
-class _Writer:
-    """Validated, changed resources written in batches; quarantine for the rest."""
-
-    def __init__(self, store: SqlStore, now: dt.datetime) -> None:
-        self.store = store
-        self.now = now
-        self.counts: Counter[str] = Counter()
-        self._pending: list[tuple[str, str, dict[str, Any] | None, str, str, str]] = []
-        self._held: dict[str, dict[str, tuple[str, str]]] = {}
-        self._filed: dict[str, dict[str, Filed]] = {}
-
-    def filed(self, rtype: str) -> dict[str, Filed]:
-        """Upstream id → the gateway resource filed as it (notes written on laptops)."""
-        if rtype not in self._filed:
-            self._filed[rtype] = self.store.filed_by_upstream(rtype)
-        return self._filed[rtype]
-
-    def _to_gateway(self, rtype: str, upstream_id: str) -> str | None:
-        filed = self.filed(rtype).get(upstream_id) if rtype != PATIENT else None
-        return filed.rid if filed is not None else None
-
-    def held(self, rtype: str) -> dict[str, tuple[str, str]]:
-        """(upstream version, site) of every ``rtype`` held, as of the last flush."""
-        if rtype not in self._held:
-            self._held[rtype] = {
-                rid: (row.upstream_version, row.site)
-                for rid, row in self.store.imported(rtype).items()
-            }
-        return self._held[rtype]
-
-    def offer(self, resource: dict[str, Any], site: str, patient_id: str) -> str | None:
-        """Write ``resource`` (an upstream version) if it is valid and new here; returns the
-        gateway id it is held under (None: quarantined)."""
-        rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
-        mine = self.filed(rtype).get(rid) if rtype != PATIENT else None
-        if mine is not None:
-            version = (resource.get("meta") or {}).get("versionId")
-            if version == mine.upstream_version:
-                self.counts["own_filed"] += 1  # a note filed from here, seen back: no change
-                return mine.rid
-            rid = mine.rid  # edited upstream: a new version of the gateway's own resource
-        try:
-            validate_resource(resource)
-            body = rewrite(resource, self._to_gateway)
-            body["id"] = rid
-            if rtype == PATIENT:
-                body["managingOrganization"] = {"reference": f"Organization/{site}"}
-            res.check_resource(body, rtype)
-        except InvalidResource as bad:
-            self._quarantine(rtype, rid, bad.reason, bad.path)
-            return None
-        except res.ResourceError as bad:
-            self._quarantine(rtype, rid, bad.reason, "$")
-            return None
-        version = str(resource["meta"]["versionId"])
-        if self.held(rtype).get(rid) == (version, site):
-            self.counts["unchanged"] += 1
-            return rid
-        if mine is not None:  # the health record's version of a note filed from here
-            body = with_filing_tag(body, self._tag_of(rtype, rid))
-        self._pending.append((rtype, rid, body, version, site, patient_id))
-        self.held(rtype)[rid] = (version, site)
-        if mine is not None:
-            self.filed(rtype)[mine.upstream_id] = Filed(rtype, rid, mine.upstream_id, version)
-        if len(self._pending) >= WRITE_BATCH:
-            self.flush()
-        return rid
-
-    def _tag_of(self, rtype: str, rid: str) -> FilingTag:
-        """Filed; or, when the laptop edit last queued for it met an upstream 412, a conflict
-        naming that edit's version (the laptop that wrote it opens it in its conflict flow)."""
-        latest = self.store.latest_outbox(rtype, rid)
-        if latest is not None and latest.state == "conflict":
-            self.counts["conflict_sent_down"] += 1
-            return FilingTag(CONFLICT, version=str(latest.version_id))
-        return FilingTag(FILED)
-
-    def remove(self, rtype: str, rid: str) -> None:
-        self._pending.append((rtype, rid, None, "", "", ""))
-        self.held(rtype).pop(rid, None)
-        if len(self._pending) >= WRITE_BATCH:
-            self.flush()
-
-    def quarantine(self, resource: dict[str, Any], reason: str) -> None:
-        self._quarantine(str(resource.get("resourceType")), str(resource.get("id")), reason, "$")
-
-    def _quarantine(self, rtype: str, rid: str, reason: str, path: str) -> None:
-        self.counts["quarantined"] += 1
-        with self.store.write():
-            self.store.quarantine_in_tx(rtype[:64], rid[:64], reason, path[:200], self.now)
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        with self.store.write() as tx:
-            for rtype, rid, body, version, site, patient_id in self._pending:
-                if body is None:
-                    current = tx.current(rtype, rid)
-                    if current is not None and not current.deleted:
-                        tx.delete(rtype, rid)
-                        self.counts["deleted"] += 1
-                    self.store.forget_import_in_tx(rtype, rid)
-                    continue
-                tx.put(rtype, rid, body)
-                self.store.record_import_in_tx(rtype, rid, version, site, patient_id, self.now)
-                self.store.refile_version_in_tx(rtype, rid, version)
-                self.counts["written"] += 1
-        self._pending.clear()
-
-
 def _import_patients(
-    connection: UpstreamConnection, writer: _Writer, membership: Membership
+    connection: UpstreamConnection, writer: ImportWriter, membership: Membership
 ) -> set[str]:
     """Write the members' Patients; return the ids upstream returned."""
     found: set[str] = set()
@@ -201,7 +83,7 @@ def _import_patients(
     return found
 
 
-def _remove_leavers(writer: _Writer, present: set[str]) -> None:
+def _remove_leavers(writer: ImportWriter, present: set[str]) -> None:
     """Patients held here who are no longer members of a linked site (or no longer exist
     upstream): deleted here, with every record imported for them."""
     for pid in sorted(set(writer.held(PATIENT)) - present):
@@ -213,28 +95,9 @@ def _remove_leavers(writer: _Writer, present: set[str]) -> None:
     writer.flush()
 
 
-def _offer_page(
-    writer: _Writer, page: Iterable[dict[str, Any]], site_of: dict[str, str], newest: list[Any]
-) -> set[str]:
-    ids = set()
-    for resource in page:
-        stamp = last_updated(resource)
-        if stamp is not None and (newest[0] is None or stamp > newest[0]):
-            newest[0] = stamp
-        pid = _patient_of(resource)
-        if pid is None:
-            writer.quarantine(resource, "missing_patient_reference")
-            continue
-        if pid not in site_of:
-            continue
-        held_as = writer.offer(resource, site_of[pid], pid)
-        ids.add(held_as or str(resource.get("id")))
-    return ids
-
-
 def _by_patient(
     connection: UpstreamConnection,
-    writer: _Writer,
+    writer: ImportWriter,
     rtype: str,
     patients: Sequence[str],
     site_of: dict[str, str],
@@ -244,7 +107,7 @@ def _by_patient(
     for chunk in _chunks(sorted(patients), PATIENT_CHUNK):
         params = {"patient": ",".join(f"Patient/{p}" for p in chunk)}
         for page in keyset_search(connection, rtype, params):
-            seen |= _offer_page(writer, page, site_of, newest)
+            seen |= offer_page(writer, page, site_of, newest)
     return seen
 
 
@@ -268,12 +131,71 @@ def _refuse_emptied(store: SqlStore, membership: Membership) -> None:
             raise UpstreamError("membership_emptied", link.site)
 
 
+def _history(capabilities: UpstreamCapabilities | None, rtype: str) -> bool:
+    return capabilities is not None and capabilities.profile.of(rtype).history_type
+
+
+def _apply_history(
+    connection: UpstreamConnection,
+    writer: ImportWriter,
+    rtype: str,
+    since: dt.datetime,
+    site_of: dict[str, str],
+    newest: list[Any],
+) -> None:
+    """``rtype``'s changes since ``since``: the newest change per resource is applied; a
+    deletion removes what the gateway holds."""
+    applied: dict[str, dt.datetime | None] = {}
+    for page in read_history(connection, rtype, since):
+        for change in page:
+            if change.rtype != rtype:
+                continue
+            if change.at is not None and (newest[0] is None or change.at > newest[0]):
+                newest[0] = change.at
+            if change.rid in applied:
+                before = applied[change.rid]
+                if change.at is None or before is None or change.at <= before:
+                    continue  # an older version than one already applied in this read
+            applied[change.rid] = change.at
+            if change.resource is not None:
+                offer_page(writer, [change.resource], site_of, [None])
+                continue
+            mine = writer.filed(rtype).get(change.rid)
+            rid = mine.rid if mine is not None else change.rid
+            if rid in writer.held(rtype):
+                writer.remove(rtype, rid)
+                writer.counts["history_deleted"] += 1
+
+
+def _export_sites(
+    connection: UpstreamConnection,
+    writer: ImportWriter,
+    links: Sequence[SiteLink],
+    membership: Membership,
+    reconcile: bool,
+) -> dict[str, ExportResult]:
+    """Full ``Group/[id]/$export`` of every Group-linked site never loaded by export, or all
+    of them at a reconciliation; a site whose kick-off is refused is searched instead."""
+    exported: dict[str, ExportResult] = {}
+    for link in links:
+        if link.kind != "group" or not (reconcile or last_export(writer, link.ref) is None):
+            continue
+        try:
+            exported[link.site] = export_group(connection, writer, link, membership.site_of)
+        except UpstreamError as refused:
+            if refused.reason != "export_refused":
+                raise
+            writer.counts["export_refused"] += 1
+    return exported
+
+
 def import_records(
     connection: UpstreamConnection,
     store: SqlStore,
     *,
     now: dt.datetime,
     reconcile: bool | None = None,
+    capabilities: UpstreamCapabilities | None = None,
 ) -> dict[str, int]:
     """One import pass (module docstring); returns its counts."""
     links = store.site_links()
@@ -281,30 +203,56 @@ def import_records(
         return {"site_links": 0}
     membership = read_membership(connection, links, now)
     _refuse_emptied(store, membership)
-    writer = _Writer(store, now)
+    writer = ImportWriter(store, now)
     before = set(writer.held(PATIENT))
-    found = _import_patients(connection, writer, membership)
-    _remove_leavers(writer, found)
-    held = writer.held(PATIENT)
-    site_of = {p: s for p, s in membership.site_of.items() if p in found and p in held}
     last = _mark(store, _RECONCILED)
     if reconcile is None:
         reconcile = last is None or now - last >= RECONCILE_INTERVAL
-    newcomers = sorted(set(site_of) - before)
+    group_export = capabilities is not None and capabilities.group_export
+    exported = (
+        _export_sites(connection, writer, links, membership, reconcile) if group_export else {}
+    )
+    searched = Membership({p: s for p, s in membership.site_of.items() if s not in exported})
+    found = _import_patients(connection, writer, searched)
+    for result in exported.values():
+        found |= result.patients
+    _remove_leavers(writer, found)
+    held = writer.held(PATIENT)
+    site_of = {p: s for p, s in membership.site_of.items() if p in found and p in held}
+    by_search = {p: s for p, s in site_of.items() if s not in exported}
+    newcomers = sorted(set(by_search) - before)
+    loaded_at = min((r.transaction_time for r in exported.values()), default=None)
+    no_history = tuple(t for t in CLINICAL_TYPES if not _history(capabilities, t))
+    by_export_since: tuple[str, ...] = ()
+    if group_export and not reconcile and no_history and all(k.kind == "group" for k in links):
+        by_export_since = no_history  # every site is a Group: its increments come by $export
+        for link in links:
+            since = last_export(writer, link.ref)
+            if link.site not in exported and since is not None:
+                export_group(
+                    connection, writer, link, site_of, types=no_history, since=since - OVERLAP
+                )
     for rtype in CLINICAL_TYPES:
         stream = f"search:{rtype}"
         mark = _mark(store, stream)
         newest: list[Any] = [mark]
         if reconcile or mark is None:
-            seen = _by_patient(connection, writer, rtype, sorted(site_of), site_of, newest)
+            seen = _by_patient(connection, writer, rtype, sorted(by_search), site_of, newest)
+            for result in exported.values():
+                seen |= result.seen[rtype]
             writer.flush()
             for rid, (_, site) in sorted(writer.held(rtype).items()):
                 if rid not in seen and site in {link.site for link in links}:
                     writer.remove(rtype, rid)
+            if loaded_at is not None:  # the exports are complete up to their transactionTime
+                newest[0] = loaded_at if newest[0] is None else min(newest[0], loaded_at)
         else:
             _by_patient(connection, writer, rtype, newcomers, site_of, newest)
-            for page in keyset_search(connection, rtype, {}, since=mark - OVERLAP):
-                _offer_page(writer, page, site_of, newest)
+            if _history(capabilities, rtype):
+                _apply_history(connection, writer, rtype, mark - OVERLAP, site_of, newest)
+            elif rtype not in by_export_since:
+                for page in keyset_search(connection, rtype, {}, since=mark - OVERLAP):
+                    offer_page(writer, page, site_of, newest)
         writer.flush()
         if newest[0] is not None and newest[0] != mark:
             _save_mark(store, stream, newest[0], now)
@@ -316,5 +264,6 @@ def import_records(
         patients=len(site_of),
         conflicts=membership.conflicts,
         reconciled=int(reconcile),
+        exported_sites=len(exported),
     )
     return counts

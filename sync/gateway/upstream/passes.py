@@ -76,7 +76,13 @@ def run_pass(
                         filed = file_outbox(connection, store, result.capabilities, now=moment)
                         result.counts = {f"outbox_{k}": v for k, v in filed.items()}
                         result.counts.update(
-                            import_records(connection, store, now=moment, reconcile=reconcile)
+                            import_records(
+                                connection,
+                                store,
+                                now=moment,
+                                reconcile=reconcile,
+                                capabilities=result.capabilities,
+                            )
                         )
                         lease.confirm()  # the pass's writes were made as the holder
             finally:

@@ -1,0 +1,189 @@
+"""The import's writer: upstream resources validated, compared with what the gateway holds, and
+written in batches into the gateway store (records in, issue 14; ``load``, ``exports`` and
+``history`` feed it).
+
+Invariants:
+- Every resource goes through the same strict validator as a laptop's push
+  (``validate_resource``) and the store's structural checks before it is written; one that
+  fails is quarantined (type, id, reason code, JSON path; ``upstream status`` lists them) and
+  the rest goes on.
+- An upstream version already held (same ``versionId``, same site) is never written again:
+  re-reading what was imported (a resumed export, an overlapping window) adds nothing to any
+  site's feed.
+- A resource and its ``upstream_imported`` row commit in one store transaction
+  (``WRITE_BATCH`` per transaction).
+- A note filed from here comes back from the upstream under the upstream's id: it is held
+  under the gateway's own id (``upstream_filed``), its echo is never written again, and an
+  upstream edit of it becomes its next version here, tagged filed, or tagged conflict when the
+  laptop edit last queued for it met an upstream 412; references to filed resources are
+  rewritten back to the gateway's ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from sync.gateway.store import resources as res
+from sync.gateway.store.sql import SqlStore
+from sync.gateway.store.upstream_tables import Filed
+from sync.gateway.upstream.references import rewrite
+from sync.protocol.fhir.filing import CONFLICT, FILED, FilingTag, with_filing_tag
+from sync.protocol.fhir.paging import last_updated
+from sync.protocol.fhir.validate import InvalidResource, validate_resource
+from sync.protocol.fhir.vocabulary import PATIENT, STORED_TYPES
+
+WRITE_BATCH = 200  # resources per store transaction
+
+
+def patient_of(resource: dict[str, Any]) -> str | None:
+    try:
+        return res.patient_id_of(resource)
+    except res.ResourceError:
+        return None
+
+
+class ImportWriter:
+    """Validated, changed resources written in batches; quarantine for the rest."""
+
+    def __init__(self, store: SqlStore, now: dt.datetime) -> None:
+        self.store = store
+        self.now = now
+        self.counts: Counter[str] = Counter()
+        self._pending: list[tuple[str, str, dict[str, Any] | None, str, str, str]] = []
+        self._held: dict[str, dict[str, tuple[str, str]]] = {}
+        self._filed: dict[str, dict[str, Filed]] = {}
+        self._filing: bool | None = None
+
+    def _any_filed(self) -> bool:
+        """Whether any note was ever filed from here (else no reference needs rewriting)."""
+        if self._filing is None:
+            self._filing = any(self.filed(t) for t in sorted(STORED_TYPES))
+        return self._filing
+
+    def filed(self, rtype: str) -> dict[str, Filed]:
+        """Upstream id → the gateway resource filed as it (notes written on laptops)."""
+        if rtype not in self._filed:
+            self._filed[rtype] = self.store.filed_by_upstream(rtype)
+        return self._filed[rtype]
+
+    def _to_gateway(self, rtype: str, upstream_id: str) -> str | None:
+        filed = self.filed(rtype).get(upstream_id) if rtype != PATIENT else None
+        return filed.rid if filed is not None else None
+
+    def held(self, rtype: str) -> dict[str, tuple[str, str]]:
+        """(upstream version, site) of every ``rtype`` held, as of the last flush."""
+        if rtype not in self._held:
+            self._held[rtype] = {
+                rid: (row.upstream_version, row.site)
+                for rid, row in self.store.imported(rtype).items()
+            }
+        return self._held[rtype]
+
+    def offer(self, resource: dict[str, Any], site: str, patient_id: str) -> str | None:
+        """Write ``resource`` (an upstream version) if it is valid and new here; returns the
+        gateway id it is held under (None: quarantined)."""
+        rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
+        mine = self.filed(rtype).get(rid) if rtype != PATIENT else None
+        if mine is not None:
+            version = (resource.get("meta") or {}).get("versionId")
+            if version == mine.upstream_version:
+                self.counts["own_filed"] += 1  # a note filed from here, seen back: no change
+                return mine.rid
+            rid = mine.rid  # edited upstream: a new version of the gateway's own resource
+        else:
+            version = (resource.get("meta") or {}).get("versionId")
+            if isinstance(version, str) and self.held(rtype).get(rid) == (version, site):
+                self.counts["unchanged"] += 1  # this very version was validated and written
+                return rid
+        try:
+            validate_resource(resource)
+            body = rewrite(resource, self._to_gateway) if self._any_filed() else dict(resource)
+            body["id"] = rid
+            if rtype == PATIENT:
+                body["managingOrganization"] = {"reference": f"Organization/{site}"}
+            res.check_resource(body, rtype)
+        except InvalidResource as bad:
+            self._quarantine(rtype, rid, bad.reason, bad.path)
+            return None
+        except res.ResourceError as bad:
+            self._quarantine(rtype, rid, bad.reason, "$")
+            return None
+        version = str(resource["meta"]["versionId"])
+        if self.held(rtype).get(rid) == (version, site):
+            self.counts["unchanged"] += 1
+            return rid
+        if mine is not None:  # the health record's version of a note filed from here
+            body = with_filing_tag(body, self._tag_of(rtype, rid))
+        self._pending.append((rtype, rid, body, version, site, patient_id))
+        self.held(rtype)[rid] = (version, site)
+        if mine is not None:
+            self.filed(rtype)[mine.upstream_id] = Filed(rtype, rid, mine.upstream_id, version)
+        if len(self._pending) >= WRITE_BATCH:
+            self.flush()
+        return rid
+
+    def _tag_of(self, rtype: str, rid: str) -> FilingTag:
+        """Filed; or, when the laptop edit last queued for it met an upstream 412, a conflict
+        naming that edit's version (the laptop that wrote it opens it in its conflict flow)."""
+        latest = self.store.latest_outbox(rtype, rid)
+        if latest is not None and latest.state == "conflict":
+            self.counts["conflict_sent_down"] += 1
+            return FilingTag(CONFLICT, version=str(latest.version_id))
+        return FilingTag(FILED)
+
+    def remove(self, rtype: str, rid: str) -> None:
+        self._pending.append((rtype, rid, None, "", "", ""))
+        self.held(rtype).pop(rid, None)
+        if len(self._pending) >= WRITE_BATCH:
+            self.flush()
+
+    def quarantine(self, resource: dict[str, Any], reason: str) -> None:
+        self._quarantine(str(resource.get("resourceType")), str(resource.get("id")), reason, "$")
+
+    def quarantine_id(self, rtype: str, rid: str, reason: str) -> None:
+        self._quarantine(rtype, rid, reason, "$")
+
+    def _quarantine(self, rtype: str, rid: str, reason: str, path: str) -> None:
+        self.counts["quarantined"] += 1
+        with self.store.write():
+            self.store.quarantine_in_tx(rtype[:64], rid[:64], reason, path[:200], self.now)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        with self.store.write() as tx:
+            for rtype, rid, body, version, site, patient_id in self._pending:
+                if body is None:
+                    current = tx.current(rtype, rid)
+                    if current is not None and not current.deleted:
+                        tx.delete(rtype, rid)
+                        self.counts["deleted"] += 1
+                    self.store.forget_import_in_tx(rtype, rid)
+                    continue
+                tx.put(rtype, rid, body)
+                self.store.record_import_in_tx(rtype, rid, version, site, patient_id, self.now)
+                self.store.refile_version_in_tx(rtype, rid, version)
+                self.counts["written"] += 1
+        self._pending.clear()
+
+
+def offer_page(
+    writer: ImportWriter, page: Iterable[dict[str, Any]], site_of: dict[str, str], newest: list[Any]
+) -> set[str]:
+    ids = set()
+    for resource in page:
+        stamp = last_updated(resource)
+        if stamp is not None and (newest[0] is None or stamp > newest[0]):
+            newest[0] = stamp
+        pid = patient_of(resource)
+        if pid is None:
+            writer.quarantine(resource, "missing_patient_reference")
+            continue
+        if pid not in site_of:
+            continue
+        held_as = writer.offer(resource, site_of[pid], pid)
+        ids.add(held_as or str(resource.get("id")))
+    return ids

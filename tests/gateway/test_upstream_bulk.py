@@ -1,0 +1,329 @@
+"""Issue 14, records in by Bulk Data: a real third-party FHIR server that offers
+``Group/[id]/$export`` and ``_history`` (sekmet-fhir, ``make sekmet``) feeds the real gateway,
+which serves a real laptop over its own sync. The initial load comes by ``$export`` (NDJSON,
+streamed, every line through the strict validator), changes and deletions by ``_history``;
+a kill -9 mid-export loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sync.gateway import datadir
+from sync.gateway.store.base import HistoryQuery
+from sync.gateway.store.sql import SqlStore
+from sync.gateway.store.sqlite import SqliteStore
+from sync.gateway.upstream.capabilities import read_capabilities
+from sync.gateway.upstream.config import load_config, set_upstream
+from sync.gateway.upstream.load import import_records
+from sync.gateway.upstream.opening import open_connection
+from sync.gateway.upstream.passes import LEASE_TTL, run_pass
+from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
+from tests.support.sekmet_server import SekmetServer, running_sekmet
+from tests.support.sync import DeviceVault, device_view, seed_resources, sync_once, transport_config
+from tests.support.upstream import gateway_data
+
+_run = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SekmetServer]:
+    with running_sekmet(tmp_path_factory.mktemp("sekmet")) as server:
+        yield server
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    with running_gateway(tmp_path / "gw") as gateway:
+        yield gateway
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _configure(data: Path, sekmet: SekmetServer) -> None:
+    creds = sekmet.pki.device("gateway-upstream", "upstream")
+    set_upstream(
+        data,
+        base=sekmet.base,
+        ca=str(sekmet.pki.ca_path),
+        cert=str(creds.cert_path),
+        key=str(creds.key_path),
+    )
+
+
+def feed(store: SqlStore, site: str) -> Counter[tuple[str, str]]:
+    """How many times each (type, id) appears in ``site``'s change feed."""
+    seen: Counter[tuple[str, str]] = Counter()
+    after = 0
+    while True:
+        page = store.history(HistoryQuery(site=site, count=500, after_seq=after))
+        seen.update((c.rtype, c.rid) for c in page)
+        if len(page) < 500:
+            return seen
+        after = page[-1].seq
+
+
+class World:
+    """One test's upstream records (unique ids in the shared sekmet), gateway and laptops."""
+
+    def __init__(self, tmp: Path, sekmet: SekmetServer, gw: Gateway) -> None:
+        self.n = next(_run)
+        self.tmp, self.sekmet, self.gw = tmp, sekmet, gw
+        assert isinstance(gw.store, SqlStore)
+        self.store: SqlStore = gw.store
+        self.data = gateway_data(tmp)
+        _configure(self.data, sekmet)
+        for site in (SITE_A, SITE_B):
+            gw.store.add_site(site, site, _now())
+        self.vaults: dict[str, Any] = {}
+
+    def id(self, name: str) -> str:
+        return f"b{self.n}-{name}"
+
+    def group(self, name: str, members: list[dict[str, Any]]) -> None:
+        self.sekmet.put(
+            {
+                "resourceType": "Group",
+                "id": self.id(name),
+                "type": "person",
+                "actual": True,
+                "member": members,
+            }
+        )
+
+    def member(self, name: str, **extra: Any) -> dict[str, Any]:
+        return {"entity": {"reference": f"Patient/{self.id(name)}"}, **extra}
+
+    def patient(self, name: str, **extra: Any) -> None:
+        self.sekmet.put({**patient(self.id(name), "x"), **extra})
+
+    def observation(self, name: str, of: str, value: float = 70.0) -> None:
+        self.sekmet.put(observation(self.id(name), self.id(of), value))
+
+    def sync(self, *, reconcile: bool | None = True) -> dict[str, int]:
+        return run_pass(self.data, self.store, reconcile=reconcile).counts
+
+    def laptop(self, site: str) -> dict[tuple[str, str], str]:
+        """A real laptop of ``site`` syncs with the gateway; what its vault then holds."""
+        if site not in self.vaults:
+            device_id = f"dev-{site}-b{self.n}"
+            creds = self.gw.pki.device(device_id, site)
+            self.gw.store.set_device(device_id, site, "active")
+            device = DeviceVault.create(self.tmp / f"{device_id}.db", device_id)
+            config = transport_config(self.gw.url, self.gw.pki.server_pin, creds)
+            self.vaults[site] = (device.open(), config)
+        vault, config = self.vaults[site]
+        result = sync_once(vault, config, site=site)
+        assert result.ok, result
+        return device_view(vault.connection)
+
+    def held(self, site: str) -> set[tuple[str, str]]:
+        prefix = f"b{self.n}-"
+        return {(t, i.removeprefix(prefix)) for t, i in self.laptop(site) if i.startswith(prefix)}
+
+    def fed(self, site: str) -> Counter[tuple[str, str]]:
+        prefix = f"b{self.n}-"
+        return Counter(
+            {(t, i.removeprefix(prefix)): c for (t, i), c in feed(self.store, site).items()
+             if i.startswith(prefix)}
+        )  # fmt: skip
+
+
+def test_group_export_brings_exactly_the_groups_patients_records_to_the_site_laptop(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    w = World(tmp_path, sekmet, gw)
+    for name in ("in", "also-in", "inactive", "ended", "outsider"):
+        w.patient(name)
+        w.observation(f"obs-{name}", name)
+    w.group(
+        "alpha",
+        [
+            w.member("in"),
+            w.member("also-in", period={"start": "2020-01-01"}),
+            w.member("inactive", inactive=True),  # sekmet's export includes these two:
+            w.member("ended", period={"start": "2020-01-01", "end": "2021-06-30"}),
+        ],
+    )
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    counts = w.sync()
+    assert counts["exported_sites"] == 1 and counts["export_files"] == 2  # Patient, Observation
+    assert counts["export_not_member"] == 4  # membership, not the export, decides scope
+    expected = {
+        ("Patient", "in"),
+        ("Patient", "also-in"),
+        ("Observation", "obs-in"),
+        ("Observation", "obs-also-in"),
+    }
+    assert w.held(SITE_A) == expected
+    assert w.held(SITE_B) == set()
+    assert w.fed(SITE_A) == Counter({key: 1 for key in expected})
+    stored = orjson.loads(w.store.read("Patient", w.id("in")).body)  # type: ignore[union-attr]
+    assert stored["managingOrganization"] == {"reference": f"Organization/{SITE_A}"}
+    again = w.sync()  # a reconciliation by a fresh export: nothing new in any feed
+    assert again["exported_sites"] == 1 and again.get("written", 0) == 0
+    assert w.fed(SITE_A) == Counter({key: 1 for key in expected})
+
+
+def test_a_bad_resource_in_an_export_file_is_quarantined_and_the_rest_imported(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    w = World(tmp_path, sekmet, gw)
+    w.patient("good")
+    w.patient("bad", identifier=[{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "1"}])
+    w.observation("obs-good", "good")
+    w.observation("obs-bad", "bad")
+    w.group("alpha", [w.member("good"), w.member("bad")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    counts = w.sync()
+    assert counts["export_files"] == 2 and counts["quarantined"] == 1
+    assert w.held(SITE_A) == {("Patient", "good"), ("Observation", "obs-good")}
+    quarantined = {(q.rtype, q.rid): q for q in w.store.upstream_quarantine()}
+    bad = quarantined[("Patient", w.id("bad"))]
+    assert bad.reason and bad.path.startswith("Patient.identifier")
+
+
+def test_an_incremental_pass_reads_history_and_applies_edits_and_deletions(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    w = World(tmp_path, sekmet, gw)
+    w.patient("p")
+    w.patient("q")
+    w.observation("keep", "p", 60.0)
+    w.observation("gone", "p", 61.0)
+    w.observation("other", "q", 62.0)
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    w.sync()
+    assert ("Observation", "gone") in w.held(SITE_A)
+    w.observation("keep", "p", 99.0)  # an edit upstream
+    w.observation("new", "p", 63.0)  # a new record upstream
+    sekmet.delete("Observation", w.id("gone"))  # a deletion upstream
+    w.observation("other", "q", 64.0)  # a change to a patient of no linked site
+    counts = w.sync(reconcile=False)  # the poll's pass: no export, no reconciliation
+    assert counts["reconciled"] == 0 and counts["exported_sites"] == 0
+    assert counts["written"] == 2 and counts["history_deleted"] == 1
+    assert w.held(SITE_A) == {("Patient", "p"), ("Observation", "keep"), ("Observation", "new")}
+    vault = w.vaults[SITE_A][0]
+    row = vault.connection.execute(
+        "SELECT json FROM resources WHERE type = 'Observation' AND id = ?", (w.id("keep"),)
+    ).fetchone()
+    assert orjson.loads(row[0])["valueQuantity"]["value"] == 99.0
+    quiet = w.sync(reconcile=False)  # nothing changed since: nothing written
+    assert quiet.get("written", 0) == 0 and quiet.get("history_deleted", 0) == 0
+    w.patient("r")  # a patient joins the Group: their whole record comes at the next poll
+    w.observation("old-of-r", "r", 65.0)
+    w.group("alpha", [w.member("p"), w.member("r")])
+    w.sync(reconcile=False)
+    assert {("Patient", "r"), ("Observation", "old-of-r")} <= w.held(SITE_A)
+    assert set(w.fed(SITE_A).values()) == {1, 2}  # "keep" twice (edited), all else once
+
+
+def test_without_history_changes_come_by_export_since(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    """The same server read as one whose statement lacks ``history-type``: every site being a
+    Group, increments come by ``Group/[id]/$export?_since``, never by ``_history``."""
+    w = World(tmp_path, sekmet, gw)
+    w.patient("p")
+    w.observation("keep", "p", 60.0)
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    w.sync()
+    w.observation("keep", "p", 99.0)
+    w.observation("new", "p", 63.0)
+    statement = sekmet.metadata()
+    for rest in statement["rest"]:
+        for kind in rest["resource"]:
+            kind["interaction"] = [i for i in kind["interaction"] if i["code"] != "history-type"]
+    capabilities = read_capabilities(statement)
+    with open_connection(load_config(w.data)) as connection:
+        counts = import_records(
+            connection, w.store, now=_now(), reconcile=False, capabilities=capabilities
+        )
+    assert counts["export_files"] == 1 and counts["written"] == 2  # Observation only
+    assert "history_deleted" not in counts
+    assert {("Observation", "keep"), ("Observation", "new")} <= w.held(SITE_A)
+    assert w.fed(SITE_A)[("Observation", "keep")] == 2
+
+
+def _prefixed(value: Any, prefix: str) -> Any:
+    """``value`` with every id and relative reference given ``prefix`` (unique per test)."""
+    if isinstance(value, list):
+        return [_prefixed(item, prefix) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {key: _prefixed(item, prefix) for key, item in value.items()}
+    if "resourceType" in value and isinstance(value.get("id"), str):
+        out["id"] = prefix + value["id"]
+    reference = value.get("reference")
+    if isinstance(reference, str) and reference.count("/") == 1:
+        rtype, rid = reference.split("/")
+        out["reference"] = f"{rtype}/{prefix}{rid}"
+    return out
+
+
+def _imported(database: Path) -> int:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as conn:
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM upstream_imported").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+def test_kill_9_mid_export_then_restart_imports_everything_exactly_once(
+    tmp_path: Path, sekmet: SekmetServer
+) -> None:
+    n = next(_run)
+    records = [_prefixed(r, f"k{n}-") for r in seed_resources(120, seed=900 + n, sites=1)]
+    ids = {r["id"] for r in records if r["resourceType"] == "Patient"}
+    sekmet.load(records)
+    members = [{"entity": {"reference": f"Patient/{p}"}} for p in sorted(ids)]
+    sekmet.put(
+        {"resourceType": "Group", "id": f"k{n}-group", "type": "person"}
+        | {"actual": True, "member": members}
+    )
+    data = gateway_data(tmp_path)
+    _configure(data, sekmet)
+    database = data / datadir.DATABASE
+    store = SqliteStore(database)
+    store.add_site(SITE_A, SITE_A, _now())
+    store.link_site(SITE_A, "group", f"k{n}-group", _now())
+    store.close()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sync.gateway.cli", "upstream", "sync", "--data", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while _imported(database) < 300:
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    partial = _imported(database)
+    assert 300 <= partial < len(records)  # killed mid-export
+    store = SqliteStore(database)
+    try:
+        counts = run_pass(data, store, now=_now() + LEASE_TTL + dt.timedelta(minutes=1)).counts
+        assert counts["export_resumed"] == 1  # the same job, polled again
+        fed = feed(store, SITE_A)
+        assert set(fed) == {(r["resourceType"], r["id"]) for r in records}
+        assert set(fed.values()) == {1}  # nothing twice in the laptops' feed
+    finally:
+        store.close()

@@ -1,0 +1,147 @@
+"""Bulk Data from an upstream that misbehaves (a stand-in TLS server: sekmet-fhir never does
+these): a job that never finishes is polled as its ``Retry-After`` asks and given up at the
+deadline with a clear reason; an unreadable NDJSON line is quarantined with its line number and
+the rest of the file is imported."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sync.gateway.store.sqlite import SqliteStore
+from sync.gateway.upstream import bulk
+from sync.gateway.upstream.config import load_config, set_upstream
+from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.opening import open_connection
+from sync.gateway.upstream.passes import run_pass
+from tests.support.gateway import SITE_A, observation, patient
+from tests.support.tls import make_test_pki
+from tests.support.tls_server import RawTlsServer, server_context
+from tests.support.upstream import capability_statement, gateway_data
+
+BASE = "/fhir"
+JSON = {"Content-Type": "application/fhir+json"}
+
+
+def _statement() -> bytes:
+    resources = [
+        {"type": "Group", "interaction": [{"code": "read"}], "operation": [{"name": "export"}]},
+        *(
+            {"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}]}
+            for t in ("Patient", "Observation")
+        ),
+    ]
+    return orjson.dumps(capability_statement(resource=resources))
+
+
+def _configure(tmp_path: Path, handler: Any) -> tuple[Path, RawTlsServer, Any]:
+    pki = make_test_pki(tmp_path / "pki")
+    context = server_context(pki.server_cert_path, pki.server_key_path, None)
+    server = RawTlsServer(context, handler)
+    serving = server.serve()
+    next(serving)
+    data = gateway_data(tmp_path)
+    creds = pki.device("gw", "upstream")
+    set_upstream(
+        data,
+        base=f"https://127.0.0.1:{server.port}{BASE}",
+        ca=str(pki.ca_path),
+        cert=str(creds.cert_path),
+        key=str(creds.key_path),
+    )
+    return data, server, serving
+
+
+def test_a_job_that_never_ends_is_polled_as_asked_then_given_up_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        return 202, {"Retry-After": "7", "X-Progress": "still collecting"}, b""
+
+    data, server, serving = _configure(tmp_path, handler)
+    waits: list[float] = []
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock[0] += seconds
+
+    try:
+        with open_connection(load_config(data)) as connection:
+            with pytest.raises(UpstreamError) as late:
+                bulk.await_manifest(
+                    connection,
+                    f"https://127.0.0.1:{server.port}/fhir/bulk-status/j1",
+                    deadline_s=30,
+                    sleep=sleep,
+                    clock=lambda: clock[0],
+                )
+    finally:
+        serving.close()
+    assert late.value.reason == "export_timeout"
+    assert waits == [7, 7, 7, 7]  # Retry-After honoured; the fifth wait would pass 30 s
+    assert len(server.requests) == 5
+
+
+def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_imported(
+    tmp_path: Path,
+) -> None:
+    good = patient("good", "x")
+    other = patient("other", "x")
+    good["meta"] = other["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+    obs = observation("obs-good", "good")
+    obs["meta"] = {"versionId": "3", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+    files = {
+        "Patient": orjson.dumps(good) + b"\n{not json\n\n" + orjson.dumps(other) + b"\n",
+        "Observation": orjson.dumps(obs),  # no final newline: still read
+    }
+    port: list[int] = []
+
+    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        route = path.split("?")[0].removeprefix(BASE)
+        origin = f"https://127.0.0.1:{port[0]}{BASE}"
+        if route == "/metadata":
+            return 200, JSON, _statement()
+        if route == "/Group/g":
+            members = [{"entity": {"reference": f"Patient/{p}"}} for p in ("good", "other")]
+            group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
+            return 200, JSON, orjson.dumps({**group, "member": members})
+        if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
+            return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
+        if route == "/bulk-status/j1":
+            manifest = {
+                "transactionTime": "2026-01-01T00:00:01.000Z",
+                "request": f"{origin}/Group/g/$export",
+                "requiresAccessToken": False,
+                "output": [
+                    {"type": t, "url": f"{origin}/bulk-files/j1/{t}.ndjson"}
+                    for t in ("Observation", "Patient")  # Patient last: read first anyway
+                ],
+                "error": [],
+            }
+            return 200, JSON, orjson.dumps(manifest)
+        if route.startswith("/bulk-files/j1/"):
+            kind = route.rsplit("/", 1)[1].removesuffix(".ndjson")
+            return 200, {"Content-Type": "application/fhir+ndjson"}, files[kind]
+        return 404, JSON, b"{}"
+
+    data, server, serving = _configure(tmp_path, handler)
+    port.append(server.port)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
+        store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
+        counts = run_pass(data, store, reconcile=True).counts
+        assert counts["quarantined"] == 1 and counts["written"] == 3
+        assert [(q.rtype, q.rid, q.reason) for q in store.upstream_quarantine()] == [
+            ("Patient", "ndjson-line-2", "ndjson_unreadable")
+        ]
+        for rtype, rid in (("Patient", "good"), ("Patient", "other"), ("Observation", "obs-good")):
+            assert store.read(rtype, rid) is not None
+    finally:
+        store.close()
+        serving.close()
