@@ -12,9 +12,13 @@ Invariants:
 - ``DeviceAuthMiddleware`` turns that into ``scope["gatehouse.device"]`` (a ``DeviceIdentity``)
   on every request but those two, or answers before the app runs: 401 ``certificate_required``
   without a certificate; 403 when the certificate does not verify against the device CA at
-  ``now`` or the device is not ``active`` in the devices table with the same site (a revoked or
-  wiped device is refused at once, even on an open connection). ``/fhir`` errors are
-  OperationOutcomes, ``/device`` and ``/audit`` errors are ``{"error", "message"}`` JSON.
+  ``now`` or the device is not ``active`` in the devices table with the same site and this
+  certificate's serial. Each certificate's signature is verified once and a device's state read
+  at most every ``admission.STATE_TTL_S`` (``sync/gateway/admission.py``): a revocation or wipe
+  made through this process is refused on the very next request, one made by another process
+  (the admin CLI, another worker) within ``STATE_TTL_S``, even on an open connection.
+  ``/fhir`` errors are OperationOutcomes, ``/device`` and ``/audit`` errors are
+  ``{"error", "message"}`` JSON.
 - On ``/fhir`` a bearer token, when sent, must be valid for this certificate and belong to a
   clinician: auditors and admins never receive clinical resources.
 - A forwarded certificate header (``X-Client-Cert``, URL-encoded PEM) is honoured ONLY when the
@@ -44,12 +48,12 @@ from urllib.parse import unquote
 
 import uvicorn
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from sync.gateway.admission import Admission, refusal
 from sync.gateway.api.audit import create_control_app
 from sync.gateway.api.fhir import DEVICE_SCOPE_KEY, create_fhir_app
 from sync.gateway.api.outcome import FhirError, error_response
@@ -61,7 +65,7 @@ from sync.gateway.api.responses import (
 from sync.gateway.authority import GatewayAuthority
 from sync.gateway.errors import ControlError
 from sync.gateway.login_throttle import LoginPolicy
-from sync.gateway.pki import DeviceIdentity, PkiError, verify_device_certificate
+from sync.gateway.pki import DeviceIdentity, PkiError
 from sync.gateway.store.base import DatabaseFailure, Store
 from sync.gateway.users import authenticate_bearer
 
@@ -72,6 +76,7 @@ FORWARDED_CERT_HEADER = b"x-client-cert"
 MAX_FORWARDED_CERT_CHARS = 16_384  # a P-256 device certificate is under 1 KiB of PEM
 STARTUP_TIMEOUT_S = 10.0
 LAST_SEEN_EVERY = dt.timedelta(minutes=1)
+MAX_SEEN_DEVICES = 50_000  # when each device's last_seen was written by this process
 ENROL_PATH = "/device/enrol"
 WIPE_REPORT_PATH = "/device/wipe-report"  # WP-3: signed by the report key, not the TLS key
 UNAUTHENTICATED_POSTS = frozenset({ENROL_PATH, WIPE_REPORT_PATH})
@@ -141,8 +146,7 @@ class PeerCertH11Protocol(H11Protocol):
         if ssl_object is not None:
             der = ssl_object.getpeercert(binary_form=True)
             if der:
-                cert = x509.load_der_x509_certificate(der)
-                chain = [cert.public_bytes(serialization.Encoding.PEM).decode("ascii")]
+                chain = [ssl.DER_cert_to_PEM_cert(der)]
             cipher = ssl_object.cipher()
             tls = {
                 "server_cert": None,
@@ -198,12 +202,14 @@ class DeviceAuthMiddleware:
         ca_cert: x509.Certificate,
         trusted_proxies: tuple[Network, ...] = (),
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.store = store
         self.ca_cert = ca_cert
         self.trusted_proxies = trusted_proxies
         self.clock = clock
+        self.admission = Admission(store, ca_cert, monotonic=monotonic)
         self._seen: dict[str, dt.datetime] = {}
 
     def _from_trusted_proxy(self, scope: Scope) -> bool:
@@ -216,28 +222,34 @@ class DeviceAuthMiddleware:
             return False
         return any(address in net for net in self.trusted_proxies)
 
-    def _certificate(self, scope: Scope) -> x509.Certificate | None:
+    def _certificate(self, scope: Scope) -> str | None:
+        """The PEM of the request's certificate: forwarded by a trusted proxy, or from TLS."""
         forwarded = [v for k, v in scope.get("headers", []) if k == FORWARDED_CERT_HEADER]
         if forwarded and self._from_trusted_proxy(scope):
             if len(forwarded) != 1 or len(forwarded[0]) > MAX_FORWARDED_CERT_CHARS:
                 raise PkiError("bad_forwarded_certificate")
             try:
-                return x509.load_pem_x509_certificate(unquote(forwarded[0].decode()).encode())
-            except ValueError:
+                return unquote(forwarded[0].decode("ascii"))
+            except UnicodeDecodeError:
                 raise PkiError("bad_forwarded_certificate") from None
         if forwarded:
             log.warning("forwarded certificate header ignored from an untrusted peer")
         chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
-        if not chain:
-            return None
-        return x509.load_pem_x509_certificate(chain[0].encode("ascii"))
+        return str(chain[0]) if chain else None
 
-    def _touch(self, device_id: str, now: dt.datetime) -> None:
+    def _touch_due(self, device_id: str, now: dt.datetime) -> bool:
+        """Whether to write the device's ``last_seen`` now (once per ``LAST_SEEN_EVERY``)."""
         last = self._seen.get(device_id)
         if last is not None and now - last < LAST_SEEN_EVERY:
-            return
+            return False
+        if len(self._seen) >= MAX_SEEN_DEVICES:
+            self._seen.clear()  # bounded: forgetting only means one extra write per device
         self._seen[device_id] = now
-        self.store.touch_device(device_id, now)
+        return True
+
+    @staticmethod
+    def _has_bearer(scope: Scope) -> bool:
+        return any(k == b"authorization" for k, _ in scope.get("headers", []))
 
     def _clinical_bearer(self, scope: Scope, identity: DeviceIdentity, now: dt.datetime) -> None:
         """On /fhir, a bearer token (if any) must be this device's and a clinician's."""
@@ -273,44 +285,34 @@ class DeviceAuthMiddleware:
         """The verified, active device of this request, or None after answering a refusal."""
         now = self.clock()
         try:
-            cert = self._certificate(scope)
-            if cert is None:
+            pem = self._certificate(scope)
+            if pem is None:
                 await _refusal(scope, 401, "certificate_required")(scope, receive, send)
                 return None
-            identity = verify_device_certificate(cert, self.ca_cert, now=now)
+            try:
+                identity = self.admission.identity(pem, now)
+            except ValueError:  # only a forwarded PEM can be malformed; TLS gave a parsed one
+                raise PkiError("bad_forwarded_certificate") from None
         except PkiError as err:
             log.info("device refused: %s", err.reason)
             await _refusal(scope, 403, err.reason)(scope, receive, send)
             return None
-        record = await run_in_threadpool(self.store.device, identity.device_id)
-        reason = None
-        if record is None:
-            reason = "unknown_device"
-        elif record.status == "revoked" and str(scope.get("path", "")).startswith(
-            "/device/commands"
-        ):
-            pass  # a revoked laptop may still fetch and acknowledge a pending wipe, nothing else
-        elif record.status != "active":
-            reason = f"device_{record.status}"
-        elif record.site != identity.site:
-            reason = "device_site_mismatch"
-        else:
-            # After a renewal only the newest certificate counts: a stolen older key cannot
-            # keep working (or renew itself) until it expires.
-            current = await run_in_threadpool(self.store.current_cert_serial, identity.device_id)
-            if current is not None and current != format(identity.serial, "x"):
-                reason = "certificate_superseded"
+        state = self.admission.cached_state(identity.device_id)
+        if state is None:
+            state = await run_in_threadpool(self.admission.read_state, identity.device_id)
+        reason = refusal(state.admission, identity, str(scope.get("path", "")))
         if reason is not None:
             log.info("device refused: %s", reason)
             await _refusal(scope, 403, reason)(scope, receive, send)
             return None
-        if str(scope.get("path", "")).startswith("/fhir"):
+        if str(scope.get("path", "")).startswith("/fhir") and self._has_bearer(scope):
             try:
                 await run_in_threadpool(self._clinical_bearer, scope, identity, now)
             except ControlError as err:
                 await _refusal(scope, err.status, err.reason)(scope, receive, send)
                 return None
-        await run_in_threadpool(self._touch, identity.device_id, now)
+        if self._touch_due(identity.device_id, now):
+            await run_in_threadpool(self.store.touch_device, identity.device_id, now)
         return identity
 
 
@@ -340,9 +342,11 @@ def build_app(
     login_policy: LoginPolicy | None = None,
     trusted_proxies: tuple[Network, ...] = (),
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> ASGIApp:
     """The whole gateway: device authentication around the FHIR data plane and, given the
-    gateway's keys (``authority``), the control plane."""
+    gateway's keys (``authority``), the control plane. ``monotonic`` times the device-state
+    cache (``admission.STATE_TTL_S``)."""
     inner: ASGIApp = create_fhir_app(store, clock=clock)
     if authority is not None:
         control = create_control_app(store, authority, clock=clock, login_policy=login_policy)
@@ -355,6 +359,7 @@ def build_app(
         ca_cert=ca_cert,
         trusted_proxies=trusted_proxies,
         clock=clock,
+        monotonic=monotonic,
     )
 
 

@@ -173,6 +173,16 @@ class DeviceRecord:
 
 
 @dataclass(frozen=True)
+class DeviceAdmission:
+    """What admitting a request needs to know about its device, read in one query: its
+    register entry and the serial (hex) of its current certificate (None: not enrolled here)."""
+
+    site: str
+    status: DeviceStatus
+    cert_serial: str | None
+
+
+@dataclass(frozen=True)
 class SiteRecord:
     site: str
     name: str
@@ -430,7 +440,22 @@ class ControlStore(Protocol):
         self, device_id: str, cert_serial: str, cert_not_after: dt.datetime
     ) -> None: ...
     def current_cert_serial(self, device_id: str) -> str | None: ...
-    def touch_device(self, device_id: str, now: dt.datetime) -> None: ...
+    def device_admission(self, device_id: str) -> DeviceAdmission | None:
+        """The device's site, status and current certificate serial in one query (None: no
+        such device)."""
+        ...
+
+    def device_changes(self) -> int:
+        """A counter every store of this process moves on each write it makes to a device's
+        status, site or certificate (not shared between processes): what a cache of device
+        states in this process compares to know that it may be stale."""
+        ...
+
+    def touch_device(self, device_id: str, now: dt.datetime) -> None:
+        """Record the device's last contact (only ever moves forward). One statement, no
+        writer lock: it reads nothing it depends on."""
+        ...
+
     def enrolled_devices(self, site: str | None = None) -> list[EnrolledDevice]: ...
 
     # wipe reports (WP-3)
