@@ -86,6 +86,7 @@ class Tally:
 
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    busy: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     leaks: int = 0
     syncs: int = 0
     received: int = 0
@@ -95,6 +96,8 @@ class Tally:
             self.latencies[kind].extend(values)
         for kind, count in other.errors.items():
             self.errors[kind] += count
+        for kind, count in other.busy.items():
+            self.busy[kind] += count
         self.leaks += other.leaks
         self.syncs += other.syncs
         self.received += other.received
@@ -138,7 +141,9 @@ class TimedTransport(Transport):
         elapsed = (time.perf_counter() - started) * 1000
         with self._lock:
             self._tally.latencies[kind].append(elapsed)
-            if response.status == 429 or response.status >= 500:
+            if response.status == 503 and "retry-after" in response.headers:
+                self._tally.busy[kind] += 1  # told "busy, come back": the transport retries
+            elif response.status == 429 or response.status >= 500:
                 self._tally.errors[f"{kind}: HTTP {response.status}"] += 1
         return response
 
@@ -301,6 +306,7 @@ def run_client(job: ClientJob) -> Tally:
         thread.join()
     tally.latencies = dict(tally.latencies)  # type: ignore[assignment]
     tally.errors = dict(tally.errors)  # type: ignore[assignment]
+    tally.busy = dict(tally.busy)
     return tally
 
 
@@ -545,7 +551,7 @@ def run_round(
     return total, cpu
 
 
-def report(tally: Tally, cpu: dict[str, float], workers: int) -> tuple[float, float, int]:
+def report(tally: Tally, cpu: dict[str, float], workers: int) -> tuple[float, float, int, int]:
     print(f"-- {workers} worker(s): {tally.syncs} syncs, {tally.received} resources received")
     everything: list[float] = []
     for kind in sorted(tally.latencies):
@@ -570,6 +576,12 @@ def report(tally: Tally, cpu: dict[str, float], workers: int) -> tuple[float, fl
     errors = sum(tally.errors.values())
     for kind, count in sorted(tally.errors.items()):
         print(f"   error: {kind} x{count}")
+    busy = sum(tally.busy.values())
+    print(
+        f"   busy answers (503 + Retry-After, retried by the transport; their latencies are in"
+        f" the figures above): {busy} of {len(everything)} requests"
+        + "".join(f"; {kind} x{count}" for kind, count in sorted(tally.busy.items()))
+    )
     busy = cpu["gateway"] + cpu["postgres"] + cpu["laptops"]
     print(
         f"   CPU over {cpu['wall']:.0f} s wall (2 cores = {2 * cpu['wall']:.0f} CPU-s): gateway"
@@ -577,7 +589,7 @@ def report(tally: Tally, cpu: dict[str, float], workers: int) -> tuple[float, fl
         f" {cpu['postgres']:.0f} s ({cpu['postgres'] / max(busy, 1e-9):.0%}), simulated laptops"
         f" {cpu['laptops']:.0f} s ({cpu['laptops'] / max(busy, 1e-9):.0%})"
     )
-    return p95, p99, errors
+    return p95, p99, errors, busy
 
 
 def main() -> None:
@@ -621,10 +633,10 @@ def main() -> None:
                 flush=True,
             )
             tally, cpu = run_round(world, server.data_dir, dsn, tmp, workers, shape)
-            p95, p99, errors = report(tally, cpu, workers)
+            p95, p99, errors, busy = report(tally, cpu, workers)
             line = (
                 f"scale: {devices} devices, {sites} sites, {workers} workers, p95 {p95:.0f} ms,"
-                f" p99 {p99:.0f} ms, errors {errors}, leaks {tally.leaks}"
+                f" p99 {p99:.0f} ms, errors {errors}, leaks {tally.leaks}, busy {busy}"
             )
             print(line, flush=True)
         if len(worker_counts) > 1:

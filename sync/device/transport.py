@@ -13,11 +13,13 @@ Invariants (SECURITY.md NW-1, NW-2, NW-3):
   context and never loads the OS trust store. Redirects are never followed.
 - Every response body is read through a hard size limit (counted after gzip decoding, so a
   compression bomb is cut off); connect and read timeouts always apply.
-- Only idempotent requests are retried (with exponential backoff); a POST is retried only when
-  the caller declares it idempotent (a transaction made idempotent by ``ifNoneExist``). A busy
-  answer's ``Retry-After`` (seconds, capped at ``MAX_RETRY_AFTER_S``) lengthens the wait, and
-  every wait is spread by up to ``JITTER`` so a thousand laptops told "busy" at once do not
-  come back at once.
+- Only idempotent requests are retried (with exponential backoff, at most ``MAX_ATTEMPTS``
+  tries); a POST is retried only when the caller declares it idempotent (a transaction made
+  idempotent by ``ifNoneExist``). A busy answer (503 with ``Retry-After`` in seconds, at most
+  ``MAX_RETRY_AFTER_S``) is waited out as asked and does not use up a try: it is retried until
+  the waits for this request would pass ``MAX_BUSY_WAIT_S``, then returned. Every wait is
+  spread by up to ``JITTER`` so a thousand laptops told "busy" at once do not come back at
+  once.
 - One connection is reused for a whole sync (a pool of one).
 """
 
@@ -56,6 +58,10 @@ BACKOFF_BASE_S = 0.5
 # Status codes worth retrying for an idempotent request: the gateway or a balancer is busy.
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_AFTER_S = 30  # a longer Retry-After ends this attempt; the next sync tries again
+# A busy answer (503 + Retry-After) is waited out this long in all for one request, however
+# many times it comes: a herd of first syncs is spread over the gateway's capacity instead of
+# failing after MAX_ATTEMPTS. Longer than that, the sync reports the gateway busy.
+MAX_BUSY_WAIT_S = 120.0
 JITTER = 0.5  # each wait is multiplied by 1 + JITTER × a random fraction
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _READ_CHUNK = 64 * 1024
@@ -125,6 +131,11 @@ def retry_delay(attempt: int, retry_after: str | None, fraction: float) -> float
             return None
         delay = max(delay, float(asked))
     return delay * (1 + JITTER * min(max(fraction, 0.0), 1.0))
+
+
+def _asks_to_wait(status: int, retry_after: str | None) -> bool:
+    """A 503 with a ``Retry-After`` in seconds: the server is busy and says when to return."""
+    return status == 503 and retry_after is not None and retry_after.strip().isdigit()
 
 
 @dataclass(frozen=True)
@@ -305,23 +316,35 @@ class Transport:
         url = self.url(path_or_url)
         retryable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         attempts = MAX_ATTEMPTS if retryable else 1
-        for attempt in range(1, attempts + 1):
+        attempt, busy_waited = 1, 0.0
+        while True:
             try:
                 response = self._send_once(method, url, body, headers)
             except TransportError as exc:
                 if attempt < attempts and exc.reason in {"timeout", "connection"}:
                     self._sleep(backoff(attempt, self._jitter()))
+                    attempt += 1
                     continue
                 raise
-            if attempt < attempts and response.status in RETRY_STATUSES:
-                retry_after = response.headers.get("retry-after")
-                delay = retry_delay(attempt, retry_after, self._jitter())
-                if delay is None:
-                    return response  # asked to wait longer than a sync should: answer busy now
+            if not retryable or response.status not in RETRY_STATUSES:
+                return response
+            retry_after = response.headers.get("retry-after")
+            if _asks_to_wait(response.status, retry_after):
+                # "Busy, come back in N s": the server is shedding load, not failing. Waits
+                # (jittered) do not use up attempts, only the busy budget of this request.
+                delay = retry_delay(1, retry_after, self._jitter())
+                if delay is None or busy_waited + delay > MAX_BUSY_WAIT_S:
+                    return response  # asked to wait longer than a sync should: answer busy
+                busy_waited += delay
                 self._sleep(delay)
                 continue
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+            if attempt >= attempts:
+                return response
+            delay = retry_delay(attempt, retry_after, self._jitter())
+            if delay is None:
+                return response  # asked to wait longer than a sync should: answer busy now
+            self._sleep(delay)
+            attempt += 1
 
     def get(self, path_or_url: str, headers: Mapping[str, str] | None = None) -> Response:
         return self.request("GET", path_or_url, headers=headers)

@@ -63,6 +63,15 @@ from sync.gateway.api.responses import (
     retry_after_headers,
 )
 from sync.gateway.authority import GatewayAuthority
+from sync.gateway.capacity import (
+    BUSY_REASON,
+    BUSY_RETRY_AFTER_S,
+    CONNECTION_KEY,
+    DEFAULT_SLOTS,
+    CapacityGate,
+    Connection,
+    Slots,
+)
 from sync.gateway.errors import ControlError
 from sync.gateway.login_throttle import LoginPolicy
 from sync.gateway.pki import DeviceIdentity, PkiError
@@ -107,6 +116,7 @@ class PeerCertH11Protocol(H11Protocol):
     timeout: one byte a second would hold a connection for ever)."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _connection: Connection | None = None
 
     def _waiting_for_head(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -135,6 +145,8 @@ class PeerCertH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._connection is not None:
+            self._connection.closed()  # its capacity slot, if it held one, is free again
         super().connection_lost(exc)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -160,12 +172,14 @@ class PeerCertH11Protocol(H11Protocol):
         peer = transport.get_extra_info("peername")
         peer_ip = peer[0] if isinstance(peer, tuple) else None
         inner = self.app
+        connection = self._connection = Connection()
 
         async def with_peer(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] in ("http", "websocket"):
                 if tls is not None:
                     scope.setdefault("extensions", {})["tls"] = dict(tls)
                 scope[TCP_PEER_KEY] = peer_ip
+                scope[CONNECTION_KEY] = connection
             await inner(scope, receive, send)
 
         self.app = with_peer
@@ -181,14 +195,19 @@ def _refusal(scope: Scope, status: int, reason: str) -> ASGIApp:
     return control_error_response(ControlError(status, reason))
 
 
-def _unavailable(scope: Scope, reason: str) -> ASGIApp:
+def _unavailable(scope: Scope, reason: str, retry_after: int = RETRY_AFTER_S) -> ASGIApp:
     """503 with ``Retry-After``: the database is busy or away (the pool is exhausted, a lock
-    wait timed out): the client backs off and comes back, it does not give up."""
+    wait timed out), or every capacity slot is taken: the client backs off and comes back, it
+    does not give up."""
     if str(scope.get("path", "")).startswith("/fhir"):
         response = error_response(FhirError(503, "transient", reason))
-        response.headers.update(retry_after_headers())
+        response.headers.update(retry_after_headers(retry_after))
         return response
-    return control_error_response(ControlError(503, reason, retry_after=RETRY_AFTER_S))
+    return control_error_response(ControlError(503, reason, retry_after=retry_after))
+
+
+def _busy(scope: Scope) -> ASGIApp:
+    return _unavailable(scope, BUSY_REASON, BUSY_RETRY_AFTER_S)
 
 
 class DeviceAuthMiddleware:
@@ -343,17 +362,19 @@ def build_app(
     trusted_proxies: tuple[Network, ...] = (),
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     monotonic: Callable[[], float] = time.monotonic,
+    slots: int = DEFAULT_SLOTS,
 ) -> ASGIApp:
     """The whole gateway: device authentication around the FHIR data plane and, given the
-    gateway's keys (``authority``), the control plane. ``monotonic`` times the device-state
-    cache (``admission.STATE_TTL_S``)."""
+    gateway's keys (``authority``), the control plane, behind the capacity gate (``slots``
+    connections served at once: ``sync/gateway/capacity.py``). ``monotonic`` times the
+    device-state cache (``admission.STATE_TTL_S``)."""
     inner: ASGIApp = create_fhir_app(store, clock=clock)
     if authority is not None:
         control = create_control_app(store, authority, clock=clock, login_policy=login_policy)
         inner = PathDispatch(inner, control)
     # Pages of FHIR JSON compress ~10-30x; the device asks for gzip and bounds the decoded size.
     inner = GZipMiddleware(inner, minimum_size=GZIP_MIN_BYTES)
-    return DeviceAuthMiddleware(
+    admitted = DeviceAuthMiddleware(
         inner,
         store=store,
         ca_cert=ca_cert,
@@ -361,6 +382,7 @@ def build_app(
         clock=clock,
         monotonic=monotonic,
     )
+    return CapacityGate(admitted, slots=Slots(slots), busy=_busy)
 
 
 def uvicorn_config(

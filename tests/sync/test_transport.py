@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from sync.device.transport import JITTER, Transport, TransportConfig, TransportError, spki_sha256
+from sync.device.transport import (
+    JITTER,
+    MAX_BUSY_WAIT_S,
+    Transport,
+    TransportConfig,
+    TransportError,
+    spki_sha256,
+)
 from tests.support.tls_server import RawTlsServer, server_context
 from tests.support.transport_pki import Pki, pinned_config, serve, transport_config
 
@@ -220,6 +227,34 @@ def test_a_busy_answer_s_retry_after_is_honoured_with_jitter(pki: Pki) -> None:
             assert transport.get("x").status == 503  # 10 minutes asked: not waited for here
     assert sleeps[0] == 3.0 and 3.0 < sleeps[1] <= 3.0 * (1 + JITTER)
     assert len(sleeps) == 2
+
+
+def test_a_herd_told_busy_many_times_waits_it_out_within_the_busy_budget(pki: Pki) -> None:
+    """Issue 15 item 3: a gateway shedding a herd of first syncs answers "busy, come back in
+    2 s" as often as it must; an idempotent request keeps coming back (each wait jittered, none
+    using up one of the MAX_ATTEMPTS) until it is served, and gives up with the busy answer only
+    once its waits would pass MAX_BUSY_WAIT_S. A POST not declared idempotent is never retried."""
+    served_after = 12  # more busy answers than MAX_ATTEMPTS allows
+    calls: list[str] = []
+
+    def busy(method: str, path: str, *_: object) -> tuple[int, dict[str, str], bytes]:
+        calls.append(path)
+        if path.endswith("/forever") or calls.count(path) <= served_after:
+            return 503, {"Retry-After": "2"}, b"busy"
+        return 200, {}, b"ok"
+
+    sleeps: list[float] = []
+    for server in serve(pki, busy):
+        config = pinned_config(pki, server.port)
+        with Transport(config, sleep=sleeps.append, jitter=lambda: 0.5) as transport:
+            assert transport.get("x").status == 200
+            assert sleeps == [2.0 * (1 + JITTER * 0.5)] * served_after
+            sleeps.clear()
+            assert transport.get("forever").status == 503
+            assert sum(sleeps) <= MAX_BUSY_WAIT_S < sum(sleeps) + 2.0 * (1 + JITTER * 0.5)
+            sleeps.clear()
+            assert transport.request("POST", "y", body=b"{}").status == 503
+    assert sleeps == [] and calls.count("/y") == 1
 
 
 def test_one_connection_is_reused_for_a_whole_sync(pki: Pki, gateway: RawTlsServer) -> None:
