@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sync.device.transport import JITTER, REUSE_IDLE_S
 from sync.gateway.capacity import BUSY_RETRY_AFTER_S
 from sync.gateway.server import KEEP_ALIVE_S, BackgroundGateway, build_app, build_ssl_context
 from sync.gateway.store.loader import load_resources
@@ -100,3 +101,12 @@ def test_a_third_sync_is_told_busy_until_a_slot_is_free_and_started_syncs_go_on(
     finally:
         for conn in (first, second, third):
             conn.close()
+
+
+def test_the_laptop_reuses_a_connection_only_well_within_the_gateway_keep_alive() -> None:
+    """The timeouts both ends rely on, side by side (the laptop's transport cannot import the
+    gateway): a laptop drops a connection idle for REUSE_IDLE_S before the gateway closes it
+    idle (KEEP_ALIVE_S), and comes back from a busy answer (Retry-After, jittered) soon enough
+    to find its connection still open."""
+    assert REUSE_IDLE_S + 0.5 <= KEEP_ALIVE_S
+    assert BUSY_RETRY_AFTER_S * (1 + JITTER) < REUSE_IDLE_S

@@ -17,7 +17,7 @@ from sync.device.transport import (
     TransportError,
     spki_sha256,
 )
-from tests.support.tls_server import RawTlsServer, server_context
+from tests.support.tls_server import DropConnection, RawTlsServer, server_context
 from tests.support.transport_pki import Pki, pinned_config, serve, transport_config
 
 
@@ -255,6 +255,36 @@ def test_a_herd_told_busy_many_times_waits_it_out_within_the_busy_budget(pki: Pk
             sleeps.clear()
             assert transport.request("POST", "y", body=b"{}").status == 503
     assert sleeps == [] and calls.count("/y") == 1
+
+
+def test_a_connection_the_server_is_closing_as_idle_is_never_sent_a_request(pki: Pki) -> None:
+    """Issue 15: a server closes a kept-alive connection idle for its keep-alive timeout; a
+    request sent just then is lost with the connection, and a POST is not retried. The laptop
+    never reuses a connection idle for ``reuse_idle_s`` (below the server's timeout): it opens
+    a new one, so even a non-idempotent request after a pause goes through."""
+    keep_alive_s = 0.5
+    last_answer: list[tuple[int, float]] = []
+    servers: list[RawTlsServer] = []
+
+    def closing_idle(*_: object) -> tuple[int, dict[str, str], bytes]:
+        connection = servers[0].handshakes
+        same = bool(last_answer) and last_answer[-1][0] == connection
+        if same and time.monotonic() - last_answer[-1][1] >= keep_alive_s:
+            raise DropConnection  # closed as idle just as the request arrived
+        last_answer.append((connection, time.monotonic()))
+        return 200, {}, b"ok"
+
+    for server in serve(pki, closing_idle):
+        servers.append(server)
+        config = pinned_config(pki, server.port, reuse_idle_s=keep_alive_s - 0.2)
+        with Transport(config, sleep=lambda _: None) as transport:
+            for _ in range(3):  # a sync's requests, back to back, share one connection
+                assert transport.request("POST", "fhir", body=b"{}").status == 200
+            assert transport.counters.connections == 1
+            time.sleep(keep_alive_s + 0.1)  # the laptop applies a long page
+            assert transport.request("POST", "fhir", body=b"{}").status == 200
+            assert transport.counters.connections == 2
+        assert len(server.requests) == 4  # nothing was sent twice
 
 
 def test_one_connection_is_reused_for_a_whole_sync(pki: Pki, gateway: RawTlsServer) -> None:
