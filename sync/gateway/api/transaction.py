@@ -3,6 +3,9 @@
 Invariants:
 - A transaction is all or nothing: it runs in ONE store write transaction; the first failing
   entry rolls everything back and the answer is that entry's OperationOutcome.
+  A transaction the database rolled back to break a deadlock with another (two sites locked
+  in opposite orders, on PostgreSQL) is run again from the Bundle as received
+  (``store.conflicts``): the laptop gets its answer, never the deadlock.
 - A batch runs each entry in its own write transaction and reports each entry's outcome. A
   batch whose entries are all GETs is a batch of reads (``sync.gateway.api.read_batch``).
 - Exactly-once creates: ``ifNoneExist: identifier=system|value`` finds a live resource of the
@@ -34,6 +37,7 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import uuid
@@ -64,6 +68,7 @@ from sync.gateway.store.base import (
     WriteTx,
     fhir_instant,
 )
+from sync.gateway.store.conflicts import retry_conflicts
 from sync.gateway.store.loader import prefetch_keys
 from sync.gateway.store.upstream_tables import UpstreamTables
 from sync.protocol.fhir import vocabulary as vocab
@@ -422,7 +427,19 @@ def _queue_upstream(store: Store, tx: WriteTx, outcomes: Iterable[Outcome]) -> N
 
 
 def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Outcome]:
+    """The whole Bundle in one write transaction; run again from the entries as parsed when
+    the database broke a deadlock with it (``store.conflicts``): nothing of a rolled-back
+    attempt stays, and the entries are never changed by one."""
+    return retry_conflicts(lambda: _run_transaction_once(store, copy.deepcopy(entries), scope))
+
+
+def _run_transaction_once(store: Store, entries: list[Entry], scope: Scope) -> list[Outcome]:
     with store.write() as tx:
+        # Every site known now (the device's, its patients') locked first, in one order.
+        tx.prefetch(
+            prefetch_keys((e.rtype, e.rid, e.resource or {}) for e in entries),
+            sites=(scope.site,),
+        )
         existing, urn_map = resolve_creates(tx, entries, scope)
         for entry in entries:
             if entry.resource is not None:
@@ -442,12 +459,16 @@ def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Ou
 
 
 def run_batch_entry(store: Store, entry: Entry, scope: Scope) -> Outcome | FhirError:
-    try:
+    def once() -> Outcome:
+        attempt = copy.deepcopy(entry)
         with store.write() as tx:
-            existing, _ = resolve_creates(tx, [entry], scope)
-            outcome = execute(tx, entry, scope, existing.get(entry.index), store)
+            existing, _ = resolve_creates(tx, [attempt], scope)
+            outcome = execute(tx, attempt, scope, existing.get(attempt.index), store)
             _queue_upstream(store, tx, [outcome])
             return outcome
+
+    try:
+        return retry_conflicts(once)
     except FhirError as err:
         return err
 

@@ -73,7 +73,15 @@ class DatabaseFailure(StoreError):
     ``database_busy`` (a lock or connection wait timed out), ``database_unavailable`` (it cannot
     be reached, opened or written), ``bad_database_url`` or ``database_error``. A driver error
     becomes one when it leaves the store (a store method or a ``write()`` block; see
-    ``store.tables.Dialect``), never inside a ``WriteTx``, where it stays the driver's own."""
+    ``store.tables.Dialect``), never inside a ``WriteTx``, where it stays the driver's own.
+
+    ``conflict``: the database rolled the transaction back to break a deadlock or a
+    serialisation conflict with another transaction (reason ``database_busy``); nothing of it
+    was committed, and running it again at once usually succeeds (``store.conflicts``)."""
+
+    def __init__(self, reason: str, message: str | None = None, *, conflict: bool = False):
+        super().__init__(reason, message)
+        self.conflict = conflict
 
 
 def to_us(moment: dt.datetime) -> int:
@@ -359,10 +367,11 @@ class WriteTx(Protocol):
     resource again for its seq.
     """
 
-    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
+    def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:
         """A hint, never required: the transaction is about to read or write these
-        (type, id) (and patients its clinical resources name); a backend may read them all in
-        one round trip."""
+        (type, id) (and patients its clinical resources name), and to write at ``sites``; a
+        backend may read them all in one round trip, and take the locks of every site among
+        them in one go, in one order (no deadlock with another transaction doing the same)."""
         ...
 
     def flush(self) -> None:

@@ -9,9 +9,14 @@ Invariants:
   until COMMIT or ROLLBACK). A resource is read (again) after its site is held: a resource row
   or a patient's site read here is current and stays so until COMMIT, so ``ifMatch``, version
   numbers, ``ifNoneExist`` within a site and transfers see every earlier commit of that site.
-  Writers of one site run one at a time; writers of different sites run in parallel. Two
-  transactions taking two sites in opposite orders deadlock: PostgreSQL aborts one, which
-  leaves the store as ``DatabaseFailure("database_busy")`` (the device retries).
+  Writers of one site run one at a time; writers of different sites run in parallel. A
+  laptop's transaction takes every site it knows it will touch (its own, and the sites of the
+  patients its resources name: ``prefetch(keys, sites=…)``) in one sorted statement before
+  anything else, so two such transactions never wait on each other in opposite orders. A
+  site found only later (a patient moved meanwhile) is locked then: two transactions taking
+  two sites in opposite orders deadlock, PostgreSQL aborts one, which leaves the store as
+  ``DatabaseFailure("database_busy", conflict=True)``, and the API runs it again
+  (``store.conflicts``).
 - **Per-site commit order.** Seqs come from the SEQUENCE ``change_seq`` only when the
   transaction's writes are flushed, after every site lock they belong to is held. A writer
   that commits earlier at site S released S's lock before a later writer of S could take
@@ -215,15 +220,18 @@ class PgWriteTx(SqlWriteTx):
         return self._now_us
 
     # -- reads under the site locks
-    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
-        self._read(keys)
+    def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:
+        self._read(keys, also=set(sites))
 
-    def _read(self, keys: Sequence[tuple[str, str]]) -> None:
+    def _read(self, keys: Sequence[tuple[str, str]], also: set[str] | None = None) -> None:
         """Read the resources of ``keys`` this transaction does not know yet, holding their
-        sites (read again after taking a site, until no read names a site not held), with
-        the open stays of the Patients among them."""
+        sites and the sites ``also`` (all in ONE sorted lock statement when that covers them;
+        read again after taking a site, until no read names a site not held), with the open
+        stays of the Patients among them."""
         wanted = sorted({key for key in keys if key not in self._known})
         if not wanted:
+            if also:
+                self._lock_sites(also)
             return
         patients = [rid for rtype, rid in wanted if rtype == vocab.PATIENT]
         while True:
@@ -234,7 +242,7 @@ class PgWriteTx(SqlWriteTx):
                 statements.append((_OPEN_STAYS, (patients,)))
             results = self._db.pipeline(statements)
             found = {(r.rtype, r.rid): r for r in map(row_to_resource, results[0].fetchall())}
-            if not self._lock_sites({r.site for r in found.values()}):
+            if not self._lock_sites({r.site for r in found.values()} | (also or set())):
                 break
         for key in wanted:
             self._known[key] = found.get(key)

@@ -89,6 +89,9 @@ class Dialect:
     # seq of the first refresh (then each time the change feed has doubled).
     analyze: str | None = None
     analyze_first_at: int = 0
+    # Whether a driver error is the database breaking a deadlock or a serialisation conflict
+    # (``DatabaseFailure.conflict``: the transaction may simply be run again).
+    is_conflict: Callable[[Exception], bool] = lambda _err: False
     # Open a control-plane write transaction (sites, devices, users, commands, audit) and take
     # the control-plane writer lock before any read (empty: the same as ``begin_write``).
     begin_control_write: tuple[str, ...] = ()
@@ -116,7 +119,7 @@ class Dialect:
         try:
             yield
         except self.driver_error as err:
-            raise DatabaseFailure(self.failure_reason(err)) from err
+            raise DatabaseFailure(self.failure_reason(err), conflict=self.is_conflict(err)) from err
 
 
 class DriverConnection(Protocol):
