@@ -30,9 +30,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 log = logging.getLogger(__name__)
 
 CONNECTION_KEY = "gatehouse.connection"
-DEFAULT_SLOTS = 32  # per worker; see docs/deploy.md §How many workers (the scale benchmark)
+DEFAULT_SLOTS = 32  # per worker with a core of its own; docs/deploy.md (the scale benchmark)
 BUSY_RETRY_AFTER_S = 2  # < server.KEEP_ALIVE_S, even spread by the laptop's jitter (x1.5)
 BUSY_REASON = "gateway_busy"
+
+
+def default_slots(workers: int, cores: int | None) -> int:
+    """``DEFAULT_SLOTS`` per worker that has a core of its own: more workers than cores share
+    the host's ``DEFAULT_SLOTS x cores`` (serving more syncs at once than the cores can run
+    only makes every one of them slower)."""
+    cores = max(1, cores or 1)
+    return max(1, DEFAULT_SLOTS * min(workers, cores) // max(1, workers))
 
 
 class Connection:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sync.device.transport import JITTER, REUSE_IDLE_S
-from sync.gateway.capacity import BUSY_RETRY_AFTER_S
+from sync.gateway.capacity import BUSY_RETRY_AFTER_S, DEFAULT_SLOTS, default_slots
 from sync.gateway.server import KEEP_ALIVE_S, BackgroundGateway, build_app, build_ssl_context
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.sql import SqlStore
@@ -110,3 +110,18 @@ def test_the_laptop_reuses_a_connection_only_well_within_the_gateway_keep_alive(
     to find its connection still open."""
     assert REUSE_IDLE_S + 0.5 <= KEEP_ALIVE_S
     assert BUSY_RETRY_AFTER_S * (1 + JITTER) < REUSE_IDLE_S
+
+
+def test_more_workers_than_cores_share_the_host_s_slots() -> None:
+    """A host serves at most DEFAULT_SLOTS syncs at once per core, however many workers it
+    runs: four workers on two cores get half the slots each (the scale benchmark collapsed
+    with 4 x 32 syncs at once on 2 cores)."""
+    assert [default_slots(workers, 2) for workers in (1, 2, 4)] == [
+        DEFAULT_SLOTS,
+        DEFAULT_SLOTS,
+        DEFAULT_SLOTS // 2,
+    ]
+    for cores in (1, 2, 4, 8):
+        for workers in range(1, 17):
+            assert workers * default_slots(workers, cores) <= DEFAULT_SLOTS * cores
+            assert default_slots(workers, cores) >= 1
