@@ -8,7 +8,9 @@ worker serves at most ``slots`` connections at a time and tells the others to co
 Invariants:
 - A connection takes a slot with its first request that finds one free, and holds it until the
   connection closes (the laptop ends its sync, or the server closes it idle after
-  ``server.KEEP_ALIVE_S``): a sync that has started is never turned away halfway.
+  ``server.KEEP_ALIVE_S``): a sync that has started is not turned away halfway while its
+  connection lasts. (A laptop that opens a new connection mid-sync — it paused for longer
+  than its ``REUSE_IDLE_S``, or the connection broke — may be told busy on it, and waits.)
 - A request on a connection without a slot while every slot is taken is answered at once,
   before the device is even looked up: ``503`` with reason ``gateway_busy`` and ``Retry-After:
   BUSY_RETRY_AFTER_S`` (shorter than the keep-alive, so the laptop's retry, spread by its
