@@ -37,12 +37,11 @@ Invariants:
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -320,7 +319,8 @@ def _only_stamped_since(store: Store | None, entry: Entry, base: int, current: i
 def resolve_creates(
     tx: WriteTx, entries: list[Entry], scope: Scope
 ) -> tuple[dict[int, StoredResource], dict[str, str]]:
-    """For each POST: the existing match of ``ifNoneExist`` or a fresh id (→ ``rid``)."""
+    """For each POST: the existing match of ``ifNoneExist`` or its own id (→ ``rid``; a fresh
+    one when it has none yet)."""
     existing: dict[int, StoredResource] = {}
     urn_map: dict[str, str] = {}
     wanted = [
@@ -429,13 +429,31 @@ def _queue_upstream(store: Store, tx: WriteTx, outcomes: Iterable[Outcome]) -> N
 def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Outcome]:
     """The whole Bundle in one write transaction; run again from the entries as parsed when
     the database broke a deadlock with it (``store.conflicts``): nothing of a rolled-back
-    attempt stays, and the entries are never changed by one."""
-    return retry_conflicts(lambda: _run_transaction_once(store, copy.deepcopy(entries), scope))
+    attempt stays (the first attempt changes ``entries``: every later one runs on a fresh
+    copy of them as they were)."""
+    as_parsed = _snapshot(entries)
+    first = [entries]
+    return retry_conflicts(
+        lambda: _run_transaction_once(store, first.pop() if first else as_parsed(), scope)
+    )
+
+
+def _snapshot(entries: list[Entry]) -> Callable[[], list[Entry]]:
+    """A way back to ``entries`` as they are now (their resources are JSON, parsed from it)."""
+    kept = [(e, e.rid, None if e.resource is None else orjson.dumps(e.resource)) for e in entries]
+    return lambda: [
+        replace(e, rid=rid, resource=None if raw is None else orjson.loads(raw))
+        for e, rid, raw in kept
+    ]
 
 
 def _run_transaction_once(store: Store, entries: list[Entry], scope: Scope) -> list[Outcome]:
+    for entry in entries:
+        if entry.method == "POST" and entry.rid is None:
+            entry.rid = str(uuid.uuid4())  # a create's own id, unless ifNoneExist finds one
     with store.write() as tx:
-        # Every site known now (the device's, its patients') locked first, in one order.
+        # Every site known now (the device's, its patients') locked first, in one order; the
+        # creates' new ids are read in the same go (none exists: nothing to read later).
         tx.prefetch(
             prefetch_keys((e.rtype, e.rid, e.resource or {}) for e in entries),
             sites=(scope.site,),
@@ -459,8 +477,11 @@ def _run_transaction_once(store: Store, entries: list[Entry], scope: Scope) -> l
 
 
 def run_batch_entry(store: Store, entry: Entry, scope: Scope) -> Outcome | FhirError:
+    as_parsed = _snapshot([entry])
+    first = [[entry]]
+
     def once() -> Outcome:
-        attempt = copy.deepcopy(entry)
+        [attempt] = first.pop() if first else as_parsed()
         with store.write() as tx:
             existing, _ = resolve_creates(tx, [attempt], scope)
             outcome = execute(tx, attempt, scope, existing.get(attempt.index), store)
