@@ -97,7 +97,9 @@ def loaded_gateway(
         store.set_device(f"bench-{n}", site, "active")
         creds.append((tmp / f"d{n}.pem", tmp / f"d{n}.key"))
     context = build_ssl_context(data / datadir.SERVER_CERT, data / datadir.SERVER_KEY, ca)
-    server = BackgroundGateway(build_app(store, ca_cert=ca_cert), context)
+    # As many capacity slots as devices: these figures compare the stores, not the gate
+    # (bench_scale measures the gate).
+    server = BackgroundGateway(build_app(store, ca_cert=ca_cert, slots=len(creds)), context)
     server.start()
     try:
         yield LoadedGateway(server.url, ca, creds, context, store, load_s, trips)

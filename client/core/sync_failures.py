@@ -87,6 +87,7 @@ SYNC_FAILURES: Final[Mapping[str, str]] = MappingProxyType(
         "Try again later; " + _CALL_IT,
         "audit_busy": "The gateway was busy. Try again in a few minutes.",
         "database_busy": "The gateway was busy. Try again in a few minutes.",
+        "gateway_busy": "The gateway was busy. Try again in a few minutes.",
         "body_too_large": "The gateway would not take this much at once. Try again; " + _CALL_IT,
         "internal_error": "The gateway had a problem of its own. Try again later; " + _CALL_IT,
         # this laptop's side (client/core/replica.py)

@@ -13,12 +13,16 @@ Invariants (SECURITY.md NW-1, NW-2, NW-3):
   context and never loads the OS trust store. Redirects are never followed.
 - Every response body is read through a hard size limit (counted after gzip decoding, so a
   compression bomb is cut off); connect and read timeouts always apply.
-- Only idempotent requests are retried (with exponential backoff); a POST is retried only when
-  the caller declares it idempotent (a transaction made idempotent by ``ifNoneExist``). A busy
-  answer's ``Retry-After`` (seconds, capped at ``MAX_RETRY_AFTER_S``) lengthens the wait, and
-  every wait is spread by up to ``JITTER`` so a thousand laptops told "busy" at once do not
-  come back at once.
-- One connection is reused for a whole sync (a pool of one).
+- Only idempotent requests are retried (with exponential backoff, at most ``MAX_ATTEMPTS``
+  tries); a POST is retried only when the caller declares it idempotent (a transaction made
+  idempotent by ``ifNoneExist``). A busy answer (503 with ``Retry-After`` in seconds, at most
+  ``MAX_RETRY_AFTER_S``) is waited out as asked and does not use up a try: it is retried until
+  the waits for this request would pass ``MAX_BUSY_WAIT_S``, then returned. Every wait is
+  spread by up to ``JITTER`` so a thousand laptops told "busy" at once do not come back at
+  once.
+- One connection is reused for a whole sync (a pool of one), but never after it has been idle
+  for ``reuse_idle_s`` (``REUSE_IDLE_S``, below the gateway's keep-alive timeout): then a new
+  one is opened, so no request is sent on a connection the server is closing as idle.
 """
 
 from __future__ import annotations
@@ -56,8 +60,17 @@ BACKOFF_BASE_S = 0.5
 # Status codes worth retrying for an idempotent request: the gateway or a balancer is busy.
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_AFTER_S = 30  # a longer Retry-After ends this attempt; the next sync tries again
+# A busy answer (503 + Retry-After) is waited out this long in all for one request, however
+# many times it comes: a herd of first syncs is spread over the gateway's capacity instead of
+# failing after MAX_ATTEMPTS. Longer than that, the sync reports the gateway busy.
+MAX_BUSY_WAIT_S = 120.0
 JITTER = 0.5  # each wait is multiplied by 1 + JITTER × a random fraction
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# A kept-alive connection idle this long is closed and a new one opened for the next request,
+# so a request never races the server closing it idle: below the gateway's keep-alive timeout
+# (sync.gateway.server.KEEP_ALIVE_S, 5 s) by more than a round trip, and above a busy answer's
+# jittered wait (2 s x 1.5), so a laptop told "busy" comes back on the same connection.
+REUSE_IDLE_S = 4.0
 _READ_CHUNK = 64 * 1024
 
 
@@ -107,6 +120,7 @@ class TransportConfig:
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     read_timeout_s: float = READ_TIMEOUT_S
     max_response_bytes: int = MAX_RESPONSE_BYTES
+    reuse_idle_s: float = REUSE_IDLE_S
 
 
 def backoff(attempt: int, fraction: float) -> float:
@@ -125,6 +139,11 @@ def retry_delay(attempt: int, retry_after: str | None, fraction: float) -> float
             return None
         delay = max(delay, float(asked))
     return delay * (1 + JITTER * min(max(fraction, 0.0), 1.0))
+
+
+def _asks_to_wait(status: int, retry_after: str | None) -> bool:
+    """A 503 with a ``Retry-After`` in seconds: the server is busy and says when to return."""
+    return status == 503 and retry_after is not None and retry_after.strip().isdigit()
 
 
 @dataclass(frozen=True)
@@ -203,19 +222,27 @@ class _PinnedAdapter(HTTPAdapter):
 
     def __init__(self, config: TransportConfig, counters: TransferCounters) -> None:
         self._config = config
-        origin = urlsplit(config.gateway_url)
-        pool_cls = _pinned_pool_class(config.spki_pins, counters)
-        context = _make_ssl_context(config)
-        self._pool = pool_cls(
+        self._pool_cls = _pinned_pool_class(config.spki_pins, counters)
+        self._context = _make_ssl_context(config)
+        self._pool = self._new_pool()
+        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
+
+    def _new_pool(self) -> HTTPSConnectionPool:
+        origin = urlsplit(self._config.gateway_url)
+        return self._pool_cls(
             host=origin.hostname or "",
             port=origin.port or 443,
             maxsize=1,
             block=True,
-            ssl_context=context,
-            cert_reqs=context.verify_mode,
+            ssl_context=self._context,
+            cert_reqs=self._context.verify_mode,
             retries=False,
         )
-        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
+
+    def drop_connection(self) -> None:
+        """Close the kept-alive connection; the next request opens a new one."""
+        self._pool.close()
+        self._pool = self._new_pool()
 
     def get_connection_with_tls_context(
         self,
@@ -246,6 +273,7 @@ class Transport:
         *,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not config.spki_pins:
             raise TransportError("config", "no gateway pins are configured")
@@ -262,12 +290,15 @@ class Transport:
         )
         self._sleep = sleep
         self._jitter = jitter
+        self._monotonic = monotonic
+        self._idle_since: float | None = None  # when the kept-alive connection last answered
         self.counters = TransferCounters()
         self._session = requests.Session()
         self._session.trust_env = False  # no proxies, CA bundles or .netrc from the environment
         self._session.proxies = {}
         self._session.headers.update({"Accept-Encoding": "gzip", "User-Agent": "gatehouse"})
-        self._session.mount("https://", _PinnedAdapter(config, self.counters))
+        self._adapter = _PinnedAdapter(config, self.counters)
+        self._session.mount("https://", self._adapter)
         self._session.mount("http://", _RefuseAdapter())
 
     def __enter__(self) -> Transport:
@@ -305,23 +336,35 @@ class Transport:
         url = self.url(path_or_url)
         retryable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         attempts = MAX_ATTEMPTS if retryable else 1
-        for attempt in range(1, attempts + 1):
+        attempt, busy_waited = 1, 0.0
+        while True:
             try:
                 response = self._send_once(method, url, body, headers)
             except TransportError as exc:
                 if attempt < attempts and exc.reason in {"timeout", "connection"}:
                     self._sleep(backoff(attempt, self._jitter()))
+                    attempt += 1
                     continue
                 raise
-            if attempt < attempts and response.status in RETRY_STATUSES:
-                retry_after = response.headers.get("retry-after")
-                delay = retry_delay(attempt, retry_after, self._jitter())
-                if delay is None:
-                    return response  # asked to wait longer than a sync should: answer busy now
+            if not retryable or response.status not in RETRY_STATUSES:
+                return response
+            retry_after = response.headers.get("retry-after")
+            if _asks_to_wait(response.status, retry_after):
+                # "Busy, come back in N s": the server is shedding load, not failing. Waits
+                # (jittered) do not use up attempts, only the busy budget of this request.
+                delay = retry_delay(1, retry_after, self._jitter())
+                if delay is None or busy_waited + delay > MAX_BUSY_WAIT_S:
+                    return response  # asked to wait longer than a sync should: answer busy
+                busy_waited += delay
                 self._sleep(delay)
                 continue
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+            if attempt >= attempts:
+                return response
+            delay = retry_delay(attempt, retry_after, self._jitter())
+            if delay is None:
+                return response  # asked to wait longer than a sync should: answer busy now
+            self._sleep(delay)
+            attempt += 1
 
     def get(self, path_or_url: str, headers: Mapping[str, str] | None = None) -> Response:
         return self.request("GET", path_or_url, headers=headers)
@@ -345,6 +388,10 @@ class Transport:
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None
     ) -> Response:
         timeout = (self._config.connect_timeout_s, self._config.read_timeout_s)
+        idle_since, self._idle_since = self._idle_since, None
+        if idle_since is not None and self._monotonic() - idle_since >= self._config.reuse_idle_s:
+            # The server may be closing it this very moment: never race its keep-alive timeout.
+            self._adapter.drop_connection()
         self.counters.requests += 1
         self.counters.bytes_sent += len(body or b"")
         try:
@@ -379,6 +426,7 @@ class Transport:
             if 300 <= raw.status_code < 400:
                 raise TransportError("redirect_refused", "the gateway answered with a redirect")
             payload = self._read_bounded(raw)
+        self._idle_since = self._monotonic()
         # Header names in lower case: servers differ in case (HTTP names are case-insensitive).
         headers = {name.lower(): value for name, value in raw.headers.items()}
         return Response(raw.status_code, headers, payload, url)

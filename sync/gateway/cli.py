@@ -1,7 +1,8 @@
 """``gatehouse-gateway``: set up and serve the gateway.
 
 Commands: ``init --data DIR [--hostname H]…``, ``serve --data DIR [--host] [--port]
-[--database URL] [--trusted-proxy ADDR]… [--workers N] [--pool-size P]`` (``workers``), the
+[--database URL] [--trusted-proxy ADDR]… [--workers N] [--pool-size P] [--syncs-per-worker S]``
+(``workers``, ``capacity``), the
 administration commands of ``sync.gateway.admin_cli`` (site, user, enroll-token, policy,
 device, audit, seed) and ``upstream set|status|sync`` (``sync.gateway.upstream.cli``).
 ``serve`` also runs the upstream pass on its poll interval in each worker when an upstream is
@@ -19,11 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from sync.gateway import admin_cli, datadir
+from sync.gateway.capacity import DEFAULT_SLOTS, default_slots
 from sync.gateway.errors import GatewayError, refusal
 from sync.gateway.upstream import cli as upstream_cli
 
@@ -49,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not (data / datadir.CA_CERT).exists():
         raise datadir.DataDirError("not_initialised")
-    if args.workers < 1 or args.pool_size < 1:
+    if args.workers < 1 or args.pool_size < 1 or (args.syncs_per_worker or 1) < 1:
         raise workers.WorkersRefused("bad_workers")
     if args.workers > 1 and not args.database:
         raise workers.WorkersRefused("workers_need_postgresql")
@@ -58,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
         database=args.database,
         trusted_proxies=tuple(args.trusted_proxy),
         pool_size=args.pool_size,
+        slots=args.syncs_per_worker or default_slots(args.workers, os.cpu_count()),
     )
     # The schema is created (and the database reached) once, before anything listens.
     open_store(data, args.database, pool_size=1).close()
@@ -97,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=POOL_SIZE,
         help="PostgreSQL connections per worker (workers x this must fit max_connections)",
+    )
+    serve.add_argument(
+        "--syncs-per-worker",
+        type=int,
+        default=None,
+        help=(
+            "connections each worker serves at once; more are told 503 busy + Retry-After"
+            f" (default {DEFAULT_SLOTS}, shared when there are more workers than cores)"
+        ),
     )
     serve.set_defaults(run=_serve)
     admin_cli.register(commands)

@@ -44,6 +44,7 @@ MESSAGES: dict[str, str] = {
     "not_found": "No such route.",
     "method_not_allowed": "This method is not allowed here.",
     "internal_error": "The gateway could not complete the request.",
+    "gateway_busy": "The gateway is serving as many syncs as it can: try again shortly.",
 }
 
 # Sentences for the reasons an operator meets at the command line (``refusal``); a reason

@@ -12,9 +12,13 @@ Invariants:
 - ``DeviceAuthMiddleware`` turns that into ``scope["gatehouse.device"]`` (a ``DeviceIdentity``)
   on every request but those two, or answers before the app runs: 401 ``certificate_required``
   without a certificate; 403 when the certificate does not verify against the device CA at
-  ``now`` or the device is not ``active`` in the devices table with the same site (a revoked or
-  wiped device is refused at once, even on an open connection). ``/fhir`` errors are
-  OperationOutcomes, ``/device`` and ``/audit`` errors are ``{"error", "message"}`` JSON.
+  ``now`` or the device is not ``active`` in the devices table with the same site and this
+  certificate's serial. Each certificate's signature is verified once and a device's state read
+  at most every ``admission.STATE_TTL_S`` (``sync/gateway/admission.py``): a revocation or wipe
+  made through this process is refused on the very next request, one made by another process
+  (the admin CLI, another worker) within ``STATE_TTL_S``, even on an open connection.
+  ``/fhir`` errors are OperationOutcomes, ``/device`` and ``/audit`` errors are
+  ``{"error", "message"}`` JSON.
 - On ``/fhir`` a bearer token, when sent, must be valid for this certificate and belong to a
   clinician: auditors and admins never receive clinical resources.
 - A forwarded certificate header (``X-Client-Cert``, URL-encoded PEM) is honoured ONLY when the
@@ -44,12 +48,12 @@ from urllib.parse import unquote
 
 import uvicorn
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from sync.gateway.admission import Admission, refusal
 from sync.gateway.api.audit import create_control_app
 from sync.gateway.api.fhir import DEVICE_SCOPE_KEY, create_fhir_app
 from sync.gateway.api.outcome import FhirError, error_response
@@ -59,9 +63,18 @@ from sync.gateway.api.responses import (
     retry_after_headers,
 )
 from sync.gateway.authority import GatewayAuthority
+from sync.gateway.capacity import (
+    BUSY_REASON,
+    BUSY_RETRY_AFTER_S,
+    CONNECTION_KEY,
+    DEFAULT_SLOTS,
+    CapacityGate,
+    Connection,
+    Slots,
+)
 from sync.gateway.errors import ControlError
 from sync.gateway.login_throttle import LoginPolicy
-from sync.gateway.pki import DeviceIdentity, PkiError, verify_device_certificate
+from sync.gateway.pki import DeviceIdentity, PkiError
 from sync.gateway.store.base import DatabaseFailure, Store
 from sync.gateway.users import authenticate_bearer
 
@@ -72,6 +85,7 @@ FORWARDED_CERT_HEADER = b"x-client-cert"
 MAX_FORWARDED_CERT_CHARS = 16_384  # a P-256 device certificate is under 1 KiB of PEM
 STARTUP_TIMEOUT_S = 10.0
 LAST_SEEN_EVERY = dt.timedelta(minutes=1)
+MAX_SEEN_DEVICES = 50_000  # when each device's last_seen was written by this process
 ENROL_PATH = "/device/enrol"
 WIPE_REPORT_PATH = "/device/wipe-report"  # WP-3: signed by the report key, not the TLS key
 UNAUTHENTICATED_POSTS = frozenset({ENROL_PATH, WIPE_REPORT_PATH})
@@ -102,6 +116,7 @@ class PeerCertH11Protocol(H11Protocol):
     timeout: one byte a second would hold a connection for ever)."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _connection: Connection | None = None
 
     def _waiting_for_head(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -130,6 +145,8 @@ class PeerCertH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._connection is not None:
+            self._connection.closed()  # its capacity slot, if it held one, is free again
         super().connection_lost(exc)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -141,8 +158,7 @@ class PeerCertH11Protocol(H11Protocol):
         if ssl_object is not None:
             der = ssl_object.getpeercert(binary_form=True)
             if der:
-                cert = x509.load_der_x509_certificate(der)
-                chain = [cert.public_bytes(serialization.Encoding.PEM).decode("ascii")]
+                chain = [ssl.DER_cert_to_PEM_cert(der)]
             cipher = ssl_object.cipher()
             tls = {
                 "server_cert": None,
@@ -156,12 +172,14 @@ class PeerCertH11Protocol(H11Protocol):
         peer = transport.get_extra_info("peername")
         peer_ip = peer[0] if isinstance(peer, tuple) else None
         inner = self.app
+        connection = self._connection = Connection()
 
         async def with_peer(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] in ("http", "websocket"):
                 if tls is not None:
                     scope.setdefault("extensions", {})["tls"] = dict(tls)
                 scope[TCP_PEER_KEY] = peer_ip
+                scope[CONNECTION_KEY] = connection
             await inner(scope, receive, send)
 
         self.app = with_peer
@@ -177,14 +195,19 @@ def _refusal(scope: Scope, status: int, reason: str) -> ASGIApp:
     return control_error_response(ControlError(status, reason))
 
 
-def _unavailable(scope: Scope, reason: str) -> ASGIApp:
+def _unavailable(scope: Scope, reason: str, retry_after: int = RETRY_AFTER_S) -> ASGIApp:
     """503 with ``Retry-After``: the database is busy or away (the pool is exhausted, a lock
-    wait timed out): the client backs off and comes back, it does not give up."""
+    wait timed out), or every capacity slot is taken: the client backs off and comes back, it
+    does not give up."""
     if str(scope.get("path", "")).startswith("/fhir"):
         response = error_response(FhirError(503, "transient", reason))
-        response.headers.update(retry_after_headers())
+        response.headers.update(retry_after_headers(retry_after))
         return response
-    return control_error_response(ControlError(503, reason, retry_after=RETRY_AFTER_S))
+    return control_error_response(ControlError(503, reason, retry_after=retry_after))
+
+
+def _busy(scope: Scope) -> ASGIApp:
+    return _unavailable(scope, BUSY_REASON, BUSY_RETRY_AFTER_S)
 
 
 class DeviceAuthMiddleware:
@@ -198,12 +221,14 @@ class DeviceAuthMiddleware:
         ca_cert: x509.Certificate,
         trusted_proxies: tuple[Network, ...] = (),
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.store = store
         self.ca_cert = ca_cert
         self.trusted_proxies = trusted_proxies
         self.clock = clock
+        self.admission = Admission(store, ca_cert, monotonic=monotonic)
         self._seen: dict[str, dt.datetime] = {}
 
     def _from_trusted_proxy(self, scope: Scope) -> bool:
@@ -216,28 +241,34 @@ class DeviceAuthMiddleware:
             return False
         return any(address in net for net in self.trusted_proxies)
 
-    def _certificate(self, scope: Scope) -> x509.Certificate | None:
+    def _certificate(self, scope: Scope) -> str | None:
+        """The PEM of the request's certificate: forwarded by a trusted proxy, or from TLS."""
         forwarded = [v for k, v in scope.get("headers", []) if k == FORWARDED_CERT_HEADER]
         if forwarded and self._from_trusted_proxy(scope):
             if len(forwarded) != 1 or len(forwarded[0]) > MAX_FORWARDED_CERT_CHARS:
                 raise PkiError("bad_forwarded_certificate")
             try:
-                return x509.load_pem_x509_certificate(unquote(forwarded[0].decode()).encode())
-            except ValueError:
+                return unquote(forwarded[0].decode("ascii"))
+            except UnicodeDecodeError:
                 raise PkiError("bad_forwarded_certificate") from None
         if forwarded:
             log.warning("forwarded certificate header ignored from an untrusted peer")
         chain = scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
-        if not chain:
-            return None
-        return x509.load_pem_x509_certificate(chain[0].encode("ascii"))
+        return str(chain[0]) if chain else None
 
-    def _touch(self, device_id: str, now: dt.datetime) -> None:
+    def _touch_due(self, device_id: str, now: dt.datetime) -> bool:
+        """Whether to write the device's ``last_seen`` now (once per ``LAST_SEEN_EVERY``)."""
         last = self._seen.get(device_id)
         if last is not None and now - last < LAST_SEEN_EVERY:
-            return
+            return False
+        if len(self._seen) >= MAX_SEEN_DEVICES:
+            self._seen.clear()  # bounded: forgetting only means one extra write per device
         self._seen[device_id] = now
-        self.store.touch_device(device_id, now)
+        return True
+
+    @staticmethod
+    def _has_bearer(scope: Scope) -> bool:
+        return any(k == b"authorization" for k, _ in scope.get("headers", []))
 
     def _clinical_bearer(self, scope: Scope, identity: DeviceIdentity, now: dt.datetime) -> None:
         """On /fhir, a bearer token (if any) must be this device's and a clinician's."""
@@ -273,44 +304,34 @@ class DeviceAuthMiddleware:
         """The verified, active device of this request, or None after answering a refusal."""
         now = self.clock()
         try:
-            cert = self._certificate(scope)
-            if cert is None:
+            pem = self._certificate(scope)
+            if pem is None:
                 await _refusal(scope, 401, "certificate_required")(scope, receive, send)
                 return None
-            identity = verify_device_certificate(cert, self.ca_cert, now=now)
+            try:
+                identity = self.admission.identity(pem, now)
+            except ValueError:  # only a forwarded PEM can be malformed; TLS gave a parsed one
+                raise PkiError("bad_forwarded_certificate") from None
         except PkiError as err:
             log.info("device refused: %s", err.reason)
             await _refusal(scope, 403, err.reason)(scope, receive, send)
             return None
-        record = await run_in_threadpool(self.store.device, identity.device_id)
-        reason = None
-        if record is None:
-            reason = "unknown_device"
-        elif record.status == "revoked" and str(scope.get("path", "")).startswith(
-            "/device/commands"
-        ):
-            pass  # a revoked laptop may still fetch and acknowledge a pending wipe, nothing else
-        elif record.status != "active":
-            reason = f"device_{record.status}"
-        elif record.site != identity.site:
-            reason = "device_site_mismatch"
-        else:
-            # After a renewal only the newest certificate counts: a stolen older key cannot
-            # keep working (or renew itself) until it expires.
-            current = await run_in_threadpool(self.store.current_cert_serial, identity.device_id)
-            if current is not None and current != format(identity.serial, "x"):
-                reason = "certificate_superseded"
+        state = self.admission.cached_state(identity.device_id)
+        if state is None:
+            state = await run_in_threadpool(self.admission.read_state, identity.device_id)
+        reason = refusal(state.admission, identity, str(scope.get("path", "")))
         if reason is not None:
             log.info("device refused: %s", reason)
             await _refusal(scope, 403, reason)(scope, receive, send)
             return None
-        if str(scope.get("path", "")).startswith("/fhir"):
+        if str(scope.get("path", "")).startswith("/fhir") and self._has_bearer(scope):
             try:
                 await run_in_threadpool(self._clinical_bearer, scope, identity, now)
             except ControlError as err:
                 await _refusal(scope, err.status, err.reason)(scope, receive, send)
                 return None
-        await run_in_threadpool(self._touch, identity.device_id, now)
+        if self._touch_due(identity.device_id, now):
+            await run_in_threadpool(self.store.touch_device, identity.device_id, now)
         return identity
 
 
@@ -330,6 +351,10 @@ class PathDispatch:
 
 
 GZIP_MIN_BYTES = 1024  # smaller answers are not worth compressing
+# zlib's own default. Starlette's is 9: on a 450 KB history page of 490 resources, level 9
+# took ~3x the CPU of level 6 for a 5 % smaller answer (16.9x vs 16.1x), and gzip was ~14 % of
+# a worker's CPU in the scale benchmark's first-sync herd.
+GZIP_LEVEL = 6
 
 
 def build_app(
@@ -340,22 +365,28 @@ def build_app(
     login_policy: LoginPolicy | None = None,
     trusted_proxies: tuple[Network, ...] = (),
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    monotonic: Callable[[], float] = time.monotonic,
+    slots: int = DEFAULT_SLOTS,
 ) -> ASGIApp:
     """The whole gateway: device authentication around the FHIR data plane and, given the
-    gateway's keys (``authority``), the control plane."""
+    gateway's keys (``authority``), the control plane, behind the capacity gate (``slots``
+    connections served at once: ``sync/gateway/capacity.py``). ``monotonic`` times the
+    device-state cache (``admission.STATE_TTL_S``)."""
     inner: ASGIApp = create_fhir_app(store, clock=clock)
     if authority is not None:
         control = create_control_app(store, authority, clock=clock, login_policy=login_policy)
         inner = PathDispatch(inner, control)
     # Pages of FHIR JSON compress ~10-30x; the device asks for gzip and bounds the decoded size.
-    inner = GZipMiddleware(inner, minimum_size=GZIP_MIN_BYTES)
-    return DeviceAuthMiddleware(
+    inner = GZipMiddleware(inner, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
+    admitted = DeviceAuthMiddleware(
         inner,
         store=store,
         ca_cert=ca_cert,
         trusted_proxies=trusted_proxies,
         clock=clock,
+        monotonic=monotonic,
     )
+    return CapacityGate(admitted, slots=Slots(slots), busy=_busy)
 
 
 def uvicorn_config(

@@ -39,6 +39,7 @@ from types import FrameType
 
 import uvicorn
 
+from sync.gateway.capacity import DEFAULT_SLOTS
 from sync.gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ServeSettings:
     database: str | None
     trusted_proxies: tuple[str, ...]
     pool_size: int
+    slots: int = DEFAULT_SLOTS  # connections served at once per worker (``capacity``)
     log_level: str = "info"
 
 
@@ -145,6 +147,7 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> None:
             ca_cert=authority.ca_cert,
             authority=authority,
             trusted_proxies=parse_trusted_proxies(settings.trusted_proxies),
+            slots=settings.slots,
         )
         host, port = sock.getsockname()[:2]
         config = uvicorn_config(app, context, host=host, port=port, log_level=settings.log_level)

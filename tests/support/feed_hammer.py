@@ -57,9 +57,9 @@ def _hold_commits(rng: random.Random) -> None:
 def _take_no_site_locks() -> None:
     """The naive write path: a SEQUENCE and nothing ordering commits."""
 
-    def no_lock(self: PgWriteTx, sites: set[str]) -> bool:
+    def no_lock(self: PgWriteTx, sites: set[str], then: object = ()) -> None:
         self._locked.update(sites)
-        return False
+        return None  # as if every site were held already: nothing locked, nothing re-read
 
     PgWriteTx._lock_sites = no_lock  # type: ignore[method-assign]
 

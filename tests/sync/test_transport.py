@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from sync.device.transport import JITTER, Transport, TransportConfig, TransportError, spki_sha256
-from tests.support.tls_server import RawTlsServer, server_context
+from sync.device.transport import (
+    JITTER,
+    MAX_BUSY_WAIT_S,
+    Transport,
+    TransportConfig,
+    TransportError,
+    spki_sha256,
+)
+from tests.support.tls_server import DropConnection, RawTlsServer, server_context
 from tests.support.transport_pki import Pki, pinned_config, serve, transport_config
 
 
@@ -220,6 +227,64 @@ def test_a_busy_answer_s_retry_after_is_honoured_with_jitter(pki: Pki) -> None:
             assert transport.get("x").status == 503  # 10 minutes asked: not waited for here
     assert sleeps[0] == 3.0 and 3.0 < sleeps[1] <= 3.0 * (1 + JITTER)
     assert len(sleeps) == 2
+
+
+def test_a_herd_told_busy_many_times_waits_it_out_within_the_busy_budget(pki: Pki) -> None:
+    """Issue 15 item 3: a gateway shedding a herd of first syncs answers "busy, come back in
+    2 s" as often as it must; an idempotent request keeps coming back (each wait jittered, none
+    using up one of the MAX_ATTEMPTS) until it is served, and gives up with the busy answer only
+    once its waits would pass MAX_BUSY_WAIT_S. A POST not declared idempotent is never retried."""
+    served_after = 12  # more busy answers than MAX_ATTEMPTS allows
+    calls: list[str] = []
+
+    def busy(method: str, path: str, *_: object) -> tuple[int, dict[str, str], bytes]:
+        calls.append(path)
+        if path.endswith("/forever") or calls.count(path) <= served_after:
+            return 503, {"Retry-After": "2"}, b"busy"
+        return 200, {}, b"ok"
+
+    sleeps: list[float] = []
+    for server in serve(pki, busy):
+        config = pinned_config(pki, server.port)
+        with Transport(config, sleep=sleeps.append, jitter=lambda: 0.5) as transport:
+            assert transport.get("x").status == 200
+            assert sleeps == [2.0 * (1 + JITTER * 0.5)] * served_after
+            sleeps.clear()
+            assert transport.get("forever").status == 503
+            assert sum(sleeps) <= MAX_BUSY_WAIT_S < sum(sleeps) + 2.0 * (1 + JITTER * 0.5)
+            sleeps.clear()
+            assert transport.request("POST", "y", body=b"{}").status == 503
+    assert sleeps == [] and calls.count("/y") == 1
+
+
+def test_a_connection_the_server_is_closing_as_idle_is_never_sent_a_request(pki: Pki) -> None:
+    """Issue 15: a server closes a kept-alive connection idle for its keep-alive timeout; a
+    request sent just then is lost with the connection, and a POST is not retried. The laptop
+    never reuses a connection idle for ``reuse_idle_s`` (below the server's timeout): it opens
+    a new one, so even a non-idempotent request after a pause goes through."""
+    keep_alive_s = 0.5
+    last_answer: list[tuple[int, float]] = []
+    servers: list[RawTlsServer] = []
+
+    def closing_idle(*_: object) -> tuple[int, dict[str, str], bytes]:
+        connection = servers[0].handshakes
+        same = bool(last_answer) and last_answer[-1][0] == connection
+        if same and time.monotonic() - last_answer[-1][1] >= keep_alive_s:
+            raise DropConnection  # closed as idle just as the request arrived
+        last_answer.append((connection, time.monotonic()))
+        return 200, {}, b"ok"
+
+    for server in serve(pki, closing_idle):
+        servers.append(server)
+        config = pinned_config(pki, server.port, reuse_idle_s=keep_alive_s - 0.2)
+        with Transport(config, sleep=lambda _: None) as transport:
+            for _ in range(3):  # a sync's requests, back to back, share one connection
+                assert transport.request("POST", "fhir", body=b"{}").status == 200
+            assert transport.counters.connections == 1
+            time.sleep(keep_alive_s + 0.1)  # the laptop applies a long page
+            assert transport.request("POST", "fhir", body=b"{}").status == 200
+            assert transport.counters.connections == 2
+        assert len(server.requests) == 4  # nothing was sent twice
 
 
 def test_one_connection_is_reused_for_a_whole_sync(pki: Pki, gateway: RawTlsServer) -> None:

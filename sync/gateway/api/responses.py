@@ -35,5 +35,5 @@ def control_error_response(error: ControlError) -> Response:
 RETRY_AFTER_S = 5
 
 
-def retry_after_headers() -> dict[str, str]:
-    return {"Retry-After": str(RETRY_AFTER_S)}
+def retry_after_headers(seconds: int = RETRY_AFTER_S) -> dict[str, str]:
+    return {"Retry-After": str(seconds)}

@@ -3,6 +3,9 @@
 Invariants:
 - A transaction is all or nothing: it runs in ONE store write transaction; the first failing
   entry rolls everything back and the answer is that entry's OperationOutcome.
+  A transaction the database rolled back to break a deadlock with another (two sites locked
+  in opposite orders, on PostgreSQL) is run again from the Bundle as received
+  (``store.conflicts``): the laptop gets its answer, never the deadlock.
 - A batch runs each entry in its own write transaction and reports each entry's outcome. A
   batch whose entries are all GETs is a batch of reads (``sync.gateway.api.read_batch``).
 - Exactly-once creates: ``ifNoneExist: identifier=system|value`` finds a live resource of the
@@ -37,8 +40,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -64,6 +67,7 @@ from sync.gateway.store.base import (
     WriteTx,
     fhir_instant,
 )
+from sync.gateway.store.conflicts import retry_conflicts
 from sync.gateway.store.loader import prefetch_keys
 from sync.gateway.store.upstream_tables import UpstreamTables
 from sync.protocol.fhir import vocabulary as vocab
@@ -315,7 +319,8 @@ def _only_stamped_since(store: Store | None, entry: Entry, base: int, current: i
 def resolve_creates(
     tx: WriteTx, entries: list[Entry], scope: Scope
 ) -> tuple[dict[int, StoredResource], dict[str, str]]:
-    """For each POST: the existing match of ``ifNoneExist`` or a fresh id (→ ``rid``)."""
+    """For each POST: the existing match of ``ifNoneExist`` or its own id (→ ``rid``; a fresh
+    one when it has none yet)."""
     existing: dict[int, StoredResource] = {}
     urn_map: dict[str, str] = {}
     wanted = [
@@ -422,7 +427,37 @@ def _queue_upstream(store: Store, tx: WriteTx, outcomes: Iterable[Outcome]) -> N
 
 
 def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Outcome]:
+    """The whole Bundle in one write transaction; run again from the entries as parsed when
+    the database broke a deadlock with it (``store.conflicts``): nothing of a rolled-back
+    attempt stays (the first attempt changes ``entries``: every later one runs on a fresh
+    copy of them as they were)."""
+    as_parsed = _snapshot(entries)
+    first = [entries]
+    return retry_conflicts(
+        lambda: _run_transaction_once(store, first.pop() if first else as_parsed(), scope)
+    )
+
+
+def _snapshot(entries: list[Entry]) -> Callable[[], list[Entry]]:
+    """A way back to ``entries`` as they are now (their resources are JSON, parsed from it)."""
+    kept = [(e, e.rid, None if e.resource is None else orjson.dumps(e.resource)) for e in entries]
+    return lambda: [
+        replace(e, rid=rid, resource=None if raw is None else orjson.loads(raw))
+        for e, rid, raw in kept
+    ]
+
+
+def _run_transaction_once(store: Store, entries: list[Entry], scope: Scope) -> list[Outcome]:
+    for entry in entries:
+        if entry.method == "POST" and entry.rid is None:
+            entry.rid = str(uuid.uuid4())  # a create's own id, unless ifNoneExist finds one
     with store.write() as tx:
+        # Every site known now (the device's, its patients') locked first, in one order; the
+        # creates' new ids are read in the same go (none exists: nothing to read later).
+        tx.prefetch(
+            prefetch_keys((e.rtype, e.rid, e.resource or {}) for e in entries),
+            sites=(scope.site,),
+        )
         existing, urn_map = resolve_creates(tx, entries, scope)
         for entry in entries:
             if entry.resource is not None:
@@ -442,12 +477,19 @@ def run_transaction(store: Store, entries: list[Entry], scope: Scope) -> list[Ou
 
 
 def run_batch_entry(store: Store, entry: Entry, scope: Scope) -> Outcome | FhirError:
-    try:
+    as_parsed = _snapshot([entry])
+    first = [[entry]]
+
+    def once() -> Outcome:
+        [attempt] = first.pop() if first else as_parsed()
         with store.write() as tx:
-            existing, _ = resolve_creates(tx, [entry], scope)
-            outcome = execute(tx, entry, scope, existing.get(entry.index), store)
+            existing, _ = resolve_creates(tx, [attempt], scope)
+            outcome = execute(tx, attempt, scope, existing.get(attempt.index), store)
             _queue_upstream(store, tx, [outcome])
             return outcome
+
+    try:
+        return retry_conflicts(once)
     except FhirError as err:
         return err
 

@@ -73,7 +73,15 @@ class DatabaseFailure(StoreError):
     ``database_busy`` (a lock or connection wait timed out), ``database_unavailable`` (it cannot
     be reached, opened or written), ``bad_database_url`` or ``database_error``. A driver error
     becomes one when it leaves the store (a store method or a ``write()`` block; see
-    ``store.tables.Dialect``), never inside a ``WriteTx``, where it stays the driver's own."""
+    ``store.tables.Dialect``), never inside a ``WriteTx``, where it stays the driver's own.
+
+    ``conflict``: the database rolled the transaction back to break a deadlock or a
+    serialisation conflict with another transaction (reason ``database_busy``); nothing of it
+    was committed, and running it again at once usually succeeds (``store.conflicts``)."""
+
+    def __init__(self, reason: str, message: str | None = None, *, conflict: bool = False):
+        super().__init__(reason, message)
+        self.conflict = conflict
 
 
 def to_us(moment: dt.datetime) -> int:
@@ -170,6 +178,16 @@ class DeviceRecord:
     device_id: str
     site: str
     status: DeviceStatus
+
+
+@dataclass(frozen=True)
+class DeviceAdmission:
+    """What admitting a request needs to know about its device, read in one query: its
+    register entry and the serial (hex) of its current certificate (None: not enrolled here)."""
+
+    site: str
+    status: DeviceStatus
+    cert_serial: str | None
 
 
 @dataclass(frozen=True)
@@ -349,10 +367,11 @@ class WriteTx(Protocol):
     resource again for its seq.
     """
 
-    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
+    def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:
         """A hint, never required: the transaction is about to read or write these
-        (type, id) (and patients its clinical resources name); a backend may read them all in
-        one round trip."""
+        (type, id) (and patients its clinical resources name), and to write at ``sites``; a
+        backend may read them all in one round trip, and take the locks of every site among
+        them in one go, in one order (no deadlock with another transaction doing the same)."""
         ...
 
     def flush(self) -> None:
@@ -430,7 +449,22 @@ class ControlStore(Protocol):
         self, device_id: str, cert_serial: str, cert_not_after: dt.datetime
     ) -> None: ...
     def current_cert_serial(self, device_id: str) -> str | None: ...
-    def touch_device(self, device_id: str, now: dt.datetime) -> None: ...
+    def device_admission(self, device_id: str) -> DeviceAdmission | None:
+        """The device's site, status and current certificate serial in one query (None: no
+        such device)."""
+        ...
+
+    def device_changes(self) -> int:
+        """A counter every store of this process moves on each write it makes to a device's
+        status, site or certificate (not shared between processes): what a cache of device
+        states in this process compares to know that it may be stale."""
+        ...
+
+    def touch_device(self, device_id: str, now: dt.datetime) -> None:
+        """Record the device's last contact (only ever moves forward). One statement, no
+        writer lock: it reads nothing it depends on."""
+        ...
+
     def enrolled_devices(self, site: str | None = None) -> list[EnrolledDevice]: ...
 
     # wipe reports (WP-3)

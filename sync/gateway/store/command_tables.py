@@ -126,7 +126,7 @@ class CommandTables(SqlTables):
     def complete_command(
         self, command_id: str, status: CommandStatus, receipt: str, now: dt.datetime
     ) -> bool:
-        with self._write() as execute:
+        with self._changing_devices(), self._write() as execute:  # a wipe's receipt: wiped
             row = execute(
                 "SELECT device_id, kind FROM commands WHERE command_id = ? AND status = 'pending'",
                 (command_id,),

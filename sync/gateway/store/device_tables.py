@@ -5,7 +5,11 @@ Invariants (``store.ControlStore``):
   the enrolling transaction: ``used_us IS NULL AND expires_us > now``. Whatever the
   interleaving, one use wins; the token, the device row and the device's audit-chain genesis
   commit together or not at all.
-- ``set_device`` and every other write run in a writer-locked transaction (``SqlTables._write``).
+- ``set_device`` and every other write run in a writer-locked transaction (``SqlTables._write``),
+  but for ``touch_device``: one UPDATE that only moves ``last_seen_us`` forward, reading nothing.
+- Every write to a device's status, site or certificate moves ``device_changes()`` (one counter
+  per process) once it has committed (or failed), so a cache of device states in this process
+  that compares it before a hit never serves a state this process has changed.
 - A device's wipe-report key is stored in the enrolling transaction; a wipe report moves the
   device to ``wiped`` and keeps the first report only (WP-3); nothing here moves a device out
   of ``wiped``.
@@ -17,6 +21,7 @@ import datetime as dt
 from typing import Any
 
 from sync.gateway.store.base import (
+    DeviceAdmission,
     DeviceRecord,
     DeviceStatus,
     EnrolledDevice,
@@ -93,8 +98,19 @@ class DeviceTables(SqlTables):
         )
         return DeviceRecord(row[0], row[1], row[2]) if row else None
 
+    def device_admission(self, device_id: str) -> DeviceAdmission | None:
+        row = self._one(
+            "SELECT d.site, d.status, e.cert_serial FROM devices d"
+            " LEFT JOIN device_enrolments e ON e.device_id = d.device_id"
+            " WHERE d.device_id = ?",
+            (device_id,),
+        )
+        if row is None:
+            return None
+        return DeviceAdmission(row[0], row[1], None if row[2] is None else str(row[2]))
+
     def set_device(self, device_id: str, site: str, status: DeviceStatus) -> None:
-        with self._write() as execute:
+        with self._changing_devices(), self._write() as execute:
             if not execute(
                 "UPDATE devices SET site = ?, status = ? WHERE device_id = ?",
                 (site, status, device_id),
@@ -139,7 +155,7 @@ class DeviceTables(SqlTables):
         wipe_report_key: str | None = None,
     ) -> str:
         now_us = to_us(now)
-        with self._write() as execute:
+        with self._changing_devices(), self._write() as execute:
             row = execute(
                 "SELECT site, expires_us, used_us FROM enrol_tokens WHERE token_hash = ?",
                 (token_hash,),
@@ -184,7 +200,7 @@ class DeviceTables(SqlTables):
     def renew_device_cert(
         self, device_id: str, cert_serial: str, cert_not_after: dt.datetime
     ) -> None:
-        with self._write() as execute:
+        with self._changing_devices(), self._write() as execute:
             execute(
                 "UPDATE device_enrolments SET cert_serial = ?, cert_not_after_us = ?"
                 " WHERE device_id = ?",
@@ -199,10 +215,12 @@ class DeviceTables(SqlTables):
         return str(row[0]) if row else None
 
     def touch_device(self, device_id: str, now: dt.datetime) -> None:
-        with self._write() as execute:
-            execute(
-                "UPDATE device_enrolments SET last_seen_us = ? WHERE device_id = ?",
-                (to_us(now), device_id),
+        now_us = to_us(now)
+        with self._dialect.store_errors():
+            self._execute(
+                "UPDATE device_enrolments SET last_seen_us = ? WHERE device_id = ?"
+                " AND (last_seen_us IS NULL OR last_seen_us < ?)",
+                (now_us, device_id, now_us),
             )
 
     def enrolled_devices(self, site: str | None = None) -> list[EnrolledDevice]:
@@ -250,7 +268,7 @@ class DeviceTables(SqlTables):
         alert_sentence: str,
     ) -> WipeReportOutcome:
         now_us = to_us(now)
-        with self._write() as execute:
+        with self._changing_devices(), self._write() as execute:
             row = execute(
                 "SELECT report_id FROM wipe_reports WHERE device_id = ?", (report.device_id,)
             ).fetchone()

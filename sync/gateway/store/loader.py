@@ -21,12 +21,16 @@ from sync.protocol.fhir import vocabulary as vocab
 LOAD_BATCH = 500  # resources per write transaction
 
 
-def prefetch_keys(batch: Iterable[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str]]:
-    """(type, id) of every resource of ``batch`` and of the patients its clinical resources
-    name (a resource whose patient cannot be read is left to ``put`` to refuse)."""
+def prefetch_keys(
+    batch: Iterable[tuple[str, str | None, dict[str, Any]]],
+) -> list[tuple[str, str]]:
+    """(type, id) of every resource of ``batch`` (but one whose id is not known yet: None) and
+    of the patients its clinical resources name (a resource whose patient cannot be read is
+    left to ``put`` to refuse)."""
     keys: list[tuple[str, str]] = []
     for rtype, rid, resource in batch:
-        keys.append((rtype, rid))
+        if rid is not None:
+            keys.append((rtype, rid))
         if rtype in vocab.CLINICAL_TYPES:
             with contextlib.suppress(res.ResourceError):
                 keys.append((vocab.PATIENT, res.patient_id_of(resource)))

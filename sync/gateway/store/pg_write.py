@@ -9,9 +9,14 @@ Invariants:
   until COMMIT or ROLLBACK). A resource is read (again) after its site is held: a resource row
   or a patient's site read here is current and stays so until COMMIT, so ``ifMatch``, version
   numbers, ``ifNoneExist`` within a site and transfers see every earlier commit of that site.
-  Writers of one site run one at a time; writers of different sites run in parallel. Two
-  transactions taking two sites in opposite orders deadlock: PostgreSQL aborts one, which
-  leaves the store as ``DatabaseFailure("database_busy")`` (the device retries).
+  Writers of one site run one at a time; writers of different sites run in parallel. A
+  laptop's transaction takes every site it knows it will touch (its own, and the sites of the
+  patients its resources name: ``prefetch(keys, sites=…)``) in one sorted statement before
+  anything else, so two such transactions never wait on each other in opposite orders. A
+  site found only later (a patient moved meanwhile) is locked then: two transactions taking
+  two sites in opposite orders deadlock, PostgreSQL aborts one, which leaves the store as
+  ``DatabaseFailure("database_busy", conflict=True)``, and the API runs it again
+  (``store.conflicts``).
 - **Per-site commit order.** Seqs come from the SEQUENCE ``change_seq`` only when the
   transaction's writes are flushed, after every site lock they belong to is held. A writer
   that commits earlier at site S released S's lock before a later writer of S could take
@@ -84,6 +89,13 @@ _ADD_SITES = (
 _LOCK_SITES = (
     "SELECT site, last_us FROM site_clocks WHERE site = ANY(%b::text[]) ORDER BY site FOR UPDATE"
 )
+
+
+def _locking(sites: list[str]) -> list[Statement]:
+    """The statements that hold ``sites`` (sorted) until the transaction ends."""
+    return [(_ADD_SITES, (sites,)), (_LOCK_SITES, (sites,))]
+
+
 _TAKE_SEQS = "SELECT nextval('change_seq') FROM generate_series(1, %s)"
 _DEPENDENTS = (
     "SELECT type, id, version_id, last_updated_us FROM resources"
@@ -193,18 +205,23 @@ class PgWriteTx(SqlWriteTx):
         self._clocks: dict[str, int] = {}
 
     # -- site locks and time
-    def _lock_sites(self, sites: set[str]) -> bool:
-        """Hold every site of ``sites``; True when one was newly taken."""
+    def _lock_sites(self, sites: set[str], then: Sequence[Statement] = ()) -> list[Rows] | None:
+        """Hold every site of ``sites``, then run ``then`` in the same round trip and return
+        its results; None (``then`` not run) when every site was held already."""
         new = sorted(sites - self._locked)
         if not new:
-            return False
-        _, locked = self._db.pipeline([(_ADD_SITES, (new,)), (_LOCK_SITES, (new,))])
+            return None
+        results = list(self._db.pipeline([*_locking(new), *then]))
+        self._took(new, results[1])
+        return results[2:]
+
+    def _took(self, sites: list[str], locked: Rows) -> None:
+        """``sites`` are held now; ``locked``: their ``_LOCK_SITES`` rows."""
         for _site, last_us in locked.fetchall():
             self._floor_us = max(self._floor_us, int(last_us) + 1)
-        self._locked.update(new)
+        self._locked.update(sites)
         if self._now_us is not None:
             self._now_us = max(self._now_us, self._floor_us)
-        return True
 
     def _lock_site(self, site: str) -> None:
         self._lock_sites({site})
@@ -215,27 +232,35 @@ class PgWriteTx(SqlWriteTx):
         return self._now_us
 
     # -- reads under the site locks
-    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
-        self._read(keys)
+    def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:
+        self._read(keys, also=set(sites))
 
-    def _read(self, keys: Sequence[tuple[str, str]]) -> None:
+    def _read(self, keys: Sequence[tuple[str, str]], also: set[str] | None = None) -> None:
         """Read the resources of ``keys`` this transaction does not know yet, holding their
-        sites (read again after taking a site, until no read names a site not held), with
-        the open stays of the Patients among them."""
+        sites and the sites ``also``, with the open stays of the Patients among them.
+
+        The first read holds no new lock; every site it names that is not held yet (with
+        ``also``) is then locked in ONE sorted statement, pipelined with the same read again
+        (one round trip), until a read names no site not held. So a transaction that knows its
+        sites up front takes them all at once, in one order, whatever order it names them in.
+        """
         wanted = sorted({key for key in keys if key not in self._known})
         if not wanted:
+            self._lock_sites(set(also or ()))
             return
         patients = [rid for rtype, rid in wanted if rtype == vocab.PATIENT]
+        reads: list[Statement] = [(_READ, ([t for t, _ in wanted], [i for _, i in wanted]))]
+        if patients:
+            reads.append((_OPEN_STAYS, (patients,)))
+        results = list(self._db.pipeline(reads))
+        pending = set(also or ())
         while True:
-            statements: list[Statement] = [
-                (_READ, ([t for t, _ in wanted], [i for _, i in wanted]))
-            ]
-            if patients:
-                statements.append((_OPEN_STAYS, (patients,)))
-            results = self._db.pipeline(statements)
             found = {(r.rtype, r.rid): r for r in map(row_to_resource, results[0].fetchall())}
-            if not self._lock_sites({r.site for r in found.values()}):
+            reread = self._lock_sites({r.site for r in found.values()} | pending, then=reads)
+            pending = set()
+            if reread is None:
                 break
+            results = reread
         for key in wanted:
             self._known[key] = found.get(key)
         if patients:

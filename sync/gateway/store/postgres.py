@@ -27,8 +27,10 @@ gateway processes sharing one database:
 - A write transaction may sit idle holding its locks for at most ``IDLE_IN_TRANSACTION_MS``;
   waiting for a lock gives up after ``LOCK_TIMEOUT_MS`` (like SQLite's busy timeout) with
   ``DatabaseFailure("database_busy")``, as does a deadlock PostgreSQL broke, or waiting
-  ``POOL_WAIT_S`` for a free connection. The schema is created under an advisory lock, so
-  gateways may start together, and only when a table, index or sequence is missing, so a
+  ``POOL_WAIT_S`` for a free connection. A deadlock PostgreSQL broke is also a
+  ``DatabaseFailure.conflict``: the laptop's transaction is run again by the gateway
+  (``store.conflicts``) before any answer goes back. The schema is created under an advisory
+  lock, so gateways may start together, and only when a table, index or sequence is missing, so a
   gateway starting while others write takes no table lock.
 - Planner statistics follow bulk loads (``ANALYZE`` each time the change feed doubles), so
   paging stays an index scan, never a join of everything after the cursor.
@@ -96,10 +98,21 @@ def to_pg_sql(sql: str) -> str:
     return "".join(out)
 
 
+def is_conflict(err: Exception) -> bool:
+    """The server rolled the transaction back to break a deadlock or a serialisation conflict
+    (SQLSTATE class 40; psycopg does not make DeadlockDetected a TransactionRollback)."""
+    return isinstance(
+        err,
+        psycopg.errors.TransactionRollback
+        | psycopg.errors.DeadlockDetected
+        | psycopg.errors.SerializationFailure,
+    )
+
+
 def failure_reason(err: Exception) -> str:
     """``database_busy`` (a lock wait timed out, or the server rolled back a conflicting
     transaction), ``database_unavailable`` (the connection failed), else ``database_error``."""
-    if isinstance(err, psycopg.errors.LockNotAvailable | psycopg.errors.TransactionRollback):
+    if isinstance(err, psycopg.errors.LockNotAvailable) or is_conflict(err):
         return "database_busy"
     if isinstance(err, psycopg.OperationalError):
         return "database_unavailable"
@@ -120,6 +133,7 @@ DIALECT = Dialect(
     begin_write=("BEGIN",),  # PgWriteTx locks the sites it touches, nothing store-wide
     driver_error=psycopg.Error,
     failure_reason=failure_reason,
+    is_conflict=is_conflict,
     analyze="ANALYZE " + ", ".join(FEED_TABLES),
     analyze_first_at=ANALYZE_FIRST_AT,
     begin_control_write=("BEGIN", _LOCK_CONTROL),

@@ -172,9 +172,9 @@ class SqlWriteTx:
         self.last_seq: int | None = None
 
     # -- hooks a backend's write path may override
-    def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
+    def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:
         """A hint: the transaction is about to read or write these (type, id). Here every
-        read is one statement anyway, so nothing is done."""
+        read is one statement anyway, and the one writer lock is held already: nothing to do."""
 
     def finish(self) -> None:
         """Called once before COMMIT: nothing is pending here."""

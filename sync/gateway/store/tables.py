@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +89,9 @@ class Dialect:
     # seq of the first refresh (then each time the change feed has doubled).
     analyze: str | None = None
     analyze_first_at: int = 0
+    # Whether a driver error is the database breaking a deadlock or a serialisation conflict
+    # (``DatabaseFailure.conflict``: the transaction may simply be run again).
+    is_conflict: Callable[[Exception], bool] = lambda _err: False
     # Open a control-plane write transaction (sites, devices, users, commands, audit) and take
     # the control-plane writer lock before any read (empty: the same as ``begin_write``).
     begin_control_write: tuple[str, ...] = ()
@@ -115,7 +119,7 @@ class Dialect:
         try:
             yield
         except self.driver_error as err:
-            raise DatabaseFailure(self.failure_reason(err)) from err
+            raise DatabaseFailure(self.failure_reason(err), conflict=self.is_conflict(err)) from err
 
 
 class DriverConnection(Protocol):
@@ -137,11 +141,40 @@ def opt_time(us: int | None) -> dt.datetime | None:
     return None if us is None else from_us(int(us))
 
 
+class _Counter:
+    """A process-wide counter that only moves forward."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def move(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+# Writes to devices by ANY store object of this process (the gateway's, an admin command run
+# in the same process) move it: every device-state cache of the process sees them.
+_device_changes = _Counter()
+
+
 class SqlTables:
     """The ground every table group of ``SqlStore`` shares: portable SQL on ``_db``."""
 
     _db: Connections
     _dialect: Dialect
+
+    def device_changes(self) -> int:
+        return _device_changes.value
+
+    @contextmanager
+    def _changing_devices(self) -> Iterator[None]:
+        """Around a write to a device's status, site or certificate: ``device_changes`` moves
+        once the transaction has ended, whatever its outcome."""
+        try:
+            yield
+        finally:
+            _device_changes.move()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         return self._db.execute(self._dialect.sql(sql), params)
