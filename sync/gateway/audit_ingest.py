@@ -39,7 +39,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sync.gateway.errors import ControlError
-from sync.gateway.store.base import AuditAlert, AuditChainRecord, AuditRow, Store
+from sync.gateway.store.base import AuditAlert, AuditChainRecord, AuditRow, Store, StoreError
 from sync.gateway.upstream.settled import settle_kept_theirs
 from sync.protocol.audit.audit_event import entries_from_bundle, to_audit_event
 from sync.protocol.audit.chain import ChainState, VerifyReport, genesis_hash, next_key, verify
@@ -222,7 +222,10 @@ def ingest(
             if not moved:
                 continue  # another upload moved the chain: verify again from its state
             stored = len(fresh)
-            settle_kept_theirs(store, fresh, chain.site, now)
+            try:
+                settle_kept_theirs(store, fresh, chain.site, now)
+            except StoreError as err:  # the entries are stored: the receipt must still go back
+                log.warning("upstream conflicts not settled from an audit upload: %s", err.reason)
         else:
             receipt_text = chain.receipt or _receipt(
                 receipt_key, device_id, chain.seq, chain.head_hash, now

@@ -9,6 +9,9 @@ Invariants:
 - Only entries that verified as the device's chain and were newly stored are read (the caller
   passes them), and only rows of a resource of the device's own site are closed.
 - Nothing is filed upstream and nothing is logged but a count.
+- Not in the audit upload's transaction: a database failure just after the entries were stored
+  is logged by the caller and leaves the row ``conflict`` (still listed for IT and the auditor;
+  the laptop's own conflict is closed).
 """
 
 from __future__ import annotations
