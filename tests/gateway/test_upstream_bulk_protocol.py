@@ -1,23 +1,31 @@
-"""Bulk Data from an upstream that misbehaves (a stand-in TLS server: sekmet-fhir never does
-these): a job that never finishes is polled as its ``Retry-After`` asks and given up at the
-deadline with a clear reason; an unreadable NDJSON line is quarantined with its line number and
-the rest of the file is imported."""
+"""Bulk Data from an upstream that misbehaves or is slow (a stand-in TLS server: sekmet-fhir never
+does these, and finishes its jobs in about a second): a job that never finishes is polled as its
+``Retry-After`` asks and given up at the deadline with a clear reason; an unreadable NDJSON line
+is quarantined with its line number and the rest of the file is imported; a gateway killed
+while a job runs resumes that job."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from sync.gateway import datadir
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import bulk
 from sync.gateway.upstream.config import load_config, set_upstream
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.opening import open_connection
-from sync.gateway.upstream.passes import run_pass
+from sync.gateway.upstream.passes import LEASE_TTL, run_pass
 from tests.support.gateway import SITE_A, observation, patient
 from tests.support.tls import make_test_pki
 from tests.support.tls_server import RawTlsServer, server_context
@@ -144,4 +152,81 @@ def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_impor
             assert store.read(rtype, rid) is not None
     finally:
         store.close()
+        serving.close()
+
+
+def test_kill_9_while_the_export_job_runs_resumes_that_job_and_imports_each_record_once(
+    tmp_path: Path,
+) -> None:
+    """The gateway is killed while it polls a job the upstream is still running: the next pass
+    polls the same job (no second kick-off, whose work the server would do again) and imports
+    each record once."""
+    people = [patient(p, "x") for p in ("p1", "p2")]
+    for one in people:
+        one["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+    ready = threading.Event()
+    kick_offs: list[str] = []
+    port: list[int] = []
+
+    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        route = path.split("?")[0].removeprefix(BASE)
+        origin = f"https://127.0.0.1:{port[0]}{BASE}"
+        if route == "/metadata":
+            return 200, JSON, _statement()
+        if route == "/Group/g":
+            members = [{"entity": {"reference": f"Patient/{p['id']}"}} for p in people]
+            group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
+            return 200, JSON, orjson.dumps({**group, "member": members})
+        if route == "/Group/g/$export":
+            kick_offs.append(path)
+            return 202, {"Content-Location": f"{origin}/bulk-status/j{len(kick_offs)}"}, b""
+        if route.startswith("/bulk-status/") and not ready.is_set():
+            return 202, {"Retry-After": "1", "X-Progress": "collecting"}, b""
+        if route.startswith("/bulk-status/"):
+            job = route.rsplit("/", 1)[1]
+            manifest = {
+                "transactionTime": "2026-01-01T00:00:01.000Z",
+                "request": f"{origin}/Group/g/$export",
+                "requiresAccessToken": False,
+                "output": [{"type": "Patient", "url": f"{origin}/bulk-files/{job}/Patient.ndjson"}],
+                "error": [],
+            }
+            return 200, JSON, orjson.dumps(manifest)
+        if route.startswith("/bulk-files/"):
+            lines = b"".join(orjson.dumps(p) + b"\n" for p in people)
+            return 200, {"Content-Type": "application/fhir+ndjson"}, lines
+        return 404, JSON, b"{}"
+
+    data, server, serving = _configure(tmp_path, handler)
+    port.append(server.port)
+    store = SqliteStore(data / datadir.DATABASE)
+    store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
+    store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
+    store.close()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sync.gateway.cli", "upstream", "sync", "--data", str(data)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while sum("/bulk-status/" in path for _, path, _ in server.requests) < 2:
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)  # mid-poll: the job is still running upstream
+        child.wait(10)
+        assert len(kick_offs) == 1
+        ready.set()
+        store = SqliteStore(data / datadir.DATABASE)
+        try:
+            later = dt.datetime.now(dt.UTC) + LEASE_TTL * 2  # the dead process's lease expired
+            counts = run_pass(data, store, now=later, reconcile=True).counts
+            assert len(kick_offs) == 1  # the same job, polled again: not kicked off twice
+            assert counts["written"] == 2
+            for one in people:
+                stored = store.read("Patient", one["id"])
+                assert stored is not None and stored.version_id == 1  # once, not twice
+        finally:
+            store.close()
+    finally:
         serving.close()
