@@ -126,6 +126,17 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "waiting_for_reference": "Waiting for a record it refers to, to be filed first.",
     "version_missing": "The gateway no longer holds this version.",
     "upstream_busy": "Another gateway process is running the upstream pass: it goes on there.",
+    "export_refused": "The upstream refused to start a Bulk Data export: the site is searched.",
+    "export_gone": "The upstream no longer has the export job or its file: the next pass asks.",
+    "export_failed": "The upstream's export job failed or its answer is not valid: see the detail.",
+    "export_timeout": (
+        "The upstream's export job is still running after the wait allowed: the next pass polls "
+        "the same job."
+    ),
+    "history_refused": "The upstream refused a _history read the import needs.",
+    "history_too_long": (
+        "Too many upstream changes to read in one pass: the mark stays and the next pass goes on."
+    ),
     "upstream_lease_lost": (
         "Another gateway process took the upstream pass over after this one stalled: it goes on "
         "there."
