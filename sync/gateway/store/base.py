@@ -411,6 +411,15 @@ class WriteTx(Protocol):
 
     def put(self, rtype: str, rid: str, resource: dict[str, Any]) -> StoredResource: ...
 
+    def put_many(
+        self, items: Sequence[tuple[str, str, dict[str, Any]]], *, checked: bool = False
+    ) -> list[StoredResource]:
+        """``put`` of each (type, id, resource) in turn, with the same results and errors; a
+        backend may write them with fewer statements (an import's or a seed's batch).
+        ``checked``: the caller has just passed each of these very dicts through
+        ``resources.check_resource`` for its type; a backend may skip checking them again."""
+        ...
+
     def delete(self, rtype: str, rid: str) -> StoredResource: ...
 
 

@@ -1,7 +1,7 @@
 """Loading resources into the store (seed data, tests, imports from other systems).
 
 Invariants: resources are written in batches, each batch one atomic store transaction that
-is told first what it will read and write (``WriteTx.prefetch``: one round trip on PostgreSQL); a
+is written by ``WriteTx.put_many`` (which reads what it needs in one round trip on PostgreSQL); a
 resource keeps its ``id`` when it has one (a fresh UUID otherwise); Patients must come before
 their clinical resources in the iterable (the store refuses an unknown patient). A Patient
 re-loaded with another ``managingOrganization`` is a transfer (see ``store``).
@@ -50,9 +50,7 @@ def load_resources(
             for resource in pending
         ]
         with store.write() as tx:
-            tx.prefetch(prefetch_keys(batch))
-            for rtype, rid, resource in batch:
-                tx.put(rtype, rid, resource)
+            tx.put_many(batch)  # reads what it needs in one go (``prefetch``)
         pending.clear()
 
     for resource in resources:

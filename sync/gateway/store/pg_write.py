@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sync.gateway.store.base import ChangeOp, SiteStay, StoredResource, to_us
+from sync.gateway.store.loader import prefetch_keys
 from sync.gateway.store.resource_tables import SqlWriteTx, row_to_resource
 from sync.gateway.store.tables import Execute, Rows
 from sync.protocol.fhir import vocabulary as vocab
@@ -230,6 +231,15 @@ class PgWriteTx(SqlWriteTx):
         if self._now_us is None:
             self._now_us = max(to_us(self._clock()), self._floor_us)
         return self._now_us
+
+    def put_many(
+        self, items: Sequence[tuple[str, str, dict[str, Any]]], *, checked: bool = False
+    ) -> list[StoredResource]:
+        """``put`` of each in turn (each checked again), the resources and the patients they
+        name read first in one round trip (``prefetch``); the writes are buffered into one
+        flush anyway."""
+        self.prefetch(prefetch_keys([(rtype, rid, resource) for rtype, rid, resource in items]))
+        return [self.put(rtype, rid, resource) for rtype, rid, resource in items]
 
     # -- reads under the site locks
     def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:

@@ -133,12 +133,18 @@ def name_text(resource: dict[str, Any]) -> str | None:
 
 
 def check_resource(
-    resource: Any, expected_type: str | None = None, *, allow_urn: bool = False
+    resource: Any,
+    expected_type: str | None = None,
+    *,
+    allow_urn: bool = False,
+    depth: int | None = None,
 ) -> dict[str, Any]:
     """Structural checks every stored resource passes; returns it typed.
 
     ``allow_urn``: inside a transaction Bundle the patient may be a ``urn:uuid:`` of another
     entry; it is rewritten to ``Patient/<id>`` and checked again before storing.
+    ``depth``: the resource's nesting depth when the caller has measured it already (a bounded
+    parse of exactly this resource); None: measured here.
     """
     if not isinstance(resource, dict):
         raise ResourceError("not_a_resource")
@@ -153,7 +159,7 @@ def check_resource(
     meta = resource.get("meta", {})
     if not isinstance(meta, dict):
         raise ResourceError("bad_meta")
-    if json_depth(resource) > MAX_JSON_DEPTH:
+    if (json_depth(resource) if depth is None else depth) > MAX_JSON_DEPTH:
         raise ResourceError("too_deep")
     identifiers(resource)
     if rtype == ORGANIZATION:

@@ -38,6 +38,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -274,6 +275,29 @@ class UpstreamTables(SqlTables):
                 values,
             )
         self._execute("DELETE FROM upstream_quarantine WHERE type = ? AND id = ?", (rtype, rid))
+
+    def record_imports_in_tx(
+        self, rows: Sequence[tuple[str, str, str, str, str]], now: dt.datetime
+    ) -> None:
+        """``record_import_in_tx`` of each (type, id, upstream version, site, patient) but
+        ``refile_version_in_tx`` (the writer knows which it filed): one statement whatever the
+        count, two when anything is quarantined (an import's batch)."""
+        if not rows:
+            return
+        imported_us = to_us(now)
+        self._executemany(
+            "INSERT INTO upstream_imported"
+            " (type, id, upstream_version, site, patient_id, imported_us)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (type, id) DO UPDATE SET"
+            " upstream_version = excluded.upstream_version, site = excluded.site,"
+            " patient_id = excluded.patient_id, imported_us = excluded.imported_us",
+            [(*row, imported_us) for row in rows],
+        )
+        if self._execute("SELECT 1 FROM upstream_quarantine LIMIT 1").fetchone() is not None:
+            self._executemany(
+                "DELETE FROM upstream_quarantine WHERE type = ? AND id = ?",
+                [(rtype, rid) for rtype, rid, *_ in rows],
+            )
 
     def refile_version_in_tx(self, rtype: str, rid: str, upstream_version: str) -> None:
         """The upstream changed a record filed from here: the version the next edit must name."""

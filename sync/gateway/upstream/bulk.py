@@ -12,9 +12,10 @@ Invariants:
   (404/410) is ``export_gone``; a failed job is ``export_failed`` with the upstream's
   diagnostics cut to printable text.
 - A file is never held whole: it is read in chunks and split into lines, each line bounded by
-  ``MAX_LINE_BYTES`` and parsed through ``bounded_json`` (depth and item bounds). A line that
-  cannot be read is yielded as such (``BadLine``), with its line number and a reason code, and
-  the file goes on: one bad resource never stops an import.
+  ``MAX_LINE_BYTES`` and parsed through ``bounded_json`` (depth and item bounds), here or in a
+  screening worker (``screening``). A line that cannot be read is yielded as such
+  (``BadLine``), with its line number and a reason code, and the file goes on: one bad
+  resource never stops an import.
 - Nothing here logs or keeps record content.
 """
 
@@ -24,13 +25,15 @@ import datetime as dt
 import email.utils
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
-from sync.protocol.fhir.bounded_json import MAX_PAGE_DEPTH, BoundedJsonError, loads_bounded
+from sync.gateway.upstream.screening import BadLine, Line, screened
+from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.paging import fhir_instant
 from sync.protocol.fhir.validate import parse_instant
 
@@ -54,12 +57,6 @@ class Manifest:
     transaction_time: dt.datetime
     outputs: tuple[Output, ...]
     errors: int  # error files the upstream listed (OperationOutcomes, not downloaded)
-
-
-@dataclass(frozen=True)
-class BadLine:
-    number: int
-    reason: str
 
 
 def kick_off(
@@ -200,23 +197,14 @@ def ndjson_lines(
         yield number, None if oversized else bytes(buffer)
 
 
-def read_ndjson(connection: UpstreamConnection, url: str) -> Iterator[dict[str, Any] | BadLine]:
-    """Each resource of one NDJSON file, in file order, or a ``BadLine``."""
+def read_ndjson(
+    connection: UpstreamConnection, url: str, pool: ProcessPoolExecutor | None = None
+) -> Iterator[Line | BadLine]:
+    """Each resource of one NDJSON file, in file order, or a ``BadLine``; with ``pool``,
+    parsed and validated in its worker (``screening``)."""
     with connection.stream(url, headers={"Accept": NDJSON}) as response:
         if response.status in (404, 410):
             raise UpstreamError("export_gone", f"file HTTP {response.status}")
         if response.status != 200:
             raise UpstreamError("export_failed", f"file HTTP {response.status}")
-        for number, line in ndjson_lines(response.chunks):
-            if line is None:
-                yield BadLine(number, "ndjson_line_too_large")
-                continue
-            try:
-                resource = loads_bounded(line, max_depth=MAX_PAGE_DEPTH)
-            except BoundedJsonError:
-                yield BadLine(number, "ndjson_unreadable")
-                continue
-            if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-                yield BadLine(number, "ndjson_not_a_resource")
-                continue
-            yield resource
+        yield from screened(ndjson_lines(response.chunks), pool)

@@ -33,6 +33,7 @@ from sync.gateway.store.upstream_tables import SiteLink
 from sync.gateway.upstream import bulk
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.screening import BadLine, screening_pool
 from sync.gateway.upstream.writer import ImportWriter, patient_of
 from sync.protocol.fhir.paging import fhir_instant
 from sync.protocol.fhir.validate import parse_instant
@@ -152,10 +153,11 @@ def _read_file(
     members: set[str],
     result: ExportResult,
 ) -> None:
-    for item in bulk.read_ndjson(connection, output.url):
-        if isinstance(item, bulk.BadLine):
-            writer.quarantine_id(output.rtype, f"ndjson-line-{item.number}", item.reason)
+    for line in bulk.read_ndjson(connection, output.url, screening_pool()):
+        if isinstance(line, BadLine):
+            writer.quarantine_id(output.rtype, f"ndjson-line-{line.number}", line.reason)
             continue
+        item, depth, validated = line.resource, line.depth, line.validated
         rtype = str(item["resourceType"])
         if rtype not in EXPORT_TYPES:
             writer.counts["export_other_types"] += 1
@@ -166,7 +168,7 @@ def _read_file(
                 writer.counts["export_not_member"] += 1
                 continue
             result.patients.add(pid)  # returned upstream (kept as held if this version is bad)
-            if writer.offer(item, site, pid) is not None:
+            if writer.offer(item, site, pid, depth=depth, validated=validated) is not None:
                 result.seen[PATIENT].add(pid)
             continue
         owner = patient_of(item)
@@ -176,5 +178,5 @@ def _read_file(
         if owner not in result.patients:
             writer.counts["export_not_member"] += 1
             continue
-        held_as = writer.offer(item, site, owner)
+        held_as = writer.offer(item, site, owner, depth=depth, validated=validated)
         result.seen[rtype].add(held_as or str(item.get("id")))

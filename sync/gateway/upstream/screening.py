@@ -1,0 +1,166 @@
+"""The import's NDJSON lines, parsed (and, on a second core, validated) in file order.
+
+A Bulk Data import spends most of its CPU parsing and validating resources and writing them to
+the store; the first two need nothing but the line's bytes (``sync.protocol.fhir.screen``), so
+where the machine has a core to spare they run in a worker process while this one writes.
+
+Invariants:
+- ``screened`` yields one item per line, in file order: a ``Line`` (the resource, its nesting
+  depth, and whether the strict validator already accepted it) or a ``BadLine`` with the same
+  reason the in-process parse gives (``ndjson_line_too_large``, ``ndjson_unreadable``,
+  ``ndjson_not_a_resource``).
+- A line the worker screened is parsed again here from the very same bytes (strict JSON:
+  equal value); ``validated`` is True only when the worker's ``validate_resource`` accepted
+  it, and the writer then does not validate it again. Every other line is validated by the
+  writer, as without a worker: same reason, same JSON path.
+- At most ``IN_FLIGHT`` batches of ``BATCH`` lines are outstanding: memory does not grow with
+  the file's size.
+- Without a core to spare (or ``GATEHOUSE_IMPORT_SCREENERS=0``) lines are parsed here. A
+  worker that dies (``BrokenProcessPool``) costs nothing but speed: its batches are parsed
+  here and the next file starts a new worker.
+- Worker processes are spawned (never forked from a process that runs threads) and hold no
+  connection, secret or store; only the lines' bytes reach them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sync.protocol.fhir.bounded_json import (
+    MAX_PAGE_DEPTH,
+    BoundedJsonError,
+    loads_bounded_with_depth,
+)
+from sync.protocol.fhir.screen import NOT_A_RESOURCE, UNREADABLE, Verdict, screen_lines
+
+BATCH = 256  # lines per task
+IN_FLIGHT = 8  # tasks outstanding at once (about 2,000 lines)
+TOO_LARGE = "ndjson_line_too_large"
+ENV_SCREENERS = "GATEHOUSE_IMPORT_SCREENERS"
+
+
+@dataclass(frozen=True)
+class BadLine:
+    number: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A resource read from an NDJSON line: the nesting depth its bounded parse measured (the
+    store's depth check needs no second walk), and whether the strict validator accepted it."""
+
+    resource: dict[str, Any]
+    depth: int
+    validated: bool = False
+
+
+def _screeners() -> int:
+    """Worker processes for screening: one per core beyond this one's, at most two."""
+    configured = os.environ.get(ENV_SCREENERS, "").strip()
+    if configured:
+        return max(0, int(configured))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(2, (cores or 1) - 1))
+
+
+_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None
+
+
+def screening_pool() -> ProcessPoolExecutor | None:
+    """The process's screening workers (started on first use), or None without a spare core."""
+    global _pool
+    with _lock:
+        if _pool is None and (workers := _screeners()) > 0:
+            _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return _pool
+
+
+def _discard(pool: ProcessPoolExecutor) -> None:
+    """A broken pool is never used again; the next ``screening_pool`` starts a new one."""
+    global _pool
+    with _lock:
+        if _pool is pool:
+            _pool = None
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _parsed_here(number: int, line: bytes | None) -> Line | BadLine:
+    if line is None:
+        return BadLine(number, TOO_LARGE)
+    try:
+        resource, depth = loads_bounded_with_depth(line, max_depth=MAX_PAGE_DEPTH)
+    except BoundedJsonError:
+        return BadLine(number, UNREADABLE)
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return BadLine(number, NOT_A_RESOURCE)
+    return Line(resource, depth)
+
+
+Batch = list[tuple[int, bytes | None]]
+
+
+def _collect(
+    batch: Batch, task: Future[list[Verdict]], pool: ProcessPoolExecutor
+) -> Iterator[Line | BadLine]:
+    try:
+        verdicts = task.result()
+    except BrokenProcessPool:
+        _discard(pool)
+        yield from (_parsed_here(number, line) for number, line in batch)
+        return
+    for (number, line), (reason, depth, valid) in zip(batch, verdicts, strict=True):
+        if line is None:
+            yield BadLine(number, TOO_LARGE)
+        elif reason:
+            yield BadLine(number, reason)
+        else:
+            yield Line(orjson.loads(line), depth, valid)
+
+
+def screened(
+    numbered: Iterator[tuple[int, bytes | None]], pool: ProcessPoolExecutor | None
+) -> Iterator[Line | BadLine]:
+    """Each numbered line (``bulk.ndjson_lines``; None: over the size bound) as a ``Line`` or a
+    ``BadLine``, in order (module docstring)."""
+    if pool is None:
+        yield from (_parsed_here(number, line) for number, line in numbered)
+        return
+    waiting: deque[tuple[Batch, Future[list[Verdict]]]] = deque()
+    batch: Batch = []
+    working = True
+
+    def submit() -> None:
+        nonlocal batch, working
+        task: Future[list[Verdict]] = Future()
+        if working:
+            try:
+                task = pool.submit(screen_lines, [line or b"" for _, line in batch])
+            except (BrokenProcessPool, RuntimeError):  # broken, or shut down meanwhile
+                working = False
+        if not working:
+            task.set_exception(BrokenProcessPool("no screening worker"))
+        waiting.append((batch, task))
+        batch = []
+
+    for item in numbered:
+        batch.append(item)
+        if len(batch) >= BATCH:
+            submit()
+            if len(waiting) >= IN_FLIGHT:
+                yield from _collect(*waiting.popleft(), pool)
+    if batch:
+        submit()
+    while waiting:
+        yield from _collect(*waiting.popleft(), pool)

@@ -1,0 +1,157 @@
+"""The import's NDJSON lines screened in a worker process (``upstream.screening``): the same
+items in the same order as parsing them here, ``validated`` only for what the strict validator
+accepts, and nothing lost when the worker is killed mid-file."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sync.gateway.upstream import screening
+from sync.gateway.upstream.bulk import ndjson_lines
+from sync.gateway.upstream.screening import BadLine, Line, screened
+from sync.protocol.fhir.validate import InvalidResource, validate_resource
+from tests.support.gateway import SITE_A, observation, patient
+
+
+def _upstream(resource: dict[str, object]) -> dict[str, object]:
+    """As an upstream serves it: with ``meta`` (the validator requires it)."""
+    return {**resource, "meta": {"versionId": "1", "lastUpdated": "2026-03-01T09:00:00Z"}}
+
+
+def _deep(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {"resourceType": "Observation", "id": "deep"}
+    node = value
+    for _ in range(levels):
+        child: dict[str, object] = {}
+        node["extension"] = child
+        node = child
+    return value
+
+
+def _bad_code() -> dict[str, object]:
+    resource = _upstream(observation("o-bad", "p1"))
+    resource["status"] = "not-a-status"
+    return resource
+
+
+LINES: list[bytes] = [
+    orjson.dumps(_upstream(patient("p1", SITE_A))),
+    orjson.dumps(_upstream(observation("o1", "p1"))),
+    orjson.dumps(_bad_code()),  # parses, fails validation: the writer quarantines it
+    b'{"resourceType": "Observation", "id": "o2", "id": "twice"}',  # duplicate key
+    b"{not json",
+    b"[1, 2, 3]",
+    b'{"id": "no-type"}',
+    orjson.dumps(_deep(200)),  # past the page depth: unreadable
+    orjson.dumps(_deep(40)),  # parses; the store's depth check refuses it
+]
+
+
+def _numbered(lines: list[bytes]) -> Iterator[tuple[int, bytes | None]]:
+    return ndjson_lines(iter([b"\n".join(lines) + b"\n"]), max_line=4096)
+
+
+def _valid(resource: dict[str, object]) -> bool:
+    try:
+        validate_resource(resource)
+    except InvalidResource:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ProcessPoolExecutor]:
+    workers = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    yield workers
+    workers.shutdown()
+
+
+def test_a_worker_gives_the_same_lines_in_the_same_order_as_parsing_here(
+    pool: ProcessPoolExecutor,
+) -> None:
+    lines = [*LINES, b"x" * 5000]  # over the line bound
+    here = list(screened(_numbered(lines), None))
+    there = list(screened(_numbered(lines), pool))
+    assert [type(item) for item in there] == [type(item) for item in here]
+    for mine, theirs in zip(here, there, strict=True):
+        if isinstance(mine, BadLine):
+            assert theirs == mine
+        else:
+            assert isinstance(theirs, Line)
+            assert (theirs.resource, theirs.depth) == (mine.resource, mine.depth)
+            assert not mine.validated  # parsed here: the writer validates
+            assert theirs.validated == _valid(mine.resource)
+    reasons = [item.reason for item in there if isinstance(item, BadLine)]
+    assert reasons == [
+        "ndjson_unreadable",
+        "ndjson_unreadable",
+        "ndjson_not_a_resource",
+        "ndjson_not_a_resource",
+        "ndjson_unreadable",
+        "ndjson_line_too_large",
+    ]
+    assert sum(isinstance(item, Line) and item.validated for item in there) == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40).filter(lambda b: b"\n" not in b),
+            st.recursive(
+                st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+                lambda inner: (
+                    st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(["resourceType", "id", "status", "x"]), inner)
+                ),
+                max_leaves=12,
+            ).map(orjson.dumps),
+        ),
+        max_size=30,
+    )
+)
+def test_whatever_the_lines_the_worker_and_here_agree(lines: list[bytes]) -> None:
+    pool = screening.screening_pool()
+    assert pool is not None  # CI has two cores; GATEHOUSE_IMPORT_SCREENERS=0 turns it off
+    here = list(screened(_numbered(lines), None))
+    there = list(screened(_numbered(lines), pool))
+    assert [(type(i), getattr(i, "reason", None)) for i in there] == [
+        (type(i), getattr(i, "reason", None)) for i in here
+    ]
+    for mine, theirs in zip(here, there, strict=True):
+        if isinstance(mine, Line) and isinstance(theirs, Line):
+            assert theirs.resource == mine.resource
+            assert theirs.validated == _valid(mine.resource)
+
+
+def test_a_worker_killed_mid_file_loses_no_line_and_the_next_file_gets_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(screening, "BATCH", 4)
+    monkeypatch.setattr(screening, "IN_FLIGHT", 2)
+    monkeypatch.setattr(screening, "_pool", None)
+    monkeypatch.setenv(screening.ENV_SCREENERS, "1")
+    pool = screening.screening_pool()
+    assert pool is not None
+    lines = [orjson.dumps(_upstream(observation(f"o{i}", "p1"))) for i in range(60)]
+    seen: list[str] = []
+    for item in screened(_numbered(lines), pool):
+        assert isinstance(item, Line)
+        seen.append(str(item.resource["id"]))
+        if len(seen) == 10:
+            for pid in list(pool._processes):  # the real worker, killed as the OOM killer would
+                os.kill(pid, signal.SIGKILL)
+    assert seen == [f"o{i}" for i in range(60)]
+    assert screening.screening_pool() is not pool  # a new worker for the next file
+    again = list(screened(_numbered(lines[:8]), screening.screening_pool()))
+    assert all(isinstance(item, Line) and item.validated for item in again)
+    screening.screening_pool().shutdown()  # type: ignore[union-attr]
