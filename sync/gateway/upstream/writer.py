@@ -12,6 +12,12 @@ Invariants:
   site's feed.
 - A resource and its ``upstream_imported`` row commit in one store transaction
   (``WRITE_BATCH`` per transaction).
+- A full batch is committed on the writer's committer thread while the next one is read
+  (SQLite and PostgreSQL do their part without Python's lock), one batch at a time, in order.
+  Everything else waits for it first (``drain``): ``flush`` returns only once every batch has
+  committed (so a high-water mark saved after it covers only committed writes), and
+  ``writer.store``, the quarantine and every read go through ``drain``; a batch's failure is
+  raised there.
 - A note filed from here comes back from the upstream under the upstream's id: it is held
   under the gateway's own id (``upstream_filed``), its echo is never written again, and an
   upstream edit of it becomes its next version here, tagged filed, or tagged conflict when the
@@ -22,8 +28,10 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sync.gateway.store import resources as res
@@ -36,6 +44,8 @@ from sync.protocol.fhir.paging import last_updated
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
 from sync.protocol.fhir.vocabulary import PATIENT, STORED_TYPES
 
+# (type, id, body or None: remove, upstream version, site, patient, filed from here)
+Pending = tuple[str, str, dict[str, Any] | None, str, str, str, bool]
 WRITE_BATCH = 1000  # resources per store transaction (one fsync each; the writer lock ~50 ms)
 
 
@@ -46,18 +56,43 @@ def patient_of(resource: dict[str, Any]) -> str | None:
         return None
 
 
+_committer: ThreadPoolExecutor | None = None
+_committer_lock = threading.Lock()
+
+
+def _committer_pool() -> ThreadPoolExecutor:
+    """One long-lived thread for every writer of the process (one store connection each)."""
+    global _committer
+    with _committer_lock:
+        if _committer is None:
+            _committer = ThreadPoolExecutor(1, thread_name_prefix="import-commit")
+        return _committer
+
+
 class ImportWriter:
     """Validated, changed resources written in batches; quarantine for the rest."""
 
     def __init__(self, store: SqlStore, now: dt.datetime) -> None:
-        self.store = store
+        self._store = store
         self.now = now
         self.counts: Counter[str] = Counter()
-        # (type, id, body or None: remove, upstream version, site, patient, filed from here)
-        self._pending: list[tuple[str, str, dict[str, Any] | None, str, str, str, bool]] = []
+        self._committing: Future[Counter[str]] | None = None
+        self._pending: list[Pending] = []
         self._held: dict[str, dict[str, tuple[str, str]]] = {}
         self._filed: dict[str, dict[str, Filed]] = {}
         self._filing: bool | None = None
+
+    @property
+    def store(self) -> SqlStore:
+        """The store, once every batch handed to the committer has committed."""
+        self.drain()
+        return self._store
+
+    def drain(self) -> None:
+        """Wait for the batch being committed (if any); raise its failure."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            self.counts.update(committing.result())
 
     def _any_filed(self) -> bool:
         """Whether any note was ever filed from here (else no reference needs rewriting)."""
@@ -137,7 +172,7 @@ class ImportWriter:
         if mine is not None:
             self.filed(rtype)[mine.upstream_id] = Filed(rtype, rid, mine.upstream_id, version)
         if len(self._pending) >= WRITE_BATCH:
-            self.flush()
+            self._hand_over()
         return rid
 
     def _tag_of(self, rtype: str, rid: str) -> FilingTag:
@@ -153,7 +188,7 @@ class ImportWriter:
         self._pending.append((rtype, rid, None, "", "", "", False))
         self.held(rtype).pop(rid, None)
         if len(self._pending) >= WRITE_BATCH:
-            self.flush()
+            self._hand_over()
 
     def quarantine(self, resource: dict[str, Any], reason: str) -> None:
         self._quarantine(str(resource.get("resourceType")), str(resource.get("id")), reason, "$")
@@ -167,33 +202,48 @@ class ImportWriter:
             self.store.quarantine_in_tx(rtype[:64], rid[:64], reason, path[:200], self.now)
 
     def flush(self) -> None:
-        """Write what is pending in one store transaction, in the order offered: each run of
-        new versions with one ``put_many`` and one ``record_imports_in_tx``."""
+        """Write what is pending; return once everything offered so far has committed."""
+        self._hand_over()
+        self.drain()
+
+    def _hand_over(self) -> None:
+        """The pending batch to the committer, after the previous one has committed."""
+        self.drain()
         if not self._pending:
             return
-        with self.store.write() as tx:
-            run: list[tuple[str, str, dict[str, Any], str, str, str, bool]] = []
-            for rtype, rid, body, version, site, patient, filed in self._pending:
-                if body is not None:
-                    run.append((rtype, rid, body, version, site, patient, filed))
+        batch, self._pending = self._pending, []
+        self._committing = _committer_pool().submit(self._commit, batch)
+
+    def _commit(self, batch: list[Pending]) -> Counter[str]:
+        """One store transaction, in the order offered: each run of new versions with one
+        ``put_many`` and one ``record_imports_in_tx`` (on the committer thread)."""
+        counts: Counter[str] = Counter()
+        store = self._store
+        with store.write() as tx:
+            run: list[Pending] = []
+            for item in batch:
+                if item[2] is not None:
+                    run.append(item)
                     continue
-                self._write(tx, run)
+                self._write(tx, run, counts)
                 run = []
+                rtype, rid = item[0], item[1]
                 current = tx.current(rtype, rid)
                 if current is not None and not current.deleted:
                     tx.delete(rtype, rid)
-                    self.counts["deleted"] += 1
-                self.store.forget_import_in_tx(rtype, rid)
-            self._write(tx, run)
-        self._pending.clear()
+                    counts["deleted"] += 1
+                store.forget_import_in_tx(rtype, rid)
+            self._write(tx, run, counts)
+        return counts
 
-    def _write(
-        self, tx: WriteTx, run: list[tuple[str, str, dict[str, Any], str, str, str, bool]]
-    ) -> None:
+    def _write(self, tx: WriteTx, run: list[Pending], counts: Counter[str]) -> None:
         if not run:
             return
-        tx.put_many([(rtype, rid, body) for rtype, rid, body, *_ in run], checked=True)
-        self.store.record_imports_in_tx(
+        store = self._store
+        tx.put_many(
+            [(rtype, rid, body) for rtype, rid, body, *_ in run if body is not None], checked=True
+        )
+        store.record_imports_in_tx(
             [
                 (rtype, rid, version, site, patient)
                 for rtype, rid, _, version, site, patient, _ in run
@@ -202,8 +252,8 @@ class ImportWriter:
         )
         for rtype, rid, _, version, _, _, filed in run:
             if filed:
-                self.store.refile_version_in_tx(rtype, rid, version)
-        self.counts["written"] += len(run)
+                store.refile_version_in_tx(rtype, rid, version)
+        counts["written"] += len(run)
 
 
 def offer_page(

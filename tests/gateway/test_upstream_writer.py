@@ -1,0 +1,99 @@
+"""The import's writer commits full batches on its committer thread while the next batch is
+read: ``flush`` still returns only once everything offered has committed, and a batch that
+fails is raised, leaves nothing half-written, and is imported whole by the next pass."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync.gateway.store.base import DatabaseFailure
+from sync.gateway.store.sqlite import SqliteStore
+from sync.gateway.upstream import writer as writer_module
+from sync.gateway.upstream.writer import ImportWriter, patient_of
+from tests.support.sync import seed_resources
+
+SITE = "hmp-brixton"  # the site seed_resources names
+
+
+def _upstream(count_patients: int) -> list[dict[str, Any]]:
+    resources = seed_resources(count_patients, seed=11, sites=1)
+    for resource in resources:
+        resource["meta"] = {"versionId": "1", "lastUpdated": "2026-03-01T09:00:00Z"}
+    return sorted(resources, key=lambda r: r["resourceType"] != "Patient")
+
+
+def _offer_all(writer: ImportWriter, resources: list[dict[str, Any]]) -> None:
+    for resource in resources:
+        pid = resource["id"] if resource["resourceType"] == "Patient" else patient_of(resource)
+        assert pid is not None
+        writer.offer(resource, SITE, pid)
+
+
+def _rows(path: Path) -> tuple[int, int, int]:
+    """(live resources, history rows, imported rows) as another connection sees them."""
+    with sqlite3.connect(path) as db:
+        return (
+            db.execute("SELECT COUNT(*) FROM resources WHERE type <> 'Organization'").fetchone()[0],
+            db.execute(
+                "SELECT COUNT(*) FROM resource_history WHERE type <> 'Organization'"
+            ).fetchone()[0],
+            db.execute("SELECT COUNT(*) FROM upstream_imported").fetchone()[0],
+        )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    opened = SqliteStore(tmp_path / "gateway.sqlite3")
+    opened.add_site(SITE, "HMP Brixton", dt.datetime.now(dt.UTC))
+    yield opened
+    opened.close()
+
+
+def test_flush_returns_once_every_batch_has_committed(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "WRITE_BATCH", 40)
+    resources = _upstream(12)
+    writer = ImportWriter(store, dt.datetime.now(dt.UTC))
+    _offer_all(writer, resources)
+    writer.flush()
+    assert writer.counts["written"] == len(resources)
+    assert _rows(tmp_path / "gateway.sqlite3") == (len(resources),) * 3
+
+
+def test_a_failed_batch_is_raised_leaves_nothing_half_written_and_the_next_pass_completes(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "WRITE_BATCH", 40)
+    resources = _upstream(12)
+    assert len(resources) > 120
+    record = SqliteStore.record_imports_in_tx
+    calls = {"n": 0}
+
+    def failing_second_batch(self: SqliteStore, *args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the patients' batch, one batch of records, then this one
+            raise DatabaseFailure("database_unavailable")
+        record(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqliteStore, "record_imports_in_tx", failing_second_batch)
+    writer = ImportWriter(store, dt.datetime.now(dt.UTC))
+    with pytest.raises(DatabaseFailure):
+        _offer_all(writer, resources)
+        writer.flush()
+    live, history, imported = _rows(tmp_path / "gateway.sqlite3")
+    assert live == history == imported  # each committed batch whole, the failed one not at all
+    assert 0 < live < len(resources)
+
+    monkeypatch.setattr(SqliteStore, "record_imports_in_tx", record)
+    again = ImportWriter(store, dt.datetime.now(dt.UTC))
+    _offer_all(again, resources)
+    again.flush()
+    assert again.counts["written"] == len(resources) - live
+    assert again.counts["unchanged"] == live
+    assert _rows(tmp_path / "gateway.sqlite3") == (len(resources),) * 3  # one version each
