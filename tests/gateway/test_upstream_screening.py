@@ -7,8 +7,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import orjson
 import pytest
@@ -155,3 +159,45 @@ def test_a_worker_killed_mid_file_loses_no_line_and_the_next_file_gets_a_new_one
     again = list(screened(_numbered(lines[:8]), screening.screening_pool()))
     assert all(isinstance(item, Line) and item.validated for item in again)
     screening.screening_pool().shutdown()  # type: ignore[union-attr]
+
+
+_PARENT = """
+import sys, time
+from sync.gateway.upstream.screening import screened, screening_pool
+if __name__ == "__main__":
+    pool = screening_pool()
+    list(screened(iter([(1, b'{"resourceType": "Patient", "id": "x"}')]), pool))
+    print(" ".join(str(pid) for pid in pool._processes), flush=True)
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone for our purpose
+        return stat.read().split(") ", 1)[1][0] != "Z"
+
+
+def test_a_gateway_killed_with_minus_9_leaves_no_screening_worker_behind(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    env = {**os.environ, screening.ENV_SCREENERS: "1", "PYTHONPATH": str(Path.cwd())}
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert parent.stdout is not None
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert workers and all(_alive(pid) for pid in workers)
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)

@@ -19,7 +19,8 @@ Invariants:
   worker that dies (``BrokenProcessPool``) costs nothing but speed: its batches are parsed
   here and the next file starts a new worker.
 - Worker processes are spawned (never forked from a process that runs threads) and hold no
-  connection, secret or store; only the lines' bytes reach them.
+  connection, secret or store; only the lines' bytes reach them. A worker exits within a
+  second of the gateway process that started it going away, kill -9 included.
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ from sync.protocol.fhir.bounded_json import (
     BoundedJsonError,
     loads_bounded_with_depth,
 )
-from sync.protocol.fhir.screen import NOT_A_RESOURCE, UNREADABLE, Verdict, screen_lines
+from sync.protocol.fhir.screen import (
+    NOT_A_RESOURCE,
+    UNREADABLE,
+    Verdict,
+    screen_lines,
+    watch_parent,
+)
 
 BATCH = 256  # lines per task
 IN_FLIGHT = 8  # tasks outstanding at once (about 2,000 lines)
@@ -83,7 +90,12 @@ def screening_pool() -> ProcessPoolExecutor | None:
     global _pool
     with _lock:
         if _pool is None and (workers := _screeners()) > 0:
-            _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            _pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=watch_parent,
+                initargs=(os.getpid(),),
+            )
         return _pool
 
 

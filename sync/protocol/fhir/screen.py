@@ -12,9 +12,15 @@ Invariants:
   validate again. False says nothing more (the caller validates again for the reason and path).
 - This module imports nothing but the protocol's JSON and validation (a worker process starts
   fast).
+- A worker started with ``watch_parent`` exits within a second of the process that started it
+  going away, however it went (kill -9 included): no orphan is left screening for no one.
 """
 
 from __future__ import annotations
+
+import os
+import threading
+import time
 
 from sync.protocol.fhir.bounded_json import (
     MAX_PAGE_DEPTH,
@@ -48,3 +54,14 @@ def screen_line(line: bytes) -> Verdict:
 def screen_lines(lines: list[bytes]) -> list[Verdict]:
     """``screen_line`` of each line, in order (one task for a worker process)."""
     return [screen_line(line) for line in lines]
+
+
+def watch_parent(parent: int, interval_s: float = 1.0) -> None:
+    """Worker initializer: exit as soon as ``parent`` is no longer this process's parent."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
