@@ -33,6 +33,7 @@ from client.ui.qt import (
     QHBoxLayout,
     QLabel,
     QScrollArea,
+    QSizePolicy,
     Qt,
     QVBoxLayout,
     QWidget,
@@ -237,6 +238,9 @@ class PatientHeader(QFrame):
         tall = screen.availableGeometry().height() if screen is not None else 768
         self.safety_area.setMaximumHeight(max(SAFETY_MIN_HEIGHT, int(tall * SAFETY_SHARE)))
         self.safety_area.setMinimumHeight(min(SAFETY_MIN_HEIGHT, boxes.sizeHint().height()))
+        # As tall as what the boxes hold (up to that share), never taller: the room left over
+        # goes to the problems, medications and timeline below.
+        self.safety_area.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         layout.addWidget(self.safety_area)
 
 
