@@ -31,6 +31,9 @@ Invariants:
   next holder).
 - ``upstream_pass_state`` (one row) is what the last pass found, whichever process ran it, so
   ``upstream status`` on any host of a cluster shows the same (``upstream.state``).
+- ``upstream_transaction_size`` (a row per upstream base URL) is the transaction size the
+  filing worker learnt that upstream accepts, and when it last probed upward
+  (``upstream.filing``): every process of a cluster starts its pass from the same size.
 - Portable SQL only (``store.tables``); nothing here holds record content except the
   quarantine's reason code and JSON path.
 """
@@ -116,6 +119,12 @@ UPSTREAM_SCHEMA: tuple[str, ...] = (
     path TEXT NOT NULL,
     seen_us INTEGER NOT NULL,
     PRIMARY KEY (type, id)
+)""",
+    """CREATE TABLE IF NOT EXISTS upstream_transaction_size (
+    base TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    probed_us INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL
 )""",
 )
 
@@ -580,3 +589,35 @@ class UpstreamTables(SqlTables):
             execute(
                 "UPDATE upstream_lease SET expires_us = 0 WHERE id = 1 AND holder = ?", (holder,)
             )
+
+    # -- the transaction size an upstream accepts (``upstream.filing``), per base URL
+    def transaction_size(self, base: str) -> TransactionSize | None:
+        row = self._one(
+            "SELECT size, probed_us FROM upstream_transaction_size WHERE base = ?", (base,)
+        )
+        return None if row is None else TransactionSize(int(row[0]), from_us(int(row[1])))
+
+    def remember_transaction_size(self, base: str, size: TransactionSize, now: dt.datetime) -> None:
+        if size.size < 1:
+            raise StoreError("bad_transaction_size")
+        values = (size.size, to_us(size.probed_at), to_us(now), base)
+        with self._write() as execute:
+            if (
+                execute(
+                    "UPDATE upstream_transaction_size SET size = ?, probed_us = ?, updated_us = ?"
+                    " WHERE base = ?",
+                    values,
+                ).rowcount
+                == 0
+            ):
+                execute(
+                    "INSERT INTO upstream_transaction_size (size, probed_us, updated_us, base)"
+                    " VALUES (?, ?, ?, ?)",
+                    values,
+                )
+
+
+@dataclass(frozen=True)
+class TransactionSize:
+    size: int  # the largest transaction not refused since ``probed_at``
+    probed_at: dt.datetime  # when a pass last started from the largest size allowed
