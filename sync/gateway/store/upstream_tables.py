@@ -616,8 +616,34 @@ class UpstreamTables(SqlTables):
                     values,
                 )
 
+    # -- conflicts a clinician settled "theirs" that are still open (``upstream.settled``)
+    def conflicts_with_resolutions(self) -> list[ConflictResolution]:
+        """Each open ``conflict`` row with every stored ``conflict_resolved`` entry that could
+        settle it: a success of a device of the resource's own site, about the same patient,
+        made at or after the row became a conflict. The caller reads the entry's detail."""
+        rows = self._rows(
+            "SELECT o.type, o.id, r.site, a.canonical, a.mac FROM upstream_outbox o"
+            " JOIN resources r ON r.type = o.type AND r.id = o.id"
+            " JOIN audit_entries a ON a.site = r.site AND a.patient_id = r.patient_id"
+            " AND a.action = 'conflict_resolved' AND a.outcome = 'success'"
+            " AND a.ts_us >= o.done_us"
+            " WHERE o.state = 'conflict' ORDER BY o.seq, a.device_id, a.seq"
+        )
+        return [
+            ConflictResolution(str(t), str(i), str(s), str(c), str(m)) for t, i, s, c, m in rows
+        ]
+
 
 @dataclass(frozen=True)
 class TransactionSize:
     size: int  # the largest transaction not refused since ``probed_at``
     probed_at: dt.datetime  # when a pass last started from the largest size allowed
+
+
+@dataclass(frozen=True)
+class ConflictResolution:
+    rtype: str
+    rid: str
+    site: str  # the resource's site, which is the device's
+    canonical: str  # the stored audit entry (verified when it was stored)
+    mac: str
