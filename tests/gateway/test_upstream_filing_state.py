@@ -296,6 +296,19 @@ def test_an_upstream_412_reaches_the_clinician_through_the_conflict_flow(
         assert store.outbox(("conflict", "held", "pending")) == []  # nothing left for IT
 
 
+def _kept_theirs(patient_id: str, resource: str) -> dict[str, Any]:
+    """The audit entry a laptop's session appends when a clinician keeps the health record's
+    version (``Session.resolve_conflict``)."""
+    return {
+        "action": "conflict_resolved",
+        "outcome": "success",
+        "user_id": "nurse1",
+        "role": "clinician",
+        "patient_id": patient_id,
+        "detail": {"keep": "theirs", "discarded": "laptop", "resource": resource},
+    }
+
+
 def test_keep_theirs_on_the_laptop_closes_the_gateways_conflict_and_files_nothing(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
@@ -311,18 +324,7 @@ def test_keep_theirs_on_the_laptop_closes_the_gateways_conflict_and_files_nothin
             gateway_cli("upstream", "retry", "--data", str(data), "--seq", str(conflict.seq)) == 0
         )
         assert store.outbox(("conflict",)) == [conflict]  # IT cannot override the clinician
-        decision = {
-            "action": "conflict_resolved",
-            "outcome": "success",
-            "user_id": "nurse1",
-            "role": "clinician",
-            "patient_id": f"f{n}-p",
-            "detail": {
-                "keep": "theirs",
-                "discarded": "laptop",
-                "resource": f"DocumentReference/{nid}",
-            },
-        }
+        decision = _kept_theirs(f"f{n}-p", f"DocumentReference/{nid}")
         [on_laptop] = list_conflicts(vault.connection)
         with vault.transaction() as conn:  # what the session audits as ``decision``
             resolve_conflict(conn, on_laptop.id, "theirs", now=_now())
@@ -348,18 +350,7 @@ def test_a_keep_theirs_whose_settle_failed_at_upload_is_settled_by_the_next_pass
         store: SqlStore = gw.store
         _vault, _config, data, nid, upstream_id = _conflict_on_laptop(gw, tmp_path, medplum, n)
         [conflict] = store.outbox(("conflict",))
-        decision = {
-            "action": "conflict_resolved",
-            "outcome": "success",
-            "user_id": "nurse1",
-            "role": "clinician",
-            "patient_id": f"f{n}-p",
-            "detail": {
-                "keep": "theirs",
-                "discarded": "laptop",
-                "resource": f"DocumentReference/{nid}",
-            },
-        }
+        decision = _kept_theirs(f"f{n}-p", f"DocumentReference/{nid}")
         settle = store.outbox_settled_by_clinician
         failing: list[str] = []
 

@@ -52,17 +52,14 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-MAX_ATTEMPTS = 3
-BACKOFF_BASE_S = 0.5
-MAX_RETRY_AFTER_S = 60
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+# Three tries, 0.5 s then 1 s apart; a rate limit (429) or a busy balancer is retried, and a
+# Retry-After up to a minute is waited out within a pass (a longer one: the next pass retries).
 RETRY = RetryPolicy(
-    max_attempts=MAX_ATTEMPTS,
-    backoff_base_s=BACKOFF_BASE_S,
-    retry_statuses=RETRY_STATUSES,
-    idempotent_methods=IDEMPOTENT_METHODS,
-    max_retry_after_s=MAX_RETRY_AFTER_S,
+    max_attempts=3,
+    backoff_base_s=0.5,
+    retry_statuses=frozenset({429, 502, 503, 504}),
+    idempotent_methods=frozenset({"GET", "HEAD", "PUT", "DELETE"}),
+    max_retry_after_s=60,
 )
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _CHUNK = 64 * 1024
