@@ -250,9 +250,9 @@ class Filer:
             refused_alone = self._refused_alone
             if not self._one(item):
                 return False
-            if self._split_from is not None and self._refused_alone > refused_alone:
-                # The upstream refused this note on its own: its content, not the size, was
-                # why the transaction holding it was refused.
+            if self.size == 1 and self._split_from and self._refused_alone > refused_alone:
+                # A split down to single notes ended in one the upstream refused on its own:
+                # its content, not the size, was why the transactions holding it were refused.
                 self.size, self._split_from = self._split_from, None
             i += 1
         return True
