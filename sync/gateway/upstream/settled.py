@@ -10,8 +10,8 @@ Invariants:
   passes them), and only rows of a resource of the device's own site are closed.
 - Nothing is filed upstream and nothing is logged but a count.
 - Not in the audit upload's transaction: a database failure just after the entries were stored
-  is logged by the caller and leaves the row ``conflict`` for a moment only: every upstream pass
-  (``settle_open_conflicts``) closes each open ``conflict`` row for which a stored, verified
+  is logged by the caller and leaves the row ``conflict`` until the next upstream pass, which
+  (``settle_open_conflicts``) closes every open ``conflict`` row for which a stored, verified
   ``conflict_resolved`` "theirs" entry of that resource exists, from a device of the resource's
   own site, made at or after the row became a conflict (the laptop's trusted time; an older
   entry settled an earlier conflict of the same record, never this one).
