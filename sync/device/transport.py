@@ -19,7 +19,8 @@ Invariants (SECURITY.md NW-1, NW-2, NW-3):
   ``MAX_RETRY_AFTER_S``) is waited out as asked and does not use up a try: it is retried until
   the waits for this request would pass ``MAX_BUSY_WAIT_S``, then returned. Every wait is
   spread by up to ``JITTER`` so a thousand laptops told "busy" at once do not come back at
-  once.
+  once. The loop is the one both ends share (``sync.protocol.retry``) with this policy
+  (``RETRY``).
 - One connection is reused for a whole sync (a pool of one), but never after it has been idle
   for ``reuse_idle_s`` (``REUSE_IDLE_S``, below the gateway's keep-alive timeout): then a new
   one is opened, so no request is sent on a connection the server is closing as idle.
@@ -46,6 +47,7 @@ from urllib3.connectionpool import HTTPSConnectionPool
 
 from sync.device.errors import DeviceError
 from sync.protocol.pins import spki_der
+from sync.protocol.retry import RetryPolicy, send_with_retries
 
 # Timeouts in seconds: connecting to a gateway on a LAN or VPN takes well under 10 s; a page of
 # resources is produced and streamed in well under 60 s even on a slow link.
@@ -66,6 +68,15 @@ MAX_RETRY_AFTER_S = 30  # a longer Retry-After ends this attempt; the next sync 
 MAX_BUSY_WAIT_S = 120.0
 JITTER = 0.5  # each wait is multiplied by 1 + JITTER × a random fraction
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+RETRY = RetryPolicy(
+    max_attempts=MAX_ATTEMPTS,
+    backoff_base_s=BACKOFF_BASE_S,
+    retry_statuses=RETRY_STATUSES,
+    idempotent_methods=IDEMPOTENT_METHODS,
+    max_retry_after_s=MAX_RETRY_AFTER_S,
+    jitter=JITTER,
+    max_busy_wait_s=MAX_BUSY_WAIT_S,
+)
 # A kept-alive connection idle this long is closed and a new one opened for the next request,
 # so a request never races the server closing it idle: below the gateway's keep-alive timeout
 # (sync.gateway.server.KEEP_ALIVE_S, 5 s) by more than a round trip, and above a busy answer's
@@ -121,29 +132,6 @@ class TransportConfig:
     read_timeout_s: float = READ_TIMEOUT_S
     max_response_bytes: int = MAX_RESPONSE_BYTES
     reuse_idle_s: float = REUSE_IDLE_S
-
-
-def backoff(attempt: int, fraction: float) -> float:
-    """The wait after failed attempt ``attempt``: 0.5 s, 1 s, 2 s … spread by the jitter."""
-    return float(BACKOFF_BASE_S * 2 ** (attempt - 1)) * (1 + JITTER * min(max(fraction, 0.0), 1.0))
-
-
-def retry_delay(attempt: int, retry_after: str | None, fraction: float) -> float | None:
-    """Seconds to wait before attempt ``attempt + 1``: the exponential backoff, or the server's
-    ``Retry-After`` in seconds when longer, times ``1 + JITTER × fraction`` (``fraction`` in
-    [0, 1)). None when the server asks for more than ``MAX_RETRY_AFTER_S``."""
-    delay = backoff(attempt, 0.0)
-    if retry_after is not None and retry_after.strip().isdigit():
-        asked = int(retry_after.strip())
-        if asked > MAX_RETRY_AFTER_S:
-            return None
-        delay = max(delay, float(asked))
-    return delay * (1 + JITTER * min(max(fraction, 0.0), 1.0))
-
-
-def _asks_to_wait(status: int, retry_after: str | None) -> bool:
-    """A 503 with a ``Retry-After`` in seconds: the server is busy and says when to return."""
-    return status == 503 and retry_after is not None and retry_after.strip().isdigit()
 
 
 @dataclass(frozen=True)
@@ -331,40 +319,17 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
     ) -> Response:
-        """Send one request; retry with backoff only when it is idempotent."""
+        """Send one request; retry with backoff only when it is idempotent (``RETRY``)."""
         method = method.upper()
         url = self.url(path_or_url)
-        retryable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
-        attempts = MAX_ATTEMPTS if retryable else 1
-        attempt, busy_waited = 1, 0.0
-        while True:
-            try:
-                response = self._send_once(method, url, body, headers)
-            except TransportError as exc:
-                if attempt < attempts and exc.reason in {"timeout", "connection"}:
-                    self._sleep(backoff(attempt, self._jitter()))
-                    attempt += 1
-                    continue
-                raise
-            if not retryable or response.status not in RETRY_STATUSES:
-                return response
-            retry_after = response.headers.get("retry-after")
-            if _asks_to_wait(response.status, retry_after):
-                # "Busy, come back in N s": the server is shedding load, not failing. Waits
-                # (jittered) do not use up attempts, only the busy budget of this request.
-                delay = retry_delay(1, retry_after, self._jitter())
-                if delay is None or busy_waited + delay > MAX_BUSY_WAIT_S:
-                    return response  # asked to wait longer than a sync should: answer busy
-                busy_waited += delay
-                self._sleep(delay)
-                continue
-            if attempt >= attempts:
-                return response
-            delay = retry_delay(attempt, retry_after, self._jitter())
-            if delay is None:
-                return response  # asked to wait longer than a sync should: answer busy now
-            self._sleep(delay)
-            attempt += 1
+        return send_with_retries(
+            RETRY,
+            lambda: self._send_once(method, url, body, headers),
+            retryable=RETRY.retryable(method, idempotent),
+            transient=_transient,
+            sleep=self._sleep,
+            jitter=self._jitter,
+        )
 
     def get(self, path_or_url: str, headers: Mapping[str, str] | None = None) -> Response:
         return self.request("GET", path_or_url, headers=headers)
@@ -372,7 +337,7 @@ class Transport:
     def wait_before_retry(self, attempt: int) -> None:
         """The pause the transport's own retries take before attempt ``attempt + 1`` (for a
         caller that must do something between attempts, e.g. a lookup)."""
-        self._sleep(backoff(attempt, self._jitter()))
+        self._sleep(RETRY.backoff(attempt, self._jitter()))
 
     def post_json(self, path_or_url: str, body: Any, *, idempotent: bool = False) -> Response:
         """POST ``body`` as JSON (the control plane's shape); retried only when idempotent."""
@@ -449,6 +414,11 @@ class Transport:
         raw_bytes = raw.raw.tell() if hasattr(raw.raw, "tell") else size
         self.counters.bytes_received += int(raw_bytes or size)
         return b"".join(chunks)
+
+
+def _transient(exc: Exception) -> bool:
+    """A failure worth another try: the gateway was not reached, or did not answer in time."""
+    return isinstance(exc, TransportError) and exc.reason in {"timeout", "connection"}
 
 
 class _RefuseAdapter(HTTPAdapter):

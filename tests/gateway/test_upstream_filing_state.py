@@ -21,6 +21,7 @@ from client.core.consultation import queue_update
 from client.core.records import get
 from client.core.vault import Vault
 from sync.device.transport import TransportConfig
+from sync.gateway.store.base import DatabaseFailure
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.passes import run_pass
@@ -295,6 +296,19 @@ def test_an_upstream_412_reaches_the_clinician_through_the_conflict_flow(
         assert store.outbox(("conflict", "held", "pending")) == []  # nothing left for IT
 
 
+def _kept_theirs(patient_id: str, resource: str) -> dict[str, Any]:
+    """The audit entry a laptop's session appends when a clinician keeps the health record's
+    version (``Session.resolve_conflict``)."""
+    return {
+        "action": "conflict_resolved",
+        "outcome": "success",
+        "user_id": "nurse1",
+        "role": "clinician",
+        "patient_id": patient_id,
+        "detail": {"keep": "theirs", "discarded": "laptop", "resource": resource},
+    }
+
+
 def test_keep_theirs_on_the_laptop_closes_the_gateways_conflict_and_files_nothing(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
@@ -310,18 +324,7 @@ def test_keep_theirs_on_the_laptop_closes_the_gateways_conflict_and_files_nothin
             gateway_cli("upstream", "retry", "--data", str(data), "--seq", str(conflict.seq)) == 0
         )
         assert store.outbox(("conflict",)) == [conflict]  # IT cannot override the clinician
-        decision = {
-            "action": "conflict_resolved",
-            "outcome": "success",
-            "user_id": "nurse1",
-            "role": "clinician",
-            "patient_id": f"f{n}-p",
-            "detail": {
-                "keep": "theirs",
-                "discarded": "laptop",
-                "resource": f"DocumentReference/{nid}",
-            },
-        }
+        decision = _kept_theirs(f"f{n}-p", f"DocumentReference/{nid}")
         [on_laptop] = list_conflicts(vault.connection)
         with vault.transaction() as conn:  # what the session audits as ``decision``
             resolve_conflict(conn, on_laptop.id, "theirs", now=_now())
@@ -333,6 +336,52 @@ def test_keep_theirs_on_the_laptop_closes_the_gateways_conflict_and_files_nothin
         assert run_pass(data, store).counts.get("outbox_filed", 0) == 0
         upstream = medplum.read("DocumentReference", upstream_id)
         assert upstream is not None and upstream["description"] == "Board's edit"
+
+
+def test_a_keep_theirs_whose_settle_failed_at_upload_is_settled_by_the_next_pass(
+    tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settle after an audit upload fails once (a database hiccup): the upload still
+    succeeds and the conflict row stays open until the next upstream pass closes it from the
+    stored entry. An entry of another site's device, or one made before the conflict (an
+    earlier conflict of the same record), never closes it."""
+    n = next(_run)
+    with running_gateway(tmp_path / "gw") as gw:
+        store: SqlStore = gw.store
+        _vault, _config, data, nid, upstream_id = _conflict_on_laptop(gw, tmp_path, medplum, n)
+        [conflict] = store.outbox(("conflict",))
+        decision = _kept_theirs(f"f{n}-p", f"DocumentReference/{nid}")
+        settle = store.outbox_settled_by_clinician
+        failing: list[str] = []
+
+        def fails_at_upload(rtype: str, rid: str, site: str, at: dt.datetime) -> int:
+            if failing:
+                failing.append(site)
+                raise DatabaseFailure("database_unavailable")
+            return settle(rtype, rid, site, at)
+
+        monkeypatch.setattr(store, "outbox_settled_by_clinician", fails_at_upload)
+        now = _now()
+        failing.append("uploads:")
+        enrol_with_entries(gw, SITE_B, tmp_path / "other-site", [decision], start=now)
+        earlier = now - dt.timedelta(hours=1)  # an earlier conflict of the same record
+        enrol_with_entries(gw, SITE_A, tmp_path / "earlier", [decision], start=earlier)
+        assert failing == ["uploads:", SITE_B, SITE_A]  # each upload succeeded all the same
+        failing.clear()
+        assert run_pass(data, store, reconcile=False).counts.get("outbox_settled", 0) == 0
+        assert store.outbox(("conflict",)) == [conflict]  # neither entry settles this one
+        failing.append("uploads:")
+        enrol_with_entries(gw, SITE_A, tmp_path / "same-site", [decision], start=_now())
+        assert failing == ["uploads:", SITE_A]
+        failing.clear()
+        assert store.outbox(("conflict",)) == [conflict]
+        counts = run_pass(data, store, reconcile=False).counts
+        assert counts["outbox_settled"] == 1 and counts.get("outbox_filed", 0) == 0
+        assert store.outbox(("conflict",)) == []
+        assert [i.seq for i in store.outbox(("superseded",))] == [conflict.seq]
+        upstream = medplum.read("DocumentReference", upstream_id)
+        assert upstream is not None and upstream["description"] == "Board's edit"
+        assert run_pass(data, store, reconcile=False).counts.get("outbox_settled", 0) == 0
 
 
 def test_a_note_naming_its_site_organization_held_by_the_gateway_is_filed(

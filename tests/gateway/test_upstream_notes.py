@@ -539,6 +539,91 @@ def test_notes_go_up_in_transactions_sized_to_what_the_upstream_accepts(
         store.close()
 
 
+def _notes(store: SqlStore, pid: str, tag: str, count: int) -> list[str]:
+    """``count`` notes pushed as a laptop pushes them (a Bundle each); their client ids."""
+    cids = []
+    for i in range(count):
+        entry = create_entry(observation(f"{tag}{i}", pid, 30.0 + i))
+        entry["resource"].pop("id")
+        _push(store, [entry])
+        cids.append(entry["request"]["ifNoneExist"].split("|")[1])
+    return cids
+
+
+def _refused_transactions(relay: Relay) -> list[str]:
+    """The transactions the relay forwarded that the upstream refused (any status but 2xx)."""
+    sent = [f.rsplit(" ", 1) for f in relay.forwarded if f.startswith("POST /fhir/R4 ")]
+    return [status for _, status in sent if not status.startswith("2")]
+
+
+def test_the_transaction_size_learnt_is_remembered_and_the_next_pass_pays_no_refusal(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The size learnt (Medplum takes at most 8 conditional creates a transaction) is kept in
+    the gateway's database: the next pass, from another store on the same database (another
+    process), makes no refused request. It probes upward again after a day, and for another
+    base URL (``upstream set``)."""
+    with (
+        _linked_through_relay(tmp_path, medplum) as linked,
+        running_relay(medplum.pki, medplum.base, medplum.session()) as other,
+    ):
+        store, relay, data, pid = linked.store, linked.relay, linked.data, linked.pid
+        cids = _notes(store, pid, "a", 20)
+        first = run_pass(data, store, reconcile=False).counts
+        assert first["outbox_filed"] == 20 and first["outbox_transaction_split"] >= 1
+        assert len(_refused_transactions(relay)) == first["outbox_transaction_split"]
+        size = first["outbox_transaction_size"]
+        assert 1 < size <= 8
+        process = SqliteStore(data / datadir.DATABASE)  # another process, same database
+        try:
+            cids += _notes(process, pid, "b", 20)
+            relay.forwarded.clear()
+            second = run_pass(data, process, reconcile=False).counts
+        finally:
+            process.close()
+        assert second["outbox_filed"] == 20
+        assert _refused_transactions(relay) == []  # nothing refused: the size was known
+        assert "outbox_transaction_split" not in second
+        assert second["outbox_transaction_size"] == size
+        assert second["outbox_transactions"] == -(-20 // size)
+        cids += _notes(store, pid, "c", 10)
+        relay.forwarded.clear()
+        later = run_pass(data, store, now=_now() + dt.timedelta(hours=25), reconcile=False)
+        assert later.counts["outbox_filed"] == 10
+        assert len(_refused_transactions(relay)) >= 1  # a day on: probed upward once more
+        assert 1 < later.counts["outbox_transaction_size"] <= 8
+        _configure(data, medplum, base=other.base)  # ``upstream set`` to another base URL
+        cids += _notes(store, pid, "d", 10)
+        moved = run_pass(data, store, now=_now() + dt.timedelta(hours=26), reconcile=False)
+        assert moved.counts["outbox_filed"] == 10
+        assert len(_refused_transactions(other)) >= 1  # learnt anew for that upstream
+        assert _mine(medplum, set(cids)) == Counter({cid: 1 for cid in cids})
+
+
+def test_a_note_the_upstream_refuses_on_its_own_never_shrinks_the_transactions(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """A transaction refused because of one note's content is split down to that note (held
+    with the upstream's reason); the size learnt before is what the others, and the next
+    pass, go on with."""
+    with _linked_through_relay(tmp_path, medplum) as linked:
+        store, relay, data, pid = linked.store, linked.relay, linked.data, linked.pid
+        _notes(store, pid, "a", 20)
+        size = run_pass(data, store, reconcile=False).counts["outbox_transaction_size"]
+        assert 1 < size <= 8
+        bad = _notes(store, pid, "b", 20)[2]
+        relay.refuse_containing = {bad: "Observation.value is not accepted"}
+        counts = run_pass(data, store, reconcile=False).counts
+        assert counts["outbox_filed"] == 19 and counts["outbox_held"] == 1
+        assert counts["outbox_transaction_size"] == size
+        remembered = store.transaction_size(relay.base)
+        assert remembered is not None and remembered.size == size
+        _notes(store, pid, "c", 10)
+        relay.forwarded.clear()
+        assert run_pass(data, store, reconcile=False).counts["outbox_filed"] == 10
+        assert _refused_transactions(relay) == []
+
+
 def test_a_patient_written_by_a_device_is_never_sent_upstream(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:

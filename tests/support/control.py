@@ -178,11 +178,17 @@ def break_glass(user: str, patient: str, reason: str) -> dict[str, Any]:
 
 
 def enrol_with_entries(
-    gw: Gateway, site: str, folder: Path, actions: Sequence[dict[str, Any]]
+    gw: Gateway,
+    site: str,
+    folder: Path,
+    actions: Sequence[dict[str, Any]],
+    *,
+    start: dt.datetime = T0,
 ) -> Enrolled:
-    """A device enrolled in ``site`` that has uploaded the chain of ``actions`` (accepted)."""
+    """A device enrolled in ``site`` that has uploaded the chain of ``actions`` (accepted),
+    the first made at ``start``, one a minute."""
     device = enrol(gw, site, folder)
-    entries, _ = chain(device.device_id, device.k0, actions)
+    entries, _ = chain(device.device_id, device.k0, actions, start=start)
     assert upload(gw, gw.session(device.creds), entries).status_code == 200
     return device
 

@@ -7,7 +7,8 @@ client certificates from the tests' own PKI.
 ``tests/support/medplum/node_modules``. Without them the fixture fails and says so: a missing
 server must never look like a passing suite.
 
-What this promises the tests built on it:
+What this promises the tests built on it (the process and the client are
+``third_party_process``'s, shared with sekmet-fhir):
 - ``running_medplum`` yields only once the server listens, and stops it (its own process, by
   pid) on exit; the server also exits when the test process dies (its stdin closes).
 - ``MedplumServer.session(creds)`` is a plain ``requests`` session verifying the server's
@@ -19,25 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from policy.schema import RESOURCE_TYPES as PULLED_TYPES
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
-from tests.support.tls import DeviceCredentials, PkiFiles, make_test_pki
+from tests.support.third_party_process import ThirdPartyServer, running_server, tls_arguments
+from tests.support.tls import make_test_pki
 
 SERVER_DIR = Path(__file__).parent / "medplum"
 SCRIPT = SERVER_DIR / "server.cjs"
 BASE_PATH = "/fhir/R4"
 START_TIMEOUT_S = 60.0
-FHIR_JSON = "application/fhir+json"
 DEVICE_MADE = ("Encounter", "Observation", "DocumentReference")  # what a consultation creates
 
 
@@ -45,51 +42,14 @@ class MedplumMissing(RuntimeError):
     """Node or the pinned Medplum packages are not installed (run ``make medplum``)."""
 
 
-@dataclass
-class MedplumServer:
-    pki: PkiFiles
-    port: int
-    seeder: DeviceCredentials
-    process: subprocess.Popen[bytes]
-    sessions: list[requests.Session] = field(default_factory=list)
-
-    @property
-    def origin(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    @property
-    def base(self) -> str:
-        """The FHIR base URL, with its path (``…/fhir/R4``)."""
-        return self.origin + BASE_PATH
-
-    def session(self, creds: DeviceCredentials | None = None) -> requests.Session:
-        session = requests.Session()
-        session.trust_env = False
-        session.verify = str(self.pki.ca_path)
-        session.cert = (creds or self.seeder).requests_cert
-        self.sessions.append(session)
-        return session
-
-    def put(self, resource: dict[str, Any], session: requests.Session | None = None) -> Any:
-        """Create or update ``resource`` at its own id; returns the stored resource."""
-        http = session or self.session()
-        response = http.put(
-            f"{self.base}/{resource['resourceType']}/{resource['id']}",
-            json=resource,
-            headers={"Content-Type": FHIR_JSON},
-            timeout=30,
-        )
-        response.raise_for_status()
-        return response.json()
+@dataclass(kw_only=True)
+class MedplumServer(ThirdPartyServer):
+    base_path = BASE_PATH  # the FHIR base URL is ``…/fhir/R4``
 
     def seed(self, resources: Sequence[dict[str, Any]]) -> None:
         http = self.session()
         for resource in resources:
             self.put(resource, http)
-
-    def delete(self, resource_type: str, resource_id: str) -> None:
-        response = self.session().delete(f"{self.base}/{resource_type}/{resource_id}", timeout=30)
-        response.raise_for_status()
 
     def search_all(self, resource_type: str, **params: str) -> list[dict[str, Any]]:
         """Every resource of a type as the server holds it (one unpaged search: the in-memory
@@ -100,15 +60,6 @@ class MedplumServer:
         response.raise_for_status()
         bundle = response.json()
         return [entry["resource"] for entry in bundle.get("entry", [])]
-
-    def read(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
-        """The server's current version of one resource (None: absent or deleted)."""
-        response = self.session().get(f"{self.base}/{resource_type}/{resource_id}", timeout=30)
-        if response.status_code in (404, 410):
-            return None
-        response.raise_for_status()
-        resource: dict[str, Any] = response.json()
-        return resource
 
     def site_patients(self, site: str) -> set[str]:
         """The ids of the server's patients managed by ``site``."""
@@ -164,18 +115,6 @@ def _node() -> str:
     return node
 
 
-def _wait_ready(process: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline().decode().strip()
-        if line.startswith("READY "):
-            return int(line.split()[1])
-        if not line and process.poll() is not None:
-            break
-    raise RuntimeError(f"the Medplum test server did not start (exit {process.poll()})")
-
-
 @contextlib.contextmanager
 def running_medplum(
     directory: Path,
@@ -204,38 +143,12 @@ def running_medplum(
     if client_ca_pem is not None:
         client_cas = directory / "client-cas.pem"
         client_cas.write_text(pki.ca_path.read_text() + "\n" + client_ca_pem)
-    process = subprocess.Popen(
-        [
-            node,
-            str(SCRIPT),
-            "--cert",
-            str(pki.server_cert_path),
-            "--key",
-            str(pki.server_key_path),
-            "--ca",
-            str(client_cas),
-            "--port",
-            "0",
-            *options,
-        ],
+    argv = [node, str(SCRIPT), *tls_arguments(pki, client_cas), "--port", "0", *options]
+    with running_server(
+        argv,
+        lambda process, port: MedplumServer(pki=pki, port=port, seeder=seeder, process=process),
+        name="Medplum",
         cwd=SERVER_DIR,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    sessions: list[requests.Session] = []
-    try:
-        server = MedplumServer(pki, _wait_ready(process), seeder, process, sessions)
+        start_timeout_s=START_TIMEOUT_S,
+    ) as server:
         yield server
-    finally:
-        for session in sessions:
-            session.close()
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        for pipe in (process.stdin, process.stdout):
-            if pipe is not None:
-                pipe.close()

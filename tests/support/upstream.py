@@ -80,13 +80,14 @@ class Relay:
     """A TLS relay in front of the upstream (Medplum) that forwards every request and can lose
     the reply after the upstream has committed (``drop``: method → how many replies to lose),
     refuse requests itself (``refuse``: method, or "METHOD /path", → an OperationOutcome
-    diagnostics), or hold a
+    diagnostics; ``refuse_containing``: any request whose body holds the text), or hold a
     reply until ``release`` is set (``hold``: methods), the way a network or an upstream fails."""
 
     target: str  # the upstream's base URL
     session: requests.Session
     drop: dict[str, int] = field(default_factory=dict)
     refuse: dict[str, str] = field(default_factory=dict)
+    refuse_containing: dict[str, str] = field(default_factory=dict)
     hold: set[str] = field(default_factory=set)
     release: threading.Event = field(default_factory=threading.Event)
     forwarded: list[str] = field(default_factory=list)
@@ -101,6 +102,9 @@ class Relay:
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, str], bytes]:
         refusal = self.refuse.get(method) or self.refuse.get(f"{method} {path.split('?')[0]}")
+        for text, words in self.refuse_containing.items():
+            if refusal is None and text.encode() in body:
+                refusal = words
         if refusal is not None:
             outcome = {
                 "resourceType": "OperationOutcome",

@@ -31,6 +31,9 @@ Invariants:
   next holder).
 - ``upstream_pass_state`` (one row) is what the last pass found, whichever process ran it, so
   ``upstream status`` on any host of a cluster shows the same (``upstream.state``).
+- ``upstream_transaction_size`` (a row per upstream base URL) is the transaction size the
+  filing worker learnt that upstream accepts, and when it last probed upward
+  (``upstream.filing``): every process of a cluster starts its pass from the same size.
 - Portable SQL only (``store.tables``); nothing here holds record content except the
   quarantine's reason code and JSON path.
 """
@@ -117,6 +120,12 @@ UPSTREAM_SCHEMA: tuple[str, ...] = (
     path TEXT NOT NULL,
     seen_us INTEGER NOT NULL,
     PRIMARY KEY (type, id)
+)""",
+    """CREATE TABLE IF NOT EXISTS upstream_transaction_size (
+    base TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    probed_us INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL
 )""",
 )
 
@@ -604,3 +613,61 @@ class UpstreamTables(SqlTables):
             execute(
                 "UPDATE upstream_lease SET expires_us = 0 WHERE id = 1 AND holder = ?", (holder,)
             )
+
+    # -- the transaction size an upstream accepts (``upstream.filing``), per base URL
+    def transaction_size(self, base: str) -> TransactionSize | None:
+        row = self._one(
+            "SELECT size, probed_us FROM upstream_transaction_size WHERE base = ?", (base,)
+        )
+        return None if row is None else TransactionSize(int(row[0]), from_us(int(row[1])))
+
+    def remember_transaction_size(self, base: str, size: TransactionSize, now: dt.datetime) -> None:
+        if size.size < 1:
+            raise StoreError("bad_transaction_size")
+        values = (size.size, to_us(size.probed_at), to_us(now), base)
+        with self._write() as execute:
+            if (
+                execute(
+                    "UPDATE upstream_transaction_size SET size = ?, probed_us = ?, updated_us = ?"
+                    " WHERE base = ?",
+                    values,
+                ).rowcount
+                == 0
+            ):
+                execute(
+                    "INSERT INTO upstream_transaction_size (size, probed_us, updated_us, base)"
+                    " VALUES (?, ?, ?, ?)",
+                    values,
+                )
+
+    # -- conflicts a clinician settled "theirs" that are still open (``upstream.settled``)
+    def conflicts_with_resolutions(self) -> list[ConflictResolution]:
+        """Each open ``conflict`` row with every stored ``conflict_resolved`` entry that could
+        settle it: a success of a device of the resource's own site, about the same patient,
+        made at or after the row became a conflict. The caller reads the entry's detail."""
+        rows = self._rows(
+            "SELECT o.type, o.id, r.site, a.canonical, a.mac FROM upstream_outbox o"
+            " JOIN resources r ON r.type = o.type AND r.id = o.id"
+            " JOIN audit_entries a ON a.site = r.site AND a.patient_id = r.patient_id"
+            " AND a.action = 'conflict_resolved' AND a.outcome = 'success'"
+            " AND a.ts_us >= o.done_us"
+            " WHERE o.state = 'conflict' ORDER BY o.seq, a.device_id, a.seq"
+        )
+        return [
+            ConflictResolution(str(t), str(i), str(s), str(c), str(m)) for t, i, s, c, m in rows
+        ]
+
+
+@dataclass(frozen=True)
+class TransactionSize:
+    size: int  # the largest transaction not refused since ``probed_at``
+    probed_at: dt.datetime  # when a pass last started from the largest size allowed
+
+
+@dataclass(frozen=True)
+class ConflictResolution:
+    rtype: str
+    rid: str
+    site: str  # the resource's site, which is the device's
+    canonical: str  # the stored audit entry (verified when it was stored)
+    mac: str

@@ -15,7 +15,9 @@ Invariants (the upstream's half of NW-2):
   one exception is ``stream`` (Bulk Data NDJSON files): its body is handed over chunk by chunk
   and never held whole; its reader bounds each line instead (``bulk``).
 - Only idempotent requests are retried, with exponential backoff; a busy answer's
-  ``Retry-After`` (seconds, capped) lengthens the wait.
+  ``Retry-After`` (seconds, capped) lengthens the wait. The loop is the one both ends share
+  (``sync.protocol.retry``) with this policy (``RETRY``: no jitter, no busy budget: a single
+  gateway process calls, and a busy answer uses up an attempt).
 - A bearer token is added by ``request`` when a token source is configured; on a 401 the
   cached token is dropped and the request sent once more with a fresh one. The token and the
   request bodies are never logged or put in an error.
@@ -42,6 +44,7 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from sync.gateway.upstream.config import UpstreamConfig
 from sync.gateway.upstream.errors import UpstreamError
+from sync.protocol.retry import RetryPolicy, send_with_retries
 
 if TYPE_CHECKING:
     from sync.gateway.upstream.tokens import TokenSource
@@ -49,11 +52,15 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-MAX_ATTEMPTS = 3
-BACKOFF_BASE_S = 0.5
-MAX_RETRY_AFTER_S = 60
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+# Three tries, 0.5 s then 1 s apart; a rate limit (429) or a busy balancer is retried, and a
+# Retry-After up to a minute is waited out within a pass (a longer one: the next pass retries).
+RETRY = RetryPolicy(
+    max_attempts=3,
+    backoff_base_s=0.5,
+    retry_statuses=frozenset({429, 502, 503, 504}),
+    idempotent_methods=frozenset({"GET", "HEAD", "PUT", "DELETE"}),
+    max_retry_after_s=60,
+)
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _CHUNK = 64 * 1024
 _TRANSIENT = frozenset({"upstream_timeout", "upstream_unreachable"})
@@ -106,6 +113,15 @@ def make_ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
 def origin_of(url: str) -> Origin:
     parts = urlsplit(url)
     return (parts.scheme, (parts.hostname or "").lower(), parts.port or 443)
+
+
+def _transient(exc: Exception) -> bool:
+    """A failure worth another try: the upstream was not reached, or did not answer in time."""
+    return isinstance(exc, UpstreamError) and exc.reason in _TRANSIENT
+
+
+def _no_jitter() -> float:
+    return 0.0
 
 
 class UpstreamConnection:
@@ -202,27 +218,14 @@ class UpstreamConnection:
         """One request as given (no token added); retried with backoff when idempotent."""
         method = method.upper()
         url = self.url(path_or_url)
-        retryable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
-        attempts = MAX_ATTEMPTS if retryable else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._once(method, url, body, headers or {})
-            except UpstreamError as exc:
-                if attempt < attempts and exc.reason in _TRANSIENT:
-                    self._sleep(BACKOFF_BASE_S * 2 ** (attempt - 1))
-                    continue
-                raise
-            if attempt < attempts and response.status in RETRY_STATUSES:
-                delay = BACKOFF_BASE_S * 2 ** (attempt - 1)
-                asked = response.headers.get("retry-after", "").strip()
-                if asked.isdigit():
-                    if int(asked) > MAX_RETRY_AFTER_S:
-                        return response
-                    delay = max(delay, float(asked))
-                self._sleep(delay)
-                continue
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+        return send_with_retries(
+            RETRY,
+            lambda: self._once(method, url, body, headers or {}),
+            retryable=RETRY.retryable(method, idempotent),
+            transient=_transient,
+            sleep=self._sleep,
+            jitter=_no_jitter,
+        )
 
     def _open(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]

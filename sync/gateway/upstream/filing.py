@@ -8,6 +8,13 @@ it, ``store.upstream_tables``). A filing pass takes the pending rows in commit (
   the advertised ``max_transaction_entries`` (else ``DEFAULT_TRANSACTION``); a transaction the
   upstream refuses (4xx) is halved until it is accepted, down to single requests, so the size
   settles at what the server takes and a refusal is always pinned to one note;
+- the size settled at is **remembered** per upstream base URL in the gateway's database
+  (``upstream_transaction_size``, shared by every process of a cluster) and the next pass
+  starts from it, so refusals are paid once, not every pass. A pass starts from the largest
+  size again (probes upward) when the remembered one is older than ``PROBE_INTERVAL`` or the
+  base URL changed (``upstream set``: another key). A refusal pinned on one note that the
+  upstream then refuses alone (its content, not the size) gives back the size the split
+  started from: one bad note never shrinks the transactions of the others;
 - a **create** (a resource the upstream has never seen) is a conditional create on our client
   identifier: ``POST [type]`` with ``If-None-Exist: identifier=<system>|<client id>`` where the
   upstream offers it, else a search on that identifier first, then ``POST``. A retry after a
@@ -49,7 +56,7 @@ from urllib.parse import quote
 import orjson
 
 from sync.gateway.store.sql import SqlStore
-from sync.gateway.store.upstream_tables import Filed, OutboxItem, OutboxState
+from sync.gateway.store.upstream_tables import Filed, OutboxItem, OutboxState, TransactionSize
 from sync.gateway.upstream.capabilities import UpstreamCapabilities
 from sync.gateway.upstream.connection import Response, UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError, printable
@@ -64,6 +71,7 @@ FHIR_JSON = "application/fhir+json"
 RETURN_ALL = "return=representation"
 BATCH = 200  # rows read per pass step
 DEFAULT_TRANSACTION = 50  # entries per transaction when the upstream names no limit
+PROBE_INTERVAL = dt.timedelta(days=1)  # a remembered size is trusted this long, then re-probed
 BACKOFF_BASE = dt.timedelta(seconds=5)
 BACKOFF_MAX = dt.timedelta(hours=1)
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -193,9 +201,17 @@ class Filer:
         self.now = now
         self.counts: Counter[str] = Counter()
         profile = capabilities.profile
-        self.size = (
-            (profile.max_transaction_entries or DEFAULT_TRANSACTION) if (profile.transaction) else 1
+        ceiling = (
+            (profile.max_transaction_entries or DEFAULT_TRANSACTION) if profile.transaction else 1
         )
+        self.base = connection.config.base
+        known = store.transaction_size(self.base) if ceiling > 1 else None
+        if known is not None and known.probed_at <= now < known.probed_at + PROBE_INTERVAL:
+            self.size, self._probed_at = min(known.size, ceiling), known.probed_at
+        else:
+            self.size, self._probed_at = ceiling, now  # probe: start from the largest allowed
+        self._split_from: int | None = None  # the refused size a split started from
+        self._refused_alone = 0  # notes the upstream refused when sent on their own
         self._local: dict[tuple[str, str], str] = {}
 
     # -- the pass
@@ -208,8 +224,11 @@ class Filer:
                 break
             if len(items) < BATCH:
                 break
-        if self.counts["transactions"]:
+        if self.counts["transactions"] or self.counts["transaction_split"]:
             self.counts["transaction_size"] = self.size
+            self.store.remember_transaction_size(
+                self.base, TransactionSize(self.size, self._probed_at), self.now
+            )
         return dict(self.counts)
 
     def _rows(self, items: list[OutboxItem]) -> bool:
@@ -228,8 +247,13 @@ class Filer:
                 if sent:
                     i += len(group)
                 continue  # refused: self.size was halved, try again smaller
+            refused_alone = self._refused_alone
             if not self._one(item):
                 return False
+            if self.size == 1 and self._split_from and self._refused_alone > refused_alone:
+                # A split down to single notes ended in one the upstream refused on its own:
+                # its content, not the size, was why the transactions holding it were refused.
+                self.size, self._split_from = self._split_from, None
             i += 1
         return True
 
@@ -296,6 +320,8 @@ class Filer:
             self.counts["retry_later"] += 1
             return None
         except _Refused:
+            if self._split_from is None:
+                self._split_from = len(group)
             self.size = max(1, len(group) // 2)
             self.counts["transaction_split"] += 1
             return False
@@ -323,6 +349,8 @@ class Filer:
             return False
         except _Refused as refused:
             self._close(item, refused.state, refused.reason, refused.detail)
+            if refused.reason == "upstream_refused":
+                self._refused_alone += 1
             return True
         self._finish(item, "filed", filed=filed)
         self.counts["filed"] += 1

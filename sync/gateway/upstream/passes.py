@@ -2,8 +2,9 @@
 
 Order (each step only after the one before succeeded): connect (TLS, client certificate), get a
 token when SMART Backend Services is configured, read ``metadata`` and decide per capability,
-file the outbox's notes (``filing.file_outbox``), then import the linked sites' records
-(``load.import_records``).
+close the conflicts a clinician settled whose settle failed at upload
+(``settled.settle_open_conflicts``), file the outbox's notes (``filing.file_outbox``), then
+import the linked sites' records (``load.import_records``).
 
 Invariants:
 - Every pass records its outcome (``state.record_pass``), a failure included, and a failure is
@@ -37,6 +38,7 @@ from sync.gateway.upstream.filing import file_outbox
 from sync.gateway.upstream.lease import HeldLease
 from sync.gateway.upstream.load import import_records
 from sync.gateway.upstream.opening import open_connection
+from sync.gateway.upstream.settled import settle_open_conflicts
 from sync.gateway.upstream.state import record_pass
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,11 @@ def run_pass(
                 if store is not None:
                     with HeldLease(store, HOLDER, LEASE_TTL, moment) as lease:
                         connection.fence = lease.check
+                        settled = settle_open_conflicts(store, moment)
                         filed = file_outbox(connection, store, result.capabilities, now=moment)
                         result.counts = {f"outbox_{k}": v for k, v in filed.items()}
+                        if settled:
+                            result.counts["outbox_settled"] = settled
                         result.counts.update(
                             import_records(
                                 connection,
