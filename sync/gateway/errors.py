@@ -114,6 +114,8 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "token_refused": "The token server refused the gateway's credentials: check client id and key.",
     "no_capability_statement": "The upstream's metadata is not a readable CapabilityStatement.",
     "bad_upstream_id": "An upstream Group or Organization id is letters, digits, '-' and '.'.",
+    "bad_quarantine_row": "Name one quarantine row as TYPE/ID, as `upstream status` lists it,"
+    " or use --all.",
     "bad_link": "A site links to an upstream group or organization.",
     "unknown_group": "The upstream has no such Group: check `site link`.",
     "unknown_organization": "The upstream Organization id is not valid: check `site link`.",

@@ -175,8 +175,9 @@ def test_group_export_brings_exactly_the_groups_patients_records_to_the_site_lap
     assert w.fed(SITE_A) == Counter({key: 1 for key in expected})
     stored = orjson.loads(w.store.read("Patient", w.id("in")).body)  # type: ignore[union-attr]
     assert stored["managingOrganization"] == {"reference": f"Organization/{SITE_A}"}
-    again = w.sync()  # a reconciliation by a fresh export: nothing new in any feed
-    assert again["exported_sites"] == 1 and again.get("written", 0) == 0
+    again = w.sync()  # a reconciliation, by id lists (no export): nothing new in any feed
+    assert again["exported_sites"] == 0 and again.get("written", 0) == 0
+    assert again["reconcile_listed"] == 2 and "reconcile_fetched" not in again
     assert w.fed(SITE_A) == Counter({key: 1 for key in expected})
 
 

@@ -7,6 +7,11 @@ Invariants:
   codes), the linked sites, the last import's counts and every quarantined resource (type,
   id, reason code, JSON path: never its content); ``sync`` runs one pass now (with a
   reconciliation) and exits 2 with one line when it fails.
+- The quarantine ``status`` lists is the open rows only (a record that since imported cleanly,
+  or that a completed reconciliation no longer meets, has left it; ``load``); ``--json`` adds
+  the last ``CLOSED_SHOWN`` closed rows with when and why. ``upstream quarantine clear
+  (TYPE/ID | --all)`` closes rows IT has dealt with (cause ``cleared_by_it``); a record still
+  bad upstream is quarantined again by the next pass that reads it.
 - ``site link SITE (--group ID | --organization ID)`` links a known site to one upstream Group
   or Organization (a second link replaces the first).
 """
@@ -30,6 +35,8 @@ from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import run_pass
 from sync.gateway.upstream.state import load_state
 from sync.protocol.fhir.vocabulary import ID_RE
+
+CLOSED_SHOWN = 100  # closed quarantine rows in ``status --json``, the most recent first
 
 
 def _initialised(args: argparse.Namespace) -> Path:
@@ -87,6 +94,16 @@ def _status_document(data: Path, store: SqlStore) -> dict[str, Any]:
             {"type": q.rtype, "id": q.rid, "reason": q.reason, "path": q.path}
             for q in store.upstream_quarantine()
         ],
+        "quarantine_closed": [
+            {
+                "type": q.rtype,
+                "id": q.rid,
+                "reason": q.reason,
+                "cleared": q.cleared_at.isoformat(),
+                "cause": q.cause,
+            }
+            for q in store.closed_quarantine(CLOSED_SHOWN)
+        ],
         "outbox": store.outbox_counts(),
         "outbox_not_filed": [
             {
@@ -136,6 +153,19 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{len(quarantine)} upstream resource(s) quarantined (not imported):")
         for q in quarantine:
             print(f"  {q['type']}/{q['id']}: {q['reason']} at {q['path']}")
+    closed = document["quarantine_closed"]
+    if closed:
+        print(
+            f"{len(closed)} quarantine row(s) closed lately (the last at {closed[0]['cleared']};"
+            " --json lists them with their cause)"
+        )
+    ignored = (document.get("counts") or {}).get("reconcile_filter_ignored", 0)
+    if ignored:
+        print(
+            f"the last reconciliation listed {ignored} whole record(s): the upstream ignores"
+            " _elements, so the id lists cost as much as whole records (still correct; changed"
+            " records are downloaded twice)"
+        )
     outbox = document["outbox"]
     print(
         "notes out: "
@@ -191,6 +221,25 @@ def _retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quarantine_clear(args: argparse.Namespace) -> int:
+    data = _initialised(args)
+    if args.all:
+        rtype, rid = None, ""
+    else:
+        rtype, _, rid = str(args.resource).partition("/")
+        if not rtype or not rid:
+            raise UpstreamError("bad_quarantine_row")
+    store = _open_store(data, args)
+    try:
+        cleared = store.clear_quarantine(dt.datetime.now(dt.UTC), rtype, rid)
+    finally:
+        store.close()
+    print(f"{cleared} quarantine row(s) cleared (kept in the log as cleared_by_it)")
+    if cleared == 0 and rtype is not None:
+        print("no open quarantine row has that TYPE/ID: see `gatehouse-gateway upstream status`")
+    return 0
+
+
 def site_link(args: argparse.Namespace, store: Any) -> int:
     """``site link SITE (--group ID | --organization ID)`` (registered by ``admin_cli``)."""
     if not isinstance(store, SqlStore):  # pragma: no cover - every store is one today
@@ -235,3 +284,15 @@ def register(commands: Any) -> None:
     which.add_argument("--seq", type=int, default=None, help="one outbox row (see status)")
     which.add_argument("--all", action="store_true", help="every held row")
     retry.set_defaults(run=_retry)
+    quarantine = upstream.add_parser(
+        "quarantine", help="upstream records the import set aside"
+    ).add_subparsers(dest="quarantine_command", required=True)
+    clear = quarantine.add_parser(
+        "clear", help="close quarantine rows IT has dealt with (a later import reopens them)"
+    )
+    clear.add_argument("--data", required=True)
+    clear.add_argument("--database", default=None, help="postgresql://… URL")
+    one = clear.add_mutually_exclusive_group(required=True)
+    one.add_argument("resource", nargs="?", default=None, help="TYPE/ID, as status lists it")
+    one.add_argument("--all", action="store_true", help="every open row")
+    clear.set_defaults(run=_quarantine_clear)
