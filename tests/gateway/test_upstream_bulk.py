@@ -328,3 +328,44 @@ def test_kill_9_mid_export_then_restart_imports_everything_exactly_once(
         assert set(fed.values()) == {1}  # nothing twice in the laptops' feed
     finally:
         store.close()
+
+
+def test_reconciliation_by_id_lists_replaces_the_hourly_export(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    """A Group site loaded by ``$export`` is reconciled by id lists, never by a fresh export:
+    an edit and a deletion that ``_history`` missed are caught, only the edited record is
+    downloaded whole, and nothing unchanged reaches the feed again. sekmet-fhir honours
+    ``_elements``, so its listing carries ids and versions only."""
+    w = World(tmp_path, sekmet, gw)
+    w.patient("p")
+    for name in ("same-1", "same-2", "edited", "gone"):
+        w.observation(name, "p", 60.0)
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    assert w.sync()["exported_sites"] == 1
+    w.observation("edited", "p", 99.0)
+    sekmet.delete("Observation", w.id("gone"))
+    later = _now() + dt.timedelta(hours=1)  # the history's mark moved past both changes
+    with w.store.write():
+        w.store.set_mark_in_tx("search:Observation", later.isoformat(), _now())
+    missed = w.sync(reconcile=False)
+    assert missed.get("written", 0) == 0 and missed.get("history_deleted", 0) == 0
+    counts = w.sync(reconcile=True)
+    assert counts["exported_sites"] == 0 and "export_files" not in counts
+    assert counts["written"] == 1 and counts["deleted"] == 1
+    assert counts["reconcile_listed"] == 3 and counts["reconcile_fetched"] == 1
+    assert "reconcile_filter_ignored" not in counts  # ids and versions only
+    assert w.held(SITE_A) == {
+        ("Patient", "p"),
+        ("Observation", "same-1"),
+        ("Observation", "same-2"),
+        ("Observation", "edited"),
+    }
+    fed = w.fed(SITE_A)
+    assert fed[("Observation", "same-1")] == 1 and fed[("Observation", "edited")] == 2
+    vault = w.vaults[SITE_A][0]
+    row = vault.connection.execute(
+        "SELECT json FROM resources WHERE type = 'Observation' AND id = ?", (w.id("edited"),)
+    ).fetchone()
+    assert orjson.loads(row[0])["valueQuantity"]["value"] == 99.0

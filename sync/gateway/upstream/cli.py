@@ -82,7 +82,7 @@ def _open_store(data: Path, args: argparse.Namespace) -> SqlStore:
     return store
 
 
-def _status_document(data: Path, store: SqlStore) -> dict[str, Any]:
+def status_document(data: Path, store: SqlStore) -> dict[str, Any]:
     config = load_config(data)
     return {
         "configuration": config.to_json(),
@@ -125,16 +125,22 @@ def _status(args: argparse.Namespace) -> int:
     data = _initialised(args)
     store = _open_store(data, args)
     try:
-        document = _status_document(data, store)
+        document = status_document(data, store)
     finally:
         store.close()
     if args.json:
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
+    print_status(data, document)
+    return 0
+
+
+def print_status(data: Path, document: dict[str, Any]) -> None:
+    """``upstream status`` in words, from its JSON document."""
     print(_describe(load_config(data)))
     if "last_attempt" not in document:
         print("no pass has run yet: run `gatehouse-gateway upstream sync`")
-        return 0
+        return
     if document.get("last_outcome") == "ok":
         print(f"last pass {document['last_attempt']}: ok")
     else:
@@ -188,7 +194,6 @@ def _status(args: argparse.Namespace) -> int:
         for decision in capabilities.get("decisions", []):
             mark = "offered" if decision["offered"] else "MISSING"
             print(f"  {mark:8} {decision['capability']:34} {decision['plan']}")
-    return 0
 
 
 def _sync(args: argparse.Namespace) -> int:
