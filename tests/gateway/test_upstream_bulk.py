@@ -28,7 +28,7 @@ from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream.capabilities import read_capabilities
 from sync.gateway.upstream.config import load_config, set_upstream
-from sync.gateway.upstream.load import import_records
+from sync.gateway.upstream.load import ELEMENTS_STREAM, import_records
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
 from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
@@ -356,6 +356,7 @@ def test_reconciliation_by_id_lists_replaces_the_hourly_export(
     assert counts["written"] == 1 and counts["deleted"] == 1
     assert counts["reconcile_listed"] == 3 and counts["reconcile_fetched"] == 1
     assert "reconcile_filter_ignored" not in counts  # ids and versions only
+    assert w.store.upstream_mark(ELEMENTS_STREAM) == "honoured"  # `upstream status` says so
     assert w.held(SITE_A) == {
         ("Patient", "p"),
         ("Observation", "same-1"),

@@ -32,6 +32,7 @@ from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.upstream_tables import LinkKind
 from sync.gateway.upstream.config import DEFAULT_POLL_S, UpstreamConfig, load_config, set_upstream
 from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.load import ELEMENTS_STREAM
 from sync.gateway.upstream.passes import run_pass
 from sync.gateway.upstream.state import load_state
 from sync.protocol.fhir.vocabulary import ID_RE
@@ -104,6 +105,7 @@ def status_document(data: Path, store: SqlStore) -> dict[str, Any]:
             }
             for q in store.closed_quarantine(CLOSED_SHOWN)
         ],
+        "reconcile_elements": store.upstream_mark(ELEMENTS_STREAM),
         "outbox": store.outbox_counts(),
         "outbox_not_filed": [
             {
@@ -165,13 +167,13 @@ def print_status(data: Path, document: dict[str, Any]) -> None:
             f"{len(closed)} quarantine row(s) closed lately (the last at {closed[0]['cleared']};"
             " --json lists them with their cause)"
         )
-    ignored = (document.get("counts") or {}).get("reconcile_filter_ignored", 0)
-    if ignored:
+    if document.get("reconcile_elements") == "ignored":
         print(
-            f"the last reconciliation listed {ignored} whole record(s): the upstream ignores"
-            " _elements, so the id lists cost as much as whole records (still correct; changed"
-            " records are downloaded twice)"
+            "reconciliation by id lists: the upstream ignores _elements, so its id lists cost"
+            " as much as whole records (still correct; a changed record is downloaded twice)"
         )
+    elif document.get("reconcile_elements") == "honoured":
+        print("reconciliation by id lists: the upstream honours _elements=id,meta")
     outbox = document["outbox"]
     print(
         "notes out: "

@@ -68,6 +68,7 @@ from sync.protocol.fhir.vocabulary import CLINICAL_TYPES, PATIENT
 OVERLAP = dt.timedelta(minutes=5)  # re-read before the mark: commits land out of stamp order
 RECONCILE_INTERVAL = dt.timedelta(hours=1)
 _RECONCILED = "reconciled"
+ELEMENTS_STREAM = "reconcile:elements"  # "honoured" or "ignored": what the last listing met
 
 
 def _import_patients(
@@ -126,6 +127,11 @@ def _mark(store: SqlStore, stream: str) -> dt.datetime | None:
 def _save_mark(store: SqlStore, stream: str, moment: dt.datetime, now: dt.datetime) -> None:
     with store.write():
         store.set_mark_in_tx(stream, moment.isoformat(), now)
+
+
+def _save_text(store: SqlStore, stream: str, text: str, now: dt.datetime) -> None:
+    with store.write():
+        store.set_mark_in_tx(stream, text, now)
 
 
 def _refuse_emptied(store: SqlStore, membership: Membership) -> None:
@@ -261,6 +267,9 @@ def import_records(
         if newest[0] is not None and newest[0] != mark:
             _save_mark(store, stream, newest[0], now)
     if reconcile:
+        if writer.counts["reconcile_listed"]:
+            ignored = writer.counts["reconcile_filter_ignored"] > 0
+            _save_text(store, ELEMENTS_STREAM, "ignored" if ignored else "honoured", now)
         writer.counts["quarantine_closed"] += store.close_unseen_quarantine(now)
         _save_mark(store, _RECONCILED, now, now)
     writer.counts["quarantine_imported"] += store.settle_quarantine_log(now)
