@@ -31,6 +31,7 @@ from sync.gateway.upstream.config import load_config, set_upstream
 from sync.gateway.upstream.load import ELEMENTS_STREAM, import_records
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
+from sync.gateway.upstream.search import keyset_search
 from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
 from tests.support.sekmet_server import SekmetServer, running_sekmet
 from tests.support.sync import DeviceVault, device_view, seed_resources, sync_once, transport_config
@@ -370,3 +371,22 @@ def test_reconciliation_by_id_lists_replaces_the_hourly_export(
         "SELECT json FROM resources WHERE type = 'Observation' AND id = ?", (w.id("edited"),)
     ).fetchone()
     assert orjson.loads(row[0])["valueQuantity"]["value"] == 99.0
+
+
+def test_a_search_capped_by_the_server_is_read_to_the_end(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    """sekmet-fhir returns at most 1,000 entries a page whatever ``_count`` asks, with a
+    ``next`` link: a short page with ``next`` is not the end of a keyset search (a page all
+    of one instant doubles ``_count`` past such a cap; a reconciliation deletes what its
+    listing did not return)."""
+    w = World(tmp_path, sekmet, gw)
+    w.patient("many")
+    sekmet.load([observation(w.id(f"o{i}"), w.id("many"), 60.0) for i in range(1_200)])
+    with open_connection(load_config(w.data)) as connection:
+        pages = list(
+            keyset_search(connection, "Observation", {"patient": f"Patient/{w.id('many')}"},
+                          count=1_500)
+        )  # fmt: skip
+    assert len(pages[0]) == 1_000  # the server's cap
+    assert len({r["id"] for page in pages for r in page}) == 1_200

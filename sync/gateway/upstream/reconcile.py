@@ -40,6 +40,8 @@ from sync.protocol.fhir.paging import last_updated
 PATIENT_CHUNK = 50  # patients per listing (``patient=Patient/a,Patient/b,…``), as ``load``
 FETCH_CHUNK = 100  # ids per whole fetch (``_id=a,b,…``): about 4 KB of query string
 LIST_ELEMENTS = "id,meta"
+LIST_COUNT = 1_000  # entries per listing page (about 400 bytes each); a server that caps
+# ``_count`` lower is read on past its short page as long as it sends a ``next`` link (search)
 _LISTED_KEYS = frozenset({"resourceType", "id", "meta"})
 
 
@@ -87,7 +89,7 @@ def _to_fetch(
     fetch: dict[str, None] = {}
     for chunk in chunks(sorted(patients), PATIENT_CHUNK):
         params = {"patient": ",".join(f"Patient/{p}" for p in chunk), "_elements": LIST_ELEMENTS}
-        for page in keyset_search(connection, rtype, params):
+        for page in keyset_search(connection, rtype, params, count=LIST_COUNT):
             for entry in page:
                 writer.counts["reconcile_listed"] += 1
                 if set(entry) - _LISTED_KEYS:
