@@ -17,7 +17,7 @@ A pass (``import_records``):
    ``patient=`` search in either case; a Group-linked site never loaded by ``$export`` is
    loaded by it (where offered) and is reconciled by id lists afterwards.
 5. a completed reconciliation closes the quarantine rows it did not meet again
-   (``close_quarantine``): every record in scope was just read afresh, so a row not renewed
+   (``close_unseen_quarantine``): every record in scope was just read afresh, so a row not renewed
    is of a record deleted upstream, out of scope, or an export line since superseded.
 
 Invariants:
@@ -125,8 +125,7 @@ def _mark(store: SqlStore, stream: str) -> dt.datetime | None:
 
 
 def _save_mark(store: SqlStore, stream: str, moment: dt.datetime, now: dt.datetime) -> None:
-    with store.write():
-        store.set_mark_in_tx(stream, moment.isoformat(), now)
+    _save_text(store, stream, moment.isoformat(), now)
 
 
 def _save_text(store: SqlStore, stream: str, text: str, now: dt.datetime) -> None:
