@@ -230,3 +230,76 @@ def test_kill_9_while_the_export_job_runs_resumes_that_job_and_imports_each_reco
             store.close()
     finally:
         serving.close()
+
+
+def test_an_unreadable_line_leaves_the_quarantine_once_a_reconciliation_read_it_all_again(
+    tmp_path: Path,
+) -> None:
+    """The export's ``Patient/ndjson-line-2`` stays listed until a later reconciliation has
+    read every record of the site afresh (by id lists): then it is closed ``superseded``, kept
+    in the log, and ``upstream status`` no longer lists it."""
+    good = patient("good", "x")
+    good["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+    obs = observation("obs-good", "good")
+    obs["meta"] = {"versionId": "3", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+    port: list[int] = []
+
+    def bundle(resources: list[dict[str, Any]]) -> bytes:
+        entries = [{"resource": r, "search": {"mode": "match"}} for r in resources]
+        return orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        route = path.split("?")[0].removeprefix(BASE)
+        origin = f"https://127.0.0.1:{port[0]}{BASE}"
+        if route == "/metadata":
+            return 200, JSON, _statement()
+        if route == "/Group/g":
+            group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
+            members = [{"entity": {"reference": "Patient/good"}}]
+            return 200, JSON, orjson.dumps({**group, "member": members})
+        if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
+            return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
+        if route == "/bulk-status/j1":
+            manifest = {
+                "transactionTime": "2026-01-01T00:00:01.000Z",
+                "request": f"{origin}/Group/g/$export",
+                "requiresAccessToken": False,
+                "output": [{"type": "Patient", "url": f"{origin}/bulk-files/j1/Patient.ndjson"}],
+                "error": [],
+            }
+            return 200, JSON, orjson.dumps(manifest)
+        if route == "/bulk-files/j1/Patient.ndjson":
+            return (
+                200,
+                {"Content-Type": "application/fhir+ndjson"},
+                (orjson.dumps(good) + b"\n{not json\n"),
+            )
+        if route == "/Patient":
+            return 200, JSON, bundle([good])
+        if route == "/Observation":
+            return 200, JSON, bundle([obs])
+        if route.count("/") == 1:  # every other type: nothing
+            return 200, JSON, bundle([])
+        return 404, JSON, b"{}"
+
+    data, server, serving = _configure(tmp_path, handler)
+    port.append(server.port)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
+        store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
+        first = dt.datetime.now(dt.UTC)
+        assert run_pass(data, store, now=first, reconcile=True).counts["quarantined"] == 1
+        assert [q.rid for q in store.upstream_quarantine()] == ["ndjson-line-2"]
+        later = first + dt.timedelta(hours=1)
+        counts = run_pass(data, store, now=later, reconcile=True).counts
+        assert counts["exported_sites"] == 0 and counts["quarantine_closed"] == 1
+        assert store.upstream_quarantine() == []
+        closed = store.closed_quarantine()
+        assert [(q.rtype, q.rid, q.cause, q.cleared_at) for q in closed] == [
+            ("Patient", "ndjson-line-2", "superseded", later)
+        ]
+        assert store.read("Observation", "obs-good") is not None
+    finally:
+        store.close()
+        serving.close()
