@@ -93,6 +93,8 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "bad_configuration": "The stored upstream configuration is unreadable: run `upstream set`.",
     "bad_base_url": "The upstream base URL must be https://host[:port][/path], no credentials.",
     "bad_token_url": "The token URL must be https://host[:port][/path], no credentials.",
+    "bad_bulk_origin": "A Bulk Data file origin is https://host[:port] only, another host than"
+    " the base URL's.",
     "ca_required": "Give the upstream's CA with --ca: no other trust store is used.",
     "bad_ca_file": "The CA file holds no PEM certificate.",
     "bad_poll": "The poll interval is out of range (5 to 86400 seconds).",

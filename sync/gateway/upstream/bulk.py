@@ -15,6 +15,11 @@ Invariants:
   ``MAX_LINE_BYTES`` and parsed through ``bounded_json`` (depth and item bounds). A line that
   cannot be read is yielded as such (``BadLine``), with its line number and a reason code, and
   the file goes on: one bad resource never stops an import.
+- A file is read from the upstream's own origin, or from an origin IT named with
+  ``upstream set --bulk-origin`` (a storage host): over its own connection with the same CA,
+  TLS rules, client certificate, redirect refusal and bounds, and never with the bearer token
+  (a storage host that needs it, ``requiresAccessToken: true``, answers 401: ``export_failed``).
+  Any other origin is refused (``origin_refused``).
 - Nothing here logs or keeps record content.
 """
 
@@ -24,10 +29,11 @@ import datetime as dt
 import email.utils
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from sync.gateway.upstream.config import origin_text
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
 from sync.protocol.fhir.bounded_json import MAX_PAGE_DEPTH, BoundedJsonError, loads_bounded
@@ -200,8 +206,37 @@ def ndjson_lines(
         yield number, None if oversized else bytes(buffer)
 
 
+def _files_connection(connection: UpstreamConnection, url: str) -> UpstreamConnection | None:
+    """A connection to the file's origin when it is one IT allowed (``--bulk-origin``) other
+    than the upstream's own: the same configuration (CA, TLS rules, client certificate) with
+    that origin as its only one, no token source, the same lease fence and counters. None: the
+    upstream's own connection reads it (which refuses any origin not allowed)."""
+    try:
+        origin = origin_text(url)
+    except ValueError:
+        return None
+    if origin not in connection.config.bulk_origins:
+        return None
+    files_config = replace(
+        connection.config, base=origin, token_url=None, client_id=None, jwk_file=None
+    )
+    files = UpstreamConnection(files_config)
+    files.fence = connection.fence
+    files.counters = connection.counters
+    return files
+
+
 def read_ndjson(connection: UpstreamConnection, url: str) -> Iterator[dict[str, Any] | BadLine]:
     """Each resource of one NDJSON file, in file order, or a ``BadLine``."""
+    files = _files_connection(connection, url)
+    try:
+        yield from _read_ndjson(files or connection, url)
+    finally:
+        if files is not None:
+            files.close()
+
+
+def _read_ndjson(connection: UpstreamConnection, url: str) -> Iterator[dict[str, Any] | BadLine]:
     with connection.stream(url, headers={"Accept": NDJSON}) as response:
         if response.status in (404, 410):
             raise UpstreamError("export_gone", f"file HTTP {response.status}")

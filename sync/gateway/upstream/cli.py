@@ -53,7 +53,12 @@ def _describe(config: UpstreamConfig) -> str:
         ways.append("client certificate")
     if config.token_url is not None:
         ways.append(f"SMART Backend Services token from {config.token_url} as {config.client_id}")
-    return f"upstream {config.base} (poll every {config.poll_s} s; {', '.join(ways)})"
+    files = (
+        f"; Bulk Data files also from {', '.join(config.bulk_origins)} (without the token)"
+        if config.bulk_origins
+        else ""
+    )
+    return f"upstream {config.base} (poll every {config.poll_s} s; {', '.join(ways)}){files}"
 
 
 def _set(args: argparse.Namespace) -> int:
@@ -67,6 +72,7 @@ def _set(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         jwk_path=args.jwk,
         poll_s=args.poll,
+        bulk_origins=tuple(args.bulk_origin or ()),
     )
     print(f"{_describe(config)} configured; secrets copied into the data folder (0600)")
     print("run `gatehouse-gateway upstream sync` to check the connection now")
@@ -274,6 +280,12 @@ def register(commands: Any) -> None:
     setting.add_argument("--client-id", default=None)
     setting.add_argument("--jwk", default=None, help="private signing key (JWK, RS384/ES384)")
     setting.add_argument("--poll", type=int, default=DEFAULT_POLL_S, help="seconds")
+    setting.add_argument(
+        "--bulk-origin",
+        action="append",
+        default=None,
+        help="https://host[:port] the upstream's Bulk Data files may come from (repeatable)",
+    )
     setting.set_defaults(run=_set)
     status = upstream.add_parser("status", help="configuration, last pass, capabilities")
     status.add_argument("--data", required=True)
