@@ -93,6 +93,8 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "bad_configuration": "The stored upstream configuration is unreadable: run `upstream set`.",
     "bad_base_url": "The upstream base URL must be https://host[:port][/path], no credentials.",
     "bad_token_url": "The token URL must be https://host[:port][/path], no credentials.",
+    "bad_bulk_origin": "A Bulk Data file origin is https://host[:port] only, another host than"
+    " the base URL's.",
     "ca_required": "Give the upstream's CA with --ca: no other trust store is used.",
     "bad_ca_file": "The CA file holds no PEM certificate.",
     "bad_poll": "The poll interval is out of range (5 to 86400 seconds).",
@@ -114,6 +116,8 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "token_refused": "The token server refused the gateway's credentials: check client id and key.",
     "no_capability_statement": "The upstream's metadata is not a readable CapabilityStatement.",
     "bad_upstream_id": "An upstream Group or Organization id is letters, digits, '-' and '.'.",
+    "bad_quarantine_row": "Name one quarantine row as TYPE/ID, as `upstream status` lists it,"
+    " or use --all.",
     "bad_link": "A site links to an upstream group or organization.",
     "unknown_group": "The upstream has no such Group: check `site link`.",
     "unknown_organization": "The upstream Organization id is not valid: check `site link`.",

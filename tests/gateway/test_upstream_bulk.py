@@ -28,9 +28,10 @@ from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream.capabilities import read_capabilities
 from sync.gateway.upstream.config import load_config, set_upstream
-from sync.gateway.upstream.load import import_records
+from sync.gateway.upstream.load import ELEMENTS_STREAM, import_records
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
+from sync.gateway.upstream.search import keyset_search
 from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
 from tests.support.sekmet_server import SekmetServer, running_sekmet
 from tests.support.sync import DeviceVault, device_view, seed_resources, sync_once, transport_config
@@ -175,8 +176,9 @@ def test_group_export_brings_exactly_the_groups_patients_records_to_the_site_lap
     assert w.fed(SITE_A) == Counter({key: 1 for key in expected})
     stored = orjson.loads(w.store.read("Patient", w.id("in")).body)  # type: ignore[union-attr]
     assert stored["managingOrganization"] == {"reference": f"Organization/{SITE_A}"}
-    again = w.sync()  # a reconciliation by a fresh export: nothing new in any feed
-    assert again["exported_sites"] == 1 and again.get("written", 0) == 0
+    again = w.sync()  # a reconciliation, by id lists (no export): nothing new in any feed
+    assert again["exported_sites"] == 0 and again.get("written", 0) == 0
+    assert again["reconcile_listed"] == 2 and "reconcile_fetched" not in again
     assert w.fed(SITE_A) == Counter({key: 1 for key in expected})
 
 
@@ -327,3 +329,64 @@ def test_kill_9_mid_export_then_restart_imports_everything_exactly_once(
         assert set(fed.values()) == {1}  # nothing twice in the laptops' feed
     finally:
         store.close()
+
+
+def test_reconciliation_by_id_lists_replaces_the_hourly_export(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    """A Group site loaded by ``$export`` is reconciled by id lists, never by a fresh export:
+    an edit and a deletion that ``_history`` missed are caught, only the edited record is
+    downloaded whole, and nothing unchanged reaches the feed again. sekmet-fhir honours
+    ``_elements``, so its listing carries ids and versions only."""
+    w = World(tmp_path, sekmet, gw)
+    w.patient("p")
+    for name in ("same-1", "same-2", "edited", "gone"):
+        w.observation(name, "p", 60.0)
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    assert w.sync()["exported_sites"] == 1
+    w.observation("edited", "p", 99.0)
+    sekmet.delete("Observation", w.id("gone"))
+    later = _now() + dt.timedelta(hours=1)  # the history's mark moved past both changes
+    with w.store.write():
+        w.store.set_mark_in_tx("search:Observation", later.isoformat(), _now())
+    missed = w.sync(reconcile=False)
+    assert missed.get("written", 0) == 0 and missed.get("history_deleted", 0) == 0
+    counts = w.sync(reconcile=True)
+    assert counts["exported_sites"] == 0 and "export_files" not in counts
+    assert counts["written"] == 1 and counts["deleted"] == 1
+    assert counts["reconcile_listed"] == 3 and counts["reconcile_fetched"] == 1
+    assert "reconcile_filter_ignored" not in counts  # ids and versions only
+    assert w.store.upstream_mark(ELEMENTS_STREAM) == "honoured"  # `upstream status` says so
+    assert w.held(SITE_A) == {
+        ("Patient", "p"),
+        ("Observation", "same-1"),
+        ("Observation", "same-2"),
+        ("Observation", "edited"),
+    }
+    fed = w.fed(SITE_A)
+    assert fed[("Observation", "same-1")] == 1 and fed[("Observation", "edited")] == 2
+    vault = w.vaults[SITE_A][0]
+    row = vault.connection.execute(
+        "SELECT json FROM resources WHERE type = 'Observation' AND id = ?", (w.id("edited"),)
+    ).fetchone()
+    assert orjson.loads(row[0])["valueQuantity"]["value"] == 99.0
+
+
+def test_a_search_capped_by_the_server_is_read_to_the_end(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    """sekmet-fhir returns at most 1,000 entries a page whatever ``_count`` asks, with a
+    ``next`` link: a short page with ``next`` is not the end of a keyset search (a page all
+    of one instant doubles ``_count`` past such a cap; a reconciliation deletes what its
+    listing did not return)."""
+    w = World(tmp_path, sekmet, gw)
+    w.patient("many")
+    sekmet.load([observation(w.id(f"o{i}"), w.id("many"), 60.0) for i in range(1_200)])
+    with open_connection(load_config(w.data)) as connection:
+        pages = list(
+            keyset_search(connection, "Observation", {"patient": f"Patient/{w.id('many')}"},
+                          count=1_500)
+        )  # fmt: skip
+    assert len(pages[0]) == 1_000  # the server's cap
+    assert len({r["id"] for page in pages for r in page}) == 1_200

@@ -230,3 +230,158 @@ def test_kill_9_while_the_export_job_runs_resumes_that_job_and_imports_each_reco
             store.close()
     finally:
         serving.close()
+
+
+def test_an_unreadable_line_leaves_the_quarantine_once_a_reconciliation_read_it_all_again(
+    tmp_path: Path,
+) -> None:
+    """The export's ``Patient/ndjson-line-2`` stays listed until a later reconciliation has
+    read every record of the site afresh (by id lists): then it is closed ``superseded``, kept
+    in the log, and ``upstream status`` no longer lists it."""
+    good = patient("good", "x")
+    good["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+    obs = observation("obs-good", "good")
+    obs["meta"] = {"versionId": "3", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+    port: list[int] = []
+
+    def bundle(resources: list[dict[str, Any]]) -> bytes:
+        entries = [{"resource": r, "search": {"mode": "match"}} for r in resources]
+        return orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        route = path.split("?")[0].removeprefix(BASE)
+        origin = f"https://127.0.0.1:{port[0]}{BASE}"
+        if route == "/metadata":
+            return 200, JSON, _statement()
+        if route == "/Group/g":
+            group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
+            members = [{"entity": {"reference": "Patient/good"}}]
+            return 200, JSON, orjson.dumps({**group, "member": members})
+        if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
+            return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
+        if route == "/bulk-status/j1":
+            manifest = {
+                "transactionTime": "2026-01-01T00:00:01.000Z",
+                "request": f"{origin}/Group/g/$export",
+                "requiresAccessToken": False,
+                "output": [{"type": "Patient", "url": f"{origin}/bulk-files/j1/Patient.ndjson"}],
+                "error": [],
+            }
+            return 200, JSON, orjson.dumps(manifest)
+        if route == "/bulk-files/j1/Patient.ndjson":
+            return (
+                200,
+                {"Content-Type": "application/fhir+ndjson"},
+                (orjson.dumps(good) + b"\n{not json\n"),
+            )
+        if route == "/Patient":
+            return 200, JSON, bundle([good])
+        if route == "/Observation":
+            return 200, JSON, bundle([obs])
+        if route.count("/") == 1:  # every other type: nothing
+            return 200, JSON, bundle([])
+        return 404, JSON, b"{}"
+
+    data, server, serving = _configure(tmp_path, handler)
+    port.append(server.port)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
+        store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
+        first = dt.datetime.now(dt.UTC)
+        assert run_pass(data, store, now=first, reconcile=True).counts["quarantined"] == 1
+        assert [q.rid for q in store.upstream_quarantine()] == ["ndjson-line-2"]
+        later = first + dt.timedelta(hours=1)
+        counts = run_pass(data, store, now=later, reconcile=True).counts
+        assert counts["exported_sites"] == 0 and counts["quarantine_closed"] == 1
+        assert store.upstream_quarantine() == []
+        closed = store.closed_quarantine()
+        assert [(q.rtype, q.rid, q.cause, q.cleared_at) for q in closed] == [
+            ("Patient", "ndjson-line-2", "superseded", later)
+        ]
+        assert store.read("Observation", "obs-good") is not None
+    finally:
+        store.close()
+        serving.close()
+
+
+def test_bulk_files_on_another_origin_are_read_only_from_one_it_named(tmp_path: Path) -> None:
+    """A manifest whose files are on a storage host: refused (``origin_refused``, nothing asked
+    of that host) until IT names that origin (``upstream set --bulk-origin``); then the files
+    are read from it under the same CA and with the gateway's client certificate (the storage
+    host requires one), never with a bearer token."""
+    good = patient("good", "x")
+    good["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+    pki = make_test_pki(tmp_path / "pki")
+    storage_asked: list[dict[str, str]] = []
+
+    def storage(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        storage_asked.append(headers)
+        if path == "/files/Patient.ndjson":
+            return 200, {"Content-Type": "application/fhir+ndjson"}, orjson.dumps(good)
+        return 404, JSON, b"{}"
+
+    store_server = RawTlsServer(
+        server_context(pki.server_cert_path, pki.server_key_path, pki.ca_path), storage
+    )
+    store_serving = store_server.serve()
+    next(store_serving)
+    files_origin = f"https://127.0.0.1:{store_server.port}"
+    port: list[int] = []
+
+    def upstream(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        route = path.split("?")[0].removeprefix(BASE)
+        origin = f"https://127.0.0.1:{port[0]}{BASE}"
+        if route == "/metadata":
+            return 200, JSON, _statement()
+        if route == "/Group/g":
+            group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
+            return (
+                200,
+                JSON,
+                orjson.dumps({**group, "member": [{"entity": {"reference": "Patient/good"}}]}),
+            )
+        if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
+            return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
+        if route == "/bulk-status/j1":
+            manifest = {
+                "transactionTime": "2026-01-01T00:00:01.000Z",
+                "request": f"{origin}/Group/g/$export",
+                "requiresAccessToken": False,
+                "output": [{"type": "Patient", "url": f"{files_origin}/files/Patient.ndjson"}],
+                "error": [],
+            }
+            return 200, JSON, orjson.dumps(manifest)
+        return 404, JSON, b"{}"
+
+    server = RawTlsServer(server_context(pki.server_cert_path, pki.server_key_path, None), upstream)
+    serving = server.serve()
+    next(serving)
+    port.append(server.port)
+    data = gateway_data(tmp_path)
+    creds = pki.device("gw", "upstream")
+    settings: dict[str, Any] = {
+        "base": f"https://127.0.0.1:{server.port}{BASE}",
+        "ca": str(pki.ca_path),
+        "cert": str(creds.cert_path),
+        "key": str(creds.key_path),
+    }
+    set_upstream(data, **settings)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
+        store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
+        with pytest.raises(UpstreamError) as refused:
+            run_pass(data, store, reconcile=True)
+        assert refused.value.reason == "origin_refused" and storage_asked == []
+        with pytest.raises(UpstreamError) as bad:
+            set_upstream(data, **settings, bulk_origins=(f"{files_origin}/files",))
+        assert bad.value.reason == "bad_bulk_origin"  # an origin, not a URL with a path
+        set_upstream(data, **settings, bulk_origins=(files_origin,))
+        counts = run_pass(data, store, reconcile=True).counts
+        assert counts["export_files"] == 1 and store.read("Patient", "good") is not None
+        assert len(storage_asked) == 1 and "authorization" not in storage_asked[0]
+    finally:
+        store.close()
+        serving.close()
+        store_serving.close()

@@ -4,7 +4,9 @@ into the real gateway and on to a real laptop vault over the laptop's own sync."
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
+from sync.gateway import datadir
 from sync.gateway.store.sql import SqlStore
+from sync.gateway.store.sqlite import SqliteStore
+from sync.gateway.upstream.cli import print_status, status_document
 from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import run_pass
@@ -339,3 +344,148 @@ def test_an_upstream_without_bulk_export_or_history_is_read_by_search(
     assert "_lastUpdated keyset" in plans["Observation:history-type"].plan
     w.observation("obs", "p", 80.0)
     assert w.sync(reconcile=False)["written"] == 1  # the change, by keyset search
+
+
+def _skip_mark(w: World, rtype: str) -> None:
+    """The incremental read's high-water mark moved past what changed (commits landing out of
+    stamp order beyond the overlap): the next incremental pass misses those changes."""
+    later = _now() + dt.timedelta(hours=1)
+    with w.store.write():
+        w.store.set_mark_in_tx(f"search:{rtype}", later.isoformat(), _now())
+
+
+def test_reconciliation_by_id_lists_catches_what_the_incremental_pass_missed(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    """An edit and a deletion the incremental pass missed are caught by the reconciliation,
+    which fetches whole only the edited record and writes nothing unchanged again. Medplum
+    ignores ``_elements`` (it lists whole records): still correct, and said so."""
+    w = World(tmp_path, medplum, gw)
+    w.patient("p")
+    for name in ("same-1", "same-2", "edited", "gone"):
+        w.observation(name, "p", 60.0)
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    w.sync()
+    assert len(w.held(SITE_A)) == 5
+    w.observation("edited", "p", 99.0)
+    medplum.delete("Observation", w.id("gone"))
+    _skip_mark(w, "Observation")
+    missed = w.sync(reconcile=False)
+    assert missed.get("written", 0) == 0 and missed.get("deleted", 0) == 0
+    counts = w.sync(reconcile=True)
+    assert counts["written"] == 1 and counts["deleted"] == 1
+    assert counts["reconcile_listed"] == 3  # ids and versions of the patient's Observations
+    assert counts["reconcile_fetched"] == 1  # only the edited one was downloaded whole again
+    assert counts["reconcile_filter_ignored"] == 3  # Medplum 4.5.2 ignores _elements
+    assert w.held(SITE_A) == {
+        ("Patient", "p"),
+        ("Observation", "same-1"),
+        ("Observation", "same-2"),
+        ("Observation", "edited"),
+    }
+    vault = w.vaults[SITE_A][0]
+    row = vault.connection.execute(
+        "SELECT json FROM resources WHERE type = 'Observation' AND id = ?", (w.id("edited"),)
+    ).fetchone()
+    assert orjson.loads(row[0])["valueQuantity"]["value"] == 99.0
+    unchanged = w.store.read("Observation", w.id("same-1"))
+    assert unchanged is not None and unchanged.version_id == 1  # never written again
+    w.sync(reconcile=False)  # said until the next reconciliation, not only after one
+    assert "the upstream ignores _elements" in _status(w)[0]
+
+
+def _status(w: World) -> tuple[str, dict[str, Any]]:
+    """``upstream status`` of ``w``'s gateway: in words, and its ``--json`` document."""
+    document = status_document(w.data, w.store)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_status(w.data, document)
+    return out.getvalue(), orjson.loads(orjson.dumps(document))
+
+
+def test_quarantine_lists_open_rows_only_and_keeps_when_each_closed(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    """A quarantined record that later imports cleanly leaves the list (closed ``imported``);
+    one deleted upstream leaves it at the next reconciliation (``gone``); IT clears the rest
+    by TYPE/ID or ``--all`` (``cleared_by_it``); ``status --json`` keeps when and why."""
+    w = World(tmp_path, medplum, gw)
+    w.patient("p")
+    for name in ("fixed", "deleted", "kept"):  # an Observation without status is invalid
+        bad = observation(w.id(name), w.id("p"), 60.0)
+        bad.pop("status")
+        medplum.put(bad)
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    assert w.sync()["quarantined"] == 3
+    opened = {q.rid for q in w.store.upstream_quarantine()}
+    assert {w.id("fixed"), w.id("deleted"), w.id("kept")} <= opened
+    w.observation("fixed", "p", 61.0)  # the upstream corrects it
+    medplum.delete("Observation", w.id("deleted"))
+    counts = w.sync(reconcile=True)
+    assert {q.rid for q in w.store.upstream_quarantine()} & opened == {w.id("kept")}
+    assert counts["written"] == 1 and counts["quarantine_imported"] == 1
+    assert counts["quarantine_closed"] == 1
+    closed = {q.rid: q.cause for q in w.store.closed_quarantine()}
+    assert closed[w.id("fixed")] == "imported" and closed[w.id("deleted")] == "gone"
+    words, document = _status(w)
+    assert f"Observation/{w.id('kept')}" in words and w.id("deleted") not in words
+    assert {q["id"] for q in document["quarantine"]} & opened == {w.id("kept")}
+    causes = {q["id"]: q["cause"] for q in document["quarantine_closed"]}
+    assert causes[w.id("fixed")] == "imported" and causes[w.id("deleted")] == "gone"
+    assert w.store.clear_quarantine(_now(), "Observation", w.id("kept")) == 1  # IT's TYPE/ID
+    assert w.id("kept") not in {q.rid for q in w.store.upstream_quarantine()}
+    assert {q.rid: q.cause for q in w.store.closed_quarantine()}[w.id("kept")] == "cleared_by_it"
+    assert w.sync(reconcile=True)["quarantined"] == 1  # still bad upstream: listed again
+    assert w.id("kept") in {q.rid for q in w.store.upstream_quarantine()}
+
+
+def test_quarantine_clear_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = gateway_data(tmp_path)
+    store = SqliteStore(data / datadir.DATABASE)
+    try:
+        with store.write():
+            for rid in ("a", "b", "c"):
+                store.quarantine_in_tx("Observation", rid, "invalid_value", "$", _now())
+    finally:
+        store.close()
+    run = ("upstream", "quarantine", "clear", "--data", str(data))
+    assert gateway_cli(*run, "Observation/a") == 0
+    assert "1 quarantine row(s) cleared" in capsys.readouterr().out
+    assert gateway_cli(*run, "nonsense") == 2
+    assert "(bad_quarantine_row)" in capsys.readouterr().err
+    assert gateway_cli(*run, "--all") == 0
+    assert "2 quarantine row(s) cleared" in capsys.readouterr().out
+    store = SqliteStore(data / datadir.DATABASE)
+    try:
+        assert store.upstream_quarantine() == []
+        assert sorted(q.rid for q in store.closed_quarantine()) == ["a", "b", "c"]
+    finally:
+        store.close()
+
+
+def test_an_export_line_quarantined_before_a_completed_reconciliation_is_superseded(
+    tmp_path: Path, medplum: MedplumServer, gw: Gateway
+) -> None:
+    """An unreadable NDJSON line (``<type>/ndjson-line-<n>``, as an export quarantines it) is
+    closed ``superseded`` once a later reconciliation has read every record in scope afresh;
+    a record naming no patient (never listed by patient) stays open."""
+    w = World(tmp_path, medplum, gw)
+    w.patient("p")
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    earlier = _now() - dt.timedelta(hours=2)
+    line = f"ndjson-line-{w.n}"
+    orphan = w.id("orphan")
+    with w.store.write():
+        w.store.quarantine_in_tx("Observation", line, "ndjson_unreadable", "$", earlier)
+        w.store.quarantine_in_tx("Observation", orphan, "missing_patient_reference", "$", earlier)
+    w.sync(reconcile=False)  # an incremental pass proves nothing about the line
+    assert {line, orphan} <= {q.rid for q in w.store.upstream_quarantine()}
+    w.sync(reconcile=True)
+    still = {q.rid for q in w.store.upstream_quarantine()}
+    assert line not in still and orphan in still
+    assert {q.rid: q.cause for q in w.store.closed_quarantine()}[line] == "superseded"

@@ -16,6 +16,11 @@ Invariants:
   screening worker (``screening``). A line that cannot be read is yielded as such
   (``BadLine``), with its line number and a reason code, and the file goes on: one bad
   resource never stops an import.
+- A file is read from the upstream's own origin, or from an origin IT named with
+  ``upstream set --bulk-origin`` (a storage host): over its own connection with the same CA,
+  TLS rules, client certificate, redirect refusal and bounds, and never with the bearer token
+  (a storage host that needs it, ``requiresAccessToken: true``, answers 401: ``export_failed``).
+  Any other origin is refused (``origin_refused``).
 - Nothing here logs or keeps record content.
 """
 
@@ -26,10 +31,11 @@ import email.utils
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from sync.gateway.upstream.config import origin_text
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.screening import BadLine, Line, screened
@@ -197,11 +203,42 @@ def ndjson_lines(
         yield number, None if oversized else bytes(buffer)
 
 
+def _files_connection(connection: UpstreamConnection, url: str) -> UpstreamConnection | None:
+    """A connection to the file's origin when it is one IT allowed (``--bulk-origin``) other
+    than the upstream's own: the same configuration (CA, TLS rules, client certificate) with
+    that origin as its only one, no token source, the same lease fence and counters. None: the
+    upstream's own connection reads it (which refuses any origin not allowed)."""
+    try:
+        origin = origin_text(url)
+    except ValueError:
+        return None
+    if origin not in connection.config.bulk_origins:
+        return None
+    files_config = replace(
+        connection.config, base=origin, token_url=None, client_id=None, jwk_file=None
+    )
+    files = UpstreamConnection(files_config)
+    files.fence = connection.fence
+    files.counters = connection.counters
+    return files
+
+
 def read_ndjson(
     connection: UpstreamConnection, url: str, pool: ProcessPoolExecutor | None = None
 ) -> Iterator[Line | BadLine]:
     """Each resource of one NDJSON file, in file order, or a ``BadLine``; with ``pool``,
     parsed and validated in its worker (``screening``)."""
+    files = _files_connection(connection, url)
+    try:
+        yield from _read_ndjson(files or connection, url, pool)
+    finally:
+        if files is not None:
+            files.close()
+
+
+def _read_ndjson(
+    connection: UpstreamConnection, url: str, pool: ProcessPoolExecutor | None
+) -> Iterator[Line | BadLine]:
     with connection.stream(url, headers={"Accept": NDJSON}) as response:
         if response.status in (404, 410):
             raise UpstreamError("export_gone", f"file HTTP {response.status}")

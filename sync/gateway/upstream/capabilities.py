@@ -54,8 +54,8 @@ class UpstreamCapabilities:
             Decision(
                 "bulk-export:Group",
                 self.group_export,
-                "Group-linked sites: initial load and hourly reconciliation by "
-                "Group/[id]/$export (NDJSON, streamed); Organization-linked sites by search"
+                "Group-linked sites: initial load by Group/[id]/$export (NDJSON, streamed), "
+                "hourly reconciliation by id lists; Organization-linked sites by search"
                 if self.group_export
                 else "initial load by paged search per type and patient (_lastUpdated keyset)",
             )

@@ -7,6 +7,11 @@ Invariants:
   codes), the linked sites, the last import's counts and every quarantined resource (type,
   id, reason code, JSON path: never its content); ``sync`` runs one pass now (with a
   reconciliation) and exits 2 with one line when it fails.
+- The quarantine ``status`` lists is the open rows only (a record that since imported cleanly,
+  or that a completed reconciliation no longer meets, has left it; ``load``); ``--json`` adds
+  the last ``CLOSED_SHOWN`` closed rows with when and why. ``upstream quarantine clear
+  (TYPE/ID | --all)`` closes rows IT has dealt with (cause ``cleared_by_it``); a record still
+  bad upstream is quarantined again by the next pass that reads it.
 - ``site link SITE (--group ID | --organization ID)`` links a known site to one upstream Group
   or Organization (a second link replaces the first).
 """
@@ -27,9 +32,12 @@ from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.upstream_tables import LinkKind
 from sync.gateway.upstream.config import DEFAULT_POLL_S, UpstreamConfig, load_config, set_upstream
 from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.load import ELEMENTS_STREAM
 from sync.gateway.upstream.passes import run_pass
 from sync.gateway.upstream.state import load_state
 from sync.protocol.fhir.vocabulary import ID_RE
+
+CLOSED_SHOWN = 100  # closed quarantine rows in ``status --json``, the most recent first
 
 
 def _initialised(args: argparse.Namespace) -> Path:
@@ -45,7 +53,12 @@ def _describe(config: UpstreamConfig) -> str:
         ways.append("client certificate")
     if config.token_url is not None:
         ways.append(f"SMART Backend Services token from {config.token_url} as {config.client_id}")
-    return f"upstream {config.base} (poll every {config.poll_s} s; {', '.join(ways)})"
+    files = (
+        f"; Bulk Data files also from {', '.join(config.bulk_origins)} (without the token)"
+        if config.bulk_origins
+        else ""
+    )
+    return f"upstream {config.base} (poll every {config.poll_s} s; {', '.join(ways)}){files}"
 
 
 def _set(args: argparse.Namespace) -> int:
@@ -59,6 +72,7 @@ def _set(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         jwk_path=args.jwk,
         poll_s=args.poll,
+        bulk_origins=tuple(args.bulk_origin or ()),
     )
     print(f"{_describe(config)} configured; secrets copied into the data folder (0600)")
     print("run `gatehouse-gateway upstream sync` to check the connection now")
@@ -75,7 +89,7 @@ def _open_store(data: Path, args: argparse.Namespace) -> SqlStore:
     return store
 
 
-def _status_document(data: Path, store: SqlStore) -> dict[str, Any]:
+def status_document(data: Path, store: SqlStore) -> dict[str, Any]:
     config = load_config(data)
     return {
         "configuration": config.to_json(),
@@ -87,6 +101,17 @@ def _status_document(data: Path, store: SqlStore) -> dict[str, Any]:
             {"type": q.rtype, "id": q.rid, "reason": q.reason, "path": q.path}
             for q in store.upstream_quarantine()
         ],
+        "quarantine_closed": [
+            {
+                "type": q.rtype,
+                "id": q.rid,
+                "reason": q.reason,
+                "cleared": q.cleared_at.isoformat(),
+                "cause": q.cause,
+            }
+            for q in store.closed_quarantine(CLOSED_SHOWN)
+        ],
+        "reconcile_elements": store.upstream_mark(ELEMENTS_STREAM),
         "outbox": store.outbox_counts(),
         "outbox_not_filed": [
             {
@@ -108,16 +133,22 @@ def _status(args: argparse.Namespace) -> int:
     data = _initialised(args)
     store = _open_store(data, args)
     try:
-        document = _status_document(data, store)
+        document = status_document(data, store)
     finally:
         store.close()
     if args.json:
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
+    print_status(data, document)
+    return 0
+
+
+def print_status(data: Path, document: dict[str, Any]) -> None:
+    """``upstream status`` in words, from its JSON document."""
     print(_describe(load_config(data)))
     if "last_attempt" not in document:
         print("no pass has run yet: run `gatehouse-gateway upstream sync`")
-        return 0
+        return
     if document.get("last_outcome") == "ok":
         print(f"last pass {document['last_attempt']}: ok")
     else:
@@ -136,6 +167,19 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{len(quarantine)} upstream resource(s) quarantined (not imported):")
         for q in quarantine:
             print(f"  {q['type']}/{q['id']}: {q['reason']} at {q['path']}")
+    closed = document["quarantine_closed"]
+    if closed:
+        print(
+            f"{len(closed)} quarantine row(s) closed lately (the last at {closed[0]['cleared']};"
+            " --json lists them with their cause)"
+        )
+    if document.get("reconcile_elements") == "ignored":
+        print(
+            "reconciliation by id lists: the upstream ignores _elements, so its id lists cost"
+            " as much as whole records (still correct; a changed record is downloaded twice)"
+        )
+    elif document.get("reconcile_elements") == "honoured":
+        print("reconciliation by id lists: the upstream honours _elements=id,meta")
     outbox = document["outbox"]
     print(
         "notes out: "
@@ -158,7 +202,6 @@ def _status(args: argparse.Namespace) -> int:
         for decision in capabilities.get("decisions", []):
             mark = "offered" if decision["offered"] else "MISSING"
             print(f"  {mark:8} {decision['capability']:34} {decision['plan']}")
-    return 0
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -191,6 +234,25 @@ def _retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quarantine_clear(args: argparse.Namespace) -> int:
+    data = _initialised(args)
+    if args.all:
+        rtype, rid = None, ""
+    else:
+        rtype, _, rid = str(args.resource).partition("/")
+        if not rtype or not rid:
+            raise UpstreamError("bad_quarantine_row")
+    store = _open_store(data, args)
+    try:
+        cleared = store.clear_quarantine(dt.datetime.now(dt.UTC), rtype, rid)
+    finally:
+        store.close()
+    print(f"{cleared} quarantine row(s) cleared (kept in the log as cleared_by_it)")
+    if cleared == 0 and rtype is not None:
+        print("no open quarantine row has that TYPE/ID: see `gatehouse-gateway upstream status`")
+    return 0
+
+
 def site_link(args: argparse.Namespace, store: Any) -> int:
     """``site link SITE (--group ID | --organization ID)`` (registered by ``admin_cli``)."""
     if not isinstance(store, SqlStore):  # pragma: no cover - every store is one today
@@ -218,6 +280,12 @@ def register(commands: Any) -> None:
     setting.add_argument("--client-id", default=None)
     setting.add_argument("--jwk", default=None, help="private signing key (JWK, RS384/ES384)")
     setting.add_argument("--poll", type=int, default=DEFAULT_POLL_S, help="seconds")
+    setting.add_argument(
+        "--bulk-origin",
+        action="append",
+        default=None,
+        help="https://host[:port] the upstream's Bulk Data files may come from (repeatable)",
+    )
     setting.set_defaults(run=_set)
     status = upstream.add_parser("status", help="configuration, last pass, capabilities")
     status.add_argument("--data", required=True)
@@ -235,3 +303,15 @@ def register(commands: Any) -> None:
     which.add_argument("--seq", type=int, default=None, help="one outbox row (see status)")
     which.add_argument("--all", action="store_true", help="every held row")
     retry.set_defaults(run=_retry)
+    quarantine = upstream.add_parser(
+        "quarantine", help="upstream records the import set aside"
+    ).add_subparsers(dest="quarantine_command", required=True)
+    clear = quarantine.add_parser(
+        "clear", help="close quarantine rows IT has dealt with (a later import reopens them)"
+    )
+    clear.add_argument("--data", required=True)
+    clear.add_argument("--database", default=None, help="postgresql://… URL")
+    one = clear.add_mutually_exclusive_group(required=True)
+    one.add_argument("resource", nargs="?", default=None, help="TYPE/ID, as status lists it")
+    one.add_argument("--all", action="store_true", help="every open row")
+    clear.set_defaults(run=_quarantine_clear)

@@ -14,7 +14,8 @@ Invariants:
   file holds at least one PEM certificate (it is the ONLY trust anchor: the system store and
   ``REQUESTS_CA_BUNDLE`` are never used, NW-2); a certificate and key are given together and
   match; a token URL, client id and JWK are given together and the JWK is an RS384 or ES384
-  private key; at least one way of authenticating (certificate or token) is configured.
+  private key; at least one way of authenticating (certificate or token) is configured; a
+  Bulk Data file origin (``--bulk-origin``) is ``https://host[:port]`` only, not the base's.
 - Nothing here prints or logs key material.
 """
 
@@ -59,6 +60,9 @@ class UpstreamConfig:
     token_url: str | None
     client_id: str | None
     jwk_file: Path | None
+    # Origins (``https://host:port``) IT allows Bulk Data files to be read from besides the
+    # base URL's (a storage host); same CA, TLS rules and client certificate, never the token.
+    bulk_origins: tuple[str, ...] = ()
 
     @property
     def uses_token(self) -> bool:
@@ -72,6 +76,7 @@ class UpstreamConfig:
             "client_certificate": self.cert_file is not None,
             "token_url": self.token_url,
             "client_id": self.client_id,
+            "bulk_origins": list(self.bulk_origins),
         }
 
 
@@ -98,6 +103,24 @@ def check_https_url(url: str, *, what: str) -> str:
     ):
         raise UpstreamError(f"bad_{what}_url")
     return url.rstrip("/")
+
+
+def origin_text(url: str) -> str:
+    """``https://host:port`` (host lower case, port explicit) of a URL already checked."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or 443}"
+
+
+def check_bulk_origin(url: str, base: str) -> str:
+    """An origin for Bulk Data files: ``https://host[:port]`` and nothing more, not the base's
+    own; else ``UpstreamError("bad_bulk_origin")``."""
+    try:
+        checked = check_https_url(url, what="bulk_origin")
+    except UpstreamError:
+        raise UpstreamError("bad_bulk_origin") from None
+    if urlsplit(checked).path not in ("", "/") or origin_text(checked) == origin_text(base):
+        raise UpstreamError("bad_bulk_origin")
+    return origin_text(checked)
 
 
 def _read(path: str) -> bytes:
@@ -135,9 +158,11 @@ def set_upstream(
     client_id: str | None = None,
     jwk_path: str | None = None,
     poll_s: int = DEFAULT_POLL_S,
+    bulk_origins: tuple[str, ...] = (),
 ) -> UpstreamConfig:
     """Check everything, then copy the secrets into ``data/upstream`` and write the config."""
     base = check_https_url(base, what="base")
+    origins = tuple(sorted({check_bulk_origin(o, base) for o in bulk_origins}))
     if ca is None:
         raise UpstreamError("ca_required")
     if not MIN_POLL_S <= poll_s <= MAX_POLL_S:
@@ -174,6 +199,7 @@ def set_upstream(
         "poll_seconds": poll_s,
         "token_url": token_url,
         "client_id": client_id,
+        "bulk_origins": list(origins),
     }
     atomic_write(where / CONFIG, orjson.dumps(document, option=orjson.OPT_INDENT_2))
     return load_config(data)
@@ -201,4 +227,14 @@ def load_config(data: Path) -> UpstreamConfig:
         token_url=str(token_url) if token_url else None,
         client_id=str(document["client_id"]) if token_url else None,
         jwk_file=where / SIGNING_KEY if token_url else None,
+        bulk_origins=_origins(document.get("bulk_origins")),
     )
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """The stored Bulk Data file origins (absent in a configuration from before them)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(o, str) for o in value):
+        raise UpstreamError("bad_configuration")
+    return tuple(value)

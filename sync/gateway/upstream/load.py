@@ -9,11 +9,16 @@ A pass (``import_records``):
    behaviour: the old site's laptops purge after their unsent work is sent);
 3. patients who left every linked site: deleted here with the records imported for them;
 4. clinical records per type: a **reconciliation** (the first pass, ``upstream sync``, and
-   every ``RECONCILE_INTERVAL``) searches per type by patient (``patient=`` in chunks,
-   ``_lastUpdated`` keyset) and deletes here what upstream no longer has; otherwise an
-   **incremental** search per type from the high-water mark less ``OVERLAP``, plus the full
-   by-patient search for patients new to the gateway. (The upstream's ``_history`` and Bulk
-   ``$export`` are not used yet: see docs/deploy.md.)
+   every ``RECONCILE_INTERVAL``) compares id lists (``reconcile.reconcile_type``: ids and
+   versions listed by patient, only new or changed records fetched whole by ``_id``) and
+   deletes here what upstream no longer has; otherwise an **incremental** read per type
+   (``_history``, ``$export?_since`` or a ``_lastUpdated`` keyset search from the high-water
+   mark less ``OVERLAP``). Patients new to the gateway have their records read whole by
+   ``patient=`` search in either case; a Group-linked site never loaded by ``$export`` is
+   loaded by it (where offered) and is reconciled by id lists afterwards.
+5. a completed reconciliation closes the quarantine rows it did not meet again
+   (``close_unseen_quarantine``): every record in scope was just read afresh, so a row not renewed
+   is of a record deleted upstream, out of scope, or an export line since superseded.
 
 Invariants:
 - Every resource goes through the same strict validator as a laptop's push
@@ -33,13 +38,17 @@ Invariants:
   resources are rewritten back to the gateway's ids.
 - A linked site whose membership reads as empty while the gateway holds patients for it is
   refused (``membership_emptied``) rather than purge a whole prison on a misconfigured Group.
+- The quarantine lists open rows only: a row leaves it when its record imports cleanly, when
+  a completed reconciliation does not meet it again (except ``missing_patient_reference``: a
+  record naming no patient is never listed by patient, so it waits for its import or for IT),
+  or when IT clears it; ``upstream_quarantine_log`` keeps when and why.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sync.gateway.store.sql import SqlStore
@@ -50,20 +59,16 @@ from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.exports import ExportResult, export_group, last_export
 from sync.gateway.upstream.history import read_history
 from sync.gateway.upstream.membership import Membership, read_membership
+from sync.gateway.upstream.reconcile import PATIENT_CHUNK, chunks, reconcile_type
 from sync.gateway.upstream.search import keyset_search
 from sync.gateway.upstream.writer import ImportWriter, offer_page
 from sync.protocol.fhir.validate import parse_instant
 from sync.protocol.fhir.vocabulary import CLINICAL_TYPES, PATIENT
 
-PATIENT_CHUNK = 50  # patients per by-patient search (``patient=Patient/a,Patient/b,…``)
 OVERLAP = dt.timedelta(minutes=5)  # re-read before the mark: commits land out of stamp order
 RECONCILE_INTERVAL = dt.timedelta(hours=1)
 _RECONCILED = "reconciled"
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
+ELEMENTS_STREAM = "reconcile:elements"  # "honoured" or "ignored": what the last listing met
 
 
 def _import_patients(
@@ -71,7 +76,7 @@ def _import_patients(
 ) -> set[str]:
     """Write the members' Patients; return the ids upstream returned."""
     found: set[str] = set()
-    for chunk in _chunks(sorted(membership.site_of), PATIENT_CHUNK):
+    for chunk in chunks(sorted(membership.site_of), PATIENT_CHUNK):
         for page in keyset_search(connection, PATIENT, {"_id": ",".join(chunk)}):
             for patient in page:
                 pid = str(patient.get("id"))
@@ -104,7 +109,7 @@ def _by_patient(
     newest: list[Any],
 ) -> set[str]:
     seen: set[str] = set()
-    for chunk in _chunks(sorted(patients), PATIENT_CHUNK):
+    for chunk in chunks(sorted(patients), PATIENT_CHUNK):
         params = {"patient": ",".join(f"Patient/{p}" for p in chunk)}
         for page in keyset_search(connection, rtype, params):
             seen |= offer_page(writer, page, site_of, newest)
@@ -120,8 +125,12 @@ def _mark(store: SqlStore, stream: str) -> dt.datetime | None:
 
 
 def _save_mark(store: SqlStore, stream: str, moment: dt.datetime, now: dt.datetime) -> None:
+    _save_text(store, stream, moment.isoformat(), now)
+
+
+def _save_text(store: SqlStore, stream: str, text: str, now: dt.datetime) -> None:
     with store.write():
-        store.set_mark_in_tx(stream, moment.isoformat(), now)
+        store.set_mark_in_tx(stream, text, now)
 
 
 def _refuse_emptied(store: SqlStore, membership: Membership) -> None:
@@ -172,13 +181,13 @@ def _export_sites(
     writer: ImportWriter,
     links: Sequence[SiteLink],
     membership: Membership,
-    reconcile: bool,
 ) -> dict[str, ExportResult]:
-    """Full ``Group/[id]/$export`` of every Group-linked site never loaded by export, or all
-    of them at a reconciliation; a site whose kick-off is refused is searched instead."""
+    """Full ``Group/[id]/$export`` of every Group-linked site never loaded by export (its
+    initial load; its reconciliations are by id lists); a site whose kick-off is refused is
+    searched instead."""
     exported: dict[str, ExportResult] = {}
     for link in links:
-        if link.kind != "group" or not (reconcile or last_export(writer, link.ref) is None):
+        if link.kind != "group" or last_export(writer, link.ref) is not None:
             continue
         try:
             exported[link.site] = export_group(connection, writer, link, membership.site_of)
@@ -201,17 +210,30 @@ def import_records(
     links = store.site_links()
     if not links:
         return {"site_links": 0}
+    writer = ImportWriter(store, now)
+    try:
+        return _import_pass(connection, store, writer, links, now, reconcile, capabilities)
+    finally:
+        writer.abandon()  # a pass that failed: its last batch is done before the lease goes
+
+
+def _import_pass(
+    connection: UpstreamConnection,
+    store: SqlStore,
+    writer: ImportWriter,
+    links: Sequence[SiteLink],
+    now: dt.datetime,
+    reconcile: bool | None,
+    capabilities: UpstreamCapabilities | None,
+) -> dict[str, int]:
     membership = read_membership(connection, links, now)
     _refuse_emptied(store, membership)
-    writer = ImportWriter(store, now)
     before = set(writer.held(PATIENT))
     last = _mark(store, _RECONCILED)
     if reconcile is None:
         reconcile = last is None or now - last >= RECONCILE_INTERVAL
     group_export = capabilities is not None and capabilities.group_export
-    exported = (
-        _export_sites(connection, writer, links, membership, reconcile) if group_export else {}
-    )
+    exported = _export_sites(connection, writer, links, membership) if group_export else {}
     searched = Membership({p: s for p, s in membership.site_of.items() if s not in exported})
     found = _import_patients(connection, writer, searched)
     for result in exported.values():
@@ -221,6 +243,7 @@ def import_records(
     site_of = {p: s for p, s in membership.site_of.items() if p in found and p in held}
     by_search = {p: s for p, s in site_of.items() if s not in exported}
     newcomers = sorted(set(by_search) - before)
+    known = sorted(set(by_search) & before)  # reconciled by id lists
     loaded_at = min((r.transaction_time for r in exported.values()), default=None)
     no_history = tuple(t for t in CLINICAL_TYPES if not _history(capabilities, t))
     by_export_since: tuple[str, ...] = ()
@@ -237,7 +260,8 @@ def import_records(
         mark = _mark(store, stream)
         newest: list[Any] = [mark]
         if reconcile or mark is None:
-            seen = _by_patient(connection, writer, rtype, sorted(by_search), site_of, newest)
+            seen = _by_patient(connection, writer, rtype, newcomers, site_of, newest)
+            seen |= reconcile_type(connection, writer, rtype, known, site_of, newest)
             for result in exported.values():
                 seen |= result.seen[rtype]
             writer.flush()
@@ -257,7 +281,12 @@ def import_records(
         if newest[0] is not None and newest[0] != mark:
             _save_mark(store, stream, newest[0], now)
     if reconcile:
+        if writer.counts["reconcile_listed"]:
+            ignored = writer.counts["reconcile_filter_ignored"] > 0
+            _save_text(store, ELEMENTS_STREAM, "ignored" if ignored else "honoured", now)
+        writer.counts["quarantine_closed"] += store.close_unseen_quarantine(now)
         _save_mark(store, _RECONCILED, now, now)
+    writer.counts["quarantine_imported"] += store.settle_quarantine_log(now)
     counts = dict(writer.counts)
     counts.update(
         site_links=len(links),

@@ -7,6 +7,10 @@ Invariants:
   skipped, so a page boundary inside one instant neither loses nor repeats a resource. A page
   made entirely of one instant is asked again with a doubled ``_count`` (up to ``MAX_COUNT``;
   beyond it the search fails with ``keyset_stuck`` rather than skip anything).
+- A page shorter than asked ends the search only when the Bundle has no ``next`` link: a
+  server that caps ``_count`` (sekmet-fhir 0.1.1 returns at most 1,000, with a ``next``
+  link) is read on from the page's newest instant, never taken as "no more" (a reconciliation
+  deletes what a search did not return).
 - A page is read through the size/depth bounds of ``sync.protocol.fhir.bounded_json``; a
   refused search is ``UpstreamError("search_refused")``. Resources are yielded as the server
   sent them: validation is the caller's (``load``), so one bad resource never stops a page.
@@ -22,7 +26,7 @@ from urllib.parse import urlencode
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
 from sync.protocol.fhir.bounded_json import MAX_PAGE_DEPTH, BoundedJsonError, loads_bounded
-from sync.protocol.fhir.paging import fhir_instant, last_updated
+from sync.protocol.fhir.paging import bundle_link, fhir_instant, last_updated
 
 FHIR_JSON = "application/fhir+json"
 PAGE_COUNT = 200
@@ -52,13 +56,20 @@ def get_json(connection: UpstreamConnection, path: str) -> tuple[int, Any]:
         return response.status, None
 
 
-def search_page(
+def _search(
     connection: UpstreamConnection, rtype: str, query: Mapping[str, str]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page's matches, and whether the server says more follow (a ``next`` link)."""
     status, bundle = get_json(connection, f"{rtype}?{urlencode(query)}")
     if status != 200 or not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise UpstreamError("search_refused", f"{rtype} HTTP {status}")
-    return _entries(bundle)
+    return _entries(bundle), bool(bundle_link(bundle, "next"))
+
+
+def search_page(
+    connection: UpstreamConnection, rtype: str, query: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    return _search(connection, rtype, query)[0]
 
 
 def keyset_search(
@@ -77,13 +88,13 @@ def keyset_search(
         query = {**params, "_sort": "_lastUpdated", "_count": str(count)}
         if key is not None:
             query["_lastUpdated"] = "ge" + fhir_instant(key)
-        page = search_page(connection, rtype, query)
+        page, more = _search(connection, rtype, query)
         fresh = [
             r for r in page if not (last_updated(r) == key and str(r.get("id")) in seen_at_key)
         ]
         if fresh:
             yield fresh
-        if len(page) < count:
+        if len(page) < count and not more:
             return
         stamps = [stamp for r in page if (stamp := last_updated(r)) is not None]
         newest = max(stamps, default=None)

@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -46,6 +47,7 @@ from sync.protocol.fhir.vocabulary import PATIENT, STORED_TYPES
 
 # (type, id, body or None: remove, upstream version, site, patient, filed from here)
 Pending = tuple[str, str, dict[str, Any] | None, str, str, str, bool]
+log = logging.getLogger(__name__)
 WRITE_BATCH = 1000  # resources per store transaction (one fsync each; the writer lock ~50 ms)
 
 
@@ -93,6 +95,17 @@ class ImportWriter:
         committing, self._committing = self._committing, None
         if committing is not None:
             self.counts.update(committing.result())
+
+    def abandon(self) -> None:
+        """Wait for the batch being committed, if any, whatever its outcome (a pass that
+        failed: its own error is the one reported). Nothing pending is written."""
+        committing, self._committing = self._committing, None
+        self._pending.clear()
+        if committing is not None:
+            try:
+                self.counts.update(committing.result())
+            except Exception as failed:  # the pass's own error is the one that goes on up
+                log.warning("import batch not committed: %s", type(failed).__name__)
 
     def _any_filed(self) -> bool:
         """Whether any note was ever filed from here (else no reference needs rewriting)."""
