@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sync.gateway.store.base import StoreError
@@ -47,7 +47,14 @@ items = st.one_of(
         st.sampled_from(("a", "b")),
     ),
 )
-batches = st.lists(st.lists(items, min_size=1, max_size=8), min_size=1, max_size=5)
+deletes = st.builds(
+    lambda rtype, rid: ("delete", rtype, rid),
+    st.just("Patient") | st.just("Observation"),
+    st.sampled_from(("p1", "p2", "o1", "o2")),
+)
+batches = st.lists(
+    st.lists(st.one_of(items, items, deletes), min_size=1, max_size=8), min_size=1, max_size=5
+)
 
 
 class _Clock:
@@ -61,16 +68,25 @@ class _Clock:
         return self.now
 
 
-def _apply(store: SqliteStore, batch: list[tuple[str, str, dict[str, Any]]], many: bool) -> str:
-    """Write ``batch`` in one transaction; return the error reason ('' when written)."""
+def _apply(store: SqliteStore, batch: list[Any], many: bool) -> str:
+    """Write ``batch`` (puts and deletes) in one transaction, the puts between two deletes
+    with one ``put_many`` when ``many``; return the error reason ('' when written)."""
     try:
         with store.write() as tx:
             tx.put("Organization", SITE_A, {"resourceType": "Organization", "id": SITE_A})
-            if many:
-                tx.put_many(batch)
-            else:
-                for rtype, rid, resource in batch:
-                    tx.put(rtype, rid, resource)
+            puts: list[tuple[str, str, dict[str, Any]]] = []
+            for item in [*batch, None]:
+                if many and item is not None and item[0] != "delete":
+                    puts.append(item)
+                    continue
+                tx.put_many(puts)
+                puts = []
+                if item is None:
+                    break
+                if item[0] == "delete":
+                    tx.delete(item[1], item[2])
+                else:
+                    tx.put(*item)
     except StoreError as refused:
         return refused.reason
     return ""
@@ -86,9 +102,15 @@ def _tables(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
-def test_put_many_writes_exactly_what_put_one_by_one_writes(
-    batches: list[list[tuple[str, str, dict[str, Any]]]],
-) -> None:
+@example(  # a patient deleted, then back at another site: a new stay
+    [
+        [("Patient", "p1", patient("p1", SITE_A))],
+        [("delete", "Patient", "p1")],
+        [("Patient", "p1", patient("p1", SITE_B))],
+        [("Observation", "o1", _flagged("o1", "p1", "a"))],
+    ]
+)
+def test_put_many_writes_exactly_what_put_one_by_one_writes(batches: list[list[Any]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         one_path, many_path = Path(tmp) / "one.sqlite3", Path(tmp) / "many.sqlite3"
         one = SqliteStore(one_path, clock=_Clock())

@@ -346,15 +346,15 @@ class SqlWriteTx:
         self, items: Sequence[tuple[str, str, dict[str, Any]]], *, checked: bool = False
     ) -> list[StoredResource]:
         """``put`` of each (type, id, resource) in turn, with the same result and the same
-        errors. A run of clinical resources whose patients are stored, none of them moving site
-        and none named twice, is written with one statement per table (an import's page);
-        anything else goes through ``put`` one by one. ``checked``: the caller has just passed
-        each of these very dicts through ``resources.check_resource`` for its type (the run
-        does not check them again)."""
+        errors. A run of Patients and clinical resources, none named twice, none moving site
+        and every clinical one's patient stored before the run, is written with one statement
+        per table (an import's page); anything else goes through ``put`` one by one.
+        ``checked``: the caller has just passed each of these very dicts through
+        ``resources.check_resource`` for its type (the run does not check them again)."""
         stored: list[StoredResource] = []
         run: list[tuple[str, str, dict[str, Any]]] = []
         for item in items:
-            if item[0] in vocab.CLINICAL_TYPES:
+            if item[0] == vocab.PATIENT or item[0] in vocab.CLINICAL_TYPES:
                 run.append(item)
                 continue
             stored += self._put_run(run, checked=checked)
@@ -366,24 +366,30 @@ class SqlWriteTx:
     def _put_run(
         self, run: list[tuple[str, str, dict[str, Any]]], *, checked: bool
     ) -> list[StoredResource]:
-        ready = []
+        # (type, id, resource, its patient (None: a Patient), a Patient's own site)
+        ready: list[tuple[str, str, dict[str, Any], str | None, str | None]] = []
         for rtype, rid, resource in run:
             if not checked:
                 resource = res.check_resource(resource, rtype)
             if not vocab.ID_RE.fullmatch(rid):
                 raise StoreError("bad_id")
-            ready.append((rtype, rid, resource, res.patient_id_of(resource)))
-        sites = self._patient_sites(sorted({patient for *_, patient in ready}))
-        existing = self._currents(sorted({(rtype, rid) for rtype, rid, _, _ in ready}))
-        plain = len({(rtype, rid) for rtype, rid, _, _ in ready}) == len(ready)
-        for rtype, rid, _, patient in ready:
+            if rtype == vocab.PATIENT:
+                ready.append((rtype, rid, resource, None, res.site_of_patient(resource)))
+            else:
+                ready.append((rtype, rid, resource, res.patient_id_of(resource), None))
+        sites = self._patient_sites(sorted({p for *_, p, _ in ready if p is not None}))
+        existing = self._currents(sorted({(rtype, rid) for rtype, rid, *_ in ready}))
+        plain = len({(rtype, rid) for rtype, rid, *_ in ready}) == len(ready)
+        targets: list[tuple[str, str, dict[str, Any], str | None, str]] = []
+        for rtype, rid, resource, patient, own_site in ready:
             old = existing.get((rtype, rid))
-            site = sites.get(patient)
+            site = own_site if patient is None else sites.get(patient)
             if site is None or (old is not None and not old.deleted and old.site != site):
                 plain = False  # unknown patient (put raises) or a move: one by one
+            targets.append((rtype, rid, resource, patient, site or ""))
         if not plain:
-            return [self.put(rtype, rid, resource) for rtype, rid, resource, _ in ready]
-        return self._write_run(ready, sites, existing)
+            return [self.put(rtype, rid, resource) for rtype, rid, resource, *_ in ready]
+        return self._write_run(targets, existing)
 
     def _patient_sites(self, patients: Sequence[str]) -> dict[str, str]:
         sites: dict[str, str] = {}
@@ -419,12 +425,13 @@ class SqlWriteTx:
 
     def _write_run(
         self,
-        checked: list[tuple[str, str, dict[str, Any], str]],
-        sites: dict[str, str],
+        checked: list[tuple[str, str, dict[str, Any], str | None, str]],
         existing: dict[tuple[str, str], StoredResource],
     ) -> list[StoredResource]:
-        """Write ``checked`` (clinical, patients stored, no move, no key twice) in one statement
-        per table: the same rows ``put`` writes, seqs consecutive in the given order."""
+        """Write ``checked`` (type, id, resource, its patient (None: a Patient), its site; no
+        move, no key twice) in one statement per table: the same rows ``put`` writes, seqs
+        consecutive in the given order; a Patient new here (or deleted) opens a stay at its
+        site, as ``_record_stay`` does."""
         if not checked:
             return []
         lu_us = self._tx_time_us()
@@ -434,8 +441,8 @@ class SqlWriteTx:
         (head,) = self._execute(_HEAD).fetchone()
         seq = int(head) - len(checked)
         stored: list[StoredResource] = []
-        changes, history, rows, stale, identifiers = [], [], [], [], []
-        for rtype, rid, resource, patient in checked:
+        changes, history, rows, stale, identifiers, stays = [], [], [], [], [], []
+        for rtype, rid, resource, patient, site in checked:
             seq += 1
             old = existing.get((rtype, rid))
             version_id = old.version_id + 1 if old is not None else 1
@@ -446,10 +453,13 @@ class SqlWriteTx:
             meta["lastUpdated"] = stamp
             body_dict["meta"] = meta
             body = orjson.dumps(body_dict)
-            site = sites[patient]
             changes.append((seq, site, rtype, rid, version_id, "put", lu_us))
             history.append((rtype, rid, version_id, lu_us, site, body))
-            rows.append((rtype, rid, version_id, lu_us, site, patient, seq, body))
+            rows.append(
+                (rtype, rid, version_id, lu_us, site, patient, seq, res.name_text(resource), body)
+            )
+            if patient is None and (old is None or old.deleted):
+                stays.append((rid, site, lu_us))
             if old is not None:
                 stale.append((rtype, rid))
             identifiers += [
@@ -472,13 +482,19 @@ class SqlWriteTx:
         )
         self._executemany(
             "INSERT INTO resources (type, id, version_id, last_updated_us, site, patient_id,"
-            " deleted, seq, name_text, body) VALUES (?, ?, ?, ?, ?, ?, 0, ?, NULL, ?)"
+            " deleted, seq, name_text, body) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
             " ON CONFLICT (type, id) DO UPDATE SET version_id = excluded.version_id,"
             " last_updated_us = excluded.last_updated_us, site = excluded.site,"
             " patient_id = excluded.patient_id, deleted = 0, seq = excluded.seq,"
-            " name_text = NULL, body = excluded.body",
+            " name_text = excluded.name_text, body = excluded.body",
             rows,
         )
+        if stays:
+            self._executemany(
+                "INSERT INTO patient_sites (patient_id, site, from_us, until_us)"
+                " VALUES (?, ?, ?, NULL)",
+                stays,
+            )
         if stale:
             self._executemany("DELETE FROM resource_identifiers WHERE type = ? AND id = ?", stale)
         if identifiers:
