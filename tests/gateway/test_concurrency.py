@@ -15,10 +15,14 @@ TRANSACTIONS_PER_WRITER = 15
 PAGE = 5
 
 
-def _writer(gateway: Gateway, number: int, committed: list[tuple[str, int]]) -> None:
+def _writer(
+    gateway: Gateway, number: int, committed: list[tuple[str, int]], read_once: threading.Event
+) -> None:
     session = gateway.session(gateway.device_a)
     mine: dict[str, int] = {}
     for step in range(TRANSACTIONS_PER_WRITER):
+        if step == 1:  # the reader pages while these writers are still at work, on any machine
+            read_once.wait(timeout=60)
         entries: list[dict[str, Any]] = []
         if step % 3 == 0 or not mine:  # create two observations in one transaction
             for _ in range(2):
@@ -64,10 +68,11 @@ def test_concurrent_writers_reader_sees_every_version_exactly_once(gateway: Gate
     committed: list[tuple[str, int]] = [(f"p{n}", 1) for n in range(WRITERS)]
     results: list[list[tuple[str, int]]] = [[] for _ in range(WRITERS)]
     errors: list[BaseException] = []
+    read_once = threading.Event()
 
     def run(number: int) -> None:
         try:
-            _writer(gateway, number, results[number])
+            _writer(gateway, number, results[number], read_once)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -81,6 +86,7 @@ def test_concurrent_writers_reader_sees_every_version_exactly_once(gateway: Gate
     while any(t.is_alive() for t in threads):
         resume = _page_until_caught_up(reader, resume, seen)
         passes += 1
+        read_once.set()
     for thread in threads:
         thread.join()
     _page_until_caught_up(reader, resume, seen)  # the last changes after the writers stopped
