@@ -46,6 +46,26 @@ def _statement() -> bytes:
     return orjson.dumps(capability_statement(resource=resources))
 
 
+def _group(*patients: str) -> bytes:
+    """The stand-in upstream's Group ``g`` with these members."""
+    group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
+    members = [{"entity": {"reference": f"Patient/{pid}"}} for pid in patients]
+    return orjson.dumps({**group, "member": members})
+
+
+def _manifest(origin: str, outputs: list[tuple[str, str]]) -> bytes:
+    """A completed export's manifest listing (type, url) files, no token needed."""
+    return orjson.dumps(
+        {
+            "transactionTime": "2026-01-01T00:00:01.000Z",
+            "request": f"{origin}/Group/g/$export",
+            "requiresAccessToken": False,
+            "output": [{"type": rtype, "url": url} for rtype, url in outputs],
+            "error": [],
+        }
+    )
+
+
 def _configure(tmp_path: Path, handler: Any) -> tuple[Path, RawTlsServer, Any]:
     pki = make_test_pki(tmp_path / "pki")
     context = server_context(pki.server_cert_path, pki.server_key_path, None)
@@ -115,23 +135,14 @@ def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_impor
         if route == "/metadata":
             return 200, JSON, _statement()
         if route == "/Group/g":
-            members = [{"entity": {"reference": f"Patient/{p}"}} for p in ("good", "other")]
-            group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
-            return 200, JSON, orjson.dumps({**group, "member": members})
+            return 200, JSON, _group("good", "other")
         if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
             return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
         if route == "/bulk-status/j1":
-            manifest = {
-                "transactionTime": "2026-01-01T00:00:01.000Z",
-                "request": f"{origin}/Group/g/$export",
-                "requiresAccessToken": False,
-                "output": [
-                    {"type": t, "url": f"{origin}/bulk-files/j1/{t}.ndjson"}
-                    for t in ("Observation", "Patient")  # Patient last: read first anyway
-                ],
-                "error": [],
-            }
-            return 200, JSON, orjson.dumps(manifest)
+            files_at = [  # Patient last: read first anyway
+                (t, f"{origin}/bulk-files/j1/{t}.ndjson") for t in ("Observation", "Patient")
+            ]
+            return 200, JSON, _manifest(origin, files_at)
         if route.startswith("/bulk-files/j1/"):
             kind = route.rsplit("/", 1)[1].removesuffix(".ndjson")
             return 200, {"Content-Type": "application/fhir+ndjson"}, files[kind]
@@ -174,9 +185,7 @@ def test_kill_9_while_the_export_job_runs_resumes_that_job_and_imports_each_reco
         if route == "/metadata":
             return 200, JSON, _statement()
         if route == "/Group/g":
-            members = [{"entity": {"reference": f"Patient/{p['id']}"}} for p in people]
-            group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
-            return 200, JSON, orjson.dumps({**group, "member": members})
+            return 200, JSON, _group(*(p["id"] for p in people))
         if route == "/Group/g/$export":
             kick_offs.append(path)
             return 202, {"Content-Location": f"{origin}/bulk-status/j{len(kick_offs)}"}, b""
@@ -184,14 +193,8 @@ def test_kill_9_while_the_export_job_runs_resumes_that_job_and_imports_each_reco
             return 202, {"Retry-After": "1", "X-Progress": "collecting"}, b""
         if route.startswith("/bulk-status/"):
             job = route.rsplit("/", 1)[1]
-            manifest = {
-                "transactionTime": "2026-01-01T00:00:01.000Z",
-                "request": f"{origin}/Group/g/$export",
-                "requiresAccessToken": False,
-                "output": [{"type": "Patient", "url": f"{origin}/bulk-files/{job}/Patient.ndjson"}],
-                "error": [],
-            }
-            return 200, JSON, orjson.dumps(manifest)
+            patients_at = f"{origin}/bulk-files/{job}/Patient.ndjson"
+            return 200, JSON, _manifest(origin, [("Patient", patients_at)])
         if route.startswith("/bulk-files/"):
             lines = b"".join(orjson.dumps(p) + b"\n" for p in people)
             return 200, {"Content-Type": "application/fhir+ndjson"}, lines
@@ -254,20 +257,12 @@ def test_an_unreadable_line_leaves_the_quarantine_once_a_reconciliation_read_it_
         if route == "/metadata":
             return 200, JSON, _statement()
         if route == "/Group/g":
-            group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
-            members = [{"entity": {"reference": "Patient/good"}}]
-            return 200, JSON, orjson.dumps({**group, "member": members})
+            return 200, JSON, _group("good")
         if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
             return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
         if route == "/bulk-status/j1":
-            manifest = {
-                "transactionTime": "2026-01-01T00:00:01.000Z",
-                "request": f"{origin}/Group/g/$export",
-                "requiresAccessToken": False,
-                "output": [{"type": "Patient", "url": f"{origin}/bulk-files/j1/Patient.ndjson"}],
-                "error": [],
-            }
-            return 200, JSON, orjson.dumps(manifest)
+            patients_at = f"{origin}/bulk-files/j1/Patient.ndjson"
+            return 200, JSON, _manifest(origin, [("Patient", patients_at)])
         if route == "/bulk-files/j1/Patient.ndjson":
             return (
                 200,
@@ -335,23 +330,12 @@ def test_bulk_files_on_another_origin_are_read_only_from_one_it_named(tmp_path: 
         if route == "/metadata":
             return 200, JSON, _statement()
         if route == "/Group/g":
-            group = {"resourceType": "Group", "id": "g", "type": "person", "actual": True}
-            return (
-                200,
-                JSON,
-                orjson.dumps({**group, "member": [{"entity": {"reference": "Patient/good"}}]}),
-            )
+            return 200, JSON, _group("good")
         if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
             return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
         if route == "/bulk-status/j1":
-            manifest = {
-                "transactionTime": "2026-01-01T00:00:01.000Z",
-                "request": f"{origin}/Group/g/$export",
-                "requiresAccessToken": False,
-                "output": [{"type": "Patient", "url": f"{files_origin}/files/Patient.ndjson"}],
-                "error": [],
-            }
-            return 200, JSON, orjson.dumps(manifest)
+            patients_at = f"{files_origin}/files/Patient.ndjson"
+            return 200, JSON, _manifest(origin, [("Patient", patients_at)])
         return 404, JSON, b"{}"
 
     server = RawTlsServer(server_context(pki.server_cert_path, pki.server_key_path, None), upstream)
