@@ -123,9 +123,9 @@ def test_a_worker_gives_the_same_lines_in_the_same_order_as_parsing_here(
         max_size=30,
     )
 )
-def test_whatever_the_lines_the_worker_and_here_agree(lines: list[bytes]) -> None:
-    pool = screening.screening_pool()
-    assert pool is not None  # CI has two cores; GATEHOUSE_IMPORT_SCREENERS=0 turns it off
+def test_whatever_the_lines_the_worker_and_here_agree(
+    pool: ProcessPoolExecutor, lines: list[bytes]
+) -> None:
     here = list(screened(_numbered(lines), None))
     there = list(screened(_numbered(lines), pool))
     assert [(type(i), getattr(i, "reason", None)) for i in there] == [
