@@ -69,7 +69,7 @@ from sync.gateway.store.base import (
 )
 from sync.gateway.store.conflicts import retry_conflicts
 from sync.gateway.store.loader import prefetch_keys
-from sync.gateway.store.upstream_tables import UpstreamTables
+from sync.gateway.store.outbox_tables import OutboxTables
 from sync.protocol.fhir import vocabulary as vocab
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.filing import without_filing_tags
@@ -311,7 +311,7 @@ def _existing_in_site(
 def _only_stamped_since(store: Store | None, entry: Entry, base: int, current: int) -> bool:
     """Whether the versions after ``base`` only tag the note's filing state (the gateway's
     filing stamps, ``sync.gateway.upstream.stamps``): then no one else edited it."""
-    if not isinstance(store, UpstreamTables) or entry.rid is None:
+    if not isinstance(store, OutboxTables) or entry.rid is None:
         return False
     return store.only_stamps_after(entry.rtype, entry.rid, base, current)
 
@@ -413,7 +413,7 @@ def _queue_upstream(store: Store, tx: WriteTx, outcomes: Iterable[Outcome]) -> N
     """Queue every version written for the upstream, in the writing transaction (the store's
     ``upstream_outbox``; see ``store.upstream_tables``). The writes are flushed first, so each
     version has its change seq (PostgreSQL assigns seqs at the flush), which keys the row."""
-    if not isinstance(store, UpstreamTables):
+    if not isinstance(store, OutboxTables):
         return
     versions = [o.written for o in outcomes if o.written is not None]
     if not versions:

@@ -10,7 +10,11 @@ their open stay in ``patient_sites`` and opens one at the new site, at the same 
 same transaction (a delete closes it), so ``site_stays`` is the patient's site history.
 ``patient_sites`` is filled from ``resource_history`` once, when a store made before it existed
 is opened (the first version at each site opens a stay; the next version elsewhere, or a
-delete, closes it).
+delete, closes it). ``put_many`` writes exactly the rows ``put`` would, with fewer statements.
+
+Over 500 lines on purpose: ``put`` and its batched twin ``put_many`` must be read side by side
+(tests/gateway/test_store_put_many.py holds them to the same rows), and the reads share their
+column lists and row mapping.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ from sync.gateway.store.audit_tables import AUDIT_SCHEMA, AuditTables
 from sync.gateway.store.base import StoreError, WriteTx
 from sync.gateway.store.command_tables import COMMAND_SCHEMA, CommandTables
 from sync.gateway.store.device_tables import DEVICE_SCHEMA, DeviceTables
+from sync.gateway.store.outbox_tables import OutboxTables
+from sync.gateway.store.quarantine_tables import QuarantineTables
 from sync.gateway.store.resource_tables import RESOURCE_SCHEMA, ResourceTables, SqlWriteTx
 from sync.gateway.store.tables import Connections, Dialect
 from sync.gateway.store.upstream_tables import UPSTREAM_SCHEMA, UpstreamTables
@@ -58,7 +60,14 @@ def utc_now() -> dt.datetime:
 
 
 class SqlStore(
-    ResourceTables, DeviceTables, UserTables, CommandTables, AuditTables, UpstreamTables
+    ResourceTables,
+    DeviceTables,
+    UserTables,
+    CommandTables,
+    AuditTables,
+    UpstreamTables,
+    OutboxTables,
+    QuarantineTables,
 ):
     """``store.Store`` on ``connections`` (they must speak ``dialect``). Thread-safe."""
 

@@ -43,6 +43,10 @@ Invariants:
   (``stamps.py``: a new version tagged "Filed in the health record" or "Held at the gateway"
   with the reason code); the tags are stripped from anything sent upstream.
 - Nothing is logged but codes and counts.
+
+Over 500 lines on purpose: ``Filer``'s transactions, single requests, size learning and
+outcomes share one pass's state (the rows, the size, the counters, the lease fence); split,
+each piece would need all of it passed around.
 """
 
 from __future__ import annotations

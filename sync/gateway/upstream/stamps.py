@@ -23,12 +23,13 @@ from __future__ import annotations
 import orjson
 
 from sync.gateway.store.base import WriteTx
-from sync.gateway.store.upstream_tables import OutboxItem, UpstreamTables
+from sync.gateway.store.outbox_tables import OutboxTables
+from sync.gateway.store.upstream_tables import OutboxItem
 from sync.protocol.fhir.filing import FILED, HELD, FilingTag, with_filing_tag
 
 
 def stamp_in_tx(
-    store: UpstreamTables, tx: WriteTx, item: OutboxItem, state: str, reason: str | None
+    store: OutboxTables, tx: WriteTx, item: OutboxItem, state: str, reason: str | None
 ) -> bool:
     """Stamp the note of ``item`` as ``state`` (``filed`` or ``held``); True if written."""
     if item.op != "put" or state not in (FILED, HELD):
