@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from sync.gateway import datadir
 from sync.gateway.store.sqlite import SqliteStore
@@ -27,9 +29,10 @@ from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
 from tests.support.gateway import SITE_A, observation, patient
+from tests.support.smart_server import running_smart
 from tests.support.tls import make_test_pki
 from tests.support.tls_server import RawTlsServer, server_context
-from tests.support.upstream import capability_statement, gateway_data
+from tests.support.upstream import capability_statement, gateway_data, signing_jwk, write_jwk
 
 BASE = "/fhir"
 JSON = {"Content-Type": "application/fhir+json"}
@@ -53,13 +56,13 @@ def _group(*patients: str) -> bytes:
     return orjson.dumps({**group, "member": members})
 
 
-def _manifest(origin: str, outputs: list[tuple[str, str]]) -> bytes:
-    """A completed export's manifest listing (type, url) files, no token needed."""
+def _manifest(origin: str, outputs: list[tuple[str, str]], requires_token: bool = False) -> bytes:
+    """A completed export's manifest listing (type, url) files (by default no token needed)."""
     return orjson.dumps(
         {
             "transactionTime": "2026-01-01T00:00:01.000Z",
             "request": f"{origin}/Group/g/$export",
-            "requiresAccessToken": False,
+            "requiresAccessToken": requires_token,
             "output": [{"type": rtype, "url": url} for rtype, url in outputs],
             "error": [],
         }
@@ -113,6 +116,44 @@ def test_a_job_that_never_ends_is_polled_as_asked_then_given_up_at_the_deadline(
     assert late.value.reason == "export_timeout"
     assert waits == [7, 7, 7, 7]  # Retry-After honoured; the fifth wait would pass 30 s
     assert len(server.requests) == 5
+
+
+@pytest.mark.parametrize("odd", ["\u00b2", "9" * 5000, "Tue, 99 Foo 2026 25:61:61 GMT", "-5"])
+def test_an_odd_retry_after_while_a_job_runs_never_stops_the_poll(
+    tmp_path: Path, odd: str
+) -> None:
+    """The upstream answers its status URL with an unreadable ``Retry-After`` (a superscript
+    digit, which ``str.isdigit`` takes for a digit; 5,000 digits; a broken date; a negative
+    number), then the manifest: the poll waits within its bounds and reads the manifest."""
+    polls: list[int] = []
+
+    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        polls.append(1)
+        if len(polls) < 3:
+            return 202, {"Retry-After": odd}, b""
+        return 200, JSON, _manifest(f"https://127.0.0.1{BASE}", [])
+
+    data, server, serving = _configure(tmp_path, handler)
+    waits: list[float] = []
+    try:
+        with open_connection(load_config(data)) as connection:
+            manifest = bulk.await_manifest(
+                connection,
+                f"https://127.0.0.1:{server.port}/fhir/bulk-status/j1",
+                sleep=waits.append,
+            )
+    finally:
+        serving.close()
+    assert manifest.outputs == () and len(polls) == 3
+    assert len(waits) == 2 and all(bulk.MIN_POLL_S <= w <= bulk.MAX_POLL_S for w in waits)
+
+
+@given(st.text())
+@example("\u00b2")
+@example("1" * 400)
+def test_any_retry_after_text_is_read_without_error(value: str) -> None:
+    asked = bulk._retry_after(value, time.time())
+    assert asked is None or asked == asked  # a number, never NaN, never an exception
 
 
 def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_imported(
@@ -300,18 +341,28 @@ def test_an_unreadable_line_leaves_the_quarantine_once_a_reconciliation_read_it_
         serving.close()
 
 
-def test_bulk_files_on_another_origin_are_read_only_from_one_it_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("requires_token", [False, True])
+def test_bulk_files_on_another_origin_are_read_only_from_one_it_named(
+    tmp_path: Path, requires_token: bool
+) -> None:
     """A manifest whose files are on a storage host: refused (``origin_refused``, nothing asked
     of that host) until IT names that origin (``upstream set --bulk-origin``); then the files
     are read from it under the same CA and with the gateway's client certificate (the storage
-    host requires one), never with a bearer token."""
+    host requires one). The gateway uses SMART Backend Services: the bearer token goes to the
+    storage host exactly when the manifest says ``requiresAccessToken: true`` (that host then
+    refuses a request without a token it recognises), and never otherwise."""
     good = patient("good", "x")
     good["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
     pki = make_test_pki(tmp_path / "pki")
+    private, public = signing_jwk("ES384")
     storage_asked: list[dict[str, str]] = []
+    smarts: list[Any] = []  # the token server, once running
 
     def storage(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
         storage_asked.append(headers)
+        bearer = headers.get("authorization", "").removeprefix("Bearer ")
+        if requires_token and bearer not in smarts[0].issued:
+            return 401, {"WWW-Authenticate": "Bearer"}, b""
         if path == "/files/Patient.ndjson":
             return 200, {"Content-Type": "application/fhir+ndjson"}, orjson.dumps(good)
         return 404, JSON, b"{}"
@@ -335,7 +386,8 @@ def test_bulk_files_on_another_origin_are_read_only_from_one_it_named(tmp_path: 
             return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
         if route == "/bulk-status/j1":
             patients_at = f"{files_origin}/files/Patient.ndjson"
-            return 200, JSON, _manifest(origin, [("Patient", patients_at)])
+            manifest = _manifest(origin, [("Patient", patients_at)], requires_token)
+            return 200, JSON, manifest
         return 404, JSON, b"{}"
 
     server = RawTlsServer(server_context(pki.server_cert_path, pki.server_key_path, None), upstream)
@@ -344,28 +396,38 @@ def test_bulk_files_on_another_origin_are_read_only_from_one_it_named(tmp_path: 
     port.append(server.port)
     data = gateway_data(tmp_path)
     creds = pki.device("gw", "upstream")
-    settings: dict[str, Any] = {
-        "base": f"https://127.0.0.1:{server.port}{BASE}",
-        "ca": str(pki.ca_path),
-        "cert": str(creds.cert_path),
-        "key": str(creds.key_path),
-    }
-    set_upstream(data, **settings)
     store = SqliteStore(tmp_path / "gateway.sqlite3")
-    try:
-        store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
-        store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
-        with pytest.raises(UpstreamError) as refused:
-            run_pass(data, store, reconcile=True)
-        assert refused.value.reason == "origin_refused" and storage_asked == []
-        with pytest.raises(UpstreamError) as bad:
-            set_upstream(data, **settings, bulk_origins=(f"{files_origin}/files",))
-        assert bad.value.reason == "bad_bulk_origin"  # an origin, not a URL with a path
-        set_upstream(data, **settings, bulk_origins=(files_origin,))
-        counts = run_pass(data, store, reconcile=True).counts
-        assert counts["export_files"] == 1 and store.read("Patient", "good") is not None
-        assert len(storage_asked) == 1 and "authorization" not in storage_asked[0]
-    finally:
-        store.close()
-        serving.close()
-        store_serving.close()
+    with running_smart(pki, client_id="gatehouse-gw", public_jwk=public) as smart:
+        smarts.append(smart)
+        settings: dict[str, Any] = {
+            "base": f"https://127.0.0.1:{server.port}{BASE}",
+            "ca": str(pki.ca_path),
+            "cert": str(creds.cert_path),
+            "key": str(creds.key_path),
+            "token_url": smart.token_url,
+            "client_id": "gatehouse-gw",
+            "jwk_path": str(write_jwk(tmp_path / "key.jwk", private)),
+        }
+        set_upstream(data, **settings)
+        try:
+            store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
+            store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
+            with pytest.raises(UpstreamError) as refused:
+                run_pass(data, store, reconcile=True)
+            assert refused.value.reason == "origin_refused" and storage_asked == []
+            with pytest.raises(UpstreamError) as bad:
+                set_upstream(data, **settings, bulk_origins=(f"{files_origin}/files",))
+            assert bad.value.reason == "bad_bulk_origin"  # an origin, not a URL with a path
+            set_upstream(data, **settings, bulk_origins=(files_origin,))
+            counts = run_pass(data, store, reconcile=True).counts
+            assert counts["export_files"] == 1 and store.read("Patient", "good") is not None
+            assert len(storage_asked) == 1 and smart.issued  # the upstream was asked with one
+            sent = storage_asked[0].get("authorization", "").removeprefix("Bearer ")
+            if requires_token:
+                assert sent in smart.issued
+            else:
+                assert "authorization" not in storage_asked[0]
+        finally:
+            store.close()
+            serving.close()
+            store_serving.close()

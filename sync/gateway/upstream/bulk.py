@@ -18,8 +18,9 @@ Invariants:
   resource never stops an import.
 - A file is read from the upstream's own origin, or from an origin IT named with
   ``upstream set --bulk-origin`` (a storage host): over its own connection with the same CA,
-  TLS rules, client certificate, redirect refusal and bounds, and never with the bearer token
-  (a storage host that needs it, ``requiresAccessToken: true``, answers 401: ``export_failed``).
+  TLS rules, client certificate, redirect refusal and bounds. The bearer token goes to such a
+  host only when the manifest says ``requiresAccessToken: true`` (Bulk Data: the file server
+  then controls access with the same tokens); without it, or false, the host never sees it.
   Any other origin is refused (``origin_refused``).
 - Nothing here logs or keeps record content.
 """
@@ -42,6 +43,7 @@ from sync.gateway.upstream.screening import BadLine, Line, screened
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.paging import fhir_instant
 from sync.protocol.fhir.validate import parse_instant
+from sync.protocol.retry import retry_after_seconds
 
 NDJSON = "application/fhir+ndjson"
 FHIR_JSON = "application/fhir+json"
@@ -63,6 +65,7 @@ class Manifest:
     transaction_time: dt.datetime
     outputs: tuple[Output, ...]
     errors: int  # error files the upstream listed (OperationOutcomes, not downloaded)
+    requires_access_token: bool = False  # the files are read with the bearer token
 
 
 def kick_off(
@@ -87,16 +90,16 @@ def kick_off(
 
 
 def _retry_after(value: str, now: float) -> float | None:
-    value = value.strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
+    """Seconds a ``Retry-After`` asks for (whole seconds or an HTTP date), or None when it is
+    absent or unreadable; never raises, whatever the upstream sent."""
+    seconds = retry_after_seconds(value)
+    if seconds is not None:
+        return float(seconds)
     try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        moment = email.utils.parsedate_to_datetime(value.strip())
+        return moment.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return moment.timestamp() - now
 
 
 def _diagnostics(body: Any) -> str:
@@ -164,7 +167,12 @@ def read_manifest(document: Any) -> Manifest:
         if isinstance(rtype, str) and isinstance(url, str):
             found.append(Output(rtype, url))
     errors = document.get("error")
-    return Manifest(moment, tuple(found), len(errors) if isinstance(errors, list) else 0)
+    return Manifest(
+        moment,
+        tuple(found),
+        len(errors) if isinstance(errors, list) else 0,
+        document.get("requiresAccessToken") is True,
+    )
 
 
 def ndjson_lines(
@@ -203,10 +211,13 @@ def ndjson_lines(
         yield number, None if oversized else bytes(buffer)
 
 
-def _files_connection(connection: UpstreamConnection, url: str) -> UpstreamConnection | None:
+def _files_connection(
+    connection: UpstreamConnection, url: str, with_token: bool
+) -> UpstreamConnection | None:
     """A connection to the file's origin when it is one IT allowed (``--bulk-origin``) other
     than the upstream's own: the same configuration (CA, TLS rules, client certificate) with
-    that origin as its only one, no token source, the same lease fence and counters. None: the
+    that origin as its only one, the upstream's token source only when ``with_token`` (the
+    manifest's ``requiresAccessToken``), the same lease fence and counters. None: the
     upstream's own connection reads it (which refuses any origin not allowed)."""
     try:
         origin = origin_text(url)
@@ -218,17 +229,23 @@ def _files_connection(connection: UpstreamConnection, url: str) -> UpstreamConne
         connection.config, base=origin, token_url=None, client_id=None, jwk_file=None
     )
     files = UpstreamConnection(files_config)
+    files.tokens = connection.tokens if with_token else None
     files.fence = connection.fence
     files.counters = connection.counters
     return files
 
 
 def read_ndjson(
-    connection: UpstreamConnection, url: str, pool: ProcessPoolExecutor | None = None
+    connection: UpstreamConnection,
+    url: str,
+    pool: ProcessPoolExecutor | None = None,
+    *,
+    with_token: bool = False,
 ) -> Iterator[Line | BadLine]:
     """Each resource of one NDJSON file, in file order, or a ``BadLine``; with ``pool``,
-    parsed and validated in its worker (``screening``)."""
-    files = _files_connection(connection, url)
+    parsed and validated in its worker (``screening``). ``with_token``: the manifest's
+    ``requiresAccessToken`` (the upstream's own origin always gets the token)."""
+    files = _files_connection(connection, url, with_token)
     try:
         yield from _read_ndjson(files or connection, url, pool)
     finally:

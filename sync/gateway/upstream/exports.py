@@ -137,7 +137,7 @@ def export_group(
             writer.flush()
             held = writer.held(PATIENT)
             result.patients = {p for p in result.patients if p in held}
-        _read_file(connection, writer, output, link.site, members, result)
+        _read_file(connection, writer, manifest, output, link.site, members, result)
         writer.flush()
         writer.counts["export_files"] += 1
     _save(writer, done_stream(link.ref), fhir_instant(manifest.transaction_time))
@@ -148,12 +148,14 @@ def export_group(
 def _read_file(
     connection: UpstreamConnection,
     writer: ImportWriter,
+    manifest: bulk.Manifest,
     output: bulk.Output,
     site: str,
     members: set[str],
     result: ExportResult,
 ) -> None:
-    for line in bulk.read_ndjson(connection, output.url, screening_pool()):
+    with_token = manifest.requires_access_token
+    for line in bulk.read_ndjson(connection, output.url, screening_pool(), with_token=with_token):
         if isinstance(line, BadLine):
             writer.quarantine_id(output.rtype, f"ndjson-line-{line.number}", line.reason)
             continue
