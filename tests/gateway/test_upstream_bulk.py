@@ -236,6 +236,27 @@ def test_an_incremental_pass_reads_history_and_applies_edits_and_deletions(
     assert set(w.fed(SITE_A).values()) == {1, 2}  # "keep" twice (edited), all else once
 
 
+def test_the_first_poll_after_an_export_reads_history_from_its_transaction_time(
+    tmp_path: Path, sekmet: SekmetServer, gw: Gateway
+) -> None:
+    """Bulk Data promises an export holds every change up to its ``transactionTime``, so the
+    poll after it reads ``_history`` from that instant, not minutes before (which re-read
+    every record the export had just brought: all of them, on an upstream loaded just
+    before); an edit made after the export still arrives."""
+    w = World(tmp_path, sekmet, gw)
+    w.patient("p")
+    w.observation("o", "p", 60.0)
+    w.group("alpha", [w.member("p")])
+    w.store.link_site(SITE_A, "group", w.id("alpha"), _now())
+    assert w.sync()["exported_sites"] == 1
+    quiet = w.sync(reconcile=False)
+    assert quiet.get("history_entries", 0) == 0 and quiet.get("written", 0) == 0
+    w.observation("o", "p", 99.0)
+    after = w.sync(reconcile=False)
+    assert after["history_entries"] == 1 and after["written"] == 1
+    assert w.fed(SITE_A)[("Observation", "o")] == 2
+
+
 def test_without_history_changes_come_by_export_since(
     tmp_path: Path, sekmet: SekmetServer, gw: Gateway
 ) -> None:

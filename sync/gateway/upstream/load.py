@@ -13,7 +13,8 @@ A pass (``import_records``):
    versions listed by patient, only new or changed records fetched whole by ``_id``) and
    deletes here what upstream no longer has; otherwise an **incremental** read per type
    (``_history``, ``$export?_since`` or a ``_lastUpdated`` keyset search from the high-water
-   mark less ``OVERLAP``). Patients new to the gateway have their records read whole by
+   mark less ``OVERLAP``, or from the mark itself when it is an export's ``transactionTime``:
+   Bulk Data promises every change up to that instant, so nothing needs re-reading). Patients new to the gateway have their records read whole by
    ``patient=`` search in either case; a Group-linked site never loaded by ``$export`` is
    loaded by it (where offered) and is reconciled by id lists afterwards.
 5. a completed reconciliation closes the quarantine rows it did not meet again
@@ -128,6 +129,18 @@ def _save_mark(store: SqlStore, stream: str, moment: dt.datetime, now: dt.dateti
     _save_text(store, stream, moment.isoformat(), now)
 
 
+def _complete_stream(stream: str) -> str:
+    return f"{stream}:complete"
+
+
+def _read_from(store: SqlStore, stream: str, mark: dt.datetime) -> dt.datetime:
+    """Where an incremental read of ``stream`` starts: at ``mark`` when it is an export's
+    ``transactionTime`` (saved as complete), else ``OVERLAP`` before it (commits upstream land
+    out of ``lastUpdated`` order, so a stamp seen is no promise about earlier stamps)."""
+    complete = store.upstream_mark(_complete_stream(stream))
+    return mark if complete == mark.isoformat() else mark - OVERLAP
+
+
 def _save_text(store: SqlStore, stream: str, text: str, now: dt.datetime) -> None:
     with store.write():
         store.set_mark_in_tx(stream, text, now)
@@ -156,6 +169,7 @@ def _apply_history(
     deletion removes what the gateway holds."""
     applied: dict[str, dt.datetime | None] = {}
     for page in read_history(connection, rtype, since):
+        writer.counts["history_entries"] += len(page)
         for change in page:
             if change.rtype != rtype:
                 continue
@@ -253,12 +267,13 @@ def _import_pass(
             since = last_export(writer, link.ref)
             if link.site not in exported and since is not None:
                 export_group(
-                    connection, writer, link, site_of, types=no_history, since=since - OVERLAP
-                )
+                    connection, writer, link, site_of, types=no_history, since=since
+                )  # complete up to the last export's transactionTime: no overlap needed
     for rtype in CLINICAL_TYPES:
         stream = f"search:{rtype}"
         mark = _mark(store, stream)
         newest: list[Any] = [mark]
+        complete = False  # the new mark is an export's transactionTime (every site exported)
         if reconcile or mark is None:
             seen = _by_patient(connection, writer, rtype, newcomers, site_of, newest)
             seen |= reconcile_type(connection, writer, rtype, known, site_of, newest)
@@ -270,16 +285,20 @@ def _import_pass(
                     writer.remove(rtype, rid)
             if loaded_at is not None:  # the exports are complete up to their transactionTime
                 newest[0] = loaded_at if newest[0] is None else min(newest[0], loaded_at)
+                complete = not by_search and newest[0] == loaded_at
         else:
             _by_patient(connection, writer, rtype, newcomers, site_of, newest)
+            since = _read_from(store, stream, mark)
             if _history(capabilities, rtype):
-                _apply_history(connection, writer, rtype, mark - OVERLAP, site_of, newest)
+                _apply_history(connection, writer, rtype, since, site_of, newest)
             elif rtype not in by_export_since:
-                for page in keyset_search(connection, rtype, {}, since=mark - OVERLAP):
+                for page in keyset_search(connection, rtype, {}, since=since):
                     offer_page(writer, page, site_of, newest)
         writer.flush()
         if newest[0] is not None and newest[0] != mark:
             _save_mark(store, stream, newest[0], now)
+        if complete:
+            _save_mark(store, _complete_stream(stream), newest[0], now)
     if reconcile:
         if writer.counts["reconcile_listed"]:
             ignored = writer.counts["reconcile_filter_ignored"] > 0
