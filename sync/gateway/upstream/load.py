@@ -14,8 +14,9 @@ A pass (``import_records``):
    deletes here what upstream no longer has; otherwise an **incremental** read per type
    (``_history``, ``$export?_since`` or a ``_lastUpdated`` keyset search from the high-water
    mark less ``OVERLAP``, or from the mark itself when it is an export's ``transactionTime``:
-   Bulk Data promises every change up to that instant, so nothing needs re-reading). Patients new to the gateway have their records read whole by
-   ``patient=`` search in either case; a Group-linked site never loaded by ``$export`` is
+   Bulk Data promises every change up to that instant, so nothing needs re-reading).
+   Patients new to the gateway have their records read whole by ``patient=`` search in
+   either case; a Group-linked site never loaded by ``$export`` is
    loaded by it (where offered) and is reconciled by id lists afterwards.
 5. a completed reconciliation closes the quarantine rows it did not meet again
    (``close_unseen_quarantine``): every record in scope was just read afresh, so a row not renewed
