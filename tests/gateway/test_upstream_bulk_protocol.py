@@ -119,9 +119,7 @@ def test_a_job_that_never_ends_is_polled_as_asked_then_given_up_at_the_deadline(
 
 
 @pytest.mark.parametrize("odd", ["\u00b2", "9" * 5000, "Tue, 99 Foo 2026 25:61:61 GMT", "-5"])
-def test_an_odd_retry_after_while_a_job_runs_never_stops_the_poll(
-    tmp_path: Path, odd: str
-) -> None:
+def test_an_odd_retry_after_while_a_job_runs_never_stops_the_poll(tmp_path: Path, odd: str) -> None:
     """The upstream answers its status URL with an unreadable ``Retry-After`` (a superscript
     digit, which ``str.isdigit`` takes for a digit; 5,000 digits; a broken date; a negative
     number), then the manifest: the poll waits within its bounds and reads the manifest."""
