@@ -525,17 +525,23 @@ class Session:
         """Keep "mine" (queued again on the server's newest version) or "theirs"; audited with
         whose words were discarded (``discarded``: ``laptop`` or ``gateway``) and the record
         (``resource``: type/id, an identifier, no content), from which the gateway closes an
-        upstream conflict the clinician settled by keeping the health record's version."""
+        upstream conflict the clinician settled by keeping the health record's version. For an
+        upstream conflict (the edit the gateway had accepted, then the health record refused)
+        "theirs" also names that edit's gateway version (``refused_version``): the gateway
+        closes that conflict and no other, whatever this laptop's clock says."""
         self._require_role((CLINICIAN,), "resolve sync conflicts", "conflict_resolved")
         with self._act() as conn:
             row = conn.execute(
-                "SELECT patient_id, resource_type, local_id FROM conflicts WHERE id = ?",
+                "SELECT c.patient_id, c.resource_type, c.local_id, o.server_version, o.sent_at"
+                " FROM conflicts c LEFT JOIN outbox o ON o.seq = c.outbox_seq WHERE c.id = ?",
                 (conflict_id,),
             ).fetchone()
             queued = conflict_store.resolve_conflict(conn, conflict_id, keep, now=self._now())
             detail = {"keep": keep, "discarded": "laptop" if keep == "theirs" else "gateway"}
             if row is not None:  # the gateway closes its upstream conflict on "theirs"
                 detail["resource"] = f"{row[1]}/{row[2]}"
+                if keep == "theirs" and row[3] is not None and row[4] is not None:
+                    detail["refused_version"] = str(row[3])
             self._append(
                 conn,
                 "conflict_resolved",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client.core import consultation
+from client.core import conflicts, consultation, outbox
 from client.core.accounts import LoginRefused
 from client.core.device import Device, ProvisioningError
 from client.core.disk_space import DiskFull
@@ -495,3 +495,35 @@ def test_WP1_an_admin_wipe_needs_the_password_and_the_device_id(tmp_path: Path) 
         (td.data_dir / name).write_bytes(content)
     with pytest.raises(Exception):  # noqa: B017 - keyring secrets are gone: nothing opens
         Session.login(td.reopen(), "it.admin", "admin passphrase!")
+
+
+@pytest.mark.parametrize("upstream", [True, False])
+def test_keep_theirs_names_the_refused_version_only_for_an_upstream_conflict(
+    td: ProvisionedDevice, upstream: bool
+) -> None:
+    """An upstream conflict (the gateway accepted the edit as version 7, then the health record
+    refused it): "keep theirs" audits ``refused_version`` 7, so the gateway closes that
+    conflict and no other, whatever this laptop's clock says. A conflict the gateway itself
+    raised (the edit was never accepted) names none: there is no upstream row to close."""
+    session = Session.login(td.device, *CLINICIAN)
+    pids = {str(p["id"]) for p in _patients(SITE)}
+    theirs = next(
+        r for r in _seeded() if r["resourceType"] == "Observation"
+        and str(r["subject"]["reference"]).removeprefix("Patient/") in pids  # type: ignore[index]
+    )  # fmt: skip
+    rid, pid = str(theirs["id"]), str(theirs["subject"]["reference"]).split("/")[1]  # type: ignore[index]
+    edit = {k: v for k, v in theirs.items() if k != "meta"} | {"status": "amended"}
+    with session._act() as conn:
+        seq = outbox.enqueue_update(conn, edit, pid, "1", "2026-12-07T09:00:00Z")
+        if upstream:
+            outbox.mark_sent(conn, seq, rid, "7")
+            cid = conflicts.record_upstream_conflict(conn, "Observation", rid, "7", theirs)
+        else:
+            cid = conflicts.record_conflict(conn, seq, theirs)
+    assert cid is not None
+    session.resolve_conflict(cid, "theirs")
+    with session._act() as conn:
+        [entry] = [e for e in session._audit.entries(conn) if e.action == "conflict_resolved"]
+    expected = {"keep": "theirs", "discarded": "laptop", "resource": f"Observation/{rid}"}
+    assert dict(entry.detail) == (expected | {"refused_version": "7"} if upstream else expected)
+    session.lock()

@@ -296,16 +296,20 @@ def test_an_upstream_412_reaches_the_clinician_through_the_conflict_flow(
         assert store.outbox(("conflict", "held", "pending")) == []  # nothing left for IT
 
 
-def _kept_theirs(patient_id: str, resource: str) -> dict[str, Any]:
+def _kept_theirs(patient_id: str, resource: str, refused: int | None = None) -> dict[str, Any]:
     """The audit entry a laptop's session appends when a clinician keeps the health record's
-    version (``Session.resolve_conflict``)."""
+    version (``Session.resolve_conflict``); ``refused``: the refused edit's gateway version,
+    which laptops name now (None: an older laptop's entry)."""
+    detail: dict[str, Any] = {"keep": "theirs", "discarded": "laptop", "resource": resource}
+    if refused is not None:
+        detail["refused_version"] = str(refused)
     return {
         "action": "conflict_resolved",
         "outcome": "success",
         "user_id": "nurse1",
         "role": "clinician",
         "patient_id": patient_id,
-        "detail": {"keep": "theirs", "discarded": "laptop", "resource": resource},
+        "detail": detail,
     }
 
 
@@ -324,12 +328,19 @@ def test_keep_theirs_on_the_laptop_closes_the_gateways_conflict_and_files_nothin
             gateway_cli("upstream", "retry", "--data", str(data), "--seq", str(conflict.seq)) == 0
         )
         assert store.outbox(("conflict",)) == [conflict]  # IT cannot override the clinician
-        decision = _kept_theirs(f"f{n}-p", f"DocumentReference/{nid}")
         [on_laptop] = list_conflicts(vault.connection)
+        sent = vault.connection.execute(
+            "SELECT server_version FROM outbox WHERE seq = ?", (on_laptop.outbox_seq,)
+        ).fetchone()
+        assert sent == (str(conflict.version_id),)  # what the session names as refused
+        decision = _kept_theirs(f"f{n}-p", f"DocumentReference/{nid}", conflict.version_id)
         with vault.transaction() as conn:  # what the session audits as ``decision``
             resolve_conflict(conn, on_laptop.id, "theirs", now=_now())
         enrol_with_entries(gw, SITE_B, tmp_path / "other-site", [decision])
         assert store.outbox(("conflict",)) == [conflict]  # not that site's record
+        another = _kept_theirs(f"f{n}-p", f"DocumentReference/{nid}", conflict.version_id + 1)
+        enrol_with_entries(gw, SITE_A, tmp_path / "another-conflict", [another])
+        assert store.outbox(("conflict",)) == [conflict]  # it settled another version
         enrol_with_entries(gw, SITE_A, tmp_path / "same-site", [decision])
         assert store.outbox(("conflict",)) == []
         assert [i.seq for i in store.outbox(("superseded",))] == [conflict.seq]
@@ -338,40 +349,52 @@ def test_keep_theirs_on_the_laptop_closes_the_gateways_conflict_and_files_nothin
         assert upstream is not None and upstream["description"] == "Board's edit"
 
 
+@pytest.mark.parametrize("names_version", [False, True])
 def test_a_keep_theirs_whose_settle_failed_at_upload_is_settled_by_the_next_pass(
-    tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch, names_version: bool
 ) -> None:
     """The settle after an audit upload fails once (a database hiccup): the upload still
     succeeds and the conflict row stays open until the next upstream pass closes it from the
-    stored entry. An entry of another site's device, or one made before the conflict (an
-    earlier conflict of the same record), never closes it."""
+    stored entry. An entry of another site's device never closes it. An older laptop's entry
+    (no ``refused_version``) made before the conflict (an earlier conflict of the same record)
+    never closes it; one naming the refused version closes it even from a laptop whose clock
+    is an hour behind, and one naming another version never does."""
     n = next(_run)
     with running_gateway(tmp_path / "gw") as gw:
         store: SqlStore = gw.store
         _vault, _config, data, nid, upstream_id = _conflict_on_laptop(gw, tmp_path, medplum, n)
         [conflict] = store.outbox(("conflict",))
-        decision = _kept_theirs(f"f{n}-p", f"DocumentReference/{nid}")
+        resource = f"DocumentReference/{nid}"
         settle = store.outbox_settled_by_clinician
         failing: list[str] = []
 
-        def fails_at_upload(rtype: str, rid: str, site: str, at: dt.datetime) -> int:
+        def fails_at_upload(rtype: str, rid: str, site: str, at: dt.datetime, **kw: Any) -> int:
             if failing:
                 failing.append(site)
                 raise DatabaseFailure("database_unavailable")
-            return settle(rtype, rid, site, at)
+            return settle(rtype, rid, site, at, **kw)
 
         monkeypatch.setattr(store, "outbox_settled_by_clinician", fails_at_upload)
         now = _now()
+        earlier = now - dt.timedelta(hours=1)
+        if names_version:
+            decision = _kept_theirs(f"f{n}-p", resource, conflict.version_id)
+            wrong = _kept_theirs(f"f{n}-p", resource, conflict.version_id + 1)
+            refused = [(SITE_B, decision, now), (SITE_A, wrong, now)]
+            settling = (decision, earlier)  # this laptop's clock is an hour behind
+        else:
+            decision = _kept_theirs(f"f{n}-p", resource)
+            refused = [(SITE_B, decision, now), (SITE_A, decision, earlier)]
+            settling = (decision, _now())
         failing.append("uploads:")
-        enrol_with_entries(gw, SITE_B, tmp_path / "other-site", [decision], start=now)
-        earlier = now - dt.timedelta(hours=1)  # an earlier conflict of the same record
-        enrol_with_entries(gw, SITE_A, tmp_path / "earlier", [decision], start=earlier)
+        for i, (site, entry, start) in enumerate(refused):
+            enrol_with_entries(gw, site, tmp_path / f"refused-{i}", [entry], start=start)
         assert failing == ["uploads:", SITE_B, SITE_A]  # each upload succeeded all the same
         failing.clear()
         assert run_pass(data, store, reconcile=False).counts.get("outbox_settled", 0) == 0
         assert store.outbox(("conflict",)) == [conflict]  # neither entry settles this one
         failing.append("uploads:")
-        enrol_with_entries(gw, SITE_A, tmp_path / "same-site", [decision], start=_now())
+        enrol_with_entries(gw, SITE_A, tmp_path / "same-site", [settling[0]], start=settling[1])
         assert failing == ["uploads:", SITE_A]
         failing.clear()
         assert store.outbox(("conflict",)) == [conflict]

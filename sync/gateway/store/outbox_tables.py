@@ -191,18 +191,23 @@ class OutboxTables(SqlTables):
                 (seq,),
             ).rowcount
 
-    def outbox_settled_by_clinician(self, rtype: str, rid: str, site: str, now: dt.datetime) -> int:
+    def outbox_settled_by_clinician(
+        self, rtype: str, rid: str, site: str, now: dt.datetime, *, version: int | None = None
+    ) -> int:
         """A clinician of ``site`` kept the health record's version in an upstream conflict:
-        the resource's ``conflict`` rows become ``superseded`` (nothing is filed; never released
-        again). Only a resource of that site; returns the rows closed."""
+        the resource's ``conflict`` rows (only that of ``version`` when given) become
+        ``superseded`` (nothing is filed; never released again). Only a resource of that
+        site; returns the rows closed."""
+        named = 0 if version is None else version  # versions start at 1: 0 names none
         with self._write() as execute:
             return execute(
                 "UPDATE upstream_outbox SET state = 'superseded', done_us = ?,"
                 " detail = 'clinician kept the health record version'"
                 " WHERE type = ? AND id = ? AND state = 'conflict'"
+                " AND (version_id = ? OR ? = 0)"
                 " AND EXISTS (SELECT 1 FROM resources r WHERE r.type = ? AND r.id = ?"
                 " AND r.site = ?)",
-                (to_us(now), rtype, rid, rtype, rid, site),
+                (to_us(now), rtype, rid, named, named, rtype, rid, site),
             ).rowcount
 
     def latest_outbox(self, rtype: str, rid: str) -> OutboxItem | None:

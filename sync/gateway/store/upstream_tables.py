@@ -393,18 +393,20 @@ class UpstreamTables(SqlTables):
     # -- conflicts a clinician settled "theirs" that are still open (``upstream.settled``)
     def conflicts_with_resolutions(self) -> list[ConflictResolution]:
         """Each open ``conflict`` row with every stored ``conflict_resolved`` entry that could
-        settle it: a success of a device of the resource's own site, about the same patient,
-        made at or after the row became a conflict. The caller reads the entry's detail."""
+        settle it: a success of a device of the resource's own site, about the same patient;
+        ``made_after``: at or after the row became a conflict (by the laptop's clock). The
+        caller reads the entry's detail."""
         rows = self._rows(
-            "SELECT o.type, o.id, r.site, a.canonical, a.mac FROM upstream_outbox o"
+            "SELECT o.type, o.id, o.version_id, r.site, a.canonical, a.mac,"
+            " CASE WHEN a.ts_us >= o.done_us THEN 1 ELSE 0 END FROM upstream_outbox o"
             " JOIN resources r ON r.type = o.type AND r.id = o.id"
             " JOIN audit_entries a ON a.site = r.site AND a.patient_id = r.patient_id"
             " AND a.action = 'conflict_resolved' AND a.outcome = 'success'"
-            " AND a.ts_us >= o.done_us"
             " WHERE o.state = 'conflict' ORDER BY o.seq, a.device_id, a.seq"
         )
         return [
-            ConflictResolution(str(t), str(i), str(s), str(c), str(m)) for t, i, s, c, m in rows
+            ConflictResolution(str(t), str(i), int(v), str(s), str(c), str(m), bool(after))
+            for t, i, v, s, c, m, after in rows
         ]
 
 
@@ -418,6 +420,8 @@ class TransactionSize:
 class ConflictResolution:
     rtype: str
     rid: str
+    version_id: int  # the conflict row's version (the refused edit's, here)
     site: str  # the resource's site, which is the device's
     canonical: str  # the stored audit entry (verified when it was stored)
     mac: str
+    made_after: bool  # the entry's time is at or after the row became a conflict
