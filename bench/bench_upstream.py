@@ -291,8 +291,8 @@ def bulk_export() -> None:
                 started = time.perf_counter()
                 again = run_pass(data, store, reconcile=False).counts
                 print(
-                    f"then a poll with nothing new (Patients by _id, _history from the mark"
-                    f" less 5 min, which still covers the whole load):"
+                    f"then a poll with nothing new (Patients by _id, _history from the"
+                    f" export's transactionTime: {again.get('history_entries', 0)} entries read):"
                     f" {time.perf_counter() - started:.2f} s, {again.get('written', 0)} written,"
                     f" {again.get('unchanged', 0)} re-read unchanged"
                 )
