@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _imports(package: str, root: Path = ROOT) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     for path in sorted((root / package).rglob("*.py")):
+        if {".venv", "node_modules"} & set(path.relative_to(root).parts):
+            continue  # a third-party server's own environment (tests/support/sekmet/.venv)
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

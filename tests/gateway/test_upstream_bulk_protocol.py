@@ -32,9 +32,16 @@ from tests.support.gateway import SITE_A, observation, patient
 from tests.support.smart_server import running_smart
 from tests.support.tls import make_test_pki
 from tests.support.tls_server import RawTlsServer, server_context
-from tests.support.upstream import capability_statement, gateway_data, signing_jwk, write_jwk
+from tests.support.upstream import (
+    STAND_IN_BASE,
+    capability_statement,
+    gateway_data,
+    signing_jwk,
+    stand_in_upstream,
+    write_jwk,
+)
 
-BASE = "/fhir"
+BASE = STAND_IN_BASE
 JSON = {"Content-Type": "application/fhir+json"}
 
 
@@ -69,31 +76,13 @@ def _manifest(origin: str, outputs: list[tuple[str, str]], requires_token: bool 
     )
 
 
-def _configure(tmp_path: Path, handler: Any) -> tuple[Path, RawTlsServer, Any]:
-    pki = make_test_pki(tmp_path / "pki")
-    context = server_context(pki.server_cert_path, pki.server_key_path, None)
-    server = RawTlsServer(context, handler)
-    serving = server.serve()
-    next(serving)
-    data = gateway_data(tmp_path)
-    creds = pki.device("gw", "upstream")
-    set_upstream(
-        data,
-        base=f"https://127.0.0.1:{server.port}{BASE}",
-        ca=str(pki.ca_path),
-        cert=str(creds.cert_path),
-        key=str(creds.key_path),
-    )
-    return data, server, serving
-
-
 def test_a_job_that_never_ends_is_polled_as_asked_then_given_up_at_the_deadline(
     tmp_path: Path,
 ) -> None:
     def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
         return 202, {"Retry-After": "7", "X-Progress": "still collecting"}, b""
 
-    data, server, serving = _configure(tmp_path, handler)
+    data, server, serving = stand_in_upstream(tmp_path, handler)
     waits: list[float] = []
     clock = [0.0]
 
@@ -131,7 +120,7 @@ def test_an_odd_retry_after_while_a_job_runs_never_stops_the_poll(tmp_path: Path
             return 202, {"Retry-After": odd}, b""
         return 200, JSON, _manifest(f"https://127.0.0.1{BASE}", [])
 
-    data, server, serving = _configure(tmp_path, handler)
+    data, server, serving = stand_in_upstream(tmp_path, handler)
     waits: list[float] = []
     try:
         with open_connection(load_config(data)) as connection:
@@ -187,7 +176,7 @@ def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_impor
             return 200, {"Content-Type": "application/fhir+ndjson"}, files[kind]
         return 404, JSON, b"{}"
 
-    data, server, serving = _configure(tmp_path, handler)
+    data, server, serving = stand_in_upstream(tmp_path, handler)
     port.append(server.port)
     store = SqliteStore(tmp_path / "gateway.sqlite3")
     try:
@@ -239,7 +228,7 @@ def test_kill_9_while_the_export_job_runs_resumes_that_job_and_imports_each_reco
             return 200, {"Content-Type": "application/fhir+ndjson"}, lines
         return 404, JSON, b"{}"
 
-    data, server, serving = _configure(tmp_path, handler)
+    data, server, serving = stand_in_upstream(tmp_path, handler)
     port.append(server.port)
     store = SqliteStore(data / datadir.DATABASE)
     store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
@@ -316,7 +305,7 @@ def test_an_unreadable_line_leaves_the_quarantine_once_a_reconciliation_read_it_
             return 200, JSON, bundle([])
         return 404, JSON, b"{}"
 
-    data, server, serving = _configure(tmp_path, handler)
+    data, server, serving = stand_in_upstream(tmp_path, handler)
     port.append(server.port)
     store = SqliteStore(tmp_path / "gateway.sqlite3")
     try:

@@ -24,9 +24,11 @@ from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.search import keyset_search
 from sync.protocol.fhir.paging import fhir_instant
 from sync.protocol.fhir.validate import parse_instant
-from tests.gateway.test_upstream_bulk_protocol import BASE, JSON, _configure
+from tests.support.upstream import STAND_IN_BASE as BASE
+from tests.support.upstream import stand_in_upstream
 
 CAP = 50
+JSON = {"Content-Type": "application/fhir+json"}
 MIGRATED = dt.datetime(2026, 3, 1, 9, 30, 0, 123000, tzinfo=dt.UTC)
 
 
@@ -75,7 +77,7 @@ def _observation(rid: str, at: dt.datetime) -> dict[str, Any]:
 
 
 def _read_all(tmp_path: Path, upstream: Upstream, **search: Any) -> list[dict[str, Any]]:
-    data, _, serving = _configure(tmp_path, upstream.handle)
+    data, _, serving = stand_in_upstream(tmp_path, upstream.handle)
     try:
         with open_connection(load_config(data)) as connection:
             return [

@@ -22,8 +22,32 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from policy.atomic import atomic_write
 from sync.gateway import datadir
 from sync.gateway.cli import main as gateway_main
-from tests.support.tls import PkiFiles
+from sync.gateway.upstream.config import set_upstream
+from tests.support.tls import PkiFiles, make_test_pki
 from tests.support.tls_server import DropConnection, RawTlsServer, server_context
+
+STAND_IN_BASE = "/fhir"
+
+
+def stand_in_upstream(tmp_path: Path, handler: Any) -> tuple[Path, RawTlsServer, Any]:
+    """A raw TLS server answering with ``handler`` at ``https://127.0.0.1:<port>/fhir``, and a
+    gateway data folder configured for it (its CA, a client certificate). Returns the data
+    folder, the server and its running generator (``close()`` it to stop the server)."""
+    pki = make_test_pki(tmp_path / "pki")
+    context = server_context(pki.server_cert_path, pki.server_key_path, None)
+    server = RawTlsServer(context, handler)
+    serving = server.serve()
+    next(serving)
+    data = gateway_data(tmp_path)
+    creds = pki.device("gw", "upstream")
+    set_upstream(
+        data,
+        base=f"https://127.0.0.1:{server.port}{STAND_IN_BASE}",
+        ca=str(pki.ca_path),
+        cert=str(creds.cert_path),
+        key=str(creds.key_path),
+    )
+    return data, server, serving
 
 
 def gateway_data(tmp_path: Path) -> Path:
