@@ -82,6 +82,11 @@ def _page(
     return _entries(bundle), bundle_link(bundle, "next")
 
 
+def _millisecond(resource: dict[str, Any]) -> str | None:
+    stamp = last_updated(resource)
+    return None if stamp is None else fhir_instant(stamp)
+
+
 def _one_instant(
     connection: UpstreamConnection,
     rtype: str,
@@ -94,8 +99,9 @@ def _one_instant(
     two listings in a row agree (module docstring); each is yielded once (``yielded``: ids
     already yielded at ``key``, grown here)."""
     previous: set[str] | None = None
+    instant = fhir_instant(key)  # what ``eq`` and the ``gt`` after it mean: this millisecond
     for _ in range(MAX_INSTANT_LISTINGS):
-        query = {**params, "_lastUpdated": "eq" + fhir_instant(key), "_sort": "_id"}
+        query = {**params, "_lastUpdated": "eq" + instant, "_sort": "_id"}
         path: str | None = f"{rtype}?{urlencode({**query, '_count': str(count)})}"
         listed: set[str] = set()
         asked: set[str] = set()
@@ -104,7 +110,7 @@ def _one_instant(
                 raise UpstreamError("keyset_stuck", f"{rtype}: one instant's listing loops")
             asked.add(path)
             page, path = _page(connection, rtype, path)
-            at_key = [r for r in page if last_updated(r) == key]
+            at_key = [r for r in page if _millisecond(r) == instant]
             fresh = [r for r in at_key if str(r.get("id")) not in yielded]
             listed |= {str(r.get("id")) for r in at_key}
             yielded |= {str(r.get("id")) for r in fresh}
