@@ -38,6 +38,7 @@ from tests.support.tls import PkiFiles, make_test_pki
 from tests.support.tls_server import RawTlsServer, server_context
 from tests.support.upstream import (
     capability_statement,
+    configure_with_certificate,
     gateway_cli,
     gateway_data,
     metadata_handler,
@@ -217,14 +218,7 @@ def _raw_upstream(context: ssl.SSLContext) -> Iterator[RawTlsServer]:
 
 
 def _configure_raw(data: Path, pki: PkiFiles, port: int) -> None:
-    creds = pki.device("gw", "upstream")
-    set_upstream(
-        data,
-        base=f"https://127.0.0.1:{port}/some/deep/fhir",
-        ca=str(pki.ca_path),
-        cert=str(creds.cert_path),
-        key=str(creds.key_path),
-    )
+    configure_with_certificate(data, pki, f"https://127.0.0.1:{port}/some/deep/fhir")
 
 
 def test_upstream_accepts_tls12_where_the_server_offers_no_more(tmp_path: Path) -> None:

@@ -39,15 +39,16 @@ def stand_in_upstream(tmp_path: Path, handler: Any) -> tuple[Path, RawTlsServer,
     serving = server.serve()
     next(serving)
     data = gateway_data(tmp_path)
+    configure_with_certificate(data, pki, f"https://127.0.0.1:{server.port}{STAND_IN_BASE}")
+    return data, server, serving
+
+
+def configure_with_certificate(data: Path, pki: PkiFiles, base: str) -> None:
+    """``upstream set`` for ``base`` with the test PKI's CA and a client certificate."""
     creds = pki.device("gw", "upstream")
     set_upstream(
-        data,
-        base=f"https://127.0.0.1:{server.port}{STAND_IN_BASE}",
-        ca=str(pki.ca_path),
-        cert=str(creds.cert_path),
-        key=str(creds.key_path),
+        data, base=base, ca=str(pki.ca_path), cert=str(creds.cert_path), key=str(creds.key_path)
     )
-    return data, server, serving
 
 
 def gateway_data(tmp_path: Path) -> Path:
