@@ -4,6 +4,9 @@ instant). A stand-in TLS server, because neither third-party server here caps it
 what such a test can fill in seconds: it caps ``_count`` at 50, pages by offset with ``next``
 links, and honours ``_lastUpdated`` ``ge``/``gt``/``eq`` and ``_sort``.
 
+The stand-in sends ``lastUpdated`` to the microsecond, some records a few hundred microseconds
+apart within one millisecond: what ``eq`` and ``gt`` to the millisecond mean must hold them all.
+
 Before the instant was listed on its own, such a search stopped with ``keyset_stuck`` and that
 type's pass failed; a reconciliation could not run at all."""
 
@@ -22,7 +25,6 @@ from sync.gateway.upstream.config import load_config
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.search import keyset_search
-from sync.protocol.fhir.paging import fhir_instant
 from sync.protocol.fhir.validate import parse_instant
 from tests.support.upstream import STAND_IN_BASE as BASE
 from tests.support.upstream import stand_in_upstream
@@ -52,10 +54,10 @@ class Upstream:
         if query.get("_sort") == "_id":
             rows.sort(key=lambda kv: kv[0])
         bound = query.get("_lastUpdated")
-        if bound:
+        if bound:  # a bound to the millisecond covers that whole millisecond
             op, moment = bound[:2], parse_instant(bound[2:])
             test = {"ge": dt.datetime.__ge__, "gt": dt.datetime.__gt__, "eq": dt.datetime.__eq__}
-            rows = [kv for kv in rows if test[op](kv[1], moment)]
+            rows = [kv for kv in rows if test[op](_to_millisecond(kv[1]), moment)]
         count = min(int(query.get("_count", "20")), CAP)
         page = rows[offset : offset + count]
         bundle: dict[str, Any] = {
@@ -72,8 +74,14 @@ class Upstream:
         return 200, JSON, orjson.dumps(bundle)
 
 
+def _to_millisecond(at: dt.datetime) -> dt.datetime:
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
 def _observation(rid: str, at: dt.datetime) -> dict[str, Any]:
-    return {"resourceType": "Observation", "id": rid, "meta": {"lastUpdated": fhir_instant(at)}}
+    """Its ``lastUpdated`` to the microsecond, as some servers send it."""
+    stamp = at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return {"resourceType": "Observation", "id": rid, "meta": {"lastUpdated": stamp}}
 
 
 def _read_all(tmp_path: Path, upstream: Upstream, **search: Any) -> list[dict[str, Any]]:
@@ -89,6 +97,8 @@ def _read_all(tmp_path: Path, upstream: Upstream, **search: Any) -> list[dict[st
 
 def _migration(n: int) -> dict[str, dt.datetime]:
     stamps = {f"m{i:04d}": MIGRATED for i in range(n)}
+    later = MIGRATED + dt.timedelta(microseconds=400)  # the same millisecond
+    stamps |= {f"u{i}": later for i in range(5)}
     stamps |= {f"a{i}": MIGRATED - dt.timedelta(minutes=1 + i) for i in range(3)}
     stamps |= {f"z{i}": MIGRATED + dt.timedelta(minutes=1 + i) for i in range(3)}
     return stamps
@@ -120,7 +130,7 @@ def test_a_record_edited_mid_listing_neither_hides_another_nor_is_lost(tmp_path:
     ids = {str(r["id"]) for r in read}
     assert ids == set(upstream.stamps)  # nothing skipped
     stamps = [r["meta"]["lastUpdated"] for r in read if r["id"] == edited]
-    assert stamps[-1] == fhir_instant(MIGRATED + dt.timedelta(minutes=30))  # its edit came last
+    assert parse_instant(stamps[-1]) == MIGRATED + dt.timedelta(minutes=30)  # its edit: last
 
 
 def test_an_instant_that_never_settles_fails_rather_than_skips(tmp_path: Path) -> None:
