@@ -76,6 +76,27 @@ def _manifest(origin: str, outputs: list[tuple[str, str]], requires_token: bool 
     )
 
 
+def _one_job(
+    route: str,
+    headers: dict[str, str],
+    origin: str,
+    members: tuple[str, ...],
+    files_at: list[tuple[str, str]],
+    requires_token: bool = False,
+) -> Any:
+    """The stand-in's answer to its metadata, to Group ``g`` of ``members``, and to one export
+    job ``j1`` whose manifest lists ``files_at`` (type, url); None for any other route."""
+    if route == "/metadata":
+        return 200, JSON, _statement()
+    if route == "/Group/g":
+        return 200, JSON, _group(*members)
+    if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
+        return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
+    if route == "/bulk-status/j1":
+        return 200, JSON, _manifest(origin, files_at, requires_token)
+    return None
+
+
 def test_a_job_that_never_ends_is_polled_as_asked_then_given_up_at_the_deadline(
     tmp_path: Path,
 ) -> None:
@@ -160,17 +181,12 @@ def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_impor
     def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
         route = path.split("?")[0].removeprefix(BASE)
         origin = f"https://127.0.0.1:{port[0]}{BASE}"
-        if route == "/metadata":
-            return 200, JSON, _statement()
-        if route == "/Group/g":
-            return 200, JSON, _group("good", "other")
-        if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
-            return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
-        if route == "/bulk-status/j1":
-            files_at = [  # Patient last: read first anyway
-                (t, f"{origin}/bulk-files/j1/{t}.ndjson") for t in ("Observation", "Patient")
-            ]
-            return 200, JSON, _manifest(origin, files_at)
+        files_at = [  # Patient last: read first anyway
+            (t, f"{origin}/bulk-files/j1/{t}.ndjson") for t in ("Observation", "Patient")
+        ]
+        answer = _one_job(route, headers, origin, ("good", "other"), files_at)
+        if answer is not None:
+            return answer
         if route.startswith("/bulk-files/j1/"):
             kind = route.rsplit("/", 1)[1].removesuffix(".ndjson")
             return 200, {"Content-Type": "application/fhir+ndjson"}, files[kind]
@@ -282,15 +298,10 @@ def test_an_unreadable_line_leaves_the_quarantine_once_a_reconciliation_read_it_
     def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
         route = path.split("?")[0].removeprefix(BASE)
         origin = f"https://127.0.0.1:{port[0]}{BASE}"
-        if route == "/metadata":
-            return 200, JSON, _statement()
-        if route == "/Group/g":
-            return 200, JSON, _group("good")
-        if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
-            return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
-        if route == "/bulk-status/j1":
-            patients_at = f"{origin}/bulk-files/j1/Patient.ndjson"
-            return 200, JSON, _manifest(origin, [("Patient", patients_at)])
+        patients_at = [("Patient", f"{origin}/bulk-files/j1/Patient.ndjson")]
+        answer = _one_job(route, headers, origin, ("good",), patients_at)
+        if answer is not None:
+            return answer
         if route == "/bulk-files/j1/Patient.ndjson":
             return (
                 200,
@@ -365,17 +376,9 @@ def test_bulk_files_on_another_origin_are_read_only_from_one_it_named(
     def upstream(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
         route = path.split("?")[0].removeprefix(BASE)
         origin = f"https://127.0.0.1:{port[0]}{BASE}"
-        if route == "/metadata":
-            return 200, JSON, _statement()
-        if route == "/Group/g":
-            return 200, JSON, _group("good")
-        if route == "/Group/g/$export" and headers.get("prefer") == "respond-async":
-            return 202, {"Content-Location": f"{origin}/bulk-status/j1"}, b""
-        if route == "/bulk-status/j1":
-            patients_at = f"{files_origin}/files/Patient.ndjson"
-            manifest = _manifest(origin, [("Patient", patients_at)], requires_token)
-            return 200, JSON, manifest
-        return 404, JSON, b"{}"
+        patients_at = [("Patient", f"{files_origin}/files/Patient.ndjson")]
+        answer = _one_job(route, headers, origin, ("good",), patients_at, requires_token)
+        return (404, JSON, b"{}") if answer is None else answer
 
     server = RawTlsServer(server_context(pki.server_cert_path, pki.server_key_path, None), upstream)
     serving = server.serve()
