@@ -69,7 +69,7 @@ pytest-postgres: venv sysdeps sekmet
 soak: venv sysdeps
 	GATEHOUSE_KILL_ROUNDS=3000 $(PY) -m pytest tests/sync/test_sync_crash.py tests/client/test_crash_consultation.py -q
 
-# The same tests as `pytest pytest-postgres`, in two processes at once (scripts/run-tests.sh).
+# The same tests as `pytest pytest-postgres`, the two at once (scripts/run-tests.sh).
 test: lint typecheck venv sysdeps medplum sekmet
 	bash scripts/run-tests.sh
 

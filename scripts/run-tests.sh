@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# `make test`'s pytest half, in two pytest processes at once (CI has two cores; much of the
-# suite waits on subprocesses: Medplum, sekmet-fhir, PostgreSQL, killed children):
-#   1. the protocol, gateway, policy and packaging tests, then the gateway suite on PostgreSQL;
-#   2. the laptop's core and Qt tests and the demo (measured: 891 tests in 10.3 min, then the
-#      PostgreSQL suite; 621 tests in 13.6 min).
-# Every Qt test stays in one process, in the order `make pytest` runs them. Each half writes
-# its own log; both are printed when both are done, and the run fails if either did.
-# `make pytest` still runs everything in one process.
+# `make test`'s pytest half: the whole suite in one pytest process, exactly as `make pytest` runs
+# it, and beside it (CI has two cores) the gateway suite on PostgreSQL. Each writes its own log;
+# both are printed when both are done, and the run fails if either did.
+#
+# Why not more parallel: splitting the suite itself in two (tried, issue 14 note) ran the Qt
+# tests after a different history of earlier tests, and one such run crashed in the garbage
+# collector during a UI test; the suite is run whole, in its usual order, until that is found.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,31 +17,26 @@ PYTEST_ARGS=(${PYTEST_ARGS:-})
 
 started=$(date +%s)
 (
-    "$PY" -m pytest -m "not frozen_bundle" "${PYTEST_ARGS[@]}" \
-        tests/sync tests/gateway tests/policy tests/packaging >"$LOGS/protocol.log" 2>&1
-    echo $? >"$LOGS/protocol.rc"
-    echo "run-tests: protocol, gateway, policy and packaging tests done after $(($(date +%s) - started)) s"
-    GATEHOUSE_TEST_STORE=postgres "$PY" -m pytest -q tests/gateway >"$LOGS/postgres.log" 2>&1
-    echo $? >"$LOGS/postgres.rc"
-    echo "run-tests: gateway suite on PostgreSQL done after $(($(date +%s) - started)) s"
+    "$PY" -m pytest -m "not frozen_bundle" "${PYTEST_ARGS[@]}" >"$LOGS/suite.log" 2>&1
+    echo $? >"$LOGS/suite.rc"
+    echo "run-tests: the suite done after $(($(date +%s) - started)) s"
 ) &
 (
-    "$PY" -m pytest -m "not frozen_bundle" "${PYTEST_ARGS[@]}" \
-        tests/client tests/ui tests/test_*.py >"$LOGS/laptop.log" 2>&1
-    echo $? >"$LOGS/laptop.rc"
-    echo "run-tests: laptop and demo tests done after $(($(date +%s) - started)) s"
+    GATEHOUSE_TEST_STORE=postgres "$PY" -m pytest -q tests/gateway >"$LOGS/postgres.log" 2>&1
+    echo $? >"$LOGS/postgres.rc"
+    echo "run-tests: the gateway suite on PostgreSQL done after $(($(date +%s) - started)) s"
 ) &
 wait
 
 status=0
-for part in protocol laptop postgres; do
-    echo "=================== $part tests ($LOGS/$part.log) ==================="
+for part in suite postgres; do
+    echo "=================== $part ($LOGS/$part.log) ==================="
     cat "$LOGS/$part.log"
     rc="$(cat "$LOGS/$part.rc" 2>/dev/null || echo 99)"
     if [[ "$rc" != "0" ]]; then
-        echo "run-tests: the $part tests FAILED (exit $rc)"
+        echo "run-tests: $part FAILED (exit $rc)"
         status=1
     fi
 done
-echo "run-tests: all three parts in $(($(date +%s) - started)) s; exit $status"
+echo "run-tests: both in $(($(date +%s) - started)) s; exit $status"
 exit "$status"
