@@ -10,6 +10,8 @@ Guarantees:
 - The worker never holds the last reference to a callback or to the work closure (which may
   reach a widget): callbacks stay in a registry on the owner's thread, and the work closure
   travels back with its result, so Qt objects are never destroyed on the worker (a crash).
+- The slot that receives the worker's signal is declared with ``@Slot`` (PySide6 6.8 and
+  later can crash delivering a cross-thread signal to an undeclared slot: PYSIDE-3124).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
-from client.ui.qt import QObject, Qt, Signal
+from client.ui.qt import QObject, Qt, Signal, Slot
 
 Callback = Callable[[Any], None]
 
@@ -70,6 +72,7 @@ class Executor(QObject):
 
         return self._pool.submit(run)
 
+    @Slot(int, object, object, object)
     def _deliver(self, token: int, _work: object, result: Any, error: BaseException | None) -> None:
         on_success, on_failure = self._callbacks.pop(token, (None, None))
         self._pending -= 1

@@ -1,11 +1,14 @@
-"""The import's writer commits full batches on its committer thread while the next batch is
-read: ``flush`` still returns only once everything offered has committed, and a batch that
-fails is raised, leaves nothing half-written, and is imported whole by the next pass."""
+"""The import's writer commits full batches right away (SQLite) or on its committer thread
+while the next batch is read (where the store's ``bulk_commits_overlap`` says so:
+PostgreSQL). Either way ``flush`` returns only once everything offered has committed, and a
+batch that fails is raised, leaves nothing half-written, and is imported whole by the next
+pass."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +49,9 @@ def _rows(path: Path) -> tuple[int, int, int]:
         )
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Any:
+@pytest.fixture(params=[False, True], ids=["commits-here", "commits-overlap"])
+def store(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(SqliteStore, "bulk_commits_overlap", request.param)
     opened = SqliteStore(tmp_path / "gateway.sqlite3")
     opened.add_site(SITE, "HMP Brixton", dt.datetime.now(dt.UTC))
     yield opened
@@ -97,3 +101,32 @@ def test_a_failed_batch_is_raised_leaves_nothing_half_written_and_the_next_pass_
     assert again.counts["written"] == len(resources) - live
     assert again.counts["unchanged"] == live
     assert _rows(tmp_path / "gateway.sqlite3") == (len(resources),) * 3  # one version each
+
+
+def test_a_batch_commits_on_the_committer_thread_only_where_the_store_says_it_pays(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "WRITE_BATCH", 40)
+    record = SqliteStore.record_imports_in_tx
+    threads: set[str] = set()
+
+    def noting_the_thread(self: SqliteStore, *args: Any, **kwargs: Any) -> None:
+        threads.add(threading.current_thread().name)
+        record(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqliteStore, "record_imports_in_tx", noting_the_thread)
+    writer = ImportWriter(store, dt.datetime.now(dt.UTC))
+    _offer_all(writer, _upstream(4))
+    writer.flush()
+    assert threads, "no batch was committed"
+    if store.bulk_commits_overlap:
+        assert all(name.startswith("import-commit") for name in threads)
+    else:
+        assert threads == {threading.current_thread().name}
+
+
+def test_sqlite_commits_here_and_postgresql_overlaps() -> None:
+    from sync.gateway.store import postgres, sqlite
+
+    assert sqlite.DIALECT.bulk_commits_overlap is False
+    assert postgres.DIALECT.bulk_commits_overlap is True

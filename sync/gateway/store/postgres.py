@@ -140,6 +140,7 @@ DIALECT = Dialect(
     head_seq=HEAD_SEQ,
     extra_schema=PG_WRITE_SCHEMA,
     missing_relations=("SELECT count(*) FROM unnest(?::text[]) AS n WHERE to_regclass(n) IS NULL"),
+    bulk_commits_overlap=True,
 )
 
 

@@ -103,6 +103,11 @@ class SqlStore(
         row = self._one(query, (names,))
         return row is None or int(row[0]) > 0
 
+    @property
+    def bulk_commits_overlap(self) -> bool:
+        """Whether a bulk import should commit on a thread of its own (``Dialect``)."""
+        return self._dialect.bulk_commits_overlap
+
     @contextmanager
     def write(self) -> Iterator[WriteTx]:
         with self._transaction(self._dialect.begin_write):

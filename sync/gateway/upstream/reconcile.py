@@ -82,6 +82,8 @@ def _to_fetch(
     seen: set[str],
 ) -> list[str]:
     """List ``rtype`` of ``patients``; add the unchanged to ``seen``; return the ids to fetch."""
+    if not patients:  # e.g. every site was loaded by $export: nothing to list or compare
+        return []
     writer.flush()  # the held versions and owners below are what the store holds
     held = writer.held(rtype)
     owner = {rid: row.patient_id for rid, row in writer.store.imported(rtype).items()}

@@ -12,12 +12,13 @@ Invariants:
   site's feed.
 - A resource and its ``upstream_imported`` row commit in one store transaction
   (``WRITE_BATCH`` per transaction).
-- A full batch is committed on the writer's committer thread while the next one is read
-  (SQLite and PostgreSQL do their part without Python's lock), one batch at a time, in order.
-  Everything else waits for it first (``drain``): ``flush`` returns only once every batch has
-  committed (so a high-water mark saved after it covers only committed writes), and
-  ``writer.store``, the quarantine and every read go through ``drain``; a batch's failure is
-  raised there.
+- Batches commit one at a time, in order. Where the store says it is worth it
+  (``bulk_commits_overlap``: PostgreSQL) a full batch is committed on the committer thread
+  while the next one is read; on SQLite it is committed right away, on this thread.
+  Everything else waits for a batch being committed first (``drain``): ``flush`` returns
+  only once every batch has committed (so a high-water mark saved after it covers only
+  committed writes), and ``writer.store``, the quarantine and every read go through
+  ``drain``; a batch's failure is raised there (or, committed here, at once).
 - A note filed from here comes back from the upstream under the upstream's id: it is held
   under the gateway's own id (``upstream_filed``), its echo is never written again, and an
   upstream edit of it becomes its next version here, tagged filed, or tagged conflict when the
@@ -225,11 +226,14 @@ class ImportWriter:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        self._committing = _committer_pool().submit(self._commit, batch)
+        if self._store.bulk_commits_overlap:
+            self._committing = _committer_pool().submit(self._commit, batch)
+        else:
+            self.counts.update(self._commit(batch))
 
     def _commit(self, batch: list[Pending]) -> Counter[str]:
         """One store transaction, in the order offered: each run of new versions with one
-        ``put_many`` and one ``record_imports_in_tx`` (on the committer thread)."""
+        ``put_many`` and one ``record_imports_in_tx`` (on the committer thread, or this one)."""
         counts: Counter[str] = Counter()
         store = self._store
         with store.write() as tx:
