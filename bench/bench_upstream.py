@@ -42,6 +42,7 @@ to a gateway site. Figures:
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import resource
 import sys
@@ -257,6 +258,10 @@ def bulk_export() -> None:
                 f"sekmet loaded {len(resources)} resources ({len(pids)} patients) in"
                 f" {time.perf_counter() - started:.1f} s"
             )
+            # A gateway process holds no copy of the upstream's records: neither does the
+            # pass measured here (their millions of objects would slow its garbage collector).
+            del resources, probe
+            gc.collect()
             data = gateway_data(tmp)
             creds = sekmet.pki.device("gateway-upstream", "upstream")
             set_upstream(

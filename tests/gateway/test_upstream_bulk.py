@@ -27,15 +27,16 @@ from sync.gateway.store.base import HistoryQuery
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream.capabilities import read_capabilities
-from sync.gateway.upstream.config import load_config, set_upstream
+from sync.gateway.upstream.config import load_config
 from sync.gateway.upstream.load import ELEMENTS_STREAM, import_records
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
 from sync.gateway.upstream.search import keyset_search
 from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
 from tests.support.sekmet_server import SekmetServer, running_sekmet
-from tests.support.sync import DeviceVault, device_view, seed_resources, sync_once, transport_config
-from tests.support.upstream import gateway_data
+from tests.support.sync import seed_resources
+from tests.support.upstream import configure_with_certificate, gateway_data
+from tests.support.upstream_world import UpstreamWorld
 
 _run = itertools.count()
 
@@ -56,17 +57,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _configure(data: Path, sekmet: SekmetServer) -> None:
-    creds = sekmet.pki.device("gateway-upstream", "upstream")
-    set_upstream(
-        data,
-        base=sekmet.base,
-        ca=str(sekmet.pki.ca_path),
-        cert=str(creds.cert_path),
-        key=str(creds.key_path),
-    )
-
-
 def feed(store: SqlStore, site: str) -> Counter[tuple[str, str]]:
     """How many times each (type, id) appears in ``site``'s change feed."""
     seen: Counter[tuple[str, str]] = Counter()
@@ -79,66 +69,17 @@ def feed(store: SqlStore, site: str) -> Counter[tuple[str, str]]:
         after = page[-1].seq
 
 
-class World:
-    """One test's upstream records (unique ids in the shared sekmet), gateway and laptops."""
+class World(UpstreamWorld):
+    """One test's upstream records (ids ``b<n>-…`` in the shared sekmet), gateway and laptops."""
 
     def __init__(self, tmp: Path, sekmet: SekmetServer, gw: Gateway) -> None:
-        self.n = next(_run)
-        self.tmp, self.sekmet, self.gw = tmp, sekmet, gw
-        assert isinstance(gw.store, SqlStore)
-        self.store: SqlStore = gw.store
-        self.data = gateway_data(tmp)
-        _configure(self.data, sekmet)
-        for site in (SITE_A, SITE_B):
-            gw.store.add_site(site, site, _now())
-        self.vaults: dict[str, Any] = {}
-
-    def id(self, name: str) -> str:
-        return f"b{self.n}-{name}"
-
-    def group(self, name: str, members: list[dict[str, Any]]) -> None:
-        self.sekmet.put(
-            {
-                "resourceType": "Group",
-                "id": self.id(name),
-                "type": "person",
-                "actual": True,
-                "member": members,
-            }
-        )
-
-    def member(self, name: str, **extra: Any) -> dict[str, Any]:
-        return {"entity": {"reference": f"Patient/{self.id(name)}"}, **extra}
+        super().__init__(tmp, sekmet, gw, "b")
 
     def patient(self, name: str, **extra: Any) -> None:
-        self.sekmet.put({**patient(self.id(name), "x"), **extra})
-
-    def observation(self, name: str, of: str, value: float = 70.0) -> None:
-        self.sekmet.put(observation(self.id(name), self.id(of), value))
-
-    def sync(self, *, reconcile: bool | None = True) -> dict[str, int]:
-        return run_pass(self.data, self.store, reconcile=reconcile).counts
-
-    def laptop(self, site: str) -> dict[tuple[str, str], str]:
-        """A real laptop of ``site`` syncs with the gateway; what its vault then holds."""
-        if site not in self.vaults:
-            device_id = f"dev-{site}-b{self.n}"
-            creds = self.gw.pki.device(device_id, site)
-            self.gw.store.set_device(device_id, site, "active")
-            device = DeviceVault.create(self.tmp / f"{device_id}.db", device_id)
-            config = transport_config(self.gw.url, self.gw.pki.server_pin, creds)
-            self.vaults[site] = (device.open(), config)
-        vault, config = self.vaults[site]
-        result = sync_once(vault, config, site=site)
-        assert result.ok, result
-        return device_view(vault.connection)
-
-    def held(self, site: str) -> set[tuple[str, str]]:
-        prefix = f"b{self.n}-"
-        return {(t, i.removeprefix(prefix)) for t, i in self.laptop(site) if i.startswith(prefix)}
+        self.server.put({**patient(self.id(name), "x"), **extra})
 
     def fed(self, site: str) -> Counter[tuple[str, str]]:
-        prefix = f"b{self.n}-"
+        prefix = self.prefix
         return Counter(
             {(t, i.removeprefix(prefix)): c for (t, i), c in feed(self.store, site).items()
              if i.startswith(prefix)}
@@ -322,7 +263,7 @@ def test_kill_9_mid_export_then_restart_imports_everything_exactly_once(
         | {"actual": True, "member": members}
     )
     data = gateway_data(tmp_path)
-    _configure(data, sekmet)
+    configure_with_certificate(data, sekmet.pki, sekmet.base)
     database = data / datadir.DATABASE
     store = SqliteStore(database)
     store.add_site(SITE_A, SITE_A, _now())

@@ -16,7 +16,6 @@ import orjson
 import pytest
 
 from sync.gateway import datadir
-from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream.cli import print_status, status_document
 from sync.gateway.upstream.config import set_upstream
@@ -24,8 +23,8 @@ from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import run_pass
 from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
 from tests.support.medplum_server import MedplumServer, running_medplum
-from tests.support.sync import DeviceVault, device_view, sync_once, transport_config
 from tests.support.upstream import gateway_cli, gateway_data
+from tests.support.upstream_world import UpstreamWorld
 
 _run = itertools.count()
 
@@ -42,73 +41,16 @@ def gw(tmp_path: Path) -> Iterator[Gateway]:
         yield gateway
 
 
-class World:
-    """One test's upstream records (unique ids in the shared Medplum), gateway and laptops."""
+class World(UpstreamWorld):
+    """One test's upstream records (ids ``u<n>-…`` in the shared Medplum), gateway and laptops."""
 
     def __init__(self, tmp: Path, medplum: MedplumServer, gw: Gateway) -> None:
-        self.n = next(_run)
-        self.tmp, self.medplum, self.gw = tmp, medplum, gw
-        assert isinstance(gw.store, SqlStore)
-        self.store: SqlStore = gw.store
-        self.data = gateway_data(tmp)
-        creds = medplum.pki.device("gateway-upstream", "upstream")
-        set_upstream(
-            self.data,
-            base=medplum.base,
-            ca=str(medplum.pki.ca_path),
-            cert=str(creds.cert_path),
-            key=str(creds.key_path),
-        )
-        for site in (SITE_A, SITE_B):
-            gw.store.add_site(site, site, _now())
-        self.vaults: dict[str, Any] = {}
-
-    def id(self, name: str) -> str:
-        return f"u{self.n}-{name}"
-
-    def group(self, name: str, members: list[dict[str, Any]]) -> None:
-        self.medplum.put(
-            {
-                "resourceType": "Group",
-                "id": self.id(name),
-                "type": "person",
-                "actual": True,
-                "member": members,
-            }
-        )
-
-    def member(self, name: str, **extra: Any) -> dict[str, Any]:
-        return {"entity": {"reference": f"Patient/{self.id(name)}"}, **extra}
+        super().__init__(tmp, medplum, gw, "u")
 
     def patient(self, name: str, org: str = "board-org", **extra: Any) -> None:
         resource = {**patient(self.id(name), "x"), **extra}
         resource["managingOrganization"] = {"reference": f"Organization/{self.id(org)}"}
-        self.medplum.put(resource)
-
-    def observation(self, name: str, of: str, value: float = 70.0) -> None:
-        self.medplum.put(observation(self.id(name), self.id(of), value))
-
-    def sync(self, *, reconcile: bool | None = True) -> dict[str, int]:
-        return run_pass(self.data, self.store, reconcile=reconcile).counts
-
-    def laptop(self, site: str) -> dict[tuple[str, str], str]:
-        """A real laptop of ``site`` syncs with the gateway; what its vault then holds."""
-        if site not in self.vaults:
-            device_id = f"dev-{site}-{self.n}"
-            creds = self.gw.pki.device(device_id, site)
-            self.gw.store.set_device(device_id, site, "active")
-            device = DeviceVault.create(self.tmp / f"{device_id}.db", device_id)
-            config = transport_config(self.gw.url, self.gw.pki.server_pin, creds)
-            self.vaults[site] = (device.open(), config)
-        vault, config = self.vaults[site]
-        result = sync_once(vault, config, site=site)
-        assert result.ok, result
-        return device_view(vault.connection)
-
-    def held(self, site: str) -> set[tuple[str, str]]:
-        """(type, short name) of this test's records a laptop of ``site`` holds."""
-        prefix = f"u{self.n}-"
-        return {(t, i.removeprefix(prefix)) for t, i in self.laptop(site) if i.startswith(prefix)}
+        self.server.put(resource)
 
 
 def _now() -> dt.datetime:

@@ -107,10 +107,11 @@ class Dialect:
     # Whether a bulk import commits each batch on a thread of its own while it reads the next
     # (``upstream.writer``). Not for in-process SQLite: its driver hands Python's lock back
     # and forth once a row, and the two threads' waits for it cost more than the overlap
-    # gains (104k resources, the pass less its export job: 12.7-13.8 s with the thread,
-    # 10.1-12.0 s without). PostgreSQL keeps it: the database works in its own process and
-    # the thread mostly waits on its socket (there, 23-28 s with, 25-26 s without: no
-    # difference measurable on a 2-core machine that also runs the server).
+    # gains (104k resources, the pass less its export job, three paired runs: 17.9, 12.7 and
+    # 13.8 s with the thread, 17.1, 12.0 and 10.1 s without). PostgreSQL keeps it: the
+    # database works in its own process and the thread mostly waits on its socket (there,
+    # 23-28 s with, 25-26 s without: no difference measurable on a 2-core machine that
+    # also runs the server).
     bulk_commits_overlap: bool = False
 
     def sql(self, portable: str) -> str:

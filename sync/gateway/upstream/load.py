@@ -59,7 +59,6 @@ from sync.gateway.upstream.capabilities import UpstreamCapabilities
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.exports import ExportResult, export_group, last_export
-from sync.gateway.upstream.gc_pacing import paced_for_import
 from sync.gateway.upstream.history import read_history
 from sync.gateway.upstream.membership import Membership, read_membership
 from sync.gateway.upstream.reconcile import PATIENT_CHUNK, chunks, reconcile_type
@@ -228,8 +227,7 @@ def import_records(
         return {"site_links": 0}
     writer = ImportWriter(store, now)
     try:
-        with paced_for_import():
-            return _import_pass(connection, store, writer, links, now, reconcile, capabilities)
+        return _import_pass(connection, store, writer, links, now, reconcile, capabilities)
     finally:
         writer.abandon()  # a pass that failed: its last batch is done before the lease goes
 
