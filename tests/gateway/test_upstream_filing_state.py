@@ -23,7 +23,6 @@ from client.core.vault import Vault
 from sync.device.transport import TransportConfig
 from sync.gateway.store.base import DatabaseFailure
 from sync.gateway.store.sql import SqlStore
-from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.passes import run_pass
 from sync.protocol.fhir.filing import FILING_SYSTEM, filing_tag
 from tests.support.control import enrol_with_entries
@@ -35,7 +34,12 @@ from tests.support.sync import (
     transport_config,
     write_consultations,
 )
-from tests.support.upstream import gateway_cli, gateway_data, running_relay
+from tests.support.upstream import (
+    configure_with_certificate,
+    gateway_cli,
+    gateway_data,
+    running_relay,
+)
 
 _run = itertools.count()
 
@@ -48,17 +52,6 @@ def medplum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumServer]
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _configure(data: Path, medplum: MedplumServer, base: str | None = None) -> None:
-    creds = medplum.pki.device("gateway-upstream", "upstream")
-    set_upstream(
-        data,
-        base=base or medplum.base,
-        ca=str(medplum.pki.ca_path),
-        cert=str(creds.cert_path),
-        key=str(creds.key_path),
-    )
 
 
 def _link(store: SqlStore, medplum: MedplumServer, n: int, pid: str) -> None:
@@ -105,7 +98,7 @@ def _consultation_filed(
     upstream pass that filed it; returns (vault, config, gateway data folder, patient id)."""
     store: SqlStore = gw.store
     data = gateway_data(tmp_path)
-    _configure(data, medplum)
+    configure_with_certificate(data, medplum.pki, medplum.base)
     pid = f"f{n}-p"
     _link(store, medplum, n, pid)
     run_pass(data, store)
@@ -124,7 +117,7 @@ def test_a_laptop_note_shows_filed_in_the_health_record_after_the_next_sync(
     with running_gateway(tmp_path / "gw") as gw:
         store: SqlStore = gw.store
         data = gateway_data(tmp_path)
-        _configure(data, medplum)
+        configure_with_certificate(data, medplum.pki, medplum.base)
         pid = f"f{n}-p"
         _link(store, medplum, n, pid)
         run_pass(data, store)
@@ -199,7 +192,7 @@ def test_a_held_note_shows_held_with_the_reason_then_filed_after_retry(
     ):
         store: SqlStore = gw.store
         data = gateway_data(tmp_path)
-        _configure(data, medplum, base=relay.base)
+        configure_with_certificate(data, medplum.pki, relay.base)
         pid = f"f{n}-p"
         _link(store, medplum, n, pid)
         run_pass(data, store)
@@ -416,7 +409,7 @@ def test_a_note_naming_its_site_organization_held_by_the_gateway_is_filed(
     with running_gateway(tmp_path / "gw") as gw:
         store: SqlStore = gw.store
         data = gateway_data(tmp_path)
-        _configure(data, medplum)
+        configure_with_certificate(data, medplum.pki, medplum.base)
         pid = f"f{n}-p"
         _link(store, medplum, n, pid)
         with store.write() as tx:

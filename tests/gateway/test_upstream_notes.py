@@ -29,7 +29,6 @@ from sync.gateway.api.transaction import Scope, parse_bundle, run_transaction
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import passes
-from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
@@ -51,7 +50,13 @@ from tests.support.sync import (
     transport_config,
     write_consultations,
 )
-from tests.support.upstream import Relay, gateway_cli, gateway_data, running_relay
+from tests.support.upstream import (
+    Relay,
+    configure_with_certificate,
+    gateway_cli,
+    gateway_data,
+    running_relay,
+)
 
 _run = itertools.count()
 LATER = dt.timedelta(hours=2)  # past any backoff
@@ -65,17 +70,6 @@ def medplum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumServer]
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _configure(data: Path, medplum: MedplumServer, base: str | None = None) -> None:
-    creds = medplum.pki.device("gateway-upstream", "upstream")
-    set_upstream(
-        data,
-        base=base or medplum.base,
-        ca=str(medplum.pki.ca_path),
-        cert=str(creds.cert_path),
-        key=str(creds.key_path),
-    )
 
 
 def _link(store: SqlStore, medplum: MedplumServer, n: int, *patients: str) -> None:
@@ -108,7 +102,7 @@ def test_a_laptop_consultation_is_filed_upstream_exactly_once(
         assert isinstance(gw.store, SqlStore)
         store: SqlStore = gw.store
         data = gateway_data(tmp_path)
-        _configure(data, medplum)
+        configure_with_certificate(data, medplum.pki, medplum.base)
         pid = f"n{n}-p"
         _link(store, medplum, n, pid)
         run_pass(data, store)
@@ -155,7 +149,7 @@ def test_lost_replies_after_the_upstream_committed_never_file_twice(
     try:
         with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
             data = gateway_data(tmp_path / "d")
-            _configure(data, medplum, base=relay.base)
+            configure_with_certificate(data, medplum.pki, relay.base)
             pid = f"n{n}-p"
             _link(store, medplum, n, pid)
             run_pass(data, store)
@@ -197,7 +191,7 @@ def test_a_refused_note_is_held_with_the_reason_and_filed_after_retry(
     store = SqliteStore(data / datadir.DATABASE)
     try:
         with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
-            _configure(data, medplum, base=relay.base)
+            configure_with_certificate(data, medplum.pki, relay.base)
             pid = f"n{n}-p"
             _link(store, medplum, n, pid)
             run_pass(data, store)
@@ -229,7 +223,7 @@ def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician
     store = SqliteStore(tmp_path / "gateway.sqlite3")
     try:
         data = gateway_data(tmp_path / "d")
-        _configure(data, medplum)
+        configure_with_certificate(data, medplum.pki, medplum.base)
         pid = f"n{n}-p"
         _link(store, medplum, n, pid)
         run_pass(data, store)
@@ -285,7 +279,7 @@ def _linked_through_relay(tmp_path: Path, medplum: MedplumServer) -> Iterator[Li
     store = SqliteStore(data / datadir.DATABASE)
     try:
         with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
-            _configure(data, medplum, base=relay.base)
+            configure_with_certificate(data, medplum.pki, relay.base)
             _link(store, medplum, n, f"n{n}-p")
             run_pass(data, store)
             yield Linked(data, store, relay, f"n{n}-p")
@@ -416,7 +410,7 @@ def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
     data = gateway_data(tmp_path)
     store = SqliteStore(data / datadir.DATABASE)
     with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
-        _configure(data, medplum, base=relay.base)
+        configure_with_certificate(data, medplum.pki, relay.base)
         pid = f"n{n}-p"
         _link(store, medplum, n, pid)
         run_pass(data, store)
@@ -466,7 +460,7 @@ def test_a_note_referring_to_a_held_one_is_held_too_and_others_go_on(
     try:
         with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
             data = gateway_data(tmp_path / "d")
-            _configure(data, medplum, base=relay.base)
+            configure_with_certificate(data, medplum.pki, relay.base)
             pid = f"n{n}-p"
             _link(store, medplum, n, pid)
             run_pass(data, store)
@@ -519,7 +513,7 @@ def test_notes_go_up_in_transactions_sized_to_what_the_upstream_accepts(
     try:
         with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
             data = gateway_data(tmp_path / "d")
-            _configure(data, medplum, base=relay.base)
+            configure_with_certificate(data, medplum.pki, relay.base)
             pid = f"n{n}-p"
             _link(store, medplum, n, pid)
             run_pass(data, store)
@@ -592,7 +586,9 @@ def test_the_transaction_size_learnt_is_remembered_and_the_next_pass_pays_no_ref
         assert later.counts["outbox_filed"] == 10
         assert len(_refused_transactions(relay)) >= 1  # a day on: probed upward once more
         assert 1 < later.counts["outbox_transaction_size"] <= 8
-        _configure(data, medplum, base=other.base)  # ``upstream set`` to another base URL
+        configure_with_certificate(
+            data, medplum.pki, other.base
+        )  # ``upstream set`` to another base URL
         cids += _notes(store, pid, "d", 10)
         moved = run_pass(data, store, now=_now() + dt.timedelta(hours=26), reconcile=False)
         assert moved.counts["outbox_filed"] == 10
@@ -633,7 +629,7 @@ def test_a_patient_written_by_a_device_is_never_sent_upstream(
     store = SqliteStore(tmp_path / "gateway.sqlite3")
     try:
         data = gateway_data(tmp_path / "d")
-        _configure(data, medplum)
+        configure_with_certificate(data, medplum.pki, medplum.base)
         pid = f"n{n}-p"
         _link(store, medplum, n, pid)
         run_pass(data, store)
