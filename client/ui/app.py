@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from client.core.device import Device, is_provisioned, report_wipe_in_background
+from client.ui.collector import GuiThreadCollector
 from client.ui.error_boundary import explain
 from client.ui.main_window import WINDOW_SIZE, MainWindow
 from client.ui.provisioning import ProvisioningWindow
@@ -95,9 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle_env = os.environ.get(BUNDLE_ENV)
     bundle = args.bundle or (Path(bundle_env) if bundle_env else None)
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    collector = GuiThreadCollector(app)
+    collector.start()
     window = build_window(data_dir, bundle)
     window.show()
-    return int(app.exec())
+    try:
+        return int(app.exec())
+    finally:
+        collector.stop()
 
 
 if __name__ == "__main__":

@@ -486,13 +486,17 @@ def run_journey(
 ) -> dict[str, Any]:
     """Drive every screen offscreen; PNGs and the audit export go to ``out_dir``."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from client.ui.collector import GuiThreadCollector
     from client.ui.qt import QApplication
 
     app = QApplication.instance() or QApplication([])
     out_dir.mkdir(parents=True, exist_ok=True)
+    collector = GuiThreadCollector(app)
+    collector.start()
     try:
         return Journey(data_dir, bundle, out_dir, users, gateway_ops).run()
     finally:
+        collector.stop()
         del app
 
 

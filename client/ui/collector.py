@@ -1,0 +1,44 @@
+"""Python's cyclic garbage collector runs on the GUI thread only (as Anki's client does).
+
+The collector runs on whichever thread happens to allocate when its threshold is reached: a
+sync worker's, or, in tests, the in-process gateway's. A cycle it frees there may hold the
+Python wrapper of a Qt object, whose C++ object is then deleted on the wrong thread. The
+suite crashed so (a segmentation fault while "Garbage-collecting" on the gateway's thread,
+during a first online sign-in on the executor's worker).
+
+Invariants:
+- While ``GuiThreadCollector`` runs, automatic collection is off and a timer on the thread
+  that owns the collector (the GUI thread) collects every ``INTERVAL_MS``. Reference counting
+  still frees everything outside a cycle at once, on any thread.
+- ``stop`` collects once more on this thread and turns automatic collection back on.
+"""
+
+from __future__ import annotations
+
+import gc
+
+from client.ui.qt import QObject, QTimer
+
+INTERVAL_MS = 2_000
+
+
+class GuiThreadCollector(QObject):
+    """Cyclic garbage collected on this object's thread only (module docstring)."""
+
+    def __init__(self, parent: QObject | None = None, interval_ms: int = INTERVAL_MS) -> None:
+        super().__init__(parent)
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self.collect)
+
+    def start(self) -> None:
+        gc.disable()
+        self._timer.start()
+
+    def collect(self) -> None:
+        gc.collect()
+
+    def stop(self) -> None:
+        self._timer.stop()
+        gc.collect()
+        gc.enable()
