@@ -1,7 +1,9 @@
 """``WriteTx.put_many`` (the import's and the seed's batched write) leaves exactly the rows that
 ``put`` one by one leaves: resources, history, the change feed, identifiers and patient stays,
 the same versions, seqs and times, and the same error (with nothing written) where ``put``
-refuses, whatever mix of patients, moves, repeats and unknown patients a batch holds."""
+refuses, whatever mix of patients, moves, repeats and unknown patients a batch holds; and the
+same again when its clinical resources come ``Serialised`` (the import's, from its worker),
+their stored JSON equal in value."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sync.gateway.store.base import StoreError
+from sync.gateway.store.serialised import serialise
 from sync.gateway.store.sqlite import SqliteStore
 from tests.support.gateway import SITE_A, SITE_B, observation, patient
 
@@ -68,16 +72,19 @@ class _Clock:
         return self.now
 
 
-def _apply(store: SqliteStore, batch: list[Any], many: bool) -> str:
+def _apply(store: SqliteStore, batch: list[Any], many: bool, serialised: bool = False) -> str:
     """Write ``batch`` (puts and deletes) in one transaction, the puts between two deletes
-    with one ``put_many`` when ``many``; return the error reason ('' when written)."""
+    with one ``put_many`` when ``many`` (its clinical resources ``Serialised`` when
+    ``serialised``); return the error reason ('' when written)."""
     try:
         with store.write() as tx:
             tx.put("Organization", SITE_A, {"resourceType": "Organization", "id": SITE_A})
-            puts: list[tuple[str, str, dict[str, Any]]] = []
+            puts: list[tuple[str, str, Any]] = []
             for item in [*batch, None]:
                 if many and item is not None and item[0] != "delete":
-                    puts.append(item)
+                    rtype, rid, resource = item
+                    ready = serialise(resource) if serialised else None
+                    puts.append((rtype, rid, ready or resource))
                     continue
                 tx.put_many(puts)
                 puts = []
@@ -92,12 +99,19 @@ def _apply(store: SqliteStore, batch: list[Any], many: bool) -> str:
     return ""
 
 
-def _tables(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+def _tables(path: Path, parsed: bool = False) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row; with ``parsed``, each stored JSON body as the value it holds."""
     with sqlite3.connect(path) as db:
-        return {
+        tables = {
             table: db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
             for table, order in TABLES.items()
         }
+    if parsed:
+        for table in ("resources", "resource_history"):
+            tables[table] = [
+                (*row[:-1], row[-1] and orjson.loads(row[-1])) for row in tables[table]
+            ]
+    return tables
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -119,6 +133,25 @@ def test_put_many_writes_exactly_what_put_one_by_one_writes(batches: list[list[A
             for batch in batches:
                 assert _apply(many, batch, many=True) == _apply(one, batch, many=False)
             assert _tables(many_path) == _tables(one_path)
+        finally:
+            one.close()
+            many.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches)
+def test_put_many_of_serialised_resources_writes_what_put_of_the_dicts_writes(
+    batches: list[list[Any]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        one_path, many_path = Path(tmp) / "one.sqlite3", Path(tmp) / "many.sqlite3"
+        one = SqliteStore(one_path, clock=_Clock())
+        many = SqliteStore(many_path, clock=_Clock())
+        try:
+            for batch in batches:
+                expected = _apply(one, batch, many=False)
+                assert _apply(many, batch, many=True, serialised=True) == expected
+            assert _tables(many_path, parsed=True) == _tables(one_path, parsed=True)
         finally:
             one.close()
             many.close()

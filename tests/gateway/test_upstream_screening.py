@@ -1,6 +1,7 @@
 """The import's NDJSON lines screened in a worker process (``upstream.screening``): the same
 items in the same order as parsing them here, ``validated`` only for what the strict validator
-accepts, and nothing lost when the worker is killed mid-file."""
+accepts, a clinical resource that the validator and the store's checks accept already
+serialised (``ReadyLine``), and nothing lost when the worker is killed mid-file."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sync.gateway.store.resources import ResourceError, check_resource
+from sync.gateway.store.serialised import serialise
 from sync.gateway.upstream import screening
 from sync.gateway.upstream.bulk import ndjson_lines
-from sync.gateway.upstream.screening import BadLine, Line, screened
+from sync.gateway.upstream.screening import BadLine, Line, ReadyLine, screened
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
+from sync.protocol.fhir.vocabulary import CLINICAL_TYPES
 from tests.support.gateway import SITE_A, observation, patient
 
 
@@ -47,6 +51,12 @@ def _bad_code() -> dict[str, object]:
     return resource
 
 
+def _long_system() -> dict[str, object]:
+    resource = _upstream(observation("o-long", "p1"))
+    resource["identifier"] = [{"system": "urn:" + "x" * 300, "value": "v"}]
+    return resource
+
+
 LINES: list[bytes] = [
     orjson.dumps(_upstream(patient("p1", SITE_A))),
     orjson.dumps(_upstream(observation("o1", "p1"))),
@@ -57,7 +67,12 @@ LINES: list[bytes] = [
     b'{"id": "no-type"}',
     orjson.dumps(_deep(200)),  # past the page depth: unreadable
     orjson.dumps(_deep(40)),  # parses; the store's depth check refuses it
+    orjson.dumps(_long_system()),  # valid; the store's identifier check refuses it
 ]
+
+
+def _resource(item: Line | ReadyLine) -> dict[str, object]:
+    return item.resource if isinstance(item, Line) else orjson.loads(item.raw)
 
 
 def _numbered(lines: list[bytes]) -> Iterator[tuple[int, bytes | None]]:
@@ -85,15 +100,35 @@ def test_a_worker_gives_the_same_lines_in_the_same_order_as_parsing_here(
     lines = [*LINES, b"x" * 5000]  # over the line bound
     here = list(screened(_numbered(lines), None))
     there = list(screened(_numbered(lines), pool))
-    assert [type(item) for item in there] == [type(item) for item in here]
+    # the Patient, the Observation (serialised), the bad code, five unreadable, too deep, a
+    # system too long for the store, a line too long
+    assert [type(item) for item in there] == [
+        Line,
+        ReadyLine,
+        Line,
+        *[BadLine] * 5,
+        Line,
+        Line,
+        BadLine,
+    ]
+    assert [type(item) for item in here] == [Line] * 3 + [BadLine] * 5 + [Line] * 2 + [BadLine]
     for mine, theirs in zip(here, there, strict=True):
         if isinstance(mine, BadLine):
             assert theirs == mine
-        else:
-            assert isinstance(theirs, Line)
-            assert (theirs.resource, theirs.depth) == (mine.resource, mine.depth)
-            assert not mine.validated  # parsed here: the writer validates
-            assert theirs.validated == _valid(mine.resource)
+            continue
+        assert isinstance(theirs, Line | ReadyLine)
+        assert _resource(theirs) == mine.resource
+        assert not mine.validated  # parsed here: the writer validates
+        if isinstance(theirs, ReadyLine):
+            meta = mine.resource["meta"]
+            assert (theirs.rid, theirs.version) == (mine.resource["id"], meta["versionId"])
+            assert theirs.serialised == serialise(mine.resource, mine.depth)
+            continue
+        assert theirs.depth == mine.depth
+        assert theirs.validated == _valid(mine.resource)
+        if theirs.validated and mine.resource["resourceType"] in CLINICAL_TYPES:
+            with pytest.raises(ResourceError):  # why it was not serialised: the writer says
+                check_resource(mine.resource, depth=mine.depth)
     reasons = [item.reason for item in there if isinstance(item, BadLine)]
     assert reasons == [
         "ndjson_unreadable",
@@ -103,7 +138,15 @@ def test_a_worker_gives_the_same_lines_in_the_same_order_as_parsing_here(
         "ndjson_unreadable",
         "ndjson_line_too_large",
     ]
-    assert sum(isinstance(item, Line) and item.validated for item in there) == 2
+    assert [isinstance(item, Line) and item.validated for item in there] == [
+        True,
+        False,
+        False,
+        *[False] * 5,
+        False,
+        True,
+        False,
+    ]
 
 
 @settings(max_examples=40, deadline=None)
@@ -128,13 +171,13 @@ def test_whatever_the_lines_the_worker_and_here_agree(
 ) -> None:
     here = list(screened(_numbered(lines), None))
     there = list(screened(_numbered(lines), pool))
-    assert [(type(i), getattr(i, "reason", None)) for i in there] == [
-        (type(i), getattr(i, "reason", None)) for i in here
-    ]
+    assert [getattr(i, "reason", None) for i in there] == [getattr(i, "reason", None) for i in here]
     for mine, theirs in zip(here, there, strict=True):
-        if isinstance(mine, Line) and isinstance(theirs, Line):
-            assert theirs.resource == mine.resource
-            assert theirs.validated == _valid(mine.resource)
+        if isinstance(mine, Line):
+            assert isinstance(theirs, Line | ReadyLine)
+            assert _resource(theirs) == mine.resource
+            valid = isinstance(theirs, ReadyLine) or theirs.validated
+            assert valid == _valid(mine.resource)
 
 
 def test_a_worker_killed_mid_file_loses_no_line_and_the_next_file_gets_a_new_one(
@@ -149,15 +192,15 @@ def test_a_worker_killed_mid_file_loses_no_line_and_the_next_file_gets_a_new_one
     lines = [orjson.dumps(_upstream(observation(f"o{i}", "p1"))) for i in range(60)]
     seen: list[str] = []
     for item in screened(_numbered(lines), pool):
-        assert isinstance(item, Line)
-        seen.append(str(item.resource["id"]))
+        assert isinstance(item, Line | ReadyLine)
+        seen.append(str(_resource(item)["id"]))
         if len(seen) == 10:
             for pid in list(pool._processes):  # the real worker, killed as the OOM killer would
                 os.kill(pid, signal.SIGKILL)
     assert seen == [f"o{i}" for i in range(60)]
     assert screening.screening_pool() is not pool  # a new worker for the next file
     again = list(screened(_numbered(lines[:8]), screening.screening_pool()))
-    assert all(isinstance(item, Line) and item.validated for item in again)
+    assert all(isinstance(item, ReadyLine) for item in again)
     screening.screening_pool().shutdown()  # type: ignore[union-attr]
 
 

@@ -44,9 +44,12 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sync.gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from sync.gateway.store.serialised import Serialised
 
 ChangeOp = Literal["put", "delete", "leave"]
 DeviceStatus = Literal["active", "revoked", "wiped"]
@@ -409,15 +412,21 @@ class WriteTx(Protocol):
         verified) audit chain, oldest first."""
         ...
 
-    def put(self, rtype: str, rid: str, resource: dict[str, Any]) -> StoredResource: ...
+    def put(
+        self, rtype: str, rid: str, resource: dict[str, Any] | Serialised
+    ) -> StoredResource: ...
 
     def put_many(
-        self, items: Sequence[tuple[str, str, dict[str, Any]]], *, checked: bool = False
+        self,
+        items: Sequence[tuple[str, str, dict[str, Any] | Serialised]],
+        *,
+        checked: bool = False,
     ) -> list[StoredResource]:
         """``put`` of each (type, id, resource) in turn, with the same results and errors; a
         backend may write them with fewer statements (an import's or a seed's batch).
         ``checked``: the caller has just passed each of these very dicts through
-        ``resources.check_resource`` for its type; a backend may skip checking them again."""
+        ``resources.check_resource`` for its type; a backend may skip checking them again.
+        A ``Serialised`` resource is written as the dict it serialises."""
         ...
 
     def delete(self, rtype: str, rid: str) -> StoredResource: ...

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 from sync.gateway.store.base import ChangeOp, SiteStay, StoredResource, to_us
 from sync.gateway.store.loader import prefetch_keys
 from sync.gateway.store.resource_tables import SqlWriteTx, row_to_resource
+from sync.gateway.store.serialised import Serialised
 from sync.gateway.store.tables import Execute, Rows
 from sync.protocol.fhir import vocabulary as vocab
 
@@ -233,13 +234,20 @@ class PgWriteTx(SqlWriteTx):
         return self._now_us
 
     def put_many(
-        self, items: Sequence[tuple[str, str, dict[str, Any]]], *, checked: bool = False
+        self,
+        items: Sequence[tuple[str, str, dict[str, Any] | Serialised]],
+        *,
+        checked: bool = False,
     ) -> list[StoredResource]:
-        """``put`` of each in turn (each checked again), the resources and the patients they
-        name read first in one round trip (``prefetch``); the writes are buffered into one
-        flush anyway."""
-        self.prefetch(prefetch_keys([(rtype, rid, resource) for rtype, rid, resource in items]))
-        return [self.put(rtype, rid, resource) for rtype, rid, resource in items]
+        """``put`` of each in turn (each checked again, a ``Serialised`` one as a dict), the
+        resources and the patients they name read first in one round trip (``prefetch``); the
+        writes are buffered into one flush anyway."""
+        plain = [
+            (rtype, rid, resource.resource(rid) if isinstance(resource, Serialised) else resource)
+            for rtype, rid, resource in items
+        ]
+        self.prefetch(prefetch_keys(plain))
+        return [self.put(rtype, rid, resource) for rtype, rid, resource in plain]
 
     # -- reads under the site locks
     def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:

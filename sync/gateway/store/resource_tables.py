@@ -38,6 +38,7 @@ from sync.gateway.store.base import (
     from_us,
     to_us,
 )
+from sync.gateway.store.serialised import Serialised
 from sync.gateway.store.tables import Execute, SqlTables
 from sync.protocol.fhir import vocabulary as vocab
 
@@ -297,7 +298,9 @@ class SqlWriteTx:
                 (patient_id, site, lu_us),
             )
 
-    def put(self, rtype: str, rid: str, resource: dict[str, Any]) -> StoredResource:
+    def put(self, rtype: str, rid: str, resource: dict[str, Any] | Serialised) -> StoredResource:
+        if isinstance(resource, Serialised):
+            resource = resource.resource(rid)
         resource = res.check_resource(resource, rtype)
         if not vocab.ID_RE.fullmatch(rid):
             raise StoreError("bad_id")
@@ -347,16 +350,20 @@ class SqlWriteTx:
         return stored
 
     def put_many(
-        self, items: Sequence[tuple[str, str, dict[str, Any]]], *, checked: bool = False
+        self,
+        items: Sequence[tuple[str, str, dict[str, Any] | Serialised]],
+        *,
+        checked: bool = False,
     ) -> list[StoredResource]:
         """``put`` of each (type, id, resource) in turn, with the same result and the same
         errors. A run of Patients and clinical resources, none named twice, none moving site
         and every clinical one's patient stored before the run, is written with one statement
         per table (an import's page); anything else goes through ``put`` one by one.
         ``checked``: the caller has just passed each of these very dicts through
-        ``resources.check_resource`` for its type (the run does not check them again)."""
+        ``resources.check_resource`` for its type (the run does not check them again); a
+        ``Serialised`` resource was checked when it was serialised."""
         stored: list[StoredResource] = []
-        run: list[tuple[str, str, dict[str, Any]]] = []
+        run: list[tuple[str, str, dict[str, Any] | Serialised]] = []
         for item in items:
             if item[0] == vocab.PATIENT or item[0] in vocab.CLINICAL_TYPES:
                 run.append(item)
@@ -368,23 +375,28 @@ class SqlWriteTx:
         return stored
 
     def _put_run(
-        self, run: list[tuple[str, str, dict[str, Any]]], *, checked: bool
+        self, run: list[tuple[str, str, dict[str, Any] | Serialised]], *, checked: bool
     ) -> list[StoredResource]:
         # (type, id, resource, its patient (None: a Patient), a Patient's own site)
-        ready: list[tuple[str, str, dict[str, Any], str | None, str | None]] = []
+        ready: list[tuple[str, str, dict[str, Any] | Serialised, str | None, str | None]] = []
         for rtype, rid, resource in run:
-            if not checked:
+            if isinstance(resource, Serialised):
+                if resource.rtype != rtype:
+                    raise res.ResourceError("wrong_resource_type")
+            elif not checked:
                 resource = res.check_resource(resource, rtype)
             if not vocab.ID_RE.fullmatch(rid):
                 raise StoreError("bad_id")
-            if rtype == vocab.PATIENT:
+            if isinstance(resource, Serialised):
+                ready.append((rtype, rid, resource, resource.patient, None))
+            elif rtype == vocab.PATIENT:
                 ready.append((rtype, rid, resource, None, res.site_of_patient(resource)))
             else:
                 ready.append((rtype, rid, resource, res.patient_id_of(resource), None))
         sites = self._patient_sites(sorted({p for *_, p, _ in ready if p is not None}))
         existing = self._currents(sorted({(rtype, rid) for rtype, rid, *_ in ready}))
         plain = len({(rtype, rid) for rtype, rid, *_ in ready}) == len(ready)
-        targets: list[tuple[str, str, dict[str, Any], str | None, str]] = []
+        targets: list[tuple[str, str, dict[str, Any] | Serialised, str | None, str]] = []
         for rtype, rid, resource, patient, own_site in ready:
             old = existing.get((rtype, rid))
             site = own_site if patient is None else sites.get(patient)
@@ -429,7 +441,7 @@ class SqlWriteTx:
 
     def _write_run(
         self,
-        checked: list[tuple[str, str, dict[str, Any], str | None, str]],
+        checked: list[tuple[str, str, dict[str, Any] | Serialised, str | None, str]],
         existing: dict[tuple[str, str], StoredResource],
     ) -> list[StoredResource]:
         """Write ``checked`` (type, id, resource, its patient (None: a Patient), its site; no
@@ -450,25 +462,26 @@ class SqlWriteTx:
             seq += 1
             old = existing.get((rtype, rid))
             version_id = old.version_id + 1 if old is not None else 1
-            body_dict = dict(resource)
-            body_dict["id"] = rid
-            meta = dict(body_dict.get("meta") or {})
-            meta["versionId"] = str(version_id)
-            meta["lastUpdated"] = stamp
-            body_dict["meta"] = meta
-            body = orjson.dumps(body_dict)
+            if isinstance(resource, Serialised):
+                body, name = resource.body(rid, version_id, stamp), None
+                found = resource.identifiers
+            else:
+                body_dict = dict(resource)
+                body_dict["id"] = rid
+                meta = dict(body_dict.get("meta") or {})
+                meta["versionId"] = str(version_id)
+                meta["lastUpdated"] = stamp
+                body_dict["meta"] = meta
+                body = orjson.dumps(body_dict)
+                name, found = res.name_text(resource), tuple(res.identifiers(resource))
             changes.append((seq, site, rtype, rid, version_id, "put", lu_us))
             history.append((rtype, rid, version_id, lu_us, site, body))
-            rows.append(
-                (rtype, rid, version_id, lu_us, site, patient, seq, res.name_text(resource), body)
-            )
+            rows.append((rtype, rid, version_id, lu_us, site, patient, seq, name, body))
             if patient is None and (old is None or old.deleted):
                 stays.append((rid, site, lu_us))
             if old is not None:
                 stale.append((rtype, rid))
-            identifiers += [
-                (rtype, rid, system, value) for system, value in res.identifiers(resource)
-            ]
+            identifiers += [(rtype, rid, system, value) for system, value in found]
             stored.append(
                 StoredResource(
                     rtype, rid, version_id, last_updated, site, patient, False, seq, body

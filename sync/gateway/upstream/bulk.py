@@ -39,7 +39,7 @@ from urllib.parse import quote, urlencode
 from sync.gateway.upstream.config import origin_text
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
-from sync.gateway.upstream.screening import BadLine, Line, screened
+from sync.gateway.upstream.screening import Screened, screened
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.paging import fhir_instant
 from sync.protocol.fhir.validate import parse_instant
@@ -241,7 +241,7 @@ def read_ndjson(
     pool: ProcessPoolExecutor | None = None,
     *,
     with_token: bool = False,
-) -> Iterator[Line | BadLine]:
+) -> Iterator[Screened]:
     """Each resource of one NDJSON file, in file order, or a ``BadLine``; with ``pool``,
     parsed and validated in its worker (``screening``). ``with_token``: the manifest's
     ``requiresAccessToken`` (the upstream's own origin always gets the token)."""
@@ -255,7 +255,7 @@ def read_ndjson(
 
 def _read_ndjson(
     connection: UpstreamConnection, url: str, pool: ProcessPoolExecutor | None
-) -> Iterator[Line | BadLine]:
+) -> Iterator[Screened]:
     with connection.stream(url, headers={"Accept": NDJSON}) as response:
         if response.status in (404, 410):
             raise UpstreamError("export_gone", f"file HTTP {response.status}")

@@ -33,7 +33,7 @@ from sync.gateway.store.upstream_tables import SiteLink
 from sync.gateway.upstream import bulk
 from sync.gateway.upstream.connection import UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
-from sync.gateway.upstream.screening import BadLine, screening_pool
+from sync.gateway.upstream.screening import BadLine, ReadyLine, screening_pool
 from sync.gateway.upstream.writer import ImportWriter, patient_of
 from sync.protocol.fhir.paging import fhir_instant
 from sync.protocol.fhir.validate import parse_instant
@@ -158,6 +158,16 @@ def _read_file(
     for line in bulk.read_ndjson(connection, output.url, screening_pool(), with_token=with_token):
         if isinstance(line, BadLine):
             writer.quarantine_id(output.rtype, f"ndjson-line-{line.number}", line.reason)
+            continue
+        if isinstance(line, ReadyLine):  # a clinical resource, validated and serialised
+            serialised = line.serialised
+            rtype, patient = serialised.rtype, serialised.patient
+            if rtype not in EXPORT_TYPES:
+                writer.counts["export_other_types"] += 1
+            elif patient not in result.patients:
+                writer.counts["export_not_member"] += 1
+            else:
+                result.seen[rtype].add(writer.offer_ready(line, site, patient) or line.rid)
             continue
         item, depth, validated = line.resource, line.depth, line.validated
         rtype = str(item["resourceType"])

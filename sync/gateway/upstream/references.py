@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -48,3 +49,19 @@ def rewrite(value: Any, lookup: Lookup, unresolved: list[str] | None = None) -> 
         elif mapped:
             out["reference"] = f"{parts[0]}/{mapped}"
     return out
+
+
+_REFERENCE_MEMBER = re.compile(rb'"reference":"([^"]*)"')
+
+
+def references_in_json(compact: bytes) -> list[tuple[str, str]]:
+    """(type, id) of every reference ``rewrite`` would look up in the value ``compact`` is
+    the JSON of, as ``orjson.dumps`` writes it (no whitespace, ``/`` never escaped): in such
+    JSON ``"reference":"`` only ever opens a member named ``reference`` holding a string, and
+    a value with an escape in it is never a relative reference."""
+    found: list[tuple[str, str]] = []
+    for match in _REFERENCE_MEMBER.finditer(compact):
+        parts = _split(match.group(1).decode("utf-8", "replace"))
+        if parts is not None:
+            found.append(parts)
+    return found

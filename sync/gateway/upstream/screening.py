@@ -13,6 +13,12 @@ Invariants:
   equal value); ``validated`` is True only when the worker's ``validate_resource`` accepted
   it, and the writer then does not validate it again. Every other line is validated by the
   writer, as without a worker: same reason, same JSON path.
+- A clinical resource the worker validated and the store's checks accepted comes back as a
+  ``ReadyLine``: already ``Serialised`` (checked, its patient and identifiers read), with its
+  upstream id and version, and is not parsed here at all (the writer parses ``raw`` only
+  where it must rewrite a reference). One the store's checks refuse comes back as a ``Line``,
+  and the writer gives the reason. What crosses from the worker is plain tuples of strings
+  and bytes (cheap to pickle).
 - At most ``IN_FLIGHT`` batches of ``BATCH`` lines are outstanding: memory does not grow with
   the file's size.
 - Without a core to spare (or ``GATEHOUSE_IMPORT_SCREENERS=0``) lines are parsed here. A
@@ -37,6 +43,8 @@ from typing import Any
 
 import orjson
 
+from sync.gateway.store.resources import ResourceError
+from sync.gateway.store.serialised import Serialised, serialise
 from sync.protocol.fhir.bounded_json import (
     MAX_PAGE_DEPTH,
     BoundedJsonError,
@@ -45,8 +53,7 @@ from sync.protocol.fhir.bounded_json import (
 from sync.protocol.fhir.screen import (
     NOT_A_RESOURCE,
     UNREADABLE,
-    Verdict,
-    screen_lines,
+    screen_parsed,
     watch_parent,
 )
 
@@ -70,6 +77,51 @@ class Line:
     resource: dict[str, Any]
     depth: int
     validated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyLine:
+    """A line the worker validated and serialised: the resource's upstream id and
+    ``meta.versionId``, and ``raw``, its bytes (for the rare writer that must rewrite a
+    reference in it)."""
+
+    raw: bytes
+    rid: str
+    version: str
+    serialised: Serialised
+
+
+# (upstream id, version, then the fields of ``Serialised``)
+Ready = tuple[str, str, str, str, tuple[tuple[str, str], ...], bytes, bytes]
+
+
+def _ready(resource: dict[str, Any], depth: int) -> Ready | None:
+    version = (resource.get("meta") or {}).get("versionId")
+    if not isinstance(version, str):
+        return None
+    try:
+        serialised = serialise(resource, depth)
+    except ResourceError:
+        return None  # the writer checks it again and quarantines it with the reason
+    if serialised is None:
+        return None
+    return (str(resource["id"]), version, *serialised)
+
+
+def ready_line(raw: bytes, ready: Ready) -> ReadyLine:
+    """The ``ReadyLine`` of ``raw`` from its worker's ``Ready`` form."""
+    return ReadyLine(raw, ready[0], ready[1], Serialised(*ready[2:]))
+
+
+def screen_and_serialise(lines: list[bytes]) -> list[tuple[str, int, bool, Ready | None]]:
+    """One worker task: each line's verdict and, where it is a valid clinical resource the
+    store's checks accept, its ``Ready`` form (module docstring)."""
+    out: list[tuple[str, int, bool, Ready | None]] = []
+    for line in lines:
+        (reason, depth, valid), value = screen_parsed(line)
+        ready = _ready(value, depth) if value is not None and valid else None
+        out.append((reason, depth, valid, ready))
+    return out
 
 
 def _screeners() -> int:
@@ -121,44 +173,48 @@ def _parsed_here(number: int, line: bytes | None) -> Line | BadLine:
 
 
 Batch = list[tuple[int, bytes | None]]
+Screened = Line | ReadyLine | BadLine
 
 
-def _collect(
-    batch: Batch, task: Future[list[Verdict]], pool: ProcessPoolExecutor
-) -> Iterator[Line | BadLine]:
+Task = Future[list[tuple[str, int, bool, Ready | None]]]
+
+
+def _collect(batch: Batch, task: Task, pool: ProcessPoolExecutor) -> Iterator[Screened]:
     try:
         verdicts = task.result()
     except BrokenProcessPool:
         _discard(pool)
         yield from (_parsed_here(number, line) for number, line in batch)
         return
-    for (number, line), (reason, depth, valid) in zip(batch, verdicts, strict=True):
+    for (number, line), (reason, depth, valid, ready) in zip(batch, verdicts, strict=True):
         if line is None:
             yield BadLine(number, TOO_LARGE)
         elif reason:
             yield BadLine(number, reason)
+        elif ready is not None:
+            yield ready_line(line, ready)
         else:
             yield Line(orjson.loads(line), depth, valid)
 
 
 def screened(
     numbered: Iterator[tuple[int, bytes | None]], pool: ProcessPoolExecutor | None
-) -> Iterator[Line | BadLine]:
-    """Each numbered line (``bulk.ndjson_lines``; None: over the size bound) as a ``Line`` or a
-    ``BadLine``, in order (module docstring)."""
+) -> Iterator[Screened]:
+    """Each numbered line (``bulk.ndjson_lines``; None: over the size bound) as a ``Line``, a
+    ``ReadyLine`` (screened by a worker) or a ``BadLine``, in order (module docstring)."""
     if pool is None:
         yield from (_parsed_here(number, line) for number, line in numbered)
         return
-    waiting: deque[tuple[Batch, Future[list[Verdict]]]] = deque()
+    waiting: deque[tuple[Batch, Task]] = deque()
     batch: Batch = []
     working = True
 
     def submit() -> None:
         nonlocal batch, working
-        task: Future[list[Verdict]] = Future()
+        task: Task = Future()
         if working:
             try:
-                task = pool.submit(screen_lines, [line or b"" for _, line in batch])
+                task = pool.submit(screen_and_serialise, [line or b"" for _, line in batch])
             except (BrokenProcessPool, RuntimeError):  # broken, or shut down meanwhile
                 working = False
         if not working:

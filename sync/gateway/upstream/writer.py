@@ -36,18 +36,22 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import orjson
+
 from sync.gateway.store import resources as res
 from sync.gateway.store.base import WriteTx
+from sync.gateway.store.serialised import Serialised
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.upstream_tables import Filed
-from sync.gateway.upstream.references import rewrite
+from sync.gateway.upstream.references import references_in_json, rewrite
+from sync.gateway.upstream.screening import ReadyLine
 from sync.protocol.fhir.filing import CONFLICT, FILED, FilingTag, with_filing_tag
 from sync.protocol.fhir.paging import last_updated
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
 from sync.protocol.fhir.vocabulary import PATIENT, STORED_TYPES
 
 # (type, id, body or None: remove, upstream version, site, patient, filed from here)
-Pending = tuple[str, str, dict[str, Any] | None, str, str, str, bool]
+Pending = tuple[str, str, dict[str, Any] | Serialised | None, str, str, str, bool]
 log = logging.getLogger(__name__)
 WRITE_BATCH = 1000  # resources per store transaction (one fsync each; the writer lock ~50 ms)
 
@@ -188,6 +192,30 @@ class ImportWriter:
         if len(self._pending) >= WRITE_BATCH:
             self._hand_over()
         return rid
+
+    def offer_ready(self, line: ReadyLine, site: str, patient_id: str) -> str | None:
+        """``offer`` of a resource a screening worker validated, checked and serialised: the
+        same outcome, without parsing it here unless it is a note filed from here or names
+        one (its references are rewritten: ``offer``)."""
+        serialised, rid, version = line.serialised, line.rid, line.version
+        rtype = serialised.rtype
+        if rid in self.filed(rtype) or (self._any_filed() and self._names_filed(serialised)):
+            resource = orjson.loads(line.raw)
+            return self.offer(resource, site, patient_id, depth=None, validated=True)
+        if self.held(rtype).get(rid) == (version, site):
+            self.counts["unchanged"] += 1
+            return rid
+        self._pending.append((rtype, rid, serialised, version, site, patient_id, False))
+        self.held(rtype)[rid] = (version, site)
+        if len(self._pending) >= WRITE_BATCH:
+            self._hand_over()
+        return rid
+
+    def _names_filed(self, serialised: Serialised) -> bool:
+        """Whether ``serialised`` refers to a resource filed from here (``rewrite`` would change
+        it)."""
+        compact = serialised.meta_members + b"," + serialised.members
+        return any(self._to_gateway(*ref) for ref in references_in_json(compact))
 
     def _tag_of(self, rtype: str, rid: str) -> FilingTag:
         """Filed; or, when the laptop edit last queued for it met an upstream 412, a conflict

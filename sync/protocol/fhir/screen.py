@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 from sync.protocol.fhir.bounded_json import (
     MAX_PAGE_DEPTH,
@@ -38,22 +39,22 @@ Verdict = tuple[str, int, bool]
 
 def screen_line(line: bytes) -> Verdict:
     """The verdict on one line (module docstring)."""
+    return screen_parsed(line)[0]
+
+
+def screen_parsed(line: bytes) -> tuple[Verdict, dict[str, Any] | None]:
+    """The verdict on one line, and the resource it parsed to (None: not a resource)."""
     try:
         value, depth = loads_bounded_with_depth(line, max_depth=MAX_PAGE_DEPTH)
     except BoundedJsonError:
-        return (UNREADABLE, 0, False)
+        return (UNREADABLE, 0, False), None
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-        return (NOT_A_RESOURCE, 0, False)
+        return (NOT_A_RESOURCE, 0, False), None
     try:
         validate_resource(value)
     except InvalidResource:
-        return ("", depth, False)
-    return ("", depth, True)
-
-
-def screen_lines(lines: list[bytes]) -> list[Verdict]:
-    """``screen_line`` of each line, in order (one task for a worker process)."""
-    return [screen_line(line) for line in lines]
+        return ("", depth, False), value
+    return ("", depth, True), value
 
 
 def watch_parent(parent: int, interval_s: float = 1.0) -> None:
