@@ -20,7 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from sync.gateway.api.transaction import Scope, parse_bundle, run_transaction
+from sync.gateway.api.bundle_entries import parse_bundle
+from sync.gateway.api.transaction import Scope, run_transaction
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.passes import run_pass

@@ -30,7 +30,8 @@ import orjson
 
 from bench.mtls_gateway import full_pull, loaded_gateway, resume_all
 from sync.gateway import datadir
-from sync.gateway.api.transaction import Entry, Scope, parse_bundle, run_transaction
+from sync.gateway.api.bundle_entries import Entry, parse_bundle
+from sync.gateway.api.transaction import Scope, run_transaction
 from sync.gateway.seed.generator import generate
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.postgres import PgStore

@@ -54,7 +54,8 @@ from typing import Any
 
 import orjson
 
-from sync.gateway.api.transaction import Scope, parse_bundle, run_transaction
+from sync.gateway.api.bundle_entries import parse_bundle
+from sync.gateway.api.transaction import Scope, run_transaction
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import bulk
 from sync.gateway.upstream.capabilities import IMPORTED_TYPES

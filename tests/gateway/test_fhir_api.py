@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from sync.gateway.api.transaction import MAX_BODY_BYTES, MAX_BUNDLE_ENTRIES
+from sync.gateway.api.bundle_entries import MAX_BODY_BYTES, MAX_BUNDLE_ENTRIES
 from sync.gateway.store.resources import RESOURCE_TYPES
 from tests.support.gateway import (
     CLIENT_ID,

@@ -8,9 +8,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sync.gateway.api.bundle_entries import parse_bundle
 from sync.gateway.api.fhir import decode_cursor, encode_cursor
 from sync.gateway.api.outcome import FhirError
-from sync.gateway.api.transaction import parse_bundle
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),

@@ -25,7 +25,8 @@ import pytest
 
 from sync.device.audit_queries import parse_not_filed
 from sync.gateway import datadir
-from sync.gateway.api.transaction import Scope, parse_bundle, run_transaction
+from sync.gateway.api.bundle_entries import parse_bundle
+from sync.gateway.api.transaction import Scope, run_transaction
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import passes

@@ -28,17 +28,13 @@ Invariants:
   exactly-once retry of such a create finds the filed resource in its new site.
 - Every version a transaction or batch entry writes is queued for the upstream
   (``upstream_outbox``) in the same store transaction; an exactly-once retry queues nothing.
-- Request bodies are bounded (``MAX_BODY_BYTES``, ``MAX_BUNDLE_ENTRIES``, JSON depth and item
-  count, no duplicate keys — ``sync.protocol.fhir.bounded_json``) and every written resource passes
-  ``sync.protocol.fhir.validate.validate_resource(as_create=True)`` (the rules the client applies
-  to what
-  it stores); anything else is refused with 4xx before anything is stored.
+- The Bundle is read whole before anything runs (``api.bundle_entries``: bounded, every
+  resource checked and validated); anything it refuses is a 4xx before anything is stored.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -50,6 +46,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sync.gateway import late_notes
+from sync.gateway.api.bundle_entries import (
+    MAX_BUNDLE_DEPTH,
+    ORDER,
+    Entry,
+    bad_request,
+    parse_bundle_value,
+    parse_json,
+    read_body,
+)
 from sync.gateway.api.outcome import (
     FhirError,
     etag,
@@ -71,30 +76,9 @@ from sync.gateway.store.conflicts import retry_conflicts
 from sync.gateway.store.loader import prefetch_keys
 from sync.gateway.store.outbox_tables import OutboxTables
 from sync.protocol.fhir import vocabulary as vocab
-from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.filing import without_filing_tags
-from sync.protocol.fhir.validate import InvalidResource, validate_resource
 
 log = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 8 * 1024 * 1024  # a consultation with notes is kilobytes; 8 MiB is generous
-MAX_BUNDLE_ENTRIES = 1000
-MAX_BUNDLE_DEPTH = res.MAX_JSON_DEPTH + 4  # Bundle.entry[].resource adds three levels
-MAX_BODY_ITEMS = 200_000  # JSON members + array items in one request body
-IF_MATCH_RE = re.compile(r'^W/"(\d{1,12})"$')
-ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
-
-
-@dataclass
-class Entry:
-    index: int
-    method: str
-    rtype: str
-    rid: str | None
-    resource: dict[str, Any] | None
-    full_url: str | None
-    if_none_exist: tuple[str, str] | None
-    if_match: int | None
 
 
 @dataclass(frozen=True)
@@ -110,114 +94,6 @@ class Outcome:
     status: int
     stored: StoredResource | None
     written: StoredResource | None = None  # the new version this entry wrote (upstream outbox)
-
-
-async def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 beyond ``MAX_BODY_BYTES``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise FhirError(413, "too-costly", "body_too_large")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > MAX_BODY_BYTES:
-            raise FhirError(413, "too-costly", "body_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_json(body: bytes, max_depth: int) -> Any:
-    """Strict, bounded JSON (sync.protocol.fhir.bounded_json: size, depth, items, duplicate
-    keys)."""
-    try:
-        return loads_bounded(
-            body, max_bytes=MAX_BODY_BYTES, max_depth=max_depth, max_items=MAX_BODY_ITEMS
-        )
-    except BoundedJsonError as err:
-        if err.reason == "too_large":
-            raise FhirError(413, "too-costly", "body_too_large") from None
-        reason = "malformed_json" if err.reason == "malformed" else err.reason
-        raise FhirError(400, "structure", reason) from None
-
-
-def _bad(reason: str) -> FhirError:
-    return FhirError(400, "invalid", reason)
-
-
-def parse_entry(index: int, raw: Any) -> Entry:
-    if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
-        raise _bad("bad_entry")
-    request = raw["request"]
-    method, url = request.get("method"), request.get("url")
-    if not isinstance(method, str) or method not in ORDER or not isinstance(url, str):
-        raise FhirError(400, "not-supported", "unsupported_entry_method")
-    path = url.split("?", 1)[0].strip("/").split("/")
-    rtype = path[0]
-    if rtype not in res.RESOURCE_TYPES:
-        raise _bad("unsupported_resource_type")
-    if rtype == vocab.ORGANIZATION:
-        raise FhirError(403, "forbidden", "read_only_type")
-    rid: str | None = None
-    if method == "POST":
-        if len(path) != 1:
-            raise _bad("bad_entry_url")
-    else:
-        if len(path) != 2 or not vocab.ID_RE.fullmatch(path[1]):
-            raise _bad("bad_entry_url")
-        rid = path[1]
-    resource: dict[str, Any] | None = None
-    if method != "DELETE":
-        try:
-            resource = res.check_resource(raw.get("resource"), rtype, allow_urn=True)
-            validate_resource(resource, as_create=True)  # the client's own strict rules
-        except res.ResourceError as err:
-            raise _bad(err.reason) from None
-        except InvalidResource as err:
-            raise _bad(f"invalid_resource:{err.reason}") from None
-        if method == "PUT" and resource.get("id") not in (None, rid):
-            raise _bad("id_mismatch")
-    full_url = raw.get("fullUrl")
-    if full_url is not None and not isinstance(full_url, str):
-        raise _bad("bad_full_url")
-    if_none_exist: tuple[str, str] | None = None
-    if "ifNoneExist" in request:
-        cond = request["ifNoneExist"]
-        if method != "POST" or not isinstance(cond, str):
-            raise _bad("bad_if_none_exist")
-        key, _, token = cond.partition("=")
-        system, bar, value = token.partition("|")
-        if key != "identifier" or not bar or not system or not value:
-            raise FhirError(400, "not-supported", "unsupported_if_none_exist")
-        if_none_exist = (system, value)
-    if_match: int | None = None
-    if "ifMatch" in request:
-        match = IF_MATCH_RE.match(str(request["ifMatch"]))
-        if method == "POST" or match is None:
-            raise _bad("bad_if_match")
-        if_match = int(match.group(1))
-    return Entry(index, method, rtype, rid, resource, full_url, if_none_exist, if_match)
-
-
-def parse_bundle(body: bytes) -> tuple[str, list[Entry]]:
-    return parse_bundle_value(parse_json(body, MAX_BUNDLE_DEPTH))
-
-
-def parse_bundle_value(bundle: Any) -> tuple[str, list[Entry]]:
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        raise _bad("not_a_bundle")
-    kind = bundle.get("type")
-    if kind not in ("transaction", "batch"):
-        raise FhirError(400, "not-supported", "unsupported_bundle_type")
-    raw_entries = bundle.get("entry", [])
-    if not isinstance(raw_entries, list):
-        raise _bad("bad_entry")
-    if len(raw_entries) > MAX_BUNDLE_ENTRIES:
-        raise FhirError(413, "too-costly", "too_many_entries")
-    return kind, [parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
-
-
-# -- execution -------------------------------------------------------------------------------
 
 
 def _rewrite_references(value: Any, urn_map: dict[str, str]) -> None:
@@ -258,7 +134,7 @@ def _check_scope(tx: WriteTx, entry: Entry, scope: Scope) -> None:
             raise FhirError(404, "not-found", "unknown_patient")
         admission = _late_admission(tx, entry.resource, scope)
     except res.ResourceError as err:
-        raise _bad(err.reason) from None
+        raise bad_request(err.reason) from None
     if admission.admitted:
         log.info("late note filed for a transferred patient: %s", entry.rtype)
         return
@@ -381,7 +257,7 @@ def execute(
     except DatabaseFailure:
         raise  # the gateway's trouble, not the entry's: 503 with Retry-After (api/fhir.py)
     except (StoreError, res.ResourceError) as err:
-        raise _bad(err.reason) from None
+        raise bad_request(err.reason) from None
     return Outcome(201 if entry.method == "POST" else 200, stored, stored)
 
 

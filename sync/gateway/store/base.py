@@ -36,6 +36,11 @@ Invariants every backend guarantees:
   one conditional UPDATE (``used_us IS NULL AND expires_us > now``), so of two concurrent uses
   exactly one wins; an audit chain advances by compare-and-set on (seq, head), so two
   concurrent uploads for one device can never both extend it from the same state.
+
+Length: the whole interface both backends implement (its records, ``WriteTx``, ``Store`` and
+``ControlStore``), each method's docstring one of its invariants; it stays one file so that
+an implementer reads every promise in one place (its only code: the time conversions both
+backends share).
 """
 
 from __future__ import annotations

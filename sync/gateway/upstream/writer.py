@@ -6,7 +6,9 @@ Invariants:
 - Every resource goes through the same strict validator as a laptop's push
   (``validate_resource``) and the store's structural checks before it is written; one that
   fails is quarantined (type, id, reason code, JSON path; ``upstream status`` lists them) and
-  the rest goes on.
+  the rest goes on. A ``ReadyLine`` (``offer_ready``) passed both in the screening worker and
+  arrives serialised: it is written as it is, unless it is, or names, a note filed from here
+  (then it is parsed and takes ``offer``'s way).
 - An upstream version already held (same ``versionId``, same site) is never written again:
   re-reading what was imported (a resumed export, an overlapping window) adds nothing to any
   site's feed.
@@ -50,7 +52,8 @@ from sync.protocol.fhir.paging import last_updated
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
 from sync.protocol.fhir.vocabulary import PATIENT, STORED_TYPES
 
-# (type, id, body or None: remove, upstream version, site, patient, filed from here)
+# (type, id, body (a dict, or serialised: ``offer_ready``) or None: remove, upstream version,
+# site, patient, filed from here)
 Pending = tuple[str, str, dict[str, Any] | Serialised | None, str, str, str, bool]
 log = logging.getLogger(__name__)
 WRITE_BATCH = 1000  # resources per store transaction (one fsync each; the writer lock ~50 ms)
