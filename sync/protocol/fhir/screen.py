@@ -3,7 +3,7 @@ function of the line's bytes, so that it can run in another process (the gateway
 a second core for it: ``sync.gateway.upstream.screening``).
 
 Invariants:
-- ``screen_line`` parses exactly as the in-process import does (``loads_bounded_with_depth``
+- ``screen_parsed`` parses exactly as the in-process import does (``loads_bounded_with_depth``
   with ``MAX_PAGE_DEPTH``): a line that fails is ``ndjson_unreadable``; a value that is not an
   object with a string ``resourceType`` is ``ndjson_not_a_resource``.
 - ``valid`` is True only when ``validate_resource`` accepted the parsed resource. The bytes are
@@ -37,13 +37,9 @@ NOT_A_RESOURCE = "ndjson_not_a_resource"
 Verdict = tuple[str, int, bool]
 
 
-def screen_line(line: bytes) -> Verdict:
-    """The verdict on one line (module docstring)."""
-    return screen_parsed(line)[0]
-
-
 def screen_parsed(line: bytes) -> tuple[Verdict, dict[str, Any] | None]:
-    """The verdict on one line, and the resource it parsed to (None: not a resource)."""
+    """The verdict on one line (module docstring), and the resource it parsed to (None: not
+    a resource; the caller may go on with it, e.g. to serialise it, in the same worker)."""
     try:
         value, depth = loads_bounded_with_depth(line, max_depth=MAX_PAGE_DEPTH)
     except BoundedJsonError:
