@@ -34,6 +34,9 @@ to a gateway site. Figures:
   streams every NDJSON file, counting bytes; the **import** is one ``upstream sync`` pass into
   a fresh SQLite gateway store (its own export job, every line parsed, validated and written).
   Figures: resources/s, and import time over (job + download) time and over download time.
+  ``GATEHOUSE_BENCH_EXPORT_ROUNDS`` (default 1) repeats the download and the import (into a
+  fresh store each time) against the one loaded server, and prints every ratio and their
+  median.
 
 ``GATEHOUSE_BENCH_SCALE`` (default 1: 1,000 patients, ~20k resources) or ``--quick`` (0.05).
 ``--latency`` runs the latency part only, ``--search`` the Medplum import and filing only.
@@ -50,6 +53,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import orjson
@@ -86,6 +90,8 @@ LAPTOPS = 50
 LATENCY_PATIENTS = 50
 LATENCY_POLL_S = 1.0
 EXPORT_RESOURCES = int(os.environ.get("GATEHOUSE_BENCH_EXPORT_RESOURCES", "") or 100_000)
+# rounds of download and import against one loaded sekmet (loading 104k takes ~150 s)
+ROUNDS = int(os.environ.get("GATEHOUSE_BENCH_EXPORT_ROUNDS", "") or 1)
 
 
 def _scale() -> float:
@@ -269,41 +275,54 @@ def bulk_export() -> None:
                 data, base=sekmet.base, ca=str(sekmet.pki.ca_path),
                 cert=str(creds.cert_path), key=str(creds.key_path),
             )  # fmt: skip
-            lines, size, job_s, download_s = _export_download(data, "bench-group")
-            print(
-                f"export download: {lines} NDJSON lines, {size / 1e6:.1f} MB streamed in"
-                f" {download_s:.2f} s = {lines / download_s:,.0f}/s (after the server's job:"
-                f" {job_s:.2f} s from kick-off to manifest)"
-            )
-            store = SqliteStore(tmp / "gateway.sqlite3")
-            try:
-                store.add_site(SITE, SITE, dt.datetime.now(dt.UTC))
-                store.link_site(SITE, "group", "bench-group", dt.datetime.now(dt.UTC))
-                rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                started = time.perf_counter()
-                counts = run_pass(data, store, reconcile=True).counts
-                import_s = time.perf_counter() - started
-                rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                written = counts.get("written", 0)
+            ratios = [_export_round(data, tmp / f"gateway-{n}.sqlite3") for n in range(ROUNDS)]
+            if len(ratios) > 1:
                 print(
-                    f"export import: {written} resources written"
-                    f" ({counts.get('quarantined', 0)} quarantined,"
-                    f" {counts.get('export_files', 0)} files) in {import_s:.2f} s ="
-                    f" {written / import_s:,.0f}/s; ratio import / (job + download):"
-                    f" {import_s / (job_s + download_s):.2f}, import / download:"
-                    f" {import_s / download_s:.2f}; peak RSS {rss_before / 1024:.0f} MB before,"
-                    f" {rss_after / 1024:.0f} MB after"
+                    f"{len(ratios)} rounds, ratio import / (job + download):"
+                    f" {', '.join(f'{r:.2f}' for r in ratios)} (median {median(ratios):.2f})"
                 )
-                started = time.perf_counter()
-                again = run_pass(data, store, reconcile=False).counts
-                print(
-                    f"then a poll with nothing new (Patients by _id, _history from the"
-                    f" export's transactionTime: {again.get('history_entries', 0)} entries read):"
-                    f" {time.perf_counter() - started:.2f} s, {again.get('written', 0)} written,"
-                    f" {again.get('unchanged', 0)} re-read unchanged"
-                )
-            finally:
-                store.close()
+
+
+def _export_round(data: Path, path: Path) -> float:
+    """One round: the download baseline, then one pass into a fresh store at ``path``, then a
+    poll with nothing new; returns the ratio import / (job + download)."""
+    lines, size, job_s, download_s = _export_download(data, "bench-group")
+    print(
+        f"export download: {lines} NDJSON lines, {size / 1e6:.1f} MB streamed in"
+        f" {download_s:.2f} s = {lines / download_s:,.0f}/s (after the server's job:"
+        f" {job_s:.2f} s from kick-off to manifest)"
+    )
+    store = SqliteStore(path)
+    try:
+        store.add_site(SITE, SITE, dt.datetime.now(dt.UTC))
+        store.link_site(SITE, "group", "bench-group", dt.datetime.now(dt.UTC))
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.perf_counter()
+        counts = run_pass(data, store, reconcile=True).counts
+        import_s = time.perf_counter() - started
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        written = counts.get("written", 0)
+        ratio = import_s / (job_s + download_s)
+        print(
+            f"export import: {written} resources written"
+            f" ({counts.get('quarantined', 0)} quarantined,"
+            f" {counts.get('export_files', 0)} files) in {import_s:.2f} s ="
+            f" {written / import_s:,.0f}/s; ratio import / (job + download): {ratio:.2f},"
+            f" import / download: {import_s / download_s:.2f}; the gateway's own work"
+            f" (import - job - download): {import_s - job_s - download_s:.2f} s;"
+            f" peak RSS {rss_before / 1024:.0f} MB before, {rss_after / 1024:.0f} MB after"
+        )
+        started = time.perf_counter()
+        again = run_pass(data, store, reconcile=False).counts
+        print(
+            f"then a poll with nothing new (Patients by _id, _history from the"
+            f" export's transactionTime: {again.get('history_entries', 0)} entries read):"
+            f" {time.perf_counter() - started:.2f} s, {again.get('written', 0)} written,"
+            f" {again.get('unchanged', 0)} re-read unchanged"
+        )
+    finally:
+        store.close()
+    return ratio
 
 
 def main() -> None:

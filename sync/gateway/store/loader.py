@@ -16,13 +16,14 @@ from typing import Any
 
 from sync.gateway.store import resources as res
 from sync.gateway.store.base import Store
+from sync.gateway.store.serialised import Serialised
 from sync.protocol.fhir import vocabulary as vocab
 
 LOAD_BATCH = 500  # resources per write transaction
 
 
 def prefetch_keys(
-    batch: Iterable[tuple[str, str | None, dict[str, Any]]],
+    batch: Iterable[tuple[str, str | None, dict[str, Any] | Serialised]],
 ) -> list[tuple[str, str]]:
     """(type, id) of every resource of ``batch`` (but one whose id is not known yet: None) and
     of the patients its clinical resources name (a resource whose patient cannot be read is
@@ -31,7 +32,9 @@ def prefetch_keys(
     for rtype, rid, resource in batch:
         if rid is not None:
             keys.append((rtype, rid))
-        if rtype in vocab.CLINICAL_TYPES:
+        if isinstance(resource, Serialised):
+            keys.append((vocab.PATIENT, resource.patient))
+        elif rtype in vocab.CLINICAL_TYPES:
             with contextlib.suppress(res.ResourceError):
                 keys.append((vocab.PATIENT, res.patient_id_of(resource)))
     return keys

@@ -239,15 +239,11 @@ class PgWriteTx(SqlWriteTx):
         *,
         checked: bool = False,
     ) -> list[StoredResource]:
-        """``put`` of each in turn (each checked again, a ``Serialised`` one as a dict), the
-        resources and the patients they name read first in one round trip (``prefetch``); the
-        writes are buffered into one flush anyway."""
-        plain = [
-            (rtype, rid, resource.resource(rid) if isinstance(resource, Serialised) else resource)
-            for rtype, rid, resource in items
-        ]
-        self.prefetch(prefetch_keys(plain))
-        return [self.put(rtype, rid, resource) for rtype, rid, resource in plain]
+        """``put`` of each in turn (each checked again but a ``Serialised`` one), the resources
+        and the patients they name read first in one round trip (``prefetch``); the writes are
+        buffered into one flush anyway."""
+        self.prefetch(prefetch_keys(items))
+        return [self.put(rtype, rid, resource) for rtype, rid, resource in items]
 
     # -- reads under the site locks
     def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:

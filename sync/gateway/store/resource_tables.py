@@ -128,6 +128,20 @@ _HEAD = "SELECT seq FROM change_counter WHERE id = 1"
 _IN_CHUNK = 400  # keys per IN list (SQLite allows 32,766 bound values)
 
 
+def _stored(
+    resource: dict[str, Any] | Serialised, rid: str, version_id: int, stamp: str
+) -> tuple[bytes, str | None, Sequence[tuple[str, str]]]:
+    """(stored JSON, name words, identifiers) of a checked resource written as ``rid``, version
+    ``version_id`` at ``stamp``: its ``id``, ``meta.versionId`` and ``meta.lastUpdated`` set,
+    everything else as it is."""
+    if isinstance(resource, Serialised):
+        return resource.body(rid, version_id, stamp), None, resource.identifiers
+    body = dict(resource)
+    body["id"] = rid
+    body["meta"] = {**(body.get("meta") or {}), "versionId": str(version_id), "lastUpdated": stamp}
+    return orjson.dumps(body), res.name_text(resource), res.identifiers(resource)
+
+
 def row_to_resource(row: Sequence[Any]) -> StoredResource:
     return StoredResource(
         rtype=row[0],
@@ -299,19 +313,25 @@ class SqlWriteTx:
             )
 
     def put(self, rtype: str, rid: str, resource: dict[str, Any] | Serialised) -> StoredResource:
-        if isinstance(resource, Serialised):
-            resource = resource.resource(rid)
-        resource = res.check_resource(resource, rtype)
+        if isinstance(resource, Serialised):  # checked when it was serialised
+            if resource.rtype != rtype:
+                raise res.ResourceError("wrong_resource_type")
+        else:
+            resource = res.check_resource(resource, rtype)
         if not vocab.ID_RE.fullmatch(rid):
             raise StoreError("bad_id")
         if rtype == vocab.ORGANIZATION:
             if not vocab.SITE_CODE_RE.fullmatch(rid):
                 raise StoreError("bad_site")
             site, patient_id = rid, None
-        elif rtype == vocab.PATIENT:
+        elif rtype == vocab.PATIENT and not isinstance(resource, Serialised):
             site, patient_id = res.site_of_patient(resource), None
         else:
-            patient_id = res.patient_id_of(resource)
+            patient_id = (
+                resource.patient
+                if isinstance(resource, Serialised)
+                else res.patient_id_of(resource)
+            )
             found = self.patient_site(patient_id)
             if found is None:
                 raise StoreError("unknown_patient")
@@ -320,13 +340,8 @@ class SqlWriteTx:
         self._lock_site(site)
         lu_us = self._tx_time_us()
         version_id = existing.version_id + 1 if existing else 1
-        body_dict = dict(resource)
-        body_dict["id"] = rid
-        meta = dict(body_dict.get("meta") or {})
-        meta["versionId"] = str(version_id)
-        meta["lastUpdated"] = from_us(lu_us).isoformat(timespec="microseconds")
-        body_dict["meta"] = meta
-        body = orjson.dumps(body_dict)
+        stamp = from_us(lu_us).isoformat(timespec="microseconds")
+        body, name, identifiers = _stored(resource, rid, version_id, stamp)
         moved = existing is not None and not existing.deleted and existing.site != site
         if rtype == vocab.PATIENT:
             self._record_stay(rid, site, lu_us)
@@ -346,7 +361,7 @@ class SqlWriteTx:
             self._seq_of(change),
             body,
         )
-        self._store_version(stored, change, res.name_text(resource), res.identifiers(resource))
+        self._store_version(stored, change, name, list(identifiers))
         return stored
 
     def put_many(
@@ -462,18 +477,7 @@ class SqlWriteTx:
             seq += 1
             old = existing.get((rtype, rid))
             version_id = old.version_id + 1 if old is not None else 1
-            if isinstance(resource, Serialised):
-                body, name = resource.body(rid, version_id, stamp), None
-                found = resource.identifiers
-            else:
-                body_dict = dict(resource)
-                body_dict["id"] = rid
-                meta = dict(body_dict.get("meta") or {})
-                meta["versionId"] = str(version_id)
-                meta["lastUpdated"] = stamp
-                body_dict["meta"] = meta
-                body = orjson.dumps(body_dict)
-                name, found = res.name_text(resource), tuple(res.identifiers(resource))
+            body, name, found = _stored(resource, rid, version_id, stamp)
             changes.append((seq, site, rtype, rid, version_id, "put", lu_us))
             history.append((rtype, rid, version_id, lu_us, site, body))
             rows.append((rtype, rid, version_id, lu_us, site, patient, seq, name, body))

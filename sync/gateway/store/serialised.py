@@ -52,15 +52,6 @@ class Serialised(NamedTuple):
         )
         return head + (b"," + self.members if self.members else b"") + b"}"
 
-    def resource(self, rid: str) -> dict[str, Any]:
-        """The resource as a dict (id ``rid``; meta without version or stamp)."""
-        meta = orjson.loads(b"{" + self.meta_members + b"}")
-        resource = {"resourceType": self.rtype, "id": rid}
-        if meta:
-            resource["meta"] = meta
-        resource.update(orjson.loads(b"{" + self.members + b"}"))
-        return resource
-
 
 def serialise(resource: dict[str, Any], depth: int | None = None) -> Serialised | None:
     """``resource`` checked and serialised, or None when it is not a clinical resource with an
