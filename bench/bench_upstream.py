@@ -34,9 +34,12 @@ to a gateway site. Figures:
   streams every NDJSON file, counting bytes; the **import** is one ``upstream sync`` pass into
   a fresh SQLite gateway store (its own export job, every line parsed, validated and written).
   Figures: resources/s, and import time over (job + download) time and over download time.
+  Also the pass's own job (its time from kick-off to manifest) and the gateway's own work (the
+  pass less its own job and the download): jobs vary by seconds from one to the next.
   ``GATEHOUSE_BENCH_EXPORT_ROUNDS`` (default 1) repeats the download and the import (into a
   fresh store each time) against the one loaded server, and prints every ratio and their
-  median.
+  median; sekmet's jobs grow slower from one round to the next (seen: 11.7, 15.4, 13.0 s), so
+  compare later rounds by the gateway's own work, not by the ratio.
 
 ``GATEHOUSE_BENCH_SCALE`` (default 1: 1,000 patients, ~20k resources) or ``--quick`` (0.05).
 ``--latency`` runs the latency part only, ``--search`` the Medplum import and filing only.
@@ -44,6 +47,7 @@ to a gateway site. Figures:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import os
@@ -52,6 +56,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -283,6 +288,25 @@ def bulk_export() -> None:
                 )
 
 
+@contextlib.contextmanager
+def _timed(module: Any, name: str, spent: list[float]) -> Iterator[None]:
+    """``module.name`` timed while inside (each call's seconds appended to ``spent``)."""
+    original = getattr(module, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - started)
+
+    setattr(module, name, timed)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
 def _export_round(data: Path, path: Path) -> float:
     """One round: the download baseline, then one pass into a fresh store at ``path``, then a
     poll with nothing new; returns the ratio import / (job + download)."""
@@ -297,9 +321,12 @@ def _export_round(data: Path, path: Path) -> float:
         store.add_site(SITE, SITE, dt.datetime.now(dt.UTC))
         store.link_site(SITE, "group", "bench-group", dt.datetime.now(dt.UTC))
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        waited: list[float] = []
         started = time.perf_counter()
-        counts = run_pass(data, store, reconcile=True).counts
+        with _timed(bulk, "await_manifest", waited):
+            counts = run_pass(data, store, reconcile=True).counts
         import_s = time.perf_counter() - started
+        own_job_s = sum(waited)
         rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         written = counts.get("written", 0)
         ratio = import_s / (job_s + download_s)
@@ -308,8 +335,9 @@ def _export_round(data: Path, path: Path) -> float:
             f" ({counts.get('quarantined', 0)} quarantined,"
             f" {counts.get('export_files', 0)} files) in {import_s:.2f} s ="
             f" {written / import_s:,.0f}/s; ratio import / (job + download): {ratio:.2f},"
-            f" import / download: {import_s / download_s:.2f}; the gateway's own work"
-            f" (import - job - download): {import_s - job_s - download_s:.2f} s;"
+            f" import / download: {import_s / download_s:.2f}; the pass's own job (kick-off to"
+            f" manifest) {own_job_s:.2f} s, the gateway's own work (import - its own job -"
+            f" download): {import_s - own_job_s - download_s:.2f} s;"
             f" peak RSS {rss_before / 1024:.0f} MB before, {rss_after / 1024:.0f} MB after"
         )
         started = time.perf_counter()
