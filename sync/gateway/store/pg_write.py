@@ -331,7 +331,9 @@ class PgWriteTx(SqlWriteTx):
         change: int,
         name: str | None,
         identifiers: list[tuple[str, str]],
+        replaced: StoredResource | None,
     ) -> None:
+        """Here every history row holds its version's JSON in full (``replaced`` unused)."""
         key = (stored.rtype, stored.rid)
         lu_us = to_us(stored.last_updated)
         self._history.append(
@@ -341,7 +343,9 @@ class PgWriteTx(SqlWriteTx):
         self._identifiers[key] = identifiers
         self._known[key] = stored
 
-    def _store_deletion(self, stored: StoredResource, change: int) -> None:
+    def _store_deletion(
+        self, stored: StoredResource, change: int, replaced: StoredResource | None
+    ) -> None:
         key = (stored.rtype, stored.rid)
         lu_us = to_us(stored.last_updated)
         self._history.append(

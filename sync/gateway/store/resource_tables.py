@@ -12,6 +12,15 @@ same transaction (a delete closes it), so ``site_stays`` is the patient's site h
 is opened (the first version at each site opens a stay; the next version elsewhere, or a
 delete, closes it). ``put_many`` writes exactly the rows ``put`` would, with fewer statements.
 
+A version's JSON is stored once. Here (``SqlWriteTx``) the history row of the current live
+version holds an empty body (``IN_RESOURCES``): its JSON is ``resources.body``. The write that
+replaces that version (a put, a run's put, a delete) first copies the JSON into its history
+row, in the same transaction. The reads (``vread``, the feed) take ``resources.body`` for an
+empty body on a live history row; a deletion's history row is empty and deleted, and was never
+read for a body. A store written before this (every history body in full) reads the same, and
+its full rows are never touched. PostgreSQL (``PgWriteTx``) still writes every history body in
+full, which the same reads serve.
+
 Over 500 lines on purpose: ``put`` and its batched twin ``put_many`` must be read side by side
 (tests/gateway/test_store_put_many.py holds them to the same rows), and the reads share their
 column lists and row mapping.
@@ -126,6 +135,13 @@ _RES_COLS_R = ", ".join(f"r.{column}" for column in _RES_COLS.split(", "))
 _CURRENT = f"SELECT {_RES_COLS} FROM resources WHERE type = ? AND id = ?"  # noqa: S608
 _HEAD = "SELECT seq FROM change_counter WHERE id = 1"
 _IN_CHUNK = 400  # keys per IN list (SQLite allows 32,766 bound values)
+# The history body of the current live version: its JSON is the one in ``resources``.
+IN_RESOURCES = b""
+_HISTORY_BODY = "CASE WHEN h.deleted = 0 AND length(h.body) = 0 THEN r.body ELSE h.body END"
+_KEEP_REPLACED = (
+    "UPDATE resource_history SET body = ? WHERE type = ? AND id = ? AND version_id = ?"
+    " AND deleted = 0 AND length(body) = 0"
+)
 
 
 def _stored(
@@ -361,7 +377,7 @@ class SqlWriteTx:
             self._seq_of(change),
             body,
         )
-        self._store_version(stored, change, name, list(identifiers))
+        self._store_version(stored, change, name, list(identifiers), existing)
         return stored
 
     def put_many(
@@ -473,18 +489,21 @@ class SqlWriteTx:
         seq = int(head) - len(checked)
         stored: list[StoredResource] = []
         changes, history, rows, stale, identifiers, stays = [], [], [], [], [], []
+        replaced: list[tuple[bytes, str, str, int]] = []
         for rtype, rid, resource, patient, site in checked:
             seq += 1
             old = existing.get((rtype, rid))
             version_id = old.version_id + 1 if old is not None else 1
             body, name, found = _stored(resource, rid, version_id, stamp)
             changes.append((seq, site, rtype, rid, version_id, "put", lu_us))
-            history.append((rtype, rid, version_id, lu_us, site, body))
+            history.append((rtype, rid, version_id, lu_us, site, IN_RESOURCES))
             rows.append((rtype, rid, version_id, lu_us, site, patient, seq, name, body))
             if patient is None and (old is None or old.deleted):
                 stays.append((rid, site, lu_us))
             if old is not None:
                 stale.append((rtype, rid))
+                if not old.deleted:
+                    replaced.append((old.body, rtype, rid, old.version_id))
             identifiers += [(rtype, rid, system, value) for system, value in found]
             stored.append(
                 StoredResource(
@@ -496,6 +515,8 @@ class SqlWriteTx:
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             changes,
         )
+        if replaced:
+            self._executemany(_KEEP_REPLACED, replaced)
         self._executemany(
             "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted,"
             " body) VALUES (?, ?, ?, ?, ?, 0, ?)",
@@ -531,14 +552,18 @@ class SqlWriteTx:
         change: int,
         name: str | None,
         identifiers: list[tuple[str, str]],
+        replaced: StoredResource | None,
     ) -> None:
-        """Write a new live version (``change``: its recorded change) and its identifiers."""
+        """Write a new live version (``change``: its recorded change) and its identifiers;
+        ``replaced``: the current version it replaces (None: none), whose JSON moves to its
+        history row."""
         rtype, rid, version_id = stored.rtype, stored.rid, stored.version_id
         lu_us, site, body = to_us(stored.last_updated), stored.site, stored.body
+        self._keep_replaced(replaced)
         self._execute(
             "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted,"
             " body) VALUES (?, ?, ?, ?, ?, 0, ?)",
-            (rtype, rid, version_id, lu_us, site, body),
+            (rtype, rid, version_id, lu_us, site, IN_RESOURCES),
         )
         values = (version_id, lu_us, site, stored.patient_id, change, name, body, rtype, rid)
         updated = self._execute(
@@ -590,15 +615,27 @@ class SqlWriteTx:
             self._seq_of(change),
             b"",
         )
-        self._store_deletion(stored, change)
+        self._store_deletion(stored, change, existing)
         if rtype == vocab.PATIENT:
             self._record_stay(rid, None, lu_us)
         return stored
 
-    def _store_deletion(self, stored: StoredResource, change: int) -> None:
-        """Write a deletion version (``change``: its recorded change); drop the identifiers."""
+    def _keep_replaced(self, replaced: StoredResource | None) -> None:
+        """Copy the JSON of ``replaced`` (the current version, about to be replaced) into its
+        history row, where that row holds ``IN_RESOURCES``."""
+        if replaced is not None and not replaced.deleted:
+            self._execute(
+                _KEEP_REPLACED, (replaced.body, replaced.rtype, replaced.rid, replaced.version_id)
+            )
+
+    def _store_deletion(
+        self, stored: StoredResource, change: int, replaced: StoredResource | None
+    ) -> None:
+        """Write a deletion version (``change``: its recorded change) of ``replaced``; drop
+        the identifiers."""
         rtype, rid, version_id = stored.rtype, stored.rid, stored.version_id
         lu_us = to_us(stored.last_updated)
+        self._keep_replaced(replaced)
         self._execute(
             "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted,"
             " body) VALUES (?, ?, ?, ?, ?, 1, ?)",
@@ -621,8 +658,8 @@ class ResourceTables(SqlTables):
 
     def vread(self, rtype: str, rid: str, version_id: int) -> StoredResource | None:
         row = self._one(
-            "SELECT h.type, h.id, h.version_id, h.last_updated_us, r.site, r.patient_id,"
-            " h.deleted, r.seq, h.body FROM resource_history h JOIN resources r"
+            "SELECT h.type, h.id, h.version_id, h.last_updated_us, r.site, r.patient_id,"  # noqa: S608
+            f" h.deleted, r.seq, {_HISTORY_BODY} FROM resource_history h JOIN resources r"
             " ON r.type = h.type AND r.id = h.id"
             " WHERE h.type = ? AND h.id = ? AND h.version_id = ?",
             (rtype, rid, version_id),
@@ -660,9 +697,12 @@ class ResourceTables(SqlTables):
 
     def history(self, query: HistoryQuery) -> list[Change]:
         sql = [
-            "SELECT c.seq, c.type, c.id, c.version_id, c.op, c.last_updated_us, h.body"
+            "SELECT c.seq, c.type, c.id, c.version_id, c.op, c.last_updated_us,"  # noqa: S608
+            f" {_HISTORY_BODY}"
             " FROM changes c LEFT JOIN resource_history h ON c.op = 'put'"
             " AND h.type = c.type AND h.id = c.id AND h.version_id = c.version_id"
+            " LEFT JOIN resources r ON h.deleted = 0 AND length(h.body) = 0"
+            " AND r.type = c.type AND r.id = c.id"
             " WHERE c.site = ? AND c.seq > ?"
         ]
         args: list[Any] = [query.site, query.after_seq]
