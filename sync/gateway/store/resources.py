@@ -15,7 +15,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from sync.gateway.errors import GatewayError
 from sync.protocol.fhir.bounded_json import json_depth
@@ -146,6 +146,20 @@ def check_resource(
     ``depth``: the resource's nesting depth when the caller has measured it already (a bounded
     parse of exactly this resource); None: measured here.
     """
+    checked_parts(resource, expected_type, allow_urn=allow_urn, depth=depth)
+    return cast(dict[str, Any], resource)  # checked_parts refuses anything but a dict
+
+
+def checked_parts(
+    resource: Any,
+    expected_type: str | None = None,
+    *,
+    allow_urn: bool = False,
+    depth: int | None = None,
+) -> tuple[str | None, list[tuple[str, str]]]:
+    """``check_resource`` (the same checks, the same errors), returning what they read: the
+    patient id of a clinical resource (None for a Patient or an Organization) and the
+    identifiers."""
     if not isinstance(resource, dict):
         raise ResourceError("not_a_resource")
     rtype = resource.get("resourceType")
@@ -161,7 +175,7 @@ def check_resource(
         raise ResourceError("bad_meta")
     if (json_depth(resource) if depth is None else depth) > MAX_JSON_DEPTH:
         raise ResourceError("too_deep")
-    identifiers(resource)
+    found = identifiers(resource)
     if rtype == ORGANIZATION:
         if rid is not None and not SITE_CODE_RE.fullmatch(rid):
             raise ResourceError("bad_site")
@@ -169,5 +183,5 @@ def check_resource(
         site_of_patient(resource)
         name_text(resource)
     else:
-        patient_id_of(resource, allow_urn=allow_urn)
-    return resource
+        return patient_id_of(resource, allow_urn=allow_urn), found
+    return None, found

@@ -60,12 +60,14 @@ def serialise(resource: dict[str, Any], depth: int | None = None) -> Serialised 
     rtype, rid = resource.get("resourceType"), resource.get("id")
     if rtype not in CLINICAL_TYPES or not isinstance(rid, str):
         return None
-    res.check_resource(resource, rtype, depth=depth)
-    meta = resource.get("meta", {})
+    patient, identifiers = res.checked_parts(resource, rtype, depth=depth)
+    assert patient is not None  # a clinical type's check reads its patient
+    meta = dict(resource.get("meta", {}))
+    rest = dict(resource)
+    for key in _STAMPED:
+        meta.pop(key, None)
+    for key in _SPLICED:
+        rest.pop(key, None)
     return Serialised(
-        rtype,
-        res.patient_id_of(resource),
-        tuple(res.identifiers(resource)),
-        orjson.dumps({k: v for k, v in meta.items() if k not in _STAMPED})[1:-1],
-        orjson.dumps({k: v for k, v in resource.items() if k not in _SPLICED})[1:-1],
+        rtype, patient, tuple(identifiers), orjson.dumps(meta)[1:-1], orjson.dumps(rest)[1:-1]
     )

@@ -172,7 +172,7 @@ def loads_bounded_with_depth(
     members, depth = _check_shape(value, max_depth, max_items)
     if members:
         raw_colons = raw.count(b":")
-        if any(escape in raw for escape in _ESCAPED_COLONS):
+        if b"\\u003" in raw and any(escape in raw for escape in _ESCAPED_COLONS):
             _exact_duplicate_check(raw)
         elif raw_colons != orjson.dumps(value).count(b":"):
             _fail("duplicate_key", "an object repeats a key")
