@@ -138,6 +138,9 @@ _IN_CHUNK = 400  # keys per IN list (SQLite allows 32,766 bound values)
 # The history body of the current live version: its JSON is the one in ``resources``.
 IN_RESOURCES = b""
 _HISTORY_BODY = "CASE WHEN h.deleted = 0 AND length(h.body) = 0 THEN r.body ELSE h.body END"
+# The resources rows of one (type, site) a run wrote: every seq past the head before it is the
+# run's (its transaction holds the writer lock), in seq order (``resources_scan``).
+_FROM_RUN = " FROM resources WHERE type = ? AND site = ? AND seq > ? ORDER BY seq"
 _KEEP_REPLACED = (
     "UPDATE resource_history SET body = ? WHERE type = ? AND id = ? AND version_id = ?"
     " AND deleted = 0 AND length(body) = 0"
@@ -478,7 +481,9 @@ class SqlWriteTx:
         """Write ``checked`` (type, id, resource, its patient (None: a Patient), its site; no
         move, no key twice) in one statement per table: the same rows ``put`` writes, seqs
         consecutive in the given order; a Patient new here (or deleted) opens a stay at its
-        site, as ``_record_stay`` does."""
+        site, as ``_record_stay`` does. The run's change and history rows are copied from
+        its ``resources`` rows inside SQLite (``_FROM_RUN``: the run's seqs are exactly those
+        of its (type, site) past the head before it), not bound row by row from Python."""
         if not checked:
             return []
         lu_us = self._tx_time_us()
@@ -488,15 +493,16 @@ class SqlWriteTx:
         (head,) = self._execute(_HEAD).fetchone()
         seq = int(head) - len(checked)
         stored: list[StoredResource] = []
-        changes, history, rows, stale, identifiers, stays = [], [], [], [], [], []
+        rows, stale, identifiers, stays = [], [], [], []
+        groups: set[tuple[str, str]] = set()
+        before = seq
         replaced: list[tuple[bytes, str, str, int]] = []
         for rtype, rid, resource, patient, site in checked:
             seq += 1
             old = existing.get((rtype, rid))
             version_id = old.version_id + 1 if old is not None else 1
             body, name, found = _stored(resource, rid, version_id, stamp)
-            changes.append((seq, site, rtype, rid, version_id, "put", lu_us))
-            history.append((rtype, rid, version_id, lu_us, site, IN_RESOURCES))
+            groups.add((rtype, site))
             rows.append((rtype, rid, version_id, lu_us, site, patient, seq, name, body))
             if patient is None and (old is None or old.deleted):
                 stays.append((rid, site, lu_us))
@@ -510,18 +516,8 @@ class SqlWriteTx:
                     rtype, rid, version_id, last_updated, site, patient, False, seq, body
                 )
             )
-        self._executemany(
-            "INSERT INTO changes (seq, site, type, id, version_id, op, last_updated_us)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            changes,
-        )
         if replaced:
             self._executemany(_KEEP_REPLACED, replaced)
-        self._executemany(
-            "INSERT INTO resource_history (type, id, version_id, last_updated_us, site, deleted,"
-            " body) VALUES (?, ?, ?, ?, ?, 0, ?)",
-            history,
-        )
         self._executemany(
             "INSERT INTO resources (type, id, version_id, last_updated_us, site, patient_id,"
             " deleted, seq, name_text, body) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
@@ -531,6 +527,18 @@ class SqlWriteTx:
             " name_text = excluded.name_text, body = excluded.body",
             rows,
         )
+        for rtype, site in sorted(groups):
+            self._execute(
+                "INSERT INTO changes (seq, site, type, id, version_id, op, last_updated_us)"
+                " SELECT seq, site, type, id, version_id, 'put', last_updated_us" + _FROM_RUN,
+                (rtype, site, before),
+            )
+            self._execute(
+                "INSERT INTO resource_history (type, id, version_id, last_updated_us, site,"
+                " deleted, body) SELECT type, id, version_id, last_updated_us, site, 0, ?"
+                + _FROM_RUN,
+                (IN_RESOURCES, rtype, site, before),
+            )
         if stays:
             self._executemany(
                 "INSERT INTO patient_sites (patient_id, site, from_us, until_us)"
