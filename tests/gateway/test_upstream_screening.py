@@ -244,3 +244,31 @@ def test_a_gateway_killed_with_minus_9_leaves_no_screening_worker_behind(tmp_pat
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
+
+
+@pytest.mark.parametrize(("cores", "configured", "expected"), [
+    (1, "", 0), (2, "", 2), (8, "", 2), (2, "0", 0), (2, "1", 1),
+])  # fmt: skip
+def test_two_workers_where_there_is_a_second_core_unless_configured(
+    monkeypatch: pytest.MonkeyPatch, cores: int, configured: str, expected: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    monkeypatch.setenv(screening.ENV_SCREENERS, configured)
+    assert screening._screeners() == expected
+
+
+def test_two_workers_give_every_line_back_in_file_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(screening, "BATCH", 3)
+    monkeypatch.setattr(screening, "_pool", None)
+    monkeypatch.setenv(screening.ENV_SCREENERS, "2")
+    pool = screening.screening_pool()
+    assert pool is not None and pool._max_workers == 2
+    lines = [orjson.dumps(_upstream(observation(f"o{i}", "p1"))) for i in range(200)]
+    lines[57] = b"{not json"
+    got = list(screened(_numbered(lines), pool))
+    assert isinstance(got[57], BadLine) and got[57].number == 58
+    assert [str(_resource(item)["id"]) for i, item in enumerate(got) if i != 57] == [
+        f"o{i}" for i in range(200) if i != 57
+    ]
+    assert len(pool._processes) == 2  # both were started for the lines in flight
+    screening._discard(pool)
