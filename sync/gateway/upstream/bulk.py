@@ -197,6 +197,12 @@ def ndjson_lines(
             number += 1
             if oversized:
                 yield number, None
+            elif not buffer:  # the whole line is in this chunk: one copy, no buffer
+                line = chunk[start:end]
+                if len(line) > max_line:
+                    yield number, None
+                elif line and not line.isspace():
+                    yield number, line
             else:
                 buffer += chunk[start:end]
                 if len(buffer) > max_line:
