@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,74 +145,45 @@ def _push(
 def test_lost_replies_after_the_upstream_committed_never_file_twice(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
-    n = next(_run)
-    store = SqliteStore(tmp_path / "gateway.sqlite3")
-    try:
-        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
-            data = gateway_data(tmp_path / "d")
-            configure_with_certificate(data, medplum.pki, relay.base)
-            pid = f"n{n}-p"
-            _link(store, medplum, n, pid)
-            run_pass(data, store)
-            entries = [create_entry(observation(f"x{i}", pid, 60.0 + i)) for i in range(3)]
-            for entry in entries:
-                entry["resource"].pop("id")
-            _push(store, entries)
-            cids = {e["request"]["ifNoneExist"].split("|")[1] for e in entries}
-            relay.drop = {"POST": 2}  # the transaction commits upstream twice; replies lost
-            first = run_pass(data, store).counts
-            assert relay.dropped == ["POST /fhir/R4"] * 2  # one transaction of three creates
-            assert first["outbox_filed"] == 3  # retried at once (idempotent: If-None-Exist)
-            assert first["outbox_transactions"] == 1
-            assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
-            # An edit whose reply is lost: the retry's 412 is our own edit, not a conflict.
-            obs = next(i for i in store.outbox(("filed",)) if i.rtype == "Observation")
-            current = orjson.loads(store.read("Observation", obs.rid).body)  # type: ignore[union-attr]
-            current["valueQuantity"]["value"] = 99.0
-            _push(store, [{"resource": current, "request": {
-                "method": "PUT", "url": f"Observation/{obs.rid}",
-                "ifMatch": f'W/"{current["meta"]["versionId"]}"'}}])  # fmt: skip
-            relay.drop = {"PUT": 1}
-            second = run_pass(data, store).counts
-            assert second.get("outbox_filed") == 1 and "outbox_conflict" not in second
-            filed = store.filed("Observation", obs.rid)
-            assert filed is not None
-            upstream = medplum.read("Observation", filed.upstream_id)
-            assert upstream is not None and upstream["valueQuantity"]["value"] == 99.0
-            assert upstream["meta"]["versionId"] == filed.upstream_version
-    finally:
-        store.close()
+    with _linked_through_relay(tmp_path, medplum) as linked:
+        data, store, relay = linked.data, linked.store, linked.relay
+        cids = set(_push_new(store, linked.pid, [60.0, 61.0, 62.0], together=True))
+        relay.drop = {"POST": 2}  # the transaction commits upstream twice; replies lost
+        first = run_pass(data, store).counts
+        assert relay.dropped == ["POST /fhir/R4"] * 2  # one transaction of three creates
+        assert first["outbox_filed"] == 3  # retried at once (idempotent: If-None-Exist)
+        assert first["outbox_transactions"] == 1
+        assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
+        # An edit whose reply is lost: the retry's 412 is our own edit, not a conflict.
+        obs = next(i for i in store.outbox(("filed",)) if i.rtype == "Observation")
+        _edit(store, obs.rid, 99.0)
+        relay.drop = {"PUT": 1}
+        second = run_pass(data, store).counts
+        assert second.get("outbox_filed") == 1 and "outbox_conflict" not in second
+        filed = store.filed("Observation", obs.rid)
+        assert filed is not None
+        upstream = medplum.read("Observation", filed.upstream_id)
+        assert upstream is not None and upstream["valueQuantity"]["value"] == 99.0
+        assert upstream["meta"]["versionId"] == filed.upstream_version
 
 
 def test_a_refused_note_is_held_with_the_reason_and_filed_after_retry(
     tmp_path: Path, medplum: MedplumServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    n = next(_run)
-    data = gateway_data(tmp_path)
-    store = SqliteStore(data / datadir.DATABASE)
-    try:
-        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
-            configure_with_certificate(data, medplum.pki, relay.base)
-            pid = f"n{n}-p"
-            _link(store, medplum, n, pid)
-            run_pass(data, store)
-            entry = create_entry(observation("x", pid))
-            entry["resource"].pop("id")
-            _push(store, [entry])
-            relay.refuse = {"POST": "Observation.code is not in the board's value set"}
-            counts = run_pass(data, store).counts
-            assert counts["outbox_held"] == 1
-            assert gateway_cli("upstream", "status", "--data", str(data)) == 0
-            words = capsys.readouterr().out
-            assert "HELD" in words and "not in the board's value set" in words
-            relay.refuse = {}
-            assert run_pass(data, store).counts.get("outbox_filed", 0) == 0  # held stays held
-            assert gateway_cli("upstream", "retry", "--data", str(data), "--all") == 0
-            assert run_pass(data, store).counts["outbox_filed"] == 1
-            cid = entry["request"]["ifNoneExist"].split("|")[1]
-            assert _mine(medplum, {cid}) == Counter({cid: 1})
-    finally:
-        store.close()
+    with _linked_through_relay(tmp_path, medplum) as linked:
+        data, store, relay = linked.data, linked.store, linked.relay
+        [cid] = _push_new(store, linked.pid, [72.0])
+        relay.refuse = {"POST": "Observation.code is not in the board's value set"}
+        counts = run_pass(data, store).counts
+        assert counts["outbox_held"] == 1
+        assert gateway_cli("upstream", "status", "--data", str(data)) == 0
+        words = capsys.readouterr().out
+        assert "HELD" in words and "not in the board's value set" in words
+        relay.refuse = {}
+        assert run_pass(data, store).counts.get("outbox_filed", 0) == 0  # held stays held
+        assert gateway_cli("upstream", "retry", "--data", str(data), "--all") == 0
+        assert run_pass(data, store).counts["outbox_filed"] == 1
+        assert _mine(medplum, {cid}) == Counter({cid: 1})
 
 
 def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician_resolves_it(
@@ -228,9 +199,7 @@ def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician
         pid = f"n{n}-p"
         _link(store, medplum, n, pid)
         run_pass(data, store)
-        entry = create_entry(observation("x", pid, 50.0))
-        entry["resource"].pop("id")
-        _push(store, [entry])
+        _push_new(store, pid, [50.0])
         run_pass(data, store, reconcile=False)
         item = store.outbox(("filed",))[-1]
         filed = store.filed("Observation", item.rid)
@@ -288,12 +257,22 @@ def _linked_through_relay(tmp_path: Path, medplum: MedplumServer) -> Iterator[Li
         store.close()
 
 
+def _push_new(
+    store: SqlStore, pid: str, values: Sequence[float], *, together: bool = False
+) -> list[str]:
+    """New Observations (no id: the gateway assigns it) pushed as laptops push them, one Bundle
+    each (or all in one with ``together``); their client identifiers, in order."""
+    entries = [create_entry(observation("new", pid, value)) for value in values]
+    for entry in entries:
+        entry["resource"].pop("id")
+    for bundle in [entries] if together else [[entry] for entry in entries]:
+        _push(store, bundle)
+    return [str(entry["request"]["ifNoneExist"].split("|")[1]) for entry in entries]
+
+
 def _push_new_observation(store: SqlStore, pid: str, value: float) -> str:
     """A laptop's new note pushed to the gateway; returns its client identifier."""
-    entry = create_entry(observation(f"v{value}", pid, value))
-    entry["resource"].pop("id")
-    _push(store, [entry])
-    return str(entry["request"]["ifNoneExist"].split("|")[1])
+    return _push_new(store, pid, [value])[0]
 
 
 def test_an_old_held_version_is_never_filed_over_the_clinicians_later_edit(
@@ -415,11 +394,7 @@ def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
         pid = f"n{n}-p"
         _link(store, medplum, n, pid)
         run_pass(data, store)
-        entries = [create_entry(observation(f"k{i}", pid, 40.0 + i)) for i in range(6)]
-        for entry in entries:
-            entry["resource"].pop("id")
-            _push(store, [entry])
-        cids = {e["request"]["ifNoneExist"].split("|")[1] for e in entries}
+        cids = set(_push_new(store, pid, [40.0 + i for i in range(6)]))
         store.close()
         relay.hold = {"POST"}  # the upstream commits the first create; its reply never comes
         child = subprocess.Popen(
@@ -509,40 +484,22 @@ def test_notes_go_up_in_transactions_sized_to_what_the_upstream_accepts(
 ) -> None:
     """Medplum advertises no limit but refuses a transaction of conditional creates of more
     than 8 entries: the gateway halves until accepted, and files everything exactly once."""
-    n = next(_run)
-    store = SqliteStore(tmp_path / "gateway.sqlite3")
-    try:
-        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
-            data = gateway_data(tmp_path / "d")
-            configure_with_certificate(data, medplum.pki, relay.base)
-            pid = f"n{n}-p"
-            _link(store, medplum, n, pid)
-            run_pass(data, store)
-            entries = [create_entry(observation(f"t{i}", pid, 30.0 + i)) for i in range(40)]
-            for entry in entries:
-                entry["resource"].pop("id")
-            _push(store, entries)
-            counts = run_pass(data, store).counts
-            assert counts["outbox_filed"] == 40
-            assert counts["outbox_transaction_split"] >= 1
-            assert 1 < counts["outbox_transaction_size"] <= 8
-            accepted = [f for f in relay.forwarded if f.startswith("POST /fhir/R4 200")]
-            assert len(accepted) == counts["outbox_transactions"] < 40
-            cids = {e["request"]["ifNoneExist"].split("|")[1] for e in entries}
-            assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
-    finally:
-        store.close()
+    with _linked_through_relay(tmp_path, medplum) as linked:
+        data, store, relay = linked.data, linked.store, linked.relay
+        values = [30.0 + i for i in range(40)]
+        cids = set(_push_new(store, linked.pid, values, together=True))
+        counts = run_pass(data, store).counts
+        assert counts["outbox_filed"] == 40
+        assert counts["outbox_transaction_split"] >= 1
+        assert 1 < counts["outbox_transaction_size"] <= 8
+        accepted = [f for f in relay.forwarded if f.startswith("POST /fhir/R4 200")]
+        assert len(accepted) == counts["outbox_transactions"] < 40
+        assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
 
 
-def _notes(store: SqlStore, pid: str, tag: str, count: int) -> list[str]:
+def _notes(store: SqlStore, pid: str, count: int) -> list[str]:
     """``count`` notes pushed as a laptop pushes them (a Bundle each); their client ids."""
-    cids = []
-    for i in range(count):
-        entry = create_entry(observation(f"{tag}{i}", pid, 30.0 + i))
-        entry["resource"].pop("id")
-        _push(store, [entry])
-        cids.append(entry["request"]["ifNoneExist"].split("|")[1])
-    return cids
+    return _push_new(store, pid, [30.0 + i for i in range(count)])
 
 
 def _refused_transactions(relay: Relay) -> list[str]:
@@ -563,7 +520,7 @@ def test_the_transaction_size_learnt_is_remembered_and_the_next_pass_pays_no_ref
         running_relay(medplum.pki, medplum.base, medplum.session()) as other,
     ):
         store, relay, data, pid = linked.store, linked.relay, linked.data, linked.pid
-        cids = _notes(store, pid, "a", 20)
+        cids = _notes(store, pid, 20)
         first = run_pass(data, store, reconcile=False).counts
         assert first["outbox_filed"] == 20 and first["outbox_transaction_split"] >= 1
         assert len(_refused_transactions(relay)) == first["outbox_transaction_split"]
@@ -571,7 +528,7 @@ def test_the_transaction_size_learnt_is_remembered_and_the_next_pass_pays_no_ref
         assert 1 < size <= 8
         process = SqliteStore(data / datadir.DATABASE)  # another process, same database
         try:
-            cids += _notes(process, pid, "b", 20)
+            cids += _notes(process, pid, 20)
             relay.forwarded.clear()
             second = run_pass(data, process, reconcile=False).counts
         finally:
@@ -581,7 +538,7 @@ def test_the_transaction_size_learnt_is_remembered_and_the_next_pass_pays_no_ref
         assert "outbox_transaction_split" not in second
         assert second["outbox_transaction_size"] == size
         assert second["outbox_transactions"] == -(-20 // size)
-        cids += _notes(store, pid, "c", 10)
+        cids += _notes(store, pid, 10)
         relay.forwarded.clear()
         later = run_pass(data, store, now=_now() + dt.timedelta(hours=25), reconcile=False)
         assert later.counts["outbox_filed"] == 10
@@ -590,7 +547,7 @@ def test_the_transaction_size_learnt_is_remembered_and_the_next_pass_pays_no_ref
         configure_with_certificate(
             data, medplum.pki, other.base
         )  # ``upstream set`` to another base URL
-        cids += _notes(store, pid, "d", 10)
+        cids += _notes(store, pid, 10)
         moved = run_pass(data, store, now=_now() + dt.timedelta(hours=26), reconcile=False)
         assert moved.counts["outbox_filed"] == 10
         assert len(_refused_transactions(other)) >= 1  # learnt anew for that upstream
@@ -605,17 +562,17 @@ def test_a_note_the_upstream_refuses_on_its_own_never_shrinks_the_transactions(
     pass, go on with."""
     with _linked_through_relay(tmp_path, medplum) as linked:
         store, relay, data, pid = linked.store, linked.relay, linked.data, linked.pid
-        _notes(store, pid, "a", 20)
+        _notes(store, pid, 20)
         size = run_pass(data, store, reconcile=False).counts["outbox_transaction_size"]
         assert 1 < size <= 8
-        bad = _notes(store, pid, "b", 20)[2]
+        bad = _notes(store, pid, 20)[2]
         relay.refuse_containing = {bad: "Observation.value is not accepted"}
         counts = run_pass(data, store, reconcile=False).counts
         assert counts["outbox_filed"] == 19 and counts["outbox_held"] == 1
         assert counts["outbox_transaction_size"] == size
         remembered = store.transaction_size(relay.base)
         assert remembered is not None and remembered.size == size
-        _notes(store, pid, "c", 10)
+        _notes(store, pid, 10)
         relay.forwarded.clear()
         assert run_pass(data, store, reconcile=False).counts["outbox_filed"] == 10
         assert _refused_transactions(relay) == []
