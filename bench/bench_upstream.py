@@ -40,6 +40,9 @@ to a gateway site. Figures:
   fresh store each time) against the one loaded server, and prints every ratio and their
   median; sekmet's jobs grow slower from one round to the next (seen: 11.7, 15.4, 13.0 s), so
   compare later rounds by the gateway's own work, not by the ratio.
+  ``GATEHOUSE_BENCH_EXPORT_STORE=postgres`` imports into a fresh database of the suite's own
+  PostgreSQL 15 (``tests.support.postgres``: a disposable cluster run with ``fsync=off``, so
+  its commits cost less than a production server's) instead of SQLite.
 
 ``GATEHOUSE_BENCH_SCALE`` (default 1: 1,000 patients, ~20k resources) or ``--quick`` (0.05).
 ``--latency`` runs the latency part only, ``--search`` the Medplum import and filing only.
@@ -65,6 +68,7 @@ import orjson
 
 from sync.gateway.api.bundle_entries import parse_bundle
 from sync.gateway.api.transaction import Scope, run_transaction
+from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import bulk
 from sync.gateway.upstream.capabilities import IMPORTED_TYPES
@@ -97,6 +101,7 @@ LATENCY_POLL_S = 1.0
 EXPORT_RESOURCES = int(os.environ.get("GATEHOUSE_BENCH_EXPORT_RESOURCES", "") or 100_000)
 # rounds of download and import against one loaded sekmet (loading 104k takes ~150 s)
 ROUNDS = int(os.environ.get("GATEHOUSE_BENCH_EXPORT_ROUNDS", "") or 1)
+EXPORT_STORE = os.environ.get("GATEHOUSE_BENCH_EXPORT_STORE", "") or "sqlite"
 
 
 def _scale() -> float:
@@ -307,6 +312,22 @@ def _timed(module: Any, name: str, spent: list[float]) -> Iterator[None]:
         setattr(module, name, original)
 
 
+def _export_store(path: Path) -> SqlStore:
+    """A fresh store for one export round: SQLite at ``path``, or (``EXPORT_STORE``) a new
+    database of the suite's PostgreSQL."""
+    if EXPORT_STORE == "postgres":
+        from sync.gateway.store.postgres import PgStore
+        from tests.support.postgres import PgUnavailable, shared_server
+
+        try:
+            return PgStore(shared_server().new_database())
+        except PgUnavailable as missing:
+            raise SystemExit(f"no PostgreSQL for the bench: {missing.reason}") from None
+    if EXPORT_STORE != "sqlite":
+        raise SystemExit("GATEHOUSE_BENCH_EXPORT_STORE must be 'sqlite' or 'postgres'")
+    return SqliteStore(path)
+
+
 def _export_round(data: Path, path: Path) -> float:
     """One round: the download baseline, then one pass into a fresh store at ``path``, then a
     poll with nothing new; returns the ratio import / (job + download)."""
@@ -316,7 +337,7 @@ def _export_round(data: Path, path: Path) -> float:
         f" {download_s:.2f} s = {lines / download_s:,.0f}/s (after the server's job:"
         f" {job_s:.2f} s from kick-off to manifest)"
     )
-    store = SqliteStore(path)
+    store = _export_store(path)
     try:
         store.add_site(SITE, SITE, dt.datetime.now(dt.UTC))
         store.link_site(SITE, "group", "bench-group", dt.datetime.now(dt.UTC))
