@@ -18,6 +18,7 @@ from sync.gateway.store.base import DatabaseFailure
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import writer as writer_module
 from sync.gateway.upstream.writer import ImportWriter, patient_of
+from tests.support.gateway import make_store
 from tests.support.sync import seed_resources
 
 SITE = "hmp-brixton"  # the site seed_resources names
@@ -130,3 +131,31 @@ def test_sqlite_commits_here_and_postgresql_overlaps() -> None:
 
     assert sqlite.DIALECT.bulk_commits_overlap is False
     assert postgres.DIALECT.bulk_commits_overlap is True
+
+
+def test_a_batch_of_imported_versions_is_recorded_in_order_the_last_of_a_key_winning(
+    tmp_path: Path,
+) -> None:
+    """On either store (``GATEHOUSE_TEST_STORE``; PostgreSQL sends the batch as one statement
+    of arrays): new keys added, a held key updated, a key twice in one batch kept as its last."""
+    store = make_store(tmp_path)
+    now = dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC)
+    try:
+        with store.write():
+            store.record_imports_in_tx([("Observation", "o1", "1", SITE, "p1")], now)
+        with store.write():
+            store.record_imports_in_tx(
+                [
+                    ("Observation", "o1", "2", SITE, "p1"),
+                    ("Observation", "o2", "1", SITE, "p2"),
+                    ("Observation", "o2", "3", "hmp-other", "p2"),
+                ],
+                now + dt.timedelta(hours=1),
+            )
+        held = store.imported("Observation")
+        assert {rid: (i.upstream_version, i.site, i.patient_id) for rid, i in held.items()} == {
+            "o1": ("2", SITE, "p1"),
+            "o2": ("3", "hmp-other", "p2"),
+        }
+    finally:
+        store.close()

@@ -54,6 +54,7 @@ from sync.gateway.store.pg_write import HEAD_SEQ, PG_WRITE_SCHEMA, PgWriteTx
 from sync.gateway.store.resource_tables import FEED_TABLES
 from sync.gateway.store.sql import SqlStore, utc_now
 from sync.gateway.store.tables import Dialect, set_up
+from sync.gateway.store.upstream_tables import IMPORTED_UPSERT
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +395,20 @@ class PgStore(SqlStore):
 
     def _write_tx(self) -> PgWriteTx:
         return PgWriteTx(self._pg, self._execute, self._clock)
+
+    def _upsert_imports(self, rows: Sequence[tuple[str, str, str, str, str]], at_us: int) -> None:
+        """One statement of arrays (an import's batch: one round trip, not one per row); one
+        row per key, the last (a key twice in one upsert is an error here)."""
+        last = list({(row[0], row[1]): row for row in rows}.values())
+        columns = [list(column) for column in zip(*last, strict=True)]
+        self._execute(
+            "INSERT INTO upstream_imported"  # noqa: S608 (constants only)
+            " (type, id, upstream_version, site, patient_id, imported_us)"
+            " SELECT v.type, v.id, v.version, v.site, v.patient, ? FROM unnest(?::text[],"
+            " ?::text[], ?::text[], ?::text[], ?::text[]) AS v(type, id, version, site, patient) "
+            + IMPORTED_UPSERT,
+            (at_us, *columns),
+        )
 
     @property
     def round_trips(self) -> int:

@@ -193,6 +193,13 @@ class Filed:
     upstream_version: str
 
 
+IMPORTED_UPSERT = (
+    "ON CONFLICT (type, id) DO UPDATE SET upstream_version = excluded.upstream_version,"
+    " site = excluded.site, patient_id = excluded.patient_id,"
+    " imported_us = excluded.imported_us"
+)
+
+
 class UpstreamTables(SqlTables):
     # -- site links (control plane: their own write transaction)
     def link_site(self, site: str, kind: LinkKind, ref: str, now: dt.datetime) -> None:
@@ -279,20 +286,22 @@ class UpstreamTables(SqlTables):
         count, two when anything is quarantined (an import's batch)."""
         if not rows:
             return
-        imported_us = to_us(now)
-        self._executemany(
-            "INSERT INTO upstream_imported"
-            " (type, id, upstream_version, site, patient_id, imported_us)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (type, id) DO UPDATE SET"
-            " upstream_version = excluded.upstream_version, site = excluded.site,"
-            " patient_id = excluded.patient_id, imported_us = excluded.imported_us",
-            [(*row, imported_us) for row in rows],
-        )
+        self._upsert_imports(rows, to_us(now))
         if self._execute("SELECT 1 FROM upstream_quarantine LIMIT 1").fetchone() is not None:
             self._executemany(
                 "DELETE FROM upstream_quarantine WHERE type = ? AND id = ?",
                 [(rtype, rid) for rtype, rid, *_ in rows],
             )
+
+    def _upsert_imports(self, rows: Sequence[tuple[str, str, str, str, str]], at_us: int) -> None:
+        """Each (type, id, upstream version, site, patient) as imported at ``at_us``, in order
+        (a later row of the same key wins). PostgreSQL sends them as one statement."""
+        self._executemany(
+            "INSERT INTO upstream_imported"  # noqa: S608 (constants only)
+            " (type, id, upstream_version, site, patient_id, imported_us)"
+            " VALUES (?, ?, ?, ?, ?, ?) " + IMPORTED_UPSERT,
+            [(*row, at_us) for row in rows],
+        )
 
     def refile_version_in_tx(self, rtype: str, rid: str, upstream_version: str) -> None:
         """The upstream changed a record filed from here: the version the next edit must name."""
