@@ -270,5 +270,4 @@ def test_two_workers_give_every_line_back_in_file_order(monkeypatch: pytest.Monk
     assert [str(_resource(item)["id"]) for i, item in enumerate(got) if i != 57] == [
         f"o{i}" for i in range(200) if i != 57
     ]
-    assert len(pool._processes) == 2  # both were started for the lines in flight
     screening._discard(pool)

@@ -137,6 +137,8 @@ _HEAD = "SELECT seq FROM change_counter WHERE id = 1"
 _IN_CHUNK = 400  # keys per IN list (SQLite allows 32,766 bound values)
 # The history body of the current live version: its JSON is the one in ``resources``.
 IN_RESOURCES = b""
+# A history row's JSON in ``vread`` (which joins ``resources`` anyway). The feed asks
+# ``resources`` only for such a row, by subquery: PostgreSQL's history rows are all full.
 _HISTORY_BODY = "CASE WHEN h.deleted = 0 AND length(h.body) = 0 THEN r.body ELSE h.body END"
 # The resources rows of one (type, site) a run wrote: every seq past the head before it is the
 # run's (its transaction holds the writer lock), in seq order (``resources_scan``).
@@ -705,12 +707,11 @@ class ResourceTables(SqlTables):
 
     def history(self, query: HistoryQuery) -> list[Change]:
         sql = [
-            "SELECT c.seq, c.type, c.id, c.version_id, c.op, c.last_updated_us,"  # noqa: S608
-            f" {_HISTORY_BODY}"
+            "SELECT c.seq, c.type, c.id, c.version_id, c.op, c.last_updated_us,"
+            " CASE WHEN h.deleted = 0 AND length(h.body) = 0 THEN (SELECT r.body FROM resources r"
+            " WHERE r.type = c.type AND r.id = c.id) ELSE h.body END"
             " FROM changes c LEFT JOIN resource_history h ON c.op = 'put'"
             " AND h.type = c.type AND h.id = c.id AND h.version_id = c.version_id"
-            " LEFT JOIN resources r ON h.deleted = 0 AND length(h.body) = 0"
-            " AND r.type = c.type AND r.id = c.id"
             " WHERE c.site = ? AND c.seq > ?"
         ]
         args: list[Any] = [query.site, query.after_seq]
