@@ -92,16 +92,19 @@ class DatabaseFailure(StoreError):
         self.conflict = conflict
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def to_us(moment: dt.datetime) -> int:
     """Microseconds since the epoch of an aware datetime (the stored form of time)."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime")
-    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def from_us(us: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
+    return _EPOCH + dt.timedelta(microseconds=us)
 
 
 def fhir_instant(moment: dt.datetime) -> str:
@@ -426,11 +429,13 @@ class WriteTx(Protocol):
         items: Sequence[tuple[str, str, dict[str, Any] | Serialised]],
         *,
         checked: bool = False,
+        sites: Sequence[str] = (),
     ) -> list[StoredResource]:
         """``put`` of each (type, id, resource) in turn, with the same results and errors; a
         backend may write them with fewer statements (an import's or a seed's batch).
         ``checked``: the caller has just passed each of these very dicts through
         ``resources.check_resource`` for its type; a backend may skip checking them again.
+        ``sites``: the sites they are expected to be written at (a hint, as ``prefetch``'s).
         A ``Serialised`` resource is written as the dict it serialises."""
         ...
 

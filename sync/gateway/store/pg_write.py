@@ -30,9 +30,16 @@ Invariants:
   each site's ``last_us`` is raised to the latest time the transaction wrote there.
 - **Batched.** Writes are buffered and flushed as one pipeline of ``unnest`` statements (one
   round trip) before COMMIT, and before any read that must see them (``find_by_identifier``,
-  ``site_stays``, a transfer's dependents). Reads of what the transaction wrote, or already
-  read under its site lock, come from memory. ``prefetch`` reads many resources (and the
-  patients they name, and the patients' open stays) under their site locks in one go.
+  ``site_stays``, a transfer's dependents). A flush of ``COPY_AT`` changes or more (an
+  import's batch) appends its change and history rows, and the rows of resources that had
+  none, by binary COPY first (a round trip each). Reads of what the transaction wrote, or
+  already read under its site lock, come from memory. ``prefetch`` reads many resources (and
+  the patients they name, and the patients' open stays) under their site locks in one go.
+- **A key read as absent is inserted, never upserted.** A resource with no row when this
+  transaction read it (``_absent``) gets a plain INSERT (COPY), and no identifier rows are
+  dropped for it. Its site lock cannot cover a row that does not exist, so another site's
+  transaction may create the same key meanwhile: the flush then fails on the key and the
+  transaction writes nothing (as before, when its version-1 history row failed on its key).
 - ``put``/``delete`` return seq 0: the seq is assigned at the flush.
 """
 
@@ -43,9 +50,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from sync.gateway.store.base import ChangeOp, SiteStay, StoredResource, to_us
+from sync.gateway.store.base import ChangeOp, SiteStay, StoredResource, from_us, to_us
 from sync.gateway.store.loader import prefetch_keys
-from sync.gateway.store.resource_tables import SqlWriteTx, row_to_resource
+from sync.gateway.store.resource_tables import SqlWriteTx, row_to_resource, stored_form
 from sync.gateway.store.serialised import Serialised
 from sync.gateway.store.tables import Execute, Rows
 from sync.protocol.fhir import vocabulary as vocab
@@ -129,6 +136,25 @@ _UPSERT = (
     " name_text = CASE WHEN excluded.deleted = 1 THEN resources.name_text"
     " ELSE excluded.name_text END, body = excluded.body"
 )
+# A flush of at least COPY_AT changes appends its change, history and new resources rows by
+# binary COPY (one round trip each; no array to build and unpack), a smaller one with the
+# statements above, pipelined with the rest.
+COPY_AT = 64
+_COPY_CHANGES = (
+    "COPY changes (seq, site, type, id, version_id, op, last_updated_us) FROM STDIN"
+    " (FORMAT BINARY)",
+    ("int8", "text", "text", "text", "int8", "text", "int8"),
+)
+_COPY_HISTORY = (
+    "COPY resource_history (type, id, version_id, last_updated_us, site, deleted, body)"
+    " FROM STDIN (FORMAT BINARY)",
+    ("text", "text", "int8", "int8", "text", "int8", "bytea"),
+)
+_COPY_RESOURCES = (
+    "COPY resources (type, id, version_id, last_updated_us, site, patient_id, deleted, seq,"
+    " name_text, body) FROM STDIN (FORMAT BINARY)",
+    ("text", "text", "int8", "int8", "text", "text", "int8", "int8", "text", "bytea"),
+)
 _DROP_IDENTIFIERS = (
     "DELETE FROM resource_identifiers AS i USING unnest(%b::text[], %b::text[]) AS v(type, id)"
     " WHERE i.type = v.type AND i.id = v.id"
@@ -162,6 +188,7 @@ class PgTransaction(Protocol):
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
     def pipeline(self, statements: Sequence[Statement]) -> Sequence[Rows]: ...
+    def copy(self, sql: str, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
 
 
 @dataclass
@@ -201,6 +228,8 @@ class PgWriteTx(SqlWriteTx):
         # the resources row to write: the version, its change, its time, its name_text
         self._rows: dict[tuple[str, str], tuple[StoredResource, int, int, str | None]] = {}
         self._identifiers: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        # keys of ``_rows`` with no row in the table (nothing to replace, no identifier to drop)
+        self._absent: set[tuple[str, str]] = set()
         self._stay_resites: dict[str, str] = {}
         self._stay_closes: dict[str, int] = {}
         self._stay_opens: list[list[Any]] = []
@@ -238,12 +267,57 @@ class PgWriteTx(SqlWriteTx):
         items: Sequence[tuple[str, str, dict[str, Any] | Serialised]],
         *,
         checked: bool = False,
+        sites: Sequence[str] = (),
     ) -> list[StoredResource]:
-        """``put`` of each in turn (each checked again but a ``Serialised`` one), the resources
-        and the patients they name read first in one round trip (``prefetch``); the writes are
-        buffered into one flush anyway."""
-        self.prefetch(prefetch_keys(items))
-        return [self.put(rtype, rid, resource) for rtype, rid, resource in items]
+        """``SqlWriteTx.put_many`` (the same rows as ``put`` of each in turn), the resources and
+        the patients they name read first in one round trip, with the locks of ``sites``
+        (``prefetch``); a plain run is buffered by ``_write_run`` and every write goes in the
+        one flush anyway."""
+        self.prefetch(prefetch_keys(items), sites=sites)
+        return super().put_many(items, checked=checked)
+
+    def _patient_sites(self, patients: Sequence[str]) -> dict[str, str]:
+        """The sites of the live Patients of ``patients`` (read under their site locks)."""
+        self._read([(vocab.PATIENT, patient) for patient in patients])
+        sites: dict[str, str] = {}
+        for patient in patients:
+            found = self._known[(vocab.PATIENT, patient)]
+            if found is not None and not found.deleted:
+                sites[patient] = found.site
+        return sites
+
+    def _currents(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
+        self._read(keys)
+        return {key: found for key in keys if (found := self._known[key]) is not None}
+
+    def _write_run(
+        self,
+        checked: list[tuple[str, str, dict[str, Any] | Serialised, str | None, str]],
+        existing: dict[tuple[str, str], StoredResource],
+    ) -> list[StoredResource]:
+        """``put`` of each of ``checked`` (type, id, resource, its patient (None: a Patient),
+        its site; no move, no key twice: ``_put_run``), buffered the way ``put`` buffers it,
+        without reading again what ``_put_run`` has just read."""
+        if not checked:
+            return []
+        self._lock_sites({site for *_, site in checked})  # a new Patient's own site
+        lu_us = self._tx_time_us()
+        last_updated = from_us(lu_us)
+        stamp = last_updated.isoformat(timespec="microseconds")
+        stored: list[StoredResource] = []
+        for rtype, rid, resource, patient, site in checked:
+            old = existing.get((rtype, rid))
+            version_id = old.version_id + 1 if old is not None else 1
+            body, name, identifiers = stored_form(resource, rid, version_id, stamp)
+            if patient is None:
+                self._record_stay(rid, site, lu_us)
+            change = self._record_change(site, rtype, rid, version_id, "put", lu_us)
+            version = StoredResource(
+                rtype, rid, version_id, last_updated, site, patient, False, 0, body
+            )
+            self._store_version(version, change, name, list(identifiers), old)
+            stored.append(version)
+        return stored
 
     # -- reads under the site locks
     def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:
@@ -342,6 +416,8 @@ class PgWriteTx(SqlWriteTx):
         self._rows[key] = (stored, change, lu_us, name)
         self._identifiers[key] = identifiers
         self._known[key] = stored
+        if replaced is None:
+            self._absent.add(key)
 
     def _store_deletion(
         self, stored: StoredResource, change: int, replaced: StoredResource | None
@@ -354,6 +430,8 @@ class PgWriteTx(SqlWriteTx):
         self._rows[key] = (stored, change, lu_us, None)
         self._identifiers[key] = []
         self._known[key] = stored
+        if replaced is None:
+            self._absent.add(key)
 
     def _open_stay(self, patient_id: str) -> _Stay | None:
         if patient_id not in self._stays:
@@ -404,39 +482,53 @@ class PgWriteTx(SqlWriteTx):
         self.flush()
 
     def flush(self) -> None:
-        """Send every buffered write: one round trip for the seqs, one for the writes."""
+        """Send every buffered write: one round trip for the seqs, one for the writes (and, at
+        ``COPY_AT`` changes or more, one for each table appended to by COPY)."""
         if not self._changes:
             return
         rows = self._db.execute(_TAKE_SEQS, (len(self._changes),)).fetchall()
         seqs = sorted(int(seq) for (seq,) in rows)
         self.last_seq = max(seqs[-1], self.last_seq or 0)
-        statements: list[Statement] = [
-            (_INSERT_CHANGES, (seqs, *_columns(self._changes, 6))),
-            (_INSERT_HISTORY, _columns(self._history, 7)),
-        ]
+        upserts: list[tuple[Any, ...]] = []
+        inserts: list[tuple[Any, ...]] = []
+        for version, change, lu_us, name in self._rows.values():
+            row = (
+                version.rtype,
+                version.rid,
+                version.version_id,
+                lu_us,
+                version.site,
+                version.patient_id,
+                int(version.deleted),
+                seqs[change],
+                name,
+                version.body,
+            )
+            new = (version.rtype, version.rid) in self._absent
+            (inserts if new else upserts).append(row)
+        statements: list[Statement] = []
+        if len(self._changes) >= COPY_AT:
+            # Rows new to their tables (a key that had no row has none: ``_absent``).
+            changes = [(seq, *change) for seq, change in zip(seqs, self._changes, strict=True)]
+            self._db.copy(*_COPY_CHANGES, changes)
+            self._db.copy(*_COPY_HISTORY, self._history)
+            if inserts:
+                self._db.copy(*_COPY_RESOURCES, inserts)
+        else:
+            statements += [
+                (_INSERT_CHANGES, (seqs, *_columns(self._changes, 6))),
+                (_INSERT_HISTORY, _columns(self._history, 7)),
+            ]
+            upserts += inserts
         if self._moves:
             moved = [(t, i, site, seqs[change]) for t, i, site, change in self._moves]
             statements.append((_MOVE, _columns(moved, 4)))
-        if self._rows:
-            upserts = [
-                (
-                    s.rtype,
-                    s.rid,
-                    s.version_id,
-                    lu_us,
-                    s.site,
-                    s.patient_id,
-                    int(s.deleted),
-                    seqs[change],
-                    name,
-                    s.body,
-                )
-                for s, change, lu_us, name in self._rows.values()
-            ]
+        if upserts:
             statements.append((_UPSERT, _columns(upserts, 10)))
         if self._identifiers:
-            owners = list(self._identifiers)
-            statements.append((_DROP_IDENTIFIERS, _columns(owners, 2)))
+            owners = [key for key in self._identifiers if key not in self._absent]
+            if owners:
+                statements.append((_DROP_IDENTIFIERS, _columns(owners, 2)))
             added = [
                 (t, i, system, value)
                 for (t, i), pairs in self._identifiers.items()
@@ -460,6 +552,7 @@ class PgWriteTx(SqlWriteTx):
         self._moves.clear()
         self._rows.clear()
         self._identifiers.clear()
+        self._absent.clear()
         self._stay_resites.clear()
         self._stay_closes.clear()
         self._stay_opens.clear()

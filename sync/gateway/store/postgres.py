@@ -71,6 +71,14 @@ SCHEMA_LOCK_KEY = 0x6761_7465  # pg_advisory_xact_lock key taken while creating 
 # minute or so; after a bulk load that is too late, so the store analyses itself when the change
 # feed has doubled since (head seq ≥ ANALYZE_FIRST_AT, then 2·head + ANALYZE_FIRST_AT, …).
 ANALYZE_FIRST_AT = 1_000
+# An import batch's upstream versions, one statement of arrays (binary: no text to parse).
+_UPSERT_IMPORTS = (
+    "INSERT INTO upstream_imported"  # noqa: S608 (constants only)
+    " (type, id, upstream_version, site, patient_id, imported_us)"
+    " SELECT v.type, v.id, v.version, v.site, v.patient, %b FROM unnest(%b::text[],"
+    " %b::text[], %b::text[], %b::text[], %b::text[]) AS v(type, id, version, site, patient) "
+    + IMPORTED_UPSERT
+)
 # Control-plane writes (enrolment, users, commands, audit) stay serialised on this row.
 _LOCK_CONTROL = "SELECT seq FROM change_counter WHERE id = 1 FOR UPDATE"
 
@@ -301,6 +309,18 @@ class _Session:
             cursors = [conn.execute(sql, tuple(params)) for sql, params in statements]
         return [_finish(cursor) for cursor in cursors]
 
+    def copy(self, sql: str, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """``COPY … FROM STDIN (FORMAT BINARY)`` of ``rows`` (their columns' ``types``) in the
+        open transaction: one round trip. A failure raises, and the transaction is then
+        aborted (it must be rolled back)."""
+        conn = self._held
+        if conn is None:
+            raise StoreError("no_transaction")
+        with conn.cursor() as cursor, cursor.copy(sql) as copy:
+            copy.set_types(list(types))
+            for row in rows:
+                copy.write_row(row)
+
     def begin(self, statement: str, retry: bool = True) -> None:
         if self._held is not None:
             raise StoreError("nested_transaction")
@@ -362,6 +382,11 @@ class PgConnections:
         self.round_trips += 1
         return self._session().pipeline(statements)
 
+    def copy(self, sql: str, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """``rows`` into the open transaction by binary COPY (``sql``), in one round trip."""
+        self.round_trips += 1
+        self._session().copy(sql, types, rows)
+
     def begin(self, statement: str) -> None:
         if self._closed:
             raise StoreError("closed")
@@ -401,14 +426,7 @@ class PgStore(SqlStore):
         row per key, the last (a key twice in one upsert is an error here)."""
         last = list({(row[0], row[1]): row for row in rows}.values())
         columns = [list(column) for column in zip(*last, strict=True)]
-        self._execute(
-            "INSERT INTO upstream_imported"  # noqa: S608 (constants only)
-            " (type, id, upstream_version, site, patient_id, imported_us)"
-            " SELECT v.type, v.id, v.version, v.site, v.patient, ? FROM unnest(?::text[],"
-            " ?::text[], ?::text[], ?::text[], ?::text[]) AS v(type, id, version, site, patient) "
-            + IMPORTED_UPSERT,
-            (at_us, *columns),
-        )
+        self._pg.execute(_UPSERT_IMPORTS, (at_us, *columns))
 
     @property
     def round_trips(self) -> int:

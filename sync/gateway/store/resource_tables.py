@@ -149,7 +149,7 @@ _KEEP_REPLACED = (
 )
 
 
-def _stored(
+def stored_form(
     resource: dict[str, Any] | Serialised, rid: str, version_id: int, stamp: str
 ) -> tuple[bytes, str | None, Sequence[tuple[str, str]]]:
     """(stored JSON, name words, identifiers) of a checked resource written as ``rid``, version
@@ -362,7 +362,7 @@ class SqlWriteTx:
         lu_us = self._tx_time_us()
         version_id = existing.version_id + 1 if existing else 1
         stamp = from_us(lu_us).isoformat(timespec="microseconds")
-        body, name, identifiers = _stored(resource, rid, version_id, stamp)
+        body, name, identifiers = stored_form(resource, rid, version_id, stamp)
         moved = existing is not None and not existing.deleted and existing.site != site
         if rtype == vocab.PATIENT:
             self._record_stay(rid, site, lu_us)
@@ -390,6 +390,7 @@ class SqlWriteTx:
         items: Sequence[tuple[str, str, dict[str, Any] | Serialised]],
         *,
         checked: bool = False,
+        sites: Sequence[str] = (),
     ) -> list[StoredResource]:
         """``put`` of each (type, id, resource) in turn, with the same result and the same
         errors. A run of Patients and clinical resources, none named twice, none moving site
@@ -503,7 +504,7 @@ class SqlWriteTx:
             seq += 1
             old = existing.get((rtype, rid))
             version_id = old.version_id + 1 if old is not None else 1
-            body, name, found = _stored(resource, rid, version_id, stamp)
+            body, name, found = stored_form(resource, rid, version_id, stamp)
             groups.add((rtype, site))
             rows.append((rtype, rid, version_id, lu_us, site, patient, seq, name, body))
             if patient is None and (old is None or old.deleted):

@@ -289,7 +289,9 @@ class ImportWriter:
             return
         store = self._store
         tx.put_many(
-            [(rtype, rid, body) for rtype, rid, body, *_ in run if body is not None], checked=True
+            [(rtype, rid, body) for rtype, rid, body, *_ in run if body is not None],
+            checked=True,
+            sites=sorted({site for *_, site, _, _ in run}),  # PostgreSQL: held as it reads
         )
         store.record_imports_in_tx(
             [

@@ -1,0 +1,198 @@
+"""PostgreSQL's batched write path leaves exactly the rows ``put`` one by one leaves there: the
+``put_many`` runs (``PgWriteTx._write_run``, reading what it needs under the sites it was
+told of) and the flush that appends by binary COPY (``COPY_AT``) against ``put`` one by one
+flushed with arrays, whatever mix of patients, moves, repeats, deletions and unknown patients
+a transaction holds (the strategies of ``test_store_put_many``); the same errors, nothing
+written where a transaction fails. Both hold the same records as SQLite's ``put`` one by one
+(seqs compared by order, a history row's JSON as it reads)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+
+from sync.gateway.store import pg_write
+from sync.gateway.store.base import StoreError
+from sync.gateway.store.postgres import PgStore
+from sync.gateway.store.serialised import serialise
+from sync.gateway.store.sql import SqlStore
+from sync.gateway.store.sqlite import SqliteStore
+from tests.gateway.test_store_put_many import TABLES, _flagged, batches
+from tests.gateway.test_store_put_many import _tables as sqlite_tables
+from tests.support.gateway import SITE_A, SITE_B, patient
+from tests.support.postgres import require_server
+
+pytestmark = pytest.mark.postgres
+_RESET = (
+    "TRUNCATE resources, resource_history, changes, resource_identifiers, patient_sites,"
+    " site_clocks; UPDATE change_counter SET seq = 0, last_us = 0;"
+    " ALTER SEQUENCE change_seq RESTART"
+)
+
+
+class _Clock:
+    """The same instants for both stores: one per call, a minute apart."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        self.now += dt.timedelta(minutes=1)
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def two_databases() -> Iterator[tuple[str, str]]:
+    server = require_server()
+    dsns = server.new_database(), server.new_database()
+    for dsn in dsns:
+        PgStore(dsn).close()  # the schema
+    yield dsns
+
+
+def _apply(store: SqlStore, batch: list[Any], many: bool, copy_at: int) -> str:
+    """Write ``batch`` (puts and deletes) in one transaction, flushed by COPY from
+    ``copy_at`` changes on, the puts between two deletes with one ``put_many`` (its clinical
+    resources ``Serialised``, told the sites of its patients) when ``many``; return the
+    error reason ('' when written)."""
+    before = pg_write.COPY_AT
+    pg_write.COPY_AT = copy_at
+    try:
+        with store.write() as tx:
+            tx.put("Organization", SITE_A, {"resourceType": "Organization", "id": SITE_A})
+            puts: list[tuple[str, str, Any]] = []
+            for item in [*batch, None]:
+                if many and item is not None and item[0] != "delete":
+                    rtype, rid, resource = item
+                    puts.append((rtype, rid, serialise(resource) or resource))
+                    continue
+                tx.put_many(puts, sites=[SITE_B] if puts else [])
+                puts = []
+                if item is None:
+                    break
+                if item[0] == "delete":
+                    tx.delete(item[1], item[2])
+                else:
+                    tx.put(*item)
+    except StoreError as refused:
+        return refused.reason
+    finally:
+        pg_write.COPY_AT = before
+    return ""
+
+
+def _tables(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row, each stored JSON as the value it holds (a spliced ``Serialised`` body and a
+    dumped dict differ in member order only)."""
+    with psycopg.connect(dsn) as db:
+        tables = {
+            table: db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+            for table, order in TABLES.items()
+        }
+    return _parsed(tables)
+
+
+def _parsed(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+    for table in ("resources", "resource_history"):
+        tables[table] = [(*row[:-1], row[-1] and orjson.loads(row[-1])) for row in tables[table]]
+    return tables
+
+
+def _records(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+    """What either backend holds, in comparable form: each seq as its rank among the feed's
+    (PostgreSQL's may have gaps), each history row with the JSON it reads as (SQLite keeps the
+    current version's only in ``resources``)."""
+    rank = {seq: n for n, seq in enumerate(sorted(row[0] for row in tables["changes"]))}
+    current = {row[:2]: row[-1] for row in tables["resources"]}
+    return {
+        "resources": [(*row[:7], rank[row[7]], *row[8:]) for row in tables["resources"]],
+        "resource_history": [
+            (*row[:6], row[6] or (current[row[:2]] if not row[5] else row[6]))
+            for row in tables["resource_history"]
+        ],
+        "changes": [(rank[row[0]], *row[1:]) for row in tables["changes"]],
+        "resource_identifiers": tables["resource_identifiers"],
+        "patient_sites": tables["patient_sites"],
+    }
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches)
+@example(  # a patient deleted, then back at another site: a new stay
+    [
+        [("Patient", "p1", patient("p1", SITE_A))],
+        [("delete", "Patient", "p1")],
+        [("Patient", "p1", patient("p1", SITE_B))],
+        [("Observation", "o1", _flagged("o1", "p1", "a"))],
+    ]
+)
+def test_put_many_and_the_copy_flush_write_what_put_one_by_one_writes(
+    two_databases: tuple[str, str], batches: list[list[Any]]
+) -> None:
+    one_dsn, many_dsn = two_databases
+    for dsn in two_databases:
+        with psycopg.connect(dsn) as db:
+            db.execute(_RESET)
+    one, many = PgStore(one_dsn, clock=_Clock()), PgStore(many_dsn, clock=_Clock())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reference.sqlite3"
+        reference = SqliteStore(path, clock=_Clock())
+        try:
+            for batch in batches:
+                expected = _apply(reference, batch, many=False, copy_at=0)
+                assert _apply(one, batch, many=False, copy_at=10**9) == expected
+                assert _apply(many, batch, many=True, copy_at=1) == expected
+            assert _tables(many_dsn) == _tables(one_dsn)
+            assert _records(_tables(many_dsn)) == _records(_parsed(sqlite_tables(path)))
+        finally:
+            one.close()
+            many.close()
+            reference.close()
+
+
+def _create_o1_at_site_b(store: PgStore) -> None:
+    """Another transaction (a thread's own), at SITE_B only: it commits while ours is open."""
+    with store.write() as tx:
+        tx.put("Observation", "o1", _flagged("o1", "p2", "b"))
+
+
+def test_a_copy_flush_of_a_key_another_transaction_created_fails_and_writes_nothing(
+    two_databases: tuple[str, str],
+) -> None:
+    """A key read as absent is appended by COPY; if another site's transaction created it
+    meanwhile, the write fails (as the history row's key would refuse it anyway) and leaves
+    nothing, rather than overwriting that resource."""
+    dsn = two_databases[0]
+    with psycopg.connect(dsn) as db:
+        db.execute(_RESET)
+    store = PgStore(dsn, clock=_Clock())
+    try:
+        with store.write() as tx:
+            tx.put("Patient", "p1", patient("p1", SITE_A))
+            tx.put("Patient", "p2", patient("p2", SITE_B))
+        before = _tables(dsn)
+        pg_write.COPY_AT, saved = 1, pg_write.COPY_AT
+        try:
+            with pytest.raises(StoreError), store.write() as tx:
+                tx.put_many([("Observation", "o1", _flagged("o1", "p1", "a"))])
+                other = threading.Thread(target=_create_o1_at_site_b, args=(store,))
+                other.start()
+                other.join()
+        finally:
+            pg_write.COPY_AT = saved
+        after = _tables(dsn)
+        written = {row[:2]: row for row in after["resources"]}
+        assert set(written) == {row[:2] for row in before["resources"]} | {("Observation", "o1")}
+        assert written[("Observation", "o1")][4] == SITE_B  # the other site's, untouched
+        assert [row[:3] for row in after["resource_history"]].count(("Observation", "o1", 1)) == 1
+    finally:
+        store.close()
