@@ -59,6 +59,10 @@ OPERATOR_MESSAGES: dict[str, str] = {
         "The database URL carries a password: put it in ~/.pgpass or PGPASSFILE instead."
     ),
     "closed": "The store was already closed.",
+    "store_too_new": (
+        "The database was written by a later version of the gateway: run that version (or"
+        " later), or restore the backup taken before the upgrade."
+    ),
     "bad_workers": "The number of workers and the pool size must be at least 1.",
     "workers_need_postgresql": (
         "More than one worker needs a PostgreSQL database (--database postgresql://…)."

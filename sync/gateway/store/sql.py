@@ -17,6 +17,10 @@ Invariants (beyond those of ``store.Store`` and ``store.tables``):
   write once the change feed has doubled since the last refresh (first at
   ``Dialect.analyze_first_at``); a failed refresh is logged and never fails the write, which
   has already committed.
+- The store records the format it is written in (``store_format``, ``STORE_FORMAT``); a store
+  of a later format is refused at open (``StoreError("store_too_new")``), so a gateway rolled
+  back to an older release never misreads rows it does not know. (Releases from before this
+  record cannot tell: ``docs/deploy.md`` says how to go back to one.)
 - A store whose construction fails closes its connections before raising.
 """
 
@@ -42,7 +46,20 @@ from sync.gateway.store.user_tables import USER_SCHEMA, UserTables
 
 log = logging.getLogger(__name__)
 
+# The format this code writes: 2, a current version's JSON may be held only in ``resources``
+# (its history row empty: ``resource_tables.IN_RESOURCES``). A store from before the format was
+# recorded reads the same, and is this format from when this code first opens it.
+STORE_FORMAT = 2
+_FORMAT_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS store_format (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+)""",
+    f"INSERT INTO store_format (id, version) SELECT 1, {STORE_FORMAT}"  # noqa: S608 (a constant)
+    " WHERE NOT EXISTS (SELECT 1 FROM store_format)",
+)
 SCHEMA: tuple[str, ...] = (
+    *_FORMAT_SCHEMA,
     *RESOURCE_SCHEMA,
     *DEVICE_SCHEMA,
     *USER_SCHEMA,
@@ -89,9 +106,18 @@ class SqlStore(
                 with self._transaction(dialect.begin_schema):
                     for statement in statements:
                         self._execute(dialect.ddl(statement))
+            self._refuse_later_format()
         except BaseException:
             self.close()
             raise
+
+    def _refuse_later_format(self) -> None:
+        """A store written by a later gateway may hold rows this code would misread: refused
+        (``store_too_new``), before anything reads or writes it."""
+        row = self._one("SELECT version FROM store_format WHERE id = 1")
+        if row is not None and int(row[0]) > STORE_FORMAT:
+            log.error("the store's format is %s; this gateway reads %s", row[0], STORE_FORMAT)
+            raise StoreError("store_too_new")
 
     def _schema_missing(self, statements: tuple[str, ...]) -> bool:
         """Whether a table, index or sequence the schema creates does not exist yet (always
