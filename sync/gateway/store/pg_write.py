@@ -73,6 +73,7 @@ PG_WRITE_SCHEMA: tuple[str, ...] = (
 HEAD_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM changes"
 
 _COLS = "type, id, version_id, last_updated_us, site, patient_id, deleted, seq, body"
+_SITE = 4  # the column of _COLS
 _READ = (
     f"SELECT {_COLS} FROM resources WHERE (type, id) IN"  # noqa: S608
     " (SELECT * FROM unnest(%b::text[], %b::text[]))"
@@ -343,12 +344,13 @@ class PgWriteTx(SqlWriteTx):
         results = list(self._db.pipeline(reads))
         pending = set(also or ())
         while True:
-            found = {(r.rtype, r.rid): r for r in map(row_to_resource, results[0].fetchall())}
-            reread = self._lock_sites({r.site for r in found.values()} | pending, then=reads)
+            rows = results[0].fetchall()
+            reread = self._lock_sites({row[_SITE] for row in rows} | pending, then=reads)
             pending = set()
             if reread is None:
                 break
             results = reread
+        found = {(r.rtype, r.rid): r for r in map(row_to_resource, rows)}  # the read under lock
         for key in wanted:
             self._known[key] = found.get(key)
         if patients:
