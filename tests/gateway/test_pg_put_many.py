@@ -8,7 +8,6 @@ written where a transaction fails. Both hold the same records as SQLite's ``put`
 
 from __future__ import annotations
 
-import datetime as dt
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -23,10 +22,16 @@ from hypothesis import HealthCheck, example, given, settings
 from sync.gateway.store import pg_write
 from sync.gateway.store.base import StoreError
 from sync.gateway.store.postgres import PgStore
-from sync.gateway.store.serialised import serialise
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
-from tests.gateway.test_store_put_many import TABLES, _flagged, batches
+from tests.gateway.test_store_put_many import (
+    BACK_ELSEWHERE,
+    TABLES,
+    Clock,
+    _flagged,
+    apply_batch,
+    batches,
+)
 from tests.gateway.test_store_put_many import _tables as sqlite_tables
 from tests.support.gateway import SITE_A, SITE_B, patient
 from tests.support.postgres import require_server
@@ -39,17 +44,6 @@ _RESET = (
 )
 
 
-class _Clock:
-    """The same instants for both stores: one per call, a minute apart."""
-
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        self.now += dt.timedelta(minutes=1)
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def two_databases() -> Iterator[tuple[str, str]]:
     server = require_server()
@@ -60,34 +54,14 @@ def two_databases() -> Iterator[tuple[str, str]]:
 
 
 def _apply(store: SqlStore, batch: list[Any], many: bool, copy_at: int) -> str:
-    """Write ``batch`` (puts and deletes) in one transaction, flushed by COPY from
-    ``copy_at`` changes on, the puts between two deletes with one ``put_many`` (its clinical
-    resources ``Serialised``, told the sites of its patients) when ``many``; return the
-    error reason ('' when written)."""
+    """``apply_batch``, flushed by COPY from ``copy_at`` changes on; with ``many``, its
+    clinical resources ``Serialised`` and ``put_many`` told a site."""
     before = pg_write.COPY_AT
     pg_write.COPY_AT = copy_at
     try:
-        with store.write() as tx:
-            tx.put("Organization", SITE_A, {"resourceType": "Organization", "id": SITE_A})
-            puts: list[tuple[str, str, Any]] = []
-            for item in [*batch, None]:
-                if many and item is not None and item[0] != "delete":
-                    rtype, rid, resource = item
-                    puts.append((rtype, rid, serialise(resource) or resource))
-                    continue
-                tx.put_many(puts, sites=[SITE_B] if puts else [])
-                puts = []
-                if item is None:
-                    break
-                if item[0] == "delete":
-                    tx.delete(item[1], item[2])
-                else:
-                    tx.put(*item)
-    except StoreError as refused:
-        return refused.reason
+        return apply_batch(store, batch, many, serialised=many, sites=[SITE_B])
     finally:
         pg_write.COPY_AT = before
-    return ""
 
 
 def _tables(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -127,14 +101,7 @@ def _records(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[A
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
-@example(  # a patient deleted, then back at another site: a new stay
-    [
-        [("Patient", "p1", patient("p1", SITE_A))],
-        [("delete", "Patient", "p1")],
-        [("Patient", "p1", patient("p1", SITE_B))],
-        [("Observation", "o1", _flagged("o1", "p1", "a"))],
-    ]
-)
+@example(BACK_ELSEWHERE)
 def test_put_many_and_the_copy_flush_write_what_put_one_by_one_writes(
     two_databases: tuple[str, str], batches: list[list[Any]]
 ) -> None:
@@ -142,10 +109,10 @@ def test_put_many_and_the_copy_flush_write_what_put_one_by_one_writes(
     for dsn in two_databases:
         with psycopg.connect(dsn) as db:
             db.execute(_RESET)
-    one, many = PgStore(one_dsn, clock=_Clock()), PgStore(many_dsn, clock=_Clock())
+    one, many = PgStore(one_dsn, clock=Clock()), PgStore(many_dsn, clock=Clock())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "reference.sqlite3"
-        reference = SqliteStore(path, clock=_Clock())
+        reference = SqliteStore(path, clock=Clock())
         try:
             for batch in batches:
                 expected = _apply(reference, batch, many=False, copy_at=0)
@@ -170,11 +137,11 @@ def test_a_copy_flush_of_a_key_another_transaction_created_fails_and_writes_noth
 ) -> None:
     """A key read as absent is appended by COPY; if another site's transaction created it
     meanwhile, the write fails (as the history row's key would refuse it anyway) and leaves
-    nothing, rather than overwriting that resource."""
+    nothing, rather than overwriting that resource; the store then writes on as before."""
     dsn = two_databases[0]
     with psycopg.connect(dsn) as db:
         db.execute(_RESET)
-    store = PgStore(dsn, clock=_Clock())
+    store = PgStore(dsn, clock=Clock())
     try:
         with store.write() as tx:
             tx.put("Patient", "p1", patient("p1", SITE_A))
@@ -187,11 +154,18 @@ def test_a_copy_flush_of_a_key_another_transaction_created_fails_and_writes_noth
                 other = threading.Thread(target=_create_o1_at_site_b, args=(store,))
                 other.start()
                 other.join()
+            for n in range(2, 9):  # the store goes on writing (past the prepared-statement mark)
+                with store.write() as tx:
+                    tx.put_many([("Observation", f"o{n}", _flagged(f"o{n}", "p1", "a"))])
         finally:
             pg_write.COPY_AT = saved
         after = _tables(dsn)
         written = {row[:2]: row for row in after["resources"]}
-        assert set(written) == {row[:2] for row in before["resources"]} | {("Observation", "o1")}
+        later = {("Observation", f"o{n}") for n in range(2, 9)}
+        assert set(written) == {row[:2] for row in before["resources"]} | {
+            ("Observation", "o1"),
+            *later,
+        }
         assert written[("Observation", "o1")][4] == SITE_B  # the other site's, untouched
         assert [row[:3] for row in after["resource_history"]].count(("Observation", "o1", 1)) == 1
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from sync.gateway.store.base import StoreError
 from sync.gateway.store.serialised import serialise
+from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from tests.support.gateway import SITE_A, SITE_B, observation, patient
 
@@ -61,7 +63,16 @@ batches = st.lists(
 )
 
 
-class _Clock:
+# A patient deleted, then back at another site (a new stay), then a note for them.
+BACK_ELSEWHERE = [
+    [("Patient", "p1", patient("p1", SITE_A))],
+    [("delete", "Patient", "p1")],
+    [("Patient", "p1", patient("p1", SITE_B))],
+    [("Observation", "o1", _flagged("o1", "p1", "a"))],
+]
+
+
+class Clock:
     """The same instants for both stores: one per call, a minute apart."""
 
     def __init__(self) -> None:
@@ -72,10 +83,16 @@ class _Clock:
         return self.now
 
 
-def _apply(store: SqliteStore, batch: list[Any], many: bool, serialised: bool = False) -> str:
+def apply_batch(
+    store: SqlStore,
+    batch: list[Any],
+    many: bool,
+    serialised: bool = False,
+    sites: Sequence[str] = (),
+) -> str:
     """Write ``batch`` (puts and deletes) in one transaction, the puts between two deletes
     with one ``put_many`` when ``many`` (its clinical resources ``Serialised`` when
-    ``serialised``); return the error reason ('' when written)."""
+    ``serialised``; told ``sites``); return the error reason ('' when written)."""
     try:
         with store.write() as tx:
             tx.put("Organization", SITE_A, {"resourceType": "Organization", "id": SITE_A})
@@ -86,7 +103,7 @@ def _apply(store: SqliteStore, batch: list[Any], many: bool, serialised: bool = 
                     ready = serialise(resource) if serialised else None
                     puts.append((rtype, rid, ready or resource))
                     continue
-                tx.put_many(puts)
+                tx.put_many(puts, sites=sites if puts else ())
                 puts = []
                 if item is None:
                     break
@@ -120,12 +137,12 @@ def _same_rows_both_ways(batches: list[list[Any]], *, serialised: bool) -> None:
     into another: the same outcome each time, the same rows at the end."""
     with tempfile.TemporaryDirectory() as tmp:
         one_path, many_path = Path(tmp) / "one.sqlite3", Path(tmp) / "many.sqlite3"
-        one = SqliteStore(one_path, clock=_Clock())
-        many = SqliteStore(many_path, clock=_Clock())
+        one = SqliteStore(one_path, clock=Clock())
+        many = SqliteStore(many_path, clock=Clock())
         try:
             for batch in batches:
-                expected = _apply(one, batch, many=False)
-                assert _apply(many, batch, many=True, serialised=serialised) == expected
+                expected = apply_batch(one, batch, many=False)
+                assert apply_batch(many, batch, many=True, serialised=serialised) == expected
             assert _tables(many_path, parsed=serialised) == _tables(one_path, parsed=serialised)
         finally:
             one.close()
@@ -134,14 +151,7 @@ def _same_rows_both_ways(batches: list[list[Any]], *, serialised: bool) -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
-@example(  # a patient deleted, then back at another site: a new stay
-    [
-        [("Patient", "p1", patient("p1", SITE_A))],
-        [("delete", "Patient", "p1")],
-        [("Patient", "p1", patient("p1", SITE_B))],
-        [("Observation", "o1", _flagged("o1", "p1", "a"))],
-    ]
-)
+@example(BACK_ELSEWHERE)
 def test_put_many_writes_exactly_what_put_one_by_one_writes(batches: list[list[Any]]) -> None:
     _same_rows_both_ways(batches, serialised=False)
 
