@@ -102,6 +102,7 @@ def _records(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[A
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches)
 @example(BACK_ELSEWHERE)
+@example([[("Patient", "p1", patient("p1", SITE_A)), ("delete", "Patient", "p1")]])  # name kept
 def test_put_many_and_the_copy_flush_write_what_put_one_by_one_writes(
     two_databases: tuple[str, str], batches: list[list[Any]]
 ) -> None:
@@ -170,3 +171,34 @@ def test_a_copy_flush_of_a_key_another_transaction_created_fails_and_writes_noth
         assert [row[:3] for row in after["resource_history"]].count(("Observation", "o1", 1)) == 1
     finally:
         store.close()
+
+
+def test_a_run_takes_the_time_put_takes_when_a_site_clock_is_ahead(
+    two_databases: tuple[str, str],
+) -> None:
+    """A site whose clock is ahead of this gateway's (another process's clock): the records of
+    a run written before that site is first locked keep the earlier time, as with ``put``."""
+    tables = []
+    for dsn, many in zip(two_databases, (False, True), strict=True):
+        with psycopg.connect(dsn) as db:
+            db.execute(_RESET)
+        store = PgStore(dsn, clock=Clock())
+        try:
+            with store.write() as tx:
+                tx.put("Patient", "p1", patient("p1", SITE_A))
+            with psycopg.connect(dsn) as db:  # SITE_B last written ten minutes ahead
+                db.execute(
+                    "INSERT INTO site_clocks (site, last_us) VALUES (%s, %s)",
+                    (SITE_B, 1_772_356_200_000_000 + 600_000_000),
+                )
+            batch = [
+                ("Observation", "o1", _flagged("o1", "p1", "a")),
+                ("Patient", "p9", patient("p9", SITE_B)),
+            ]
+            assert apply_batch(store, batch, many) == ""
+        finally:
+            store.close()
+        tables.append(_tables(dsn))
+    assert tables[1] == tables[0]
+    times = {row[1]: row[3] for row in tables[1]["resources"]}
+    assert times["o1"] < times["p9"]

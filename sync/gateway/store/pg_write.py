@@ -41,6 +41,9 @@ Invariants:
   transaction may create the same key meanwhile: the flush then fails on the key and the
   transaction writes nothing (as before, when its version-1 history row failed on its key).
 - ``put``/``delete`` return seq 0: the seq is assigned at the flush.
+
+Length: one class, whose buffers, its reads under site locks and its one flush (with the SQL
+each of them sends) must be read together to see that a flush writes what was buffered.
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ _MOVE = (
     " FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[]) AS v(type, id, site, seq)"
     " WHERE r.type = v.type AND r.id = v.id"
 )
-# A deletion keeps the row's name_text (as the portable UPDATE does).
+# A deletion keeps the row's name_text (as the portable UPDATE does): the one a version
+# written earlier in the same flush gave it, else the table's.
 _UPSERT = (
     "INSERT INTO resources (type, id, version_id, last_updated_us, site, patient_id, deleted,"
     " seq, name_text, body) SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[],"
@@ -134,8 +138,9 @@ _UPSERT = (
     " %b::bytea[]) ON CONFLICT (type, id) DO UPDATE SET version_id = excluded.version_id,"
     " last_updated_us = excluded.last_updated_us, site = excluded.site,"
     " patient_id = excluded.patient_id, deleted = excluded.deleted, seq = excluded.seq,"
-    " name_text = CASE WHEN excluded.deleted = 1 THEN resources.name_text"
-    " ELSE excluded.name_text END, body = excluded.body"
+    " name_text = CASE WHEN excluded.deleted = 1"
+    " THEN COALESCE(excluded.name_text, resources.name_text) ELSE excluded.name_text END,"
+    " body = excluded.body"
 )
 # A flush of at least COPY_AT changes appends its change, history and new resources rows by
 # binary COPY (one round trip each; no array to build and unpack), a smaller one with the
@@ -299,14 +304,15 @@ class PgWriteTx(SqlWriteTx):
         """``put`` of each of ``checked`` (type, id, resource, its patient (None: a Patient),
         its site; no move, no key twice: ``_put_run``), buffered the way ``put`` buffers it,
         without reading again what ``_put_run`` has just read."""
-        if not checked:
-            return []
-        self._lock_sites({site for *_, site in checked})  # a new Patient's own site
-        lu_us = self._tx_time_us()
-        last_updated = from_us(lu_us)
-        stamp = last_updated.isoformat(timespec="microseconds")
         stored: list[StoredResource] = []
+        stamped: tuple[int, dt.datetime, str] | None = None  # the time last written (µs, …)
         for rtype, rid, resource, patient, site in checked:
+            self._lock_site(site)  # a new Patient's own site, in ``put``'s order
+            lu_us = self._tx_time_us()  # raised by that lock, if it is new, as in ``put``
+            if stamped is None or lu_us != stamped[0]:
+                moment = from_us(lu_us)
+                stamped = (lu_us, moment, moment.isoformat(timespec="microseconds"))
+            _, last_updated, stamp = stamped
             old = existing.get((rtype, rid))
             version_id = old.version_id + 1 if old is not None else 1
             body, name, identifiers = stored_form(resource, rid, version_id, stamp)
@@ -429,7 +435,8 @@ class PgWriteTx(SqlWriteTx):
         self._history.append(
             (stored.rtype, stored.rid, stored.version_id, lu_us, stored.site, 1, b"")
         )
-        self._rows[key] = (stored, change, lu_us, None)
+        buffered = self._rows.get(key)  # a version of this flush: the row has its name
+        self._rows[key] = (stored, change, lu_us, None if buffered is None else buffered[3])
         self._identifiers[key] = []
         self._known[key] = stored
         if replaced is None:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sync.gateway.store.audit_tables import AUDIT_SCHEMA, AuditTables
-from sync.gateway.store.base import StoreError, WriteTx
+from sync.gateway.store.base import DatabaseFailure, StoreError, WriteTx
 from sync.gateway.store.command_tables import COMMAND_SCHEMA, CommandTables
 from sync.gateway.store.device_tables import DEVICE_SCHEMA, DeviceTables
 from sync.gateway.store.outbox_tables import OutboxTables
@@ -101,12 +101,12 @@ class SqlStore(
         self._analyze_at = dialect.analyze_first_at
         self._analyze_lock = threading.Lock()
         try:
+            self._refuse_later_format()  # before the schema, which would write to it
             statements = (*SCHEMA, *dialect.extra_schema)
             if self._schema_missing(statements):
                 with self._transaction(dialect.begin_schema):
                     for statement in statements:
                         self._execute(dialect.ddl(statement))
-            self._refuse_later_format()
         except BaseException:
             self.close()
             raise
@@ -114,7 +114,10 @@ class SqlStore(
     def _refuse_later_format(self) -> None:
         """A store written by a later gateway may hold rows this code would misread: refused
         (``store_too_new``), before anything reads or writes it."""
-        row = self._one("SELECT version FROM store_format WHERE id = 1")
+        try:
+            row = self._one("SELECT version FROM store_format WHERE id = 1")
+        except DatabaseFailure:
+            return  # no record yet: a new store, or one from before it (the schema adds it)
         if row is not None and int(row[0]) > STORE_FORMAT:
             log.error("the store's format is %s; this gateway reads %s", row[0], STORE_FORMAT)
             raise StoreError("store_too_new")
