@@ -2,7 +2,7 @@
 ``put_many`` runs (``PgWriteTx._write_run``, reading what it needs under the sites it was
 told of) and the flush that appends by binary COPY (``COPY_AT``) against ``put`` one by one
 flushed with arrays, whatever mix of patients, moves, repeats, deletions and unknown patients
-a transaction holds (the strategies of ``test_store_put_many``); the same errors, nothing
+a transaction holds (the strategies of ``tests.support.put_many``); the same errors, nothing
 written where a transaction fails. Both hold the same records as SQLite's ``put`` one by one
 (seqs compared by order, a history row's JSON as it reads)."""
 
@@ -24,17 +24,17 @@ from sync.gateway.store.base import StoreError
 from sync.gateway.store.postgres import PgStore
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
-from tests.gateway.test_store_put_many import (
+from tests.support.gateway import SITE_A, SITE_B, patient
+from tests.support.postgres import require_server
+from tests.support.put_many import (
     BACK_ELSEWHERE,
     TABLES,
     Clock,
-    _flagged,
     apply_batch,
     batches,
+    flagged,
+    sqlite_tables,
 )
-from tests.gateway.test_store_put_many import _tables as sqlite_tables
-from tests.support.gateway import SITE_A, SITE_B, patient
-from tests.support.postgres import require_server
 
 pytestmark = pytest.mark.postgres
 _RESET = (
@@ -130,7 +130,7 @@ def test_put_many_and_the_copy_flush_write_what_put_one_by_one_writes(
 def _create_o1_at_site_b(store: PgStore) -> None:
     """Another transaction (a thread's own), at SITE_B only: it commits while ours is open."""
     with store.write() as tx:
-        tx.put("Observation", "o1", _flagged("o1", "p2", "b"))
+        tx.put("Observation", "o1", flagged("o1", "p2", "b"))
 
 
 def test_a_copy_flush_of_a_key_another_transaction_created_fails_and_writes_nothing(
@@ -151,13 +151,13 @@ def test_a_copy_flush_of_a_key_another_transaction_created_fails_and_writes_noth
         pg_write.COPY_AT, saved = 1, pg_write.COPY_AT
         try:
             with pytest.raises(StoreError), store.write() as tx:
-                tx.put_many([("Observation", "o1", _flagged("o1", "p1", "a"))])
+                tx.put_many([("Observation", "o1", flagged("o1", "p1", "a"))])
                 other = threading.Thread(target=_create_o1_at_site_b, args=(store,))
                 other.start()
                 other.join()
             for n in range(2, 9):  # the store goes on writing (past the prepared-statement mark)
                 with store.write() as tx:
-                    tx.put_many([("Observation", f"o{n}", _flagged(f"o{n}", "p1", "a"))])
+                    tx.put_many([("Observation", f"o{n}", flagged(f"o{n}", "p1", "a"))])
         finally:
             pg_write.COPY_AT = saved
         after = _tables(dsn)
@@ -192,7 +192,7 @@ def test_a_run_takes_the_time_put_takes_when_a_site_clock_is_ahead(
                     (SITE_B, 1_772_356_200_000_000 + 600_000_000),
                 )
             batch = [
-                ("Observation", "o1", _flagged("o1", "p1", "a")),
+                ("Observation", "o1", flagged("o1", "p1", "a")),
                 ("Patient", "p9", patient("p9", SITE_B)),
             ]
             assert apply_batch(store, batch, many) == ""
