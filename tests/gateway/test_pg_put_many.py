@@ -53,6 +53,13 @@ def two_databases() -> Iterator[tuple[str, str]]:
     yield dsns
 
 
+def _emptied(dsn: str) -> PgStore:
+    """The store on ``dsn`` with its resource tables emptied, on the tests' clock."""
+    with psycopg.connect(dsn) as db:
+        db.execute(_RESET)
+    return PgStore(dsn, clock=Clock())
+
+
 def _apply(store: SqlStore, batch: list[Any], many: bool, copy_at: int) -> str:
     """``apply_batch``, flushed by COPY from ``copy_at`` changes on; with ``many``, its
     clinical resources ``Serialised`` and ``put_many`` told a site."""
@@ -107,10 +114,7 @@ def test_put_many_and_the_copy_flush_write_what_put_one_by_one_writes(
     two_databases: tuple[str, str], batches: list[list[Any]]
 ) -> None:
     one_dsn, many_dsn = two_databases
-    for dsn in two_databases:
-        with psycopg.connect(dsn) as db:
-            db.execute(_RESET)
-    one, many = PgStore(one_dsn, clock=Clock()), PgStore(many_dsn, clock=Clock())
+    one, many = _emptied(one_dsn), _emptied(many_dsn)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "reference.sqlite3"
         reference = SqliteStore(path, clock=Clock())
@@ -140,9 +144,7 @@ def test_a_copy_flush_of_a_key_another_transaction_created_fails_and_writes_noth
     meanwhile, the write fails (as the history row's key would refuse it anyway) and leaves
     nothing, rather than overwriting that resource; the store then writes on as before."""
     dsn = two_databases[0]
-    with psycopg.connect(dsn) as db:
-        db.execute(_RESET)
-    store = PgStore(dsn, clock=Clock())
+    store = _emptied(dsn)
     try:
         with store.write() as tx:
             tx.put("Patient", "p1", patient("p1", SITE_A))
@@ -180,9 +182,7 @@ def test_a_run_takes_the_time_put_takes_when_a_site_clock_is_ahead(
     a run written before that site is first locked keep the earlier time, as with ``put``."""
     tables = []
     for dsn, many in zip(two_databases, (False, True), strict=True):
-        with psycopg.connect(dsn) as db:
-            db.execute(_RESET)
-        store = PgStore(dsn, clock=Clock())
+        store = _emptied(dsn)
         try:
             with store.write() as tx:
                 tx.put("Patient", "p1", patient("p1", SITE_A))

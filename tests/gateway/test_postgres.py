@@ -708,14 +708,54 @@ def test_statistics_follow_a_bulk_load(pg_dsn: str, monkeypatch: pytest.MonkeyPa
     """Unanalysed, the planner pages the feed by joining every later change (quadratic)."""
     monkeypatch.setattr(pg_store, "DIALECT", replace(pg_store.DIALECT, analyze_first_at=20))
     store = PgStore(pg_dsn)
-    load_resources(store, [patient(f"p{i}", SITE_A) for i in range(10)])
-    assert _analysed_rows(pg_dsn) == -1
-    load_resources(store, [patient(f"q{i}", SITE_A) for i in range(15)])  # head 25 ≥ 20
-    assert _analysed_rows(pg_dsn) == 25
-    load_resources(store, [patient(f"r{i}", SITE_A) for i in range(30)])  # 55 < 2·25 + 20
-    assert _analysed_rows(pg_dsn) == 25
-    load_resources(store, [patient(f"s{i}", SITE_A) for i in range(20)])  # 75 ≥ 70
-    assert _analysed_rows(pg_dsn) == 75
+
+    def load(resources: list[dict[str, Any]]) -> float:
+        load_resources(store, resources)
+        store.wait_for_statistics()
+        return _analysed_rows(pg_dsn)
+
+    assert load([patient(f"p{i}", SITE_A) for i in range(10)]) == -1
+    assert load([patient(f"q{i}", SITE_A) for i in range(15)]) == 25  # head 25 ≥ 20
+    assert load([patient(f"r{i}", SITE_A) for i in range(30)]) == 25  # 55 < 2·25 + 20
+    assert load([patient(f"s{i}", SITE_A) for i in range(20)]) == 75  # 75 ≥ 70
+    store.close()
+
+
+@pytest.mark.postgres
+def test_a_write_does_not_wait_for_its_statistics_refresh(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh a write asks for runs on the store's statistics thread: a bulk import's
+    next batch is not held up by it. Here the refresh waits on a lock this test holds, and
+    the write still returns; the refresh runs once the lock is let go, and ``close`` waits
+    for it."""
+    key = 0x5741_4954
+    refresh = f"SELECT pg_advisory_lock({key}), pg_advisory_unlock({key})"
+    monkeypatch.setattr(
+        pg_store, "DIALECT", replace(pg_store.DIALECT, analyze_first_at=5, analyze=refresh)
+    )
+    store = PgStore(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        wrote = threading.Event()
+
+        def write() -> None:
+            load_resources(store, [patient(f"p{i}", SITE_A) for i in range(10)])
+            wrote.set()
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        # Inline, the refresh would hold the write until LOCK_TIMEOUT_MS (30 s) failed it.
+        assert wrote.wait(20), "the write waited for its statistics refresh"
+        waiting = holder.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND objid = %s",
+            (key,),
+        ).fetchone()
+        assert waiting == (1,)  # the refresh is under way, blocked on the test's lock
+        holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    store.wait_for_statistics()
+    assert store.head_seq() == 10
     store.close()
 
 

@@ -15,8 +15,10 @@ Invariants (beyond those of ``store.Store`` and ``store.tables``):
   site's rows. Either way the seq and ``lastUpdated`` of a site's changes follow commit order.
 - Where the dialect asks for it, planner statistics are refreshed (``Dialect.analyze``) after a
   write once the change feed has doubled since the last refresh (first at
-  ``Dialect.analyze_first_at``); a failed refresh is logged and never fails the write, which
-  has already committed.
+  ``Dialect.analyze_first_at``). The refresh runs on the store's statistics thread, one at a
+  time, in the order asked: the write that crossed the threshold has committed and returns at
+  once (a bulk import's next batch does not wait for it). A failed refresh is logged and never
+  fails a write; ``close`` waits for a refresh under way and drops those not started.
 - The store records the format it is written in (``store_format``, ``STORE_FORMAT``); a store
   of a later format is refused at open (``StoreError("store_too_new")``), so a gateway rolled
   back to an older release never misreads rows it does not know. (Releases from before this
@@ -31,6 +33,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 from sync.gateway.store.audit_tables import AUDIT_SCHEMA, AuditTables
@@ -100,6 +103,9 @@ class SqlStore(
         self._clock = clock
         self._analyze_at = dialect.analyze_first_at
         self._analyze_lock = threading.Lock()
+        self._statistics: ThreadPoolExecutor | None = None  # started at the first refresh
+        self._last_refresh: Future[None] | None = None
+        self._closing = False
         try:
             self._refuse_later_format()  # before the schema, which would write to it
             statements = (*SCHEMA, *dialect.extra_schema)
@@ -150,20 +156,45 @@ class SqlStore(
         return SqlWriteTx(self._execute, self._executemany, self._clock)
 
     def _refresh_statistics(self, last_seq: int | None) -> None:
-        """ANALYZE once the change feed has grown past the next threshold (see ``Dialect``);
-        ``last_seq`` is the highest seq the write took (None: ask ``head_seq``; 0: none)."""
+        """ANALYZE, on the statistics thread, once the change feed has grown past the next
+        threshold (see ``Dialect``); ``last_seq`` is the highest seq the write took (None: ask
+        ``head_seq``; 0: none)."""
         analyze = self._dialect.analyze
         if analyze is None or last_seq == 0:
             return
         try:
             head = self.head_seq() if last_seq is None else last_seq
-            with self._analyze_lock:
-                if head < self._analyze_at:
-                    return
-                self._analyze_at = head * 2 + self._dialect.analyze_first_at
-            self._rows(analyze)
         except StoreError as err:  # statistics are an optimisation: never fail a write
+            log.warning("ANALYZE skipped: %s", err.reason)
+            return
+        with self._analyze_lock:
+            if self._closing or head < self._analyze_at:
+                return
+            self._analyze_at = head * 2 + self._dialect.analyze_first_at
+            if self._statistics is None:
+                self._statistics = ThreadPoolExecutor(1, thread_name_prefix="store-statistics")
+            self._last_refresh = self._statistics.submit(self._analyze, analyze)
+
+    def _analyze(self, statement: str) -> None:
+        try:
+            self._rows(statement)
+        except StoreError as err:
             log.warning("ANALYZE failed: %s", err.reason)
+        except Exception as err:  # a background refresh must still say why it failed
+            log.warning("ANALYZE failed: %s", type(err).__name__)
+
+    def wait_for_statistics(self) -> None:
+        """Return once every statistics refresh asked for so far has run (or, after ``close``,
+        was dropped before it started)."""
+        with self._analyze_lock:
+            last = self._last_refresh
+        if last is not None:
+            wait([last])  # one thread, in order: the last one done means all are
 
     def close(self) -> None:
+        with self._analyze_lock:
+            self._closing = True
+            statistics, self._statistics = self._statistics, None
+        if statistics is not None:
+            statistics.shutdown(wait=True, cancel_futures=True)
         self._db.close()
