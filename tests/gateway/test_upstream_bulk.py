@@ -15,12 +15,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from sync.gateway import datadir
 from sync.gateway.store.base import HistoryQuery
@@ -32,25 +30,13 @@ from sync.gateway.upstream.load import ELEMENTS_STREAM, import_records
 from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
 from sync.gateway.upstream.search import keyset_search
-from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
-from tests.support.sekmet_server import SekmetServer, running_sekmet
+from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient
+from tests.support.sekmet_server import SekmetServer
 from tests.support.sync import seed_resources
 from tests.support.upstream import configure_with_certificate, gateway_data
 from tests.support.upstream_world import UpstreamWorld
 
 _run = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SekmetServer]:
-    with running_sekmet(tmp_path_factory.mktemp("sekmet")) as server:
-        yield server
-
-
-@pytest.fixture
-def gw(tmp_path: Path) -> Iterator[Gateway]:
-    with running_gateway(tmp_path / "gw") as gateway:
-        yield gateway
 
 
 def _now() -> dt.datetime:

@@ -31,7 +31,7 @@ from sync.gateway.upstream.opening import open_connection
 from sync.gateway.upstream.passes import run_pass
 from sync.gateway.upstream.state import load_state
 from sync.gateway.upstream.worker import UpstreamWorker
-from tests.support.medplum_server import MedplumServer, running_medplum
+from tests.support.medplum_server import MedplumServer
 from tests.support.postgres import require_server
 from tests.support.smart_server import SmartServer, running_smart
 from tests.support.tls import PkiFiles, make_test_pki
@@ -45,12 +45,6 @@ from tests.support.upstream import (
     signing_jwk,
     write_jwk,
 )
-
-
-@pytest.fixture(scope="module")
-def medplum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumServer]:
-    with running_medplum(tmp_path_factory.mktemp("medplum")) as server:
-        yield server
 
 
 def _configure_medplum(data: Path, medplum: MedplumServer, **extra: Any) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from sync.gateway.upstream.passes import run_pass
 from sync.protocol.fhir.filing import FILING_SYSTEM, filing_tag
 from tests.support.control import enrol_with_entries
 from tests.support.gateway import SITE_A, SITE_B, patient, running_gateway
-from tests.support.medplum_server import MedplumServer, running_medplum
+from tests.support.medplum_server import MedplumServer
 from tests.support.sync import (
     DeviceVault,
     sync_once,
@@ -42,12 +41,6 @@ from tests.support.upstream import (
 )
 
 _run = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def medplum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumServer]:
-    with running_medplum(tmp_path_factory.mktemp("medplum")) as server:
-        yield server
 
 
 def _now() -> dt.datetime:

@@ -43,7 +43,7 @@ from tests.support.gateway import (
     patient,
     running_gateway,
 )
-from tests.support.medplum_server import MedplumServer, running_medplum
+from tests.support.medplum_server import MedplumServer
 from tests.support.sync import (
     DeviceVault,
     device_client_ids,
@@ -61,12 +61,6 @@ from tests.support.upstream import (
 
 _run = itertools.count()
 LATER = dt.timedelta(hours=2)  # past any backoff
-
-
-@pytest.fixture(scope="module")
-def medplum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumServer]:
-    with running_medplum(tmp_path_factory.mktemp("medplum")) as server:
-        yield server
 
 
 def _now() -> dt.datetime:

@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import io
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +20,12 @@ from sync.gateway.upstream.cli import print_status, status_document
 from sync.gateway.upstream.config import set_upstream
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import run_pass
-from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient, running_gateway
-from tests.support.medplum_server import MedplumServer, running_medplum
+from tests.support.gateway import SITE_A, SITE_B, Gateway, observation, patient
+from tests.support.medplum_server import MedplumServer
 from tests.support.upstream import gateway_cli, gateway_data
 from tests.support.upstream_world import UpstreamWorld
 
 _run = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def medplum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedplumServer]:
-    with running_medplum(tmp_path_factory.mktemp("medplum")) as server:
-        yield server
-
-
-@pytest.fixture
-def gw(tmp_path: Path) -> Iterator[Gateway]:
-    with running_gateway(tmp_path / "gw") as gateway:
-        yield gateway
 
 
 class World(UpstreamWorld):
