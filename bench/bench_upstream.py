@@ -44,6 +44,13 @@ to a gateway site. Figures:
   PostgreSQL 15 (``tests.support.postgres``: a disposable cluster run with ``fsync=off``, so
   its commits cost less than a production server's) instead of SQLite.
 
+- **a laptop syncing during the import** (``--export-laptop``): after loading sekmet as above, a
+  real gateway (served on 127.0.0.1, mutual TLS) imports the Group into its store while a real
+  laptop of ANOTHER site writes one consultation and syncs, over and over; its sync times are
+  printed against the same laptop's with the gateway idle. The laptop runs in the bench's own
+  process, so its CPU is taken from the same two cores. ``GATEHOUSE_IMPORT_SCREENERS=1`` runs
+  the import with one screening worker instead of two, to compare.
+
 ``GATEHOUSE_BENCH_SCALE`` (default 1: 1,000 patients, ~20k resources) or ``--quick`` (0.05).
 ``--latency`` runs the latency part only, ``--search`` the Medplum import and filing only.
 """
@@ -68,6 +75,7 @@ import orjson
 
 from sync.gateway.api.bundle_entries import parse_bundle
 from sync.gateway.api.transaction import Scope, run_transaction
+from sync.gateway.store.loader import load_resources
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import bulk
@@ -80,7 +88,14 @@ from sync.gateway.upstream.passes import run_pass
 from sync.gateway.upstream.search import keyset_search
 from sync.gateway.upstream.worker import UpstreamWorker
 from sync.protocol.fhir.vocabulary import CLINICAL_TYPES
-from tests.support.gateway import SITE_A, create_entry, observation, running_gateway
+from tests.support.gateway import (
+    SITE_A,
+    SITE_B,
+    create_entry,
+    observation,
+    patient,
+    running_gateway,
+)
 from tests.support.medplum_server import running_medplum
 from tests.support.sekmet_server import running_sekmet
 from tests.support.sync import (
@@ -256,8 +271,9 @@ def _export_download(data: Path, group: str) -> tuple[int, int, float, float]:
         return lines, size, job_s, time.perf_counter() - started
 
 
-def bulk_export() -> None:
-    """Initial import by ``Group/[id]/$export`` from sekmet-fhir (module docstring)."""
+def bulk_export(*, laptop: bool = False) -> None:
+    """Initial import by ``Group/[id]/$export`` from sekmet-fhir (module docstring); with
+    ``laptop``, one import with a laptop of another site syncing meanwhile instead."""
     target = 5_000 if "--quick" in sys.argv else EXPORT_RESOURCES
     probe = seed_resources(20, seed=7, sites=1)
     per_patient = len(probe) / 20
@@ -285,12 +301,77 @@ def bulk_export() -> None:
                 data, base=sekmet.base, ca=str(sekmet.pki.ca_path),
                 cert=str(creds.cert_path), key=str(creds.key_path),
             )  # fmt: skip
+            if laptop:
+                _laptop_during_import(data, tmp)
+                return
             ratios = [_export_round(data, tmp / f"gateway-{n}.sqlite3") for n in range(ROUNDS)]
             if len(ratios) > 1:
                 print(
                     f"{len(ratios)} rounds, ratio import / (job + download):"
                     f" {', '.join(f'{r:.2f}' for r in ratios)} (median {median(ratios):.2f})"
                 )
+
+
+def _timed_sync(vault: Any, config: Any, pid: str, n: int) -> float:
+    """One consultation written, then one sync (push and pull); its seconds."""
+    write_consultations(vault, [pid], 1, f"b{n}", site=SITE_B)
+    started = time.perf_counter()
+    if not sync_once(vault, config, site=SITE_B).ok:
+        raise SystemExit("bench: the laptop's sync failed")
+    return time.perf_counter() - started
+
+
+def _laptop_during_import(data: Path, tmp: Path) -> None:
+    """A laptop of another site syncing while the served gateway imports (module docstring)."""
+    with running_gateway(tmp / "gw-laptop") as gw:
+        store: Any = gw.store
+        now = dt.datetime.now(dt.UTC)
+        store.add_site(SITE_A, SITE_A, now)
+        store.add_site(SITE_B, SITE_B, now)
+        store.link_site(SITE_A, "group", "bench-group", now)
+        load_resources(store, [patient("elsewhere", SITE_B)])
+        device = DeviceVault.create(tmp / "laptop-b.db", "dev-lb")
+        store.set_device("dev-lb", SITE_B, "active")
+        config = transport_config(gw.url, gw.pki.server_pin, gw.pki.device("dev-lb", SITE_B))
+        with device.open() as vault:
+            if not sync_once(vault, config, site=SITE_B).ok:
+                raise SystemExit("bench: the laptop's first sync failed")
+            idle = [_timed_sync(vault, config, "elsewhere", n) for n in range(20)]
+            outcome: dict[str, Any] = {}
+
+            def import_pass() -> None:
+                started = time.perf_counter()
+                try:
+                    outcome["counts"] = run_pass(data, store, reconcile=True).counts
+                finally:
+                    outcome["seconds"] = time.perf_counter() - started
+
+            importer = threading.Thread(target=import_pass)
+            waited: list[float] = []
+            with _timed(bulk, "await_manifest", waited):
+                importer.start()
+                during: list[float] = []
+                while importer.is_alive():
+                    if not waited:  # the upstream's job is still running: not the import yet
+                        time.sleep(0.2)
+                        continue
+                    during.append(_timed_sync(vault, config, "elsewhere", 20 + len(during)))
+                importer.join()
+    counts = outcome.get("counts") or {}
+    screeners = os.environ.get("GATEHOUSE_IMPORT_SCREENERS") or "default (2 on 2+ cores)"
+    print(
+        f"laptop of another site, idle gateway: {len(idle)} syncs (one consultation pushed,"
+        f" the feed pulled), p50 {median(idle) * 1000:.0f} ms, max {max(idle) * 1000:.0f} ms"
+    )
+    if not during:
+        raise SystemExit("bench: the import ended before the laptop synced once")
+    print(
+        f"the same laptop while the gateway imported {counts.get('written', 0)} resources"
+        f" (screening workers: {screeners}; the pass took {outcome.get('seconds', 0):.1f} s,"
+        f" its export job {sum(waited):.1f} s): {len(during)} syncs, p50"
+        f" {_percentile(during, 0.5) * 1000:.0f} ms, p95 {_percentile(during, 0.95) * 1000:.0f}"
+        f" ms, max {max(during) * 1000:.0f} ms"
+    )
 
 
 @contextlib.contextmanager
@@ -380,6 +461,9 @@ def main() -> None:
         return
     if "--export" in sys.argv:
         bulk_export()
+        return
+    if "--export-laptop" in sys.argv:
+        bulk_export(laptop=True)
         return
     search_import()
     if "--search" in sys.argv:
