@@ -84,22 +84,31 @@ def _note_id(vault: Vault, pid: str) -> str:
     return notes[0].id
 
 
-def _consultation_filed(
-    gw: Any, tmp_path: Path, medplum: MedplumServer, n: int
+def _consultation_written(
+    gw: Any, tmp_path: Path, medplum: MedplumServer, n: int, base: str | None = None
 ) -> tuple[Vault, TransportConfig, Path, str]:
-    """A linked patient, a laptop that wrote a consultation for them and pushed it, and one
-    upstream pass that filed it; returns (vault, config, gateway data folder, patient id)."""
+    """A patient linked by Group and imported, and a laptop that synced and wrote a
+    consultation for them, not yet pushed; the gateway's upstream is at ``base`` (None:
+    Medplum itself). Returns (vault, config, gateway data folder, patient id)."""
     store: SqlStore = gw.store
     data = gateway_data(tmp_path)
-    configure_with_certificate(data, medplum.pki, medplum.base)
+    configure_with_certificate(data, medplum.pki, base or medplum.base)
     pid = f"f{n}-p"
     _link(store, medplum, n, pid)
     run_pass(data, store)
     vault, config = _laptop(gw, tmp_path, n)
     assert sync_once(vault, config, site=SITE_A).ok
     write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
+    return vault, config, data, pid
+
+
+def _consultation_filed(
+    gw: Any, tmp_path: Path, medplum: MedplumServer, n: int
+) -> tuple[Vault, TransportConfig, Path, str]:
+    """``_consultation_written``, pushed, and one upstream pass that filed it."""
+    vault, config, data, pid = _consultation_written(gw, tmp_path, medplum, n)
     assert sync_once(vault, config, site=SITE_A).ok
-    assert run_pass(data, store).counts["outbox_filed"] == 3
+    assert run_pass(data, gw.store).counts["outbox_filed"] == 3
     return vault, config, data, pid
 
 
@@ -109,14 +118,7 @@ def test_a_laptop_note_shows_filed_in_the_health_record_after_the_next_sync(
     n = next(_run)
     with running_gateway(tmp_path / "gw") as gw:
         store: SqlStore = gw.store
-        data = gateway_data(tmp_path)
-        configure_with_certificate(data, medplum.pki, medplum.base)
-        pid = f"f{n}-p"
-        _link(store, medplum, n, pid)
-        run_pass(data, store)
-        vault, config = _laptop(gw, tmp_path, n)
-        assert sync_once(vault, config, site=SITE_A).ok
-        write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
+        vault, config, data, pid = _consultation_written(gw, tmp_path, medplum, n)
         assert _states(vault, pid) == Counter(laptop=2)  # the encounter and its note
         entry = _timeline(vault, pid)[_note_id(vault, pid)]
         assert entry.filing is not None
@@ -184,14 +186,7 @@ def test_a_held_note_shows_held_with_the_reason_then_filed_after_retry(
         running_relay(medplum.pki, medplum.base, medplum.session()) as relay,
     ):
         store: SqlStore = gw.store
-        data = gateway_data(tmp_path)
-        configure_with_certificate(data, medplum.pki, relay.base)
-        pid = f"f{n}-p"
-        _link(store, medplum, n, pid)
-        run_pass(data, store)
-        vault, config = _laptop(gw, tmp_path, n)
-        assert sync_once(vault, config, site=SITE_A).ok
-        write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
+        vault, config, data, pid = _consultation_written(gw, tmp_path, medplum, n, relay.base)
         assert sync_once(vault, config, site=SITE_A).ok
         relay.refuse = {"POST": "Encounter.class is not in the board's value set"}
         assert run_pass(data, store).counts["outbox_held"] >= 1
@@ -401,16 +396,9 @@ def test_a_note_naming_its_site_organization_held_by_the_gateway_is_filed(
     n = next(_run)
     with running_gateway(tmp_path / "gw") as gw:
         store: SqlStore = gw.store
-        data = gateway_data(tmp_path)
-        configure_with_certificate(data, medplum.pki, medplum.base)
-        pid = f"f{n}-p"
-        _link(store, medplum, n, pid)
-        with store.write() as tx:
+        with store.write() as tx:  # as `seed` does, before any pass
             tx.put("Organization", SITE_A, {"resourceType": "Organization", "id": SITE_A})
-        run_pass(data, store)
-        vault, config = _laptop(gw, tmp_path, n)
-        assert sync_once(vault, config, site=SITE_A).ok
-        write_consultations(vault, [pid], 1, f"f{n}", site=SITE_A)
+        vault, config, data, _pid = _consultation_written(gw, tmp_path, medplum, n)
         assert sync_once(vault, config, site=SITE_A).ok
         counts = run_pass(data, store).counts
         assert counts["outbox_filed"] == 3 and "outbox_waiting" not in counts
