@@ -10,11 +10,13 @@ Invariants:
   that is safe (issue 15 item 1): ``DeviceAuthMiddleware._seen`` (when this process last wrote
   a device's ``last_seen``: at most one write per device per minute PER PROCESS, so N
   processes write at most N a minute); ``users._DUMMY_HASHES`` (a random hash for unknown users,
-  any process's serves); the store's next ``ANALYZE`` threshold (an extra ANALYZE is harmless);
+  any process's serves); the store's next ``ANALYZE`` threshold and its statistics thread (an
+  extra ANALYZE is harmless);
   the statement cache of ``to_pg_sql``. Enrolment tokens, bearer sessions, the sign-in throttle,
   audit chain state (compare-and-set), commands, policies and alerts are all in the database;
-  the trusted-time nonce is echoed in a signed answer and never stored. The gateway has no
-  upstream worker or other background task, so there is nothing that must run in one process.
+  the trusted-time nonce is echoed in a signed answer and never stored. The background work
+  (the upstream pass, the statistics refresh) may run in every process: the upstream pass
+  runs only under the store's upstream lease, so nothing must run in one process.
 - More than one worker needs PostgreSQL (``workers_need_postgresql``): the SQLite store
   serialises its writers with a lock inside ONE process.
 - Before any worker starts, ``workers x pool_size`` must fit in the server's

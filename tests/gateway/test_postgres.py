@@ -721,16 +721,31 @@ def test_statistics_follow_a_bulk_load(pg_dsn: str, monkeypatch: pytest.MonkeyPa
     store.close()
 
 
+def _counted_refresh(dsn: str, key: int) -> str:
+    """A refresh statement for the tests: it waits for advisory lock ``key`` (free unless a
+    test holds it) and counts its runs in the sequence ``refresh_runs``."""
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("DROP SEQUENCE IF EXISTS refresh_runs")
+        db.execute("CREATE SEQUENCE refresh_runs")
+    return f"SELECT pg_advisory_lock({key}), pg_advisory_unlock({key}), nextval('refresh_runs')"
+
+
+def _refresh_runs(dsn: str) -> int:
+    with psycopg.connect(dsn) as db:
+        row = db.execute("SELECT last_value, is_called FROM refresh_runs").fetchone()
+    assert row is not None
+    return int(row[0]) if row[1] else 0
+
+
 @pytest.mark.postgres
 def test_a_write_does_not_wait_for_its_statistics_refresh(
     pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The refresh a write asks for runs on the store's statistics thread: a bulk import's
     next batch is not held up by it. Here the refresh waits on a lock this test holds, and
-    the write still returns; the refresh runs once the lock is let go, and ``close`` waits
-    for it."""
+    the write still returns; the refresh runs once the lock is let go."""
     key = 0x5741_4954
-    refresh = f"SELECT pg_advisory_lock({key}), pg_advisory_unlock({key})"
+    refresh = _counted_refresh(pg_dsn, key)
     monkeypatch.setattr(
         pg_store, "DIALECT", replace(pg_store.DIALECT, analyze_first_at=5, analyze=refresh)
     )
@@ -747,16 +762,40 @@ def test_a_write_does_not_wait_for_its_statistics_refresh(
         writer.start()
         # Inline, the refresh would hold the write until LOCK_TIMEOUT_MS (30 s) failed it.
         assert wrote.wait(20), "the write waited for its statistics refresh"
-        waiting = holder.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            " AND objid = %s",
-            (key,),
-        ).fetchone()
+        deadline = time.monotonic() + 20
+        waiting = None
+        while waiting != (1,) and time.monotonic() < deadline:  # the thread gets there soon
+            waiting = holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND objid = %s",
+                (key,),
+            ).fetchone()
         assert waiting == (1,)  # the refresh is under way, blocked on the test's lock
+        assert _refresh_runs(pg_dsn) == 0
         holder.execute("SELECT pg_advisory_unlock(%s)", (key,))
     store.wait_for_statistics()
-    assert store.head_seq() == 10
+    assert _refresh_runs(pg_dsn) == 1
     store.close()
+
+
+@pytest.mark.postgres
+def test_a_store_with_one_connection_refreshes_on_the_writing_thread(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one connection a background refresh would hold it from the next write (which
+    would then fail ``database_busy``): the write refreshes before it returns instead."""
+    refresh = _counted_refresh(pg_dsn, 0x5741_4955)
+    monkeypatch.setattr(
+        pg_store, "DIALECT", replace(pg_store.DIALECT, analyze_first_at=5, analyze=refresh)
+    )
+    store = PgStore(pg_dsn, pool_size=1, pool_wait_s=1)
+    try:
+        load_resources(store, [patient(f"p{i}", SITE_A) for i in range(10)])
+        assert _refresh_runs(pg_dsn) == 1  # already run: no wait_for_statistics
+        load_resources(store, [patient(f"q{i}", SITE_A) for i in range(30)])  # 40 ≥ 2·10 + 5
+        assert _refresh_runs(pg_dsn) == 2
+    finally:
+        store.close()
 
 
 @pytest.mark.postgres

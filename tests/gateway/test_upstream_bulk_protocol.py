@@ -210,6 +210,65 @@ def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_impor
         serving.close()
 
 
+def test_the_record_files_are_read_as_one_stream_and_each_bad_line_is_named_by_its_file(
+    tmp_path: Path,
+) -> None:
+    """The record files follow one another through the screening workers without a pause;
+    each item still belongs to its own file: a bad line is quarantined as its file's type and
+    line number, and every good record of every file is written once."""
+    pat = patient("p1", "x")
+    pat["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+    observations = []
+    for i in range(7):
+        obs = observation(f"obs-{i}", "p1", value=60.0 + i)
+        obs["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
+        observations.append(orjson.dumps(obs))
+    files = {  # two Observation files and an Encounter file (a type with nothing good)
+        "obs-a": b"\n".join([*observations[:3], b"{not json"]) + b"\n",
+        "enc": b"[1]\n",
+        "obs-b": b"\n".join([b"{bad", *observations[3:]]) + b"\n",
+    }
+    port: list[int] = []
+
+    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        route = path.split("?")[0].removeprefix(BASE)
+        origin = f"https://127.0.0.1:{port[0]}{BASE}"
+        files_at = [
+            ("Observation", f"{origin}/bulk-files/j1/obs-a.ndjson"),
+            ("Encounter", f"{origin}/bulk-files/j1/enc.ndjson"),
+            ("Patient", f"{origin}/bulk-files/j1/patients.ndjson"),
+            ("Observation", f"{origin}/bulk-files/j1/obs-b.ndjson"),
+        ]
+        answer = _one_job(route, headers, origin, ("p1",), files_at)
+        if answer is not None:
+            return answer
+        if route == "/bulk-files/j1/patients.ndjson":
+            return 200, {"Content-Type": "application/fhir+ndjson"}, orjson.dumps(pat)
+        if route.startswith("/bulk-files/j1/"):
+            name = route.rsplit("/", 1)[1].removesuffix(".ndjson")
+            return 200, {"Content-Type": "application/fhir+ndjson"}, files[name]
+        return 404, JSON, b"{}"
+
+    data, server, serving = stand_in_upstream(tmp_path, handler)
+    port.append(server.port)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
+        store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
+        counts = run_pass(data, store, reconcile=True).counts
+        assert counts["export_files"] == 4 and counts["written"] == 8
+        assert sorted((q.rtype, q.rid, q.reason) for q in store.upstream_quarantine()) == [
+            ("Encounter", "ndjson-line-1", "ndjson_not_a_resource"),
+            ("Observation", "ndjson-line-1", "ndjson_unreadable"),  # obs-b's first line
+            ("Observation", "ndjson-line-4", "ndjson_unreadable"),  # obs-a's last line
+        ]
+        for i in range(7):
+            assert store.read("Observation", f"obs-{i}") is not None
+    finally:
+        store.close()
+        serving.close()
+
+
 def test_kill_9_while_the_export_job_runs_resumes_that_job_and_imports_each_record_once(
     tmp_path: Path,
 ) -> None:

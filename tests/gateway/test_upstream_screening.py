@@ -271,3 +271,23 @@ def test_two_workers_give_every_line_back_in_file_order(monkeypatch: pytest.Monk
         f"o{i}" for i in range(200) if i != 57
     ]
     screening._discard(pool)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="no process priorities here")
+def test_workers_run_below_the_gateway_processs_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the cores are busy, the process that writes the import and answers laptops runs
+    before the screening workers."""
+    monkeypatch.setattr(screening, "_pool", None)
+    monkeypatch.setenv(screening.ENV_SCREENERS, "2")
+    pool = screening.screening_pool()
+    assert pool is not None
+    try:
+        list(screened(_numbered([orjson.dumps(_upstream(observation("o1", "p1")))]), pool))
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        workers = [os.getpriority(os.PRIO_PROCESS, pid) for pid in pool._processes]
+        assert workers and all(nice == min(mine + screening.NICENESS, 19) for nice in workers), (
+            mine,
+            workers,
+        )
+    finally:
+        screening._discard(pool)

@@ -417,6 +417,7 @@ class PgStore(SqlStore):
         dialect = DIALECT
         self._pg = PgConnections(dsn, pool_size, dialect.connection_setup, pool_wait_s)
         super().__init__(self._pg, dialect, clock=clock)
+        self.refresh_in_background = pool_size > 1  # a refresh must not take the only one
 
     def _write_tx(self) -> PgWriteTx:
         return PgWriteTx(self._pg, self._execute, self._clock)

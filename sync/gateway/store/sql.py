@@ -17,8 +17,11 @@ Invariants (beyond those of ``store.Store`` and ``store.tables``):
   write once the change feed has doubled since the last refresh (first at
   ``Dialect.analyze_first_at``). The refresh runs on the store's statistics thread, one at a
   time, in the order asked: the write that crossed the threshold has committed and returns at
-  once (a bulk import's next batch does not wait for it). A failed refresh is logged and never
-  fails a write; ``close`` waits for a refresh under way and drops those not started.
+  once (a bulk import's next batch does not wait for it). A store with ONE connection
+  (``refresh_in_background`` False) refreshes on the writing thread instead, after the
+  commit: a refresh holding its only connection would hold up the next write. A failed
+  refresh is logged and never fails a write; ``close`` waits for a refresh under way and
+  drops those not started.
 - The store records the format it is written in (``store_format``, ``STORE_FORMAT``); a store
   of a later format is refused at open (``StoreError("store_too_new")``), so a gateway rolled
   back to an older release never misreads rows it does not know. (Releases from before this
@@ -103,6 +106,7 @@ class SqlStore(
         self._clock = clock
         self._analyze_at = dialect.analyze_first_at
         self._analyze_lock = threading.Lock()
+        self.refresh_in_background = True  # PostgreSQL with one connection: False
         self._statistics: ThreadPoolExecutor | None = None  # started at the first refresh
         self._last_refresh: Future[None] | None = None
         self._closing = False
@@ -156,9 +160,9 @@ class SqlStore(
         return SqlWriteTx(self._execute, self._executemany, self._clock)
 
     def _refresh_statistics(self, last_seq: int | None) -> None:
-        """ANALYZE, on the statistics thread, once the change feed has grown past the next
-        threshold (see ``Dialect``); ``last_seq`` is the highest seq the write took (None: ask
-        ``head_seq``; 0: none)."""
+        """ANALYZE once the change feed has grown past the next threshold (see ``Dialect``), on
+        the statistics thread (without ``refresh_in_background``: on this one); ``last_seq``
+        is the highest seq the write took (None: ask ``head_seq``; 0: none)."""
         analyze = self._dialect.analyze
         if analyze is None or last_seq == 0:
             return
@@ -171,9 +175,12 @@ class SqlStore(
             if self._closing or head < self._analyze_at:
                 return
             self._analyze_at = head * 2 + self._dialect.analyze_first_at
-            if self._statistics is None:
-                self._statistics = ThreadPoolExecutor(1, thread_name_prefix="store-statistics")
-            self._last_refresh = self._statistics.submit(self._analyze, analyze)
+            if self.refresh_in_background:
+                if self._statistics is None:
+                    self._statistics = ThreadPoolExecutor(1, thread_name_prefix="store-statistics")
+                self._last_refresh = self._statistics.submit(self._analyze, analyze)
+                return
+        self._analyze(analyze)  # on this thread, outside the lock
 
     def _analyze(self, statement: str) -> None:
         try:

@@ -22,6 +22,9 @@ Invariants:
   host only when the manifest says ``requiresAccessToken: true`` (Bulk Data: the file server
   then controls access with the same tokens); without it, or false, the host never sees it.
   Any other origin is refused (``origin_refused``).
+- The files of one read (``read_ndjson``) are one stream to the screening workers, each item
+  tagged with its file: no worker waits for the next file's request while the last lines of
+  one are written.
 - Nothing here logs or keeps record content.
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -243,28 +247,40 @@ def _files_connection(
 
 def read_ndjson(
     connection: UpstreamConnection,
-    url: str,
+    urls: Sequence[str],
     pool: ProcessPoolExecutor | None = None,
     *,
     with_token: bool = False,
-) -> Iterator[Screened]:
-    """Each resource of one NDJSON file, in file order, or a ``BadLine``; with ``pool``,
-    parsed and validated in its worker (``screening``). ``with_token``: the manifest's
-    ``requiresAccessToken`` (the upstream's own origin always gets the token)."""
+) -> Iterator[tuple[int, Screened]]:
+    """Each resource of the NDJSON files at ``urls``, file after file and in file order, or a
+    ``BadLine``, with the index in ``urls`` of its file; with ``pool``, parsed and validated
+    in its worker (``screening``). The files are one stream of lines to the workers: the next
+    file is requested, and its first lines screened, while the caller is still taking the
+    last lines of the one before. ``with_token``: the manifest's ``requiresAccessToken`` (the
+    upstream's own origin always gets the token)."""
+    owners: deque[int] = deque()  # the file of each line handed to ``screened``, in order
+
+    def numbered() -> Iterator[tuple[int, bytes | None]]:
+        for index, url in enumerate(urls):
+            for item in _file_lines(connection, url, with_token):
+                owners.append(index)
+                yield item
+
+    for item in screened(numbered(), pool):
+        yield owners.popleft(), item  # ``screened`` yields one item per line, in order
+
+
+def _file_lines(
+    connection: UpstreamConnection, url: str, with_token: bool
+) -> Iterator[tuple[int, bytes | None]]:
     files = _files_connection(connection, url, with_token)
     try:
-        yield from _read_ndjson(files or connection, url, pool)
+        with (files or connection).stream(url, headers={"Accept": NDJSON}) as response:
+            if response.status in (404, 410):
+                raise UpstreamError("export_gone", f"file HTTP {response.status}")
+            if response.status != 200:
+                raise UpstreamError("export_failed", f"file HTTP {response.status}")
+            yield from ndjson_lines(response.chunks)
     finally:
         if files is not None:
             files.close()
-
-
-def _read_ndjson(
-    connection: UpstreamConnection, url: str, pool: ProcessPoolExecutor | None
-) -> Iterator[Screened]:
-    with connection.stream(url, headers={"Accept": NDJSON}) as response:
-        if response.status in (404, 410):
-            raise UpstreamError("export_gone", f"file HTTP {response.status}")
-        if response.status != 200:
-            raise UpstreamError("export_failed", f"file HTTP {response.status}")
-        yield from screened(ndjson_lines(response.chunks), pool)

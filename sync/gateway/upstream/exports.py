@@ -16,7 +16,9 @@ Invariants:
 - Every line goes through the writer (strict validation, quarantine with a reason); an
   unreadable line is quarantined as ``<type>/ndjson-line-<n>`` with its reason code, and the
   rest of the file goes on.
-- A file is streamed (``bulk.read_ndjson``): memory does not grow with its size.
+- A file is streamed (``bulk.read_ndjson``): memory does not grow with its size. The record
+  files are one stream, after every Patient file is written: the next file is already being
+  read and screened while the last lines of one are written.
 """
 
 from __future__ import annotations
@@ -128,36 +130,43 @@ def export_group(
     members = {p for p, s in site_of.items() if s == link.site}
     if PATIENT not in types:  # an increment of records only: the patients held here
         result.patients = members & set(writer.held(PATIENT))
-    outputs = sorted(
-        (o for o in manifest.outputs if o.rtype in types),
-        key=lambda o: (o.rtype != PATIENT, types.index(o.rtype)),
+    outputs = [o for o in manifest.outputs if o.rtype in types]
+    patient_files = [o for o in outputs if o.rtype == PATIENT]
+    record_files = sorted(
+        (o for o in outputs if o.rtype != PATIENT), key=lambda o: types.index(o.rtype)
     )
-    for output in outputs:
-        if output.rtype != PATIENT:
-            writer.flush()
-            held = writer.held(PATIENT)
-            result.patients = {p for p in result.patients if p in held}
-        _read_file(connection, writer, manifest, output, link.site, members, result)
+    if patient_files:
+        _read_files(connection, writer, manifest, patient_files, link.site, members, result)
+    if record_files:
         writer.flush()
-        writer.counts["export_files"] += 1
+        held = writer.held(PATIENT)
+        result.patients = {p for p in result.patients if p in held}
+        _read_files(connection, writer, manifest, record_files, link.site, members, result)
+    writer.flush()
+    writer.counts["export_files"] += len(outputs)
     _save(writer, done_stream(link.ref), fhir_instant(manifest.transaction_time))
     _save(writer, job_stream(link.ref), "")
     return result
 
 
-def _read_file(
+def _read_files(
     connection: UpstreamConnection,
     writer: ImportWriter,
     manifest: bulk.Manifest,
-    output: bulk.Output,
+    outputs: list[bulk.Output],
     site: str,
     members: set[str],
     result: ExportResult,
 ) -> None:
+    """Every line of ``outputs``, read as one stream (``bulk.read_ndjson``), through the
+    writer (module docstring)."""
+    urls = [output.url for output in outputs]
     with_token = manifest.requires_access_token
-    for line in bulk.read_ndjson(connection, output.url, screening_pool(), with_token=with_token):
+    lines = bulk.read_ndjson(connection, urls, screening_pool(), with_token=with_token)
+    for index, line in lines:
         if isinstance(line, BadLine):
-            writer.quarantine_id(output.rtype, f"ndjson-line-{line.number}", line.reason)
+            rtype = outputs[index].rtype
+            writer.quarantine_id(rtype, f"ndjson-line-{line.number}", line.reason)
             continue
         if isinstance(line, ReadyLine):  # a clinical resource, validated and serialised
             serialised = line.serialised

@@ -27,6 +27,10 @@ Invariants:
 - Worker processes are spawned (never forked from a process that runs threads) and hold no
   connection, secret or store; only the lines' bytes reach them. A worker exits within a
   second of the gateway process that started it going away, kill -9 included.
+- Workers run ``NICENESS`` steps below the gateway process's priority (where the platform has
+  ``os.nice``): when the cores are busy, the process that writes the import and answers the
+  laptops runs first, and the workers take what it leaves (they run ahead of it, up to
+  ``IN_FLIGHT`` batches, so it seldom waits for them).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from sync.protocol.fhir.screen import (
 
 BATCH = 256  # lines per task
 IN_FLIGHT = 8  # tasks outstanding at once (about 2,000 lines)
+NICENESS = 10  # how far below the gateway process's priority the workers run
 TOO_LARGE = "ndjson_line_too_large"
 ENV_SCREENERS = "GATEHOUSE_IMPORT_SCREENERS"
 
@@ -140,6 +145,14 @@ _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 
 
+def _start_worker(parent: int) -> None:
+    """Worker initializer: below the gateway's priority, and gone when it is (module
+    docstring)."""
+    if hasattr(os, "nice"):
+        os.nice(NICENESS)
+    watch_parent(parent)
+
+
 def screening_pool() -> ProcessPoolExecutor | None:
     """The process's screening workers (started on first use), or None on a one-core machine."""
     global _pool
@@ -148,7 +161,7 @@ def screening_pool() -> ProcessPoolExecutor | None:
             _pool = ProcessPoolExecutor(
                 workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=watch_parent,
+                initializer=_start_worker,
                 initargs=(os.getpid(),),
             )
         return _pool
