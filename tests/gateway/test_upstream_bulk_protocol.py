@@ -6,6 +6,7 @@ while a job runs resumes that job."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +166,24 @@ def test_any_retry_after_text_is_read_without_error(value: str) -> None:
     assert asked is None or asked == asked  # a number, never NaN, never an exception
 
 
+@contextlib.contextmanager
+def _one_pass(
+    tmp_path: Path, handler: Callable[..., Any], port: list[int]
+) -> Iterator[tuple[dict[str, int], SqliteStore]]:
+    """One reconciling pass of a fresh store, its site linked to the stand-in's Group ``g``:
+    its counts and the store (open for the block)."""
+    data, server, serving = stand_in_upstream(tmp_path, handler)
+    port.append(server.port)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
+        store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
+        yield run_pass(data, store, reconcile=True).counts, store
+    finally:
+        store.close()
+        serving.close()
+
+
 def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_imported(
     tmp_path: Path,
 ) -> None:
@@ -192,22 +212,13 @@ def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_impor
             return 200, {"Content-Type": "application/fhir+ndjson"}, files[kind]
         return 404, JSON, b"{}"
 
-    data, server, serving = stand_in_upstream(tmp_path, handler)
-    port.append(server.port)
-    store = SqliteStore(tmp_path / "gateway.sqlite3")
-    try:
-        store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
-        store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
-        counts = run_pass(data, store, reconcile=True).counts
+    with _one_pass(tmp_path, handler, port) as (counts, store):
         assert counts["quarantined"] == 1 and counts["written"] == 3
         assert [(q.rtype, q.rid, q.reason) for q in store.upstream_quarantine()] == [
             ("Patient", "ndjson-line-2", "ndjson_unreadable")
         ]
         for rtype, rid in (("Patient", "good"), ("Patient", "other"), ("Observation", "obs-good")):
             assert store.read(rtype, rid) is not None
-    finally:
-        store.close()
-        serving.close()
 
 
 def test_the_record_files_are_read_as_one_stream_and_each_bad_line_is_named_by_its_file(
@@ -249,13 +260,7 @@ def test_the_record_files_are_read_as_one_stream_and_each_bad_line_is_named_by_i
             return 200, {"Content-Type": "application/fhir+ndjson"}, files[name]
         return 404, JSON, b"{}"
 
-    data, server, serving = stand_in_upstream(tmp_path, handler)
-    port.append(server.port)
-    store = SqliteStore(tmp_path / "gateway.sqlite3")
-    try:
-        store.add_site(SITE_A, SITE_A, dt.datetime.now(dt.UTC))
-        store.link_site(SITE_A, "group", "g", dt.datetime.now(dt.UTC))
-        counts = run_pass(data, store, reconcile=True).counts
+    with _one_pass(tmp_path, handler, port) as (counts, store):
         assert counts["export_files"] == 4 and counts["written"] == 8
         assert sorted((q.rtype, q.rid, q.reason) for q in store.upstream_quarantine()) == [
             ("Encounter", "ndjson-line-1", "ndjson_not_a_resource"),
@@ -264,9 +269,6 @@ def test_the_record_files_are_read_as_one_stream_and_each_bad_line_is_named_by_i
         ]
         for i in range(7):
             assert store.read("Observation", f"obs-{i}") is not None
-    finally:
-        store.close()
-        serving.close()
 
 
 def test_kill_9_while_the_export_job_runs_resumes_that_job_and_imports_each_record_once(
