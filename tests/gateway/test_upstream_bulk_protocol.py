@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +168,25 @@ def test_any_retry_after_text_is_read_without_error(value: str) -> None:
 
 @contextlib.contextmanager
 def _one_pass(
-    tmp_path: Path, handler: Callable[..., Any], port: list[int]
+    tmp_path: Path, members: tuple[str, ...], files: dict[str, tuple[str, bytes]]
 ) -> Iterator[tuple[dict[str, int], SqliteStore]]:
-    """One reconciling pass of a fresh store, its site linked to the stand-in's Group ``g``:
-    its counts and the store (open for the block)."""
+    """One reconciling pass of a fresh store, its site linked to the stand-in's Group ``g`` of
+    ``members``, whose one export job lists ``files`` (name: type and NDJSON bytes) in that
+    order: the pass's counts and the store (open for the block)."""
+    port: list[int] = []
+
+    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        route = path.split("?")[0].removeprefix(BASE)
+        origin = f"https://127.0.0.1:{port[0]}{BASE}"
+        files_at = [(t, f"{origin}/bulk-files/j1/{name}.ndjson") for name, (t, _) in files.items()]
+        answer = _one_job(route, headers, origin, members, files_at)
+        if answer is not None:
+            return answer
+        if route.startswith("/bulk-files/j1/"):
+            name = route.rsplit("/", 1)[1].removesuffix(".ndjson")
+            return 200, {"Content-Type": "application/fhir+ndjson"}, files[name][1]
+        return 404, JSON, b"{}"
+
     data, server, serving = stand_in_upstream(tmp_path, handler)
     port.append(server.port)
     store = SqliteStore(tmp_path / "gateway.sqlite3")
@@ -192,27 +207,11 @@ def test_an_unreadable_ndjson_line_is_quarantined_and_the_rest_of_the_file_impor
     good["meta"] = other["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
     obs = observation("obs-good", "good")
     obs["meta"] = {"versionId": "3", "lastUpdated": "2026-01-01T00:00:00.000Z"}
-    files = {
-        "Patient": orjson.dumps(good) + b"\n{not json\n\n" + orjson.dumps(other) + b"\n",
-        "Observation": orjson.dumps(obs),  # no final newline: still read
+    files = {  # Patient last: read first anyway
+        "obs": ("Observation", orjson.dumps(obs)),  # no final newline: still read
+        "pat": ("Patient", orjson.dumps(good) + b"\n{not json\n\n" + orjson.dumps(other) + b"\n"),
     }
-    port: list[int] = []
-
-    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
-        route = path.split("?")[0].removeprefix(BASE)
-        origin = f"https://127.0.0.1:{port[0]}{BASE}"
-        files_at = [  # Patient last: read first anyway
-            (t, f"{origin}/bulk-files/j1/{t}.ndjson") for t in ("Observation", "Patient")
-        ]
-        answer = _one_job(route, headers, origin, ("good", "other"), files_at)
-        if answer is not None:
-            return answer
-        if route.startswith("/bulk-files/j1/"):
-            kind = route.rsplit("/", 1)[1].removesuffix(".ndjson")
-            return 200, {"Content-Type": "application/fhir+ndjson"}, files[kind]
-        return 404, JSON, b"{}"
-
-    with _one_pass(tmp_path, handler, port) as (counts, store):
+    with _one_pass(tmp_path, ("good", "other"), files) as (counts, store):
         assert counts["quarantined"] == 1 and counts["written"] == 3
         assert [(q.rtype, q.rid, q.reason) for q in store.upstream_quarantine()] == [
             ("Patient", "ndjson-line-2", "ndjson_unreadable")
@@ -235,32 +234,12 @@ def test_the_record_files_are_read_as_one_stream_and_each_bad_line_is_named_by_i
         obs["meta"] = {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000Z"}
         observations.append(orjson.dumps(obs))
     files = {  # two Observation files and an Encounter file (a type with nothing good)
-        "obs-a": b"\n".join([*observations[:3], b"{not json"]) + b"\n",
-        "enc": b"[1]\n",
-        "obs-b": b"\n".join([b"{bad", *observations[3:]]) + b"\n",
+        "obs-a": ("Observation", b"\n".join([*observations[:3], b"{not json"]) + b"\n"),
+        "enc": ("Encounter", b"[1]\n"),
+        "patients": ("Patient", orjson.dumps(pat)),
+        "obs-b": ("Observation", b"\n".join([b"{bad", *observations[3:]]) + b"\n"),
     }
-    port: list[int] = []
-
-    def handler(method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
-        route = path.split("?")[0].removeprefix(BASE)
-        origin = f"https://127.0.0.1:{port[0]}{BASE}"
-        files_at = [
-            ("Observation", f"{origin}/bulk-files/j1/obs-a.ndjson"),
-            ("Encounter", f"{origin}/bulk-files/j1/enc.ndjson"),
-            ("Patient", f"{origin}/bulk-files/j1/patients.ndjson"),
-            ("Observation", f"{origin}/bulk-files/j1/obs-b.ndjson"),
-        ]
-        answer = _one_job(route, headers, origin, ("p1",), files_at)
-        if answer is not None:
-            return answer
-        if route == "/bulk-files/j1/patients.ndjson":
-            return 200, {"Content-Type": "application/fhir+ndjson"}, orjson.dumps(pat)
-        if route.startswith("/bulk-files/j1/"):
-            name = route.rsplit("/", 1)[1].removesuffix(".ndjson")
-            return 200, {"Content-Type": "application/fhir+ndjson"}, files[name]
-        return 404, JSON, b"{}"
-
-    with _one_pass(tmp_path, handler, port) as (counts, store):
+    with _one_pass(tmp_path, ("p1",), files) as (counts, store):
         assert counts["export_files"] == 4 and counts["written"] == 8
         assert sorted((q.rtype, q.rid, q.reason) for q in store.upstream_quarantine()) == [
             ("Encounter", "ndjson-line-1", "ndjson_not_a_resource"),
