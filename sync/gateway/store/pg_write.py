@@ -357,6 +357,9 @@ class PgWriteTx(SqlWriteTx):
                 break
             results = reread
         found = {(r.rtype, r.rid): r for r in map(row_to_resource, rows)}  # the read under lock
+        for rtype, rid, site, _ in self._moves:  # moved with its patient, not flushed yet
+            if (moved := found.get((rtype, rid))) is not None:
+                found[(rtype, rid)] = replace(moved, site=site)
         for key in wanted:
             self._known[key] = found.get(key)
         if patients:
