@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from sync.gateway.store.resources import ResourceError, check_resource
 from sync.gateway.store.serialised import serialise
-from sync.gateway.upstream import screening
+from sync.gateway.upstream import bulk, screening
 from sync.gateway.upstream.bulk import ndjson_lines
 from sync.gateway.upstream.screening import BadLine, Line, ReadyLine, screened
 from sync.protocol.fhir.validate import InvalidResource, validate_resource
@@ -147,6 +148,35 @@ def test_a_worker_gives_the_same_lines_in_the_same_order_as_parsing_here(
         True,
         False,
     ]
+
+
+def test_the_next_file_is_requested_before_the_last_lines_of_the_one_before_are_taken(
+    pool: ProcessPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export's files are one stream to the workers (``bulk.read_ndjson``): the next file is
+    requested and screened while the writer still takes the lines of the one before; read one
+    at a time, the workers would sit idle at the end of every file. Each line keeps its file."""
+    files = {
+        name: [orjson.dumps(_upstream(observation(f"{name}{i}", "p1"))) for i in range(30)]
+        for name in ("a", "b", "c")
+    }
+    events: list[str] = []
+
+    def file_lines(_connection: Any, url: str, _with_token: bool) -> Iterator[Any]:
+        events.append(f"request {url}")
+        yield from _numbered(files[url])
+
+    monkeypatch.setattr(bulk, "_file_lines", file_lines)
+    got = []
+    for index, item in bulk.read_ndjson(cast(Any, None), ["a", "b", "c"], pool):
+        events.append(f"took {index}")
+        got.append((index, _resource(item)["id"]))
+    last_of = {
+        index: max(i for i, e in enumerate(events) if e == f"took {index}") for index in (0, 1)
+    }
+    assert events.index("request b") < last_of[0]
+    assert events.index("request c") < last_of[1]
+    assert got == [(n, f"{name}{i}") for n, name in enumerate("abc") for i in range(30)]
 
 
 @settings(max_examples=40, deadline=None)

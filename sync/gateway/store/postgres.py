@@ -416,8 +416,8 @@ class PgStore(SqlStore):
     ) -> None:
         dialect = DIALECT
         self._pg = PgConnections(dsn, pool_size, dialect.connection_setup, pool_wait_s)
-        super().__init__(self._pg, dialect, clock=clock)
-        self.refresh_in_background = pool_size > 1  # a refresh must not take the only one
+        # A refresh must not take the only connection: with one, it runs on the writing thread.
+        super().__init__(self._pg, dialect, clock=clock, refresh_in_background=pool_size > 1)
 
     def _write_tx(self) -> PgWriteTx:
         return PgWriteTx(self._pg, self._execute, self._clock)

@@ -18,10 +18,10 @@ Invariants (beyond those of ``store.Store`` and ``store.tables``):
   ``Dialect.analyze_first_at``). The refresh runs on the store's statistics thread, one at a
   time, in the order asked: the write that crossed the threshold has committed and returns at
   once (a bulk import's next batch does not wait for it). A store with ONE connection
-  (``refresh_in_background`` False) refreshes on the writing thread instead, after the
-  commit: a refresh holding its only connection would hold up the next write. A failed
-  refresh is logged and never fails a write; ``close`` waits for a refresh under way and
-  drops those not started.
+  (constructed with ``refresh_in_background=False``) refreshes on the writing thread
+  instead, after the commit: a refresh holding its only connection would hold up the next
+  write. A failed refresh is logged and never fails a write; ``close`` waits for a refresh
+  under way and drops those not started.
 - The store records the format it is written in (``store_format``, ``STORE_FORMAT``); a store
   of a later format is refused at open (``StoreError("store_too_new")``), so a gateway rolled
   back to an older release never misreads rows it does not know. (Releases from before this
@@ -100,13 +100,14 @@ class SqlStore(
         dialect: Dialect,
         *,
         clock: Callable[[], dt.datetime] = utc_now,
+        refresh_in_background: bool = True,
     ) -> None:
         self._db = connections
         self._dialect = dialect
         self._clock = clock
         self._analyze_at = dialect.analyze_first_at
         self._analyze_lock = threading.Lock()
-        self.refresh_in_background = True  # PostgreSQL with one connection: False
+        self._refresh_in_background = refresh_in_background  # False: one connection
         self._statistics: ThreadPoolExecutor | None = None  # started at the first refresh
         self._last_refresh: Future[None] | None = None
         self._closing = False
@@ -175,7 +176,7 @@ class SqlStore(
             if self._closing or head < self._analyze_at:
                 return
             self._analyze_at = head * 2 + self._dialect.analyze_first_at
-            if self.refresh_in_background:
+            if self._refresh_in_background:
                 if self._statistics is None:
                     self._statistics = ThreadPoolExecutor(1, thread_name_prefix="store-statistics")
                 self._last_refresh = self._statistics.submit(self._analyze, analyze)
