@@ -30,6 +30,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,10 @@ def _server_edit(gw: Gateway, rng: random.Random) -> None:
         gw.load(body)
 
 
-def _check_after_kill(device: DeviceVault, store: Store, round_no: int) -> None:
+def _check_after_kill(device: DeviceVault, on_server: Counter[str], round_no: int) -> None:
+    """Right after a kill: the vault is healthy, and every consultation written is there once,
+    on the laptop and (``on_server``: client id -> count, our gateway's or Medplum's) at most
+    once on the server."""
     with device.open() as vault:
         conn = vault.connection
         ok, why = vault_health(conn, device)
@@ -208,8 +212,62 @@ def _check_after_kill(device: DeviceVault, store: Store, round_no: int) -> None:
     lost = [c for c in device.written if on_device[c] != 1]
     assert not lost, f"round {round_no}: local work lost or duplicated: {lost[:3]}"
     assert all(n == 1 for n in on_device.values()), f"round {round_no}: duplicate on device"
-    dupes = [c for c, n in server_client_ids(store).items() if n != 1]
+    dupes = [c for c, n in on_server.items() if n != 1]
     assert not dupes, f"round {round_no}: duplicated on the server: {dupes[:3]}"
+
+
+def _consultations(
+    device: DeviceVault, rng: random.Random, prefix: str, most: int, chance: float = 1.0
+) -> list[str]:
+    """This round's work on the laptop: 1..``most`` consultations for patients it holds (with
+    probability ``chance``), added to ``device.written``; their client ids."""
+    with device.open() as vault:
+        held = _device_patients(vault.connection)[:3]
+        wanted = bool(held) and (chance >= 1.0 or rng.random() < chance)
+        made = write_consultations(vault, held, rng.randint(1, most), prefix) if wanted else []
+    device.written += made
+    return made
+
+
+@dataclass
+class _Kills:
+    """One CR-1 run's kills: each child sync is SIGKILLed after a random share of the longest
+    complete sync of its kind seen so far, and where a kill landed is judged by what the
+    restart still had to do."""
+
+    estimate: dict[str, float]  # kind ("fresh", "incremental") -> seconds
+    killed: int = 0
+    completed: int = 0
+    landed: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    def run(self, zyg: Zygote, job: dict[str, Any], kind: str, rng: random.Random) -> bool:
+        """``job`` in a child, killed at a random instant unless it ends first; whether it
+        was killed."""
+        was_killed, ran = zyg.run(job, rng.uniform(0.0, self.estimate[kind] * 1.2))
+        if was_killed:
+            self.killed += 1
+        else:
+            self.completed += 1
+            self.estimate[kind] = max(self.estimate[kind] * 0.9, ran)
+        return was_killed
+
+    def restarted(self, was_killed: bool, result: Any) -> None:
+        """The restart's sync ``result``: a kill landed in the push when it still pushed,
+        else in the pull when it still pulled, else at the end."""
+        if was_killed:
+            phase = "push" if result.pushed else "pull" if result.pulled else "end"
+            self.landed[phase] += 1
+
+    def check(self, label: str, rounds: int, at_least: int) -> None:
+        """Print the run's figures; most kills must land inside a sync, in push and pull."""
+        print(
+            f"{label}: {rounds} rounds, {self.killed} killed (in push {self.landed['push']}, in"
+            f" pull {self.landed['pull']}, at the end {self.landed['end']}), {self.completed}"
+            f" completed, {time.monotonic() - self.started:.1f} s"
+        )
+        assert self.killed >= at_least, "the kill timing misses the sync: most children finished"
+        assert self.landed["push"] and self.landed["pull"], self.landed
 
 
 def _check_converged(
@@ -240,10 +298,7 @@ def test_CR1_sync_killed_at_random_instants_loses_and_duplicates_nothing(tmp_pat
     zyg = Zygote(tmp_path / "zygote.log")
     gw: Gateway | None = None
     device: DeviceVault | None = None
-    estimate = {"fresh": 0.6, "incremental": 0.2}  # longest complete child sync seen, s
-    killed = completed = 0
-    landed: Counter[str] = Counter()
-    started = time.monotonic()
+    kills = _Kills({"fresh": 0.6, "incremental": 0.2})
     try:
         for round_no in range(rounds):
             if gw is None or round_no % EPOCH == 0:  # the checks scan the site: bound its growth
@@ -260,15 +315,7 @@ def test_CR1_sync_killed_at_random_instants_loses_and_duplicates_nothing(tmp_pat
                 kind = "fresh"
             if rng.random() < 0.7:
                 _server_edit(gw, rng)
-            with device.open() as vault:
-                held = _device_patients(vault.connection)[:3]
-                made = (
-                    write_consultations(vault, held, rng.randint(1, 2), f"r{round_no}")
-                    if held
-                    else []
-                )
-            device.written += made
-            everything += made
+            everything += _consultations(device, rng, f"r{round_no}", 2)
             job = {
                 "db": str(device.path),
                 "dek": device.dek.hex(),
@@ -278,31 +325,18 @@ def test_CR1_sync_killed_at_random_instants_loses_and_duplicates_nothing(tmp_pat
                 "key": str(creds.key_path),
                 "page_size": PAGE_SIZE,
             }
-            was_killed, ran = zyg.run(job, rng.uniform(0.0, estimate[kind] * 1.2))
-            if was_killed:
-                killed += 1
-            else:
-                completed += 1
-                estimate[kind] = max(estimate[kind] * 0.9, ran)
-            _check_after_kill(device, gw.store, round_no)
+            was_killed = kills.run(zyg, job, kind, rng)
+            _check_after_kill(device, server_client_ids(gw.store), round_no)
             with device.open() as vault:  # the restart: the sync resumes and completes
                 result = sync_once(vault, config, page_size=PAGE_SIZE)
             assert result.ok, f"round {round_no}: {result.error}"
-            if was_killed:  # where the kill landed, judged by what the restart still had to do
-                phase = "push" if result.pushed else "pull" if result.pulled else "end"
-                landed[phase] += 1
+            kills.restarted(was_killed, result)
             _check_converged(device, gw.store, everything, round_no)
     finally:
         zyg.close()
         if gw is not None:
             stop_gateway(gw)
-    elapsed = time.monotonic() - started
-    print(
-        f"CR-1: {rounds} rounds, {killed} killed (in push {landed['push']}, in pull"
-        f" {landed['pull']}, at the end {landed['end']}), {completed} completed, {elapsed:.1f} s"
-    )
-    assert killed >= rounds // 2, "the kill timing misses the sync: most children finished"
-    assert landed["push"] and landed["pull"], landed
+    kills.check("CR-1", rounds, rounds // 2)
 
 
 # -- CR-2: the reply is lost after the server committed --------------------------------------
@@ -438,19 +472,6 @@ def _medplum_edit(server: MedplumServer, rng: random.Random, deletable: list[str
         server.put(body | {"note": [{"text": f"reviewed {rng.random():.6f}"}]})
 
 
-def _medplum_check_after_kill(device: DeviceVault, server: MedplumServer, round_no: int) -> None:
-    with device.open() as vault:
-        conn = vault.connection
-        ok, why = vault_health(conn, device)
-        assert ok, f"round {round_no}: {why}"
-        on_device = device_client_ids(conn)
-    lost = [c for c in device.written if on_device[c] != 1]
-    assert not lost, f"round {round_no}: local work lost or duplicated: {lost[:3]}"
-    assert all(n == 1 for n in on_device.values()), f"round {round_no}: duplicate on device"
-    dupes = [c for c, n in server.client_ids().items() if n != 1]
-    assert not dupes, f"round {round_no}: duplicated on the server: {dupes[:3]}"
-
-
 @pytest.mark.timeout(max(300, 10 * MEDPLUM_ROUNDS))
 def test_CR1_against_a_third_party_server_a_killed_sync_loses_and_duplicates_nothing(
     tmp_path: Path,
@@ -460,11 +481,8 @@ def test_CR1_against_a_third_party_server_a_killed_sync_loses_and_duplicates_not
     the server's view of the site with every consultation exactly once on both sides."""
     rng = random.Random(20261206)
     zyg = Zygote(tmp_path / "zygote.log")
-    estimate = {"fresh": 1.0, "incremental": 1.0}
-    killed = completed = 0
-    landed: Counter[str] = Counter()
+    kills = _Kills({"fresh": 1.0, "incremental": 1.0})
     everything: list[str] = []
-    started = time.monotonic()
     try:
         with running_medplum(tmp_path / "medplum") as server:
             server.seed(seed_resources(SEED_PATIENTS, seed=5))
@@ -481,15 +499,7 @@ def test_CR1_against_a_third_party_server_a_killed_sync_loses_and_duplicates_not
                     kind = "fresh"
                 if rng.random() < 0.7:
                     _medplum_edit(server, rng, deletable)
-                with device.open() as vault:
-                    held = _device_patients(vault.connection)[:3]
-                    made = (
-                        write_consultations(vault, held, rng.randint(1, 3), f"m{round_no}")
-                        if held and rng.random() < 0.6
-                        else []
-                    )
-                device.written += made
-                everything += made
+                everything += _consultations(device, rng, f"m{round_no}", 3, chance=0.6)
                 job = {
                     "db": str(device.path),
                     "dek": device.dek.hex(),
@@ -501,13 +511,8 @@ def test_CR1_against_a_third_party_server_a_killed_sync_loses_and_duplicates_not
                     "key": str(creds.key_path),
                     "page_size": PAGE_SIZE,
                 }
-                was_killed, ran = zyg.run(job, rng.uniform(0.0, estimate[kind] * 1.2))
-                if was_killed:
-                    killed += 1
-                else:
-                    completed += 1
-                    estimate[kind] = max(estimate[kind] * 0.9, ran)
-                _medplum_check_after_kill(device, server, round_no)
+                was_killed = kills.run(zyg, job, kind, rng)
+                _check_after_kill(device, server.client_ids(), round_no)
                 with device.open() as vault:
                     result = sync_once(
                         vault,
@@ -517,9 +522,7 @@ def test_CR1_against_a_third_party_server_a_killed_sync_loses_and_duplicates_not
                         reconcile_every=RECONCILE_ALWAYS,
                     )
                     assert result.ok, f"round {round_no}: {result.error} {result.failed_types}"
-                    if was_killed:
-                        phase = "push" if result.pushed else "pull" if result.pulled else "end"
-                        landed[phase] += 1
+                    kills.restarted(was_killed, result)
                     conn = vault.connection
                     assert device_view(conn) == server.site_view(SITE), f"round {round_no}"
                     pending = conn.execute(
@@ -532,14 +535,7 @@ def test_CR1_against_a_third_party_server_a_killed_sync_loses_and_duplicates_not
                 assert all(on_device[c] == 1 for c in device.written), f"round {round_no}"
     finally:
         zyg.close()
-    elapsed = time.monotonic() - started
-    print(
-        f"CR-1 (Medplum): {MEDPLUM_ROUNDS} rounds, {killed} killed (in push {landed['push']},"
-        f" in pull {landed['pull']}, at the end {landed['end']}), {completed} completed,"
-        f" {elapsed:.1f} s"
-    )
-    assert killed >= MEDPLUM_ROUNDS // 3, "the kill timing misses the sync"
-    assert landed["push"] and landed["pull"], landed
+    kills.check("CR-1 (Medplum)", MEDPLUM_ROUNDS, MEDPLUM_ROUNDS // 3)
 
 
 def test_CR2_against_a_third_party_server_a_lost_reply_creates_nothing_twice(
