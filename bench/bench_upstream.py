@@ -47,10 +47,11 @@ to a gateway site. Figures:
 - **a laptop syncing during the import** (``--export-laptop``): after loading sekmet as above, a
   real gateway (served on 127.0.0.1, mutual TLS) imports the Group into its store while a real
   laptop of ANOTHER site writes one consultation and syncs, over and over; its sync times are
-  printed against the same laptop's with the gateway idle. The gateway, its import and the
-  laptop run in the bench's one process: they share its interpreter lock as well as the two
-  cores. ``GATEHOUSE_IMPORT_SCREENERS=1`` runs
-  the import with one screening worker instead of two, to compare.
+  printed against the same laptop's with the gateway idle (a sync that ends after the import
+  is not counted). The gateway, its import and the laptop run in the bench's one process:
+  they share its interpreter lock as well as the two cores.
+  ``GATEHOUSE_IMPORT_SCREENERS=1`` runs the import with one screening worker instead of two,
+  to compare.
 
 ``GATEHOUSE_BENCH_SCALE`` (default 1: 1,000 patients, ~20k resources) or ``--quick`` (0.05).
 ``--latency`` runs the latency part only, ``--search`` the Medplum import and filing only.
@@ -313,13 +314,15 @@ def bulk_export(*, laptop: bool = False) -> None:
                 )
 
 
-def _timed_sync(vault: Any, config: Any, pid: str, n: int) -> float:
-    """One consultation written, then one sync (push and pull); its seconds."""
+def _timed_sync(vault: Any, config: Any, pid: str, n: int) -> tuple[float, float]:
+    """One consultation written, then one sync (push and pull); its seconds, and the
+    ``perf_counter`` at which it ended."""
     write_consultations(vault, [pid], 1, f"b{n}", site=SITE_B)
     started = time.perf_counter()
     if not sync_once(vault, config, site=SITE_B).ok:
         raise SystemExit("bench: the laptop's sync failed")
-    return time.perf_counter() - started
+    ended = time.perf_counter()
+    return ended - started, ended
 
 
 def _laptop_during_import(data: Path, tmp: Path) -> None:
@@ -337,7 +340,7 @@ def _laptop_during_import(data: Path, tmp: Path) -> None:
         with device.open() as vault:
             if not sync_once(vault, config, site=SITE_B).ok:
                 raise SystemExit("bench: the laptop's first sync failed")
-            idle = [_timed_sync(vault, config, "elsewhere", n) for n in range(20)]
+            idle = [_timed_sync(vault, config, "elsewhere", n)[0] for n in range(20)]
             outcome: dict[str, Any] = {}
 
             def import_pass() -> None:
@@ -347,19 +350,22 @@ def _laptop_during_import(data: Path, tmp: Path) -> None:
                 except BaseException as failed:  # said after the join, not as figures
                     outcome["failed"] = failed
                 finally:
-                    outcome["seconds"] = time.perf_counter() - started
+                    outcome["ended"] = time.perf_counter()
+                    outcome["seconds"] = outcome["ended"] - started
 
             importer = threading.Thread(target=import_pass)
             waited: list[float] = []
             with _timed(bulk, "await_manifest", waited):
                 importer.start()
-                during: list[float] = []
+                timed: list[tuple[float, float]] = []
                 while importer.is_alive():
                     if not waited:  # the upstream's job is still running: not the import yet
                         time.sleep(0.2)
                         continue
-                    during.append(_timed_sync(vault, config, "elsewhere", 20 + len(during)))
+                    timed.append(_timed_sync(vault, config, "elsewhere", 20 + len(timed)))
                 importer.join()
+    # only the syncs that ended while the import still ran (the last may end after it)
+    during = [seconds for seconds, ended in timed if ended <= outcome.get("ended", 0.0)]
     if "failed" in outcome:
         raise SystemExit(f"bench: the import failed: {outcome['failed']!r}")
     counts = outcome["counts"]
