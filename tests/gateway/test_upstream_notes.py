@@ -23,7 +23,10 @@ from typing import Any
 import orjson
 import pytest
 
+from client.core.vault import Vault
 from sync.device.audit_queries import parse_not_filed
+from sync.device.engine import SyncResult
+from sync.device.transport import TransportConfig
 from sync.gateway import datadir
 from sync.gateway.api.bundle_entries import parse_bundle
 from sync.gateway.api.transaction import Scope, run_transaction
@@ -32,6 +35,7 @@ from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import passes
 from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import LEASE_TTL, run_pass
+from sync.gateway.upstream.state import load_state
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
 from tests.support.control import add_user, bearer
 from tests.support.gateway import (
@@ -89,26 +93,47 @@ def _mine(medplum: MedplumServer, client_ids: set[str]) -> Counter[str]:
     return Counter({cid: counts[cid] for cid in client_ids})
 
 
+@dataclass
+class Served:
+    """A served gateway whose site is linked upstream (one patient, ``pid``), and a laptop of
+    that site that has synced once."""
+
+    store: SqlStore
+    data: Path
+    pid: str
+    vault: Vault
+    config: TransportConfig
+
+    def sync(self) -> SyncResult:
+        return sync_once(self.vault, self.config, site=SITE_A)
+
+
+def _served_laptop(tmp_path: Path, gw: Gateway, medplum: MedplumServer, base: str) -> Served:
+    """``gw`` filing into ``medplum`` reached at ``base`` (its own, or a relay's)."""
+    n = next(_run)
+    assert isinstance(gw.store, SqlStore)
+    store: SqlStore = gw.store
+    data = gateway_data(tmp_path)
+    configure_with_certificate(data, medplum.pki, base)
+    pid = f"n{n}-p"
+    _link(store, medplum, n, pid)
+    run_pass(data, store)
+    device = DeviceVault.create(tmp_path / "laptop.db", f"dev-n{n}")
+    store.set_device(f"dev-n{n}", SITE_A, "active")
+    config = transport_config(gw.url, gw.pki.server_pin, gw.pki.device(f"dev-n{n}", SITE_A))
+    served = Served(store, data, pid, device.open(), config)
+    assert served.sync().ok
+    return served
+
+
 def test_a_laptop_consultation_is_filed_upstream_exactly_once(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
-    n = next(_run)
     with running_gateway(tmp_path / "gw") as gw:
-        assert isinstance(gw.store, SqlStore)
-        store: SqlStore = gw.store
-        data = gateway_data(tmp_path)
-        configure_with_certificate(data, medplum.pki, medplum.base)
-        pid = f"n{n}-p"
-        _link(store, medplum, n, pid)
-        run_pass(data, store)
-        device = DeviceVault.create(tmp_path / "laptop.db", f"dev-n{n}")
-        creds = gw.pki.device(f"dev-n{n}", SITE_A)
-        store.set_device(f"dev-n{n}", SITE_A, "active")
-        vault = device.open()
-        config = transport_config(gw.url, gw.pki.server_pin, creds)
-        assert sync_once(vault, config, site=SITE_A).ok
-        made = write_consultations(vault, [pid], 2, f"n{n}", site=SITE_A)
-        assert sync_once(vault, config, site=SITE_A).ok
+        served = _served_laptop(tmp_path, gw, medplum, medplum.base)
+        store, data, pid, vault = served.store, served.data, served.pid, served.vault
+        made = write_consultations(vault, [pid], 2, pid, site=SITE_A)
+        assert served.sync().ok
         queued = store.outbox(("pending",))
         assert len(queued) == len(made)  # queued with the push, in one transaction each
         counts = run_pass(data, store).counts
@@ -122,10 +147,61 @@ def test_a_laptop_consultation_is_filed_upstream_exactly_once(
         again = run_pass(data, store).counts  # the echoes come back: nothing new anywhere
         assert again.get("outbox_filed", 0) == 0 and again.get("written", 0) == 0
         assert again["own_filed"] == len(made)
-        assert sync_once(vault, config, site=SITE_A).ok
+        assert served.sync().ok
         assert _mine(medplum, set(made)) == Counter({cid: 1 for cid in made})
         held = device_client_ids(vault.connection)
         assert all(held[cid] == 1 for cid in made)  # no duplicate reached the laptop
+
+
+def _client_ids_in(posted: bytes) -> list[str]:
+    """The client identifiers of what a POST filed (a transaction Bundle's resources in entry
+    order, or the one resource of a plain create)."""
+    body = orjson.loads(posted)
+    resources = [e.get("resource", {}) for e in body.get("entry", [])]
+    found = []
+    for resource in resources if body.get("resourceType") == "Bundle" else [body]:
+        for identifier in resource.get("identifier", []):
+            if identifier.get("system") == CLIENT_ID_SYSTEM:
+                found.append(identifier["value"])
+    return found
+
+
+def test_an_upstream_down_for_hours_holds_no_laptop_up_and_its_backlog_drains_in_order(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The upstream is down for hours (its balancer answers 503 to everything). The laptop
+    keeps syncing with the gateway all along; every pass fails, says why, and loses nothing
+    (every record queued, none upstream). Once the upstream is back, one pass files the whole
+    backlog, each record once, in the order the laptop pushed it."""
+    with (
+        running_gateway(tmp_path / "gw") as gw,
+        running_relay(medplum.pki, medplum.base, medplum.session()) as relay,
+    ):
+        served = _served_laptop(tmp_path, gw, medplum, relay.base)
+        store, data, pid, vault = served.store, served.data, served.pid, served.vault
+        relay.down = True
+        made: list[str] = []
+        for hour in range(3):
+            made += write_consultations(vault, [pid], 1, f"{pid}h{hour}", site=SITE_A)
+            synced = served.sync()
+            assert synced.ok and synced.pushed, f"hour {hour}: {synced.error}"
+            with pytest.raises(UpstreamError) as failed:
+                run_pass(data, store, now=_now() + hour * dt.timedelta(hours=1))
+            assert failed.value.reason == "upstream_unavailable"  # not "no CapabilityStatement"
+        last = load_state(data, store)  # what `upstream status` shows
+        assert (last["last_outcome"], last["last_reason"]) == ("failed", "upstream_unavailable")
+        assert len(store.outbox(("pending",))) == len(made)  # every record queued, none lost
+        assert store.outbox(("held", "filed")) == []
+        assert sum(_mine(medplum, set(made)).values()) == 0
+        relay.down = False
+        counts = run_pass(data, store, now=_now() + dt.timedelta(hours=4)).counts
+        assert counts["outbox_filed"] == len(made)
+        assert _mine(medplum, set(made)) == Counter({cid: 1 for cid in made})
+        filed = [cid for body in relay.posted for cid in _client_ids_in(body)]
+        assert filed == made  # the backlog in the order it was pushed, each record once
+        assert served.sync().ok
+        held = device_client_ids(vault.connection)
+        assert all(held[cid] == 1 for cid in made)
 
 
 def _push(

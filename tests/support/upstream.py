@@ -105,8 +105,10 @@ class Relay:
     """A TLS relay in front of the upstream (Medplum) that forwards every request and can lose
     the reply after the upstream has committed (``drop``: method → how many replies to lose),
     refuse requests itself (``refuse``: method, or "METHOD /path", → an OperationOutcome
-    diagnostics; ``refuse_containing``: any request whose body holds the text), or hold a
-    reply until ``release`` is set (``hold``: methods), the way a network or an upstream fails."""
+    diagnostics; ``refuse_containing``: any request whose body holds the text), hold a reply
+    until ``release`` is set (``hold``: methods), or answer every request 503 while ``down``
+    (the board's balancer with no server behind it), the way a network or an upstream fails.
+    ``posted``: the body of every POST the upstream answered with a success, in order."""
 
     target: str  # the upstream's base URL
     session: requests.Session
@@ -117,6 +119,8 @@ class Relay:
     release: threading.Event = field(default_factory=threading.Event)
     forwarded: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    down: bool = False
+    posted: list[bytes] = field(default_factory=list)
     port: int = 0
 
     @property
@@ -126,6 +130,8 @@ class Relay:
     def handle(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, str], bytes]:
+        if self.down:
+            return 503, {"Content-Type": "text/plain"}, b"no server behind the balancer"
         refusal = self.refuse.get(method) or self.refuse.get(f"{method} {path.split('?')[0]}")
         for text, words in self.refuse_containing.items():
             if refusal is None and text.encode() in body:
@@ -148,6 +154,8 @@ class Relay:
             timeout=30,
         )
         self.forwarded.append(f"{method} {path.split('?')[0]} {answer.status_code}")
+        if method == "POST" and answer.ok:
+            self.posted.append(body)
         if self.drop.get(method, 0) > 0:
             self.drop[method] -= 1
             self.dropped.append(f"{method} {path.split('?')[0]}")

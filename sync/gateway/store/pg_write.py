@@ -261,7 +261,8 @@ class PgWriteTx(SqlWriteTx):
             self._now_us = max(self._now_us, self._floor_us)
 
     def _lock_site(self, site: str) -> None:
-        self._lock_sites({site})
+        if site not in self._locked:  # held already: the usual case, once per record written
+            self._lock_sites({site})
 
     def _tx_time_us(self) -> int:
         if self._now_us is None:
