@@ -113,8 +113,8 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "unsupported_jwk": "The signing key must be RS384 (RSA) or ES384 (EC P-384).",
     "upstream_tls": "The secure connection to the upstream failed (certificate, CA, TLS version).",
     "upstream_unreachable": "The upstream cannot be reached.",
-    "upstream_unavailable": "The upstream answered that it is unavailable (HTTP 5xx or 429): the"
-    " next pass tries again.",
+    "upstream_unavailable": "The upstream answered that it is unavailable (HTTP 5xx, 429 or"
+    " 408): the next pass tries again.",
     "upstream_timeout": "The upstream did not answer in time.",
     "upstream_redirect": "The upstream answered with a redirect, which is never followed.",
     "upstream_too_large": "The upstream's answer is larger than allowed.",

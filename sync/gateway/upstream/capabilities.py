@@ -5,8 +5,8 @@ Invariants:
 - ``metadata`` is read before anything else in a pass; a server without a readable
   CapabilityStatement is refused (``no_capability_statement``): the gateway does not guess
   what a system of record supports before writing notes into it. A server that answers it is
-  unavailable (5xx, 429, after the connection's retries) fails the pass with
-  ``upstream_unavailable``.
+  unavailable (``TRANSIENT_STATUSES``: 5xx, 429, 408, after the connection's retries) fails
+  the pass with ``upstream_unavailable`` (IT is not sent looking for the wrong fault).
 - The statement is read by the same reader the laptop uses
   (``sync.protocol.fhir.capability``); Bulk Data ``Group/[id]/$export`` is read here from
   Group's operations (by name ``export`` or the Bulk Data IG's definition).
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sync.gateway.upstream.connection import UpstreamConnection
+from sync.gateway.upstream.connection import TRANSIENT_STATUSES, UpstreamConnection
 from sync.gateway.upstream.errors import UpstreamError
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
 from sync.protocol.fhir.capability import ServerProfile, read_capability_statement
@@ -28,9 +28,6 @@ from sync.protocol.fhir.validate import InvalidResource
 from sync.protocol.fhir.vocabulary import CLINICAL_TYPES, PATIENT
 
 FHIR_JSON = "application/fhir+json"
-# A server that is down or overloaded (its balancer's 503, a rate limit): ``upstream_unavailable``,
-# not "no CapabilityStatement" (IT would look for the wrong fault).
-UNAVAILABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 IMPORTED_TYPES: tuple[str, ...] = (PATIENT, *CLINICAL_TYPES)
 FILED_TYPES: tuple[str, ...] = ("Encounter", "Observation", "DocumentReference")
 GROUP_EXPORT_DEFINITION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
@@ -164,7 +161,7 @@ def read_capabilities(statement: Any) -> UpstreamCapabilities:
 def fetch_capabilities(connection: UpstreamConnection) -> UpstreamCapabilities:
     """GET ``[base]/metadata``: the upstream's capabilities, or ``UpstreamError``."""
     response = connection.get("metadata", headers={"Accept": FHIR_JSON})
-    if response.status in UNAVAILABLE_STATUSES:  # down or overloaded, after the retries
+    if response.status in TRANSIENT_STATUSES:  # down or overloaded (after the retries)
         raise UpstreamError("upstream_unavailable", f"HTTP {response.status}")
     if response.status != 200:
         raise UpstreamError("no_capability_statement", f"HTTP {response.status}")

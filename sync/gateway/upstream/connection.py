@@ -63,6 +63,9 @@ RETRY = RetryPolicy(
 )
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _CHUNK = 64 * 1024
+# Answers that say "not now" (a timeout, a rate limit, a server or its balancer down): the work
+# is tried again later, never taken as a refusal (filing) or a missing capability (metadata).
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT = frozenset({"upstream_timeout", "upstream_unreachable"})
 Origin = tuple[str, str, int]
 
