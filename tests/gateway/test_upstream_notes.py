@@ -48,6 +48,7 @@ from tests.support.gateway import (
     running_gateway,
 )
 from tests.support.medplum_server import MedplumServer
+from tests.support.served_workers import free_port
 from tests.support.sync import (
     DeviceVault,
     device_client_ids,
@@ -343,6 +344,27 @@ def _push_new(
 def _push_new_observation(store: SqlStore, pid: str, value: float) -> str:
     """A laptop's new note pushed to the gateway; returns its client identifier."""
     return _push_new(store, pid, [value])[0]
+
+
+def test_an_upstream_refusing_connections_fails_the_pass_as_unreachable_and_keeps_the_notes(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """No server at all at the upstream's address (connections refused, not a balancer's 503):
+    the pass fails with ``upstream_unreachable`` and the notes stay queued; the first pass that
+    reaches it again files each once."""
+    with _linked_through_relay(tmp_path, medplum) as linked:
+        data, store = linked.data, linked.store
+        cids = _push_new(store, linked.pid, [60.0, 61.0])
+        nobody = f"https://127.0.0.1:{free_port()}/fhir/R4"  # nothing listens there
+        configure_with_certificate(data, medplum.pki, nobody)
+        with pytest.raises(UpstreamError) as failed:
+            run_pass(data, store)
+        assert failed.value.reason == "upstream_unreachable"
+        assert len(store.outbox(("pending",))) == len(cids)
+        assert sum(_mine(medplum, set(cids)).values()) == 0
+        configure_with_certificate(data, medplum.pki, linked.relay.base)  # reachable again
+        assert run_pass(data, store).counts["outbox_filed"] == len(cids)
+        assert _mine(medplum, set(cids)) == Counter({cid: 1 for cid in cids})
 
 
 def test_an_old_held_version_is_never_filed_over_the_clinicians_later_edit(
