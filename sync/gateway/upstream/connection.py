@@ -66,7 +66,8 @@ _CHUNK = 64 * 1024
 # Answers that say "not now" (a timeout, a rate limit, a server or its balancer down): the work
 # is tried again later, never taken as a refusal (filing) or a missing capability (metadata).
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_TRANSIENT = frozenset({"upstream_timeout", "upstream_unreachable"})
+# Failures that say the same before any answer: the upstream not reached, or not in time.
+TRANSIENT_REASONS = frozenset({"upstream_timeout", "upstream_unreachable"})
 Origin = tuple[str, str, int]
 
 
@@ -120,7 +121,7 @@ def origin_of(url: str) -> Origin:
 
 def _transient(exc: Exception) -> bool:
     """A failure worth another try: the upstream was not reached, or did not answer in time."""
-    return isinstance(exc, UpstreamError) and exc.reason in _TRANSIENT
+    return isinstance(exc, UpstreamError) and exc.reason in TRANSIENT_REASONS
 
 
 def _no_jitter() -> float:

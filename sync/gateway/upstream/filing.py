@@ -62,7 +62,12 @@ import orjson
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.upstream_tables import Filed, OutboxItem, OutboxState, TransactionSize
 from sync.gateway.upstream.capabilities import UpstreamCapabilities
-from sync.gateway.upstream.connection import TRANSIENT_STATUSES, Response, UpstreamConnection
+from sync.gateway.upstream.connection import (
+    TRANSIENT_REASONS,
+    TRANSIENT_STATUSES,
+    Response,
+    UpstreamConnection,
+)
 from sync.gateway.upstream.errors import UpstreamError, printable
 from sync.gateway.upstream.lease import LEASE_LOST
 from sync.gateway.upstream.references import rewrite
@@ -78,7 +83,6 @@ DEFAULT_TRANSACTION = 50  # entries per transaction when the upstream names no l
 PROBE_INTERVAL = dt.timedelta(days=1)  # a remembered size is trusted this long, then re-probed
 BACKOFF_BASE = dt.timedelta(seconds=5)
 BACKOFF_MAX = dt.timedelta(hours=1)
-TRANSIENT_REASONS = frozenset({"upstream_unreachable", "upstream_timeout"})
 _LOCAL_META = ("versionId", "lastUpdated")
 
 
