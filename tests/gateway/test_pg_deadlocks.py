@@ -16,6 +16,7 @@ import datetime as dt
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import psycopg
 from sync.gateway.store.conflicts import retry_conflicts
 from sync.gateway.store.loader import load_resources
 from sync.gateway.store.postgres import PgStore
+from sync.gateway.upstream.writer import ImportWriter, Pending
 from tests.support.gateway import SITE_A, SITE_B, patient
 from tests.support.postgres import require_server
 from tests.support.served_workers import DeviceFiles, ServedData, serve, session
@@ -187,5 +189,80 @@ def test_a_transaction_postgresql_rolled_back_to_break_a_deadlock_is_run_again()
         for pid in ("pa", "pb"):
             stored = store.read("Observation", f"o-{pid}")
             assert stored is not None and stored.version_id == 1
+    finally:
+        store.close()
+
+
+def _until_a_transaction_waits_for_a_lock(dsn: str) -> None:
+    deadline = time.monotonic() + 60
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if row is not None and row[0] > 0:
+                return
+            time.sleep(0.02)
+    raise AssertionError("no transaction ever waited for a lock")
+
+
+def test_an_import_batch_postgresql_rolled_back_to_break_a_deadlock_is_run_again() -> None:
+    """An import's batch that moves a patient (upstream) from site B to site A holds A and
+    then wants B (``pg_write``: bulk loads lock first); a laptop's transaction holding B then
+    wants A. PostgreSQL breaks the deadlock by rolling back the transaction that waited first,
+    the import's; the import's writer runs that batch again, and both commit exactly once."""
+    dsn = require_server().new_database("deadlock")
+    store = PgStore(dsn)
+    try:
+        load_resources(
+            store, [patient("pa", SITE_A), patient("pb", SITE_B), patient("mover", SITE_B)]
+        )
+        before = _deadlocks(dsn)
+        holding_b = threading.Event()
+        attempts = {"laptop": 0, "import": 0}
+        failures: list[BaseException] = []
+
+        def laptop() -> None:
+            def once() -> None:
+                attempts["laptop"] += 1
+                with store.write() as tx:
+                    tx.current("Patient", "pb")  # holds B
+                    if attempts["laptop"] == 1:
+                        holding_b.set()
+                        _until_a_transaction_waits_for_a_lock(dsn)  # the import's, for B
+                    tx.current("Patient", "pa")  # then wants A, which the import holds
+                    tx.put("Observation", "o-laptop", _note("pb", T_NOTE)["resource"])
+
+            try:
+                retry_conflicts(once)
+            except BaseException as err:
+                failures.append(err)
+
+        thread = threading.Thread(target=laptop)
+        thread.start()
+        assert holding_b.wait(30)
+        writer = ImportWriter(store, dt.datetime.now(dt.UTC))
+        commit_once = writer._commit_once
+
+        def counted(batch: list[Pending]) -> Counter[str]:
+            attempts["import"] += 1
+            return commit_once(batch)
+
+        writer._commit_once = counted  # type: ignore[method-assign]
+        moved = patient("mover", SITE_A)
+        moved["meta"] = {"versionId": "2", "lastUpdated": "2026-11-20T09:00:00Z"}
+        assert writer.offer(moved, SITE_A, "mover") == "mover"
+        writer.flush()  # raises the batch's failure, if it failed
+        thread.join(120)
+        assert failures == []
+        assert _deadlocks(dsn) - before == 1  # PostgreSQL broke exactly one deadlock
+        assert attempts == {"laptop": 1, "import": 2}  # the import's batch, rolled back, ran again
+        assert writer.counts["written"] == 1
+        mover = store.read("Patient", "mover")
+        assert mover is not None and (mover.site, mover.version_id) == (SITE_A, 2)
+        note = store.read("Observation", "o-laptop")
+        assert note is not None and (note.site, note.version_id) == (SITE_B, 1)
+        assert store.imported("Patient")["mover"].upstream_version == "2"
     finally:
         store.close()

@@ -208,3 +208,56 @@ def test_a_run_takes_the_time_put_takes_when_a_site_clock_is_ahead(
     assert tables[1] == tables[0]
     times = {row[1]: row[3] for row in tables[1]["resources"]}
     assert times["o1"] < times["p9"]
+
+
+def _trips_reading_resources(store: PgStore, write: Any) -> list[list[str]]:
+    """The round trips of ``write(store)`` that read the resources table (each as its SQL)."""
+    trips: list[list[str]] = []
+    sent = store._pg.pipeline
+
+    def noted(statements: Any) -> Any:
+        trips.append([sql for sql, _ in statements])
+        return sent(statements)
+
+    store._pg.pipeline = noted  # type: ignore[method-assign]
+    try:
+        write(store)
+    finally:
+        del store._pg.pipeline
+    return [trip for trip in trips if pg_write._READ in trip]
+
+
+def test_a_batch_held_at_the_sites_it_names_is_read_once_with_their_locks(
+    two_databases: tuple[str, str],
+) -> None:
+    """``put_many`` locks the sites it is told of with its first read (an import's batch): a
+    batch whose rows are all held there is read once, in the round trip that takes the locks;
+    a patient held at another site (moving) is read again once that site is held too."""
+    store = _emptied(two_databases[0])
+    try:
+        with store.write() as tx:
+            tx.put_many([("Patient", f"p{i}", patient(f"p{i}", SITE_A)) for i in range(3)])
+            tx.put("Patient", "q", patient("q", SITE_B))
+
+        def observations(store: PgStore) -> None:
+            batch = [("Observation", f"o{i}", flagged(f"o{i}", f"p{i % 3}", "a")) for i in range(9)]
+            with store.write() as tx:
+                tx.put_many(batch, sites=[SITE_A])
+
+        [once] = _trips_reading_resources(store, observations)
+        assert pg_write._LOCK_SITES in once and once.index(pg_write._LOCK_SITES) < once.index(
+            pg_write._READ
+        )
+
+        def moving(store: PgStore) -> None:
+            with store.write() as tx:
+                tx.put_many([("Patient", "q", patient("q", SITE_A))], sites=[SITE_A])
+
+        _locked_first, again = _trips_reading_resources(store, moving)
+        assert pg_write._LOCK_SITES in again  # SITE_B, then the same read under it
+        moved = store.read("Patient", "q")
+        assert moved is not None and moved.site == SITE_A and moved.version_id == 2
+        written = [store.read("Observation", f"o{i}") for i in range(9)]
+        assert [(o.site, o.version_id) for o in written if o is not None] == [(SITE_A, 1)] * 9
+    finally:
+        store.close()

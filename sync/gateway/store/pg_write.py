@@ -41,6 +41,13 @@ Invariants:
   transaction may create the same key meanwhile: the flush then fails on the key and the
   transaction writes nothing (as before, when its version-1 history row failed on its key).
 - ``put``/``delete`` return seq 0: the seq is assigned at the flush.
+- **Bulk loads lock first.** ``put_many`` (an import's or a seed's batch, which names the sites
+  it writes at) locks those sites with its first read, in one round trip, and reads once when
+  every row it reads is held at them (an import's usual batch). A row held at another site
+  (a patient moving between sites) has its site locked after them, maybe out of order: two
+  such transactions may deadlock, and PostgreSQL's rollback of one is a conflict run again
+  (``store.conflicts``: the import's writer runs each batch that way). Laptops' transactions
+  take every site in one sorted statement, as above.
 
 Length: one class, whose buffers, its reads under site locks and its one flush (with the SQL
 each of them sends) must be read together to see that a flush writes what was buffered.
@@ -277,10 +284,11 @@ class PgWriteTx(SqlWriteTx):
         sites: Sequence[str] = (),
     ) -> list[StoredResource]:
         """``SqlWriteTx.put_many`` (the same rows as ``put`` of each in turn), the resources and
-        the patients they name read first in one round trip, with the locks of ``sites``
-        (``prefetch``); a plain run is buffered by ``_write_run`` and every write goes in the
-        one flush anyway."""
-        self.prefetch(prefetch_keys(items), sites=sites)
+        the patients they name read first, under the locks of ``sites`` taken in the same
+        round trip (a batch of a load: one read, not two, when everything it names is held at
+        ``sites``: the module's "Bulk loads lock first"); a plain run is buffered by
+        ``_write_run`` and every write goes in the one flush anyway."""
+        self._read(prefetch_keys(items), also=set(sites), lock_first=True)
         return super().put_many(items, checked=checked)
 
     def _patient_sites(self, patients: Sequence[str]) -> dict[str, str]:
@@ -331,7 +339,13 @@ class PgWriteTx(SqlWriteTx):
     def prefetch(self, keys: Sequence[tuple[str, str]], *, sites: Sequence[str] = ()) -> None:
         self._read(keys, also=set(sites))
 
-    def _read(self, keys: Sequence[tuple[str, str]], also: set[str] | None = None) -> None:
+    def _read(
+        self,
+        keys: Sequence[tuple[str, str]],
+        also: set[str] | None = None,
+        *,
+        lock_first: bool = False,
+    ) -> None:
         """Read the resources of ``keys`` this transaction does not know yet, holding their
         sites and the sites ``also``, with the open stays of the Patients among them.
 
@@ -339,6 +353,9 @@ class PgWriteTx(SqlWriteTx):
         ``also``) is then locked in ONE sorted statement, pipelined with the same read again
         (one round trip), until a read names no site not held. So a transaction that knows its
         sites up front takes them all at once, in one order, whatever order it names them in.
+        ``lock_first``: the sites ``also`` are locked first, with the first read in the same
+        round trip (a bulk load, see the module's invariants); a site that read names beyond
+        them is then locked as above.
         """
         wanted = sorted({key for key in keys if key not in self._known})
         if not wanted:
@@ -348,8 +365,12 @@ class PgWriteTx(SqlWriteTx):
         reads: list[Statement] = [(_READ, ([t for t, _ in wanted], [i for _, i in wanted]))]
         if patients:
             reads.append((_OPEN_STAYS, (patients,)))
-        results = list(self._db.pipeline(reads))
         pending = set(also or ())
+        first = self._lock_sites(pending, then=reads) if lock_first else None
+        if first is not None:
+            results, pending = first, set()
+        else:
+            results = list(self._db.pipeline(reads))
         while True:
             rows = results[0].fetchall()
             reread = self._lock_sites({row[_SITE] for row in rows} | pending, then=reads)

@@ -14,6 +14,8 @@ Invariants:
   site's feed.
 - A resource and its ``upstream_imported`` row commit in one store transaction
   (``WRITE_BATCH`` per transaction).
+- A batch is one whole transaction, run again if the database rolled it back to break a
+  deadlock (``store.conflicts``; nothing of it had committed).
 - Batches commit one at a time, in order. Where the store says it is worth it
   (``bulk_commits_overlap``: PostgreSQL) a full batch is committed on the committer thread
   while the next one is read; on SQLite it is committed right away, on this thread.
@@ -42,6 +44,7 @@ import orjson
 
 from sync.gateway.store import resources as res
 from sync.gateway.store.base import WriteTx
+from sync.gateway.store.conflicts import retry_conflicts
 from sync.gateway.store.serialised import Serialised
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.upstream_tables import Filed
@@ -263,6 +266,11 @@ class ImportWriter:
             self.counts.update(self._commit(batch))
 
     def _commit(self, batch: list[Pending]) -> Counter[str]:
+        """``_commit_once``, run again when the database rolled it back to break a deadlock
+        (``store.conflicts``: a batch moving a patient locks its old site late)."""
+        return retry_conflicts(lambda: self._commit_once(batch))
+
+    def _commit_once(self, batch: list[Pending]) -> Counter[str]:
         """One store transaction, in the order offered: each run of new versions with one
         ``put_many`` and one ``record_imports_in_tx`` (on the committer thread, or this one)."""
         counts: Counter[str] = Counter()
