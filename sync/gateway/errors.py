@@ -120,6 +120,8 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "upstream_too_large": "The upstream's answer is larger than allowed.",
     "origin_refused": "The upstream pointed to another server, which is never contacted.",
     "token_refused": "The token server refused the gateway's credentials: check client id and key.",
+    "upstream_unauthorised": "The upstream refused the gateway's credentials (HTTP 401): check"
+    " the client certificate or token setup; the notes wait.",
     "no_capability_statement": "The upstream's metadata is not a readable CapabilityStatement.",
     "bad_upstream_id": "An upstream Group or Organization id is letters, digits, '-' and '.'.",
     "bad_quarantine_row": "Name one quarantine row as TYPE/ID, as `upstream status` lists it,"
@@ -134,6 +136,10 @@ OPERATOR_MESSAGES: dict[str, str] = {
     "no_client_identifier": "The record carries no Gatehouse client identifier to file it once.",
     "if_match_not_offered": "The upstream cannot take a safe edit (no If-Match): held for IT.",
     "waiting_for_reference": "Waiting for a record it refers to, to be filed first.",
+    "refers_to_deleted": "The note refers to a record deleted since (here or upstream): correct"
+    " it on a laptop, or file it by hand.",
+    "refers_to_unfiled": "The note refers to a gateway record the upstream never received (not"
+    " a laptop's): file that record by hand first, then `upstream retry`.",
     "version_missing": "The gateway no longer holds this version.",
     "upstream_busy": "Another gateway process is running the upstream pass: it goes on there.",
     "export_refused": "The upstream refused to start a Bulk Data export: the site is searched.",

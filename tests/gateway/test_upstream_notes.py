@@ -5,9 +5,7 @@ upstream's reason, conflicts, and a kill -9 of the gateway mid-filing."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import itertools
 import os
 import signal
 import subprocess
@@ -15,7 +13,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +25,6 @@ from sync.device.audit_queries import parse_not_filed
 from sync.device.engine import SyncResult
 from sync.device.transport import TransportConfig
 from sync.gateway import datadir
-from sync.gateway.api.bundle_entries import parse_bundle
-from sync.gateway.api.transaction import Scope, run_transaction
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import passes
@@ -63,35 +58,19 @@ from tests.support.upstream import (
     gateway_data,
     running_relay,
 )
+from tests.support.upstream_notes import (
+    RUNS,
+    edit_observation,
+    link_patients,
+    linked_through_relay,
+    push_bundle,
+    push_new,
+    push_new_observation,
+    upstream_copies,
+    utc_now,
+)
 
-_run = itertools.count()
 LATER = dt.timedelta(hours=2)  # past any backoff
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _link(store: SqlStore, medplum: MedplumServer, n: int, *patients: str) -> None:
-    for pid in patients:
-        medplum.put(patient(pid, "x"))
-    medplum.put(
-        {
-            "resourceType": "Group",
-            "id": f"n{n}-group",
-            "type": "person",
-            "actual": True,
-            "member": [{"entity": {"reference": f"Patient/{p}"}} for p in patients],
-        }
-    )
-    store.add_site(SITE_A, SITE_A, _now())
-    store.link_site(SITE_A, "group", f"n{n}-group", _now())
-
-
-def _mine(medplum: MedplumServer, client_ids: set[str]) -> Counter[str]:
-    """How many upstream resources carry each of ``client_ids`` (the exactly-once measure)."""
-    counts = medplum.client_ids(("Encounter", "Observation", "DocumentReference", "Flag"))
-    return Counter({cid: counts[cid] for cid in client_ids})
 
 
 @dataclass
@@ -111,13 +90,13 @@ class Served:
 
 def _served_laptop(tmp_path: Path, gw: Gateway, medplum: MedplumServer, base: str) -> Served:
     """``gw`` filing into ``medplum`` reached at ``base`` (its own, or a relay's)."""
-    n = next(_run)
+    n = next(RUNS)
     assert isinstance(gw.store, SqlStore)
     store: SqlStore = gw.store
     data = gateway_data(tmp_path)
     configure_with_certificate(data, medplum.pki, base)
     pid = f"n{n}-p"
-    _link(store, medplum, n, pid)
+    link_patients(store, medplum, n, pid)
     run_pass(data, store)
     device = DeviceVault.create(tmp_path / "laptop.db", f"dev-n{n}")
     store.set_device(f"dev-n{n}", SITE_A, "active")
@@ -139,7 +118,7 @@ def test_a_laptop_consultation_is_filed_upstream_exactly_once(
         assert len(queued) == len(made)  # queued with the push, in one transaction each
         counts = run_pass(data, store).counts
         assert counts["outbox_filed"] == len(made)
-        assert _mine(medplum, set(made)) == Counter({cid: 1 for cid in made})
+        assert upstream_copies(medplum, set(made)) == Counter({cid: 1 for cid in made})
         # Observations name their Encounter by its upstream id.
         for obs in medplum.search_all("Observation", subject=f"Patient/{pid}"):
             if "encounter" in obs:
@@ -149,7 +128,7 @@ def test_a_laptop_consultation_is_filed_upstream_exactly_once(
         assert again.get("outbox_filed", 0) == 0 and again.get("written", 0) == 0
         assert again["own_filed"] == len(made)
         assert served.sync().ok
-        assert _mine(medplum, set(made)) == Counter({cid: 1 for cid in made})
+        assert upstream_copies(medplum, set(made)) == Counter({cid: 1 for cid in made})
         held = device_client_ids(vault.connection)
         assert all(held[cid] == 1 for cid in made)  # no duplicate reached the laptop
 
@@ -187,17 +166,17 @@ def test_an_upstream_down_for_hours_holds_no_laptop_up_and_its_backlog_drains_in
             synced = served.sync()
             assert synced.ok and synced.pushed, f"hour {hour}: {synced.error}"
             with pytest.raises(UpstreamError) as failed:
-                run_pass(data, store, now=_now() + hour * dt.timedelta(hours=1))
+                run_pass(data, store, now=utc_now() + hour * dt.timedelta(hours=1))
             assert failed.value.reason == "upstream_unavailable"  # not "no CapabilityStatement"
         last = load_state(data, store)  # what `upstream status` shows
         assert (last["last_outcome"], last["last_reason"]) == ("failed", "upstream_unavailable")
         assert len(store.outbox(("pending",))) == len(made)  # every record queued, none lost
         assert store.outbox(("held", "filed")) == []
-        assert sum(_mine(medplum, set(made)).values()) == 0
+        assert sum(upstream_copies(medplum, set(made)).values()) == 0
         relay.down = False
-        counts = run_pass(data, store, now=_now() + dt.timedelta(hours=4)).counts
+        counts = run_pass(data, store, now=utc_now() + dt.timedelta(hours=4)).counts
         assert counts["outbox_filed"] == len(made)
-        assert _mine(medplum, set(made)) == Counter({cid: 1 for cid in made})
+        assert upstream_copies(medplum, set(made)) == Counter({cid: 1 for cid in made})
         filed = [cid for body in relay.posted for cid in _client_ids_in(body)]
         assert filed == made  # the backlog in the order it was pushed, each record once
         assert served.sync().ok
@@ -205,29 +184,21 @@ def test_an_upstream_down_for_hours_holds_no_laptop_up_and_its_backlog_drains_in
         assert all(held[cid] == 1 for cid in made)
 
 
-def _push(
-    gw_store: SqlStore, entries: list[dict[str, Any]], device: str = "dev-a", site: str = SITE_A
-) -> None:
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-    _, parsed = parse_bundle(orjson.dumps(bundle))
-    run_transaction(gw_store, parsed, Scope(site, device))
-
-
 def test_lost_replies_after_the_upstream_committed_never_file_twice(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
-    with _linked_through_relay(tmp_path, medplum) as linked:
+    with linked_through_relay(tmp_path, medplum) as linked:
         data, store, relay = linked.data, linked.store, linked.relay
-        cids = set(_push_new(store, linked.pid, [60.0, 61.0, 62.0], together=True))
+        cids = set(push_new(store, linked.pid, [60.0, 61.0, 62.0], together=True))
         relay.drop = {"POST": 2}  # the transaction commits upstream twice; replies lost
         first = run_pass(data, store).counts
         assert relay.dropped == ["POST /fhir/R4"] * 2  # one transaction of three creates
         assert first["outbox_filed"] == 3  # retried at once (idempotent: If-None-Exist)
         assert first["outbox_transactions"] == 1
-        assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
+        assert upstream_copies(medplum, cids) == Counter({cid: 1 for cid in cids})
         # An edit whose reply is lost: the retry's 412 is our own edit, not a conflict.
         obs = next(i for i in store.outbox(("filed",)) if i.rtype == "Observation")
-        _edit(store, obs.rid, 99.0)
+        edit_observation(store, obs.rid, 99.0)
         relay.drop = {"PUT": 1}
         second = run_pass(data, store).counts
         assert second.get("outbox_filed") == 1 and "outbox_conflict" not in second
@@ -241,9 +212,9 @@ def test_lost_replies_after_the_upstream_committed_never_file_twice(
 def test_a_refused_note_is_held_with_the_reason_and_filed_after_retry(
     tmp_path: Path, medplum: MedplumServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with _linked_through_relay(tmp_path, medplum) as linked:
+    with linked_through_relay(tmp_path, medplum) as linked:
         data, store, relay = linked.data, linked.store, linked.relay
-        [cid] = _push_new(store, linked.pid, [72.0])
+        [cid] = push_new(store, linked.pid, [72.0])
         relay.refuse = {"POST": "Observation.code is not in the board's value set"}
         counts = run_pass(data, store).counts
         assert counts["outbox_held"] == 1
@@ -254,7 +225,7 @@ def test_a_refused_note_is_held_with_the_reason_and_filed_after_retry(
         assert run_pass(data, store).counts.get("outbox_filed", 0) == 0  # held stays held
         assert gateway_cli("upstream", "retry", "--data", str(data), "--all") == 0
         assert run_pass(data, store).counts["outbox_filed"] == 1
-        assert _mine(medplum, {cid}) == Counter({cid: 1})
+        assert upstream_copies(medplum, {cid}) == Counter({cid: 1})
 
 
 def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician_resolves_it(
@@ -262,15 +233,15 @@ def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician
 ) -> None:
     """Nothing is overwritten; the clinician's resolution (a later version, made on the
     health record's version) is filed and closes the conflict for good."""
-    n = next(_run)
+    n = next(RUNS)
     store = SqliteStore(tmp_path / "gateway.sqlite3")
     try:
         data = gateway_data(tmp_path / "d")
         configure_with_certificate(data, medplum.pki, medplum.base)
         pid = f"n{n}-p"
-        _link(store, medplum, n, pid)
+        link_patients(store, medplum, n, pid)
         run_pass(data, store)
-        _push_new(store, pid, [50.0])
+        push_new(store, pid, [50.0])
         run_pass(data, store, reconcile=False)
         item = store.outbox(("filed",))[-1]
         filed = store.filed("Observation", item.rid)
@@ -279,7 +250,7 @@ def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician
         assert theirs is not None
         theirs["valueQuantity"]["value"] = 51.0
         medplum.put(theirs)  # a clinician at the board edits the filed note
-        _edit(store, item.rid, 52.0)
+        edit_observation(store, item.rid, 52.0)
         counts = run_pass(data, store).counts
         assert counts["outbox_conflict"] == 1
         [conflict] = store.outbox(("conflict",))
@@ -289,7 +260,7 @@ def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician
         # The pass brought the board's version down: the clinician sees both and resolves.
         current = orjson.loads(store.read("Observation", item.rid).body)  # type: ignore[union-attr]
         assert current["valueQuantity"]["value"] == 51.0
-        _edit(store, item.rid, 53.0)
+        edit_observation(store, item.rid, 53.0)
         assert run_pass(data, store).counts["outbox_filed"] == 1
         after = medplum.read("Observation", filed.upstream_id)
         assert after is not None and after["valueQuantity"]["value"] == 53.0
@@ -303,81 +274,38 @@ def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician
         store.close()
 
 
-@dataclass
-class Linked:
-    """A gateway store whose upstream is Medplum behind a relay, with one linked patient."""
-
-    data: Path
-    store: SqlStore
-    relay: Relay
-    pid: str
-
-
-@contextlib.contextmanager
-def _linked_through_relay(tmp_path: Path, medplum: MedplumServer) -> Iterator[Linked]:
-    n = next(_run)
-    data = gateway_data(tmp_path)
-    store = SqliteStore(data / datadir.DATABASE)
-    try:
-        with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
-            configure_with_certificate(data, medplum.pki, relay.base)
-            _link(store, medplum, n, f"n{n}-p")
-            run_pass(data, store)
-            yield Linked(data, store, relay, f"n{n}-p")
-    finally:
-        store.close()
-
-
-def _push_new(
-    store: SqlStore, pid: str, values: Sequence[float], *, together: bool = False
-) -> list[str]:
-    """New Observations (no id: the gateway assigns it) pushed as laptops push them, one Bundle
-    each (or all in one with ``together``); their client identifiers, in order."""
-    entries = [create_entry(observation("new", pid, value)) for value in values]
-    for entry in entries:
-        entry["resource"].pop("id")
-    for bundle in [entries] if together else [[entry] for entry in entries]:
-        _push(store, bundle)
-    return [str(entry["request"]["ifNoneExist"].split("|")[1]) for entry in entries]
-
-
-def _push_new_observation(store: SqlStore, pid: str, value: float) -> str:
-    """A laptop's new note pushed to the gateway; returns its client identifier."""
-    return _push_new(store, pid, [value])[0]
-
-
 def test_an_upstream_refusing_connections_fails_the_pass_as_unreachable_and_keeps_the_notes(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
     """No server at all at the upstream's address (connections refused, not a balancer's 503):
     the pass fails with ``upstream_unreachable`` and the notes stay queued; the first pass that
     reaches it again files each once."""
-    with _linked_through_relay(tmp_path, medplum) as linked:
+    with linked_through_relay(tmp_path, medplum) as linked:
         data, store = linked.data, linked.store
-        cids = _push_new(store, linked.pid, [60.0, 61.0])
+        cids = push_new(store, linked.pid, [60.0, 61.0])
         nobody = f"https://127.0.0.1:{free_port()}/fhir/R4"  # nothing listens there
         configure_with_certificate(data, medplum.pki, nobody)
         with pytest.raises(UpstreamError) as failed:
             run_pass(data, store)
         assert failed.value.reason == "upstream_unreachable"
         assert len(store.outbox(("pending",))) == len(cids)
-        assert sum(_mine(medplum, set(cids)).values()) == 0
+        assert sum(upstream_copies(medplum, set(cids)).values()) == 0
         configure_with_certificate(data, medplum.pki, linked.relay.base)  # reachable again
         assert run_pass(data, store).counts["outbox_filed"] == len(cids)
-        assert _mine(medplum, set(cids)) == Counter({cid: 1 for cid in cids})
+        assert upstream_copies(medplum, set(cids)) == Counter({cid: 1 for cid in cids})
 
 
 def test_an_old_held_version_is_never_filed_over_the_clinicians_later_edit(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
-    with _linked_through_relay(tmp_path, medplum) as linked:
+    with linked_through_relay(tmp_path, medplum) as linked:
         data, store = linked.data, linked.store
-        cid = _push_new_observation(store, linked.pid, 70.0)
+        cid = push_new_observation(store, linked.pid, 70.0)
         linked.relay.refuse = {"POST": "Observation.code is not in the board's value set"}
         assert run_pass(data, store).counts["outbox_held"] == 1
         rid = store.outbox(("held",))[0].rid
         linked.relay.refuse = {}
-        _edit(store, rid, 71.0)  # the clinician corrects the note
+        edit_observation(store, rid, 71.0)  # the clinician corrects the note
         assert run_pass(data, store).counts["outbox_filed"] == 1
         assert store.outbox(("held",)) == []
         # IT's "retry everything" must not send the refused version over the correction.
@@ -412,9 +340,9 @@ def test_a_step_longer_than_the_lease_keeps_it_and_no_other_process_takes_over(
     tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(passes, "LEASE_TTL", dt.timedelta(seconds=3))
-    with _linked_through_relay(tmp_path, medplum) as linked:
+    with linked_through_relay(tmp_path, medplum) as linked:
         data, store, relay = linked.data, linked.store, linked.relay
-        _push_new_observation(store, linked.pid, 80.0)
+        push_new_observation(store, linked.pid, 80.0)
         relay.hold = {"POST"}  # the upstream takes 8 s to answer the filing: > the lease
         threading.Timer(8, relay.release.set).start()
         released: list[float] = []  # when the pass let its lease go (monotonic)
@@ -431,7 +359,7 @@ def test_a_step_longer_than_the_lease_keeps_it_and_no_other_process_takes_over(
         _wait_for_post(relay, before, thread)
         taken = []
         while thread.is_alive():  # another process tries to take over, again and again
-            if store.claim_upstream_lease("other-process", _now(), passes.LEASE_TTL):
+            if store.claim_upstream_lease("other-process", utc_now(), passes.LEASE_TTL):
                 taken.append(time.monotonic())
                 release("other-process")
             time.sleep(0.25)
@@ -443,26 +371,28 @@ def test_a_step_longer_than_the_lease_keeps_it_and_no_other_process_takes_over(
         [result] = outcome
         assert isinstance(result, passes.PassResult)
         assert result.counts["outbox_filed"] == 1
-        assert store.claim_upstream_lease("other-process", _now(), passes.LEASE_TTL)
+        assert store.claim_upstream_lease("other-process", utc_now(), passes.LEASE_TTL)
 
 
 def test_a_holder_taken_over_after_it_stalled_sends_nothing_more_upstream(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
-    with _linked_through_relay(tmp_path, medplum) as linked:
+    with linked_through_relay(tmp_path, medplum) as linked:
         data, store, relay = linked.data, linked.store, linked.relay
-        _push_new_observation(store, linked.pid, 60.0)
+        push_new_observation(store, linked.pid, 60.0)
         run_pass(data, store)
         [filed] = store.outbox(("filed",))
-        cid = _push_new_observation(store, linked.pid, 62.0)
-        _edit(store, filed.rid, 61.0)  # a create, then an edit: two requests, one after the other
+        cid = push_new_observation(store, linked.pid, 62.0)
+        edit_observation(
+            store, filed.rid, 61.0
+        )  # a create, then an edit: two requests, one after the other
         relay.hold = {"POST"}
         before = len(relay.forwarded)
         thread, outcome = _pass_in_thread(data, store)
         _wait_for_post(relay, before, thread)
         # While its reply is held this process stalls past its lease: another process,
         # a lease's time later, takes the expired lease over.
-        assert store.claim_upstream_lease("other-process", _now() + LEASE_TTL * 1.5, LEASE_TTL)
+        assert store.claim_upstream_lease("other-process", utc_now() + LEASE_TTL * 1.5, LEASE_TTL)
         sent = len(relay.forwarded)
         relay.release.set()
         thread.join(60)
@@ -472,33 +402,24 @@ def test_a_holder_taken_over_after_it_stalled_sends_nothing_more_upstream(
         assert writes == []  # the old holder wrote nothing more upstream
         [edit] = store.outbox(("pending",))  # left for the new holder, not held
         assert edit.rid == filed.rid and edit.attempts == 0
-        assert not store.claim_upstream_lease(passes.HOLDER, _now(), LEASE_TTL)  # not freed
-        counts = run_pass(data, store, now=_now() + LEASE_TTL * 3).counts  # the next holder
+        assert not store.claim_upstream_lease(passes.HOLDER, utc_now(), LEASE_TTL)  # not freed
+        counts = run_pass(data, store, now=utc_now() + LEASE_TTL * 3).counts  # the next holder
         assert counts["outbox_filed"] == 1
-        assert _mine(medplum, {cid}) == Counter({cid: 1})
-
-
-def _edit(store: SqlStore, rid: str, value: float) -> None:
-    """A laptop's edit of the gateway's current version (what the clinician saw)."""
-    mine = orjson.loads(store.read("Observation", rid).body)  # type: ignore[union-attr]
-    mine["valueQuantity"]["value"] = value
-    _push(store, [{"resource": mine, "request": {
-        "method": "PUT", "url": f"Observation/{rid}",
-        "ifMatch": f'W/"{mine["meta"]["versionId"]}"'}}])  # fmt: skip
+        assert upstream_copies(medplum, {cid}) == Counter({cid: 1})
 
 
 def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
-    n = next(_run)
+    n = next(RUNS)
     data = gateway_data(tmp_path)
     store = SqliteStore(data / datadir.DATABASE)
     with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
         configure_with_certificate(data, medplum.pki, relay.base)
         pid = f"n{n}-p"
-        _link(store, medplum, n, pid)
+        link_patients(store, medplum, n, pid)
         run_pass(data, store)
-        cids = set(_push_new(store, pid, [40.0 + i for i in range(6)]))
+        cids = set(push_new(store, pid, [40.0 + i for i in range(6)]))
         store.close()
         relay.hold = {"POST"}  # the upstream commits the first create; its reply never comes
         child = subprocess.Popen(
@@ -514,7 +435,7 @@ def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
         child.wait(10)
         relay.hold = set()
         relay.release.set()
-        before = sum(_mine(medplum, cids).values())
+        before = sum(upstream_copies(medplum, cids).values())
         assert before >= 1  # the upstream committed a create whose reply the gateway never saw
         store = SqliteStore(data / datadir.DATABASE)
         try:
@@ -522,12 +443,12 @@ def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
                 run_pass(data, store)
             assert busy.value.reason == "upstream_busy"
             # Once its lease has expired, the next pass takes over and files what was left.
-            counts = run_pass(data, store, now=_now() + LEASE_TTL + LATER).counts
+            counts = run_pass(data, store, now=utc_now() + LEASE_TTL + LATER).counts
             assert counts["outbox_filed"] == 6
             assert store.outbox(("pending", "held", "conflict")) == []
         finally:
             store.close()
-    assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
+    assert upstream_copies(medplum, cids) == Counter({cid: 1 for cid in cids})
     medplum_ids = medplum.client_ids(("Observation",))
     assert all(medplum_ids[cid] == 1 for cid in cids)
 
@@ -535,14 +456,14 @@ def test_kill_9_of_the_gateway_mid_filing_loses_nothing_and_files_nothing_twice(
 def test_a_note_referring_to_a_held_one_is_held_too_and_others_go_on(
     tmp_path: Path, medplum: MedplumServer
 ) -> None:
-    n = next(_run)
+    n = next(RUNS)
     store = SqliteStore(tmp_path / "gateway.sqlite3")
     try:
         with running_relay(medplum.pki, medplum.base, medplum.session()) as relay:
             data = gateway_data(tmp_path / "d")
             configure_with_certificate(data, medplum.pki, relay.base)
             pid = f"n{n}-p"
-            _link(store, medplum, n, pid)
+            link_patients(store, medplum, n, pid)
             run_pass(data, store)
             encounter = create_entry(
                 {
@@ -555,10 +476,10 @@ def test_a_note_referring_to_a_held_one_is_held_too_and_others_go_on(
             linked = create_entry(observation("o", pid))
             linked["resource"].pop("id")
             linked["resource"]["encounter"] = {"reference": encounter["fullUrl"]}
-            _push(store, [encounter, linked])
+            push_bundle(store, [encounter, linked])
             other = create_entry(observation("o2", pid))
             other["resource"].pop("id")
-            _push(store, [other])
+            push_bundle(store, [other])
             relay.refuse = {
                 "POST /fhir/R4": "this transaction is refused",  # halved down to single notes
                 "POST /fhir/R4/Encounter": "Encounter.class is not accepted",
@@ -588,22 +509,22 @@ def test_notes_go_up_in_transactions_sized_to_what_the_upstream_accepts(
 ) -> None:
     """Medplum advertises no limit but refuses a transaction of conditional creates of more
     than 8 entries: the gateway halves until accepted, and files everything exactly once."""
-    with _linked_through_relay(tmp_path, medplum) as linked:
+    with linked_through_relay(tmp_path, medplum) as linked:
         data, store, relay = linked.data, linked.store, linked.relay
         values = [30.0 + i for i in range(40)]
-        cids = set(_push_new(store, linked.pid, values, together=True))
+        cids = set(push_new(store, linked.pid, values, together=True))
         counts = run_pass(data, store).counts
         assert counts["outbox_filed"] == 40
         assert counts["outbox_transaction_split"] >= 1
         assert 1 < counts["outbox_transaction_size"] <= 8
         accepted = [f for f in relay.forwarded if f.startswith("POST /fhir/R4 200")]
         assert len(accepted) == counts["outbox_transactions"] < 40
-        assert _mine(medplum, cids) == Counter({cid: 1 for cid in cids})
+        assert upstream_copies(medplum, cids) == Counter({cid: 1 for cid in cids})
 
 
 def _notes(store: SqlStore, pid: str, count: int) -> list[str]:
     """``count`` notes pushed as a laptop pushes them (a Bundle each); their client ids."""
-    return _push_new(store, pid, [30.0 + i for i in range(count)])
+    return push_new(store, pid, [30.0 + i for i in range(count)])
 
 
 def _refused_transactions(relay: Relay) -> list[str]:
@@ -620,7 +541,7 @@ def test_the_transaction_size_learnt_is_remembered_and_the_next_pass_pays_no_ref
     process), makes no refused request. It probes upward again after a day, and for another
     base URL (``upstream set``)."""
     with (
-        _linked_through_relay(tmp_path, medplum) as linked,
+        linked_through_relay(tmp_path, medplum) as linked,
         running_relay(medplum.pki, medplum.base, medplum.session()) as other,
     ):
         store, relay, data, pid = linked.store, linked.relay, linked.data, linked.pid
@@ -644,7 +565,7 @@ def test_the_transaction_size_learnt_is_remembered_and_the_next_pass_pays_no_ref
         assert second["outbox_transactions"] == -(-20 // size)
         cids += _notes(store, pid, 10)
         relay.forwarded.clear()
-        later = run_pass(data, store, now=_now() + dt.timedelta(hours=25), reconcile=False)
+        later = run_pass(data, store, now=utc_now() + dt.timedelta(hours=25), reconcile=False)
         assert later.counts["outbox_filed"] == 10
         assert len(_refused_transactions(relay)) >= 1  # a day on: probed upward once more
         assert 1 < later.counts["outbox_transaction_size"] <= 8
@@ -652,10 +573,10 @@ def test_the_transaction_size_learnt_is_remembered_and_the_next_pass_pays_no_ref
             data, medplum.pki, other.base
         )  # ``upstream set`` to another base URL
         cids += _notes(store, pid, 10)
-        moved = run_pass(data, store, now=_now() + dt.timedelta(hours=26), reconcile=False)
+        moved = run_pass(data, store, now=utc_now() + dt.timedelta(hours=26), reconcile=False)
         assert moved.counts["outbox_filed"] == 10
         assert len(_refused_transactions(other)) >= 1  # learnt anew for that upstream
-        assert _mine(medplum, set(cids)) == Counter({cid: 1 for cid in cids})
+        assert upstream_copies(medplum, set(cids)) == Counter({cid: 1 for cid in cids})
 
 
 def test_a_note_the_upstream_refuses_on_its_own_never_shrinks_the_transactions(
@@ -664,7 +585,7 @@ def test_a_note_the_upstream_refuses_on_its_own_never_shrinks_the_transactions(
     """A transaction refused because of one note's content is split down to that note (held
     with the upstream's reason); the size learnt before is what the others, and the next
     pass, go on with."""
-    with _linked_through_relay(tmp_path, medplum) as linked:
+    with linked_through_relay(tmp_path, medplum) as linked:
         store, relay, data, pid = linked.store, linked.relay, linked.data, linked.pid
         _notes(store, pid, 20)
         size = run_pass(data, store, reconcile=False).counts["outbox_transaction_size"]
@@ -687,17 +608,17 @@ def test_a_patient_written_by_a_device_is_never_sent_upstream(
 ) -> None:
     """The gateway's Patient names the site, not the board's Organization: filing it would
     overwrite the system of record's registration. It is held for IT instead."""
-    n = next(_run)
+    n = next(RUNS)
     store = SqliteStore(tmp_path / "gateway.sqlite3")
     try:
         data = gateway_data(tmp_path / "d")
         configure_with_certificate(data, medplum.pki, medplum.base)
         pid = f"n{n}-p"
-        _link(store, medplum, n, pid)
+        link_patients(store, medplum, n, pid)
         run_pass(data, store)
         mine = orjson.loads(store.read("Patient", pid).body)  # type: ignore[union-attr]
         mine["name"] = [{"family": "Changed", "given": ["On", "Laptop"]}]
-        _push(store, [{"resource": mine, "request": {
+        push_bundle(store, [{"resource": mine, "request": {
             "method": "PUT", "url": f"Patient/{pid}",
             "ifMatch": f'W/"{mine["meta"]["versionId"]}"'}}])  # fmt: skip
         counts = run_pass(data, store, reconcile=False).counts
@@ -717,9 +638,9 @@ def test_a_sites_notes_held_back_are_listed_to_that_sites_auditors_only(gateway:
     for site, device in ((SITE_A, "dev-a"), (SITE_B, "dev-b")):
         entry = create_entry(observation("x", f"{site}-p"))
         entry["resource"].pop("id")
-        _push(store, [entry], device, site)
+        push_bundle(store, [entry], device, site)
     for item in store.outbox(("pending",)):
-        store.outbox_done(item.seq, "held", _now(), reason="upstream_refused", detail="refused")
+        store.outbox_done(item.seq, "held", utc_now(), reason="upstream_refused", detail="refused")
     add_user(gateway, "aud-a", "auditor", SITE_A)
     add_user(gateway, "nurse-a", "clinician", SITE_A)
     url = f"{gateway.url}/audit/notes-not-filed"

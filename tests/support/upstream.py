@@ -106,8 +106,9 @@ class Relay:
     the reply after the upstream has committed (``drop``: method → how many replies to lose),
     refuse requests itself (``refuse``: method, or "METHOD /path", → an OperationOutcome
     diagnostics; ``refuse_containing``: any request whose body holds the text), hold a reply
-    until ``release`` is set (``hold``: methods), or answer every request 503 while ``down``
-    (the board's balancer with no server behind it), the way a network or an upstream fails.
+    until ``release`` is set (``hold``: methods), answer requests with a status of its own
+    (``status``: method → status, e.g. 401), or answer every request 503 while ``down`` (the
+    board's balancer with no server behind it), the way a network or an upstream fails.
     ``posted``: the body of every POST the upstream answered with a success, in order."""
 
     target: str  # the upstream's base URL
@@ -120,6 +121,7 @@ class Relay:
     forwarded: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     down: bool = False
+    status: dict[str, int] = field(default_factory=dict)
     posted: list[bytes] = field(default_factory=list)
     port: int = 0
 
@@ -132,6 +134,14 @@ class Relay:
     ) -> tuple[int, dict[str, str], bytes]:
         if self.down:
             return 503, {"Content-Type": "text/plain"}, b"no server behind the balancer"
+        if method in self.status:
+            outcome = {"resourceType": "OperationOutcome",
+                       "issue": [{"severity": "error", "code": "security"}]}  # fmt: skip
+            return (
+                self.status[method],
+                {"Content-Type": "application/fhir+json"},
+                orjson.dumps(outcome),
+            )
         refusal = self.refuse.get(method) or self.refuse.get(f"{method} {path.split('?')[0]}")
         for text, words in self.refuse_containing.items():
             if refusal is None and text.encode() in body:

@@ -43,13 +43,15 @@ class OutboxTables(SqlTables):
             (op, to_us(now), rtype, rid, version_id),
         )
 
-    def outbox(self, states: tuple[OutboxState, ...], limit: int = 500) -> list[OutboxItem]:
-        """Outbox rows in one of ``states``, oldest (lowest seq) first."""
+    def outbox(
+        self, states: tuple[OutboxState, ...], limit: int = 500, *, after: int = 0
+    ) -> list[OutboxItem]:
+        """Outbox rows in one of ``states`` with a seq above ``after``, oldest first."""
         marks = ", ".join("?" for _ in states)
         rows = self._rows(
             f"SELECT {_OUTBOX_COLS} FROM upstream_outbox WHERE state IN ({marks})"  # noqa: S608
-            " ORDER BY seq LIMIT ?",
-            (*states, limit),
+            " AND seq > ? ORDER BY seq LIMIT ?",
+            (*states, after, limit),
         )
         return [_item(r) for r in rows]
 
@@ -218,6 +220,24 @@ class OutboxTables(SqlTables):
             (rtype, rid),
         )
         return None if row is None else _item(row)
+
+    def outbox_pending_of(self, rtype: str, rid: str) -> list[OutboxItem]:
+        """The versions of this resource queued and not filed yet, oldest first (works inside a
+        write transaction: same connection)."""
+        rows = self._rows(
+            f"SELECT {_OUTBOX_COLS} FROM upstream_outbox WHERE type = ? AND id = ?"  # noqa: S608
+            " AND state = 'pending' ORDER BY seq",
+            (rtype, rid),
+        )
+        return [_item(r) for r in rows]
+
+    def outbox_pending(self, rtype: str, rid: str) -> bool:
+        """Whether a version of this resource is queued for the upstream (coming)."""
+        row = self._one(
+            "SELECT 1 FROM upstream_outbox WHERE type = ? AND id = ? AND state = 'pending'",
+            (rtype, rid),
+        )
+        return row is not None
 
     def outbox_stuck(self, rtype: str, rid: str) -> bool:
         """Whether a version of this resource is held or in conflict (not filed, not coming)."""

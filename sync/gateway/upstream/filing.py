@@ -4,7 +4,9 @@ Every version a laptop wrote is in ``upstream_outbox`` (queued in the transactio
 it, ``store.upstream_tables``). A filing pass takes the pending rows in commit (seq) order:
 
 - consecutive **creates** go up together in ``transaction`` Bundles where the upstream offers
-  them (each entry a conditional create, references between them as ``urn:uuid:``), at most
+  them and conditional create for their types (each entry a conditional create, references
+  between them as ``urn:uuid:``; an edit of a note created earlier in the same run is not a
+  create: it ends the Bundle and goes up as a PUT once the create is filed), at most
   the advertised ``max_transaction_entries`` (else ``DEFAULT_TRANSACTION``); a transaction the
   upstream refuses (4xx) is halved until it is accepted, down to single requests, so the size
   settles at what the server takes and a refusal is always pinned to one note;
@@ -17,9 +19,10 @@ it, ``store.upstream_tables``). A filing pass takes the pending rows in commit (
   started from: one bad note never shrinks the transactions of the others;
 - a **create** (a resource the upstream has never seen) is a conditional create on our client
   identifier: ``POST [type]`` with ``If-None-Exist: identifier=<system>|<client id>`` where the
-  upstream offers it, else a search on that identifier first, then ``POST``. A retry after a
-  lost reply (or a kill -9 between the upstream's commit and ours) finds the first one: never
-  a second copy;
+  upstream offers it, else a search on that identifier first, then ``POST`` (never re-sent by
+  the connection: a lost reply leaves the row pending, and the next attempt's search finds
+  the copy). A retry after a lost reply (or a kill -9 between the upstream's commit and ours)
+  finds the first one: never a second copy;
 - an **edit** is ``PUT [type]/[upstream id]`` with ``If-Match`` on the upstream version held
   here; a 412 whose current upstream content is ours (our own earlier PUT whose reply was
   lost) is filed, any other 412 is a **conflict**, kept with the upstream's version;
@@ -28,8 +31,14 @@ it, ``store.upstream_tables``). A filing pass takes the pending rows in commit (
   names the site instead of the board's Organization;
 - references to other gateway resources are rewritten to their upstream ids (only clinical
   types: a site's Organization, never written by a laptop, is left as it is); a reference to
-  one not filed yet makes the row wait (``waiting_for_reference``), and to one held or in
-  conflict holds it too (``depends_on_held``), so one refused note never blocks the others.
+  one queued and not filed yet makes the row wait, and to one held or in conflict holds it
+  too (``depends_on_held``), so one refused note never blocks the others. A reference to one
+  that can never be filed holds it: deleted here (``refers_to_deleted``: e.g. upstream, by
+  the import) or never queued (``refers_to_unfiled``). A waiting row blocks nothing: the
+  rows after it go on (later versions of the same resource wait behind it, in order), the
+  waiting rows are tried again in the same pass once something was filed (a note naming one
+  later in the queue: a laptop Bundle in any order), and any still waiting at the end stay
+  pending (``waiting_for_reference``, no backoff) for the next pass.
 
 Invariants:
 - The upstream id and version are recorded, and the row closed, in one store transaction
@@ -39,6 +48,9 @@ Invariants:
 - A transient failure (connection, timeout, 408/429/5xx) leaves the row pending with its
   attempt count and a backoff (``BACKOFF_BASE`` doubling up to ``BACKOFF_MAX``) and ends the
   pass, so the backlog drains in order once the upstream is back.
+- A failure that is the gateway's, not the note's (its credentials refused: a token refused,
+  or a 401 after a fresh token; TLS; the lease lost) fails the pass with its reason and
+  leaves every row pending as it was: no note is held for it.
 - A row closed ``filed`` or ``held`` stamps the note for laptops in the same transaction
   (``stamps.py``: a new version tagged "Filed in the health record" or "Held at the gateway"
   with the reason code); the tags are stripped from anything sent upstream.
@@ -69,7 +81,6 @@ from sync.gateway.upstream.connection import (
     UpstreamConnection,
 )
 from sync.gateway.upstream.errors import UpstreamError, printable
-from sync.gateway.upstream.lease import LEASE_LOST
 from sync.gateway.upstream.references import rewrite
 from sync.gateway.upstream.stamps import stamp_in_tx
 from sync.protocol.fhir.bounded_json import BoundedJsonError, loads_bounded
@@ -84,12 +95,21 @@ PROBE_INTERVAL = dt.timedelta(days=1)  # a remembered size is trusted this long,
 BACKOFF_BASE = dt.timedelta(seconds=5)
 BACKOFF_MAX = dt.timedelta(hours=1)
 _LOCAL_META = ("versionId", "lastUpdated")
+UNAUTHORISED = "upstream_unauthorised"
+# Failures of the upstream's answer to one note's request: the note is held with the reason.
+# Any other ``UpstreamError`` (credentials, TLS, configuration) is the gateway's: it fails the
+# pass and every note stays pending.
+_ABOUT_THE_ANSWER = frozenset({"upstream_too_large"})
 
 
 class _Transient(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _Waiting(Exception):
+    """A note refers to a gateway record queued for the upstream and not filed yet."""
 
 
 class _Refused(Exception):
@@ -128,6 +148,8 @@ def _outcome_words(response: Response) -> str:
 def _check(response: Response) -> None:
     if response.status in TRANSIENT_STATUSES:
         raise _Transient(f"upstream_http_{response.status}")
+    if response.status == 401:  # even with a fresh token (``connection``): the gateway's fault
+        raise UpstreamError(UNAUTHORISED, _outcome_words(response))
     if response.status >= 400:
         raise _Refused("held", "upstream_refused", _outcome_words(response))
 
@@ -220,17 +242,29 @@ class Filer:
         self._split_from: int | None = None  # the refused size a split started from
         self._refused_alone = 0  # notes the upstream refused when sent on their own
         self._local: dict[tuple[str, str], str] = {}
+        self._waiting: list[OutboxItem] = []  # rows waiting for a reference, this sweep
+        self._deferred: set[tuple[str, str]] = set()  # their resources: later versions wait
 
     # -- the pass
     def run(self) -> dict[str, int]:
+        after, going = 0, True
         while True:
-            items = self.store.outbox(("pending",), BATCH)
+            items = self.store.outbox(("pending",), BATCH, after=after)
             if not items:
                 break
-            if not self._rows(items):
+            going = self._rows(items)
+            if not going or len(items) < BATCH:
                 break
-            if len(items) < BATCH:
-                break
+            after = items[-1].seq
+        while going and self._waiting:  # tried again while the last sweep closed anything
+            waiting, self._waiting, self._deferred = self._waiting, [], set()
+            closed = self._closed()
+            going = self._rows(waiting) and self._closed() > closed
+        for item in self._waiting:  # tried again next pass, without blocking the others
+            self.store.outbox_retry_later(
+                item.seq, item.attempts + 1, self.now, "waiting_for_reference"
+            )
+            self.counts["waiting_for_reference"] += 1
         if self.counts["transactions"] or self.counts["transaction_split"]:
             self.counts["transaction_size"] = self.size
             self.store.remember_transaction_size(
@@ -238,11 +272,19 @@ class Filer:
             )
         return dict(self.counts)
 
+    def _closed(self) -> int:
+        """Rows this pass has closed so far (filed, held, in conflict)."""
+        return self.counts["filed"] + self.counts["held"] + self.counts["conflict"]
+
     def _rows(self, items: list[OutboxItem]) -> bool:
         """File ``items`` in order; False ends the pass."""
         i = 0
         while i < len(items):
             item = items[i]
+            if (item.rtype, item.rid) in self._deferred:
+                self._waiting.append(item)  # after an earlier version still waiting: in order
+                i += 1
+                continue
             if item.next_at > self.now:
                 self.counts["waiting"] += 1
                 return False
@@ -272,11 +314,15 @@ class Filer:
         for item in items:
             if item.next_at > self.now or item.op != "put" or item.rtype == PATIENT:
                 break
+            if (item.rtype, item.rid) in self._local or (item.rtype, item.rid) in self._deferred:
+                break  # an edit of a note created earlier in the group: a PUT once it is filed
+            if not self.capabilities.profile.of(item.rtype).conditional_create:
+                break  # a retried entry must find its first copy: only conditional creates
             if self._upstream_of(item.rtype, item.rid) is not None:
                 break
             try:
                 body = self._body(item)
-            except (_Transient, _Refused):
+            except (_Waiting, _Refused):
                 break
             client_id = _client_id(body)
             if client_id is None:
@@ -342,12 +388,16 @@ class Filer:
         """File one row; False ends the pass (a transient failure: try again later)."""
         try:
             filed = self._file(item)
+        except _Waiting:
+            self._waiting.append(item)
+            self._deferred.add((item.rtype, item.rid))
+            return True
         except (_Transient, UpstreamError) as failure:
-            if isinstance(failure, UpstreamError) and failure.reason == LEASE_LOST:
-                raise  # about this process, not the note: the row stays pending
-            if isinstance(failure, UpstreamError) and failure.reason not in TRANSIENT_REASONS:
+            if isinstance(failure, UpstreamError) and failure.reason in _ABOUT_THE_ANSWER:
                 self._close(item, "held", failure.reason, failure.detail)
                 return True
+            if isinstance(failure, UpstreamError) and failure.reason not in TRANSIENT_REASONS:
+                raise  # the gateway's (lease, credentials, TLS): the row stays pending
             attempts = item.attempts + 1
             self.store.outbox_retry_later(
                 item.seq, attempts, self.now + backoff(attempts), failure.reason
@@ -407,11 +457,16 @@ class Filer:
             return filed.upstream_id
         if self.store.imported_one(rtype, rid) is not None:
             return None  # imported: the same id on both sides
-        if self.store.read(rtype, rid) is None:
+        stored = self.store.read(rtype, rid)
+        if stored is None:
             return None  # not a gateway resource: left as it is
         if self.store.outbox_stuck(rtype, rid):
             raise _Refused("held", "depends_on_held", f"{rtype}/{rid}")
-        return ""  # filed later in this pass or the next: wait
+        if stored.deleted:
+            raise _Refused("held", "refers_to_deleted", f"{rtype}/{rid}")
+        if not self.store.outbox_pending(rtype, rid):
+            raise _Refused("held", "refers_to_unfiled", f"{rtype}/{rid}")
+        return ""  # queued: filed later in this pass or the next, then this one
 
     def _body(self, item: OutboxItem) -> dict[str, Any]:
         stored = self.store.vread(item.rtype, item.rid, item.version_id)
@@ -421,7 +476,7 @@ class Filer:
         unresolved: list[str] = []
         body: dict[str, Any] = rewrite(resource, self._lookup, unresolved)
         if unresolved:
-            raise _Transient("waiting_for_reference")
+            raise _Waiting
         meta = {k: v for k, v in (body.get("meta") or {}).items() if k not in _LOCAL_META}
         body.pop("meta", None)
         if meta:
@@ -456,8 +511,14 @@ class Filer:
             found = self._search_identifier(item.rtype, client_id)
             if found is not None:
                 return Filed(item.rtype, item.rid, *_stamp(found))
+        # Sent again after a lost reply only when conditional: a plain POST that may have been
+        # taken fails the pass instead, and the next pass's search finds its copy.
         response = self.connection.request(
-            "POST", quote(item.rtype), body=orjson.dumps(body), headers=headers, idempotent=True
+            "POST",
+            quote(item.rtype),
+            body=orjson.dumps(body),
+            headers=headers,
+            idempotent="If-None-Exist" in headers,
         )
         _check(response)
         return Filed(item.rtype, item.rid, *_stamp(_json(response), response))

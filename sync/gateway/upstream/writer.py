@@ -26,8 +26,10 @@ Invariants:
 - A note filed from here comes back from the upstream under the upstream's id: it is held
   under the gateway's own id (``upstream_filed``), its echo is never written again, and an
   upstream edit of it becomes its next version here, tagged filed, or tagged conflict when the
-  laptop edit last queued for it met an upstream 412; references to filed resources are
-  rewritten back to the gateway's ids.
+  laptop edit last queued for it met an upstream 412 or is still queued (then closed as a
+  conflict in the same transaction: made on the version before the upstream's edit, it is
+  never sent up over it); references to filed resources are rewritten back to the gateway's
+  ids.
 """
 
 from __future__ import annotations
@@ -188,9 +190,8 @@ class ImportWriter:
         if self.held(rtype).get(rid) == (version, site):
             self.counts["unchanged"] += 1
             return rid
-        if mine is not None:  # the health record's version of a note filed from here
-            tagged = with_filing_tag(body, self._tag_of(rtype, rid))
-            body = res.check_resource(tagged, rtype)  # ``flush`` hands on checked dicts only
+        # The health record's version of a note filed from here is tagged when it is
+        # committed (``_tagged``: what is queued for it then decides).
         self._pending.append((rtype, rid, body, version, site, patient_id, mine is not None))
         self.held(rtype)[rid] = (version, site)
         if mine is not None:
@@ -223,14 +224,33 @@ class ImportWriter:
         compact = serialised.meta_members + b"," + serialised.members
         return any(self._to_gateway(*ref) for ref in references_in_json(compact))
 
-    def _tag_of(self, rtype: str, rid: str) -> FilingTag:
-        """Filed; or, when the laptop edit last queued for it met an upstream 412, a conflict
-        naming that edit's version (the laptop that wrote it opens it in its conflict flow)."""
-        latest = self.store.latest_outbox(rtype, rid)
+    def _tagged(self, tx: WriteTx, item: Pending, counts: Counter[str]) -> Pending:
+        """The upstream's new version of a note filed from here, tagged in the transaction
+        that writes it: filed; or a conflict naming the laptop edit last queued for it when
+        that edit met an upstream 412, or is queued and not filed yet. Such an edit was made
+        on the version before the upstream's: it is closed as a conflict here (never sent up
+        over the upstream's edit) and the laptop that wrote it opens it in its conflict flow.
+        """
+        rtype, rid, body, version, site, patient, filed = item
+        assert isinstance(body, dict)  # a filed note's version is always parsed (``offer``)
+        tx.current(rtype, rid)  # its site held (PostgreSQL): no edit of it is queued meanwhile
+        store = self._store
+        for queued in store.outbox_pending_of(rtype, rid):
+            store.outbox_done_in_tx(
+                queued.seq,
+                "conflict",
+                self.now,
+                reason="upstream_conflict",
+                detail=f"upstream version {version}",
+            )
+            counts["conflict_queued_edit"] += 1
+        latest = store.latest_outbox(rtype, rid)
+        tag = FilingTag(FILED)
         if latest is not None and latest.state == "conflict":
-            self.counts["conflict_sent_down"] += 1
-            return FilingTag(CONFLICT, version=str(latest.version_id))
-        return FilingTag(FILED)
+            counts["conflict_sent_down"] += 1
+            tag = FilingTag(CONFLICT, version=str(latest.version_id))
+        tagged = res.check_resource(with_filing_tag(body, tag), rtype)
+        return (rtype, rid, tagged, version, site, patient, filed)
 
     def remove(self, rtype: str, rid: str) -> None:
         self._pending.append((rtype, rid, None, "", "", "", False))
@@ -296,6 +316,7 @@ class ImportWriter:
         if not run:
             return
         store = self._store
+        run = [self._tagged(tx, item, counts) if item[6] else item for item in run]
         tx.put_many(
             [(rtype, rid, body) for rtype, rid, body, *_ in run if body is not None],
             checked=True,

@@ -1,0 +1,304 @@
+"""Issue 14, notes out: what a second reading of the filing found, each against a real Medplum.
+
+- A note created and edited before one pass goes up as a create, then its edit: the health
+  record ends with the edit, one copy.
+- A laptop edit queued when the import brings the board's edit of the same filed note was made
+  on the version before it: a conflict the clinician sees, never sent up over the board's.
+- Without conditional create, a lost reply to a plain POST is not sent again blind: the next
+  attempt's search finds the copy.
+- A note naming a record deleted upstream is held with that reason, and a note naming one queued
+  after it (a laptop Bundle in any order) waits without blocking anything.
+- The upstream refusing the gateway's credentials fails the pass and holds no note.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sync.gateway.store.loader import load_resources
+from sync.gateway.store.sqlite import SqliteStore
+from sync.gateway.upstream import passes
+from sync.gateway.upstream.capabilities import UpstreamCapabilities, fetch_capabilities
+from sync.gateway.upstream.connection import UpstreamConnection
+from sync.gateway.upstream.errors import UpstreamError
+from sync.gateway.upstream.passes import run_pass
+from sync.protocol.fhir.filing import CONFLICT, filing_tag
+from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
+from tests.support.gateway import create_entry, observation
+from tests.support.medplum_server import MedplumServer
+from tests.support.upstream import configure_with_certificate, gateway_data
+from tests.support.upstream_notes import (
+    RUNS,
+    edit_observation,
+    link_patients,
+    linked_through_relay,
+    push_bundle,
+    push_new,
+    push_new_observation,
+    upstream_copies,
+    utc_now,
+)
+
+LATER = dt.timedelta(hours=2)  # past any backoff
+
+
+def _value(resource: dict[str, Any] | None) -> float:
+    assert resource is not None
+    return float(resource["valueQuantity"]["value"])
+
+
+def test_a_note_created_and_edited_before_one_pass_goes_up_as_the_edit_once(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store = linked.data, linked.store
+        cid = push_new_observation(store, linked.pid, 60.0)
+        [created] = store.outbox(("pending",))
+        edit_observation(store, created.rid, 61.0)  # corrected before the gateway filed it
+        counts = run_pass(data, store).counts
+        assert counts["outbox_filed"] == 2
+        assert upstream_copies(medplum, {cid}) == Counter({cid: 1})
+        filed = store.filed("Observation", created.rid)
+        assert filed is not None
+        assert _value(medplum.read("Observation", filed.upstream_id)) == 61.0
+        assert (
+            filed.upstream_version
+            == medplum.read("Observation", filed.upstream_id)["meta"]["versionId"]
+        )  # type: ignore[index]
+        assert store.outbox(("pending", "held", "conflict")) == []
+
+
+def test_a_laptop_edit_queued_when_the_board_edit_arrives_is_a_conflict_never_sent_over_it(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The laptop edit could not be filed before the import (a backoff); the import brings the
+    board's edit of the same filed note. Nothing is overwritten upstream, the laptop's edit is
+    a conflict, and the gateway's version (the board's) names it for the clinician."""
+    n = next(RUNS)
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        data = gateway_data(tmp_path / "d")
+        configure_with_certificate(data, medplum.pki, medplum.base)
+        pid = f"n{n}-p"
+        link_patients(store, medplum, n, pid)
+        run_pass(data, store)
+        push_new(store, pid, [50.0])
+        run_pass(data, store, reconcile=False)
+        note = store.outbox(("filed",))[-1]
+        filed = store.filed("Observation", note.rid)
+        assert filed is not None
+        theirs = medplum.read("Observation", filed.upstream_id)
+        assert theirs is not None
+        theirs["valueQuantity"]["value"] = 51.0
+        medplum.put(theirs)  # a clinician at the board edits the filed note
+        edit_observation(store, note.rid, 52.0)  # a laptop edits what it saw (50)
+        [mine] = store.outbox(("pending",))
+        now = utc_now()
+        store.outbox_retry_later(mine.seq, 1, now + dt.timedelta(minutes=5), "upstream_http_503")
+        counts = run_pass(data, store, now=now, reconcile=False).counts
+        assert counts["conflict_queued_edit"] == 1
+        assert [(c.seq, c.reason) for c in store.outbox(("conflict",))] == [
+            (mine.seq, "upstream_conflict")
+        ]
+        run_pass(data, store, now=now + LATER, reconcile=False)
+        assert _value(medplum.read("Observation", filed.upstream_id)) == 51.0  # never overwritten
+        current = store.read("Observation", note.rid)
+        assert current is not None
+        body = orjson.loads(current.body)
+        assert _value(body) == 51.0
+        tag = filing_tag(body)
+        assert tag is not None and (tag.code, tag.version) == (CONFLICT, str(mine.version_id))
+        # The clinician keeps theirs, edited on the board's version: filed over 51, no conflict.
+        edit_observation(store, note.rid, 53.0)
+        assert (
+            run_pass(data, store, now=now + 2 * LATER, reconcile=False).counts["outbox_filed"] == 1
+        )
+        assert _value(medplum.read("Observation", filed.upstream_id)) == 53.0
+    finally:
+        store.close()
+
+
+def _without_conditional_create(connection: UpstreamConnection) -> UpstreamCapabilities:
+    """Medplum's capabilities less conditional create and transactions (a plainer server)."""
+    found = fetch_capabilities(connection)
+    profile = found.profile
+    types = {
+        name: dataclasses.replace(kind, conditional_create=False)
+        for name, kind in profile.types.items()
+    }
+    plainer = dataclasses.replace(profile, transaction=False, types=types)
+    return dataclasses.replace(found, profile=plainer)
+
+
+def test_without_conditional_create_a_lost_reply_is_never_sent_again_blind(
+    tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(passes, "fetch_capabilities", _without_conditional_create)
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, relay = linked.data, linked.store, linked.relay
+        cid = push_new_observation(store, linked.pid, 60.0)
+        relay.drop = {"POST": 1}  # the upstream creates it; the reply is lost
+        now = utc_now()
+        first = run_pass(data, store, now=now, reconcile=False).counts
+        assert relay.dropped == ["POST /fhir/R4/Observation"]
+        assert first["outbox_retry_later"] == 1 and "outbox_filed" not in first
+        second = run_pass(data, store, now=now + LATER, reconcile=False).counts
+        assert second["outbox_filed"] == 1
+        assert upstream_copies(medplum, {cid}) == Counter({cid: 1})
+        assert [f for f in relay.forwarded if f.startswith("POST")] == [
+            "POST /fhir/R4/Observation 201"
+        ]
+
+
+def _encounter(pid: str) -> dict[str, Any]:
+    return create_entry(
+        {
+            "resourceType": "Encounter",
+            "status": "finished",
+            "class": {"code": "AMB"},
+            "subject": {"reference": f"Patient/{pid}"},
+        }
+    )
+
+
+def _naming(pid: str, encounter: str, value: float) -> dict[str, Any]:
+    entry = create_entry(observation("o", pid, value))
+    entry["resource"].pop("id")
+    entry["resource"]["encounter"] = {"reference": encounter}
+    return entry
+
+
+def _client_id(entry: dict[str, Any]) -> str:
+    return str(entry["request"]["ifNoneExist"].split("|")[1])
+
+
+def test_a_note_naming_a_record_deleted_upstream_is_held_and_blocks_no_other(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, pid = linked.data, linked.store, linked.pid
+        eid = f"enc-{pid}"
+        medplum.put(
+            {
+                "resourceType": "Encounter",
+                "id": eid,
+                "status": "finished",
+                "class": {"code": "AMB"},
+                "subject": {"reference": f"Patient/{pid}"},
+            }
+        )
+        run_pass(data, store, reconcile=True)
+        assert store.imported_one("Encounter", eid) is not None
+        medplum.delete("Encounter", eid)
+        run_pass(data, store, reconcile=True)  # the import deletes it here too
+        gone = store.read("Encounter", eid)
+        assert gone is not None and gone.deleted
+        orphan = _naming(pid, f"Encounter/{eid}", 70.0)  # written offline, before it was gone
+        push_bundle(store, [orphan])
+        later = push_new_observation(store, pid, 75.0)
+        counts = run_pass(data, store, reconcile=False).counts
+        assert counts["outbox_held"] == 1 and counts["outbox_filed"] == 1
+        [held] = store.outbox(("held",))
+        assert (held.reason, held.detail) == ("refers_to_deleted", f"Encounter/{eid}")
+        assert upstream_copies(medplum, {later, _client_id(orphan)}) == Counter(
+            {later: 1, _client_id(orphan): 0}
+        )
+
+
+def test_a_note_naming_a_record_queued_after_it_waits_then_both_go_up_in_one_pass(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """A laptop Bundle whose Observation comes before the Encounter it names."""
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, pid = linked.data, linked.store, linked.pid
+        encounter = _encounter(pid)
+        naming = _naming(pid, encounter["fullUrl"], 71.0)
+        push_bundle(store, [naming, encounter])
+        queued = [(i.rtype, i.seq) for i in store.outbox(("pending",))]
+        assert [rtype for rtype, _ in sorted(queued, key=lambda q: q[1])] == [
+            "Observation",
+            "Encounter",
+        ]  # the note is queued first
+        counts = run_pass(data, store, reconcile=False).counts
+        assert counts["outbox_filed"] == 2 and "outbox_waiting_for_reference" not in counts
+        [upstream] = medplum.search_all(
+            "Observation", identifier=f"{CLIENT_ID_SYSTEM}|{_client_id(naming)}"
+        )
+        enc = next(i for i in store.outbox(("filed",)) if i.rtype == "Encounter")
+        enc_up = store.filed("Encounter", enc.rid)
+        assert enc_up is not None
+        assert upstream["encounter"]["reference"] == f"Encounter/{enc_up.upstream_id}"
+
+
+def test_the_upstream_refusing_the_gateways_credentials_fails_the_pass_and_holds_no_note(
+    tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store = linked.data, linked.store
+        cids = push_new(store, linked.pid, [60.0, 61.0, 62.0])
+        run_pass(data, store, reconcile=False)
+        for row in store.outbox(("filed",)):
+            edit_observation(store, row.rid, 70.0)  # three edits queued
+        real = UpstreamConnection.request
+
+        def refused(self: UpstreamConnection, method: str, path: str, **kw: Any) -> Any:
+            if method != "GET":  # what the token source raises when renewal is refused
+                raise UpstreamError("token_refused", "invalid_client")
+            return real(self, method, path, **kw)
+
+        monkeypatch.setattr(UpstreamConnection, "request", refused)
+        with pytest.raises(UpstreamError) as failed:
+            run_pass(data, store, reconcile=False)
+        assert failed.value.reason == "token_refused"
+        assert len(store.outbox(("pending",))) == 3 and store.outbox(("held",)) == []
+        monkeypatch.setattr(UpstreamConnection, "request", real)
+        assert run_pass(data, store, reconcile=False).counts["outbox_filed"] == 3
+        assert upstream_copies(medplum, set(cids)) == Counter({cid: 1 for cid in cids})
+        for row in store.outbox(("filed",))[-3:]:
+            filed = store.filed("Observation", row.rid)
+            assert filed is not None
+            assert _value(medplum.read("Observation", filed.upstream_id)) == 70.0
+
+
+def test_a_401_with_a_fresh_token_is_the_gateways_credentials_not_the_note(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, relay = linked.data, linked.store, linked.relay
+        [cid] = push_new(store, linked.pid, [60.0])
+        relay.status = {"POST": 401}
+        with pytest.raises(UpstreamError) as failed:
+            run_pass(data, store, reconcile=False)
+        assert failed.value.reason == "upstream_unauthorised"
+        assert len(store.outbox(("pending",))) == 1 and store.outbox(("held",)) == []
+        relay.status = {}
+        assert run_pass(data, store, reconcile=False).counts["outbox_filed"] == 1
+        assert upstream_copies(medplum, {cid}) == Counter({cid: 1})
+
+
+def test_a_note_naming_a_gateway_record_the_upstream_never_received_is_held(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """A record written at the gateway by no laptop (seeded before the upstream was set) is
+    never queued: a note naming it is held for IT, not left waiting for ever."""
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, pid = linked.data, linked.store, linked.pid
+        seeded = {
+            "resourceType": "Encounter",
+            "id": f"seeded-{pid}",
+            "status": "finished",
+            "class": {"code": "AMB"},
+            "subject": {"reference": f"Patient/{pid}"},
+        }
+        load_resources(store, [seeded])
+        push_bundle(store, [_naming(pid, f"Encounter/seeded-{pid}", 72.0)])
+        assert run_pass(data, store, reconcile=False).counts["outbox_held"] == 1
+        [held] = store.outbox(("held",))
+        assert (held.reason, held.detail) == ("refers_to_unfiled", f"Encounter/seeded-{pid}")
