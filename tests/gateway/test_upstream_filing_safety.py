@@ -23,7 +23,6 @@ import orjson
 import pytest
 
 from sync.gateway.store.loader import load_resources
-from sync.gateway.store.sqlite import SqliteStore
 from sync.gateway.upstream import passes
 from sync.gateway.upstream.capabilities import UpstreamCapabilities, fetch_capabilities
 from sync.gateway.upstream.connection import UpstreamConnection
@@ -31,7 +30,7 @@ from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import run_pass
 from sync.protocol.fhir.filing import CONFLICT, filing_tag
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
-from tests.support.gateway import create_entry, observation
+from tests.support.gateway import create_entry, make_store, observation
 from tests.support.medplum_server import MedplumServer
 from tests.support.upstream import configure_with_certificate, gateway_data
 from tests.support.upstream_notes import (
@@ -82,7 +81,7 @@ def test_a_laptop_edit_queued_when_the_board_edit_arrives_is_a_conflict_never_se
     board's edit of the same filed note. Nothing is overwritten upstream, the laptop's edit is
     a conflict, and the gateway's version (the board's) names it for the clinician."""
     n = next(RUNS)
-    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    store = make_store(tmp_path)  # PostgreSQL too: the conflict is decided under its site lock
     try:
         data = gateway_data(tmp_path / "d")
         configure_with_certificate(data, medplum.pki, medplum.base)
