@@ -210,8 +210,9 @@ def _until_a_transaction_waits_for_a_lock(dsn: str) -> None:
 def test_an_import_batch_postgresql_rolled_back_to_break_a_deadlock_is_run_again() -> None:
     """An import's batch that moves a patient (upstream) from site B to site A holds A and
     then wants B (``pg_write``: bulk loads lock first); a laptop's transaction holding B then
-    wants A. PostgreSQL breaks the deadlock by rolling back the transaction that waited first,
-    the import's; the import's writer runs that batch again, and both commit exactly once."""
+    wants A. PostgreSQL breaks the deadlock by rolling back the import's transaction (the
+    laptop's checks for deadlocks only after a minute); the import's writer runs that batch
+    again, and both commit exactly once."""
     dsn = require_server().new_database("deadlock")
     store = PgStore(dsn)
     try:
@@ -227,6 +228,9 @@ def test_an_import_batch_postgresql_rolled_back_to_break_a_deadlock_is_run_again
             def once() -> None:
                 attempts["laptop"] += 1
                 with store.write() as tx:
+                    # Only the import's backend checks for the deadlock in time (1 s): it is
+                    # the one PostgreSQL rolls back, however late the laptop starts waiting.
+                    store._pg.execute("SET LOCAL deadlock_timeout = '60s'")
                     tx.current("Patient", "pb")  # holds B
                     if attempts["laptop"] == 1:
                         holding_b.set()

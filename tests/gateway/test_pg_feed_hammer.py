@@ -58,8 +58,7 @@ def test_every_reader_sees_every_committed_change_of_its_site_once_in_seq_order(
     assert sum(len(w.committed) for w in run.writers) >= WRITERS * TRANSACTIONS
     assert len(run.readers) == len(SITES)
     assert all(r.pages > 10 for r in run.readers)  # the readers paged while writers wrote
-    assert feed_problems(run, initial) == []
-    assert run.seconds < 60
+    assert feed_problems(run, initial) == []  # (a hang fails on the hammer's own 90 s wait)
 
 
 @pytest.mark.postgres

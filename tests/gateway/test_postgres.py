@@ -229,12 +229,16 @@ def _race(workers: int, work: Callable[[int], Any]) -> list[Any]:
     return results
 
 
-def _writer(cluster: Cluster, number: int, committed: list[tuple[str, int]]) -> None:
+def _writer(
+    cluster: Cluster, number: int, committed: list[tuple[str, int]], read_once: threading.Event
+) -> None:
     """Creates (two per transaction) and ifMatch updates, all through one gateway."""
     url = cluster.urls[number % len(cluster.urls)]
     session = cluster.session()
     mine: dict[str, int] = {}
     for step in range(TRANSACTIONS_PER_WRITER):
+        if step == 1:  # the reader pages while these writers are still at work, on any machine
+            read_once.wait(timeout=60)
         entries: list[dict[str, Any]] = []
         if step % 3 == 0 or not mine:
             for _ in range(2):
@@ -289,10 +293,11 @@ def test_several_gateway_processes_reader_sees_every_version_exactly_once(
     committed: list[tuple[str, int]] = [(f"p{n}", 1) for n in range(WRITERS)]
     results: list[list[tuple[str, int]]] = [[] for _ in range(WRITERS)]
     errors: list[BaseException] = []
+    read_once = threading.Event()
 
     def run(number: int) -> None:
         try:
-            _writer(cluster, number, results[number])
+            _writer(cluster, number, results[number], read_once)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -307,6 +312,7 @@ def test_several_gateway_processes_reader_sees_every_version_exactly_once(
     while any(t.is_alive() for t in threads):
         resume = _page(cluster, reader, resume, turn, seen)
         passes += 1
+        read_once.set()
     for thread in threads:
         thread.join()
     _page(cluster, reader, resume, turn, seen)

@@ -339,12 +339,13 @@ def _wait_for_post(relay: Relay, after: int, thread: threading.Thread) -> None:
 def test_a_step_longer_than_the_lease_keeps_it_and_no_other_process_takes_over(
     tmp_path: Path, medplum: MedplumServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(passes, "LEASE_TTL", dt.timedelta(seconds=3))
+    # Renewed every 2 s: a heartbeat late by up to 4 s on a busy machine still holds it.
+    monkeypatch.setattr(passes, "LEASE_TTL", dt.timedelta(seconds=6))
     with linked_through_relay(tmp_path, medplum) as linked:
         data, store, relay = linked.data, linked.store, linked.relay
         push_new_observation(store, linked.pid, 80.0)
-        relay.hold = {"POST"}  # the upstream takes 8 s to answer the filing: > the lease
-        threading.Timer(8, relay.release.set).start()
+        relay.hold = {"POST"}  # the upstream takes 14 s to answer the filing: > 2 leases
+        threading.Timer(14, relay.release.set).start()
         released: list[float] = []  # when the pass let its lease go (monotonic)
         release = store.release_upstream_lease
 

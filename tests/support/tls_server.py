@@ -11,6 +11,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ class RawTlsServer:
     received: bytearray = field(default_factory=bytearray)
     handshakes: int = 0
     connections: int = 0
+    finished: int = 0  # connections whose serving thread has ended (closed, either side)
     peer_subjects: list[str] = field(default_factory=list)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     port: int = 0
@@ -59,7 +61,21 @@ class RawTlsServer:
             thread.join(2)
             listener.close()
 
+    def wait_finished(self, count: int, timeout_s: float = 10.0) -> None:
+        """Until ``count`` connections have been served to their end (what they sent is all
+        in ``received``)."""
+        deadline = time.monotonic() + timeout_s
+        while self.finished < count:
+            assert time.monotonic() < deadline, f"{self.finished} of {count} connections ended"
+            time.sleep(0.01)
+
     def _connection(self, raw: socket.socket) -> None:
+        try:
+            self._serve_connection(raw)
+        finally:
+            self.finished += 1
+
+    def _serve_connection(self, raw: socket.socket) -> None:
         self.connections += 1
         raw.settimeout(5)
         try:
