@@ -301,3 +301,34 @@ def test_a_note_naming_a_gateway_record_the_upstream_never_received_is_held(
         assert run_pass(data, store, reconcile=False).counts["outbox_held"] == 1
         [held] = store.outbox(("held",))
         assert (held.reason, held.detail) == ("refers_to_unfiled", f"Encounter/seeded-{pid}")
+
+
+def test_the_gateways_own_edit_seen_back_before_its_row_closed_is_no_conflict(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The upstream took a laptop's edit but every reply was lost, so its row is still queued
+    when the import reads that version back: the same content, the gateway's own edit, not
+    the board's. No conflict is raised, and the next pass closes the row as filed."""
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, relay = linked.data, linked.store, linked.relay
+        push_new(store, linked.pid, [60.0])
+        run_pass(data, store, reconcile=False)
+        [note] = store.outbox(("filed",))
+        edit_observation(store, note.rid, 99.0)
+        before = store.filed("Observation", note.rid)
+        assert before is not None
+        relay.drop = {"PUT": 3}  # the upstream applies the PUT; the connection's 3 tries lost
+        now = utc_now()
+        counts = run_pass(data, store, now=now, reconcile=False).counts
+        assert relay.dropped == [f"PUT /fhir/R4/Observation/{before.upstream_id}"] * 3
+        assert counts["outbox_retry_later"] == 1 and "conflict_queued_edit" not in counts
+        assert store.outbox(("conflict",)) == []
+        relay.drop = {}
+        assert run_pass(data, store, now=now + LATER, reconcile=False).counts["outbox_filed"] == 1
+        filed = store.filed("Observation", note.rid)
+        assert filed is not None
+        assert _value(medplum.read("Observation", filed.upstream_id)) == 99.0
+        current = store.read("Observation", note.rid)
+        assert current is not None
+        tag = filing_tag(orjson.loads(current.body))
+        assert tag is not None and tag.code == "filed"

@@ -80,6 +80,7 @@ from sync.gateway.upstream.connection import (
     Response,
     UpstreamConnection,
 )
+from sync.gateway.upstream.content import same_content
 from sync.gateway.upstream.errors import UpstreamError, printable
 from sync.gateway.upstream.references import rewrite
 from sync.gateway.upstream.stamps import stamp_in_tx
@@ -174,23 +175,6 @@ def _stamp(resource: Any, response: Response | None = None) -> tuple[str, str]:
     if len(parts) >= 4 and parts[-2] == "_history":
         return parts[-3], parts[-1]
     raise _Refused("held", "upstream_answer_unreadable")
-
-
-def _numbers_as_values(value: Any) -> Any:
-    """JSON numbers compared by value: ``99`` and ``99.0`` are the same (servers reformat)."""
-    if isinstance(value, dict):
-        return {k: _numbers_as_values(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_numbers_as_values(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _content(resource: dict[str, Any]) -> bytes:
-    """What two versions must share to be "the same note": everything but id, meta, text."""
-    body = {k: v for k, v in resource.items() if k not in ("id", "meta", "text")}
-    return orjson.dumps(_numbers_as_values(body), option=orjson.OPT_SORT_KEYS)
 
 
 def _transaction_stamps(bundle: Any, expected: int) -> list[tuple[str, str]]:
@@ -564,7 +548,7 @@ class Filer:
         )
         _check(response)
         current = _json(response)
-        if isinstance(current, dict) and _content(current) == _content(body):
+        if isinstance(current, dict) and same_content(current, body):
             return Filed(item.rtype, item.rid, *_stamp(current))  # our own edit, reply lost
         _, version = _stamp(current)
         raise _Refused("conflict", "upstream_conflict", f"upstream version {version}")

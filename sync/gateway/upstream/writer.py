@@ -49,7 +49,8 @@ from sync.gateway.store.base import WriteTx
 from sync.gateway.store.conflicts import retry_conflicts
 from sync.gateway.store.serialised import Serialised
 from sync.gateway.store.sql import SqlStore
-from sync.gateway.store.upstream_tables import Filed
+from sync.gateway.store.upstream_tables import Filed, OutboxItem
+from sync.gateway.upstream.content import same_content
 from sync.gateway.upstream.references import references_in_json, rewrite
 from sync.gateway.upstream.screening import ReadyLine
 from sync.protocol.fhir.filing import CONFLICT, FILED, FilingTag, with_filing_tag
@@ -224,26 +225,37 @@ class ImportWriter:
         compact = serialised.meta_members + b"," + serialised.members
         return any(self._to_gateway(*ref) for ref in references_in_json(compact))
 
+    def _is_version(self, queued: OutboxItem, upstream: dict[str, Any]) -> bool:
+        """Whether the queued laptop version holds the content of ``upstream``."""
+        if queued.op != "put":
+            return False
+        stored = self._store.vread(queued.rtype, queued.rid, queued.version_id)
+        return stored is not None and same_content(orjson.loads(stored.body), upstream)
+
     def _tagged(self, tx: WriteTx, item: Pending, counts: Counter[str]) -> Pending:
         """The upstream's new version of a note filed from here, tagged in the transaction
         that writes it: filed; or a conflict naming the laptop edit last queued for it when
         that edit met an upstream 412, or is queued and not filed yet. Such an edit was made
-        on the version before the upstream's: it is closed as a conflict here (never sent up
+        on a version before the upstream's: it is closed as a conflict here (never sent up
         over the upstream's edit) and the laptop that wrote it opens it in its conflict flow.
+        Unless one queued edit holds the upstream version's very content: that version is
+        the gateway's own edit (filed, its reply lost), and the queued edits stay as they are.
         """
         rtype, rid, body, version, site, patient, filed = item
         assert isinstance(body, dict)  # a filed note's version is always parsed (``offer``)
         tx.current(rtype, rid)  # its site held (PostgreSQL): no edit of it is queued meanwhile
         store = self._store
-        for queued in store.outbox_pending_of(rtype, rid):
-            store.outbox_done_in_tx(
-                queued.seq,
-                "conflict",
-                self.now,
-                reason="upstream_conflict",
-                detail=f"upstream version {version}",
-            )
-            counts["conflict_queued_edit"] += 1
+        queued = store.outbox_pending_of(rtype, rid)
+        if not any(self._is_version(q, body) for q in queued):
+            for edit in queued:
+                store.outbox_done_in_tx(
+                    edit.seq,
+                    "conflict",
+                    self.now,
+                    reason="upstream_conflict",
+                    detail=f"upstream version {version}",
+                )
+                counts["conflict_queued_edit"] += 1
         latest = store.latest_outbox(rtype, rid)
         tag = FilingTag(FILED)
         if latest is not None and latest.state == "conflict":
