@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
+from sync.gateway.api.outcome import FhirError
 from sync.gateway.store.loader import load_resources
 from sync.gateway.upstream import passes
 from sync.gateway.upstream.capabilities import UpstreamCapabilities, fetch_capabilities
@@ -30,7 +31,7 @@ from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import run_pass
 from sync.protocol.fhir.filing import CONFLICT, filing_tag
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
-from tests.support.gateway import create_entry, make_store, observation
+from tests.support.gateway import SITE_B, create_entry, make_store, observation, patient
 from tests.support.medplum_server import MedplumServer
 from tests.support.upstream import configure_with_certificate, gateway_data
 from tests.support.upstream_notes import (
@@ -332,3 +333,144 @@ def test_the_gateways_own_edit_seen_back_before_its_row_closed_is_no_conflict(
         assert current is not None
         tag = filing_tag(orjson.loads(current.body))
         assert tag is not None and tag.code == "filed"
+
+
+def test_two_queued_edits_the_first_applied_with_its_replies_lost_end_as_the_latest(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The import reads back the first edit (the gateway's own) while both are queued: it is
+    not written over the clinician's latest, and the health record ends with the latest."""
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, relay = linked.data, linked.store, linked.relay
+        push_new(store, linked.pid, [60.0])
+        run_pass(data, store, reconcile=False)
+        [note] = store.outbox(("filed",))
+        edit_observation(store, note.rid, 99.0)
+        edit_observation(store, note.rid, 77.0)  # the clinician's latest
+        relay.drop = {"PUT": 3}
+        now = utc_now()
+        counts = run_pass(data, store, now=now, reconcile=False).counts
+        assert counts["own_edit_seen"] == 1
+        current = store.read("Observation", note.rid)
+        assert current is not None and _value(orjson.loads(current.body)) == 77.0
+        relay.drop = {}
+        run_pass(data, store, now=now + LATER, reconcile=False)
+        run_pass(data, store, now=now + 2 * LATER, reconcile=False)
+        filed = store.filed("Observation", note.rid)
+        assert filed is not None
+        assert _value(medplum.read("Observation", filed.upstream_id)) == 77.0
+        current = store.read("Observation", note.rid)
+        assert current is not None
+        body = orjson.loads(current.body)
+        assert _value(body) == 77.0
+        tag = filing_tag(body)
+        assert tag is not None and tag.code == "filed"
+        assert store.outbox(("pending", "held", "conflict")) == []
+
+
+def test_a_board_edit_failing_validation_never_deletes_the_filed_note(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store = linked.data, linked.store
+        push_new(store, linked.pid, [60.0])
+        run_pass(data, store, reconcile=False)
+        [note] = store.outbox(("filed",))
+        filed = store.filed("Observation", note.rid)
+        assert filed is not None
+        theirs = medplum.read("Observation", filed.upstream_id)
+        assert theirs is not None
+        theirs["valueQuantity"]["value"] = 61.0
+        medplum.put(theirs)  # a board edit the gateway takes
+        now = utc_now()
+        run_pass(data, store, now=now, reconcile=False)
+        theirs = medplum.read("Observation", filed.upstream_id)
+        assert theirs is not None
+        theirs["code"]["text"] = "x" * 2500  # then one its validator refuses (quarantined)
+        medplum.put(theirs)
+        counts = run_pass(data, store, now=now + LATER, reconcile=True).counts
+        assert counts["quarantined"] == 1 and "deleted" not in counts
+        current = store.read("Observation", note.rid)
+        assert current is not None and not current.deleted
+        assert _value(orjson.loads(current.body)) == 61.0  # the last version it could take
+
+
+def test_a_filed_note_the_board_deletes_is_deleted_here(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store = linked.data, linked.store
+        push_new(store, linked.pid, [60.0])
+        run_pass(data, store, reconcile=False)
+        [note] = store.outbox(("filed",))
+        filed = store.filed("Observation", note.rid)
+        assert filed is not None
+        medplum.delete("Observation", filed.upstream_id)
+        counts = run_pass(data, store, now=utc_now() + LATER, reconcile=True).counts
+        assert counts["deleted"] == 1
+        gone = store.read("Observation", note.rid)
+        assert gone is not None and gone.deleted
+
+
+@pytest.mark.parametrize("passes_between", [0, 1], ids=["moved", "released-then-admitted"])
+def test_a_filed_note_follows_its_patient_to_another_linked_site(
+    tmp_path: Path, medplum: MedplumServer, passes_between: int
+) -> None:
+    """Moved in one pass (a transfer), or released (the note leaves with the patient) and
+    admitted elsewhere a pass later (the note comes back, at the new site)."""
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, pid = linked.data, linked.store, linked.pid
+        push_new(store, pid, [60.0])
+        run_pass(data, store, reconcile=False)
+        [note] = store.outbox(("filed",))
+        [link_a] = store.site_links()
+        now = utc_now()
+        store.add_site(SITE_B, SITE_B, now)
+        medplum.put(patient(f"{pid}-stays", "x"))
+        medplum.put(  # released from A (where another stays), admitted to B
+            {"resourceType": "Group", "id": link_a.ref, "type": "person", "actual": True}
+            | {"member": [{"entity": {"reference": f"Patient/{pid}-stays"}}]}
+        )
+        if passes_between:
+            run_pass(data, store, now=now, reconcile=True)
+            released = store.read("Observation", note.rid)
+            assert released is not None and released.deleted  # left with the patient
+        medplum.put(
+            {"resourceType": "Group", "id": f"{link_a.ref}-b", "type": "person", "actual": True}
+            | {"member": [{"entity": {"reference": f"Patient/{pid}"}}]}
+        )
+        store.link_site(SITE_B, "group", f"{link_a.ref}-b", now)
+        run_pass(data, store, now=now + LATER, reconcile=True)
+        moved = store.read("Observation", note.rid)
+        assert moved is not None and not moved.deleted and moved.site == SITE_B
+
+
+def test_a_record_moved_upstream_to_a_patient_of_no_linked_site_leaves_at_the_next_pass(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, pid = linked.data, linked.store, linked.pid
+        oid = f"{pid}-moved"
+        medplum.put(observation(oid, pid, 70.0))
+        run_pass(data, store, reconcile=False)
+        here = store.read("Observation", oid)
+        assert here is not None and not here.deleted
+        medplum.put({"resourceType": "Patient", "id": f"{pid}-elsewhere"})
+        medplum.put(observation(oid, f"{pid}-elsewhere", 70.0))  # filed against another patient
+        counts = run_pass(data, store, now=utc_now() + LATER, reconcile=False).counts
+        assert counts["moved_away"] == 1
+        gone = store.read("Observation", oid)
+        assert gone is not None and gone.deleted
+
+
+def test_a_laptop_can_never_delete_a_patient(tmp_path: Path, medplum: MedplumServer) -> None:
+    """Registration is the health board's: a device's DELETE of a Patient is refused (it would
+    leave the patient's next imported record without its patient)."""
+    with linked_through_relay(tmp_path, medplum) as linked:
+        with pytest.raises(FhirError) as refused:
+            push_bundle(
+                linked.store, [{"request": {"method": "DELETE", "url": f"Patient/{linked.pid}"}}]
+            )
+        assert (refused.value.status, refused.value.reason) == (403, "patient_delete_refused")
+        patient = linked.store.read("Patient", linked.pid)
+        assert patient is not None and not patient.deleted

@@ -239,6 +239,8 @@ def execute(
     if entry.method == "POST" and existing is not None:
         return Outcome(200, existing)  # ifNoneExist matched: exactly-once create
     if entry.method == "DELETE":
+        if entry.rtype == vocab.PATIENT:  # registration is the health board's, never a laptop's
+            raise FhirError(403, "forbidden", "patient_delete_refused")
         current = _existing_in_site(tx, entry, site, store)
         if current.deleted:
             return Outcome(204, None)

@@ -142,9 +142,17 @@ class OutboxTables(SqlTables):
                     " VALUES (?, ?, ?, ?)",
                     values,
                 )
-            execute(  # an imported record edited here: its upstream version moved too
-                "UPDATE upstream_imported SET upstream_version = ? WHERE type = ? AND id = ?",
-                (filed.upstream_version, filed.rtype, filed.rid),
+            # Held as imported from now on, at its site and patient (an imported record
+            # edited here: its upstream version moved), so the import follows the health
+            # record's deletion of it, and its patient's moves.
+            execute(
+                "INSERT INTO upstream_imported"
+                " (type, id, upstream_version, site, patient_id, imported_us)"
+                " SELECT type, id, ?, site, patient_id, ? FROM resources"
+                " WHERE type = ? AND id = ? AND patient_id IS NOT NULL"
+                " ON CONFLICT (type, id)"
+                " DO UPDATE SET upstream_version = excluded.upstream_version",
+                (filed.upstream_version, to_us(now), filed.rtype, filed.rid),
             )
 
     # -- filing stamps (versions that only tag a note's filing state)

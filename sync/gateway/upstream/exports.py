@@ -176,7 +176,8 @@ def _read_files(
             elif patient not in result.patients:
                 writer.counts["export_not_member"] += 1
             else:
-                result.seen[rtype].add(writer.offer_ready(line, site, patient) or line.rid)
+                held_as = writer.offer_ready(line, site, patient)
+                result.seen[rtype].add(held_as or writer.held_id(rtype, line.rid))
             continue
         item, depth, validated = line.resource, line.depth, line.validated
         rtype = str(item["resourceType"])
@@ -200,4 +201,4 @@ def _read_files(
             writer.counts["export_not_member"] += 1
             continue
         held_as = writer.offer(item, site, owner, depth=depth, validated=validated)
-        result.seen[rtype].add(held_as or str(item.get("id")))
+        result.seen[rtype].add(held_as or writer.held_id(rtype, str(item.get("id"))))

@@ -348,6 +348,8 @@ class Filer:
             _check(response)
             stamps = _transaction_stamps(_json(response), len(group))
         except (_Transient, UpstreamError) as failure:
+            if isinstance(failure, UpstreamError) and failure.reason in _ABOUT_THE_ANSWER:
+                return self._split(group)  # smaller transactions, smaller answers
             if isinstance(failure, UpstreamError) and failure.reason not in TRANSIENT_REASONS:
                 raise
             attempts = first.attempts + 1
@@ -357,16 +359,20 @@ class Filer:
             self.counts["retry_later"] += 1
             return None
         except _Refused:
-            if self._split_from is None:
-                self._split_from = len(group)
-            self.size = max(1, len(group) // 2)
-            self.counts["transaction_split"] += 1
-            return False
+            return self._split(group)
         for (item, _, _, _), (upstream_id, version) in zip(group, stamps, strict=True):
             self._finish(item, "filed", filed=Filed(item.rtype, item.rid, upstream_id, version))
             self.counts["filed"] += 1
         self.counts["transactions"] += 1
         return True
+
+    def _split(self, group: list[tuple[OutboxItem, str, dict[str, Any], str]]) -> bool:
+        """Halve the size after ``group`` was refused (or its answer was too large): False."""
+        if self._split_from is None:
+            self._split_from = len(group)
+        self.size = max(1, len(group) // 2)
+        self.counts["transaction_split"] += 1
+        return False
 
     def _one(self, item: OutboxItem) -> bool:
         """File one row; False ends the pass (a transient failure: try again later)."""

@@ -101,7 +101,11 @@ def _to_fetch(
                 meta = entry.get("meta")
                 version = meta.get("versionId") if isinstance(meta, dict) else None
                 mine = filed.get(rid)
-                if mine is not None and version == mine.upstream_version:
+                if (
+                    mine is not None
+                    and version == mine.upstream_version
+                    and _held_as(held, owner, site_of, mine.rid, version)
+                ):  # a note filed from here, held at its patient's site
                     writer.counts["own_filed"] += 1
                     seen.add(mine.rid)
                 elif mine is None and _held_as(held, owner, site_of, rid, version):

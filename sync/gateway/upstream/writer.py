@@ -133,6 +133,11 @@ class ImportWriter:
             self._filed[rtype] = self.store.filed_by_upstream(rtype)
         return self._filed[rtype]
 
+    def held_id(self, rtype: str, upstream_id: str) -> str:
+        """The id an upstream resource is (or would be) held under here: a note filed from
+        here keeps the gateway's own id; anything else, the upstream's."""
+        return self._to_gateway(rtype, upstream_id) or upstream_id
+
     def _to_gateway(self, rtype: str, upstream_id: str) -> str | None:
         filed = self.filed(rtype).get(upstream_id) if rtype != PATIENT else None
         return filed.rid if filed is not None else None
@@ -163,10 +168,13 @@ class ImportWriter:
         mine = self.filed(rtype).get(rid) if rtype != PATIENT else None
         if mine is not None:
             version = (resource.get("meta") or {}).get("versionId")
-            if version == mine.upstream_version:
+            if version == mine.upstream_version and self.held(rtype).get(mine.rid) == (
+                version,
+                site,
+            ):
                 self.counts["own_filed"] += 1  # a note filed from here, seen back: no change
                 return mine.rid
-            rid = mine.rid  # edited upstream: a new version of the gateway's own resource
+            rid = mine.rid  # edited upstream, its patient moved or back: a new version here
         else:
             version = (resource.get("meta") or {}).get("versionId")
             if isinstance(version, str) and self.held(rtype).get(rid) == (version, site):
@@ -232,30 +240,32 @@ class ImportWriter:
         stored = self._store.vread(queued.rtype, queued.rid, queued.version_id)
         return stored is not None and same_content(orjson.loads(stored.body), upstream)
 
-    def _tagged(self, tx: WriteTx, item: Pending, counts: Counter[str]) -> Pending:
+    def _tagged(self, tx: WriteTx, item: Pending, counts: Counter[str]) -> Pending | None:
         """The upstream's new version of a note filed from here, tagged in the transaction
         that writes it: filed; or a conflict naming the laptop edit last queued for it when
         that edit met an upstream 412, or is queued and not filed yet. Such an edit was made
         on a version before the upstream's: it is closed as a conflict here (never sent up
         over the upstream's edit) and the laptop that wrote it opens it in its conflict flow.
-        Unless one queued edit holds the upstream version's very content: that version is
-        the gateway's own edit (filed, its reply lost), and the queued edits stay as they are.
+        None (nothing to write) when a queued edit holds the upstream version's very content:
+        that version is the gateway's own edit (applied upstream, its reply lost), which the
+        gateway holds already, or a later laptop edit on it; the queued edits go up as queued.
         """
         rtype, rid, body, version, site, patient, filed = item
         assert isinstance(body, dict)  # a filed note's version is always parsed (``offer``)
         tx.current(rtype, rid)  # its site held (PostgreSQL): no edit of it is queued meanwhile
         store = self._store
         queued = store.outbox_pending_of(rtype, rid)
-        if not any(self._is_version(q, body) for q in queued):
-            for edit in queued:
-                store.outbox_done_in_tx(
-                    edit.seq,
-                    "conflict",
-                    self.now,
-                    reason="upstream_conflict",
-                    detail=f"upstream version {version}",
-                )
-                counts["conflict_queued_edit"] += 1
+        if any(self._is_version(q, body) for q in queued):
+            return None  # the gateway's own edit: it holds that content, or a later edit
+        for edit in queued:
+            store.outbox_done_in_tx(
+                edit.seq,
+                "conflict",
+                self.now,
+                reason="upstream_conflict",
+                detail=f"upstream version {version}",
+            )
+            counts["conflict_queued_edit"] += 1
         latest = store.latest_outbox(rtype, rid)
         tag = FilingTag(FILED)
         if latest is not None and latest.state == "conflict":
@@ -328,11 +338,25 @@ class ImportWriter:
         if not run:
             return
         store = self._store
-        run = [self._tagged(tx, item, counts) if item[6] else item for item in run]
+        sites = sorted({site for *_, site, _, _ in run})
+        ours = [(rtype, rid) for rtype, rid, *_, filed in run if filed]
+        if ours:  # read under the batch's sites, locked in one sorted go (PostgreSQL)
+            tx.prefetch(ours, sites=sites)
+        kept: list[Pending] = []
+        for item in run:
+            tagged = self._tagged(tx, item, counts) if item[6] else item
+            if tagged is None:  # the gateway's own edit read back: only its version is news
+                store.refile_version_in_tx(item[0], item[1], item[3])
+                counts["own_edit_seen"] += 1
+            else:
+                kept.append(tagged)
+        if not kept:
+            return
+        run = kept
         tx.put_many(
             [(rtype, rid, body) for rtype, rid, body, *_ in run if body is not None],
             checked=True,
-            sites=sorted({site for *_, site, _, _ in run}),  # PostgreSQL: held as it reads
+            sites=sites,  # PostgreSQL: held as it reads
         )
         store.record_imports_in_tx(
             [
@@ -359,8 +383,13 @@ def offer_page(
         if pid is None:
             writer.quarantine(resource, "missing_patient_reference")
             continue
+        rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
         if pid not in site_of:
+            here = writer.held_id(rtype, rid)
+            if rtype != PATIENT and here in writer.held(rtype):  # moved to another patient,
+                # of no linked site (a Patient leaving is a departure: ``load``)
+                writer.remove(rtype, here)
+                writer.counts["moved_away"] += 1
             continue
-        held_as = writer.offer(resource, site_of[pid], pid)
-        ids.add(held_as or str(resource.get("id")))
+        ids.add(writer.offer(resource, site_of[pid], pid) or writer.held_id(rtype, rid))
     return ids
