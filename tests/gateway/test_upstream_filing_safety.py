@@ -36,7 +36,9 @@ from tests.support.medplum_server import MedplumServer
 from tests.support.upstream import configure_with_certificate, gateway_data
 from tests.support.upstream_notes import (
     RUNS,
+    board_edits,
     edit_observation,
+    filed_note,
     link_patients,
     linked_through_relay,
     push_bundle,
@@ -44,6 +46,7 @@ from tests.support.upstream_notes import (
     push_new_observation,
     upstream_copies,
     utc_now,
+    valued,
 )
 
 LATER = dt.timedelta(hours=2)  # past any backoff
@@ -89,15 +92,8 @@ def test_a_laptop_edit_queued_when_the_board_edit_arrives_is_a_conflict_never_se
         pid = f"n{n}-p"
         link_patients(store, medplum, n, pid)
         run_pass(data, store)
-        push_new(store, pid, [50.0])
-        run_pass(data, store, reconcile=False)
-        note = store.outbox(("filed",))[-1]
-        filed = store.filed("Observation", note.rid)
-        assert filed is not None
-        theirs = medplum.read("Observation", filed.upstream_id)
-        assert theirs is not None
-        theirs["valueQuantity"]["value"] = 51.0
-        medplum.put(theirs)  # a clinician at the board edits the filed note
+        note, filed = filed_note(data, store, pid, 50.0)
+        board_edits(medplum, filed, valued(51.0))
         edit_observation(store, note.rid, 52.0)  # a laptop edits what it saw (50)
         [mine] = store.outbox(("pending",))
         now = utc_now()
@@ -373,21 +369,15 @@ def test_a_board_edit_failing_validation_never_deletes_the_filed_note(
 ) -> None:
     with linked_through_relay(tmp_path, medplum) as linked:
         data, store = linked.data, linked.store
-        push_new(store, linked.pid, [60.0])
-        run_pass(data, store, reconcile=False)
-        [note] = store.outbox(("filed",))
-        filed = store.filed("Observation", note.rid)
-        assert filed is not None
-        theirs = medplum.read("Observation", filed.upstream_id)
-        assert theirs is not None
-        theirs["valueQuantity"]["value"] = 61.0
-        medplum.put(theirs)  # a board edit the gateway takes
+        note, filed = filed_note(data, store, linked.pid, 60.0)
+        board_edits(medplum, filed, valued(61.0))  # a board edit the gateway takes
         now = utc_now()
         run_pass(data, store, now=now, reconcile=False)
-        theirs = medplum.read("Observation", filed.upstream_id)
-        assert theirs is not None
-        theirs["code"]["text"] = "x" * 2500  # then one its validator refuses (quarantined)
-        medplum.put(theirs)
+
+        def too_long(resource: dict[str, Any]) -> None:
+            resource["code"]["text"] = "x" * 2500
+
+        board_edits(medplum, filed, too_long)  # then one its validator refuses (quarantined)
         counts = run_pass(data, store, now=now + LATER, reconcile=True).counts
         assert counts["quarantined"] == 1 and "deleted" not in counts
         current = store.read("Observation", note.rid)
@@ -400,11 +390,7 @@ def test_a_filed_note_the_board_deletes_is_deleted_here(
 ) -> None:
     with linked_through_relay(tmp_path, medplum) as linked:
         data, store = linked.data, linked.store
-        push_new(store, linked.pid, [60.0])
-        run_pass(data, store, reconcile=False)
-        [note] = store.outbox(("filed",))
-        filed = store.filed("Observation", note.rid)
-        assert filed is not None
+        note, filed = filed_note(data, store, linked.pid, 60.0)
         medplum.delete("Observation", filed.upstream_id)
         counts = run_pass(data, store, now=utc_now() + LATER, reconcile=True).counts
         assert counts["deleted"] == 1

@@ -60,7 +60,9 @@ from tests.support.upstream import (
 )
 from tests.support.upstream_notes import (
     RUNS,
+    board_edits,
     edit_observation,
+    filed_note,
     link_patients,
     linked_through_relay,
     push_bundle,
@@ -68,6 +70,7 @@ from tests.support.upstream_notes import (
     push_new_observation,
     upstream_copies,
     utc_now,
+    valued,
 )
 
 LATER = dt.timedelta(hours=2)  # past any backoff
@@ -241,15 +244,8 @@ def test_an_upstream_edit_racing_a_laptop_edit_is_a_conflict_until_the_clinician
         pid = f"n{n}-p"
         link_patients(store, medplum, n, pid)
         run_pass(data, store)
-        push_new(store, pid, [50.0])
-        run_pass(data, store, reconcile=False)
-        item = store.outbox(("filed",))[-1]
-        filed = store.filed("Observation", item.rid)
-        assert filed is not None
-        theirs = medplum.read("Observation", filed.upstream_id)
-        assert theirs is not None
-        theirs["valueQuantity"]["value"] = 51.0
-        medplum.put(theirs)  # a clinician at the board edits the filed note
+        item, filed = filed_note(data, store, pid, 50.0)
+        board_edits(medplum, filed, valued(51.0))  # a clinician at the board edits it
         edit_observation(store, item.rid, 52.0)
         counts = run_pass(data, store).counts
         assert counts["outbox_conflict"] == 1

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import itertools
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from sync.gateway.api.bundle_entries import parse_bundle
 from sync.gateway.api.transaction import Scope, run_transaction
 from sync.gateway.store.sql import SqlStore
 from sync.gateway.store.sqlite import SqliteStore
+from sync.gateway.store.upstream_tables import Filed, OutboxItem
 from sync.gateway.upstream.passes import run_pass
 from tests.support.gateway import SITE_A, create_entry, observation, patient
 from tests.support.medplum_server import MedplumServer
@@ -111,3 +112,33 @@ def edit_observation(store: SqlStore, rid: str, value: float) -> None:
     push_bundle(store, [{"resource": mine, "request": {
         "method": "PUT", "url": f"Observation/{rid}",
         "ifMatch": f'W/"{mine["meta"]["versionId"]}"'}}])  # fmt: skip
+
+
+def filed_note(data: Path, store: SqlStore, pid: str, value: float) -> tuple[OutboxItem, Filed]:
+    """A laptop's new Observation, pushed and filed upstream by one pass: its outbox row and
+    where it is filed."""
+    push_new(store, pid, [value])
+    run_pass(data, store, reconcile=False)
+    note = store.outbox(("filed",))[-1]
+    filed = store.filed("Observation", note.rid)
+    assert filed is not None
+    return note, filed
+
+
+def board_edits(
+    medplum: MedplumServer, filed: Filed, change: Callable[[dict[str, Any]], None]
+) -> None:
+    """A clinician at the board edits the filed note (``change`` applied to its JSON)."""
+    theirs = medplum.read("Observation", filed.upstream_id)
+    assert theirs is not None
+    change(theirs)
+    medplum.put(theirs)
+
+
+def valued(value: float) -> Callable[[dict[str, Any]], None]:
+    """A ``board_edits`` change: the Observation's value set to ``value``."""
+
+    def change(resource: dict[str, Any]) -> None:
+        resource["valueQuantity"]["value"] = value
+
+    return change
