@@ -501,8 +501,8 @@ class Filer:
             found = self._search_identifier(item.rtype, client_id)
             if found is not None:
                 return Filed(item.rtype, item.rid, *_stamp(found))
-        # Sent again after a lost reply only when conditional: a plain POST that may have been
-        # taken fails the pass instead, and the next pass's search finds its copy.
+        # Re-sent by the connection after a lost reply only when conditional: a plain POST the
+        # upstream may have taken is tried again later (backoff), by a search first.
         response = self.connection.request(
             "POST",
             quote(item.rtype),

@@ -342,22 +342,19 @@ class ImportWriter:
         ours = [(rtype, rid) for rtype, rid, *_, filed in run if filed]
         if ours:  # read under the batch's sites, locked in one sorted go (PostgreSQL)
             tx.prefetch(ours, sites=sites)
-        kept: list[Pending] = []
+        kept: list[Pending] = []  # what is written: all but the gateway's own edits read back
         for item in run:
             tagged = self._tagged(tx, item, counts) if item[6] else item
-            if tagged is None:  # the gateway's own edit read back: only its version is news
-                store.refile_version_in_tx(item[0], item[1], item[3])
+            if tagged is None:  # only its upstream version is news (recorded below)
                 counts["own_edit_seen"] += 1
             else:
                 kept.append(tagged)
-        if not kept:
-            return
-        run = kept
-        tx.put_many(
-            [(rtype, rid, body) for rtype, rid, body, *_ in run if body is not None],
-            checked=True,
-            sites=sites,  # PostgreSQL: held as it reads
-        )
+        if kept:
+            tx.put_many(
+                [(rtype, rid, body) for rtype, rid, body, *_ in kept if body is not None],
+                checked=True,
+                sites=sites,  # PostgreSQL: held as it reads
+            )
         store.record_imports_in_tx(
             [
                 (rtype, rid, version, site, patient)
@@ -368,7 +365,7 @@ class ImportWriter:
         for rtype, rid, _, version, _, _, filed in run:
             if filed:
                 store.refile_version_in_tx(rtype, rid, version)
-        counts["written"] += len(run)
+        counts["written"] += len(kept)
 
 
 def offer_page(
