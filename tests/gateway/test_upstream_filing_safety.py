@@ -31,7 +31,7 @@ from sync.gateway.upstream.errors import UpstreamError
 from sync.gateway.upstream.passes import run_pass
 from sync.protocol.fhir.filing import CONFLICT, filing_tag
 from sync.protocol.fhir.vocabulary import CLIENT_ID_SYSTEM
-from tests.support.gateway import SITE_B, create_entry, make_store, observation, patient
+from tests.support.gateway import SITE_A, SITE_B, create_entry, make_store, observation, patient
 from tests.support.medplum_server import MedplumServer
 from tests.support.upstream import configure_with_certificate, gateway_data
 from tests.support.upstream_notes import (
@@ -460,3 +460,59 @@ def test_a_laptop_can_never_delete_a_patient(tmp_path: Path, medplum: MedplumSer
         assert (refused.value.status, refused.value.reason) == (403, "patient_delete_refused")
         patient = linked.store.read("Patient", linked.pid)
         assert patient is not None and not patient.deleted
+
+
+def test_a_note_on_a_patient_a_laptop_registered_is_filed_and_never_taken_for_deleted(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The laptop's Patient is held for IT (never filed); the note on it is filed, but the
+    import does not hold that patient, so it must not count the note as gone."""
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store = linked.data, linked.store
+        registered = create_entry(patient("registered", SITE_A))
+        registered["resource"].pop("id")
+        note = create_entry(observation("o", "registered", 64.0))
+        note["resource"].pop("id")
+        note["resource"]["subject"] = {"reference": registered["fullUrl"]}
+        push_bundle(store, [registered, note])
+        first = run_pass(data, store, reconcile=True).counts
+        assert first["outbox_held"] == 1 and first["outbox_filed"] == 1
+        assert upstream_copies(medplum, {_client_id(note)}) == Counter({_client_id(note): 1})
+        later = run_pass(data, store, now=utc_now() + LATER, reconcile=True).counts
+        assert "deleted" not in later and "moved_away" not in later
+        [filed] = store.outbox(("filed",))
+        here = store.read("Observation", filed.rid)
+        assert here is not None and not here.deleted
+
+
+def test_a_queued_edit_of_a_filed_note_whose_patient_moves_site_is_no_conflict(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """The import reads the filed version again at the patient's new site: not an edit by
+    the board, so the clinician's queued edit is no conflict and goes up."""
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store, pid = linked.data, linked.store, linked.pid
+        note, filed = filed_note(data, store, pid, 60.0)
+        edit_observation(store, note.rid, 65.0)
+        [queued] = store.outbox(("pending",))
+        now = utc_now()
+        store.outbox_retry_later(queued.seq, 1, now + dt.timedelta(minutes=5), "upstream_http_503")
+        [link_a] = store.site_links()
+        store.add_site(SITE_B, SITE_B, now)
+        medplum.put(patient(f"{pid}-stays", "x"))
+        medplum.put(
+            {"resourceType": "Group", "id": link_a.ref, "type": "person", "actual": True}
+            | {"member": [{"entity": {"reference": f"Patient/{pid}-stays"}}]}
+        )
+        medplum.put(
+            {"resourceType": "Group", "id": f"{link_a.ref}-b", "type": "person", "actual": True}
+            | {"member": [{"entity": {"reference": f"Patient/{pid}"}}]}
+        )
+        store.link_site(SITE_B, "group", f"{link_a.ref}-b", now)
+        counts = run_pass(data, store, now=now, reconcile=True).counts
+        assert "conflict_queued_edit" not in counts and store.outbox(("conflict",)) == []
+        moved = store.read("Observation", note.rid)
+        assert moved is not None and moved.site == SITE_B
+        assert _value(orjson.loads(moved.body)) == 65.0  # the clinician's edit, not overwritten
+        assert run_pass(data, store, now=now + LATER, reconcile=False).counts["outbox_filed"] == 1
+        assert _value(medplum.read("Observation", filed.upstream_id)) == 65.0

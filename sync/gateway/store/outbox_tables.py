@@ -142,17 +142,24 @@ class OutboxTables(SqlTables):
                     " VALUES (?, ?, ?, ?)",
                     values,
                 )
-            # Held as imported from now on, at its site and patient (an imported record
-            # edited here: its upstream version moved), so the import follows the health
-            # record's deletion of it, and its patient's moves.
+            # A note of an imported patient is held as imported from now on, at its site and
+            # patient (an imported record edited here: its upstream version moved), so the
+            # import follows the health record's deletion of it, and its patient's moves. A
+            # note of a patient the import does not hold (one a laptop registered) is not:
+            # the import never reads it back, and would take it for deleted.
             execute(
                 "INSERT INTO upstream_imported"
                 " (type, id, upstream_version, site, patient_id, imported_us)"
-                " SELECT type, id, ?, site, patient_id, ? FROM resources"
-                " WHERE type = ? AND id = ? AND patient_id IS NOT NULL"
+                " SELECT r.type, r.id, ?, r.site, r.patient_id, ? FROM resources r"
+                " JOIN upstream_imported p ON p.type = 'Patient' AND p.id = r.patient_id"
+                " WHERE r.type = ? AND r.id = ?"
                 " ON CONFLICT (type, id)"
                 " DO UPDATE SET upstream_version = excluded.upstream_version",
                 (filed.upstream_version, to_us(now), filed.rtype, filed.rid),
+            )
+            execute(  # any other: an imported record's row, if it has one, follows its version
+                "UPDATE upstream_imported SET upstream_version = ? WHERE type = ? AND id = ?",
+                (filed.upstream_version, filed.rtype, filed.rid),
             )
 
     # -- filing stamps (versions that only tag a note's filing state)

@@ -249,11 +249,21 @@ class ImportWriter:
         None (nothing to write) when a queued edit holds the upstream version's very content:
         that version is the gateway's own edit (applied upstream, its reply lost), which the
         gateway holds already, or a later laptop edit on it; the queued edits go up as queued.
+        None too for the very version filed from here, read at another site (its patient
+        moved, and the note with it): only the import's record of it moves.
         """
-        rtype, rid, body, version, site, patient, filed = item
+        rtype, rid, body, version = item[:4]
         assert isinstance(body, dict)  # a filed note's version is always parsed (``offer``)
-        tx.current(rtype, rid)  # its site held (PostgreSQL): no edit of it is queued meanwhile
+        current = tx.current(rtype, rid)  # its site held (PostgreSQL): no edit queued meanwhile
         store = self._store
+        known = store.filed(rtype, rid)
+        if known is not None and known.upstream_version == version:
+            # The very version filed from here, seen again elsewhere (its patient moved: the
+            # store moved the note with the patient): no edit. Written only to bring the
+            # note back where the import had removed it (the patient left, then came back).
+            if current is not None and not current.deleted:
+                return None
+            return self._with_tag(item, FilingTag(FILED))
         queued = store.outbox_pending_of(rtype, rid)
         if any(self._is_version(q, body) for q in queued):
             return None  # the gateway's own edit: it holds that content, or a later edit
@@ -271,6 +281,12 @@ class ImportWriter:
         if latest is not None and latest.state == "conflict":
             counts["conflict_sent_down"] += 1
             tag = FilingTag(CONFLICT, version=str(latest.version_id))
+        return self._with_tag(item, tag)
+
+    @staticmethod
+    def _with_tag(item: Pending, tag: FilingTag) -> Pending:
+        rtype, rid, body, version, site, patient, filed = item
+        assert isinstance(body, dict)
         tagged = res.check_resource(with_filing_tag(body, tag), rtype)
         return (rtype, rid, tagged, version, site, patient, filed)
 
