@@ -516,3 +516,27 @@ def test_a_queued_edit_of_a_filed_note_whose_patient_moves_site_is_no_conflict(
         assert _value(orjson.loads(moved.body)) == 65.0  # the clinician's edit, not overwritten
         assert run_pass(data, store, now=now + LATER, reconcile=False).counts["outbox_filed"] == 1
         assert _value(medplum.read("Observation", filed.upstream_id)) == 65.0
+
+
+def test_a_note_filed_before_notes_were_tracked_is_tracked_after_one_reconciliation(
+    tmp_path: Path, medplum: MedplumServer
+) -> None:
+    """A gateway upgraded with notes filed earlier (no import row): the next reconciliation
+    records them, writing no new version, and from then on the board deleting one reaches
+    the laptops."""
+    with linked_through_relay(tmp_path, medplum) as linked:
+        data, store = linked.data, linked.store
+        note, filed = filed_note(data, store, linked.pid, 60.0)
+        with store.write():
+            store.forget_import_in_tx("Observation", note.rid)  # as filed before the change
+        before = store.read("Observation", note.rid)
+        assert before is not None and store.imported_one("Observation", note.rid) is None
+        now = utc_now()
+        run_pass(data, store, now=now + LATER, reconcile=True)
+        after = store.read("Observation", note.rid)
+        assert after is not None and after.version_id == before.version_id  # nothing rewritten
+        assert store.imported_one("Observation", note.rid) is not None
+        medplum.delete("Observation", filed.upstream_id)
+        run_pass(data, store, now=now + 2 * LATER, reconcile=True)
+        gone = store.read("Observation", note.rid)
+        assert gone is not None and gone.deleted
