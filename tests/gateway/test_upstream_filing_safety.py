@@ -1,14 +1,26 @@
-"""Issue 14, notes out: what a second reading of the filing found, each against a real Medplum.
+"""Issue 14: what second readings of the filing and the import found, each against a real
+Medplum, each test failing without its fix.
 
+Notes out:
 - A note created and edited before one pass goes up as a create, then its edit: the health
   record ends with the edit, one copy.
 - A laptop edit queued when the import brings the board's edit of the same filed note was made
   on the version before it: a conflict the clinician sees, never sent up over the board's.
 - Without conditional create, a lost reply to a plain POST is not sent again blind: the next
   attempt's search finds the copy.
-- A note naming a record deleted upstream is held with that reason, and a note naming one queued
-  after it (a laptop Bundle in any order) waits without blocking anything.
+- A note naming a record deleted upstream, or one no laptop wrote, is held with that reason; a
+  note naming one queued after it (a laptop Bundle in any order) waits without blocking.
 - The upstream refusing the gateway's credentials fails the pass and holds no note.
+
+A filed note in step with the health record:
+- The gateway's own edit read back (its replies lost) is no conflict and is never written over
+  a later queued edit.
+- A board edit the validator refuses never deletes the note; the board deleting it does; it
+  follows its patient to another linked site, and its queued edit is no conflict then.
+- A note on a patient a laptop registered is never taken for deleted; a note filed before
+  notes were tracked is tracked after one reconciliation.
+- A record moved to a patient of no linked site leaves at the next pass; a laptop can never
+  delete a Patient.
 """
 
 from __future__ import annotations
